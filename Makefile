@@ -1,0 +1,84 @@
+# alexnet_rs: `make demo` (the main job) and `make test` (everything CI checks).
+# Every target installs what it needs: a project .venv with the pinned torch, pip's nvcc 13.0,
+# Debian's Fashion-MNIST package (as root), and real sample images from PyPI wheels (.cache/).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON3 ?= python3
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+CACHE := $(CURDIR)/.cache
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+FEATURES ?= cuda
+BIN := target/release/alexnet
+FOOLBOX := $(CACHE)/data/foolbox
+
+# torch-sys finds libtorch through the venv's python (LIBTORCH_USE_PYTORCH); cc finds $NVCC.
+export PATH := $(VENV)/bin:$(PATH)
+export VIRTUAL_ENV := $(VENV)
+export LIBTORCH_USE_PYTORCH := 1
+export CARGO_BUILD_JOBS ?= 2
+export NVCC = $(SITE)/nvidia/cu13/bin/nvcc
+
+.PHONY: help setup venv data fashion-mnist images build python demo test test-rust test-python clean
+
+help:
+	@echo "make demo   - set up, then run alexnet info and a forward+backward pass for every preset"
+	@echo "make test   - set up, then cargo test + pytest"
+	@echo "make setup  - .venv (torch 2.11.0, nvcc 13.0), data, the alexnet binary and the Python extension"
+
+setup: venv data build python
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: scripts/requirements-dev.txt
+	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r scripts/requirements-dev.txt
+	@touch $@
+
+data: fashion-mnist images
+
+# Fashion-MNIST from Debian (used by training; installed when we are root).
+fashion-mnist:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is missing and we are not root: run 'sudo apt-get install dataset-fashion-mnist'"; \
+	fi
+
+# 20 labelled ImageNet JPEGs (+ CIFAR PNGs) shipped inside the foolbox wheel.
+images: $(FOOLBOX)/.done
+$(FOOLBOX)/.done: | venv
+	$(PY) -m pip download --quiet --no-deps foolbox==3.3.4 -d $(CACHE)/wheels
+	$(PY) scripts/unpack_wheel_data.py $(CACHE)/wheels/foolbox-3.3.4-*.whl foolbox/data/ $(FOOLBOX)
+	@touch $@
+
+build: venv
+	cargo build --release --features $(FEATURES)
+
+# The abi3 wheel (dist/), installed into the project venv.
+python: venv
+	rm -f dist/alexnet_rs-*.whl
+	$(VENV)/bin/maturin build --release --features python,$(FEATURES) -i $(PY) --out dist
+	$(PY) -m pip install --quiet --force-reinstall --no-deps dist/alexnet_rs-*.whl
+
+demo: setup
+	@for p in paper torchvision caffe; do \
+	  $(BIN) info --preset $$p && \
+	  $(BIN) forward --preset $$p $(FOOLBOX)/imagenet_00_243.jpg $(FOOLBOX)/imagenet_01_559.jpg $(FOOLBOX)/imagenet_02_438.jpg && echo; \
+	done
+
+test: setup test-rust test-python
+
+test-rust:
+	cargo test --release --features $(FEATURES)
+
+test-python:
+	cd tests && $(PY) -m pytest -q python
+
+clean:
+	cargo clean
+	rm -rf dist $(CACHE)

@@ -1,0 +1,63 @@
+"""CPU LRN, forward + backward: alexnet_rs.ops.lrn against F.local_response_norm, in one run.
+
+    .venv/bin/python benches/lrn_cpu.py [--batch 32] [--repeats 10] [--threads N]
+
+AlexNet's two LRN shapes (after conv1 and conv2), float32, the paper's parameters. Each timing is
+the median of --repeats runs of forward + backward (upstream gradient of ones-like random), after
+a warm-up; both paths see the same input and thread count. Prints a markdown table.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import alexnet_rs  # noqa: F401  (registers torch.ops.alexnet_rs)
+from alexnet_rs.ops import lrn
+
+SHAPES = {"conv1 96x55x55": (96, 55, 55), "conv2 256x27x27": (256, 27, 27)}
+SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0
+
+
+def fwd_bwd(fn, x, g):
+    x = x.detach().requires_grad_(True)
+    fn(x).backward(g)
+    return x.grad
+
+
+def median_time(fn, x, g, repeats):
+    fwd_bwd(fn, x, g)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fwd_bwd(fn, x, g)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ours = lambda t: lrn(t, SIZE, ALPHA, BETA, K)  # noqa: E731
+    stock = lambda t: F.local_response_norm(t, SIZE, ALPHA, BETA, K)  # noqa: E731
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, float32, fwd+bwd median of {args.repeats}")
+    print("| shape | F.local_response_norm (ms) | alexnet_rs lrn (ms) | speed-up |")
+    print("|---|---|---|---|")
+    for name, chw in SHAPES.items():
+        x = torch.randn(args.batch, *chw).relu() * 50
+        g = torch.randn_like(x)
+        # Same answer before timing anything.
+        assert torch.allclose(fwd_bwd(ours, x, g), fwd_bwd(stock, x, g), rtol=1e-4, atol=1e-6)
+        t_stock = median_time(stock, x, g, args.repeats)
+        t_ours = median_time(ours, x, g, args.repeats)
+        print(f"| {name} | {t_stock * 1e3:.1f} | {t_ours * 1e3:.1f} | {t_stock / t_ours:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

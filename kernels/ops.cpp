@@ -1,0 +1,153 @@
+// kernels/ops.cpp: the `alexnet_rs` operator library registered with PyTorch's dispatcher.
+//
+// One TORCH_LIBRARY block per process (a second aborts it): it lives here, in the static
+// library linked into both the `alexnet` binary and the Python extension, and nowhere else.
+// Each op has CPU, Meta (shape-only, for FakeTensor / torch.compile / opcheck) and Autograd
+// kernels (+ CUDA with the `cuda` feature). The Autograd kernel is a torch::autograd::Function
+// whose backward calls the separate `*_backward` op through the dispatcher, so gradients work
+// the same from Rust (tch), from PyTorch eager and under torch.compile.
+#include "ops.h"
+
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "lrn.h"
+
+namespace alexnet_rs {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, int64_t, double, double, double)>& lrn_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("alexnet_rs::lrn", "")
+                             .typed<at::Tensor(const at::Tensor&, int64_t, double, double, double)>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double, double, double)>&
+lrn_backward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("alexnet_rs::lrn_backward", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double, double, double)>();
+  return op;
+}
+
+// ---- Meta kernels: output metadata only, with the same checks as the real kernels. ----
+
+at::Tensor lrn_forward_meta(const at::Tensor& x, int64_t size, double alpha, double beta, double k) {
+  check_lrn_args(x, LrnParams{size, alpha, beta, k}, "alexnet_rs::lrn");
+  return lrn_empty_output(x);
+}
+
+at::Tensor lrn_backward_meta(const at::Tensor& grad_out, const at::Tensor& x, int64_t size, double alpha,
+                             double beta, double k) {
+  check_lrn_backward_args(grad_out, x, LrnParams{size, alpha, beta, k});
+  return lrn_empty_output(x);
+}
+
+// ---- Autograd ----
+
+class LrnFunction : public torch::autograd::Function<LrnFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t size, double alpha, double beta,
+                            double k) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({x});
+    ctx->saved_data["size"] = size;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["beta"] = beta;
+    ctx->saved_data["k"] = k;
+    return lrn_op().call(x, size, alpha, beta, k);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    const at::Tensor dx = lrn_backward_op().call(grads[0], x, ctx->saved_data["size"].toInt(),
+                                                 ctx->saved_data["alpha"].toDouble(),
+                                                 ctx->saved_data["beta"].toDouble(), ctx->saved_data["k"].toDouble());
+    return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor lrn_autograd(const at::Tensor& x, int64_t size, double alpha, double beta, double k) {
+  return LrnFunction::apply(x, size, alpha, beta, k);
+}
+
+// ---- C ABI helpers ----
+
+char* dup_message(const char* msg) {
+  const size_t n = std::strlen(msg);
+  char* out = static_cast<char*>(std::malloc(n + 1));
+  if (out != nullptr) std::memcpy(out, msg, n + 1);
+  return out;
+}
+
+// Runs f, storing its tensor in *out; turns any exception into a message and an error kind.
+template <typename F>
+char* guarded(at::Tensor** out, int32_t* kind, F f) noexcept {
+  *out = nullptr;
+  *kind = 0;
+  try {
+    *out = new at::Tensor(f());
+    return nullptr;
+  } catch (const c10::TypeError& e) {
+    *kind = 1;
+    return dup_message(e.what_without_backtrace());
+  } catch (const c10::ValueError& e) {
+    *kind = 2;
+    return dup_message(e.what_without_backtrace());
+  } catch (const c10::Error& e) {
+    *kind = 3;
+    return dup_message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    *kind = 3;
+    return dup_message(e.what());
+  } catch (...) {
+    *kind = 3;
+    return dup_message("unknown C++ exception");
+  }
+}
+
+}  // namespace
+}  // namespace alexnet_rs
+
+TORCH_LIBRARY(alexnet_rs, m) {
+  m.def("lrn(Tensor x, int size, float alpha, float beta, float k) -> Tensor");
+  m.def("lrn_backward(Tensor grad_out, Tensor x, int size, float alpha, float beta, float k) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(alexnet_rs, CPU, m) {
+  m.impl("lrn", &alexnet_rs::lrn_forward_cpu);
+  m.impl("lrn_backward", &alexnet_rs::lrn_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(alexnet_rs, Meta, m) {
+  m.impl("lrn", &alexnet_rs::lrn_forward_meta);
+  m.impl("lrn_backward", &alexnet_rs::lrn_backward_meta);
+}
+
+TORCH_LIBRARY_IMPL(alexnet_rs, Autograd, m) { m.impl("lrn", &alexnet_rs::lrn_autograd); }
+
+#ifdef ALEXNET_WITH_CUDA
+TORCH_LIBRARY_IMPL(alexnet_rs, CUDA, m) {
+  m.impl("lrn", &alexnet_rs::lrn_forward_cuda);
+  m.impl("lrn_backward", &alexnet_rs::lrn_backward_cuda);
+}
+#endif
+
+extern "C" {
+
+void alexnet_rs_free_error(char* message) { std::free(message); }
+
+char* alexnet_rs_lrn(const at::Tensor* x, int64_t size, double alpha, double beta, double k, at::Tensor** out,
+                     int32_t* kind) {
+  return alexnet_rs::guarded(out, kind, [&] { return alexnet_rs::lrn_op().call(*x, size, alpha, beta, k); });
+}
+
+}  // extern "C"

@@ -1,0 +1,15 @@
+// The C ABI between Rust (src/ops.rs) and our torch ops. Tensors cross as `at::Tensor*`
+// (tch's C_tensor). Every entry point catches all C++ exceptions: it returns null on success,
+// or a malloc'd message (free with alexnet_rs_free_error) and sets *kind to
+//   1: a TypeError-like failure (dtype), 2: a ValueError-like failure (shape, size, device),
+//   3: anything else.
+#pragma once
+#include <cstdint>
+
+namespace at { class Tensor; }
+
+extern "C" {
+void alexnet_rs_free_error(char* message);
+char* alexnet_rs_lrn(const at::Tensor* x, int64_t size, double alpha, double beta, double k,
+                     at::Tensor** out, int32_t* kind);
+}

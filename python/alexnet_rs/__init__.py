@@ -1,0 +1,36 @@
+"""alexnet_rs: AlexNet on a Rust + libtorch core, with our own LRN kernel.
+
+Importing the package loads the native extension, which registers ``torch.ops.alexnet_rs.*``.
+"""
+
+import torch  # noqa: F401  -- loads libtorch before the extension that links against it
+
+from . import _native, ops
+from ._native import PRESETS, __version__, info_text, layer_table, param_shapes
+from .errors import (
+    AlexNetError,
+    AlexNetIOError,
+    ConfigError,
+    DataError,
+    DtypeError,
+    MissingFileError,
+    ShapeError,
+    TorchError,
+)
+
+__all__ = [
+    "PRESETS",
+    "__version__",
+    "info_text",
+    "layer_table",
+    "param_shapes",
+    "ops",
+    "AlexNetError",
+    "AlexNetIOError",
+    "ConfigError",
+    "DataError",
+    "DtypeError",
+    "MissingFileError",
+    "ShapeError",
+    "TorchError",
+]

@@ -1,0 +1,15 @@
+//! alexnet_rs: AlexNet (Krizhevsky, Sutskever & Hinton, 2012) on libtorch, in three presets
+//! (`paper`, `torchvision`, `caffe`), with our own LRN op (kernels/) registered with PyTorch's
+//! dispatcher as `torch.ops.alexnet_rs.lrn`.
+pub mod config;
+pub mod error;
+pub mod image;
+pub mod info;
+pub mod model;
+pub mod ops;
+#[cfg(feature = "python")]
+mod python;
+
+pub use config::{Config, Preset};
+pub use error::{Error, Result};
+pub use model::{forward, init_params, Params};

@@ -1,0 +1,73 @@
+//! Safe Rust entry points to our torch ops (`alexnet_rs::*`, kernels/ops.cpp).
+//!
+//! The ops go through PyTorch's dispatcher, so a call from Rust records the same autograd
+//! graph as `torch.ops.alexnet_rs.*` does from Python. No C++ exception crosses into Rust: the
+//! C side catches everything and returns a message, which becomes [`Error::Op`].
+use crate::error::{Error, OpErrorKind, Result};
+use std::ffi::{c_char, CStr};
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+mod ffi {
+    use super::*;
+    extern "C" {
+        pub fn alexnet_rs_free_error(message: *mut c_char);
+        pub fn alexnet_rs_lrn(
+            x: *const C_tensor,
+            size: i64,
+            alpha: f64,
+            beta: f64,
+            k: f64,
+            out: *mut *mut C_tensor,
+            kind: *mut i32,
+        ) -> *mut c_char;
+    }
+}
+
+/// Runs one C entry point that writes a tensor to `out` or returns an error message.
+fn call(f: impl FnOnce(*mut *mut C_tensor, *mut i32) -> *mut c_char) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let mut kind = 0i32;
+    let msg = f(&mut out, &mut kind);
+    if msg.is_null() {
+        assert!(!out.is_null(), "op returned neither a tensor nor an error");
+        // SAFETY: `out` is a heap `at::Tensor*` the C side allocated for us to own.
+        return Ok(unsafe { Tensor::from_ptr(out) });
+    }
+    // SAFETY: a non-null return is a NUL-terminated malloc'd string that we free once.
+    let message = unsafe {
+        let m = CStr::from_ptr(msg).to_string_lossy().into_owned();
+        ffi::alexnet_rs_free_error(msg);
+        m
+    };
+    let kind = match kind {
+        1 => OpErrorKind::Type,
+        2 => OpErrorKind::Value,
+        _ => OpErrorKind::Other,
+    };
+    Err(Error::Op { kind, message })
+}
+
+/// Local response normalisation across channels, with the formula and window of
+/// `torch.nn.functional.local_response_norm` (alpha divided by `size`; for even sizes the
+/// window is `size/2` channels before and `(size-1)/2` after). `x` is `(N, C, ...)`, 3-D or more,
+/// floating point. Differentiable (our fused backward kernel).
+pub fn lrn(x: &Tensor, size: i64, alpha: f64, beta: f64, k: f64) -> Result<Tensor> {
+    // SAFETY: `x` outlives the call; the C side only reads through the pointer.
+    call(|out, kind| unsafe { ffi::alexnet_rs_lrn(x.as_ptr(), size, alpha, beta, k, out, kind) })
+}
+
+/// The same function built from stock tch ops, exactly as `F.local_response_norm` composes it
+/// (square, pad channels, average over the window, scale, power, divide): the test oracle and
+/// the speed anchor. Input `(N, C, ...)` of 3 or more dims.
+pub fn lrn_reference(x: &Tensor, size: i64, alpha: f64, beta: f64, k: f64) -> Tensor {
+    let sizes = x.size();
+    let (n, c) = (sizes[0], sizes[1]);
+    let sq = x.square().reshape([n, 1, c, -1]);
+    let padded = sq.constant_pad_nd([0, 0, size / 2, (size - 1) / 2]);
+    let avg = padded.avg_pool2d([size, 1], [1, 1], [0, 0], false, true, None::<i64>);
+    let div = (avg * alpha + k)
+        .pow_tensor_scalar(beta)
+        .reshape(sizes.as_slice());
+    x / div
+}

@@ -1,0 +1,200 @@
+//! The presets: parameter counts and MACs against ALEXNET.md's published numbers, the analytic
+//! layer table against a real forward pass, names, initialisation and input checks.
+use alexnet_rs::info::layer_table;
+use alexnet_rs::model::{forward, forward_with, init_params, Stage};
+use alexnet_rs::{Config, Error, Preset};
+use tch::{nn, Device, Kind, Tensor};
+
+fn build(preset: Preset, classes: i64) -> (Config, nn::VarStore, alexnet_rs::Params) {
+    let cfg = Config::preset(preset, classes).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let params = init_params(&cfg, &vs.root()).unwrap();
+    (cfg, vs, params)
+}
+
+#[test]
+fn parameter_counts_match_the_published_ones() {
+    // ALEXNET.md: paper 60,965,224; torchvision 61,100,840 (torchvision's own count); caffe = paper.
+    for (preset, expected) in [
+        (Preset::Paper, 60_965_224),
+        (Preset::Torchvision, 61_100_840),
+        (Preset::Caffe, 60_965_224),
+    ] {
+        let (cfg, vs, _) = build(preset, 1000);
+        assert_eq!(cfg.num_params(), expected, "{preset}");
+        let real: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+        assert_eq!(real, expected, "{preset}: variables created");
+        let table: i64 = layer_table(&cfg, cfg.input_size)
+            .unwrap()
+            .iter()
+            .map(|r| r.params)
+            .sum();
+        assert_eq!(table, expected, "{preset}: info table");
+    }
+}
+
+#[test]
+fn macs_match_the_published_ones() {
+    // ALEXNET.md: 724 M per image for paper (conv 666 M), 714 M for torchvision.
+    for (preset, mmacs) in [
+        (Preset::Paper, 724),
+        (Preset::Torchvision, 714),
+        (Preset::Caffe, 724),
+    ] {
+        let cfg = Config::preset(preset, 1000).unwrap();
+        let macs: i64 = layer_table(&cfg, cfg.input_size)
+            .unwrap()
+            .iter()
+            .map(|r| r.macs)
+            .sum();
+        assert_eq!((macs as f64 / 1e6).round() as i64, mmacs, "{preset}");
+    }
+}
+
+#[test]
+fn paper_spatial_sizes_are_55_27_13_6() {
+    let cfg = Config::preset(Preset::Paper, 1000).unwrap();
+    let rows = layer_table(&cfg, 224).unwrap();
+    let side = |name: &str| rows.iter().find(|r| r.name == name).unwrap().out_shape[1];
+    assert_eq!(
+        [
+            side("conv1"),
+            side("conv1.pool"),
+            side("conv2.pool"),
+            side("conv5.pool")
+        ],
+        [55, 27, 13, 6]
+    );
+}
+
+#[test]
+fn forward_shapes_equal_the_layer_table_for_every_preset() {
+    tch::manual_seed(0);
+    for preset in Preset::ALL {
+        let (cfg, _vs, params) = build(preset, 10);
+        let size = cfg.input_size;
+        let x = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
+        let mut seen: Vec<(String, Vec<i64>)> = Vec::new();
+        let logits = forward_with(&cfg, &params, &x, false, &mut |name, stage, t| {
+            let name = match stage {
+                Stage::Conv | Stage::Fc => name.to_string(),
+                Stage::Lrn => format!("{name}.lrn"),
+                Stage::Pool => format!("{name}.pool"),
+                Stage::AdaptivePool => "avgpool".into(),
+            };
+            seen.push((name, t.size()[1..].to_vec()));
+        })
+        .unwrap();
+        assert_eq!(logits.size(), vec![2, 10], "{preset}");
+        let table: Vec<(String, Vec<i64>)> = layer_table(&cfg, size)
+            .unwrap()
+            .into_iter()
+            .skip(1)
+            .map(|r| (r.name, r.out_shape))
+            .collect();
+        assert_eq!(seen, table, "{preset}");
+    }
+}
+
+#[test]
+fn torchvision_preset_uses_torchvision_keys() {
+    let (_, vs, _) = build(Preset::Torchvision, 1000);
+    let mut names: Vec<String> = vs.variables().into_keys().collect();
+    names.sort();
+    let mut expected: Vec<String> = [
+        "features.0",
+        "features.3",
+        "features.6",
+        "features.8",
+        "features.10",
+        "classifier.1",
+        "classifier.4",
+        "classifier.6",
+    ]
+    .iter()
+    .flat_map(|l| [format!("{l}.weight"), format!("{l}.bias")])
+    .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+}
+
+#[test]
+fn paper_initialisation() {
+    tch::manual_seed(0);
+    let (_, _vs, params) = build(Preset::Paper, 1000);
+    let bias = |n: &str| params.get(&format!("{n}.bias")).unwrap().shallow_clone();
+    for (layer, value) in [
+        ("conv1", 0.0),
+        ("conv2", 1.0),
+        ("conv3", 0.0),
+        ("conv4", 1.0),
+        ("conv5", 1.0),
+        ("fc6", 1.0),
+        ("fc7", 1.0),
+        ("fc8", 0.0),
+    ] {
+        let b = bias(layer);
+        assert_eq!(b.min().double_value(&[]), value, "{layer}");
+        assert_eq!(b.max().double_value(&[]), value, "{layer}");
+    }
+    let w = params.get("fc6.weight").unwrap();
+    let std = w.std(true).double_value(&[]);
+    let mean = w.mean(Kind::Float).double_value(&[]);
+    assert!(
+        (std - 0.01).abs() < 1e-4 && mean.abs() < 1e-4,
+        "fc6 weight std {std}, mean {mean}"
+    );
+}
+
+#[test]
+fn torchvision_initialisation_is_pytorchs_default() {
+    tch::manual_seed(0);
+    let (_, _vs, params) = build(Preset::Torchvision, 1000);
+    // nn.Conv2d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); conv1 fan_in = 3 * 11 * 11.
+    let bound = 1.0 / (363f64).sqrt();
+    let w = params.get("features.0.weight").unwrap();
+    assert!(w.abs().max().double_value(&[]) <= bound);
+    assert!(w.abs().max().double_value(&[]) > 0.95 * bound);
+}
+
+#[test]
+fn backward_reaches_every_parameter() {
+    tch::manual_seed(0);
+    for preset in Preset::ALL {
+        let (cfg, _vs, params) = build(preset, 10);
+        let x = Tensor::randn(
+            [2, 3, cfg.input_size, cfg.input_size],
+            (Kind::Float, Device::Cpu),
+        );
+        forward(&cfg, &params, &x, true)
+            .unwrap()
+            .square()
+            .sum(Kind::Float)
+            .backward();
+        for (name, p) in params.iter() {
+            let g = p.grad();
+            assert!(g.defined(), "{preset}: no gradient for {name}");
+            assert!(g.isfinite().all().int64_value(&[]) == 1, "{preset}: {name}");
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let (cfg, _vs, params) = build(Preset::Paper, 10);
+    let err = |x: Tensor| forward(&cfg, &params, &x, false).unwrap_err().to_string();
+    let e = err(Tensor::zeros([2, 1, 224, 224], (Kind::Float, Device::Cpu)));
+    assert!(e.contains("(N, 3, H, W)"), "{e}");
+    let e = err(Tensor::zeros([1, 3, 224, 224], (Kind::Int64, Device::Cpu)));
+    assert!(e.contains("floating point"), "{e}");
+    let e = err(Tensor::zeros([1, 3, 256, 256], (Kind::Float, Device::Cpu)));
+    assert!(e.contains("224x224"), "{e}");
+    let e = err(Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu)));
+    assert!(e.contains("too small") || e.contains("features"), "{e}");
+    assert!(matches!(
+        Config::preset(Preset::Paper, 0),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!("vgg".parse::<Preset>(), Err(Error::Config(_))));
+    assert!(layer_table(&cfg, 8).is_err());
+}

@@ -1,0 +1,113 @@
+"""alexnet_rs.ops.lrn against torch.nn.functional.local_response_norm, gradcheck, opcheck,
+torch.compile, and bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import alexnet_rs
+from alexnet_rs.ops import lrn
+
+SHAPES = {"3d": (2, 9, 11), "4d": (2, 10, 5, 6), "5d": (1, 8, 3, 4, 5)}
+
+
+def _value_and_grad(fn, x, g):
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x)
+    y.backward(g)
+    return y.detach(), x.grad
+
+
+def _assert_close(a, b):
+    # Relative to the tensor's scale: elementwise rtol misleads where values cross zero.
+    scale = b.abs().max().clamp_min(1e-30)
+    assert ((a - b).abs().max() / scale).item() <= 1e-5
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("size", range(1, 8))
+@pytest.mark.parametrize("k", [1.0, 2.0])
+def test_matches_local_response_norm(shape, size, k):
+    x = torch.randn(shape) * 30  # large enough that the normaliser matters
+    g = torch.randn(shape)
+    alpha, beta = 1e-2, 0.75
+    y, dx = _value_and_grad(lambda t: lrn(t, size, alpha, beta, k), x, g)
+    y_ref, dx_ref = _value_and_grad(lambda t: F.local_response_norm(t, size, alpha, beta, k), x, g)
+    _assert_close(y, y_ref)
+    _assert_close(dx, dx_ref)
+
+
+@pytest.mark.parametrize("size", [2, 5])
+def test_channels_last(size):
+    x = (torch.randn(2, 16, 7, 7) * 30).to(memory_format=torch.channels_last)
+    g = torch.randn(2, 16, 7, 7)
+    y, dx = _value_and_grad(lambda t: lrn(t, size, 1e-3, 0.75, 2.0), x, g)
+    y_ref, dx_ref = _value_and_grad(lambda t: F.local_response_norm(t, size, 1e-3, 0.75, 2.0), x, g)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _assert_close(y, y_ref)
+    _assert_close(dx, dx_ref)
+
+
+def test_channels_last_3d():
+    x = (torch.randn(2, 6, 3, 4, 5) * 30).to(memory_format=torch.channels_last_3d)
+    _assert_close(lrn(x, 3, 1e-2, 0.75, 1.0), F.local_response_norm(x, 3, 1e-2, 0.75, 1.0))
+
+
+def test_non_contiguous_input():
+    x = (torch.randn(2, 12, 8, 8) * 30)[:, ::2, :, 1:]
+    _assert_close(lrn(x, 5, 1e-2, 0.6, 2.0), F.local_response_norm(x, 5, 1e-2, 0.6, 2.0))
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_gradcheck_float64(size):
+    x = (torch.randn(2, 7, 3, 4, dtype=torch.float64) * 3).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: lrn(t, size, 0.5, 0.75, 1.0), (x,))
+    assert torch.autograd.gradcheck(lambda t: lrn(t, size, 0.3, 0.6, 2.0), (x,))
+
+
+def test_opcheck():
+    for x in [torch.randn(2, 6, 5, 5, requires_grad=True), torch.randn(3, 4, 7, requires_grad=True)]:
+        torch.library.opcheck(torch.ops.alexnet_rs.lrn.default, (x, 5, 1e-4, 0.75, 2.0))
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_(True)
+    torch.library.opcheck(torch.ops.alexnet_rs.lrn.default, (x, 4, 1e-2, 0.75, 1.0))
+
+
+def test_torch_compile_fullgraph_with_backward():
+    def f(x):
+        return (lrn(torch.relu(x), 5, 1e-2, 0.75, 2.0) * 2.0).sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    x = torch.randn(2, 8, 6, 6) * 10
+    x1 = x.clone().requires_grad_(True)
+    x2 = x.clone().requires_grad_(True)
+    compiled(x1).backward()
+    f(x2).backward()
+    assert torch.allclose(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_rust_wrapper_path_matches():
+    x = torch.randn(2, 8, 5, 5) * 20
+    _assert_close(alexnet_rs._native.lrn(x, 5, 1e-2, 0.75, 2.0), F.local_response_norm(x, 5, 1e-2, 0.75, 2.0))
+
+
+@pytest.mark.parametrize(
+    "args, exc, needle",
+    [
+        ((torch.ones(5),), ValueError, "3 or more dimensions"),
+        ((torch.ones(1, 4, 2, 2, dtype=torch.int64),), TypeError, "floating-point"),
+        ((torch.ones(1, 4, 2, 2), 0), ValueError, "size must be >= 1"),
+        (([1.0, 2.0],), TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_input_raises(args, exc, needle):
+    with pytest.raises(exc, match=needle):
+        lrn(*args)
+
+
+def test_bad_input_through_rust_raises_our_errors():
+    with pytest.raises(alexnet_rs.ShapeError, match="3 or more dimensions"):
+        alexnet_rs._native.lrn(torch.ones(5))
+    with pytest.raises(alexnet_rs.DtypeError, match="floating-point"):
+        alexnet_rs._native.lrn(torch.ones(1, 4, 2, 2, dtype=torch.int32))
+    with pytest.raises(TypeError):
+        alexnet_rs._native.lrn("not a tensor")
