@@ -9,7 +9,7 @@ PYTHON3 ?= python3
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 CACHE := $(CURDIR)/.cache
-SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+SITE = $(shell test -x $(PY) && $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 FEATURES ?= cuda
 BIN := target/release/alexnet
 FOOLBOX := $(CACHE)/data/foolbox
@@ -21,12 +21,13 @@ export LIBTORCH_USE_PYTORCH := 1
 export CARGO_BUILD_JOBS ?= 2
 export NVCC = $(SITE)/nvidia/cu13/bin/nvcc
 
-.PHONY: help setup venv data fashion-mnist images build python demo test test-rust test-python clean
+.PHONY: help setup venv data fashion-mnist images build python demo test test-rust test-python gpu-check-cpu gpu-artifacts clean
 
 help:
 	@echo "make demo   - set up, then run alexnet info and a forward+backward pass for every preset"
 	@echo "make test   - set up, then cargo test + pytest"
 	@echo "make setup  - .venv (torch 2.11.0, nvcc 13.0), data, the alexnet binary and the Python extension"
+	@echo "make gpu-artifacts - dist/ for scripts/gpu-check on a GPU machine"
 
 setup: venv data build python
 
@@ -71,13 +72,22 @@ demo: setup
 	  $(BIN) forward --preset $$p $(FOOLBOX)/imagenet_00_243.jpg $(FOOLBOX)/imagenet_01_559.jpg $(FOOLBOX)/imagenet_02_438.jpg && echo; \
 	done
 
-test: setup test-rust test-python
+test: setup test-rust test-python gpu-check-cpu
 
 test-rust:
 	cargo test --release --features $(FEATURES)
 
 test-python:
 	cd tests && $(PY) -m pytest -q python
+
+# scripts/gpu-check's CPU mode: every part of the GPU check that needs no GPU.
+gpu-check-cpu:
+	PYTHON=$(PY) scripts/gpu-check --cpu --out $(CACHE)/gpu-check-cpu
+
+# What travels to the GPU machine (no Rust there): the abi3 wheel and the alexnet binary.
+gpu-artifacts: build python
+	cp $(BIN) dist/alexnet
+	@du -ch dist/alexnet dist/alexnet_rs-*.whl | tail -n 1
 
 clean:
 	cargo clean

@@ -8,21 +8,23 @@ const CPP_SOURCES: &[&str] = &[
     "kernels/ops.cpp",
     "kernels/lrn_common.cpp",
     "kernels/lrn_cpu.cpp",
+    "kernels/grouped_conv_cpu.cpp",
 ];
 /// Torch glue of the CUDA kernels (g++, with CUDA headers), built with the `cuda` feature.
-const CUDA_GLUE_SOURCES: &[&str] = &["kernels/lrn_cuda.cpp"];
+const CUDA_GLUE_SOURCES: &[&str] = &["kernels/lrn_cuda.cpp", "kernels/grouped_conv_cuda.cpp"];
 /// The kernels themselves (nvcc, no torch headers).
-const CUDA_SOURCES: &[&str] = &["kernels/lrn.cu"];
-const HEADERS: &[&str] = &["kernels/ops.h", "kernels/lrn.h", "kernels/cuda_api.h"];
+const CUDA_SOURCES: &[&str] = &["kernels/lrn.cu", "kernels/grouped_conv.cu"];
+const HEADERS: &[&str] = &[
+    "kernels/ops.h",
+    "kernels/lrn.h",
+    "kernels/grouped_conv.h",
+    "kernels/cuda_api.h",
+    "kernels/cuda_glue.h",
+];
 
 fn main() {
-    let lib = PathBuf::from(
-        env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report libtorch's lib folder"),
-    );
-    let torch_root = lib
-        .parent()
-        .expect("libtorch lib folder has a parent")
-        .to_path_buf();
+    let lib = PathBuf::from(env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report libtorch's lib folder"));
+    let torch_root = lib.parent().expect("libtorch lib folder has a parent").to_path_buf();
     let includes = [
         torch_root.join("include"),
         torch_root.join("include/torch/csrc/api/include"),
@@ -30,10 +32,7 @@ fn main() {
     let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
     let python = env::var_os("CARGO_FEATURE_PYTHON").is_some();
     // pip's CUDA 13 runtime and headers live beside torch: site-packages/nvidia/cu13.
-    let cu13 = torch_root
-        .parent()
-        .expect("torch has a parent")
-        .join("nvidia/cu13");
+    let cu13 = torch_root.parent().expect("torch has a parent").join("nvidia/cu13");
 
     for f in CPP_SOURCES
         .iter()
@@ -84,10 +83,7 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../nvidia/cu13/lib");
     } else {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-        println!(
-            "cargo:rustc-link-arg=-Wl,-rpath,{}",
-            cu13.join("lib").display()
-        );
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", cu13.join("lib").display());
     }
 }
 
@@ -96,9 +92,27 @@ fn build_cuda(cu13: &Path) {
     let nvcc = env::var("NVCC").unwrap_or_else(|_| {
         panic!("the `cuda` feature needs NVCC=<path to nvcc> (make setup installs pip's nvcc 13.0)")
     });
-    eprintln!("building CUDA kernels with {nvcc} for sm_80, sm_90 (+ compute_90 PTX)");
+    // Shown in the build log (CI proves the kernels compile for both architectures).
+    let version = std::process::Command::new(&nvcc)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_else(|e| panic!("cannot run NVCC={nvcc}: {e}"));
+    println!(
+        "cargo:warning=nvcc ({version}): compiling {} for sm_80, sm_90 + compute_90 PTX",
+        CUDA_SOURCES.join(", ")
+    );
     cc::Build::new()
         .cuda(true)
+        // cc would add the static runtime; we link the shared one torch uses (below), so that
+        // our launches and torch's share one CUDA runtime.
+        .cudart("none")
         .include("kernels")
         .files(CUDA_SOURCES)
         .flag("-std=c++17")
@@ -111,9 +125,6 @@ fn build_cuda(cu13: &Path) {
         .link_lib_modifier("+whole-archive")
         .compile("alexnet_cuda");
     // pip's CUDA has no unversioned libcudart.so: link the versioned file verbatim.
-    println!(
-        "cargo:rustc-link-search=native={}",
-        cu13.join("lib").display()
-    );
+    println!("cargo:rustc-link-search=native={}", cu13.join("lib").display());
     println!("cargo:rustc-link-arg=-l:libcudart.so.13");
 }

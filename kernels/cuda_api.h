@@ -19,3 +19,19 @@ const char* alexnet_rs_lrn_cuda_forward(int dtype, const void* x, void* y, Alexn
 const char* alexnet_rs_lrn_cuda_backward(int dtype, const void* dy, const void* x, void* dx, AlexnetLrnShape shape,
                                          int64_t size, double alpha, double beta, double k, void* stream);
 }
+
+// Shape of a grouped 2-D convolution (NCHW, dilation 1): input (N, Cin, H, W), weight
+// (Cout, Cin/groups, KH, KW), output (N, Cout, OH, OW).
+struct AlexnetConvShape {
+  int64_t N, Cin, H, W, Cout, KH, KW, OH, OW, SH, SW, PH, PW;
+  int groups;
+};
+
+extern "C" {
+const char* alexnet_rs_conv_cuda_forward(int dtype, const void* x, const void* w, const void* b, void* y,
+                                         AlexnetConvShape shape, void* stream);
+const char* alexnet_rs_conv_cuda_backward_data(int dtype, const void* dy, const void* w, void* dx,
+                                               AlexnetConvShape shape, void* stream);
+const char* alexnet_rs_conv_cuda_backward_weight(int dtype, const void* dy, const void* x, void* dw,
+                                                 AlexnetConvShape shape, void* stream);
+}

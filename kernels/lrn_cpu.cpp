@@ -71,16 +71,27 @@ void prepare(std::vector<acc_t>& buf, int64_t C, int64_t ts) {
   if (ts < kTile) std::fill(buf.begin(), buf.end(), acc_t(0));
 }
 
-// acc[j] = sum of rows lo..hi of buf (clipped to 0..C-1), for the tile's kTile positions.
-template <typename acc_t>
-inline void window_sum(const acc_t* buf, int64_t lo, int64_t hi, int64_t C, acc_t* acc) {
+// For j < n: f(j, s_j) with s_j the sum of rows lo..hi (clipped to 0..C-1) of the C x kTile
+// buffer at column j. A window of the compile-time width W (5 in every AlexNet) that is not
+// clipped is summed in registers, fused with f, so the loop vectorises with no stores between.
+template <int W, typename acc_t, typename F>
+inline void windowed(const acc_t* buf, int64_t lo, int64_t hi, int64_t C, int64_t n, F&& f) {
+  if (W > 0 && lo >= 0 && hi < C && hi - lo + 1 == W) {
+    const acc_t* r = buf + lo * kTile;
+    for (int64_t j = 0; j < n; ++j) {
+      acc_t s = 0;
+      for (int w = 0; w < W; ++w) s += r[w * kTile + j];
+      f(j, s);
+    }
+    return;
+  }
+  acc_t acc[kTile];
   lo = std::max<int64_t>(lo, 0);
   hi = std::min<int64_t>(hi, C - 1);
-  for (int64_t j = 0; j < kTile; ++j) acc[j] = 0;
-  for (int64_t r = lo; r <= hi; ++r) {
-    const acc_t* row = buf + r * kTile;
-    for (int64_t j = 0; j < kTile; ++j) acc[j] += row[j];
-  }
+  for (int64_t j = 0; j < n; ++j) acc[j] = 0;
+  for (int64_t r = lo; r <= hi; ++r)
+    for (int64_t j = 0; j < n; ++j) acc[j] += buf[r * kTile + j];
+  for (int64_t j = 0; j < n; ++j) f(j, acc[j]);
 }
 
 // Runs fn(n, s0, ts) over every tile of the N samples, in parallel.
@@ -95,7 +106,7 @@ void for_each_tile(int64_t N, int64_t S, F fn) {
   });
 }
 
-template <typename scalar_t, bool kBeta075>
+template <typename scalar_t, bool kBeta075, int W>
 void forward_kernel(const scalar_t* x, scalar_t* y, int64_t N, const Layout& l, const LrnParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t k = p.k, an = p.alpha / p.size, beta = p.beta;
@@ -107,17 +118,16 @@ void forward_kernel(const scalar_t* x, scalar_t* y, int64_t N, const Layout& l, 
     const int64_t off = n * C * l.S;
     gather(x + off, xb.data(), l, s0, ts);
     for (int64_t i = 0; i < C * kTile; ++i) sq[i] = xb[i] * xb[i];
-    acc_t acc[kTile];
     for (int64_t c = 0; c < C; ++c) {
-      window_sum(sq.data(), c - pre, c + post, C, acc);
       acc_t* row = xb.data() + c * kTile;  // y[c] overwrites x[c]: only row c reads it
-      for (int64_t j = 0; j < kTile; ++j) row[j] *= neg_pow<acc_t, kBeta075>(k + an * acc[j], beta);
+      windowed<W>(sq.data(), c - pre, c + post, C, kTile,
+                  [&](int64_t j, acc_t s) { row[j] *= neg_pow<acc_t, kBeta075>(k + an * s, beta); });
     }
     scatter(xb.data(), y + off, l, s0, ts);
   });
 }
 
-template <typename scalar_t, bool kBeta075>
+template <typename scalar_t, bool kBeta075, int W>
 void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx, int64_t N, const Layout& l,
                      const LrnParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -133,29 +143,50 @@ void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx, int64_
     gather(x + off, xb.data(), l, s0, ts);
     gather(dy + off, gb.data(), l, s0, ts);
     for (int64_t i = 0; i < C * kTile; ++i) sq[i] = xb[i] * xb[i];
-    acc_t acc[kTile];
     // Pass 1: a[c] = dy[c] d[c]^-beta (into gb), t[c] = a[c] x[c] / d[c] = dy y / d (into tb).
     for (int64_t c = 0; c < C; ++c) {
-      window_sum(sq.data(), c - pre, c + post, C, acc);
       acc_t* g = gb.data() + c * kTile;
       const acc_t* xr = xb.data() + c * kTile;
       acc_t* t = tb.data() + c * kTile;
-      for (int64_t j = 0; j < kTile; ++j) {
-        const acc_t d = k + an * acc[j];
+      windowed<W>(sq.data(), c - pre, c + post, C, kTile, [&](int64_t j, acc_t s) {
+        const acc_t d = k + an * s;
         g[j] *= neg_pow<acc_t, kBeta075>(d, beta);
         t[j] = g[j] * xr[j] / d;
-      }
+      });
     }
     // Pass 2: dx[c] = a[c] - 2 alpha beta / size * x[c] * sum of t over the windows holding c.
     for (int64_t c = 0; c < C; ++c) {
-      window_sum(tb.data(), c - post, c + pre, C, acc);
       const acc_t* g = gb.data() + c * kTile;
       acc_t* xr = xb.data() + c * kTile;  // dx[c] overwrites x[c]
-      for (int64_t j = 0; j < kTile; ++j) xr[j] = g[j] - two_an_beta * xr[j] * acc[j];
+      windowed<W>(tb.data(), c - post, c + pre, C, kTile,
+                  [&](int64_t j, acc_t s) { xr[j] = g[j] - two_an_beta * xr[j] * s; });
     }
     scatter(xb.data(), dx + off, l, s0, ts);
   });
 }
+
+// Instantiates f<scalar_t, kBeta075, W>() for the runtime beta and size (W = 0: any size).
+template <typename scalar_t, template <typename, bool, int> class K, typename... Args>
+void dispatch_variant(const LrnParams& p, Args&&... args) {
+  const bool b075 = p.beta == 0.75;
+  if (p.size == 5) {
+    b075 ? K<scalar_t, true, 5>::run(args...) : K<scalar_t, false, 5>::run(args...);
+  } else {
+    b075 ? K<scalar_t, true, 0>::run(args...) : K<scalar_t, false, 0>::run(args...);
+  }
+}
+
+template <typename scalar_t, bool B, int W>
+struct Forward {
+  template <typename... A>
+  static void run(A&&... a) { forward_kernel<scalar_t, B, W>(a...); }
+};
+
+template <typename scalar_t, bool B, int W>
+struct Backward {
+  template <typename... A>
+  static void run(A&&... a) { backward_kernel<scalar_t, B, W>(a...); }
+};
 
 Layout layout_of(const LrnLayout& l) { return Layout{l.C, l.S, l.channels_last()}; }
 
@@ -175,10 +206,7 @@ at::Tensor lrn_forward_cpu(const at::Tensor& x, int64_t size, double alpha, doub
   if (x.numel() == 0) return y;
   const Layout l = layout_of(ll);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lrn_forward_cpu", [&] {
-    if (beta == 0.75)
-      forward_kernel<scalar_t, true>(xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.size(0), l, p);
-    else
-      forward_kernel<scalar_t, false>(xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.size(0), l, p);
+    dispatch_variant<scalar_t, Forward>(p, xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), x.size(0), l, p);
   });
   return y;
 }
@@ -200,10 +228,7 @@ at::Tensor lrn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, int
     const auto* g = gc.const_data_ptr<scalar_t>();
     const auto* xp = xc.const_data_ptr<scalar_t>();
     auto* out = dx.mutable_data_ptr<scalar_t>();
-    if (beta == 0.75)
-      backward_kernel<scalar_t, true>(g, xp, out, x.size(0), l, p);
-    else
-      backward_kernel<scalar_t, false>(g, xp, out, x.size(0), l, p);
+    dispatch_variant<scalar_t, Backward>(p, g, xp, out, x.size(0), l, p);
   });
   return dx;
 }

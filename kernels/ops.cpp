@@ -3,7 +3,7 @@
 // One TORCH_LIBRARY block per process (a second aborts it): it lives here, in the static
 // library linked into both the `alexnet` binary and the Python extension, and nowhere else.
 // Each op has CPU, Meta (shape-only, for FakeTensor / torch.compile / opcheck) and Autograd
-// kernels (+ CUDA with the `cuda` feature). The Autograd kernel is a torch::autograd::Function
+// kernels (+ CUDA with the `cuda` feature). Ops: lrn (+ lrn_backward), grouped_conv2d (+ _backward). The Autograd kernel is a torch::autograd::Function
 // whose backward calls the separate `*_backward` op through the dispatcher, so gradients work
 // the same from Rust (tch), from PyTorch eager and under torch.compile.
 #include "ops.h"
@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "grouped_conv.h"
 #include "lrn.h"
 
 namespace alexnet_rs {
@@ -38,6 +39,24 @@ lrn_backward_op() {
   return op;
 }
 
+using ConvSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
+                           at::IntArrayRef, int64_t);
+using ConvBackwardSig = ConvGrads(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                                  at::IntArrayRef, int64_t, std::array<bool, 3>);
+
+const c10::TypedOperatorHandle<ConvSig>& conv_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("alexnet_rs::grouped_conv2d", "").typed<ConvSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<ConvBackwardSig>& conv_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("alexnet_rs::grouped_conv2d_backward", "")
+                             .typed<ConvBackwardSig>();
+  return op;
+}
+
 // ---- Meta kernels: output metadata only, with the same checks as the real kernels. ----
 
 at::Tensor lrn_forward_meta(const at::Tensor& x, int64_t size, double alpha, double beta, double k) {
@@ -49,6 +68,20 @@ at::Tensor lrn_backward_meta(const at::Tensor& grad_out, const at::Tensor& x, in
                              double beta, double k) {
   check_lrn_backward_args(grad_out, x, LrnParams{size, alpha, beta, k});
   return lrn_empty_output(x);
+}
+
+at::Tensor grouped_conv2d_meta(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                               at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups) {
+  return at::empty(check_conv_args(x, w, b, stride, padding, groups), x.options());
+}
+
+ConvGrads grouped_conv2d_backward_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w,
+                                       at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
+                                       std::array<bool, 3> mask) {
+  check_conv_args(x, w, std::nullopt, stride, padding, groups);
+  return {mask[0] ? at::empty(x.sizes(), x.options()) : at::Tensor(),
+          mask[1] ? at::empty(w.sizes(), w.options()) : at::Tensor(),
+          mask[2] ? at::empty({w.size(0)}, w.options()) : at::Tensor()};
 }
 
 // ---- Autograd ----
@@ -74,6 +107,37 @@ class LrnFunction : public torch::autograd::Function<LrnFunction> {
     return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
+
+class GroupedConvFunction : public torch::autograd::Function<GroupedConvFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const std::optional<at::Tensor>& b, at::IntArrayRef stride, at::IntArrayRef padding,
+                            int64_t groups) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["has_bias"] = b.has_value() && b->defined();
+    return conv_op().call(x, w, b, stride, padding, groups);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto stride = ctx->saved_data["stride"].toIntVector();
+    const auto padding = ctx->saved_data["padding"].toIntVector();
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                   ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
+    auto [dx, dw, db] = conv_backward_op().call(grads[0], saved[0], saved[1], stride, padding,
+                                                ctx->saved_data["groups"].toInt(), mask);
+    return {dx, dw, db, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor grouped_conv2d_autograd(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups) {
+  return GroupedConvFunction::apply(x, w, b, stride, padding, groups);
+}
 
 at::Tensor lrn_autograd(const at::Tensor& x, int64_t size, double alpha, double beta, double k) {
   return LrnFunction::apply(x, size, alpha, beta, k);
@@ -120,24 +184,37 @@ char* guarded(at::Tensor** out, int32_t* kind, F f) noexcept {
 TORCH_LIBRARY(alexnet_rs, m) {
   m.def("lrn(Tensor x, int size, float alpha, float beta, float k) -> Tensor");
   m.def("lrn_backward(Tensor grad_out, Tensor x, int size, float alpha, float beta, float k) -> Tensor");
+  m.def("grouped_conv2d(Tensor x, Tensor w, Tensor? b, int[2] stride, int[2] padding, int groups) -> Tensor");
+  m.def(
+      "grouped_conv2d_backward(Tensor grad_out, Tensor x, Tensor w, int[2] stride, int[2] padding, int groups, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(alexnet_rs, CPU, m) {
   m.impl("lrn", &alexnet_rs::lrn_forward_cpu);
   m.impl("lrn_backward", &alexnet_rs::lrn_backward_cpu);
+  m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_cpu);
+  m.impl("grouped_conv2d_backward", &alexnet_rs::grouped_conv2d_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(alexnet_rs, Meta, m) {
   m.impl("lrn", &alexnet_rs::lrn_forward_meta);
   m.impl("lrn_backward", &alexnet_rs::lrn_backward_meta);
+  m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_meta);
+  m.impl("grouped_conv2d_backward", &alexnet_rs::grouped_conv2d_backward_meta);
 }
 
-TORCH_LIBRARY_IMPL(alexnet_rs, Autograd, m) { m.impl("lrn", &alexnet_rs::lrn_autograd); }
+TORCH_LIBRARY_IMPL(alexnet_rs, Autograd, m) {
+  m.impl("lrn", &alexnet_rs::lrn_autograd);
+  m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_autograd);
+}
 
 #ifdef ALEXNET_WITH_CUDA
 TORCH_LIBRARY_IMPL(alexnet_rs, CUDA, m) {
   m.impl("lrn", &alexnet_rs::lrn_forward_cuda);
   m.impl("lrn_backward", &alexnet_rs::lrn_backward_cuda);
+  m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_cuda);
+  m.impl("grouped_conv2d_backward", &alexnet_rs::grouped_conv2d_backward_cuda);
 }
 #endif
 
@@ -148,6 +225,15 @@ void alexnet_rs_free_error(char* message) { std::free(message); }
 char* alexnet_rs_lrn(const at::Tensor* x, int64_t size, double alpha, double beta, double k, at::Tensor** out,
                      int32_t* kind) {
   return alexnet_rs::guarded(out, kind, [&] { return alexnet_rs::lrn_op().call(*x, size, alpha, beta, k); });
+}
+
+char* alexnet_rs_grouped_conv2d(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, int64_t stride_h,
+                                int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t groups, at::Tensor** out,
+                                int32_t* kind) {
+  return alexnet_rs::guarded(out, kind, [&] {
+    const std::optional<at::Tensor> bias = b != nullptr ? std::optional<at::Tensor>(*b) : std::nullopt;
+    return alexnet_rs::conv_op().call(*x, *w, bias, {stride_h, stride_w}, {pad_h, pad_w}, groups);
+  });
 }
 
 }  // extern "C"

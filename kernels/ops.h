@@ -12,4 +12,8 @@ extern "C" {
 void alexnet_rs_free_error(char* message);
 char* alexnet_rs_lrn(const at::Tensor* x, int64_t size, double alpha, double beta, double k,
                      at::Tensor** out, int32_t* kind);
+// b may be null (no bias).
+char* alexnet_rs_grouped_conv2d(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, int64_t stride_h,
+                                int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t groups, at::Tensor** out,
+                                int32_t* kind);
 }

@@ -18,6 +18,7 @@
 //! from a 224 crop with no padding. PyTorch floors, so we pad 2 (as torchvision does): 224 -> 55
 //! -> 27 -> 13 -> 6. Same parameter count and output sizes; the taps sit two pixels further
 //! left/up than cuda-convnet's.
+use crate::conv::ConvBackend;
 use crate::error::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
@@ -54,14 +55,11 @@ impl fmt::Display for Preset {
 impl FromStr for Preset {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Preset::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "unknown preset `{s}` (choose one of: paper, torchvision, caffe)"
-                ))
-            })
+        Preset::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown preset `{s}` (choose one of: paper, torchvision, caffe)"
+            ))
+        })
     }
 }
 
@@ -130,17 +128,11 @@ pub struct Config {
     pub adaptive_pool: Option<i64>,
     pub fcs: Vec<FcLayer>,
     pub dropout: f64,
+    /// Which convolution implementation runs the conv layers (not part of the architecture).
+    pub conv_backend: ConvBackend,
 }
 
-fn conv(
-    name: &str,
-    out: i64,
-    kernel: i64,
-    stride: i64,
-    padding: i64,
-    groups: i64,
-    init: Init,
-) -> ConvLayer {
+fn conv(name: &str, out: i64, kernel: i64, stride: i64, padding: i64, groups: i64, init: Init) -> ConvLayer {
     ConvLayer {
         name: name.into(),
         out_channels: out,
@@ -167,9 +159,7 @@ impl Config {
     /// The preset's network with a `num_classes`-way last layer (1000 for ImageNet).
     pub fn preset(preset: Preset, num_classes: i64) -> Result<Config> {
         if num_classes < 1 {
-            return Err(Error::Config(format!(
-                "num_classes must be >= 1, got {num_classes}"
-            )));
+            return Err(Error::Config(format!("num_classes must be >= 1, got {num_classes}")));
         }
         let n = |std: f64, bias: f64| Init::Normal { std, bias };
         let lrn_pool = |mut c: ConvLayer, lrn: bool| {
@@ -213,6 +203,7 @@ impl Config {
                     fc("fc8", num_classes, true, n(0.01, 0.0)),
                 ],
                 dropout: 0.5,
+                conv_backend: ConvBackend::default(),
             },
             // torchvision's keys verbatim: features.{0,3,6,8,10}, classifier.{1,4,6}.
             Preset::Torchvision => {
@@ -246,6 +237,7 @@ impl Config {
                         fc("classifier.6", num_classes, false, d),
                     ],
                     dropout: 0.5,
+                    conv_backend: ConvBackend::default(),
                 }
             }
             // BVLC train_val.prototxt: std 0.01 (fc6/fc7 0.005); bias 0.1 on conv2, conv4, conv5,
@@ -279,6 +271,7 @@ impl Config {
                     fc("fc8", num_classes, true, n(0.01, 0.0)),
                 ],
                 dropout: 0.5,
+                conv_backend: ConvBackend::default(),
             },
         };
         Ok(cfg)
@@ -304,10 +297,7 @@ impl Config {
     }
 
     pub fn num_params(&self) -> i64 {
-        self.param_shapes()
-            .iter()
-            .map(|(_, s)| s.iter().product::<i64>())
-            .sum()
+        self.param_shapes().iter().map(|(_, s)| s.iter().product::<i64>()).sum()
     }
 
     pub fn num_classes(&self) -> i64 {

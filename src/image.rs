@@ -40,13 +40,7 @@ pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
 
 /// Shorter side to `resize`, centre crop `crop` x `crop`, scale to [0, 1], then (v - mean) / std:
 /// a `(3, crop, crop)` float32 tensor.
-pub fn to_tensor(
-    img: &image::RgbImage,
-    resize: u32,
-    crop: u32,
-    mean: [f32; 3],
-    std: [f32; 3],
-) -> Tensor {
+pub fn to_tensor(img: &image::RgbImage, resize: u32, crop: u32, mean: [f32; 3], std: [f32; 3]) -> Tensor {
     let (w, h) = img.dimensions();
     let (nw, nh) = if w <= h {
         (

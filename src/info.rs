@@ -53,10 +53,7 @@ pub fn layer_table(cfg: &Config, input: i64) -> Result<Vec<LayerRow>> {
             let p = cfg.lrn;
             rows.push(LayerRow {
                 name: format!("{}.lrn", c.name),
-                op: format!(
-                    "lrn size {} alpha {} beta {} k {}",
-                    p.size, p.alpha, p.beta, p.k
-                ),
+                op: format!("lrn size {} alpha {} beta {} k {}", p.size, p.alpha, p.beta, p.k),
                 out_shape: vec![ch, side, side],
                 params: 0,
                 macs: 0,
@@ -139,12 +136,7 @@ pub fn render(cfg: &Config, input: i64) -> Result<String> {
         "layer", "op", "output", "params", "MACs"
     );
     for r in &rows {
-        let shape = r
-            .out_shape
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join("x");
+        let shape = r.out_shape.iter().map(i64::to_string).collect::<Vec<_>>().join("x");
         let _ = writeln!(
             s,
             "{:<14} {:<44} {:>16} {:>12} {:>15}",
@@ -157,11 +149,7 @@ pub fn render(cfg: &Config, input: i64) -> Result<String> {
     }
     let params: i64 = rows.iter().map(|r| r.params).sum();
     let macs: i64 = rows.iter().map(|r| r.macs).sum();
-    let conv_macs: i64 = rows
-        .iter()
-        .filter(|r| r.op.starts_with("conv"))
-        .map(|r| r.macs)
-        .sum();
+    let conv_macs: i64 = rows.iter().filter(|r| r.op.starts_with("conv")).map(|r| r.macs).sum();
     let mut sides: Vec<i64> = rows
         .iter()
         .filter(|r| r.out_shape.len() == 3)

@@ -2,6 +2,7 @@
 //! (`paper`, `torchvision`, `caffe`), with our own LRN op (kernels/) registered with PyTorch's
 //! dispatcher as `torch.ops.alexnet_rs.lrn`.
 pub mod config;
+pub mod conv;
 pub mod error;
 pub mod image;
 pub mod info;
@@ -11,5 +12,6 @@ pub mod ops;
 mod python;
 
 pub use config::{Config, Preset};
+pub use conv::ConvBackend;
 pub use error::{Error, Result};
 pub use model::{forward, init_params, Params};

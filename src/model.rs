@@ -5,6 +5,7 @@
 //! caller owns the parameters (a tch `VarStore`, or a Python module's `nn.Parameter`s), so the
 //! autograd graph links back to whichever side created them.
 use crate::config::{Config, ConvLayer, FcLayer, Init};
+use crate::conv::{self, ConvArgs};
 use crate::error::{Error, Result};
 use crate::ops;
 use std::collections::BTreeMap;
@@ -58,30 +59,17 @@ impl Params {
 /// as the preset says, and returns handles to them.
 pub fn init_params(cfg: &Config, root: &nn::Path) -> Result<Params> {
     let mut map = BTreeMap::new();
-    let inits = cfg
-        .convs
-        .iter()
-        .map(|c| c.init)
-        .chain(cfg.fcs.iter().map(|f| f.init));
+    let inits = cfg.convs.iter().map(|c| c.init).chain(cfg.fcs.iter().map(|f| f.init));
     for (pair, init) in cfg.param_shapes().chunks(2).zip(inits) {
         let ((wname, wshape), (bname, bshape)) = (&pair[0], &pair[1]);
         let (w_init, b_init) = match init {
-            Init::Normal { std, bias } => (
-                nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: std,
-                },
-                nn::Init::Const(bias),
-            ),
+            Init::Normal { std, bias } => (nn::Init::Randn { mean: 0.0, stdev: std }, nn::Init::Const(bias)),
             Init::TorchDefault => {
                 // kaiming_uniform_(a=sqrt(5)) and the bias rule of nn.Conv2d/nn.Linear both give
                 // U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
                 let fan_in: i64 = wshape[1..].iter().product();
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                let u = nn::Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                };
+                let u = nn::Init::Uniform { lo: -bound, up: bound };
                 (u, u)
             }
         };
@@ -172,16 +160,12 @@ fn conv_stage(
 ) -> Result<Tensor> {
     let w = params.get(&format!("{}.weight", c.name))?;
     let b = params.get(&format!("{}.bias", c.name))?;
-    let mut h = x
-        .f_conv2d(
-            w,
-            Some(b),
-            [c.stride, c.stride],
-            [c.padding, c.padding],
-            [1, 1],
-            c.groups,
-        )?
-        .f_relu()?;
+    let args = ConvArgs {
+        stride: c.stride,
+        padding: c.padding,
+        groups: c.groups,
+    };
+    let mut h = conv::conv2d(cfg.conv_backend, x, w, b, args)?.f_relu()?;
     observe(&c.name, Stage::Conv, &h);
     if c.lrn {
         let p = cfg.lrn;
@@ -190,27 +174,14 @@ fn conv_stage(
     }
     if c.pool {
         let p = cfg.pool;
-        h = h.f_max_pool2d(
-            [p.kernel, p.kernel],
-            [p.stride, p.stride],
-            [0, 0],
-            [1, 1],
-            p.ceil_mode,
-        )?;
+        h = h.f_max_pool2d([p.kernel, p.kernel], [p.stride, p.stride], [0, 0], [1, 1], p.ceil_mode)?;
         observe(&c.name, Stage::Pool, &h);
     }
     Ok(h)
 }
 
 /// [dropout] -> linear -> [ReLU unless last].
-fn fc_stage(
-    cfg: &Config,
-    f: &FcLayer,
-    params: &Params,
-    x: &Tensor,
-    train: bool,
-    last: bool,
-) -> Result<Tensor> {
+fn fc_stage(cfg: &Config, f: &FcLayer, params: &Params, x: &Tensor, train: bool, last: bool) -> Result<Tensor> {
     let w = params.get(&format!("{}.weight", f.name))?;
     let b = params.get(&format!("{}.bias", f.name))?;
     let h = if f.dropout_before && train {
@@ -230,10 +201,7 @@ fn check_input(cfg: &Config, x: &Tensor) -> Result<()> {
             cfg.in_channels
         )));
     }
-    if !matches!(
-        x.kind(),
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    ) {
+    if !matches!(x.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
         return Err(Error::Dtype(format!(
             "input must be floating point, got dtype {:?}",
             x.kind()

@@ -21,6 +21,18 @@ mod ffi {
             out: *mut *mut C_tensor,
             kind: *mut i32,
         ) -> *mut c_char;
+        pub fn alexnet_rs_grouped_conv2d(
+            x: *const C_tensor,
+            w: *const C_tensor,
+            b: *const C_tensor,
+            stride_h: i64,
+            stride_w: i64,
+            pad_h: i64,
+            pad_w: i64,
+            groups: i64,
+            out: *mut *mut C_tensor,
+            kind: *mut i32,
+        ) -> *mut c_char;
     }
 }
 
@@ -57,6 +69,35 @@ pub fn lrn(x: &Tensor, size: i64, alpha: f64, beta: f64, k: f64) -> Result<Tenso
     call(|out, kind| unsafe { ffi::alexnet_rs_lrn(x.as_ptr(), size, alpha, beta, k, out, kind) })
 }
 
+/// Grouped 2-D convolution (NCHW, dilation 1) through our op `alexnet_rs::grouped_conv2d`: our
+/// implicit-GEMM kernels on CUDA; ATen's convolution on CPU. Differentiable. The output is
+/// always contiguous.
+pub fn grouped_conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: [i64; 2],
+    padding: [i64; 2],
+    groups: i64,
+) -> Result<Tensor> {
+    let b = b.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: the tensors outlive the call; the C side only reads through the pointers.
+    call(|out, kind| unsafe {
+        ffi::alexnet_rs_grouped_conv2d(
+            x.as_ptr(),
+            w.as_ptr(),
+            b,
+            stride[0],
+            stride[1],
+            padding[0],
+            padding[1],
+            groups,
+            out,
+            kind,
+        )
+    })
+}
+
 /// The same function built from stock tch ops, exactly as `F.local_response_norm` composes it
 /// (square, pad channels, average over the window, scale, power, divide): the test oracle and
 /// the speed anchor. Input `(N, C, ...)` of 3 or more dims.
@@ -66,8 +107,6 @@ pub fn lrn_reference(x: &Tensor, size: i64, alpha: f64, beta: f64, k: f64) -> Te
     let sq = x.square().reshape([n, 1, c, -1]);
     let padded = sq.constant_pad_nd([0, 0, size / 2, (size - 1) / 2]);
     let avg = padded.avg_pool2d([size, 1], [1, 1], [0, 0], false, true, None::<i64>);
-    let div = (avg * alpha + k)
-        .pow_tensor_scalar(beta)
-        .reshape(sizes.as_slice());
+    let div = (avg * alpha + k).pow_tensor_scalar(beta).reshape(sizes.as_slice());
     x / div
 }

@@ -1,10 +1,12 @@
 //! The pyo3 module `alexnet_rs._native`: a thin binding over the core modules, no logic of its
 //! own. Every core error becomes an instance of the matching class in `alexnet_rs.errors`.
 use crate::config::{Config, Preset};
+use crate::conv::ConvBackend;
 use crate::error::{Error, OpErrorKind};
-use crate::{info, ops};
+use crate::{info, model, ops};
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
+use std::collections::{BTreeMap, HashMap};
 
 /// Maps a core error to its Python exception class (alexnet_rs/errors.py).
 fn py_err(e: Error) -> PyErr {
@@ -26,9 +28,7 @@ fn py_err(e: Error) -> PyErr {
         }
         | Error::Torch(_) => "TorchError",
         Error::File { .. } => "DataError",
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            "MissingFileError"
-        }
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "MissingFileError",
         Error::Io { .. } => "AlexNetIOError",
     };
     let message = e.to_string();
@@ -54,14 +54,7 @@ fn config(preset: &str, num_classes: i64) -> PyResult<Config> {
 /// LRN through the Rust wrapper of our op (the same kernel `torch.ops.alexnet_rs.lrn` reaches).
 #[pyfunction]
 #[pyo3(signature = (x, size=5, alpha=1e-4, beta=0.75, k=2.0))]
-fn lrn(
-    py: Python<'_>,
-    x: PyTensor,
-    size: i64,
-    alpha: f64,
-    beta: f64,
-    k: f64,
-) -> PyResult<PyTensor> {
+fn lrn(py: Python<'_>, x: PyTensor, size: i64, alpha: f64, beta: f64, k: f64) -> PyResult<PyTensor> {
     let x = x.0;
     py.allow_threads(move || ops::lrn(&x, size, alpha, beta, k))
         .map(PyTensor)
@@ -99,6 +92,28 @@ fn param_shapes(preset: &str, num_classes: i64) -> PyResult<Vec<(String, Vec<i64
     Ok(config(preset, num_classes)?.param_shapes())
 }
 
+/// The Rust functional forward over a dict of named parameters (autograd-connected: gradients
+/// land on the tensors passed in).
+#[pyfunction]
+#[pyo3(signature = (preset, params, x, train=false, num_classes=1000, conv_backend="auto"))]
+fn forward(
+    py: Python<'_>,
+    preset: &str,
+    params: HashMap<String, PyTensor>,
+    x: PyTensor,
+    train: bool,
+    num_classes: i64,
+    conv_backend: &str,
+) -> PyResult<PyTensor> {
+    let mut cfg = config(preset, num_classes)?;
+    cfg.conv_backend = conv_backend.parse::<ConvBackend>().map_err(py_err)?;
+    let params = model::Params::new(params.into_iter().map(|(k, v)| (k, v.0)).collect::<BTreeMap<_, _>>());
+    let x = x.0;
+    py.allow_threads(move || model::forward(&cfg, &params, &x, train))
+        .map(PyTensor)
+        .map_err(py_err)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -107,5 +122,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(layer_table, m)?)?;
     m.add_function(wrap_pyfunction!(info_text, m)?)?;
     m.add_function(wrap_pyfunction!(param_shapes, m)?)?;
+    m.add_function(wrap_pyfunction!(forward, m)?)?;
     Ok(())
 }

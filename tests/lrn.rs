@@ -99,45 +99,23 @@ fn bad_input_is_an_error_naming_the_problem() {
     let expect = |r: Result<Tensor, Error>, kind: OpErrorKind, needle: &str| match r {
         Err(Error::Op { kind: k, message }) => {
             assert_eq!(k, kind, "{message}");
-            assert!(
-                message.contains(needle),
-                "`{message}` does not mention `{needle}`"
-            );
+            assert!(message.contains(needle), "`{message}` does not mention `{needle}`");
         }
         other => panic!("expected an op error, got {other:?}"),
     };
     let x1 = Tensor::ones([5], (Kind::Float, tch::Device::Cpu));
-    expect(
-        lrn(&x1, 5, 1e-4, 0.75, 2.0),
-        OpErrorKind::Value,
-        "3 or more dimensions",
-    );
+    expect(lrn(&x1, 5, 1e-4, 0.75, 2.0), OpErrorKind::Value, "3 or more dimensions");
     let xi = Tensor::ones([1, 4, 2, 2], (Kind::Int64, tch::Device::Cpu));
-    expect(
-        lrn(&xi, 5, 1e-4, 0.75, 2.0),
-        OpErrorKind::Type,
-        "floating-point",
-    );
+    expect(lrn(&xi, 5, 1e-4, 0.75, 2.0), OpErrorKind::Type, "floating-point");
     let x = Tensor::ones([1, 4, 2, 2], (Kind::Float, tch::Device::Cpu));
-    expect(
-        lrn(&x, 0, 1e-4, 0.75, 2.0),
-        OpErrorKind::Value,
-        "size must be >= 1",
-    );
-    expect(
-        lrn(&x, 5, f64::NAN, 0.75, 2.0),
-        OpErrorKind::Value,
-        "finite",
-    );
+    expect(lrn(&x, 0, 1e-4, 0.75, 2.0), OpErrorKind::Value, "size must be >= 1");
+    expect(lrn(&x, 5, f64::NAN, 0.75, 2.0), OpErrorKind::Value, "finite");
 }
 
 #[test]
 fn empty_and_single_channel_inputs() {
     let e = Tensor::zeros([0, 3, 4, 4], (Kind::Float, tch::Device::Cpu));
-    assert_eq!(
-        lrn(&e, 5, 1e-4, 0.75, 2.0).unwrap().size(),
-        vec![0, 3, 4, 4]
-    );
+    assert_eq!(lrn(&e, 5, 1e-4, 0.75, 2.0).unwrap().size(), vec![0, 3, 4, 4]);
     let x = Tensor::randn([2, 1, 4], (Kind::Float, tch::Device::Cpu));
     let y = lrn(&x, 5, 1e-4, 0.75, 2.0).unwrap();
     assert!(max_rel_err(&y, &lrn_reference(&x, 5, 1e-4, 0.75, 2.0)) <= 1e-6);

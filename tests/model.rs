@@ -36,17 +36,9 @@ fn parameter_counts_match_the_published_ones() {
 #[test]
 fn macs_match_the_published_ones() {
     // ALEXNET.md: 724 M per image for paper (conv 666 M), 714 M for torchvision.
-    for (preset, mmacs) in [
-        (Preset::Paper, 724),
-        (Preset::Torchvision, 714),
-        (Preset::Caffe, 724),
-    ] {
+    for (preset, mmacs) in [(Preset::Paper, 724), (Preset::Torchvision, 714), (Preset::Caffe, 724)] {
         let cfg = Config::preset(preset, 1000).unwrap();
-        let macs: i64 = layer_table(&cfg, cfg.input_size)
-            .unwrap()
-            .iter()
-            .map(|r| r.macs)
-            .sum();
+        let macs: i64 = layer_table(&cfg, cfg.input_size).unwrap().iter().map(|r| r.macs).sum();
         assert_eq!((macs as f64 / 1e6).round() as i64, mmacs, "{preset}");
     }
 }
@@ -162,10 +154,7 @@ fn backward_reaches_every_parameter() {
     tch::manual_seed(0);
     for preset in Preset::ALL {
         let (cfg, _vs, params) = build(preset, 10);
-        let x = Tensor::randn(
-            [2, 3, cfg.input_size, cfg.input_size],
-            (Kind::Float, Device::Cpu),
-        );
+        let x = Tensor::randn([2, 3, cfg.input_size, cfg.input_size], (Kind::Float, Device::Cpu));
         forward(&cfg, &params, &x, true)
             .unwrap()
             .square()
@@ -191,10 +180,7 @@ fn bad_inputs_are_clear_errors() {
     assert!(e.contains("224x224"), "{e}");
     let e = err(Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu)));
     assert!(e.contains("too small") || e.contains("features"), "{e}");
-    assert!(matches!(
-        Config::preset(Preset::Paper, 0),
-        Err(Error::Config(_))
-    ));
+    assert!(matches!(Config::preset(Preset::Paper, 0), Err(Error::Config(_))));
     assert!(matches!("vgg".parse::<Preset>(), Err(Error::Config(_))));
     assert!(layer_table(&cfg, 8).is_err());
 }

@@ -27,4 +27,25 @@ def lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
     return torch.ops.alexnet_rs.lrn(x, size, float(alpha), float(beta), float(k))
 
 
-__all__ = ["lrn"]
+def grouped_conv2d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+) -> torch.Tensor:
+    """Grouped 2-D convolution (NCHW, dilation 1), same result as ``F.conv2d(x, w, b, stride,
+    padding, groups=groups)``. On CUDA it runs our implicit-GEMM kernels (tensor cores for
+    bfloat16/float16); on CPU it calls ATen's convolution. The output is contiguous."""
+    for name, t in (("x", x), ("w", w)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"grouped_conv2d: {name} must be a torch.Tensor, got {type(t).__name__}")
+    return torch.ops.alexnet_rs.grouped_conv2d(x, w, b, _pair(stride), _pair(padding), groups)
+
+
+def _pair(v: int | tuple[int, int]) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+__all__ = ["lrn", "grouped_conv2d"]

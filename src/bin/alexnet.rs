@@ -1,6 +1,6 @@
 //! `alexnet`: the command-line front of alexnet_rs.
 use alexnet_rs::image::{load_rgb, to_tensor, IMAGENET_MEAN, IMAGENET_STD};
-use alexnet_rs::{info, model, Config, Error, Preset, Result};
+use alexnet_rs::{info, model, Config, ConvBackend, Error, Preset, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -42,24 +42,30 @@ struct PresetArgs {
     /// Number of output classes of the last layer.
     #[arg(long, default_value_t = 1000)]
     num_classes: i64,
+    /// Convolution implementation: ours (our CUDA kernels), stock (ATen/cuDNN), or auto (the
+    /// faster per shape on CUDA, timed once; stock on CPU).
+    #[arg(long, default_value = "auto", value_parser = backend_parser())]
+    conv_backend: ConvBackend,
 }
 
 impl PresetArgs {
     fn config(&self) -> Result<(Config, i64)> {
-        let cfg = Config::preset(self.preset, self.num_classes)?;
+        let mut cfg = Config::preset(self.preset, self.num_classes)?;
+        cfg.conv_backend = self.conv_backend;
         let size = self.input_size.unwrap_or(cfg.input_size);
         if size < 1 {
-            return Err(Error::Config(format!(
-                "--input-size must be positive, got {size}"
-            )));
+            return Err(Error::Config(format!("--input-size must be positive, got {size}")));
         }
         Ok((cfg, size))
     }
 }
 
 fn preset_parser() -> impl TypedValueParser<Value = Preset> {
-    PossibleValuesParser::new(Preset::ALL.map(Preset::name))
-        .map(|s| s.parse().expect("listed preset"))
+    PossibleValuesParser::new(Preset::ALL.map(Preset::name)).map(|s| s.parse().expect("listed preset"))
+}
+
+fn backend_parser() -> impl TypedValueParser<Value = ConvBackend> {
+    PossibleValuesParser::new(ConvBackend::ALL.map(ConvBackend::name)).map(|s| s.parse().expect("listed backend"))
 }
 
 #[derive(Args)]
@@ -111,8 +117,7 @@ fn label_from_name(path: &std::path::Path) -> Option<i64> {
 
 fn run_forward(a: &ForwardArgs) -> Result<()> {
     let (cfg, size) = a.preset.config()?;
-    let crop = u32::try_from(size)
-        .map_err(|_| Error::Config(format!("--input-size {size} is too large")))?;
+    let crop = u32::try_from(size).map_err(|_| Error::Config(format!("--input-size {size} is too large")))?;
     let resize = crop * 256 / 224;
     let mut images = Vec::with_capacity(a.images.len());
     let mut labels = Vec::with_capacity(a.images.len());
@@ -145,12 +150,9 @@ fn run_forward(a: &ForwardArgs) -> Result<()> {
 
     let t0 = Instant::now();
     let logits = model::forward(&cfg, &params, &x, true)?;
-    let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(
-        &y,
-        None::<Tensor>,
-        tch::Reduction::Mean,
-        -100,
-    )?;
+    let loss = logits
+        .f_log_softmax(-1, Kind::Float)?
+        .f_nll_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100)?;
     let t_fwd = t0.elapsed();
     let t1 = Instant::now();
     loss.f_backward()?;

@@ -1,0 +1,248 @@
+"""GPU checks of alexnet_rs's CUDA kernels, one run (see scripts/gpu-check).
+
+Parts: CUDA-vs-CPU parity of values and gradients for lrn and grouped_conv2d in float32,
+bfloat16 and float16; float64 gradcheck and opcheck on CUDA; compute-sanitizer memcheck on a
+small case; benchmarks (LRN vs F.local_response_norm and vs the measured HBM copy bandwidth;
+grouped conv vs F.conv2d(groups=2) on conv2/conv4/conv5 at batch 128 in float32 and bfloat16; the
+paper network's bfloat16 training step at batch 128: ours, PyTorch eager, torch.compile).
+With --cpu, the parts that need no GPU run on the CPU with small sizes and the rest are listed
+as skipped. Writes report.md and report.json to --out (default: $OUT, else ./gpu-check-out).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import alexnet_rs
+from alexnet_rs.ops import grouped_conv2d, lrn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benches"))
+from torch_alexnet import reference_model  # noqa: E402
+
+LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3, torch.float64: 1e-10}
+# (name, x shape at batch 1, w shape, padding): AlexNet's grouped layers (paper preset).
+CONV_SHAPES = [("conv2", (96, 27, 27), (256, 48, 5, 5), 2), ("conv4", (384, 13, 13), (384, 192, 3, 3), 1),
+               ("conv5", (384, 13, 13), (256, 192, 3, 3), 1)]
+
+
+class Report:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, part, name, status, value="", detail=""):
+        self.rows.append(dict(part=part, name=name, status=status, value=value, detail=detail))
+        print(f"[{status:>7}] {part}: {name} {value} {detail}", flush=True)
+
+    def run(self, part, fn):
+        try:
+            fn()
+        except Exception as e:  # a failing part is reported, the others still run
+            self.add(part, type(e).__name__, "FAIL", detail=str(e).splitlines()[0][:300])
+            traceback.print_exc()
+
+    def failed(self):
+        return [r for r in self.rows if r["status"] == "FAIL"]
+
+
+def rel_err(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def timed(fn, device, repeats=20):
+    """Median seconds of fn() (synchronised on CUDA), after two warm-ups."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(2):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def fwd_bwd(fn, *inputs, grad=None):
+    inputs = [t.detach().requires_grad_(True) if t is not None else None for t in inputs]
+    y = fn(*inputs)
+    y.backward(grad if grad is not None else torch.ones_like(y))
+    return [y.detach()] + [t.grad for t in inputs if t is not None]
+
+
+# ---- parity ----
+
+def parity(rep, dev):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for cl in (False, True):
+            x = torch.randn(4, 96, 27, 27).relu() * 40
+            g = torch.randn_like(x)
+            xd = x.to(dev, dtype)
+            if cl:
+                xd = xd.contiguous(memory_format=torch.channels_last)
+            got = fwd_bwd(lambda t: lrn(t, **LRN), xd, grad=g.to(dev, dtype))
+            ref = fwd_bwd(lambda t: F.local_response_norm(t, 5, 1e-4, 0.75, 2.0), x, grad=g)
+            errs = [rel_err(a.float(), b) for a, b in zip(got, ref)]
+            ok = max(errs) <= TOL[dtype]
+            rep.add("parity", f"lrn {dtype} {'channels_last' if cl else 'contiguous'}", "ok" if ok else "FAIL",
+                    f"max rel err y {errs[0]:.2e} dx {errs[1]:.2e}")
+        for name, xs, ws, pad in CONV_SHAPES:
+            x, w, b = torch.randn(2, *xs), torch.randn(*ws) * 0.05, torch.randn(ws[0])
+            g = torch.randn(2, ws[0], xs[1], xs[2])
+            got = fwd_bwd(lambda x, w, b: grouped_conv2d(x, w, b, 1, pad, 2), x.to(dev, dtype), w.to(dev, dtype),
+                          b.to(dev, dtype), grad=g.to(dev, dtype))
+            ref = fwd_bwd(lambda x, w, b: F.conv2d(x, w, b, 1, pad, 1, 2), x.double(), w.double(), b.double(),
+                          grad=g.double())
+            errs = [rel_err(a.float(), r) for a, r in zip(got, ref)]
+            ok = max(errs) <= max(TOL[dtype], 1e-4 if dtype == torch.float32 else TOL[dtype])
+            rep.add("parity", f"grouped_conv2d {name} {dtype}", "ok" if ok else "FAIL",
+                    "max rel err y/dx/dw/db " + "/".join(f"{e:.1e}" for e in errs))
+
+
+def gradcheck_opcheck(rep, dev):
+    x = (torch.randn(2, 6, 4, 4, dtype=torch.float64, device=dev) * 3).requires_grad_(True)
+    ok = torch.autograd.gradcheck(lambda t: lrn(t, 3, 0.5, 0.75, 1.0), (x,))
+    rep.add("gradcheck", f"lrn float64 {dev}", "ok" if ok else "FAIL")
+    xc = torch.randn(2, 4, 6, 6, dtype=torch.float64, device=dev, requires_grad=True)
+    wc = torch.randn(6, 2, 3, 3, dtype=torch.float64, device=dev, requires_grad=True)
+    bc = torch.randn(6, dtype=torch.float64, device=dev, requires_grad=True)
+    ok = torch.autograd.gradcheck(lambda x, w, b: grouped_conv2d(x, w, b, 2, 1, 2), (xc, wc, bc))
+    rep.add("gradcheck", f"grouped_conv2d float64 {dev}", "ok" if ok else "FAIL")
+    xo = torch.randn(2, 6, 5, 5, device=dev, requires_grad=True)
+    torch.library.opcheck(torch.ops.alexnet_rs.lrn.default, (xo, 5, 1e-4, 0.75, 2.0))
+    rep.add("opcheck", f"lrn {dev}", "ok")
+    wo = torch.randn(6, 3, 3, 3, device=dev, requires_grad=True)
+    torch.library.opcheck(torch.ops.alexnet_rs.grouped_conv2d.default, (xo, wo, None, [1, 1], [1, 1], 2))
+    rep.add("opcheck", f"grouped_conv2d {dev}", "ok")
+
+
+SANITIZER_CASE = """
+import torch, alexnet_rs
+from alexnet_rs.ops import lrn, grouped_conv2d
+for dt in (torch.float32, torch.bfloat16):
+    x = torch.randn(2, 8, 7, 7, device='cuda', dtype=dt, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, device='cuda', dtype=dt, requires_grad=True)
+    (lrn(grouped_conv2d(x, w, None, 1, 1, 2), 5, 1e-4, 0.75, 2.0)).sum().backward()
+torch.cuda.synchronize()
+"""
+
+
+def sanitizer(rep, _dev):
+    cmd = ["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "3", sys.executable, "-c", SANITIZER_CASE]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    summary = [ln for ln in p.stdout.splitlines() if "ERROR SUMMARY" in ln]
+    rep.add("memcheck", "lrn + grouped_conv2d fwd/bwd (small)", "ok" if p.returncode == 0 else "FAIL",
+            summary[-1] if summary else f"exit {p.returncode}", p.stderr[-300:] if p.returncode else "")
+
+
+# ---- benchmarks ----
+
+def bench_lrn(rep, dev, batch):
+    x0 = torch.empty((64 if dev.type == "cuda" else 8) << 20, device=dev)
+    t_copy = timed(lambda: x0.clone(), dev)
+    bw = 2 * x0.numel() * 4 / t_copy  # bytes/s, read + write
+    rep.add("bench", "copy bandwidth", "info", f"{bw / 1e9:.0f} GB/s")
+    # (CPU's F.local_response_norm has no bfloat16 avg_pool3d.)
+    for dtype in (torch.float32, torch.bfloat16) if dev.type == "cuda" else (torch.float32,):
+        for name, chw in (("conv1 96x55x55", (96, 55, 55)), ("conv2 256x27x27", (256, 27, 27))):
+            x = (torch.randn(batch, *chw, device=dev).relu() * 40).to(dtype)
+            g = torch.randn_like(x)
+            t_ours = timed(lambda: fwd_bwd(lambda t: lrn(t, **LRN), x, grad=g), dev)
+            t_ref = timed(lambda: fwd_bwd(lambda t: F.local_response_norm(t, 5, 1e-4, 0.75, 2.0), x, grad=g), dev)
+            # The floor: fwd reads x, writes y; bwd reads x, dy, writes dx (HBM only; on a CPU the
+            # copy timing includes page faults and means little).
+            floor = 5 * x.numel() * x.element_size() / bw
+            vs_floor = f", {t_ours / floor:.2f}x the bandwidth floor" if dev.type == "cuda" else ""
+            rep.add("bench", f"lrn fwd+bwd {name} b{batch} {dtype}", "info",
+                    f"ours {t_ours * 1e3:.2f} ms, F.local_response_norm {t_ref * 1e3:.2f} ms, "
+                    f"speed-up {t_ref / t_ours:.1f}x{vs_floor}")
+
+
+def bench_conv(rep, dev, batch):
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, xs, ws, pad in CONV_SHAPES:
+            x = torch.randn(batch, *xs, device=dev, dtype=dtype)
+            w = torch.randn(*ws, device=dev, dtype=dtype) * 0.05
+            b = torch.zeros(ws[0], device=dev, dtype=dtype)
+            t_ours = timed(lambda: fwd_bwd(lambda x, w, b: grouped_conv2d(x, w, b, 1, pad, 2), x, w, b), dev, 10)
+            t_ref = timed(lambda: fwd_bwd(lambda x, w, b: F.conv2d(x, w, b, 1, pad, 1, 2), x, w, b), dev, 10)
+            rep.add("bench", f"grouped conv fwd+bwd {name} b{batch} {dtype}", "info",
+                    f"ours {t_ours * 1e3:.2f} ms, F.conv2d {t_ref * 1e3:.2f} ms, ours/stock speed {t_ref / t_ours:.2f}x")
+
+
+def bench_train(rep, dev, batch, dtype):
+    ref = reference_model("paper").to(dev, dtype)
+    params = dict(ref.named_parameters())
+    x = torch.randn(batch, 3, 224, 224, device=dev, dtype=dtype)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+    opt = torch.optim.SGD(ref.parameters(), lr=1e-3, momentum=0.9)
+
+    def step(forward):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(forward(x).float(), y).backward()
+        opt.step()
+
+    variants = {
+        "alexnet_rs (Rust forward, ours convs)": lambda t: alexnet_rs._native.forward("paper", params, t, True,
+                                                                                     conv_backend="ours"),
+        "alexnet_rs (Rust forward, auto convs)": lambda t: alexnet_rs._native.forward("paper", params, t, True),
+        "PyTorch eager": ref,
+    }
+    if dev.type == "cuda":
+        variants["torch.compile (eager net)"] = torch.compile(ref)
+    for name, fwd in variants.items():
+        t = timed(lambda: step(fwd), dev, 5)
+        rep.add("bench", f"paper train step b{batch} {dtype}: {name}", "info", f"{batch / t:.0f} images/s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="alexnet_rs GPU checks")
+    ap.add_argument("--cpu", action="store_true", help="run only what needs no GPU, on the CPU, small sizes")
+    ap.add_argument("--out", default=os.environ.get("OUT") or "gpu-check-out")
+    args = ap.parse_args()
+    rep = Report()
+    has_gpu = torch.cuda.is_available() and not args.cpu
+    if not args.cpu and not has_gpu:
+        sys.exit("gpu-check: torch sees no CUDA device (use --cpu on a CPU-only machine)")
+    dev = torch.device("cuda" if has_gpu else "cpu")
+    print(f"alexnet_rs {alexnet_rs.__version__}, torch {torch.__version__}, device "
+          f"{torch.cuda.get_device_name() if has_gpu else 'cpu'}", flush=True)
+    t0 = time.time()
+    if has_gpu:
+        rep.run("parity", lambda: parity(rep, dev))
+        rep.run("memcheck", lambda: sanitizer(rep, dev))
+    else:
+        for part in ("parity (CUDA vs CPU)", "memcheck (compute-sanitizer)"):
+            rep.add(part, "needs a GPU", "skipped")
+    rep.run("gradcheck/opcheck", lambda: gradcheck_opcheck(rep, dev))
+    rep.run("bench lrn", lambda: bench_lrn(rep, dev, 128 if has_gpu else 2))
+    rep.run("bench conv", lambda: bench_conv(rep, dev, 128 if has_gpu else 2))
+    if has_gpu:
+        rep.run("bench train", lambda: bench_train(rep, dev, 128, torch.bfloat16))
+    else:
+        rep.run("bench train", lambda: bench_train(rep, dev, 2, torch.float32))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(device=torch.cuda.get_device_name() if has_gpu else "cpu", torch=torch.__version__,
+                alexnet_rs=alexnet_rs.__version__, date=time.strftime("%Y-%m-%d"), seconds=round(time.time() - t0))
+    (out / "report.json").write_text(json.dumps(dict(meta=meta, rows=rep.rows), indent=1))
+    lines = [f"# gpu-check {meta['date']}: {meta['device']}, torch {meta['torch']}, {meta['seconds']} s", "",
+             "| part | check | status | result |", "|---|---|---|---|"]
+    lines += [f"| {r['part']} | {r['name']} | {r['status']} | {r['value']} {r['detail']} |" for r in rep.rows]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'report.md'} and report.json; {len(rep.failed())} failed", flush=True)
+    sys.exit(1 if rep.failed() else 0)
+
+
+if __name__ == "__main__":
+    main()

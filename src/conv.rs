@@ -1,0 +1,122 @@
+//! Which convolution the model runs: ours (`alexnet_rs::grouped_conv2d`), stock (ATen/cuDNN), or
+//! `auto`: on CUDA, time both once per shape and keep the faster (logged); on CPU our op *is*
+//! ATen's convolution, so `auto` means stock there.
+use crate::error::{Error, Result};
+use crate::ops;
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvBackend {
+    /// Our op (CUDA: our implicit-GEMM kernels; CPU: ATen).
+    Ours,
+    /// ATen's convolution (cuDNN on CUDA).
+    Stock,
+    /// The faster of the two per shape on CUDA (timed once); stock on CPU.
+    #[default]
+    Auto,
+}
+
+impl ConvBackend {
+    pub const ALL: [ConvBackend; 3] = [ConvBackend::Ours, ConvBackend::Stock, ConvBackend::Auto];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvBackend::Ours => "ours",
+            ConvBackend::Stock => "stock",
+            ConvBackend::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for ConvBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ConvBackend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ConvBackend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| Error::Config(format!("unknown conv backend `{s}` (choose one of: ours, stock, auto)")))
+    }
+}
+
+/// A convolution's arguments, minus the tensors' values.
+#[derive(Clone, Copy)]
+pub struct ConvArgs {
+    pub stride: i64,
+    pub padding: i64,
+    pub groups: i64,
+}
+
+/// Runs the convolution with `backend`.
+pub fn conv2d(backend: ConvBackend, x: &Tensor, w: &Tensor, b: &Tensor, a: ConvArgs) -> Result<Tensor> {
+    let use_ours = match backend {
+        ConvBackend::Ours => true,
+        ConvBackend::Stock => false,
+        ConvBackend::Auto => matches!(x.device(), Device::Cuda(_)) && auto_prefers_ours(x, w, b, a)?,
+    };
+    if use_ours {
+        ops::grouped_conv2d(x, w, Some(b), [a.stride; 2], [a.padding; 2], a.groups)
+    } else {
+        Ok(x.f_conv2d(w, Some(b), [a.stride; 2], [a.padding; 2], [1, 1], a.groups)?)
+    }
+}
+
+type ShapeKey = (Vec<i64>, Vec<i64>, i64, i64, i64, String, String);
+
+/// Times both forward convolutions (3 runs each after a warm-up, device synchronised) the first
+/// time a shape is seen, and remembers the winner.
+fn auto_prefers_ours(x: &Tensor, w: &Tensor, b: &Tensor, a: ConvArgs) -> Result<bool> {
+    static CHOICES: OnceLock<Mutex<HashMap<ShapeKey, bool>>> = OnceLock::new();
+    let key: ShapeKey = (
+        x.size(),
+        w.size(),
+        a.stride,
+        a.padding,
+        a.groups,
+        format!("{:?}", x.kind()),
+        format!("{:?}", x.device()),
+    );
+    let choices = CHOICES.get_or_init(Default::default);
+    if let Some(&ours) = choices.lock().expect("conv choice cache").get(&key) {
+        return Ok(ours);
+    }
+    let _guard = tch::no_grad_guard();
+    let Device::Cuda(index) = x.device() else {
+        return Ok(false);
+    };
+    let time = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
+        let _ = f()?;
+        tch::Cuda::synchronize(index as i64);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            let _ = f()?;
+        }
+        tch::Cuda::synchronize(index as i64);
+        Ok(t0.elapsed().as_secs_f64() / 3.0)
+    };
+    let t_ours = time(&|| conv2d(ConvBackend::Ours, x, w, b, a))?;
+    let t_stock = time(&|| conv2d(ConvBackend::Stock, x, w, b, a))?;
+    let ours = t_ours < t_stock;
+    eprintln!(
+        "conv backend auto: x {:?} w {:?} groups {} {:?}: ours {:.3} ms, stock {:.3} ms -> {}",
+        key.0,
+        key.1,
+        a.groups,
+        x.kind(),
+        t_ours * 1e3,
+        t_stock * 1e3,
+        if ours { "ours" } else { "stock" }
+    );
+    choices.lock().expect("conv choice cache").insert(key, ours);
+    Ok(ours)
+}
