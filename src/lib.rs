@@ -3,6 +3,7 @@
 //! dispatcher as `torch.ops.alexnet_rs.lrn`.
 pub mod config;
 pub mod conv;
+pub mod data;
 pub mod error;
 pub mod image;
 pub mod info;

@@ -111,3 +111,22 @@ def test_bad_input_through_rust_raises_our_errors():
         alexnet_rs._native.lrn(torch.ones(1, 4, 2, 2, dtype=torch.int32))
     with pytest.raises(TypeError):
         alexnet_rs._native.lrn("not a tensor")
+
+
+def test_nan_and_inf_propagate_like_pytorch():
+    # IEEE semantics in every kernel build: NaN spreads over its window, inf gives 0 around it.
+    x = torch.randn(1, 8, 4, 4)
+    x[0, 3, 1, 1] = float("nan")
+    x[0, 6, 2, 2] = float("inf")
+    ours, ref = lrn(x, 5, 1e-4, 0.75, 2.0), F.local_response_norm(x, 5, 1e-4, 0.75, 2.0)
+    assert torch.equal(ours.isnan(), ref.isnan())
+    finite = ref.isfinite()
+    _assert_close(ours[finite], ref[finite])
+
+
+def test_float64_and_bfloat16_paths():
+    x = torch.randn(2, 9, 5, 5, dtype=torch.float64) * 30
+    _assert_close(lrn(x, 5, 1e-2, 0.75, 2.0), F.local_response_norm(x, 5, 1e-2, 0.75, 2.0))
+    xb = (torch.randn(2, 9, 5, 5) * 30).bfloat16()
+    ref = F.local_response_norm(xb.float(), 5, 1e-2, 0.75, 2.0)
+    assert ((lrn(xb, 5, 1e-2, 0.75, 2.0).float() - ref).abs().max() / ref.abs().max()).item() < 1e-2

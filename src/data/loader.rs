@@ -1,0 +1,295 @@
+//! The parallel, deterministic batch loader: decoding and transforms on a rayon pool, a bounded
+//! prefetch queue filled by a producer thread, batches as tch tensors on the target device.
+//!
+//! Determinism: the epoch's order is a permutation seeded by (seed, epoch), and each sample's
+//! random choices come from a generator seeded by (seed, epoch, index): the same seed gives the
+//! same batches whatever the thread count. Bad files are skipped and counted (or end the epoch
+//! with an error naming the file, with `OnBadImage::Fail`).
+use crate::data::rng::{permutation, Rng};
+use crate::data::source::{Dataset, Sample};
+use crate::data::transform::Transform;
+use crate::error::{Error, Result};
+use crate::image::load_rgb;
+use image::RgbImage;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tch::{Device, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnBadImage {
+    /// Skip the file, count it, report it at the end of the epoch.
+    Skip,
+    /// Stop with an error naming the file.
+    Fail,
+}
+
+impl std::str::FromStr for OnBadImage {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "skip" => Ok(OnBadImage::Skip),
+            "fail" => Ok(OnBadImage::Fail),
+            _ => Err(Error::Config(format!("--on-bad-image must be skip or fail, got `{s}`"))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    /// Decoding threads (rayon); 0 = one per core.
+    pub threads: usize,
+    /// Batches decoded ahead of the consumer.
+    pub prefetch: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub drop_last: bool,
+    pub on_bad_image: OnBadImage,
+    pub device: Device,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            batch_size: 128,
+            threads: 0,
+            prefetch: 2,
+            seed: 0,
+            shuffle: true,
+            drop_last: false,
+            on_bad_image: OnBadImage::Skip,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// One batch: `images` is (B * views, 3, crop, crop) float32, views of a sample adjacent;
+/// `labels` is (B,) int64; `indices` are the dataset indices.
+pub struct Batch {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub indices: Vec<usize>,
+}
+
+pub struct Loader {
+    dataset: Arc<Dataset>,
+    transform: Arc<Transform>,
+    cfg: LoaderConfig,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+/// Decodes sample `i` of the dataset to RGB8.
+pub fn decode(ds: &Dataset, i: usize) -> Result<RgbImage> {
+    match &ds.items[i].0 {
+        Sample::File(path) => load_rgb(path),
+        Sample::Idx(k) => {
+            let idx = ds.idx.as_ref().expect("IDX samples come with their images");
+            let grey = idx.image(*k);
+            let rgb: Vec<u8> = grey.iter().flat_map(|&v| [v, v, v]).collect();
+            Ok(RgbImage::from_raw(idx.cols as u32, idx.rows as u32, rgb).expect("rows * cols * 3 bytes"))
+        }
+    }
+}
+
+/// Name of sample `i` for messages.
+fn describe(ds: &Dataset, i: usize) -> String {
+    match &ds.items[i].0 {
+        Sample::File(p) => p.display().to_string(),
+        Sample::Idx(k) => format!("{} image {k}", ds.origin.display()),
+    }
+}
+
+impl Loader {
+    pub fn new(dataset: Dataset, transform: Transform, cfg: LoaderConfig) -> Result<Loader> {
+        if cfg.batch_size == 0 {
+            return Err(Error::Config("batch size must be >= 1".into()));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads)
+            .thread_name(|i| format!("alexnet-data-{i}"))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start {} decoding threads: {e}", cfg.threads)))?;
+        Ok(Loader {
+            dataset: Arc::new(dataset),
+            transform: Arc::new(transform),
+            cfg,
+            pool: Arc::new(pool),
+        })
+    }
+
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    pub fn transform(&self) -> &Transform {
+        &self.transform
+    }
+
+    /// Number of batches in an epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.dataset.len(), self.cfg.batch_size);
+        if self.cfg.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// The epoch's sample order.
+    pub fn order(&self, epoch: u64) -> Vec<usize> {
+        if self.cfg.shuffle {
+            permutation(
+                self.dataset.len(),
+                self.cfg.seed ^ epoch.wrapping_mul(0x2545_f491_4f6c_dd1d),
+            )
+        } else {
+            (0..self.dataset.len()).collect()
+        }
+    }
+
+    /// Starts decoding epoch `epoch` in the background and returns its batches in order.
+    pub fn epoch(&self, epoch: u64) -> Epoch {
+        let order = self.order(epoch);
+        let b = self.cfg.batch_size;
+        let mut chunks: Vec<Vec<usize>> = order.chunks(b).map(<[usize]>::to_vec).collect();
+        if self.cfg.drop_last && chunks.last().is_some_and(|c| c.len() < b) {
+            chunks.pop();
+        }
+        let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let (ds, tf, pool, cfg, sk) = (
+            self.dataset.clone(),
+            self.transform.clone(),
+            self.pool.clone(),
+            self.cfg.clone(),
+            skipped.clone(),
+        );
+        let total = chunks.len();
+        let producer = std::thread::spawn(move || {
+            for chunk in chunks {
+                let batch = pool.install(|| build_batch(&ds, &tf, &cfg, epoch, &chunk, &sk));
+                let stop = batch.is_err();
+                if tx.send(batch).is_err() || stop {
+                    return; // consumer gone, or an error ends the epoch
+                }
+            }
+        });
+        let (views, crop) = (self.transform.view.count() as i64, i64::from(self.transform.crop));
+        Epoch {
+            rx,
+            producer: Some(producer),
+            skipped,
+            total,
+            device: self.cfg.device,
+            views,
+            crop,
+        }
+    }
+}
+
+fn build_batch(
+    ds: &Dataset,
+    tf: &Transform,
+    cfg: &LoaderConfig,
+    epoch: u64,
+    chunk: &[usize],
+    skipped: &AtomicUsize,
+) -> Result<(Vec<f32>, Vec<i64>, Vec<usize>)> {
+    use rayon::prelude::*;
+    let per = tf.view_len() * tf.view.count();
+    let results: Vec<Result<Vec<f32>>> = chunk
+        .par_iter()
+        .map(|&i| {
+            let mut rng = Rng::for_sample(cfg.seed, epoch, i as u64);
+            let mut out = vec![0f32; per];
+            let img = decode(ds, i)?;
+            tf.apply(&img, &mut rng, &mut out).map_err(|e| Error::File {
+                path: describe(ds, i).into(),
+                reason: e.to_string(),
+            })?;
+            Ok(out)
+        })
+        .collect();
+    let mut pixels = Vec::with_capacity(per * chunk.len());
+    let (mut labels, mut kept) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
+    for (r, &i) in results.into_iter().zip(chunk) {
+        match r {
+            Ok(v) => {
+                pixels.extend_from_slice(&v);
+                labels.push(ds.items[i].1);
+                kept.push(i);
+            }
+            Err(e) if cfg.on_bad_image == OnBadImage::Skip => {
+                skipped.fetch_add(1, Ordering::Relaxed);
+                eprintln!("skipping bad image: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((pixels, labels, kept))
+}
+
+/// The batches of one epoch, in order. Dropping it stops the producer.
+pub struct Epoch {
+    rx: Receiver<Result<(Vec<f32>, Vec<i64>, Vec<usize>)>>,
+    producer: Option<JoinHandle<()>>,
+    skipped: Arc<AtomicUsize>,
+    total: usize,
+    device: Device,
+    views: i64,
+    crop: i64,
+}
+
+impl Epoch {
+    /// Bad images skipped so far this epoch.
+    pub fn skipped(&self) -> usize {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Batches this epoch will yield (fewer only if an error ends it).
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+impl Iterator for Epoch {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        let (pixels, labels, indices) = match self.rx.recv().ok()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        if indices.is_empty() {
+            // Every image of this batch was bad: move on to the next one.
+            return self.next();
+        }
+        let n = labels.len() as i64;
+        let images = Tensor::from_slice(&pixels)
+            .view([n * self.views, 3, self.crop, self.crop])
+            .to_device(self.device);
+        Some(Ok(Batch {
+            images,
+            labels: Tensor::from_slice(&labels).to_device(self.device),
+            indices,
+        }))
+    }
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        // Unblock the producer (its send fails once the receiver is gone), then join it.
+        let (_, dead) = sync_channel(1);
+        let rx = std::mem::replace(&mut self.rx, dead);
+        drop(rx);
+        if let Some(p) = self.producer.take() {
+            let _ = p.join();
+        }
+    }
+}

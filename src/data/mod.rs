@@ -1,0 +1,11 @@
+//! The data pipeline: sources (image folders, list files, IDX), the paper's transforms, dataset
+//! statistics, and the parallel deterministic loader.
+pub mod loader;
+pub mod rng;
+pub mod source;
+pub mod stats;
+pub mod transform;
+
+pub use loader::{Batch, Epoch, Loader, LoaderConfig, OnBadImage};
+pub use source::{Dataset, Sample, Split};
+pub use transform::{Normalize, Pca, Transform, View};

@@ -1,0 +1,357 @@
+//! Where samples come from: an image folder (one subfolder per class), a list file of
+//! `path label` lines (flat layouts such as ImageNet's validation set), or IDX files
+//! (MNIST / Fashion-MNIST, gzipped or not). Every source yields `(sample, label)` pairs and the
+//! class names; decoding happens later, in parallel (see `loader`).
+use crate::error::{Error, Result};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Extensions the decoder reads (case-insensitive).
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm"];
+
+/// Fashion-MNIST's class names, in label order.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+/// Where Debian's `dataset-fashion-mnist` package puts the files.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// One sample, not yet decoded.
+#[derive(Clone, Debug)]
+pub enum Sample {
+    File(PathBuf),
+    /// Index into the dataset's IDX image block.
+    Idx(usize),
+}
+
+/// Greyscale images of one IDX file, `count` x `rows` x `cols` bytes.
+#[derive(Debug)]
+pub struct IdxImages {
+    pub rows: usize,
+    pub cols: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl IdxImages {
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.rows * self.cols;
+        &self.pixels[i * n..(i + 1) * n]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// Class names; labels index into this.
+    pub classes: Vec<String>,
+    pub items: Vec<(Sample, i64)>,
+    pub idx: Option<Arc<IdxImages>>,
+    /// What was opened (for messages).
+    pub origin: PathBuf,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn data_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Image files under `dir`, recursively, sorted (a stable order whatever the file system).
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).map_err(io_err(&d))? {
+            let path = entry.map_err(io_err(&d))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if is_image(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Dataset {
+    /// Opens `path`: a folder holding IDX files (`<split>-images-idx3-ubyte[.gz]` with Fashion-MNIST's
+    /// `train`/`t10k` names), a list file (`.txt`/`.csv`), or an image folder. For an image folder
+    /// with `train/` and `val/` (or `test/`) subfolders, `split` picks one.
+    pub fn open(path: &Path, split: Split) -> Result<Dataset> {
+        if path.is_file() {
+            return Dataset::list_file(path);
+        }
+        if !path.is_dir() {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+            });
+        }
+        if idx_path(path, split, "images").is_some() {
+            return Dataset::idx_folder(path, split);
+        }
+        let sub = match split {
+            Split::Train => vec!["train"],
+            Split::Test => vec!["val", "test"],
+        };
+        for s in sub {
+            if path.join(s).is_dir() {
+                return Dataset::image_folder(&path.join(s));
+            }
+        }
+        Dataset::image_folder(path)
+    }
+
+    /// One subfolder per class (sorted names = labels 0..), images anywhere below each.
+    pub fn image_folder(root: &Path) -> Result<Dataset> {
+        let mut classes: Vec<String> = fs::read_dir(root)
+            .map_err(io_err(root))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        classes.sort();
+        if classes.is_empty() {
+            return Err(data_err(root, "no class subfolders (expected one folder per class)"));
+        }
+        let mut items = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            for f in image_files(&root.join(class))? {
+                items.push((Sample::File(f), label as i64));
+            }
+        }
+        if items.is_empty() {
+            return Err(data_err(root, "no image files in the class folders"));
+        }
+        Ok(Dataset {
+            classes,
+            items,
+            idx: None,
+            origin: root.to_path_buf(),
+        })
+    }
+
+    /// Lines `relative/or/absolute/path label` (space, tab or comma separated; `#` comments).
+    /// Paths are relative to the list's folder. Class names come from a `classes.txt` beside the
+    /// list (one per line) when present, else are the label numbers.
+    pub fn list_file(list: &Path) -> Result<Dataset> {
+        let text = fs::read_to_string(list).map_err(io_err(list))?;
+        let base = list.parent().unwrap_or(Path::new("."));
+        let mut items = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (path, label) = line
+                .rsplit_once([' ', '\t', ','])
+                .ok_or_else(|| data_err(list, format!("line {}: expected `path label`, got `{line}`", n + 1)))?;
+            let label: i64 = label.trim().parse().map_err(|_| {
+                data_err(
+                    list,
+                    format!("line {}: label `{}` is not a non-negative integer", n + 1, label.trim()),
+                )
+            })?;
+            if label < 0 {
+                return Err(data_err(list, format!("line {}: negative label {label}", n + 1)));
+            }
+            items.push((Sample::File(base.join(path.trim())), label));
+        }
+        if items.is_empty() {
+            return Err(data_err(list, "no samples listed"));
+        }
+        let max = items.iter().map(|(_, l)| *l).max().unwrap_or(0);
+        let names = base.join("classes.txt");
+        let classes = if names.is_file() {
+            let c: Vec<String> = fs::read_to_string(&names)
+                .map_err(io_err(&names))?
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect();
+            if (c.len() as i64) <= max {
+                return Err(data_err(
+                    &names,
+                    format!("{} class names, but the list uses label {max}", c.len()),
+                ));
+            }
+            c
+        } else {
+            (0..=max).map(|l| l.to_string()).collect()
+        };
+        Ok(Dataset {
+            classes,
+            items,
+            idx: None,
+            origin: list.to_path_buf(),
+        })
+    }
+
+    /// Fashion-MNIST-style IDX files in `dir` (`train-…` or `t10k-…`, gzipped or not).
+    pub fn idx_folder(dir: &Path, split: Split) -> Result<Dataset> {
+        let images = idx_path(dir, split, "images")
+            .ok_or_else(|| data_err(dir, "no <train|t10k>-images-idx3-ubyte[.gz] file here"))?;
+        let labels = idx_path(dir, split, "labels")
+            .ok_or_else(|| data_err(dir, "no <train|t10k>-labels-idx1-ubyte[.gz] file here"))?;
+        let classes: Vec<String> = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
+        Dataset::idx(&images, &labels, classes)
+    }
+
+    pub fn idx(images: &Path, labels: &Path, mut classes: Vec<String>) -> Result<Dataset> {
+        let (dims, pixels) = read_idx(images, 0x0803)?;
+        let (ldims, lab) = read_idx(labels, 0x0801)?;
+        if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
+            return Err(data_err(
+                images,
+                format!("image dims {dims:?} do not match label dims {ldims:?}"),
+            ));
+        }
+        let max = lab.iter().copied().max().unwrap_or(0) as usize;
+        if max >= classes.len() {
+            classes = (0..=max).map(|l| l.to_string()).collect();
+        }
+        let items = lab
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (Sample::Idx(i), i64::from(l)))
+            .collect();
+        let idx = IdxImages {
+            rows: dims[1],
+            cols: dims[2],
+            pixels,
+        };
+        Ok(Dataset {
+            classes,
+            items,
+            idx: Some(Arc::new(idx)),
+            origin: images.to_path_buf(),
+        })
+    }
+
+    /// Embedded default: Fashion-MNIST from Debian's package.
+    pub fn fashion_mnist(split: Split) -> Result<Dataset> {
+        let dir = Path::new(FASHION_MNIST_DIR);
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "Fashion-MNIST is not installed: run `sudo apt-get install dataset-fashion-mnist` (or `make setup`)",
+                ),
+            });
+        }
+        Dataset::idx_folder(dir, split)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Keeps the first `n` samples of a deterministic shuffle (seeded), for small runs.
+    pub fn subset(mut self, n: usize, seed: u64) -> Dataset {
+        if n < self.items.len() {
+            let order = crate::data::rng::permutation(self.items.len(), seed);
+            let mut keep: Vec<usize> = order[..n].to_vec();
+            keep.sort_unstable();
+            self.items = keep.into_iter().map(|i| self.items[i].clone()).collect();
+        }
+        self
+    }
+
+    /// The class names as JSON (`{"classes": [...]}`), saved beside runs.
+    pub fn classes_json(&self) -> String {
+        let names: Vec<String> = self.classes.iter().map(|c| format!("{c:?}")).collect();
+        format!("{{\"classes\": [{}]}}\n", names.join(", "))
+    }
+}
+
+fn idx_path(dir: &Path, split: Split, kind: &str) -> Option<PathBuf> {
+    let prefix = match split {
+        Split::Train => "train",
+        Split::Test => "t10k",
+    };
+    let dims = if kind == "images" { 3 } else { 1 };
+    let stem = format!("{prefix}-{kind}-idx{dims}-ubyte");
+    [stem.clone(), format!("{stem}.gz")]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+/// Reads an unsigned-byte IDX file (gzipped or not): its dimensions and data.
+pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
+    let raw = fs::read(path).map_err(io_err(path))?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| data_err(path, format!("bad gzip data: {e}")))?;
+        out
+    } else {
+        raw
+    };
+    if bytes.len() < 4 {
+        return Err(data_err(path, "too short for an IDX header"));
+    }
+    let got = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if got != magic {
+        return Err(data_err(
+            path,
+            format!("IDX magic {got:#06x}, expected {magic:#06x} (unsigned bytes)"),
+        ));
+    }
+    let ndim = (magic & 0xff) as usize;
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        return Err(data_err(path, "truncated IDX header"));
+    }
+    let dims: Vec<usize> = (0..ndim)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
+        .collect();
+    let n: usize = dims.iter().product();
+    if bytes.len() != header + n {
+        return Err(data_err(
+            path,
+            format!(
+                "IDX dims {dims:?} need {} data bytes, file has {}",
+                n,
+                bytes.len() - header
+            ),
+        ));
+    }
+    Ok((dims, bytes[header..].to_vec()))
+}

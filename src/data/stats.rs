@@ -1,0 +1,237 @@
+//! `alexnet stats DATA`: the training set's per-pixel mean image, channel means and standard
+//! deviations, and the eigen-pairs of its RGB covariance (for PCA colour noise, paper section
+//! 4.1), over the resized S x S centre crops, pixel values in [0, 1]. Saved as safetensors.
+use crate::data::loader::decode;
+use crate::data::source::Dataset;
+use crate::data::transform::{Normalize, Pca, Transform, View};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use std::path::Path;
+use std::sync::Arc;
+use tch::{Kind, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub side: u32,
+    /// (3, side, side), channel-major.
+    pub mean_image: Vec<f32>,
+    pub channel_mean: [f32; 3],
+    pub channel_std: [f32; 3],
+    /// Descending eigenvalues of the RGB covariance, and eigenvectors as columns.
+    pub eigval: [f32; 3],
+    pub eigvec: [[f32; 3]; 3],
+    pub images: usize,
+    pub skipped: usize,
+}
+
+struct Acc {
+    sum_image: Vec<f64>,
+    sum: [f64; 3],
+    cross: [[f64; 3]; 3],
+    images: usize,
+    skipped: usize,
+}
+
+impl Acc {
+    fn new(plane: usize) -> Acc {
+        Acc {
+            sum_image: vec![0.0; 3 * plane],
+            sum: [0.0; 3],
+            cross: [[0.0; 3]; 3],
+            images: 0,
+            skipped: 0,
+        }
+    }
+
+    fn merge(mut self, o: Acc) -> Acc {
+        self.sum_image.iter_mut().zip(&o.sum_image).for_each(|(a, b)| *a += b);
+        for i in 0..3 {
+            self.sum[i] += o.sum[i];
+            for j in 0..3 {
+                self.cross[i][j] += o.cross[i][j];
+            }
+        }
+        self.images += o.images;
+        self.skipped += o.skipped;
+        self
+    }
+}
+
+impl Stats {
+    /// Computes the statistics over `ds` at side `side` (bad images are skipped and counted).
+    pub fn compute(ds: &Dataset, side: u32, progress: &(dyn Fn() + Sync)) -> Result<Stats> {
+        let plane = (side as usize).pow(2);
+        let tf = Transform {
+            resize: side,
+            square: true,
+            crop: side,
+            view: View::Center,
+            pca: None,
+            normalize: Normalize::MeanStd {
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+        };
+        let acc = (0..ds.len())
+            .into_par_iter()
+            .fold(
+                || Acc::new(plane),
+                |mut a, i| {
+                    progress();
+                    let base = match decode(ds, i).and_then(|img| tf.base(&img)) {
+                        Ok(b) => b,
+                        Err(_) => {
+                            a.skipped += 1;
+                            return a;
+                        }
+                    };
+                    for (p, px) in base.pixels().enumerate() {
+                        let v = [0, 1, 2].map(|c| f64::from(px[c]) / 255.0);
+                        for c in 0..3 {
+                            a.sum_image[c * plane + p] += v[c];
+                            a.sum[c] += v[c];
+                            for d in 0..3 {
+                                a.cross[c][d] += v[c] * v[d];
+                            }
+                        }
+                    }
+                    a.images += 1;
+                    a
+                },
+            )
+            .reduce(|| Acc::new(plane), Acc::merge);
+        if acc.images == 0 {
+            return Err(Error::File {
+                path: ds.origin.clone(),
+                reason: "no readable image to compute statistics".into(),
+            });
+        }
+        let (n, npx) = (acc.images as f64, (acc.images * plane) as f64);
+        let mean: [f64; 3] = acc.sum.map(|s| s / npx);
+        let cov: [[f64; 3]; 3] =
+            std::array::from_fn(|i| std::array::from_fn(|j| acc.cross[i][j] / npx - mean[i] * mean[j]));
+        let (eigval, eigvec) = symmetric_eigen3(cov);
+        Ok(Stats {
+            side,
+            mean_image: acc.sum_image.iter().map(|s| (s / n) as f32).collect(),
+            channel_mean: mean.map(|m| m as f32),
+            channel_std: [0, 1, 2].map(|c| cov[c][c].max(0.0).sqrt() as f32),
+            eigval: eigval.map(|v| v as f32),
+            eigvec: eigvec.map(|r| r.map(|v| v as f32)),
+            images: acc.images,
+            skipped: acc.skipped,
+        })
+    }
+
+    pub fn pca(&self) -> Pca {
+        Pca {
+            eigval: self.eigval,
+            eigvec: self.eigvec,
+            sigma: 0.1,
+        }
+    }
+
+    pub fn mean_image(&self) -> Normalize {
+        Normalize::MeanImage {
+            side: self.side,
+            mean: Arc::new(self.mean_image.clone()),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let s = i64::from(self.side);
+        let t = |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape);
+        let eigvec: Vec<f32> = self.eigvec.iter().flatten().copied().collect();
+        let tensors = [
+            ("mean_image", t(&self.mean_image, &[3, s, s])),
+            ("channel_mean", t(&self.channel_mean, &[3])),
+            ("channel_std", t(&self.channel_std, &[3])),
+            ("eigval", t(&self.eigval, &[3])),
+            ("eigvec", t(&eigvec, &[3, 3])),
+            ("images", Tensor::from_slice(&[self.images as i64])),
+        ];
+        Tensor::write_safetensors(&tensors, path).map_err(Error::from)
+    }
+
+    pub fn load(path: &Path) -> Result<Stats> {
+        let bad = |reason: String| Error::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such stats file"),
+            });
+        }
+        let map: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|e| bad(format!("not a stats file: {e}")))?
+            .into_iter()
+            .collect();
+        let get = |name: &str| -> Result<Vec<f32>> {
+            let t = map.get(name).ok_or_else(|| bad(format!("missing tensor `{name}`")))?;
+            Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).map_err(Error::from)
+        };
+        let mean_image = get("mean_image")?;
+        let side = ((mean_image.len() / 3) as f64).sqrt() as u32;
+        if 3 * (side as usize).pow(2) != mean_image.len() {
+            return Err(bad("mean_image is not (3, S, S)".into()));
+        }
+        let arr3 = |v: Vec<f32>| -> Result<[f32; 3]> { v.try_into().map_err(|_| bad("expected 3 values".into())) };
+        let ev = get("eigvec")?;
+        if ev.len() != 9 {
+            return Err(bad("eigvec is not 3x3".into()));
+        }
+        Ok(Stats {
+            side,
+            mean_image,
+            channel_mean: arr3(get("channel_mean")?)?,
+            channel_std: arr3(get("channel_std")?)?,
+            eigval: arr3(get("eigval")?)?,
+            eigvec: std::array::from_fn(|r| std::array::from_fn(|c| ev[r * 3 + c])),
+            images: map.get("images").map_or(0, |t| t.int64_value(&[0]) as usize),
+            skipped: 0,
+        })
+    }
+}
+
+/// Eigen-decomposition of a symmetric 3x3 matrix by cyclic Jacobi rotations: eigenvalues in
+/// descending order and the matching unit eigenvectors as columns.
+pub fn symmetric_eigen3(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
+    let mut v = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+    for _ in 0..50 {
+        let off = a[0][1].powi(2) + a[0][2].powi(2) + a[1][2].powi(2);
+        if off < 1e-30 {
+            break;
+        }
+        for (p, q) in [(0, 1), (0, 2), (1, 2)] {
+            if a[p][q].abs() < 1e-300 {
+                continue;
+            }
+            let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+            let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+            let t = if theta == 0.0 { 1.0 } else { t };
+            let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
+            for k in 0..3 {
+                let (akp, akq) = (a[k][p], a[k][q]);
+                a[k][p] = c * akp - s * akq;
+                a[k][q] = s * akp + c * akq;
+            }
+            for k in 0..3 {
+                let (apk, aqk) = (a[p][k], a[q][k]);
+                a[p][k] = c * apk - s * aqk;
+                a[q][k] = s * apk + c * aqk;
+            }
+            for row in v.iter_mut() {
+                let (vp, vq) = (row[p], row[q]);
+                row[p] = c * vp - s * vq;
+                row[q] = s * vp + c * vq;
+            }
+        }
+    }
+    let mut order = [0, 1, 2];
+    order.sort_by(|&i, &j| a[j][j].total_cmp(&a[i][i]));
+    let vals = order.map(|i| a[i][i]);
+    let vecs = std::array::from_fn(|r| std::array::from_fn(|c| v[r][order[c]]));
+    (vals, vecs)
+}

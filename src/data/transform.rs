@@ -1,0 +1,201 @@
+//! Image transforms of the paper's recipe (section 4.1; ALEXNET.md): shorter side to S, centre
+//! crop, random crop + horizontal flip, PCA colour noise, mean subtraction; and the evaluation
+//! views (centre crop, or 10 crops: 4 corners + centre and their mirrors, averaged at test time).
+use crate::data::rng::Rng;
+use crate::error::{Error, Result};
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+
+/// How pixel values (scaled to [0, 1]) are normalised.
+#[derive(Clone, Debug)]
+pub enum Normalize {
+    /// (v - mean[c]) / std[c] per channel (torchvision's convention).
+    MeanStd { mean: [f32; 3], std: [f32; 3] },
+    /// v - mean image (the paper's per-pixel mean over the training set), a (3, S, S) array over
+    /// the S x S centre crop; a crop subtracts the matching window of it.
+    MeanImage { side: u32, mean: std::sync::Arc<Vec<f32>> },
+}
+
+/// PCA colour augmentation: add sum_i alpha_i * lambda_i * p_i to every pixel, alpha_i ~ N(0, sigma).
+#[derive(Clone, Copy, Debug)]
+pub struct Pca {
+    /// Eigenvalues of the RGB covariance (pixel values in [0, 1]).
+    pub eigval: [f32; 3],
+    /// Eigenvectors as columns: eigvec[channel][i].
+    pub eigvec: [[f32; 3]; 3],
+    pub sigma: f32,
+}
+
+impl Pca {
+    /// ImageNet's eigen-pairs as published with fb.resnet.torch (pixels in [0, 1]): the fallback
+    /// when no `alexnet stats` file is given.
+    pub fn imagenet() -> Pca {
+        Pca {
+            eigval: [0.2175, 0.0188, 0.0045],
+            eigvec: [
+                [-0.5675, 0.7192, 0.4009],
+                [-0.5808, -0.0045, -0.8140],
+                [-0.5836, -0.6948, 0.4203],
+            ],
+            sigma: 0.1,
+        }
+    }
+
+    /// The RGB offset for one draw of alpha.
+    pub fn offset(&self, rng: &mut Rng) -> [f32; 3] {
+        let a: [f32; 3] = std::array::from_fn(|i| rng.normal() as f32 * self.sigma * self.eigval[i]);
+        std::array::from_fn(|c| (0..3).map(|i| self.eigvec[c][i] * a[i]).sum())
+    }
+}
+
+/// Which views of an image a sample yields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Random crop + random flip (+ PCA noise): training.
+    Train,
+    /// Centre crop.
+    Center,
+    /// 4 corners + centre, then their mirrors (torchvision.transforms.TenCrop's order).
+    TenCrop,
+}
+
+impl View {
+    pub fn count(self) -> usize {
+        if self == View::TenCrop {
+            10
+        } else {
+            1
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Transform {
+    /// Shorter side after resizing (256).
+    pub resize: u32,
+    /// Whether to centre-crop to resize x resize first (the paper), or keep the aspect ratio.
+    pub square: bool,
+    /// Output side (224).
+    pub crop: u32,
+    pub view: View,
+    pub pca: Option<Pca>,
+    pub normalize: Normalize,
+}
+
+/// Resizes so the shorter side is `side` (bilinear with antialiasing, as PIL/torchvision).
+pub fn resize_shorter(img: &RgbImage, side: u32) -> Result<RgbImage> {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(Error::Shape("empty image".into()));
+    }
+    let (nw, nh) = if w <= h {
+        (side, ((u64::from(h) * u64::from(side)) / u64::from(w)).max(1) as u32)
+    } else {
+        (((u64::from(w) * u64::from(side)) / u64::from(h)).max(1) as u32, side)
+    };
+    resize_exact(img, nw, nh)
+}
+
+pub fn resize_exact(img: &RgbImage, w: u32, h: u32) -> Result<RgbImage> {
+    if img.dimensions() == (w, h) {
+        return Ok(img.clone());
+    }
+    let mut dst = RgbImage::new(w, h);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new()
+        .resize(img, &mut dst, &opts)
+        .map_err(|e| Error::Shape(format!("resize failed: {e}")))?;
+    Ok(dst)
+}
+
+/// The (left, top) corners of torchvision's FiveCrop on a w x h image: tl, tr, bl, br, centre.
+pub fn five_crop_corners(w: u32, h: u32, crop: u32) -> [(u32, u32); 5] {
+    let (cx, cy) = center_offset(w, h, crop);
+    [(0, 0), (w - crop, 0), (0, h - crop), (w - crop, h - crop), (cx, cy)]
+}
+
+/// torchvision's CenterCrop offset: round((size - crop) / 2), with round-half-to-even.
+pub fn center_offset(w: u32, h: u32, crop: u32) -> (u32, u32) {
+    let off = |s: u32| ((f64::from(s - crop)) / 2.0).round_ties_even() as u32;
+    (off(w), off(h))
+}
+
+impl Transform {
+    /// The resized (and, with `square`, centre-cropped) image that crops are taken from.
+    pub fn base(&self, img: &RgbImage) -> Result<RgbImage> {
+        let r = resize_shorter(img, self.resize)?;
+        if !self.square {
+            return Ok(r);
+        }
+        let (x, y) = center_offset(r.width(), r.height(), self.resize);
+        Ok(image::imageops::crop_imm(&r, x, y, self.resize, self.resize).to_image())
+    }
+
+    /// Floats per view: 3 x crop x crop.
+    pub fn view_len(&self) -> usize {
+        3 * (self.crop as usize).pow(2)
+    }
+
+    /// Writes the sample's views, CHW float32, into `out` (view_len() * view.count() floats).
+    pub fn apply(&self, img: &RgbImage, rng: &mut Rng, out: &mut [f32]) -> Result<()> {
+        let base = self.base(img)?;
+        let (w, h) = base.dimensions();
+        if w < self.crop || h < self.crop {
+            return Err(Error::Shape(format!(
+                "{w}x{h} image is smaller than the {} crop",
+                self.crop
+            )));
+        }
+        let n = self.view_len();
+        match self.view {
+            View::Train => {
+                let x = rng.below(u64::from(w - self.crop + 1)) as u32;
+                let y = rng.below(u64::from(h - self.crop + 1)) as u32;
+                let flip = rng.below(2) == 1;
+                let offset = self.pca.map_or([0.0; 3], |p| p.offset(rng));
+                self.write(&base, x, y, flip, offset, &mut out[..n]);
+            }
+            View::Center => {
+                let (x, y) = center_offset(w, h, self.crop);
+                self.write(&base, x, y, false, [0.0; 3], &mut out[..n]);
+            }
+            View::TenCrop => {
+                for (v, (flip, (x, y))) in [false, true]
+                    .into_iter()
+                    .flat_map(|f| five_crop_corners(w, h, self.crop).map(|c| (f, c)))
+                    .enumerate()
+                {
+                    self.write(&base, x, y, flip, [0.0; 3], &mut out[v * n..(v + 1) * n]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One crop at (x, y) of `base`, mirrored if `flip`, plus `offset`, normalised, as CHW.
+    fn write(&self, base: &RgbImage, x: u32, y: u32, flip: bool, offset: [f32; 3], out: &mut [f32]) {
+        let c = self.crop as usize;
+        let plane = c * c;
+        let (bw, raw) = (base.width() as usize, base.as_raw());
+        for row in 0..c {
+            let src = ((y as usize + row) * bw + x as usize) * 3;
+            for col in 0..c {
+                let sc = if flip { c - 1 - col } else { col };
+                let px = &raw[src + 3 * sc..src + 3 * sc + 3];
+                let o = row * c + col;
+                for ch in 0..3 {
+                    let v = f32::from(px[ch]) / 255.0 + offset[ch];
+                    out[ch * plane + o] = match &self.normalize {
+                        Normalize::MeanStd { mean, std } => (v - mean[ch]) / std[ch],
+                        Normalize::MeanImage { side, mean } => {
+                            // The mean image is over the square centre crop; mirror with the crop.
+                            let s = *side as usize;
+                            let (my, mx) = ((y as usize + row).min(s - 1), (x as usize + sc).min(s - 1));
+                            v - mean[(ch * s + my) * s + mx]
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
