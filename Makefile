@@ -13,6 +13,8 @@ SITE = $(shell test -x $(PY) && $(PY) -c 'import sysconfig; print(sysconfig.get_
 FEATURES ?= cuda
 BIN := target/release/alexnet
 FOOLBOX := $(CACHE)/data/foolbox
+SKIMAGE := $(CACHE)/data/skimage
+AIBENCH := $(CACHE)/data/ai_benchmark
 
 # torch-sys finds libtorch through the venv's python (LIBTORCH_USE_PYTORCH); cc finds $NVCC.
 export PATH := $(VENV)/bin:$(PATH)
@@ -50,11 +52,21 @@ fashion-mnist:
 	  echo "Fashion-MNIST is missing and we are not root: run 'sudo apt-get install dataset-fashion-mnist'"; \
 	fi
 
-# 20 labelled ImageNet JPEGs (+ CIFAR PNGs) shipped inside the foolbox wheel.
-images: $(FOOLBOX)/.done
+# Real images shipped inside PyPI wheels (read as files; nothing is imported):
+# foolbox: 20 labelled ImageNet JPEGs + CIFAR PNGs; scikit-image: odd formats (RGBA, grey, TIFF,
+# GIF); ai-benchmark: 100 ImageNet-like 512x512 JPEGs (the data benchmark).
+images: $(FOOLBOX)/.done $(SKIMAGE)/.done $(AIBENCH)/.done
 $(FOOLBOX)/.done: | venv
 	$(PY) -m pip download --quiet --no-deps foolbox==3.3.4 -d $(CACHE)/wheels
 	$(PY) scripts/unpack_wheel_data.py $(CACHE)/wheels/foolbox-3.3.4-*.whl foolbox/data/ $(FOOLBOX)
+	@touch $@
+$(SKIMAGE)/.done: | venv
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: scikit-image==0.26.0 -d $(CACHE)/wheels
+	$(PY) scripts/unpack_wheel_data.py $(CACHE)/wheels/scikit_image-0.26.0-*.whl skimage/data/ $(SKIMAGE)
+	@touch $@
+$(AIBENCH)/.done: | venv
+	$(PY) -m pip download --quiet --no-deps ai-benchmark==0.1.2 -d $(CACHE)/wheels
+	$(PY) scripts/unpack_wheel_data.py $(CACHE)/wheels/ai_benchmark-0.1.2-*.whl ai_benchmark/data/classification/ $(AIBENCH)
 	@touch $@
 
 build: venv

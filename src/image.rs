@@ -1,16 +1,14 @@
-//! Decoding one image file into a normalised `(3, S, S)` float tensor: shorter side resized to
-//! `resize` (bilinear), centre crop `crop`, per-channel mean/std. The data issue replaces this
-//! with the full pipeline; it stays the entry point for single files (`alexnet forward`).
+//! Decoding one image file to RGB8 with maintained codecs (`image`: zune-jpeg, png, …).
+//! Greyscale, RGBA, CMYK and 16-bit inputs become RGB8; zero-byte, truncated, non-image and
+//! oversized files are errors naming the file, never panics.
 use crate::error::{Error, Result};
-use image::imageops::{self, FilterType};
 use std::path::Path;
-use tch::Tensor;
 
 /// torchvision's (ImageNet) channel means and standard deviations.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// Refuse images above this many pixels (decompression bombs): the decoder's allocation limit.
-pub const MAX_PIXELS: u64 = 128 * 1024 * 1024;
+/// Images above this many pixels are refused before decoding (decompression bombs).
+pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
 
 fn file_err(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::File {
@@ -19,49 +17,81 @@ fn file_err(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Decodes `path` to RGB8 (greyscale, RGBA and 16-bit inputs are converted). The decoder's
-/// allocation limit refuses decompression bombs before any pixel buffer is allocated.
-pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
+fn reader<'a>(path: &Path, bytes: &'a [u8]) -> Result<image::ImageReader<std::io::Cursor<&'a [u8]>>> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| file_err(path, e))?;
     if reader.format().is_none() {
-        return Err(file_err(path, "not a recognised image format"));
+        return Err(file_err(
+            path,
+            if bytes.is_empty() {
+                "empty file"
+            } else {
+                "not a recognised image format"
+            },
+        ));
     }
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_PIXELS * 4);
-    reader.limits(limits);
-    Ok(reader.decode().map_err(|e| file_err(path, e))?.to_rgb8())
+    Ok(reader)
 }
 
-/// Shorter side to `resize`, centre crop `crop` x `crop`, scale to [0, 1], then (v - mean) / std:
-/// a `(3, crop, crop)` float32 tensor.
-pub fn to_tensor(img: &image::RgbImage, resize: u32, crop: u32, mean: [f32; 3], std: [f32; 3]) -> Tensor {
-    let (w, h) = img.dimensions();
-    let (nw, nh) = if w <= h {
-        (
-            resize,
-            ((u64::from(h) * u64::from(resize) + u64::from(w) / 2) / u64::from(w)) as u32,
-        )
-    } else {
-        (
-            ((u64::from(w) * u64::from(resize) + u64::from(h) / 2) / u64::from(h)) as u32,
-            resize,
-        )
-    };
-    let resized = imageops::resize(img, nw.max(crop), nh.max(crop), FilterType::Triangle);
-    let (left, top) = ((resized.width() - crop) / 2, (resized.height() - crop) / 2);
-    let cropped = imageops::crop_imm(&resized, left, top, crop, crop).to_image();
-    let plane = (crop * crop) as usize;
-    let mut chw = vec![0f32; 3 * plane];
-    for (i, px) in cropped.pixels().enumerate() {
-        for c in 0..3 {
-            chw[c * plane + i] = (f32::from(px[c]) / 255.0 - mean[c]) / std[c];
+/// Decodes `path` to RGB8. The file is read once; the header's size is checked against
+/// [`MAX_PIXELS`] before any pixel buffer is allocated; a JPEG must end with its end-of-image
+/// marker (some decoders fill a truncated file's missing rows with grey instead of failing).
+/// RGB8 images decode straight into a buffer from this thread's pool (see [`recycle`]).
+pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
+    use image::ImageDecoder;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let r = reader(path, &bytes)?;
+    if r.format() == Some(image::ImageFormat::Jpeg) {
+        let tail = &bytes[bytes.len().saturating_sub(1024)..];
+        if !tail.windows(2).any(|w| w == [0xff, 0xd9]) {
+            return Err(file_err(path, "truncated JPEG (no end-of-image marker)"));
         }
     }
-    Tensor::from_slice(&chw).view([3, i64::from(crop), i64::from(crop)])
+    let mut decoder = r.into_decoder().map_err(|e| file_err(path, e))?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(file_err(
+            path,
+            format!("{w}x{h} pixels is over the limit of {MAX_PIXELS} (decompression bomb?)"),
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8); // 16-bit RGBA at the pixel limit
+    decoder.set_limits(limits).map_err(|e| file_err(path, e))?;
+    if decoder.color_type() == image::ColorType::Rgb8 {
+        let mut buf = take_buffer(decoder.total_bytes() as usize);
+        decoder.read_image(&mut buf).map_err(|e| file_err(path, e))?;
+        return Ok(image::RgbImage::from_raw(w, h, buf).expect("w * h * 3 bytes"));
+    }
+    // Greyscale, RGBA, CMYK, 16-bit...: decode, then convert.
+    Ok(image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| file_err(path, e))?
+        .into_rgb8())
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A byte buffer of `len` bytes from this thread's pool (contents unspecified). Reusing the
+/// few large buffers an image needs avoids fresh allocations, which glibc serves with mmap (and
+/// so page faults) above its threshold: up to 1.5x the throughput on 500x375 JPEGs.
+pub fn take_buffer(len: usize) -> Vec<u8> {
+    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    v.resize(len, 0);
+    v
+}
+
+/// Returns a buffer (e.g. `image.into_raw()`) to this thread's pool.
+pub fn recycle(buf: Vec<u8>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < 8 {
+            p.push(buf);
+        }
+    });
 }

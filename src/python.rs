@@ -2,6 +2,8 @@
 //! own. Every core error becomes an instance of the matching class in `alexnet_rs.errors`.
 use crate::config::{Config, Preset};
 use crate::conv::ConvBackend;
+use crate::data::rng::Rng;
+use crate::data::{Dataset, Epoch, Loader, LoaderConfig, Normalize, Split, Transform, View};
 use crate::error::{Error, OpErrorKind};
 use crate::{info, model, ops};
 use pyo3::prelude::*;
@@ -114,6 +116,209 @@ fn forward(
         .map_err(py_err)
 }
 
+fn parse_view(view: &str) -> PyResult<View> {
+    match view {
+        "train" => Ok(View::Train),
+        "center" => Ok(View::Center),
+        "ten_crop" => Ok(View::TenCrop),
+        _ => Err(py_err(Error::Config(format!(
+            "view must be train, center or ten_crop, got `{view}`"
+        )))),
+    }
+}
+
+/// Decodes an image file to a (H, W, 3) uint8 tensor.
+#[pyfunction]
+fn load_image(path: std::path::PathBuf) -> PyResult<PyTensor> {
+    let img = crate::image::load_rgb(&path).map_err(py_err)?;
+    let (w, h) = img.dimensions();
+    Ok(PyTensor(tch::Tensor::from_slice(img.as_raw()).view([
+        i64::from(h),
+        i64::from(w),
+        3,
+    ])))
+}
+
+/// The views of one (H, W, 3) uint8 image under the pipeline's transform, as a
+/// (views, 3, crop, crop) float tensor with pixels scaled to [0, 1] (no mean subtraction).
+#[pyfunction]
+#[pyo3(signature = (image, resize, crop, view="center", square=false, seed=0, epoch=0, index=0))]
+#[allow(clippy::too_many_arguments)]
+fn transform_views(
+    image: PyTensor,
+    resize: u32,
+    crop: u32,
+    view: &str,
+    square: bool,
+    seed: u64,
+    epoch: u64,
+    index: u64,
+) -> PyResult<PyTensor> {
+    let shape = image.size();
+    if shape.len() != 3 || shape[2] != 3 || image.kind() != tch::Kind::Uint8 {
+        return Err(py_err(Error::Shape(format!(
+            "image must be a (H, W, 3) uint8 tensor, got {:?} {:?}",
+            shape,
+            image.kind()
+        ))));
+    }
+    let bytes = Vec::<u8>::try_from(image.contiguous().flatten(0, -1)).map_err(|e| py_err(e.into()))?;
+    let img = image::RgbImage::from_raw(shape[1] as u32, shape[0] as u32, bytes).expect("H * W * 3 bytes");
+    let view = parse_view(view)?;
+    let normalize = Normalize::MeanStd {
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    };
+    let tf = Transform {
+        resize,
+        square,
+        crop,
+        view,
+        pca: None,
+        normalize,
+    };
+    let mut out = vec![0f32; tf.view_len() * view.count()];
+    tf.apply(&img, &mut Rng::for_sample(seed, epoch, index), &mut out)
+        .map_err(py_err)?;
+    let c = i64::from(crop);
+    Ok(PyTensor(tch::Tensor::from_slice(&out).view([
+        view.count() as i64,
+        3,
+        c,
+        c,
+    ])))
+}
+
+/// The Rust data loader: iterating it yields (images, labels) batches of successive epochs.
+#[pyclass(module = "alexnet_rs._native")]
+struct DataLoader {
+    loader: Loader,
+    next_epoch: u64,
+}
+
+#[pymethods]
+impl DataLoader {
+    #[new]
+    #[pyo3(signature = (data, split="train", preset="paper", crop=224, view="train", batch_size=64, threads=0,
+                        seed=0, shuffle=true, drop_last=false, on_bad_image="skip", limit=None, stats=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        data: std::path::PathBuf,
+        split: &str,
+        preset: &str,
+        crop: u32,
+        view: &str,
+        batch_size: usize,
+        threads: usize,
+        seed: u64,
+        shuffle: bool,
+        drop_last: bool,
+        on_bad_image: &str,
+        limit: Option<usize>,
+        stats: Option<std::path::PathBuf>,
+    ) -> PyResult<Self> {
+        let split = match split {
+            "train" => Split::Train,
+            "test" | "val" => Split::Test,
+            _ => {
+                return Err(py_err(Error::Config(format!(
+                    "split must be train or test, got `{split}`"
+                ))))
+            }
+        };
+        let preset = preset.parse::<Preset>().map_err(py_err)?;
+        let stats = stats
+            .map(|p| crate::data::stats::Stats::load(&p))
+            .transpose()
+            .map_err(py_err)?;
+        let mut ds = Dataset::open(&data, split).map_err(py_err)?;
+        if let Some(n) = limit {
+            ds = ds.subset(n, seed);
+        }
+        let tf = Transform::for_preset(preset, crop, parse_view(view)?, stats.as_ref());
+        let on_bad_image = on_bad_image.parse().map_err(py_err)?;
+        let cfg = LoaderConfig {
+            batch_size,
+            threads,
+            seed,
+            shuffle,
+            drop_last,
+            on_bad_image,
+            ..LoaderConfig::default()
+        };
+        Ok(DataLoader {
+            loader: Loader::new(ds, tf, cfg).map_err(py_err)?,
+            next_epoch: 0,
+        })
+    }
+
+    /// Batches per epoch.
+    fn __len__(&self) -> usize {
+        self.loader.batches_per_epoch()
+    }
+
+    /// Class names, label order.
+    #[getter]
+    fn classes(&self) -> Vec<String> {
+        self.loader.dataset().classes.clone()
+    }
+
+    #[getter]
+    fn num_samples(&self) -> usize {
+        self.loader.dataset().len()
+    }
+
+    /// The batches of epoch `epoch` (its shuffle and augmentation depend on it and the seed).
+    fn epoch(&self, epoch: u64) -> EpochIter {
+        EpochIter {
+            inner: Some(self.loader.epoch(epoch)),
+        }
+    }
+
+    fn __iter__(&mut self) -> EpochIter {
+        self.next_epoch += 1;
+        self.epoch(self.next_epoch - 1)
+    }
+}
+
+#[pyclass(module = "alexnet_rs._native")]
+struct EpochIter {
+    inner: Option<Epoch>,
+}
+
+#[pymethods]
+impl EpochIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<(PyTensor, PyTensor)>> {
+        let Some(mut epoch) = self.inner.take() else {
+            return Ok(None);
+        };
+        let (epoch, item) = py.allow_threads(move || {
+            let item = epoch.next();
+            (epoch, item)
+        });
+        self.inner = Some(epoch); // kept after the end too, for `skipped`
+        match item {
+            None => Ok(None),
+            Some(Err(e)) => Err(py_err(e)),
+            Some(Ok(b)) => Ok(Some((PyTensor(b.images), PyTensor(b.labels)))),
+        }
+    }
+
+    /// Bad images skipped so far in this epoch.
+    #[getter]
+    fn skipped(&self) -> usize {
+        self.inner.as_ref().map_or(0, Epoch::skipped)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.as_ref().map_or(0, Epoch::len)
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -123,5 +328,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(info_text, m)?)?;
     m.add_function(wrap_pyfunction!(param_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(forward, m)?)?;
+    m.add_function(wrap_pyfunction!(load_image, m)?)?;
+    m.add_function(wrap_pyfunction!(transform_views, m)?)?;
+    m.add_class::<DataLoader>()?;
+    m.add_class::<EpochIter>()?;
     Ok(())
 }

@@ -5,7 +5,7 @@ Importing the package loads the native extension, which registers ``torch.ops.al
 
 import torch  # noqa: F401  -- loads libtorch before the extension that links against it
 
-from . import _native, ops
+from . import _native, data, ops
 from ._native import PRESETS, __version__, info_text, layer_table, param_shapes
 from .errors import (
     AlexNetError,
@@ -25,6 +25,7 @@ __all__ = [
     "layer_table",
     "param_shapes",
     "ops",
+    "data",
     "AlexNetError",
     "AlexNetIOError",
     "ConfigError",

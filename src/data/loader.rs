@@ -13,7 +13,7 @@ use crate::image::load_rgb;
 use image::RgbImage;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tch::{Device, Tensor};
 
@@ -176,19 +176,18 @@ impl Loader {
                 }
             }
         });
-        let (views, crop) = (self.transform.view.count() as i64, i64::from(self.transform.crop));
         Epoch {
-            rx,
+            rx: Mutex::new(rx),
             producer: Some(producer),
             skipped,
             total,
             device: self.cfg.device,
-            views,
-            crop,
         }
     }
 }
 
+/// Decodes and transforms one chunk of samples straight into a fresh batch tensor (one
+/// allocation, one write per value), on the rayon pool; bad samples are skipped or fail.
 fn build_batch(
     ds: &Dataset,
     tf: &Transform,
@@ -196,31 +195,35 @@ fn build_batch(
     epoch: u64,
     chunk: &[usize],
     skipped: &AtomicUsize,
-) -> Result<(Vec<f32>, Vec<i64>, Vec<usize>)> {
+) -> Result<RawBatch> {
     use rayon::prelude::*;
+    let (views, crop) = (tf.view.count() as i64, i64::from(tf.crop));
     let per = tf.view_len() * tf.view.count();
-    let results: Vec<Result<Vec<f32>>> = chunk
-        .par_iter()
-        .map(|&i| {
-            let mut rng = Rng::for_sample(cfg.seed, epoch, i as u64);
-            let mut out = vec![0f32; per];
+    let images = Tensor::empty(
+        [chunk.len() as i64 * views, 3, crop, crop],
+        (tch::Kind::Float, Device::Cpu),
+    );
+    // SAFETY: `images` is a fresh contiguous float tensor of exactly chunk.len() * per values,
+    // alive for the whole borrow; the workers write disjoint chunks of it.
+    let data = unsafe { std::slice::from_raw_parts_mut(images.data_ptr() as *mut f32, per * chunk.len()) };
+    let results: Vec<Result<()>> = data
+        .par_chunks_mut(per)
+        .zip(chunk.par_iter())
+        .map(|(out, &i)| {
             let img = decode(ds, i)?;
-            tf.apply(&img, &mut rng, &mut out).map_err(|e| Error::File {
+            let mut rng = Rng::for_sample(cfg.seed, epoch, i as u64);
+            let r = tf.apply(&img, &mut rng, out);
+            crate::image::recycle(img.into_raw());
+            r.map_err(|e| Error::File {
                 path: describe(ds, i).into(),
                 reason: e.to_string(),
-            })?;
-            Ok(out)
+            })
         })
         .collect();
-    let mut pixels = Vec::with_capacity(per * chunk.len());
-    let (mut labels, mut kept) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
-    for (r, &i) in results.into_iter().zip(chunk) {
+    let mut kept = Vec::with_capacity(chunk.len());
+    for (pos, (r, &i)) in results.into_iter().zip(chunk).enumerate() {
         match r {
-            Ok(v) => {
-                pixels.extend_from_slice(&v);
-                labels.push(ds.items[i].1);
-                kept.push(i);
-            }
+            Ok(()) => kept.push((pos, i)),
             Err(e) if cfg.on_bad_image == OnBadImage::Skip => {
                 skipped.fetch_add(1, Ordering::Relaxed);
                 eprintln!("skipping bad image: {e}");
@@ -228,18 +231,39 @@ fn build_batch(
             Err(e) => return Err(e),
         }
     }
-    Ok((pixels, labels, kept))
+    let images = if kept.len() == chunk.len() {
+        images
+    } else {
+        // Drop the rows (all views) of the skipped samples.
+        let rows: Vec<i64> = kept
+            .iter()
+            .flat_map(|&(pos, _)| (0..views).map(move |v| pos as i64 * views + v))
+            .collect();
+        images.index_select(0, &Tensor::from_slice(&rows))
+    };
+    let labels: Vec<i64> = kept.iter().map(|&(_, i)| ds.items[i].1).collect();
+    Ok(RawBatch {
+        images,
+        labels,
+        indices: kept.into_iter().map(|(_, i)| i).collect(),
+    })
+}
+
+/// A batch as built by the producer, still on the CPU.
+struct RawBatch {
+    images: Tensor,
+    labels: Vec<i64>,
+    indices: Vec<usize>,
 }
 
 /// The batches of one epoch, in order. Dropping it stops the producer.
 pub struct Epoch {
-    rx: Receiver<Result<(Vec<f32>, Vec<i64>, Vec<usize>)>>,
+    // (A Mutex only to make Epoch Sync, for the Python binding; one consumer locks it.)
+    rx: Mutex<Receiver<Result<RawBatch>>>,
     producer: Option<JoinHandle<()>>,
     skipped: Arc<AtomicUsize>,
     total: usize,
     device: Device,
-    views: i64,
-    crop: i64,
 }
 
 impl Epoch {
@@ -262,22 +286,21 @@ impl Iterator for Epoch {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Result<Batch>> {
-        let (pixels, labels, indices) = match self.rx.recv().ok()? {
+        let received = self.rx.get_mut().expect("receiver lock").recv().ok()?;
+        let raw = match received {
             Ok(b) => b,
             Err(e) => return Some(Err(e)),
         };
-        if indices.is_empty() {
+        if raw.indices.is_empty() {
             // Every image of this batch was bad: move on to the next one.
             return self.next();
         }
-        let n = labels.len() as i64;
-        let images = Tensor::from_slice(&pixels)
-            .view([n * self.views, 3, self.crop, self.crop])
-            .to_device(self.device);
+        let images = raw.images.to_device(self.device);
+        let labels = Tensor::from_slice(&raw.labels).to_device(self.device);
         Some(Ok(Batch {
             images,
-            labels: Tensor::from_slice(&labels).to_device(self.device),
-            indices,
+            labels,
+            indices: raw.indices,
         }))
     }
 }
@@ -286,7 +309,7 @@ impl Drop for Epoch {
     fn drop(&mut self) {
         // Unblock the producer (its send fails once the receiver is gone), then join it.
         let (_, dead) = sync_channel(1);
-        let rx = std::mem::replace(&mut self.rx, dead);
+        let rx = std::mem::replace(self.rx.get_mut().expect("receiver lock"), dead);
         drop(rx);
         if let Some(p) = self.producer.take() {
             let _ = p.join();

@@ -3,6 +3,7 @@
 //! views (centre crop, or 10 crops: 4 corners + centre and their mirrors, averaged at test time).
 use crate::data::rng::Rng;
 use crate::error::{Error, Result};
+use crate::image::{recycle, take_buffer};
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
@@ -128,7 +129,14 @@ impl Transform {
             return Ok(r);
         }
         let (x, y) = center_offset(r.width(), r.height(), self.resize);
-        Ok(image::imageops::crop_imm(&r, x, y, self.resize, self.resize).to_image())
+        let s = self.resize as usize;
+        let mut sq = RgbImage::from_raw(self.resize, self.resize, take_buffer(s * s * 3)).expect("s * s * 3 bytes");
+        for row in 0..s {
+            let src = ((y as usize + row) * r.width() as usize + x as usize) * 3;
+            sq.as_mut()[row * s * 3..(row + 1) * s * 3].copy_from_slice(&r.as_raw()[src..src + s * 3]);
+        }
+        recycle(r.into_raw());
+        Ok(sq)
     }
 
     /// Floats per view: 3 x crop x crop.
@@ -160,15 +168,17 @@ impl Transform {
                 self.write(&base, x, y, false, [0.0; 3], &mut out[..n]);
             }
             View::TenCrop => {
-                for (v, (flip, (x, y))) in [false, true]
-                    .into_iter()
-                    .flat_map(|f| five_crop_corners(w, h, self.crop).map(|c| (f, c)))
-                    .enumerate()
-                {
-                    self.write(&base, x, y, flip, [0.0; 3], &mut out[v * n..(v + 1) * n]);
+                // torchvision's TenCrop: five crops of the image, then five crops of its mirror
+                // image; a crop at x of the mirror is the mirror of the crop at w - crop - x.
+                let corners = five_crop_corners(w, h, self.crop);
+                for (v, &(x, y)) in corners.iter().enumerate() {
+                    self.write(&base, x, y, false, [0.0; 3], &mut out[v * n..(v + 1) * n]);
+                    let m = (v + 5) * n;
+                    self.write(&base, w - self.crop - x, y, true, [0.0; 3], &mut out[m..m + n]);
                 }
             }
         }
+        recycle(base.into_raw());
         Ok(())
     }
 
@@ -196,6 +206,50 @@ impl Transform {
                     };
                 }
             }
+        }
+    }
+}
+
+impl Transform {
+    /// The recipe of each preset: `paper` resizes, centre-crops a square and subtracts the
+    /// per-pixel mean image (from `stats`, else ImageNet's channel means) with PCA colour noise in
+    /// training; `torchvision` and `caffe` keep the aspect ratio and normalise by ImageNet's
+    /// channel mean/std (torchvision) or subtract the channel means (caffe).
+    pub fn for_preset(
+        preset: crate::Preset,
+        crop: u32,
+        view: View,
+        stats: Option<&crate::data::stats::Stats>,
+    ) -> Transform {
+        use crate::image::{IMAGENET_MEAN, IMAGENET_STD};
+        use crate::Preset;
+        // 256 for the 224/227 crops of the recipes; the same ratio for smaller inputs.
+        let resize = if crop >= 224 {
+            crop.max(256)
+        } else {
+            (crop * 256).div_ceil(224)
+        };
+        let channel_mean = stats.map_or(IMAGENET_MEAN, |s| s.channel_mean);
+        let normalize = match (preset, stats) {
+            (Preset::Torchvision, _) => Normalize::MeanStd {
+                mean: IMAGENET_MEAN,
+                std: IMAGENET_STD,
+            },
+            (Preset::Paper, Some(s)) if s.side == resize => s.mean_image(),
+            _ => Normalize::MeanStd {
+                mean: channel_mean,
+                std: [1.0; 3],
+            },
+        };
+        let pca =
+            (preset == Preset::Paper && view == View::Train).then(|| stats.map_or_else(Pca::imagenet, |s| s.pca()));
+        Transform {
+            resize,
+            square: preset == Preset::Paper,
+            crop,
+            view,
+            pca,
+            normalize,
         }
     }
 }

@@ -1,0 +1,89 @@
+"""Data pipeline throughput: alexnet_rs's Rust loader against torchvision's ImageFolder +
+transforms + DataLoader with the same number of workers, in one run.
+
+    .venv/bin/python benches/data_loader.py [--threads 1 2] [--epochs 3]
+
+Sets: the 100 ImageNet-like 512x512 JPEGs of the ai-benchmark wheel, and the same images plus
+foolbox's re-encoded at 500x375 (JPEG quality 90), both as two-class image folders under
+.cache/bench/. Work per image: decode + resize shorter side to 256 + random 224 crop + flip +
+normalise (torchvision: Resize(256), RandomCrop(224), RandomHorizontalFlip, ToTensor, Normalize).
+Ours also runs the paper's recipe (square centre crop + PCA colour noise). Prints images/s and
+the per-core ratio (ours / torchvision) as a markdown table.
+"""
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+BIN = ROOT / "target" / "release" / "alexnet"
+
+
+def make_sets():
+    sets = {}
+    src512 = sorted((CACHE / "data" / "ai_benchmark").glob("*.jpg"))
+    if not src512:
+        raise SystemExit("run `make setup` first (fetches the ai-benchmark images)")
+    d = CACHE / "bench" / "ai_benchmark_512"
+    if not d.exists():
+        for i, p in enumerate(src512):
+            (d / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+            (d / "ab"[i % 2] / p.name).symlink_to(p)
+    sets["ai-benchmark 512x512 (100)"] = d
+    d = CACHE / "bench" / "jpeg_500x375"
+    if not d.exists():
+        srcs = src512 + sorted((CACHE / "data" / "foolbox").glob("imagenet_*.jpg"))
+        for i, p in enumerate(srcs):
+            (d / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+            Image.open(p).convert("RGB").resize((500, 375), Image.BILINEAR).save(d / "ab"[i % 2] / f"{i}.jpg", quality=90)
+    sets["500x375 JPEG (120)"] = d
+    return sets
+
+
+def ours(path, threads, epochs, preset):
+    out = subprocess.run([BIN, "bench", "data", path, "--threads", str(threads), "--epochs", str(epochs),
+                          "--preset", preset, "--batch-size", "64"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
+def torchvision_rate(path, threads, epochs):
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    tf = T.Compose([T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    ds = ImageFolder(path, transform=tf)
+    dl = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, num_workers=threads,
+                                     persistent_workers=True)
+    next(iter(dl))  # start the workers before timing
+    n, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for x, _ in dl:
+            n += x.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--epochs", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print("| set | workers | torchvision (img/s) | ours, torchvision recipe (img/s) | ratio | ours, paper recipe + PCA (img/s) |")
+    print("|---|---|---|---|---|---|")
+    for name, path in make_sets().items():
+        for th in args.threads:
+            tv = torchvision_rate(path, th, args.epochs)
+            o = ours(path, th, args.epochs, "torchvision")
+            p = ours(path, th, args.epochs, "paper")
+            print(f"| {name} | {th} | {tv:.0f} | {o:.0f} | {o / tv:.2f}x | {p:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

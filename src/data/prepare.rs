@@ -1,0 +1,89 @@
+//! `alexnet prepare SRC DST --size S`: pre-resize a dataset once (the paper stored ImageNet at
+//! 256 x 256), in parallel. Each output is written to a temporary file and renamed, so an
+//! interrupted run leaves no half-written image, and a rerun skips the files already done.
+use crate::data::source::image_files;
+use crate::data::transform::resize_shorter;
+use crate::error::{Error, Result};
+use crate::image::load_rgb;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Debug, Default)]
+pub struct PrepareReport {
+    pub written: usize,
+    pub skipped_existing: usize,
+    /// Files that could not be decoded or written, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// Resizes every image under `src` (shorter side to `size`) into the same relative path under
+/// `dst`, as JPEG (`quality`). `progress(done, total)` is called as files finish.
+pub fn prepare(
+    src: &Path,
+    dst: &Path,
+    size: u32,
+    quality: u8,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<PrepareReport> {
+    if size == 0 {
+        return Err(Error::Config("--size must be >= 1".into()));
+    }
+    let files = image_files(src)?;
+    let total = files.len();
+    let done = AtomicUsize::new(0);
+    let results: Vec<(PathBuf, Result<bool>)> = files
+        .par_iter()
+        .map(|f| {
+            let rel = f.strip_prefix(src).expect("image_files returns paths under src");
+            let out = dst.join(rel).with_extension("jpg");
+            let r = prepare_one(f, &out, size, quality);
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+            (f.clone(), r)
+        })
+        .collect();
+    let mut report = PrepareReport::default();
+    for (f, r) in results {
+        match r {
+            Ok(true) => report.written += 1,
+            Ok(false) => report.skipped_existing += 1,
+            Err(e) => report.failed.push((f, e.to_string())),
+        }
+    }
+    Ok(report)
+}
+
+/// Returns Ok(false) when `out` already exists (a finished earlier run).
+fn prepare_one(src: &Path, out: &Path, size: u32, quality: u8) -> Result<bool> {
+    if out.is_file() {
+        return Ok(false);
+    }
+    let img = resize_shorter(&load_rgb(src)?, size)?;
+    let dir = out.parent().expect("output has a folder");
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let tmp = out.with_extension("jpg.partial");
+    let io = |source| Error::Io {
+        path: tmp.clone(),
+        source,
+    };
+    {
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut w = std::io::BufWriter::new(file);
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality)
+            .encode_image(&img)
+            .map_err(|e| Error::File {
+                path: tmp.clone(),
+                reason: e.to_string(),
+            })?;
+        let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    Ok(true)
+}

@@ -1,0 +1,263 @@
+"""The Rust data pipeline on real images (PyPI wheels' data, fetched by make setup), on a corpus of
+bad files made here, and against independent references (PIL, numpy, torchvision)."""
+
+import gzip
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import alexnet_rs
+from alexnet_rs.data import DataLoader, load_image, transform_views
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache" / "data"
+BIN = ROOT / "target" / "release" / "alexnet"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def pil_rgb(path):
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).clone()
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "camera.png", "logo.png", "chessboard_GRAY.png",
+                                  "chessboard_RGB.png", "no_time_for_that_tiny.gif", "multipage.tif"])
+def test_lossless_formats_decode_like_pil(name):
+    # PNG/GIF/TIFF, RGB, greyscale and RGBA (alpha dropped): pixel-equal to PIL's convert("RGB").
+    path = CACHE / "skimage" / name
+    ours = load_image(path)
+    assert ours.dtype == torch.uint8 and ours.shape[2] == 3
+    assert torch.equal(ours, pil_rgb(path))
+
+
+@pytest.mark.parametrize("path", sorted((CACHE / "foolbox").glob("imagenet_0*.jpg"))[:5]
+                         + [CACHE / "skimage" / "rocket.jpg", CACHE / "skimage" / "hubble_deep_field.jpg"],
+                         ids=lambda p: p.name)
+def test_jpegs_decode_close_to_pil(path):
+    # Different IDCT/upsampling implementations: equal shape, a mean difference under 1 level.
+    ours, ref = load_image(path), pil_rgb(path)
+    assert ours.shape == ref.shape
+    assert (ours.float() - ref.float()).abs().mean().item() < 1.0
+
+
+def make_bad_corpus(d: Path):
+    """The bad and odd files of the acceptance list, written with PIL and by hand."""
+    src = CACHE / "foolbox" / "imagenet_00_243.jpg"
+    jpeg = src.read_bytes()
+    (d / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.jpg").write_text("this is not an image\n")
+    # A well-formed PNG whose header claims 100000 x 100000 pixels (a few bytes of data).
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    (d / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                                 + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    img = Image.open(src).convert("RGB").resize((64, 48))
+    img.convert("CMYK").save(d / "cmyk.jpg")
+    img.convert("RGBA").save(d / "rgba.png")
+    Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 257)).save(d / "grey16.png")
+    return {"bad": ["truncated.jpg", "empty.jpg", "text.jpg", "bomb.png"], "good": ["cmyk.jpg", "rgba.png", "grey16.png"]}
+
+
+def test_bad_files_are_errors_naming_the_file(tmp_path):
+    corpus = make_bad_corpus(tmp_path)
+    for name in corpus["bad"]:
+        with pytest.raises(alexnet_rs.DataError) as e:
+            load_image(tmp_path / name)
+        assert name in str(e.value)
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "missing.jpg")
+    assert "over the limit" in str(pytest.raises(alexnet_rs.DataError, load_image, tmp_path / "bomb.png").value)
+
+
+def test_odd_formats_become_rgb8(tmp_path):
+    make_bad_corpus(tmp_path)
+    for name in ["rgba.png", "grey16.png"]:
+        ours = load_image(tmp_path / name)
+        ref = np.asarray(Image.open(tmp_path / name).convert("RGB")) if name == "rgba.png" else None
+        assert ours.shape == (48, 64, 3)
+        if ref is not None:
+            assert torch.equal(ours, torch.from_numpy(ref.copy()))
+    grey = load_image(tmp_path / "grey16.png")
+    ref8 = np.asarray(Image.open(tmp_path / "grey16.png")).astype(np.float64) / 257.0
+    assert np.abs(grey[..., 0].numpy() - ref8).max() <= 1.0
+    cmyk = load_image(tmp_path / "cmyk.jpg")
+    rgb = np.asarray(Image.open(tmp_path / "cmyk.jpg").convert("RGB")).astype(np.float64)
+    assert cmyk.shape == (48, 64, 3) and np.abs(cmyk.numpy() - rgb).mean() < 8.0
+
+
+def folder_with_bad_files(tmp_path):
+    """root/{a,b}/: 8 good JPEGs and, in a/, the 4 bad files."""
+    root = tmp_path / "root"
+    for cls in ["a", "b"]:
+        (root / cls).mkdir(parents=True)
+    for i, p in enumerate(sorted((CACHE / "foolbox").glob("imagenet_*.jpg"))[:8]):
+        (root / "ab"[i % 2] / p.name).write_bytes(p.read_bytes())
+    bad = tmp_path / "corpus"
+    bad.mkdir()
+    make_bad_corpus(bad)
+    for name in ["truncated.jpg", "empty.jpg", "text.jpg", "bomb.png"]:
+        (bad / name).rename(root / "a" / name)
+    return root
+
+
+def test_loader_skips_and_counts_bad_files(tmp_path):
+    root = folder_with_bad_files(tmp_path)
+    dl = DataLoader(root, crop=64, batch_size=5, threads=2)
+    assert dl.classes == ["a", "b"] and dl.num_samples == 12
+    it = dl.epoch(0)
+    labels = torch.cat([y for _, y in it])
+    assert len(labels) == 8 and it.skipped == 4
+
+
+def test_loader_fail_mode_names_the_file(tmp_path):
+    root = folder_with_bad_files(tmp_path)
+    dl = DataLoader(root, crop=64, batch_size=4, threads=2, on_bad_image="fail", shuffle=False)
+    with pytest.raises(alexnet_rs.DataError, match=r"(truncated|empty|text|bomb)"):
+        for _ in dl.epoch(0):
+            pass
+
+
+def test_same_batches_whatever_the_thread_count():
+    data = CACHE / "foolbox"
+    root = data.parent / "_twoclass"
+    if not root.exists():
+        for cls in ["x", "y"]:
+            (root / cls).mkdir(parents=True, exist_ok=True)
+        for i, p in enumerate(sorted(data.glob("imagenet_*.jpg"))):
+            (root / "xy"[i % 2] / p.name).write_bytes(p.read_bytes())
+    runs = []
+    for threads in (1, 2):
+        dl = DataLoader(root, preset="paper", crop=96, batch_size=6, threads=threads, seed=7)
+        runs.append([(x.clone(), y.clone()) for e in range(2) for x, y in dl.epoch(e)])
+    assert len(runs[0]) == len(runs[1]) == 8
+    for (x1, y1), (x2, y2) in zip(*runs):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    # And a different epoch is a different shuffle and augmentation.
+    assert not torch.equal(runs[0][0][0], runs[0][4][0])
+
+
+def test_ten_crop_equals_torchvision():
+    from torchvision.transforms import functional as TF
+    from torchvision.transforms import TenCrop
+
+    img = Image.open(CACHE / "foolbox" / "imagenet_03_21.jpg" if (CACHE / "foolbox" / "imagenet_03_21.jpg").exists()
+                     else sorted((CACHE / "foolbox").glob("imagenet_*.jpg"))[3]).convert("RGB").resize((300, 257))
+    arr = torch.from_numpy(np.asarray(img).copy())
+    # resize = the shorter side: both sides crop the very same image.
+    ours = transform_views(arr, 257, 224, "ten_crop")
+    ref = torch.stack([TF.to_tensor(c) for c in TenCrop(224)(img)])
+    assert ours.shape == ref.shape == (10, 3, 224, 224)
+    assert torch.equal(ours, ref)
+
+
+def test_center_crop_equals_torchvision():
+    from torchvision.transforms import CenterCrop
+    from torchvision.transforms import functional as TF
+
+    for size in [(300, 257), (257, 300), (227, 227), (255, 260)]:
+        img = Image.open(sorted((CACHE / "foolbox").glob("imagenet_*.jpg"))[0]).convert("RGB").resize(size)
+        arr = torch.from_numpy(np.asarray(img).copy())
+        ours = transform_views(arr, min(size), 224, "center")[0]
+        assert torch.equal(ours, TF.to_tensor(CenterCrop(224)(img))), size
+
+
+def test_train_views_are_crops_of_the_image_or_their_mirror():
+    img = torch.from_numpy(np.asarray(Image.open(sorted((CACHE / "foolbox").glob("imagenet_*.jpg"))[1])
+                                      .convert("RGB").resize((256, 256))).copy())
+    ref = img.permute(2, 0, 1).float() / 255.0
+    flips = 0
+    for index in range(20):
+        v = transform_views(img, 256, 224, "train", index=index)[0]
+        found = False
+        for cand in (v, v.flip(-1)):
+            # locate by the first pixel row: exhaustive search over offsets
+            for y in range(33):
+                for x in range(33):
+                    if torch.equal(ref[:, y:y + 224, x:x + 224], cand):
+                        found = True
+                        flips += cand is not v
+                        break
+                if found:
+                    break
+            if found:
+                break
+        assert found, index
+    assert 0 < flips < 20  # both orientations occur
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_idx_against_numpy():
+    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    dl = DataLoader(FASHION, split="test", preset="torchvision", crop=28, view="center", batch_size=1000,
+                    shuffle=False, threads=2)
+    assert dl.num_samples == 10000 and dl.classes[0] == "T-shirt/top"
+    x, y = next(iter(dl))
+    assert torch.equal(y, torch.from_numpy(labels[:1000].astype(np.int64)))
+    # Greyscale repeated to 3 channels: undo torchvision's normalisation, channels agree.
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    raw = x * std + mean
+    assert torch.allclose(raw[:, 0], raw[:, 1], atol=1e-5) and torch.allclose(raw[:, 1], raw[:, 2], atol=1e-5)
+    # crop 28 of a 28x28 image upscaled to 32: the centre pixel region tracks numpy's image.
+    corr = np.corrcoef(raw[:, 0].mean((1, 2)).numpy(), images[:1000].mean((1, 2)))[0, 1]
+    assert corr > 0.99
+
+
+def test_list_file_source(tmp_path):
+    files = sorted((CACHE / "foolbox").glob("imagenet_*.jpg"))[:4]
+    lines = [f"{p} {i % 2}" for i, p in enumerate(files)]
+    (tmp_path / "val.txt").write_text("# path label\n" + "\n".join(lines) + "\n")
+    (tmp_path / "classes.txt").write_text("even\nodd\n")
+    dl = DataLoader(tmp_path / "val.txt", crop=64, view="center", batch_size=4, shuffle=False)
+    assert dl.classes == ["even", "odd"]
+    _, y = next(iter(dl))
+    assert y.tolist() == [0, 1, 0, 1]
+    (tmp_path / "bad.txt").write_text(f"{files[0]} cat\n")
+    with pytest.raises(alexnet_rs.DataError, match="line 1"):
+        DataLoader(tmp_path / "bad.txt")
+
+
+def test_prepare_is_resumable(tmp_path):
+    src = folder_with_bad_files(tmp_path)
+    out = subprocess.run([BIN, "prepare", src, tmp_path / "dst", "--size", "64"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "8 written, 0 already there, 4 failed" in out.stdout
+    done = sorted(p.name for p in (tmp_path / "dst").rglob("*.jpg"))
+    assert len(done) == 8 and min(Image.open(next((tmp_path / "dst").rglob("*.jpg"))).size) == 64
+    again = subprocess.run([BIN, "prepare", src, tmp_path / "dst", "--size", "64"], capture_output=True, text=True)
+    assert "0 written, 8 already there" in again.stdout
+
+
+def test_stats_against_numpy(tmp_path):
+    # 32x32 images need no resizing at --size 32, so numpy sees exactly the pixels we do.
+    rng = np.random.default_rng(0)
+    (tmp_path / "c").mkdir()
+    arrays = []
+    for i in range(6):
+        a = (rng.random((32, 32, 3)) * np.array([255, 120, 60])).astype(np.uint8)
+        Image.fromarray(a).save(tmp_path / "c" / f"{i}.png")
+        arrays.append(a.astype(np.float64) / 255.0)
+    out = tmp_path / "stats.safetensors"
+    r = subprocess.run([BIN, "stats", tmp_path, "--size", "32", "--out", out], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from safetensors.torch import load_file
+
+    s = load_file(out)
+    px = np.concatenate([a.reshape(-1, 3) for a in arrays])
+    np.testing.assert_allclose(s["channel_mean"].numpy(), px.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(s["mean_image"].numpy(), np.mean(arrays, 0).transpose(2, 0, 1), atol=1e-6)
+    w, v = np.linalg.eigh(np.cov(px.T, bias=True))
+    np.testing.assert_allclose(s["eigval"].numpy(), w[::-1], rtol=1e-4)
+    for i in range(3):  # eigenvectors up to sign
+        assert abs(abs(float(np.dot(s["eigvec"].numpy()[:, i], v[:, ::-1][:, i]))) - 1) < 1e-4
