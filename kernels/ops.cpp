@@ -8,6 +8,7 @@
 // the same from Rust (tch), from PyTorch eager and under torch.compile.
 #include "ops.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -139,6 +140,17 @@ at::Tensor grouped_conv2d_autograd(const at::Tensor& x, const at::Tensor& w, con
   return GroupedConvFunction::apply(x, w, b, stride, padding, groups);
 }
 
+// Autocast: run our convolution in the autocast dtype (bfloat16/float16), as autocast does for
+// aten::conv2d. LRN needs no autocast kernel: it runs in whatever dtype the convolution gives it.
+template <c10::DeviceType kDevice>
+at::Tensor grouped_conv2d_autocast(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(kDevice));
+  const auto dt = at::autocast::get_autocast_dtype(kDevice);
+  return conv_op().call(at::autocast::cached_cast(dt, x, kDevice), at::autocast::cached_cast(dt, w, kDevice),
+                        at::autocast::cached_cast(dt, b, kDevice), stride, padding, groups);
+}
+
 at::Tensor lrn_autograd(const at::Tensor& x, int64_t size, double alpha, double beta, double k) {
   return LrnFunction::apply(x, size, alpha, beta, k);
 }
@@ -209,6 +221,14 @@ TORCH_LIBRARY_IMPL(alexnet_rs, Autograd, m) {
   m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_autograd);
 }
 
+TORCH_LIBRARY_IMPL(alexnet_rs, AutocastCPU, m) {
+  m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_autocast<c10::DeviceType::CPU>);
+}
+
+TORCH_LIBRARY_IMPL(alexnet_rs, AutocastCUDA, m) {
+  m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_autocast<c10::DeviceType::CUDA>);
+}
+
 #ifdef ALEXNET_WITH_CUDA
 TORCH_LIBRARY_IMPL(alexnet_rs, CUDA, m) {
   m.impl("lrn", &alexnet_rs::lrn_forward_cuda);
@@ -234,6 +254,35 @@ char* alexnet_rs_grouped_conv2d(const at::Tensor* x, const at::Tensor* w, const 
     const std::optional<at::Tensor> bias = b != nullptr ? std::optional<at::Tensor>(*b) : std::nullopt;
     return alexnet_rs::conv_op().call(*x, *w, bias, {stride_h, stride_w}, {pad_h, pad_w}, groups);
   });
+}
+
+char* alexnet_rs_channels_last(const at::Tensor* x, at::Tensor** out, int32_t* kind) {
+  return alexnet_rs::guarded(out, kind, [&] {
+    TORCH_CHECK_VALUE(x->dim() == 4, "channels_last needs a 4-D tensor, got ", x->dim(), "-D");
+    return x->contiguous(at::MemoryFormat::ChannelsLast);
+  });
+}
+
+int32_t alexnet_rs_is_channels_last(const at::Tensor* x) {
+  return x->dim() == 4 && x->is_contiguous(at::MemoryFormat::ChannelsLast) && !x->is_contiguous() ? 1 : 0;
+}
+
+// Autocast scope for `cuda` (1) or the CPU (0) in bfloat16. enter returns the previous state
+// (enabled flag in bit 0, dtype in the bits above) for exit to restore.
+int64_t alexnet_rs_autocast_enter(int32_t cuda) noexcept {
+  const auto dev = cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  const int64_t prev = (int64_t(at::autocast::get_autocast_dtype(dev)) << 1) | (at::autocast::is_autocast_enabled(dev) ? 1 : 0);
+  at::autocast::set_autocast_dtype(dev, at::kBFloat16);
+  at::autocast::set_autocast_enabled(dev, true);
+  at::autocast::increment_nesting();
+  return prev;
+}
+
+void alexnet_rs_autocast_exit(int32_t cuda, int64_t prev) noexcept {
+  const auto dev = cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(dev, (prev & 1) != 0);
+  at::autocast::set_autocast_dtype(dev, static_cast<at::ScalarType>(prev >> 1));
 }
 
 }  // extern "C"

@@ -16,4 +16,8 @@ char* alexnet_rs_lrn(const at::Tensor* x, int64_t size, double alpha, double bet
 char* alexnet_rs_grouped_conv2d(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, int64_t stride_h,
                                 int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t groups, at::Tensor** out,
                                 int32_t* kind);
+char* alexnet_rs_channels_last(const at::Tensor* x, at::Tensor** out, int32_t* kind);
+int32_t alexnet_rs_is_channels_last(const at::Tensor* x);
+int64_t alexnet_rs_autocast_enter(int32_t cuda) noexcept;
+void alexnet_rs_autocast_exit(int32_t cuda, int64_t prev) noexcept;
 }

@@ -1,16 +1,21 @@
 //! alexnet_rs: AlexNet (Krizhevsky, Sutskever & Hinton, 2012) on libtorch, in three presets
 //! (`paper`, `torchvision`, `caffe`), with our own LRN op (kernels/) registered with PyTorch's
 //! dispatcher as `torch.ops.alexnet_rs.lrn`.
+pub mod checkpoint;
 pub mod config;
 pub mod conv;
 pub mod data;
 pub mod error;
 pub mod image;
 pub mod info;
+pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod placement;
 #[cfg(feature = "python")]
 mod python;
+pub mod train;
 
 pub use config::{Config, Preset};
 pub use conv::ConvBackend;

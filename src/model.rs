@@ -1,52 +1,83 @@
-//! AlexNet: parameters by name, and the one functional forward pass every caller uses (the Rust
-//! CLI and trainer, the Python `nn.Module`, the two-device placement).
+//! AlexNet: parameters by name, their initialisation, and the one functional forward pass every
+//! caller uses (the Rust trainer and CLI, the Python `nn.Module`, the two-device placement).
 //!
-//! The forward takes a [`Config`] and a [`Params`] map (name -> tensor) and builds nothing: the
-//! caller owns the parameters (a tch `VarStore`, or a Python module's `nn.Parameter`s), so the
-//! autograd graph links back to whichever side created them.
+//! The forward takes a [`Config`] and a [`Params`] map (name -> one shard per device) and builds
+//! nothing: the caller owns the parameters (our trainer, or a Python module's `nn.Parameter`s),
+//! so the autograd graph links back to whichever side created them. Activations travel as one
+//! channel slice per device; on one device that is the ordinary network.
 use crate::config::{Config, ConvLayer, FcLayer, Init};
 use crate::conv::{self, ConvArgs};
 use crate::error::{Error, Result};
 use crate::ops;
+use crate::placement::Placement;
 use std::collections::BTreeMap;
-use tch::{nn, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-/// Named parameters (`conv1.weight`, `features.0.bias`, ...). Tensors are shallow handles: they
-/// share storage and autograd identity with whoever owns them.
+/// Named parameters (`conv1.weight`, `features.0.bias`, ...), each as its shards along dim 0,
+/// one per device of the placement (a single shard on one device). Tensors are shallow handles:
+/// they share storage and autograd identity with whoever owns them.
 #[derive(Debug, Default)]
 pub struct Params {
-    map: BTreeMap<String, Tensor>,
+    map: BTreeMap<String, Vec<Tensor>>,
 }
 
 impl Params {
+    /// Whole (unsharded) parameters.
     pub fn new(map: BTreeMap<String, Tensor>) -> Self {
+        Params {
+            map: map.into_iter().map(|(k, v)| (k, vec![v])).collect(),
+        }
+    }
+
+    pub fn from_shards(map: BTreeMap<String, Vec<Tensor>>) -> Self {
         Params { map }
     }
 
-    /// Handles to every trainable variable of a `VarStore`.
-    pub fn from_varstore(vs: &nn::VarStore) -> Self {
-        Params::new(vs.variables().into_iter().collect())
-    }
-
-    pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.map.get(name).ok_or_else(|| {
+    /// The shards of parameter `name`.
+    pub fn shards(&self, name: &str) -> Result<&[Tensor]> {
+        self.map.get(name).map(Vec::as_slice).ok_or_else(|| {
             let present: Vec<&str> = self.map.keys().map(String::as_str).collect();
             Error::MissingParam(name.to_string(), present.join(", "))
         })
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor)> {
-        self.map.iter()
+    /// An unsharded parameter (the first shard of a sharded one).
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        Ok(&self.shards(name)?[0])
     }
 
-    /// Checks that every parameter the config names is present with the right shape.
+    /// (name, shard index, tensor) for every shard.
+    pub fn iter_shards(&self) -> impl Iterator<Item = (&String, usize, &Tensor)> {
+        self.map
+            .iter()
+            .flat_map(|(k, v)| v.iter().enumerate().map(move |(i, t)| (k, i, t)))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.map.keys()
+    }
+
+    /// Whole parameters, gathered from their shards onto the CPU (for checkpoints).
+    pub fn gather_cpu(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.map
+            .iter()
+            .map(|(k, v)| {
+                let parts: Vec<Tensor> = v.iter().map(|t| t.detach().to_device(Device::Cpu)).collect();
+                Ok((k.clone(), Tensor::f_cat(&parts, 0)?))
+            })
+            .collect()
+    }
+
+    /// Checks that every parameter the config names is present with the right (whole) shape.
     pub fn check(&self, cfg: &Config) -> Result<()> {
         for (name, shape) in cfg.param_shapes() {
-            let t = self.get(&name)?;
-            if t.size() != shape {
+            let shards = self.shards(&name)?;
+            let rows: i64 = shards.iter().map(|t| t.size()[0]).sum();
+            let mut whole = shards[0].size();
+            whole[0] = rows;
+            if whole != shape {
                 return Err(Error::Shape(format!(
-                    "parameter `{name}` has shape {:?}, the {} preset expects {shape:?}",
-                    t.size(),
+                    "parameter `{name}` has shape {whole:?}, the {} preset expects {shape:?}",
                     cfg.preset
                 )));
             }
@@ -55,44 +86,89 @@ impl Params {
     }
 }
 
-/// Creates the config's parameters under `root` (float32, on the VarStore's device), initialised
-/// as the preset says, and returns handles to them.
-pub fn init_params(cfg: &Config, root: &nn::Path) -> Result<Params> {
+/// The config's parameters, initialised as the preset says (float32, drawn on the CPU from
+/// torch's global generator, so the values do not depend on the placement), then split into
+/// shards and moved where `placement` puts them, as trainable leaves.
+pub fn init_params(cfg: &Config, placement: &Placement) -> Result<Params> {
+    let whole = init_whole(cfg)?;
+    shard(cfg, placement, &whole, false)
+}
+
+/// Whole CPU tensors, initialised.
+pub fn init_whole(cfg: &Config) -> Result<BTreeMap<String, Tensor>> {
+    let _guard = tch::no_grad_guard();
     let mut map = BTreeMap::new();
     let inits = cfg.convs.iter().map(|c| c.init).chain(cfg.fcs.iter().map(|f| f.init));
+    let opts = (Kind::Float, Device::Cpu);
     for (pair, init) in cfg.param_shapes().chunks(2).zip(inits) {
         let ((wname, wshape), (bname, bshape)) = (&pair[0], &pair[1]);
-        let (w_init, b_init) = match init {
-            Init::Normal { std, bias } => (nn::Init::Randn { mean: 0.0, stdev: std }, nn::Init::Const(bias)),
+        let (w, b) = match init {
+            Init::Normal { std, bias } => (
+                Tensor::f_randn(wshape, opts)? * std,
+                Tensor::f_full(bshape, bias, opts)?,
+            ),
             Init::TorchDefault => {
                 // kaiming_uniform_(a=sqrt(5)) and the bias rule of nn.Conv2d/nn.Linear both give
                 // U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
                 let fan_in: i64 = wshape[1..].iter().product();
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                let u = nn::Init::Uniform { lo: -bound, up: bound };
-                (u, u)
+                let u = |shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_rand(shape, opts)? * (2.0 * bound) - bound) };
+                (u(wshape)?, u(bshape)?)
             }
         };
-        for (name, shape, init) in [(wname, wshape, w_init), (bname, bshape, b_init)] {
-            map.insert(name.clone(), var_at(root, name, shape, init)?);
-        }
+        map.insert(wname.clone(), w);
+        map.insert(bname.clone(), b);
     }
-    Ok(Params::new(map))
+    Ok(map)
 }
 
-/// Creates `features.0.weight` as variable `weight` under the sub-path `features / 0` (tch
-/// forbids dots in a variable's own name), so VarStore names equal our parameter names.
-fn var_at(root: &nn::Path, name: &str, shape: &[i64], init: nn::Init) -> Result<Tensor> {
-    let parts: Vec<&str> = name.split('.').collect();
-    let (leaf, dirs) = parts.split_last().expect("non-empty name");
-    let mut path: Option<nn::Path> = None;
-    for d in dirs {
-        path = Some(match &path {
-            None => root.sub(*d),
-            Some(p) => p.sub(*d),
-        });
+/// Splits whole tensors into the placement's shards (trainable leaves on their devices), conv
+/// weights stored channels_last if asked.
+pub fn shard(
+    cfg: &Config,
+    placement: &Placement,
+    whole: &BTreeMap<String, Tensor>,
+    channels_last: bool,
+) -> Result<Params> {
+    let mut map = split(cfg, placement, whole, !channels_last)?;
+    if channels_last {
+        for shards in map.values_mut() {
+            for t in shards.iter_mut() {
+                let cl = if t.dim() == 4 {
+                    ops::channels_last(t)?
+                } else {
+                    t.shallow_clone()
+                };
+                *t = cl.set_requires_grad(true);
+            }
+        }
     }
-    Ok(path.as_ref().unwrap_or(root).f_var(leaf, shape, init)?)
+    Ok(Params { map })
+}
+
+/// Splits whole tensors (parameters, or optimizer buffers shaped like them) into the
+/// placement's shards, copied to their devices.
+pub fn split(
+    cfg: &Config,
+    placement: &Placement,
+    whole: &BTreeMap<String, Tensor>,
+    trainable: bool,
+) -> Result<BTreeMap<String, Vec<Tensor>>> {
+    let mut map: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
+    for sh in placement.shards(cfg)? {
+        let t = whole
+            .get(&sh.name)
+            .ok_or_else(|| Error::MissingParam(sh.name.clone(), "(given tensors)".into()))?;
+        let part = t
+            .f_narrow(0, sh.rows.start, sh.rows.end - sh.rows.start)?
+            .to_device(sh.device)
+            .detach()
+            .copy();
+        map.entry(sh.name)
+            .or_default()
+            .push(if trainable { part.set_requires_grad(true) } else { part });
+    }
+    Ok(map)
 }
 
 /// One stage of the forward pass, as reported to a [`forward_with`] observer.
@@ -105,9 +181,42 @@ pub enum Stage {
     Fc,
 }
 
+/// Activations as channel slices, one per device (one slice on one device).
+struct Act(Vec<Tensor>);
+
+impl Act {
+    fn map(self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Act> {
+        Ok(Act(self.0.iter().map(f).collect::<Result<_>>()?))
+    }
+
+    /// All channels, concatenated on `device`.
+    fn gather(&self, device: Device) -> Result<Tensor> {
+        if self.0.len() == 1 {
+            return Ok(self.0[0].to_device(device));
+        }
+        let parts: Vec<Tensor> = self.0.iter().map(|t| t.to_device(device)).collect();
+        Ok(Tensor::f_cat(&parts, 1)?)
+    }
+
+    /// The whole activation, for observers and the output.
+    fn whole(&self) -> Result<Tensor> {
+        self.gather(self.0[0].device())
+    }
+}
+
+/// Called with (layer name, stage, whole output) after every stage.
+type Observer<'a> = Option<&'a mut dyn FnMut(&str, Stage, &Tensor)>;
+
+fn report(observe: &mut Observer, name: &str, stage: Stage, h: &Act) -> Result<()> {
+    if let Some(f) = observe {
+        f(name, stage, &h.whole()?);
+    }
+    Ok(())
+}
+
 /// The forward pass: logits `(N, classes)` for images `(N, 3, H, W)`. `train` turns dropout on.
 pub fn forward(cfg: &Config, params: &Params, x: &Tensor, train: bool) -> Result<Tensor> {
-    forward_with(cfg, params, x, train, &mut |_, _, _| {})
+    forward_impl(cfg, params, x, train, None)
 }
 
 /// [`forward`], calling `observe(layer name, stage, output)` after every stage.
@@ -118,79 +227,151 @@ pub fn forward_with(
     train: bool,
     observe: &mut dyn FnMut(&str, Stage, &Tensor),
 ) -> Result<Tensor> {
+    forward_impl(cfg, params, x, train, Some(observe))
+}
+
+fn forward_impl(cfg: &Config, params: &Params, x: &Tensor, train: bool, mut observe: Observer) -> Result<Tensor> {
     check_input(cfg, x)?;
-    let mut h = x.shallow_clone();
+    let mut h = Act(vec![x.shallow_clone()]);
     for c in &cfg.convs {
-        h = conv_stage(cfg, c, params, &h, observe)?;
+        h = conv_stage(cfg, c, params, h, &mut observe)?;
     }
     if let Some(side) = cfg.adaptive_pool {
-        h = h.f_adaptive_avg_pool2d([side, side])?;
-        observe("avgpool", Stage::AdaptivePool, &h);
+        h = h.map(|t| Ok(t.f_adaptive_avg_pool2d([side, side])?))?;
+        report(&mut observe, "avgpool", Stage::AdaptivePool, &h)?;
     }
-    h = h.f_flatten(1, -1)?;
-    let in_features = cfg.fcs[0].name.as_str();
-    let expected = params.get(&format!("{in_features}.weight"))?.size()[1];
-    if h.size()[1] != expected {
+    let first = cfg.fcs[0].name.as_str();
+    let expected = params.get(&format!("{first}.weight"))?.size()[1];
+    let features: i64 = h.0.iter().map(|t| t.size()[1..].iter().product::<i64>()).sum();
+    if features != expected {
         return Err(Error::Shape(format!(
-            "input of {}x{} pixels gives {} features, but {in_features} expects {expected}: \
+            "input of {}x{} pixels gives {features} features, but {first} expects {expected}: \
              the {} preset needs {}x{} inputs",
             x.size()[2],
             x.size()[3],
-            h.size()[1],
             cfg.preset,
             cfg.input_size,
             cfg.input_size
         )));
     }
+    h = h.map(|t| Ok(t.f_flatten(1, -1)?))?;
     let last = cfg.fcs.len() - 1;
     for (i, f) in cfg.fcs.iter().enumerate() {
-        h = fc_stage(cfg, f, params, &h, train, i == last)?;
-        observe(&f.name, Stage::Fc, &h);
+        h = fc_stage(cfg, f, params, h, train, i == last)?;
+        report(&mut observe, &f.name, Stage::Fc, &h)?;
     }
-    Ok(h)
+    h.whole()
 }
 
-/// conv -> ReLU -> [LRN] -> [max pool].
-fn conv_stage(
-    cfg: &Config,
-    c: &ConvLayer,
-    params: &Params,
-    x: &Tensor,
-    observe: &mut dyn FnMut(&str, Stage, &Tensor),
-) -> Result<Tensor> {
-    let w = params.get(&format!("{}.weight", c.name))?;
-    let b = params.get(&format!("{}.bias", c.name))?;
-    let args = ConvArgs {
-        stride: c.stride,
-        padding: c.padding,
-        groups: c.groups,
-    };
-    let mut h = conv::conv2d(cfg.conv_backend, x, w, b, args)?.f_relu()?;
-    observe(&c.name, Stage::Conv, &h);
+/// conv -> ReLU -> [LRN] -> [max pool], each device computing its half of the output channels.
+fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mut Observer) -> Result<Act> {
+    let ws = params.shards(&format!("{}.weight", c.name))?;
+    let bs = params.shards(&format!("{}.bias", c.name))?;
+    let n = ws.len() as i64;
+    // Grouped layers whose groups divide over the devices read only their own input slice.
+    let local = n > 1 && x.0.len() as i64 == n && c.groups % n == 0;
+    let mut parts = Vec::with_capacity(ws.len());
+    for (k, (w, b)) in ws.iter().zip(bs).enumerate() {
+        let input = if local {
+            x.0[k].shallow_clone()
+        } else {
+            x.gather(w.device())?
+        };
+        let groups = if local { c.groups / n } else { c.groups };
+        let args = ConvArgs {
+            stride: c.stride,
+            padding: c.padding,
+            groups,
+        };
+        parts.push(conv::conv2d(cfg.conv_backend, &input, w, b, args)?.f_relu()?);
+    }
+    let mut h = Act(parts);
+    report(observe, &c.name, Stage::Conv, &h)?;
     if c.lrn {
-        let p = cfg.lrn;
-        h = ops::lrn(&h, p.size, p.alpha, p.beta, p.k)?;
-        observe(&c.name, Stage::Lrn, &h);
+        h = lrn_sharded(cfg, &h)?;
+        report(observe, &c.name, Stage::Lrn, &h)?;
     }
     if c.pool {
         let p = cfg.pool;
-        h = h.f_max_pool2d([p.kernel, p.kernel], [p.stride, p.stride], [0, 0], [1, 1], p.ceil_mode)?;
-        observe(&c.name, Stage::Pool, &h);
+        h =
+            h.map(|t| Ok(t.f_max_pool2d([p.kernel, p.kernel], [p.stride, p.stride], [0, 0], [1, 1], p.ceil_mode)?))?;
+        report(observe, &c.name, Stage::Pool, &h)?;
     }
     Ok(h)
 }
 
-/// [dropout] -> linear -> [ReLU unless last].
-fn fc_stage(cfg: &Config, f: &FcLayer, params: &Params, x: &Tensor, train: bool, last: bool) -> Result<Tensor> {
-    let w = params.get(&format!("{}.weight", f.name))?;
-    let b = params.get(&format!("{}.bias", f.name))?;
-    let h = if f.dropout_before && train {
-        x.f_dropout(cfg.dropout, true)?
+/// LRN over channel slices: each slice borrows the `size/2` channels before it and the
+/// `(size-1)/2` after it from its neighbours, so the result equals LRN over all channels.
+fn lrn_sharded(cfg: &Config, h: &Act) -> Result<Act> {
+    let p = cfg.lrn;
+    let (pre, post) = (p.size / 2, (p.size - 1) / 2);
+    let mut out = Vec::with_capacity(h.0.len());
+    for (k, own) in h.0.iter().enumerate() {
+        let dev = own.device();
+        let mut pieces = Vec::new();
+        if k > 0 {
+            let left = &h.0[k - 1];
+            let take = pre.min(left.size()[1]);
+            pieces.push(left.f_narrow(1, left.size()[1] - take, take)?.to_device(dev));
+        }
+        pieces.push(own.shallow_clone());
+        if k + 1 < h.0.len() {
+            let right = &h.0[k + 1];
+            pieces.push(right.f_narrow(1, 0, post.min(right.size()[1]))?.to_device(dev));
+        }
+        let offset = if k > 0 { pieces[0].size()[1] } else { 0 };
+        let input = if pieces.len() == 1 {
+            own.shallow_clone()
+        } else {
+            Tensor::f_cat(&pieces, 1)?
+        };
+        let y = ops::lrn(&input, p.size, p.alpha, p.beta, p.k)?;
+        out.push(if pieces.len() == 1 {
+            y
+        } else {
+            y.f_narrow(1, offset, own.size()[1])?
+        });
+    }
+    Ok(Act(out))
+}
+
+/// [dropout] -> linear -> [ReLU unless last]. Each device computes its slice of the outputs
+/// from the whole input; the last layer is whole on the first device.
+fn fc_stage(cfg: &Config, f: &FcLayer, params: &Params, x: Act, train: bool, last: bool) -> Result<Act> {
+    let x = if f.dropout_before && train {
+        dropout(&x, cfg.dropout)?
     } else {
-        x.shallow_clone()
+        x
     };
-    let h = h.f_linear(w, Some(b))?;
-    Ok(if last { h } else { h.f_relu()? })
+    let ws = params.shards(&format!("{}.weight", f.name))?;
+    let bs = params.shards(&format!("{}.bias", f.name))?;
+    let mut parts = Vec::with_capacity(ws.len());
+    for (w, b) in ws.iter().zip(bs) {
+        let h = x.gather(w.device())?.f_linear(w, Some(b))?;
+        parts.push(if last { h } else { h.f_relu()? });
+    }
+    Ok(Act(parts))
+}
+
+/// Inverted dropout with one mask for the whole layer, drawn on the first slice's device and
+/// split over the slices, so every placement draws the same mask from the same generator.
+fn dropout(x: &Act, p: f64) -> Result<Act> {
+    if p <= 0.0 {
+        return Ok(Act(x.0.iter().map(Tensor::shallow_clone).collect()));
+    }
+    let first = &x.0[0];
+    let width: i64 = x.0.iter().map(|t| t.size()[1]).sum();
+    let mask = Tensor::f_empty([first.size()[0], width], (first.kind(), first.device()))?
+        .f_bernoulli_float_(1.0 - p)?
+        / (1.0 - p);
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(x.0.len());
+    for t in &x.0 {
+        let w = t.size()[1];
+        out.push(t * mask.f_narrow(1, offset, w)?.to_device(t.device()));
+        offset += w;
+    }
+    Ok(Act(out))
 }
 
 fn check_input(cfg: &Config, x: &Tensor) -> Result<()> {

@@ -33,6 +33,10 @@ mod ffi {
             out: *mut *mut C_tensor,
             kind: *mut i32,
         ) -> *mut c_char;
+        pub fn alexnet_rs_channels_last(x: *const C_tensor, out: *mut *mut C_tensor, kind: *mut i32) -> *mut c_char;
+        pub fn alexnet_rs_is_channels_last(x: *const C_tensor) -> i32;
+        pub fn alexnet_rs_autocast_enter(cuda: i32) -> i64;
+        pub fn alexnet_rs_autocast_exit(cuda: i32, prev: i64);
     }
 }
 
@@ -96,6 +100,34 @@ pub fn grouped_conv2d(
             kind,
         )
     })
+}
+
+/// `x` (4-D) in the channels_last memory format (NHWC storage), which tch has no API for.
+pub fn channels_last(x: &Tensor) -> Result<Tensor> {
+    // SAFETY: `x` outlives the call; the C side only reads through the pointer.
+    call(|out, kind| unsafe { ffi::alexnet_rs_channels_last(x.as_ptr(), out, kind) })
+}
+
+/// Whether `x` is stored channels_last (and not also plain contiguous).
+pub fn is_channels_last(x: &Tensor) -> bool {
+    // SAFETY: read-only query of a live tensor.
+    unsafe { ffi::alexnet_rs_is_channels_last(x.as_ptr()) == 1 }
+}
+
+/// Runs `f` under bfloat16 autocast on CUDA (or the CPU): convolutions and matrix products in
+/// bfloat16, reductions and the loss in float32, as `torch.autocast(dtype=torch.bfloat16)`.
+pub fn autocast_bf16<T>(cuda: bool, f: impl FnOnce() -> T) -> T {
+    struct Exit(i32, i64);
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            // SAFETY: pairs with the enter below, on the same thread.
+            unsafe { ffi::alexnet_rs_autocast_exit(self.0, self.1) }
+        }
+    }
+    let dev = i32::from(cuda);
+    // SAFETY: sets thread-local autocast state; restored by Exit even if `f` panics.
+    let _exit = Exit(dev, unsafe { ffi::alexnet_rs_autocast_enter(dev) });
+    f()
 }
 
 /// The same function built from stock tch ops, exactly as `F.local_response_norm` composes it

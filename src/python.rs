@@ -319,6 +319,92 @@ impl EpochIter {
     }
 }
 
+/// The table `alexnet placement` prints: which rows of each parameter live on which device.
+#[pyfunction]
+#[pyo3(signature = (preset, devices, num_classes=1000))]
+fn placement_table(preset: &str, devices: &str, num_classes: i64) -> PyResult<String> {
+    let cfg = config(preset, num_classes)?;
+    crate::placement::Placement::parse(devices)
+        .and_then(|p| p.table(&cfg))
+        .map_err(py_err)
+}
+
+/// Runs the Rust training loop with the GIL released. `config` is a dict of TrainConfig fields
+/// (see `alexnet train --help`); `on_step(dict)` receives every step's and epoch's metrics.
+/// Ctrl-C (KeyboardInterrupt) stops cleanly after a checkpoint, then is re-raised.
+#[pyfunction]
+#[pyo3(signature = (config, on_step=None, resume=None))]
+fn train(
+    py: Python<'_>,
+    config: &Bound<'_, pyo3::types::PyDict>,
+    on_step: Option<PyObject>,
+    resume: Option<std::path::PathBuf>,
+) -> PyResult<PyObject> {
+    let json: String = py.import("json")?.call_method1("dumps", (config,))?.extract()?;
+    let tc: crate::train::TrainConfig =
+        serde_json::from_str(&json).map_err(|e| py_err(Error::Config(format!("train config: {e}"))))?;
+    let interrupted = std::sync::atomic::AtomicBool::new(false);
+    let callback_error: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+    let result = py.allow_threads(|| {
+        let mut on_event = |e: &crate::train::Event| {
+            let Some(cb) = &on_step else { return };
+            let value = match e {
+                crate::train::Event::Step(r) => serde_json::to_string(r),
+                crate::train::Event::Epoch(r) => serde_json::to_string(r),
+                crate::train::Event::Checkpoint(d) => serde_json::to_string(&serde_json::json!({"checkpoint": d})),
+            }
+            .expect("plain records");
+            Python::with_gil(|py| {
+                let r = py
+                    .import("json")
+                    .and_then(|j| j.call_method1("loads", (value,)))
+                    .and_then(|d| cb.call1(py, (d,)));
+                if let Err(err) = r {
+                    callback_error.lock().expect("lock").get_or_insert(err);
+                }
+            });
+        };
+        let stop = || {
+            let sig = Python::with_gil(|py| py.check_signals().is_err());
+            if sig {
+                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            sig || callback_error.lock().expect("lock").is_some()
+        };
+        crate::train::train(&tc, resume.as_deref(), &mut on_event, &stop)
+    });
+    if let Some(err) = callback_error.into_inner().expect("lock") {
+        return Err(err);
+    }
+    if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+            "training stopped after a checkpoint",
+        ));
+    }
+    let r = result.map_err(py_err)?;
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("top1", r.top1)?;
+    d.set_item("top5", r.top5)?;
+    d.set_item("loss", r.loss)?;
+    d.set_item("samples", r.samples)?;
+    Ok(d.into_any().unbind())
+}
+
+/// Freshly initialised whole parameters of a preset (CPU, float32), drawn from torch's global
+/// generator (seed it with torch.manual_seed): the Rust initialisation, the same as the CLI's.
+#[pyfunction]
+#[pyo3(signature = (preset, num_classes=1000))]
+fn init_params(preset: &str, num_classes: i64) -> PyResult<Vec<(String, PyTensor)>> {
+    let cfg = config(preset, num_classes)?;
+    let mut whole = model::init_whole(&cfg).map_err(py_err)?;
+    // Network order (weight, bias, layer by layer), as torchvision's state_dict.
+    Ok(cfg
+        .param_shapes()
+        .into_iter()
+        .filter_map(|(k, _)| whole.remove(&k).map(|v| (k, PyTensor(v))))
+        .collect())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -329,6 +415,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(param_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(forward, m)?)?;
     m.add_function(wrap_pyfunction!(load_image, m)?)?;
+    m.add_function(wrap_pyfunction!(placement_table, m)?)?;
+    m.add_function(wrap_pyfunction!(train, m)?)?;
+    m.add_function(wrap_pyfunction!(init_params, m)?)?;
     m.add_function(wrap_pyfunction!(transform_views, m)?)?;
     m.add_class::<DataLoader>()?;
     m.add_class::<EpochIter>()?;

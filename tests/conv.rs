@@ -51,3 +51,56 @@ fn every_backend_gives_the_same_result_and_bad_names_are_refused() {
     let err = grouped_conv2d(&x, &w, None, [1, 1], [0, 0], 3).unwrap_err().to_string();
     assert!(err.contains("groups=3"), "{err}");
 }
+
+#[test]
+fn bf16_autocast_runs_convolutions_in_bf16_for_both_backends() {
+    use alexnet_rs::model::{forward_with, init_params, Stage};
+    use alexnet_rs::ops::autocast_bf16;
+    use alexnet_rs::placement::Placement;
+    use alexnet_rs::{Config, Preset};
+    tch::manual_seed(0);
+    for backend in [ConvBackend::Stock, ConvBackend::Ours] {
+        let mut cfg = Config::preset(Preset::Paper, 10).unwrap();
+        cfg.conv_backend = backend;
+        let params = init_params(&cfg, &Placement::single(Device::Cpu)).unwrap();
+        let x = Tensor::randn([1, 3, 224, 224], (Kind::Float, Device::Cpu));
+        let mut kinds = Vec::new();
+        let logits = autocast_bf16(false, || {
+            forward_with(&cfg, &params, &x, false, &mut |name, stage, t| {
+                if stage == Stage::Conv || stage == Stage::Lrn {
+                    kinds.push((name.to_string(), t.kind()));
+                }
+            })
+        })
+        .unwrap();
+        assert!(kinds.iter().all(|(_, k)| *k == Kind::BFloat16), "{backend}: {kinds:?}");
+        let reference = alexnet_rs::forward(&cfg, &params, &x, false).unwrap();
+        let err = (logits.to_kind(Kind::Float) - &reference).abs().max().double_value(&[]);
+        let scale = reference.abs().max().double_value(&[]);
+        assert!(
+            err <= 0.05 * scale,
+            "{backend}: bf16 logits off by {err} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn channels_last_inputs_and_weights_give_the_same_logits() {
+    use alexnet_rs::model::{init_whole, shard};
+    use alexnet_rs::ops::{channels_last, is_channels_last};
+    use alexnet_rs::placement::Placement;
+    use alexnet_rs::{Config, Preset};
+    tch::manual_seed(1);
+    let cfg = Config::preset(Preset::Caffe, 10).unwrap();
+    let whole = init_whole(&cfg).unwrap();
+    let p = Placement::single(Device::Cpu);
+    let (plain, cl) = (
+        shard(&cfg, &p, &whole, false).unwrap(),
+        shard(&cfg, &p, &whole, true).unwrap(),
+    );
+    assert!(is_channels_last(cl.get("conv1.weight").unwrap()));
+    let x = Tensor::randn([2, 3, 227, 227], (Kind::Float, Device::Cpu));
+    let a = alexnet_rs::forward(&cfg, &plain, &x, false).unwrap();
+    let b = alexnet_rs::forward(&cfg, &cl, &channels_last(&x).unwrap(), false).unwrap();
+    assert!(a.allclose(&b, 1e-4, 1e-5, false));
+}

@@ -2,14 +2,14 @@
 //! layer table against a real forward pass, names, initialisation and input checks.
 use alexnet_rs::info::layer_table;
 use alexnet_rs::model::{forward, forward_with, init_params, Stage};
+use alexnet_rs::placement::Placement;
 use alexnet_rs::{Config, Error, Preset};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-fn build(preset: Preset, classes: i64) -> (Config, nn::VarStore, alexnet_rs::Params) {
+fn build(preset: Preset, classes: i64) -> (Config, (), alexnet_rs::Params) {
     let cfg = Config::preset(preset, classes).unwrap();
-    let vs = nn::VarStore::new(Device::Cpu);
-    let params = init_params(&cfg, &vs.root()).unwrap();
-    (cfg, vs, params)
+    let params = init_params(&cfg, &Placement::single(Device::Cpu)).unwrap();
+    (cfg, (), params)
 }
 
 #[test]
@@ -20,9 +20,9 @@ fn parameter_counts_match_the_published_ones() {
         (Preset::Torchvision, 61_100_840),
         (Preset::Caffe, 60_965_224),
     ] {
-        let (cfg, vs, _) = build(preset, 1000);
+        let (cfg, _, params) = build(preset, 1000);
         assert_eq!(cfg.num_params(), expected, "{preset}");
-        let real: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+        let real: i64 = params.iter_shards().map(|(_, _, t)| t.numel() as i64).sum();
         assert_eq!(real, expected, "{preset}: variables created");
         let table: i64 = layer_table(&cfg, cfg.input_size)
             .unwrap()
@@ -90,8 +90,8 @@ fn forward_shapes_equal_the_layer_table_for_every_preset() {
 
 #[test]
 fn torchvision_preset_uses_torchvision_keys() {
-    let (_, vs, _) = build(Preset::Torchvision, 1000);
-    let mut names: Vec<String> = vs.variables().into_keys().collect();
+    let (_, _, params) = build(Preset::Torchvision, 1000);
+    let mut names: Vec<String> = params.names().cloned().collect();
     names.sort();
     let mut expected: Vec<String> = [
         "features.0",
@@ -160,7 +160,7 @@ fn backward_reaches_every_parameter() {
             .square()
             .sum(Kind::Float)
             .backward();
-        for (name, p) in params.iter() {
+        for (name, _, p) in params.iter_shards() {
             let g = p.grad();
             assert!(g.defined(), "{preset}: no gradient for {name}");
             assert!(g.isfinite().all().int64_value(&[]) == 1, "{preset}: {name}");

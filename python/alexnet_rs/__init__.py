@@ -6,7 +6,9 @@ Importing the package loads the native extension, which registers ``torch.ops.al
 import torch  # noqa: F401  -- loads libtorch before the extension that links against it
 
 from . import _native, data, ops
-from ._native import PRESETS, __version__, info_text, layer_table, param_shapes
+from ._native import PRESETS, __version__, info_text, layer_table, param_shapes, train
+from .model import AlexNet, from_torchvision
+from .placement import Placement
 from .errors import (
     AlexNetError,
     AlexNetIOError,
@@ -24,7 +26,11 @@ __all__ = [
     "info_text",
     "layer_table",
     "param_shapes",
+    "train",
     "ops",
+    "AlexNet",
+    "from_torchvision",
+    "Placement",
     "data",
     "AlexNetError",
     "AlexNetIOError",

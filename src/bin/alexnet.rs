@@ -3,6 +3,9 @@ use alexnet_rs::data::rng::Rng;
 use alexnet_rs::data::stats::Stats;
 use alexnet_rs::data::{Dataset, Loader, LoaderConfig, Normalize, Split, Transform, View};
 use alexnet_rs::image::{load_rgb, IMAGENET_MEAN, IMAGENET_STD};
+use alexnet_rs::optim::{ScheduleKind, UpdateRule};
+use alexnet_rs::placement::Placement;
+use alexnet_rs::train::{self, Event, TrainConfig};
 use alexnet_rs::{info, model, Config, ConvBackend, Error, Preset, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
@@ -11,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Parser)]
 #[command(
@@ -40,15 +43,222 @@ enum Command {
     /// Pre-resize every image of a dataset (shorter side to --size) into DST, in parallel;
     /// resumable: files already in DST are skipped.
     Prepare(PrepareArgs),
+    /// Train a network (default data: Fashion-MNIST from Debian's dataset-fashion-mnist).
+    Train(Box<TrainArgs>),
+    /// Evaluate a checkpoint: top-1/top-5 accuracy on the test split (centre crop or 10 crops).
+    Eval(EvalArgs),
+    /// Top-5 classes of image files, from a checkpoint.
+    Predict(PredictArgs),
+    /// Print which device holds each parameter shard under a placement.
+    Placement(PlacementArgs),
     /// Throughput benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// TOML file with any of the options below (flags given here override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run saved in this folder (its newest checkpoint), bit for bit.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Network variant.
+    #[arg(long, value_parser = preset_parser())]
+    preset: Option<Preset>,
+    /// Dataset (image folder, list file or IDX folder) [default: Fashion-MNIST].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Input side in pixels [default: 224].
+    #[arg(long)]
+    input_size: Option<u32>,
+    /// [default: 128]
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// [default: 90]
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Initial learning rate [default: 0.01].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// [default: 0.9]
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// [default: 5e-4]
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// `paper` (v = m v - wd lr w - lr g; w += v) or `pytorch` [default: paper].
+    #[arg(long)]
+    update_rule: Option<UpdateRule>,
+    /// plateau (/10 when validation error stalls, at most 3 times), step, cosine or constant
+    /// [default: plateau].
+    #[arg(long)]
+    schedule: Option<ScheduleKind>,
+    /// Epochs between drops of the `step` schedule [default: 30].
+    #[arg(long)]
+    step_epochs: Option<u64>,
+    /// [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu, cuda:0, cuda:0,cuda:1, cuda:0,cpu or cpu,cpu (two devices: the paper's split)
+    /// [default: cpu].
+    #[arg(long)]
+    devices: Option<String>,
+    /// ours, stock or auto [default: auto].
+    #[arg(long)]
+    conv_backend: Option<String>,
+    /// Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/
+    /// [default: runs/train].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also checkpoint every N steps (0: at epoch ends only) [default: 0].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Checkpoints kept, besides the best [default: 3].
+    #[arg(long)]
+    keep: Option<usize>,
+    /// Evaluate every N epochs [default: 1].
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Data-loading threads (0: one per core) [default: 0].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Train on a seeded subset of this many samples.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Evaluate on a seeded subset of this many samples.
+    #[arg(long)]
+    limit_test: Option<usize>,
+    /// Stop after this many steps (with a checkpoint; `--resume` continues).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Stop after this many seconds of training (checkpoint + final evaluation).
+    #[arg(long)]
+    time_budget: Option<f64>,
+    /// Evaluate with the average over 10 crops (the paper's test procedure).
+    #[arg(long)]
+    ten_crop_eval: bool,
+    /// `alexnet stats` file: mean image and PCA eigen-pairs of the training set.
+    #[arg(long)]
+    stats: Option<PathBuf>,
+    /// bfloat16 autocast (meant for CUDA; also runs on the CPU).
+    #[arg(long)]
+    bf16: bool,
+    /// Inputs and conv weights in the channels_last memory format.
+    #[arg(long)]
+    channels_last: bool,
+}
+
+impl TrainArgs {
+    /// The TOML file (if any) with the flags laid over it.
+    fn train_config(&self) -> Result<TrainConfig> {
+        let mut t = match &self.config {
+            Some(p) => TrainConfig::from_toml(p)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = self.$f.clone() { t.$f = v; })* };
+        }
+        set!(
+            input_size,
+            batch_size,
+            epochs,
+            lr,
+            momentum,
+            weight_decay,
+            update_rule,
+            schedule,
+            step_epochs,
+            seed,
+            devices,
+            conv_backend,
+            out,
+            checkpoint_every,
+            keep,
+            eval_every,
+            threads
+        );
+        if let Some(p) = self.preset {
+            t.preset = p.name().into();
+        }
+        (t.data, t.limit_train, t.limit_test, t.stats) = (
+            self.data.clone().or(t.data),
+            self.limit_train.or(t.limit_train),
+            self.limit_test.or(t.limit_test),
+            self.stats.clone().or(t.stats),
+        );
+        (t.max_steps, t.time_budget_s) = (self.max_steps.or(t.max_steps), self.time_budget.or(t.time_budget_s));
+        t.ten_crop_eval |= self.ten_crop_eval;
+        t.bf16 |= self.bf16;
+        t.channels_last |= self.channels_last;
+        Ok(t)
+    }
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A run folder or checkpoint folder.
+    checkpoint: PathBuf,
+    /// Evaluate on this dataset's test split instead of the run's.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Average the softmax over 10 crops.
+    #[arg(long)]
+    ten_crop: bool,
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// A run folder or checkpoint folder.
+    checkpoint: PathBuf,
+    /// Image files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+}
+
+#[derive(Args)]
+struct PlacementArgs {
+    #[arg(long, default_value = "paper", value_parser = preset_parser())]
+    preset: Preset,
+    /// One or two devices, e.g. cuda:0,cuda:1 or cpu,cpu.
+    #[arg(long, default_value = "cuda:0,cuda:1")]
+    devices: String,
+    #[arg(long, default_value_t = 1000)]
+    num_classes: i64,
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Images/s of the data pipeline (decode + resize + crop + flip + PCA noise + normalise).
     Data(BenchDataArgs),
+    /// Images/s of our training step (forward, loss, backward, SGD) against the same network in
+    /// plain PyTorch eager (benches/train_step.py, run by the venv's python) in the same run.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args)]
+struct BenchTrainArgs {
+    #[arg(long, default_value = "paper", value_parser = preset_parser())]
+    preset: Preset,
+    #[arg(long, default_value_t = 16)]
+    batch: i64,
+    /// Timed steps (median reported), after one warm-up step.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+    /// Python with torch for the eager anchor [default: .venv/bin/python, else python3].
+    #[arg(long)]
+    python: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -191,6 +401,11 @@ fn main() -> ExitCode {
         Command::Stats(a) => run_stats(&a),
         Command::Prepare(a) => run_prepare(&a),
         Command::Bench(BenchCommand::Data(a)) => run_bench_data(&a),
+        Command::Bench(BenchCommand::Train(a)) => run_bench_train(&a),
+        Command::Train(a) => run_train(&a),
+        Command::Eval(a) => run_eval(&a),
+        Command::Predict(a) => run_predict(&a),
+        Command::Placement(a) => run_placement(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -249,8 +464,7 @@ fn run_forward(a: &ForwardArgs) -> Result<()> {
     let y = Tensor::from_slice(&labels);
 
     tch::manual_seed(a.seed);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let params = model::init_params(&cfg, &vs.root())?;
+    let params = model::init_params(&cfg, &Placement::single(Device::Cpu))?;
     println!(
         "preset {}: {} parameters, batch {:?}, labels {:?}",
         cfg.preset,
@@ -279,7 +493,7 @@ fn run_forward(a: &ForwardArgs) -> Result<()> {
         t_bwd.as_secs_f64()
     );
     let mut all_finite = loss_v.is_finite();
-    for (name, p) in params.iter().filter(|(n, _)| n.ends_with("weight")) {
+    for (name, _, p) in params.iter_shards().filter(|(n, _, _)| n.ends_with("weight")) {
         let g = p.grad();
         let norm = if g.defined() {
             g.norm().double_value(&[])
@@ -389,6 +603,172 @@ fn run_bench_data(a: &BenchDataArgs) -> Result<()> {
     println!(
         "{{\"images\": {n}, \"seconds\": {secs:.4}, \"threads\": {threads}, \"images_per_s\": {:.2}}}",
         n as f64 / secs
+    );
+    Ok(())
+}
+
+fn run_train(a: &TrainArgs) -> Result<()> {
+    let tc = a.train_config()?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}")
+            .expect("valid template"),
+    );
+    // Ctrl-C: finish the step, write a checkpoint, stop.
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_sigint(_: libc::c_int) {
+        STOP.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let mut on_event = |e: &Event| match e {
+        Event::Step(r) => {
+            bar.set_prefix(r.epoch.to_string());
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} img/s",
+                r.loss, r.lr, r.images_per_s
+            ));
+            if bar.is_hidden() && r.step % 100 == 0 {
+                // No terminal (CI, nohup): a plain progress line now and then.
+                eprintln!(
+                    "epoch {} step {}: loss {:.4}, lr {:.2e}, {:.0} img/s",
+                    r.epoch, r.step, r.loss, r.lr, r.images_per_s
+                );
+            }
+        }
+        Event::Epoch(r) => {
+            bar.println(format!(
+                "epoch {:>3} step {:>7}: train loss {:.4}, val loss {:.4}, top-1 {:.4}, top-5 {:.4}, lr {:.2e}, {:.0} s",
+                r.epoch, r.step, r.train_loss, r.val_loss, r.val_top1, r.val_top5, r.lr, r.seconds
+            ));
+            bar.set_position(0);
+        }
+        Event::Checkpoint(d) => bar.println(format!("checkpoint {}", d.display())),
+    };
+    let batches =
+        |tc: &TrainConfig| -> u64 { tc.limit_train.map_or(60000, |n| n as u64) / tc.batch_size.max(1) as u64 };
+    bar.set_length(batches(&tc));
+    let result = train::train(&tc, a.resume.as_deref(), &mut on_event, &|| STOP.load(Ordering::SeqCst))?;
+    bar.finish_and_clear();
+    println!(
+        "final: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; metrics, curves.png and checkpoints in {}",
+        result.top1,
+        result.top5,
+        result.loss,
+        result.samples,
+        tc.out.display()
+    );
+    Ok(())
+}
+
+fn run_eval(a: &EvalArgs) -> Result<()> {
+    let t = train::load_trained(&a.checkpoint, &a.devices)?;
+    let mut tc = t.tc.clone();
+    (tc.devices, tc.batch_size, tc.data) = (a.devices.clone(), a.batch_size, a.data.clone().or(tc.data));
+    let ds = tc.open(Split::Test, a.limit.or(tc.limit_test))?;
+    let view = if a.ten_crop { View::TenCrop } else { View::Center };
+    let r = train::evaluate(&t.cfg, &t.params, &tc.loader(ds, view, false)?)?;
+    println!(
+        "{} samples ({view:?}): top-1 {:.4}, top-5 {:.4}, loss {:.4}",
+        r.samples, r.top1, r.top5, r.loss
+    );
+    Ok(())
+}
+
+fn run_predict(a: &PredictArgs) -> Result<()> {
+    let t = train::load_trained(&a.checkpoint, &a.devices)?;
+    for (path, top) in a.images.iter().zip(train::predict(&t, &a.images)?) {
+        println!("{}:", path.display());
+        for (i, name, p) in top {
+            println!("  {p:>7.4}  {i:>4}  {name}");
+        }
+    }
+    Ok(())
+}
+
+fn run_placement(a: &PlacementArgs) -> Result<()> {
+    let cfg = Config::preset(a.preset, a.num_classes)?;
+    print!("{}", Placement::parse(&a.devices)?.table(&cfg)?);
+    Ok(())
+}
+
+fn run_bench_train(a: &BenchTrainArgs) -> Result<()> {
+    let cfg = Config::preset(a.preset, 1000)?;
+    let placement = Placement::parse(&a.devices)?;
+    placement.check_available()?;
+    let dev = placement.first();
+    tch::manual_seed(0);
+    let params = model::init_params(&cfg, &placement)?;
+    let mut sgd = alexnet_rs::optim::Sgd::new(&params, UpdateRule::Pytorch, 0.9, 5e-4);
+    let s = cfg.input_size;
+    let x = Tensor::randn([a.batch, 3, s, s], (Kind::Float, dev));
+    let y = Tensor::randint(1000, [a.batch], (Kind::Int64, dev));
+    let mut step = || -> Result<f64> {
+        let t0 = Instant::now();
+        let loss = model::forward(&cfg, &params, &x, true)?.f_cross_entropy_loss(
+            &y,
+            None::<Tensor>,
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        )?;
+        loss.f_backward()?;
+        sgd.step(&params, 1e-3)?;
+        if let Device::Cuda(i) = dev {
+            tch::Cuda::synchronize(i as i64);
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    step()?;
+    let mut times = (0..a.steps.max(1)).map(|_| step()).collect::<Result<Vec<f64>>>()?;
+    times.sort_by(f64::total_cmp);
+    let ours = a.batch as f64 / times[times.len() / 2];
+    let python = a.python.clone().unwrap_or_else(|| {
+        let venv = PathBuf::from(".venv/bin/python");
+        if venv.is_file() {
+            venv
+        } else {
+            PathBuf::from("python3")
+        }
+    });
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/train_step.py");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args([
+            "--preset",
+            a.preset.name(),
+            "--batch",
+            &a.batch.to_string(),
+            "--steps",
+            &a.steps.to_string(),
+        ])
+        .args(["--device", &alexnet_rs::placement::device_name(dev)])
+        .output()
+        .map_err(|source| Error::Io {
+            path: python.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(Error::Config(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let eager: f64 = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["images_per_s"].as_f64())
+        .ok_or_else(|| Error::Config(format!("unexpected output of {}: {text}", script.display())))?;
+    println!(
+        "preset {} batch {} on {}: alexnet_rs {ours:.2} images/s, PyTorch eager {eager:.2} images/s, ratio {:.2}x",
+        a.preset,
+        a.batch,
+        a.devices,
+        ours / eager
     );
     Ok(())
 }

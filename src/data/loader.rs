@@ -151,12 +151,19 @@ impl Loader {
 
     /// Starts decoding epoch `epoch` in the background and returns its batches in order.
     pub fn epoch(&self, epoch: u64) -> Epoch {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// Epoch `epoch` from its batch `start` on (resuming mid-epoch: the skipped batches are
+    /// not decoded, the rest are the very batches an uninterrupted epoch would give).
+    pub fn epoch_from(&self, epoch: u64, start: usize) -> Epoch {
         let order = self.order(epoch);
         let b = self.cfg.batch_size;
         let mut chunks: Vec<Vec<usize>> = order.chunks(b).map(<[usize]>::to_vec).collect();
         if self.cfg.drop_last && chunks.last().is_some_and(|c| c.len() < b) {
             chunks.pop();
         }
+        chunks.drain(..start.min(chunks.len()));
         let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
         let skipped = Arc::new(AtomicUsize::new(0));
         let (ds, tf, pool, cfg, sk) = (

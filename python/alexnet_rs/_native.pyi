@@ -1,0 +1,93 @@
+"""Type stubs of the Rust extension module (checked by mypy.stubtest in make test)."""
+
+from os import PathLike
+from typing import Any, Callable, Iterator
+
+import torch
+from typing_extensions import final
+
+__all__ = [
+    "DataLoader",
+    "EpochIter",
+    "PRESETS",
+    "__version__",
+    "forward",
+    "info_text",
+    "init_params",
+    "layer_table",
+    "load_image",
+    "lrn",
+    "param_shapes",
+    "placement_table",
+    "train",
+    "transform_views",
+]
+__version__: str
+PRESETS: list[str]
+
+def lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> torch.Tensor: ...
+def layer_table(
+    preset: str, input_size: int | None = None, num_classes: int = 1000
+) -> list[tuple[str, str, list[int], int, int]]: ...
+def info_text(preset: str, input_size: int | None = None, num_classes: int = 1000) -> str: ...
+def param_shapes(preset: str, num_classes: int = 1000) -> list[tuple[str, list[int]]]: ...
+def forward(
+    preset: str,
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    train: bool = False,
+    num_classes: int = 1000,
+    conv_backend: str = "auto",
+) -> torch.Tensor: ...
+def load_image(path: str | PathLike[str]) -> torch.Tensor: ...
+def transform_views(
+    image: torch.Tensor,
+    resize: int,
+    crop: int,
+    view: str = "center",
+    square: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    index: int = 0,
+) -> torch.Tensor: ...
+def placement_table(preset: str, devices: str, num_classes: int = 1000) -> str: ...
+def train(
+    config: dict[str, Any],
+    on_step: Callable[[dict[str, Any]], object] | None = None,
+    resume: str | PathLike[str] | None = None,
+) -> dict[str, Any]: ...
+def init_params(preset: str, num_classes: int = 1000) -> list[tuple[str, torch.Tensor]]: ...
+
+@final
+class DataLoader:
+    def __new__(
+        cls,
+        data: str | PathLike[str],
+        split: str = "train",
+        preset: str = "paper",
+        crop: int = 224,
+        view: str = "train",
+        batch_size: int = 64,
+        threads: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        on_bad_image: str = "skip",
+        limit: int | None = None,
+        stats: str | PathLike[str] | None = None,
+    ) -> DataLoader: ...
+    def __len__(self) -> int: ...
+    @property
+    def classes(self) -> list[str]: ...
+    @property
+    def num_samples(self) -> int: ...
+    def epoch(self, epoch: int) -> EpochIter: ...
+    def __iter__(self) -> EpochIter: ...
+
+@final
+class EpochIter:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @property
+    def skipped(self) -> int: ...
+    def __len__(self) -> int: ...

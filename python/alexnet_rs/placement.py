@@ -1,0 +1,24 @@
+"""The paper's two-device split, as computed by the Rust core (the same code as `alexnet placement`)."""
+
+from ._native import placement_table
+
+
+class Placement:
+    """Where each parameter shard of a preset lives on one or two devices.
+
+    >>> print(Placement("paper", "cuda:0,cuda:1").table())
+    """
+
+    def __init__(self, preset: str = "paper", devices: str = "cuda:0,cuda:1", num_classes: int = 1000):
+        self.preset, self.devices, self.num_classes = preset, devices, num_classes
+        self._table = placement_table(preset, devices, num_classes)  # validates the arguments
+
+    def table(self) -> str:
+        """Exactly what ``alexnet placement --preset P --devices D`` prints."""
+        return self._table
+
+    def __repr__(self) -> str:
+        return f"Placement(preset={self.preset!r}, devices={self.devices!r})"
+
+
+__all__ = ["Placement"]

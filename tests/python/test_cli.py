@@ -1,0 +1,65 @@
+"""The `alexnet` command line: its numbers, its help, and clear errors for bad flags and files."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import alexnet_rs
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / "target" / "release" / "alexnet"
+IMG = ROOT / ".cache" / "data" / "foolbox" / "imagenet_00_243.jpg"
+
+
+def run(*args):
+    return subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_info_numbers():
+    paper = run("info", "--preset", "paper").stdout
+    assert "total parameters: 60,965,224" in paper and "spatial sizes: 224 -> 55 -> 27 -> 13 -> 6" in paper
+    assert "total parameters: 61,100,840" in run("info", "--preset", "torchvision").stdout
+    assert "227 -> 55 -> 27 -> 13 -> 6" in run("info", "--preset", "caffe").stdout
+
+
+@pytest.mark.parametrize("sub", ["", "info", "forward", "train", "eval", "predict", "placement", "stats", "prepare",
+                                 "bench", "bench data", "bench train"])
+def test_help(sub):
+    r = run(*sub.split(), "--help")
+    assert r.returncode == 0 and "Usage:" in r.stdout
+
+
+def test_placement_table_is_the_same_from_python():
+    r = run("placement", "--preset", "paper", "--devices", "cpu,cpu")
+    assert r.returncode == 0
+    assert r.stdout == alexnet_rs.Placement("paper", "cpu,cpu").table()
+    assert "fc8.weight             0..1000" in r.stdout  # the class layer is whole on the first device
+    assert "conv1.weight           0..48" in r.stdout and "conv1.weight           48..96" in r.stdout
+
+
+def test_forward_on_a_real_photo():
+    r = run("forward", "--preset", "caffe", IMG)
+    assert r.returncode == 0, r.stderr
+    assert "labels [243]" in r.stdout and "logits [1, 1000]" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["info", "--preset", "vgg"], "possible values: paper, torchvision, caffe"),
+        (["info", "--input-size", "32"], "too small"),
+        (["train", "--lr=-1", "--limit-train", "64"], "lr must be positive"),
+        (["train", "--update-rule", "adam"], "unknown update rule"),
+        (["train", "--devices", "tpu:0"], "unknown device"),
+        (["train", "--data", "/no/such/folder", "--limit-train", "8"], "/no/such/folder"),
+        (["eval", "/no/such/run"], "/no/such/run"),
+        (["forward", "/etc/hostname"], "not a recognised image format"),
+        (["placement", "--devices", "cpu,cpu,cpu"], "one or two devices"),
+    ],
+)
+def test_bad_flags_and_files_are_clear_errors(args, needle):
+    r = run(*args)
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr
+    assert "panicked" not in r.stderr and "RUST_BACKTRACE" not in r.stderr

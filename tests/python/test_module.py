@@ -1,0 +1,85 @@
+"""alexnet_rs.AlexNet as a torch.nn.Module: torchvision parity, autograd, optimizers, state_dict,
+dtype moves, and torch.compile."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import alexnet_rs
+
+
+def test_from_torchvision_gives_torchvision_logits():
+    tv = torchvision.models.alexnet(weights=None).eval()
+    ours = alexnet_rs.from_torchvision(tv).eval()
+    x = torch.randn(2, 3, 224, 224)
+    assert (ours(x) - tv(x)).abs().max().item() <= 1e-5
+    back = ours.to_torchvision().eval()
+    assert torch.equal(back(x), tv(x))
+
+
+def test_parameters_state_dict_and_names():
+    m = alexnet_rs.AlexNet("paper", num_classes=10)
+    names = [n for n, _ in m.named_parameters()]
+    assert names == [n for n, _ in alexnet_rs.param_shapes("paper", 10)]
+    m2 = alexnet_rs.AlexNet("paper", num_classes=10)
+    m2.load_state_dict(m.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.equal(m.eval()(x), m2.eval()(x))
+    assert sum(p.numel() for p in alexnet_rs.AlexNet("paper").parameters()) == 60_965_224
+
+
+def test_gradients_land_on_parameters_and_equal_torchvisions():
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None, num_classes=4).eval()
+    m = alexnet_rs.from_torchvision(tv).eval()  # eval: no dropout, so both see the same function
+    x, y = torch.randn(8, 3, 63, 63), torch.randint(0, 4, (8,))
+    F.cross_entropy(m(x), y).backward()
+    F.cross_entropy(tv(x), y).backward()
+    theirs = dict(tv.named_parameters())
+    for name, p in m.named_parameters():
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-4, atol=1e-6)
+    # and torch.optim drives the loss down through the Rust forward
+    opt = torch.optim.SGD(m.parameters(), lr=0.02, momentum=0.9)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def test_train_eval_and_dtype_moves():
+    m = alexnet_rs.AlexNet("caffe", num_classes=5).eval()
+    x = torch.randn(1, 3, 227, 227)
+    assert torch.equal(m(x), m(x))  # eval: no dropout
+    m.train()
+    torch.manual_seed(0)
+    a = m(x)
+    assert not torch.equal(a, m(x))  # train: dropout
+    md = alexnet_rs.AlexNet("caffe", num_classes=5).double().eval()
+    assert md(x.double()).dtype == torch.float64
+    cl = x.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(m.eval()(cl), m(x))
+
+
+def test_torch_compile_aot_eager():
+    m = alexnet_rs.AlexNet("torchvision", num_classes=3).eval()
+    x = torch.randn(1, 3, 63, 63)
+    compiled = torch.compile(m, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), m(x))
+
+
+def test_bad_inputs_raise_python_errors():
+    m = alexnet_rs.AlexNet("paper", num_classes=3)
+    with pytest.raises(alexnet_rs.ShapeError, match=r"\(N, 3, H, W\)"):
+        m(torch.zeros(1, 1, 224, 224))
+    with pytest.raises(alexnet_rs.DtypeError, match="floating point"):
+        m(torch.zeros(1, 3, 224, 224, dtype=torch.int64))
+    with pytest.raises(TypeError):
+        m("image")
+    with pytest.raises(alexnet_rs.ConfigError, match="unknown preset"):
+        alexnet_rs.AlexNet("vgg")

@@ -1,0 +1,56 @@
+"""The Rust training loop from Python, and Rust checkpoints read from Python."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import alexnet_rs
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+
+
+def small(out):
+    return dict(preset="torchvision", input_size=63, batch_size=32, epochs=1, lr=0.01, seed=2, out=str(out),
+                limit_train=128, limit_test=64, threads=2)
+
+
+def test_train_from_python_with_callback(tmp_path):
+    seen = []
+    result = alexnet_rs.train(small(tmp_path), on_step=seen.append)
+    steps = [d for d in seen if "loss" in d and "val_top1" not in d]
+    epochs = [d for d in seen if "val_top1" in d]
+    assert len(steps) == 4 and [d["step"] for d in steps] == [1, 2, 3, 4]
+    assert len(epochs) == 1 and epochs[0]["val_top1"] == pytest.approx(result["top1"])
+    assert any("checkpoint" in d for d in seen)
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0 and result["samples"] == 64
+
+
+def test_rust_checkpoint_loads_in_python_with_the_same_logits(tmp_path):
+    alexnet_rs.train(small(tmp_path))
+    ckpt = sorted((tmp_path / "checkpoints").glob("ckpt-*"))[-1]
+    weights = load_file(ckpt / "weights.safetensors")
+    import torchvision
+
+    tv = torchvision.models.alexnet(weights=None, num_classes=10)
+    tv.load_state_dict(weights)  # the torchvision preset's keys are torchvision's
+    x = torch.randn(2, 3, 63, 63)
+    ours = alexnet_rs._native.forward("torchvision", weights, x, False, 10, "stock")
+    torch.testing.assert_close(ours, tv.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_config_is_a_config_error(tmp_path):
+    with pytest.raises(alexnet_rs.ConfigError, match="unknown field"):
+        alexnet_rs.train(dict(small(tmp_path), learning_rate=0.1))
+    with pytest.raises(alexnet_rs.ConfigError, match="lr must be positive"):
+        alexnet_rs.train(dict(small(tmp_path), lr=-1.0))
+
+
+def test_callback_exception_stops_training_and_propagates(tmp_path):
+    def boom(d):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        alexnet_rs.train(small(tmp_path), on_step=boom)

@@ -1,0 +1,294 @@
+//! Training: bit-exact resume, checkpoints that survive SIGKILL mid-write, refused foreign or
+//! truncated checkpoints, and the two-device placement computing the same losses as one device.
+//! Runs on Fashion-MNIST (Debian's dataset-fashion-mnist, installed by `make setup`).
+use alexnet_rs::checkpoint;
+use alexnet_rs::metrics::Metrics;
+use alexnet_rs::model::{self, init_params};
+use alexnet_rs::placement::Placement;
+use alexnet_rs::train::{train, TrainConfig};
+use alexnet_rs::{Config, Preset};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Tests here seed torch's global generator: run them one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn have_data() -> bool {
+    let ok = Path::new(alexnet_rs::data::source::FASHION_MNIST_DIR).is_dir();
+    if !ok {
+        eprintln!("dataset-fashion-mnist is not installed: skipped");
+    }
+    ok
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("alexnet-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A small, fast run: torchvision preset at 63x63, 256 training samples, batches of 32.
+fn small(out: &Path) -> TrainConfig {
+    TrainConfig {
+        preset: "torchvision".into(),
+        input_size: 63,
+        batch_size: 32,
+        epochs: 2,
+        lr: 0.01,
+        seed: 5,
+        out: out.to_path_buf(),
+        limit_train: Some(256),
+        limit_test: Some(64),
+        threads: 2,
+        keep: 2,
+        ..TrainConfig::default()
+    }
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    Metrics::open(run, Some(u64::MAX))
+        .unwrap()
+        .steps()
+        .unwrap()
+        .iter()
+        .map(|r| r.loss)
+        .collect()
+}
+
+#[test]
+fn interrupted_and_resumed_run_has_a_bit_identical_loss_curve() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    let (a, b) = (tmp("whole"), tmp("pieces"));
+    train(&small(&a), None, &mut |_| {}, &|| false).unwrap();
+    // Stop mid-epoch 0, then mid-epoch 1, then finish.
+    train(
+        &TrainConfig {
+            max_steps: Some(5),
+            ..small(&b)
+        },
+        None,
+        &mut |_| {},
+        &|| false,
+    )
+    .unwrap();
+    train(
+        &TrainConfig {
+            max_steps: Some(6),
+            ..small(&b)
+        },
+        Some(&b),
+        &mut |_| {},
+        &|| false,
+    )
+    .unwrap();
+    train(&small(&b), Some(&b), &mut |_| {}, &|| false).unwrap();
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.len(), 16);
+    assert_eq!(la, lb, "loss curves differ");
+    let wa = checkpoint::load(&a).unwrap().weights;
+    let wb = checkpoint::load(&b).unwrap().weights;
+    for (k, t) in &wa {
+        assert!(t.equal(&wb[k]), "{k} differs");
+    }
+    assert!(a.join("curves.png").is_file() && a.join("epochs.csv").is_file() && a.join("classes.json").is_file());
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    let run = tmp("kill");
+    let bin = env!("CARGO_BIN_EXE_alexnet");
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "train",
+            "--preset",
+            "torchvision",
+            "--input-size",
+            "63",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+        ])
+        .args([
+            "--limit-train",
+            "320",
+            "--limit-test",
+            "32",
+            "--checkpoint-every",
+            "1",
+            "--keep",
+            "2",
+            "--out",
+        ])
+        .arg(&run)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpts = run.join("checkpoints");
+    let t0 = std::time::Instant::now();
+    // Wait for a finished checkpoint and then for the next one's temporary folder: kill mid-write.
+    let mut killed_mid_write = false;
+    while t0.elapsed().as_secs() < 120 {
+        let names: Vec<String> = std::fs::read_dir(&ckpts)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.iter().any(|n| n.starts_with("ckpt-")) && names.iter().any(|n| n.ends_with(".tmp")) {
+            child.kill().unwrap(); // SIGKILL
+            killed_mid_write = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.wait();
+    assert!(killed_mid_write, "never caught a checkpoint being written");
+    let c = checkpoint::load(&run).expect("the previous checkpoint loads");
+    assert!(c.state.step >= 1);
+    // And training resumes from it.
+    let resumed = TrainConfig {
+        max_steps: Some(1),
+        ..small(&run)
+    };
+    train(&resumed, Some(&run), &mut |_| {}, &|| false).unwrap();
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+#[test]
+fn truncated_and_foreign_checkpoints_are_refused() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    let run = tmp("refuse");
+    train(
+        &TrainConfig {
+            max_steps: Some(1),
+            ..small(&run)
+        },
+        None,
+        &mut |_| {},
+        &|| false,
+    )
+    .unwrap();
+    let dir = checkpoint::find_latest(&run).unwrap();
+    let w = dir.join("weights.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let e = checkpoint::load(&run)
+        .err()
+        .expect("truncated weights must be refused")
+        .to_string();
+    assert!(
+        e.contains("weights.safetensors") && e.contains("truncated or foreign"),
+        "{e}"
+    );
+    // A safetensors file of another network.
+    Tensor::write_safetensors(
+        &[("conv1.weight", Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)))],
+        &w,
+    )
+    .unwrap();
+    let e = checkpoint::load(&run)
+        .err()
+        .expect("foreign weights must be refused")
+        .to_string();
+    assert!(e.contains("features.0.weight"), "{e}");
+    std::fs::write(dir.join("state.json"), "{}").unwrap();
+    assert!(checkpoint::load(&run).err().unwrap().to_string().contains("state.json"));
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+#[test]
+fn two_device_placement_computes_the_same_function() {
+    let _s = serial();
+    // Forward and gradients of the paper network, whole on one CPU "device" and split over two.
+    tch::manual_seed(0);
+    let cfg = Config::preset(Preset::Paper, 10).unwrap();
+    let whole = model::init_whole(&cfg).unwrap();
+    let one = model::shard(&cfg, &Placement::single(Device::Cpu), &whole, false).unwrap();
+    let two_p = Placement::parse("cpu,cpu").unwrap();
+    let two = model::shard(&cfg, &two_p, &whole, false).unwrap();
+    // Every shard is where (and as large as) the table says.
+    for sh in two_p.shards(&cfg).unwrap() {
+        let t = &two.shards(&sh.name).unwrap()[sh.slot];
+        assert_eq!(t.size()[0], sh.rows.end - sh.rows.start, "{}", sh.name);
+        assert_eq!(t.device(), sh.device);
+    }
+    let x = Tensor::randn([3, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[1i64, 4, 7]);
+    let run = |p: &model::Params| {
+        tch::manual_seed(42); // the same dropout masks
+        let out = model::forward(&cfg, p, &x, true).unwrap();
+        let loss = out.cross_entropy_for_logits(&y);
+        loss.backward();
+        (loss.double_value(&[]), p.gather_cpu().unwrap())
+    };
+    let (l1, _) = run(&one);
+    let (l2, _) = run(&two);
+    assert!((l1 - l2).abs() <= 1e-5 * l1.abs().max(1.0), "loss {l1} vs {l2}");
+    for name in one.names() {
+        let g1 = one.get(name).unwrap().grad();
+        let parts: Vec<Tensor> = two.shards(name).unwrap().iter().map(|t| t.grad()).collect();
+        let g2 = Tensor::cat(&parts, 0);
+        let scale = g1.abs().max().double_value(&[]).max(1e-12);
+        let diff = (&g1 - &g2).abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}: gradient differs by {diff} (scale {scale})"
+        );
+    }
+    let _ = init_params(&cfg, &two_p).unwrap();
+}
+
+#[test]
+fn cpu_cpu_training_follows_cpu_training() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    let (a, b) = (tmp("one-dev"), tmp("two-dev"));
+    let base = |out: &Path, devices: &str| TrainConfig {
+        preset: "paper".into(),
+        input_size: 224,
+        batch_size: 4,
+        epochs: 1,
+        limit_train: Some(16),
+        limit_test: Some(4),
+        devices: devices.into(),
+        out: out.to_path_buf(),
+        lr: 1e-3,
+        seed: 3,
+        threads: 2,
+        ..TrainConfig::default()
+    };
+    train(&base(&a, "cpu"), None, &mut |_| {}, &|| false).unwrap();
+    train(&base(&b, "cpu,cpu"), None, &mut |_| {}, &|| false).unwrap();
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.len(), 4);
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{la:?} vs {lb:?}");
+    }
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
