@@ -23,12 +23,13 @@ export LIBTORCH_USE_PYTORCH := 1
 export CARGO_BUILD_JOBS ?= 2
 export NVCC = $(SITE)/nvidia/cu13/bin/nvcc
 
-.PHONY: help setup venv data fashion-mnist images build python demo test test-rust test-python gpu-check-cpu gpu-artifacts clean
+.PHONY: help setup venv data fashion-mnist images build python demo test test-rust test-python gpu-check-cpu gpu-artifacts compare clean
 
 help:
 	@echo "make demo   - set up, then train AlexNet on Fashion-MNIST (<= 10 min on 2 cores) into runs/demo/"
 	@echo "make test   - set up, then cargo test + pytest"
 	@echo "make setup  - .venv (torch 2.11.0, nvcc 13.0), data, the alexnet binary and the Python extension"
+	@echo "make compare - same weights in torchvision's AlexNet and ours: parity and speed ratios (compare/)"
 	@echo "make gpu-artifacts - dist/ for scripts/gpu-check on a GPU machine"
 
 setup: venv data build python
@@ -94,6 +95,10 @@ test-rust:
 test-python:
 	cd tests && $(PY) -m pytest -q python
 	cd /tmp && $(PY) -m mypy.stubtest alexnet_rs._native
+
+# torchvision comparison: same weights -> logits/gradient differences, speed ratios (compare/).
+compare: setup
+	$(PY) -m alexnet_rs.compare --out compare
 
 # scripts/gpu-check's CPU mode: every part of the GPU check that needs no GPU.
 gpu-check-cpu:

@@ -193,9 +193,21 @@ fn panel<'a, 'b>(
     b
 }
 
+/// Draws into an RGB buffer and writes it as PNG with the `image` crate (plotters' own encoder
+/// would pull in a second version of `image`).
 fn draw(out: &Path, steps: &[StepRecord], epochs: &[EpochRecord]) -> DrawResult {
+    let (w, h) = (1200u32, 900u32);
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    draw_into(&mut buf, (w, h), steps, epochs)?;
+    image::RgbImage::from_raw(w, h, buf)
+        .expect("w * h * 3 bytes")
+        .save(out)?;
+    Ok(())
+}
+
+fn draw_into(buf: &mut [u8], size: (u32, u32), steps: &[StepRecord], epochs: &[EpochRecord]) -> DrawResult {
     let labels = load_font();
-    let root = BitMapBackend::new(out, (1200, 900)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(buf, size).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((3, 1));
     let max_step = steps.last().map_or(1, |r| r.step).max(1) as f64;

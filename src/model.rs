@@ -283,7 +283,8 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
             padding: c.padding,
             groups,
         };
-        parts.push(conv::conv2d(cfg.conv_backend, &input, w, b, args)?.f_relu()?);
+        // In place, as torchvision's ReLU(inplace=True): no second activation-sized allocation.
+        parts.push(conv::conv2d(cfg.conv_backend, &input, w, b, args)?.f_relu_()?);
     }
     let mut h = Act(parts);
     report(observe, &c.name, Stage::Conv, &h)?;
@@ -347,8 +348,8 @@ fn fc_stage(cfg: &Config, f: &FcLayer, params: &Params, x: Act, train: bool, las
     let bs = params.shards(&format!("{}.bias", f.name))?;
     let mut parts = Vec::with_capacity(ws.len());
     for (w, b) in ws.iter().zip(bs) {
-        let h = x.gather(w.device())?.f_linear(w, Some(b))?;
-        parts.push(if last { h } else { h.f_relu()? });
+        let mut h = x.gather(w.device())?.f_linear(w, Some(b))?;
+        parts.push(if last { h } else { h.f_relu_()? });
     }
     Ok(Act(parts))
 }

@@ -200,7 +200,8 @@ struct DataLoader {
 impl DataLoader {
     #[new]
     #[pyo3(signature = (data, split="train", preset="paper", crop=224, view="train", batch_size=64, threads=0,
-                        seed=0, shuffle=true, drop_last=false, on_bad_image="skip", limit=None, stats=None))]
+                        seed=0, shuffle=true, drop_last=false, on_bad_image="skip", limit=None, stats=None,
+                        rank=0, world_size=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         data: std::path::PathBuf,
@@ -216,6 +217,8 @@ impl DataLoader {
         on_bad_image: &str,
         limit: Option<usize>,
         stats: Option<std::path::PathBuf>,
+        rank: usize,
+        world_size: usize,
     ) -> PyResult<Self> {
         let split = match split {
             "train" => Split::Train,
@@ -237,6 +240,7 @@ impl DataLoader {
         }
         let tf = Transform::for_preset(preset, crop, parse_view(view)?, stats.as_ref());
         let on_bad_image = on_bad_image.parse().map_err(py_err)?;
+        let shard = (world_size > 1 || rank > 0).then_some((rank, world_size));
         let cfg = LoaderConfig {
             batch_size,
             threads,
@@ -244,6 +248,7 @@ impl DataLoader {
             shuffle,
             drop_last,
             on_bad_image,
+            shard,
             ..LoaderConfig::default()
         };
         Ok(DataLoader {
@@ -381,13 +386,7 @@ fn train(
             "training stopped after a checkpoint",
         ));
     }
-    let r = result.map_err(py_err)?;
-    let d = pyo3::types::PyDict::new(py);
-    d.set_item("top1", r.top1)?;
-    d.set_item("top5", r.top5)?;
-    d.set_item("loss", r.loss)?;
-    d.set_item("samples", r.samples)?;
-    Ok(d.into_any().unbind())
+    eval_dict(py, &result.map_err(py_err)?)
 }
 
 /// Freshly initialised whole parameters of a preset (CPU, float32), drawn from torch's global
@@ -405,6 +404,37 @@ fn init_params(preset: &str, num_classes: i64) -> PyResult<Vec<(String, PyTensor
         .collect())
 }
 
+/// Top-1/top-5 accuracy of a checkpoint (run folder or ckpt folder) on its run's test split
+/// (or `data`'s), centre crop or the average over 10 crops.
+#[pyfunction]
+#[pyo3(signature = (checkpoint, data=None, ten_crop=false, limit=None, batch_size=128, devices="cpu"))]
+fn evaluate(
+    py: Python<'_>,
+    checkpoint: std::path::PathBuf,
+    data: Option<std::path::PathBuf>,
+    ten_crop: bool,
+    limit: Option<usize>,
+    batch_size: usize,
+    devices: &str,
+) -> PyResult<PyObject> {
+    let devices = devices.to_string();
+    let r = py
+        .allow_threads(move || {
+            crate::train::evaluate_checkpoint(&checkpoint, data, ten_crop, limit, batch_size, &devices)
+        })
+        .map_err(py_err)?;
+    eval_dict(py, &r)
+}
+
+fn eval_dict(py: Python<'_>, r: &crate::train::EvalResult) -> PyResult<PyObject> {
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("top1", r.top1)?;
+    d.set_item("top5", r.top5)?;
+    d.set_item("loss", r.loss)?;
+    d.set_item("samples", r.samples)?;
+    Ok(d.into_any().unbind())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -418,6 +448,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(placement_table, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(init_params, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(transform_views, m)?)?;
     m.add_class::<DataLoader>()?;
     m.add_class::<EpochIter>()?;

@@ -161,7 +161,7 @@ impl TrainConfig {
             drop_last: train,
             on_bad_image: OnBadImage::Skip,
             device: Placement::parse(&self.devices)?.first(),
-            prefetch: 2,
+            ..LoaderConfig::default()
         };
         Loader::new(ds, tf, cfg)
     }
@@ -470,6 +470,23 @@ pub fn load_trained(path: &Path, devices: &str) -> Result<Trained> {
         params,
         classes: c.state.classes,
     })
+}
+
+/// Evaluates the checkpoint at (or newest under) `path` on its run's test split, or on `data`'s.
+pub fn evaluate_checkpoint(
+    path: &Path,
+    data: Option<PathBuf>,
+    ten_crop: bool,
+    limit: Option<usize>,
+    batch_size: usize,
+    devices: &str,
+) -> Result<EvalResult> {
+    let t = load_trained(path, devices)?;
+    let mut tc = t.tc.clone();
+    (tc.devices, tc.batch_size, tc.data) = (devices.to_string(), batch_size, data.or(tc.data));
+    let ds = tc.open(Split::Test, limit.or(tc.limit_test))?;
+    let view = if ten_crop { View::TenCrop } else { View::Center };
+    evaluate(&t.cfg, &t.params, &tc.loader(ds, view, false)?)
 }
 
 /// Top-5 (class index, name, probability) for each image file.

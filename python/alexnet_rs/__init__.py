@@ -6,7 +6,7 @@ Importing the package loads the native extension, which registers ``torch.ops.al
 import torch  # noqa: F401  -- loads libtorch before the extension that links against it
 
 from . import _native, data, ops
-from ._native import PRESETS, __version__, info_text, layer_table, param_shapes, train
+from ._native import PRESETS, __version__, evaluate, info_text, layer_table, param_shapes, train
 from .model import AlexNet, from_torchvision
 from .placement import Placement
 from .errors import (
@@ -27,6 +27,7 @@ __all__ = [
     "layer_table",
     "param_shapes",
     "train",
+    "evaluate",
     "ops",
     "AlexNet",
     "from_torchvision",

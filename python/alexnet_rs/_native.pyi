@@ -11,6 +11,7 @@ __all__ = [
     "EpochIter",
     "PRESETS",
     "__version__",
+    "evaluate",
     "forward",
     "info_text",
     "init_params",
@@ -57,6 +58,14 @@ def train(
     resume: str | PathLike[str] | None = None,
 ) -> dict[str, Any]: ...
 def init_params(preset: str, num_classes: int = 1000) -> list[tuple[str, torch.Tensor]]: ...
+def evaluate(
+    checkpoint: str | PathLike[str],
+    data: str | PathLike[str] | None = None,
+    ten_crop: bool = False,
+    limit: int | None = None,
+    batch_size: int = 128,
+    devices: str = "cpu",
+) -> dict[str, Any]: ...
 
 @final
 class DataLoader:
@@ -75,6 +84,8 @@ class DataLoader:
         on_bad_image: str = "skip",
         limit: int | None = None,
         stats: str | PathLike[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> DataLoader: ...
     def __len__(self) -> int: ...
     @property

@@ -663,14 +663,17 @@ fn run_train(a: &TrainArgs) -> Result<()> {
 }
 
 fn run_eval(a: &EvalArgs) -> Result<()> {
-    let t = train::load_trained(&a.checkpoint, &a.devices)?;
-    let mut tc = t.tc.clone();
-    (tc.devices, tc.batch_size, tc.data) = (a.devices.clone(), a.batch_size, a.data.clone().or(tc.data));
-    let ds = tc.open(Split::Test, a.limit.or(tc.limit_test))?;
-    let view = if a.ten_crop { View::TenCrop } else { View::Center };
-    let r = train::evaluate(&t.cfg, &t.params, &tc.loader(ds, view, false)?)?;
+    let r = train::evaluate_checkpoint(
+        &a.checkpoint,
+        a.data.clone(),
+        a.ten_crop,
+        a.limit,
+        a.batch_size,
+        &a.devices,
+    )?;
+    let view = if a.ten_crop { "10 crops" } else { "centre crop" };
     println!(
-        "{} samples ({view:?}): top-1 {:.4}, top-5 {:.4}, loss {:.4}",
+        "{} samples ({view}): top-1 {:.4}, top-5 {:.4}, loss {:.4}",
         r.samples, r.top1, r.top5, r.loss
     );
     Ok(())

@@ -48,6 +48,9 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     pub on_bad_image: OnBadImage,
     pub device: Device,
+    /// Distributed data parallel: (rank, world size). Every rank walks the same shuffled order
+    /// in global batches of batch_size * world and takes its own batch_size-slice of each.
+    pub shard: Option<(usize, usize)>,
 }
 
 impl Default for LoaderConfig {
@@ -61,6 +64,7 @@ impl Default for LoaderConfig {
             drop_last: false,
             on_bad_image: OnBadImage::Skip,
             device: Device::Cpu,
+            shard: None,
         }
     }
 }
@@ -106,6 +110,11 @@ impl Loader {
         if cfg.batch_size == 0 {
             return Err(Error::Config("batch size must be >= 1".into()));
         }
+        if let Some((rank, world)) = cfg.shard {
+            if world == 0 || rank >= world {
+                return Err(Error::Config(format!("rank {rank} is not in a world of {world}")));
+            }
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)
             .thread_name(|i| format!("alexnet-data-{i}"))
@@ -127,14 +136,26 @@ impl Loader {
         &self.transform
     }
 
-    /// Number of batches in an epoch.
+    /// Number of batches in an epoch (of this rank, when sharded).
     pub fn batches_per_epoch(&self) -> usize {
-        let (n, b) = (self.dataset.len(), self.cfg.batch_size);
-        if self.cfg.drop_last {
-            n / b
-        } else {
-            n.div_ceil(b)
+        self.chunks(&(0..self.dataset.len()).collect::<Vec<_>>()).len()
+    }
+
+    /// An epoch's order cut into this rank's batches.
+    fn chunks(&self, order: &[usize]) -> Vec<Vec<usize>> {
+        let b = self.cfg.batch_size;
+        let (rank, world) = self.cfg.shard.unwrap_or((0, 1));
+        let global = b * world;
+        let mut chunks: Vec<Vec<usize>> = order
+            .chunks(global)
+            .filter(|c| !(self.cfg.drop_last || world > 1) || c.len() == global)
+            .map(|c| c[(rank * b).min(c.len())..((rank + 1) * b).min(c.len())].to_vec())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if self.cfg.drop_last && chunks.last().is_some_and(|c| c.len() < b) {
+            chunks.pop();
         }
+        chunks
     }
 
     /// The epoch's sample order.
@@ -157,12 +178,7 @@ impl Loader {
     /// Epoch `epoch` from its batch `start` on (resuming mid-epoch: the skipped batches are
     /// not decoded, the rest are the very batches an uninterrupted epoch would give).
     pub fn epoch_from(&self, epoch: u64, start: usize) -> Epoch {
-        let order = self.order(epoch);
-        let b = self.cfg.batch_size;
-        let mut chunks: Vec<Vec<usize>> = order.chunks(b).map(<[usize]>::to_vec).collect();
-        if self.cfg.drop_last && chunks.last().is_some_and(|c| c.len() < b) {
-            chunks.pop();
-        }
+        let mut chunks = self.chunks(&self.order(epoch));
         chunks.drain(..start.min(chunks.len()));
         let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
         let skipped = Arc::new(AtomicUsize::new(0));

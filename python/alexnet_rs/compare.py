@@ -1,0 +1,147 @@
+"""Side-by-side with torchvision: the same weights in torchvision's AlexNet and in ours.
+
+    python -m alexnet_rs.compare [--batches 1 16 64] [--repeats 5] [--out compare]
+
+Reports the maximum |difference| of the logits, of every parameter's gradient after one backward,
+the forward and training-step throughput of ours / torchvision's at each batch size on the current
+device (CUDA if available), and peak memory on CUDA; writes OUT/report.md and OUT/chart.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .model import from_torchvision
+
+
+def _timed_pair(fa, fb, device, repeats):
+    """Median seconds of fa and of fb, run alternately (a, b, a, b, ...) after a warm-up of each,
+    so that drifts of a shared machine hit both alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = ([], [])
+    for f in (fa, fb):
+        f()
+    for _ in range(repeats):
+        for f, ts in zip((fa, fb), times):
+            sync()
+            t0 = time.perf_counter()
+            f()
+            sync()
+            ts.append(time.perf_counter() - t0)
+    return tuple(sorted(ts)[len(ts) // 2] for ts in times)
+
+
+def _peak(fn, device):
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def main(argv=None):
+    import torchvision
+
+    ap = argparse.ArgumentParser(prog="python -m alexnet_rs.compare", description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default="compare")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None).to(device).eval()
+    ours = from_torchvision(tv).to(device).eval()
+
+    x = torch.randn(4, 3, 224, 224, device=device)
+    y = torch.randint(0, 1000, (4,), device=device)
+    with torch.no_grad():
+        d_logits = (ours(x) - tv(x)).abs().max().item()
+    F.cross_entropy(ours(x), y).backward()
+    F.cross_entropy(tv(x), y).backward()
+    theirs = dict(tv.named_parameters())
+    d_grads = {n: (p.grad - theirs[n].grad).abs().max().item() for n, p in ours.named_parameters()}
+
+    rows = []
+    for b in args.batches:
+        xb = torch.randn(b, 3, 224, 224, device=device)
+        yb = torch.randint(0, 1000, (b,), device=device)
+
+        def fwd(m):
+            with torch.no_grad():
+                m(xb)
+
+        def train_step(m, opt):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(xb), yb).backward()
+            opt.step()
+
+        r = {"batch": b}
+        # lr 0: the two models stay equal while we time their training steps.
+        opt_o, opt_t = (torch.optim.SGD(m.parameters(), lr=0.0) for m in (ours, tv))
+        for m in (ours, tv):
+            m.eval()
+        f_o, f_t = _timed_pair(lambda: fwd(ours), lambda: fwd(tv), device, args.repeats)
+        for m in (ours, tv):
+            m.train()
+        t_o, t_t = _timed_pair(lambda: train_step(ours, opt_o), lambda: train_step(tv, opt_t), device, args.repeats)
+        r.update(fwd_ours=b / f_o, fwd_torchvision=b / f_t, train_ours=b / t_o, train_torchvision=b / t_t)
+        r["peak_ours"] = _peak(lambda: train_step(ours, opt_o), device)
+        r["peak_torchvision"] = _peak(lambda: train_step(tv, opt_t), device)
+        rows.append(r)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# alexnet_rs vs torchvision AlexNet ({device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')})",
+        "",
+        f"max |logits difference| (same weights, eval, batch 4): {d_logits:.3e}",
+        "",
+        f"max |gradient difference| over parameters after one backward: {max(d_grads.values()):.3e}",
+        "",
+        "| parameter | max abs gradient difference |",
+        "|---|---|",
+        *[f"| {n} | {v:.3e} |" for n, v in d_grads.items()],
+        "",
+        "| batch | forward ours (img/s) | forward torchvision | ratio | train step ours | train step torchvision | ratio | peak MiB ours / torchvision |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        peak = "n/a (CPU)" if r["peak_ours"] is None else f"{r['peak_ours']:.0f} / {r['peak_torchvision']:.0f}"
+        lines.append(
+            f"| {r['batch']} | {r['fwd_ours']:.1f} | {r['fwd_torchvision']:.1f} | {r['fwd_ours'] / r['fwd_torchvision']:.2f}x "
+            f"| {r['train_ours']:.1f} | {r['train_torchvision']:.1f} | {r['train_ours'] / r['train_torchvision']:.2f}x | {peak} |"
+        )
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        xs = range(len(rows))
+        ax.bar([i - 0.2 for i in xs], [r["fwd_ours"] / r["fwd_torchvision"] for r in rows], 0.4, label="forward")
+        ax.bar([i + 0.2 for i in xs], [r["train_ours"] / r["train_torchvision"] for r in rows], 0.4, label="train step")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(list(xs), [str(r["batch"]) for r in rows])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("speed, ours / torchvision")
+        ax.set_title(f"alexnet_rs vs torchvision ({device})")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "chart.png", dpi=100)
+    except ImportError:
+        print("matplotlib is not installed: no chart")
+    print("\n".join(lines))
+    print(f"\nwrote {out / 'report.md'} and {out / 'chart.png'}")
+    return d_logits
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Distributed data parallel training of ``alexnet_rs.AlexNet`` with each rank's shard of the data
+from the Rust loader:
+
+    torchrun --nproc_per_node 2 -m alexnet_rs.ddp --preset torchvision --input-size 63 --steps 100
+
+gloo on CPU, NCCL on GPU. Every rank reads the same shuffled order in global batches of
+``batch_size * world_size`` and takes its own slice, so N ranks train exactly like one process on
+the concatenated batch. Without torchrun it runs as a single process. Writes
+``OUT/weights-rank<r>.safetensors`` and ``OUT/losses-rank<r>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .data import DataLoader
+from .model import AlexNet
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m alexnet_rs.ddp", description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="torchvision")
+    ap.add_argument("--data", default=FASHION, help="dataset (default: Fashion-MNIST)")
+    ap.add_argument("--input-size", type=int, default=63)
+    ap.add_argument("--batch-size", type=int, default=32, help="per rank")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=None, help="use a seeded subset of the training set")
+    ap.add_argument("--threads", type=int, default=1, help="decoding threads per rank")
+    ap.add_argument("--no-dropout", action="store_true", help="train in eval mode (deterministic)")
+    ap.add_argument("--out", default="runs/ddp")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    distributed = "RANK" in os.environ
+    cuda = torch.cuda.is_available()
+    if distributed:
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    loader = DataLoader(args.data, preset=args.preset, crop=args.input_size, batch_size=args.batch_size,
+                        seed=args.seed, shuffle=True, drop_last=True, threads=args.threads, limit=args.limit,
+                        rank=rank, world_size=world)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = AlexNet(args.preset, num_classes=len(loader.classes)).to(device)
+    model.train(not args.no_dropout)
+    net = DDP(model, device_ids=[local] if cuda else None) if distributed else model
+    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    losses, step, epoch = [], 0, 0
+    while step < args.steps:
+        for x, y in loader.epoch(epoch):
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x.to(device)), y.to(device))
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if rank == 0 and step % 50 == 0:
+                print(f"step {step}: loss {loss.item():.4f}", flush=True)
+            if step >= args.steps:
+                break
+        epoch += 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / f"weights-rank{rank}.safetensors")
+    (out / f"losses-rank{rank}.json").write_text(json.dumps(losses))
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
