@@ -91,6 +91,9 @@ test: setup test-rust test-python gpu-check-cpu
 
 test-rust:
 	cargo test --release --features $(FEATURES)
+	@# The GPU code actually embedded in the CUDA kernels' archive (for the CI log):
+	@for f in target/release/build/alexnet_rs-*/out/libalexnet_cuda.a; do [ -f "$$f" ] || continue; \
+	  echo "$$f: $$(strings $$f | grep -oE 'sm_[0-9]+|compute_[0-9]+' | sort -u | tr '\n' ' ')"; done
 
 test-python:
 	cd tests && $(PY) -m pytest -q python

@@ -185,6 +185,49 @@ pub fn check_tensors(path: &Path, cfg: &Config, tensors: &BTreeMap<String, Tenso
     Ok(())
 }
 
+/// Writes whole weights (e.g. from Python) as a checkpoint that `alexnet eval`/`predict` and
+/// `--resume` accept: zero momentum, step 0, the given class names (default "0".."n-1").
+pub fn save_weights(
+    run: &Path,
+    preset: crate::Preset,
+    input_size: u32,
+    weights: &BTreeMap<String, Tensor>,
+    classes: Option<Vec<String>>,
+) -> Result<PathBuf> {
+    let fc = Config::preset(preset, 1)?
+        .fcs
+        .last()
+        .map(|f| f.name.clone())
+        .unwrap_or_default();
+    let n = weights.get(&format!("{fc}.weight")).map_or(0, |t| t.size()[0]);
+    let classes = classes.unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect());
+    let cfg = Config::preset(preset, classes.len() as i64)?;
+    let weights: BTreeMap<String, Tensor> = weights
+        .iter()
+        .map(|(k, v)| (k.clone(), v.detach().to_device(tch::Device::Cpu).contiguous()))
+        .collect();
+    check_tensors(run, &cfg, &weights)?;
+    let tc = TrainConfig {
+        preset: preset.name().into(),
+        input_size,
+        out: run.to_path_buf(),
+        ..TrainConfig::default()
+    };
+    let state = TrainState {
+        format: FORMAT.into(),
+        schedule: Schedule::new(tc.schedule, tc.lr, tc.epochs),
+        config: tc,
+        epoch: 0,
+        batch_in_epoch: 0,
+        step: 0,
+        best_top1: None,
+        best_step: None,
+        classes,
+    };
+    let velocity = weights.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect();
+    save(run, &state, &weights, &velocity, 1)
+}
+
 /// Loads and validates the checkpoint at (or newest under) `path`.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let dir = find_latest(path)?;

@@ -378,10 +378,15 @@ fn train(
         };
         crate::train::train(&tc, resume.as_deref(), &mut on_event, &stop)
     });
-    if let Some(err) = callback_error.into_inner().expect("lock") {
+    let callback_error = callback_error.into_inner().expect("lock");
+    // Ctrl-C may land inside the callback (then it is the callback's error) or in Rust.
+    let ctrl_c = callback_error
+        .as_ref()
+        .is_some_and(|e| e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py));
+    if let Some(err) = callback_error.filter(|_| !ctrl_c) {
         return Err(err);
     }
-    if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+    if ctrl_c || interrupted.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
             "training stopped after a checkpoint",
         ));
@@ -435,6 +440,43 @@ fn eval_dict(py: Python<'_>, r: &crate::train::EvalResult) -> PyResult<PyObject>
     Ok(d.into_any().unbind())
 }
 
+/// Writes whole weights as a checkpoint folder under `out` (see `checkpoint::save_weights`).
+#[pyfunction]
+#[pyo3(signature = (preset, params, out, classes=None, input_size=None))]
+fn save_checkpoint(
+    preset: &str,
+    params: HashMap<String, PyTensor>,
+    out: std::path::PathBuf,
+    classes: Option<Vec<String>>,
+    input_size: Option<u32>,
+) -> PyResult<std::path::PathBuf> {
+    let p = preset.parse::<Preset>().map_err(py_err)?;
+    let size = input_size.unwrap_or(if p == Preset::Caffe { 227 } else { 224 });
+    let weights: BTreeMap<String, tch::Tensor> = params.into_iter().map(|(k, v)| (k, v.0)).collect();
+    crate::checkpoint::save_weights(&out, p, size, &weights, classes).map_err(py_err)
+}
+
+/// Loads and validates a checkpoint (a run folder: its newest; or a ckpt folder): (preset,
+/// class names, whole weights in network order).
+#[pyfunction]
+fn load_checkpoint(path: std::path::PathBuf) -> PyResult<(String, Vec<String>, Vec<(String, PyTensor)>)> {
+    let mut c = crate::checkpoint::load(&path).map_err(py_err)?;
+    let cfg = c
+        .state
+        .config
+        .model_config(c.state.classes.len() as i64)
+        .map_err(py_err)?;
+    let weights = cfg
+        .param_shapes()
+        .into_iter()
+        .filter_map(|(k, _)| c.weights.remove(&k).map(|v| (k, PyTensor(v))));
+    Ok((
+        c.state.config.preset.clone(),
+        c.state.classes.clone(),
+        weights.collect(),
+    ))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -449,6 +491,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(init_params, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(load_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(transform_views, m)?)?;
     m.add_class::<DataLoader>()?;
     m.add_class::<EpochIter>()?;

@@ -5,7 +5,7 @@ Importing the package loads the native extension, which registers ``torch.ops.al
 
 import torch  # noqa: F401  -- loads libtorch before the extension that links against it
 
-from . import _native, data, ops
+from . import _native, data, nn, ops
 from ._native import PRESETS, __version__, evaluate, info_text, layer_table, param_shapes, train
 from .model import AlexNet, from_torchvision
 from .placement import Placement
@@ -29,6 +29,7 @@ __all__ = [
     "train",
     "evaluate",
     "ops",
+    "nn",
     "AlexNet",
     "from_torchvision",
     "Placement",

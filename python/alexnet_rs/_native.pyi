@@ -17,9 +17,11 @@ __all__ = [
     "init_params",
     "layer_table",
     "load_image",
+    "load_checkpoint",
     "lrn",
     "param_shapes",
     "placement_table",
+    "save_checkpoint",
     "train",
     "transform_views",
 ]
@@ -58,6 +60,14 @@ def train(
     resume: str | PathLike[str] | None = None,
 ) -> dict[str, Any]: ...
 def init_params(preset: str, num_classes: int = 1000) -> list[tuple[str, torch.Tensor]]: ...
+def save_checkpoint(
+    preset: str,
+    params: dict[str, torch.Tensor],
+    out: str | PathLike[str],
+    classes: list[str] | None = None,
+    input_size: int | None = None,
+) -> str: ...
+def load_checkpoint(path: str | PathLike[str]) -> tuple[str, list[str], list[tuple[str, torch.Tensor]]]: ...
 def evaluate(
     checkpoint: str | PathLike[str],
     data: str | PathLike[str] | None = None,

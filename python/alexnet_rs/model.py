@@ -46,6 +46,23 @@ class AlexNet(nn.Module):
     def extra_repr(self) -> str:
         return f"preset={self.preset!r}, num_classes={self.num_classes}, conv_backend={self.conv_backend!r}"
 
+    def save_checkpoint(self, run: str, classes: list[str] | None = None, input_size: int | None = None) -> str:
+        """Writes this model's weights as an ``alexnet train`` checkpoint under ``run`` (what
+        ``alexnet eval``/``predict`` and ``--resume`` read). Returns the checkpoint folder."""
+        params = {k: v.detach() for k, v in self.state_dict().items()}
+        return str(_native.save_checkpoint(self.preset, params, run, classes, input_size))
+
+    @classmethod
+    def load_checkpoint(cls, path: str, conv_backend: str = "auto") -> "AlexNet":
+        """A model with the weights of an ``alexnet train`` checkpoint (a run folder: its newest
+        checkpoint; or a ``ckpt-<step>`` folder), validated by the Rust loader (truncated or
+        foreign files are refused). Reads safetensors only (no pickle)."""
+        preset, classes, weights = _native.load_checkpoint(path)
+        model = cls(preset, num_classes=len(classes), conv_backend=conv_backend)
+        model.load_state_dict(dict(weights))
+        model.classes = classes
+        return model
+
     def to_torchvision(self) -> nn.Module:
         """A ``torchvision.models.AlexNet`` holding copies of this model's weights."""
         import torchvision

@@ -1,8 +1,8 @@
 //! `alexnet`: the command-line front of alexnet_rs.
 use alexnet_rs::data::rng::Rng;
 use alexnet_rs::data::stats::Stats;
-use alexnet_rs::data::{Dataset, Loader, LoaderConfig, Normalize, Split, Transform, View};
-use alexnet_rs::image::{load_rgb, IMAGENET_MEAN, IMAGENET_STD};
+use alexnet_rs::data::{Dataset, Loader, LoaderConfig, Split, Transform, View};
+use alexnet_rs::image::load_rgb;
 use alexnet_rs::optim::{ScheduleKind, UpdateRule};
 use alexnet_rs::placement::Placement;
 use alexnet_rs::train::{self, Event, TrainConfig};
@@ -429,17 +429,7 @@ fn label_from_name(path: &std::path::Path) -> Option<i64> {
 fn run_forward(a: &ForwardArgs) -> Result<()> {
     let (cfg, size) = a.preset.config()?;
     let crop = u32::try_from(size).map_err(|_| Error::Config(format!("--input-size {size} is too large")))?;
-    let tf = Transform {
-        resize: crop * 256 / 224,
-        square: false,
-        crop,
-        view: View::Center,
-        pca: None,
-        normalize: Normalize::MeanStd {
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-        },
-    };
+    let tf = Transform::for_preset(cfg.preset, crop, View::Center, None);
     let mut images = Vec::with_capacity(a.images.len());
     let mut labels = Vec::with_capacity(a.images.len());
     for path in &a.images {

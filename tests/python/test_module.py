@@ -83,3 +83,47 @@ def test_bad_inputs_raise_python_errors():
         m("image")
     with pytest.raises(alexnet_rs.ConfigError, match="unknown preset"):
         alexnet_rs.AlexNet("vgg")
+
+
+def test_local_response_norm_is_a_drop_in():
+    x = torch.randn(2, 10, 5, 5) * 20
+    for size in (3, 4, 5):
+        ours, ref = alexnet_rs.nn.LocalResponseNorm(size), torch.nn.LocalResponseNorm(size)
+        assert repr(ours).split("(", 1)[1] == repr(ref).split("(", 1)[1]
+        torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_cpu_bf16_autocast_reaches_the_rust_forward():
+    m = alexnet_rs.AlexNet("paper", num_classes=5).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    ref = m(x)
+    assert (y.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_python_checkpoint_is_read_by_the_cli(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    img = root / ".cache" / "data" / "foolbox" / "imagenet_00_243.jpg"
+    torch.manual_seed(3)
+    m = alexnet_rs.AlexNet("torchvision", num_classes=4).eval()
+    m.save_checkpoint(tmp_path / "run", classes=["cat", "dog", "car", "cup"])
+    r = subprocess.run([root / "target" / "release" / "alexnet", "predict", tmp_path / "run", img],
+                       capture_output=True, text=True, check=True)
+    cli_top = r.stdout.splitlines()[1].split()[-1]
+    # the same image through the same Rust transform, forward in Python
+    from alexnet_rs.data import load_image, transform_views
+
+    view = transform_views(load_image(img), 256, 224, "center")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    py_top = ["cat", "dog", "car", "cup"][m((view - mean) / std).argmax().item()]
+    assert cli_top == py_top
+    back = alexnet_rs.AlexNet.load_checkpoint(tmp_path / "run")
+    assert back.classes == ["cat", "dog", "car", "cup"]
+    for (k, a), (_, b) in zip(m.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), k

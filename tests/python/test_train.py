@@ -54,3 +54,26 @@ def test_callback_exception_stops_training_and_propagates(tmp_path):
 
     with pytest.raises(RuntimeError, match="stop here"):
         alexnet_rs.train(small(tmp_path), on_step=boom)
+
+
+def test_keyboard_interrupt_stops_after_a_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal, alexnet_rs
+cfg = {small(tmp_path)!r}
+cfg["epochs"] = 5
+def on_step(m):
+    if m.get("step") == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+try:
+    alexnet_rs.train(cfg, on_step=on_step)
+except KeyboardInterrupt as e:
+    print("interrupted:", e)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "interrupted: training stopped after a checkpoint" in r.stdout
+    ckpts = sorted((tmp_path / "checkpoints").glob("ckpt-*"))
+    assert ckpts and ckpts[-1].name == "ckpt-000000002"
