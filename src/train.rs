@@ -244,11 +244,24 @@ pub fn train(
         Some(path) => {
             let c = checkpoint::load(path)?;
             let mut t = c.state.config.clone();
-            // Budgets are per invocation: the caller's apply, the rest comes from the checkpoint.
-            (t.max_steps, t.time_budget_s, t.out) = (tc.max_steps, tc.time_budget_s, tc.out.clone());
-            if resume.is_some() && tc.epochs != TrainConfig::default().epochs {
+            // Budgets are per invocation: the caller's apply, the rest comes from the checkpoint
+            // (a changed setting would break the bit-exact continuation), except a new --epochs.
+            (t.max_steps, t.time_budget_s) = (tc.max_steps, tc.time_budget_s);
+            let default = TrainConfig::default();
+            if tc.epochs != default.epochs {
                 t.epochs = tc.epochs;
             }
+            // Metrics and new checkpoints go to the resumed run's folder unless --out says otherwise.
+            t.out = if tc.out != default.out {
+                tc.out.clone()
+            } else {
+                c.dir
+                    .parent()
+                    .filter(|p| p.ends_with("checkpoints"))
+                    .and_then(Path::parent)
+                    .map_or(t.out, Path::to_path_buf)
+            };
+            warn_ignored(tc, &t);
             (t, Some(c))
         }
         None => (tc.clone(), None),
@@ -422,8 +435,34 @@ pub fn train(
         }
         save(&state, &params, &sgd, on_event)?;
     }
+    if steps_here == 0 {
+        eprintln!(
+            "the run is complete ({} of {} epochs); pass a larger --epochs to train on",
+            state.epoch, tc.epochs
+        );
+    }
+    if last_eval.samples == 0 {
+        // Stopped before an epoch's evaluation (step limit, Ctrl-C, or nothing left to train).
+        last_eval = evaluate(&cfg, &params, &test_loader)?;
+    }
     metrics.plot()?;
     Ok(last_eval)
+}
+
+/// Tells which of the caller's non-default settings a resumed run does not take.
+fn warn_ignored(given: &TrainConfig, used: &TrainConfig) {
+    let (Ok(serde_json::Value::Object(g)), Ok(serde_json::Value::Object(u)), Ok(serde_json::Value::Object(d))) = (
+        serde_json::to_value(given),
+        serde_json::to_value(used),
+        serde_json::to_value(TrainConfig::default()),
+    ) else {
+        return;
+    };
+    for (k, v) in &g {
+        if v != &d[k] && v != &u[k] {
+            eprintln!("warning: --resume keeps the run's {k} = {} (ignoring {v})", u[k]);
+        }
+    }
 }
 
 fn epoch_end(

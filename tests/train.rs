@@ -292,3 +292,31 @@ fn cpu_cpu_training_follows_cpu_training() {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
+
+#[test]
+fn resume_without_out_continues_in_the_run_folder() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    let run = tmp("resume-here");
+    train(
+        &TrainConfig {
+            max_steps: Some(2),
+            ..small(&run)
+        },
+        None,
+        &mut |_| {},
+        &|| false,
+    )
+    .unwrap();
+    // As `alexnet train --resume RUN --max-steps 1` with no --out: TrainConfig's default out.
+    let flags = TrainConfig {
+        max_steps: Some(1),
+        ..TrainConfig::default()
+    };
+    train(&flags, Some(&run), &mut |_| {}, &|| false).unwrap();
+    assert_eq!(checkpoint::load(&run).unwrap().state.step, 3);
+    assert_eq!(losses(&run).len(), 3);
+    std::fs::remove_dir_all(&run).unwrap();
+}

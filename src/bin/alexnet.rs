@@ -641,13 +641,18 @@ fn run_train(a: &TrainArgs) -> Result<()> {
     bar.set_length(batches(&tc));
     let result = train::train(&tc, a.resume.as_deref(), &mut on_event, &|| STOP.load(Ordering::SeqCst))?;
     bar.finish_and_clear();
+    // A resumed run without --out continues in its own folder.
+    let out = match (&a.resume, &a.out) {
+        (Some(run), None) => run.clone(),
+        _ => tc.out.clone(),
+    };
     println!(
         "final: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; metrics, curves.png and checkpoints in {}",
         result.top1,
         result.top5,
         result.loss,
         result.samples,
-        tc.out.display()
+        out.display()
     );
     Ok(())
 }
