@@ -22,6 +22,7 @@ const HEADERS: &[&str] = &[
     "kernels/lrn_cpu_kernels.h",
     "kernels/grouped_conv.h",
     "kernels/cuda_api.h",
+    "kernels/cuda_common.cuh",
     "kernels/cuda_glue.h",
 ];
 

@@ -21,22 +21,15 @@
 #include <mma.h>
 
 #include "cuda_api.h"
+#include "cuda_common.cuh"
 
 namespace {
 
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type ld(const T* p) {
-  return static_cast<typename Acc<T>::type>(*p);
-}
-template <> __device__ __forceinline__ float ld(const __half* p) { return __half2float(*p); }
-template <> __device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-template <typename T> __device__ __forceinline__ void st(T* p, typename Acc<T>::type v) { *p = static_cast<T>(v); }
-template <> __device__ __forceinline__ void st(__half* p, float v) { *p = __float2half(v); }
-template <> __device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+using alexnet_rs_cuda::Acc;
+using alexnet_rs_cuda::load;
+using alexnet_rs_cuda::store;
 
 // ---- The three index maps. Each gives the GEMM sizes and reads A(m, k), B(k, n), writes C. ----
 
@@ -49,7 +42,7 @@ struct Forward {  // y = conv(x, w) + b
   __device__ int64_t N() const { return s.N * s.OH * s.OW; }
   __device__ int64_t K() const { return s.Cin / s.groups * s.KH * s.KW; }
   __device__ typename Acc<T>::type a(int g, int64_t m, int64_t k) const {
-    return ld(w + (g * M() + m) * K() + k);  // weight (Cout, Cin/g, KH, KW): row m, column k
+    return load(w + (g * M() + m) * K() + k);  // weight (Cout, Cin/g, KH, KW): row m, column k
   }
   __device__ typename Acc<T>::type bmat(int g, int64_t k, int64_t n) const {
     const int64_t kw = k % s.KW, kh = (k / s.KW) % s.KH, ci = k / (s.KW * s.KH);
@@ -57,13 +50,13 @@ struct Forward {  // y = conv(x, w) + b
     const int64_t ih = oh * s.SH - s.PH + kh, iw = ow * s.SW - s.PW + kw;
     if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return 0;
     const int64_t c = g * (s.Cin / s.groups) + ci;
-    return ld(x + ((nb * s.Cin + c) * s.H + ih) * s.W + iw);
+    return load(x + ((nb * s.Cin + c) * s.H + ih) * s.W + iw);
   }
   __device__ void c(int g, int64_t m, int64_t n, typename Acc<T>::type v) const {
     const int64_t ow = n % s.OW, oh = (n / s.OW) % s.OH, nb = n / (s.OW * s.OH);
     const int64_t co = g * M() + m;
-    if (b != nullptr) v += ld(b + co);
-    st(y + ((nb * s.Cout + co) * s.OH + oh) * s.OW + ow, v);
+    if (b != nullptr) v += load(b + co);
+    store(y + ((nb * s.Cout + co) * s.OH + oh) * s.OW + ow, v);
   }
 };
 
@@ -77,7 +70,7 @@ struct BackwardData {  // dx = conv_transpose(dy, w)
   __device__ int64_t K() const { return s.Cout / s.groups * s.KH * s.KW; }
   __device__ typename Acc<T>::type a(int g, int64_t m, int64_t k) const {
     const int64_t kk = k % (s.KH * s.KW), co = k / (s.KH * s.KW);
-    return ld(w + ((g * (s.Cout / s.groups) + co) * M() + m) * (s.KH * s.KW) + kk);
+    return load(w + ((g * (s.Cout / s.groups) + co) * M() + m) * (s.KH * s.KW) + kk);
   }
   __device__ typename Acc<T>::type bmat(int g, int64_t k, int64_t n) const {
     const int64_t kw = k % s.KW, kh = (k / s.KW) % s.KH, co = k / (s.KW * s.KH);
@@ -87,11 +80,11 @@ struct BackwardData {  // dx = conv_transpose(dy, w)
     const int64_t oh = th / s.SH, ow = tw / s.SW;
     if (oh >= s.OH || ow >= s.OW) return 0;
     const int64_t c = g * (s.Cout / s.groups) + co;
-    return ld(dy + ((nb * s.Cout + c) * s.OH + oh) * s.OW + ow);
+    return load(dy + ((nb * s.Cout + c) * s.OH + oh) * s.OW + ow);
   }
   __device__ void c(int g, int64_t m, int64_t n, typename Acc<T>::type v) const {
     const int64_t iw = n % s.W, ih = (n / s.W) % s.H, nb = n / (s.W * s.H);
-    st(dx + ((nb * s.Cin + g * M() + m) * s.H + ih) * s.W + iw, v);
+    store(dx + ((nb * s.Cin + g * M() + m) * s.H + ih) * s.W + iw, v);
   }
 };
 
@@ -105,17 +98,17 @@ struct BackwardWeight {  // dw = correlate(dy, x)
   __device__ int64_t K() const { return s.N * s.OH * s.OW; }
   __device__ typename Acc<T>::type a(int g, int64_t m, int64_t k) const {
     const int64_t ow = k % s.OW, oh = (k / s.OW) % s.OH, nb = k / (s.OW * s.OH);
-    return ld(dy + ((nb * s.Cout + g * M() + m) * s.OH + oh) * s.OW + ow);
+    return load(dy + ((nb * s.Cout + g * M() + m) * s.OH + oh) * s.OW + ow);
   }
   __device__ typename Acc<T>::type bmat(int g, int64_t k, int64_t n) const {
     const int64_t kw = n % s.KW, kh = (n / s.KW) % s.KH, ci = n / (s.KW * s.KH);
     const int64_t ow = k % s.OW, oh = (k / s.OW) % s.OH, nb = k / (s.OW * s.OH);
     const int64_t ih = oh * s.SH - s.PH + kh, iw = ow * s.SW - s.PW + kw;
     if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return 0;
-    return ld(x + ((nb * s.Cin + g * (s.Cin / s.groups) + ci) * s.H + ih) * s.W + iw);
+    return load(x + ((nb * s.Cin + g * (s.Cin / s.groups) + ci) * s.H + ih) * s.W + iw);
   }
   __device__ void c(int g, int64_t m, int64_t n, typename Acc<T>::type v) const {
-    st(dw + (g * M() + m) * N() + n, v);
+    store(dw + (g * M() + m) * N() + n, v);
   }
 };
 
@@ -184,10 +177,10 @@ __global__ void __launch_bounds__(THREADS) gemm_wmma(P p) {
     for (int i = threadIdx.x; i < BM * BK; i += THREADS) {
       const int mm = i / BK, kk = i % BK;
       const int64_t m = m0 + mm, k = k0 + kk;
-      st(&As[mm][kk], (m < M && k < K) ? p.a(g, m, k) : 0.0f);
+      store(&As[mm][kk], (m < M && k < K) ? p.a(g, m, k) : 0.0f);
       const int nn = i % BN, kb = i / BN;
       const int64_t n = n0 + nn, kB = k0 + kb;
-      st(&Bs[kb][nn], (n < N && kB < K) ? p.bmat(g, kB, n) : 0.0f);
+      store(&Bs[kb][nn], (n < N && kB < K) ? p.bmat(g, kB, n) : 0.0f);
     }
     __syncthreads();
     wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;

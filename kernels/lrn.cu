@@ -15,21 +15,13 @@
 #include <cuda_runtime.h>
 
 #include "cuda_api.h"
+#include "cuda_common.cuh"
 
 namespace {
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type load(const T* p) {
-  return static_cast<typename Acc<T>::type>(*p);
-}
-template <> __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-template <> __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-
-template <typename T> __device__ __forceinline__ void store(T* p, typename Acc<T>::type v) { *p = static_cast<T>(v); }
-template <> __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
-template <> __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+using alexnet_rs_cuda::Acc;
+using alexnet_rs_cuda::load;
+using alexnet_rs_cuda::store;
 
 template <typename A> __device__ __forceinline__ A neg_pow(A d, A beta) {
   if (beta == A(0.75)) {  // every AlexNet preset: d^-0.75 = d^-0.5 * d^-0.25

@@ -1,0 +1,22 @@
+// Device helpers shared by the CUDA kernels: the accumulation type of each storage dtype (float
+// for float/half/bfloat16, double for double) and loads/stores that convert through it.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace alexnet_rs_cuda {
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+template <typename T> __device__ __forceinline__ typename Acc<T>::type load(const T* p) {
+  return static_cast<typename Acc<T>::type>(*p);
+}
+template <> __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
+template <> __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+template <typename T> __device__ __forceinline__ void store(T* p, typename Acc<T>::type v) { *p = static_cast<T>(v); }
+template <> __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
+template <> __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+
+}  // namespace alexnet_rs_cuda
