@@ -24,7 +24,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Which variant of the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// The 2012 two-tower network (groups 2, LRN k=2, overlapping pooling).
     Paper,
@@ -32,16 +33,24 @@ pub enum Preset {
     Torchvision,
     /// Caffe's BVLC AlexNet (LRN k=1, 227 input, ceil-mode pooling).
     Caffe,
+    /// Not an AlexNet: the four-layer CNN of the paper's Fig. 1 (ReLU versus tanh), shaped like
+    /// cuda-convnet's CIFAR-10 `layers-18pct` (three 5x5 conv + pool stages, one linear layer)
+    /// without its response normalisation, so that only the non-linearity differs.
+    Cnn4,
 }
 
 impl Preset {
+    /// The three AlexNets.
     pub const ALL: [Preset; 3] = [Preset::Paper, Preset::Torchvision, Preset::Caffe];
+    /// Everything `--preset` accepts: the AlexNets and the Fig. 1 network.
+    pub const CHOICES: [Preset; 4] = [Preset::Paper, Preset::Torchvision, Preset::Caffe, Preset::Cnn4];
 
     pub fn name(self) -> &'static str {
         match self {
             Preset::Paper => "paper",
             Preset::Torchvision => "torchvision",
             Preset::Caffe => "caffe",
+            Preset::Cnn4 => "cnn4",
         }
     }
 }
@@ -55,16 +64,16 @@ impl fmt::Display for Preset {
 impl FromStr for Preset {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Preset::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+        Preset::CHOICES.into_iter().find(|p| p.name() == s).ok_or_else(|| {
             Error::Config(format!(
-                "unknown preset `{s}` (choose one of: paper, torchvision, caffe)"
+                "unknown preset `{s}` (choose one of: paper, torchvision, caffe, cnn4)"
             ))
         })
     }
 }
 
 /// Cross-channel LRN parameters (PyTorch convention: alpha is divided by `size`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct LrnParams {
     pub size: i64,
     pub alpha: f64,
@@ -72,8 +81,38 @@ pub struct LrnParams {
     pub k: f64,
 }
 
+/// The non-linearity after every conv and hidden FC layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// max(0, x), the paper's choice (section 3.1).
+    #[default]
+    Relu,
+    /// The saturating tanh the paper compares against (Fig. 1).
+    Tanh,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Tanh => "tanh",
+        }
+    }
+}
+
+impl FromStr for Activation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        [Activation::Relu, Activation::Tanh]
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| Error::Config(format!("unknown activation `{s}` (choose relu or tanh)")))
+    }
+}
+
 /// How a layer's weight and bias start.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub enum Init {
     /// Weight ~ N(0, std^2), bias = constant (the paper's and Caffe's scheme).
     Normal { std: f64, bias: f64 },
@@ -81,8 +120,8 @@ pub enum Init {
     TorchDefault,
 }
 
-/// One convolution stage: conv -> ReLU -> [LRN] -> [max pool].
-#[derive(Clone, Debug, PartialEq)]
+/// One convolution stage: conv -> activation -> [LRN] -> [max pool].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ConvLayer {
     /// Parameter prefix: `<name>.weight`, `<name>.bias`.
     pub name: String,
@@ -96,8 +135,8 @@ pub struct ConvLayer {
     pub init: Init,
 }
 
-/// One fully connected layer: [dropout] -> linear -> [ReLU unless last].
-#[derive(Clone, Debug, PartialEq)]
+/// One fully connected layer: [dropout] -> linear -> [activation unless last].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct FcLayer {
     pub name: String,
     pub out_features: i64,
@@ -106,7 +145,7 @@ pub struct FcLayer {
 }
 
 /// Max pooling after the conv stages that ask for it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Pool {
     pub kernel: i64,
     pub stride: i64,
@@ -115,7 +154,7 @@ pub struct Pool {
 }
 
 /// A whole network, as data.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Config {
     pub preset: Preset,
     pub in_channels: i64,
@@ -128,7 +167,9 @@ pub struct Config {
     pub adaptive_pool: Option<i64>,
     pub fcs: Vec<FcLayer>,
     pub dropout: f64,
+    pub activation: Activation,
     /// Which convolution implementation runs the conv layers (not part of the architecture).
+    #[serde(skip)]
     pub conv_backend: ConvBackend,
 }
 
@@ -203,6 +244,7 @@ impl Config {
                     fc("fc8", num_classes, true, n(0.01, 0.0)),
                 ],
                 dropout: 0.5,
+                activation: Activation::Relu,
                 conv_backend: ConvBackend::default(),
             },
             // torchvision's keys verbatim: features.{0,3,6,8,10}, classifier.{1,4,6}.
@@ -237,6 +279,7 @@ impl Config {
                         fc("classifier.6", num_classes, false, d),
                     ],
                     dropout: 0.5,
+                    activation: Activation::Relu,
                     conv_backend: ConvBackend::default(),
                 }
             }
@@ -271,8 +314,40 @@ impl Config {
                     fc("fc8", num_classes, true, n(0.01, 0.0)),
                 ],
                 dropout: 0.5,
+                activation: Activation::Relu,
                 conv_backend: ConvBackend::default(),
             },
+            // layers-18pct.cfg: conv 32-32-64, 5x5 pad 2, each followed by a 3x3/2 pool, then the
+            // classifier. PyTorch's default init and no dropout ("no regularization of any kind").
+            Preset::Cnn4 => {
+                let d = Init::TorchDefault;
+                Config {
+                    preset,
+                    in_channels: 3,
+                    input_size: 32,
+                    convs: vec![
+                        pooled(conv("conv1", 32, 5, 1, 2, 1, d)),
+                        pooled(conv("conv2", 32, 5, 1, 2, 1, d)),
+                        pooled(conv("conv3", 64, 5, 1, 2, 1, d)),
+                    ],
+                    lrn: LrnParams {
+                        size: 5,
+                        alpha: 1e-4,
+                        beta: 0.75,
+                        k: 1.0,
+                    },
+                    pool: Pool {
+                        kernel: 3,
+                        stride: 2,
+                        ceil_mode: false,
+                    },
+                    adaptive_pool: None,
+                    fcs: vec![fc("fc4", num_classes, false, d)],
+                    dropout: 0.0,
+                    activation: Activation::Relu,
+                    conv_backend: ConvBackend::default(),
+                }
+            }
         };
         Ok(cfg)
     }
@@ -311,7 +386,7 @@ impl Config {
             self.spatial_sizes(input)?;
             return Ok(side);
         }
-        Ok(*self.spatial_sizes(input)?.last().expect("five conv stages"))
+        Ok(*self.spatial_sizes(input)?.last().expect("a preset has conv stages"))
     }
 
     /// Spatial side after each conv stage (after its pool, if any), for a square input.

@@ -37,6 +37,18 @@ pub enum Error {
     File { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// Training produced a non-finite loss (the run stopped; earlier checkpoints are intact).
+    #[error(
+        "loss became {loss} at step {step} (epoch {epoch}): stopping; the last good checkpoint is in {} \
+         (try a lower --lr)",
+        checkpoints.display()
+    )]
+    Diverged {
+        loss: f64,
+        step: u64,
+        epoch: u64,
+        checkpoints: PathBuf,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

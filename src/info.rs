@@ -39,9 +39,10 @@ pub fn layer_table(cfg: &Config, input: i64) -> Result<Vec<LayerRow>> {
         rows.push(LayerRow {
             name: c.name.clone(),
             op: format!(
-                "conv {k}x{k}/{} pad {}{groups} +relu",
+                "conv {k}x{k}/{} pad {}{groups} +{}",
                 c.stride,
                 c.padding,
+                cfg.activation.name(),
                 k = c.kernel
             ),
             out_shape: vec![c.out_channels, out, out],
@@ -90,10 +91,14 @@ pub fn layer_table(cfg: &Config, input: i64) -> Result<Vec<LayerRow>> {
         } else {
             String::new()
         };
-        let relu = if i == last { "" } else { " +relu" };
+        let act = if i == last {
+            String::new()
+        } else {
+            format!(" +{}", cfg.activation.name())
+        };
         rows.push(LayerRow {
             name: f.name.clone(),
-            op: format!("{drop}fc {in_f}->{}{relu}", f.out_features),
+            op: format!("{drop}fc {in_f}->{}{act}", f.out_features),
             out_shape: vec![f.out_features],
             params: in_f * f.out_features + f.out_features,
             macs: in_f * f.out_features,
@@ -126,7 +131,12 @@ pub fn render(cfg: &Config, input: i64) -> Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "AlexNet preset `{}` ({} classes), input 3x{input}x{input}",
+        "{} preset `{}` ({} classes), input 3x{input}x{input}",
+        if cfg.preset == crate::Preset::Cnn4 {
+            "Fig. 1 CNN"
+        } else {
+            "AlexNet"
+        },
         cfg.preset,
         cfg.num_classes()
     );

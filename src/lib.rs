@@ -6,6 +6,7 @@ pub mod config;
 pub mod conv;
 pub mod data;
 pub mod error;
+pub mod experiment;
 pub mod image;
 pub mod info;
 pub mod metrics;
@@ -17,7 +18,7 @@ pub mod placement;
 mod python;
 pub mod train;
 
-pub use config::{Config, Preset};
+pub use config::{Activation, Config, Preset};
 pub use conv::ConvBackend;
 pub use error::{Error, Result};
 pub use model::{forward, init_params, Params};

@@ -12,6 +12,8 @@ pub struct StepRecord {
     pub epoch: u64,
     pub loss: f64,
     pub lr: f64,
+    /// Top-1 error of the step's batch, before the update.
+    pub train_error: f64,
     pub images_per_s: f64,
 }
 

@@ -5,7 +5,7 @@
 //! nothing: the caller owns the parameters (our trainer, or a Python module's `nn.Parameter`s),
 //! so the autograd graph links back to whichever side created them. Activations travel as one
 //! channel slice per device; on one device that is the ordinary network.
-use crate::config::{Config, ConvLayer, FcLayer, Init};
+use crate::config::{Activation, Config, ConvLayer, FcLayer, Init};
 use crate::conv::{self, ConvArgs};
 use crate::error::{Error, Result};
 use crate::ops;
@@ -263,7 +263,7 @@ fn forward_impl(cfg: &Config, params: &Params, x: &Tensor, train: bool, mut obse
     h.whole()
 }
 
-/// conv -> ReLU -> [LRN] -> [max pool], each device computing its half of the output channels.
+/// conv -> activation -> [LRN] -> [max pool], each device computing its half of the output channels.
 fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mut Observer) -> Result<Act> {
     let ws = params.shards(&format!("{}.weight", c.name))?;
     let bs = params.shards(&format!("{}.bias", c.name))?;
@@ -283,8 +283,7 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
             padding: c.padding,
             groups,
         };
-        // In place, as torchvision's ReLU(inplace=True): no second activation-sized allocation.
-        parts.push(conv::conv2d(cfg.conv_backend, &input, w, b, args)?.f_relu_()?);
+        parts.push(activate(cfg, conv::conv2d(cfg.conv_backend, &input, w, b, args)?)?);
     }
     let mut h = Act(parts);
     report(observe, &c.name, Stage::Conv, &h)?;
@@ -299,6 +298,15 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
         report(observe, &c.name, Stage::Pool, &h)?;
     }
     Ok(h)
+}
+
+/// The config's non-linearity, in place (as torchvision's ReLU(inplace=True): no second
+/// activation-sized allocation; tanh's backward reads its output, so in place is safe too).
+fn activate(cfg: &Config, mut h: Tensor) -> Result<Tensor> {
+    Ok(match cfg.activation {
+        Activation::Relu => h.f_relu_()?,
+        Activation::Tanh => h.f_tanh_()?,
+    })
 }
 
 /// LRN over channel slices: each slice borrows the `size/2` channels before it and the
@@ -336,7 +344,7 @@ fn lrn_sharded(cfg: &Config, h: &Act) -> Result<Act> {
     Ok(Act(out))
 }
 
-/// [dropout] -> linear -> [ReLU unless last]. Each device computes its slice of the outputs
+/// [dropout] -> linear -> [activation unless last]. Each device computes its slice of the outputs
 /// from the whole input; the last layer is whole on the first device.
 fn fc_stage(cfg: &Config, f: &FcLayer, params: &Params, x: Act, train: bool, last: bool) -> Result<Act> {
     let x = if f.dropout_before && train {
@@ -348,8 +356,8 @@ fn fc_stage(cfg: &Config, f: &FcLayer, params: &Params, x: Act, train: bool, las
     let bs = params.shards(&format!("{}.bias", f.name))?;
     let mut parts = Vec::with_capacity(ws.len());
     for (w, b) in ws.iter().zip(bs) {
-        let mut h = x.gather(w.device())?.f_linear(w, Some(b))?;
-        parts.push(if last { h } else { h.f_relu_()? });
+        let h = x.gather(w.device())?.f_linear(w, Some(b))?;
+        parts.push(if last { h } else { activate(cfg, h)? });
     }
     Ok(Act(parts))
 }

@@ -32,6 +32,7 @@ fn py_err(e: Error) -> PyErr {
         Error::File { .. } => "DataError",
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "MissingFileError",
         Error::Io { .. } => "AlexNetIOError",
+        Error::Diverged { .. } => "DivergedError",
     };
     let message = e.to_string();
     Python::with_gil(|py| {
@@ -85,6 +86,14 @@ fn layer_table(
 fn info_text(preset: &str, input_size: Option<i64>, num_classes: i64) -> PyResult<String> {
     let cfg = config(preset, num_classes)?;
     info::render(&cfg, input_size.unwrap_or(cfg.input_size)).map_err(py_err)
+}
+
+/// The preset's network as data (JSON of `Config`: conv and FC layers, LRN, pooling), for
+/// code that rebuilds the graph elsewhere (the ONNX export).
+#[pyfunction]
+#[pyo3(signature = (preset, num_classes=1000))]
+fn architecture(preset: &str, num_classes: i64) -> PyResult<String> {
+    Ok(serde_json::to_string(&config(preset, num_classes)?).expect("plain data"))
 }
 
 /// Every parameter's (name, shape), in network order.
@@ -175,6 +184,7 @@ fn transform_views(
         crop,
         view,
         pca: None,
+        scale: 1.0,
         normalize,
     };
     let mut out = vec![0f32; tf.view_len() * view.count()];
@@ -451,7 +461,7 @@ fn save_checkpoint(
     input_size: Option<u32>,
 ) -> PyResult<std::path::PathBuf> {
     let p = preset.parse::<Preset>().map_err(py_err)?;
-    let size = input_size.unwrap_or(if p == Preset::Caffe { 227 } else { 224 });
+    let size = input_size.unwrap_or(Config::preset(p, 1).map_err(py_err)?.input_size as u32);
     let weights: BTreeMap<String, tch::Tensor> = params.into_iter().map(|(k, v)| (k, v.0)).collect();
     crate::checkpoint::save_weights(&out, p, size, &weights, classes).map_err(py_err)
 }
@@ -485,6 +495,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(layer_table, m)?)?;
     m.add_function(wrap_pyfunction!(info_text, m)?)?;
     m.add_function(wrap_pyfunction!(param_shapes, m)?)?;
+    m.add_function(wrap_pyfunction!(architecture, m)?)?;
     m.add_function(wrap_pyfunction!(forward, m)?)?;
     m.add_function(wrap_pyfunction!(load_image, m)?)?;
     m.add_function(wrap_pyfunction!(placement_table, m)?)?;

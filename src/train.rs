@@ -3,7 +3,7 @@
 //! and PNG curves. The default data is Fashion-MNIST from Debian's package (greyscale repeated to
 //! three channels, resized to the input size).
 use crate::checkpoint::{self, TrainState, FORMAT};
-use crate::config::{Config, Preset};
+use crate::config::{Activation, Config, Init, Preset};
 use crate::conv::ConvBackend;
 use crate::data::rng::Rng;
 use crate::data::{Dataset, Loader, LoaderConfig, OnBadImage, Split, Transform, View};
@@ -58,6 +58,17 @@ pub struct TrainConfig {
     pub bf16: bool,
     /// Inputs and conv weights in the channels_last memory format.
     pub channels_last: bool,
+    /// Ablations (`alexnet experiment`): the non-linearity of every layer.
+    pub activation: Activation,
+    /// false: leave out the preset's LRN layers.
+    pub lrn: bool,
+    /// Max-pool window instead of the preset's 3 (stride stays 2: 2 = non-overlapping pooling).
+    pub pool_kernel: Option<i64>,
+    /// Dropout probability instead of the preset's (0 = off).
+    pub dropout: Option<f64>,
+    /// PyTorch's default init for every layer instead of the preset's (the paper's N(0, 0.01)
+    /// stalls for epochs at small scale).
+    pub torch_init: bool,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +101,11 @@ impl Default for TrainConfig {
             stats: None,
             bf16: false,
             channels_last: false,
+            activation: Activation::Relu,
+            lrn: true,
+            pool_kernel: None,
+            dropout: None,
+            torch_init: false,
         }
     }
 }
@@ -103,10 +119,32 @@ impl TrainConfig {
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
+    /// The preset's network with the run's ablations, its head sized for the run's input.
     pub fn model_config(&self, classes: i64) -> Result<Config> {
         let mut cfg = Config::preset(self.preset.parse::<Preset>()?, classes)?;
         cfg.conv_backend = self.conv_backend.parse::<ConvBackend>()?;
-        cfg.spatial_sizes(i64::from(self.input_size))?;
+        cfg.input_size = i64::from(self.input_size);
+        cfg.activation = self.activation;
+        if !self.lrn {
+            cfg.convs.iter_mut().for_each(|c| c.lrn = false);
+        }
+        if self.torch_init {
+            cfg.convs.iter_mut().for_each(|c| c.init = Init::TorchDefault);
+            cfg.fcs.iter_mut().for_each(|f| f.init = Init::TorchDefault);
+        }
+        if let Some(k) = self.pool_kernel {
+            if k < 1 {
+                return Err(Error::Config(format!("pool_kernel must be >= 1, got {k}")));
+            }
+            cfg.pool.kernel = k;
+        }
+        if let Some(p) = self.dropout {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::Config(format!("dropout must be in [0, 1), got {p}")));
+            }
+            cfg.dropout = p;
+        }
+        cfg.spatial_sizes(cfg.input_size)?;
         Ok(cfg)
     }
 
@@ -354,25 +392,28 @@ pub fn train(
                 b.images
             };
             let cuda = matches!(x.device(), tch::Device::Cuda(_));
-            let step = || -> Result<Tensor> {
+            let step = || -> Result<(Tensor, Tensor)> {
                 let logits = model::forward(&cfg, &params, &x, true)?;
                 let y = b.labels.to_device(logits.device());
-                Ok(logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?)
+                let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?;
+                // The batch's error under the weights before this update (dropout on): the
+                // paper's "training error rate" (Fig. 1).
+                let wrong = logits.f_argmax(-1, false)?.f_ne_tensor(&y)?.f_sum(Kind::Int64)?;
+                Ok((loss, wrong))
             };
-            let loss = if tc.bf16 {
+            let (loss, wrong) = if tc.bf16 {
                 crate::ops::autocast_bf16(cuda, step)?
             } else {
                 step()?
             };
             let lv = loss.double_value(&[]);
             if !lv.is_finite() {
-                return Err(Error::Config(format!(
-                    "loss became {lv} at step {} (epoch {}): stopping; the last good checkpoint is in {} \
-                     (try a lower --lr)",
-                    state.step,
-                    state.epoch,
-                    tc.out.join("checkpoints").display()
-                )));
+                return Err(Error::Diverged {
+                    loss: lv,
+                    step: state.step,
+                    epoch: state.epoch,
+                    checkpoints: tc.out.join("checkpoints"),
+                });
             }
             loss.f_backward()?;
             sgd.step(&params, lr)?;
@@ -386,6 +427,7 @@ pub fn train(
                 epoch: state.epoch,
                 loss: lv,
                 lr,
+                train_error: wrong.int64_value(&[]) as f64 / b.labels.size()[0] as f64,
                 images_per_s: b.labels.size()[0] as f64 / t0.elapsed().as_secs_f64(),
             };
             metrics.step(&rec)?;
@@ -393,9 +435,9 @@ pub fn train(
             let out_of_time = tc.time_budget_s.is_some_and(|s| started.elapsed().as_secs_f64() >= s);
             let out_of_steps = tc.max_steps.is_some_and(|m| steps_here >= m);
             if out_of_time || out_of_steps || stop() {
-                save(&state, &params, &sgd, on_event)?;
                 if out_of_time {
                     last_eval = evaluate(&cfg, &params, &test_loader)?;
+                    note_best(&mut state, &last_eval);
                     let top1 = last_eval.top1;
                     epoch_end(
                         &metrics,
@@ -407,6 +449,7 @@ pub fn train(
                     )?;
                     eprintln!("time budget reached after {} steps: top-1 {top1:.4}", state.step);
                 }
+                save(&state, &params, &sgd, on_event)?;
                 break 'epochs;
             }
             if tc.checkpoint_every > 0 && state.step % tc.checkpoint_every == 0 {
@@ -417,10 +460,7 @@ pub fn train(
         state.batch_in_epoch = 0;
         if state.epoch % tc.eval_every.max(1) == 0 || state.epoch == tc.epochs {
             last_eval = evaluate(&cfg, &params, &test_loader)?;
-            if state.best_top1.is_none_or(|b| last_eval.top1 > b) {
-                state.best_top1 = Some(last_eval.top1);
-                state.best_step = Some(state.step);
-            }
+            note_best(&mut state, &last_eval);
             if state.schedule.end_epoch(Some(1.0 - last_eval.top1)) {
                 eprintln!("validation error plateaued: lr -> {:e}", state.schedule.lr);
             }
@@ -447,6 +487,14 @@ pub fn train(
     }
     metrics.plot()?;
     Ok(last_eval)
+}
+
+/// Marks the current step as the best if its evaluation beats every earlier one.
+fn note_best(state: &mut TrainState, e: &EvalResult) {
+    if state.best_top1.is_none_or(|b| e.top1 > b) {
+        state.best_top1 = Some(e.top1);
+        state.best_step = Some(state.step);
+    }
 }
 
 /// Tells which of the caller's non-default settings a resumed run does not take.

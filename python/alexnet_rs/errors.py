@@ -34,6 +34,10 @@ class AlexNetIOError(AlexNetError, OSError):
     """Any other I/O failure."""
 
 
+class DivergedError(AlexNetError, FloatingPointError):
+    """Training stopped on a non-finite loss (the last good checkpoint is kept)."""
+
+
 __all__ = [
     "AlexNetError",
     "ConfigError",
@@ -43,4 +47,5 @@ __all__ = [
     "DataError",
     "MissingFileError",
     "AlexNetIOError",
+    "DivergedError",
 ]

@@ -2,11 +2,12 @@
 use alexnet_rs::data::rng::Rng;
 use alexnet_rs::data::stats::Stats;
 use alexnet_rs::data::{Dataset, Loader, LoaderConfig, Split, Transform, View};
+use alexnet_rs::experiment::{self, Experiment};
 use alexnet_rs::image::load_rgb;
 use alexnet_rs::optim::{ScheduleKind, UpdateRule};
 use alexnet_rs::placement::Placement;
 use alexnet_rs::train::{self, Event, TrainConfig};
-use alexnet_rs::{info, model, Config, ConvBackend, Error, Preset, Result};
+use alexnet_rs::{info, model, Activation, Config, ConvBackend, Error, Preset, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,9 +52,39 @@ enum Command {
     Predict(PredictArgs),
     /// Print which device holds each parameter shard under a placement.
     Placement(PlacementArgs),
+    /// The paper's ablations at small scale on Fashion-MNIST: relu-vs-tanh (Fig. 1, a four-layer
+    /// CNN), lrn, overlap-pool, dropout (the paper network at 63x63); each arm over several seeds.
+    /// Writes a run folder per arm and seed and a summary table (<out>/<experiment>.md).
+    Experiment(Box<ExperimentArgs>),
     /// Throughput benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct ExperimentArgs {
+    #[arg(value_parser = PossibleValuesParser::new(Experiment::ALL.map(Experiment::name))
+        .map(|s| s.parse::<Experiment>().expect("listed experiment")))]
+    experiment: Experiment,
+    /// Seeds per arm (seed, seed+1, ...).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// relu-vs-tanh: learning rates tried for each activation (the best is compared)
+    /// [default: 0.01,0.03,0.1].
+    #[arg(long, value_delimiter = ',')]
+    lrs: Vec<f64>,
+    /// relu-vs-tanh: the training errors to time (the paper's 25 %, and a stricter one for an
+    /// easier dataset).
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.15")]
+    target_errors: Vec<f64>,
+    /// Training settings; unset ones take the experiment's defaults (relu-vs-tanh: cnn4 at 28x28,
+    /// 4 epochs, no weight decay; the others: paper at 63x63 with PyTorch init, 10k images, 5 epochs; batch 128,
+    /// constant lr; --out runs/experiments).
+    #[command(
+        flatten,
+        next_help_heading = "Training settings (unset: the experiment's defaults, not the [default]s below)"
+    )]
+    train: TrainArgs,
 }
 
 #[derive(Args)]
@@ -148,14 +179,34 @@ struct TrainArgs {
     /// Inputs and conv weights in the channels_last memory format.
     #[arg(long)]
     channels_last: bool,
+    /// Ablation: the non-linearity, relu or tanh [default: relu].
+    #[arg(long)]
+    activation: Option<Activation>,
+    /// Ablation: leave out the preset's LRN layers.
+    #[arg(long)]
+    no_lrn: bool,
+    /// Ablation: max-pool window (stride stays 2; 2 = non-overlapping) [default: the preset's 3].
+    #[arg(long)]
+    pool_kernel: Option<i64>,
+    /// Ablation: dropout probability (0 = off) [default: the preset's 0.5].
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// PyTorch's default init for every layer instead of the preset's.
+    #[arg(long)]
+    torch_init: bool,
 }
 
 impl TrainArgs {
     /// The TOML file (if any) with the flags laid over it.
     fn train_config(&self) -> Result<TrainConfig> {
+        self.over(TrainConfig::default())
+    }
+
+    /// The TOML file if any, else `base`, with the flags laid over it.
+    fn over(&self, base: TrainConfig) -> Result<TrainConfig> {
         let mut t = match &self.config {
             Some(p) => TrainConfig::from_toml(p)?,
-            None => TrainConfig::default(),
+            None => base,
         };
         macro_rules! set {
             ($($f:ident),*) => { $(if let Some(v) = self.$f.clone() { t.$f = v; })* };
@@ -177,7 +228,8 @@ impl TrainArgs {
             checkpoint_every,
             keep,
             eval_every,
-            threads
+            threads,
+            activation
         );
         if let Some(p) = self.preset {
             t.preset = p.name().into();
@@ -192,6 +244,9 @@ impl TrainArgs {
         t.ten_crop_eval |= self.ten_crop_eval;
         t.bf16 |= self.bf16;
         t.channels_last |= self.channels_last;
+        t.lrn &= !self.no_lrn;
+        t.torch_init |= self.torch_init;
+        (t.pool_kernel, t.dropout) = (self.pool_kernel.or(t.pool_kernel), self.dropout.or(t.dropout));
         Ok(t)
     }
 }
@@ -355,12 +410,14 @@ impl PresetArgs {
         if size < 1 {
             return Err(Error::Config(format!("--input-size must be positive, got {size}")));
         }
+        // A head without adaptive pooling is sized for the input (as `alexnet train` does).
+        cfg.input_size = size;
         Ok((cfg, size))
     }
 }
 
 fn preset_parser() -> impl TypedValueParser<Value = Preset> {
-    PossibleValuesParser::new(Preset::ALL.map(Preset::name)).map(|s| s.parse().expect("listed preset"))
+    PossibleValuesParser::new(Preset::CHOICES.map(Preset::name)).map(|s| s.parse().expect("listed preset"))
 }
 
 fn backend_parser() -> impl TypedValueParser<Value = ConvBackend> {
@@ -406,6 +463,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => run_eval(&a),
         Command::Predict(a) => run_predict(&a),
         Command::Placement(a) => run_placement(&a),
+        Command::Experiment(a) => run_experiment(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -654,6 +712,25 @@ fn run_train(a: &TrainArgs) -> Result<()> {
         result.samples,
         out.display()
     );
+    Ok(())
+}
+
+fn run_experiment(a: &ExperimentArgs) -> Result<()> {
+    if a.train.resume.is_some() {
+        return Err(Error::Config(
+            "--resume does not apply to experiments: rerunning the same command reuses finished runs".into(),
+        ));
+    }
+    let exp = a.experiment;
+    let tc = a.train.over(exp.defaults())?;
+    let lrs = if a.lrs.is_empty() && a.train.lr.is_none() {
+        exp.default_lrs()
+    } else {
+        a.lrs.clone()
+    };
+    let summary = experiment::run(exp, &tc, a.seeds, &lrs, &a.target_errors)?;
+    println!("{}", summary.markdown);
+    println!("summary: {}", tc.out.join(format!("{}.md", exp.name())).display());
     Ok(())
 }
 

@@ -67,6 +67,7 @@ impl Stats {
             crop: side,
             view: View::Center,
             pca: None,
+            scale: 1.0,
             normalize: Normalize::MeanStd {
                 mean: [0.0; 3],
                 std: [1.0; 3],

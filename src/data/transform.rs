@@ -81,6 +81,10 @@ pub struct Transform {
     pub view: View,
     pub pca: Option<Pca>,
     pub normalize: Normalize,
+    /// Multiplies the normalised values: 255 for `paper` and `caffe`, whose N(0, 0.01) init was
+    /// made for raw 0-255 pixel values minus the mean (cuda-convnet, Caffe); 1 for torchvision's
+    /// [0, 1] mean/std convention.
+    pub scale: f32,
 }
 
 /// Resizes so the shorter side is `side` (bilinear with antialiasing, as PIL/torchvision).
@@ -195,15 +199,16 @@ impl Transform {
                 let o = row * c + col;
                 for ch in 0..3 {
                     let v = f32::from(px[ch]) / 255.0 + offset[ch];
-                    out[ch * plane + o] = match &self.normalize {
-                        Normalize::MeanStd { mean, std } => (v - mean[ch]) / std[ch],
-                        Normalize::MeanImage { side, mean } => {
-                            // The mean image is over the square centre crop; mirror with the crop.
-                            let s = *side as usize;
-                            let (my, mx) = ((y as usize + row).min(s - 1), (x as usize + sc).min(s - 1));
-                            v - mean[(ch * s + my) * s + mx]
-                        }
-                    };
+                    out[ch * plane + o] = self.scale
+                        * match &self.normalize {
+                            Normalize::MeanStd { mean, std } => (v - mean[ch]) / std[ch],
+                            Normalize::MeanImage { side, mean } => {
+                                // The mean image is over the square centre crop; mirror with the crop.
+                                let s = *side as usize;
+                                let (my, mx) = ((y as usize + row).min(s - 1), (x as usize + sc).min(s - 1));
+                                v - mean[(ch * s + my) * s + mx]
+                            }
+                        };
                 }
             }
         }
@@ -214,7 +219,8 @@ impl Transform {
     /// The recipe of each preset: `paper` resizes, centre-crops a square and subtracts the
     /// per-pixel mean image (from `stats`, else ImageNet's channel means) with PCA colour noise in
     /// training; `torchvision` and `caffe` keep the aspect ratio and normalise by ImageNet's
-    /// channel mean/std (torchvision) or subtract the channel means (caffe).
+    /// channel mean/std (torchvision) or subtract the channel means (caffe). `paper` and `caffe`
+    /// see 0-255 values minus the mean, as their recipes (and their inits) assume.
     pub fn for_preset(
         preset: crate::Preset,
         crop: u32,
@@ -250,6 +256,11 @@ impl Transform {
             view,
             pca,
             normalize,
+            scale: if matches!(preset, Preset::Paper | Preset::Caffe) {
+                255.0
+            } else {
+                1.0
+            },
         }
     }
 }

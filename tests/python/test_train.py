@@ -77,3 +77,20 @@ except KeyboardInterrupt as e:
     assert "interrupted: training stopped after a checkpoint" in r.stdout
     ckpts = sorted((tmp_path / "checkpoints").glob("ckpt-*"))
     assert ckpts and ckpts[-1].name == "ckpt-000000002"
+
+
+def test_a_diverging_run_raises_diverged_error(tmp_path):
+    cfg = dict(small(tmp_path), preset="cnn4", input_size=28, lr=1e30, limit_train=320, checkpoint_every=1)
+    with pytest.raises(alexnet_rs.DivergedError, match="try a lower --lr") as e:
+        alexnet_rs.train(cfg)
+    assert isinstance(e.value, FloatingPointError)
+    # The last good step's checkpoint is there and loads.
+    assert sorted((tmp_path / "checkpoints").glob("ckpt-*"))
+
+
+def test_step_records_carry_the_batch_training_error(tmp_path):
+    seen = []
+    alexnet_rs.train(dict(small(tmp_path), preset="cnn4", input_size=28, activation="tanh", limit_train=64),
+                     on_step=seen.append)
+    steps = [d for d in seen if "train_error" in d]
+    assert len(steps) == 2 and all(0.0 <= d["train_error"] <= 1.0 for d in steps)

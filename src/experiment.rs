@@ -1,0 +1,472 @@
+//! `alexnet experiment`: the paper's ablations at small scale, on Fashion-MNIST as a stated
+//! stand-in for CIFAR-10 (Fig. 1) and ImageNet (the LRN, pooling and dropout claims of sections
+//! 3.3, 3.4 and 4.2).
+//!
+//! Every arm x seed is an ordinary training run with its own folder (metrics, curves) and a
+//! `result.json`; a rerun reuses the runs whose `result.json` holds the same settings, so an
+//! interrupted experiment continues, and the three AlexNet ablations share their baseline runs
+//! (the unchanged preset) when they write under the same root.
+use crate::config::Activation;
+use crate::error::{Error, Result};
+use crate::train::{self, Event, TrainConfig};
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Batches averaged for the training error of Fig. 1 (1280 images at batch 128).
+pub const ERROR_WINDOW: usize = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Experiment {
+    /// Fig. 1: steps of a four-layer CNN to 25 % training error, ReLU versus tanh.
+    ReluVsTanh,
+    /// Section 3.3: LRN on versus off.
+    Lrn,
+    /// Section 3.4: overlapping 3x3/2 max pooling versus non-overlapping 2x2/2.
+    OverlapPool,
+    /// Section 4.2: dropout 0.5 on versus off.
+    Dropout,
+}
+
+impl Experiment {
+    pub const ALL: [Experiment; 4] = [
+        Experiment::ReluVsTanh,
+        Experiment::Lrn,
+        Experiment::OverlapPool,
+        Experiment::Dropout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Experiment::ReluVsTanh => "relu-vs-tanh",
+            Experiment::Lrn => "lrn",
+            Experiment::OverlapPool => "overlap-pool",
+            Experiment::Dropout => "dropout",
+        }
+    }
+
+    /// What the paper reports, for the summary.
+    pub fn paper_claim(self) -> &'static str {
+        match self {
+            Experiment::ReluVsTanh => "ReLU reaches 25 % training error on CIFAR-10 ~6x faster than tanh (Fig. 1)",
+            Experiment::Lrn => "LRN lowers ImageNet top-1/top-5 error by 1.4/1.2 points (section 3.3)",
+            Experiment::OverlapPool => {
+                "overlapping pooling lowers ImageNet top-1/top-5 error by 0.4/0.3 points (section 3.4)"
+            }
+            Experiment::Dropout => {
+                "without dropout the network overfits substantially; dropout roughly doubles the \
+                 iterations to converge (section 4.2, no number given)"
+            }
+        }
+    }
+
+    /// The settings the experiment starts from; the caller's flags are laid over them.
+    pub fn defaults(self) -> TrainConfig {
+        let base = TrainConfig {
+            batch_size: 128,
+            schedule: crate::optim::ScheduleKind::Constant,
+            keep: 1,
+            out: PathBuf::from("runs/experiments"),
+            ..TrainConfig::default()
+        };
+        match self {
+            // "No regularization of any kind"; the learning rate is swept per arm (Experiment::lrs).
+            Experiment::ReluVsTanh => TrainConfig {
+                preset: "cnn4".into(),
+                input_size: 28,
+                epochs: 4,
+                weight_decay: 0.0,
+                ..base
+            },
+            // The paper's network at 63x63 (every stage keeps pixels: 15 -> 7 -> 3 -> 1) on a
+            // 10k-image subset, about 1.5 minutes per run on two CPU cores. PyTorch's default init:
+            // the paper's N(0, 0.01) does not leave chance level within such a run.
+            _ => TrainConfig {
+                preset: "paper".into(),
+                input_size: 63,
+                epochs: 5,
+                limit_train: Some(10_000),
+                eval_every: 5,
+                torch_init: true,
+                ..base
+            },
+        }
+    }
+
+    /// The learning rates swept for each arm of Fig. 1 (the paper picked each network's best).
+    pub fn default_lrs(self) -> Vec<f64> {
+        match self {
+            Experiment::ReluVsTanh => vec![0.01, 0.03, 0.1],
+            _ => vec![],
+        }
+    }
+
+    /// The two arms, the paper's choice first: (label, settings).
+    pub fn arms(self, base: &TrainConfig) -> [(&'static str, TrainConfig); 2] {
+        let with = |f: &dyn Fn(&mut TrainConfig)| {
+            let mut t = base.clone();
+            f(&mut t);
+            t
+        };
+        match self {
+            Experiment::ReluVsTanh => [
+                ("relu", with(&|t| t.activation = Activation::Relu)),
+                ("tanh", with(&|t| t.activation = Activation::Tanh)),
+            ],
+            Experiment::Lrn => [
+                ("with LRN", with(&|t| t.lrn = true)),
+                ("without LRN", with(&|t| t.lrn = false)),
+            ],
+            Experiment::OverlapPool => [
+                ("3x3/2 (overlapping)", with(&|t| t.pool_kernel = None)),
+                ("2x2/2", with(&|t| t.pool_kernel = Some(2))),
+            ],
+            Experiment::Dropout => [
+                ("dropout 0.5", with(&|t| t.dropout = None)),
+                ("no dropout", with(&|t| t.dropout = Some(0.0))),
+            ],
+        }
+    }
+}
+
+impl std::str::FromStr for Experiment {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Experiment::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown experiment `{s}` (choose one of: relu-vs-tanh, lrn, overlap-pool, dropout)"
+            ))
+        })
+    }
+}
+
+/// One finished run, as saved in its folder's `result.json`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RunResult {
+    pub config: TrainConfig,
+    /// Test errors at the end (None: the run diverged, which only Fig. 1's sweeps tolerate).
+    pub test_top1_error: Option<f64>,
+    pub test_top5_error: Option<f64>,
+    /// Fig. 1 only: the training errors to reach, and for each the first step at which the mean
+    /// training error of the last [`ERROR_WINDOW`] batches was at or below it (None: not within
+    /// the run).
+    pub targets: Vec<f64>,
+    pub steps_to_target: Vec<Option<u64>>,
+    pub steps: u64,
+    pub seconds: f64,
+}
+
+/// The arm's runs at one learning rate.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ArmResult {
+    pub label: String,
+    pub lr: f64,
+    pub runs: Vec<RunResult>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub experiment: String,
+    pub paper: String,
+    pub target_errors: Vec<f64>,
+    /// Every arm x learning rate that ran.
+    pub arms: Vec<ArmResult>,
+    pub markdown: String,
+}
+
+/// The folder of one run: every setting that differs between arms, seeds and sweeps is in it.
+fn run_dir(root: &Path, t: &TrainConfig) -> PathBuf {
+    let act = t.activation.name();
+    let pool = t.pool_kernel.map_or("".into(), |k| format!("-pool{k}"));
+    let drop = t.dropout.map_or("".into(), |p| format!("-drop{p}"));
+    let lrn = if t.lrn { "" } else { "-nolrn" };
+    root.join(format!(
+        "{}-{}-{act}{lrn}{pool}{drop}-lr{}-seed{}",
+        t.preset, t.input_size, t.lr, t.seed
+    ))
+}
+
+/// Runs (or reuses) one training run. With `targets` (Fig. 1) it stops once the training error
+/// has reached all of them, and a diverging run counts as reaching none of the rest.
+fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
+    let result_path = t.out.join("result.json");
+    if let Ok(text) = std::fs::read_to_string(&result_path) {
+        if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
+            if &r.config == t && r.targets == targets {
+                eprintln!("  reusing {}", result_path.display());
+                return Ok(r);
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let reached: Vec<Cell<Option<u64>>> = targets.iter().map(|_| Cell::new(None)).collect();
+    let mut window = VecDeque::with_capacity(ERROR_WINDOW);
+    let mut steps = 0;
+    let mut on_event = |e: &Event| {
+        if let Event::Step(r) = e {
+            steps = r.step;
+            if window.len() == ERROR_WINDOW {
+                window.pop_front();
+            }
+            window.push_back(r.train_error);
+            let mean = window.iter().sum::<f64>() / window.len() as f64;
+            if r.step % 100 == 0 {
+                eprintln!(
+                    "  step {}: loss {:.4}, training error {mean:.4} (last {} batches), {:.0} img/s",
+                    r.step,
+                    r.loss,
+                    window.len(),
+                    r.images_per_s
+                );
+            }
+            for (goal, at) in targets.iter().zip(&reached) {
+                if window.len() == ERROR_WINDOW && mean <= *goal && at.get().is_none() {
+                    at.set(Some(r.step));
+                }
+            }
+        }
+    };
+    // A fresh run: an unfinished earlier attempt's metrics would mix into this one's.
+    if t.out.exists() {
+        std::fs::remove_dir_all(&t.out).map_err(|source| Error::Io {
+            path: t.out.clone(),
+            source,
+        })?;
+    }
+    let all_reached = || !targets.is_empty() && reached.iter().all(|c| c.get().is_some());
+    let eval = match train::train(t, None, &mut on_event, &all_reached) {
+        Ok(e) => Some(e),
+        Err(e @ Error::Diverged { .. }) if !targets.is_empty() => {
+            eprintln!("  {e}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let r = RunResult {
+        config: t.clone(),
+        test_top1_error: eval.map(|e| 1.0 - e.top1),
+        test_top5_error: eval.map(|e| 1.0 - e.top5),
+        targets: targets.to_vec(),
+        steps_to_target: reached.iter().map(Cell::get).collect(),
+        steps,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    // The experiment keeps numbers, not weights: checkpoints of the paper network are ~160 MB.
+    let ckpts = t.out.join("checkpoints");
+    if ckpts.exists() {
+        std::fs::remove_dir_all(&ckpts).map_err(|source| Error::Io { path: ckpts, source })?;
+    }
+    let json = serde_json::to_string_pretty(&r).expect("plain record");
+    std::fs::write(&result_path, json).map_err(|source| Error::Io {
+        path: result_path,
+        source,
+    })?;
+    Ok(r)
+}
+
+/// Runs every arm x learning rate x seed of `exp` from the settings `base` (its `out` is the
+/// root folder) and writes `<root>/<experiment>.md` and `.json`. `target_errors`: the training
+/// errors Fig. 1 times (the other experiments ignore them).
+pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_errors: &[f64]) -> Result<Summary> {
+    if seeds == 0 {
+        return Err(Error::Config("--seeds must be >= 1".into()));
+    }
+    let targets = if exp == Experiment::ReluVsTanh {
+        if target_errors.is_empty() || target_errors.iter().any(|t| !(0.0..1.0).contains(t)) {
+            return Err(Error::Config(format!(
+                "--target-errors must be fractions in [0, 1), got {target_errors:?}"
+            )));
+        }
+        target_errors.to_vec()
+    } else {
+        vec![]
+    };
+    let lrs = if lrs.is_empty() { vec![base.lr] } else { lrs.to_vec() };
+    let root = base.out.clone();
+    let total = 2 * lrs.len() as u64 * seeds;
+    let mut done = 0;
+    let mut arms = Vec::new();
+    for (label, arm) in exp.arms(base) {
+        for &lr in &lrs {
+            let mut runs = Vec::new();
+            for k in 0..seeds {
+                let mut t = arm.clone();
+                (t.lr, t.seed) = (lr, base.seed + k);
+                t.out = run_dir(&root, &t);
+                done += 1;
+                eprintln!(
+                    "[{done}/{total}] {}: {label}, lr {lr}, seed {} -> {}",
+                    exp.name(),
+                    t.seed,
+                    t.out.display()
+                );
+                let r = run_one(&t, &targets)?;
+                let reached: Vec<String> = targets
+                    .iter()
+                    .zip(&r.steps_to_target)
+                    .map(|(g, s)| s.map_or(format!("{g} not reached"), |s| format!("{g} at step {s}")))
+                    .collect();
+                eprintln!(
+                    "  test top-1 error {}{} ({:.0} s)",
+                    r.test_top1_error.map_or("- (diverged)".into(), |e| format!("{e:.4}")),
+                    if reached.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; training error {}", reached.join(", "))
+                    },
+                    r.seconds
+                );
+                runs.push(r);
+            }
+            arms.push(ArmResult {
+                label: label.into(),
+                lr,
+                runs,
+            });
+        }
+    }
+    let markdown = if targets.is_empty() {
+        ablation_table(exp, &arms)
+    } else {
+        fig1_table(&arms, &targets)
+    };
+    let summary = Summary {
+        experiment: exp.name().into(),
+        paper: exp.paper_claim().into(),
+        target_errors: targets,
+        arms,
+        markdown,
+    };
+    for (ext, text) in [
+        ("md", summary.markdown.clone()),
+        ("json", serde_json::to_string_pretty(&summary).expect("plain record")),
+    ] {
+        let path = root.join(format!("{}.{ext}", exp.name()));
+        std::fs::write(&path, text).map_err(|source| Error::Io { path, source })?;
+    }
+    Ok(summary)
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn pct(xs: &[f64]) -> String {
+    let (m, s) = mean_std(xs);
+    format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * s)
+}
+
+/// Test errors of both arms and their per-seed (paired) difference, paper's choice minus the other.
+fn ablation_table(exp: Experiment, arms: &[ArmResult]) -> String {
+    // Every ablation run finished: only Fig. 1 tolerates a diverged run.
+    let top1 = |r: &RunResult| r.test_top1_error.unwrap_or(f64::NAN);
+    let top5 = |r: &RunResult| r.test_top5_error.unwrap_or(f64::NAN);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| {} | seeds | test top-1 error % | test top-5 error % |",
+        exp.name()
+    );
+    let _ = writeln!(s, "|---|---|---|---|");
+    for a in arms {
+        let e1: Vec<f64> = a.runs.iter().map(top1).collect();
+        let e5: Vec<f64> = a.runs.iter().map(top5).collect();
+        let _ = writeln!(s, "| {} | {} | {} | {} |", a.label, a.runs.len(), pct(&e1), pct(&e5));
+    }
+    let diff = |f: &dyn Fn(&RunResult) -> f64| -> Vec<f64> {
+        arms[0]
+            .runs
+            .iter()
+            .zip(&arms[1].runs)
+            .map(|(a, b)| f(a) - f(b))
+            .collect()
+    };
+    let _ = writeln!(
+        s,
+        "| Δ ({} − {}), paired by seed | {} | {} | {} |",
+        arms[0].label,
+        arms[1].label,
+        arms[0].runs.len(),
+        pct(&diff(&top1)),
+        pct(&diff(&top5))
+    );
+    let _ = writeln!(s, "\nPaper: {}.", exp.paper_claim());
+    s
+}
+
+/// Steps to each target training error per arm and learning rate, and the ratio tanh / ReLU at
+/// each arm's best learning rate (the paper tuned each network's rate for speed).
+fn fig1_table(arms: &[ArmResult], targets: &[f64]) -> String {
+    let mut s = String::new();
+    let heads: Vec<String> = targets
+        .iter()
+        .map(|g| format!("steps to {:.0} % (per seed) | mean", 100.0 * g))
+        .collect();
+    let _ = writeln!(s, "| activation | lr | {} | test top-1 error % |", heads.join(" | "));
+    let _ = writeln!(s, "|---|---|{}---|", "---|---|".repeat(targets.len()));
+    // Mean steps to target i over the seeds, if every seed reached it.
+    let mean_steps = |a: &ArmResult, i: usize| -> Option<f64> {
+        let steps: Option<Vec<f64>> = a.runs.iter().map(|r| r.steps_to_target[i].map(|x| x as f64)).collect();
+        steps.map(|v| mean_std(&v).0)
+    };
+    for a in arms {
+        let cols: Vec<String> = (0..targets.len())
+            .map(|i| {
+                let per: Vec<String> = a
+                    .runs
+                    .iter()
+                    .map(|r| match (r.steps_to_target[i], r.test_top1_error) {
+                        (Some(x), _) => x.to_string(),
+                        (None, Some(_)) => format!("> {}", r.steps),
+                        (None, None) => "diverged".into(),
+                    })
+                    .collect();
+                let mean = mean_steps(a, i).map_or("–".into(), |m| format!("{m:.0}"));
+                format!("{} | {mean}", per.join(", "))
+            })
+            .collect();
+        let e1: Vec<f64> = a.runs.iter().filter_map(|r| r.test_top1_error).collect();
+        let test = if e1.is_empty() { "diverged".into() } else { pct(&e1) };
+        let _ = writeln!(s, "| {} | {} | {} | {test} |", a.label, a.lr, cols.join(" | "));
+    }
+    let _ = writeln!(s);
+    for (i, g) in targets.iter().enumerate() {
+        let best = |label: &str| {
+            arms.iter()
+                .filter(|a| a.label == label)
+                .filter_map(|a| mean_steps(a, i).map(|m| (m, a.lr)))
+                .min_by(|x, y| x.0.total_cmp(&y.0))
+        };
+        let goal = format!("{:.0} % training error", 100.0 * g);
+        let line = match (best("relu"), best("tanh")) {
+            (Some((r, rl)), Some((t, tl))) => format!(
+                "{goal}: best rates relu {rl} ({r:.0} steps), tanh {tl} ({t:.0} steps): \
+                 tanh needs {:.2}x the steps of ReLU.",
+                t / r
+            ),
+            (Some((r, rl)), None) => {
+                format!("{goal}: relu at lr {rl} in {r:.0} steps; tanh did not reach it on every seed at any rate.")
+            }
+            (None, Some((t, tl))) => {
+                format!("{goal}: tanh at lr {tl} in {t:.0} steps; relu did not reach it on every seed at any rate.")
+            }
+            (None, None) => format!("{goal}: neither reached it on every seed at any rate."),
+        };
+        let _ = writeln!(s, "- {line}");
+    }
+    let _ = writeln!(
+        s,
+        "\nTraining error = mean top-1 error of the last {ERROR_WINDOW} batches, each measured before its update."
+    );
+    let _ = writeln!(s, "\nPaper: {}.", Experiment::ReluVsTanh.paper_claim());
+    s
+}

@@ -1,0 +1,290 @@
+//! Ablation switches and `alexnet experiment`: the Fig. 1 network against a hand-written tch
+//! composition, each switch's effect on the network, the 0-255 input scale of paper/caffe, the
+//! non-finite-loss guard, and the experiment runner (early stop at the target, reuse of finished
+//! runs, summaries).
+use alexnet_rs::config::{Activation, Init};
+use alexnet_rs::data::rng::Rng;
+use alexnet_rs::data::{Transform, View};
+use alexnet_rs::experiment::{self, Experiment, ERROR_WINDOW};
+use alexnet_rs::image::{IMAGENET_MEAN, IMAGENET_STD};
+use alexnet_rs::placement::Placement;
+use alexnet_rs::train::{train, TrainConfig};
+use alexnet_rs::{checkpoint, model, Config, Error, Preset};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// Tests here seed torch's global generator: run them one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn have_data() -> bool {
+    let ok = Path::new(alexnet_rs::data::source::FASHION_MNIST_DIR).is_dir();
+    if !ok {
+        eprintln!("dataset-fashion-mnist is not installed: skipped");
+    }
+    ok
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("alexnet-exp-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn cnn4_forward_equals_a_stock_composition_with_relu_and_tanh() {
+    let _g = serial();
+    for act in [Activation::Relu, Activation::Tanh] {
+        let mut cfg = Config::preset(Preset::Cnn4, 10).unwrap();
+        (cfg.activation, cfg.input_size) = (act, 28);
+        tch::manual_seed(1);
+        let params = model::init_params(&cfg, &Placement::parse("cpu").unwrap()).unwrap();
+        let x = Tensor::randn([3, 3, 28, 28], (Kind::Float, tch::Device::Cpu));
+        let ours = model::forward(&cfg, &params, &x, false).unwrap();
+        let p = |n: &str| params.get(n).unwrap().shallow_clone();
+        let f = |t: Tensor| if act == Activation::Relu { t.relu() } else { t.tanh() };
+        let mut h = x.shallow_clone();
+        for c in ["conv1", "conv2", "conv3"] {
+            let w = p(&format!("{c}.weight"));
+            let b = p(&format!("{c}.bias"));
+            h = f(h.conv2d(&w, Some(&b), [1, 1], [2, 2], [1, 1], 1)).max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false);
+        }
+        // 28 -> 13 -> 6 -> 2: the head is sized for the input.
+        assert_eq!(h.size(), [3, 64, 2, 2]);
+        let reference = h.flatten(1, -1).linear(&p("fc4.weight"), Some(&p("fc4.bias")));
+        let diff = (&ours - &reference).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "{act:?}: max |ours - reference| = {diff}");
+    }
+}
+
+#[test]
+fn ablation_switches_change_exactly_what_they_name() {
+    let _g = serial();
+    let base = TrainConfig {
+        preset: "paper".into(),
+        input_size: 63,
+        ..TrainConfig::default()
+    };
+    let plain = base.model_config(10).unwrap();
+    assert_eq!(plain.convs.iter().filter(|c| c.lrn).count(), 2);
+    // The head follows the input: 63 -> 15 -> 7 -> 3 -> 3 -> 1, so fc6 reads 256 features.
+    assert_eq!(
+        plain.param_shapes().iter().find(|(n, _)| n == "fc6.weight").unwrap().1,
+        [4096, 256]
+    );
+
+    let t = TrainConfig {
+        lrn: false,
+        pool_kernel: Some(2),
+        dropout: Some(0.0),
+        torch_init: true,
+        activation: Activation::Tanh,
+        ..base.clone()
+    };
+    let cfg = t.model_config(10).unwrap();
+    assert!(cfg.convs.iter().all(|c| !c.lrn));
+    assert_eq!((cfg.pool.kernel, cfg.pool.stride), (2, 2));
+    assert_eq!(cfg.dropout, 0.0);
+    assert_eq!(cfg.activation, Activation::Tanh);
+    assert!(cfg.convs.iter().all(|c| c.init == Init::TorchDefault));
+    assert!(cfg.fcs.iter().all(|f| f.init == Init::TorchDefault));
+    // Section 3.4: non-overlapping 2x2/2 pooling keeps the output sizes of 3x3/2, at 224 and 63.
+    for side in [224, 63] {
+        assert_eq!(cfg.spatial_sizes(side).unwrap(), plain.spatial_sizes(side).unwrap());
+    }
+    // Dropout 0: two training-mode forwards with different dropout seeds agree.
+    let params = model::init_params(&cfg, &Placement::parse("cpu").unwrap()).unwrap();
+    let x = Tensor::randn([2, 3, 63, 63], (Kind::Float, tch::Device::Cpu));
+    tch::manual_seed(1);
+    let a = model::forward(&cfg, &params, &x, true).unwrap();
+    tch::manual_seed(2);
+    let b = model::forward(&cfg, &params, &x, true).unwrap();
+    assert!(a.equal(&b));
+    // ... and with the preset's 0.5 they do not.
+    let cfg = base.model_config(10).unwrap();
+    let params = model::init_params(&cfg, &Placement::parse("cpu").unwrap()).unwrap();
+    tch::manual_seed(1);
+    let a = model::forward(&cfg, &params, &x, true).unwrap();
+    tch::manual_seed(2);
+    let b = model::forward(&cfg, &params, &x, true).unwrap();
+    assert!(!a.equal(&b));
+
+    for (bad, what) in [
+        (
+            TrainConfig {
+                dropout: Some(1.0),
+                ..base.clone()
+            },
+            "dropout",
+        ),
+        (
+            TrainConfig {
+                pool_kernel: Some(0),
+                ..base.clone()
+            },
+            "pool_kernel",
+        ),
+    ] {
+        match bad.model_config(10) {
+            Err(Error::Config(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("expected a config error naming {what}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn paper_and_caffe_see_0_to_255_values_minus_the_mean() {
+    let img = image::RgbImage::from_pixel(40, 40, image::Rgb([200, 100, 50]));
+    let px = [200.0f32, 100.0, 50.0];
+    for preset in [Preset::Paper, Preset::Caffe, Preset::Torchvision] {
+        let tf = Transform::for_preset(preset, 32, View::Center, None);
+        let mut out = vec![0f32; tf.view_len()];
+        tf.apply(&img, &mut Rng::new(0), &mut out).unwrap();
+        for c in 0..3 {
+            let want = match preset {
+                Preset::Torchvision => (px[c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c],
+                _ => px[c] - 255.0 * IMAGENET_MEAN[c],
+            };
+            let got = out[c * 32 * 32 + 100];
+            assert!((got - want).abs() <= 1e-3, "{preset} channel {c}: {got} != {want}");
+        }
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
+    if !have_data() {
+        return;
+    }
+    let _g = serial();
+    let out = tmp("diverge");
+    let tc = TrainConfig {
+        preset: "cnn4".into(),
+        input_size: 28,
+        batch_size: 32,
+        epochs: 1,
+        lr: 1e30,
+        out: out.clone(),
+        limit_train: Some(320),
+        limit_test: Some(32),
+        checkpoint_every: 1,
+        threads: 2,
+        ..TrainConfig::default()
+    };
+    match train(&tc, None, &mut |_| {}, &|| false) {
+        Err(e @ Error::Diverged { .. }) => {
+            let Error::Diverged { step, loss, .. } = &e else {
+                unreachable!()
+            };
+            assert!(!loss.is_finite());
+            assert!(*step >= 1, "the first loss (at init) is finite");
+            assert!(e.to_string().contains("try a lower --lr"), "{e}");
+            let c = checkpoint::load(&out).unwrap();
+            assert_eq!(c.state.step, *step, "the newest checkpoint is the last good step");
+        }
+        other => panic!("expected Error::Diverged, got {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn fig1_runs_stop_at_the_target_and_finished_runs_are_reused() {
+    if !have_data() {
+        return;
+    }
+    let _g = serial();
+    let root = tmp("fig1");
+    let base = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        limit_train: Some(640),
+        limit_test: Some(64),
+        threads: 2,
+        out: root.clone(),
+        ..Experiment::ReluVsTanh.defaults()
+    };
+    // 99 % training error: met as soon as the first window is full.
+    let s = experiment::run(Experiment::ReluVsTanh, &base, 2, &[0.01], &[0.99]).unwrap();
+    assert_eq!(s.arms.len(), 2);
+    for arm in &s.arms {
+        assert_eq!(arm.runs.len(), 2);
+        for r in &arm.runs {
+            assert_eq!(r.steps_to_target, [Some(ERROR_WINDOW as u64)]);
+            assert_eq!(r.steps, ERROR_WINDOW as u64, "the run stops once the target is met");
+            assert!(r.test_top1_error.is_some());
+            assert!(
+                !r.config.out.join("checkpoints").exists(),
+                "experiment runs keep no weights"
+            );
+        }
+    }
+    assert_eq!(s.arms[0].runs[0].config.activation, Activation::Relu);
+    assert_eq!(s.arms[1].runs[0].config.activation, Activation::Tanh);
+    assert_ne!(s.arms[0].runs[0].config.seed, s.arms[0].runs[1].config.seed);
+    let md = std::fs::read_to_string(root.join("relu-vs-tanh.md")).unwrap();
+    assert!(md.contains("| relu | 0.01 | 10, 10 | 10 |"), "{md}");
+    assert!(md.contains("tanh needs 1.00x the steps of ReLU"), "{md}");
+    // Rerunning reuses every finished run (same settings): identical records, timing included.
+    let again = experiment::run(Experiment::ReluVsTanh, &base, 2, &[0.01], &[0.99]).unwrap();
+    for (a, b) in s.arms.iter().zip(&again.arms) {
+        for (x, y) in a.runs.iter().zip(&b.runs) {
+            assert_eq!(x.seconds, y.seconds);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn ablation_summary_pairs_the_arms_by_seed() {
+    if !have_data() {
+        return;
+    }
+    let _g = serial();
+    let root = tmp("lrn");
+    let base = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        limit_train: Some(128),
+        limit_test: Some(64),
+        threads: 2,
+        out: root.clone(),
+        ..Experiment::Lrn.defaults()
+    };
+    let s = experiment::run(Experiment::Lrn, &base, 2, &[], &[]).unwrap();
+    let [with, without] = &s.arms[..] else {
+        panic!("two arms")
+    };
+    assert!(with.runs.iter().all(|r| r.config.lrn));
+    assert!(without.runs.iter().all(|r| !r.config.lrn));
+    let err = |r: &experiment::RunResult| r.test_top1_error.unwrap();
+    let deltas: Vec<f64> = with
+        .runs
+        .iter()
+        .zip(&without.runs)
+        .map(|(a, b)| err(a) - err(b))
+        .collect();
+    let (m, sd) = experiment::mean_std(&deltas);
+    let row = format!(
+        "| Δ (with LRN − without LRN), paired by seed | 2 | {:.2} ± {:.2} |",
+        100.0 * m,
+        100.0 * sd
+    );
+    assert!(s.markdown.contains(&row), "{}\nmissing: {row}", s.markdown);
+    assert!(root.join("lrn.json").is_file());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn bad_experiment_settings_are_refused() {
+    let base = Experiment::ReluVsTanh.defaults();
+    for (seeds, targets) in [(0, vec![0.25]), (1, vec![]), (1, vec![1.5])] {
+        assert!(matches!(
+            experiment::run(Experiment::ReluVsTanh, &base, seeds, &[], &targets),
+            Err(Error::Config(_))
+        ));
+    }
+    assert!(matches!("nope".parse::<Experiment>(), Err(Error::Config(_))));
+}
