@@ -7,6 +7,7 @@ import torch  # noqa: F401  -- loads libtorch before the extension that links ag
 
 from . import _native, data, nn, ops
 from ._native import PRESETS, __version__, evaluate, info_text, layer_table, param_shapes, train
+from .export import export_onnx
 from .model import AlexNet, from_torchvision
 from .placement import Placement
 from .errors import (
@@ -33,6 +34,7 @@ __all__ = [
     "nn",
     "AlexNet",
     "from_torchvision",
+    "export_onnx",
     "Placement",
     "data",
     "AlexNetError",

@@ -10,6 +10,7 @@ __all__ = [
     "DataLoader",
     "EpochIter",
     "PRESETS",
+    "architecture",
     "__version__",
     "evaluate",
     "forward",
@@ -34,6 +35,7 @@ def layer_table(
 ) -> list[tuple[str, str, list[int], int, int]]: ...
 def info_text(preset: str, input_size: int | None = None, num_classes: int = 1000) -> str: ...
 def param_shapes(preset: str, num_classes: int = 1000) -> list[tuple[str, list[int]]]: ...
+def architecture(preset: str, num_classes: int = 1000) -> str: ...
 def forward(
     preset: str,
     params: dict[str, torch.Tensor],

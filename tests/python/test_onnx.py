@@ -1,0 +1,125 @@
+"""ONNX export: the exported graphs run in onnxruntime and give our logits (<= 1e-4); our LRN and
+grouped convolution map to ONNX LRN and Conv(group); the caffe graph has the structure of the BVLC
+AlexNet that ships in the onnx wheel's backend test data (an independent description of it)."""
+
+import pathlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+import alexnet_rs
+
+SIZES = {"paper": 224, "torchvision": 224, "caffe": 227}
+
+
+def _meaningful_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """He-scaled weights, so every layer (and LRN's normalisation) changes the output: the presets'
+    N(0, 0.01) init would give near-constant logits that hide mistakes. The last layer is scaled
+    down to keep the logits of order 1, where an absolute tolerance means something."""
+    g = torch.Generator().manual_seed(0)
+    params = list(model.named_parameters())
+    with torch.no_grad():
+        for name, p in params:
+            std = (2.0 / p[0].numel()) ** 0.5 if name.endswith("weight") else 0.1
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+        params[-2][1].mul_(0.01)
+    return model
+
+
+def _run(path: str, x: torch.Tensor) -> np.ndarray:
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return sess.run(["logits"], {"input": x.numpy()})[0]
+
+
+@pytest.mark.parametrize("preset", ["caffe", "paper", "torchvision"])
+def test_onnxruntime_gives_our_logits(preset, tmp_path):
+    model = _meaningful_weights(alexnet_rs.AlexNet(preset, num_classes=10)).eval()
+    # 0-255-scale inputs, as the paper/caffe recipes feed them: LRN's sum term is then of the
+    # order of its bias k, so a wrong LRN mapping shows.
+    x = torch.randn(3, 3, SIZES[preset], SIZES[preset], generator=torch.Generator().manual_seed(1)) * 60
+    with torch.no_grad():
+        ours = model(x).numpy()
+    path = alexnet_rs.export_onnx(model, tmp_path / f"{preset}.onnx")
+    theirs = _run(path, x)
+    assert theirs.shape == (3, 10)
+    scale = np.abs(ours).max()
+    assert 0.5 < scale < 20, f"logits of order 1 expected, got max {scale}"
+    assert np.abs(ours - theirs).max() <= 1e-4
+
+    if preset != "torchvision":
+        # The same graph with LRN replaced by identity is clearly different: the test can see LRN.
+        m = onnx.load(path)
+        for n in m.graph.node:
+            if n.op_type == "LRN":
+                n.op_type = "Identity"
+                del n.attribute[:]
+        no_lrn = str(tmp_path / "no_lrn.onnx")
+        onnx.save(m, no_lrn)
+        assert np.abs(ours - _run(no_lrn, x)).max() > 0.05
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_lrn_and_groups_map_to_onnx_attributes(tmp_path):
+    m = onnx.load(alexnet_rs.export_onnx(alexnet_rs.AlexNet("paper", num_classes=10), tmp_path / "p.onnx"))
+    lrn = [_attrs(n) for n in m.graph.node if n.op_type == "LRN"]
+    assert len(lrn) == 2
+    for a in lrn:
+        assert a["size"] == 5 and a["beta"] == pytest.approx(0.75) and a["bias"] == pytest.approx(2.0)
+        assert a["alpha"] == pytest.approx(1e-4)
+    groups = [_attrs(n)["group"] for n in m.graph.node if n.op_type == "Conv"]
+    assert groups == [1, 2, 1, 2, 2]
+    assert [n.op_type for n in m.graph.node].count("Dropout") == 0
+    # The batch dimension is free.
+    dim0 = m.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param == "N"
+
+
+def test_caffe_graph_has_the_bvlc_structure(tmp_path):
+    bvlc = onnx.load(
+        pathlib.Path(onnx.__file__).parent / "backend/test/data/light/light_bvlc_alexnet.onnx"
+    )
+    ours = onnx.load(alexnet_rs.export_onnx(alexnet_rs.AlexNet("caffe"), tmp_path / "c.onnx"))
+    skip = {"ConstantOfShape", "Dropout", "Softmax", "Reshape", "Flatten"}
+    # Pooling pads and ceil_mode are left out: the BVLC graph was converted at 224 and pads its
+    # last pool to imitate Caffe's ceil rounding; ours uses ceil_mode at 227.
+    keep = {"kernel_shape", "strides", "group", "size", "alpha", "beta", "bias", "transB"}
+
+    def structure(m):
+        out = []
+        for n in m.graph.node:
+            if n.op_type in skip:
+                continue
+            a = {k: v for k, v in _attrs(n).items() if k in keep or (k == "pads" and n.op_type == "Conv")}
+            if n.op_type == "Conv":
+                a.setdefault("group", 1)
+            if "alpha" in a:
+                a["alpha"] = round(a["alpha"], 9)
+            out.append((n.op_type, a))
+        return out
+
+    assert structure(ours) == structure(bvlc)
+    # Weight shapes: BVLC stores them as the shape inputs of its ConstantOfShape nodes.
+    theirs = {
+        t.name[: -len("__SHAPE")]: list(numpy_helper.to_array(t)) for t in bvlc.graph.initializer if t.name.endswith("__SHAPE")
+    }
+    mine = {t.name: list(t.dims) for t in ours.graph.initializer}
+    for layer in ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]:
+        assert mine[f"{layer}.weight"] == theirs[f"{layer}_w_0"], layer
+        assert mine[f"{layer}.bias"] == theirs[f"{layer}_b_0"], layer
+
+
+def test_export_errors_name_the_problem(tmp_path):
+    with pytest.raises(TypeError, match="alexnet_rs.AlexNet"):
+        alexnet_rs.export_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx")
+    tv = alexnet_rs.AlexNet("torchvision")
+    with pytest.raises(ValueError, match="AdaptiveAvgPool2d"):
+        alexnet_rs.export_onnx(tv, tmp_path / "x.onnx", input_size=100)
+    with pytest.raises(alexnet_rs.ConfigError, match="too small"):
+        alexnet_rs.export_onnx(alexnet_rs.AlexNet("caffe"), tmp_path / "x.onnx", input_size=40)
