@@ -203,6 +203,19 @@ impl Config {
             return Err(Error::Config(format!("num_classes must be >= 1, got {num_classes}")));
         }
         let n = |std: f64, bias: f64| Init::Normal { std, bias };
+        // Every preset's LRN is size 5, alpha 1e-4, beta 0.75; only k differs.
+        let lrn = |k: f64| LrnParams {
+            size: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+            k,
+        };
+        // Overlapping 3x3/2 max pooling (Caffe rounds its output sizes up).
+        let pool = |ceil_mode: bool| Pool {
+            kernel: 3,
+            stride: 2,
+            ceil_mode,
+        };
         let lrn_pool = |mut c: ConvLayer, lrn: bool| {
             c.lrn = lrn;
             c.pool = true;
@@ -226,17 +239,8 @@ impl Config {
                     conv("conv4", 384, 3, 1, 1, 2, n(0.01, 1.0)),
                     pooled(conv("conv5", 256, 3, 1, 1, 2, n(0.01, 1.0))),
                 ],
-                lrn: LrnParams {
-                    size: 5,
-                    alpha: 1e-4,
-                    beta: 0.75,
-                    k: 2.0,
-                },
-                pool: Pool {
-                    kernel: 3,
-                    stride: 2,
-                    ceil_mode: false,
-                },
+                lrn: lrn(2.0),
+                pool: pool(false),
                 adaptive_pool: None,
                 fcs: vec![
                     fc("fc6", 4096, false, n(0.01, 1.0)),
@@ -261,17 +265,8 @@ impl Config {
                         conv("features.8", 256, 3, 1, 1, 1, d),
                         pooled(conv("features.10", 256, 3, 1, 1, 1, d)),
                     ],
-                    lrn: LrnParams {
-                        size: 5,
-                        alpha: 1e-4,
-                        beta: 0.75,
-                        k: 1.0,
-                    },
-                    pool: Pool {
-                        kernel: 3,
-                        stride: 2,
-                        ceil_mode: false,
-                    },
+                    lrn: lrn(1.0),
+                    pool: pool(false),
                     adaptive_pool: Some(6),
                     fcs: vec![
                         fc("classifier.1", 4096, true, d),
@@ -296,17 +291,8 @@ impl Config {
                     conv("conv4", 384, 3, 1, 1, 2, n(0.01, 0.1)),
                     pooled(conv("conv5", 256, 3, 1, 1, 2, n(0.01, 0.1))),
                 ],
-                lrn: LrnParams {
-                    size: 5,
-                    alpha: 1e-4,
-                    beta: 0.75,
-                    k: 1.0,
-                },
-                pool: Pool {
-                    kernel: 3,
-                    stride: 2,
-                    ceil_mode: true,
-                },
+                lrn: lrn(1.0),
+                pool: pool(true),
                 adaptive_pool: None,
                 fcs: vec![
                     fc("fc6", 4096, false, n(0.005, 0.1)),
@@ -330,17 +316,8 @@ impl Config {
                         pooled(conv("conv2", 32, 5, 1, 2, 1, d)),
                         pooled(conv("conv3", 64, 5, 1, 2, 1, d)),
                     ],
-                    lrn: LrnParams {
-                        size: 5,
-                        alpha: 1e-4,
-                        beta: 0.75,
-                        k: 1.0,
-                    },
-                    pool: Pool {
-                        kernel: 3,
-                        stride: 2,
-                        ceil_mode: false,
-                    },
+                    lrn: lrn(1.0),
+                    pool: pool(false),
                     adaptive_pool: None,
                     fcs: vec![fc("fc4", num_classes, false, d)],
                     dropout: 0.0,

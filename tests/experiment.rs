@@ -10,29 +10,10 @@ use alexnet_rs::image::{IMAGENET_MEAN, IMAGENET_STD};
 use alexnet_rs::placement::Placement;
 use alexnet_rs::train::{train, TrainConfig};
 use alexnet_rs::{checkpoint, model, Config, Error, Preset};
-use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
-/// Tests here seed torch's global generator: run them one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn have_data() -> bool {
-    let ok = Path::new(alexnet_rs::data::source::FASHION_MNIST_DIR).is_dir();
-    if !ok {
-        eprintln!("dataset-fashion-mnist is not installed: skipped");
-    }
-    ok
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("alexnet-exp-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+mod common;
+use common::{have_data, serial, tmp};
 
 #[test]
 fn cnn4_forward_equals_a_stock_composition_with_relu_and_tanh() {

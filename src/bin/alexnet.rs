@@ -78,8 +78,8 @@ struct ExperimentArgs {
     #[arg(long, value_delimiter = ',', default_value = "0.25,0.15")]
     target_errors: Vec<f64>,
     /// Training settings; unset ones take the experiment's defaults (relu-vs-tanh: cnn4 at 28x28,
-    /// 4 epochs, no weight decay; the others: paper at 63x63 with PyTorch init, 10k images, 5 epochs; batch 128,
-    /// constant lr; --out runs/experiments).
+    /// 4 epochs, no weight decay, constant lr; the others: paper at 63x63 with PyTorch init, 10k images,
+    /// 5 epochs, cosine lr; batch 128, lr 0.01; --out runs/experiments).
     #[command(
         flatten,
         next_help_heading = "Training settings (unset: the experiment's defaults, not the [default]s below)"
