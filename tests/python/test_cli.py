@@ -24,7 +24,7 @@ def test_info_numbers():
 
 
 @pytest.mark.parametrize("sub", ["", "info", "forward", "train", "eval", "predict", "placement", "stats", "prepare",
-                                 "bench", "bench data", "bench train"])
+                                 "bench", "bench data", "bench train", "experiment"])
 def test_help(sub):
     r = run(*sub.split(), "--help")
     assert r.returncode == 0 and "Usage:" in r.stdout
@@ -56,6 +56,12 @@ def test_forward_on_a_real_photo():
         (["eval", "/no/such/run"], "/no/such/run"),
         (["forward", "/etc/hostname"], "not a recognised image format"),
         (["placement", "--devices", "cpu,cpu,cpu"], "one or two devices"),
+        (["experiment", "vgg"], "possible values: relu-vs-tanh, lrn, overlap-pool, dropout"),
+        (["experiment", "lrn", "--resume", "runs/x"], "--resume does not apply"),
+        (["experiment", "relu-vs-tanh", "--target-errors", "1.5"], "--target-errors must be fractions"),
+        (["experiment", "lrn", "--seeds", "0"], "--seeds must be >= 1"),
+        (["train", "--dropout", "1", "--limit-train", "64"], "dropout must be in [0, 1)"),
+        (["train", "--activation", "sigmoid"], "unknown activation"),
     ],
 )
 def test_bad_flags_and_files_are_clear_errors(args, needle):
@@ -63,3 +69,18 @@ def test_bad_flags_and_files_are_clear_errors(args, needle):
     assert r.returncode != 0
     assert needle in r.stderr, r.stderr
     assert "panicked" not in r.stderr and "RUST_BACKTRACE" not in r.stderr
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def test_experiment_from_the_command_line(tmp_path):
+    args = ["experiment", "relu-vs-tanh", "--seeds", "1", "--lrs", "0.01,0.03", "--target-errors", "0.99",
+            "--limit-train", "640", "--limit-test", "64", "--batch-size", "32", "--epochs", "1", "--out", tmp_path]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    # One row per activation x rate; the 99 % target is met when the first 10-batch window is full.
+    for row in ["| relu | 0.01 | 10 | 10 |", "| relu | 0.03 | 10 | 10 |", "| tanh | 0.01 | 10 | 10 |"]:
+        assert row in r.stdout, r.stdout
+    assert (tmp_path / "relu-vs-tanh.md").read_text() in r.stdout
+    assert "[4/4]" in r.stderr
+    again = run(*args)
+    assert again.returncode == 0 and again.stderr.count("reusing") == 4
