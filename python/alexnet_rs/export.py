@@ -42,7 +42,16 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
         raise ValueError(f"export_onnx: input_size must be positive, got {size}")
     # The Rust layer table checks that every stage keeps pixels and gives the map the head reads.
     rows = _native.layer_table(preset, size, model.num_classes)
+    maps = [shape for _, _, shape, _, _ in rows if len(shape) == 3]
     side = [shape for name, _, shape, _, _ in rows if len(shape) == 3 and name != "avgpool"][-1][-1]
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    first = arch["fcs"][0]["name"]
+    reads, gets = state[f"{first}.weight"].shape[1], maps[-1][0] * maps[-1][1] * maps[-1][2]
+    if reads != gets:
+        raise ValueError(
+            f"export_onnx: {first} of this model reads {reads} features, but a {size}x{size} input gives "
+            f"{gets}: export at the input size the model was built for ({arch['input_size']})"
+        )
     act = {"relu": "Relu", "tanh": "Tanh"}[arch["activation"]]
     lrn, pool = arch["lrn"], arch["pool"]
     if any(c["lrn"] for c in arch["convs"]) and lrn["size"] % 2 == 0:
@@ -51,7 +60,6 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
 
     nodes: list[Any] = []
     inits: list[Any] = []
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
 
     def weight(name: str) -> str:
         inits.append(numpy_helper.from_array(state[name].numpy(), name))
