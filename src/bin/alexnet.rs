@@ -669,6 +669,15 @@ fn run_train(a: &TrainArgs) -> Result<()> {
     }
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    // Above the bar on a terminal; plain stderr lines without one (indicatif drops println of a
+    // hidden bar, which would hide every epoch's result in CI or under nohup).
+    let say = |msg: &str| {
+        if bar.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            bar.println(msg);
+        }
+    };
     let mut on_event = |e: &Event| match e {
         Event::Step(r) => {
             bar.set_prefix(r.epoch.to_string());
@@ -686,13 +695,13 @@ fn run_train(a: &TrainArgs) -> Result<()> {
             }
         }
         Event::Epoch(r) => {
-            bar.println(format!(
+            say(&format!(
                 "epoch {:>3} step {:>7}: train loss {:.4}, val loss {:.4}, top-1 {:.4}, top-5 {:.4}, lr {:.2e}, {:.0} s",
                 r.epoch, r.step, r.train_loss, r.val_loss, r.val_top1, r.val_top5, r.lr, r.seconds
             ));
             bar.set_position(0);
         }
-        Event::Checkpoint(d) => bar.println(format!("checkpoint {}", d.display())),
+        Event::Checkpoint(d) => say(&format!("checkpoint {}", d.display())),
     };
     let batches =
         |tc: &TrainConfig| -> u64 { tc.limit_train.map_or(60000, |n| n as u64) / tc.batch_size.max(1) as u64 };

@@ -84,3 +84,12 @@ def test_experiment_from_the_command_line(tmp_path):
     assert "[4/4]" in r.stderr
     again = run(*args)
     assert again.returncode == 0 and again.stderr.count("reusing") == 4
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def test_train_without_a_terminal_still_reports_epochs_and_checkpoints(tmp_path):
+    r = run("train", "--preset", "cnn4", "--input-size", "28", "--epochs", "2", "--limit-train", "128",
+            "--limit-test", "64", "--batch-size", "64", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "epoch   1 step       2: train loss" in r.stderr and "epoch   2 step       4:" in r.stderr
+    assert f"checkpoint {tmp_path}/checkpoints/ckpt-000000004" in r.stderr
