@@ -15,6 +15,19 @@ use tch::{Kind, Tensor};
 mod common;
 use common::{have_data, serial, tmp};
 
+/// The experiment's defaults cut to one epoch of `limit` training images in batches of 32.
+fn tiny(exp: Experiment, root: &std::path::Path, limit: usize) -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        limit_train: Some(limit),
+        limit_test: Some(64),
+        threads: 2,
+        out: root.to_path_buf(),
+        ..exp.defaults()
+    }
+}
+
 #[test]
 fn cnn4_forward_equals_a_stock_composition_with_relu_and_tanh() {
     let _g = serial();
@@ -178,15 +191,7 @@ fn fig1_runs_stop_at_the_target_and_finished_runs_are_reused() {
     }
     let _g = serial();
     let root = tmp("fig1");
-    let base = TrainConfig {
-        epochs: 1,
-        batch_size: 32,
-        limit_train: Some(640),
-        limit_test: Some(64),
-        threads: 2,
-        out: root.clone(),
-        ..Experiment::ReluVsTanh.defaults()
-    };
+    let base = tiny(Experiment::ReluVsTanh, &root, 640);
     // 99 % training error: met as soon as the first window is full.
     let s = experiment::run(Experiment::ReluVsTanh, &base, 2, &[0.01], &[0.99]).unwrap();
     assert_eq!(s.arms.len(), 2);
@@ -225,15 +230,7 @@ fn ablation_summary_pairs_the_arms_by_seed() {
     }
     let _g = serial();
     let root = tmp("lrn");
-    let base = TrainConfig {
-        epochs: 1,
-        batch_size: 32,
-        limit_train: Some(128),
-        limit_test: Some(64),
-        threads: 2,
-        out: root.clone(),
-        ..Experiment::Lrn.defaults()
-    };
+    let base = tiny(Experiment::Lrn, &root, 128);
     let s = experiment::run(Experiment::Lrn, &base, 2, &[], &[]).unwrap();
     let [with, without] = &s.arms[..] else {
         panic!("two arms")
