@@ -83,6 +83,7 @@ pub fn save(
     }
     fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     write_tensors(&tmp.join("weights.safetensors"), weights)?;
+    crate::fault::point("ckpt-tmp-partial").map_err(io(&tmp))?;
     write_tensors(&tmp.join("optimizer.safetensors"), velocity)?;
     let json =
         serde_json::to_string_pretty(state).map_err(|e| Error::Config(format!("cannot serialise state: {e}")))?;
@@ -90,11 +91,15 @@ pub fn save(
     fs::write(&sp, json).map_err(io(&sp))?;
     fsync(&sp)?;
     fsync(&tmp)?;
+    crate::fault::point("ckpt-tmp-written").map_err(io(&tmp))?;
     if dst.exists() {
         fs::remove_dir_all(&dst).map_err(io(&dst))?;
+        crate::fault::point("ckpt-old-away").map_err(io(&dst))?;
     }
     fs::rename(&tmp, &dst).map_err(io(&dst))?;
+    crate::fault::point("ckpt-renamed").map_err(io(&dst))?;
     fsync(&root)?;
+    crate::fault::point("ckpt-before-prune").map_err(io(&root))?;
     prune(&root, keep.max(1), state.best_step)?;
     Ok(dst)
 }

@@ -7,6 +7,7 @@ pub mod conv;
 pub mod data;
 pub mod error;
 pub mod experiment;
+pub mod fault;
 pub mod image;
 pub mod info;
 pub mod metrics;

@@ -46,6 +46,10 @@ fn append(path: &Path, line: &str) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(io(path))?;
+    if let Some(mode) = crate::fault::reached("metrics-mid-line") {
+        f.write_all(&line.as_bytes()[..line.len() / 2]).map_err(io(path))?;
+        return Err(io(path)(crate::fault::fire(mode, "metrics-mid-line")));
+    }
     writeln!(f, "{line}").map_err(io(path))
 }
 

@@ -1,0 +1,108 @@
+//! Test-only fault injection at the named points of checkpoint and metrics writing, so that the
+//! crash and disk-full tests are deterministic (no timing races, no real full disk).
+//!
+//! `ALEXNET_FAULT=<point>[:abort|:enospc][@<n>]` arms one point: the `n`-th time (default 1) the
+//! process reaches it, `abort` (the default) ends the process at once with
+//! `std::process::abort()` (no unwinding, no cleanup: what a SIGKILL leaves), and `enospc` makes
+//! the write at that point fail with "No space left on device" (`ErrorKind::StorageFull`), which
+//! the code then handles as it would a real full disk. The variable is read once; unset, a point
+//! costs one load of an initialised `OnceLock`.
+//!
+//! Points (in the order a checkpoint save reaches them):
+//! - `ckpt-tmp-partial`: `.ckpt-<s>.tmp/` holds the weights but not yet the optimizer state;
+//! - `ckpt-tmp-written`: the temporary folder is complete and synced, nothing renamed yet;
+//! - `ckpt-old-away`: an existing `ckpt-<s>/` of the same step was renamed to `.ckpt-<s>.old/`;
+//! - `ckpt-renamed`: the new folder has been renamed to `ckpt-<s>/`;
+//! - `ckpt-before-prune`: just before older checkpoints are pruned;
+//! - `metrics-mid-line`: half of a `metrics.jsonl` or `epochs.csv` line has been written.
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Every point's name, for the tests and the error on a misspelt one.
+pub const POINTS: [&str; 6] = [
+    "ckpt-tmp-partial",
+    "ckpt-tmp-written",
+    "ckpt-old-away",
+    "ckpt-renamed",
+    "ckpt-before-prune",
+    "metrics-mid-line",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Abort,
+    Enospc,
+}
+
+struct Armed {
+    point: String,
+    mode: Mode,
+    at: u64,
+    seen: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let spec = std::env::var("ALEXNET_FAULT").ok().filter(|s| !s.is_empty())?;
+            Some(parse(&spec).unwrap_or_else(|e| {
+                eprintln!("ALEXNET_FAULT={spec}: {e}");
+                std::process::exit(2)
+            }))
+        })
+        .as_ref()
+}
+
+fn parse(spec: &str) -> Result<Armed, String> {
+    let (rest, at) = match spec.split_once('@') {
+        Some((r, n)) => (r, n.parse().map_err(|_| format!("bad count `{n}`"))?),
+        None => (spec, 1),
+    };
+    let (point, mode) = match rest.split_once(':') {
+        Some((p, "abort")) => (p, Mode::Abort),
+        Some((p, "enospc")) => (p, Mode::Enospc),
+        Some((_, m)) => return Err(format!("unknown mode `{m}` (abort or enospc)")),
+        None => (rest, Mode::Abort),
+    };
+    if !POINTS.contains(&point) || at == 0 {
+        return Err(format!(
+            "expected <point>[:abort|:enospc][@n>=1], points: {}",
+            POINTS.join(", ")
+        ));
+    }
+    Ok(Armed {
+        point: point.to_string(),
+        mode,
+        at,
+        seen: AtomicU64::new(0),
+    })
+}
+
+/// Whether the fault armed at `point` fires now (counts this visit). The caller does the partial
+/// work the point stands for, then calls [`fire`].
+pub fn reached(point: &str) -> Option<Mode> {
+    let a = armed()?;
+    if a.point != point {
+        return None;
+    }
+    (a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.at).then_some(a.mode)
+}
+
+/// Aborts the process, or returns the disk-full error the write at this point gets.
+pub fn fire(mode: Mode, point: &str) -> io::Error {
+    if mode == Mode::Abort {
+        eprintln!("ALEXNET_FAULT: abort at {point}");
+        std::process::abort();
+    }
+    io::Error::from_raw_os_error(libc::ENOSPC)
+}
+
+/// A point with no partial work of its own: aborts, or fails with ENOSPC, when armed here.
+pub fn point(point: &str) -> io::Result<()> {
+    match reached(point) {
+        Some(mode) => Err(fire(mode, point)),
+        None => Ok(()),
+    }
+}
