@@ -1,11 +1,21 @@
 //! Checkpoints: a folder per save, `ckpt-<step>/` with `weights.safetensors` (whole float32
 //! parameters, the names of `Config::param_shapes`, loadable from Python), `optimizer.safetensors`
 //! (momentum buffers) and `state.json` (format tag, training config, epoch/step, schedule, best
-//! accuracy, class names). A save writes `.ckpt-<step>.tmp/`, fsyncs every file and the folder,
-//! then renames it into place: a process killed mid-save leaves the previous checkpoints intact.
-//! The last `keep` checkpoints and the best one are kept.
+//! accuracy, class names, the running loss of the epoch in progress).
+//!
+//! Crash safety (RELIABILITY.md): a save writes `.ckpt-<step>.tmp/`, the two safetensors files
+//! first and `state.json` last (itself written to `state.json.partial` and renamed), fsyncing
+//! each file and the folder: a folder holding `state.json` is complete. A checkpoint of the same
+//! step (an epoch end right after a `--checkpoint-every` save) is renamed to `.ckpt-<step>.old/`,
+//! the new folder renamed in, and only then the old one removed; pruning renames before removing
+//! too. So at every instant some complete checkpoint exists under a name [`find_latest`] reads: the
+//! newest complete `ckpt-<step>/`, or, after a crash between two renames, the newest complete
+//! hidden copy. A failed save (full disk) removes its temporary folder; the next save and every
+//! `--resume` ([`recover`]) clear what a crash left behind. The last `keep` checkpoints and the
+//! best one are kept.
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::optim::Schedule;
 use crate::train::TrainConfig;
 use std::collections::BTreeMap;
@@ -28,6 +38,27 @@ pub struct TrainState {
     pub best_top1: Option<f64>,
     pub best_step: Option<u64>,
     pub classes: Vec<String>,
+    /// Sum and count of the training losses of the epoch in progress, so that a resumed epoch's
+    /// `train_loss` is the uninterrupted one's (0 in checkpoints written before they existed).
+    #[serde(default)]
+    pub loss_sum: f64,
+    #[serde(default)]
+    pub loss_count: u64,
+}
+
+impl TrainState {
+    /// Refuses a position past the end of an epoch of `per_epoch` batches (the data or the batch
+    /// size changed since the checkpoint was written), which would skip the rest of the epoch.
+    pub fn check_position(&self, per_epoch: u64) -> Result<()> {
+        if self.batch_in_epoch > per_epoch {
+            return Err(Error::Config(format!(
+                "the checkpoint's batch_in_epoch is {} but an epoch has {per_epoch} batches: the data or \
+                 the batch size changed since it was written",
+                self.batch_in_epoch
+            )));
+        }
+        Ok(())
+    }
 }
 
 pub struct Checkpoint {
@@ -55,14 +86,44 @@ fn fsync(path: &Path) -> Result<()> {
     fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
 }
 
+/// Writes and fsyncs a safetensors file; a full disk stays an I/O error (ENOSPC), not a
+/// safetensors one.
 fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let list: Vec<(&str, Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v.shallow_clone())).collect();
-    Tensor::write_safetensors(&list, path)?;
+    Tensor::write_safetensors(&list, path).map_err(|e| match e {
+        tch::TchError::SafeTensorError {
+            err: safetensors::SafeTensorError::IoError(source),
+            ..
+        } => io(path)(source),
+        e => bad(path, format!("cannot write: {}", safetensors_cause(&e))),
+    })?;
     fsync(path)
 }
 
+/// Checkpoint folder names: `ckpt-<step>` (rank 2), and the hidden `.ckpt-<step>.tmp` (1, being
+/// written) and `.ckpt-<step>.old` (0, being replaced or pruned). The rank breaks ties.
+fn parse_name(name: &str) -> Option<(u64, u8)> {
+    if let Some(s) = name.strip_prefix("ckpt-") {
+        return s.parse().ok().map(|s| (s, 2));
+    }
+    let hidden = name.strip_prefix(".ckpt-")?;
+    let (s, rank) = match hidden.rsplit_once('.')? {
+        (s, "tmp") => (s, 1),
+        (s, "old") => (s, 0),
+        _ => return None,
+    };
+    s.parse().ok().map(|s| (s, rank))
+}
+
 fn step_of(name: &str) -> Option<u64> {
-    name.strip_prefix("ckpt-")?.parse().ok()
+    parse_name(name).filter(|&(_, rank)| rank == 2).map(|(s, _)| s)
+}
+
+/// Whether `dir` holds a whole checkpoint (`state.json` is written last).
+pub fn is_complete(dir: &Path) -> bool {
+    ["weights.safetensors", "optimizer.safetensors", "state.json"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
 }
 
 /// Saves a checkpoint under `run/checkpoints/` and prunes old ones. Returns its folder.
@@ -75,33 +136,93 @@ pub fn save(
 ) -> Result<PathBuf> {
     let root = run.join("checkpoints");
     fs::create_dir_all(&root).map_err(io(&root))?;
+    remove_leftovers(&root)?;
     let name = format!("ckpt-{:09}", state.step);
     let tmp = root.join(format!(".{name}.tmp"));
-    let dst = root.join(&name);
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    if let Err(e) = write_folder(&tmp, state, weights, velocity) {
+        // A partial folder would keep a full disk full (and the next save failing).
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    if let Err(e) = fault::point("ckpt-tmp-written") {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(io(&tmp)(e));
+    }
+    let dst = root.join(&name);
+    replace(&root, &tmp, &dst, &root.join(format!(".{name}.old")))?;
+    fault::point("ckpt-before-prune").map_err(io(&root))?;
+    prune(&root, keep.max(1), state.best_step)?;
+    Ok(dst)
+}
+
+/// The temporary folder: tensors, then `state.json` (the completion marker), each fsynced.
+fn write_folder(
+    tmp: &Path,
+    state: &TrainState,
+    weights: &BTreeMap<String, Tensor>,
+    velocity: &BTreeMap<String, Tensor>,
+) -> Result<()> {
+    if tmp.exists() {
+        fs::remove_dir_all(tmp).map_err(io(tmp))?;
+    }
+    fs::create_dir_all(tmp).map_err(io(tmp))?;
     write_tensors(&tmp.join("weights.safetensors"), weights)?;
-    crate::fault::point("ckpt-tmp-partial").map_err(io(&tmp))?;
+    fault::point("ckpt-tmp-partial").map_err(io(tmp))?;
     write_tensors(&tmp.join("optimizer.safetensors"), velocity)?;
     let json =
         serde_json::to_string_pretty(state).map_err(|e| Error::Config(format!("cannot serialise state: {e}")))?;
-    let sp = tmp.join("state.json");
-    fs::write(&sp, json).map_err(io(&sp))?;
-    fsync(&sp)?;
-    fsync(&tmp)?;
-    crate::fault::point("ckpt-tmp-written").map_err(io(&tmp))?;
-    if dst.exists() {
-        fs::remove_dir_all(&dst).map_err(io(&dst))?;
-        crate::fault::point("ckpt-old-away").map_err(io(&dst))?;
+    let (part, sp) = (tmp.join("state.json.partial"), tmp.join("state.json"));
+    fs::write(&part, json).map_err(io(&part))?;
+    fsync(&part)?;
+    fs::rename(&part, &sp).map_err(io(&sp))?;
+    fsync(tmp)
+}
+
+/// Puts the finished `tmp` in place of `dst`. A `dst` of the same step is renamed to `old`
+/// (not deleted) first and removed last, so a crash at any point leaves a complete copy.
+fn replace(root: &Path, tmp: &Path, dst: &Path, old: &Path) -> Result<()> {
+    let had_old = dst.exists();
+    if had_old {
+        fs::rename(dst, old).map_err(io(dst))?;
     }
-    fs::rename(&tmp, &dst).map_err(io(&dst))?;
-    crate::fault::point("ckpt-renamed").map_err(io(&dst))?;
-    fsync(&root)?;
-    crate::fault::point("ckpt-before-prune").map_err(io(&root))?;
-    prune(&root, keep.max(1), state.best_step)?;
-    Ok(dst)
+    let moved = (if had_old { fault::point("ckpt-old-away") } else { Ok(()) }).and_then(|()| fs::rename(tmp, dst));
+    if let Err(e) = moved {
+        if had_old {
+            let _ = fs::rename(old, dst);
+        }
+        let _ = fs::remove_dir_all(tmp);
+        return Err(io(dst)(e));
+    }
+    fault::point("ckpt-renamed").map_err(io(dst))?;
+    fsync(root)?;
+    if had_old {
+        fs::remove_dir_all(old).map_err(io(old))?;
+    }
+    Ok(())
+}
+
+/// Removes a checkpoint folder: renamed to its hidden `.old` name first, so that no visible
+/// `ckpt-<step>/` is ever half-deleted.
+fn remove(root: &Path, name: &str) -> Result<()> {
+    let old = root.join(format!(".{name}.old"));
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    let dir = root.join(name);
+    fs::rename(&dir, &old).map_err(io(&dir))?;
+    fs::remove_dir_all(&old).map_err(io(&old))
+}
+
+/// Deletes the hidden `.tmp`/`.old` folders that a crash or a failed save left behind.
+fn remove_leftovers(root: &Path) -> Result<()> {
+    for e in fs::read_dir(root).map_err(io(root))?.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && parse_name(&name).is_some() {
+            let p = e.path();
+            fs::remove_dir_all(&p).map_err(io(&p))?;
+        }
+    }
+    Ok(())
 }
 
 fn prune(root: &Path, keep: usize, best: Option<u64>) -> Result<()> {
@@ -113,32 +234,106 @@ fn prune(root: &Path, keep: usize, best: Option<u64>) -> Result<()> {
     let n = steps.len();
     for &s in steps.iter().take(n.saturating_sub(keep)) {
         if Some(s) != best {
-            let d = root.join(format!("ckpt-{s:09}"));
-            fs::remove_dir_all(&d).map_err(io(&d))?;
+            remove(root, &format!("ckpt-{s:09}"))?;
         }
     }
     Ok(())
 }
 
+fn checkpoints_root(path: &Path) -> PathBuf {
+    if path.join("checkpoints").is_dir() {
+        path.join("checkpoints")
+    } else {
+        path.to_path_buf()
+    }
+}
+
 /// The newest complete checkpoint folder under `path` (a run folder, its `checkpoints/`, or a
-/// checkpoint folder itself).
+/// checkpoint folder itself). Incomplete folders are skipped; after a crash between two renames
+/// the newest complete hidden copy (`.ckpt-<step>.tmp/` or `.old/`) counts (read-only: `--resume`
+/// moves it back into place with [`recover`]).
 pub fn find_latest(path: &Path) -> Result<PathBuf> {
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
     }
-    let root = if path.join("checkpoints").is_dir() {
-        path.join("checkpoints")
-    } else {
-        path.to_path_buf()
+    let root = checkpoints_root(path);
+    let mut incomplete = Vec::new();
+    let mut best: Option<((u64, u8), PathBuf)> = None;
+    for e in fs::read_dir(&root).map_err(io(&root))?.filter_map(|e| e.ok()) {
+        let Some(key) = parse_name(&e.file_name().to_string_lossy()) else {
+            continue;
+        };
+        if !is_complete(&e.path()) {
+            incomplete.push(e.file_name().to_string_lossy().into_owned());
+        } else if best.as_ref().is_none_or(|(k, _)| key > *k) {
+            best = Some((key, e.path()));
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(|| {
+        let why = if incomplete.is_empty() {
+            "no checkpoint here (expected ckpt-<step>/ folders)".to_string()
+        } else {
+            format!(
+                "no complete checkpoint here ({} lack state.json or weights)",
+                incomplete.join(", ")
+            )
+        };
+        bad(&root, why)
+    })
+}
+
+/// Before a `--resume`: moves the newest complete checkpoint back to its visible name if a crash
+/// left it hidden, and deletes incomplete folders and leftovers. Returns the checkpoint folder.
+pub fn recover(path: &Path) -> Result<PathBuf> {
+    let latest = find_latest(path)?;
+    let (Some((step, _)), Some(root)) = (
+        latest.file_name().and_then(|n| parse_name(&n.to_string_lossy())),
+        latest.parent(),
+    ) else {
+        return Ok(latest); // a checkpoint folder named by the caller: left as it is
     };
-    let entries = fs::read_dir(&root).map_err(io(&root))?;
-    let latest = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| step_of(&e.file_name().to_string_lossy()).map(|s| (s, e.path())))
-        .max_by_key(|(s, _)| *s);
-    latest
-        .map(|(_, p)| p)
-        .ok_or_else(|| bad(&root, "no checkpoint here (expected ckpt-<step>/ folders)"))
+    let name = format!("ckpt-{step:09}");
+    let dst = root.join(&name);
+    if latest != dst {
+        if dst.exists() {
+            remove(root, &name)?; // incomplete
+        }
+        fs::rename(&latest, &dst).map_err(io(&dst))?;
+        fsync(root)?;
+    }
+    for e in fs::read_dir(root).map_err(io(root))?.filter_map(|e| e.ok()) {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if step_of(&n).is_some() && !is_complete(&e.path()) {
+            remove(root, &n)?;
+        }
+    }
+    remove_leftovers(root)?;
+    Ok(dst)
+}
+
+/// Words for what is wrong with a safetensors file (the crate's error names say little).
+fn safetensors_cause(e: &tch::TchError) -> String {
+    use safetensors::SafeTensorError as E;
+    let tch::TchError::SafeTensorError { err, .. } = e else {
+        return crate::error::clean_torch_message(&e.to_string());
+    };
+    match err {
+        E::HeaderTooSmall => "too short to hold a safetensors header (empty or truncated file)".into(),
+        E::InvalidHeaderLength | E::HeaderTooLarge => {
+            "its header length is impossible for this file (not a safetensors file, or truncated)".into()
+        }
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization | E::JsonError(_) => {
+            "its header is not valid JSON describing tensors (not a safetensors file?)".into()
+        }
+        E::MetadataIncompleteBuffer => {
+            "the file is shorter than its header says (truncated), or has bytes after its data".into()
+        }
+        E::TensorInvalidInfo | E::InvalidOffset(_) | E::ValidationOverflow | E::InvalidTensorView(..) => {
+            format!("its header describes impossible tensor sizes or offsets ({err:?}): damaged file")
+        }
+        E::TensorNotFound(name) => format!("no tensor `{name}`"),
+        E::IoError(io) => io.to_string(),
+    }
 }
 
 fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
@@ -150,7 +345,10 @@ fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         .map_err(|e| {
             bad(
                 path,
-                format!("not a readable safetensors file (truncated or foreign?): {e}"),
+                format!(
+                    "not a readable safetensors file (truncated or foreign?): {}",
+                    safetensors_cause(&e)
+                ),
             )
         })
 }
@@ -187,6 +385,27 @@ pub fn check_tensors(path: &Path, cfg: &Config, tensors: &BTreeMap<String, Tenso
             format!("unexpected tensor `{extra}` for the {} preset", cfg.preset),
         ));
     }
+    check_finite(path, tensors)
+}
+
+/// Refuses NaN and infinite values: a diverged or damaged checkpoint would evaluate to NaN.
+fn check_finite(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    for (name, t) in tensors {
+        let bad_values = t
+            .f_isfinite()?
+            .f_logical_not()?
+            .f_sum(tch::Kind::Int64)?
+            .int64_value(&[]);
+        if bad_values > 0 {
+            return Err(bad(
+                path,
+                format!(
+                    "`{name}` holds {bad_values} NaN or infinite values of {}: the run diverged or the file is damaged",
+                    t.numel()
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -206,7 +425,9 @@ pub fn save_weights(
         .unwrap_or_default();
     let n = weights.get(&format!("{fc}.weight")).map_or(0, |t| t.size()[0]);
     let classes = classes.unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect());
-    let cfg = Config::preset(preset, classes.len() as i64)?;
+    let mut cfg = Config::preset(preset, classes.len() as i64)?;
+    cfg.input_size = i64::from(input_size);
+    cfg.spatial_sizes(cfg.input_size)?;
     let weights: BTreeMap<String, Tensor> = weights
         .iter()
         .map(|(k, v)| (k.clone(), v.detach().to_device(tch::Device::Cpu).contiguous()))
@@ -228,6 +449,8 @@ pub fn save_weights(
         best_top1: None,
         best_step: None,
         classes,
+        loss_sum: 0.0,
+        loss_count: 0,
     };
     let velocity = weights.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect();
     save(run, &state, &weights, &velocity, 1)

@@ -29,9 +29,9 @@ pub enum Error {
     /// A failure inside one of our C++ ops (`alexnet_rs::*`).
     #[error("{message}")]
     Op { kind: OpErrorKind, message: String },
-    /// A failure inside a libtorch call made through tch.
+    /// A failure inside a libtorch call made through tch (its message without C++ frames).
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(String),
     /// A file that could not be read or decoded.
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
@@ -49,6 +49,46 @@ pub enum Error {
         epoch: u64,
         checkpoints: PathBuf,
     },
+    /// A bug caught at a boundary (a panic in a data thread or under a Python call): reported
+    /// as an error instead of ending the thread or the interpreter.
+    #[error("internal error (a bug in alexnet_rs, please report it): {0}")]
+    Internal(String),
+}
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        Error::Torch(clean_torch_message(&e.to_string()))
+    }
+}
+
+/// libtorch's message without what follows it for C++ developers: the `Exception raised from`
+/// location, `frame #n` backtrace lines and the like.
+pub fn clean_torch_message(message: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for line in message.lines() {
+        let t = line.trim_start();
+        if t.starts_with("Exception raised from") || t.starts_with("frame #") {
+            break;
+        }
+        out.push(line);
+    }
+    let text = out.join("\n");
+    let text = text.trim_end();
+    if text.is_empty() {
+        "(no message)".into()
+    } else {
+        text.to_string()
+    }
+}
+
+/// The message of a caught panic (its payload is a `&str` or a `String` for `panic!`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let raw = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    clean_torch_message(&raw)
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,6 +1,13 @@
 //! Training metrics: one JSON line per step (`metrics.jsonl`), one CSV row per epoch
 //! (`epochs.csv`), and `curves.png` (loss, top-1/top-5 error, learning rate).
+//!
+//! Both files are append-only: each line is written with one `write` on an append-mode file
+//! (a failed write is cut back to the previous length) and both are fsynced before every
+//! checkpoint. A resumed run cuts them in place (`set_len`, atomic for a crash: old or new
+//! length) after the last whole, parseable line at or before its checkpoint; the lines kept are
+//! never parsed and printed again, so they stay byte for byte what the run wrote.
 use crate::error::{Error, Result};
+use crate::fault;
 use plotters::prelude::*;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -29,6 +36,15 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
+const CSV_HEADER: &str = "epoch,step,train_loss,val_loss,val_top1,val_top5,lr,seconds";
+
+/// Where a resumed run continues: its checkpoint's step, and the epoch in progress there.
+#[derive(Clone, Copy, Debug)]
+pub struct ResumeAt {
+    pub step: u64,
+    pub epoch: u64,
+}
+
 pub struct Metrics {
     dir: PathBuf,
 }
@@ -40,26 +56,81 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// Appends `line` and a newline in one write; on failure the file is cut back to where it was.
 fn append(path: &Path, line: &str) -> Result<()> {
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .map_err(io(path))?;
-    if let Some(mode) = crate::fault::reached("metrics-mid-line") {
-        f.write_all(&line.as_bytes()[..line.len() / 2]).map_err(io(path))?;
-        return Err(io(path)(crate::fault::fire(mode, "metrics-mid-line")));
+    let before = f.metadata().map_err(io(path))?.len();
+    let bytes = format!("{line}\n");
+    let written = match fault::reached("metrics-mid-line") {
+        Some(mode) => f
+            .write_all(&bytes.as_bytes()[..bytes.len() / 2])
+            .and_then(|()| Err(fault::fire(mode, "metrics-mid-line"))),
+        None => f.write_all(bytes.as_bytes()),
+    };
+    if let Err(e) = written {
+        let _ = f.set_len(before);
+        return Err(io(path)(e));
     }
-    writeln!(f, "{line}").map_err(io(path))
+    Ok(())
+}
+
+/// Cuts `path` after its longest prefix of whole lines that `keep` accepts (a partial last
+/// line, an unreadable line, or one past the checkpoint ends the prefix).
+fn cut(path: &Path, keep: impl Fn(usize, &str) -> bool) -> Result<()> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut end = 0;
+    for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
+        let whole = line.last() == Some(&b'\n');
+        match std::str::from_utf8(&line[..line.len() - usize::from(whole)]) {
+            Ok(text) if whole && keep(i, text) => end += line.len(),
+            _ => break,
+        }
+    }
+    if end < bytes.len() {
+        let f = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+        f.set_len(end as u64).map_err(io(path))?;
+        f.sync_all().map_err(io(path))?;
+    }
+    Ok(())
+}
+
+fn parse_csv_row(l: &str) -> Option<EpochRecord> {
+    let v: Vec<&str> = l.split(',').collect();
+    if v.len() != 8 {
+        return None;
+    }
+    Some(EpochRecord {
+        epoch: v[0].parse().ok()?,
+        step: v[1].parse().ok()?,
+        train_loss: v[2].parse().ok()?,
+        val_loss: v[3].parse().ok()?,
+        val_top1: v[4].parse().ok()?,
+        val_top5: v[5].parse().ok()?,
+        lr: v[6].parse().ok()?,
+        seconds: v[7].parse().ok()?,
+    })
 }
 
 impl Metrics {
-    /// Metrics of the run in `dir`; on resume, records after `resume_step` are dropped (they
-    /// were written after the checkpoint being resumed from).
-    pub fn open(dir: &Path, resume_step: Option<u64>) -> Result<Metrics> {
+    /// The metrics files of `dir` as they are (for reading).
+    pub fn existing(dir: &Path) -> Metrics {
+        Metrics { dir: dir.to_path_buf() }
+    }
+
+    /// Metrics of the run in `dir`: a new run starts empty files; a resumed one keeps the lines
+    /// up to its checkpoint (steps <= its step; epoch rows of the epochs finished before it).
+    pub fn open(dir: &Path, resume: Option<ResumeAt>) -> Result<Metrics> {
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let m = Metrics { dir: dir.to_path_buf() };
-        match resume_step {
+        let m = Metrics::existing(dir);
+        match resume {
             None => {
                 for f in [m.steps_path(), m.epochs_path()] {
                     if f.exists() {
@@ -67,22 +138,29 @@ impl Metrics {
                     }
                 }
             }
-            Some(step) => {
-                let steps: Vec<StepRecord> = m.steps()?.into_iter().filter(|r| r.step <= step).collect();
-                let epochs: Vec<EpochRecord> = m.epochs()?.into_iter().filter(|r| r.step <= step).collect();
-                let sp = m.steps_path();
-                fs::write(&sp, "").map_err(io(&sp))?;
-                let ep = m.epochs_path();
-                fs::write(&ep, "").map_err(io(&ep))?;
-                for r in &steps {
-                    m.step(r)?;
-                }
-                for r in &epochs {
-                    m.epoch(r)?;
-                }
+            Some(at) => {
+                cut(&m.steps_path(), |_, l| {
+                    serde_json::from_str::<StepRecord>(l).is_ok_and(|r| r.step <= at.step)
+                })?;
+                cut(&m.epochs_path(), |i, l| {
+                    if i == 0 {
+                        return l == CSV_HEADER;
+                    }
+                    parse_csv_row(l).is_some_and(|r| r.step <= at.step && r.epoch <= at.epoch)
+                })?;
             }
         }
         Ok(m)
+    }
+
+    /// fsyncs both files (before a checkpoint, so that no checkpoint outlives its metrics).
+    pub fn sync(&self) -> Result<()> {
+        for p in [self.steps_path(), self.epochs_path()] {
+            if p.exists() {
+                fs::File::open(&p).and_then(|f| f.sync_all()).map_err(io(&p))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn steps_path(&self) -> PathBuf {
@@ -100,7 +178,7 @@ impl Metrics {
     pub fn epoch(&self, r: &EpochRecord) -> Result<()> {
         let p = self.epochs_path();
         if !p.exists() || fs::metadata(&p).map(|m| m.len() == 0).unwrap_or(true) {
-            append(&p, "epoch,step,train_loss,val_loss,val_top1,val_top5,lr,seconds")?;
+            append(&p, CSV_HEADER)?;
         }
         append(
             &p,
@@ -117,7 +195,10 @@ impl Metrics {
             return Ok(Vec::new());
         }
         let text = fs::read_to_string(&p).map_err(io(&p))?;
-        text.lines()
+        // A last line without its newline is a write cut short (a crash): not a record yet.
+        let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
+        whole
+            .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 serde_json::from_str(l).map_err(|e| Error::File {
@@ -134,20 +215,7 @@ impl Metrics {
             return Ok(Vec::new());
         }
         let text = fs::read_to_string(&p).map_err(io(&p))?;
-        let parse = |l: &str| -> Option<EpochRecord> {
-            let v: Vec<&str> = l.split(',').collect();
-            Some(EpochRecord {
-                epoch: v.first()?.parse().ok()?,
-                step: v.get(1)?.parse().ok()?,
-                train_loss: v.get(2)?.parse().ok()?,
-                val_loss: v.get(3)?.parse().ok()?,
-                val_top1: v.get(4)?.parse().ok()?,
-                val_top5: v.get(5)?.parse().ok()?,
-                lr: v.get(6)?.parse().ok()?,
-                seconds: v.get(7)?.parse().ok()?,
-            })
-        };
-        Ok(text.lines().skip(1).filter_map(parse).collect())
+        Ok(text.lines().skip(1).filter_map(parse_csv_row).collect())
     }
 
     /// Draws `curves.png`: training loss per step (and validation loss per epoch), validation

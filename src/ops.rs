@@ -54,7 +54,7 @@ fn call(f: impl FnOnce(*mut *mut C_tensor, *mut i32) -> *mut c_char) -> Result<T
     let message = unsafe {
         let m = CStr::from_ptr(msg).to_string_lossy().into_owned();
         ffi::alexnet_rs_free_error(msg);
-        m
+        crate::error::clean_torch_message(&m)
     };
     let kind = match kind {
         1 => OpErrorKind::Type,

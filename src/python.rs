@@ -33,6 +33,7 @@ fn py_err(e: Error) -> PyErr {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "MissingFileError",
         Error::Io { .. } => "AlexNetIOError",
         Error::Diverged { .. } => "DivergedError",
+        Error::Internal(_) => "TorchError",
     };
     let message = e.to_string();
     Python::with_gil(|py| {

@@ -8,7 +8,7 @@ use crate::conv::ConvBackend;
 use crate::data::rng::Rng;
 use crate::data::{Dataset, Loader, LoaderConfig, OnBadImage, Split, Transform, View};
 use crate::error::{Error, Result};
-use crate::metrics::{EpochRecord, Metrics, StepRecord};
+use crate::metrics::{EpochRecord, Metrics, ResumeAt, StepRecord};
 use crate::model::{self, Params};
 use crate::optim::{Schedule, ScheduleKind, Sgd, UpdateRule};
 use crate::placement::Placement;
@@ -280,25 +280,10 @@ pub fn train(
 ) -> Result<EvalResult> {
     let (tc, ckpt) = match resume {
         Some(path) => {
+            // Put a checkpoint a crash left hidden back in place, clear leftovers (RELIABILITY.md).
+            checkpoint::recover(path)?;
             let c = checkpoint::load(path)?;
-            let mut t = c.state.config.clone();
-            // Budgets are per invocation: the caller's apply, the rest comes from the checkpoint
-            // (a changed setting would break the bit-exact continuation), except a new --epochs.
-            (t.max_steps, t.time_budget_s) = (tc.max_steps, tc.time_budget_s);
-            let default = TrainConfig::default();
-            if tc.epochs != default.epochs {
-                t.epochs = tc.epochs;
-            }
-            // Metrics and new checkpoints go to the resumed run's folder unless --out says otherwise.
-            t.out = if tc.out != default.out {
-                tc.out.clone()
-            } else {
-                c.dir
-                    .parent()
-                    .filter(|p| p.ends_with("checkpoints"))
-                    .and_then(Path::parent)
-                    .map_or(t.out, Path::to_path_buf)
-            };
+            let t = resumed_config(tc, &c);
             warn_ignored(tc, &t);
             (t, Some(c))
         }
@@ -353,16 +338,24 @@ pub fn train(
                 best_top1: None,
                 best_step: None,
                 classes: classes.clone(),
+                loss_sum: 0.0,
+                loss_count: 0,
             };
             (params, sgd, state)
         }
     };
     state.config = tc.clone();
-    let metrics = Metrics::open(&tc.out, resume.map(|_| state.step))?;
     let per_epoch = train_loader.batches_per_epoch() as u64;
+    state.check_position(per_epoch)?;
+    let at = ResumeAt {
+        step: state.step,
+        epoch: state.epoch,
+    };
+    let metrics = Metrics::open(&tc.out, resume.map(|_| at))?;
     let started = Instant::now();
     let mut steps_here = 0u64;
     let save = |state: &TrainState, params: &Params, sgd: &Sgd, on_event: &mut dyn FnMut(&Event)| -> Result<()> {
+        metrics.sync()?;
         let dir = checkpoint::save(
             &tc.out,
             state,
@@ -376,7 +369,6 @@ pub fn train(
     let mut last_eval = EvalResult::default();
     'epochs: while state.epoch < tc.epochs {
         let epoch_start = Instant::now();
-        let (mut loss_sum, mut loss_n) = (0.0, 0u64);
         let batches = train_loader.epoch_from(state.epoch, state.batch_in_epoch as usize);
         for batch in batches {
             let b = batch?;
@@ -420,8 +412,8 @@ pub fn train(
             state.step += 1;
             state.batch_in_epoch += 1;
             steps_here += 1;
-            loss_sum += lv;
-            loss_n += 1;
+            state.loss_sum += lv;
+            state.loss_count += 1;
             let rec = StepRecord {
                 step: state.step,
                 epoch: state.epoch,
@@ -436,18 +428,13 @@ pub fn train(
             let out_of_steps = tc.max_steps.is_some_and(|m| steps_here >= m);
             if out_of_time || out_of_steps || stop() {
                 if out_of_time {
+                    // Mid-epoch: reported, but not an epochs.csv row (the epoch's row comes when
+                    // a resumed run finishes it).
                     last_eval = evaluate(&cfg, &params, &test_loader)?;
-                    note_best(&mut state, &last_eval);
-                    let top1 = last_eval.top1;
-                    epoch_end(
-                        &metrics,
-                        &state,
-                        loss_sum / loss_n.max(1) as f64,
-                        &last_eval,
-                        epoch_start,
-                        on_event,
-                    )?;
-                    eprintln!("time budget reached after {} steps: top-1 {top1:.4}", state.step);
+                    eprintln!(
+                        "time budget reached after {} steps: top-1 {:.4}, top-5 {:.4}",
+                        state.step, last_eval.top1, last_eval.top5
+                    );
                 }
                 save(&state, &params, &sgd, on_event)?;
                 break 'epochs;
@@ -464,15 +451,9 @@ pub fn train(
             if state.schedule.end_epoch(Some(1.0 - last_eval.top1)) {
                 eprintln!("validation error plateaued: lr -> {:e}", state.schedule.lr);
             }
-            epoch_end(
-                &metrics,
-                &state,
-                loss_sum / loss_n.max(1) as f64,
-                &last_eval,
-                epoch_start,
-                on_event,
-            )?;
+            epoch_end(&metrics, &state, &last_eval, epoch_start, on_event)?;
         }
+        (state.loss_sum, state.loss_count) = (0.0, 0);
         save(&state, &params, &sgd, on_event)?;
     }
     if steps_here == 0 {
@@ -497,6 +478,31 @@ fn note_best(state: &mut TrainState, e: &EvalResult) {
     }
 }
 
+/// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time
+/// budgets, `--keep`), a new `--epochs`, and where to write (`--out`, else the run's own folder).
+fn resumed_config(tc: &TrainConfig, c: &checkpoint::Checkpoint) -> TrainConfig {
+    let mut t = c.state.config.clone();
+    // A changed model or data setting would break the bit-exact continuation.
+    (t.max_steps, t.time_budget_s) = (tc.max_steps, tc.time_budget_s);
+    let default = TrainConfig::default();
+    if tc.epochs != default.epochs {
+        t.epochs = tc.epochs;
+    }
+    if tc.keep != default.keep {
+        t.keep = tc.keep;
+    }
+    t.out = if tc.out != default.out {
+        tc.out.clone()
+    } else {
+        c.dir
+            .parent()
+            .filter(|p| p.ends_with("checkpoints"))
+            .and_then(Path::parent)
+            .map_or(t.out, Path::to_path_buf)
+    };
+    t
+}
+
 /// Tells which of the caller's non-default settings a resumed run does not take.
 fn warn_ignored(given: &TrainConfig, used: &TrainConfig) {
     let (Ok(serde_json::Value::Object(g)), Ok(serde_json::Value::Object(u)), Ok(serde_json::Value::Object(d))) = (
@@ -516,7 +522,6 @@ fn warn_ignored(given: &TrainConfig, used: &TrainConfig) {
 fn epoch_end(
     metrics: &Metrics,
     state: &TrainState,
-    train_loss: f64,
     e: &EvalResult,
     start: Instant,
     on_event: &mut dyn FnMut(&Event),
@@ -524,7 +529,7 @@ fn epoch_end(
     let rec = EpochRecord {
         epoch: state.epoch,
         step: state.step,
-        train_loss,
+        train_loss: state.loss_sum / state.loss_count.max(1) as f64,
         val_loss: e.loss,
         val_top1: e.top1,
         val_top5: e.top5,
@@ -573,7 +578,17 @@ pub fn evaluate_checkpoint(
     (tc.devices, tc.batch_size, tc.data) = (devices.to_string(), batch_size, data.or(tc.data));
     let ds = tc.open(Split::Test, limit.or(tc.limit_test))?;
     let view = if ten_crop { View::TenCrop } else { View::Center };
-    evaluate(&t.cfg, &t.params, &tc.loader(ds, view, false)?)
+    let r = evaluate(&t.cfg, &t.params, &tc.loader(ds, view, false)?)?;
+    if !r.loss.is_finite() {
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            reason: format!(
+                "evaluation gave a {} loss: these weights produce NaN or infinite outputs",
+                r.loss
+            ),
+        });
+    }
+    Ok(r)
 }
 
 /// Top-5 (class index, name, probability) for each image file.

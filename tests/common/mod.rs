@@ -9,6 +9,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Whether Debian's dataset-fashion-mnist is installed (`make setup` installs it).
+#[allow(dead_code)] // not every test file trains
 pub fn have_data() -> bool {
     let ok = Path::new(alexnet_rs::data::source::FASHION_MNIST_DIR).is_dir();
     if !ok {

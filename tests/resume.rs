@@ -1,0 +1,374 @@
+//! Resuming after a kill, a stop or a full disk: the metrics history is kept byte for byte, the
+//! interrupted epoch's row equals the uninterrupted run's, failed checkpoints leave nothing
+//! behind, the caller's `--keep` applies, and a state that cannot be continued is refused.
+//! Small cnn4 runs on Fashion-MNIST (Debian's dataset-fashion-mnist, installed by `make setup`).
+use alexnet_rs::checkpoint;
+use alexnet_rs::metrics::{Metrics, ResumeAt, StepRecord};
+use alexnet_rs::train::{train, TrainConfig};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+mod common;
+use common::{have_data, serial, tmp};
+
+/// cnn4 at 28x28: 4 steps per epoch, 2 epochs, a checkpoint every 2 steps (so every epoch end
+/// replaces the checkpoint of its own step).
+fn tiny(out: &Path) -> TrainConfig {
+    TrainConfig {
+        preset: "cnn4".into(),
+        input_size: 28,
+        batch_size: 32,
+        epochs: 2,
+        lr: 0.01,
+        seed: 7,
+        out: out.to_path_buf(),
+        limit_train: Some(128),
+        limit_test: Some(64),
+        threads: 2,
+        checkpoint_every: 2,
+        keep: 1,
+        ..TrainConfig::default()
+    }
+}
+
+fn run(tc: &TrainConfig, resume: Option<&Path>) {
+    train(tc, resume, &mut |_| {}, &|| false).unwrap();
+}
+
+/// The same run through the CLI, with `ALEXNET_FAULT` set (or not).
+fn cli(out: &Path, resume: bool, extra: &[&str], fault: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_alexnet"));
+    c.args(["train", "--threads", "2"]);
+    if resume {
+        c.arg("--resume").arg(out);
+    } else {
+        c.args([
+            "--preset",
+            "cnn4",
+            "--input-size",
+            "28",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "2",
+        ]);
+        c.args([
+            "--seed",
+            "7",
+            "--limit-train",
+            "128",
+            "--limit-test",
+            "64",
+            "--checkpoint-every",
+            "2",
+        ]);
+        c.args(["--keep", "1", "--out"]).arg(out);
+    }
+    c.args(extra);
+    match fault {
+        Some(f) => c.env("ALEXNET_FAULT", f),
+        None => c.env_remove("ALEXNET_FAULT"),
+    };
+    c.output().unwrap()
+}
+
+/// metrics.jsonl and epochs.csv with their timing fields (images_per_s, seconds) masked: every
+/// other byte must match.
+fn masked(run: &Path) -> (String, String) {
+    let jsonl = fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    let jsonl = jsonl
+        .lines()
+        .map(|l| match l.find("\"images_per_s\":") {
+            Some(i) => format!("{}\"images_per_s\":*}}", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let csv = fs::read_to_string(run.join("epochs.csv")).unwrap_or_default();
+    let csv = csv
+        .lines()
+        .map(|l| l.rsplit_once(',').map_or(l.to_string(), |(a, _)| format!("{a},*")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (jsonl, csv)
+}
+
+fn reference() -> PathBuf {
+    let a = tmp("resume-reference");
+    run(&tiny(&a), None);
+    a
+}
+
+#[test]
+fn a_resumed_run_writes_the_uninterrupted_runs_metrics_and_epoch_rows() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    // Findings 3 and 4: re-printed floats moved by one ULP, and the interrupted epoch's
+    // train_loss averaged only the steps after the resume.
+    let (a, b) = (reference(), tmp("resume-pieces"));
+    run(
+        &TrainConfig {
+            max_steps: Some(3),
+            ..tiny(&b)
+        },
+        None,
+    );
+    run(
+        &TrainConfig {
+            max_steps: Some(3),
+            ..tiny(&b)
+        },
+        Some(&b),
+    );
+    run(&tiny(&b), Some(&b));
+    let (ma, ca) = masked(&a);
+    let (mb, cb) = masked(&b);
+    assert_eq!(ma.lines().count(), 8);
+    assert_eq!(ca.lines().count(), 3, "{ca}");
+    assert_eq!(cb, ca, "epochs.csv differs");
+    assert_eq!(mb, ma, "metrics.jsonl differs");
+    for d in [a, b] {
+        fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn resuming_keeps_earlier_metrics_lines_byte_for_byte() {
+    let _s = serial();
+    // Finding 3 at its own depth: lines written before the checkpoint are kept as they are,
+    // never parsed and printed again.
+    let dir = tmp("metrics-bytes");
+    let m = Metrics::open(&dir, None).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // a value in [1e-4, 10) with all 53 bits of mantissa used
+        (1.0 + (x >> 11) as f64 / (1u64 << 53) as f64) * 10f64.powi((x % 5) as i32 - 4)
+    };
+    for step in 1..=500 {
+        let (loss, lr, e) = (next(), next(), next() / 10.0);
+        m.step(&StepRecord {
+            step,
+            epoch: 0,
+            loss,
+            lr,
+            train_error: e,
+            images_per_s: next(),
+        })
+        .unwrap();
+    }
+    let before = fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    Metrics::open(&dir, Some(ResumeAt { step: 400, epoch: 0 })).unwrap();
+    let after = fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let keep: String = before.lines().take(400).map(|l| format!("{l}\n")).collect();
+    assert!(after == keep, "lines changed on resume");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_time_budget_stop_writes_no_mislabelled_epoch_row() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    // Finding 4: the budget stop wrote a row labelled with the previous epoch and its lr.
+    let (a, b) = (reference(), tmp("budget"));
+    run(
+        &TrainConfig {
+            time_budget_s: Some(0.0),
+            ..tiny(&b)
+        },
+        None,
+    );
+    let csv = fs::read_to_string(b.join("epochs.csv")).unwrap_or_default();
+    assert!(
+        csv.lines().count() <= 1,
+        "a budget stop after one step wrote an epoch row:\n{csv}"
+    );
+    run(&tiny(&b), Some(&b));
+    assert_eq!(masked(&b), masked(&a));
+    for d in [a, b] {
+        fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn a_kill_during_resume_keeps_the_metrics_history() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    // Finding 2: resume rewrote metrics.jsonl line by line; a kill in between erased it.
+    let b = tmp("kill-resume");
+    run(
+        &TrainConfig {
+            max_steps: Some(3),
+            ..tiny(&b)
+        },
+        None,
+    );
+    let before = fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    assert_eq!(before.lines().count(), 3);
+    let out = cli(&b, true, &[], Some("metrics-mid-line:abort@1"));
+    assert!(!out.status.success());
+    let after = fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    assert!(after.starts_with(&before), "history lost:\n{after}");
+    // And the run still resumes to the uninterrupted run's files.
+    assert!(cli(&b, true, &[], None).status.success());
+    let a = reference();
+    assert_eq!(masked(&b), masked(&a));
+    for d in [a, b] {
+        fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn a_partial_metrics_line_does_not_block_resume() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    // Finding 5: a write that failed mid-line (disk full) made every later --resume fail.
+    let b = tmp("partial-line");
+    run(
+        &TrainConfig {
+            max_steps: Some(2),
+            ..tiny(&b)
+        },
+        None,
+    );
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(b.join("metrics.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"step\":3,\"epoch\":0,\"lo").unwrap();
+    drop(f);
+    run(&tiny(&b), Some(&b));
+    let a = reference();
+    assert_eq!(masked(&b), masked(&a));
+    for d in [a, b] {
+        fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn a_checkpoint_failing_on_a_full_disk_leaves_no_temporary_folder() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    // Finding 5: the partial `.tmp` folder stayed, keeping the disk full.
+    let b = tmp("enospc");
+    let out = cli(&b, false, &[], Some("ckpt-tmp-partial:enospc@2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("No space left on device"),
+        "{err}"
+    );
+    let left: Vec<String> = fs::read_dir(b.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(cli(&b, true, &[], None).status.success());
+    fs::remove_dir_all(&b).unwrap();
+}
+
+#[test]
+fn resume_honours_a_new_keep() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    // Finding 5: `--resume --keep 1` kept the run's own --keep.
+    let b = tmp("keep");
+    run(
+        &TrainConfig {
+            max_steps: Some(3),
+            checkpoint_every: 1,
+            keep: 3,
+            ..tiny(&b)
+        },
+        None,
+    );
+    let count = || {
+        fs::read_dir(b.join("checkpoints"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ckpt-"))
+            .count()
+    };
+    assert_eq!(count(), 3);
+    run(
+        &TrainConfig {
+            max_steps: Some(1),
+            keep: 1,
+            ..TrainConfig::default()
+        },
+        Some(&b),
+    );
+    assert_eq!(count(), 1);
+    fs::remove_dir_all(&b).unwrap();
+}
+
+#[test]
+fn a_state_past_the_epochs_end_is_refused() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    // Finding 9: batch_in_epoch beyond the epoch silently skipped the rest of the epoch.
+    let b = tmp("past-end");
+    run(
+        &TrainConfig {
+            max_steps: Some(2),
+            ..tiny(&b)
+        },
+        None,
+    );
+    let sp = checkpoint::find_latest(&b).unwrap().join("state.json");
+    let text = fs::read_to_string(&sp)
+        .unwrap()
+        .replace("\"batch_in_epoch\": 2", "\"batch_in_epoch\": 50");
+    fs::write(&sp, text).unwrap();
+    let e = train(&tiny(&b), Some(&b), &mut |_| {}, &|| false)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("batch_in_epoch") && e.contains("50"), "{e}");
+    fs::remove_dir_all(&b).unwrap();
+}
+
+#[test]
+fn eval_of_nan_weights_fails_with_a_clear_message() {
+    let _s = serial();
+    if !have_data() {
+        return;
+    }
+    // Finding 9: `alexnet eval` printed loss NaN and exited 0.
+    let b = tmp("nan-eval");
+    run(
+        &TrainConfig {
+            max_steps: Some(1),
+            ..tiny(&b)
+        },
+        None,
+    );
+    let dir = checkpoint::find_latest(&b).unwrap();
+    let mut w: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(dir.join("weights.safetensors")).unwrap();
+    let _ = w[0].1.fill_(f64::NAN);
+    tch::Tensor::write_safetensors(&w, dir.join("weights.safetensors")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args(["eval", "--limit", "16"])
+        .arg(&b)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("NaN"), "{err}");
+    fs::remove_dir_all(&b).unwrap();
+}
