@@ -80,3 +80,105 @@ fn missing_data_is_a_not_found_error() {
         "{e}"
     );
 }
+
+/// A scratch image folder: `classes` class folders of `per_class` 8x8 PNGs each.
+fn image_folder(name: &str, classes: usize, per_class: usize) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("alexnet-data-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for c in 0..classes {
+        let d = root.join(format!("c{c}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..per_class {
+            image::RgbImage::from_pixel(8, 8, image::Rgb([i as u8 * 20, c as u8 * 60, 9]))
+                .save(d.join(format!("img{i}.png")))
+                .unwrap();
+        }
+    }
+    root
+}
+
+#[test]
+fn a_directory_symlink_loop_is_an_error_not_more_data() {
+    // Finding 8: `c1/sub -> ..` made 8 images 328 samples, half of them mislabelled.
+    let root = image_folder("loop", 2, 4);
+    std::os::unix::fs::symlink("..", root.join("c1").join("sub")).unwrap();
+    let e = Dataset::open(&root, Split::Train)
+        .err()
+        .expect("a loop is refused")
+        .to_string();
+    assert!(e.contains("symlink loop") && e.contains("sub"), "{e}");
+    // A second link to a folder already read would label its images twice: refused too.
+    std::fs::remove_file(root.join("c1").join("sub")).unwrap();
+    std::os::unix::fs::symlink(root.join("c0"), root.join("c1").join("again")).unwrap();
+    let e = Dataset::open(&root, Split::Train)
+        .err()
+        .expect("a second path is refused")
+        .to_string();
+    assert!(e.contains("reached twice"), "{e}");
+    std::fs::remove_file(root.join("c1").join("again")).unwrap();
+    assert_eq!(Dataset::open(&root, Split::Train).unwrap().len(), 8);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn prepare_refuses_two_sources_with_one_output_name() {
+    // Finding 8: a.jpg and a.png both became a.jpg; one was dropped as "already there".
+    let src = image_folder("collide", 1, 1);
+    let img = image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]));
+    img.save(src.join("c0").join("a.png")).unwrap();
+    img.save(src.join("c0").join("a.jpg")).unwrap();
+    let dst = src.with_extension("out");
+    let e = alexnet_rs::data::prepare::prepare(&src, &dst, 8, 90, &|_, _| {})
+        .err()
+        .expect("a collision is refused")
+        .to_string();
+    assert!(e.contains("a.png") && e.contains("a.jpg"), "{e}");
+    assert!(!dst.exists(), "nothing is written before the names are checked");
+    std::fs::remove_dir_all(&src).unwrap();
+}
+
+#[test]
+fn prepare_exits_non_zero_when_files_failed() {
+    // Finding 8: `alexnet prepare` reported 12 failed files and exited 0.
+    let src = image_folder("prepare-fail", 1, 2);
+    std::fs::write(src.join("c0").join("broken.jpg"), b"not an image").unwrap();
+    let dst = src.with_extension("out");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args(["prepare", "--size", "8"])
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit 0 with a failed file: {err}");
+    assert!(err.contains("broken.jpg") && err.contains("1 of 3"), "{err}");
+    assert!(dst.join("c0").join("img0.jpg").is_file());
+    for d in [src, dst] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn a_panic_in_a_data_thread_is_an_error_not_an_empty_epoch() {
+    // Finding 6: `crop=0` panicked in a decoding thread and the epoch then ended with 0 batches
+    // and no error. Here the panic comes from a mean image too small for its side (an index out
+    // of bounds in the worker), a stand-in for any bug in a data thread.
+    let root = image_folder("panic", 2, 2);
+    let ds = Dataset::open(&root, Split::Train).unwrap();
+    let mut tf = Transform::for_preset(Preset::Caffe, 8, View::Center, None);
+    tf.normalize = alexnet_rs::data::Normalize::MeanImage {
+        side: 8,
+        mean: std::sync::Arc::new(Vec::new()),
+    };
+    let cfg = LoaderConfig {
+        batch_size: 2,
+        threads: 1,
+        ..LoaderConfig::default()
+    };
+    let loader = Loader::new(ds, tf, cfg).unwrap();
+    let got: Vec<_> = loader.epoch(0).collect();
+    assert!(!got.is_empty(), "the epoch ended silently");
+    let e = got.into_iter().find_map(|b| b.err()).expect("an error").to_string();
+    assert!(e.contains("data thread") && e.contains("index out of bounds"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -614,6 +614,16 @@ fn run_prepare(a: &PrepareArgs) -> Result<()> {
         report.failed.len(),
         a.dst.display()
     );
+    if !report.failed.is_empty() {
+        let total = report.written + report.skipped_existing + report.failed.len();
+        return Err(Error::File {
+            path: a.src.clone(),
+            reason: format!(
+                "{} of {total} files could not be prepared (listed above)",
+                report.failed.len()
+            ),
+        });
+    }
     Ok(())
 }
 

@@ -112,9 +112,12 @@ impl Loader {
         }
         if let Some((rank, world)) = cfg.shard {
             if world == 0 || rank >= world {
-                return Err(Error::Config(format!("rank {rank} is not in a world of {world}")));
+                return Err(Error::Config(format!(
+                    "rank {rank} is not in a world of {world} (world_size >= 1, 0 <= rank < world_size)"
+                )));
             }
         }
+        transform.check()?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)
             .thread_name(|i| format!("alexnet-data-{i}"))
@@ -192,7 +195,14 @@ impl Loader {
         let total = chunks.len();
         let producer = std::thread::spawn(move || {
             for chunk in chunks {
-                let batch = pool.install(|| build_batch(&ds, &tf, &cfg, epoch, &chunk, &sk));
+                // A panic (a bug) becomes the epoch's error, never a silently shorter epoch.
+                let build = || pool.install(|| build_batch(&ds, &tf, &cfg, epoch, &chunk, &sk));
+                let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).unwrap_or_else(|p| {
+                    Err(Error::Internal(format!(
+                        "a data thread panicked: {}",
+                        crate::error::panic_message(&*p)
+                    )))
+                });
                 let stop = batch.is_err();
                 if tx.send(batch).is_err() || stop {
                     return; // consumer gone, or an error ends the epoch
@@ -222,10 +232,10 @@ fn build_batch(
     use rayon::prelude::*;
     let (views, crop) = (tf.view.count() as i64, i64::from(tf.crop));
     let per = tf.view_len() * tf.view.count();
-    let images = Tensor::empty(
+    let images = Tensor::f_empty(
         [chunk.len() as i64 * views, 3, crop, crop],
         (tch::Kind::Float, Device::Cpu),
-    );
+    )?;
     // SAFETY: `images` is a fresh contiguous float tensor of exactly chunk.len() * per values,
     // alive for the whole borrow; the workers write disjoint chunks of it.
     let data = unsafe { std::slice::from_raw_parts_mut(images.data_ptr() as *mut f32, per * chunk.len()) };
@@ -309,7 +319,16 @@ impl Iterator for Epoch {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Result<Batch>> {
-        let received = self.rx.get_mut().expect("receiver lock").recv().ok()?;
+        let Ok(received) = self.rx.get_mut().expect("receiver lock").recv() else {
+            // The producer is gone: the epoch's end, or a thread that died.
+            let died = self.producer.take().and_then(|p| p.join().err());
+            return died.map(|p| {
+                Err(Error::Internal(format!(
+                    "a data thread died: {}",
+                    crate::error::panic_message(&*p)
+                )))
+            });
+        };
         let raw = match received {
             Ok(b) => b,
             Err(e) => return Some(Err(e)),

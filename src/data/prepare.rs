@@ -30,13 +30,13 @@ pub fn prepare(
         return Err(Error::Config("--size must be >= 1".into()));
     }
     let files = image_files(src)?;
+    check_collisions(src, dst, &files)?;
     let total = files.len();
     let done = AtomicUsize::new(0);
     let results: Vec<(PathBuf, Result<bool>)> = files
         .par_iter()
         .map(|f| {
-            let rel = f.strip_prefix(src).expect("image_files returns paths under src");
-            let out = dst.join(rel).with_extension("jpg");
+            let out = output(src, dst, f);
             let r = prepare_one(f, &out, size, quality);
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             (f.clone(), r)
@@ -51,6 +51,40 @@ pub fn prepare(
         }
     }
     Ok(report)
+}
+
+/// Where `f` (under `src`) goes: the same relative path under `dst`, as `.jpg`.
+fn output(src: &Path, dst: &Path, f: &Path) -> PathBuf {
+    let rel = f.strip_prefix(src).expect("image_files returns paths under src");
+    dst.join(rel).with_extension("jpg")
+}
+
+/// Refuses, before writing anything, sources that would share an output (`a.png` and `a.jpg`
+/// both become `a.jpg`): one would silently be dropped as "already there".
+fn check_collisions(src: &Path, dst: &Path, files: &[PathBuf]) -> Result<()> {
+    let mut by_output: std::collections::BTreeMap<PathBuf, Vec<&Path>> = Default::default();
+    for f in files {
+        by_output.entry(output(src, dst, f)).or_default().push(f);
+    }
+    let clashes: Vec<String> = by_output
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(out, v)| {
+            let names: Vec<String> = v.iter().map(|p| p.display().to_string()).collect();
+            format!("{} -> {}", names.join(" and "), out.display())
+        })
+        .collect();
+    if clashes.is_empty() {
+        return Ok(());
+    }
+    Err(Error::File {
+        path: src.to_path_buf(),
+        reason: format!(
+            "{} output names would be written twice (every output is a .jpg): {}; rename one of each",
+            clashes.len(),
+            clashes.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+        ),
+    })
 }
 
 /// Returns Ok(false) when `out` already exists (a finished earlier run).

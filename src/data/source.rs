@@ -87,21 +87,55 @@ fn is_image(path: &Path) -> bool {
 }
 
 /// Image files under `dir`, recursively, sorted (a stable order whatever the file system).
+/// Symlinked folders are followed once: a loop, or a second path to a folder already read, is
+/// an error (its images would be read again, under another label).
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).map_err(io_err(&d))? {
-            let path = entry.map_err(io_err(&d))?.path();
+    Walk::default().files(dir, &mut Vec::new(), &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// The folders read so far, by (device, inode) of their target.
+#[derive(Default)]
+struct Walk {
+    seen: std::collections::HashMap<(u64, u64), PathBuf>,
+}
+
+impl Walk {
+    fn id(dir: &Path) -> Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(dir).map_err(io_err(dir))?;
+        Ok((m.dev(), m.ino()))
+    }
+
+    /// Adds the image files under `dir` to `out`; `above` are the folders it lies in.
+    fn files(&mut self, dir: &Path, above: &mut Vec<(u64, u64)>, out: &mut Vec<PathBuf>) -> Result<()> {
+        let id = Walk::id(dir)?;
+        if let Some(first) = self.seen.get(&id) {
+            let reason = if above.contains(&id) {
+                format!("a symlink loop: this folder leads back to {}", first.display())
+            } else {
+                format!(
+                    "the folder {} is reached twice (through a symlink): its images would be read twice",
+                    first.display()
+                )
+            };
+            return Err(data_err(dir, reason));
+        }
+        self.seen.insert(id, dir.to_path_buf());
+        above.push(id);
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let path = entry.map_err(io_err(dir))?.path();
             if path.is_dir() {
-                stack.push(path);
+                self.files(&path, above, out)?;
             } else if is_image(&path) {
                 out.push(path);
             }
         }
+        above.pop();
+        Ok(())
     }
-    out.sort();
-    Ok(out)
 }
 
 impl Dataset {
@@ -146,10 +180,14 @@ impl Dataset {
             return Err(data_err(root, "no class subfolders (expected one folder per class)"));
         }
         let mut items = Vec::new();
+        let mut walk = Walk::default();
+        let mut above = vec![Walk::id(root)?];
+        walk.seen.insert(above[0], root.to_path_buf());
         for (label, class) in classes.iter().enumerate() {
-            for f in image_files(&root.join(class))? {
-                items.push((Sample::File(f), label as i64));
-            }
+            let mut files = Vec::new();
+            walk.files(&root.join(class), &mut above, &mut files)?;
+            files.sort();
+            items.extend(files.into_iter().map(|f| (Sample::File(f), label as i64)));
         }
         if items.is_empty() {
             return Err(data_err(root, "no image files in the class folders"));

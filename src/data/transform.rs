@@ -126,6 +126,20 @@ pub fn center_offset(w: u32, h: u32, crop: u32) -> (u32, u32) {
 }
 
 impl Transform {
+    /// Refuses sizes no image can satisfy (a zero crop, a crop larger than the resized side).
+    pub fn check(&self) -> Result<()> {
+        if self.crop == 0 {
+            return Err(Error::Config("crop must be >= 1, got 0".into()));
+        }
+        if self.resize < self.crop {
+            return Err(Error::Config(format!(
+                "resize ({}) must be at least the crop ({}): the shorter side is resized to it before cropping",
+                self.resize, self.crop
+            )));
+        }
+        Ok(())
+    }
+
     /// The resized (and, with `square`, centre-cropped) image that crops are taken from.
     pub fn base(&self, img: &RgbImage) -> Result<RgbImage> {
         let r = resize_shorter(img, self.resize)?;
