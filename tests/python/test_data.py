@@ -231,8 +231,10 @@ def test_list_file_source(tmp_path):
 def test_prepare_is_resumable(tmp_path):
     src = folder_with_bad_files(tmp_path)
     out = subprocess.run([BIN, "prepare", src, tmp_path / "dst", "--size", "64"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    # The good files are written; the bad ones are listed and make the exit code 1.
+    assert out.returncode == 1, out.stderr
     assert "8 written, 0 already there, 4 failed" in out.stdout
+    assert "4 of 12 files could not be prepared" in out.stderr
     done = sorted(p.name for p in (tmp_path / "dst").rglob("*.jpg"))
     assert len(done) == 8 and min(Image.open(next((tmp_path / "dst").rglob("*.jpg"))).size) == 64
     again = subprocess.run([BIN, "prepare", src, tmp_path / "dst", "--size", "64"], capture_output=True, text=True)
