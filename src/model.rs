@@ -216,7 +216,21 @@ fn report(observe: &mut Observer, name: &str, stage: Stage, h: &Act) -> Result<(
 
 /// The forward pass: logits `(N, classes)` for images `(N, 3, H, W)`. `train` turns dropout on.
 pub fn forward(cfg: &Config, params: &Params, x: &Tensor, train: bool) -> Result<Tensor> {
-    forward_impl(cfg, params, x, train, None)
+    forward_impl(cfg, params, x, train, None).map_err(|e| dtype_hint(e, params, x))
+}
+
+/// A libtorch failure on an input whose dtype differs from the parameters' is that mismatch
+/// (outside autocast, convolutions need both the same): said so, naming `x`.
+fn dtype_hint(e: Error, params: &Params, x: &Tensor) -> Error {
+    let w = params.iter_shards().next().map(|(_, _, t)| t.kind());
+    match (&e, w) {
+        (Error::Torch(_) | Error::Op { .. }, Some(w)) if w != x.kind() => Error::Dtype(format!(
+            "x has dtype {:?} but the parameters are {w:?}: convert one to the other (e.g. x.float(), or \
+             model.to(x.dtype)) or run under autocast",
+            x.kind()
+        )),
+        _ => e,
+    }
 }
 
 /// [`forward`], calling `observe(layer name, stage, output)` after every stage.
@@ -384,16 +398,22 @@ fn dropout(x: &Act, p: f64) -> Result<Act> {
 }
 
 fn check_input(cfg: &Config, x: &Tensor) -> Result<()> {
+    // tch names every device it does not know (meta included) Mps: refuse all but cpu and cuda.
+    if !matches!(x.device(), Device::Cpu | Device::Cuda(_)) {
+        return Err(Error::Shape(
+            "x is not on a cpu or cuda device (meta, mps and other devices are not supported)".into(),
+        ));
+    }
     let size = x.size();
     if size.len() != 4 || size[1] != cfg.in_channels {
         return Err(Error::Shape(format!(
-            "input must be (N, {}, H, W) images, got a tensor of shape {size:?}",
+            "x must be (N, {}, H, W) images, got a tensor of shape {size:?}",
             cfg.in_channels
         )));
     }
     if !matches!(x.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
         return Err(Error::Dtype(format!(
-            "input must be floating point, got dtype {:?}",
+            "x must be floating point, got dtype {:?}",
             x.kind()
         )));
     }

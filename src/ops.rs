@@ -46,7 +46,9 @@ fn call(f: impl FnOnce(*mut *mut C_tensor, *mut i32) -> *mut c_char) -> Result<T
     let mut kind = 0i32;
     let msg = f(&mut out, &mut kind);
     if msg.is_null() {
-        assert!(!out.is_null(), "op returned neither a tensor nor an error");
+        if out.is_null() {
+            return Err(Error::Internal("an op returned neither a tensor nor an error".into()));
+        }
         // SAFETY: `out` is a heap `at::Tensor*` the C side allocated for us to own.
         return Ok(unsafe { Tensor::from_ptr(out) });
     }

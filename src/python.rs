@@ -1,68 +1,42 @@
 //! The pyo3 module `alexnet_rs._native`: a thin binding over the core modules, no logic of its
-//! own. Every core error becomes an instance of the matching class in `alexnet_rs.errors`.
+//! own. Every entry point runs under a panic boundary, checks its arguments by name, and turns
+//! core errors into the matching class of `alexnet_rs.errors` (see `boundary`); the data
+//! pipeline's bindings are in `data`.
+mod boundary;
+mod data;
+
 use crate::config::{Config, Preset};
 use crate::conv::ConvBackend;
-use crate::data::rng::Rng;
-use crate::data::{Dataset, Epoch, Loader, LoaderConfig, Normalize, Split, Transform, View};
-use crate::error::{Error, OpErrorKind};
+use crate::error::Error;
 use crate::{info, model, ops};
+use boundary::{core, count, guard, py_err, side, tensor, tensors};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
-use std::collections::{BTreeMap, HashMap};
-
-/// Maps a core error to its Python exception class (alexnet_rs/errors.py).
-fn py_err(e: Error) -> PyErr {
-    let class = match &e {
-        Error::Config(_) | Error::MissingParam(..) => "ConfigError",
-        Error::Shape(_)
-        | Error::Op {
-            kind: OpErrorKind::Value,
-            ..
-        } => "ShapeError",
-        Error::Dtype(_)
-        | Error::Op {
-            kind: OpErrorKind::Type,
-            ..
-        } => "DtypeError",
-        Error::Op {
-            kind: OpErrorKind::Other,
-            ..
-        }
-        | Error::Torch(_) => "TorchError",
-        Error::File { .. } => "DataError",
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "MissingFileError",
-        Error::Io { .. } => "AlexNetIOError",
-        Error::Diverged { .. } => "DivergedError",
-        Error::Internal(_) => "TorchError",
-    };
-    let message = e.to_string();
-    Python::with_gil(|py| {
-        match py
-            .import("alexnet_rs.errors")
-            .and_then(|m| m.getattr(class))
-            .and_then(|c| c.call1((message.clone(),)))
-        {
-            Ok(instance) => PyErr::from_value(instance),
-            Err(import_failure) => import_failure,
-        }
-    })
-}
+use std::path::PathBuf;
 
 fn config(preset: &str, num_classes: i64) -> PyResult<Config> {
-    preset
-        .parse::<Preset>()
-        .and_then(|p| Config::preset(p, num_classes))
-        .map_err(py_err)
+    core(preset.parse::<Preset>().and_then(|p| Config::preset(p, num_classes)))
+}
+
+/// The preset's network for square inputs of `input_size` (default: the preset's own).
+fn config_at(preset: &str, num_classes: i64, input_size: Option<i64>) -> PyResult<Config> {
+    let mut cfg = config(preset, num_classes)?;
+    if let Some(s) = input_size {
+        core(cfg.spatial_sizes(s))?;
+        cfg.input_size = s;
+    }
+    Ok(cfg)
 }
 
 /// LRN through the Rust wrapper of our op (the same kernel `torch.ops.alexnet_rs.lrn` reaches).
 #[pyfunction]
 #[pyo3(signature = (x, size=5, alpha=1e-4, beta=0.75, k=2.0))]
-fn lrn(py: Python<'_>, x: PyTensor, size: i64, alpha: f64, beta: f64, k: f64) -> PyResult<PyTensor> {
-    let x = x.0;
-    py.allow_threads(move || ops::lrn(&x, size, alpha, beta, k))
-        .map(PyTensor)
-        .map_err(py_err)
+fn lrn(py: Python<'_>, x: &Bound<'_, PyAny>, size: i64, alpha: f64, beta: f64, k: f64) -> PyResult<PyTensor> {
+    guard(|| {
+        let x = tensor(x, "x")?;
+        core(py.allow_threads(move || ops::lrn(&x, size, alpha, beta, k))).map(PyTensor)
+    })
 }
 
 /// Rows of `alexnet info`: (name, op, output shape, parameters, MACs).
@@ -73,20 +47,24 @@ fn layer_table(
     input_size: Option<i64>,
     num_classes: i64,
 ) -> PyResult<Vec<(String, String, Vec<i64>, i64, i64)>> {
-    let cfg = config(preset, num_classes)?;
-    let rows = info::layer_table(&cfg, input_size.unwrap_or(cfg.input_size)).map_err(py_err)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.name, r.op, r.out_shape, r.params, r.macs))
-        .collect())
+    guard(|| {
+        let cfg = config(preset, num_classes)?;
+        let rows = core(info::layer_table(&cfg, input_size.unwrap_or(cfg.input_size)))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.name, r.op, r.out_shape, r.params, r.macs))
+            .collect())
+    })
 }
 
 /// The text `alexnet info` prints.
 #[pyfunction]
 #[pyo3(signature = (preset, input_size=None, num_classes=1000))]
 fn info_text(preset: &str, input_size: Option<i64>, num_classes: i64) -> PyResult<String> {
-    let cfg = config(preset, num_classes)?;
-    info::render(&cfg, input_size.unwrap_or(cfg.input_size)).map_err(py_err)
+    guard(|| {
+        let cfg = config(preset, num_classes)?;
+        core(info::render(&cfg, input_size.unwrap_or(cfg.input_size)))
+    })
 }
 
 /// The preset's network as data (JSON of `Config`: conv and FC layers, LRN, pooling), for
@@ -94,255 +72,70 @@ fn info_text(preset: &str, input_size: Option<i64>, num_classes: i64) -> PyResul
 #[pyfunction]
 #[pyo3(signature = (preset, num_classes=1000))]
 fn architecture(preset: &str, num_classes: i64) -> PyResult<String> {
-    Ok(serde_json::to_string(&config(preset, num_classes)?).expect("plain data"))
+    guard(|| Ok(serde_json::to_string(&config(preset, num_classes)?).expect("plain data")))
 }
 
 /// Every parameter's (name, shape), in network order.
 #[pyfunction]
 #[pyo3(signature = (preset, num_classes=1000))]
 fn param_shapes(preset: &str, num_classes: i64) -> PyResult<Vec<(String, Vec<i64>)>> {
-    Ok(config(preset, num_classes)?.param_shapes())
+    guard(|| Ok(config(preset, num_classes)?.param_shapes()))
 }
 
 /// The Rust functional forward over a dict of named parameters (autograd-connected: gradients
-/// land on the tensors passed in).
+/// land on the tensors passed in), for square inputs of `input_size` (default: the preset's).
 #[pyfunction]
-#[pyo3(signature = (preset, params, x, train=false, num_classes=1000, conv_backend="auto"))]
+#[pyo3(signature = (preset, params, x, train=false, num_classes=1000, conv_backend="auto", input_size=None))]
+#[allow(clippy::too_many_arguments)]
 fn forward(
     py: Python<'_>,
     preset: &str,
-    params: HashMap<String, PyTensor>,
-    x: PyTensor,
+    params: &Bound<'_, PyDict>,
+    x: &Bound<'_, PyAny>,
     train: bool,
     num_classes: i64,
     conv_backend: &str,
+    input_size: Option<i64>,
 ) -> PyResult<PyTensor> {
-    let mut cfg = config(preset, num_classes)?;
-    cfg.conv_backend = conv_backend.parse::<ConvBackend>().map_err(py_err)?;
-    let params = model::Params::new(params.into_iter().map(|(k, v)| (k, v.0)).collect::<BTreeMap<_, _>>());
-    let x = x.0;
-    py.allow_threads(move || model::forward(&cfg, &params, &x, train))
-        .map(PyTensor)
-        .map_err(py_err)
-}
-
-fn parse_view(view: &str) -> PyResult<View> {
-    match view {
-        "train" => Ok(View::Train),
-        "center" => Ok(View::Center),
-        "ten_crop" => Ok(View::TenCrop),
-        _ => Err(py_err(Error::Config(format!(
-            "view must be train, center or ten_crop, got `{view}`"
-        )))),
-    }
-}
-
-/// Decodes an image file to a (H, W, 3) uint8 tensor.
-#[pyfunction]
-fn load_image(path: std::path::PathBuf) -> PyResult<PyTensor> {
-    let img = crate::image::load_rgb(&path).map_err(py_err)?;
-    let (w, h) = img.dimensions();
-    Ok(PyTensor(tch::Tensor::from_slice(img.as_raw()).view([
-        i64::from(h),
-        i64::from(w),
-        3,
-    ])))
-}
-
-/// The views of one (H, W, 3) uint8 image under the pipeline's transform, as a
-/// (views, 3, crop, crop) float tensor with pixels scaled to [0, 1] (no mean subtraction).
-#[pyfunction]
-#[pyo3(signature = (image, resize, crop, view="center", square=false, seed=0, epoch=0, index=0))]
-#[allow(clippy::too_many_arguments)]
-fn transform_views(
-    image: PyTensor,
-    resize: u32,
-    crop: u32,
-    view: &str,
-    square: bool,
-    seed: u64,
-    epoch: u64,
-    index: u64,
-) -> PyResult<PyTensor> {
-    let shape = image.size();
-    if shape.len() != 3 || shape[2] != 3 || image.kind() != tch::Kind::Uint8 {
-        return Err(py_err(Error::Shape(format!(
-            "image must be a (H, W, 3) uint8 tensor, got {:?} {:?}",
-            shape,
-            image.kind()
-        ))));
-    }
-    let bytes = Vec::<u8>::try_from(image.contiguous().flatten(0, -1)).map_err(|e| py_err(e.into()))?;
-    let img = image::RgbImage::from_raw(shape[1] as u32, shape[0] as u32, bytes).expect("H * W * 3 bytes");
-    let view = parse_view(view)?;
-    let normalize = Normalize::MeanStd {
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    };
-    let tf = Transform {
-        resize,
-        square,
-        crop,
-        view,
-        pca: None,
-        scale: 1.0,
-        normalize,
-    };
-    let mut out = vec![0f32; tf.view_len() * view.count()];
-    tf.apply(&img, &mut Rng::for_sample(seed, epoch, index), &mut out)
-        .map_err(py_err)?;
-    let c = i64::from(crop);
-    Ok(PyTensor(tch::Tensor::from_slice(&out).view([
-        view.count() as i64,
-        3,
-        c,
-        c,
-    ])))
-}
-
-/// The Rust data loader: iterating it yields (images, labels) batches of successive epochs.
-#[pyclass(module = "alexnet_rs._native")]
-struct DataLoader {
-    loader: Loader,
-    next_epoch: u64,
-}
-
-#[pymethods]
-impl DataLoader {
-    #[new]
-    #[pyo3(signature = (data, split="train", preset="paper", crop=224, view="train", batch_size=64, threads=0,
-                        seed=0, shuffle=true, drop_last=false, on_bad_image="skip", limit=None, stats=None,
-                        rank=0, world_size=1))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        data: std::path::PathBuf,
-        split: &str,
-        preset: &str,
-        crop: u32,
-        view: &str,
-        batch_size: usize,
-        threads: usize,
-        seed: u64,
-        shuffle: bool,
-        drop_last: bool,
-        on_bad_image: &str,
-        limit: Option<usize>,
-        stats: Option<std::path::PathBuf>,
-        rank: usize,
-        world_size: usize,
-    ) -> PyResult<Self> {
-        let split = match split {
-            "train" => Split::Train,
-            "test" | "val" => Split::Test,
-            _ => {
-                return Err(py_err(Error::Config(format!(
-                    "split must be train or test, got `{split}`"
-                ))))
-            }
-        };
-        let preset = preset.parse::<Preset>().map_err(py_err)?;
-        let stats = stats
-            .map(|p| crate::data::stats::Stats::load(&p))
-            .transpose()
-            .map_err(py_err)?;
-        let mut ds = Dataset::open(&data, split).map_err(py_err)?;
-        if let Some(n) = limit {
-            ds = ds.subset(n, seed);
-        }
-        let tf = Transform::for_preset(preset, crop, parse_view(view)?, stats.as_ref());
-        let on_bad_image = on_bad_image.parse().map_err(py_err)?;
-        let shard = (world_size > 1 || rank > 0).then_some((rank, world_size));
-        let cfg = LoaderConfig {
-            batch_size,
-            threads,
-            seed,
-            shuffle,
-            drop_last,
-            on_bad_image,
-            shard,
-            ..LoaderConfig::default()
-        };
-        Ok(DataLoader {
-            loader: Loader::new(ds, tf, cfg).map_err(py_err)?,
-            next_epoch: 0,
-        })
-    }
-
-    /// Batches per epoch.
-    fn __len__(&self) -> usize {
-        self.loader.batches_per_epoch()
-    }
-
-    /// Class names, label order.
-    #[getter]
-    fn classes(&self) -> Vec<String> {
-        self.loader.dataset().classes.clone()
-    }
-
-    #[getter]
-    fn num_samples(&self) -> usize {
-        self.loader.dataset().len()
-    }
-
-    /// The batches of epoch `epoch` (its shuffle and augmentation depend on it and the seed).
-    fn epoch(&self, epoch: u64) -> EpochIter {
-        EpochIter {
-            inner: Some(self.loader.epoch(epoch)),
-        }
-    }
-
-    fn __iter__(&mut self) -> EpochIter {
-        self.next_epoch += 1;
-        self.epoch(self.next_epoch - 1)
-    }
-}
-
-#[pyclass(module = "alexnet_rs._native")]
-struct EpochIter {
-    inner: Option<Epoch>,
-}
-
-#[pymethods]
-impl EpochIter {
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<(PyTensor, PyTensor)>> {
-        let Some(mut epoch) = self.inner.take() else {
-            return Ok(None);
-        };
-        let (epoch, item) = py.allow_threads(move || {
-            let item = epoch.next();
-            (epoch, item)
-        });
-        self.inner = Some(epoch); // kept after the end too, for `skipped`
-        match item {
-            None => Ok(None),
-            Some(Err(e)) => Err(py_err(e)),
-            Some(Ok(b)) => Ok(Some((PyTensor(b.images), PyTensor(b.labels)))),
-        }
-    }
-
-    /// Bad images skipped so far in this epoch.
-    #[getter]
-    fn skipped(&self) -> usize {
-        self.inner.as_ref().map_or(0, Epoch::skipped)
-    }
-
-    fn __len__(&self) -> usize {
-        self.inner.as_ref().map_or(0, Epoch::len)
-    }
+    guard(|| {
+        let mut cfg = config_at(preset, num_classes, input_size)?;
+        cfg.conv_backend = core(conv_backend.parse::<ConvBackend>())?;
+        let params = model::Params::new(tensors(params, "parameter")?);
+        let x = tensor(x, "x")?;
+        core(py.allow_threads(move || model::forward(&cfg, &params, &x, train))).map(PyTensor)
+    })
 }
 
 /// The table `alexnet placement` prints: which rows of each parameter live on which device.
 #[pyfunction]
 #[pyo3(signature = (preset, devices, num_classes=1000))]
 fn placement_table(preset: &str, devices: &str, num_classes: i64) -> PyResult<String> {
-    let cfg = config(preset, num_classes)?;
-    crate::placement::Placement::parse(devices)
-        .and_then(|p| p.table(&cfg))
-        .map_err(py_err)
+    guard(|| {
+        let cfg = config(preset, num_classes)?;
+        core(crate::placement::Placement::parse(devices).and_then(|p| p.table(&cfg)))
+    })
+}
+
+/// A train config dict as a `TrainConfig`, naming the key at fault (serde names unknown keys
+/// but not the key of a value of the wrong type).
+fn train_config(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<crate::train::TrainConfig> {
+    let bad = |m: String| py_err(Error::Config(m));
+    let json: String = py
+        .import("json")?
+        .call_method1("dumps", (config,))
+        .and_then(|j| j.extract())
+        .map_err(|e| bad(format!("train config: not plain data (str, numbers, bools, None): {e}")))?;
+    serde_json::from_str(&json).map_err(|e| {
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
+        let key = map.into_iter().find(|(k, v)| {
+            let one = serde_json::Value::Object([(k.clone(), v.clone())].into_iter().collect());
+            serde_json::from_value::<crate::train::TrainConfig>(one).is_err()
+        });
+        match key {
+            Some((k, _)) => bad(format!("train config `{k}`: {e}")),
+            None => bad(format!("train config: {e}")),
+        }
+    })
 }
 
 /// Runs the Rust training loop with the GIL released. `config` is a dict of TrainConfig fields
@@ -352,72 +145,89 @@ fn placement_table(preset: &str, devices: &str, num_classes: i64) -> PyResult<St
 #[pyo3(signature = (config, on_step=None, resume=None))]
 fn train(
     py: Python<'_>,
-    config: &Bound<'_, pyo3::types::PyDict>,
+    config: &Bound<'_, PyDict>,
     on_step: Option<PyObject>,
-    resume: Option<std::path::PathBuf>,
+    resume: Option<PathBuf>,
 ) -> PyResult<PyObject> {
-    let json: String = py.import("json")?.call_method1("dumps", (config,))?.extract()?;
-    let tc: crate::train::TrainConfig =
-        serde_json::from_str(&json).map_err(|e| py_err(Error::Config(format!("train config: {e}"))))?;
-    let interrupted = std::sync::atomic::AtomicBool::new(false);
-    let callback_error: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
-    let result = py.allow_threads(|| {
-        let mut on_event = |e: &crate::train::Event| {
-            let Some(cb) = &on_step else { return };
-            let value = match e {
-                crate::train::Event::Step(r) => serde_json::to_string(r),
-                crate::train::Event::Epoch(r) => serde_json::to_string(r),
-                crate::train::Event::Checkpoint(d) => serde_json::to_string(&serde_json::json!({"checkpoint": d})),
-            }
-            .expect("plain records");
-            Python::with_gil(|py| {
-                let r = py
-                    .import("json")
-                    .and_then(|j| j.call_method1("loads", (value,)))
-                    .and_then(|d| cb.call1(py, (d,)));
-                if let Err(err) = r {
-                    callback_error.lock().expect("lock").get_or_insert(err);
+    guard(|| {
+        let tc = train_config(py, config)?;
+        if let Some(cb) = on_step.as_ref().filter(|cb| !cb.bind(py).is_callable()) {
+            let got = cb
+                .bind(py)
+                .get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string());
+            return Err(py_err(Error::Dtype(format!("on_step must be callable, got {got}"))));
+        }
+        let interrupted = std::sync::atomic::AtomicBool::new(false);
+        let callback_error: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+        let result = py.allow_threads(|| {
+            let mut on_event = |e: &crate::train::Event| {
+                if let Some(cb) = &on_step {
+                    send_event(cb, e, &callback_error);
                 }
-            });
-        };
-        let stop = || {
-            let sig = Python::with_gil(|py| py.check_signals().is_err());
-            if sig {
-                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-            sig || callback_error.lock().expect("lock").is_some()
-        };
-        crate::train::train(&tc, resume.as_deref(), &mut on_event, &stop)
-    });
-    let callback_error = callback_error.into_inner().expect("lock");
-    // Ctrl-C may land inside the callback (then it is the callback's error) or in Rust.
-    let ctrl_c = callback_error
-        .as_ref()
-        .is_some_and(|e| e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py));
-    if let Some(err) = callback_error.filter(|_| !ctrl_c) {
-        return Err(err);
-    }
-    if ctrl_c || interrupted.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
-            "training stopped after a checkpoint",
-        ));
-    }
-    eval_dict(py, &result.map_err(py_err)?)
+            };
+            let stop = || {
+                let sig = Python::with_gil(|py| py.check_signals().is_err());
+                if sig {
+                    interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                sig || callback_error.lock().expect("lock").is_some()
+            };
+            crate::train::train(&tc, resume.as_deref(), &mut on_event, &stop)
+        });
+        let callback_error = callback_error.into_inner().expect("lock");
+        // Ctrl-C may land inside the callback (then it is the callback's error) or in Rust.
+        let ctrl_c = callback_error
+            .as_ref()
+            .is_some_and(|e| e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py));
+        if let Some(err) = callback_error.filter(|_| !ctrl_c) {
+            return Err(err);
+        }
+        if ctrl_c || interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+                "training stopped after a checkpoint",
+            ));
+        }
+        eval_dict(py, &core(result)?)
+    })
 }
 
-/// Freshly initialised whole parameters of a preset (CPU, float32), drawn from torch's global
-/// generator (seed it with torch.manual_seed): the Rust initialisation, the same as the CLI's.
+/// Calls `on_step(dict)` with one event; its first error is kept (and stops the run).
+fn send_event(cb: &PyObject, e: &crate::train::Event, error: &std::sync::Mutex<Option<PyErr>>) {
+    let value = match e {
+        crate::train::Event::Step(r) => serde_json::to_string(r),
+        crate::train::Event::Epoch(r) => serde_json::to_string(r),
+        crate::train::Event::Checkpoint(d) => serde_json::to_string(&serde_json::json!({"checkpoint": d})),
+    }
+    .expect("plain records");
+    Python::with_gil(|py| {
+        let r = py
+            .import("json")
+            .and_then(|j| j.call_method1("loads", (value,)))
+            .and_then(|d| cb.call1(py, (d,)));
+        if let Err(err) = r {
+            error.lock().expect("lock").get_or_insert(err);
+        }
+    });
+}
+
+/// Freshly initialised whole parameters of a preset (CPU, float32) for square inputs of
+/// `input_size` (default: the preset's), drawn from torch's global generator (seed it with
+/// torch.manual_seed): the Rust initialisation, the same as the CLI's.
 #[pyfunction]
-#[pyo3(signature = (preset, num_classes=1000))]
-fn init_params(preset: &str, num_classes: i64) -> PyResult<Vec<(String, PyTensor)>> {
-    let cfg = config(preset, num_classes)?;
-    let mut whole = model::init_whole(&cfg).map_err(py_err)?;
-    // Network order (weight, bias, layer by layer), as torchvision's state_dict.
-    Ok(cfg
-        .param_shapes()
-        .into_iter()
-        .filter_map(|(k, _)| whole.remove(&k).map(|v| (k, PyTensor(v))))
-        .collect())
+#[pyo3(signature = (preset, num_classes=1000, input_size=None))]
+fn init_params(preset: &str, num_classes: i64, input_size: Option<i64>) -> PyResult<Vec<(String, PyTensor)>> {
+    guard(|| {
+        let cfg = config_at(preset, num_classes, input_size)?;
+        let mut whole = core(model::init_whole(&cfg))?;
+        // Network order (weight, bias, layer by layer), as torchvision's state_dict.
+        Ok(cfg
+            .param_shapes()
+            .into_iter()
+            .filter_map(|(k, _)| whole.remove(&k).map(|v| (k, PyTensor(v))))
+            .collect())
+    })
 }
 
 /// Top-1/top-5 accuracy of a checkpoint (run folder or ckpt folder) on its run's test split
@@ -426,24 +236,27 @@ fn init_params(preset: &str, num_classes: i64) -> PyResult<Vec<(String, PyTensor
 #[pyo3(signature = (checkpoint, data=None, ten_crop=false, limit=None, batch_size=128, devices="cpu"))]
 fn evaluate(
     py: Python<'_>,
-    checkpoint: std::path::PathBuf,
-    data: Option<std::path::PathBuf>,
+    checkpoint: PathBuf,
+    data: Option<PathBuf>,
     ten_crop: bool,
-    limit: Option<usize>,
-    batch_size: usize,
+    limit: Option<i64>,
+    batch_size: i64,
     devices: &str,
 ) -> PyResult<PyObject> {
-    let devices = devices.to_string();
-    let r = py
-        .allow_threads(move || {
+    guard(|| {
+        let batch_size = count("batch_size", batch_size, 1)?;
+        let limit = limit.map(|n| count("limit", n, 0)).transpose()?;
+        core(crate::placement::Placement::parse(devices))?;
+        let devices = devices.to_string();
+        let r = py.allow_threads(move || {
             crate::train::evaluate_checkpoint(&checkpoint, data, ten_crop, limit, batch_size, &devices)
-        })
-        .map_err(py_err)?;
-    eval_dict(py, &r)
+        });
+        eval_dict(py, &core(r)?)
+    })
 }
 
 fn eval_dict(py: Python<'_>, r: &crate::train::EvalResult) -> PyResult<PyObject> {
-    let d = pyo3::types::PyDict::new(py);
+    let d = PyDict::new(py);
     d.set_item("top1", r.top1)?;
     d.set_item("top5", r.top5)?;
     d.set_item("loss", r.loss)?;
@@ -456,36 +269,48 @@ fn eval_dict(py: Python<'_>, r: &crate::train::EvalResult) -> PyResult<PyObject>
 #[pyo3(signature = (preset, params, out, classes=None, input_size=None))]
 fn save_checkpoint(
     preset: &str,
-    params: HashMap<String, PyTensor>,
-    out: std::path::PathBuf,
+    params: &Bound<'_, PyDict>,
+    out: PathBuf,
     classes: Option<Vec<String>>,
-    input_size: Option<u32>,
-) -> PyResult<std::path::PathBuf> {
-    let p = preset.parse::<Preset>().map_err(py_err)?;
-    let size = input_size.unwrap_or(Config::preset(p, 1).map_err(py_err)?.input_size as u32);
-    let weights: BTreeMap<String, tch::Tensor> = params.into_iter().map(|(k, v)| (k, v.0)).collect();
-    crate::checkpoint::save_weights(&out, p, size, &weights, classes).map_err(py_err)
+    input_size: Option<i64>,
+) -> PyResult<PathBuf> {
+    guard(|| {
+        let p = core(preset.parse::<Preset>())?;
+        let size = match input_size {
+            Some(s) => side("input_size", s)?,
+            None => core(Config::preset(p, 1))?.input_size as u32,
+        };
+        let weights = tensors(params, "parameter")?;
+        core(crate::checkpoint::save_weights(&out, p, size, &weights, classes))
+    })
 }
 
 /// Loads and validates a checkpoint (a run folder: its newest; or a ckpt folder): (preset,
-/// class names, whole weights in network order).
+/// class names, whole weights in network order, the network's settings: input_size and the
+/// ablation switches of `alexnet train`).
 #[pyfunction]
-fn load_checkpoint(path: std::path::PathBuf) -> PyResult<(String, Vec<String>, Vec<(String, PyTensor)>)> {
-    let mut c = crate::checkpoint::load(&path).map_err(py_err)?;
-    let cfg = c
-        .state
-        .config
-        .model_config(c.state.classes.len() as i64)
-        .map_err(py_err)?;
-    let weights = cfg
-        .param_shapes()
-        .into_iter()
-        .filter_map(|(k, _)| c.weights.remove(&k).map(|v| (k, PyTensor(v))));
-    Ok((
-        c.state.config.preset.clone(),
-        c.state.classes.clone(),
-        weights.collect(),
-    ))
+fn load_checkpoint(
+    py: Python<'_>,
+    path: PathBuf,
+) -> PyResult<(String, Vec<String>, Vec<(String, PyTensor)>, PyObject)> {
+    guard(|| {
+        let mut c = core(crate::checkpoint::load(&path))?;
+        let tc = &c.state.config;
+        let cfg = core(tc.model_config(c.state.classes.len() as i64))?;
+        let settings = PyDict::new(py);
+        settings.set_item("input_size", tc.input_size)?;
+        settings.set_item("activation", tc.activation.name())?;
+        settings.set_item("lrn", tc.lrn)?;
+        settings.set_item("pool_kernel", tc.pool_kernel)?;
+        settings.set_item("dropout", tc.dropout)?;
+        let weights = cfg
+            .param_shapes()
+            .into_iter()
+            .filter_map(|(k, _)| c.weights.remove(&k).map(|v| (k, PyTensor(v))))
+            .collect();
+        let (preset, classes) = (c.state.config.preset.clone(), c.state.classes.clone());
+        Ok((preset, classes, weights, settings.into_any().unbind()))
+    })
 }
 
 #[pymodule]
@@ -498,15 +323,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(param_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(architecture, m)?)?;
     m.add_function(wrap_pyfunction!(forward, m)?)?;
-    m.add_function(wrap_pyfunction!(load_image, m)?)?;
+    m.add_function(wrap_pyfunction!(data::load_image, m)?)?;
     m.add_function(wrap_pyfunction!(placement_table, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(init_params, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(save_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(load_checkpoint, m)?)?;
-    m.add_function(wrap_pyfunction!(transform_views, m)?)?;
-    m.add_class::<DataLoader>()?;
-    m.add_class::<EpochIter>()?;
+    m.add_function(wrap_pyfunction!(data::transform_views, m)?)?;
+    m.add_class::<data::DataLoader>()?;
+    m.add_class::<data::EpochIter>()?;
     Ok(())
 }

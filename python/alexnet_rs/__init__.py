@@ -6,7 +6,8 @@ Importing the package loads the native extension, which registers ``torch.ops.al
 import torch  # noqa: F401  -- loads libtorch before the extension that links against it
 
 from . import _native, data, nn, ops
-from ._native import PRESETS, __version__, evaluate, info_text, layer_table, param_shapes, train
+from ._boundary import checked as _checked
+from ._native import PRESETS, __version__
 from .export import export_onnx
 from .model import AlexNet, from_torchvision
 from .placement import Placement
@@ -21,6 +22,13 @@ from .errors import (
     ShapeError,
     TorchError,
 )
+
+# The extension's functions, with Python's own argument errors as AlexNetErrors (_boundary.py).
+evaluate = _checked(_native.evaluate)
+info_text = _checked(_native.info_text)
+layer_table = _checked(_native.layer_table)
+param_shapes = _checked(_native.param_shapes)
+train = _checked(_native.train)
 
 __all__ = [
     "PRESETS",

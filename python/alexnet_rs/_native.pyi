@@ -4,7 +4,7 @@ from os import PathLike
 from typing import Any, Callable, Iterator
 
 import torch
-from typing_extensions import final
+from typing_extensions import disjoint_base, final
 
 __all__ = [
     "DataLoader",
@@ -43,6 +43,7 @@ def forward(
     train: bool = False,
     num_classes: int = 1000,
     conv_backend: str = "auto",
+    input_size: int | None = None,
 ) -> torch.Tensor: ...
 def load_image(path: str | PathLike[str]) -> torch.Tensor: ...
 def transform_views(
@@ -61,7 +62,9 @@ def train(
     on_step: Callable[[dict[str, Any]], object] | None = None,
     resume: str | PathLike[str] | None = None,
 ) -> dict[str, Any]: ...
-def init_params(preset: str, num_classes: int = 1000) -> list[tuple[str, torch.Tensor]]: ...
+def init_params(
+    preset: str, num_classes: int = 1000, input_size: int | None = None
+) -> list[tuple[str, torch.Tensor]]: ...
 def save_checkpoint(
     preset: str,
     params: dict[str, torch.Tensor],
@@ -69,7 +72,9 @@ def save_checkpoint(
     classes: list[str] | None = None,
     input_size: int | None = None,
 ) -> str: ...
-def load_checkpoint(path: str | PathLike[str]) -> tuple[str, list[str], list[tuple[str, torch.Tensor]]]: ...
+def load_checkpoint(
+    path: str | PathLike[str],
+) -> tuple[str, list[str], list[tuple[str, torch.Tensor]], dict[str, Any]]: ...
 def evaluate(
     checkpoint: str | PathLike[str],
     data: str | PathLike[str] | None = None,
@@ -79,7 +84,7 @@ def evaluate(
     devices: str = "cpu",
 ) -> dict[str, Any]: ...
 
-@final
+@disjoint_base
 class DataLoader:
     def __new__(
         cls,
@@ -109,6 +114,7 @@ class DataLoader:
 
 @final
 class EpochIter:
+    def __new__(cls) -> EpochIter: ...
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]: ...
     @property

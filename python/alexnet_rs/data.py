@@ -10,6 +10,23 @@ seed gives the same batches whatever ``threads`` is. Bad files are skipped and c
 (``"fail"``).
 """
 
-from ._native import DataLoader, EpochIter, load_image, transform_views
+from . import _native
+from ._boundary import checked
+from ._native import EpochIter
+
+load_image = checked(_native.load_image)
+transform_views = checked(_native.transform_views)
+
+
+class DataLoader(_native.DataLoader):
+    __doc__ = _native.DataLoader.__doc__
+
+    def __new__(cls, *args, **kwargs):
+        return checked(_native.DataLoader.__new__)(cls, *args, **kwargs)
+
+    def epoch(self, epoch: int) -> EpochIter:
+        """The batches of epoch ``epoch`` (its shuffle and augmentation depend on it and the seed)."""
+        return checked(_native.DataLoader.epoch)(self, epoch)
+
 
 __all__ = ["DataLoader", "EpochIter", "load_image", "transform_views"]

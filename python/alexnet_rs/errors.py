@@ -15,11 +15,11 @@ class ShapeError(AlexNetError, ValueError):
 
 
 class DtypeError(AlexNetError, TypeError):
-    """A tensor of the wrong dtype."""
+    """A tensor of the wrong dtype, or an argument of the wrong type."""
 
 
 class TorchError(AlexNetError, RuntimeError):
-    """A failure inside libtorch."""
+    """A failure inside libtorch, or an internal error (a caught panic: please report it)."""
 
 
 class DataError(AlexNetError, ValueError):

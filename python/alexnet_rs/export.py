@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from . import _native
-from .errors import ConfigError
+from ._boundary import checked, int_arg, path_arg
+from .errors import ConfigError, DtypeError, MissingFileError, ShapeError
 
 OPSET = 17
 
@@ -35,22 +36,23 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
 
     preset = getattr(model, "preset", None)
     if preset is None or not isinstance(model, torch.nn.Module):
-        raise TypeError(f"export_onnx: model must be an alexnet_rs.AlexNet, got {type(model).__name__}")
-    arch = json.loads(_native.architecture(preset, model.num_classes))
-    size = int(input_size if input_size is not None else arch["input_size"])
-    if size < 1:
-        raise ValueError(f"export_onnx: input_size must be positive, got {size}")
+        raise DtypeError(f"export_onnx: model must be an alexnet_rs.AlexNet, got {type(model).__name__}")
+    path = path_arg("export_onnx", "path", path)
+    int_arg("export_onnx", "opset", opset, 1)
+    arch = json.loads(checked(_native.architecture)(preset, model.num_classes))
+    default = getattr(model, "input_size", arch["input_size"])
+    size = int_arg("export_onnx", "input_size", default if input_size is None else input_size, 1)
     # The Rust layer table checks that every stage keeps pixels and gives the map the head reads.
-    rows = _native.layer_table(preset, size, model.num_classes)
+    rows = checked(_native.layer_table)(preset, size, model.num_classes)
     maps = [shape for _, _, shape, _, _ in rows if len(shape) == 3]
     side = [shape for name, _, shape, _, _ in rows if len(shape) == 3 and name != "avgpool"][-1][-1]
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     first = arch["fcs"][0]["name"]
     reads, gets = state[f"{first}.weight"].shape[1], maps[-1][0] * maps[-1][1] * maps[-1][2]
     if reads != gets:
-        raise ValueError(
+        raise ShapeError(
             f"export_onnx: {first} of this model reads {reads} features, but a {size}x{size} input gives "
-            f"{gets}: export at the input size the model was built for ({arch['input_size']})"
+            f"{gets}: export at the input size the model was built for ({default})"
         )
     act = {"relu": "Relu", "tanh": "Tanh"}[arch["activation"]]
     lrn, pool = arch["lrn"], arch["pool"]
@@ -115,7 +117,7 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
     if arch["adaptive_pool"] is not None and side != arch["adaptive_pool"]:
         a = arch["adaptive_pool"]
         if side % a:
-            raise ValueError(
+            raise ConfigError(
                 f"export_onnx: AdaptiveAvgPool2d({a}) on a {side}x{side} map has no fixed-window ONNX "
                 f"equivalent; export at an input size whose last feature map is a multiple of {a} (e.g. 224)"
             )
@@ -147,8 +149,11 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
         graph, producer_name="alexnet_rs", producer_version=_native.__version__, opset_imports=[helper.make_opsetid("", opset)]
     )
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, os.fspath(path))
-    return os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise MissingFileError(f"export_onnx: path {path}: no folder {folder}")
+    onnx.save(proto, path)
+    return path
 
 
 __all__ = ["export_onnx"]

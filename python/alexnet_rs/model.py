@@ -8,27 +8,48 @@ forward (it records the same autograd graph as PyTorch ops would).
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 
 from . import _native
+from ._boundary import checked, int_arg, path_arg, str_arg, tensor_arg
+from .errors import ConfigError, DtypeError
+
+BACKENDS = ("ours", "stock", "auto")
+# The ablation switches of `alexnet train` at their defaults: the preset's own network.
+_PRESET_NETWORK = {"activation": "relu", "lrn": True, "pool_kernel": None, "dropout": None}
+
+
+def _backend(where: str, conv_backend: object) -> str:
+    str_arg(where, "conv_backend", conv_backend)
+    if conv_backend not in BACKENDS:
+        raise ConfigError(f"{where}: conv_backend must be one of {', '.join(BACKENDS)}, got {conv_backend!r}")
+    return conv_backend  # type: ignore[return-value]
 
 
 class AlexNet(nn.Module):
-    """AlexNet in one of the presets ``paper``, ``torchvision``, ``caffe``.
+    """AlexNet in one of the presets ``paper``, ``torchvision``, ``caffe`` (or ``cnn4``, the
+    paper's Fig. 1 network, so that every checkpoint ``alexnet train`` writes loads here), for
+    square inputs of ``input_size`` pixels (default: the preset's, 224 or 227; it sizes the first
+    FC layer of the presets without adaptive pooling).
 
     ``conv_backend``: ``"ours"`` (our grouped-convolution op), ``"stock"`` (ATen/cuDNN) or
     ``"auto"`` (the faster per shape on CUDA).
     """
 
-    def __init__(self, preset: str = "paper", num_classes: int = 1000, conv_backend: str = "auto"):
+    def __init__(self, preset: str = "paper", num_classes: int = 1000, conv_backend: str = "auto",
+                 input_size: int | None = None):
         super().__init__()
-        if preset not in _native.PRESETS:
-            from .errors import ConfigError
-
-            raise ConfigError(f"unknown preset {preset!r} (choose one of: {', '.join(_native.PRESETS)})")
-        self.preset, self.num_classes, self.conv_backend = preset, num_classes, conv_backend
-        for name, tensor in _native.init_params(preset, num_classes):
+        str_arg("AlexNet", "preset", preset)
+        int_arg("AlexNet", "num_classes", num_classes)
+        if input_size is not None:
+            int_arg("AlexNet", "input_size", input_size)
+        self.preset, self.num_classes = preset, num_classes
+        self.conv_backend = _backend("AlexNet", conv_backend)
+        arch_size = input_size
+        for name, tensor in checked(_native.init_params)(preset, num_classes, input_size):
             *path, leaf = name.split(".")
             module = self
             for part in path:
@@ -36,29 +57,56 @@ class AlexNet(nn.Module):
                     module.add_module(part, nn.Module())
                 module = module._modules[part]
             module.register_parameter(leaf, nn.Parameter(tensor))
+        if arch_size is None:
+            arch_size = json.loads(_native.architecture(preset, num_classes))["input_size"]
+        self.input_size: int = arch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"AlexNet.forward: x must be a torch.Tensor, got {type(x).__name__}")
+        tensor_arg("AlexNet.forward", "x", x)
         params = dict(self.named_parameters())
-        return _native.forward(self.preset, params, x, self.training, self.num_classes, self.conv_backend)
+        first = next(iter(params.values()))
+        if (x.is_floating_point() and x.dtype != first.dtype and first.is_floating_point()
+                and not torch.is_autocast_enabled(x.device.type)):
+            raise DtypeError(f"AlexNet.forward: x has dtype {x.dtype} but the parameters are {first.dtype}: "
+                             f"convert one to the other (x.to({first.dtype}) or model.to({x.dtype}))")
+        return checked(_native.forward)(self.preset, params, x, self.training, self.num_classes,
+                                        self.conv_backend, self.input_size)
 
     def extra_repr(self) -> str:
-        return f"preset={self.preset!r}, num_classes={self.num_classes}, conv_backend={self.conv_backend!r}"
+        return (f"preset={self.preset!r}, num_classes={self.num_classes}, conv_backend={self.conv_backend!r}, "
+                f"input_size={self.input_size}")
 
     def save_checkpoint(self, run: str, classes: list[str] | None = None, input_size: int | None = None) -> str:
         """Writes this model's weights as an ``alexnet train`` checkpoint under ``run`` (what
         ``alexnet eval``/``predict`` and ``--resume`` read). Returns the checkpoint folder."""
+        where = "AlexNet.save_checkpoint"
+        path_arg(where, "run", run)
+        if classes is not None:
+            if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+                raise DtypeError(f"{where}: classes must be a list of str, got {type(classes).__name__}")
+            if len(classes) != self.num_classes:
+                raise ConfigError(f"{where}: classes has {len(classes)} names for {self.num_classes} outputs")
+        size = self.input_size if input_size is None else int_arg(where, "input_size", input_size)
         params = {k: v.detach() for k, v in self.state_dict().items()}
-        return str(_native.save_checkpoint(self.preset, params, run, classes, input_size))
+        return str(checked(_native.save_checkpoint)(self.preset, params, run, classes, size))
 
     @classmethod
     def load_checkpoint(cls, path: str, conv_backend: str = "auto") -> "AlexNet":
         """A model with the weights of an ``alexnet train`` checkpoint (a run folder: its newest
-        checkpoint; or a ``ckpt-<step>`` folder), validated by the Rust loader (truncated or
-        foreign files are refused). Reads safetensors only (no pickle)."""
-        preset, classes, weights = _native.load_checkpoint(path)
-        model = cls(preset, num_classes=len(classes), conv_backend=conv_backend)
+        checkpoint; or a ``ckpt-<step>`` folder), built for the checkpoint's input size, validated
+        by the Rust loader (truncated or foreign files are refused). Reads safetensors only (no
+        pickle). A network trained with an ablation switch (``--activation tanh``, ``--no-lrn``,
+        ``--pool-kernel``, ``--dropout``) is not the preset's and is refused: evaluate it with
+        ``alexnet eval``."""
+        where = "AlexNet.load_checkpoint"
+        path_arg(where, "path", path)
+        _backend(where, conv_backend)
+        preset, classes, weights, settings = checked(_native.load_checkpoint)(path)
+        changed = {k: settings[k] for k, v in _PRESET_NETWORK.items() if settings[k] != v}
+        if changed:
+            raise ConfigError(f"{where}: {path} was trained with {changed}, not the {preset} preset's network; "
+                              "this module builds the preset's only (alexnet eval runs it)")
+        model = cls(preset, num_classes=len(classes), conv_backend=conv_backend, input_size=settings["input_size"])
         model.load_state_dict(dict(weights))
         model.classes = classes
         return model
@@ -68,7 +116,7 @@ class AlexNet(nn.Module):
         import torchvision
 
         if self.preset != "torchvision":
-            raise ValueError("to_torchvision needs the 'torchvision' preset")
+            raise ConfigError(f"to_torchvision needs the 'torchvision' preset, this model's is {self.preset!r}")
         tv = torchvision.models.alexnet(weights=None, num_classes=self.num_classes)
         tv.load_state_dict({k: v.detach().clone() for k, v in self.state_dict().items()})
         return tv
@@ -76,7 +124,11 @@ class AlexNet(nn.Module):
 
 def from_torchvision(model: nn.Module, conv_backend: str = "auto") -> AlexNet:
     """Our ``torchvision`` preset with copies of a torchvision AlexNet's weights."""
+    if not isinstance(model, nn.Module):
+        raise DtypeError(f"from_torchvision: model must be a torch.nn.Module, got {type(model).__name__}")
     state = model.state_dict()
+    if "classifier.6.weight" not in state:
+        raise ConfigError("from_torchvision: model is not a torchvision AlexNet (it has no classifier.6.weight)")
     ours = AlexNet("torchvision", num_classes=state["classifier.6.weight"].shape[0], conv_backend=conv_backend)
     ours.load_state_dict({k: v.detach().clone() for k, v in state.items()})
     return ours

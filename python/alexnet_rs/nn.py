@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-from .ops import lrn
+from ._boundary import int_arg, real_arg
+from .ops import _lrn_checked
 
 
 class LocalResponseNorm(nn.Module):
@@ -12,10 +13,12 @@ class LocalResponseNorm(nn.Module):
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        where = "LocalResponseNorm"
+        self.size = int_arg(where, "size", size, 1)
+        self.alpha, self.beta, self.k = (real_arg(where, n, v) for n, v in (("alpha", alpha), ("beta", beta), ("k", k)))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return lrn(input, self.size, self.alpha, self.beta, self.k)
+        return _lrn_checked("LocalResponseNorm", "input", input, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self) -> str:
         return "{size}, alpha={alpha}, beta={beta}, k={k}".format(**self.__dict__)

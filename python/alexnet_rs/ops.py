@@ -7,6 +7,35 @@ under ``torch.compile``.
 
 import torch
 
+from ._boundary import dims_arg, int_arg, real_arg, tensor_arg
+from .errors import ConfigError, DtypeError, ShapeError, TorchError
+
+
+def _call(where: str, op, *args):
+    """Runs a dispatcher op; in eager mode its C++ checks' errors become ours (TypeError ->
+    DtypeError, ValueError -> ShapeError, RuntimeError -> TorchError), message kept. Under
+    torch.compile the op is traced as it is."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    try:
+        return op(*args)
+    except (TypeError, ValueError, RuntimeError) as e:
+        cls = DtypeError if isinstance(e, TypeError) else ShapeError if isinstance(e, ValueError) else TorchError
+        text = str(e).split("\nException raised from", 1)[0]
+        raise cls(f"{where}: {text}") from None
+
+
+def _lrn_checked(where: str, name: str, x, size, alpha, beta, k):
+    tensor_arg(where, name, x)
+    size = int_arg(where, "size", size)
+    if size < 1:
+        raise ConfigError(f"{where}: size must be >= 1, got {size}")
+    args = [real_arg(where, n, v) for n, v in (("alpha", alpha), ("beta", beta), ("k", k))]
+    dims_arg(where, name, x, "(N, C, ...) with 3 or more dimensions", x.dim() >= 3)
+    if not x.is_floating_point():
+        raise DtypeError(f"{where}: {name} must be a floating-point tensor, got {x.dtype}")
+    return _call(where, torch.ops.alexnet_rs.lrn, x, size, *args)
+
 
 def lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> torch.Tensor:
     """Local response normalisation across channels (AlexNet, section 3.3).
@@ -20,11 +49,7 @@ def lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
     layouts are both handled natively. The defaults are the paper's (n=5, k=2, alpha=1e-4,
     beta=0.75); torchvision-style LRN uses ``k=1``.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"lrn: x must be a torch.Tensor, got {type(x).__name__}")
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"lrn: size must be an int, got {type(size).__name__}")
-    return torch.ops.alexnet_rs.lrn(x, size, float(alpha), float(beta), float(k))
+    return _lrn_checked("lrn", "x", x, size, alpha, beta, k)
 
 
 def grouped_conv2d(
@@ -38,14 +63,23 @@ def grouped_conv2d(
     """Grouped 2-D convolution (NCHW, dilation 1), same result as ``F.conv2d(x, w, b, stride,
     padding, groups=groups)``. On CUDA it runs our implicit-GEMM kernels (tensor cores for
     bfloat16/float16); on CPU it calls ATen's convolution. The output is contiguous."""
-    for name, t in (("x", x), ("w", w)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"grouped_conv2d: {name} must be a torch.Tensor, got {type(t).__name__}")
-    return torch.ops.alexnet_rs.grouped_conv2d(x, w, b, _pair(stride), _pair(padding), groups)
+    where = "grouped_conv2d"
+    tensor_arg(where, "x", x)
+    tensor_arg(where, "w", w)
+    if b is not None:
+        tensor_arg(where, "b", b)
+    stride, padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    groups = int_arg(where, "groups", groups, 1)
+    dims_arg(where, "x", x, "(N, C, H, W)", x.dim() == 4)
+    dims_arg(where, "w", w, "(C_out, C_in / groups, kH, kW)", w.dim() == 4)
+    return _call(where, torch.ops.alexnet_rs.grouped_conv2d, x, w, b, stride, padding, groups)
 
 
-def _pair(v: int | tuple[int, int]) -> list[int]:
-    return [v, v] if isinstance(v, int) else list(v)
+def _pair(v, name: str, minimum: int) -> list[int]:
+    pair = [v, v] if not isinstance(v, (tuple, list)) else list(v)
+    if len(pair) != 2:
+        raise ConfigError(f"grouped_conv2d: {name} must be an int or a pair of ints, got {v!r}")
+    return [int_arg("grouped_conv2d", name, p, minimum) for p in pair]
 
 
 __all__ = ["lrn", "grouped_conv2d"]

@@ -1,6 +1,7 @@
 """The paper's two-device split, as computed by the Rust core (the same code as `alexnet placement`)."""
 
-from ._native import placement_table
+from . import _native
+from ._boundary import checked
 
 
 class Placement:
@@ -11,7 +12,7 @@ class Placement:
 
     def __init__(self, preset: str = "paper", devices: str = "cuda:0,cuda:1", num_classes: int = 1000):
         self.preset, self.devices, self.num_classes = preset, devices, num_classes
-        self._table = placement_table(preset, devices, num_classes)  # validates the arguments
+        self._table = checked(_native.placement_table)(preset, devices, num_classes)  # validates the arguments
 
     def table(self) -> str:
         """Exactly what ``alexnet placement --preset P --devices D`` prints."""

@@ -94,3 +94,27 @@ def test_step_records_carry_the_batch_training_error(tmp_path):
                      on_step=seen.append)
     steps = [d for d in seen if "train_error" in d]
     assert len(steps) == 2 and all(0.0 <= d["train_error"] <= 1.0 for d in steps)
+
+
+def test_load_checkpoint_builds_the_model_for_the_checkpoints_input_size(tmp_path):
+    # Finding 7: a paper checkpoint trained at 63x63 failed to load (fc6 built for 224).
+    alexnet_rs.train(dict(small(tmp_path), preset="paper", max_steps=1, limit_train=16, batch_size=8,
+                          limit_test=8))
+    model = alexnet_rs.AlexNet.load_checkpoint(tmp_path).eval()
+    assert model.input_size == 63
+    ckpt = sorted((tmp_path / "checkpoints").glob("ckpt-*"))[-1]
+    weights = load_file(ckpt / "weights.safetensors")
+    x = torch.randn(2, 3, 63, 63)
+    ref = alexnet_rs._native.forward("paper", weights, x, False, 10, "stock")
+    torch.testing.assert_close(model(x), ref)
+    # And back: saved from Python at 63, read by the Rust validator (CLI eval/predict, --resume).
+    again = model.save_checkpoint(tmp_path / "again")
+    assert alexnet_rs.AlexNet.load_checkpoint(again).input_size == 63
+
+
+def test_load_checkpoint_refuses_an_ablation_it_cannot_build(tmp_path):
+    # A tanh network is not the preset's: loading it into the preset's module would compute
+    # another function silently.
+    alexnet_rs.train(dict(small(tmp_path), activation="tanh", max_steps=1, limit_test=8))
+    with pytest.raises(alexnet_rs.ConfigError, match="activation"):
+        alexnet_rs.AlexNet.load_checkpoint(tmp_path)

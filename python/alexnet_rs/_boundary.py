@@ -1,0 +1,88 @@
+"""The Python side of the boundary to the Rust extension (its Rust side: src/python/boundary.rs).
+
+pyo3 checks argument types before our Rust code runs, and raises plain ``TypeError``s (naming the
+argument: ``argument 'crop': ...``). ``checked`` re-raises those as :class:`DtypeError` (still a
+``TypeError``), so every error from a public callable is an ``AlexNetError``. Only errors raised by
+the native call itself are mapped; one raised inside a Python callback (``train(on_step=...)``)
+passes through untouched. The ``*_arg`` helpers check the arguments of the pure-Python callables.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import os
+from typing import Any, Callable, TypeVar
+
+from .errors import AlexNetError, ConfigError, DtypeError, ShapeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _raised_by_the_call(e: BaseException) -> bool:
+    # A C function adds no traceback entry of its own: an error it raised has only our frame.
+    tb = e.__traceback__
+    return tb is not None and tb.tb_next is None
+
+
+def checked(fn: F) -> F:
+    """``fn`` (a native callable) with pyo3's argument errors as ``AlexNetError``s."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AlexNetError:
+            raise
+        except TypeError as e:
+            if _raised_by_the_call(e):
+                raise DtypeError(f"{fn.__name__}: {e}") from None
+            raise
+        except OverflowError as e:
+            if _raised_by_the_call(e):
+                raise ConfigError(f"{fn.__name__}: an integer argument is out of range: {e}") from None
+            raise
+
+    return call  # type: ignore[return-value]
+
+
+def tensor_arg(where: str, name: str, value: Any) -> Any:
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise DtypeError(f"{where}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def int_arg(where: str, name: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise DtypeError(f"{where}: {name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def real_arg(where: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DtypeError(f"{where}: {name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def str_arg(where: str, name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise DtypeError(f"{where}: {name} must be a str, got {type(value).__name__}")
+    return value
+
+
+def path_arg(where: str, name: str, value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise DtypeError(f"{where}: {name} must be a path (str or os.PathLike), got {type(value).__name__}")
+    return os.fspath(value)
+
+
+def dims_arg(where: str, name: str, t: Any, dims: str, ok: bool) -> None:
+    if not ok:
+        raise ShapeError(f"{where}: {name} must be {dims}, got shape {list(t.shape)}")
+
+
+__all__: list[str] = []

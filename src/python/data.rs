@@ -1,0 +1,263 @@
+//! Bindings of the data pipeline (`crate::data`): the loader, its epochs, image decoding and the
+//! transforms. Every argument is checked by name here; every entry point runs under [`guard`].
+use super::boundary::{core, count, guard, index as nonneg, py_err, side, tensor};
+use crate::data::rng::Rng;
+use crate::data::{Dataset, Epoch, Loader, LoaderConfig, Normalize, Split, Transform, View};
+use crate::error::Error;
+use crate::Preset;
+use pyo3::prelude::*;
+use pyo3_tch::PyTensor;
+use std::path::PathBuf;
+
+fn parse_view(view: &str) -> PyResult<View> {
+    match view {
+        "train" => Ok(View::Train),
+        "center" => Ok(View::Center),
+        "ten_crop" => Ok(View::TenCrop),
+        _ => Err(py_err(Error::Config(format!(
+            "view must be train, center or ten_crop, got `{view}`"
+        )))),
+    }
+}
+
+/// Decodes an image file to a (H, W, 3) uint8 tensor.
+#[pyfunction]
+pub fn load_image(path: PathBuf) -> PyResult<PyTensor> {
+    guard(|| {
+        let img = core(crate::image::load_rgb(&path))?;
+        let (w, h) = img.dimensions();
+        let t = core(
+            tch::Tensor::from_slice(img.as_raw())
+                .f_view([i64::from(h), i64::from(w), 3])
+                .map_err(Error::from),
+        )?;
+        Ok(PyTensor(t))
+    })
+}
+
+/// The views of one (H, W, 3) uint8 image under the pipeline's transform, as a
+/// (views, 3, crop, crop) float tensor with pixels scaled to [0, 1] (no mean subtraction).
+#[pyfunction]
+#[pyo3(signature = (image, resize, crop, view="center", square=false, seed=0, epoch=0, index=0))]
+#[allow(clippy::too_many_arguments)]
+pub fn transform_views(
+    image: &Bound<'_, PyAny>,
+    resize: i64,
+    crop: i64,
+    view: &str,
+    square: bool,
+    seed: i64,
+    epoch: i64,
+    index: i64,
+) -> PyResult<PyTensor> {
+    guard(|| {
+        let image = tensor(image, "image")?;
+        let shape = image.size();
+        if image.kind() != tch::Kind::Uint8 {
+            return Err(py_err(Error::Dtype(format!(
+                "image must be a uint8 tensor, got dtype {:?}",
+                image.kind()
+            ))));
+        }
+        if shape.len() != 3 || shape[2] != 3 {
+            return Err(py_err(Error::Shape(format!(
+                "image must be (H, W, 3), got shape {shape:?}"
+            ))));
+        }
+        let (resize, crop) = (side("resize", resize)?, side("crop", crop)?);
+        let (seed, epoch, index) = (nonneg("seed", seed)?, nonneg("epoch", epoch)?, nonneg("index", index)?);
+        let tf = Transform {
+            resize,
+            square,
+            crop,
+            view: parse_view(view)?,
+            pca: None,
+            scale: 1.0,
+            normalize: Normalize::MeanStd {
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+        };
+        core(tf.check())?;
+        let flat = core(
+            image
+                .f_contiguous()
+                .and_then(|t| t.f_flatten(0, -1))
+                .map_err(Error::from),
+        )?;
+        let bytes = core(Vec::<u8>::try_from(flat).map_err(Error::from))?;
+        let img = image::RgbImage::from_raw(shape[1] as u32, shape[0] as u32, bytes).expect("H * W * 3 bytes");
+        let mut out = vec![0f32; tf.view_len() * tf.view.count()];
+        core(tf.apply(&img, &mut Rng::for_sample(seed, epoch, index), &mut out))?;
+        let c = i64::from(crop);
+        let t = core(
+            tch::Tensor::from_slice(&out)
+                .f_view([tf.view.count() as i64, 3, c, c])
+                .map_err(Error::from),
+        )?;
+        Ok(PyTensor(t))
+    })
+}
+
+/// The Rust data loader: iterating it yields (images, labels) batches of successive epochs.
+/// (`subclass`: `alexnet_rs.data.DataLoader` maps Python's own argument errors onto ours.)
+#[pyclass(module = "alexnet_rs._native", subclass)]
+pub struct DataLoader {
+    loader: Loader,
+    next_epoch: u64,
+}
+
+#[pymethods]
+impl DataLoader {
+    #[new]
+    #[pyo3(signature = (data, split="train", preset="paper", crop=224, view="train", batch_size=64, threads=0,
+                        seed=0, shuffle=true, drop_last=false, on_bad_image="skip", limit=None, stats=None,
+                        rank=0, world_size=1))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        data: PathBuf,
+        split: &str,
+        preset: &str,
+        crop: i64,
+        view: &str,
+        batch_size: i64,
+        threads: i64,
+        seed: i64,
+        shuffle: bool,
+        drop_last: bool,
+        on_bad_image: &str,
+        limit: Option<i64>,
+        stats: Option<PathBuf>,
+        rank: i64,
+        world_size: i64,
+    ) -> PyResult<Self> {
+        guard(|| {
+            let split = match split {
+                "train" => Split::Train,
+                "test" | "val" => Split::Test,
+                _ => {
+                    return Err(py_err(Error::Config(format!(
+                        "split must be train or test, got `{split}`"
+                    ))))
+                }
+            };
+            let (crop, batch_size, threads) = (
+                side("crop", crop)?,
+                count("batch_size", batch_size, 1)?,
+                count("threads", threads, 0)?,
+            );
+            let (seed, limit) = (nonneg("seed", seed)?, limit.map(|n| count("limit", n, 0)).transpose()?);
+            let (world_size, rank) = (count("world_size", world_size, 1)?, count("rank", rank, 0)?);
+            if rank >= world_size {
+                return Err(py_err(Error::Config(format!(
+                    "rank must be below world_size ({world_size}), got {rank}"
+                ))));
+            }
+            let view = parse_view(view)?;
+            let on_bad_image = on_bad_image.parse().map_err(|_| {
+                py_err(Error::Config(format!(
+                    "on_bad_image must be skip or fail, got `{on_bad_image}`"
+                )))
+            })?;
+            let preset = core(preset.parse::<Preset>())?;
+            let stats = core(stats.map(|p| crate::data::stats::Stats::load(&p)).transpose())?;
+            let mut ds = core(Dataset::open(&data, split))?;
+            if let Some(n) = limit {
+                ds = ds.subset(n, seed);
+            }
+            let tf = Transform::for_preset(preset, crop, view, stats.as_ref());
+            let cfg = LoaderConfig {
+                batch_size,
+                threads,
+                seed,
+                shuffle,
+                drop_last,
+                on_bad_image,
+                shard: (world_size > 1).then_some((rank, world_size)),
+                ..LoaderConfig::default()
+            };
+            Ok(DataLoader {
+                loader: core(Loader::new(ds, tf, cfg))?,
+                next_epoch: 0,
+            })
+        })
+    }
+
+    /// Batches per epoch.
+    fn __len__(&self) -> usize {
+        self.loader.batches_per_epoch()
+    }
+
+    /// Class names, label order.
+    #[getter]
+    fn classes(&self) -> Vec<String> {
+        self.loader.dataset().classes.clone()
+    }
+
+    #[getter]
+    fn num_samples(&self) -> usize {
+        self.loader.dataset().len()
+    }
+
+    /// The batches of epoch `epoch` (its shuffle and augmentation depend on it and the seed).
+    fn epoch(&self, epoch: i64) -> PyResult<EpochIter> {
+        guard(|| {
+            Ok(EpochIter {
+                inner: Some(self.loader.epoch(nonneg("epoch", epoch)?)),
+            })
+        })
+    }
+
+    fn __iter__(&mut self) -> PyResult<EpochIter> {
+        self.next_epoch += 1;
+        self.epoch(self.next_epoch as i64 - 1)
+    }
+}
+
+/// One epoch's batches (from `DataLoader.epoch(n)` or `iter(loader)`).
+#[pyclass(module = "alexnet_rs._native")]
+pub struct EpochIter {
+    inner: Option<Epoch>,
+}
+
+#[pymethods]
+impl EpochIter {
+    #[new]
+    fn new() -> PyResult<Self> {
+        Err(py_err(Error::Dtype(
+            "EpochIter is not made directly: use DataLoader.epoch(n) or iter(loader)".into(),
+        )))
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<(PyTensor, PyTensor)>> {
+        guard(|| {
+            let Some(mut epoch) = self.inner.take() else {
+                return Ok(None);
+            };
+            let (epoch, item) = py.allow_threads(move || {
+                let item = epoch.next();
+                (epoch, item)
+            });
+            self.inner = Some(epoch); // kept after the end too, for `skipped`
+            match item {
+                None => Ok(None),
+                Some(Err(e)) => Err(py_err(e)),
+                Some(Ok(b)) => Ok(Some((PyTensor(b.images), PyTensor(b.labels)))),
+            }
+        })
+    }
+
+    /// Bad images skipped so far in this epoch.
+    #[getter]
+    fn skipped(&self) -> usize {
+        self.inner.as_ref().map_or(0, Epoch::skipped)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.as_ref().map_or(0, Epoch::len)
+    }
+}
