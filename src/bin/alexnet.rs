@@ -451,6 +451,7 @@ fn main() -> ExitCode {
     // panicking in println!.
     // SAFETY: restoring a default signal disposition at start-up, before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    alexnet_rs::fault::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => run_info(&a),
