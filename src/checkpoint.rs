@@ -353,7 +353,7 @@ fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         })
 }
 
-/// Checks names and shapes against the config's parameters.
+/// Checks names, shapes, dtype (float32) and values (finite) against the config's parameters.
 pub fn check_tensors(path: &Path, cfg: &Config, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     for (name, shape) in cfg.param_shapes() {
         let t = tensors.get(&name).ok_or_else(|| {
@@ -365,6 +365,12 @@ pub fn check_tensors(path: &Path, cfg: &Config, tensors: &BTreeMap<String, Tenso
                 ),
             )
         })?;
+        if t.kind() != tch::Kind::Float {
+            return Err(bad(
+                path,
+                format!("`{name}` has dtype {:?}; checkpoints hold float32", t.kind()),
+            ));
+        }
         if t.size() != shape {
             return Err(bad(
                 path,
@@ -430,8 +436,16 @@ pub fn save_weights(
     cfg.spatial_sizes(cfg.input_size)?;
     let weights: BTreeMap<String, Tensor> = weights
         .iter()
-        .map(|(k, v)| (k.clone(), v.detach().to_device(tch::Device::Cpu).contiguous()))
-        .collect();
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                v.detach()
+                    .f_to_kind(tch::Kind::Float)?
+                    .f_to(tch::Device::Cpu)?
+                    .f_contiguous()?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     check_tensors(run, &cfg, &weights)?;
     let tc = TrainConfig {
         preset: preset.name().into(),
@@ -466,7 +480,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     if state.format != FORMAT {
         return Err(bad(&sp, format!("format `{}`, expected `{FORMAT}`", state.format)));
     }
-    let cfg = state.config.model_config(state.classes.len() as i64)?;
+    let cfg = state
+        .config
+        .model_config(state.classes.len() as i64)
+        .map_err(|e| bad(&sp, format!("its settings do not describe a network: {e}")))?;
     let wp = dir.join("weights.safetensors");
     let weights = read_tensors(&wp)?;
     check_tensors(&wp, &cfg, &weights)?;

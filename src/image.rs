@@ -39,12 +39,30 @@ fn reader<'a>(path: &Path, bytes: &'a [u8]) -> Result<image::ImageReader<std::io
 /// marker (some decoders fill a truncated file's missing rows with grey instead of failing).
 /// RGB8 images decode straight into a buffer from this thread's pool (see [`recycle`]).
 pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
-    use image::ImageDecoder;
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let r = reader(path, &bytes)?;
+    decode_rgb(path, &bytes)
+}
+
+/// Decodes the bytes of an image file (`path` names it in errors), as [`load_rgb`]. A panic in
+/// a codec (a bug in it, reached by a damaged file) is this file's error, not the thread's end.
+pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
+    std::panic::catch_unwind(|| decode(path, bytes)).unwrap_or_else(|p| {
+        Err(file_err(
+            path,
+            format!(
+                "the image decoder failed on this file ({}): damaged file",
+                crate::error::panic_message(&*p)
+            ),
+        ))
+    })
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
+    use image::ImageDecoder;
+    let r = reader(path, bytes)?;
     if r.format() == Some(image::ImageFormat::Jpeg) {
         let tail = &bytes[bytes.len().saturating_sub(1024)..];
         if !tail.windows(2).any(|w| w == [0xff, 0xd9]) {
