@@ -3,6 +3,16 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+// The one seam between our kernel source and the host emulation (kernels/emu/): kernels launch
+// as ALEXNET_LAUNCH(grid, block, smem, stream, kernel)(args...), which is
+// kernel<<<grid, block, smem, stream>>>(args...) under nvcc and an emulated launch under g++.
+#ifdef CUDA_EMU
+#define ALEXNET_LAUNCH(grid, block, smem, stream, ...) CUDA_EMU_LAUNCH(grid, block, smem, stream, __VA_ARGS__)
+#else
+#define ALEXNET_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
 
 namespace alexnet_rs_cuda {
 

@@ -212,9 +212,9 @@ const char* run(P p, int64_t M, int64_t N, int groups, cudaStream_t stream) {
   if (M == 0 || N == 0) return nullptr;
   const dim3 grid(static_cast<unsigned>((N + BN - 1) / BN), static_cast<unsigned>((M + BM - 1) / BM), groups);
   if constexpr (kTensorCores<T>)
-    gemm_wmma<T, P><<<grid, THREADS, 0, stream>>>(p);
+    ALEXNET_LAUNCH(grid, THREADS, 0, stream, gemm_wmma<T, P>)(p);
   else
-    gemm_simt<T, P><<<grid, THREADS, 0, stream>>>(p);
+    ALEXNET_LAUNCH(grid, THREADS, 0, stream, gemm_simt<T, P>)(p);
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }

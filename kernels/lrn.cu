@@ -85,9 +85,15 @@ Geometry geometry(AlexnetLrnShape s, int64_t size) {
   return Geometry{s.N * s.C * s.S, s.C, s.S, s.channels_last ? 1 : s.S, s.channels_last != 0, size / 2, (size - 1) / 2};
 }
 
+// Grid-stride loops cover any size with at most this many blocks. The host emulation builds with
+// a small cap (-DALEXNET_LRN_MAX_BLOCKS=...) so that its sweep runs sizes that need several sweeps.
+#ifndef ALEXNET_LRN_MAX_BLOCKS
+#define ALEXNET_LRN_MAX_BLOCKS (65535 * 32)
+#endif
+
 unsigned blocks_for(int64_t total) {
   const int64_t b = (total + 255) / 256;
-  return static_cast<unsigned>(b < 65535 * 32 ? b : 65535 * 32);
+  return static_cast<unsigned>(b < ALEXNET_LRN_MAX_BLOCKS ? b : ALEXNET_LRN_MAX_BLOCKS);
 }
 
 template <typename T>
@@ -96,8 +102,9 @@ const char* launch_forward(const void* x, void* y, AlexnetLrnShape s, int64_t si
   using A = typename Acc<T>::type;
   const Geometry g = geometry(s, size);
   if (g.total == 0) return nullptr;
-  lrn_forward_kernel<T><<<blocks_for(g.total), 256, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(y), g,
-                                                                  A(alpha / size), A(beta), A(k));
+  ALEXNET_LAUNCH(blocks_for(g.total), 256, 0, stream, lrn_forward_kernel<T>)(static_cast<const T*>(x),
+                                                                             static_cast<T*>(y), g, A(alpha / size),
+                                                                             A(beta), A(k));
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
@@ -108,7 +115,7 @@ const char* launch_backward(const void* dy, const void* x, void* dx, AlexnetLrnS
   using A = typename Acc<T>::type;
   const Geometry g = geometry(s, size);
   if (g.total == 0) return nullptr;
-  lrn_backward_kernel<T><<<blocks_for(g.total), 256, 0, stream>>>(
+  ALEXNET_LAUNCH(blocks_for(g.total), 256, 0, stream, lrn_backward_kernel<T>)(
       static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dx), g, A(alpha / size), A(beta), A(k));
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
