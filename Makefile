@@ -23,11 +23,12 @@ export LIBTORCH_USE_PYTORCH := 1
 export CARGO_BUILD_JOBS ?= 2
 export NVCC = $(SITE)/nvidia/cu13/bin/nvcc
 
-.PHONY: help setup venv data fashion-mnist images build python demo test test-rust test-python gpu-check-cpu gpu-artifacts compare clean
+.PHONY: help setup venv data fashion-mnist images build python demo test test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu gpu-artifacts compare clean
 
 help:
 	@echo "make demo   - set up, then train AlexNet on Fashion-MNIST (<= 10 min on 2 cores) into runs/demo/"
-	@echo "make test   - set up, then cargo test + pytest"
+	@echo "make test   - set up, then cargo test + pytest + the CUDA kernels on the host emulation (plain, ASan/UBSan)"
+	@echo "make cuda-emu - our CUDA kernels built for the CPU (kernels/emu/) and swept against torch (<= 5 min)"
 	@echo "make setup  - .venv (torch 2.11.0, nvcc 13.0), data, the alexnet binary and the Python extension"
 	@echo "make compare - same weights in torchvision's AlexNet and ours: parity and speed ratios (compare/)"
 	@echo "make gpu-artifacts - dist/ for scripts/gpu-check on a GPU machine"
@@ -87,7 +88,7 @@ demo: setup
 	$(BIN) train --config scripts/demo.toml
 	$(BIN) eval runs/demo
 
-test: setup test-rust test-python gpu-check-cpu
+test: setup test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu
 
 test-rust:
 	cargo test --release --features $(FEATURES)
@@ -98,6 +99,15 @@ test-rust:
 test-python:
 	cd tests && $(PY) -m pytest -q python
 	cd /tmp && $(PY) -m mypy.stubtest alexnet_rs._native
+
+# Our CUDA kernels compiled by g++ against the CUDA emulation in kernels/emu/ and checked against
+# F.local_response_norm / F.conv2d in float64 (tests/cuda_emu/emu.py); the last line is a JSON summary.
+cuda-emu: venv
+	$(PY) tests/cuda_emu/emu.py
+
+# The same build and sweep under AddressSanitizer + UndefinedBehaviorSanitizer.
+cuda-emu-sanitize: venv
+	$(PY) tests/cuda_emu/emu.py --sanitize
 
 # torchvision comparison: same weights -> logits/gradient differences, speed ratios (compare/).
 compare: setup
