@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export CARGO_BUILD_JOBS ?= 2
 export NVCC = $(SITE)/nvidia/cu13/bin/nvcc
 
-.PHONY: help setup venv data fashion-mnist images build python demo test test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu gpu-artifacts compare clean
+.PHONY: help setup venv data fashion-mnist images build python stubs demo test test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu gpu-artifacts compare clean
 
 help:
 	@echo "make demo   - set up, then train AlexNet on Fashion-MNIST (<= 10 min on 2 cores) into runs/demo/"
@@ -80,6 +80,10 @@ python: venv
 	$(VENV)/bin/maturin build --release --features python,$(FEATURES) -i $(PY) --out dist
 	$(PY) -m pip install --quiet --force-reinstall --no-deps dist/alexnet_rs-*.whl
 
+# python/alexnet_rs/settings.py (the TrainSettings TypedDict) from the settings' Rust definition.
+stubs: python
+	$(PY) scripts/gen_settings.py
+
 # The main job: train AlexNet on Fashion-MNIST (scripts/demo.toml: <= 570 s of training on a
 # 2-core CPU), then evaluate the checkpoint. Leaves metrics, curves.png and a checkpoint in runs/demo/.
 demo: setup
@@ -97,7 +101,7 @@ test-rust:
 	  echo "$$f: $$(strings $$f | grep -oE 'sm_[0-9]+|compute_[0-9]+' | sort -u | tr '\n' ' ')"; done
 
 test-python:
-	cd tests && $(PY) -m pytest -q python
+	cd tests && $(PY) -m pytest -q -rs python
 	cd /tmp && $(PY) -m mypy.stubtest alexnet_rs._native
 
 # Our CUDA kernels compiled by g++ against the CUDA emulation in kernels/emu/ and checked against

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::optim::Schedule;
-use crate::train::TrainConfig;
+use crate::settings::TrainConfig;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -448,7 +448,7 @@ pub fn save_weights(
         .collect::<Result<_>>()?;
     check_tensors(run, &cfg, &weights)?;
     let tc = TrainConfig {
-        preset: preset.name().into(),
+        preset,
         input_size,
         out: run.to_path_buf(),
         ..TrainConfig::default()

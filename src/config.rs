@@ -24,7 +24,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Which variant of the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// The 2012 two-tower network (groups 2, LRN k=2, overlapping pooling).
@@ -93,6 +93,8 @@ pub enum Activation {
 }
 
 impl Activation {
+    pub const NAMES: [&'static str; 2] = ["relu", "tanh"];
+
     pub fn name(self) -> &'static str {
         match self {
             Activation::Relu => "relu",
@@ -196,137 +198,137 @@ fn fc(name: &str, out: i64, dropout_before: bool, init: Init) -> FcLayer {
     }
 }
 
+fn n(std: f64, bias: f64) -> Init {
+    Init::Normal { std, bias }
+}
+
+/// Followed by max pooling.
+fn pooled(mut c: ConvLayer) -> ConvLayer {
+    c.pool = true;
+    c
+}
+
+/// Followed by LRN, then max pooling.
+fn lrn_pooled(mut c: ConvLayer) -> ConvLayer {
+    c.lrn = true;
+    pooled(c)
+}
+
+/// What every preset shares, to be completed: LRN size 5, alpha 1e-4, beta 0.75 (only k
+/// differs), overlapping 3x3/2 max pooling, dropout 0.5, ReLU.
+fn network(preset: Preset, input_size: i64, convs: Vec<ConvLayer>, fcs: Vec<FcLayer>) -> Config {
+    Config {
+        preset,
+        in_channels: 3,
+        input_size,
+        convs,
+        lrn: LrnParams {
+            size: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+            k: 1.0,
+        },
+        pool: Pool {
+            kernel: 3,
+            stride: 2,
+            ceil_mode: false,
+        },
+        adaptive_pool: None,
+        fcs,
+        dropout: 0.5,
+        activation: Activation::Relu,
+        conv_backend: ConvBackend::default(),
+    }
+}
+
+/// Paper init (section 5): weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC
+/// layers, 0 elsewhere. LRN k = 2.
+fn paper(classes: i64) -> Config {
+    let convs = vec![
+        lrn_pooled(conv("conv1", 96, 11, 4, 2, 1, n(0.01, 0.0))),
+        lrn_pooled(conv("conv2", 256, 5, 1, 2, 2, n(0.01, 1.0))),
+        conv("conv3", 384, 3, 1, 1, 1, n(0.01, 0.0)),
+        conv("conv4", 384, 3, 1, 1, 2, n(0.01, 1.0)),
+        pooled(conv("conv5", 256, 3, 1, 1, 2, n(0.01, 1.0))),
+    ];
+    let fcs = vec![
+        fc("fc6", 4096, false, n(0.01, 1.0)),
+        fc("fc7", 4096, true, n(0.01, 1.0)),
+        fc("fc8", classes, true, n(0.01, 0.0)),
+    ];
+    let mut cfg = network(Preset::Paper, 224, convs, fcs);
+    cfg.lrn.k = 2.0;
+    cfg
+}
+
+/// torchvision's keys verbatim: features.{0,3,6,8,10}, classifier.{1,4,6}; PyTorch's init.
+fn torchvision(classes: i64) -> Config {
+    let d = Init::TorchDefault;
+    let convs = vec![
+        pooled(conv("features.0", 64, 11, 4, 2, 1, d)),
+        pooled(conv("features.3", 192, 5, 1, 2, 1, d)),
+        conv("features.6", 384, 3, 1, 1, 1, d),
+        conv("features.8", 256, 3, 1, 1, 1, d),
+        pooled(conv("features.10", 256, 3, 1, 1, 1, d)),
+    ];
+    let fcs = vec![
+        fc("classifier.1", 4096, true, d),
+        fc("classifier.4", 4096, true, d),
+        fc("classifier.6", classes, false, d),
+    ];
+    Config {
+        adaptive_pool: Some(6),
+        ..network(Preset::Torchvision, 224, convs, fcs)
+    }
+}
+
+/// BVLC train_val.prototxt: std 0.01 (fc6/fc7 0.005); bias 0.1 on conv2, conv4, conv5, fc6, fc7
+/// and 0 on conv1, conv3, fc8; ceil-mode pooling.
+fn caffe(classes: i64) -> Config {
+    let convs = vec![
+        lrn_pooled(conv("conv1", 96, 11, 4, 0, 1, n(0.01, 0.0))),
+        lrn_pooled(conv("conv2", 256, 5, 1, 2, 2, n(0.01, 0.1))),
+        conv("conv3", 384, 3, 1, 1, 1, n(0.01, 0.0)),
+        conv("conv4", 384, 3, 1, 1, 2, n(0.01, 0.1)),
+        pooled(conv("conv5", 256, 3, 1, 1, 2, n(0.01, 0.1))),
+    ];
+    let fcs = vec![
+        fc("fc6", 4096, false, n(0.005, 0.1)),
+        fc("fc7", 4096, true, n(0.005, 0.1)),
+        fc("fc8", classes, true, n(0.01, 0.0)),
+    ];
+    let mut cfg = network(Preset::Caffe, 227, convs, fcs);
+    cfg.pool.ceil_mode = true;
+    cfg
+}
+
+/// layers-18pct.cfg: conv 32-32-64, 5x5 pad 2, each followed by a 3x3/2 pool, then the
+/// classifier. PyTorch's default init and no dropout ("no regularization of any kind").
+fn cnn4(classes: i64) -> Config {
+    let d = Init::TorchDefault;
+    let convs = vec![
+        pooled(conv("conv1", 32, 5, 1, 2, 1, d)),
+        pooled(conv("conv2", 32, 5, 1, 2, 1, d)),
+        pooled(conv("conv3", 64, 5, 1, 2, 1, d)),
+    ];
+    Config {
+        dropout: 0.0,
+        ..network(Preset::Cnn4, 32, convs, vec![fc("fc4", classes, false, d)])
+    }
+}
+
 impl Config {
     /// The preset's network with a `num_classes`-way last layer (1000 for ImageNet).
     pub fn preset(preset: Preset, num_classes: i64) -> Result<Config> {
         if num_classes < 1 {
             return Err(Error::Config(format!("num_classes must be >= 1, got {num_classes}")));
         }
-        let n = |std: f64, bias: f64| Init::Normal { std, bias };
-        // Every preset's LRN is size 5, alpha 1e-4, beta 0.75; only k differs.
-        let lrn = |k: f64| LrnParams {
-            size: 5,
-            alpha: 1e-4,
-            beta: 0.75,
-            k,
-        };
-        // Overlapping 3x3/2 max pooling (Caffe rounds its output sizes up).
-        let pool = |ceil_mode: bool| Pool {
-            kernel: 3,
-            stride: 2,
-            ceil_mode,
-        };
-        let lrn_pool = |mut c: ConvLayer, lrn: bool| {
-            c.lrn = lrn;
-            c.pool = true;
-            c
-        };
-        let pooled = |mut c: ConvLayer| {
-            c.pool = true;
-            c
-        };
-        let cfg = match preset {
-            // Paper init (section 5): weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the
-            // hidden FC layers, 0 elsewhere.
-            Preset::Paper => Config {
-                preset,
-                in_channels: 3,
-                input_size: 224,
-                convs: vec![
-                    lrn_pool(conv("conv1", 96, 11, 4, 2, 1, n(0.01, 0.0)), true),
-                    lrn_pool(conv("conv2", 256, 5, 1, 2, 2, n(0.01, 1.0)), true),
-                    conv("conv3", 384, 3, 1, 1, 1, n(0.01, 0.0)),
-                    conv("conv4", 384, 3, 1, 1, 2, n(0.01, 1.0)),
-                    pooled(conv("conv5", 256, 3, 1, 1, 2, n(0.01, 1.0))),
-                ],
-                lrn: lrn(2.0),
-                pool: pool(false),
-                adaptive_pool: None,
-                fcs: vec![
-                    fc("fc6", 4096, false, n(0.01, 1.0)),
-                    fc("fc7", 4096, true, n(0.01, 1.0)),
-                    fc("fc8", num_classes, true, n(0.01, 0.0)),
-                ],
-                dropout: 0.5,
-                activation: Activation::Relu,
-                conv_backend: ConvBackend::default(),
-            },
-            // torchvision's keys verbatim: features.{0,3,6,8,10}, classifier.{1,4,6}.
-            Preset::Torchvision => {
-                let d = Init::TorchDefault;
-                Config {
-                    preset,
-                    in_channels: 3,
-                    input_size: 224,
-                    convs: vec![
-                        pooled(conv("features.0", 64, 11, 4, 2, 1, d)),
-                        pooled(conv("features.3", 192, 5, 1, 2, 1, d)),
-                        conv("features.6", 384, 3, 1, 1, 1, d),
-                        conv("features.8", 256, 3, 1, 1, 1, d),
-                        pooled(conv("features.10", 256, 3, 1, 1, 1, d)),
-                    ],
-                    lrn: lrn(1.0),
-                    pool: pool(false),
-                    adaptive_pool: Some(6),
-                    fcs: vec![
-                        fc("classifier.1", 4096, true, d),
-                        fc("classifier.4", 4096, true, d),
-                        fc("classifier.6", num_classes, false, d),
-                    ],
-                    dropout: 0.5,
-                    activation: Activation::Relu,
-                    conv_backend: ConvBackend::default(),
-                }
-            }
-            // BVLC train_val.prototxt: std 0.01 (fc6/fc7 0.005); bias 0.1 on conv2, conv4, conv5,
-            // fc6, fc7 and 0 on conv1, conv3, fc8.
-            Preset::Caffe => Config {
-                preset,
-                in_channels: 3,
-                input_size: 227,
-                convs: vec![
-                    lrn_pool(conv("conv1", 96, 11, 4, 0, 1, n(0.01, 0.0)), true),
-                    lrn_pool(conv("conv2", 256, 5, 1, 2, 2, n(0.01, 0.1)), true),
-                    conv("conv3", 384, 3, 1, 1, 1, n(0.01, 0.0)),
-                    conv("conv4", 384, 3, 1, 1, 2, n(0.01, 0.1)),
-                    pooled(conv("conv5", 256, 3, 1, 1, 2, n(0.01, 0.1))),
-                ],
-                lrn: lrn(1.0),
-                pool: pool(true),
-                adaptive_pool: None,
-                fcs: vec![
-                    fc("fc6", 4096, false, n(0.005, 0.1)),
-                    fc("fc7", 4096, true, n(0.005, 0.1)),
-                    fc("fc8", num_classes, true, n(0.01, 0.0)),
-                ],
-                dropout: 0.5,
-                activation: Activation::Relu,
-                conv_backend: ConvBackend::default(),
-            },
-            // layers-18pct.cfg: conv 32-32-64, 5x5 pad 2, each followed by a 3x3/2 pool, then the
-            // classifier. PyTorch's default init and no dropout ("no regularization of any kind").
-            Preset::Cnn4 => {
-                let d = Init::TorchDefault;
-                Config {
-                    preset,
-                    in_channels: 3,
-                    input_size: 32,
-                    convs: vec![
-                        pooled(conv("conv1", 32, 5, 1, 2, 1, d)),
-                        pooled(conv("conv2", 32, 5, 1, 2, 1, d)),
-                        pooled(conv("conv3", 64, 5, 1, 2, 1, d)),
-                    ],
-                    lrn: lrn(1.0),
-                    pool: pool(false),
-                    adaptive_pool: None,
-                    fcs: vec![fc("fc4", num_classes, false, d)],
-                    dropout: 0.0,
-                    activation: Activation::Relu,
-                    conv_backend: ConvBackend::default(),
-                }
-            }
-        };
-        Ok(cfg)
+        Ok(match preset {
+            Preset::Paper => paper(num_classes),
+            Preset::Torchvision => torchvision(num_classes),
+            Preset::Caffe => caffe(num_classes),
+            Preset::Cnn4 => cnn4(num_classes),
+        })
     }
 
     /// Every parameter's name and shape, in network order (weight then bias, layer by layer).

@@ -10,7 +10,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 use tch::{Device, Tensor};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ConvBackend {
     /// Our op (CUDA: our implicit-GEMM kernels; CPU: ATen).
     Ours,

@@ -74,7 +74,7 @@ impl Experiment {
         match self {
             // "No regularization of any kind"; the learning rate is swept per arm (`default_lrs`).
             Experiment::ReluVsTanh => TrainConfig {
-                preset: "cnn4".into(),
+                preset: crate::config::Preset::Cnn4,
                 input_size: 28,
                 epochs: 4,
                 weight_decay: 0.0,
@@ -84,7 +84,7 @@ impl Experiment {
             // 10k-image subset, about 1.5 minutes per run on two CPU cores. PyTorch's default init:
             // the paper's N(0, 0.01) does not leave chance level within such a run.
             _ => TrainConfig {
-                preset: "paper".into(),
+                preset: crate::config::Preset::Paper,
                 input_size: 63,
                 epochs: 5,
                 limit_train: Some(10_000),

@@ -2,6 +2,7 @@
 //! (`paper`, `torchvision`, `caffe`), with our own LRN op (kernels/) registered with PyTorch's
 //! dispatcher as `torch.ops.alexnet_rs.lrn`.
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod conv;
 pub mod data;
@@ -17,6 +18,7 @@ pub mod optim;
 pub mod placement;
 #[cfg(feature = "python")]
 mod python;
+pub mod settings;
 pub mod train;
 
 pub use config::{Activation, Config, Preset};

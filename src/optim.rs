@@ -29,6 +29,14 @@ pub enum ScheduleKind {
     Constant,
 }
 
+impl UpdateRule {
+    pub const NAMES: [&'static str; 2] = ["paper", "pytorch"];
+}
+
+impl ScheduleKind {
+    pub const NAMES: [&'static str; 4] = ["plateau", "step", "cosine", "constant"];
+}
+
 macro_rules! parse_enum {
     ($t:ty, $what:literal, $($name:literal => $v:expr),+) => {
         impl std::str::FromStr for $t {

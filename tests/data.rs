@@ -6,18 +6,17 @@ use alexnet_rs::data::{Dataset, Loader, LoaderConfig, Split, Transform, View};
 use alexnet_rs::Preset;
 use std::path::Path;
 
-fn fashion() -> Option<Dataset> {
-    let dir = Path::new(alexnet_rs::data::source::FASHION_MNIST_DIR);
-    dir.is_dir()
-        .then(|| Dataset::open(dir, Split::Test).unwrap().subset(300, 3))
+mod common;
+
+fn fashion() -> Dataset {
+    Dataset::open(&common::require_data(), Split::Test)
+        .unwrap()
+        .subset(300, 3)
 }
 
 #[test]
 fn one_and_two_threads_give_identical_batches() {
-    let Some(ds) = fashion() else {
-        eprintln!("dataset-fashion-mnist not installed: skipped");
-        return;
-    };
+    let ds = fashion();
     let run = |threads| {
         let tf = Transform::for_preset(Preset::Paper, 40, View::Train, None);
         let cfg = LoaderConfig {

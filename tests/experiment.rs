@@ -13,7 +13,7 @@ use alexnet_rs::{checkpoint, model, Config, Error, Preset};
 use tch::{Kind, Tensor};
 
 mod common;
-use common::{have_data, serial, tmp};
+use common::{require_data, serial, tmp};
 
 /// The experiment's defaults cut to one epoch of `limit` training images in batches of 32.
 fn tiny(exp: Experiment, root: &std::path::Path, limit: usize) -> TrainConfig {
@@ -58,7 +58,7 @@ fn cnn4_forward_equals_a_stock_composition_with_relu_and_tanh() {
 fn ablation_switches_change_exactly_what_they_name() {
     let _g = serial();
     let base = TrainConfig {
-        preset: "paper".into(),
+        preset: alexnet_rs::Preset::Paper,
         input_size: 63,
         ..TrainConfig::default()
     };
@@ -150,13 +150,11 @@ fn paper_and_caffe_see_0_to_255_values_minus_the_mean() {
 
 #[test]
 fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
-    if !have_data() {
-        return;
-    }
+    require_data();
     let _g = serial();
     let out = tmp("diverge");
     let tc = TrainConfig {
-        preset: "cnn4".into(),
+        preset: alexnet_rs::Preset::Cnn4,
         input_size: 28,
         batch_size: 32,
         epochs: 1,
@@ -186,20 +184,21 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint()
 
 #[test]
 fn fig1_runs_stop_at_the_target_and_finished_runs_are_reused() {
-    if !have_data() {
-        return;
-    }
+    require_data();
     let _g = serial();
     let root = tmp("fig1");
-    let base = tiny(Experiment::ReluVsTanh, &root, 640);
-    // 99 % training error: met as soon as the first window is full.
-    let s = experiment::run(Experiment::ReluVsTanh, &base, 2, &[0.01], &[0.99]).unwrap();
+    let base = tiny(Experiment::ReluVsTanh, &root, 1280);
+    // 99 % training error is met as soon as the first window is full (the early stop); at 80 %
+    // the arms differ (on 1,280 images at lr 0.1 tanh gets there first, 10-11 steps vs 15).
+    let targets = [0.99, 0.8];
+    let s = experiment::run(Experiment::ReluVsTanh, &base, 2, &[0.1], &targets).unwrap();
     assert_eq!(s.arms.len(), 2);
     for arm in &s.arms {
         assert_eq!(arm.runs.len(), 2);
         for r in &arm.runs {
-            assert_eq!(r.steps_to_target, [Some(ERROR_WINDOW as u64)]);
-            assert_eq!(r.steps, ERROR_WINDOW as u64, "the run stops once the target is met");
+            assert_eq!(r.steps_to_target[0], Some(ERROR_WINDOW as u64));
+            let last = r.steps_to_target[1].expect("80 % reached within the epoch");
+            assert_eq!(r.steps, last, "the run stops once every target is met");
             assert!(r.test_top1_error.is_some());
             assert!(
                 !r.config.out.join("checkpoints").exists(),
@@ -210,11 +209,30 @@ fn fig1_runs_stop_at_the_target_and_finished_runs_are_reused() {
     assert_eq!(s.arms[0].runs[0].config.activation, Activation::Relu);
     assert_eq!(s.arms[1].runs[0].config.activation, Activation::Tanh);
     assert_ne!(s.arms[0].runs[0].config.seed, s.arms[0].runs[1].config.seed);
+    let mean = |arm: usize, t: usize| {
+        s.arms[arm]
+            .runs
+            .iter()
+            .map(|r| r.steps_to_target[t].unwrap() as f64)
+            .sum::<f64>()
+            / 2.0
+    };
+    assert_ne!(mean(0, 1), mean(1, 1), "the 80 % target separates the arms");
     let md = std::fs::read_to_string(root.join("relu-vs-tanh.md")).unwrap();
-    assert!(md.contains("| relu | 0.01 | 10, 10 | 10 |"), "{md}");
-    assert!(md.contains("tanh needs 1.00x the steps of ReLU"), "{md}");
+    assert!(md.contains("| relu | 0.1 | 10, 10 | 10 |"), "{md}");
+    // The summary's ratio is the records' mean tanh steps over mean ReLU steps, at each target.
+    for (t, goal) in [(0, 99), (1, 80)] {
+        let line = format!(
+            "{goal} % training error: best rates relu 0.1 ({:.0} steps), tanh 0.1 ({:.0} steps): tanh needs {:.2}x \
+             the steps of ReLU.",
+            mean(0, t),
+            mean(1, t),
+            mean(1, t) / mean(0, t)
+        );
+        assert!(md.contains(&line), "{line}\n{md}");
+    }
     // Rerunning reuses every finished run (same settings): identical records, timing included.
-    let again = experiment::run(Experiment::ReluVsTanh, &base, 2, &[0.01], &[0.99]).unwrap();
+    let again = experiment::run(Experiment::ReluVsTanh, &base, 2, &[0.1], &targets).unwrap();
     for (a, b) in s.arms.iter().zip(&again.arms) {
         for (x, y) in a.runs.iter().zip(&b.runs) {
             assert_eq!(x.seconds, y.seconds);
@@ -225,9 +243,7 @@ fn fig1_runs_stop_at_the_target_and_finished_runs_are_reused() {
 
 #[test]
 fn ablation_summary_pairs_the_arms_by_seed() {
-    if !have_data() {
-        return;
-    }
+    require_data();
     let _g = serial();
     let root = tmp("lrn");
     let base = tiny(Experiment::Lrn, &root, 128);

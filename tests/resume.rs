@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{have_data, serial, tmp};
+use common::{require_data, serial, tmp};
 
 /// cnn4 at 28x28: 4 steps per epoch, 2 epochs, a checkpoint every 2 steps (so every epoch end
 /// replaces the checkpoint of its own step).
 fn tiny(out: &Path) -> TrainConfig {
     TrainConfig {
-        preset: "cnn4".into(),
+        preset: alexnet_rs::Preset::Cnn4,
         input_size: 28,
         batch_size: 32,
         epochs: 2,
@@ -103,9 +103,7 @@ fn reference() -> PathBuf {
 #[test]
 fn a_resumed_run_writes_the_uninterrupted_runs_metrics_and_epoch_rows() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     // Findings 3 and 4: re-printed floats moved by one ULP, and the interrupted epoch's
     // train_loss averaged only the steps after the resume.
     let (a, b) = (reference(), tmp("resume-pieces"));
@@ -173,9 +171,7 @@ fn resuming_keeps_earlier_metrics_lines_byte_for_byte() {
 #[test]
 fn a_time_budget_stop_writes_no_mislabelled_epoch_row() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     // Finding 4: the budget stop wrote a row labelled with the previous epoch and its lr.
     let (a, b) = (reference(), tmp("budget"));
     run(
@@ -200,9 +196,7 @@ fn a_time_budget_stop_writes_no_mislabelled_epoch_row() {
 #[test]
 fn a_kill_during_resume_keeps_the_metrics_history() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     // Finding 2: resume rewrote metrics.jsonl line by line; a kill in between erased it.
     let b = tmp("kill-resume");
     run(
@@ -230,9 +224,7 @@ fn a_kill_during_resume_keeps_the_metrics_history() {
 #[test]
 fn a_partial_metrics_line_does_not_block_resume() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     // Finding 5: a write that failed mid-line (disk full) made every later --resume fail.
     let b = tmp("partial-line");
     run(
@@ -259,9 +251,7 @@ fn a_partial_metrics_line_does_not_block_resume() {
 #[test]
 fn a_checkpoint_failing_on_a_full_disk_leaves_no_temporary_folder() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     // Finding 5: the partial `.tmp` folder stayed, keeping the disk full.
     let b = tmp("enospc");
     let out = cli(&b, false, &[], Some("ckpt-tmp-partial:enospc@2"));
@@ -283,9 +273,7 @@ fn a_checkpoint_failing_on_a_full_disk_leaves_no_temporary_folder() {
 #[test]
 fn resume_honours_a_new_keep() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     // Finding 5: `--resume --keep 1` kept the run's own --keep.
     let b = tmp("keep");
     run(
@@ -319,9 +307,7 @@ fn resume_honours_a_new_keep() {
 #[test]
 fn a_state_past_the_epochs_end_is_refused() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     // Finding 9: batch_in_epoch beyond the epoch silently skipped the rest of the epoch.
     let b = tmp("past-end");
     run(
@@ -347,9 +333,7 @@ fn a_state_past_the_epochs_end_is_refused() {
 #[test]
 fn eval_of_nan_weights_fails_with_a_clear_message() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     // Finding 9: `alexnet eval` printed loss NaN and exited 0.
     let b = tmp("nan-eval");
     run(

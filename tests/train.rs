@@ -11,12 +11,12 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::{have_data, serial, tmp};
+use common::{require_data, serial, tmp};
 
 /// A small, fast run: torchvision preset at 63x63, 256 training samples, batches of 32.
 fn small(out: &Path) -> TrainConfig {
     TrainConfig {
-        preset: "torchvision".into(),
+        preset: alexnet_rs::Preset::Torchvision,
         input_size: 63,
         batch_size: 32,
         epochs: 2,
@@ -38,9 +38,7 @@ fn losses(run: &Path) -> Vec<f64> {
 #[test]
 fn interrupted_and_resumed_run_has_a_bit_identical_loss_curve() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     let (a, b) = (tmp("whole"), tmp("pieces"));
     train(&small(&a), None, &mut |_| {}, &|| false).unwrap();
     // Stop mid-epoch 0, then mid-epoch 1, then finish.
@@ -82,9 +80,7 @@ fn interrupted_and_resumed_run_has_a_bit_identical_loss_curve() {
 #[test]
 fn sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     // Deterministic: the fault hook aborts the process (no unwinding, no cleanup, as SIGKILL)
     // once the second checkpoint's temporary folder is written, before it is renamed.
     let run = tmp("kill");
@@ -134,9 +130,7 @@ fn sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable() {
 #[test]
 fn truncated_and_foreign_checkpoints_are_refused() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     let run = tmp("refuse");
     train(
         &TrainConfig {
@@ -221,12 +215,10 @@ fn two_device_placement_computes_the_same_function() {
 #[test]
 fn cpu_cpu_training_follows_cpu_training() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     let (a, b) = (tmp("one-dev"), tmp("two-dev"));
     let base = |out: &Path, devices: &str| TrainConfig {
-        preset: "paper".into(),
+        preset: alexnet_rs::Preset::Paper,
         input_size: 224,
         batch_size: 4,
         epochs: 1,
@@ -254,9 +246,7 @@ fn cpu_cpu_training_follows_cpu_training() {
 #[test]
 fn resume_without_out_continues_in_the_run_folder() {
     let _s = serial();
-    if !have_data() {
-        return;
-    }
+    require_data();
     let run = tmp("resume-here");
     train(
         &TrainConfig {

@@ -11,6 +11,7 @@ from ._native import PRESETS, __version__
 from .export import export_onnx
 from .model import AlexNet, from_torchvision
 from .placement import Placement
+from .settings import TrainSettings
 from .errors import (
     AlexNetError,
     AlexNetIOError,
@@ -29,6 +30,8 @@ info_text = _checked(_native.info_text)
 layer_table = _checked(_native.layer_table)
 param_shapes = _checked(_native.param_shapes)
 train = _checked(_native.train)
+train_config = _checked(_native.train_config)
+train_settings = _checked(_native.train_settings)
 
 __all__ = [
     "PRESETS",
@@ -37,6 +40,9 @@ __all__ = [
     "layer_table",
     "param_shapes",
     "train",
+    "train_config",
+    "train_settings",
+    "TrainSettings",
     "evaluate",
     "ops",
     "nn",

@@ -6,17 +6,19 @@ from typing import Any, Callable, Iterator
 import torch
 from typing_extensions import disjoint_base, final
 
+from alexnet_rs.settings import CheckpointEvent, EpochEvent, StepEvent, TrainSettings
+
 __all__ = [
     "DataLoader",
     "EpochIter",
     "PRESETS",
-    "architecture",
     "__version__",
     "evaluate",
     "forward",
     "info_text",
     "init_params",
     "layer_table",
+    "layers",
     "load_image",
     "load_checkpoint",
     "lrn",
@@ -24,6 +26,9 @@ __all__ = [
     "placement_table",
     "save_checkpoint",
     "train",
+    "train_config",
+    "train_settings",
+    "train_events",
     "transform_views",
 ]
 __version__: str
@@ -35,7 +40,7 @@ def layer_table(
 ) -> list[tuple[str, str, list[int], int, int]]: ...
 def info_text(preset: str, input_size: int | None = None, num_classes: int = 1000) -> str: ...
 def param_shapes(preset: str, num_classes: int = 1000) -> list[tuple[str, list[int]]]: ...
-def architecture(preset: str, num_classes: int = 1000) -> str: ...
+def layers(preset: str, input_size: int | None = None, num_classes: int = 1000) -> str: ...
 def forward(
     preset: str,
     params: dict[str, torch.Tensor],
@@ -57,9 +62,12 @@ def transform_views(
     index: int = 0,
 ) -> torch.Tensor: ...
 def placement_table(preset: str, devices: str, num_classes: int = 1000) -> str: ...
+def train_config(config: TrainSettings | dict[str, Any]) -> dict[str, Any]: ...
+def train_settings() -> list[dict[str, Any]]: ...
+def train_events() -> list[dict[str, Any]]: ...
 def train(
-    config: dict[str, Any],
-    on_step: Callable[[dict[str, Any]], object] | None = None,
+    config: TrainSettings | dict[str, Any],
+    on_step: Callable[[StepEvent | EpochEvent | CheckpointEvent], object] | None = None,
     resume: str | PathLike[str] | None = None,
 ) -> dict[str, Any]: ...
 def init_params(

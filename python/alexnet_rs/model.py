@@ -58,7 +58,7 @@ class AlexNet(nn.Module):
                 module = module._modules[part]
             module.register_parameter(leaf, nn.Parameter(tensor))
         if arch_size is None:
-            arch_size = json.loads(_native.architecture(preset, num_classes))["input_size"]
+            arch_size = json.loads(_native.layers(preset, None, num_classes))[0]["out_shape"][-1]
         self.input_size: int = arch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,27 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 /// Where Debian's `dataset-fashion-mnist` package puts the files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
+/// The default dataset's folder: `$ALEXNET_FASHION_MNIST` if set, else [`FASHION_MNIST_DIR`].
+pub fn fashion_mnist_dir() -> PathBuf {
+    std::env::var_os("ALEXNET_FASHION_MNIST").map_or_else(|| PathBuf::from(FASHION_MNIST_DIR), PathBuf::from)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
     Train,
     Test,
+}
+
+impl std::str::FromStr for Split {
+    type Err = Error;
+    /// `train`, or `test` (also `val`: an image folder's `val/` is its test split).
+    fn from_str(s: &str) -> Result<Split> {
+        match s {
+            "train" => Ok(Split::Train),
+            "test" | "val" => Ok(Split::Test),
+            _ => Err(Error::Config(format!("split must be train or test, got `{s}`"))),
+        }
+    }
 }
 
 /// One sample, not yet decoded.
@@ -298,17 +315,18 @@ impl Dataset {
 
     /// Embedded default: Fashion-MNIST from Debian's package.
     pub fn fashion_mnist(split: Split) -> Result<Dataset> {
-        let dir = Path::new(FASHION_MNIST_DIR);
+        let dir = fashion_mnist_dir();
         if !dir.is_dir() {
             return Err(Error::Io {
-                path: dir.to_path_buf(),
+                path: dir,
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    "Fashion-MNIST is not installed: run `sudo apt-get install dataset-fashion-mnist` (or `make setup`)",
+                    "Fashion-MNIST is not installed: run `sudo apt-get install dataset-fashion-mnist` (or `make \
+                     setup`), or point ALEXNET_FASHION_MNIST at its IDX files",
                 ),
             });
         }
-        Dataset::idx_folder(dir, split)
+        Dataset::idx_folder(&dir, split)
     }
 
     pub fn len(&self) -> usize {

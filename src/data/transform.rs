@@ -60,6 +60,20 @@ pub enum View {
     TenCrop,
 }
 
+impl std::str::FromStr for View {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<View> {
+        match s {
+            "train" => Ok(View::Train),
+            "center" => Ok(View::Center),
+            "ten_crop" => Ok(View::TenCrop),
+            _ => Err(Error::Config(format!(
+                "view must be train, center or ten_crop, got `{s}`"
+            ))),
+        }
+    }
+}
+
 impl View {
     pub fn count(self) -> usize {
         if self == View::TenCrop {

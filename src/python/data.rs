@@ -9,17 +9,6 @@ use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
 use std::path::PathBuf;
 
-fn parse_view(view: &str) -> PyResult<View> {
-    match view {
-        "train" => Ok(View::Train),
-        "center" => Ok(View::Center),
-        "ten_crop" => Ok(View::TenCrop),
-        _ => Err(py_err(Error::Config(format!(
-            "view must be train, center or ten_crop, got `{view}`"
-        )))),
-    }
-}
-
 /// Decodes an image file to a (H, W, 3) uint8 tensor.
 #[pyfunction]
 pub fn load_image(path: PathBuf) -> PyResult<PyTensor> {
@@ -70,7 +59,7 @@ pub fn transform_views(
             resize,
             square,
             crop,
-            view: parse_view(view)?,
+            view: core(view.parse::<View>())?,
             pca: None,
             scale: 1.0,
             normalize: Normalize::MeanStd {
@@ -132,15 +121,7 @@ impl DataLoader {
         world_size: i64,
     ) -> PyResult<Self> {
         guard(|| {
-            let split = match split {
-                "train" => Split::Train,
-                "test" | "val" => Split::Test,
-                _ => {
-                    return Err(py_err(Error::Config(format!(
-                        "split must be train or test, got `{split}`"
-                    ))))
-                }
-            };
+            let split = core(split.parse::<Split>())?;
             let (crop, batch_size, threads) = (
                 side("crop", crop)?,
                 count("batch_size", batch_size, 1)?,
@@ -153,7 +134,7 @@ impl DataLoader {
                     "rank must be below world_size ({world_size}), got {rank}"
                 ))));
             }
-            let view = parse_view(view)?;
+            let view = core(view.parse::<View>())?;
             let on_bad_image = on_bad_image.parse().map_err(|_| {
                 py_err(Error::Config(format!(
                     "on_bad_image must be skip or fail, got `{on_bad_image}`"

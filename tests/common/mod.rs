@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests that train.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Tests that seed torch's global generator take this lock: they run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -8,14 +8,17 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether Debian's dataset-fashion-mnist is installed (`make setup` installs it).
+/// Fashion-MNIST's folder (Debian's dataset-fashion-mnist, or `$ALEXNET_FASHION_MNIST`). A test
+/// that needs it fails here when it is missing, naming the fix: it never passes without checking.
 #[allow(dead_code)] // not every test file trains
-pub fn have_data() -> bool {
-    let ok = Path::new(alexnet_rs::data::source::FASHION_MNIST_DIR).is_dir();
-    if !ok {
-        eprintln!("dataset-fashion-mnist is not installed: skipped");
-    }
-    ok
+pub fn require_data() -> PathBuf {
+    let dir = alexnet_rs::data::source::fashion_mnist_dir();
+    assert!(
+        dir.is_dir(),
+        "Fashion-MNIST is missing at {}: run `make setup` (it installs Debian's dataset-fashion-mnist)",
+        dir.display()
+    );
+    dir
 }
 
 /// A fresh scratch folder for this test process.

@@ -1,5 +1,22 @@
+import os
+import socket
+from pathlib import Path
+
 import pytest
 import torch
+
+# Fashion-MNIST (Debian's dataset-fashion-mnist, installed by `make setup`), or wherever
+# ALEXNET_FASHION_MNIST points. Tests that need it are skipped by name when it is missing
+# (`make test` runs pytest with -rs, so the log lists them), never passed.
+FASHION = Path(os.environ.get("ALEXNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason=f"Fashion-MNIST missing at {FASHION}: run make setup")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

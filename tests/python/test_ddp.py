@@ -4,21 +4,21 @@ training on the concatenated batches."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+from conftest import free_port, needs_fashion
+
+pytestmark = needs_fashion
 ARGS = ["--preset", "torchvision", "--input-size", "63", "--steps", "3", "--limit", "64", "--no-dropout",
         "--lr", "0.01", "--seed", "4"]
 
 
 def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     r = subprocess.run([*torchrun, "-m", "alexnet_rs.ddp", *ARGS, "--batch-size", "4", "--out", tmp_path / "ddp"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -90,6 +90,15 @@ def test_bad_input_raises(x, w, b, groups, exc, needle):
         grouped_conv2d(x, w, b, stride=1, padding=0, groups=groups)
 
 
-def test_cuda_is_registered_when_built_with_cuda():
-    # The CUDA kernel's registration is visible even without a GPU.
-    assert alexnet_rs.ops.grouped_conv2d is not None
+@pytest.mark.parametrize("op, keys", [
+    ("alexnet_rs::grouped_conv2d", {"CPU", "CUDA", "Meta", "Autograd", "AutocastCPU", "AutocastCUDA"}),
+    ("alexnet_rs::grouped_conv2d_backward", {"CPU", "CUDA", "Meta"}),
+    ("alexnet_rs::lrn", {"CPU", "CUDA", "Meta", "Autograd"}),
+    ("alexnet_rs::lrn_backward", {"CPU", "CUDA", "Meta"}),
+])
+def test_kernels_are_registered_with_the_dispatcher(op, keys):
+    # Read from PyTorch's dispatcher (the wheel is built with the `cuda` feature, so our CUDA
+    # kernels are registered even on a machine without a GPU).
+    candidates = ["CPU", "CUDA", "Meta", "Autograd", "AutocastCPU", "AutocastCUDA", "XLA", "MPS"]
+    got = {k for k in candidates if torch._C._dispatch_has_kernel_for_dispatch_key(op, k)}
+    assert got == keys

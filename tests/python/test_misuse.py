@@ -65,6 +65,17 @@ def _cases():
             ("preset-list", lambda F: A.param_shapes(["paper"]), D, TE, "preset"),
             ("classes-zero", lambda F: A.param_shapes("paper", 0), C, VE, "num_classes"),
         ],
+        "alexnet_rs.train_config": [
+            ("config-list", lambda F: A.train_config([("lr", 1.0)]), D, TE, "config"),
+            ("config-unknown-key", lambda F: A.train_config({"learning_rate": 1.0}), C, VE, "learning_rate"),
+            ("config-key-type", lambda F: A.train_config({"epochs": "many"}), C, VE, "epochs"),
+            ("config-bad-choice", lambda F: A.train_config({"schedule": "linear"}), C, VE, "schedule"),
+        ],
+        "alexnet_rs.train_settings": [
+            ("extra-arg", lambda F: A.train_settings("paper"), D, TE, "train_settings"),
+        ],
+        # A TypedDict: its call builds a plain dict, nothing to misuse.
+        "alexnet_rs.TrainSettings": [],
         "alexnet_rs.train": [
             ("config-str", lambda F: A.train("fast"), D, TE, "config"),
             ("config-key-type", lambda F: A.train({"lr": "fast", "out": F.out}), C, VE, "lr"),

@@ -7,6 +7,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from conftest import FASHION
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
 
@@ -16,8 +18,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
-    if "train_fashion" in path.stem and not Path("/usr/share/datasets/fashion-mnist").is_dir():
-        pytest.skip("dataset-fashion-mnist not installed")
+    if "train_fashion" in path.stem and not FASHION.is_dir():
+        pytest.skip(f"Fashion-MNIST missing at {FASHION}: run make setup")
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
 
 

@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 
 import alexnet_rs
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+from conftest import needs_fashion
+
+pytestmark = needs_fashion
 
 
 def small(out):
@@ -25,7 +26,16 @@ def test_train_from_python_with_callback(tmp_path):
     assert len(steps) == 4 and [d["step"] for d in steps] == [1, 2, 3, 4]
     assert len(epochs) == 1 and epochs[0]["val_top1"] == pytest.approx(result["top1"])
     assert any("checkpoint" in d for d in seen)
-    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0 and result["samples"] == 64
+    # The events are the dicts alexnet_rs.settings types (generated from the Rust records).
+    from alexnet_rs.settings import CheckpointEvent, EpochEvent, StepEvent
+
+    assert {frozenset(d) for d in seen} == {frozenset(t.__annotations__) for t in (StepEvent, EpochEvent, CheckpointEvent)}
+    assert result["samples"] == 64
+    # Accuracies are counts over the 64 test images, and match an evaluation of the checkpoint.
+    assert result["top1"] * 64 == pytest.approx(round(result["top1"] * 64)) and result["top1"] <= result["top5"]
+    again = alexnet_rs.evaluate(tmp_path, limit=64)
+    assert (again["top1"], again["top5"], again["samples"]) == (result["top1"], result["top5"], 64)
+    assert again["loss"] == pytest.approx(result["loss"], rel=1e-6)
 
 
 def test_rust_checkpoint_loads_in_python_with_the_same_logits(tmp_path):
@@ -93,7 +103,11 @@ def test_step_records_carry_the_batch_training_error(tmp_path):
     alexnet_rs.train(dict(small(tmp_path), preset="cnn4", input_size=28, activation="tanh", limit_train=64),
                      on_step=seen.append)
     steps = [d for d in seen if "train_error" in d]
-    assert len(steps) == 2 and all(0.0 <= d["train_error"] <= 1.0 for d in steps)
+    # The error of a batch of 32 before its update: a count of wrong images over 32.
+    assert len(steps) == 2
+    for d in steps:
+        wrong = d["train_error"] * 32
+        assert wrong == pytest.approx(round(wrong)) and 0 < wrong <= 32, d
 
 
 def test_load_checkpoint_builds_the_model_for_the_checkpoints_input_size(tmp_path):

@@ -1,0 +1,141 @@
+//! `alexnet`: the command line, one file per group of verbs. [`main`] is the whole program
+//! (`src/bin/alexnet.rs` only calls it):
+//! - `model.rs`: info, forward, placement;
+//! - `train.rs`: train, experiment (their settings are [`crate::settings::TrainConfig`]);
+//! - `eval.rs`: eval, predict;
+//! - `data.rs`: stats, prepare, bench data;
+//! - `bench.rs`: bench train.
+mod bench;
+mod data;
+mod eval;
+mod model;
+mod train;
+
+use crate::config::Preset;
+use crate::error::{Error, Result};
+use crate::settings::choice;
+use clap::builder::TypedValueParser;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "alexnet",
+    version,
+    about = "AlexNet (2012) on libtorch: the paper's two-tower network, torchvision's and Caffe's",
+    long_about = "AlexNet (Krizhevsky, Sutskever & Hinton, 2012) on libtorch, with our own LRN kernel.\n\
+                  Presets: `paper` (the 2012 two-tower network: groups 2, LRN k=2), `torchvision` \n\
+                  (weight-compatible with torchvision.models.alexnet) and `caffe` (BVLC AlexNet)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print each layer's output shape, parameter count and multiply-accumulates, and the totals.
+    Info(model::InfoArgs),
+    /// Run a forward and a backward pass of a freshly initialised network on real images, and
+    /// report the loss, the gradient norms and the time taken (a smoke test of the whole stack).
+    Forward(model::ForwardArgs),
+    /// Compute a training set's per-pixel mean image, channel mean/std and RGB eigen-pairs (for
+    /// PCA colour noise) and save them as safetensors.
+    Stats(data::StatsArgs),
+    /// Pre-resize every image of a dataset (shorter side to --size) into DST, in parallel;
+    /// resumable: files already in DST are skipped.
+    Prepare(data::PrepareArgs),
+    /// Train a network (default data: Fashion-MNIST from Debian's dataset-fashion-mnist).
+    Train(Box<train::TrainArgs>),
+    /// Evaluate a checkpoint: top-1/top-5 accuracy on the test split (centre crop or 10 crops).
+    Eval(eval::EvalArgs),
+    /// Top-5 classes of image files, from a checkpoint.
+    Predict(eval::PredictArgs),
+    /// Print which device holds each parameter shard under a placement.
+    Placement(model::PlacementArgs),
+    /// The paper's ablations at small scale on Fashion-MNIST: relu-vs-tanh (Fig. 1, a four-layer
+    /// CNN), lrn, overlap-pool, dropout (the paper network at 63x63); each arm over several seeds.
+    /// Writes a run folder per arm and seed and a summary table (<out>/<experiment>.md).
+    Experiment(Box<train::ExperimentArgs>),
+    /// Throughput benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Images/s of the data pipeline (decode + resize + crop + flip + PCA noise + normalise).
+    Data(data::BenchDataArgs),
+    /// Images/s of our training step (forward, loss, backward, SGD) against the same network in
+    /// plain PyTorch eager (benches/train_step.py, run by the venv's python) in the same run.
+    Train(bench::BenchTrainArgs),
+}
+
+/// The `alexnet` program: parses `args` (program name first), runs the verb, prints errors.
+/// Exit codes: 0 success, 1 a failed command, 2 a usage error (clap's).
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    // Die quietly on a closed pipe (`alexnet info | head`) as other Unix tools do, instead of
+    // panicking in println!.
+    // SAFETY: restoring a default signal disposition at start-up, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    crate::fault::init();
+    let matches = match Cli::command().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let result = Cli::from_arg_matches(&matches)
+        .map_err(|e| Error::Config(e.to_string()))
+        .and_then(|cli| {
+            let sub = matches
+                .subcommand()
+                .map(|(_, m)| m)
+                .ok_or_else(|| Error::Internal("clap gave no subcommand".into()))?;
+            match cli.command {
+                Command::Info(a) => model::info(&a),
+                Command::Forward(a) => model::forward(&a),
+                Command::Placement(a) => model::placement(&a),
+                Command::Stats(a) => data::stats(&a),
+                Command::Prepare(a) => data::prepare(&a),
+                Command::Bench(BenchCommand::Data(a)) => data::bench(&a),
+                Command::Bench(BenchCommand::Train(a)) => bench::train(&a),
+                Command::Train(a) => train::train(&a, sub),
+                Command::Experiment(a) => train::experiment(&a, sub),
+                Command::Eval(a) => eval::eval(&a),
+                Command::Predict(a) => eval::predict(&a),
+            }
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn preset_parser() -> impl TypedValueParser<Value = Preset> {
+    choice::<Preset>(Preset::CHOICES.map(Preset::name))
+}
+
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} [{{elapsed_precise}}, ETA {{eta}}] {{per_sec}}"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn global_threads(threads: usize) -> Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))
+}

@@ -1,0 +1,158 @@
+//! `alexnet train` and `alexnet experiment`. Their settings are `TrainConfig`'s own flags; a flag
+//! given on the command line overrides the TOML file (`--config`) or the experiment's defaults.
+use crate::error::{Error, Result};
+use crate::experiment::{self, Experiment};
+use crate::settings::{choice, TrainConfig};
+use crate::train::{self, Event};
+use clap::{ArgMatches, Args};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// TOML file with any of the settings below (flags given here override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run saved in this folder (its newest checkpoint), bit for bit.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[command(flatten)]
+    settings: TrainConfig,
+}
+
+impl TrainArgs {
+    /// The TOML file if any, else `base`, with the flags given on the command line laid over it.
+    fn settings(&self, base: TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
+        let base = match &self.config {
+            Some(p) => TrainConfig::from_toml(p)?,
+            None => base,
+        };
+        TrainConfig::overlay(&base, matches)
+    }
+}
+
+#[derive(Args)]
+pub struct ExperimentArgs {
+    #[arg(value_parser = choice::<Experiment>(Experiment::ALL.map(Experiment::name)))]
+    experiment: Experiment,
+    /// Seeds per arm (seed, seed+1, ...).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// relu-vs-tanh: learning rates tried for each activation (the best is compared)
+    /// [default: 0.01,0.03,0.1].
+    #[arg(long, value_delimiter = ',')]
+    lrs: Vec<f64>,
+    /// relu-vs-tanh: the training errors to time (the paper's 25 %, and a stricter one for an
+    /// easier dataset).
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.15")]
+    target_errors: Vec<f64>,
+    /// Training settings; unset ones take the experiment's defaults (relu-vs-tanh: cnn4 at 28x28,
+    /// 4 epochs, no weight decay, constant lr; the others: paper at 63x63 with PyTorch init, 10k images,
+    /// 5 epochs, cosine lr; batch 128, lr 0.01; --out runs/experiments).
+    #[command(
+        flatten,
+        next_help_heading = "Training settings (unset: the experiment's defaults, not the [default]s below)"
+    )]
+    train: TrainArgs,
+}
+
+/// Ctrl-C: finish the step, write a checkpoint, stop.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn train(a: &TrainArgs, matches: &ArgMatches) -> Result<()> {
+    let tc = a.settings(TrainConfig::default(), matches)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}")
+            .expect("valid template"),
+    );
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let mut on_event = |e: &Event| report(&bar, e);
+    let result = train::train(&tc, a.resume.as_deref(), &mut on_event, &|| STOP.load(Ordering::SeqCst))?;
+    bar.finish_and_clear();
+    // A resumed run without --out continues in its own folder.
+    let out = match (&a.resume, matches.value_source("out")) {
+        (Some(run), None | Some(clap::parser::ValueSource::DefaultValue)) => run.clone(),
+        _ => tc.out.clone(),
+    };
+    println!(
+        "final: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; metrics, curves.png and checkpoints in {}",
+        result.top1,
+        result.top5,
+        result.loss,
+        result.samples,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Progress: a bar on a terminal; plain stderr lines without one (indicatif drops println of a
+/// hidden bar, which would hide every epoch's result in CI or under nohup).
+fn report(bar: &ProgressBar, e: &Event) {
+    let say = |msg: &str| {
+        if bar.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            bar.println(msg);
+        }
+    };
+    match e {
+        Event::Start {
+            epoch,
+            batch_in_epoch,
+            batches_per_epoch,
+        } => {
+            bar.set_length(*batches_per_epoch);
+            bar.set_position(*batch_in_epoch);
+            bar.set_prefix(epoch.to_string());
+        }
+        Event::Step(r) => {
+            bar.set_prefix(r.epoch.to_string());
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} img/s",
+                r.loss, r.lr, r.images_per_s
+            ));
+            if bar.is_hidden() && r.step % 100 == 0 {
+                eprintln!(
+                    "epoch {} step {}: loss {:.4}, lr {:.2e}, {:.0} img/s",
+                    r.epoch, r.step, r.loss, r.lr, r.images_per_s
+                );
+            }
+        }
+        Event::Epoch(r) => {
+            say(&format!(
+                "epoch {:>3} step {:>7}: train loss {:.4}, val loss {:.4}, top-1 {:.4}, top-5 {:.4}, lr {:.2e}, {:.0} s",
+                r.epoch, r.step, r.train_loss, r.val_loss, r.val_top1, r.val_top5, r.lr, r.seconds
+            ));
+            bar.set_position(0);
+        }
+        Event::Checkpoint(d) => say(&format!("checkpoint {}", d.display())),
+    }
+}
+
+pub fn experiment(a: &ExperimentArgs, matches: &ArgMatches) -> Result<()> {
+    if a.train.resume.is_some() {
+        return Err(Error::Config(
+            "--resume does not apply to experiments: rerunning the same command reuses finished runs".into(),
+        ));
+    }
+    let exp = a.experiment;
+    let tc = a.train.settings(exp.defaults(), matches)?;
+    let lr_given = matches.value_source("lr") == Some(clap::parser::ValueSource::CommandLine);
+    let lrs = if a.lrs.is_empty() && !lr_given {
+        exp.default_lrs()
+    } else {
+        a.lrs.clone()
+    };
+    let summary = experiment::run(exp, &tc, a.seeds, &lrs, &a.target_errors)?;
+    println!("{}", summary.markdown);
+    println!("summary: {}", tc.out.join(format!("{}.md", exp.name())).display());
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Bindings of the network (`crate::config`, `info`, `model`, `ops`, `placement`): layer tables,
+//! parameters, the functional forward and our LRN op.
+use super::boundary::{core, guard, tensor, tensors};
+use super::{config, config_at};
+use crate::conv::ConvBackend;
+use crate::{info, model, ops};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_tch::PyTensor;
+
+/// LRN through the Rust wrapper of our op (the same kernel `torch.ops.alexnet_rs.lrn` reaches).
+#[pyfunction]
+#[pyo3(signature = (x, size=5, alpha=1e-4, beta=0.75, k=2.0))]
+pub fn lrn(py: Python<'_>, x: &Bound<'_, PyAny>, size: i64, alpha: f64, beta: f64, k: f64) -> PyResult<PyTensor> {
+    guard(|| {
+        let x = tensor(x, "x")?;
+        core(py.allow_threads(move || ops::lrn(&x, size, alpha, beta, k))).map(PyTensor)
+    })
+}
+
+/// Rows of `alexnet info`: (name, op, output shape, parameters, MACs).
+#[pyfunction]
+#[pyo3(signature = (preset, input_size=None, num_classes=1000))]
+pub fn layer_table(
+    preset: &str,
+    input_size: Option<i64>,
+    num_classes: i64,
+) -> PyResult<Vec<(String, String, Vec<i64>, i64, i64)>> {
+    guard(|| {
+        let cfg = config(preset, num_classes)?;
+        let rows = core(info::layer_table(&cfg, input_size.unwrap_or(cfg.input_size)))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.name, r.op.to_string(), r.out_shape, r.params, r.macs))
+            .collect())
+    })
+}
+
+/// The text `alexnet info` prints.
+#[pyfunction]
+#[pyo3(signature = (preset, input_size=None, num_classes=1000))]
+pub fn info_text(preset: &str, input_size: Option<i64>, num_classes: i64) -> PyResult<String> {
+    guard(|| {
+        let cfg = config(preset, num_classes)?;
+        core(info::render(&cfg, input_size.unwrap_or(cfg.input_size)))
+    })
+}
+
+/// The network's layer list for square inputs of `input_size` (default: the preset's), as JSON:
+/// `alexnet info`'s rows with each stage's parameters (`op.kind`: conv, lrn, max_pool,
+/// adaptive_avg_pool, fc), for code that rebuilds the graph elsewhere (the ONNX writer).
+#[pyfunction]
+#[pyo3(signature = (preset, input_size=None, num_classes=1000))]
+pub fn layers(preset: &str, input_size: Option<i64>, num_classes: i64) -> PyResult<String> {
+    guard(|| {
+        let cfg = config_at(preset, num_classes, input_size)?;
+        let rows = core(info::layer_table(&cfg, cfg.input_size))?;
+        core(serde_json::to_string(&rows).map_err(|e| crate::Error::Internal(e.to_string())))
+    })
+}
+
+/// Every parameter's (name, shape), in network order.
+#[pyfunction]
+#[pyo3(signature = (preset, num_classes=1000))]
+pub fn param_shapes(preset: &str, num_classes: i64) -> PyResult<Vec<(String, Vec<i64>)>> {
+    guard(|| Ok(config(preset, num_classes)?.param_shapes()))
+}
+
+/// The Rust functional forward over a dict of named parameters (autograd-connected: gradients
+/// land on the tensors passed in), for square inputs of `input_size` (default: the preset's).
+#[pyfunction]
+#[pyo3(signature = (preset, params, x, train=false, num_classes=1000, conv_backend="auto", input_size=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    py: Python<'_>,
+    preset: &str,
+    params: &Bound<'_, PyDict>,
+    x: &Bound<'_, PyAny>,
+    train: bool,
+    num_classes: i64,
+    conv_backend: &str,
+    input_size: Option<i64>,
+) -> PyResult<PyTensor> {
+    guard(|| {
+        let mut cfg = config_at(preset, num_classes, input_size)?;
+        cfg.conv_backend = core(conv_backend.parse::<ConvBackend>())?;
+        let params = model::Params::new(tensors(params, "parameter")?);
+        let x = tensor(x, "x")?;
+        core(py.allow_threads(move || model::forward(&cfg, &params, &x, train))).map(PyTensor)
+    })
+}
+
+/// The table `alexnet placement` prints: which rows of each parameter live on which device.
+#[pyfunction]
+#[pyo3(signature = (preset, devices, num_classes=1000))]
+pub fn placement_table(preset: &str, devices: &str, num_classes: i64) -> PyResult<String> {
+    guard(|| {
+        let cfg = config(preset, num_classes)?;
+        core(crate::placement::Placement::parse(devices).and_then(|p| p.table(&cfg)))
+    })
+}
+
+/// Freshly initialised whole parameters of a preset (CPU, float32) for square inputs of
+/// `input_size` (default: the preset's), drawn from torch's global generator (seed it with
+/// torch.manual_seed): the Rust initialisation, the same as the CLI's.
+#[pyfunction]
+#[pyo3(signature = (preset, num_classes=1000, input_size=None))]
+pub fn init_params(preset: &str, num_classes: i64, input_size: Option<i64>) -> PyResult<Vec<(String, PyTensor)>> {
+    guard(|| {
+        let cfg = config_at(preset, num_classes, input_size)?;
+        let mut whole = core(model::init_whole(&cfg))?;
+        // Network order (weight, bias, layer by layer), as torchvision's state_dict.
+        Ok(cfg
+            .param_shapes()
+            .into_iter()
+            .filter_map(|(k, _)| whole.remove(&k).map(|v| (k, PyTensor(v))))
+            .collect())
+    })
+}

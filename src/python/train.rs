@@ -1,0 +1,238 @@
+//! Bindings of training (`crate::train`, `settings`, `checkpoint`): the Rust training loop with
+//! Python callbacks, evaluation, checkpoints both ways, and the settings' description.
+use super::boundary::{core, count, guard, py_err, side, tensors};
+use crate::config::{Config, Preset};
+use crate::error::Error;
+use crate::settings::{self, TrainConfig};
+use crate::train::{EvalResult, Event};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_tch::PyTensor;
+use std::path::PathBuf;
+
+/// A dict of training settings as a `TrainConfig` (through JSON, so Python's types map to
+/// serde's; an unknown key or a bad value is a ConfigError naming the key).
+fn settings_from(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
+    // Paths may be PathLike: os.fspath turns them into str.
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("default", py.import("os")?.getattr("fspath")?)?;
+    let json: String = py
+        .import("json")?
+        .getattr("dumps")?
+        .call((config,), Some(&kwargs))
+        .and_then(|j| j.extract())
+        .map_err(|e| {
+            py_err(Error::Config(format!(
+                "train settings: not plain data (str, numbers, bools, paths, None): {e}"
+            )))
+        })?;
+    let map = core(serde_json::from_str(&json).map_err(|e| Error::Config(format!("train settings: {e}"))))?;
+    core(TrainConfig::from_map(map))
+}
+
+/// `config` completed with the defaults and checked, as `train` would use it (a dict).
+#[pyfunction]
+pub fn train_config(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<PyObject> {
+    guard(|| {
+        let tc = settings_from(py, config)?;
+        json_to_py(
+            py,
+            &serde_json::to_string(&tc).map_err(|e| py_err(Error::Internal(e.to_string())))?,
+        )
+    })
+}
+
+/// Every training setting: (key, flag, kind, choices, default, help), as `alexnet train --help`
+/// lists them.
+#[pyfunction]
+pub fn train_settings(py: Python<'_>) -> PyResult<PyObject> {
+    guard(|| {
+        json_to_py(
+            py,
+            &serde_json::to_string(&settings::describe()).map_err(|e| py_err(Error::Internal(e.to_string())))?,
+        )
+    })
+}
+
+/// One event of each kind `train`'s `on_step` receives (step, epoch, checkpoint), with zero
+/// values: their keys and value types (the `StepEvent`... stubs are generated from them).
+#[pyfunction]
+pub fn train_events(py: Python<'_>) -> PyResult<PyObject> {
+    guard(|| {
+        let events = [
+            Event::Step(Default::default()),
+            Event::Epoch(Default::default()),
+            Event::Checkpoint(PathBuf::new()),
+        ];
+        let json: Vec<serde_json::Value> = events.iter().filter_map(event_json).collect();
+        json_to_py(py, &serde_json::Value::Array(json).to_string())
+    })
+}
+
+/// An event as `on_step` receives it (the start of training is not sent).
+fn event_json(e: &Event) -> Option<serde_json::Value> {
+    match e {
+        Event::Start { .. } => None,
+        Event::Step(r) => serde_json::to_value(r).ok(),
+        Event::Epoch(r) => serde_json::to_value(r).ok(),
+        Event::Checkpoint(d) => Some(serde_json::json!({ "checkpoint": d })),
+    }
+}
+
+fn json_to_py(py: Python<'_>, json: &str) -> PyResult<PyObject> {
+    Ok(py.import("json")?.call_method1("loads", (json,))?.unbind())
+}
+
+/// Runs the Rust training loop with the GIL released. `config` is a dict of TrainConfig fields
+/// (see `alexnet train --help`); `on_step(dict)` receives every step's and epoch's metrics.
+/// Ctrl-C (KeyboardInterrupt) stops cleanly after a checkpoint, then is re-raised.
+#[pyfunction]
+#[pyo3(signature = (config, on_step=None, resume=None))]
+pub fn train(
+    py: Python<'_>,
+    config: &Bound<'_, PyDict>,
+    on_step: Option<PyObject>,
+    resume: Option<PathBuf>,
+) -> PyResult<PyObject> {
+    guard(|| {
+        let tc = settings_from(py, config)?;
+        if let Some(cb) = on_step.as_ref().filter(|cb| !cb.bind(py).is_callable()) {
+            let got = cb
+                .bind(py)
+                .get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string());
+            return Err(py_err(Error::Dtype(format!("on_step must be callable, got {got}"))));
+        }
+        let interrupted = std::sync::atomic::AtomicBool::new(false);
+        let callback_error: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+        let result = py.allow_threads(|| {
+            let mut on_event = |e: &Event| {
+                if let Some(cb) = &on_step {
+                    send_event(cb, e, &callback_error);
+                }
+            };
+            let stop = || {
+                let sig = Python::with_gil(|py| py.check_signals().is_err());
+                if sig {
+                    interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                sig || callback_error.lock().expect("lock").is_some()
+            };
+            crate::train::train(&tc, resume.as_deref(), &mut on_event, &stop)
+        });
+        let callback_error = callback_error.into_inner().expect("lock");
+        // Ctrl-C may land inside the callback (then it is the callback's error) or in Rust.
+        let ctrl_c = callback_error
+            .as_ref()
+            .is_some_and(|e| e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py));
+        if let Some(err) = callback_error.filter(|_| !ctrl_c) {
+            return Err(err);
+        }
+        if ctrl_c || interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+                "training stopped after a checkpoint",
+            ));
+        }
+        eval_dict(py, &core(result)?)
+    })
+}
+
+/// Calls `on_step(dict)` with one event; its first error is kept (and stops the run).
+fn send_event(cb: &PyObject, e: &Event, error: &std::sync::Mutex<Option<PyErr>>) {
+    let Some(value) = event_json(e).map(|v| v.to_string()) else {
+        return;
+    };
+    Python::with_gil(|py| {
+        let r = py
+            .import("json")
+            .and_then(|j| j.call_method1("loads", (value,)))
+            .and_then(|d| cb.call1(py, (d,)));
+        if let Err(err) = r {
+            error.lock().expect("lock").get_or_insert(err);
+        }
+    });
+}
+
+/// Top-1/top-5 accuracy of a checkpoint (run folder or ckpt folder) on its run's test split
+/// (or `data`'s), centre crop or the average over 10 crops.
+#[pyfunction]
+#[pyo3(signature = (checkpoint, data=None, ten_crop=false, limit=None, batch_size=128, devices="cpu"))]
+pub fn evaluate(
+    py: Python<'_>,
+    checkpoint: PathBuf,
+    data: Option<PathBuf>,
+    ten_crop: bool,
+    limit: Option<i64>,
+    batch_size: i64,
+    devices: &str,
+) -> PyResult<PyObject> {
+    guard(|| {
+        let batch_size = count("batch_size", batch_size, 1)?;
+        let limit = limit.map(|n| count("limit", n, 0)).transpose()?;
+        core(crate::placement::Placement::parse(devices))?;
+        let devices = devices.to_string();
+        let r = py.allow_threads(move || {
+            crate::train::evaluate_checkpoint(&checkpoint, data, ten_crop, limit, batch_size, &devices)
+        });
+        eval_dict(py, &core(r)?)
+    })
+}
+
+fn eval_dict(py: Python<'_>, r: &EvalResult) -> PyResult<PyObject> {
+    let d = PyDict::new(py);
+    d.set_item("top1", r.top1)?;
+    d.set_item("top5", r.top5)?;
+    d.set_item("loss", r.loss)?;
+    d.set_item("samples", r.samples)?;
+    Ok(d.into_any().unbind())
+}
+
+/// Writes whole weights as a checkpoint folder under `out` (see `checkpoint::save_weights`).
+#[pyfunction]
+#[pyo3(signature = (preset, params, out, classes=None, input_size=None))]
+pub fn save_checkpoint(
+    preset: &str,
+    params: &Bound<'_, PyDict>,
+    out: PathBuf,
+    classes: Option<Vec<String>>,
+    input_size: Option<i64>,
+) -> PyResult<PathBuf> {
+    guard(|| {
+        let p = core(preset.parse::<Preset>())?;
+        let size = match input_size {
+            Some(s) => side("input_size", s)?,
+            None => core(Config::preset(p, 1))?.input_size as u32,
+        };
+        let weights = tensors(params, "parameter")?;
+        core(crate::checkpoint::save_weights(&out, p, size, &weights, classes))
+    })
+}
+
+/// Loads and validates a checkpoint (a run folder: its newest; or a ckpt folder): (preset,
+/// class names, whole weights in network order, the network's settings: input_size and the
+/// ablation switches of `alexnet train`).
+#[pyfunction]
+pub fn load_checkpoint(
+    py: Python<'_>,
+    path: PathBuf,
+) -> PyResult<(String, Vec<String>, Vec<(String, PyTensor)>, PyObject)> {
+    guard(|| {
+        let mut c = core(crate::checkpoint::load(&path))?;
+        let tc = &c.state.config;
+        let cfg = core(tc.model_config(c.state.classes.len() as i64))?;
+        let settings = PyDict::new(py);
+        settings.set_item("input_size", tc.input_size)?;
+        settings.set_item("activation", tc.activation.name())?;
+        settings.set_item("lrn", tc.lrn)?;
+        settings.set_item("pool_kernel", tc.pool_kernel)?;
+        settings.set_item("dropout", tc.dropout)?;
+        let weights = cfg
+            .param_shapes()
+            .into_iter()
+            .filter_map(|(k, _)| c.weights.remove(&k).map(|v| (k, PyTensor(v))))
+            .collect();
+        let (preset, classes) = (c.state.config.preset.name().to_string(), c.state.classes.clone());
+        Ok((preset, classes, weights, settings.into_any().unbind()))
+    })
+}

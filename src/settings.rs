@@ -1,0 +1,341 @@
+//! The training settings, defined once. Every reader takes them from this struct:
+//! - `alexnet train` / `alexnet experiment` flags: clap derives them, help and defaults included;
+//! - the TOML file of `--config` and the checkpoint's `state.json`: serde, same keys;
+//! - Python's `alexnet_rs.train(config)` dict: serde through JSON, and its `TrainSettings` stub
+//!   (`_native.pyi`, generated from [`describe`] by `make stubs`).
+//!
+//! A setting's key is its field name, its flag the field name in kebab case (`--no-lrn` and
+//! `--time-budget` are named explicitly), its default the `default_value` in its `#[arg]` and
+//! nowhere else, its help the doc comment. `value_name` says what kind of value it takes (INT,
+//! FLOAT, PATH, NAME or TEXT); the stub generator reads it. Adding a setting is adding a field.
+use crate::config::{Activation, Config, Init, Preset};
+use crate::conv::ConvBackend;
+use crate::data::{Dataset, Loader, LoaderConfig, OnBadImage, Split, Transform, View};
+use crate::error::{Error, Result};
+use crate::optim::{ScheduleKind, UpdateRule};
+use crate::placement::Placement;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Command, FromArgMatches};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+/// A clap parser for one of a fixed set of names, parsed by the type's `FromStr` (the help lists
+/// the names).
+pub fn choice<T>(names: impl IntoIterator<Item = &'static str>) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>().map_err(|e| e.to_string()))
+}
+
+/// Everything a training run is configured by (see the module doc for who reads it).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Network variant (cnn4: the four-layer CNN of the paper's Fig. 1).
+    #[arg(long, value_name = "NAME", default_value = "paper", value_parser = choice::<Preset>(Preset::CHOICES.map(Preset::name)))]
+    pub preset: Preset,
+    /// Dataset: image folder, list file or IDX folder [default: Fashion-MNIST from Debian's
+    /// dataset-fashion-mnist].
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Input side in pixels (the crop the network sees).
+    #[arg(long, value_name = "INT", default_value_t = 224)]
+    pub input_size: u32,
+    /// Images per optimiser step.
+    #[arg(long, value_name = "INT", default_value_t = 128)]
+    pub batch_size: usize,
+    /// Passes over the training set.
+    #[arg(long, value_name = "INT", default_value_t = 90)]
+    pub epochs: u64,
+    /// Initial learning rate.
+    #[arg(long, value_name = "FLOAT", default_value_t = 0.01)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, value_name = "FLOAT", default_value_t = 0.9)]
+    pub momentum: f64,
+    /// L2 weight decay (weights only, not biases, as cuda-convnet).
+    #[arg(long, value_name = "FLOAT", default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// `paper` (v = m v - wd lr w - lr g; w += v) or `pytorch` (torch.optim.SGD's).
+    #[arg(long, value_name = "NAME", default_value = "paper", value_parser = choice::<UpdateRule>(UpdateRule::NAMES))]
+    pub update_rule: UpdateRule,
+    /// plateau (/10 when the validation error stalls, at most 3 times), step, cosine or constant.
+    #[arg(long, value_name = "NAME", default_value = "plateau", value_parser = choice::<ScheduleKind>(ScheduleKind::NAMES))]
+    pub schedule: ScheduleKind,
+    /// Epochs between drops of the `step` schedule.
+    #[arg(long, value_name = "INT", default_value_t = 30)]
+    pub step_epochs: u64,
+    /// Seed of the initialisation, data order, augmentation and dropout masks.
+    #[arg(long, value_name = "INT", default_value_t = 0)]
+    pub seed: u64,
+    /// cpu, cuda:0, cuda:0,cuda:1, cuda:0,cpu or cpu,cpu (two devices: the paper's split).
+    #[arg(long, value_name = "TEXT", default_value = "cpu")]
+    pub devices: String,
+    /// Convolutions: ours (our CUDA kernels), stock (ATen/cuDNN) or auto (the faster per shape on
+    /// CUDA, stock on CPU).
+    #[arg(long, value_name = "NAME", default_value = "auto", value_parser = choice::<ConvBackend>(ConvBackend::ALL.map(ConvBackend::name)))]
+    pub conv_backend: ConvBackend,
+    /// Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/.
+    #[arg(long, value_name = "PATH", default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Also checkpoint every N steps (0: at epoch ends only).
+    #[arg(long, value_name = "INT", default_value_t = 0)]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept, besides the best.
+    #[arg(long, value_name = "INT", default_value_t = 3)]
+    pub keep: usize,
+    /// Evaluate every N epochs.
+    #[arg(long, value_name = "INT", default_value_t = 1)]
+    pub eval_every: u64,
+    /// Data-loading threads (0: one per core).
+    #[arg(long, value_name = "INT", default_value_t = 0)]
+    pub threads: usize,
+    /// Train on a seeded subset of this many samples.
+    #[arg(long, value_name = "INT")]
+    pub limit_train: Option<usize>,
+    /// Evaluate on a seeded subset of this many samples.
+    #[arg(long, value_name = "INT")]
+    pub limit_test: Option<usize>,
+    /// Stop after this many steps of this invocation (with a checkpoint; `--resume` continues).
+    #[arg(long, value_name = "INT")]
+    pub max_steps: Option<u64>,
+    /// Stop after this many seconds of training (checkpoint + final evaluation).
+    #[arg(long = "time-budget", value_name = "FLOAT")]
+    pub time_budget_s: Option<f64>,
+    /// Evaluate with the average over 10 crops (the paper's test procedure).
+    #[arg(long)]
+    pub ten_crop_eval: bool,
+    /// `alexnet stats` file: mean image and PCA eigen-pairs of the training set.
+    #[arg(long, value_name = "PATH")]
+    pub stats: Option<PathBuf>,
+    /// bfloat16 autocast for forward and loss (meant for CUDA; also runs on the CPU).
+    #[arg(long)]
+    pub bf16: bool,
+    /// Inputs and conv weights in the channels_last memory format.
+    #[arg(long)]
+    pub channels_last: bool,
+    /// Ablation: the non-linearity of every layer.
+    #[arg(long, value_name = "NAME", default_value = "relu", value_parser = choice::<Activation>(Activation::NAMES))]
+    pub activation: Activation,
+    /// Ablation: leave out the preset's LRN layers (key `lrn = false`).
+    #[arg(long = "no-lrn", action = clap::ArgAction::SetFalse)]
+    pub lrn: bool,
+    /// Ablation: max-pool window (stride stays 2; 2 = non-overlapping) [default: the preset's 3].
+    #[arg(long, value_name = "INT")]
+    pub pool_kernel: Option<i64>,
+    /// Ablation: dropout probability (0 = off) [default: the preset's 0.5].
+    #[arg(long, value_name = "FLOAT")]
+    pub dropout: Option<f64>,
+    /// PyTorch's default init for every layer instead of the preset's (the paper's N(0, 0.01)
+    /// stalls for epochs at small scale).
+    #[arg(long)]
+    pub torch_init: bool,
+}
+
+/// The settings' clap definition on its own (no binary name).
+fn command() -> Command {
+    TrainConfig::augment_args(Command::new("train").no_binary_name(true))
+}
+
+impl Default for TrainConfig {
+    /// The defaults of the `#[arg]` attributes, read back through clap.
+    fn default() -> Self {
+        static DEFAULT: OnceLock<TrainConfig> = OnceLock::new();
+        DEFAULT
+            .get_or_init(|| {
+                let m = command()
+                    .try_get_matches_from(Vec::<String>::new())
+                    .unwrap_or_else(|e| unreachable!("the settings' defaults parse: {e}"));
+                TrainConfig::from_arg_matches(&m).unwrap_or_else(|e| unreachable!("the settings' defaults parse: {e}"))
+            })
+            .clone()
+    }
+}
+
+/// One setting, as `describe` reports it (for stubs, docs and tests).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SettingDoc {
+    /// The key in TOML, Python and state.json.
+    pub key: String,
+    /// The command-line flag, e.g. `--no-lrn`.
+    pub flag: String,
+    /// INT, FLOAT, PATH, NAME, TEXT, or BOOL for a switch.
+    pub kind: String,
+    /// The names a NAME takes.
+    pub choices: Vec<String>,
+    /// The default as JSON (null: unset).
+    pub default: serde_json::Value,
+    pub help: String,
+}
+
+/// Every setting, in definition order.
+pub fn describe() -> Vec<SettingDoc> {
+    let defaults = serde_json::to_value(TrainConfig::default()).unwrap_or_default();
+    command()
+        .get_arguments()
+        .filter(|a| a.get_id() != "help")
+        .map(|a| {
+            let key = a.get_id().to_string();
+            let switch = !a.get_action().takes_values();
+            SettingDoc {
+                flag: format!("--{}", a.get_long().unwrap_or(&key)),
+                kind: if switch {
+                    "BOOL".into()
+                } else {
+                    a.get_value_names()
+                        .and_then(|v| v.first())
+                        .map_or("TEXT".into(), |v| v.to_string())
+                },
+                choices: a
+                    .get_possible_values()
+                    .iter()
+                    .map(|p| p.get_name().to_string())
+                    .collect(),
+                default: defaults[&key].clone(),
+                help: a.get_help().map(|h| h.to_string()).unwrap_or_default(),
+                key,
+            }
+        })
+        .collect()
+}
+
+impl TrainConfig {
+    /// `base` with every setting given on the command line (`matches` of a command that flattens
+    /// TrainConfig) laid over it; the rest keeps `base`'s values.
+    pub fn overlay(base: &TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
+        let given = TrainConfig::from_arg_matches(matches).map_err(|e| Error::Config(e.to_string()))?;
+        let (mut out, from) = (to_map(base)?, to_map(&given)?);
+        for key in command().get_arguments().map(|a| a.get_id().as_str()) {
+            if matches.value_source(key) == Some(ValueSource::CommandLine) {
+                out.insert(key.to_string(), from[key].clone());
+            }
+        }
+        TrainConfig::from_map(out)
+    }
+
+    /// A TOML file of settings (unknown keys refused by name).
+    pub fn from_toml(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Settings from a JSON object (Python's dict): an unknown key or a bad value is an error
+    /// naming the key.
+    pub fn from_map(map: serde_json::Map<String, serde_json::Value>) -> Result<TrainConfig> {
+        serde_json::from_value(serde_json::Value::Object(map.clone())).map_err(|e| {
+            let culprit = map.iter().find(|(k, v)| {
+                let one = serde_json::Value::Object([((*k).clone(), (*v).clone())].into_iter().collect());
+                serde_json::from_value::<TrainConfig>(one).is_err()
+            });
+            match culprit {
+                Some((k, _)) => Error::Config(format!("train setting `{k}`: {e}")),
+                None => Error::Config(format!("train settings: {e}")),
+            }
+        })
+    }
+
+    /// The preset's network with the run's ablations, its head sized for the run's input.
+    pub fn model_config(&self, classes: i64) -> Result<Config> {
+        let mut cfg = Config::preset(self.preset, classes)?;
+        cfg.conv_backend = self.conv_backend;
+        cfg.input_size = i64::from(self.input_size);
+        cfg.activation = self.activation;
+        if !self.lrn {
+            cfg.convs.iter_mut().for_each(|c| c.lrn = false);
+        }
+        if self.torch_init {
+            cfg.convs.iter_mut().for_each(|c| c.init = Init::TorchDefault);
+            cfg.fcs.iter_mut().for_each(|f| f.init = Init::TorchDefault);
+        }
+        if let Some(k) = self.pool_kernel {
+            if k < 1 {
+                return Err(Error::Config(format!("pool_kernel must be >= 1, got {k}")));
+            }
+            cfg.pool.kernel = k;
+        }
+        if let Some(p) = self.dropout {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::Config(format!("dropout must be in [0, 1), got {p}")));
+            }
+            cfg.dropout = p;
+        }
+        cfg.spatial_sizes(cfg.input_size)?;
+        Ok(cfg)
+    }
+
+    /// Checks the settings that need no data: the optimiser's, the devices, the network's (so a
+    /// bad flag is reported before any dataset is opened).
+    pub fn validate(&self) -> Result<()> {
+        Placement::parse(&self.devices)?;
+        self.model_config(1)?;
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch_size == 0 {
+            return bad("batch_size must be >= 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr must be positive, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if self.weight_decay < 0.0 {
+            return bad(format!("weight_decay must be >= 0, got {}", self.weight_decay));
+        }
+        Ok(())
+    }
+
+    /// The run's dataset split (Fashion-MNIST by default), limited to a seeded subset if asked.
+    pub fn open(&self, split: Split, limit: Option<usize>) -> Result<Dataset> {
+        let ds = match &self.data {
+            Some(p) => Dataset::open(p, split)?,
+            None => Dataset::fashion_mnist(split)?,
+        };
+        Ok(match limit {
+            Some(n) => ds.subset(n, self.seed),
+            None => ds,
+        })
+    }
+
+    /// The preset's transform for `view`, with the run's `alexnet stats` file if it has one.
+    pub fn transform(&self, view: View) -> Result<Transform> {
+        let stats = self.stats.as_deref().map(crate::data::stats::Stats::load).transpose()?;
+        Ok(Transform::for_preset(
+            self.preset,
+            self.input_size,
+            view,
+            stats.as_ref(),
+        ))
+    }
+
+    /// A loader of `ds` for training (shuffled, drop-last) or evaluation.
+    pub fn loader(&self, ds: Dataset, view: View, train: bool) -> Result<Loader> {
+        let tf = self.transform(view)?;
+        let cfg = LoaderConfig {
+            batch_size: self.batch_size,
+            threads: self.threads,
+            seed: self.seed,
+            shuffle: train,
+            drop_last: train,
+            on_bad_image: OnBadImage::Skip,
+            device: Placement::parse(&self.devices)?.first(),
+            ..LoaderConfig::default()
+        };
+        Loader::new(ds, tf, cfg)
+    }
+}
+
+fn to_map(t: &TrainConfig) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::to_value(t) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        other => Err(Error::Internal(format!(
+            "settings did not serialise to an object: {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,143 @@
+//! Evaluation (`alexnet eval`, and after every epoch) and prediction (`alexnet predict`).
+use crate::checkpoint;
+use crate::config::Config;
+use crate::data::rng::Rng;
+use crate::data::{Loader, Split, Transform, View};
+use crate::error::{Error, Result};
+use crate::model::{self, Params};
+use crate::placement::Placement;
+use crate::settings::TrainConfig;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// Top-1/top-5 accuracy and mean loss.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub samples: usize,
+}
+
+/// Evaluates `params` on the loader's epoch 0 (centre crop, or the softmax averaged over 10 crops).
+pub fn evaluate(cfg: &Config, params: &Params, loader: &Loader) -> Result<EvalResult> {
+    let _guard = tch::no_grad_guard();
+    let views = loader.transform().view.count() as i64;
+    let (mut loss, mut c1, mut c5, mut n) = (0.0, 0i64, 0i64, 0usize);
+    for batch in loader.epoch(0) {
+        let b = batch?;
+        let logits = model::forward(cfg, params, &b.images, false)?;
+        let k = logits.size()[1];
+        let probs = logits
+            .f_softmax(-1, Kind::Float)?
+            .f_view([-1, views, k])?
+            .f_mean_dim(1, false, Kind::Float)?;
+        let labels = b.labels.to_device(probs.device());
+        loss += probs
+            .f_clamp_min(1e-12)?
+            .f_log()?
+            .f_nll_loss(&labels, None::<Tensor>, tch::Reduction::Sum, -100)?
+            .double_value(&[]);
+        let (_, top) = probs.f_topk(5.min(k), -1, true, true)?;
+        let hits = top.f_eq_tensor(&labels.f_unsqueeze(1)?)?;
+        c1 += hits.f_narrow(1, 0, 1)?.f_sum(Kind::Int64)?.int64_value(&[]);
+        c5 += hits.f_sum(Kind::Int64)?.int64_value(&[]);
+        n += labels.size()[0] as usize;
+    }
+    if n == 0 {
+        return Err(Error::Config("evaluation set is empty".into()));
+    }
+    Ok(EvalResult {
+        loss: loss / n as f64,
+        top1: c1 as f64 / n as f64,
+        top5: c5 as f64 / n as f64,
+        samples: n,
+    })
+}
+
+/// A trained network loaded from a checkpoint, for `eval` and `predict`.
+pub struct Trained {
+    pub cfg: Config,
+    pub tc: TrainConfig,
+    pub params: Params,
+    pub classes: Vec<String>,
+}
+
+pub fn load_trained(path: &Path, devices: &str) -> Result<Trained> {
+    let c = checkpoint::load(path)?;
+    let cfg = c.state.config.model_config(c.state.classes.len() as i64)?;
+    let placement = Placement::parse(devices)?;
+    placement.check_available()?;
+    let params = model::shard(&cfg, &placement, &c.weights, false)?;
+    Ok(Trained {
+        cfg,
+        tc: c.state.config,
+        params,
+        classes: c.state.classes,
+    })
+}
+
+/// Evaluates the checkpoint at (or newest under) `path` on its run's test split, or on `data`'s.
+pub fn evaluate_checkpoint(
+    path: &Path,
+    data: Option<PathBuf>,
+    ten_crop: bool,
+    limit: Option<usize>,
+    batch_size: usize,
+    devices: &str,
+) -> Result<EvalResult> {
+    let t = load_trained(path, devices)?;
+    let mut tc = t.tc.clone();
+    (tc.devices, tc.batch_size, tc.data) = (devices.to_string(), batch_size, data.or(tc.data));
+    let ds = tc.open(Split::Test, limit.or(tc.limit_test))?;
+    let view = if ten_crop { View::TenCrop } else { View::Center };
+    let r = evaluate(&t.cfg, &t.params, &tc.loader(ds, view, false)?)?;
+    if !r.loss.is_finite() {
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            reason: format!(
+                "evaluation gave a {} loss: these weights produce NaN or infinite outputs",
+                r.loss
+            ),
+        });
+    }
+    Ok(r)
+}
+
+/// An image file as the network's input: a `(3, S, S)` float tensor, transformed by `tf` (its
+/// centre view).
+pub fn image_tensor(tf: &Transform, path: &Path) -> Result<Tensor> {
+    let img = crate::image::load_rgb(path)?;
+    let mut chw = vec![0f32; tf.view_len()];
+    tf.apply(&img, &mut Rng::new(0), &mut chw).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let s = i64::from(tf.crop);
+    Ok(Tensor::from_slice(&chw).f_view([3, s, s])?)
+}
+
+/// Top-5 (class index, name, probability) for each image file.
+pub fn predict(t: &Trained, images: &[PathBuf]) -> Result<Vec<Vec<(i64, String, f64)>>> {
+    let _guard = tch::no_grad_guard();
+    let tf = t.tc.transform(View::Center)?;
+    let device = t.params.get(&format!("{}.weight", t.cfg.convs[0].name))?.device();
+    let mut out = Vec::new();
+    for path in images {
+        let x = image_tensor(&tf, path)?.f_unsqueeze(0)?.to_device(device);
+        let probs = model::forward(&t.cfg, &t.params, &x, false)?.f_softmax(-1, Kind::Float)?;
+        let (p, i) = probs.f_topk(5.min(probs.size()[1]), -1, true, true)?;
+        let row: Vec<(i64, String, f64)> = (0..p.size()[1])
+            .map(|k| {
+                let idx = i.int64_value(&[0, k]);
+                (
+                    idx,
+                    t.classes.get(idx as usize).cloned().unwrap_or_default(),
+                    p.double_value(&[0, k]),
+                )
+            })
+            .collect();
+        out.push(row);
+    }
+    Ok(out)
+}

@@ -1,0 +1,42 @@
+//! Training (`alexnet train`, `alexnet_rs.train`), evaluation (`alexnet eval`) and prediction
+//! (`alexnet predict`). Headless, resumable bit for bit, with JSONL/CSV metrics and PNG curves.
+//! The default data is Fashion-MNIST from Debian's package (greyscale repeated to three
+//! channels, resized to the input size). The settings are [`crate::settings::TrainConfig`].
+//!
+//! - `run.rs`: the loop (start or resume, step, end of epoch, checkpoints);
+//! - `eval.rs`: evaluation of a network or a checkpoint, and prediction on image files.
+mod eval;
+mod run;
+
+pub use crate::settings::TrainConfig;
+pub use eval::{evaluate, evaluate_checkpoint, image_tensor, load_trained, predict, EvalResult, Trained};
+pub use run::Run;
+
+use crate::error::Result;
+use crate::metrics::{EpochRecord, StepRecord};
+use std::path::{Path, PathBuf};
+
+/// What `train` reports as it goes (the CLI's progress bar, Python's `on_step`).
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Training (re)starts at this position; an epoch has `batches_per_epoch` steps.
+    Start {
+        epoch: u64,
+        batch_in_epoch: u64,
+        batches_per_epoch: u64,
+    },
+    Step(StepRecord),
+    Epoch(EpochRecord),
+    Checkpoint(PathBuf),
+}
+
+/// Trains as `tc` says (or continues the checkpoint `resume`), calling `on_event` as it goes;
+/// `stop()` returning true ends the run cleanly after a checkpoint. Returns the final evaluation.
+pub fn train(
+    tc: &TrainConfig,
+    resume: Option<&Path>,
+    on_event: &mut dyn FnMut(&Event),
+    stop: &dyn Fn() -> bool,
+) -> Result<EvalResult> {
+    Run::start(tc, resume, on_event)?.train(stop)
+}

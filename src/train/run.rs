@@ -1,0 +1,358 @@
+//! The training loop: [`Run::start`] (a fresh run or a resumed checkpoint), [`Run::step`] (one
+//! optimiser step), [`Run::end_epoch`] (evaluation, schedule, epochs.csv, checkpoint), driven by
+//! [`Run::train`].
+use super::eval::{evaluate, EvalResult};
+use super::Event;
+use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT};
+use crate::config::Config;
+use crate::data::rng::Rng;
+use crate::data::{Batch, Loader, Split, View};
+use crate::error::{Error, Result};
+use crate::metrics::{EpochRecord, Metrics, ResumeAt, StepRecord};
+use crate::model::{self, Params};
+use crate::optim::{Schedule, Sgd};
+use crate::placement::Placement;
+use crate::settings::TrainConfig;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// A run in progress: its settings, network, optimiser, position and outputs.
+pub struct Run<'a> {
+    tc: TrainConfig,
+    cfg: Config,
+    params: Params,
+    sgd: Sgd,
+    state: TrainState,
+    train_loader: Loader,
+    test_loader: Loader,
+    metrics: Metrics,
+    on_event: &'a mut dyn FnMut(&Event),
+}
+
+impl<'a> Run<'a> {
+    /// Opens the data, builds (or restores) the network and optimiser, and the run's folder.
+    pub fn start(tc: &TrainConfig, resume: Option<&Path>, on_event: &'a mut dyn FnMut(&Event)) -> Result<Run<'a>> {
+        let (tc, ckpt) = match resume {
+            Some(path) => {
+                // Put a checkpoint a crash left hidden back in place, clear leftovers (RELIABILITY.md).
+                checkpoint::recover(path)?;
+                let c = checkpoint::load(path)?;
+                let t = resumed_config(tc, &c);
+                warn_ignored(tc, &t);
+                (t, Some(c))
+            }
+            None => (tc.clone(), None),
+        };
+        tc.validate()?;
+        let train_ds = tc.open(Split::Train, tc.limit_train)?;
+        let test_ds = tc.open(Split::Test, tc.limit_test)?;
+        let cfg = tc.model_config(train_ds.classes.len() as i64)?;
+        let placement = Placement::parse(&tc.devices)?;
+        placement.check_available()?;
+        let train_loader = tc.loader(train_ds, View::Train, true)?;
+        let eval_view = if tc.ten_crop_eval { View::TenCrop } else { View::Center };
+        let test_loader = tc.loader(test_ds, eval_view, false)?;
+        let per_epoch = train_loader.batches_per_epoch() as u64;
+        if per_epoch == 0 {
+            return Err(Error::Config(format!(
+                "fewer training samples than one batch of {}",
+                tc.batch_size
+            )));
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(&tc.out).map_err(io(&tc.out))?;
+        let cj = tc.out.join("classes.json");
+        std::fs::write(&cj, train_loader.dataset().classes_json()).map_err(io(&cj))?;
+        let (params, sgd, mut state) = match ckpt {
+            Some(c) => restore(&tc, &cfg, &placement, c)?,
+            None => fresh(&tc, &cfg, &placement, train_loader.dataset().classes.clone())?,
+        };
+        state.config = tc.clone();
+        state.check_position(per_epoch)?;
+        let at = ResumeAt {
+            step: state.step,
+            epoch: state.epoch,
+        };
+        let metrics = Metrics::open(&tc.out, resume.map(|_| at))?;
+        on_event(&Event::Start {
+            epoch: state.epoch,
+            batch_in_epoch: state.batch_in_epoch,
+            batches_per_epoch: per_epoch,
+        });
+        Ok(Run {
+            tc,
+            cfg,
+            params,
+            sgd,
+            state,
+            train_loader,
+            test_loader,
+            metrics,
+            on_event,
+        })
+    }
+
+    /// Trains to the last epoch, or until the step or time budget runs out or `stop()` says so
+    /// (then with a checkpoint). Returns the last evaluation.
+    pub fn train(mut self, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
+        let started = Instant::now();
+        let mut steps_here = 0u64;
+        let mut last_eval = None;
+        while self.state.epoch < self.tc.epochs {
+            let epoch_start = Instant::now();
+            let batches = self
+                .train_loader
+                .epoch_from(self.state.epoch, self.state.batch_in_epoch as usize);
+            for batch in batches {
+                self.step(batch?)?;
+                steps_here += 1;
+                let out_of_time = self
+                    .tc
+                    .time_budget_s
+                    .is_some_and(|s| started.elapsed().as_secs_f64() >= s);
+                if out_of_time || self.tc.max_steps.is_some_and(|m| steps_here >= m) || stop() {
+                    if out_of_time {
+                        // Mid-epoch: reported, but not an epochs.csv row (the epoch's row comes
+                        // when a resumed run finishes it).
+                        let e = evaluate(&self.cfg, &self.params, &self.test_loader)?;
+                        eprintln!(
+                            "time budget reached after {} steps: top-1 {:.4}, top-5 {:.4}",
+                            self.state.step, e.top1, e.top5
+                        );
+                        last_eval = Some(e);
+                    }
+                    self.save()?;
+                    return self.finish(steps_here, last_eval);
+                }
+                if self.tc.checkpoint_every > 0 && self.state.step % self.tc.checkpoint_every == 0 {
+                    self.save()?;
+                }
+            }
+            last_eval = self.end_epoch(epoch_start)?.or(last_eval);
+        }
+        self.finish(steps_here, last_eval)
+    }
+
+    /// One optimiser step on `b`: forward, loss, backward, update, metrics.
+    fn step(&mut self, b: Batch) -> Result<()> {
+        let (tc, state) = (&self.tc, &mut self.state);
+        let t0 = Instant::now();
+        // Dropout draws from torch's generator: seed it per step, so a resumed run draws the
+        // same masks as an uninterrupted one.
+        tch::manual_seed((Rng::for_sample(tc.seed, u64::MAX, state.step).next_u64() >> 1) as i64);
+        let per_epoch = self.train_loader.batches_per_epoch() as f64;
+        let lr = state
+            .schedule
+            .lr_at(state.epoch as f64 + state.batch_in_epoch as f64 / per_epoch);
+        let x = if tc.channels_last {
+            crate::ops::channels_last(&b.images)?
+        } else {
+            b.images
+        };
+        let cuda = matches!(x.device(), tch::Device::Cuda(_));
+        let (cfg, params) = (&self.cfg, &self.params);
+        let forward = || -> Result<(Tensor, Tensor)> {
+            let logits = model::forward(cfg, params, &x, true)?;
+            let y = b.labels.to_device(logits.device());
+            let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?;
+            // The batch's error under the weights before this update (dropout on): the paper's
+            // "training error rate" (Fig. 1).
+            let wrong = logits.f_argmax(-1, false)?.f_ne_tensor(&y)?.f_sum(Kind::Int64)?;
+            Ok((loss, wrong))
+        };
+        let (loss, wrong) = if tc.bf16 {
+            crate::ops::autocast_bf16(cuda, forward)?
+        } else {
+            forward()?
+        };
+        let lv = loss.double_value(&[]);
+        if !lv.is_finite() {
+            return Err(Error::Diverged {
+                loss: lv,
+                step: state.step,
+                epoch: state.epoch,
+                checkpoints: tc.out.join("checkpoints"),
+            });
+        }
+        loss.f_backward()?;
+        self.sgd.step(params, lr)?;
+        state.step += 1;
+        state.batch_in_epoch += 1;
+        state.loss_sum += lv;
+        state.loss_count += 1;
+        let n = b.labels.size()[0] as f64;
+        let rec = StepRecord {
+            step: state.step,
+            epoch: state.epoch,
+            loss: lv,
+            lr,
+            train_error: wrong.int64_value(&[]) as f64 / n,
+            images_per_s: n / t0.elapsed().as_secs_f64(),
+        };
+        self.metrics.step(&rec)?;
+        (self.on_event)(&Event::Step(rec));
+        Ok(())
+    }
+
+    /// The end of an epoch: evaluation (every `eval_every` epochs and after the last), the
+    /// schedule, an epochs.csv row, a checkpoint. Returns the evaluation if there was one.
+    fn end_epoch(&mut self, epoch_start: Instant) -> Result<Option<EvalResult>> {
+        let state = &mut self.state;
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        let mut result = None;
+        if state.epoch % self.tc.eval_every.max(1) == 0 || state.epoch == self.tc.epochs {
+            let e = evaluate(&self.cfg, &self.params, &self.test_loader)?;
+            if state.best_top1.is_none_or(|b| e.top1 > b) {
+                (state.best_top1, state.best_step) = (Some(e.top1), Some(state.step));
+            }
+            if state.schedule.end_epoch(Some(1.0 - e.top1)) {
+                eprintln!("validation error plateaued: lr -> {:e}", state.schedule.lr);
+            }
+            let rec = EpochRecord {
+                epoch: state.epoch,
+                step: state.step,
+                train_loss: state.loss_sum / state.loss_count.max(1) as f64,
+                val_loss: e.loss,
+                val_top1: e.top1,
+                val_top5: e.top5,
+                lr: state.schedule.lr_at(state.epoch as f64),
+                seconds: epoch_start.elapsed().as_secs_f64(),
+            };
+            self.metrics.epoch(&rec)?;
+            self.metrics.plot()?;
+            (self.on_event)(&Event::Epoch(rec));
+            result = Some(e);
+        }
+        (self.state.loss_sum, self.state.loss_count) = (0.0, 0);
+        self.save()?;
+        Ok(result)
+    }
+
+    /// A checkpoint of the current state (metrics flushed first, so they cover it).
+    fn save(&mut self) -> Result<()> {
+        self.metrics.sync()?;
+        let dir = checkpoint::save(
+            &self.tc.out,
+            &self.state,
+            &self.params.gather_cpu()?,
+            &gather_velocity(&self.params, &self.sgd)?,
+            self.tc.keep,
+        )?;
+        (self.on_event)(&Event::Checkpoint(dir));
+        Ok(())
+    }
+
+    fn finish(self, steps_here: u64, last_eval: Option<EvalResult>) -> Result<EvalResult> {
+        if steps_here == 0 {
+            eprintln!(
+                "the run is complete ({} of {} epochs); pass a larger --epochs to train on",
+                self.state.epoch, self.tc.epochs
+            );
+        }
+        // Stopped before an epoch's evaluation (step limit, Ctrl-C, or nothing left to train).
+        let e = match last_eval {
+            Some(e) => e,
+            None => evaluate(&self.cfg, &self.params, &self.test_loader)?,
+        };
+        self.metrics.plot()?;
+        Ok(e)
+    }
+}
+
+/// The network, optimiser and state of a resumed checkpoint.
+fn restore(tc: &TrainConfig, cfg: &Config, placement: &Placement, c: Checkpoint) -> Result<(Params, Sgd, TrainState)> {
+    let params = model::shard(cfg, placement, &c.weights, tc.channels_last)?;
+    let mut sgd = Sgd::new(&params, tc.update_rule, tc.momentum, tc.weight_decay);
+    let v = model::split(cfg, placement, &c.velocity, false)?;
+    sgd.velocity = params.iter_shards().map(|(n, i, _)| v[n][i].shallow_clone()).collect();
+    Ok((params, sgd, c.state))
+}
+
+/// A freshly initialised network (seeded by `tc.seed`), optimiser and state.
+fn fresh(
+    tc: &TrainConfig,
+    cfg: &Config,
+    placement: &Placement,
+    classes: Vec<String>,
+) -> Result<(Params, Sgd, TrainState)> {
+    tch::manual_seed(tc.seed as i64);
+    let params = model::shard(cfg, placement, &model::init_whole(cfg)?, tc.channels_last)?;
+    let sgd = Sgd::new(&params, tc.update_rule, tc.momentum, tc.weight_decay);
+    let schedule = Schedule {
+        step_epochs: tc.step_epochs,
+        ..Schedule::new(tc.schedule, tc.lr, tc.epochs)
+    };
+    let state = TrainState {
+        format: FORMAT.into(),
+        config: tc.clone(),
+        epoch: 0,
+        batch_in_epoch: 0,
+        step: 0,
+        schedule,
+        best_top1: None,
+        best_step: None,
+        classes,
+        loss_sum: 0.0,
+        loss_count: 0,
+    };
+    Ok((params, sgd, state))
+}
+
+/// Whole CPU tensors of per-shard buffers (the optimizer's), by parameter name.
+fn gather_velocity(params: &Params, sgd: &Sgd) -> Result<BTreeMap<String, Tensor>> {
+    let mut parts: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
+    for ((name, _, _), v) in params.iter_shards().zip(&sgd.velocity) {
+        parts
+            .entry(name.clone())
+            .or_default()
+            .push(v.to_device(tch::Device::Cpu));
+    }
+    parts.into_iter().map(|(k, v)| Ok((k, Tensor::f_cat(&v, 0)?))).collect()
+}
+
+/// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time
+/// budgets, `--keep`), a new `--epochs`, and where to write (`--out`, else the run's own folder).
+fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> TrainConfig {
+    let mut t = c.state.config.clone();
+    // A changed model or data setting would break the bit-exact continuation.
+    (t.max_steps, t.time_budget_s) = (tc.max_steps, tc.time_budget_s);
+    let default = TrainConfig::default();
+    if tc.epochs != default.epochs {
+        t.epochs = tc.epochs;
+    }
+    if tc.keep != default.keep {
+        t.keep = tc.keep;
+    }
+    t.out = if tc.out != default.out {
+        tc.out.clone()
+    } else {
+        c.dir
+            .parent()
+            .filter(|p| p.ends_with("checkpoints"))
+            .and_then(Path::parent)
+            .map_or(t.out, Path::to_path_buf)
+    };
+    t
+}
+
+/// Tells which of the caller's non-default settings a resumed run does not take.
+fn warn_ignored(given: &TrainConfig, used: &TrainConfig) {
+    let (Ok(serde_json::Value::Object(g)), Ok(serde_json::Value::Object(u)), Ok(serde_json::Value::Object(d))) = (
+        serde_json::to_value(given),
+        serde_json::to_value(used),
+        serde_json::to_value(TrainConfig::default()),
+    ) else {
+        return;
+    };
+    for (k, v) in &g {
+        if v != &d[k] && v != &u[k] {
+            eprintln!("warning: --resume keeps the run's {k} = {} (ignoring {v})", u[k]);
+        }
+    }
+}

@@ -1,0 +1,64 @@
+"""The training settings from Python: the same keys as `alexnet train`'s flags (one definition,
+src/settings.rs), every one accepted by `alexnet_rs.train(config)` with its meaning, unknown keys
+refused by name, and the generated `TrainSettings` stub up to date."""
+
+import pathlib
+import subprocess
+import sys
+import typing
+
+import pytest
+
+import alexnet_rs
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = ROOT / "target" / "release" / "alexnet"
+
+SAMPLE = {"INT": 3, "FLOAT": 0.25, "PATH": "some/where", "TEXT": "cpu,cpu"}
+
+
+def _other(s):
+    if s["kind"] == "BOOL":
+        return not s["default"]
+    if s["kind"] == "NAME":
+        return next(c for c in s["choices"] if c != s["default"])
+    return SAMPLE[s["kind"]]
+
+
+def test_every_setting_is_accepted_from_python_with_its_meaning():
+    settings = alexnet_rs.train_settings()
+    defaults = alexnet_rs.train_config({})
+    assert [s["key"] for s in settings] == list(defaults), "one key per flag, in the same order"
+    for s in settings:
+        assert defaults[s["key"]] == s["default"], s["key"]
+        value = _other(s)
+        got = alexnet_rs.train_config({s["key"]: value})
+        assert got[s["key"]] == value, s["key"]
+        assert {k: v for k, v in got.items() if k != s["key"]} == {k: v for k, v in defaults.items() if k != s["key"]}
+    # Paths may be PathLike.
+    assert alexnet_rs.train_config({"out": pathlib.Path("runs/x")})["out"] == "runs/x"
+
+
+@pytest.mark.parametrize("config, key", [({"learning_rate": 0.1}, "learning_rate"), ({"lr": "fast"}, "lr"),
+                                         ({"preset": "resnet"}, "preset"), ({"epochs": -1}, "epochs")])
+def test_unknown_keys_and_bad_values_name_the_key(config, key):
+    with pytest.raises(alexnet_rs.ConfigError, match=f"`{key}`"):
+        alexnet_rs.train_config(config)
+    with pytest.raises(alexnet_rs.ConfigError, match=f"`{key}`"):
+        alexnet_rs.train(config)
+
+
+def test_the_help_shows_every_flag_and_its_default():
+    text = subprocess.run([BIN, "train", "--help"], capture_output=True, text=True, timeout=60).stdout
+    for s in alexnet_rs.train_settings():
+        assert s["flag"] in text, s["flag"]
+        if s["kind"] not in ("BOOL",) and s["default"] is not None:
+            assert f"[default: {s['default']}]" in text.replace("\n", " ") or str(s["default"]) in text, s["flag"]
+
+
+def test_the_typeddict_is_generated_from_the_rust_definition():
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_settings.py"), "--check"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    hints = typing.get_type_hints(alexnet_rs.TrainSettings)
+    assert list(hints) == [s["key"] for s in alexnet_rs.train_settings()]

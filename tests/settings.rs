@@ -1,0 +1,114 @@
+//! The training settings have one definition (src/settings.rs): every `alexnet train` flag is a
+//! TOML key (and a Python dict key: tests/python/test_settings.py) with the same meaning and the
+//! same default; unknown keys are refused by name; flags override the file.
+use alexnet_rs::settings::{describe, SettingDoc, TrainConfig};
+use alexnet_rs::Error;
+use clap::{Args, Command, FromArgMatches};
+use serde_json::{json, Value};
+
+/// A valid value of the setting that differs from its default, as JSON and as a flag argument.
+fn other_value(s: &SettingDoc) -> (Value, Option<String>) {
+    match s.kind.as_str() {
+        "BOOL" => {
+            let v = !s.default.as_bool().expect("a switch has a bool default");
+            (json!(v), None) // the switch itself flips it
+        }
+        "NAME" => {
+            let c = s
+                .choices
+                .iter()
+                .find(|c| Value::from(c.as_str()) != s.default)
+                .expect("two choices");
+            (json!(c), Some(c.clone()))
+        }
+        "INT" => (json!(3), Some("3".into())),
+        "FLOAT" => (json!(0.25), Some("0.25".into())),
+        "PATH" => (json!("some/where"), Some("some/where".into())),
+        "TEXT" => (json!("cpu,cpu"), Some("cpu,cpu".into())),
+        k => panic!("setting {} has an unknown kind {k}", s.key),
+    }
+}
+
+fn cli(args: &[String]) -> TrainConfig {
+    let cmd = TrainConfig::augment_args(Command::new("train").no_binary_name(true));
+    let m = cmd.try_get_matches_from(args).expect("flags parse");
+    TrainConfig::overlay(&TrainConfig::default(), &m).expect("overlay")
+}
+
+#[test]
+fn every_flag_is_a_toml_key_with_the_same_meaning() {
+    let settings = describe();
+    assert!(settings.len() >= 30, "{} settings", settings.len());
+    let defaults = serde_json::to_value(TrainConfig::default()).unwrap();
+    let keys: Vec<&String> = defaults.as_object().unwrap().keys().collect();
+    assert_eq!(
+        settings.len(),
+        keys.len(),
+        "every serialised key is a flag and vice versa"
+    );
+    for s in &settings {
+        assert!(s.flag.starts_with("--"), "{}", s.key);
+        assert_eq!(s.default, defaults[&s.key], "{}: describe() and Default agree", s.key);
+        assert!(!s.help.is_empty(), "{} has no help line", s.key);
+        let (value, arg) = other_value(s);
+        // From TOML:
+        let mut table = toml::Table::new();
+        table.insert(s.key.clone(), toml::Value::try_from(&value).unwrap());
+        let from_toml: TrainConfig = toml::from_str(&table.to_string()).unwrap_or_else(|e| panic!("{}: {e}", s.key));
+        let got = serde_json::to_value(&from_toml).unwrap();
+        assert_eq!(got[&s.key], value, "TOML key {}", s.key);
+        // From the command line, the same change:
+        let mut args = vec![s.flag.clone()];
+        args.extend(arg);
+        let from_cli = serde_json::to_value(cli(&args)).unwrap();
+        assert_eq!(from_cli, got, "flag {} and key {} mean the same", s.flag, s.key);
+        // From a JSON object (Python's dict):
+        let from_map = TrainConfig::from_map([(s.key.clone(), value.clone())].into_iter().collect()).unwrap();
+        assert_eq!(serde_json::to_value(from_map).unwrap(), got, "JSON key {}", s.key);
+    }
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_config_errors_naming_the_key() {
+    let e = toml::from_str::<TrainConfig>("learning_rate = 0.1")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("learning_rate"), "{e}");
+    let dir = std::env::temp_dir().join(format!("alexnet-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("run.toml");
+    std::fs::write(&f, "epochs = 2\nbatchsize = 4\n").unwrap();
+    match TrainConfig::from_toml(&f) {
+        Err(Error::Config(m)) => assert!(m.contains("batchsize") && m.contains("run.toml"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    for (k, v) in [
+        ("learning_rate", json!(0.1)),
+        ("lr", json!("fast")),
+        ("preset", json!("resnet")),
+    ] {
+        match TrainConfig::from_map([(k.to_string(), v)].into_iter().collect()) {
+            Err(Error::Config(m)) => assert!(m.contains(&format!("`{k}`")), "{m}"),
+            other => panic!("{k}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn flags_override_the_file_and_only_the_flags_given() {
+    let base = TrainConfig {
+        epochs: 7,
+        lr: 0.5,
+        lrn: false,
+        ..TrainConfig::default()
+    };
+    let cmd = TrainConfig::augment_args(Command::new("train").no_binary_name(true));
+    let m = cmd.try_get_matches_from(["--lr", "0.01", "--bf16"]).unwrap();
+    let t = TrainConfig::overlay(&base, &m).unwrap();
+    assert_eq!((t.epochs, t.lr, t.lrn, t.bf16), (7, 0.01, false, true));
+    // An explicit flag equal to the default still overrides the file.
+    let cmd = TrainConfig::augment_args(Command::new("train").no_binary_name(true));
+    let m = cmd.try_get_matches_from(["--epochs", "90"]).unwrap();
+    assert_eq!(TrainConfig::overlay(&base, &m).unwrap().epochs, 90);
+    assert_eq!(TrainConfig::from_arg_matches(&m).unwrap().lr, 0.01);
+}
