@@ -1,6 +1,8 @@
 """GPU checks of alexnet_rs's CUDA kernels, one run (see scripts/gpu-check).
 
-Parts: CUDA-vs-CPU parity of values and gradients for lrn and grouped_conv2d in float32,
+Parts: the `alexnet` CLI from the installed wheel (a few training steps of `paper` on one device
+and on the two-device path over the same device, --bf16, --channels-last, both conv backends, then
+eval and predict); CUDA-vs-CPU parity of values and gradients for lrn and grouped_conv2d in float32,
 bfloat16 and float16; float64 gradcheck and opcheck on CUDA; compute-sanitizer memcheck on a
 small case; benchmarks (LRN vs F.local_response_norm and vs the measured HBM copy bandwidth;
 grouped conv vs F.conv2d(groups=2) on conv2/conv4/conv5 at batch 128 in float32 and bfloat16; the
@@ -11,6 +13,7 @@ as skipped. Writes report.md and report.json to --out (default: $OUT, else ./gpu
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -205,6 +208,65 @@ def bench_train(rep, dev, batch, dtype):
         rep.add("bench", f"paper train step b{batch} {dtype}: {name}", "info", f"{batch / t:.0f} images/s")
 
 
+def synthetic_images(root: Path) -> Path:
+    """A small image folder (train/ and val/, two classes of 32x32 PPM images that differ): the
+    GPU machine has no dataset and no network."""
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 32), ("val", 8)):
+        for c in range(2):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                px = (torch.randint(0, 128, (32, 32, 3), generator=g) + 100 * c).to(torch.uint8)
+                (d / f"{i}.ppm").write_bytes(b"P6 32 32 255\n" + px.numpy().tobytes())
+    return root
+
+
+# Loss tolerances between the one- and two-device placements (the same function; the two-device
+# path gathers activations and sums in another order): float32 to rounding, bfloat16 autocast to
+# its 8-bit mantissa over a few steps.
+CLI_TOL = {"float32": 1e-4, "bf16": 5e-2}
+
+
+def cli_train(rep, dev, work: Path):
+    """The `alexnet` CLI from the installed wheel (`python -m alexnet_rs`, the console script's
+    code): a few training steps of `paper` on one device and on the two-device path over the same
+    device, with --bf16 and --channels-last, conv backends ours and stock; then eval and predict."""
+    data = synthetic_images(work / "data")
+    one, two = ("cuda:0", "cuda:0,cuda:0") if dev.type == "cuda" else ("cpu", "cpu,cpu")
+
+    def alexnet(*args):
+        r = subprocess.run([sys.executable, "-m", "alexnet_rs", *map(str, args)], capture_output=True, text=True,
+                           timeout=900)
+        if r.returncode != 0:
+            raise RuntimeError(f"alexnet {' '.join(map(str, args))}: {r.stderr.strip()[-500:]}")
+        return r
+
+    def losses(run):
+        return [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+    for flags, kind in (([], "float32"), (["--bf16"], "bf16"), (["--channels-last"], "float32")):
+        for backend in ("ours", "stock"):
+            runs = {}
+            for devices in (one, two):
+                run = work / f"run-{kind}-{'-'.join(flags) or 'plain'}-{backend}-{devices.count(',') + 1}dev"
+                alexnet("train", "--preset", "paper", "--input-size", "63", "--torch-init", "--batch-size", "8",
+                        "--max-steps", "3", "--threads", "2", "--data", data, "--devices", devices, "--conv-backend",
+                        backend, "--out", run, *flags)
+                runs[devices] = losses(run)
+            a, b = runs[one], runs[two]
+            finite = all(map(math.isfinite, a + b))
+            diff = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+            ok = finite and len(a) == len(b) == 3 and diff <= CLI_TOL[kind]
+            rep.add("cli train", f"paper {' '.join(flags) or 'float32'} --conv-backend {backend}: {one} vs {two}",
+                    "ok" if ok else "FAIL", f"max rel loss diff {diff:.2e} (tol {CLI_TOL[kind]:g})", f"losses {a}")
+    last = work / f"run-float32-plain-ours-1dev"
+    r = alexnet("eval", last, "--devices", one, "--batch-size", "8")
+    rep.add("cli eval", f"on {one}", "ok", r.stdout.strip())
+    r = alexnet("predict", last, next((data / "val" / "class1").iterdir()), "--devices", one)
+    rep.add("cli predict", f"on {one}", "ok", r.stdout.strip().splitlines()[1].strip())
+
+
 def main():
     ap = argparse.ArgumentParser(description="alexnet_rs GPU checks")
     ap.add_argument("--cpu", action="store_true", help="run only what needs no GPU, on the CPU, small sizes")
@@ -225,6 +287,8 @@ def main():
         for part in ("parity (CUDA vs CPU)", "memcheck (compute-sanitizer)"):
             rep.add(part, "needs a GPU", "skipped")
     rep.run("gradcheck/opcheck", lambda: gradcheck_opcheck(rep, dev))
+    work = Path(args.out) / "cli"
+    rep.run("cli", lambda: cli_train(rep, dev, work))
     rep.run("bench lrn", lambda: bench_lrn(rep, dev, 128 if has_gpu else 2))
     rep.run("bench conv", lambda: bench_conv(rep, dev, 128 if has_gpu else 2))
     if has_gpu:

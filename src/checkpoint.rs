@@ -89,7 +89,8 @@ fn fsync(path: &Path) -> Result<()> {
 /// Writes and fsyncs a safetensors file; a full disk stays an I/O error (ENOSPC), not a
 /// safetensors one.
 fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let list: Vec<(&str, Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v.shallow_clone())).collect();
+    // safetensors stores row-major data: channels_last weights (`--channels-last`) are copied.
+    let list: Vec<(&str, Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v.contiguous())).collect();
     Tensor::write_safetensors(&list, path).map_err(|e| match e {
         tch::TchError::SafeTensorError {
             err: safetensors::SafeTensorError::IoError(source),

@@ -138,3 +138,33 @@ fn weights_saved_for_another_input_size_are_checked_against_that_size() {
     assert!(e.contains("fc4.weight"), "{e}");
     fs::remove_dir_all(&run).unwrap();
 }
+
+#[test]
+fn channels_last_weights_are_saved_and_load_with_the_same_values() {
+    let _s = serial();
+    // `alexnet train --channels-last` keeps conv weights (and their momentum) in NHWC storage;
+    // its first checkpoint failed with "Cannot save non contiguous tensors" (found by
+    // scripts/gpu-check's CLI part).
+    let (run, state, w) = run_with("channels-last", &[]);
+    let cl: BTreeMap<String, Tensor> = w
+        .iter()
+        .map(|(k, t)| {
+            let t = if t.dim() == 4 {
+                alexnet_rs::ops::channels_last(t).unwrap()
+            } else {
+                t.shallow_clone()
+            };
+            (k.clone(), t)
+        })
+        .collect();
+    assert!(!cl["conv1.weight"].is_contiguous());
+    let v: BTreeMap<String, Tensor> = cl.iter().map(|(k, t)| (k.clone(), t.zeros_like())).collect();
+    let mut s = state;
+    s.step = 3;
+    checkpoint::save(&run, &s, &cl, &v, 2).expect("a channels_last checkpoint saves");
+    let c = checkpoint::load(&run).unwrap();
+    for (k, t) in &w {
+        assert!(c.weights[k].equal(t), "{k}");
+    }
+    fs::remove_dir_all(&run).unwrap();
+}

@@ -29,6 +29,7 @@ __all__ = [
     "train_config",
     "train_settings",
     "train_events",
+    "cli",
     "transform_views",
 ]
 __version__: str
@@ -65,6 +66,7 @@ def placement_table(preset: str, devices: str, num_classes: int = 1000) -> str: 
 def train_config(config: TrainSettings | dict[str, Any]) -> dict[str, Any]: ...
 def train_settings() -> list[dict[str, Any]]: ...
 def train_events() -> list[dict[str, Any]]: ...
+def cli(argv: list[str]) -> int: ...
 def train(
     config: TrainSettings | dict[str, Any],
     on_step: Callable[[StepEvent | EpochEvent | CheckpointEvent], object] | None = None,

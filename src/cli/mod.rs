@@ -73,19 +73,24 @@ enum BenchCommand {
     Train(bench::BenchTrainArgs),
 }
 
-/// The `alexnet` program: parses `args` (program name first), runs the verb, prints errors.
-/// Exit codes: 0 success, 1 a failed command, 2 a usage error (clap's).
+/// The `alexnet` program as a process entry point (the standalone binary): a closed pipe ends it
+/// quietly (`alexnet info | head`), as other Unix tools, instead of a panic in println!.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    // Die quietly on a closed pipe (`alexnet info | head`) as other Unix tools do, instead of
-    // panicking in println!.
     // SAFETY: restoring a default signal disposition at start-up, before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    ExitCode::from(run(args))
+}
+
+/// The `alexnet` program: parses `args` (program name first), runs the verb, prints errors; the
+/// same code behind the standalone binary and the wheel's `alexnet` / `python -m alexnet_rs`.
+/// Exit codes: 0 success, 1 a failed command, 2 a usage error (clap's).
+pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
     crate::fault::init();
     let matches = match Cli::command().try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(e.exit_code() as u8);
+            return e.exit_code() as u8;
         }
     };
     let result = Cli::from_arg_matches(&matches)
@@ -110,10 +115,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             }
         });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            1
         }
     }
 }

@@ -3,8 +3,10 @@
 //! name, and turns core errors into the matching class of `alexnet_rs.errors` (`boundary.rs`).
 //! - `model.rs`: config, info, model, ops, placement;
 //! - `train.rs`: settings, train, checkpoint;
-//! - `data.rs`: the data pipeline.
+//! - `data.rs`: the data pipeline;
+//! - `cli.rs`: the `alexnet` command itself (the wheel's console script).
 mod boundary;
+mod cli;
 mod data;
 mod model;
 mod train;
@@ -48,6 +50,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train::load_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(data::load_image, m)?)?;
     m.add_function(wrap_pyfunction!(data::transform_views, m)?)?;
+    m.add_function(wrap_pyfunction!(cli::cli, m)?)?;
     m.add_class::<data::DataLoader>()?;
     m.add_class::<data::EpochIter>()?;
     Ok(())

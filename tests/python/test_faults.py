@@ -15,11 +15,10 @@ import signal
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import alexnet_rs
+from conftest import image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release" / "alexnet"
@@ -67,17 +66,7 @@ def last_weights(run: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """A small image folder: train/ and val/, two classes of 32x32 images that differ."""
-    root = tmp_path_factory.mktemp("fault-data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 32), ("val", 8)):
-        for c in range(2):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 128, (32, 32, 3), dtype=np.uint8) + np.uint8(100 * c)
-                Image.fromarray(pixels).save(d / f"{i}.png")
-    return root
+    return image_folder(tmp_path_factory.mktemp("fault-data"))
 
 
 @pytest.fixture(scope="module")
