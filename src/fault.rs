@@ -1,7 +1,7 @@
 //! Test-only fault injection at the named points of checkpoint and metrics writing, so that the
 //! crash and disk-full tests are deterministic (no timing races, no real full disk).
 //!
-//! `ALEXNET_FAULT=<point>[:abort|:enospc][@<n>]` arms one point: the `n`-th time (default 1) the
+//! `ALEXNET_FAULT=<point>[:abort|:enospc|:kill][@<n>]` arms one point: the `n`-th time (default 1) the
 //! process reaches it, `abort` (the default) ends the process at once with
 //! `std::process::abort()` (no unwinding, no cleanup: what a SIGKILL leaves), and `enospc` makes
 //! the write at that point fail with "No space left on device" (`ErrorKind::StorageFull`), which
@@ -14,25 +14,30 @@
 //! - `ckpt-old-away`: an existing `ckpt-<s>/` of the same step was renamed to `.ckpt-<s>.old/`;
 //! - `ckpt-renamed`: the new folder has been renamed to `ckpt-<s>/`;
 //! - `ckpt-before-prune`: just before older checkpoints are pruned;
-//! - `metrics-mid-line`: half of a `metrics.jsonl` or `epochs.csv` line has been written.
+//! - `metrics-mid-line`: half of a `metrics.jsonl` or `epochs.csv` line has been written;
+//! - `train-step`: a training step's update is done, its metrics line not yet written (the
+//!   elastic-restart test kills one rank of a torchrun job here).
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Every point's name, for the tests and the error on a misspelt one.
-pub const POINTS: [&str; 6] = [
+pub const POINTS: [&str; 7] = [
     "ckpt-tmp-partial",
     "ckpt-tmp-written",
     "ckpt-old-away",
     "ckpt-renamed",
     "ckpt-before-prune",
     "metrics-mid-line",
+    "train-step",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Abort,
     Enospc,
+    /// SIGKILL to this process (what `kill -9` or the OOM killer does).
+    Kill,
 }
 
 struct Armed {
@@ -63,12 +68,13 @@ fn parse(spec: &str) -> Result<Armed, String> {
     let (point, mode) = match rest.split_once(':') {
         Some((p, "abort")) => (p, Mode::Abort),
         Some((p, "enospc")) => (p, Mode::Enospc),
-        Some((_, m)) => return Err(format!("unknown mode `{m}` (abort or enospc)")),
+        Some((p, "kill")) => (p, Mode::Kill),
+        Some((_, m)) => return Err(format!("unknown mode `{m}` (abort, enospc or kill)")),
         None => (rest, Mode::Abort),
     };
     if !POINTS.contains(&point) || at == 0 {
         return Err(format!(
-            "expected <point>[:abort|:enospc][@n>=1], points: {}",
+            "expected <point>[:abort|:enospc|:kill][@n>=1], points: {}",
             POINTS.join(", ")
         ));
     }
@@ -101,6 +107,11 @@ pub fn fire(mode: Mode, point: &str) -> io::Error {
     if mode == Mode::Abort {
         eprintln!("ALEXNET_FAULT: abort at {point}");
         std::process::abort();
+    }
+    if mode == Mode::Kill {
+        eprintln!("ALEXNET_FAULT: SIGKILL at {point}");
+        // SAFETY: signalling our own process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
     io::Error::from_raw_os_error(libc::ENOSPC)
 }

@@ -7,6 +7,7 @@
 //! channel slice per device; on one device that is the ordinary network.
 use crate::config::{Activation, Config, ConvLayer, FcLayer, Init};
 use crate::conv::{self, ConvArgs};
+use crate::data::rng::Rng;
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::placement::Placement;
@@ -31,6 +32,11 @@ impl Params {
 
     pub fn from_shards(map: BTreeMap<String, Vec<Tensor>>) -> Self {
         Params { map }
+    }
+
+    /// The shards by name.
+    pub fn into_map(self) -> BTreeMap<String, Vec<Tensor>> {
+        self.map
     }
 
     /// The shards of parameter `name`.
@@ -155,10 +161,20 @@ pub fn split(
     trainable: bool,
 ) -> Result<BTreeMap<String, Vec<Tensor>>> {
     let mut map: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
+    let shapes: BTreeMap<String, Vec<i64>> = cfg.param_shapes().into_iter().collect();
     for sh in placement.shards(cfg)? {
         let t = whole
             .get(&sh.name)
             .ok_or_else(|| Error::MissingParam(sh.name.clone(), "(given tensors)".into()))?;
+        if Some(&t.size()) != shapes.get(&sh.name) {
+            return Err(Error::Shape(format!(
+                "parameter `{}` has shape {:?}, the {} preset expects {:?}",
+                sh.name,
+                t.size(),
+                cfg.preset,
+                shapes.get(&sh.name).cloned().unwrap_or_default()
+            )));
+        }
         let part = t
             .f_narrow(0, sh.rows.start, sh.rows.end - sh.rows.start)?
             .to_device(sh.device)
@@ -214,9 +230,26 @@ fn report(observe: &mut Observer, name: &str, stage: Stage, h: &Act) -> Result<(
     Ok(())
 }
 
-/// The forward pass: logits `(N, classes)` for images `(N, 3, H, W)`. `train` turns dropout on.
+/// How training-mode dropout draws its masks.
+#[derive(Clone, Copy, Debug)]
+pub enum Masks<'a> {
+    /// From torch's global generator (the Python `nn.Module`'s training mode).
+    Torch,
+    /// Each sample's mask row from its own stream, seeded by (seed, step, the sample's dataset
+    /// index) and the layer: the same masks however a batch is split over ranks or devices,
+    /// and on resume (the Rust trainer).
+    Keyed { seed: u64, step: u64, samples: &'a [usize] },
+}
+
+/// The forward pass: logits `(N, classes)` for images `(N, 3, H, W)`. `train` turns dropout on
+/// (masks from torch's generator).
 pub fn forward(cfg: &Config, params: &Params, x: &Tensor, train: bool) -> Result<Tensor> {
-    forward_impl(cfg, params, x, train, None).map_err(|e| dtype_hint(e, params, x))
+    forward_masked(cfg, params, x, train.then_some(Masks::Torch))
+}
+
+/// [`forward`] with dropout's masks drawn as `masks` says (`None`: evaluation, no dropout).
+pub fn forward_masked(cfg: &Config, params: &Params, x: &Tensor, masks: Option<Masks>) -> Result<Tensor> {
+    forward_impl(cfg, params, x, masks, None).map_err(|e| dtype_hint(e, params, x))
 }
 
 /// A libtorch failure on an input whose dtype differs from the parameters' is that mismatch
@@ -241,10 +274,16 @@ pub fn forward_with(
     train: bool,
     observe: &mut dyn FnMut(&str, Stage, &Tensor),
 ) -> Result<Tensor> {
-    forward_impl(cfg, params, x, train, Some(observe))
+    forward_impl(cfg, params, x, train.then_some(Masks::Torch), Some(observe))
 }
 
-fn forward_impl(cfg: &Config, params: &Params, x: &Tensor, train: bool, mut observe: Observer) -> Result<Tensor> {
+fn forward_impl(
+    cfg: &Config,
+    params: &Params,
+    x: &Tensor,
+    masks: Option<Masks>,
+    mut observe: Observer,
+) -> Result<Tensor> {
     check_input(cfg, x)?;
     let mut h = Act(vec![x.shallow_clone()]);
     for c in &cfg.convs {
@@ -271,7 +310,7 @@ fn forward_impl(cfg: &Config, params: &Params, x: &Tensor, train: bool, mut obse
     h = h.map(|t| Ok(t.f_flatten(1, -1)?))?;
     let last = cfg.fcs.len() - 1;
     for (i, f) in cfg.fcs.iter().enumerate() {
-        h = fc_stage(cfg, f, params, h, train, i == last)?;
+        h = fc_stage(cfg, (i, f), params, h, masks, i == last)?;
         report(&mut observe, &f.name, Stage::Fc, &h)?;
     }
     h.whole()
@@ -360,11 +399,17 @@ fn lrn_sharded(cfg: &Config, h: &Act) -> Result<Act> {
 
 /// [dropout] -> linear -> [activation unless last]. Each device computes its slice of the outputs
 /// from the whole input; the last layer is whole on the first device.
-fn fc_stage(cfg: &Config, f: &FcLayer, params: &Params, x: Act, train: bool, last: bool) -> Result<Act> {
-    let x = if f.dropout_before && train {
-        dropout(&x, cfg.dropout)?
-    } else {
-        x
+fn fc_stage(
+    cfg: &Config,
+    (layer, f): (usize, &FcLayer),
+    params: &Params,
+    x: Act,
+    masks: Option<Masks>,
+    last: bool,
+) -> Result<Act> {
+    let x = match masks {
+        Some(m) if f.dropout_before => dropout(&x, cfg.dropout, m, layer)?,
+        _ => x,
     };
     let ws = params.shards(&format!("{}.weight", f.name))?;
     let bs = params.shards(&format!("{}.bias", f.name))?;
@@ -376,17 +421,23 @@ fn fc_stage(cfg: &Config, f: &FcLayer, params: &Params, x: Act, train: bool, las
     Ok(Act(parts))
 }
 
-/// Inverted dropout with one mask for the whole layer, drawn on the first slice's device and
-/// split over the slices, so every placement draws the same mask from the same generator.
-fn dropout(x: &Act, p: f64) -> Result<Act> {
+/// Inverted dropout with one mask for the whole layer, split over the slices, so every placement
+/// applies the same mask.
+fn dropout(x: &Act, p: f64, masks: Masks, layer: usize) -> Result<Act> {
     if p <= 0.0 {
         return Ok(Act(x.0.iter().map(Tensor::shallow_clone).collect()));
     }
     let first = &x.0[0];
     let width: i64 = x.0.iter().map(|t| t.size()[1]).sum();
-    let mask = Tensor::f_empty([first.size()[0], width], (first.kind(), first.device()))?
-        .f_bernoulli_float_(1.0 - p)?
-        / (1.0 - p);
+    let mask = match masks {
+        Masks::Torch => {
+            Tensor::f_empty([first.size()[0], width], (first.kind(), first.device()))?.f_bernoulli_float_(1.0 - p)?
+                / (1.0 - p)
+        }
+        Masks::Keyed { seed, step, samples } => keyed_mask(seed, step, samples, layer, width, p)?
+            .to_device(first.device())
+            .to_kind(first.kind()),
+    };
     let mut offset = 0;
     let mut out = Vec::with_capacity(x.0.len());
     for t in &x.0 {
@@ -395,6 +446,17 @@ fn dropout(x: &Act, p: f64) -> Result<Act> {
         offset += w;
     }
     Ok(Act(out))
+}
+
+/// Rows of 0 and 1/(1-p), row i from sample `samples[i]`'s own stream for this step and layer.
+fn keyed_mask(seed: u64, step: u64, samples: &[usize], layer: usize, width: i64, p: f64) -> Result<Tensor> {
+    let keep = 1.0 / (1.0 - p) as f32;
+    let mut v = Vec::with_capacity(samples.len() * width as usize);
+    for &s in samples {
+        let mut rng = Rng::for_sample(seed ^ (0xd0_u64 << 56) ^ layer as u64, step, s as u64);
+        v.extend((0..width).map(|_| if rng.unit() < p { 0.0 } else { keep }));
+    }
+    Ok(Tensor::from_slice(&v).f_view([samples.len() as i64, width])?)
 }
 
 fn check_input(cfg: &Config, x: &Tensor) -> Result<()> {

@@ -53,6 +53,30 @@ impl Placement {
     }
 
     /// `cpu`, `cuda:0`, `cuda:0,cuda:1`, `cuda:0,cpu`, `cpu,cpu`: one or two devices.
+    /// The devices of a spec as local rank `local_rank` of a node uses them: each rank takes its
+    /// own block of CUDA devices (`cuda:0,cuda:1` is cuda:2r,cuda:2r+1 for local rank r; `cuda:0`
+    /// is cuda:r); CPU entries stay. Returns the spec string.
+    pub fn for_local_rank(spec: &str, local_rank: usize) -> Result<String> {
+        let p = Placement::parse(spec)?;
+        let mut cuda: Vec<usize> = p
+            .devices
+            .iter()
+            .filter_map(|d| if let Device::Cuda(i) = d { Some(*i) } else { None })
+            .collect();
+        cuda.sort_unstable();
+        cuda.dedup();
+        let block = cuda.len();
+        let names: Vec<String> = p
+            .devices
+            .iter()
+            .map(|d| match d {
+                Device::Cuda(i) => device_name(Device::Cuda(i + local_rank * block)),
+                other => device_name(*other),
+            })
+            .collect();
+        Ok(names.join(","))
+    }
+
     pub fn parse(spec: &str) -> Result<Placement> {
         let devices = spec.split(',').map(parse_device).collect::<Result<Vec<_>>>()?;
         if devices.is_empty() || devices.len() > 2 {

@@ -316,6 +316,12 @@ impl TrainConfig {
 
     /// A loader of `ds` for training (shuffled, drop-last) or evaluation.
     pub fn loader(&self, ds: Dataset, view: View, train: bool) -> Result<Loader> {
+        self.shard_loader(ds, view, train, None)
+    }
+
+    /// [`TrainConfig::loader`] of rank `shard.0` of `shard.1`: its slice of every global batch
+    /// (training), or its share of the samples (evaluation).
+    pub fn shard_loader(&self, ds: Dataset, view: View, train: bool, shard: Option<(usize, usize)>) -> Result<Loader> {
         let tf = self.transform(view)?;
         let cfg = LoaderConfig {
             batch_size: self.batch_size,
@@ -325,6 +331,8 @@ impl TrainConfig {
             drop_last: train,
             on_bad_image: OnBadImage::Skip,
             device: Placement::parse(&self.devices)?.first(),
+            shard,
+            keep_tail: !train,
             ..LoaderConfig::default()
         };
         Loader::new(ds, tf, cfg)

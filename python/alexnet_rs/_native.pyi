@@ -25,6 +25,7 @@ __all__ = [
     "param_shapes",
     "placement_table",
     "save_checkpoint",
+    "shard",
     "train",
     "train_config",
     "train_settings",
@@ -42,9 +43,16 @@ def layer_table(
 def info_text(preset: str, input_size: int | None = None, num_classes: int = 1000) -> str: ...
 def param_shapes(preset: str, num_classes: int = 1000) -> list[tuple[str, list[int]]]: ...
 def layers(preset: str, input_size: int | None = None, num_classes: int = 1000) -> str: ...
-def forward(
+def shard(
     preset: str,
     params: dict[str, torch.Tensor],
+    devices: str,
+    num_classes: int = 1000,
+    input_size: int | None = None,
+) -> list[tuple[str, list[torch.Tensor]]]: ...
+def forward(
+    preset: str,
+    params: dict[str, torch.Tensor] | dict[str, list[torch.Tensor]],
     x: torch.Tensor,
     train: bool = False,
     num_classes: int = 1000,
@@ -66,7 +74,13 @@ def placement_table(preset: str, devices: str, num_classes: int = 1000) -> str: 
 def train_config(config: TrainSettings | dict[str, Any]) -> dict[str, Any]: ...
 def train_settings() -> list[dict[str, Any]]: ...
 def train_events() -> list[dict[str, Any]]: ...
-def cli(argv: list[str]) -> int: ...
+def cli(
+    argv: list[str],
+    rank: int = 0,
+    world_size: int = 1,
+    local_rank: int = 0,
+    all_reduce: Callable[[torch.Tensor], object] | None = None,
+) -> int: ...
 def train(
     config: TrainSettings | dict[str, Any],
     on_step: Callable[[StepEvent | EpochEvent | CheckpointEvent], object] | None = None,

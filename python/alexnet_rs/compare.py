@@ -1,15 +1,24 @@
 """Side-by-side with torchvision: the same weights in torchvision's AlexNet and in ours.
 
     python -m alexnet_rs.compare [--batches 1 16 64] [--repeats 5] [--out compare]
+    python -m alexnet_rs.compare --train [--steps 60] [--data DIR] [--out compare]
 
 Reports the maximum |difference| of the logits, of every parameter's gradient after one backward,
 the forward and training-step throughput of ours / torchvision's at each batch size on the current
 device (CUDA if available), and peak memory on CUDA; writes OUT/report.md and OUT/chart.png.
+
+`--train`: step for step, torchvision's AlexNet in a plain PyTorch loop (torch.optim.SGD, a
+cosine schedule, weight decay on weights only) against ours in the Rust training loop
+(`alexnet_rs.train`, PyTorch's update rule), from the same initial weights, on the same batches
+from our loader, dropout off (stated: torch's and our dropout draw different masks). Writes
+OUT/report.md and OUT/train.png; the last line printed is
+`max relative loss difference: <x> over <n> steps`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -45,6 +54,106 @@ def _peak(fn, device):
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def _train_side_by_side(args) -> float:
+    """The `--train` comparison; returns the max relative loss difference."""
+    import math
+
+    import torchvision
+
+    from . import _native
+    from .data import DataLoader
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_epoch = args.limit // args.batch_size
+    epochs = -(-args.steps // per_epoch) + 1  # the cosine spans more than the steps run
+    settings = dict(preset="torchvision", data=args.data, input_size=args.input_size, batch_size=args.batch_size,
+                    epochs=epochs, max_steps=args.steps, lr=args.lr, momentum=0.9, weight_decay=5e-4,
+                    update_rule="pytorch", schedule="cosine", dropout=0.0, seed=args.seed, limit_train=args.limit,
+                    limit_test=args.batch_size, threads=args.threads, out=str(out / "rust-run"))
+    ours = [e for e in _collect(settings) if "train_error" in e]
+    # torchvision from the same initial weights: the Rust run seeded torch's generator with the
+    # seed and drew them from it, in this process.
+    torch.manual_seed(args.seed)
+    init = dict(_native.init_params("torchvision", 10, args.input_size))
+    tv = torchvision.models.alexnet(weights=None, num_classes=10)
+    tv.load_state_dict(init)
+    for m in tv.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    tv.train()
+    decay = [p for n, p in tv.named_parameters() if n.endswith("weight")]
+    no_decay = [p for n, p in tv.named_parameters() if n.endswith("bias")]
+    opt = torch.optim.SGD([dict(params=decay, weight_decay=5e-4), dict(params=no_decay, weight_decay=0.0)],
+                          lr=args.lr, momentum=0.9)
+    loader = DataLoader(args.data, preset="torchvision", crop=args.input_size, view="train",
+                        batch_size=args.batch_size, threads=args.threads, seed=args.seed, shuffle=True, drop_last=True,
+                        limit=args.limit)
+    theirs, lrs, step = [], [], 0
+    for epoch in range(epochs):
+        for x, y in loader.epoch(epoch):
+            if step == args.steps:
+                break
+            lr = 0.5 * args.lr * (1 + math.cos(math.pi * (step / per_epoch) / epochs))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad()
+            loss = F.cross_entropy(tv(x), y)
+            loss.backward()
+            opt.step()
+            theirs.append(loss.item())
+            lrs.append(lr)
+            step += 1
+    n = min(len(ours), len(theirs))
+    diffs = [abs(o["loss"] - t) / abs(t) for o, t in zip(ours, theirs)]
+    worst = max(diffs)
+    lines = [
+        f"# Training step for step: alexnet_rs (Rust loop) vs torchvision + torch.optim.SGD ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"torchvision preset, Fashion-MNIST subset of {args.limit} at {args.input_size}x{args.input_size}, batch "
+        f"{args.batch_size}, lr {args.lr} with a cosine schedule, momentum 0.9, weight decay 5e-4 (weights only), "
+        f"PyTorch's update rule, dropout off, same initial weights, same batches, {n} steps, torch {torch.__version__}.",
+        "",
+        f"max relative loss difference: {worst:.3e}; max |lr difference|: "
+        f"{max(abs(o['lr'] - l) for o, l in zip(ours, lrs)):.3e}",
+        "",
+        "| step | loss ours | loss torchvision | relative difference |",
+        "|---|---|---|---|",
+        *[f"| {i + 1} | {o['loss']:.6f} | {t:.6f} | {d:.2e} |" for i, (o, t, d) in enumerate(zip(ours, theirs, diffs))
+          if i < 5 or (i + 1) % 10 == 0],
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot(range(1, n + 1), [o["loss"] for o in ours[:n]], lw=2.5, alpha=0.6, label="alexnet_rs (Rust loop)")
+        ax.plot(range(1, n + 1), theirs[:n], lw=1, color="k", label="torchvision + torch.optim.SGD")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"step-for-step training, max relative difference {worst:.1e}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "train.png", dpi=100)
+    except ImportError:
+        print("matplotlib is not installed: no chart")
+    print("\n".join(lines))
+    print(f"\nwrote {out / 'report.md'} and {out / 'train.png'}")
+    print(f"max relative loss difference: {worst:.3e} over {n} steps")
+    return worst
+
+
+def _collect(settings):
+    events = []
+    from . import train
+
+    train(settings, on_step=events.append)
+    return events
+
+
 def main(argv=None):
     import torchvision
 
@@ -52,7 +161,18 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="compare")
+    ap.add_argument("--train", action="store_true", help="compare training step for step (see above)")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--data", default=os.environ.get("ALEXNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+    ap.add_argument("--input-size", type=int, default=63)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--limit", type=int, default=640, help="training images (a seeded subset)")
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="decoding threads")
     args = ap.parse_args(argv)
+    if args.train:
+        return _train_side_by_side(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     tv = torchvision.models.alexnet(weights=None).to(device).eval()

@@ -1,12 +1,14 @@
-"""Distributed data parallel training of ``alexnet_rs.AlexNet`` with each rank's shard of the data
-from the Rust loader:
+"""An example: wrapping ``alexnet_rs.AlexNet`` in PyTorch's ``DistributedDataParallel`` yourself, each
+rank reading its shard of the data from the Rust loader:
 
     torchrun --nproc_per_node 2 -m alexnet_rs.ddp --preset torchvision --input-size 63 --steps 100
 
 gloo on CPU, NCCL on GPU. Every rank reads the same shuffled order in global batches of
-``batch_size * world_size`` and takes its own slice, so N ranks train exactly like one process on
-the concatenated batch. Without torchrun it runs as a single process. Writes
-``OUT/weights-rank<r>.safetensors`` and ``OUT/losses-rank<r>.json``.
+``batch_size * world_size`` and takes its own slice. Plain ``torch.optim.SGD``, no checkpoints:
+for real runs use ``torchrun ... -m alexnet_rs.train`` (the Rust training loop with checkpoints,
+resume, schedules, the paper's SGD, metrics and elastic restarts; README "Scaling out"). Without
+torchrun it runs as a single process. Writes ``OUT/weights-rank<r>.safetensors`` and
+``OUT/losses-rank<r>.json``.
 """
 
 from __future__ import annotations

@@ -37,10 +37,20 @@ class AlexNet(nn.Module):
 
     ``conv_backend``: ``"ours"`` (our grouped-convolution op), ``"stock"`` (ATen/cuDNN) or
     ``"auto"`` (the faster per shape on CUDA).
+
+    ``devices``: one device (``"cuda:0"``; default: the CPU, move it with ``.to()`` as usual), or
+    two (``"cuda:0,cuda:1"``, or ``"cpu,cpu"`` to try it anywhere): the paper's two-GPU split.
+    Then the parameters are ``nn.Parameter`` shards, ``<name>__shard0`` and ``<name>__shard1`` (the
+    rows of ``Placement(preset, devices).table()``, each on its device; the class layer is one
+    shard on the first device, as in the paper), which ``parameters()``
+    and any ``torch.optim`` optimiser see; the forward is the Rust sharded forward (activations
+    cross devices where the paper's GPUs exchanged them). ``state_dict()`` gives whole tensors
+    under the usual names and ``load_state_dict()`` takes them, so checkpoints interchange with a
+    one-device model.
     """
 
     def __init__(self, preset: str = "paper", num_classes: int = 1000, conv_backend: str = "auto",
-                 input_size: int | None = None):
+                 input_size: int | None = None, devices: str | None = None):
         super().__init__()
         str_arg("AlexNet", "preset", preset)
         int_arg("AlexNet", "num_classes", num_classes)
@@ -48,23 +58,77 @@ class AlexNet(nn.Module):
             int_arg("AlexNet", "input_size", input_size)
         self.preset, self.num_classes = preset, num_classes
         self.conv_backend = _backend("AlexNet", conv_backend)
+        if devices is not None:
+            str_arg("AlexNet", "devices", devices)
+        self.devices = devices
         arch_size = input_size
-        for name, tensor in checked(_native.init_params)(preset, num_classes, input_size):
-            *path, leaf = name.split(".")
-            module = self
-            for part in path:
-                if part not in module._modules:
-                    module.add_module(part, nn.Module())
-                module = module._modules[part]
-            module.register_parameter(leaf, nn.Parameter(tensor))
+        whole = checked(_native.init_params)(preset, num_classes, input_size)
+        # name -> its number of shards (the class layer stays whole on the first device).
+        self._shards = {name: 1 for name, _ in whole}
+        self._sharded = devices is not None and "," in devices
+        if self._sharded:
+            parts = checked(_native.shard)(preset, dict(whole), devices, num_classes, input_size)
+            for name, shards in parts:
+                self._shards[name] = len(shards)
+                for i, t in enumerate(shards):
+                    self._register(f"{name}__shard{i}", t)
+        else:
+            for name, tensor in whole:
+                self._register(name, tensor)
+            if devices is not None:
+                checked(_native.placement_table)(preset, devices, num_classes)  # a valid device name
+                self.to(torch.device(devices))
         if arch_size is None:
             arch_size = json.loads(_native.layers(preset, None, num_classes))[0]["out_shape"][-1]
         self.input_size: int = arch_size
 
+    def _register(self, name: str, tensor: torch.Tensor) -> None:
+        *path, leaf = name.split(".")
+        module = self
+        for part in path:
+            if part not in module._modules:
+                module.add_module(part, nn.Module())
+            module = module._modules[part]
+        module.register_parameter(leaf, nn.Parameter(tensor))
+
+    def _param_dict(self) -> dict:
+        """name -> tensor, or -> [shards] with two devices (what the Rust forward takes)."""
+        params = dict(self.named_parameters())
+        if not self._sharded:
+            return params
+        return {n: [params[f"{n}__shard{i}"] for i in range(k)] for n, k in self._shards.items()}
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):  # type: ignore[override]
+        """Whole tensors under the usual names, also with two devices (shards gathered on the
+        first shard's device)."""
+        sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if self._sharded:
+            for n, k in self._shards.items():
+                parts = [sd.pop(f"{prefix}{n}__shard{i}") for i in range(k)]
+                sd[prefix + n] = torch.cat([p.detach().to(parts[0].device) for p in parts], 0)
+        return sd
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """Takes whole tensors under the usual names (with two devices: split as the placement
+        says and copied into the shards)."""
+        if not self._sharded:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        extra = sorted(set(state_dict) - set(self._shards))
+        if strict and extra:
+            raise ConfigError(f"AlexNet.load_state_dict: unexpected keys {extra}")
+        whole = {k: v.detach().to("cpu") for k, v in state_dict.items() if k in self._shards}
+        parts = checked(_native.shard)(self.preset, whole, self.devices, self.num_classes, self.input_size)
+        own = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, shards in parts:
+                for i, t in enumerate(shards):
+                    own[f"{name}__shard{i}"].copy_(t)
+        return nn.modules.module._IncompatibleKeys([], extra)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tensor_arg("AlexNet.forward", "x", x)
-        params = dict(self.named_parameters())
-        first = next(iter(params.values()))
+        params = self._param_dict()
+        first = next(self.parameters())
         if (x.is_floating_point() and x.dtype != first.dtype and first.is_floating_point()
                 and not torch.is_autocast_enabled(x.device.type)):
             raise DtypeError(f"AlexNet.forward: x has dtype {x.dtype} but the parameters are {first.dtype}: "

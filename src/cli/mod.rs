@@ -14,6 +14,7 @@ mod train;
 use crate::config::Preset;
 use crate::error::{Error, Result};
 use crate::settings::choice;
+use crate::train::Group;
 use clap::builder::TypedValueParser;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -85,6 +86,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 /// same code behind the standalone binary and the wheel's `alexnet` / `python -m alexnet_rs`.
 /// Exit codes: 0 success, 1 a failed command, 2 a usage error (clap's).
 pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
+    run_in(args, None)
+}
+
+/// [`run`] as one rank of a data-parallel `group`: `alexnet train` trains its share (rank 0
+/// reports and writes); `python -m alexnet_rs.train` calls this under torchrun.
+pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -> u8 {
     crate::fault::init();
     let matches = match Cli::command().try_get_matches_from(args) {
         Ok(m) => m,
@@ -108,7 +115,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
                 Command::Prepare(a) => data::prepare(&a),
                 Command::Bench(BenchCommand::Data(a)) => data::bench(&a),
                 Command::Bench(BenchCommand::Train(a)) => bench::train(&a),
-                Command::Train(a) => train::train(&a, sub),
+                Command::Train(a) => train::train(&a, sub, group),
                 Command::Experiment(a) => train::experiment(&a, sub),
                 Command::Eval(a) => eval::eval(&a),
                 Command::Predict(a) => eval::predict(&a),

@@ -1,9 +1,10 @@
 //! `alexnet train` and `alexnet experiment`. Their settings are `TrainConfig`'s own flags; a flag
 //! given on the command line overrides the TOML file (`--config`) or the experiment's defaults.
+use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::experiment::{self, Experiment};
 use crate::settings::{choice, TrainConfig};
-use crate::train::{self, Event};
+use crate::train::{self, Event, Group};
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -17,6 +18,10 @@ pub struct TrainArgs {
     /// Continue the run saved in this folder (its newest checkpoint), bit for bit.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Continue the run in --out if it has a checkpoint, else start it (for jobs that may be
+    /// restarted: torchrun --max-restarts, preemptible machines).
+    #[arg(long, conflicts_with = "resume")]
+    auto_resume: bool,
     #[command(flatten)]
     settings: TrainConfig,
 }
@@ -64,8 +69,10 @@ extern "C" fn on_sigint(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-pub fn train(a: &TrainArgs, matches: &ArgMatches) -> Result<()> {
+pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Result<()> {
     let tc = a.settings(TrainConfig::default(), matches)?;
+    // In a data-parallel run rank 0 reports; the others train quietly.
+    let quiet = group.is_some_and(|g| g.rank > 0);
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}")
@@ -73,11 +80,32 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches) -> Result<()> {
     );
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    let mut on_event = |e: &Event| report(&bar, e);
-    let result = train::train(&tc, a.resume.as_deref(), &mut on_event, &|| STOP.load(Ordering::SeqCst))?;
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut on_event = |e: &Event| {
+        if !quiet {
+            report(&bar, e)
+        }
+    };
+    let stop = || STOP.load(Ordering::SeqCst);
+    let resume = match &a.resume {
+        None if a.auto_resume && checkpoint::find_latest(&tc.out).is_ok() => Some(tc.out.clone()),
+        r => r.clone(),
+    };
+    if resume.is_some() && a.auto_resume && !quiet {
+        eprintln!("resuming the run in {}", tc.out.display());
+    }
+    let result = match group {
+        Some(g) => train::train_in(&tc, resume.as_deref(), g, &mut on_event, &stop)?,
+        None => train::train(&tc, resume.as_deref(), &mut on_event, &stop)?,
+    };
     bar.finish_and_clear();
+    if quiet {
+        return Ok(());
+    }
     // A resumed run without --out continues in its own folder.
-    let out = match (&a.resume, matches.value_source("out")) {
+    let out = match (&resume, matches.value_source("out")) {
         (Some(run), None | Some(clap::parser::ValueSource::DefaultValue)) => run.clone(),
         _ => tc.out.clone(),
     };

@@ -51,6 +51,10 @@ pub struct LoaderConfig {
     /// Distributed data parallel: (rank, world size). Every rank walks the same shuffled order
     /// in global batches of batch_size * world and takes its own batch_size-slice of each.
     pub shard: Option<(usize, usize)>,
+    /// With a shard: keep the last, incomplete global batch (each rank takes what falls in its
+    /// slice, maybe nothing), so that the ranks together see every sample once (evaluation).
+    /// Without it, every rank gets the same number of full batches (training).
+    pub keep_tail: bool,
 }
 
 impl Default for LoaderConfig {
@@ -65,6 +69,7 @@ impl Default for LoaderConfig {
             on_bad_image: OnBadImage::Skip,
             device: Device::Cpu,
             shard: None,
+            keep_tail: false,
         }
     }
 }
@@ -151,7 +156,7 @@ impl Loader {
         let global = b * world;
         let mut chunks: Vec<Vec<usize>> = order
             .chunks(global)
-            .filter(|c| !(self.cfg.drop_last || world > 1) || c.len() == global)
+            .filter(|c| c.len() == global || !(self.cfg.drop_last || (world > 1 && !self.cfg.keep_tail)))
             .map(|c| c[(rank * b).min(c.len())..((rank + 1) * b).min(c.len())].to_vec())
             .filter(|c| !c.is_empty())
             .collect();

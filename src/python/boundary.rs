@@ -97,6 +97,30 @@ pub fn tensors(
         .collect()
 }
 
+/// A dict of named parameters whose values are tensors or lists of tensors (a parameter's shards
+/// along dim 0, one per device of a two-device placement), each checked as [`tensor`].
+pub fn shard_lists(
+    dict: &Bound<'_, pyo3::types::PyDict>,
+    what: &str,
+) -> PyResult<std::collections::BTreeMap<String, Vec<tch::Tensor>>> {
+    dict.iter()
+        .map(|(k, v)| {
+            let name: String = k
+                .extract()
+                .map_err(|_| py_err(Error::Dtype(format!("{what} keys must be str, got {}", type_name(&k)))))?;
+            let label = format!("{what} `{name}`");
+            let shards = match v.downcast::<pyo3::types::PyList>() {
+                Ok(list) => list.iter().map(|t| tensor(&t, &label)).collect::<PyResult<Vec<_>>>()?,
+                Err(_) => vec![tensor(&v, &label)?],
+            };
+            if shards.is_empty() {
+                return Err(py_err(Error::Shape(format!("{label} has no shards"))));
+            }
+            Ok((name, shards))
+        })
+        .collect()
+}
+
 /// A Python int argument that must be at least `min`.
 pub fn at_least(name: &str, value: i64, min: i64) -> PyResult<i64> {
     if value < min {

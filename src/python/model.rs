@@ -1,6 +1,6 @@
 //! Bindings of the network (`crate::config`, `info`, `model`, `ops`, `placement`): layer tables,
 //! parameters, the functional forward and our LRN op.
-use super::boundary::{core, guard, tensor, tensors};
+use super::boundary::{core, guard, shard_lists, tensor, tensors};
 use super::{config, config_at};
 use crate::conv::ConvBackend;
 use crate::{info, model, ops};
@@ -84,9 +84,34 @@ pub fn forward(
     guard(|| {
         let mut cfg = config_at(preset, num_classes, input_size)?;
         cfg.conv_backend = core(conv_backend.parse::<ConvBackend>())?;
-        let params = model::Params::new(tensors(params, "parameter")?);
+        let params = model::Params::from_shards(shard_lists(params, "parameter")?);
         let x = tensor(x, "x")?;
         core(py.allow_threads(move || model::forward(&cfg, &params, &x, train))).map(PyTensor)
+    })
+}
+
+/// Whole parameters split over `devices` as the two-device placement puts them (the rows of
+/// `placement_table`): (name, [shard per device]) in network order, as trainable leaves.
+#[pyfunction]
+#[pyo3(signature = (preset, params, devices, num_classes=1000, input_size=None))]
+pub fn shard(
+    preset: &str,
+    params: &Bound<'_, PyDict>,
+    devices: &str,
+    num_classes: i64,
+    input_size: Option<i64>,
+) -> PyResult<Vec<(String, Vec<PyTensor>)>> {
+    guard(|| {
+        let cfg = config_at(preset, num_classes, input_size)?;
+        let placement = core(crate::placement::Placement::parse(devices))?;
+        core(placement.check_available())?;
+        let whole = tensors(params, "parameter")?;
+        let mut shards = core(model::shard(&cfg, &placement, &whole, false).map(|p| p.into_map()))?;
+        Ok(cfg
+            .param_shapes()
+            .into_iter()
+            .filter_map(|(k, _)| shards.remove(&k).map(|v| (k, v.into_iter().map(PyTensor).collect())))
+            .collect())
     })
 }
 

@@ -1,4 +1,5 @@
 //! Evaluation (`alexnet eval`, and after every epoch) and prediction (`alexnet predict`).
+use super::Group;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::rng::Rng;
@@ -21,9 +22,15 @@ pub struct EvalResult {
 
 /// Evaluates `params` on the loader's epoch 0 (centre crop, or the softmax averaged over 10 crops).
 pub fn evaluate(cfg: &Config, params: &Params, loader: &Loader) -> Result<EvalResult> {
+    evaluate_in(cfg, params, loader, None)
+}
+
+/// [`evaluate`] of one rank's share of the samples; the sums are added over the `group`'s ranks.
+pub fn evaluate_in(cfg: &Config, params: &Params, loader: &Loader, group: Option<&Group>) -> Result<EvalResult> {
     let _guard = tch::no_grad_guard();
     let views = loader.transform().view.count() as i64;
-    let (mut loss, mut c1, mut c5, mut n) = (0.0, 0i64, 0i64, 0usize);
+    // loss sum, top-1 hits, top-5 hits, samples: float64 (exact for counts below 2^53).
+    let mut sums = [0.0f64; 4];
     for batch in loader.epoch(0) {
         let b = batch?;
         let logits = model::forward(cfg, params, &b.images, false)?;
@@ -33,25 +40,35 @@ pub fn evaluate(cfg: &Config, params: &Params, loader: &Loader) -> Result<EvalRe
             .f_view([-1, views, k])?
             .f_mean_dim(1, false, Kind::Float)?;
         let labels = b.labels.to_device(probs.device());
-        loss += probs
+        sums[0] += probs
             .f_clamp_min(1e-12)?
             .f_log()?
             .f_nll_loss(&labels, None::<Tensor>, tch::Reduction::Sum, -100)?
             .double_value(&[]);
         let (_, top) = probs.f_topk(5.min(k), -1, true, true)?;
         let hits = top.f_eq_tensor(&labels.f_unsqueeze(1)?)?;
-        c1 += hits.f_narrow(1, 0, 1)?.f_sum(Kind::Int64)?.int64_value(&[]);
-        c5 += hits.f_sum(Kind::Int64)?.int64_value(&[]);
-        n += labels.size()[0] as usize;
+        sums[1] += hits.f_narrow(1, 0, 1)?.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
+        sums[2] += hits.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
+        sums[3] += labels.size()[0] as f64;
     }
-    if n == 0 {
+    if let Some(g) = group {
+        let device = params
+            .iter_shards()
+            .next()
+            .map_or(tch::Device::Cpu, |(_, _, t)| t.device());
+        let t = Tensor::from_slice(&sums).to_device(device);
+        g.sum(&[&t])?;
+        sums.copy_from_slice(&Vec::<f64>::try_from(t.to_device(tch::Device::Cpu))?);
+    }
+    let [loss, c1, c5, n] = sums;
+    if n == 0.0 {
         return Err(Error::Config("evaluation set is empty".into()));
     }
     Ok(EvalResult {
-        loss: loss / n as f64,
-        top1: c1 as f64 / n as f64,
-        top5: c5 as f64 / n as f64,
-        samples: n,
+        loss: loss / n,
+        top1: c1 / n,
+        top5: c5 / n,
+        samples: n as usize,
     })
 }
 

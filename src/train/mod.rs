@@ -5,11 +5,13 @@
 //!
 //! - `run.rs`: the loop (start or resume, step, end of epoch, checkpoints);
 //! - `eval.rs`: evaluation of a network or a checkpoint, and prediction on image files.
+mod dist;
 mod eval;
 mod run;
 
 pub use crate::settings::TrainConfig;
-pub use eval::{evaluate, evaluate_checkpoint, image_tensor, load_trained, predict, EvalResult, Trained};
+pub use dist::{AllReduce, Group};
+pub use eval::{evaluate, evaluate_checkpoint, evaluate_in, image_tensor, load_trained, predict, EvalResult, Trained};
 pub use run::Run;
 
 use crate::error::Result;
@@ -38,5 +40,16 @@ pub fn train(
     on_event: &mut dyn FnMut(&Event),
     stop: &dyn Fn() -> bool,
 ) -> Result<EvalResult> {
-    Run::start(tc, resume, on_event)?.train(stop)
+    Run::start(tc, resume, None, on_event)?.train(stop)
+}
+
+/// [`train`] as one rank of a data-parallel `group` (see `dist.rs`).
+pub fn train_in(
+    tc: &TrainConfig,
+    resume: Option<&Path>,
+    group: &Group,
+    on_event: &mut dyn FnMut(&Event),
+    stop: &dyn Fn() -> bool,
+) -> Result<EvalResult> {
+    Run::start(tc, resume, Some(group), on_event)?.train(stop)
 }

@@ -1,15 +1,14 @@
 //! The training loop: [`Run::start`] (a fresh run or a resumed checkpoint), [`Run::step`] (one
 //! optimiser step), [`Run::end_epoch`] (evaluation, schedule, epochs.csv, checkpoint), driven by
 //! [`Run::train`].
-use super::eval::{evaluate, EvalResult};
-use super::Event;
+use super::eval::{evaluate_in, EvalResult};
+use super::{Event, Group};
 use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT};
 use crate::config::Config;
-use crate::data::rng::Rng;
 use crate::data::{Batch, Loader, Split, View};
 use crate::error::{Error, Result};
 use crate::metrics::{EpochRecord, Metrics, ResumeAt, StepRecord};
-use crate::model::{self, Params};
+use crate::model::{self, Masks, Params};
 use crate::optim::{Schedule, Sgd};
 use crate::placement::Placement;
 use crate::settings::TrainConfig;
@@ -27,13 +26,28 @@ pub struct Run<'a> {
     state: TrainState,
     train_loader: Loader,
     test_loader: Loader,
-    metrics: Metrics,
+    /// Rank 0's (the only writer of a data-parallel run).
+    metrics: Option<Metrics>,
+    group: Option<&'a Group<'a>>,
     on_event: &'a mut dyn FnMut(&Event),
 }
 
+/// Why a run stops after the current step (agreed by every rank).
+#[derive(Clone, Copy, Default)]
+struct Stop {
+    out_of_time: bool,
+    other: bool,
+}
+
 impl<'a> Run<'a> {
-    /// Opens the data, builds (or restores) the network and optimiser, and the run's folder.
-    pub fn start(tc: &TrainConfig, resume: Option<&Path>, on_event: &'a mut dyn FnMut(&Event)) -> Result<Run<'a>> {
+    /// Opens the data, builds (or restores) the network and optimiser, and the run's folder. With
+    /// a `group`, this rank's share of the data; rank 0 alone writes.
+    pub fn start(
+        tc: &TrainConfig,
+        resume: Option<&Path>,
+        group: Option<&'a Group<'a>>,
+        on_event: &'a mut dyn FnMut(&Event),
+    ) -> Result<Run<'a>> {
         let (tc, ckpt) = match resume {
             Some(path) => {
                 // Put a checkpoint a crash left hidden back in place, clear leftovers (RELIABILITY.md).
@@ -45,15 +59,21 @@ impl<'a> Run<'a> {
             }
             None => (tc.clone(), None),
         };
+        let mut tc = tc;
+        if let Some(g) = group {
+            tc.devices = Placement::for_local_rank(&tc.devices, g.local_rank)?;
+        }
         tc.validate()?;
         let train_ds = tc.open(Split::Train, tc.limit_train)?;
         let test_ds = tc.open(Split::Test, tc.limit_test)?;
         let cfg = tc.model_config(train_ds.classes.len() as i64)?;
         let placement = Placement::parse(&tc.devices)?;
         placement.check_available()?;
-        let train_loader = tc.loader(train_ds, View::Train, true)?;
+        let shard = group.map(|g| (g.rank, g.world));
+        let writer = shard.is_none_or(|(rank, _)| rank == 0);
+        let train_loader = tc.shard_loader(train_ds, View::Train, true, shard)?;
         let eval_view = if tc.ten_crop_eval { View::TenCrop } else { View::Center };
-        let test_loader = tc.loader(test_ds, eval_view, false)?;
+        let test_loader = tc.shard_loader(test_ds, eval_view, false, shard)?;
         let per_epoch = train_loader.batches_per_epoch() as u64;
         if per_epoch == 0 {
             return Err(Error::Config(format!(
@@ -65,9 +85,11 @@ impl<'a> Run<'a> {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        std::fs::create_dir_all(&tc.out).map_err(io(&tc.out))?;
-        let cj = tc.out.join("classes.json");
-        std::fs::write(&cj, train_loader.dataset().classes_json()).map_err(io(&cj))?;
+        if writer {
+            std::fs::create_dir_all(&tc.out).map_err(io(&tc.out))?;
+            let cj = tc.out.join("classes.json");
+            std::fs::write(&cj, train_loader.dataset().classes_json()).map_err(io(&cj))?;
+        }
         let (params, sgd, mut state) = match ckpt {
             Some(c) => restore(&tc, &cfg, &placement, c)?,
             None => fresh(&tc, &cfg, &placement, train_loader.dataset().classes.clone())?,
@@ -78,7 +100,7 @@ impl<'a> Run<'a> {
             step: state.step,
             epoch: state.epoch,
         };
-        let metrics = Metrics::open(&tc.out, resume.map(|_| at))?;
+        let metrics = writer.then(|| Metrics::open(&tc.out, resume.map(|_| at))).transpose()?;
         on_event(&Event::Start {
             epoch: state.epoch,
             batch_in_epoch: state.batch_in_epoch,
@@ -93,6 +115,7 @@ impl<'a> Run<'a> {
             train_loader,
             test_loader,
             metrics,
+            group,
             on_event,
         })
     }
@@ -111,15 +134,18 @@ impl<'a> Run<'a> {
             for batch in batches {
                 self.step(batch?)?;
                 steps_here += 1;
-                let out_of_time = self
-                    .tc
-                    .time_budget_s
-                    .is_some_and(|s| started.elapsed().as_secs_f64() >= s);
-                if out_of_time || self.tc.max_steps.is_some_and(|m| steps_here >= m) || stop() {
-                    if out_of_time {
+                let agreed = self.agree(Stop {
+                    out_of_time: self
+                        .tc
+                        .time_budget_s
+                        .is_some_and(|s| started.elapsed().as_secs_f64() >= s),
+                    other: self.tc.max_steps.is_some_and(|m| steps_here >= m) || stop(),
+                })?;
+                if agreed.out_of_time || agreed.other {
+                    if agreed.out_of_time {
                         // Mid-epoch: reported, but not an epochs.csv row (the epoch's row comes
                         // when a resumed run finishes it).
-                        let e = evaluate(&self.cfg, &self.params, &self.test_loader)?;
+                        let e = self.evaluate()?;
                         eprintln!(
                             "time budget reached after {} steps: top-1 {:.4}, top-5 {:.4}",
                             self.state.step, e.top1, e.top5
@@ -138,13 +164,36 @@ impl<'a> Run<'a> {
         self.finish(steps_here, last_eval)
     }
 
-    /// One optimiser step on `b`: forward, loss, backward, update, metrics.
+    /// Whether to stop after this step: any rank's wish (a time budget or Ctrl-C on one rank
+    /// stops them all at the same step).
+    fn agree(&self, wants: Stop) -> Result<Stop> {
+        let Some(g) = self.group else {
+            return Ok(wants);
+        };
+        let device = self
+            .params
+            .iter_shards()
+            .next()
+            .map_or(tch::Device::Cpu, |(_, _, t)| t.device());
+        let t = Tensor::from_slice(&[f32::from(u8::from(wants.out_of_time)), f32::from(u8::from(wants.other))])
+            .to_device(device);
+        g.sum(&[&t])?;
+        let v = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu))?;
+        Ok(Stop {
+            out_of_time: v[0] > 0.0,
+            other: v[1] > 0.0,
+        })
+    }
+
+    fn evaluate(&self) -> Result<EvalResult> {
+        evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group)
+    }
+
+    /// One optimiser step on `b`: forward, loss, backward, (the ranks' gradients summed), update,
+    /// metrics.
     fn step(&mut self, b: Batch) -> Result<()> {
         let (tc, state) = (&self.tc, &mut self.state);
         let t0 = Instant::now();
-        // Dropout draws from torch's generator: seed it per step, so a resumed run draws the
-        // same masks as an uninterrupted one.
-        tch::manual_seed((Rng::for_sample(tc.seed, u64::MAX, state.step).next_u64() >> 1) as i64);
         let per_epoch = self.train_loader.batches_per_epoch() as f64;
         let lr = state
             .schedule
@@ -156,8 +205,15 @@ impl<'a> Run<'a> {
         };
         let cuda = matches!(x.device(), tch::Device::Cuda(_));
         let (cfg, params) = (&self.cfg, &self.params);
+        // Dropout masks from (seed, step, sample): the same on resume and however the global
+        // batch is split over ranks.
+        let masks = Masks::Keyed {
+            seed: tc.seed,
+            step: state.step,
+            samples: &b.indices,
+        };
         let forward = || -> Result<(Tensor, Tensor)> {
-            let logits = model::forward(cfg, params, &x, true)?;
+            let logits = model::forward_masked(cfg, params, &x, Some(masks))?;
             let y = b.labels.to_device(logits.device());
             let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?;
             // The batch's error under the weights before this update (dropout on): the paper's
@@ -170,7 +226,17 @@ impl<'a> Run<'a> {
         } else {
             forward()?
         };
-        let lv = loss.double_value(&[]);
+        let world = self.group.map_or(1, |g| g.world);
+        // Each rank's mean loss over its slice, /world: the summed gradients are the gradient of
+        // the mean over the global batch.
+        (&loss / world as f64).f_backward()?;
+        let n = b.labels.size()[0] as f64;
+        let totals = [loss.double_value(&[]), wrong.int64_value(&[]) as f64, n];
+        let [loss_sum, wrong, images] = match self.group {
+            Some(g) => reduce_step(g, params, totals)?,
+            None => totals,
+        };
+        let lv = loss_sum / world as f64;
         if !lv.is_finite() {
             return Err(Error::Diverged {
                 loss: lv,
@@ -179,22 +245,26 @@ impl<'a> Run<'a> {
                 checkpoints: tc.out.join("checkpoints"),
             });
         }
-        loss.f_backward()?;
         self.sgd.step(params, lr)?;
         state.step += 1;
         state.batch_in_epoch += 1;
         state.loss_sum += lv;
         state.loss_count += 1;
-        let n = b.labels.size()[0] as f64;
         let rec = StepRecord {
             step: state.step,
             epoch: state.epoch,
             loss: lv,
             lr,
-            train_error: wrong.int64_value(&[]) as f64 / n,
-            images_per_s: n / t0.elapsed().as_secs_f64(),
+            train_error: wrong / images,
+            images_per_s: images / t0.elapsed().as_secs_f64(),
         };
-        self.metrics.step(&rec)?;
+        crate::fault::point("train-step").map_err(|source| Error::Io {
+            path: tc.out.clone(),
+            source,
+        })?;
+        if let Some(m) = &self.metrics {
+            m.step(&rec)?;
+        }
         (self.on_event)(&Event::Step(rec));
         Ok(())
     }
@@ -207,7 +277,8 @@ impl<'a> Run<'a> {
         state.batch_in_epoch = 0;
         let mut result = None;
         if state.epoch % self.tc.eval_every.max(1) == 0 || state.epoch == self.tc.epochs {
-            let e = evaluate(&self.cfg, &self.params, &self.test_loader)?;
+            let e = evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group)?;
+            let state = &mut self.state;
             if state.best_top1.is_none_or(|b| e.top1 > b) {
                 (state.best_top1, state.best_step) = (Some(e.top1), Some(state.step));
             }
@@ -224,8 +295,10 @@ impl<'a> Run<'a> {
                 lr: state.schedule.lr_at(state.epoch as f64),
                 seconds: epoch_start.elapsed().as_secs_f64(),
             };
-            self.metrics.epoch(&rec)?;
-            self.metrics.plot()?;
+            if let Some(m) = &self.metrics {
+                m.epoch(&rec)?;
+                m.plot()?;
+            }
             (self.on_event)(&Event::Epoch(rec));
             result = Some(e);
         }
@@ -234,9 +307,13 @@ impl<'a> Run<'a> {
         Ok(result)
     }
 
-    /// A checkpoint of the current state (metrics flushed first, so they cover it).
+    /// A checkpoint of the current state (metrics flushed first, so they cover it); rank 0's
+    /// alone in a data-parallel run (every rank holds the same state).
     fn save(&mut self) -> Result<()> {
-        self.metrics.sync()?;
+        let Some(m) = &self.metrics else {
+            return Ok(());
+        };
+        m.sync()?;
         let dir = checkpoint::save(
             &self.tc.out,
             &self.state,
@@ -258,11 +335,26 @@ impl<'a> Run<'a> {
         // Stopped before an epoch's evaluation (step limit, Ctrl-C, or nothing left to train).
         let e = match last_eval {
             Some(e) => e,
-            None => evaluate(&self.cfg, &self.params, &self.test_loader)?,
+            None => self.evaluate()?,
         };
-        self.metrics.plot()?;
+        if let Some(m) = &self.metrics {
+            m.plot()?;
+        }
         Ok(e)
     }
+}
+
+/// Sums the gradients and the step's totals over the ranks (one collective per device).
+fn reduce_step(g: &Group, params: &Params, totals: [f64; 3]) -> Result<[f64; 3]> {
+    let grads: Vec<Tensor> = params.iter_shards().map(|(_, _, p)| p.grad()).collect();
+    let device = grads.first().map_or(tch::Device::Cpu, Tensor::device);
+    // Float32 beside the gradients (NCCL reduces device tensors): exact for these counts.
+    let t = Tensor::from_slice(&totals.map(|v| v as f32)).to_device(device);
+    let mut all: Vec<&Tensor> = grads.iter().collect();
+    all.push(&t);
+    g.sum(&all)?;
+    let v = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu))?;
+    Ok([v[0], v[1], v[2]].map(f64::from))
 }
 
 /// The network, optimiser and state of a resumed checkpoint.

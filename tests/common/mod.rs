@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests that train.
+#![allow(dead_code)] // each test binary uses a different subset of these helpers
 use std::path::PathBuf;
 
 /// Tests that seed torch's global generator take this lock: they run one at a time.

@@ -1,6 +1,9 @@
-"""DDP on CPU with 2 processes (gloo): identical parameters on both ranks, equal to one process
-training on the concatenated batches."""
+"""The Rust training loop under torchrun (`python -m alexnet_rs.train`), CPU and gloo: 2 ranks train
+exactly as 1 process on the concatenated batch (paper SGD, a cosine schedule that changes the lr
+every step, dropout on), on one node or two (c10d rendezvous), through a resume, and through a
+SIGKILL of one rank under `--max-restarts 1`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -12,22 +15,128 @@ from safetensors.torch import load_file
 from conftest import free_port, needs_fashion
 
 pytestmark = needs_fashion
-ARGS = ["--preset", "torchvision", "--input-size", "63", "--steps", "3", "--limit", "64", "--no-dropout",
-        "--lr", "0.01", "--seed", "4"]
+# 20 steps per epoch at a global batch of 8; 2 epochs; a checkpoint every 10 steps.
+COMMON = ["--preset", "paper", "--input-size", "63", "--torch-init", "--epochs", "2", "--limit-train", "160",
+          "--limit-test", "40", "--schedule", "cosine", "--threads", "1", "--checkpoint-every", "10",
+          "--keep", "100"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    r = subprocess.run([*torchrun, "-m", "alexnet_rs.ddp", *ARGS, "--batch-size", "4", "--out", tmp_path / "ddp"],
-                       capture_output=True, text=True, env=env, timeout=600)
+def one_process(out, *extra, lr="0.02"):
+    # Two threads: ATen splits the batch of 8 over them as the 2 ranks split it, so the gradient
+    # sums are added in the same order. With one thread the order differs, the first steps agree
+    # to ~1e-6, and this small chaotic run (lr 0.02, batch 8) amplifies that to a few % by step
+    # 30: the comparison below is at float rounding, not statistical.
+    r = subprocess.run([sys.executable, "-m", "alexnet_rs.train", *COMMON, "--lr", lr, "--batch-size", "8", "--out", out,
+                        *extra],
+                       capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="2"), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-m", "alexnet_rs.ddp", *ARGS, "--batch-size", "8", "--out", tmp_path / "one"],
-                       capture_output=True, text=True, env=env, timeout=600)
+    return r
+
+
+def torchrun(out, *extra, torchrun_args=(), env=None, lr="0.02"):
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"localhost:{port}", *torchrun_args, "-m", "alexnet_rs.train", *COMMON,
+           "--lr", lr, "--batch-size", "4", "--out", out, *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env or ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    w0 = load_file(tmp_path / "ddp" / "weights-rank0.safetensors")
-    w1 = load_file(tmp_path / "ddp" / "weights-rank1.safetensors")
-    single = load_file(tmp_path / "one" / "weights-rank0.safetensors")
-    for k in w0:
-        assert torch.equal(w0[k], w1[k]), f"ranks differ in {k}"
-        torch.testing.assert_close(w0[k], single[k], rtol=1e-4, atol=1e-6, msg=f"DDP vs single process: {k}")
+    return r
+
+
+def losses(run):
+    return [(d["step"], d["loss"], d["lr"]) for d in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def last_weights(run):
+    return load_file(sorted((run / "checkpoints").glob("ckpt-*"))[-1] / "weights.safetensors")
+
+
+def assert_same_run(a, b, tol=1e-5, steps=40):
+    la, lb = losses(a), losses(b)
+    assert [s for s, _, _ in la] == [s for s, _, _ in lb] == list(range(1, steps + 1))
+    assert len({lr for _, _, lr in la}) == steps, "the schedule changes the lr every step"
+    worst = max(abs(x - y) / abs(x) for (_, x, _), (_, y, _) in zip(la, lb))
+    assert worst <= tol, f"max relative loss difference {worst:.3e}"
+    wa, wb = last_weights(a), last_weights(b)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=tol, atol=tol * wa[k].abs().max().item()), k
+    return worst
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "one"
+    one_process(out)
+    return out
+
+
+def test_two_ranks_train_as_one_process_on_the_concatenated_batch(single, tmp_path):
+    out = tmp_path / "two"
+    r = torchrun(out)
+    worst = assert_same_run(single, out)
+    print(f"2 ranks vs 1 process: max relative loss difference {worst:.2e} over 40 steps")
+    # Rank 0 alone writes: one checkpoint per interval and epoch end, no leftovers; one report.
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == [f"ckpt-{s:09d}" for s in (10, 20, 30, 40)]
+    assert r.stdout.count("final: top-1") == 1
+    # The epochs' rows: the same training loss and the same (sharded, summed) evaluation.
+    rows = lambda run: [list(map(float, ln.split(",")[:-1])) for ln in (run / "epochs.csv").read_text().splitlines()[1:]]  # noqa: E731
+    assert len(rows(out)) == 2
+    for a, b in zip(rows(out), rows(single)):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+def test_a_resumed_data_parallel_run_continues_bit_for_bit(single, tmp_path):
+    out = tmp_path / "pieces"
+    torchrun(out, "--max-steps", "15")
+    assert max(s for s, _, _ in losses(out)) == 15
+    torchrun(out, "--resume", str(out))
+    assert_same_run(single, out)
+
+
+def test_two_nodes_on_localhost(single, tmp_path):
+    """Two torchrun invocations (--nnodes 2, one process each) meeting at a c10d rendezvous."""
+    out, port = tmp_path / "nodes", free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend",
+           "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "alexnet-test", "-m", "alexnet_rs.train",
+           *COMMON, "--lr", "0.02", "--batch-size", "4", "--out", str(out)]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+             for _ in range(2)]
+    for p in nodes:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    assert_same_run(single, out)
+
+
+def test_a_killed_rank_restarts_from_the_newest_checkpoint(single, tmp_path):
+    out = tmp_path / "elastic"
+    env = dict(ENV, ALEXNET_FAULT="train-step:kill@15", ALEXNET_FAULT_RANK="1")
+    r = torchrun(out, torchrun_args=["--max-restarts", "1"], env=env)
+    assert "SIGKILL at train-step" in r.stderr and "resuming the run in" in r.stderr
+    worst = assert_same_run(single, out)
+    print(f"SIGKILL of rank 1 at step 15, restarted from step 10: max relative loss difference {worst:.2e}")
+
+
+def test_hybrid_each_rank_splits_the_network_over_two_devices(tmp_path):
+    """Data parallel x the paper's two-device split (`--devices cpu,cpu` per rank): as one process
+    holding the split."""
+    # At lr 0.005 over 10 steps: both sides' gradients agree to ~5e-7 (as in the other tests),
+    # but at lr 0.02 in this configuration such a difference flips a discrete choice at step 7
+    # (where exactly was not traced: a max-pool argmax or a ReLU sign at a near-tie), and the
+    # chaotic little run amplifies it to a few % by step 30 (at 0.005: from step 19). Checked:
+    # the reduced gradients (momentum buffers) of every shard agree to <= 1e-6 at each of the
+    # first 3 steps, plain and hybrid alike.
+    one = tmp_path / "one"
+    one_process(one, "--devices", "cpu,cpu", "--max-steps", "10", lr="0.005")
+    two = tmp_path / "hybrid"
+    torchrun(two, "--devices", "cpu,cpu", "--max-steps", "10", lr="0.005")
+    worst = assert_same_run(one, two, steps=10)
+    print(f"hybrid, 2 ranks x 2 devices vs 1 process x 2 devices: max relative loss difference {worst:.2e}")
+
+
+def test_the_ddp_example_runs_as_one_process(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "alexnet_rs.ddp", "--steps", "2", "--batch-size", "4", "--limit", "16",
+                        "--out", tmp_path], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(json.loads((tmp_path / "losses-rank0.json").read_text())) == 2

@@ -108,6 +108,20 @@ def _cases():
             ("backend-unknown", lambda F: A.AlexNet("paper", conv_backend="gpu"), C, VE, "conv_backend"),
             ("input-too-small", lambda F: A.AlexNet("paper", input_size=10), C, VE, "input size"),
             ("input-negative", lambda F: A.AlexNet("paper", input_size=-1), C, VE, "input"),
+            ("devices-int", lambda F: A.AlexNet("paper", devices=0), D, TE, "devices"),
+            ("devices-unknown", lambda F: A.AlexNet("paper", devices="tpu:0,tpu:1"), C, VE, "device"),
+            ("devices-three", lambda F: A.AlexNet("paper", devices="cpu,cpu,cpu"), C, VE, "devices"),
+            ("devices-no-gpu", lambda F: A.AlexNet("paper", devices="cuda:0,cuda:1"), C, VE, "cuda"),
+        ],
+        # state_dict's arguments are torch.nn.Module's (destination, prefix, keep_vars).
+        "alexnet_rs.AlexNet.state_dict": [],
+        "alexnet_rs.AlexNet.load_state_dict": [
+            ("sharded-unknown-key", lambda F: A.AlexNet("paper", devices="cpu,cpu").load_state_dict({"fc9.weight": t(2)}),
+             C, VE, "fc9.weight"),
+            ("sharded-missing-key", lambda F: A.AlexNet("paper", devices="cpu,cpu").load_state_dict({}), C, VE,
+             "conv1.weight"),
+            ("sharded-wrong-shape", lambda F: A.AlexNet("paper", num_classes=3, devices="cpu,cpu").load_state_dict(
+                {**A.AlexNet("paper", num_classes=3).state_dict(), "fc8.weight": t(2, 2)}), S, VE, "fc8.weight"),
         ],
         "alexnet_rs.AlexNet.forward": [
             ("x-str", lambda F: model()("image"), D, TE, "x"),

@@ -127,3 +127,42 @@ def test_python_checkpoint_is_read_by_the_cli(tmp_path):
     assert back.classes == ["cat", "dog", "car", "cup"]
     for (k, a), (_, b) in zip(m.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_two_device_module_holds_the_placements_shards_and_trains_as_one_device():
+    """AlexNet(devices="cpu,cpu"): each shard on the device (and with the rows) its row of
+    Placement(...).table() names; 5 torch.optim.SGD steps give one device's losses, gradients and
+    weights (float32, within 1e-5)."""
+    import re
+
+    torch.manual_seed(0)
+    one = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
+    two = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63, devices="cpu,cpu")
+    two.load_state_dict(one.state_dict())
+    rows = re.findall(r"^(\S+)\s+(\d+)\.\.(\d+)\s+(\S+)", alexnet_rs.Placement("paper", "cpu,cpu", 10).table(), re.M)
+    shards = dict(two.named_parameters())
+    seen = {}
+    for name, a, b, device in rows:
+        i = seen[name] = seen.get(name, -1) + 1
+        p = shards[f"{name}__shard{i}"]
+        assert p.shape[0] == int(b) - int(a) and str(p.device) == device, (name, i)
+    assert len(rows) == len(shards)
+    opt1 = torch.optim.SGD(one.parameters(), lr=0.01, momentum=0.9)
+    opt2 = torch.optim.SGD(two.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(4, 3, 63, 63), torch.randint(0, 10, (4,))
+    for step in range(5):
+        losses = []
+        for model, opt in ((one, opt1), (two, opt2)):
+            opt.zero_grad()
+            torch.manual_seed(step)  # the same dropout masks
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[1] == pytest.approx(losses[0], rel=1e-5), step
+        g1 = {n: p.grad for n, p in one.named_parameters()}
+        for n, k in two._shards.items():
+            g2 = torch.cat([shards[f"{n}__shard{i}"].grad for i in range(k)], 0)
+            assert torch.allclose(g2, g1[n], rtol=1e-5, atol=1e-5 * g1[n].abs().max().item()), (step, n)
+    for (k, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), k

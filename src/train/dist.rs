@@ -1,0 +1,48 @@
+//! Data parallelism over processes: the one collective the loop needs (an in-place sum over all
+//! ranks), given by the caller. Under torchrun, `python -m alexnet_rs.train` fills it with
+//! `torch.distributed.all_reduce` on the process group torchrun set up (gloo on CPU, NCCL on
+//! CUDA): PyTorch's own distributed engine, not one of ours.
+//!
+//! With `world` ranks, rank r trains on its slice of each global batch (batch_size x world, the
+//! order one process would use), the gradients are summed and divided by `world` (the gradient
+//! of the mean loss over the global batch), evaluation counts are summed, and rank 0 alone writes
+//! metrics, curves and checkpoints.
+use crate::error::Result;
+use tch::{Device, Tensor};
+
+/// Sums a tensor over every rank, in place.
+pub type AllReduce<'a> = dyn Fn(&Tensor) -> Result<()> + Sync + 'a;
+
+/// This process's place in a data-parallel run.
+pub struct Group<'a> {
+    pub rank: usize,
+    pub world: usize,
+    /// The rank on this node: picks the node's devices (`Placement::for_local_rank`).
+    pub local_rank: usize,
+    pub all_reduce: &'a AllReduce<'a>,
+}
+
+impl Group<'_> {
+    /// Sums `tensors` over the ranks in place: one flat buffer per device, one collective each.
+    pub fn sum(&self, tensors: &[&Tensor]) -> Result<()> {
+        let mut devices: Vec<Device> = Vec::new();
+        for t in tensors {
+            if !devices.contains(&t.device()) {
+                devices.push(t.device());
+            }
+        }
+        for d in devices {
+            let mine: Vec<&&Tensor> = tensors.iter().filter(|t| t.device() == d).collect();
+            let flat: Vec<Tensor> = mine.iter().map(|t| t.reshape([-1])).collect();
+            let buf = Tensor::f_cat(&flat, 0)?;
+            (self.all_reduce)(&buf)?;
+            let mut offset = 0;
+            for t in mine {
+                let n = t.numel() as i64;
+                t.shallow_clone().f_copy_(&buf.f_narrow(0, offset, n)?.f_view_as(t)?)?;
+                offset += n;
+            }
+        }
+        Ok(())
+    }
+}
