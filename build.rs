@@ -8,7 +8,10 @@ const CPP_SOURCES: &[&str] = &[
     "kernels/ops.cpp",
     "kernels/lrn_common.cpp",
     "kernels/lrn_cpu.cpp",
+    "kernels/lrn_pool.cpp",
     "kernels/grouped_conv_cpu.cpp",
+    "kernels/cpu_cache.cpp",
+    "kernels/sgd_cpu.cpp",
 ];
 /// The CPU LRN kernels again, for AVX2 + FMA (no torch headers; chosen at run time).
 const AVX2_SOURCES: &[&str] = &["kernels/lrn_cpu_avx2.cpp"];
@@ -19,6 +22,7 @@ const CUDA_SOURCES: &[&str] = &["kernels/lrn.cu", "kernels/grouped_conv.cu"];
 const HEADERS: &[&str] = &[
     "kernels/ops.h",
     "kernels/lrn.h",
+    "kernels/lrn_pool.h",
     "kernels/lrn_cpu_kernels.h",
     "kernels/grouped_conv.h",
     "kernels/cuda_api.h",
@@ -61,6 +65,8 @@ fn main() {
         // at::parallel_for and our kernels are OpenMP, as pip's torch is.
         .flag("-fopenmp")
         .flag("-fno-math-errno")
+        // As ATen: selects such as ReLU's `x < 0 ? 0 : x` may then become vector blends.
+        .flag("-fno-trapping-math")
         .flag_if_supported("-Wno-unused-parameter")
         .opt_level(3)
         .link_lib_modifier("-bundle")
@@ -108,8 +114,9 @@ fn build_avx2() {
         .flag("-mavx2")
         .flag("-mfma")
         // IEEE semantics kept (no -ffast-math): rsqrt approximations measured no faster here and
-        // would turn inf inputs into NaN.
+        // would turn inf inputs into NaN. -fno-trapping-math (as ATen) lets selects vectorise.
         .flag("-fno-math-errno")
+        .flag("-fno-trapping-math")
         .opt_level(3)
         .link_lib_modifier("-bundle")
         .link_lib_modifier("+whole-archive")

@@ -1,18 +1,37 @@
-"""One training step of AlexNet in plain PyTorch eager (torch.nn, grouped nn.Conv2d,
-F.local_response_norm; torchvision's own model for the torchvision preset): the anchor that
-`alexnet bench train` runs in the same invocation. Prints one JSON line.
+"""One training step of AlexNet in plain PyTorch (torch.nn, grouped nn.Conv2d,
+F.local_response_norm; torchvision's own model for the torchvision preset), eager or under
+torch.compile: the anchors that `alexnet bench train` runs in the same invocation, each in a
+process of its own (so each side's peak resident memory is its own). Prints one JSON line.
 
-    .venv/bin/python benches/train_step.py --preset paper --batch 16 --steps 5 [--input-size 224]
+    .venv/bin/python benches/train_step.py --preset paper --batch 16 --steps 5 [--mode compile]
+        [--threads N] [--input-size 224]
+
+`--mode compile` wraps the model in `torch.compile` (inductor, default mode; the SGD update stays
+eager, as torch.compile(model) users have it). Compilation happens in the first forward and
+backward: `compile_s` is the warm-up step's time minus the median step, excluded from the rate.
 """
 
 import argparse
 import json
+import resource
 import time
 
 import torch
 import torch.nn.functional as F
 
 from torch_alexnet import reference_model
+
+
+def rss_mib(field):
+    """VmRSS / VmHWM (peak) of this process, MiB (Linux), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():
@@ -22,29 +41,41 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--input-size", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mode", choices=["eager", "compile"], default="eager")
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = args.input_size or (227 if args.preset == "caffe" else 224)
     torch.manual_seed(0)
+    base_rss = rss_mib("VmRSS")
     model = reference_model(args.preset).to(args.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    run = torch.compile(model) if args.mode == "compile" else model
     x = torch.randn(args.batch, 3, size, size, device=args.device)
     y = torch.randint(0, 1000, (args.batch,), device=args.device)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    step()  # warm-up
-    times = []
-    for _ in range(args.steps):
         t0 = time.perf_counter()
-        step()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(run(x), y).backward()
+        opt.step()
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    t = sorted(times)[len(times) // 2]
-    print(json.dumps({"images_per_s": args.batch / t, "seconds_per_step": t, "threads": torch.get_num_threads()}))
+        return time.perf_counter() - t0
+
+    warm = step()  # warm-up (and compilation)
+    times = sorted(step() for _ in range(args.steps))
+    t = times[len(times) // 2]
+    print(json.dumps({
+        "mode": args.mode,
+        "images_per_s": args.batch / t,
+        "seconds_per_step": t,
+        "compile_s": warm - t if args.mode == "compile" else 0.0,
+        "threads": torch.get_num_threads(),
+        "peak_rss_mib": rss_mib("VmHWM"),
+        "base_rss_mib": base_rss,
+    }))
 
 
 if __name__ == "__main__":

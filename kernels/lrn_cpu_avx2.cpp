@@ -14,4 +14,19 @@ void lrn_backward_f64(const double* dy, const double* x, double* dx, const LrnTa
   lrn_backward<double, double>(dy, x, dx, t);
 }
 
+void relu_lrn_pool_forward_f32(const float* x, float* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
+  relu_lrn_pool_forward<float>(x, out, idx, t, p);
+}
+void relu_lrn_pool_forward_f64(const double* x, double* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
+  relu_lrn_pool_forward<double>(x, out, idx, t, p);
+}
+void relu_lrn_pool_backward_f32(const float* g, const int64_t* idx, const float* x, float* dx, const LrnTask& t,
+                                const PoolTask& p) {
+  relu_lrn_pool_backward<float>(g, idx, x, dx, t, p);
+}
+void relu_lrn_pool_backward_f64(const double* g, const int64_t* idx, const double* x, double* dx, const LrnTask& t,
+                                const PoolTask& p) {
+  relu_lrn_pool_backward<double>(g, idx, x, dx, t, p);
+}
+
 }  // namespace alexnet_rs::avx2

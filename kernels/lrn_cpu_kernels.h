@@ -32,6 +32,13 @@ struct LrnTask {
   double alpha, beta, k;
 };
 
+// The max-pool of the fused relu -> LRN -> max-pool op: square windows, no padding or dilation;
+// Ho, Wo as F.max_pool2d sizes them (ceil_mode included; a clipped last window is read up to
+// the edge).
+struct PoolTask {
+  int64_t H, W, Ho, Wo, kernel, stride;
+};
+
 namespace LRN_KERNEL_NS {
 namespace {
 
@@ -82,14 +89,14 @@ void scatter(const acc_t* buf, scalar_t* dst, const Layout& l, int64_t s0, int64
   }
 }
 
-// For j < kTile: f(j, s_j) with s_j the sum of rows lo..hi (clipped to 0..C-1) of the C x kTile
-// buffer at column j. A window of the compile-time width W (5 in every AlexNet) that is not
-// clipped is summed in registers, fused with f, so the loop vectorises with no stores between.
+// For j < n (n <= kTile): f(j, s_j) with s_j the sum of rows lo..hi (clipped to 0..C-1) of the
+// C x kTile buffer at column j. A window of the compile-time width W (5 in every AlexNet) that is
+// not clipped is summed in registers, fused with f, so the loop vectorises with no stores between.
 template <int W, typename acc_t, typename F>
-inline void windowed(const acc_t* buf, int64_t lo, int64_t hi, int64_t C, F&& f) {
+inline void windowed(const acc_t* buf, int64_t lo, int64_t hi, int64_t C, int64_t n, F&& f) {
   if (W > 0 && lo >= 0 && hi < C && hi - lo + 1 == W) {
     const acc_t* r = buf + lo * kTile;
-    for (int64_t j = 0; j < kTile; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       acc_t s = 0;
       for (int w = 0; w < W; ++w) s += r[w * kTile + j];
       f(j, s);
@@ -99,10 +106,10 @@ inline void windowed(const acc_t* buf, int64_t lo, int64_t hi, int64_t C, F&& f)
   acc_t acc[kTile];
   lo = imax(lo, 0);
   hi = imin(hi, C - 1);
-  for (int64_t j = 0; j < kTile; ++j) acc[j] = 0;
+  for (int64_t j = 0; j < n; ++j) acc[j] = 0;
   for (int64_t r = lo; r <= hi; ++r)
-    for (int64_t j = 0; j < kTile; ++j) acc[j] += buf[r * kTile + j];
-  for (int64_t j = 0; j < kTile; ++j) f(j, acc[j]);
+    for (int64_t j = 0; j < n; ++j) acc[j] += buf[r * kTile + j];
+  for (int64_t j = 0; j < n; ++j) f(j, acc[j]);
 }
 
 // Runs fn(bufs, n, s0, ts) over every tile, in parallel; each thread owns `nbuf` C x kTile buffers.
@@ -141,7 +148,7 @@ void forward_kernel(const scalar_t* x, scalar_t* y, const LrnTask& t) {
     for (int64_t i = 0; i < C * kTile; ++i) sq[i] = xb[i] * xb[i];
     for (int64_t c = 0; c < C; ++c) {
       acc_t* row = xb + c * kTile;  // y[c] overwrites x[c]: only row c reads it
-      windowed<W>(sq, c - pre, c + post, C,
+      windowed<W>(sq, c - pre, c + post, C, kTile,
                   [&](int64_t j, acc_t s) { row[j] *= neg_pow<acc_t, kBeta075>(k + an * s, beta); });
     }
     scatter(xb, y + off, l, s0, ts);
@@ -164,7 +171,7 @@ void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const 
       acc_t* g = gb + c * kTile;
       const acc_t* xr = xb + c * kTile;
       acc_t* tr = tb + c * kTile;
-      windowed<W>(sq, c - pre, c + post, C, [&](int64_t j, acc_t s) {
+      windowed<W>(sq, c - pre, c + post, C, kTile, [&](int64_t j, acc_t s) {
         const acc_t d = k + an * s;
         g[j] *= neg_pow<acc_t, kBeta075>(d, beta);
         tr[j] = g[j] * xr[j] / d;
@@ -174,18 +181,252 @@ void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const 
     for (int64_t c = 0; c < C; ++c) {
       const acc_t* g = gb + c * kTile;
       acc_t* xr = xb + c * kTile;  // dx[c] overwrites x[c]
-      windowed<W>(tb, c - post, c + pre, C, [&](int64_t j, acc_t s) { xr[j] = g[j] - two_an_beta * xr[j] * s; });
+      windowed<W>(tb, c - post, c + pre, C, kTile,
+                  [&](int64_t j, acc_t s) { xr[j] = g[j] - two_an_beta * xr[j] * s; });
     }
     scatter(xb, dx + off, l, s0, ts);
+  });
+}
+
+// ---- Contiguous inputs of the op-math type (float, double): no gather or scatter. ----
+// A tile's rows are read from x and written to y at their place (stride S between channels);
+// only the squares (and, backward, two intermediate rows per channel) go through C x kTile
+// buffers. kRelu: the input is relu(x) (the fused op), and the gradient is masked by it.
+
+template <typename T>
+inline T relu_of(T v) {
+  return v < T(0) ? T(0) : v;  // NaN stays NaN, as torch.relu
+}
+
+template <typename T, bool kBeta075, int W, bool kRelu>
+inline void forward_tile_direct(const T* x, T* y, int64_t C, int64_t S, int64_t ts, T* sq, const LrnTask& t) {
+  const T k = t.k, an = t.alpha / t.size, beta = t.beta;
+  const int64_t pre = t.size / 2, post = (t.size - 1) / 2;
+  for (int64_t c = 0; c < C; ++c) {
+    const T* xr = x + c * S;
+    T* q = sq + c * kTile;
+    for (int64_t j = 0; j < ts; ++j) {
+      const T v = kRelu ? relu_of(xr[j]) : xr[j];
+      q[j] = v * v;
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const T* xr = x + c * S;
+    T* yr = y + c * S;
+    windowed<W>(sq, c - pre, c + post, C, ts, [&](int64_t j, T s) {
+      const T v = kRelu ? relu_of(xr[j]) : xr[j];
+      yr[j] = v * neg_pow<T, kBeta075>(k + an * s, beta);
+    });
+  }
+}
+
+template <typename T, bool kBeta075, int W, bool kRelu>
+inline void backward_tile_direct(const T* dy, const T* x, T* dx, int64_t C, int64_t S, int64_t ts, T* bufs,
+                                 const LrnTask& t) {
+  const T k = t.k, an = t.alpha / t.size, beta = t.beta, two_an_beta = 2 * an * beta;
+  const int64_t pre = t.size / 2, post = (t.size - 1) / 2;
+  T *sq = bufs, *gb = bufs + C * kTile, *tb = bufs + 2 * C * kTile;
+  for (int64_t c = 0; c < C; ++c) {
+    const T* xr = x + c * S;
+    T* q = sq + c * kTile;
+    for (int64_t j = 0; j < ts; ++j) {
+      const T v = kRelu ? relu_of(xr[j]) : xr[j];
+      q[j] = v * v;
+    }
+  }
+  // Pass 1: a[c] = dy[c] d[c]^-beta (into gb), t[c] = a[c] x[c] / d[c] (into tb).
+  for (int64_t c = 0; c < C; ++c) {
+    const T *xr = x + c * S, *g = dy + c * S;
+    T *ar = gb + c * kTile, *tr = tb + c * kTile;
+    windowed<W>(sq, c - pre, c + post, C, ts, [&](int64_t j, T s) {
+      const T d = k + an * s;
+      const T v = kRelu ? relu_of(xr[j]) : xr[j];
+      const T a = g[j] * neg_pow<T, kBeta075>(d, beta);
+      ar[j] = a;
+      tr[j] = a * v / d;
+    });
+  }
+  // Pass 2: dx[c] = a[c] - 2 alpha beta / size * x[c] * sum of t over the windows holding c
+  // (kRelu: 0 where relu(x) <= 0, as threshold_backward).
+  for (int64_t c = 0; c < C; ++c) {
+    const T* xr = x + c * S;
+    const T* ar = gb + c * kTile;
+    T* dr = dx + c * S;
+    windowed<W>(tb, c - post, c + pre, C, ts, [&](int64_t j, T s) {
+      const T v = kRelu ? relu_of(xr[j]) : xr[j];
+      const T r = ar[j] - two_an_beta * v * s;
+      dr[j] = kRelu && v <= T(0) ? T(0) : r;
+    });
+  }
+}
+
+template <typename T, bool kBeta075, int W>
+void forward_direct(const T* x, T* y, const LrnTask& t) {
+  for_each_tile<T>(t, 1, [&](T* sq, int64_t n, int64_t s0, int64_t ts) {
+    const int64_t off = n * t.C * t.S + s0;
+    forward_tile_direct<T, kBeta075, W, false>(x + off, y + off, t.C, t.S, ts, sq, t);
+  });
+}
+
+template <typename T, bool kBeta075, int W>
+void backward_direct(const T* dy, const T* x, T* dx, const LrnTask& t) {
+  for_each_tile<T>(t, 3, [&](T* bufs, int64_t n, int64_t s0, int64_t ts) {
+    const int64_t off = n * t.C * t.S + s0;
+    backward_tile_direct<T, kBeta075, W, false>(dy + off, x + off, dx + off, t.C, t.S, ts, bufs, t);
+  });
+}
+
+// ---- The fused relu -> [LRN] -> max-pool op (contiguous NCHW, float or double). ----
+// Work unit: one sample, on one thread (samples spread over threads). Its LRN output (C x H x W)
+// goes to a per-thread scratch that stays in L2 (conv1: 1.2 MB, conv2: 0.7 MB) and is pooled
+// from there; the pool records, as F.max_pool2d, the flat index (h W + w) of each window's
+// first maximum in row-major order (a NaN wins, the last one). Without LRN (size 0) the pool
+// reads relu(x) directly. Backward: the pooled gradient is scattered to those indices (summed
+// in output order, as max_pool2d's backward) into the scratch, then LRN backward reads it and
+// x (ReLU'd on the fly) and writes dx masked by relu(x) > 0: one pass over x and dx.
+
+// One plane. Per output row, every window position (row-major, as max_pool2d scans) is one sweep
+// over the row's outputs, so the compare-and-select runs across outputs in vector lanes; each
+// output still sees its window in max_pool2d's order ("v > best, or v is NaN"). Windows clipped
+// by the edge (ceil_mode) are done one by one. Indices are int32 here (H W < 2^31 checked by the
+// caller), stored as int64.
+template <typename T, bool kRelu>
+inline void max_pool_plane(const T* in, T* out, int64_t* idx, const PoolTask& p) {
+  constexpr int64_t kChunk = 64;
+  const int64_t s = p.stride, k = p.kernel;
+  const int64_t full = p.W >= k ? imin(p.Wo, (p.W - k) / s + 1) : 0;  // outputs with unclipped columns
+  T best[kChunk];
+  int32_t bi[kChunk];
+  for (int64_t ho = 0; ho < p.Ho; ++ho) {
+    const int64_t h0 = ho * s, h1 = imin(h0 + k, p.H);
+    for (int64_t c0 = 0; c0 < full; c0 += kChunk) {
+      const int64_t n = imin(kChunk, full - c0);
+      for (int64_t j = 0; j < n; ++j) {
+        best[j] = -T(__builtin_inf());
+        bi[j] = int32_t(h0 * p.W + (c0 + j) * s);
+      }
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t kw = 0; kw < k; ++kw) {
+          const int64_t base = h * p.W + c0 * s + kw;
+          const T* r = in + base;
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) {
+            const T v = kRelu ? relu_of(r[j * s]) : r[j * s];
+            const bool take = v > best[j] || v != v;
+            best[j] = take ? v : best[j];
+            bi[j] = take ? int32_t(base + j * s) : bi[j];
+          }
+        }
+      for (int64_t j = 0; j < n; ++j) {
+        out[ho * p.Wo + c0 + j] = best[j];
+        idx[ho * p.Wo + c0 + j] = bi[j];
+      }
+    }
+    for (int64_t wo = full; wo < p.Wo; ++wo) {
+      const int64_t w0 = wo * s, w1 = imin(w0 + k, p.W);
+      T b = -T(__builtin_inf());
+      int64_t at = h0 * p.W + w0;
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t w = w0; w < w1; ++w) {
+          const T v = kRelu ? relu_of(in[h * p.W + w]) : in[h * p.W + w];
+          if (v > b || v != v) {
+            b = v;
+            at = h * p.W + w;
+          }
+        }
+      out[ho * p.Wo + wo] = b;
+      idx[ho * p.Wo + wo] = at;
+    }
+  }
+}
+
+// Runs fn(scratch, n) for every sample n, in parallel; each thread owns `elems` elements of T.
+template <typename T, typename F>
+void for_each_sample(int64_t N, int64_t elems, F fn) {
+  bool oom = false;
+#pragma omp parallel if (N > 1)
+  {
+    T* scratch = static_cast<T*>(std::malloc(sizeof(T) * size_t(elems)));
+    if (scratch == nullptr) {
+#pragma omp atomic write
+      oom = true;
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) fn(scratch, n);
+      std::free(scratch);
+    }
+  }
+  if (oom) throw std::bad_alloc();
+}
+
+template <typename T, bool kBeta075, int W, bool kLrn>
+void rlp_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
+  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
+  for_each_sample<T>(t.N, kLrn ? C * S + C * kTile : 1, [&](T* scratch, int64_t n) {
+    const T* xs = x + n * C * S;
+    T *os = out + n * C * P, *L = scratch, *sq = scratch + C * S;
+    int64_t* is = idx + n * C * P;
+    if constexpr (kLrn) {
+      for (int64_t s0 = 0; s0 < S; s0 += kTile)
+        forward_tile_direct<T, kBeta075, W, true>(xs + s0, L + s0, C, S, imin(kTile, S - s0), sq, t);
+      for (int64_t c = 0; c < C; ++c) max_pool_plane<T, false>(L + c * S, os + c * P, is + c * P, p);
+    } else {
+      for (int64_t c = 0; c < C; ++c) max_pool_plane<T, true>(xs + c * S, os + c * P, is + c * P, p);
+    }
+  });
+}
+
+template <typename T, bool kBeta075, int W, bool kLrn>
+void rlp_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t, const PoolTask& p) {
+  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
+  for_each_sample<T>(t.N, kLrn ? C * S + 3 * C * kTile : 1, [&](T* scratch, int64_t n) {
+    const T* xs = x + n * C * S;
+    const T* gs = gout + n * C * P;
+    const int64_t* is = idx + n * C * P;
+    T* dxs = dx + n * C * S;
+    // Without LRN the scatter goes straight into dx, then the ReLU mask.
+    T* dl = kLrn ? scratch : dxs;
+    for (int64_t i = 0; i < C * S; ++i) dl[i] = T(0);
+    for (int64_t c = 0; c < C; ++c) {
+      T* plane = dl + c * S;
+      for (int64_t o = 0; o < P; ++o) plane[is[c * P + o]] += gs[c * P + o];
+    }
+    if constexpr (kLrn) {
+      T* bufs = scratch + C * S;
+      for (int64_t s0 = 0; s0 < S; s0 += kTile)
+        backward_tile_direct<T, kBeta075, W, true>(dl + s0, xs + s0, dxs + s0, C, S, imin(kTile, S - s0), bufs, t);
+    } else {
+      for (int64_t i = 0; i < C * S; ++i)
+        if (relu_of(xs[i]) <= T(0)) dxs[i] = T(0);
+    }
   });
 }
 
 }  // namespace
 
 // Entry points: pick the instantiation for beta and size (W = 5 fused, else any size).
+// Contiguous inputs of the op-math type take the direct kernels, the rest gather and scatter.
+template <typename A, typename B>
+struct Same {
+  static constexpr bool value = false;
+};
+template <typename A>
+struct Same<A, A> {
+  static constexpr bool value = true;
+};
+
 template <typename scalar_t, typename acc_t>
 void lrn_forward(const scalar_t* x, scalar_t* y, const LrnTask& t) {
   const bool b = t.beta == 0.75;
+  if constexpr (Same<scalar_t, acc_t>::value) {
+    if (!t.channels_last) {
+      if (t.size == 5)
+        b ? forward_direct<acc_t, true, 5>(x, y, t) : forward_direct<acc_t, false, 5>(x, y, t);
+      else
+        b ? forward_direct<acc_t, true, 0>(x, y, t) : forward_direct<acc_t, false, 0>(x, y, t);
+      return;
+    }
+  }
   if (t.size == 5)
     b ? forward_kernel<scalar_t, acc_t, true, 5>(x, y, t) : forward_kernel<scalar_t, acc_t, false, 5>(x, y, t);
   else
@@ -195,10 +436,43 @@ void lrn_forward(const scalar_t* x, scalar_t* y, const LrnTask& t) {
 template <typename scalar_t, typename acc_t>
 void lrn_backward(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const LrnTask& t) {
   const bool b = t.beta == 0.75;
+  if constexpr (Same<scalar_t, acc_t>::value) {
+    if (!t.channels_last) {
+      if (t.size == 5)
+        b ? backward_direct<acc_t, true, 5>(dy, x, dx, t) : backward_direct<acc_t, false, 5>(dy, x, dx, t);
+      else
+        b ? backward_direct<acc_t, true, 0>(dy, x, dx, t) : backward_direct<acc_t, false, 0>(dy, x, dx, t);
+      return;
+    }
+  }
   if (t.size == 5)
     b ? backward_kernel<scalar_t, acc_t, true, 5>(dy, x, dx, t) : backward_kernel<scalar_t, acc_t, false, 5>(dy, x, dx, t);
   else
     b ? backward_kernel<scalar_t, acc_t, true, 0>(dy, x, dx, t) : backward_kernel<scalar_t, acc_t, false, 0>(dy, x, dx, t);
+}
+
+// The fused relu -> LRN -> max-pool (t.size 0: relu -> max-pool), contiguous NCHW float/double.
+template <typename T>
+void relu_lrn_pool_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
+  const bool b = t.beta == 0.75;
+  if (t.size == 0)
+    rlp_forward<T, false, 0, false>(x, out, idx, t, p);
+  else if (t.size == 5)
+    b ? rlp_forward<T, true, 5, true>(x, out, idx, t, p) : rlp_forward<T, false, 5, true>(x, out, idx, t, p);
+  else
+    b ? rlp_forward<T, true, 0, true>(x, out, idx, t, p) : rlp_forward<T, false, 0, true>(x, out, idx, t, p);
+}
+
+template <typename T>
+void relu_lrn_pool_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t,
+                            const PoolTask& p) {
+  const bool b = t.beta == 0.75;
+  if (t.size == 0)
+    rlp_backward<T, false, 0, false>(gout, idx, x, dx, t, p);
+  else if (t.size == 5)
+    b ? rlp_backward<T, true, 5, true>(gout, idx, x, dx, t, p) : rlp_backward<T, false, 5, true>(gout, idx, x, dx, t, p);
+  else
+    b ? rlp_backward<T, true, 0, true>(gout, idx, x, dx, t, p) : rlp_backward<T, false, 0, true>(gout, idx, x, dx, t, p);
 }
 
 }  // namespace LRN_KERNEL_NS

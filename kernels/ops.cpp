@@ -17,6 +17,7 @@
 
 #include "grouped_conv.h"
 #include "lrn.h"
+#include "lrn_pool.h"
 
 namespace alexnet_rs {
 namespace {
@@ -37,6 +38,25 @@ lrn_backward_op() {
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("alexnet_rs::lrn_backward", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double, double, double)>();
+  return op;
+}
+
+using PoolFwdSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, double, double, double, int64_t,
+                                                      int64_t, bool);
+using PoolBwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, double, double,
+                              int64_t, int64_t, bool);
+
+const c10::TypedOperatorHandle<PoolFwdSig>& lrn_pool_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("alexnet_rs::relu_lrn_max_pool2d_with_indices", "")
+                             .typed<PoolFwdSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<PoolBwdSig>& lrn_pool_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("alexnet_rs::relu_lrn_max_pool2d_backward", "")
+                             .typed<PoolBwdSig>();
   return op;
 }
 
@@ -108,6 +128,45 @@ class LrnFunction : public torch::autograd::Function<LrnFunction> {
     return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
+
+class LrnPoolFunction : public torch::autograd::Function<LrnPoolFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t size, double alpha, double beta,
+                            double k, int64_t kernel, int64_t stride, bool ceil_mode) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, indices] = lrn_pool_op().call(x, size, alpha, beta, k, kernel, stride, ceil_mode);
+    ctx->save_for_backward({x, indices});
+    ctx->saved_data["size"] = size;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["beta"] = beta;
+    ctx->saved_data["k"] = k;
+    ctx->saved_data["kernel"] = kernel;
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["ceil_mode"] = ceil_mode;
+    ctx->mark_non_differentiable({indices});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& d = ctx->saved_data;
+    const at::Tensor dx = lrn_pool_backward_op().call(
+        grads[0], saved[0], saved[1], d.at("size").toInt(), d.at("alpha").toDouble(), d.at("beta").toDouble(),
+        d.at("k").toDouble(), d.at("kernel").toInt(), d.at("stride").toInt(), d.at("ceil_mode").toBool());
+    return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor lrn_pool_autograd(const at::Tensor& x, int64_t size, double alpha, double beta, double k, int64_t kernel,
+                             int64_t stride, bool ceil_mode) {
+  return LrnPoolFunction::apply(x, size, alpha, beta, k, kernel, stride, ceil_mode);
+}
+
+// Below autograd (inference, tracing): the values only.
+at::Tensor lrn_pool_values(const at::Tensor& x, int64_t size, double alpha, double beta, double k, int64_t kernel,
+                           int64_t stride, bool ceil_mode) {
+  return std::get<0>(lrn_pool_op().call(x, size, alpha, beta, k, kernel, stride, ceil_mode));
+}
 
 class GroupedConvFunction : public torch::autograd::Function<GroupedConvFunction> {
  public:
@@ -200,6 +259,19 @@ TORCH_LIBRARY(alexnet_rs, m) {
   m.def(
       "grouped_conv2d_backward(Tensor grad_out, Tensor x, Tensor w, int[2] stride, int[2] padding, int groups, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "relu_lrn_max_pool2d(Tensor x, int size, float alpha, float beta, float k, int kernel, int stride, "
+      "bool ceil_mode=False) -> Tensor");
+  m.def(
+      "relu_lrn_max_pool2d_with_indices(Tensor x, int size, float alpha, float beta, float k, int kernel, int stride, "
+      "bool ceil_mode=False) -> (Tensor, Tensor)");
+  m.def(
+      "relu_lrn_max_pool2d_backward(Tensor grad_out, Tensor x, Tensor indices, int size, float alpha, float beta, "
+      "float k, int kernel, int stride, bool ceil_mode) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(alexnet_rs, CompositeExplicitAutograd, m) {
+  m.impl("relu_lrn_max_pool2d", &alexnet_rs::lrn_pool_values);
 }
 
 TORCH_LIBRARY_IMPL(alexnet_rs, CPU, m) {
@@ -207,6 +279,8 @@ TORCH_LIBRARY_IMPL(alexnet_rs, CPU, m) {
   m.impl("lrn_backward", &alexnet_rs::lrn_backward_cpu);
   m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_cpu);
   m.impl("grouped_conv2d_backward", &alexnet_rs::grouped_conv2d_backward_cpu);
+  m.impl("relu_lrn_max_pool2d_with_indices", &alexnet_rs::relu_lrn_max_pool2d_cpu);
+  m.impl("relu_lrn_max_pool2d_backward", &alexnet_rs::relu_lrn_max_pool2d_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(alexnet_rs, Meta, m) {
@@ -214,11 +288,14 @@ TORCH_LIBRARY_IMPL(alexnet_rs, Meta, m) {
   m.impl("lrn_backward", &alexnet_rs::lrn_backward_meta);
   m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_meta);
   m.impl("grouped_conv2d_backward", &alexnet_rs::grouped_conv2d_backward_meta);
+  m.impl("relu_lrn_max_pool2d_with_indices", &alexnet_rs::relu_lrn_max_pool2d_meta);
+  m.impl("relu_lrn_max_pool2d_backward", &alexnet_rs::relu_lrn_max_pool2d_backward_meta);
 }
 
 TORCH_LIBRARY_IMPL(alexnet_rs, Autograd, m) {
   m.impl("lrn", &alexnet_rs::lrn_autograd);
   m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_autograd);
+  m.impl("relu_lrn_max_pool2d", &alexnet_rs::lrn_pool_autograd);
 }
 
 TORCH_LIBRARY_IMPL(alexnet_rs, AutocastCPU, m) {
@@ -235,6 +312,9 @@ TORCH_LIBRARY_IMPL(alexnet_rs, CUDA, m) {
   m.impl("lrn_backward", &alexnet_rs::lrn_backward_cuda);
   m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_cuda);
   m.impl("grouped_conv2d_backward", &alexnet_rs::grouped_conv2d_backward_cuda);
+  // No fused CUDA kernel yet: the composition of relu, our lrn and ATen's max-pool (lrn_pool.cpp).
+  m.impl("relu_lrn_max_pool2d_with_indices", &alexnet_rs::relu_lrn_max_pool2d_fallback);
+  m.impl("relu_lrn_max_pool2d_backward", &alexnet_rs::relu_lrn_max_pool2d_backward_fallback);
 }
 #endif
 
@@ -245,6 +325,17 @@ void alexnet_rs_free_error(char* message) { std::free(message); }
 char* alexnet_rs_lrn(const at::Tensor* x, int64_t size, double alpha, double beta, double k, at::Tensor** out,
                      int32_t* kind) {
   return alexnet_rs::guarded(out, kind, [&] { return alexnet_rs::lrn_op().call(*x, size, alpha, beta, k); });
+}
+
+char* alexnet_rs_relu_lrn_max_pool2d(const at::Tensor* x, int64_t size, double alpha, double beta, double k,
+                                     int64_t kernel, int64_t stride, int32_t ceil_mode, at::Tensor** out,
+                                     int32_t* kind) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("alexnet_rs::relu_lrn_max_pool2d", "")
+                             .typed<at::Tensor(const at::Tensor&, int64_t, double, double, double, int64_t, int64_t,
+                                               bool)>();
+  return alexnet_rs::guarded(
+      out, kind, [&] { return op.call(*x, size, alpha, beta, k, kernel, stride, ceil_mode != 0); });
 }
 
 char* alexnet_rs_grouped_conv2d(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, int64_t stride_h,

@@ -12,6 +12,10 @@ extern "C" {
 void alexnet_rs_free_error(char* message);
 char* alexnet_rs_lrn(const at::Tensor* x, int64_t size, double alpha, double beta, double k,
                      at::Tensor** out, int32_t* kind);
+// relu -> LRN (size 0: none) -> max-pool, fused (lrn_pool.h).
+char* alexnet_rs_relu_lrn_max_pool2d(const at::Tensor* x, int64_t size, double alpha, double beta, double k,
+                                     int64_t kernel, int64_t stride, int32_t ceil_mode, at::Tensor** out,
+                                     int32_t* kind);
 // b may be null (no bias).
 char* alexnet_rs_grouped_conv2d(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, int64_t stride_h,
                                 int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t groups, at::Tensor** out,
@@ -20,4 +24,12 @@ char* alexnet_rs_channels_last(const at::Tensor* x, at::Tensor** out, int32_t* k
 int32_t alexnet_rs_is_channels_last(const at::Tensor* x);
 int64_t alexnet_rs_autocast_enter(int32_t cuda) noexcept;
 void alexnet_rs_autocast_exit(int32_t cuda, int64_t prev) noexcept;
+// kernels/cpu_cache.cpp: the per-thread scope of the caching CPU allocator, and its counters.
+int32_t alexnet_rs_cpu_cache_enter() noexcept;
+void alexnet_rs_cpu_cache_exit() noexcept;
+void alexnet_rs_cpu_cache_stats(int64_t* out4) noexcept;
+// kernels/sgd_cpu.cpp: one-pass SGD on float32 CPU tensors (1 when p, p.grad and v qualify).
+int32_t alexnet_rs_sgd_fused_ok(const at::Tensor* p, const at::Tensor* v) noexcept;
+void alexnet_rs_sgd_fused(const at::Tensor* p, const at::Tensor* v, double lr, double momentum, double wd,
+                          int32_t paper) noexcept;
 }

@@ -21,6 +21,18 @@ mod ffi {
             out: *mut *mut C_tensor,
             kind: *mut i32,
         ) -> *mut c_char;
+        pub fn alexnet_rs_relu_lrn_max_pool2d(
+            x: *const C_tensor,
+            size: i64,
+            alpha: f64,
+            beta: f64,
+            k: f64,
+            kernel: i64,
+            stride: i64,
+            ceil_mode: i32,
+            out: *mut *mut C_tensor,
+            kind: *mut i32,
+        ) -> *mut c_char;
         pub fn alexnet_rs_grouped_conv2d(
             x: *const C_tensor,
             w: *const C_tensor,
@@ -37,6 +49,18 @@ mod ffi {
         pub fn alexnet_rs_is_channels_last(x: *const C_tensor) -> i32;
         pub fn alexnet_rs_autocast_enter(cuda: i32) -> i64;
         pub fn alexnet_rs_autocast_exit(cuda: i32, prev: i64);
+        pub fn alexnet_rs_cpu_cache_enter() -> i32;
+        pub fn alexnet_rs_cpu_cache_exit();
+        pub fn alexnet_rs_cpu_cache_stats(out4: *mut i64);
+        pub fn alexnet_rs_sgd_fused_ok(p: *const C_tensor, v: *const C_tensor) -> i32;
+        pub fn alexnet_rs_sgd_fused(
+            p: *const C_tensor,
+            v: *const C_tensor,
+            lr: f64,
+            momentum: f64,
+            wd: f64,
+            paper: i32,
+        );
     }
 }
 
@@ -73,6 +97,49 @@ fn call(f: impl FnOnce(*mut *mut C_tensor, *mut i32) -> *mut c_char) -> Result<T
 pub fn lrn(x: &Tensor, size: i64, alpha: f64, beta: f64, k: f64) -> Result<Tensor> {
     // SAFETY: `x` outlives the call; the C side only reads through the pointer.
     call(|out, kind| unsafe { ffi::alexnet_rs_lrn(x.as_ptr(), size, alpha, beta, k, out, kind) })
+}
+
+/// The LRN parameters of [`relu_lrn_max_pool2d`] (`None`: ReLU and max-pool only).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrnArgs {
+    pub size: i64,
+    pub alpha: f64,
+    pub beta: f64,
+    pub k: f64,
+}
+
+/// `max_pool2d(lrn(relu(x)))` as one op (`alexnet_rs::relu_lrn_max_pool2d`, kernels/lrn_pool.h):
+/// on the CPU one fused pass forward and one backward for contiguous float32/float64 input,
+/// else (and on CUDA) the composition of the same ops. `x` is `(N, C, H, W)`; square `kernel`,
+/// `stride`, no padding, F.max_pool2d's `ceil_mode`. Differentiable.
+pub fn relu_lrn_max_pool2d(
+    x: &Tensor,
+    lrn: Option<LrnArgs>,
+    kernel: i64,
+    stride: i64,
+    ceil_mode: bool,
+) -> Result<Tensor> {
+    let l = lrn.unwrap_or(LrnArgs {
+        size: 0,
+        alpha: 0.0,
+        beta: 0.0,
+        k: 0.0,
+    });
+    // SAFETY: `x` outlives the call; the C side only reads through the pointer.
+    call(|out, kind| unsafe {
+        ffi::alexnet_rs_relu_lrn_max_pool2d(
+            x.as_ptr(),
+            l.size,
+            l.alpha,
+            l.beta,
+            l.k,
+            kernel,
+            stride,
+            i32::from(ceil_mode),
+            out,
+            kind,
+        )
+    })
 }
 
 /// Grouped 2-D convolution (NCHW, dilation 1) through our op `alexnet_rs::grouped_conv2d`: our
@@ -130,6 +197,87 @@ pub fn autocast_bf16<T>(cuda: bool, f: impl FnOnce() -> T) -> T {
     // SAFETY: sets thread-local autocast state; restored by Exit even if `f` panics.
     let _exit = Exit(dev, unsafe { ffi::alexnet_rs_autocast_enter(dev) });
     f()
+}
+
+/// One SGD update of `p` (float32 on the CPU) and its velocity `v` from `p`'s gradient in a single
+/// pass (kernels/sgd_cpu.cpp), then `p`'s gradient is dropped (undefined, as PyTorch's
+/// `zero_grad(set_to_none=True)`), so the next backward hands its fresh gradient over without an
+/// accumulation pass. `paper` picks the paper's rule (src/optim.rs). Returns false, doing
+/// nothing, when the tensors do not qualify (not float32 CPU, no gradient, different strides):
+/// the caller then runs the unfused ops.
+pub fn sgd_fused(p: &Tensor, v: &Tensor, lr: f64, momentum: f64, weight_decay: f64, paper: bool) -> bool {
+    // SAFETY: both tensors outlive the calls; the C side checks them before writing through
+    // their data pointers, and catches nothing because it throws nothing.
+    unsafe {
+        if ffi::alexnet_rs_sgd_fused_ok(p.as_ptr(), v.as_ptr()) != 1 {
+            return false;
+        }
+        ffi::alexnet_rs_sgd_fused(p.as_ptr(), v.as_ptr(), lr, momentum, weight_decay, i32::from(paper));
+    }
+    true
+}
+
+/// While alive, CPU tensors of 1 MiB or more that this thread allocates come from our caching
+/// allocator (kernels/cpu_cache.cpp): freed blocks are kept and handed out again for the same
+/// size instead of going back to glibc, which maps and unmaps large blocks and page-faults them
+/// in every training step. Other threads, and this one after the scope, use PyTorch's allocator
+/// unchanged; when the last scope in the process ends the cached blocks are freed.
+pub struct CpuCacheScope {
+    active: bool,
+    // The scope is per thread: not Send.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl CpuCacheScope {
+    pub fn new() -> CpuCacheScope {
+        // SAFETY: no arguments; pairs with the exit in Drop on this thread.
+        CpuCacheScope {
+            active: unsafe { ffi::alexnet_rs_cpu_cache_enter() } == 1,
+            _thread: std::marker::PhantomData,
+        }
+    }
+
+    /// Whether the cache is in use (false only if another allocator outranked ours).
+    pub fn active(&self) -> bool {
+        self.active
+    }
+}
+
+impl Default for CpuCacheScope {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for CpuCacheScope {
+    fn drop(&mut self) {
+        if self.active {
+            // SAFETY: closes the scope this value opened, on the same thread (not Send).
+            unsafe { ffi::alexnet_rs_cpu_cache_exit() }
+        }
+    }
+}
+
+/// The CPU cache's counters: allocations served from the cache, fresh ones, bytes held free,
+/// bytes in use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuCacheStats {
+    pub hits: i64,
+    pub misses: i64,
+    pub cached_bytes: i64,
+    pub live_bytes: i64,
+}
+
+pub fn cpu_cache_stats() -> CpuCacheStats {
+    let mut v = [0i64; 4];
+    // SAFETY: writes four i64s into `v`.
+    unsafe { ffi::alexnet_rs_cpu_cache_stats(v.as_mut_ptr()) };
+    CpuCacheStats {
+        hits: v[0],
+        misses: v[1],
+        cached_bytes: v[2],
+        live_bytes: v[3],
+    }
 }
 
 /// The same function built from stock tch ops, exactly as `F.local_response_norm` composes it

@@ -1,6 +1,8 @@
 //! Our LRN op from Rust against a reference built from stock tch ops (the composition
 //! F.local_response_norm uses), and against finite differences in float64.
-use alexnet_rs::error::{Error, OpErrorKind};
+mod common;
+
+use alexnet_rs::error::OpErrorKind;
 use alexnet_rs::ops::{lrn, lrn_reference};
 use tch::{Kind, Tensor};
 
@@ -96,13 +98,7 @@ fn float64_gradient_matches_finite_differences() {
 
 #[test]
 fn bad_input_is_an_error_naming_the_problem() {
-    let expect = |r: Result<Tensor, Error>, kind: OpErrorKind, needle: &str| match r {
-        Err(Error::Op { kind: k, message }) => {
-            assert_eq!(k, kind, "{message}");
-            assert!(message.contains(needle), "`{message}` does not mention `{needle}`");
-        }
-        other => panic!("expected an op error, got {other:?}"),
-    };
+    let expect = common::expect_op_error;
     let x1 = Tensor::ones([5], (Kind::Float, tch::Device::Cpu));
     expect(lrn(&x1, 5, 1e-4, 0.75, 2.0), OpErrorKind::Value, "3 or more dimensions");
     let xi = Tensor::ones([1, 4, 2, 2], (Kind::Int64, tch::Device::Cpu));

@@ -1,15 +1,26 @@
-//! `alexnet bench train`: our training step against the same network in PyTorch eager, measured
-//! in the same run.
+//! `alexnet bench train`: our training step against the same network in PyTorch eager and under
+//! `torch.compile` (inductor), measured in the same run. Each Python side runs in a process of
+//! its own (benches/train_step.py), so every side's peak resident memory is its own.
 use super::preset_parser;
 use crate::config::{Config, Preset};
 use crate::error::{Error, Result};
 use crate::model;
 use crate::optim::{Sgd, UpdateRule};
 use crate::placement::{self, Placement};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Side {
+    /// Our training step (this process).
+    Ours,
+    /// PyTorch eager (benches/train_step.py).
+    Eager,
+    /// torch.compile(model), inductor's default mode (benches/train_step.py --mode compile).
+    Compile,
+}
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -22,12 +33,108 @@ pub struct BenchTrainArgs {
     steps: usize,
     #[arg(long, default_value = "cpu")]
     devices: String,
-    /// Python with torch for the eager anchor [default: .venv/bin/python, else python3].
+    /// Intra-op threads of every side (torch.set_num_threads) [default: torch's, one per core].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The sides to measure, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ours,eager,compile")]
+    sides: Vec<Side>,
+    /// Our side without the caching CPU allocator the training loop uses (kernels/cpu_cache.cpp).
+    #[arg(long)]
+    no_cpu_cache: bool,
+    /// Python with torch for the anchors [default: .venv/bin/python, else python3].
     #[arg(long)]
     python: Option<PathBuf>,
 }
 
+/// One side's measurement.
+struct Measured {
+    side: Side,
+    images_per_s: f64,
+    seconds_per_step: f64,
+    compile_s: f64,
+    peak_rss_mib: f64,
+    base_rss_mib: f64,
+}
+
 pub fn train(a: &BenchTrainArgs) -> Result<()> {
+    if a.steps < 5 {
+        eprintln!("note: fewer than 5 timed steps; medians of so few are noisy");
+    }
+    if let Some(n) = a.threads {
+        if n == 0 {
+            return Err(Error::Config("--threads must be at least 1".into()));
+        }
+        tch::set_num_threads(n as i32);
+    }
+    let threads = tch::get_num_threads();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let mut results = Vec::new();
+    for &side in &a.sides {
+        results.push(match side {
+            Side::Ours => ours(a)?,
+            Side::Eager | Side::Compile => python_side(a, side, threads)?,
+        });
+    }
+    let cfg = Config::preset(a.preset, 1000)?;
+    println!(
+        "preset {}, batch {}, {s}x{s}, on {}, {threads} threads, median of {} steps, load average {load}",
+        a.preset,
+        a.batch,
+        a.devices,
+        a.steps,
+        s = cfg.input_size
+    );
+    println!("| side | images/s | s/step | ours / side | peak RSS (MiB) | RSS at start (MiB) | compile (s) |");
+    println!("|---|---|---|---|---|---|---|");
+    let ours_rate = results.iter().find(|m| m.side == Side::Ours).map(|m| m.images_per_s);
+    for m in &results {
+        let ratio = ours_rate.map_or("-".to_string(), |o| format!("{:.2}x", o / m.images_per_s));
+        let compile = if m.side == Side::Compile {
+            format!("{:.1}", m.compile_s)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {} | {:.2} | {:.3} | {ratio} | {:.0} | {:.0} | {compile} |",
+            side_name(m.side),
+            m.images_per_s,
+            m.seconds_per_step,
+            m.peak_rss_mib,
+            m.base_rss_mib
+        );
+    }
+    // One machine-readable line last.
+    let json: Vec<serde_json::Value> = results
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "side": side_name(m.side), "images_per_s": m.images_per_s, "seconds_per_step": m.seconds_per_step,
+                "compile_s": m.compile_s, "peak_rss_mib": m.peak_rss_mib, "base_rss_mib": m.base_rss_mib,
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"preset": a.preset.name(), "batch": a.batch, "threads": threads, "load": load, "sides": json})
+    );
+    Ok(())
+}
+
+fn side_name(s: Side) -> &'static str {
+    match s {
+        Side::Ours => "alexnet_rs",
+        Side::Eager => "PyTorch eager",
+        Side::Compile => "torch.compile",
+    }
+}
+
+/// Our step in this process: forward, cross-entropy, backward, SGD (PyTorch's rule, as the anchors).
+fn ours(a: &BenchTrainArgs) -> Result<Measured> {
+    let base_rss_mib = rss_mib("VmRSS");
+    // As the training loop does (src/train/run.rs), unless measuring without it.
+    let _cache = (!a.no_cpu_cache).then(crate::ops::CpuCacheScope::new);
     let cfg = Config::preset(a.preset, 1000)?;
     let placement = Placement::parse(&a.devices)?;
     placement.check_available()?;
@@ -57,20 +164,31 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
     step()?;
     let mut times = (0..a.steps.max(1)).map(|_| step()).collect::<Result<Vec<f64>>>()?;
     times.sort_by(f64::total_cmp);
-    let ours = a.batch as f64 / times[times.len() / 2];
-    let eager = eager_images_per_s(a, dev)?;
-    println!(
-        "preset {} batch {} on {}: alexnet_rs {ours:.2} images/s, PyTorch eager {eager:.2} images/s, ratio {:.2}x",
-        a.preset,
-        a.batch,
-        a.devices,
-        ours / eager
-    );
-    Ok(())
+    let t = times[times.len() / 2];
+    Ok(Measured {
+        side: Side::Ours,
+        images_per_s: a.batch as f64 / t,
+        seconds_per_step: t,
+        compile_s: 0.0,
+        peak_rss_mib: rss_mib("VmHWM"),
+        base_rss_mib,
+    })
 }
 
-/// The PyTorch eager anchor (benches/train_step.py, run by the venv's python): images/s.
-fn eager_images_per_s(a: &BenchTrainArgs, dev: Device) -> Result<f64> {
+/// VmRSS or VmHWM (the peak) of this process in MiB, from /proc/self/status (0 where absent).
+fn rss_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// One Python anchor (benches/train_step.py, run by the venv's python in its own process).
+fn python_side(a: &BenchTrainArgs, side: Side, threads: i32) -> Result<Measured> {
     let python = a.python.clone().unwrap_or_else(|| {
         let venv = PathBuf::from(".venv/bin/python");
         if venv.is_file() {
@@ -79,7 +197,9 @@ fn eager_images_per_s(a: &BenchTrainArgs, dev: Device) -> Result<f64> {
             PathBuf::from("python3")
         }
     });
+    let placement = Placement::parse(&a.devices)?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/train_step.py");
+    let mode = if side == Side::Compile { "compile" } else { "eager" };
     let out = std::process::Command::new(&python)
         .arg(&script)
         .args([
@@ -89,8 +209,12 @@ fn eager_images_per_s(a: &BenchTrainArgs, dev: Device) -> Result<f64> {
             &a.batch.to_string(),
             "--steps",
             &a.steps.to_string(),
+            "--mode",
+            mode,
+            "--threads",
+            &threads.to_string(),
         ])
-        .args(["--device", &placement::device_name(dev)])
+        .args(["--device", &placement::device_name(placement.first())])
         .output()
         .map_err(|source| Error::Io {
             path: python.clone(),
@@ -98,15 +222,24 @@ fn eager_images_per_s(a: &BenchTrainArgs, dev: Device) -> Result<f64> {
         })?;
     if !out.status.success() {
         return Err(Error::Config(format!(
-            "{} failed: {}",
+            "{} --mode {mode} failed: {}",
             script.display(),
             String::from_utf8_lossy(&out.stderr)
         )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let v = text
+        .lines()
         .last()
         .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|v| v["images_per_s"].as_f64())
-        .ok_or_else(|| Error::Config(format!("unexpected output of {}: {text}", script.display())))
+        .ok_or_else(|| Error::Config(format!("unexpected output of {}: {text}", script.display())))?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Ok(Measured {
+        side,
+        images_per_s: f("images_per_s"),
+        seconds_per_step: f("seconds_per_step"),
+        compile_s: f("compile_s"),
+        peak_rss_mib: f("peak_rss_mib"),
+        base_rss_mib: f("base_rss_mib"),
+    })
 }

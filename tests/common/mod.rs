@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests that train.
+//! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 use std::path::PathBuf;
 
@@ -27,4 +27,19 @@ pub fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("alexnet-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
+}
+
+/// Asserts that `r` is an op error of `kind` whose message mentions `needle`.
+pub fn expect_op_error(
+    r: Result<tch::Tensor, alexnet_rs::error::Error>,
+    kind: alexnet_rs::error::OpErrorKind,
+    needle: &str,
+) {
+    match r {
+        Err(alexnet_rs::error::Error::Op { kind: k, message }) => {
+            assert_eq!(k, kind, "{message}");
+            assert!(message.contains(needle), "`{message}` does not mention `{needle}`");
+        }
+        other => panic!("expected an op error, got {other:?}"),
+    }
 }

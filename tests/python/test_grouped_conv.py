@@ -95,10 +95,16 @@ def test_bad_input_raises(x, w, b, groups, exc, needle):
     ("alexnet_rs::grouped_conv2d_backward", {"CPU", "CUDA", "Meta"}),
     ("alexnet_rs::lrn", {"CPU", "CUDA", "Meta", "Autograd"}),
     ("alexnet_rs::lrn_backward", {"CPU", "CUDA", "Meta"}),
+    # The fused relu -> LRN -> max-pool: autograd and a below-autograd composite on the public
+    # op (every backend); CPU kernels (CUDA: the composition of relu, our lrn and ATen's pool) underneath.
+    ("alexnet_rs::relu_lrn_max_pool2d", {"CompositeExplicitAutograd", "Autograd"}),
+    ("alexnet_rs::relu_lrn_max_pool2d_with_indices", {"CPU", "CUDA", "Meta"}),
+    ("alexnet_rs::relu_lrn_max_pool2d_backward", {"CPU", "CUDA", "Meta"}),
 ])
 def test_kernels_are_registered_with_the_dispatcher(op, keys):
     # Read from PyTorch's dispatcher (the wheel is built with the `cuda` feature, so our CUDA
     # kernels are registered even on a machine without a GPU).
-    candidates = ["CPU", "CUDA", "Meta", "Autograd", "AutocastCPU", "AutocastCUDA", "XLA", "MPS"]
+    candidates = ["CPU", "CUDA", "Meta", "Autograd", "AutocastCPU", "AutocastCUDA", "XLA", "MPS",
+                  "CompositeExplicitAutograd"]
     got = {k for k in candidates if torch._C._dispatch_has_kernel_for_dispatch_key(op, k)}
     assert got == keys

@@ -1,0 +1,300 @@
+//! The fused ops and the allocation changes of the CPU training step, each against the unfused
+//! composition of stock ops: relu -> LRN -> max-pool (`ops::relu_lrn_max_pool2d`) against
+//! relu, the stock-op LRN reference and max_pool2d; the one-pass SGD against the in-place ATen
+//! ops it replaces; the caching CPU allocator's scope (values unchanged, blocks reused, nothing
+//! held after the scope).
+mod common;
+
+use alexnet_rs::error::OpErrorKind;
+use alexnet_rs::ops::{self, lrn_reference, relu_lrn_max_pool2d, LrnArgs};
+use tch::{Device, Kind, Tensor};
+
+fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let diff = (a - b).abs().max().double_value(&[]);
+    diff / b.abs().max().double_value(&[]).max(1e-30)
+}
+
+fn unfused(x: &Tensor, lrn: Option<LrnArgs>, kernel: i64, stride: i64, ceil: bool) -> Tensor {
+    let r = x.relu();
+    let l = match lrn {
+        Some(a) => lrn_reference(&r, a.size, a.alpha, a.beta, a.k),
+        None => r,
+    };
+    l.max_pool2d([kernel, kernel], [stride, stride], [0, 0], [1, 1], ceil)
+}
+
+/// Values and input gradients of `f` for the upstream gradient `g(y)`.
+fn value_and_grad(x: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {
+    let x = x.detach().set_requires_grad(true);
+    let y = f(&x);
+    tch::manual_seed(7);
+    let g = y.randn_like();
+    (&y * &g).sum(y.kind()).backward();
+    (y.detach(), x.grad())
+}
+
+fn check(x: &Tensor, lrn: Option<LrnArgs>, kernel: i64, stride: i64, ceil: bool, tol: f64) {
+    let (y, dx) = value_and_grad(x, |x| relu_lrn_max_pool2d(x, lrn, kernel, stride, ceil).unwrap());
+    let (yr, dxr) = value_and_grad(x, |x| unfused(x, lrn, kernel, stride, ceil));
+    let what = format!(
+        "shape {:?} {:?} lrn {lrn:?} k{kernel} s{stride} ceil {ceil}",
+        x.size(),
+        x.kind()
+    );
+    assert_eq!(y.size(), yr.size(), "{what}");
+    let (ey, eg) = (max_rel_err(&y, &yr), max_rel_err(&dx, &dxr));
+    assert!(ey <= tol, "value mismatch {ey:e}: {what}");
+    assert!(eg <= tol, "gradient mismatch {eg:e}: {what}");
+}
+
+const PAPER: LrnArgs = LrnArgs {
+    size: 5,
+    alpha: 1e-4,
+    beta: 0.75,
+    k: 2.0,
+};
+
+#[test]
+fn relu_lrn_pool_matches_the_composition() {
+    tch::manual_seed(0);
+    for kind in [Kind::Float, Kind::Double] {
+        // AlexNet's conv1 and conv2 outputs (batch 2), odd shapes, partial LRN tiles (S > 64).
+        for shape in [
+            [2i64, 96, 55, 55],
+            [2, 256, 27, 27],
+            [3, 7, 9, 11],
+            [1, 3, 3, 3],
+            [2, 5, 13, 8],
+        ] {
+            let x = Tensor::randn(shape, (kind, Device::Cpu)) * 40.0;
+            for lrn in [Some(PAPER), None] {
+                for (kernel, stride, ceil) in [(3, 2, false), (3, 2, true), (2, 2, false), (3, 1, false)] {
+                    check(&x, lrn, kernel, stride, ceil, 1e-5);
+                }
+            }
+        }
+        // Other LRN sizes and beta (general pow path, even asymmetric windows).
+        let x = Tensor::randn([2, 9, 7, 7], (kind, Device::Cpu)) * 10.0;
+        for size in [1, 2, 4, 7] {
+            let a = LrnArgs {
+                size,
+                alpha: 1e-2,
+                beta: 0.6,
+                k: 1.0,
+            };
+            check(&x, Some(a), 3, 2, false, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn relu_lrn_pool_other_layouts_and_dtypes_take_the_composition() {
+    tch::manual_seed(1);
+    let x = Tensor::randn([2, 16, 13, 13], (Kind::Float, Device::Cpu)) * 40.0;
+    // channels_last (NHWC storage seen as NCHW): same values, output in x's layout.
+    let cl = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+    check(&cl, Some(PAPER), 3, 2, true, 1e-5);
+    let y = relu_lrn_max_pool2d(&cl, Some(PAPER), 3, 2, false).unwrap();
+    assert!(ops::is_channels_last(&y));
+    // A strided view, and bfloat16.
+    let strided = Tensor::randn([2, 16, 13, 26], (Kind::Float, Device::Cpu)).slice(3, 0, 26, 2) * 40.0;
+    check(&strided, Some(PAPER), 3, 2, false, 1e-5);
+    check(&x.to_kind(Kind::BFloat16), Some(PAPER), 3, 2, false, 1e-2);
+}
+
+#[test]
+fn relu_lrn_pool_ties_nan_and_all_negative_windows() {
+    // Ties after the ReLU (all-zero windows) and exact ties among positives: the gradient goes
+    // where max_pool2d sends it (the first maximum in row-major order).
+    let x = Tensor::from_slice(&[
+        -1.0f64,
+        -2.0,
+        3.0,
+        3.0,
+        0.0, //
+        3.0,
+        -1.0,
+        3.0,
+        -5.0,
+        -1.0, //
+        -1.0,
+        -1.0,
+        -1.0,
+        2.0,
+        2.0, //
+        f64::NAN,
+        -1.0,
+        1.0,
+        1.0,
+        -4.0, //
+        0.0,
+        0.0,
+        0.5,
+        0.5,
+        0.5,
+    ])
+    .view([1, 1, 5, 5]);
+    for lrn in [None, Some(PAPER)] {
+        let (y, dx) = value_and_grad(&x, |x| relu_lrn_max_pool2d(x, lrn, 3, 2, false).unwrap());
+        let (yr, dxr) = value_and_grad(&x, |x| unfused(x, lrn, 3, 2, false));
+        // NaN where the reference has NaN, equal elsewhere.
+        let same = |a: &Tensor, b: &Tensor| {
+            let both_nan = a.isnan().logical_and(&b.isnan());
+            let close = (a - b).abs().le(1e-12);
+            close.logical_or(&both_nan).all().int64_value(&[]) == 1
+        };
+        assert!(same(&y, &yr), "values {y} vs {yr}");
+        assert!(same(&dx, &dxr), "gradients {dx} vs {dxr}");
+    }
+}
+
+#[test]
+fn relu_lrn_pool_float64_gradient_matches_finite_differences() {
+    tch::manual_seed(2);
+    let opts = (Kind::Double, Device::Cpu);
+    // Distinct values, away from 0 and from ties, so the function is smooth around x.
+    let x = (Tensor::randperm(2 * 6 * 7 * 7, (Kind::Int64, Device::Cpu)).to_kind(Kind::Double) / 3.0 - 40.0)
+        .view([2, 6, 7, 7]);
+    let w = Tensor::randn([2, 6, 3, 3], opts);
+    let a = LrnArgs {
+        size: 4,
+        alpha: 0.05,
+        beta: 0.75,
+        k: 1.0,
+    };
+    let loss = |x: &Tensor| {
+        (relu_lrn_max_pool2d(x, Some(a), 3, 2, false).unwrap() * &w)
+            .sum(Kind::Double)
+            .double_value(&[])
+    };
+    let xg = x.detach().set_requires_grad(true);
+    (relu_lrn_max_pool2d(&xg, Some(a), 3, 2, false).unwrap() * &w)
+        .sum(Kind::Double)
+        .backward();
+    let analytic = xg.grad().flatten(0, -1);
+    let flat = x.flatten(0, -1);
+    let eps = 1e-6;
+    let mut worst = 0f64;
+    for i in 0..flat.size()[0] {
+        let bump = |d: f64| {
+            let xp = flat.copy();
+            let _ = xp.get(i).fill_(flat.double_value(&[i]) + d);
+            loss(&xp.view([2, 6, 7, 7]))
+        };
+        let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
+        let an = analytic.double_value(&[i]);
+        worst = worst.max((numeric - an).abs() / (1.0 + an.abs()));
+    }
+    assert!(worst < 1e-6, "finite-difference mismatch {worst:e}");
+}
+
+#[test]
+fn relu_lrn_pool_bad_input_is_an_error() {
+    let expect = common::expect_op_error;
+    let x3 = Tensor::ones([2, 4, 5], (Kind::Float, Device::Cpu));
+    expect(relu_lrn_max_pool2d(&x3, None, 3, 2, false), OpErrorKind::Value, "4-D");
+    let xi = Tensor::ones([1, 4, 5, 5], (Kind::Int64, Device::Cpu));
+    expect(
+        relu_lrn_max_pool2d(&xi, None, 3, 2, false),
+        OpErrorKind::Type,
+        "floating-point",
+    );
+    let x = Tensor::ones([1, 4, 2, 2], (Kind::Float, Device::Cpu));
+    expect(
+        relu_lrn_max_pool2d(&x, None, 3, 2, false),
+        OpErrorKind::Value,
+        "pooling window",
+    );
+    expect(
+        relu_lrn_max_pool2d(&x, None, 0, 2, false),
+        OpErrorKind::Value,
+        "kernel and stride",
+    );
+    let bad = LrnArgs { size: -1, ..PAPER };
+    expect(
+        relu_lrn_max_pool2d(&x, Some(bad), 1, 1, false),
+        OpErrorKind::Value,
+        "size must be >= 0",
+    );
+}
+
+/// The unfused update (the in-place ops `Sgd::step` runs off the CPU/float32 path).
+fn sgd_reference(p: &Tensor, g: &Tensor, v: &Tensor, lr: f64, m: f64, wd: f64, paper: bool) -> (Tensor, Tensor) {
+    let scalar = |x: f64| Tensor::from(x as f32);
+    let (mut p, mut v) = (p.copy(), v.copy());
+    let _ = v.f_mul_scalar_(m).unwrap();
+    if paper {
+        if wd > 0.0 {
+            let _ = v.addcmul_(&p, &scalar(-wd * lr));
+        }
+        let _ = v.addcmul_(g, &scalar(-lr));
+        let _ = p.f_add_(&v).unwrap();
+    } else {
+        let _ = v.f_add_(g).unwrap();
+        if wd > 0.0 {
+            let _ = v.addcmul_(&p, &scalar(wd));
+        }
+        let _ = p.addcmul_(&v, &scalar(-lr));
+    }
+    (p, v)
+}
+
+#[test]
+fn fused_sgd_matches_the_unfused_update_and_drops_the_gradient() {
+    tch::manual_seed(3);
+    let opts = (Kind::Float, Device::Cpu);
+    for paper in [false, true] {
+        for wd in [0.0, 5e-4] {
+            // 300k elements: several parallel chunks; a channels_last 4-D parameter as well.
+            for shape in [vec![300_001i64], vec![8, 3, 11, 11]] {
+                let p0 = Tensor::randn(shape.as_slice(), opts);
+                let g = Tensor::randn(shape.as_slice(), opts);
+                let v0 = Tensor::randn(shape.as_slice(), opts);
+                let (pr, vr) = sgd_reference(&p0, &g, &v0, 0.01, 0.9, wd, paper);
+                let p = p0.copy().set_requires_grad(true);
+                (&p * &g).sum(Kind::Float).backward(); // p.grad = g
+                let v = v0.copy();
+                assert!(ops::sgd_fused(&p, &v, 0.01, 0.9, wd, paper));
+                assert!(max_rel_err(&p.detach(), &pr) <= 1e-6, "p (paper {paper}, wd {wd})");
+                assert!(max_rel_err(&v, &vr) <= 1e-6, "v (paper {paper}, wd {wd})");
+                assert!(!p.grad().defined(), "the gradient is dropped after the update");
+            }
+        }
+    }
+    // Tensors the fused pass does not take: left alone, false returned.
+    let p = Tensor::randn([10], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    p.sum(Kind::Double).backward();
+    let v = p.detach().zeros_like();
+    assert!(!ops::sgd_fused(&p, &v, 0.01, 0.9, 0.0, false));
+    assert!(p.grad().defined());
+    let p = Tensor::randn([10], opts).set_requires_grad(true); // no gradient
+    assert!(!ops::sgd_fused(&p, &p.detach().zeros_like(), 0.01, 0.9, 0.0, false));
+}
+
+#[test]
+fn cpu_cache_reuses_blocks_inside_its_scope_and_holds_nothing_after() {
+    let opts = (Kind::Float, Device::Cpu);
+    let before = ops::cpu_cache_stats();
+    {
+        let scope = ops::CpuCacheScope::new();
+        assert!(scope.active());
+        for i in 0..4 {
+            // 4 MB blocks, freed each round: after the first, served from the cache.
+            let a = Tensor::full([1 << 20], i as f64, opts);
+            let b = &a + 1.0;
+            assert_eq!(b.double_value(&[123]), i as f64 + 1.0);
+        }
+        let s = ops::cpu_cache_stats();
+        assert!(s.hits - before.hits >= 4, "{s:?}");
+        assert!(s.cached_bytes > 0, "{s:?}");
+        // Small tensors never go through the cache.
+        let small = Tensor::ones([16], opts);
+        assert_eq!(small.sum(Kind::Float).double_value(&[]), 16.0);
+    }
+    let after = ops::cpu_cache_stats();
+    assert_eq!(after.cached_bytes, 0, "the last scope's end frees the cached blocks");
+    // Outside any scope the allocator is PyTorch's: nothing counted.
+    let t = Tensor::ones([1 << 21], opts);
+    assert_eq!(ops::cpu_cache_stats().misses, after.misses);
+    drop(t);
+}

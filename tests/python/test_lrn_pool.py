@@ -1,0 +1,110 @@
+"""torch.ops.alexnet_rs.relu_lrn_max_pool2d (max_pool2d(local_response_norm(relu(x)))) against the
+composition of stock PyTorch ops: values and gradients, gradcheck in float64, opcheck,
+torch.compile, and every layout/dtype (those the fused CPU kernel does not take go through the
+composition)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import alexnet_rs  # noqa: F401  (registers torch.ops.alexnet_rs)
+
+op = torch.ops.alexnet_rs.relu_lrn_max_pool2d
+PAPER = (5, 1e-4, 0.75, 2.0)  # AlexNet's LRN: size, alpha, beta, k
+
+
+def reference(x, size, alpha, beta, k, kernel, stride, ceil_mode):
+    h = F.relu(x)
+    if size > 0:
+        h = F.local_response_norm(h, size, alpha, beta, k)
+    return F.max_pool2d(h, kernel, stride, ceil_mode=ceil_mode)
+
+
+def value_and_grad(fn, x, g):
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x)
+    y.backward(g)
+    return y.detach(), x.grad
+
+
+def assert_close(a, b, tol):
+    scale = b.abs().max().clamp_min(1e-30)
+    assert ((a - b).abs().max() / scale).item() <= tol
+
+
+@pytest.mark.parametrize("shape, kernel, stride, ceil_mode", [
+    ((2, 96, 27, 27), 3, 2, False),   # conv1's stage at input 224/4 (paper, torchvision)
+    ((2, 16, 14, 14), 3, 2, True),    # Caffe's ceil_mode pooling with a clipped last window
+    ((3, 7, 9, 11), 2, 2, False),     # odd channel count, non-square, non-overlapping windows
+])
+@pytest.mark.parametrize("lrn", [PAPER, (3, 1e-2, 0.75, 1.0), None], ids=["paper", "size3", "no-lrn"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_the_composition_of_stock_ops(shape, kernel, stride, ceil_mode, lrn, dtype):
+    size, alpha, beta, k = lrn or (0, 0.0, 0.0, 0.0)
+    x = torch.randn(shape, dtype=dtype) * 20
+    y_ref = reference(x, size, alpha, beta, k, kernel, stride, ceil_mode)
+    g = torch.randn(y_ref.shape, dtype=dtype)
+    y, dx = value_and_grad(lambda t: op(t, size, alpha, beta, k, kernel, stride, ceil_mode), x, g)
+    y_ref, dx_ref = value_and_grad(lambda t: reference(t, size, alpha, beta, k, kernel, stride, ceil_mode), x, g)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert y.shape == y_ref.shape
+    assert_close(y, y_ref, tol)
+    assert_close(dx, dx_ref, tol)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "non-contiguous", "bfloat16"])
+def test_other_layouts_and_dtypes_give_the_same_function(layout):
+    x = torch.randn(2, 8, 13, 13) * 20
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "non-contiguous":
+        x = torch.randn(2, 13, 8, 13).transpose(1, 2) * 20
+    else:
+        x = x.bfloat16()
+    y = op(x, *PAPER, 3, 2, False)
+    y_ref = reference(x.float(), *PAPER, 3, 2, False)  # (stock LRN has no bfloat16 CPU kernel)
+    assert y.dtype == x.dtype
+    assert_close(y.float(), y_ref.float(), 1e-5 if x.dtype == torch.float32 else 1e-2)
+
+
+def test_ties_pick_the_first_maximum_as_max_pool2d_does():
+    # All-negative input: relu gives 0 everywhere, every window is a tie, the gradient goes to each
+    # window's first element, as F.max_pool2d routes it.
+    x = -torch.rand(1, 4, 7, 7) - 0.1
+    g = torch.randn(1, 4, 3, 3)
+    for lrn in [PAPER, (0, 0.0, 0.0, 0.0)]:
+        _, dx = value_and_grad(lambda t: op(t, *lrn, 3, 2, False), x, g)
+        _, dx_ref = value_and_grad(lambda t: reference(t, *lrn, 3, 2, False), x, g)
+        assert torch.equal(dx, dx_ref)
+
+
+def test_gradcheck_float64():
+    x = (torch.randn(2, 6, 9, 9, dtype=torch.float64) * 5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: op(t, 3, 1e-2, 0.75, 1.0, 3, 2, False), (x,))
+
+
+def test_opcheck():
+    x = torch.randn(2, 8, 11, 11, requires_grad=True)
+    torch.library.opcheck(op, (x, *PAPER, 3, 2, False))
+    torch.library.opcheck(op, (x.detach(), 0, 0.0, 0.0, 0.0, 3, 2, True))
+
+
+def test_torch_compile_fullgraph_with_backward():
+    x = torch.randn(2, 8, 13, 13, requires_grad=True)
+    compiled = torch.compile(lambda t: op(t, *PAPER, 3, 2, False).sum(), fullgraph=True)
+    compiled(x).backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    reference(x2, *PAPER, 3, 2, False).sum().backward()
+    assert_close(x.grad, x2.grad, 1e-5)
+
+
+@pytest.mark.parametrize("args, needle", [
+    ((torch.randn(2, 8, 13), *PAPER, 3, 2, False), "4"),
+    ((torch.randn(1, 2, 5, 5), *PAPER, 0, 2, False), "kernel"),
+    ((torch.randn(1, 2, 5, 5), *PAPER, 3, 0, False), "stride"),
+    ((torch.randn(1, 2, 2, 2), *PAPER, 3, 2, False), "smaller than the 3x3 pooling window"),
+    ((torch.ones(1, 2, 5, 5, dtype=torch.int64), *PAPER, 3, 2, False), "floating"),
+])
+def test_bad_input_is_a_clear_error(args, needle):
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=needle):
+        op(*args)
