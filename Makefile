@@ -95,6 +95,7 @@ demo: setup
 test: setup test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu
 
 test-rust:
+	$(PY) tests/pth_fixtures.py
 	cargo test --release --features $(FEATURES)
 	@# The GPU code actually embedded in the CUDA kernels' archive (for the CI log):
 	@for f in target/release/build/alexnet_rs-*/out/libalexnet_cuda.a; do [ -f "$$f" ] || continue; \

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "python" / "alexnet_rs" / "settings.py"
-TYPES = {"INT": "int", "FLOAT": "float", "PATH": "str | PathLike[str]", "TEXT": "str", "BOOL": "bool"}
+TYPES = {"INT": "int", "FLOAT": "float", "PATH": "str | PathLike[str]", "TEXT": "str", "BOOL": "bool", "LIST": "list[str]"}
 
 
 def render(settings, events) -> str:

@@ -337,7 +337,7 @@ fn safetensors_cause(e: &tch::TchError) -> String {
     }
 }
 
-fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     if !path.is_file() {
         return Err(bad(path, "missing"));
     }

@@ -249,7 +249,7 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     };
     let r = RunResult {
         config: t.clone(),
-        test_top1_error: eval.map(|e| 1.0 - e.top1),
+        test_top1_error: eval.as_ref().map(|e| 1.0 - e.top1),
         test_top5_error: eval.map(|e| 1.0 - e.top5),
         targets: targets.to_vec(),
         steps_to_target: reached.iter().map(Cell::get).collect(),

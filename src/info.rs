@@ -2,6 +2,7 @@
 //! computed from the config alone (tests check them against a real forward pass).
 use crate::config::{conv_out, pool_out, Activation, Config};
 use crate::error::Result;
+use crate::model::Stage;
 use std::fmt::{self, Write};
 
 /// What a stage of the network does, as data: the layer list every reader walks (`alexnet info`,
@@ -142,7 +143,7 @@ pub fn layer_table(cfg: &Config, input: i64) -> Result<Vec<LayerRow>> {
                 beta: p.beta,
                 k: p.k,
             };
-            rows.push(row(format!("{}.lrn", c.name), op, vec![ch, side, side]));
+            rows.push(row(Stage::Lrn.label(&c.name), op, vec![ch, side, side]));
         }
         if c.pool {
             side = pool_out(side, cfg.pool);
@@ -152,13 +153,13 @@ pub fn layer_table(cfg: &Config, input: i64) -> Result<Vec<LayerRow>> {
                 stride: p.stride,
                 ceil_mode: p.ceil_mode,
             };
-            rows.push(row(format!("{}.pool", c.name), op, vec![ch, side, side]));
+            rows.push(row(Stage::Pool.label(&c.name), op, vec![ch, side, side]));
         }
     }
     if let Some(size) = cfg.adaptive_pool {
         side = size;
         rows.push(row(
-            "avgpool".into(),
+            Stage::AdaptivePool.label(""),
             Op::AdaptiveAvgPool { size },
             vec![ch, side, side],
         ));

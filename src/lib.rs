@@ -20,6 +20,8 @@ pub mod placement;
 mod python;
 pub mod settings;
 pub mod train;
+pub mod viz;
+pub mod weights;
 
 pub use config::{Activation, Config, Preset};
 pub use conv::ConvBackend;

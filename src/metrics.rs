@@ -231,7 +231,7 @@ impl Metrics {
     }
 }
 
-fn load_font() -> bool {
+pub(crate) fn load_font() -> bool {
     use std::sync::OnceLock;
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {

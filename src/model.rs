@@ -197,6 +197,19 @@ pub enum Stage {
     Fc,
 }
 
+impl Stage {
+    /// The name `alexnet info` gives this stage's output in layer `layer`: `conv1`, `conv1.lrn`,
+    /// `conv1.pool`, `avgpool`, `fc6` (torchvision's keys for that preset: `features.0`, ...).
+    pub fn label(self, layer: &str) -> String {
+        match self {
+            Stage::Conv | Stage::Fc => layer.to_string(),
+            Stage::Lrn => format!("{layer}.lrn"),
+            Stage::Pool => format!("{layer}.pool"),
+            Stage::AdaptivePool => "avgpool".into(),
+        }
+    }
+}
+
 /// Activations as channel slices, one per device (one slice on one device).
 struct Act(Vec<Tensor>);
 
@@ -220,14 +233,16 @@ impl Act {
     }
 }
 
-/// Called with (layer name, stage, whole output) after every stage.
-type Observer<'a> = Option<&'a mut dyn FnMut(&str, Stage, &Tensor)>;
+/// Called with (layer name, stage, whole output) after every stage; returns true to end the
+/// forward pass there.
+type Observer<'a> = Option<&'a mut dyn FnMut(&str, Stage, &Tensor) -> bool>;
 
-fn report(observe: &mut Observer, name: &str, stage: Stage, h: &Act) -> Result<()> {
-    if let Some(f) = observe {
-        f(name, stage, &h.whole()?);
+/// Shows `h` to the observer; true if it asked to stop.
+fn report(observe: &mut Observer, name: &str, stage: Stage, h: &Act) -> Result<bool> {
+    match observe {
+        Some(f) => Ok(f(name, stage, &h.whole()?)),
+        None => Ok(false),
     }
-    Ok(())
 }
 
 /// How training-mode dropout draws its masks.
@@ -274,7 +289,73 @@ pub fn forward_with(
     train: bool,
     observe: &mut dyn FnMut(&str, Stage, &Tensor),
 ) -> Result<Tensor> {
-    forward_impl(cfg, params, x, train.then_some(Masks::Torch), Some(observe))
+    let mut go_on = |name: &str, stage: Stage, t: &Tensor| {
+        observe(name, stage, t);
+        false
+    };
+    forward_impl(cfg, params, x, train.then_some(Masks::Torch), Some(&mut go_on))
+}
+
+/// Every stage name of the network, in forward order (the rows of `alexnet info` but `input`).
+pub fn stage_names(cfg: &Config) -> Vec<String> {
+    let mut names = Vec::new();
+    for c in &cfg.convs {
+        names.push(Stage::Conv.label(&c.name));
+        if c.lrn {
+            names.push(Stage::Lrn.label(&c.name));
+        }
+        if c.pool {
+            names.push(Stage::Pool.label(&c.name));
+        }
+    }
+    if cfg.adaptive_pool.is_some() {
+        names.push(Stage::AdaptivePool.label(""));
+    }
+    names.extend(cfg.fcs.iter().map(|f| f.name.clone()));
+    names
+}
+
+/// The outputs of the stages named `layers` (see [`stage_names`]), in the order asked, connected
+/// to the autograd graph of `params` and `x`. The pass stops after the deepest one asked for.
+/// With two devices each output is gathered on the first device. `masks`: dropout as in
+/// [`forward_masked`] (`None`: evaluation mode).
+pub fn activations(
+    cfg: &Config,
+    params: &Params,
+    x: &Tensor,
+    layers: &[String],
+    masks: Option<Masks>,
+) -> Result<Vec<Tensor>> {
+    let names = stage_names(cfg);
+    if layers.is_empty() {
+        return Err(Error::Config(format!(
+            "no layer asked for; the layers: {}",
+            names.join(", ")
+        )));
+    }
+    let mut deepest = 0;
+    for l in layers {
+        let at = names.iter().position(|n| n == l).ok_or_else(|| {
+            Error::Config(format!(
+                "no layer `{l}` in the {} network; the layers: {}",
+                cfg.preset,
+                names.join(", ")
+            ))
+        })?;
+        deepest = deepest.max(at);
+    }
+    let mut got: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut keep = |name: &str, stage: Stage, t: &Tensor| {
+        let label = stage.label(name);
+        let done = label == names[deepest];
+        if layers.contains(&label) {
+            got.insert(label, t.shallow_clone());
+        }
+        done
+    };
+    let _up_to_the_deepest =
+        forward_impl(cfg, params, x, masks, Some(&mut keep)).map_err(|e| dtype_hint(e, params, x))?;
+    Ok(layers.iter().map(|l| got[l].shallow_clone()).collect())
 }
 
 fn forward_impl(
@@ -287,11 +368,17 @@ fn forward_impl(
     check_input(cfg, x)?;
     let mut h = Act(vec![x.shallow_clone()]);
     for c in &cfg.convs {
-        h = conv_stage(cfg, c, params, h, &mut observe)?;
+        let stop;
+        (h, stop) = conv_stage(cfg, c, params, h, &mut observe)?;
+        if stop {
+            return h.whole();
+        }
     }
     if let Some(side) = cfg.adaptive_pool {
         h = h.map(|t| Ok(t.f_adaptive_avg_pool2d([side, side])?))?;
-        report(&mut observe, "avgpool", Stage::AdaptivePool, &h)?;
+        if report(&mut observe, "avgpool", Stage::AdaptivePool, &h)? {
+            return h.whole();
+        }
     }
     let first = cfg.fcs[0].name.as_str();
     let expected = params.get(&format!("{first}.weight"))?.size()[1];
@@ -311,16 +398,28 @@ fn forward_impl(
     let last = cfg.fcs.len() - 1;
     for (i, f) in cfg.fcs.iter().enumerate() {
         h = fc_stage(cfg, (i, f), params, h, masks, i == last)?;
-        report(&mut observe, &f.name, Stage::Fc, &h)?;
+        if report(&mut observe, &f.name, Stage::Fc, &h)? {
+            break;
+        }
     }
     h.whole()
 }
 
-/// conv -> activation -> [LRN] -> [max pool], each device computing its half of the output channels.
-fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mut Observer) -> Result<Act> {
+/// conv -> activation -> [LRN] -> [max pool], each device computing its half of the output
+/// channels; true if the observer asked to stop.
+fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mut Observer) -> Result<(Act, bool)> {
     let ws = params.shards(&format!("{}.weight", c.name))?;
     let bs = params.shards(&format!("{}.bias", c.name))?;
     let n = ws.len() as i64;
+    // ReLU -> [LRN] -> max-pool on one CPU device, with nobody watching the stages in between:
+    // one fused op (kernels/lrn_pool.h) instead of three passes and their saved tensors. On CUDA
+    // that op is only the composition of the same ops, so the stages stay separate there.
+    let fused = c.pool
+        && n == 1
+        && cfg.activation == Activation::Relu
+        && c.lrn
+        && observe.is_none()
+        && ws[0].device() == Device::Cpu;
     // Grouped layers whose groups divide over the devices read only their own input slice.
     let local = n > 1 && x.0.len() as i64 == n && c.groups % n == 0;
     let mut parts = Vec::with_capacity(ws.len());
@@ -336,21 +435,38 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
             padding: c.padding,
             groups,
         };
-        parts.push(activate(cfg, conv::conv2d(cfg.conv_backend, &input, w, b, args)?)?);
+        let y = conv::conv2d(cfg.conv_backend, &input, w, b, args)?;
+        parts.push(if fused { y } else { activate(cfg, y)? });
+    }
+    if fused {
+        let (l, p) = (cfg.lrn, cfg.pool);
+        let lrn = c.lrn.then_some(ops::LrnArgs {
+            size: l.size,
+            alpha: l.alpha,
+            beta: l.beta,
+            k: l.k,
+        });
+        let h = ops::relu_lrn_max_pool2d(&parts[0], lrn, p.kernel, p.stride, p.ceil_mode)?;
+        return Ok((Act(vec![h]), false));
     }
     let mut h = Act(parts);
-    report(observe, &c.name, Stage::Conv, &h)?;
+    if report(observe, &c.name, Stage::Conv, &h)? {
+        return Ok((h, true));
+    }
     if c.lrn {
         h = lrn_sharded(cfg, &h)?;
-        report(observe, &c.name, Stage::Lrn, &h)?;
+        if report(observe, &c.name, Stage::Lrn, &h)? {
+            return Ok((h, true));
+        }
     }
     if c.pool {
         let p = cfg.pool;
         h =
             h.map(|t| Ok(t.f_max_pool2d([p.kernel, p.kernel], [p.stride, p.stride], [0, 0], [1, 1], p.ceil_mode)?))?;
-        report(observe, &c.name, Stage::Pool, &h)?;
+        let stop = report(observe, &c.name, Stage::Pool, &h)?;
+        return Ok((h, stop));
     }
-    Ok(h)
+    Ok((h, false))
 }
 
 /// The config's non-linearity, in place (as torchvision's ReLU(inplace=True): no second

@@ -73,12 +73,17 @@ impl Sgd {
         }
     }
 
-    /// One update with learning rate `lr` from the gradients in `params`, which are then zeroed.
-    /// Every operation is in place (addcmul_ with 0-dim scale tensors): no parameter-sized
-    /// temporaries, which matter at fc6's 37.7 M weights.
+    /// One update with learning rate `lr` from the gradients in `params`, which are then
+    /// dropped (float32 CPU parameters: one fused pass, kernels/sgd_cpu.cpp; the next backward
+    /// hands over fresh gradients without accumulating into a zeroed buffer) or zeroed (other
+    /// devices and dtypes: in-place ops, addcmul_ with 0-dim scale tensors, so no
+    /// parameter-sized temporaries, which matter at fc6's 37.7 M weights).
     pub fn step(&mut self, params: &Params, lr: f64) -> Result<()> {
         let _guard = tch::no_grad_guard();
         for ((name, _, p), v) in params.iter_shards().zip(self.velocity.iter_mut()) {
+            if !p.requires_grad() {
+                continue; // frozen: never touched, weight decay included
+            }
             let mut g = p.grad();
             if !g.defined() {
                 return Err(Error::Config(format!("parameter `{name}` received no gradient")));
@@ -88,6 +93,9 @@ impl Sgd {
             } else {
                 0.0
             };
+            if crate::ops::sgd_fused(p, v, lr, self.momentum, wd, self.rule == UpdateRule::Paper) {
+                continue;
+            }
             let scalar = |x: f64| Tensor::from(x as f32).to_kind(p.kind()).to_device(p.device());
             let mut w = p.shallow_clone();
             let _ = v.f_mul_scalar_(self.momentum)?;

@@ -7,7 +7,8 @@
 //! A setting's key is its field name, its flag the field name in kebab case (`--no-lrn` and
 //! `--time-budget` are named explicitly), its default the `default_value` in its `#[arg]` and
 //! nowhere else, its help the doc comment. `value_name` says what kind of value it takes (INT,
-//! FLOAT, PATH, NAME or TEXT); the stub generator reads it. Adding a setting is adding a field.
+//! FLOAT, PATH, NAME, TEXT or LIST: comma-separated names); the stub generator reads it. Adding
+//! a setting is adding a field.
 use crate::config::{Activation, Config, Init, Preset};
 use crate::conv::ConvBackend;
 use crate::data::{Dataset, Loader, LoaderConfig, OnBadImage, Split, Transform, View};
@@ -134,6 +135,15 @@ pub struct TrainConfig {
     /// stalls for epochs at small scale).
     #[arg(long)]
     pub torch_init: bool,
+    /// Start from these weights: an `alexnet` run or checkpoint folder, a safetensors file, or a
+    /// PyTorch state_dict file (.pth/.pt, e.g. torchvision's published weights; read without
+    /// running pickle code). A class layer of another size is re-initialised, with a warning.
+    #[arg(long, value_name = "PATH")]
+    pub init_from: Option<PathBuf>,
+    /// Layers not trained (no gradient, no update, no weight decay), comma-separated, named as
+    /// `alexnet info` names them (conv1,conv2 or features.0,features.3).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub freeze: Option<Vec<String>>,
 }
 
 /// The settings' clap definition on its own (no binary name).
@@ -288,7 +298,29 @@ impl TrainConfig {
         if self.weight_decay < 0.0 {
             return bad(format!("weight_decay must be >= 0, got {}", self.weight_decay));
         }
+        self.frozen(&self.model_config(1)?)?;
         Ok(())
+    }
+
+    /// The layers of `cfg` that `freeze` names (each must be a layer with parameters).
+    pub fn frozen(&self, cfg: &Config) -> Result<Vec<String>> {
+        let layers: Vec<String> = cfg
+            .convs
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(cfg.fcs.iter().map(|f| f.name.clone()))
+            .collect();
+        let asked = self.freeze.clone().unwrap_or_default();
+        for l in &asked {
+            if !layers.contains(l) {
+                return Err(Error::Config(format!(
+                    "freeze: no layer `{l}` with parameters in the {} network; its layers: {}",
+                    self.preset,
+                    layers.join(", ")
+                )));
+            }
+        }
+        Ok(asked)
     }
 
     /// The run's dataset split (Fashion-MNIST by default), limited to a seeded subset if asked.

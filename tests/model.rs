@@ -1,7 +1,7 @@
 //! The presets: parameter counts and MACs against ALEXNET.md's published numbers, the analytic
 //! layer table against a real forward pass, names, initialisation and input checks.
 use alexnet_rs::info::layer_table;
-use alexnet_rs::model::{forward, forward_with, init_params, Stage};
+use alexnet_rs::model::{activations, forward, forward_with, init_params};
 use alexnet_rs::placement::Placement;
 use alexnet_rs::{Config, Error, Preset};
 use tch::{Device, Kind, Tensor};
@@ -68,13 +68,7 @@ fn forward_shapes_equal_the_layer_table_for_every_preset() {
         let x = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
         let mut seen: Vec<(String, Vec<i64>)> = Vec::new();
         let logits = forward_with(&cfg, &params, &x, false, &mut |name, stage, t| {
-            let name = match stage {
-                Stage::Conv | Stage::Fc => name.to_string(),
-                Stage::Lrn => format!("{name}.lrn"),
-                Stage::Pool => format!("{name}.pool"),
-                Stage::AdaptivePool => "avgpool".into(),
-            };
-            seen.push((name, t.size()[1..].to_vec()));
+            seen.push((stage.label(name), t.size()[1..].to_vec()));
         })
         .unwrap();
         assert_eq!(logits.size(), vec![2, 10], "{preset}");
@@ -85,6 +79,8 @@ fn forward_shapes_equal_the_layer_table_for_every_preset() {
             .map(|r| (r.name, r.out_shape))
             .collect();
         assert_eq!(seen, table, "{preset}");
+        let names: Vec<String> = table.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(alexnet_rs::model::stage_names(&cfg), names, "{preset}");
     }
 }
 
@@ -183,4 +179,29 @@ fn bad_inputs_are_clear_errors() {
     assert!(matches!(Config::preset(Preset::Paper, 0), Err(Error::Config(_))));
     assert!(matches!("vgg".parse::<Preset>(), Err(Error::Config(_))));
     assert!(layer_table(&cfg, 8).is_err());
+}
+
+#[test]
+fn activations_by_name_equal_the_observed_stages_and_stop_at_the_deepest() {
+    tch::manual_seed(0);
+    let (cfg, _vs, params) = build(Preset::Paper, 10);
+    let x = Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let mut seen = std::collections::BTreeMap::new();
+    let _logits = forward_with(&cfg, &params, &x, false, &mut |name, stage, t| {
+        seen.insert(stage.label(name), t.copy());
+    })
+    .unwrap();
+    let ask: Vec<String> = ["conv2.pool", "conv1", "conv1.lrn"].map(String::from).to_vec();
+    let got = activations(&cfg, &params, &x, &ask, None).unwrap();
+    for (name, t) in ask.iter().zip(&got) {
+        assert!(t.allclose(&seen[name], 1e-6, 1e-6, false), "{name}");
+    }
+    // Stopping after conv2.pool: the class layer's weights get no gradient from it.
+    got[0].sum(Kind::Float).backward();
+    assert!(!params.get("fc8.weight").unwrap().grad().defined());
+    assert!(params.get("conv1.weight").unwrap().grad().defined());
+    let err = activations(&cfg, &params, &x, &["conv9".to_string()], None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no layer `conv9`") && err.contains("conv1.lrn"), "{err}");
 }

@@ -25,6 +25,7 @@ fn other_value(s: &SettingDoc) -> (Value, Option<String>) {
         "FLOAT" => (json!(0.25), Some("0.25".into())),
         "PATH" => (json!("some/where"), Some("some/where".into())),
         "TEXT" => (json!("cpu,cpu"), Some("cpu,cpu".into())),
+        "LIST" => (json!(["conv1", "conv2"]), Some("conv1,conv2".into())),
         k => panic!("setting {} has an unknown kind {k}", s.key),
     }
 }

@@ -5,7 +5,7 @@ Importing the package loads the native extension, which registers ``torch.ops.al
 
 import torch  # noqa: F401  -- loads libtorch before the extension that links against it
 
-from . import _native, data, nn, ops
+from . import _native, data, nn, ops, viz
 from ._boundary import checked as _checked
 from ._native import PRESETS, __version__
 from .export import export_onnx

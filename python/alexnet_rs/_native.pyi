@@ -15,6 +15,8 @@ __all__ = [
     "__version__",
     "evaluate",
     "forward",
+    "activations",
+    "filter_grid",
     "info_text",
     "init_params",
     "layer_table",
@@ -59,6 +61,17 @@ def forward(
     conv_backend: str = "auto",
     input_size: int | None = None,
 ) -> torch.Tensor: ...
+def activations(
+    preset: str,
+    params: dict[str, torch.Tensor] | dict[str, list[torch.Tensor]],
+    x: torch.Tensor,
+    layers: list[str],
+    train: bool = False,
+    num_classes: int = 1000,
+    conv_backend: str = "auto",
+    input_size: int | None = None,
+) -> list[torch.Tensor]: ...
+def filter_grid(preset: str, weight: torch.Tensor) -> tuple[bytes, int, int, list[tuple[int, int, float]]]: ...
 def load_image(path: str | PathLike[str]) -> torch.Tensor: ...
 def transform_views(
     image: torch.Tensor,

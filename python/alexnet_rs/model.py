@@ -82,14 +82,18 @@ class AlexNet(nn.Module):
             arch_size = json.loads(_native.layers(preset, None, num_classes))[0]["out_shape"][-1]
         self.input_size: int = arch_size
 
-    def _register(self, name: str, tensor: torch.Tensor) -> None:
+    def _register(self, name: str, tensor: torch.Tensor) -> nn.Parameter:
         *path, leaf = name.split(".")
         module = self
         for part in path:
             if part not in module._modules:
-                module.add_module(part, nn.Module())
+                # Straight into _modules: add_module refuses a name that is also an attribute,
+                # and torchvision's `features` is also our method's name.
+                module._modules[part] = nn.Module()
             module = module._modules[part]
-        module.register_parameter(leaf, nn.Parameter(tensor))
+        param = nn.Parameter(tensor)
+        module.register_parameter(leaf, param)
+        return param
 
     def _param_dict(self) -> dict:
         """name -> tensor, or -> [shards] with two devices (what the Rust forward takes)."""
@@ -125,20 +129,68 @@ class AlexNet(nn.Module):
                     own[f"{name}__shard{i}"].copy_(t)
         return nn.modules.module._IncompatibleKeys([], extra)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tensor_arg("AlexNet.forward", "x", x)
-        params = self._param_dict()
+    def _check_x(self, where: str, x: torch.Tensor) -> None:
+        tensor_arg(where, "x", x)
         first = next(self.parameters())
         if (x.is_floating_point() and x.dtype != first.dtype and first.is_floating_point()
                 and not torch.is_autocast_enabled(x.device.type)):
-            raise DtypeError(f"AlexNet.forward: x has dtype {x.dtype} but the parameters are {first.dtype}: "
+            raise DtypeError(f"{where}: x has dtype {x.dtype} but the parameters are {first.dtype}: "
                              f"convert one to the other (x.to({first.dtype}) or model.to({x.dtype}))")
-        return checked(_native.forward)(self.preset, params, x, self.training, self.num_classes,
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_x("AlexNet.forward", x)
+        return checked(_native.forward)(self.preset, self._param_dict(), x, self.training, self.num_classes,
                                         self.conv_backend, self.input_size)
 
+    def features(self, x: torch.Tensor, layers: str | list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The activations of the named layers for images ``x``, as ``{name: tensor}`` in the order
+        asked. Names as ``print(model)`` and ``alexnet info`` show them: ``conv1`` (after its
+        ReLU), ``conv1.lrn``, ``conv1.pool``, ... ``fc6``, ``fc7``, ``fc8`` for ``paper``;
+        torchvision's keys (``features.0``, ``features.0.pool``, ``avgpool``, ``classifier.1``, ...)
+        for ``torchvision``. The Rust forward runs up to the deepest layer asked for; the results
+        are connected to autograd (a perceptual loss can backpropagate through them to ``x`` and
+        the parameters). Training mode applies dropout, as ``forward``; with two devices every
+        activation is gathered on the first."""
+        where = "AlexNet.features"
+        self._check_x(where, x)
+        names = [layers] if isinstance(layers, str) else layers
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise DtypeError(f"{where}: layers must be a layer name or a list of them, got {type(layers).__name__}")
+        out = checked(_native.activations)(self.preset, self._param_dict(), x, list(names), self.training,
+                                           self.num_classes, self.conv_backend, self.input_size)
+        return dict(zip(names, out))
+
+    def _class_layer(self) -> str:
+        return _native.param_shapes(self.preset, self.num_classes)[-1][0].rsplit(".", 1)[0]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replaces the class layer (``fc8``; ``classifier.6`` for ``torchvision``) by a new one of
+        ``num_classes`` outputs, initialised as the preset initialises it (timm's name for this).
+        Every other parameter is kept, frozen ones stay frozen. The new layer's parameters are new
+        ``nn.Parameter``s: build the optimiser after this call."""
+        int_arg("AlexNet.reset_classifier", "num_classes", num_classes)
+        last = self._class_layer()
+        fresh = dict(checked(_native.init_params)(self.preset, num_classes, self.input_size))
+        own = dict(self.named_parameters())
+        for leaf in ("weight", "bias"):
+            key = f"{last}.{leaf}"
+            name = f"{key}__shard0" if self._sharded else key
+            old = own[name]
+            self._register(name, fresh[key].to(device=old.device, dtype=old.dtype)).requires_grad_(old.requires_grad)
+        self.num_classes = num_classes
+
     def extra_repr(self) -> str:
+        devices = f", devices={self.devices!r}" if self.devices is not None else ""
         return (f"preset={self.preset!r}, num_classes={self.num_classes}, conv_backend={self.conv_backend!r}, "
-                f"input_size={self.input_size}")
+                f"input_size={self.input_size}{devices}")
+
+    def __repr__(self) -> str:
+        """The layers as torchvision's repr shows them, from the Rust layer table (the rows of
+        ``alexnet info``); our rows fuse a convolution or linear layer with its ReLU (and the
+        dropout before it)."""
+        rows = json.loads(_native.layers(self.preset, self.input_size, self.num_classes))[1:]
+        lines = [f"  ({r['name']}): {_layer_repr(r['op'])}" for r in rows]
+        return f"AlexNet({self.extra_repr()}\n" + "\n".join(lines) + "\n)"
 
     def save_checkpoint(self, run: str, classes: list[str] | None = None, input_size: int | None = None) -> str:
         """Writes this model's weights as an ``alexnet train`` checkpoint under ``run`` (what
@@ -186,15 +238,44 @@ class AlexNet(nn.Module):
         return tv
 
 
-def from_torchvision(model: nn.Module, conv_backend: str = "auto") -> AlexNet:
-    """Our ``torchvision`` preset with copies of a torchvision AlexNet's weights."""
+def _layer_repr(op: dict) -> str:
+    """One layer-table row's op as torch.nn would print the modules."""
+    kind = op["kind"]
+    relu = " + ReLU(inplace=True)" if op.get("activation") == "relu" else (
+        " + Tanh()" if op.get("activation") == "tanh" else "")
+    if kind == "conv":
+        k, st, pad = op["kernel"], op["stride"], op["padding"]
+        groups = f", groups={op['groups']}" if op["groups"] != 1 else ""
+        return (f"Conv2d({op['in_channels']}, {op['out_channels']}, kernel_size=({k}, {k}), stride=({st}, {st}), "
+                f"padding=({pad}, {pad}){groups}){relu}")
+    if kind == "lrn":
+        return f"LocalResponseNorm({op['size']}, alpha={op['alpha']}, beta={op['beta']}, k={op['k']})"
+    if kind == "max_pool":
+        return (f"MaxPool2d(kernel_size={op['kernel']}, stride={op['stride']}, padding=0, dilation=1, "
+                f"ceil_mode={op['ceil_mode']})")
+    if kind == "adaptive_avg_pool":
+        return f"AdaptiveAvgPool2d(output_size=({op['size']}, {op['size']}))"
+    if kind == "fc":
+        drop = f"Dropout(p={op['dropout']}, inplace=False) + " if op.get("dropout") else ""
+        return f"{drop}Linear(in_features={op['in_features']}, out_features={op['out_features']}, bias=True){relu}"
+    return kind
+
+
+def from_torchvision(model: nn.Module, num_classes: int | None = None, conv_backend: str = "auto") -> AlexNet:
+    """Our ``torchvision`` preset with copies of a torchvision AlexNet's weights. With
+    ``num_classes`` different from the model's, the class layer is a new one of that size
+    (``reset_classifier``): the start of fine-tuning."""
     if not isinstance(model, nn.Module):
         raise DtypeError(f"from_torchvision: model must be a torch.nn.Module, got {type(model).__name__}")
     state = model.state_dict()
     if "classifier.6.weight" not in state:
         raise ConfigError("from_torchvision: model is not a torchvision AlexNet (it has no classifier.6.weight)")
+    if num_classes is not None:
+        int_arg("from_torchvision", "num_classes", num_classes)
     ours = AlexNet("torchvision", num_classes=state["classifier.6.weight"].shape[0], conv_backend=conv_backend)
     ours.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    if num_classes is not None and num_classes != ours.num_classes:
+        ours.reset_classifier(num_classes)
     return ours
 
 

@@ -1,4 +1,5 @@
-//! `alexnet eval` and `alexnet predict`: a trained checkpoint on a test set or on image files.
+//! `alexnet eval`, `alexnet predict` and `alexnet filters`: a trained checkpoint on a test set, on
+//! image files, and its first layer drawn.
 use crate::error::Result;
 use crate::train;
 use clap::Args;
@@ -20,6 +21,10 @@ pub struct EvalArgs {
     limit: Option<usize>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Also write the confusion matrix (class names, row-normalised) as a PNG here, and print
+    /// each class's accuracy.
+    #[arg(long, value_name = "PNG")]
+    confusion: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -31,6 +36,119 @@ pub struct PredictArgs {
     images: Vec<PathBuf>,
     #[arg(long, default_value = "cpu")]
     devices: String,
+}
+
+#[derive(Args)]
+pub struct FiltersArgs {
+    /// A run folder or checkpoint folder.
+    checkpoint: PathBuf,
+    /// The PNG to write.
+    #[arg(long, default_value = "conv1.png")]
+    out: PathBuf,
+}
+
+pub fn filters(a: &FiltersArgs) -> Result<()> {
+    let c = crate::checkpoint::load(&a.checkpoint)?;
+    let cfg = c.state.config.model_config(c.state.classes.len() as i64)?;
+    let first = &cfg.convs[0].name;
+    let w = c
+        .weights
+        .get(&format!("{first}.weight"))
+        .ok_or_else(|| crate::Error::File {
+            path: c.dir.clone(),
+            reason: format!("no {first}.weight"),
+        })?;
+    let (mut image, towers) = crate::viz::filter_grid(&cfg, w)?;
+    crate::viz::save_png(&mut image, &towers, &a.out)?;
+    println!(
+        "{}: {} kernels of {first} ({}) from {}",
+        a.out.display(),
+        w.size()[0],
+        cfg.preset,
+        c.dir.display()
+    );
+    for (i, t) in towers.iter().enumerate() {
+        println!(
+            "  tower {}: kernels {}-{}, colour spread {:.3} (0: the same in R, G and B)",
+            i + 1,
+            t.first + 1,
+            t.first + t.count,
+            t.colour_spread
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct NeighboursArgs {
+    /// A run folder or checkpoint folder.
+    checkpoint: PathBuf,
+    /// Query image files.
+    images: Vec<PathBuf>,
+    /// Also (or instead) query the first N images of the test split, and report how many of
+    /// their neighbours share their class.
+    #[arg(long, value_name = "N")]
+    test: Option<usize>,
+    /// The training images to search [default: the run's data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 6)]
+    k: usize,
+    /// The contact sheet to write.
+    #[arg(long, default_value = "neighbours.png")]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+}
+
+pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
+    let queries = match (a.test, a.images.is_empty()) {
+        (Some(n), true) => train::Queries::Test(n),
+        (None, false) => train::Queries::Files(a.images.clone()),
+        _ => {
+            return Err(crate::Error::Config(
+                "give query images or --test N (not both, not neither)".into(),
+            ))
+        }
+    };
+    if a.k == 0 {
+        return Err(crate::Error::Config("--k must be at least 1".into()));
+    }
+    let n = train::neighbours(&a.checkpoint, a.data.clone(), queries, a.k, &a.devices)?;
+    let (mut same, mut total) = (0usize, 0usize);
+    for q in &n.queries {
+        let names: Vec<String> = q
+            .neighbours
+            .iter()
+            .map(|&(_, _, l)| n.classes[l as usize].clone())
+            .collect();
+        let (c, p) = q.top5[0];
+        println!(
+            "{}: {} {p:.3}; nearest: {}",
+            q.name,
+            n.classes[c as usize],
+            names.join(", ")
+        );
+        if let Some(l) = q.label {
+            same += q.neighbours.iter().filter(|&&(_, _, c)| c == l).count();
+            total += q.neighbours.len();
+        }
+    }
+    crate::viz::contact_sheet(&n, &a.out)?;
+    if total > 0 {
+        println!(
+            "neighbours sharing the query's class: {same} of {total} ({:.1}%; chance: {:.1}%)",
+            100.0 * same as f64 / total as f64,
+            100.0 / n.classes.len() as f64
+        );
+    }
+    println!(
+        "contact sheet: {} (fc7 vectors cached in {})",
+        a.out.display(),
+        n.cache.display()
+    );
+    Ok(())
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
@@ -47,6 +165,15 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         "{} samples ({view}): top-1 {:.4}, top-5 {:.4}, loss {:.4}",
         r.samples, r.top1, r.top5, r.loss
     );
+    if let Some(out) = &a.confusion {
+        let classes = crate::checkpoint::load(&a.checkpoint)?.state.classes;
+        println!("top-1 accuracy per class:");
+        for (name, acc) in classes.iter().zip(r.per_class()) {
+            println!("  {acc:>7.4}  {name}");
+        }
+        crate::viz::confusion_png(&r.confusion, &classes, out)?;
+        println!("confusion matrix: {}", out.display());
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! (`src/bin/alexnet.rs` only calls it):
 //! - `model.rs`: info, forward, placement;
 //! - `train.rs`: train, experiment (their settings are [`crate::settings::TrainConfig`]);
-//! - `eval.rs`: eval, predict;
+//! - `eval.rs`: eval, predict, filters, neighbours;
 //! - `data.rs`: stats, prepare, bench data;
 //! - `bench.rs`: bench train.
 mod bench;
@@ -54,6 +54,12 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Top-5 classes of image files, from a checkpoint.
     Predict(eval::PredictArgs),
+    /// The paper's Fig. 3: a checkpoint's first-layer kernels as a PNG grid of colour tiles, one
+    /// labelled block per tower, with how much each tower's kernels use colour.
+    Filters(eval::FiltersArgs),
+    /// The paper's Fig. 4: for query images, the top-5 predictions and the training images whose
+    /// fc7 vectors are nearest, as a contact sheet (the training set's vectors cached in the run).
+    Neighbours(eval::NeighboursArgs),
     /// Print which device holds each parameter shard under a placement.
     Placement(model::PlacementArgs),
     /// The paper's ablations at small scale on Fashion-MNIST: relu-vs-tanh (Fig. 1, a four-layer
@@ -119,6 +125,8 @@ pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -
                 Command::Experiment(a) => train::experiment(&a, sub),
                 Command::Eval(a) => eval::eval(&a),
                 Command::Predict(a) => eval::predict(&a),
+                Command::Filters(a) => eval::filters(&a),
+                Command::Neighbours(a) => eval::neighbours(&a),
             }
         });
     match result {

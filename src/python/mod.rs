@@ -39,6 +39,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(model::param_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(model::layers, m)?)?;
     m.add_function(wrap_pyfunction!(model::forward, m)?)?;
+    m.add_function(wrap_pyfunction!(model::activations, m)?)?;
+    m.add_function(wrap_pyfunction!(model::filter_grid, m)?)?;
     m.add_function(wrap_pyfunction!(model::shard, m)?)?;
     m.add_function(wrap_pyfunction!(model::placement_table, m)?)?;
     m.add_function(wrap_pyfunction!(model::init_params, m)?)?;

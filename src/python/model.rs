@@ -82,11 +82,47 @@ pub fn forward(
     input_size: Option<i64>,
 ) -> PyResult<PyTensor> {
     guard(|| {
-        let mut cfg = config_at(preset, num_classes, input_size)?;
-        cfg.conv_backend = core(conv_backend.parse::<ConvBackend>())?;
-        let params = model::Params::from_shards(shard_lists(params, "parameter")?);
-        let x = tensor(x, "x")?;
+        let (cfg, params, x) = forward_args(preset, params, x, num_classes, conv_backend, input_size)?;
         core(py.allow_threads(move || model::forward(&cfg, &params, &x, train))).map(PyTensor)
+    })
+}
+
+/// [`forward`]'s arguments as the core takes them.
+fn forward_args(
+    preset: &str,
+    params: &Bound<'_, PyDict>,
+    x: &Bound<'_, PyAny>,
+    num_classes: i64,
+    conv_backend: &str,
+    input_size: Option<i64>,
+) -> PyResult<(crate::config::Config, model::Params, tch::Tensor)> {
+    let mut cfg = config_at(preset, num_classes, input_size)?;
+    cfg.conv_backend = core(conv_backend.parse::<ConvBackend>())?;
+    let params = model::Params::from_shards(shard_lists(params, "parameter")?);
+    Ok((cfg, params, tensor(x, "x")?))
+}
+
+/// The outputs of the stages named `layers` (the names `alexnet info` prints), in that order:
+/// [`forward`] up to the deepest of them, autograd-connected.
+#[pyfunction]
+#[pyo3(signature = (preset, params, x, layers, train=false, num_classes=1000, conv_backend="auto", input_size=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn activations(
+    py: Python<'_>,
+    preset: &str,
+    params: &Bound<'_, PyDict>,
+    x: &Bound<'_, PyAny>,
+    layers: Vec<String>,
+    train: bool,
+    num_classes: i64,
+    conv_backend: &str,
+    input_size: Option<i64>,
+) -> PyResult<Vec<PyTensor>> {
+    guard(|| {
+        let (cfg, params, x) = forward_args(preset, params, x, num_classes, conv_backend, input_size)?;
+        let masks = train.then_some(model::Masks::Torch);
+        let out = py.allow_threads(move || model::activations(&cfg, &params, &x, &layers, masks));
+        Ok(core(out)?.into_iter().map(PyTensor).collect())
     })
 }
 
@@ -142,3 +178,21 @@ pub fn init_params(preset: &str, num_classes: i64, input_size: Option<i64>) -> P
             .collect())
     })
 }
+
+/// The paper's Fig. 3 for the first convolution's `weight` of a `preset` network: the RGB8 grid
+/// (bytes, height, width) and per tower (first kernel, count, colour spread).
+#[pyfunction]
+pub fn filter_grid(preset: &str, weight: &Bound<'_, PyAny>) -> PyResult<FilterGrid> {
+    guard(|| {
+        let cfg = config(preset, 1000)?;
+        let w = tensor(weight, "weight")?;
+        let (image, towers) = core(crate::viz::filter_grid(&cfg, &w))?;
+        let towers = towers
+            .into_iter()
+            .map(|t| (t.first, t.count, t.colour_spread))
+            .collect();
+        Ok((image.rgb, image.height, image.width, towers))
+    })
+}
+
+type FilterGrid = (Vec<u8>, u32, u32, Vec<(usize, usize, f64)>);

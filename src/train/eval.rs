@@ -12,12 +12,27 @@ use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 /// Top-1/top-5 accuracy and mean loss.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct EvalResult {
     pub loss: f64,
     pub top1: f64,
     pub top5: f64,
     pub samples: usize,
+    /// Counts by (true class, top-1 prediction), row-major, classes x classes.
+    pub confusion: Vec<u64>,
+}
+
+impl EvalResult {
+    /// Top-1 accuracy of each class (NaN for a class with no test sample).
+    pub fn per_class(&self) -> Vec<f64> {
+        let k = (self.confusion.len() as f64).sqrt() as usize;
+        (0..k)
+            .map(|i| {
+                let row = &self.confusion[i * k..(i + 1) * k];
+                row[i] as f64 / row.iter().sum::<u64>() as f64
+            })
+            .collect()
+    }
 }
 
 /// Evaluates `params` on the loader's epoch 0 (centre crop, or the softmax averaged over 10 crops).
@@ -29,8 +44,11 @@ pub fn evaluate(cfg: &Config, params: &Params, loader: &Loader) -> Result<EvalRe
 pub fn evaluate_in(cfg: &Config, params: &Params, loader: &Loader, group: Option<&Group>) -> Result<EvalResult> {
     let _guard = tch::no_grad_guard();
     let views = loader.transform().view.count() as i64;
-    // loss sum, top-1 hits, top-5 hits, samples: float64 (exact for counts below 2^53).
-    let mut sums = [0.0f64; 4];
+    // loss sum, top-1 hits, top-5 hits, samples, then the confusion counts: float64 (exact for
+    // counts below 2^53).
+    let classes = cfg.fcs[cfg.fcs.len() - 1].out_features;
+    let mut sums = vec![0.0f64; 4];
+    let mut confusion = Tensor::f_zeros([classes * classes], (Kind::Int64, tch::Device::Cpu))?;
     for batch in loader.epoch(0) {
         let b = batch?;
         let logits = model::forward(cfg, params, &b.images, false)?;
@@ -50,7 +68,13 @@ pub fn evaluate_in(cfg: &Config, params: &Params, loader: &Loader, group: Option
         sums[1] += hits.f_narrow(1, 0, 1)?.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
         sums[2] += hits.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
         sums[3] += labels.size()[0] as f64;
+        let cell = labels
+            .f_mul_scalar(classes)?
+            .f_add(&top.f_select(1, 0)?)?
+            .to_device(tch::Device::Cpu);
+        confusion = confusion.f_add(&cell.f_bincount(None::<Tensor>, classes * classes)?)?;
     }
+    sums.extend(Vec::<i64>::try_from(confusion)?.into_iter().map(|c| c as f64));
     if let Some(g) = group {
         let device = params
             .iter_shards()
@@ -60,7 +84,7 @@ pub fn evaluate_in(cfg: &Config, params: &Params, loader: &Loader, group: Option
         g.sum(&[&t])?;
         sums.copy_from_slice(&Vec::<f64>::try_from(t.to_device(tch::Device::Cpu))?);
     }
-    let [loss, c1, c5, n] = sums;
+    let [loss, c1, c5, n] = [sums[0], sums[1], sums[2], sums[3]];
     if n == 0.0 {
         return Err(Error::Config("evaluation set is empty".into()));
     }
@@ -69,6 +93,7 @@ pub fn evaluate_in(cfg: &Config, params: &Params, loader: &Loader, group: Option
         top1: c1 / n,
         top5: c5 / n,
         samples: n as usize,
+        confusion: sums[4..].iter().map(|&c| c as u64).collect(),
     })
 }
 

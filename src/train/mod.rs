@@ -7,11 +7,13 @@
 //! - `eval.rs`: evaluation of a network or a checkpoint, and prediction on image files.
 mod dist;
 mod eval;
+mod neighbours;
 mod run;
 
 pub use crate::settings::TrainConfig;
 pub use dist::{AllReduce, Group};
 pub use eval::{evaluate, evaluate_checkpoint, evaluate_in, image_tensor, load_trained, predict, EvalResult, Trained};
+pub use neighbours::{neighbours, Neighbours, Queries, Query};
 pub use run::Run;
 
 use crate::error::Result;

@@ -94,6 +94,7 @@ impl<'a> Run<'a> {
             Some(c) => restore(&tc, &cfg, &placement, c)?,
             None => fresh(&tc, &cfg, &placement, train_loader.dataset().classes.clone())?,
         };
+        freeze(&params, &tc.frozen(&cfg)?);
         state.config = tc.clone();
         state.check_position(per_epoch)?;
         let at = ResumeAt {
@@ -123,6 +124,9 @@ impl<'a> Run<'a> {
     /// Trains to the last epoch, or until the step or time budget runs out or `stop()` says so
     /// (then with a checkpoint). Returns the last evaluation.
     pub fn train(mut self, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
+        // Large CPU blocks freed by one step are handed to the next instead of being unmapped
+        // and page-faulted in again (kernels/cpu_cache.cpp; this thread only, until we return).
+        let _cache = crate::ops::CpuCacheScope::new();
         let started = Instant::now();
         let mut steps_here = 0u64;
         let mut last_eval = None;
@@ -346,7 +350,11 @@ impl<'a> Run<'a> {
 
 /// Sums the gradients and the step's totals over the ranks (one collective per device).
 fn reduce_step(g: &Group, params: &Params, totals: [f64; 3]) -> Result<[f64; 3]> {
-    let grads: Vec<Tensor> = params.iter_shards().map(|(_, _, p)| p.grad()).collect();
+    let grads: Vec<Tensor> = params
+        .iter_shards()
+        .filter(|(_, _, p)| p.requires_grad())
+        .map(|(_, _, p)| p.grad())
+        .collect();
     let device = grads.first().map_or(tch::Device::Cpu, Tensor::device);
     // Float32 beside the gradients (NCCL reduces device tensors): exact for these counts.
     let t = Tensor::from_slice(&totals.map(|v| v as f32)).to_device(device);
@@ -374,7 +382,11 @@ fn fresh(
     classes: Vec<String>,
 ) -> Result<(Params, Sgd, TrainState)> {
     tch::manual_seed(tc.seed as i64);
-    let params = model::shard(cfg, placement, &model::init_whole(cfg)?, tc.channels_last)?;
+    let mut whole = model::init_whole(cfg)?;
+    if let Some(path) = &tc.init_from {
+        crate::weights::init_from(cfg, &mut whole, path)?;
+    }
+    let params = model::shard(cfg, placement, &whole, tc.channels_last)?;
     let sgd = Sgd::new(&params, tc.update_rule, tc.momentum, tc.weight_decay);
     let schedule = Schedule {
         step_epochs: tc.step_epochs,
@@ -394,6 +406,19 @@ fn fresh(
         loss_count: 0,
     };
     Ok((params, sgd, state))
+}
+
+/// The parameters of the `layers` get no gradient: backward leaves them out, the update and the
+/// all-reduce skip them.
+fn freeze(params: &Params, layers: &[String]) {
+    for (name, _, p) in params.iter_shards() {
+        if name
+            .rsplit_once('.')
+            .is_some_and(|(layer, _)| layers.iter().any(|l| l == layer))
+        {
+            let _ = p.set_requires_grad(false);
+        }
+    }
 }
 
 /// Whole CPU tensors of per-shard buffers (the optimizer's), by parameter name.

@@ -154,9 +154,31 @@ def _cases():
             ("wrong-preset", lambda F: model("paper").to_torchvision(), C, VE, "preset"),
         ],
         "alexnet_rs.AlexNet.extra_repr": [],
+        "alexnet_rs.AlexNet.features": [
+            ("x-str", lambda F: model().features("image", "features.0"), D, TE, "x"),
+            ("x-float64", lambda F: model().features(t(1, 3, 63, 63, dtype=torch.float64), "features.0"), D, TE, "x"),
+            ("x-meta", lambda F: model().features(meta(1, 3, 63, 63), "features.0"), S, VE, "meta"),
+            ("layers-int", lambda F: model().features(t(1, 3, 63, 63), 3), D, TE, "layers"),
+            ("layers-unknown", lambda F: model().features(t(1, 3, 63, 63), ["conv9"]), C, VE, "conv9"),
+            ("layers-empty", lambda F: model().features(t(1, 3, 63, 63), []), C, VE, "no layer"),
+        ],
+        "alexnet_rs.AlexNet.reset_classifier": [
+            ("classes-zero", lambda F: model().reset_classifier(0), C, VE, "num_classes"),
+            ("classes-str", lambda F: model().reset_classifier("ten"), D, TE, "num_classes"),
+        ],
+        "alexnet_rs.viz.filters": [
+            ("source-int", lambda F: A.viz.filters(3), D, TE, "source"),
+            ("source-missing", lambda F: A.viz.filters(F.missing), M, FE, "no-such"),
+        ],
+        "alexnet_rs.viz.filter_towers": [
+            ("source-int", lambda F: A.viz.filter_towers(3), D, TE, "source"),
+            ("source-empty-folder", lambda F: A.viz.filter_towers(F.empty), X, VE, "no checkpoint"),
+        ],
         "alexnet_rs.from_torchvision": [
             ("model-str", lambda F: A.from_torchvision("alexnet"), D, TE, "model"),
             ("model-other-module", lambda F: A.from_torchvision(torch.nn.Linear(2, 2)), C, VE, "model"),
+            ("classes-zero", lambda F: A.from_torchvision(model().to_torchvision(), num_classes=0), C, VE,
+             "num_classes"),
         ],
         "alexnet_rs.export_onnx": [
             ("model-str", lambda F: A.export_onnx("m", F.onnx), D, TE, "model"),
@@ -281,10 +303,11 @@ def public_callables() -> set[str]:
     import alexnet_rs
     import alexnet_rs.compare
     import alexnet_rs.ddp
+    import alexnet_rs.viz
 
     found: dict[int, str] = {}
     modules = ["alexnet_rs", "alexnet_rs.ops", "alexnet_rs.nn", "alexnet_rs.data", "alexnet_rs.model",
-               "alexnet_rs.placement", "alexnet_rs.export", "alexnet_rs.ddp", "alexnet_rs.compare"]
+               "alexnet_rs.placement", "alexnet_rs.export", "alexnet_rs.ddp", "alexnet_rs.compare", "alexnet_rs.viz"]
     for name in modules:
         mod = sys.modules[name]
         names = getattr(mod, "__all__", [n for n in vars(mod) if not n.startswith("_")])

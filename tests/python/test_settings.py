@@ -14,7 +14,7 @@ import alexnet_rs
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release" / "alexnet"
 
-SAMPLE = {"INT": 3, "FLOAT": 0.25, "PATH": "some/where", "TEXT": "cpu,cpu"}
+SAMPLE = {"INT": 3, "FLOAT": 0.25, "PATH": "some/where", "TEXT": "cpu,cpu", "LIST": ["conv1", "conv2"]}
 
 
 def _other(s):

@@ -1,0 +1,184 @@
+//! The paper's Fig. 4: for query images, the top-5 predictions and the training images whose fc7
+//! vectors (the last hidden layer, 4096 wide) are nearest in Euclidean distance. The training
+//! set's fc7 vectors are computed once per checkpoint and data set and cached beside the run
+//! (`<run>/fc7/<checkpoint>-<key>.safetensors`, written to a temporary name and renamed).
+use super::eval::{image_tensor, load_trained, Trained};
+use crate::checkpoint;
+use crate::data::{loader::decode, Dataset, Split, View};
+use crate::error::{Error, Result};
+use crate::model;
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// One query: its image, its class if known, the top-5 (class, probability), and its nearest
+/// training samples (dataset index, distance, class), nearest first.
+pub struct Query {
+    pub name: String,
+    pub image: RgbImage,
+    pub label: Option<i64>,
+    pub top5: Vec<(i64, f64)>,
+    pub neighbours: Vec<(usize, f64, i64)>,
+}
+
+/// Where the queries come from.
+pub enum Queries {
+    Files(Vec<PathBuf>),
+    /// The first `n` samples of the test split.
+    Test(usize),
+}
+
+pub struct Neighbours {
+    pub queries: Vec<Query>,
+    pub train: Dataset,
+    pub classes: Vec<String>,
+    pub cache: PathBuf,
+}
+
+/// Runs the queries against the training split of `data` (default: the run's own data).
+pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize, devices: &str) -> Result<Neighbours> {
+    let t = load_trained(run, devices)?;
+    let mut tc = t.tc.clone();
+    (tc.devices, tc.data) = (devices.to_string(), data.or(tc.data));
+    let fc7 = &t.cfg.fcs[t.cfg.fcs.len() - 2].name;
+    let train = tc.open(Split::Train, None)?;
+    let ckpt = checkpoint::find_latest(run)?;
+    let (bank, labels, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7)?;
+    let tf = tc.transform(View::Center)?;
+    let mut inputs: Vec<(String, RgbImage, Option<i64>, Tensor)> = Vec::new();
+    match queries {
+        Queries::Files(paths) => {
+            for p in paths {
+                let image = crate::image::load_rgb(&p)?;
+                inputs.push((p.display().to_string(), image, None, image_tensor(&tf, &p)?));
+            }
+        }
+        Queries::Test(n) => {
+            let test = tc.open(Split::Test, None)?;
+            for i in 0..n.min(test.len()) {
+                let image = decode(&test, i)?;
+                let mut chw = vec![0f32; tf.view_len()];
+                tf.apply(&image, &mut crate::data::rng::Rng::new(0), &mut chw)?;
+                let s = i64::from(tf.crop);
+                let x = Tensor::from_slice(&chw).f_view([3, s, s])?;
+                inputs.push((format!("test #{i}"), image, Some(test.items[i].1), x));
+            }
+        }
+    }
+    if inputs.is_empty() {
+        return Err(Error::Config("no query images".into()));
+    }
+    let _guard = tch::no_grad_guard();
+    let device = t.params.get(&format!("{}.weight", t.cfg.convs[0].name))?.device();
+    let xs: Vec<Tensor> = inputs.iter().map(|q| q.3.shallow_clone()).collect();
+    let x = Tensor::f_stack(&xs, 0)?.to_device(device);
+    let last = t.cfg.fcs[t.cfg.fcs.len() - 1].name.clone();
+    let acts = model::activations(&t.cfg, &t.params, &x, &[fc7.clone(), last], None)?;
+    let q = acts[0].to_device(tch::Device::Cpu);
+    let probs = acts[1].f_softmax(-1, Kind::Float)?.to_device(tch::Device::Cpu);
+    let (p5, i5) = probs.f_topk(5.min(probs.size()[1]), -1, true, true)?;
+    let (d, nn) =
+        Tensor::f_cdist(&q, &bank, 2.0, None::<i64>)?.f_topk(k.min(bank.size()[0] as usize) as i64, -1, false, true)?;
+    let mut out = Vec::new();
+    for (row, (name, image, label, _)) in inputs.into_iter().enumerate() {
+        let r = row as i64;
+        let top5 = (0..p5.size()[1])
+            .map(|j| (i5.int64_value(&[r, j]), p5.double_value(&[r, j])))
+            .collect();
+        let neighbours = (0..nn.size()[1])
+            .map(|j| {
+                let idx = nn.int64_value(&[r, j]) as usize;
+                (idx, d.double_value(&[r, j]), labels[idx])
+            })
+            .collect();
+        out.push(Query {
+            name,
+            image,
+            label,
+            top5,
+            neighbours,
+        });
+    }
+    Ok(Neighbours {
+        queries: out,
+        train,
+        classes: t.classes,
+        cache,
+    })
+}
+
+/// The fc7 vectors `(N, D)` of every training sample (centre view) and their labels, from the
+/// cache when it matches this checkpoint and data set.
+fn fc7_bank(
+    t: &Trained,
+    tc: &super::TrainConfig,
+    train: &Dataset,
+    ckpt: &Path,
+    fc7: &str,
+) -> Result<(Tensor, Vec<i64>, PathBuf)> {
+    let run = ckpt.parent().and_then(Path::parent).unwrap_or(ckpt);
+    let key = fnv(&format!(
+        "{}|{}|{}|{}",
+        train.origin.display(),
+        train.len(),
+        tc.input_size,
+        tc.preset
+    ));
+    let name = ckpt
+        .file_name()
+        .map_or("ckpt".into(), |n| n.to_string_lossy().to_string());
+    let cache = run.join("fc7").join(format!("{name}-{key:016x}.safetensors"));
+    let labels: Vec<i64> = train.items.iter().map(|(_, l)| *l).collect();
+    if let Ok(v) = Tensor::read_safetensors(&cache) {
+        if let Some((_, f)) = v.into_iter().find(|(n, _)| n == "fc7") {
+            if f.size().first() == Some(&(train.len() as i64)) {
+                return Ok((f, labels, cache));
+            }
+        }
+    }
+    eprintln!(
+        "computing the fc7 vectors of {} training images (cached in {})",
+        train.len(),
+        cache.display()
+    );
+    let _guard = tch::no_grad_guard();
+    let loader = tc.loader(train.clone(), View::Center, false)?;
+    let mut rows: Vec<Tensor> = Vec::new();
+    let mut order: Vec<usize> = Vec::new();
+    for batch in loader.epoch(0) {
+        let b = batch?;
+        let a = model::activations(&t.cfg, &t.params, &b.images, &[fc7.to_string()], None)?;
+        rows.push(a[0].to_device(tch::Device::Cpu));
+        order.extend(&b.indices);
+    }
+    if order.len() != train.len() {
+        return Err(Error::Config(format!(
+            "{} of {} training images could not be read: fc7 needs them all",
+            train.len() - order.len(),
+            train.len()
+        )));
+    }
+    // Rows in dataset order.
+    let index = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>());
+    let cat = Tensor::f_cat(&rows, 0)?;
+    let feats = cat.f_zeros_like()?.f_index_copy(0, &index, &cat)?;
+    let dir = run.join("fc7");
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let tmp = cache.with_extension("partial");
+    Tensor::write_safetensors(&[("fc7", &feats)], &tmp)?;
+    std::fs::rename(&tmp, &cache).map_err(|source| Error::Io {
+        path: cache.clone(),
+        source,
+    })?;
+    Ok((feats, labels, cache))
+}
+
+/// FNV-1a, 64 bits: a stable key for the cache file's name.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,263 @@
+//! The paper's Fig. 3: the first convolution's kernels as a grid of colour tiles, one block per
+//! tower (the `paper` and `caffe` presets' two groups of 48, as the two GPUs learned them), each
+//! kernel scaled to the full display range on its own.
+use crate::config::Config;
+use crate::error::{Error, Result};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// An RGB8 image, row-major.
+pub struct Image {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+const ZOOM: usize = 4; // display pixels per kernel tap
+const GAP: usize = 2;
+const HEADER: usize = 22; // a tower's label band
+const COLUMNS: usize = 8;
+
+/// How a tower's kernels use colour: the mean over its kernels of the spread between the R, G
+/// and B planes (the per-tap standard deviation over the three channels, averaged over the taps)
+/// relative to the kernel's own scale (the standard deviation of all its values). Near 0: the
+/// kernel looks the same in all three channels (colour-agnostic).
+pub struct Tower {
+    pub first: usize,
+    pub count: usize,
+    pub colour_spread: f64,
+}
+
+/// The grid of `weight` (`conv1`'s, `(K, C, kh, kw)`, C = 1 or 3) for the network `cfg`: one
+/// block per tower (the groups of the second convolution, where the paper's towers stay apart).
+pub fn filter_grid(cfg: &Config, weight: &Tensor) -> Result<(Image, Vec<Tower>)> {
+    let size = weight.size();
+    if size.len() != 4 || !(size[1] == 1 || size[1] == 3) {
+        return Err(Error::Shape(format!(
+            "the first convolution's weight must be (K, 1 or 3, kh, kw), got {size:?}"
+        )));
+    }
+    let (k, c, kh, kw) = (size[0] as usize, size[1] as usize, size[2] as usize, size[3] as usize);
+    let towers = cfg.convs.get(1).map_or(1, |c2| c2.groups.max(1) as usize);
+    if k % towers != 0 {
+        return Err(Error::Shape(format!("{k} kernels do not split into {towers} towers")));
+    }
+    let w: Vec<f32> = Vec::try_from(weight.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?)?;
+    let per = k / towers;
+    let rows = per.div_ceil(COLUMNS);
+    let (tile_w, tile_h) = (kw * ZOOM + GAP, kh * ZOOM + GAP);
+    let width = GAP + COLUMNS * tile_w;
+    let block_h = HEADER + rows * tile_h + GAP;
+    let height = towers * block_h;
+    let mut rgb = vec![255u8; width * height * 3];
+    let mut stats = Vec::with_capacity(towers);
+    let plane = kh * kw;
+    for t in 0..towers {
+        let mut spread = 0.0;
+        for i in 0..per {
+            let kernel = &w[(t * per + i) * c * plane..(t * per + i + 1) * c * plane];
+            let (lo, hi) = kernel
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
+            let (x0, y0) = (
+                GAP + (i % COLUMNS) * tile_w,
+                t * block_h + HEADER + (i / COLUMNS) * tile_h,
+            );
+            for y in 0..kh * ZOOM {
+                for x in 0..kw * ZOOM {
+                    let tap = (y / ZOOM) * kw + x / ZOOM;
+                    let at = ((y0 + y) * width + x0 + x) * 3;
+                    for ch in 0..3 {
+                        let v = kernel[(ch % c) * plane + tap];
+                        rgb[at + ch] = ((v - lo) * scale).round().clamp(0.0, 255.0) as u8;
+                    }
+                }
+            }
+            spread += colour_spread(kernel, c, plane);
+        }
+        stats.push(Tower {
+            first: t * per,
+            count: per,
+            colour_spread: spread / per as f64,
+        });
+    }
+    let image = Image {
+        width: width as u32,
+        height: height as u32,
+        rgb,
+    };
+    Ok((image, stats))
+}
+
+fn colour_spread(kernel: &[f32], c: usize, plane: usize) -> f64 {
+    if c < 3 {
+        return 0.0;
+    }
+    let n = kernel.len() as f64;
+    let mean = kernel.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let scale = (kernel.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let mut across = 0.0;
+    for tap in 0..plane {
+        let v: Vec<f64> = (0..3).map(|ch| f64::from(kernel[ch * plane + tap])).collect();
+        let m = v.iter().sum::<f64>() / 3.0;
+        across += (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 3.0).sqrt();
+    }
+    if scale > 0.0 {
+        across / plane as f64 / scale
+    } else {
+        0.0
+    }
+}
+
+/// Writes `image` as PNG with each tower's label drawn in its band ("tower 1: kernels 1-48,
+/// colour spread 0.12"; without a system font, no labels).
+pub fn save_png(image: &mut Image, towers: &[Tower], out: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let fail = |e: String| Error::File {
+        path: out.to_path_buf(),
+        reason: e,
+    };
+    if crate::metrics::load_font() {
+        let (w, h) = (image.width, image.height);
+        let root = BitMapBackend::with_buffer(&mut image.rgb, (w, h)).into_drawing_area();
+        let block = h as usize / towers.len().max(1);
+        for (i, t) in towers.iter().enumerate() {
+            let label = format!(
+                "tower {}: kernels {}-{}, colour spread {:.2}",
+                i + 1,
+                t.first + 1,
+                t.first + t.count,
+                t.colour_spread
+            );
+            root.draw_text(
+                &label,
+                &("sans-serif", 14).into_font().color(&BLACK),
+                (GAP as i32, (i * block) as i32 + 4),
+            )
+            .map_err(|e| fail(format!("drawing: {e}")))?;
+        }
+        root.present().map_err(|e| fail(format!("drawing: {e}")))?;
+    }
+    let img = image::RgbImage::from_raw(image.width, image.height, image.rgb.clone())
+        .ok_or_else(|| fail("image buffer of the wrong size".into()))?;
+    img.save(out).map_err(|e| fail(e.to_string()))
+}
+
+/// Writes the confusion matrix (`counts`, classes x classes, rows: the true class) as a PNG
+/// heatmap, each row normalised to its class's test samples (white 0 to dark blue 1), with the
+/// class names down the side (when there are at most 60) and each diagonal fraction written in
+/// its cell (at most 20 classes).
+pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let k = classes.len();
+    if counts.len() != k * k || k == 0 {
+        return Err(Error::Shape(format!("{} counts for {k} classes", counts.len())));
+    }
+    let fail = |e: String| Error::File {
+        path: out.to_path_buf(),
+        reason: e,
+    };
+    let labels = crate::metrics::load_font();
+    let cell = (640 / k).clamp(1, 48);
+    let left = if labels && k <= 60 { 170 } else { 10 };
+    let top = if labels { 40 } else { 10 };
+    let (w, h) = ((left + k * cell + 20) as u32, (top + k * cell + 20) as u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let font = |size| ("sans-serif", size).into_font().color(&BLACK);
+        let draw = |r: std::result::Result<(), DrawingAreaErrorKind<_>>| r.map_err(|e| fail(format!("drawing: {e}")));
+        for i in 0..k {
+            let row = &counts[i * k..(i + 1) * k];
+            let total = row.iter().sum::<u64>().max(1) as f64;
+            for (j, &c) in row.iter().enumerate() {
+                let f = c as f64 / total;
+                let shade = |full: f64| (255.0 - f * (255.0 - full)).round() as u8;
+                let (x, y) = ((left + j * cell) as i32, (top + i * cell) as i32);
+                draw(root.draw(&Rectangle::new(
+                    [(x, y), (x + cell as i32, y + cell as i32)],
+                    RGBColor(shade(8.0), shade(48.0), shade(107.0)).filled(),
+                )))?;
+                if labels && i == j && k <= 20 {
+                    let colour = if f > 0.5 { WHITE } else { BLACK };
+                    let style = ("sans-serif", 12).into_font().color(&colour);
+                    draw(root.draw_text(&format!("{f:.2}"), &style, (x + 4, y + cell as i32 / 2 - 6)))?;
+                }
+            }
+            if labels && k <= 60 {
+                let y = (top + i * cell + cell / 2) as i32 - 6;
+                draw(root.draw_text(&classes[i], &font(12), (4, y)))?;
+            }
+        }
+        if labels {
+            let title = "true class (rows) x predicted class (columns), row-normalised";
+            draw(root.draw_text(title, &font(14), (left as i32, 12)))?;
+        }
+        root.present().map_err(|e| fail(format!("drawing: {e}")))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| fail("image buffer of the wrong size".into()))?;
+    img.save(out).map_err(|e| fail(e.to_string()))
+}
+
+/// The paper's Fig. 4 as a contact sheet: one row per query (the query, then its nearest
+/// training images by fc7 distance, nearest first), with the top-5 predictions beside it.
+pub fn contact_sheet(n: &crate::train::Neighbours, out: &Path) -> Result<()> {
+    use image::imageops::{overlay, resize, FilterType};
+    use plotters::prelude::*;
+    const TILE: u32 = 64;
+    const PAD: u32 = 4;
+    const TEXT: u32 = 230;
+    let fail = |e: String| Error::File {
+        path: out.to_path_buf(),
+        reason: e,
+    };
+    let k = n.queries.iter().map(|q| q.neighbours.len()).max().unwrap_or(0) as u32;
+    let row_h = TILE + 2 * PAD;
+    let (w, h) = (TEXT + (k + 1) * (TILE + PAD) + 2 * PAD, row_h * n.queries.len() as u32);
+    let mut sheet = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    for (r, q) in n.queries.iter().enumerate() {
+        let y = i64::from(r as u32 * row_h + PAD);
+        overlay(
+            &mut sheet,
+            &resize(&q.image, TILE, TILE, FilterType::Triangle),
+            i64::from(TEXT),
+            y,
+        );
+        for (j, &(idx, _, _)) in q.neighbours.iter().enumerate() {
+            let img = crate::data::loader::decode(&n.train, idx)?;
+            let x = TEXT + PAD + (j as u32 + 1) * (TILE + PAD);
+            overlay(
+                &mut sheet,
+                &resize(&img, TILE, TILE, FilterType::Triangle),
+                i64::from(x),
+                y,
+            );
+        }
+    }
+    if crate::metrics::load_font() {
+        let (sw, sh) = sheet.dimensions();
+        let mut buf = sheet.into_raw();
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (sw, sh)).into_drawing_area();
+            for (r, q) in n.queries.iter().enumerate() {
+                let y = (r as u32 * row_h + PAD) as i32;
+                let truth = q.label.map_or(String::new(), |l| format!(" ({})", name(&n.classes, l)));
+                let mut lines = vec![format!("{}{truth}", q.name)];
+                lines.extend(q.top5.iter().map(|&(c, p)| format!("{p:.3}  {}", name(&n.classes, c))));
+                for (i, line) in lines.iter().enumerate() {
+                    let style = ("sans-serif", 11).into_font().color(&BLACK);
+                    root.draw_text(line, &style, (PAD as i32, y + 12 * i as i32))
+                        .map_err(|e| fail(format!("drawing: {e}")))?;
+                }
+            }
+            root.present().map_err(|e| fail(format!("drawing: {e}")))?;
+        }
+        sheet = image::RgbImage::from_raw(sw, sh, buf).ok_or_else(|| fail("image buffer of the wrong size".into()))?;
+    }
+    sheet.save(out).map_err(|e| fail(e.to_string()))
+}
+
+fn name(classes: &[String], c: i64) -> &str {
+    classes.get(c as usize).map_or("?", String::as_str)
+}

@@ -1,0 +1,112 @@
+//! Weights from files, for `alexnet train --init-from`: an `alexnet` run or checkpoint folder,
+//! a safetensors file, or a PyTorch `state_dict` written by `torch.save` (`.pth`, `.pt`, `.bin`),
+//! the last read by our own restricted reader (`pth.rs`), which executes no pickle code.
+mod pth;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// The named tensors of `path` (whole, on the CPU, as stored).
+pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    if path.is_dir() {
+        return Ok(crate::checkpoint::load(path)?.weights);
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "safetensors" => crate::checkpoint::read_tensors(path),
+        "pth" | "pt" | "bin" => pth::read_state_dict(path)
+            .map_err(Error::Config)?
+            .into_iter()
+            .map(|t| Ok((t.name.clone(), to_tensor(&t)?)))
+            .collect(),
+        _ => Err(Error::Config(format!(
+            "{}: expected an alexnet run or checkpoint folder, a .safetensors file or a PyTorch \
+             state_dict (.pth, .pt, .bin)",
+            path.display()
+        ))),
+    }
+}
+
+/// A tensor of the pickle reader: its storage viewed with its shape, strides and offset.
+fn to_tensor(t: &pth::RawTensor) -> Result<Tensor> {
+    use pth::Dtype;
+    let (kind, size) = match t.dtype {
+        Dtype::F32 => (Kind::Float, 4),
+        Dtype::F64 => (Kind::Double, 8),
+        Dtype::F16 => (Kind::Half, 2),
+        Dtype::BF16 => (Kind::BFloat16, 2),
+        Dtype::I64 => (Kind::Int64, 8),
+        Dtype::I32 => (Kind::Int, 4),
+        Dtype::I16 => (Kind::Int16, 2),
+        Dtype::I8 => (Kind::Int8, 1),
+        Dtype::U8 => (Kind::Uint8, 1),
+        Dtype::Bool => (Kind::Bool, 1),
+    };
+    let bad = |what: &str| Error::Config(format!("{}: {what}", t.name));
+    // The furthest element the view reaches must lie inside the storage.
+    let mut last = t.storage_offset;
+    for (&n, &s) in t.shape.iter().zip(&t.strides) {
+        if n < 0 || s < 0 {
+            return Err(bad("negative size or stride"));
+        }
+        if n == 0 {
+            return Ok(Tensor::f_empty(t.shape.as_slice(), (kind, tch::Device::Cpu))?);
+        }
+        last += (n - 1) * s;
+    }
+    let elements = (t.data.len() / size) as i64;
+    if t.storage_offset < 0 || last >= elements {
+        return Err(bad("view reaches past its storage (damaged file)"));
+    }
+    let storage = Tensor::f_from_data_size(&t.data, &[elements], kind)?;
+    Ok(storage
+        .f_as_strided(t.shape.as_slice(), t.strides.as_slice(), t.storage_offset)?
+        .f_contiguous()?)
+}
+
+/// Replaces the freshly initialised `whole` parameters of `cfg` by those of `path`, by name. A
+/// class layer of another number of classes keeps its fresh initialisation (with a warning);
+/// any other missing or misshapen tensor is an error naming it.
+pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    let loaded = read(path)?;
+    let class = &cfg.fcs[cfg.fcs.len() - 1].name;
+    let culprit = |msg: String| Error::Config(format!("--init-from {}: {msg}", path.display()));
+    for (name, fresh) in whole.iter_mut() {
+        let Some(w) = loaded.get(name) else {
+            let have: Vec<&str> = loaded.keys().take(6).map(String::as_str).collect();
+            return Err(culprit(format!(
+                "no tensor `{name}` (the {} network's); it holds {} tensors: {}{}",
+                cfg.preset,
+                loaded.len(),
+                have.join(", "),
+                if loaded.len() > have.len() { ", ..." } else { "" }
+            )));
+        };
+        if w.size() == fresh.size() {
+            *fresh = w.f_to_kind(Kind::Float)?.f_contiguous()?.copy();
+        } else if name.starts_with(&format!("{class}.")) {
+            if name.ends_with(".weight") {
+                eprintln!(
+                    "warning: --init-from {}: {class} has {} outputs there and {} here: it is re-initialised",
+                    path.display(),
+                    w.size()[0],
+                    fresh.size()[0]
+                );
+            }
+        } else {
+            return Err(culprit(format!(
+                "`{name}` has shape {:?}, this network's is {:?}",
+                w.size(),
+                fresh.size()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,795 @@
+//! A restricted unpickler: the opcodes and globals of a state_dict, nothing else.
+use super::{Dtype, RawTensor};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+// ---------------------------------------------------------------------------
+// Pickle: a restricted unpickler.
+//
+// Pickle is a stack machine: opcodes push values, build containers from the
+// values above the last MARK, store/fetch values in a memo, and call
+// functions named by GLOBAL with REDUCE. Here GLOBAL only resolves the names in
+// `Global`, so REDUCE can only rebuild tensors and make empty dicts.
+// ---------------------------------------------------------------------------
+
+// Opcodes (names as in CPython's pickle.py).
+pub(super) const MARK: u8 = b'(';
+pub(super) const STOP: u8 = b'.';
+pub(super) const BININT: u8 = b'J';
+pub(super) const BININT1: u8 = b'K';
+pub(super) const BININT2: u8 = b'M';
+pub(super) const NONE: u8 = b'N';
+pub(super) const BINPERSID: u8 = b'Q';
+pub(super) const REDUCE: u8 = b'R';
+pub(super) const BINSTRING: u8 = b'T';
+pub(super) const SHORT_BINSTRING: u8 = b'U';
+pub(super) const BINUNICODE: u8 = b'X';
+pub(super) const APPEND: u8 = b'a';
+pub(super) const BUILD: u8 = b'b';
+pub(super) const GLOBAL: u8 = b'c';
+pub(super) const DICT: u8 = b'd';
+pub(super) const EMPTY_DICT: u8 = b'}';
+pub(super) const APPENDS: u8 = b'e';
+pub(super) const BINGET: u8 = b'h';
+pub(super) const LONG_BINGET: u8 = b'j';
+pub(super) const LIST: u8 = b'l';
+pub(super) const EMPTY_LIST: u8 = b']';
+pub(super) const BINPUT: u8 = b'q';
+pub(super) const LONG_BINPUT: u8 = b'r';
+pub(super) const SETITEM: u8 = b's';
+pub(super) const TUPLE: u8 = b't';
+pub(super) const EMPTY_TUPLE: u8 = b')';
+pub(super) const SETITEMS: u8 = b'u';
+pub(super) const BINFLOAT: u8 = b'G';
+pub(super) const PROTO: u8 = 0x80;
+pub(super) const NEWOBJ: u8 = 0x81;
+pub(super) const TUPLE1: u8 = 0x85;
+pub(super) const TUPLE2: u8 = 0x86;
+pub(super) const TUPLE3: u8 = 0x87;
+pub(super) const NEWTRUE: u8 = 0x88;
+pub(super) const NEWFALSE: u8 = 0x89;
+pub(super) const LONG1: u8 = 0x8a;
+pub(super) const SHORT_BINUNICODE: u8 = 0x8c;
+pub(super) const BINUNICODE8: u8 = 0x8d;
+pub(super) const STACK_GLOBAL: u8 = 0x93;
+pub(super) const MEMOIZE: u8 = 0x94;
+pub(super) const FRAME: u8 = 0x95;
+
+/// Names of the opcodes this reader does not implement, for error messages.
+pub(super) fn unsupported_opcode_name(op: u8) -> &'static str {
+    match op {
+        b'0' => "POP",
+        b'1' => "POP_MARK",
+        b'2' => "DUP",
+        b'F' => "FLOAT",
+        b'I' => "INT",
+        b'L' => "LONG",
+        b'P' => "PERSID",
+        b'S' => "STRING",
+        b'V' => "UNICODE",
+        b'g' => "GET",
+        b'p' => "PUT",
+        b'i' => "INST",
+        b'o' => "OBJ",
+        b'B' => "BINBYTES",
+        b'C' => "SHORT_BINBYTES",
+        0x82..=0x84 => "EXT1/EXT2/EXT4",
+        0x8b => "LONG4",
+        0x8e => "BINBYTES8",
+        0x8f => "EMPTY_SET",
+        0x90 => "ADDITEMS",
+        0x91 => "FROZENSET",
+        0x92 => "NEWOBJ_EX",
+        0x96 => "BYTEARRAY8",
+        0x97 => "NEXT_BUFFER",
+        0x98 => "READONLY_BUFFER",
+        _ => "not a pickle opcode",
+    }
+}
+
+/// The only globals a state_dict may name.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Global {
+    /// `collections.OrderedDict`: called with `()` it makes an empty dict.
+    OrderedDict,
+    /// `torch._utils._rebuild_tensor_v2`
+    RebuildTensorV2,
+    /// `torch._utils._rebuild_parameter`
+    RebuildParameter,
+    /// `torch.FloatStorage` etc.: dtype markers inside persistent ids.
+    StorageClass(Dtype),
+    /// `torch.serialization._get_layout`
+    GetLayout,
+    /// `torch.strided`
+    Strided,
+}
+
+pub(super) fn resolve_global(module: &str, name: &str) -> Result<Global, String> {
+    Ok(match (module, name) {
+        ("collections", "OrderedDict") => Global::OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+        ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
+        ("torch.serialization", "_get_layout") => Global::GetLayout,
+        ("torch", "strided") => Global::Strided,
+        ("torch", _) if name.ends_with("Storage") => match Dtype::from_storage_class(name) {
+            Some(dtype) => Global::StorageClass(dtype),
+            None => return Err(format!("unsupported tensor storage type `torch.{name}`")),
+        },
+        _ => {
+            return Err(format!(
+                "refuses to call `{module}.{name}` (only tensors and dicts are read)"
+            ))
+        }
+    })
+}
+
+/// A value on the pickle stack. Containers are indices into the unpickler's
+/// arenas, which gives pickle's shared-reference semantics (a memoized dict
+/// that is later filled is the same dict) and makes cloning O(1).
+#[derive(Clone, Debug)]
+pub(super) enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(#[allow(dead_code)] f64), // parsed, never needed by a state_dict
+    Str(Rc<str>),
+    Tuple(usize),
+    List(usize),
+    Dict(usize),
+    Global(Global),
+    Storage(usize),
+    Tensor(usize),
+    Layout,
+}
+
+pub(super) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::None => "None",
+        Value::Bool(_) => "bool",
+        Value::Int(_) => "int",
+        Value::Float(_) => "float",
+        Value::Str(_) => "string",
+        Value::Tuple(_) => "tuple",
+        Value::List(_) => "list",
+        Value::Dict(_) => "dict",
+        Value::Global(_) => "global",
+        Value::Storage(_) => "storage",
+        Value::Tensor(_) => "tensor",
+        Value::Layout => "layout",
+    }
+}
+
+pub(super) enum Obj {
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    /// Insertion-ordered; a repeated key is resolved at the end.
+    Dict(Vec<(Value, Value)>),
+}
+
+pub(super) struct StorageRef {
+    pub(super) dtype: Dtype,
+    pub(super) numel: i64,
+    pub(super) data: Arc<Vec<u8>>,
+}
+
+pub(super) struct TensorObj {
+    pub(super) dtype: Dtype,
+    pub(super) shape: Vec<i64>,
+    pub(super) strides: Vec<i64>,
+    pub(super) storage_offset: i64,
+    pub(super) data: Arc<Vec<u8>>,
+    pub(super) requires_grad: bool,
+}
+
+/// Tensors with more dimensions than this are refused (torch itself caps
+/// most operations at 25); it also keeps hostile pickles linear-time.
+pub(super) const MAX_DIMS: usize = 64;
+
+pub(super) struct Unpickler<'a> {
+    pub(super) pkl: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) stack: Vec<Value>,
+    /// Stack heights at each open MARK.
+    pub(super) marks: Vec<usize>,
+    pub(super) memo: HashMap<u32, Value>,
+    pub(super) objs: Vec<Obj>,
+    pub(super) storages: Vec<StorageRef>,
+    pub(super) tensors: Vec<TensorObj>,
+    /// Storage entries already read, by key: one `Arc` per key.
+    pub(super) loaded: HashMap<String, Arc<Vec<u8>>>,
+    pub(super) load: &'a mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
+}
+
+/// Runs `pkl` and turns its dict of tensors into `RawTensor`s; `load(key)`
+/// returns the bytes of storage `key` (zip entry `<archive>/data/<key>`).
+pub(super) fn unpickle_state_dict(
+    pkl: &[u8],
+    load: &mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
+) -> Result<Vec<RawTensor>, String> {
+    let mut u = Unpickler::new(pkl, load);
+    let top = u.run()?;
+    u.into_state_dict(top)
+}
+
+impl<'a> Unpickler<'a> {
+    pub(super) fn new(pkl: &'a [u8], load: &'a mut dyn FnMut(&str) -> Result<Vec<u8>, String>) -> Self {
+        Unpickler {
+            pkl,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            objs: Vec::new(),
+            storages: Vec::new(),
+            tensors: Vec::new(),
+            loaded: HashMap::new(),
+            load,
+        }
+    }
+
+    /// Executes opcodes up to STOP and returns the pickled object.
+    pub(super) fn run(&mut self) -> Result<Value, String> {
+        loop {
+            let at = self.pos;
+            let Some(&op) = self.pkl.get(at) else {
+                return Err("truncated (the pickle ends without a STOP opcode)".into());
+            };
+            self.pos += 1;
+            match self.step(op) {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => return Err(format!("byte {at}: {e}")),
+            }
+        }
+    }
+
+    pub(super) fn step(&mut self, op: u8) -> Result<Option<Value>, String> {
+        match op {
+            PROTO => {
+                let v = self.read_u8()?;
+                if v > 5 {
+                    return Err(format!("unsupported pickle protocol {v}"));
+                }
+            }
+            FRAME => {
+                self.take(8)?; // frame length: framing is irrelevant when the whole pickle is in memory
+            }
+            STOP => return Ok(Some(self.pop()?)),
+            MARK => self.marks.push(self.stack.len()),
+
+            EMPTY_DICT => self.push_obj(Obj::Dict(Vec::new())),
+            EMPTY_LIST => self.push_obj(Obj::List(Vec::new())),
+            EMPTY_TUPLE => self.push_obj(Obj::Tuple(Vec::new())),
+
+            BINPUT => {
+                let i = self.read_u8()?;
+                self.memo_put(u32::from(i))?
+            }
+            LONG_BINPUT => {
+                let i = self.read_u32()?;
+                self.memo_put(i)?
+            }
+            MEMOIZE => {
+                let i = u32::try_from(self.memo.len()).map_err(|_| "memo overflow")?;
+                self.memo_put(i)?
+            }
+            BINGET => {
+                let i = self.read_u8()?;
+                self.memo_get(u32::from(i))?
+            }
+            LONG_BINGET => {
+                let i = self.read_u32()?;
+                self.memo_get(i)?
+            }
+
+            BININT => {
+                let v = i32::from_le_bytes(self.array()?);
+                self.stack.push(Value::Int(v.into()))
+            }
+            BININT1 => {
+                let v = self.read_u8()?;
+                self.stack.push(Value::Int(v.into()))
+            }
+            BININT2 => {
+                let v = u16::from_le_bytes(self.array()?);
+                self.stack.push(Value::Int(v.into()))
+            }
+            LONG1 => {
+                // n bytes of little-endian two's complement.
+                let n = usize::from(self.read_u8()?);
+                let bytes = self.take(n)?;
+                if n > 8 {
+                    return Err(format!("integer of {n} bytes does not fit in 64 bits"));
+                }
+                let fill = if bytes.last().is_some_and(|&b| b & 0x80 != 0) {
+                    0xFF
+                } else {
+                    0
+                };
+                let mut buf = [fill; 8];
+                buf.get_mut(..n).ok_or("bad LONG1")?.copy_from_slice(bytes);
+                self.stack.push(Value::Int(i64::from_le_bytes(buf)))
+            }
+            BINFLOAT => {
+                let v = f64::from_be_bytes(self.array()?);
+                self.stack.push(Value::Float(v))
+            }
+
+            BINUNICODE | SHORT_BINUNICODE | BINUNICODE8 => {
+                let n = match op {
+                    SHORT_BINUNICODE => u64::from(self.read_u8()?),
+                    BINUNICODE => u64::from(self.read_u32()?),
+                    _ => u64::from_le_bytes(self.array()?),
+                };
+                let n = usize::try_from(n).map_err(|_| "string too long")?;
+                let s = std::str::from_utf8(self.take(n)?).map_err(|_| "string is not valid UTF-8")?;
+                self.stack.push(Value::Str(s.into()))
+            }
+            BINSTRING | SHORT_BINSTRING => {
+                // Python 2 byte strings, which Python 3 decodes as text;
+                // Latin-1 maps every byte to one char.
+                let n = if op == SHORT_BINSTRING {
+                    usize::from(self.read_u8()?)
+                } else {
+                    let n = i32::from_le_bytes(self.array()?);
+                    usize::try_from(n).map_err(|_| "negative BINSTRING length")?
+                };
+                let s: String = self.take(n)?.iter().map(|&b| char::from(b)).collect();
+                self.stack.push(Value::Str(s.into()))
+            }
+            NONE => self.stack.push(Value::None),
+            NEWTRUE => self.stack.push(Value::Bool(true)),
+            NEWFALSE => self.stack.push(Value::Bool(false)),
+
+            TUPLE => {
+                let items = self.pop_mark()?;
+                self.push_obj(Obj::Tuple(items))
+            }
+            TUPLE1 | TUPLE2 | TUPLE3 => {
+                let n = usize::from(op - TUPLE1 + 1);
+                let floor = self.floor();
+                if self.stack.len() < floor + n {
+                    return Err("stack underflow".into());
+                }
+                let items = self.stack.split_off(self.stack.len() - n);
+                self.push_obj(Obj::Tuple(items))
+            }
+            LIST => {
+                let items = self.pop_mark()?;
+                self.push_obj(Obj::List(items))
+            }
+            APPEND => {
+                let v = self.pop()?;
+                self.top_list()?.push(v)
+            }
+            APPENDS => {
+                let items = self.pop_mark()?;
+                self.top_list()?.extend(items)
+            }
+            DICT => {
+                let items = self.pop_mark()?;
+                let pairs = pairs(items)?;
+                self.push_obj(Obj::Dict(pairs))
+            }
+            SETITEM => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.top_dict()?.push((k, v))
+            }
+            SETITEMS => {
+                let items = self.pop_mark()?;
+                let items = pairs(items)?;
+                self.top_dict()?.extend(items)
+            }
+
+            GLOBAL => {
+                let module = self.read_line()?;
+                let name = self.read_line()?;
+                self.stack.push(Value::Global(resolve_global(&module, &name)?))
+            }
+            STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                    return Err("STACK_GLOBAL expects two strings".into());
+                };
+                self.stack.push(Value::Global(resolve_global(&module, &name)?))
+            }
+            REDUCE => {
+                let args = self.pop()?;
+                let func = self.pop()?;
+                let args = self.tuple(&args, "REDUCE arguments")?.to_vec();
+                let Value::Global(func) = func else {
+                    return Err(format!("REDUCE calls a {}", kind(&func)));
+                };
+                let result = self.call(func, args)?;
+                self.stack.push(result)
+            }
+            NEWOBJ => {
+                // cls.__new__(cls, *args): only OrderedDict() is allowed.
+                let args = self.pop()?;
+                let cls = self.pop()?;
+                let no_args = self.tuple(&args, "NEWOBJ arguments")?.is_empty();
+                match cls {
+                    Value::Global(Global::OrderedDict) if no_args => self.push_obj(Obj::Dict(Vec::new())),
+                    Value::Global(g) => return Err(format!("NEWOBJ of `{}` is not supported", global_name(g))),
+                    other => return Err(format!("NEWOBJ of a {}", kind(&other))),
+                }
+            }
+            BUILD => {
+                // Sets an object's state: on a state_dict's OrderedDict that is
+                // `_metadata` (per-module versions), which tensors do not need.
+                let _state = self.pop()?;
+                match self.top()? {
+                    Value::Dict(_) => {}
+                    other => return Err(format!("BUILD on a {} is not supported", kind(other))),
+                }
+            }
+            BINPERSID => {
+                let pid = self.pop()?;
+                let storage = self.persistent_load(&pid)?;
+                self.stack.push(storage)
+            }
+            _ => {
+                return Err(format!(
+                    "unsupported pickle opcode 0x{op:02x} ({}); a state_dict does not need it",
+                    unsupported_opcode_name(op)
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    // -- reading the pickle bytes ------------------------------------------
+
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let pkl: &'a [u8] = self.pkl;
+        let s = self
+            .pos
+            .checked_add(n)
+            .and_then(|end| pkl.get(self.pos..end))
+            .ok_or("truncated (the pickle ends inside an opcode's argument)")?;
+        self.pos += n;
+        Ok(s)
+    }
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        self.take(N)?
+            .try_into()
+            .map_err(|_| "internal error: array size".to_string())
+    }
+    pub(super) fn read_u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+    pub(super) fn read_u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    /// A newline-terminated line (GLOBAL's arguments).
+    pub(super) fn read_line(&mut self) -> Result<String, String> {
+        let rest = self.pkl.get(self.pos..).unwrap_or_default();
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("truncated (GLOBAL without its newline)")?;
+        let line = String::from_utf8_lossy(self.take(n)?).into_owned();
+        self.pos += 1;
+        Ok(line)
+    }
+
+    // -- the stack, marks and memo -----------------------------------------
+
+    /// Values below the innermost MARK are out of reach until it is popped.
+    pub(super) fn floor(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+    pub(super) fn pop(&mut self) -> Result<Value, String> {
+        if self.stack.len() <= self.floor() {
+            return Err("stack underflow".into());
+        }
+        self.stack.pop().ok_or_else(|| "stack underflow".into())
+    }
+    pub(super) fn top(&self) -> Result<&Value, String> {
+        if self.stack.len() <= self.floor() {
+            return Err("stack underflow".into());
+        }
+        self.stack.last().ok_or_else(|| "stack underflow".into())
+    }
+    /// Pops everything above the innermost MARK, and the MARK.
+    pub(super) fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+        let mark = self.marks.pop().ok_or("MARK missing")?;
+        if mark > self.stack.len() {
+            return Err("stack underflow".into());
+        }
+        Ok(self.stack.split_off(mark))
+    }
+    pub(super) fn memo_put(&mut self, i: u32) -> Result<(), String> {
+        let v = self.top()?.clone();
+        self.memo.insert(i, v);
+        Ok(())
+    }
+    pub(super) fn memo_get(&mut self, i: u32) -> Result<(), String> {
+        let v = self
+            .memo
+            .get(&i)
+            .ok_or_else(|| format!("memo has no entry {i}"))?
+            .clone();
+        self.stack.push(v);
+        Ok(())
+    }
+
+    // -- containers ----------------------------------------------------------
+
+    /// Puts a new container in the arena and returns the value naming it.
+    pub(super) fn new_obj(&mut self, obj: Obj) -> Value {
+        let i = self.objs.len();
+        let v = match obj {
+            Obj::Tuple(_) => Value::Tuple(i),
+            Obj::List(_) => Value::List(i),
+            Obj::Dict(_) => Value::Dict(i),
+        };
+        self.objs.push(obj);
+        v
+    }
+    pub(super) fn push_obj(&mut self, obj: Obj) {
+        let v = self.new_obj(obj);
+        self.stack.push(v);
+    }
+    pub(super) fn tuple(&self, v: &Value, what: &str) -> Result<&[Value], String> {
+        match v {
+            Value::Tuple(i) => match self.objs.get(*i) {
+                Some(Obj::Tuple(items)) => Ok(items),
+                _ => Err("internal error: tuple".into()),
+            },
+            other => Err(format!("{what}: expected a tuple, found a {}", kind(other))),
+        }
+    }
+    pub(super) fn top_list(&mut self) -> Result<&mut Vec<Value>, String> {
+        let i = match self.top()? {
+            Value::List(i) => *i,
+            other => return Err(format!("APPEND to a {}", kind(other))),
+        };
+        match self.objs.get_mut(i) {
+            Some(Obj::List(items)) => Ok(items),
+            _ => Err("internal error: list".into()),
+        }
+    }
+    pub(super) fn top_dict(&mut self) -> Result<&mut Vec<(Value, Value)>, String> {
+        let i = match self.top()? {
+            Value::Dict(i) => *i,
+            other => return Err(format!("SETITEM on a {}", kind(other))),
+        };
+        match self.objs.get_mut(i) {
+            Some(Obj::Dict(items)) => Ok(items),
+            _ => Err("internal error: dict".into()),
+        }
+    }
+
+    // -- torch ---------------------------------------------------------------
+
+    /// REDUCE: `func(*args)` for the whitelisted callables.
+    pub(super) fn call(&mut self, func: Global, args: Vec<Value>) -> Result<Value, String> {
+        match func {
+            Global::OrderedDict => {
+                if !args.is_empty() {
+                    return Err("collections.OrderedDict called with arguments".into());
+                }
+                Ok(self.new_obj(Obj::Dict(Vec::new())))
+            }
+            Global::RebuildTensorV2 => self.rebuild_tensor(&args),
+            Global::RebuildParameter => {
+                let [Value::Tensor(t), Value::Bool(requires_grad), Value::Dict(_)] = args.as_slice() else {
+                    return Err("_rebuild_parameter expects (tensor, requires_grad, backward_hooks)".into());
+                };
+                let t = self.tensors.get(*t).ok_or("internal error: tensor")?;
+                let param = TensorObj {
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    strides: t.strides.clone(),
+                    storage_offset: t.storage_offset,
+                    data: Arc::clone(&t.data),
+                    requires_grad: *requires_grad,
+                };
+                self.tensors.push(param);
+                Ok(Value::Tensor(self.tensors.len() - 1))
+            }
+            Global::GetLayout => match args.as_slice() {
+                [Value::Str(s)] if &**s == "torch.strided" => Ok(Value::Layout),
+                _ => Err("only the strided layout is supported".into()),
+            },
+            Global::StorageClass(_) | Global::Strided => Err(format!("`{}` is not callable", global_name(func))),
+        }
+    }
+
+    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+    /// backward_hooks[, metadata])`.
+    pub(super) fn rebuild_tensor(&mut self, args: &[Value]) -> Result<Value, String> {
+        let usage = "_rebuild_tensor_v2 expects (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])";
+        let (storage, offset, size, stride, requires_grad) = match args {
+            [Value::Storage(s), Value::Int(o), size, stride, Value::Bool(rg), Value::Dict(_)]
+            | [Value::Storage(s), Value::Int(o), size, stride, Value::Bool(rg), Value::Dict(_), _] => {
+                (*s, *o, size, stride, *rg)
+            }
+            _ => return Err(usage.into()),
+        };
+        let shape = self.int_tuple(size, "size")?;
+        let strides = self.int_tuple(stride, "stride")?;
+        let storage = self.storages.get(storage).ok_or("internal error: storage")?;
+        if shape.len() != strides.len() {
+            return Err(format!("tensor size {shape:?} and stride {strides:?} differ in length"));
+        }
+        if offset < 0 || shape.iter().chain(&strides).any(|&v| v < 0) {
+            return Err(format!(
+                "negative size, stride or offset (size {shape:?}, stride {strides:?}, offset {offset})"
+            ));
+        }
+        // Every element must lie inside the storage: the last one is at
+        // offset + sum((size_i - 1) * stride_i).
+        let overflow = || format!("tensor size {shape:?} / stride {strides:?} overflows");
+        let numel = shape
+            .iter()
+            .try_fold(1i64, |n, &s| n.checked_mul(s))
+            .ok_or_else(overflow)?;
+        if numel > 0 {
+            let last = shape
+                .iter()
+                .zip(&strides)
+                .try_fold(offset, |acc, (&s, &st)| acc.checked_add((s - 1).checked_mul(st)?))
+                .ok_or_else(overflow)?;
+            if last >= storage.numel {
+                return Err(format!(
+                    "tensor (size {shape:?}, stride {strides:?}, offset {offset}) reaches element {last} \
+                     of a storage of {} elements",
+                    storage.numel
+                ));
+            }
+        }
+        let tensor = TensorObj {
+            dtype: storage.dtype,
+            shape,
+            strides,
+            storage_offset: offset,
+            data: Arc::clone(&storage.data),
+            requires_grad,
+        };
+        self.tensors.push(tensor);
+        Ok(Value::Tensor(self.tensors.len() - 1))
+    }
+
+    pub(super) fn int_tuple(&self, v: &Value, what: &str) -> Result<Vec<i64>, String> {
+        let items = self.tuple(v, what)?;
+        if items.len() > MAX_DIMS {
+            return Err(format!(
+                "tensor has {} dimensions (at most {MAX_DIMS} are supported)",
+                items.len()
+            ));
+        }
+        items
+            .iter()
+            .map(|x| match x {
+                Value::Int(i) => Ok(*i),
+                other => Err(format!("{what}: expected ints, found a {}", kind(other))),
+            })
+            .collect()
+    }
+
+    /// BINPERSID with `('storage', torch.FloatStorage, key, location, numel)`.
+    pub(super) fn persistent_load(&mut self, pid: &Value) -> Result<Value, String> {
+        let items = self.tuple(pid, "persistent id")?;
+        let (dtype, key, numel) = match items {
+            [Value::Str(tag), Value::Global(Global::StorageClass(dtype)), Value::Str(key), Value::Str(_location), Value::Int(numel)]
+                if &**tag == "storage" =>
+            {
+                (*dtype, Rc::clone(key), *numel)
+            }
+            _ => {
+                return Err(
+                    "unsupported persistent id (expected ('storage', <storage type>, key, location, numel))".into(),
+                )
+            }
+        };
+        let data = match self.loaded.get(&*key) {
+            Some(data) => Arc::clone(data),
+            None => {
+                let data = Arc::new((self.load)(&key)?);
+                self.loaded.insert(key.to_string(), Arc::clone(&data));
+                data
+            }
+        };
+        let expected = usize::try_from(numel).ok().and_then(|n| n.checked_mul(dtype.size()));
+        if expected != Some(data.len()) {
+            return Err(format!(
+                "storage `{key}` holds {} bytes, but the pickle says {numel} elements of {:?}",
+                data.len(),
+                dtype
+            ));
+        }
+        self.storages.push(StorageRef { dtype, numel, data });
+        Ok(Value::Storage(self.storages.len() - 1))
+    }
+
+    /// The result must be a dict of name -> tensor.
+    pub(super) fn into_state_dict(self, top: Value) -> Result<Vec<RawTensor>, String> {
+        let items = match &top {
+            Value::Dict(i) => match self.objs.get(*i) {
+                Some(Obj::Dict(items)) => items,
+                _ => return Err("internal error: dict".into()),
+            },
+            other => return Err(format!("the file holds a {}, not a dict of tensors", kind(other))),
+        };
+        let keys = || {
+            let names: Vec<String> = items
+                .iter()
+                .take(5)
+                .map(|(k, _)| match k {
+                    Value::Str(s) => format!("`{s}`"),
+                    other => kind(other).to_string(),
+                })
+                .collect();
+            let more = if items.len() > 5 { ", ..." } else { "" };
+            format!("{}{more}", names.join(", "))
+        };
+        let mut out: Vec<RawTensor> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (k, v) in items {
+            let Value::Str(name) = k else {
+                return Err(format!(
+                    "the file holds a dict with a {} key (keys: {})",
+                    kind(k),
+                    keys()
+                ));
+            };
+            let t = match v {
+                Value::Tensor(t) => self.tensors.get(*t).ok_or("internal error: tensor")?,
+                other => {
+                    return Err(format!(
+                        "the file holds a dict whose values are not all tensors: `{name}` is a {} (keys: {}); \
+                         if this is a training checkpoint, save its model.state_dict() instead",
+                        kind(other),
+                        keys()
+                    ));
+                }
+            };
+            let tensor = RawTensor {
+                name: name.to_string(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                strides: t.strides.clone(),
+                storage_offset: t.storage_offset,
+                data: Arc::clone(&t.data),
+                requires_grad: t.requires_grad,
+            };
+            // As in Python, a repeated key keeps its first position and the last value.
+            match index.get(&**name).and_then(|&j| out.get_mut(j)) {
+                Some(slot) => *slot = tensor,
+                None => {
+                    index.insert(name, out.len());
+                    out.push(tensor);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(super) fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
+    if !items.len().is_multiple_of(2) {
+        return Err("odd number of items for a dict".into());
+    }
+    let mut it = items.into_iter();
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+pub(super) fn global_name(g: Global) -> String {
+    match g {
+        Global::OrderedDict => "collections.OrderedDict".into(),
+        Global::RebuildTensorV2 => "torch._utils._rebuild_tensor_v2".into(),
+        Global::RebuildParameter => "torch._utils._rebuild_parameter".into(),
+        Global::StorageClass(d) => format!("torch storage class for {d:?}"),
+        Global::GetLayout => "torch.serialization._get_layout".into(),
+        Global::Strided => "torch.strided".into(),
+    }
+}

@@ -1,0 +1,94 @@
+"""The pictures of a trained run, from the CLI and Python: the paper's Fig. 3 (`alexnet filters`,
+`alexnet_rs.viz.filters`), Fig. 4 (`alexnet neighbours`: fc7 nearest neighbours, cached) and the
+confusion matrix of `alexnet eval --confusion`, each checked against a computation of its own."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import alexnet_rs
+from conftest import image_folder
+
+BIN = Path(__file__).resolve().parents[2] / "target" / "release" / "alexnet"
+
+
+def cli(*args):
+    r = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A `paper` run at 63 on a small two-class image folder (3 steps)."""
+    root = tmp_path_factory.mktemp("figures")
+    data = image_folder(root / "data")
+    out = root / "run"
+    cli("train", "--preset", "paper", "--input-size", "63", "--torch-init", "--data", data, "--epochs", "1",
+        "--batch-size", "8", "--max-steps", "3", "--threads", "1", "--out", out)
+    return out, data
+
+
+def test_filters_draw_each_kernel_scaled_on_its_own_in_two_towers(run, tmp_path):
+    out, _ = run
+    r = cli("filters", out, "--out", tmp_path / "conv1.png")
+    assert "tower 1: kernels 1-48" in r.stdout and "tower 2: kernels 49-96" in r.stdout
+    assert Image.open(tmp_path / "conv1.png").size[0] > 300
+    model = alexnet_rs.AlexNet.load_checkpoint(out)
+    grid = alexnet_rs.viz.filters(model)
+    w = model.state_dict()["conv1.weight"].numpy()  # (96, 3, 11, 11)
+    # Tile i of tower t: 8 per row, 11x11 taps of 4x4 pixels, 2-pixel gaps, a 22-pixel label band.
+    for i in (0, 9, 47, 48, 95):
+        t, j = divmod(i, 48)
+        block = 22 + 6 * 46 + 2
+        y0, x0 = t * block + 22 + (j // 8) * 46, 2 + (j % 8) * 46
+        tile = grid[y0:y0 + 44:4, x0:x0 + 44:4]  # one pixel per tap
+        k = w[i].transpose(1, 2, 0)
+        want = np.round((k - k.min()) / (k.max() - k.min()) * 255)
+        assert np.abs(tile.astype(float) - want).max() <= 1, i
+    towers = alexnet_rs.viz.filter_towers(model)
+    assert [(t["first"], t["count"]) for t in towers] == [(0, 48), (48, 48)]
+    spread = [float(s) for s in re.findall(r"colour spread ([0-9.]+)", r.stdout)]
+    assert spread == pytest.approx([t["colour_spread"] for t in towers], abs=1e-3)
+    # A kernel that is the same in R, G and B has no colour spread.
+    grey = torch.zeros(96, 3, 11, 11) + torch.randn(96, 1, 11, 11)
+    _, _, _, stats = alexnet_rs._native.filter_grid("paper", grey)
+    assert all(s < 1e-6 for _, _, s in stats)
+
+
+def test_confusion_matrix_and_per_class_accuracy(run, tmp_path):
+    out, _ = run
+    r = cli("eval", out, "--confusion", tmp_path / "c.png")
+    n, top1 = re.search(r"(\d+) samples \(centre crop\): top-1 ([0-9.]+)", r.stdout).groups()
+    per_class = [float(a) for a in re.findall(r"^\s+([0-9.]+|NaN)\s+class\d", r.stdout, re.M)]
+    assert len(per_class) == 2
+    # The val split has 8 images per class: the mean of the per-class accuracies is top-1.
+    assert int(n) == 16 and np.mean(per_class) == pytest.approx(float(top1), abs=1e-4)
+    assert Image.open(tmp_path / "c.png").size[0] > 100
+
+
+def test_neighbours_are_the_nearest_fc7_vectors_and_are_cached(run, tmp_path):
+    out, data = run
+    query = sorted((data / "val" / "class1").glob("*.png"))[0]
+    r = cli("neighbours", out, query, "--k", "3", "--out", tmp_path / "sheet.png")
+    assert "computing the fc7 vectors of 64 training images" in r.stderr
+    cache = next((out / "fc7").glob("*.safetensors"))
+    bank = load_file(cache)["fc7"]
+    # The same vectors from Python: the training images through the loader's centre view.
+    model = alexnet_rs.AlexNet.load_checkpoint(out).eval()
+    loader = alexnet_rs.data.DataLoader(data, split="train", preset="paper", crop=63, view="center",
+                                        batch_size=64, threads=1, shuffle=False)
+    images, labels = next(iter(loader))
+    with torch.no_grad():
+        fc7 = model.features(images, "fc7")["fc7"]
+    assert ((bank - fc7).abs().max() / fc7.abs().max()).item() <= 1e-5
+    names = re.search(r"nearest: (.*)", r.stdout).group(1).split(", ")
+    assert len(names) == 3 and Image.open(tmp_path / "sheet.png").size[1] >= 64
+    again = cli("neighbours", out, query, "--k", "3", "--out", tmp_path / "sheet2.png")
+    assert "computing" not in again.stderr and again.stdout == r.stdout.replace("sheet.png", "sheet2.png")

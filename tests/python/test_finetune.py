@@ -1,0 +1,94 @@
+"""Fine-tuning from the command line: `alexnet train --init-from` a torchvision state_dict (.pth,
+read without running pickle code), an alexnet run, or a safetensors file, with `--freeze`: the
+frozen tensors stay bit for bit those of the file, the class layer is re-initialised for the
+dataset's classes, the rest trains."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file, save_file
+
+from conftest import needs_fashion
+
+pytestmark = needs_fashion
+BIN = Path(__file__).resolve().parents[2] / "target" / "release" / "alexnet"
+FEATURES = "features.0,features.3,features.6,features.8,features.10"
+SMALL = ["--input-size", "63", "--epochs", "1", "--limit-train", "32", "--limit-test", "16", "--batch-size", "8",
+         "--threads", "1"]
+
+
+def train(*args, steps=3):
+    return subprocess.run([BIN, "train", *SMALL, "--max-steps", str(steps), *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def newest(run):
+    return load_file(sorted((run / "checkpoints").glob("ckpt-*"))[-1] / "weights.safetensors")
+
+
+def test_torchvision_pth_with_frozen_features(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    run = tmp_path / "run"
+    r = train("--preset", "torchvision", "--init-from", tmp_path / "tv.pth", "--freeze", FEATURES, "--out", run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "classifier.6 has 1000 outputs there and 10 here: it is re-initialised" in r.stderr
+    got, file = newest(run), tv.state_dict()
+    for k in file:
+        if k.startswith("features."):
+            assert torch.equal(got[k], file[k]), f"{k} is frozen"
+        elif k.startswith("classifier.6"):
+            assert got[k].shape[0] == 10, k
+        else:
+            assert not torch.equal(got[k], file[k]), f"{k} trains"
+
+
+def test_init_from_a_run_and_a_safetensors_file(tmp_path):
+    first = tmp_path / "first"
+    assert train("--preset", "paper", "--torch-init", "--out", first).returncode == 0
+    start = newest(first)
+    second = tmp_path / "second"
+    r = train("--preset", "paper", "--init-from", first, "--freeze", "conv1,fc6", "--out", second)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = newest(second)
+    for k in start:
+        same = torch.equal(got[k], start[k])
+        assert same == (k.split(".")[0] in ("conv1", "fc6")), k
+    save_file(start, tmp_path / "w.safetensors")
+    r = train("--preset", "paper", "--init-from", tmp_path / "w.safetensors", "--freeze", "fc8", "--out",
+              tmp_path / "third", steps=1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert torch.equal(newest(tmp_path / "third")["fc8.weight"], start["fc8.weight"])
+
+
+@pytest.mark.parametrize("case", ["other-preset", "evil-pickle", "not-weights", "unknown-layer"])
+def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
+    if case == "other-preset":
+        torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "tv.pth")
+        args, needle = ["--preset", "paper", "--init-from", tmp_path / "tv.pth"], "no tensor `conv1.bias`"
+    elif case == "evil-pickle":
+        marker = tmp_path / "pwned"
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        torch.save({"conv1.weight": Evil()}, tmp_path / "evil.pth")
+        args, needle = ["--preset", "paper", "--init-from", tmp_path / "evil.pth"], "system"
+    elif case == "not-weights":
+        (tmp_path / "w.txt").write_text("hello")
+        args, needle = ["--preset", "paper", "--init-from", tmp_path / "w.txt"], "expected an alexnet run"
+    else:
+        args, needle = ["--preset", "torchvision", "--freeze", "conv1"], "no layer `conv1` with parameters"
+    r = train(*args, "--out", tmp_path / "run")
+    assert r.returncode == 1, r.stderr
+    assert needle in r.stderr, r.stderr
+    assert "panicked" not in r.stderr
+    if case == "evil-pickle":
+        assert not marker.exists(), "the pickle's code ran"

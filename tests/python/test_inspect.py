@@ -1,0 +1,141 @@
+"""Looking inside and reusing the model: activations by layer name against torchvision's modules
+(forward hooks), print(model), from_torchvision with a new head, reset_classifier, frozen
+parameters."""
+
+import pytest
+import torch
+import torchvision
+
+import alexnet_rs
+from alexnet_rs.errors import ConfigError, DtypeError
+
+# Our stage names (`alexnet info`) -> the torchvision module whose output is that activation. Our
+# rows fuse a convolution or linear layer with the ReLU after it, so theirs is the ReLU.
+TV_MODULE = {
+    "features.0": "features.1", "features.0.pool": "features.2",
+    "features.3": "features.4", "features.3.pool": "features.5",
+    "features.6": "features.7", "features.8": "features.9",
+    "features.10": "features.11", "features.10.pool": "features.12",
+    "avgpool": "avgpool",
+    "classifier.1": "classifier.2", "classifier.4": "classifier.5", "classifier.6": "classifier.6",
+}
+
+
+def assert_close(a, b, tol=1e-5):
+    assert ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() <= tol
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None).eval()
+    return tv, alexnet_rs.from_torchvision(tv).eval()
+
+
+def test_every_named_activation_equals_torchvisions_module_output(pair):
+    tv, ours = pair
+    x = torch.randn(2, 3, 224, 224)
+    seen = {}
+    hooks = [tv.get_submodule(m).register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n, out.clone()))
+             for n, m in TV_MODULE.items()]
+    try:
+        tv(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    got = ours.features(x, list(TV_MODULE))
+    assert list(got) == list(TV_MODULE)
+    for name, t in got.items():
+        assert t.shape == seen[name].shape, name
+        assert_close(t, seen[name])
+
+
+def test_the_gradient_through_conv3_equals_torchvisions(pair):
+    tv, ours = pair
+    x = torch.randn(2, 3, 224, 224)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours.features(x1, "features.6")["features.6"].sum().backward()
+    out = {}
+    h = tv.features[7].register_forward_hook(lambda _m, _i, o: out.__setitem__("conv3", o))
+    try:
+        tv(x2)
+    finally:
+        h.remove()
+    out["conv3"].sum().backward()
+    assert_close(x1.grad, x2.grad)
+    ours.zero_grad(set_to_none=True)
+    tv.zero_grad(set_to_none=True)
+
+
+def test_paper_names_and_errors():
+    model = alexnet_rs.AlexNet("paper", input_size=63).eval()
+    x = torch.randn(1, 3, 63, 63)
+    acts = model.features(x, ["fc7", "conv1.lrn", "conv2.pool"])
+    assert [tuple(t.shape) for t in acts.values()] == [(1, 4096), (1, 96, 15, 15), (1, 256, 3, 3)]
+    assert_close(model.features(x, "fc8")["fc8"], model(x), 1e-6)
+    two = alexnet_rs.AlexNet("paper", input_size=63, devices="cpu,cpu").eval()
+    two.load_state_dict(model.state_dict())
+    for name, t in two.features(x, ["conv2", "conv2.lrn", "fc6"]).items():  # gathered, as one device
+        assert_close(t, acts[name] if name in acts else model.features(x, name)[name], 1e-6)
+    with pytest.raises(ConfigError, match="no layer `conv9`.*conv1.lrn"):
+        model.features(x, ["conv9"])
+    with pytest.raises(DtypeError, match="layers"):
+        model.features(x, 3)
+
+
+def test_repr_shows_the_layers_like_torchvision():
+    text = repr(alexnet_rs.AlexNet("paper"))
+    assert text.startswith("AlexNet(preset='paper', num_classes=1000")
+    assert "(conv2): Conv2d(96, 256, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2), groups=2) + ReLU(inplace=True)" in text
+    assert "(conv1.lrn): LocalResponseNorm(5, alpha=0.0001, beta=0.75, k=2.0)" in text
+    assert "(conv1.pool): MaxPool2d(kernel_size=3, stride=2, padding=0, dilation=1, ceil_mode=False)" in text
+    assert ("(fc7): Dropout(p=0.5, inplace=False) + Linear(in_features=4096, out_features=4096, bias=True)"
+            " + ReLU(inplace=True)") in text
+    tv = repr(alexnet_rs.AlexNet("torchvision"))
+    assert "(avgpool): AdaptiveAvgPool2d(output_size=(6, 6))" in tv
+    # Each of these module reprs is torchvision's own for the matching module.
+    ref = torchvision.models.alexnet(weights=None)
+    assert f"(features.0): {ref.features[0]!r} + ReLU(inplace=True)" in tv
+    assert f"(features.0.pool): {ref.features[2]!r}" in tv
+    assert f"(classifier.6): {ref.classifier[6]!r}" in tv
+
+
+def test_fine_tuning_from_torchvision_with_frozen_convolutions():
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None)
+    model = alexnet_rs.from_torchvision(tv, num_classes=10)
+    assert model.num_classes == 10 and model.state_dict()["classifier.6.weight"].shape == (10, 4096)
+    for name, p in model.named_parameters():
+        if name.startswith("features."):
+            p.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    x, y = torch.randn(4, 3, 224, 224), torch.randint(0, 10, (4,))
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    after = model.state_dict()
+    for k in before:
+        if k.startswith("features."):
+            assert torch.equal(before[k], after[k]), k
+            assert dict(model.named_parameters())[k].grad is None, k
+        else:
+            assert not torch.equal(before[k], after[k]), k
+    assert torch.equal(after["features.0.weight"], tv.state_dict()["features.0.weight"])
+
+
+def test_reset_classifier_keeps_the_rest_and_the_frozen_flags():
+    model = alexnet_rs.AlexNet("paper", input_size=63)
+    fc7 = model.state_dict()["fc7.weight"].clone()
+    dict(model.named_parameters())["fc8.weight"].requires_grad_(False)
+    model.reset_classifier(7)
+    sd = model.state_dict()
+    assert sd["fc8.weight"].shape == (7, 4096) and sd["fc8.bias"].shape == (7,)
+    assert torch.equal(sd["fc7.weight"], fc7)
+    assert not dict(model.named_parameters())["fc8.weight"].requires_grad
+    assert model(torch.randn(2, 3, 63, 63)).shape == (2, 7)
+    two = alexnet_rs.AlexNet("paper", input_size=63, devices="cpu,cpu")
+    two.reset_classifier(3)
+    assert two(torch.randn(1, 3, 63, 63)).shape == (1, 3)
+    assert two.state_dict()["fc8.weight"].shape == (3, 4096)
