@@ -242,9 +242,15 @@ pub fn contact_sheet(n: &crate::train::Neighbours, out: &Path) -> Result<()> {
             let root = BitMapBackend::with_buffer(&mut buf, (sw, sh)).into_drawing_area();
             for (r, q) in n.queries.iter().enumerate() {
                 let y = (r as u32 * row_h + PAD) as i32;
-                let truth = q.label.map_or(String::new(), |l| format!(" ({})", name(&n.classes, l)));
+                let truth = q
+                    .label
+                    .map_or(String::new(), |l| format!(" ({})", class_name(&n.train.classes, l)));
                 let mut lines = vec![format!("{}{truth}", q.name)];
-                lines.extend(q.top5.iter().map(|&(c, p)| format!("{p:.3}  {}", name(&n.classes, c))));
+                lines.extend(
+                    q.top5
+                        .iter()
+                        .map(|&(c, p)| format!("{p:.3}  {}", class_name(&n.classes, c))),
+                );
                 for (i, line) in lines.iter().enumerate() {
                     let style = ("sans-serif", 11).into_font().color(&BLACK);
                     root.draw_text(line, &style, (PAD as i32, y + 12 * i as i32))
@@ -258,6 +264,7 @@ pub fn contact_sheet(n: &crate::train::Neighbours, out: &Path) -> Result<()> {
     sheet.save(out).map_err(|e| fail(e.to_string()))
 }
 
-fn name(classes: &[String], c: i64) -> &str {
+/// The name of class `c`, or `?` for an index outside `classes`.
+pub fn class_name(classes: &[String], c: i64) -> &str {
     classes.get(c as usize).map_or("?", String::as_str)
 }

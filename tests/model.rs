@@ -79,8 +79,6 @@ fn forward_shapes_equal_the_layer_table_for_every_preset() {
             .map(|r| (r.name, r.out_shape))
             .collect();
         assert_eq!(seen, table, "{preset}");
-        let names: Vec<String> = table.into_iter().map(|(n, _)| n).collect();
-        assert_eq!(alexnet_rs::model::stage_names(&cfg), names, "{preset}");
     }
 }
 

@@ -2,6 +2,7 @@
 //! image files, and its first layer drawn.
 use crate::error::Result;
 use crate::train;
+use crate::viz::class_name;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -121,13 +122,13 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
         let names: Vec<String> = q
             .neighbours
             .iter()
-            .map(|&(_, _, l)| n.classes[l as usize].clone())
+            .map(|&(_, _, l)| class_name(&n.train.classes, l).to_string())
             .collect();
         let (c, p) = q.top5[0];
         println!(
             "{}: {} {p:.3}; nearest: {}",
             q.name,
-            n.classes[c as usize],
+            class_name(&n.classes, c),
             names.join(", ")
         );
         if let Some(l) = q.label {
@@ -140,7 +141,7 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
         println!(
             "neighbours sharing the query's class: {same} of {total} ({:.1}%; chance: {:.1}%)",
             100.0 * same as f64 / total as f64,
-            100.0 / n.classes.len() as f64
+            100.0 / n.train.classes.len() as f64
         );
     }
     println!(

@@ -30,7 +30,9 @@ pub enum Queries {
 
 pub struct Neighbours {
     pub queries: Vec<Query>,
+    /// The searched training set (its `classes` name the queries' and neighbours' labels).
     pub train: Dataset,
+    /// The network's class names (those of the top-5).
     pub classes: Vec<String>,
     pub cache: PathBuf,
 }

@@ -1,0 +1,192 @@
+//! AlexNet: parameters by name, their initialisation, and the one functional forward pass every
+//! caller uses (the Rust trainer and CLI, the Python `nn.Module`, the two-device placement).
+//!
+//! The forward takes a [`Config`] and a [`Params`] map (name -> one shard per device) and builds
+//! nothing: the caller owns the parameters (our trainer, or a Python module's `nn.Parameter`s),
+//! so the autograd graph links back to whichever side created them. Activations travel as one
+//! channel slice per device; on one device that is the ordinary network.
+//!
+//! - this file: [`Params`], initialisation, and splitting over the placement;
+//! - `forward.rs`: the forward pass, its stages, activations by name, and dropout's masks.
+mod forward;
+
+use crate::config::{Config, Init};
+use crate::error::{Error, Result};
+use crate::ops;
+use crate::placement::Placement;
+pub use forward::{activations, forward, forward_masked, forward_with, stage_names, Masks, Stage};
+use std::collections::BTreeMap;
+use tch::{Device, Kind, Tensor};
+
+/// Named parameters (`conv1.weight`, `features.0.bias`, ...), each as its shards along dim 0,
+/// one per device of the placement (a single shard on one device). Tensors are shallow handles:
+/// they share storage and autograd identity with whoever owns them.
+#[derive(Debug, Default)]
+pub struct Params {
+    map: BTreeMap<String, Vec<Tensor>>,
+}
+
+impl Params {
+    /// Whole (unsharded) parameters.
+    pub fn new(map: BTreeMap<String, Tensor>) -> Self {
+        Params {
+            map: map.into_iter().map(|(k, v)| (k, vec![v])).collect(),
+        }
+    }
+
+    pub fn from_shards(map: BTreeMap<String, Vec<Tensor>>) -> Self {
+        Params { map }
+    }
+
+    /// The shards by name.
+    pub fn into_map(self) -> BTreeMap<String, Vec<Tensor>> {
+        self.map
+    }
+
+    /// The shards of parameter `name`.
+    pub fn shards(&self, name: &str) -> Result<&[Tensor]> {
+        self.map.get(name).map(Vec::as_slice).ok_or_else(|| {
+            let present: Vec<&str> = self.map.keys().map(String::as_str).collect();
+            Error::MissingParam(name.to_string(), present.join(", "))
+        })
+    }
+
+    /// An unsharded parameter (the first shard of a sharded one).
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        Ok(&self.shards(name)?[0])
+    }
+
+    /// (name, shard index, tensor) for every shard.
+    pub fn iter_shards(&self) -> impl Iterator<Item = (&String, usize, &Tensor)> {
+        self.map
+            .iter()
+            .flat_map(|(k, v)| v.iter().enumerate().map(move |(i, t)| (k, i, t)))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.map.keys()
+    }
+
+    /// Whole parameters, gathered from their shards onto the CPU (for checkpoints).
+    pub fn gather_cpu(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.map
+            .iter()
+            .map(|(k, v)| {
+                let parts: Vec<Tensor> = v.iter().map(|t| t.detach().to_device(Device::Cpu)).collect();
+                Ok((k.clone(), Tensor::f_cat(&parts, 0)?))
+            })
+            .collect()
+    }
+
+    /// Checks that every parameter the config names is present with the right (whole) shape.
+    pub fn check(&self, cfg: &Config) -> Result<()> {
+        for (name, shape) in cfg.param_shapes() {
+            let shards = self.shards(&name)?;
+            let rows: i64 = shards.iter().map(|t| t.size()[0]).sum();
+            let mut whole = shards[0].size();
+            whole[0] = rows;
+            if whole != shape {
+                return Err(Error::Shape(format!(
+                    "parameter `{name}` has shape {whole:?}, the {} preset expects {shape:?}",
+                    cfg.preset
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The config's parameters, initialised as the preset says (float32, drawn on the CPU from
+/// torch's global generator, so the values do not depend on the placement), then split into
+/// shards and moved where `placement` puts them, as trainable leaves.
+pub fn init_params(cfg: &Config, placement: &Placement) -> Result<Params> {
+    let whole = init_whole(cfg)?;
+    shard(cfg, placement, &whole, false)
+}
+
+/// Whole CPU tensors, initialised.
+pub fn init_whole(cfg: &Config) -> Result<BTreeMap<String, Tensor>> {
+    let _guard = tch::no_grad_guard();
+    let mut map = BTreeMap::new();
+    let inits = cfg.convs.iter().map(|c| c.init).chain(cfg.fcs.iter().map(|f| f.init));
+    let opts = (Kind::Float, Device::Cpu);
+    for (pair, init) in cfg.param_shapes().chunks(2).zip(inits) {
+        let ((wname, wshape), (bname, bshape)) = (&pair[0], &pair[1]);
+        let (w, b) = match init {
+            Init::Normal { std, bias } => (
+                Tensor::f_randn(wshape, opts)? * std,
+                Tensor::f_full(bshape, bias, opts)?,
+            ),
+            Init::TorchDefault => {
+                // kaiming_uniform_(a=sqrt(5)) and the bias rule of nn.Conv2d/nn.Linear both give
+                // U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+                let fan_in: i64 = wshape[1..].iter().product();
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let u = |shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_rand(shape, opts)? * (2.0 * bound) - bound) };
+                (u(wshape)?, u(bshape)?)
+            }
+        };
+        map.insert(wname.clone(), w);
+        map.insert(bname.clone(), b);
+    }
+    Ok(map)
+}
+
+/// Splits whole tensors into the placement's shards (trainable leaves on their devices), conv
+/// weights stored channels_last if asked.
+pub fn shard(
+    cfg: &Config,
+    placement: &Placement,
+    whole: &BTreeMap<String, Tensor>,
+    channels_last: bool,
+) -> Result<Params> {
+    let mut map = split(cfg, placement, whole, !channels_last)?;
+    if channels_last {
+        for shards in map.values_mut() {
+            for t in shards.iter_mut() {
+                let cl = if t.dim() == 4 {
+                    ops::channels_last(t)?
+                } else {
+                    t.shallow_clone()
+                };
+                *t = cl.set_requires_grad(true);
+            }
+        }
+    }
+    Ok(Params { map })
+}
+
+/// Splits whole tensors (parameters, or optimizer buffers shaped like them) into the
+/// placement's shards, copied to their devices.
+pub fn split(
+    cfg: &Config,
+    placement: &Placement,
+    whole: &BTreeMap<String, Tensor>,
+    trainable: bool,
+) -> Result<BTreeMap<String, Vec<Tensor>>> {
+    let mut map: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
+    let shapes: BTreeMap<String, Vec<i64>> = cfg.param_shapes().into_iter().collect();
+    for sh in placement.shards(cfg)? {
+        let t = whole
+            .get(&sh.name)
+            .ok_or_else(|| Error::MissingParam(sh.name.clone(), "(given tensors)".into()))?;
+        if Some(&t.size()) != shapes.get(&sh.name) {
+            return Err(Error::Shape(format!(
+                "parameter `{}` has shape {:?}, the {} preset expects {:?}",
+                sh.name,
+                t.size(),
+                cfg.preset,
+                shapes.get(&sh.name).cloned().unwrap_or_default()
+            )));
+        }
+        let part = t
+            .f_narrow(0, sh.rows.start, sh.rows.end - sh.rows.start)?
+            .to_device(sh.device)
+            .detach()
+            .copy();
+        map.entry(sh.name)
+            .or_default()
+            .push(if trainable { part.set_requires_grad(true) } else { part });
+    }
+    Ok(map)
+}
