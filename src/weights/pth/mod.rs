@@ -38,6 +38,7 @@
 
 #![forbid(unsafe_code)]
 
+mod objects;
 mod pickle;
 mod zip;
 
@@ -161,3 +162,7 @@ fn read_archive<R: Read + Seek>(src: R) -> Result<Vec<RawTensor>, String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pickle;
+#[cfg(test)]
+mod tests_zip;

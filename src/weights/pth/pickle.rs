@@ -1,7 +1,7 @@
 //! A restricted unpickler: the opcodes and globals of a state_dict, nothing else.
-use super::{Dtype, RawTensor};
+use super::objects::{global_name, kind, pairs, resolve_global, Global, Obj, StorageRef, TensorObj, Value};
+use super::RawTensor;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------
@@ -88,104 +88,6 @@ pub(super) fn unsupported_opcode_name(op: u8) -> &'static str {
     }
 }
 
-/// The only globals a state_dict may name.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Global {
-    /// `collections.OrderedDict`: called with `()` it makes an empty dict.
-    OrderedDict,
-    /// `torch._utils._rebuild_tensor_v2`
-    RebuildTensorV2,
-    /// `torch._utils._rebuild_parameter`
-    RebuildParameter,
-    /// `torch.FloatStorage` etc.: dtype markers inside persistent ids.
-    StorageClass(Dtype),
-    /// `torch.serialization._get_layout`
-    GetLayout,
-    /// `torch.strided`
-    Strided,
-}
-
-pub(super) fn resolve_global(module: &str, name: &str) -> Result<Global, String> {
-    Ok(match (module, name) {
-        ("collections", "OrderedDict") => Global::OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
-        ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
-        ("torch.serialization", "_get_layout") => Global::GetLayout,
-        ("torch", "strided") => Global::Strided,
-        ("torch", _) if name.ends_with("Storage") => match Dtype::from_storage_class(name) {
-            Some(dtype) => Global::StorageClass(dtype),
-            None => return Err(format!("unsupported tensor storage type `torch.{name}`")),
-        },
-        _ => {
-            return Err(format!(
-                "refuses to call `{module}.{name}` (only tensors and dicts are read)"
-            ))
-        }
-    })
-}
-
-/// A value on the pickle stack. Containers are indices into the unpickler's
-/// arenas, which gives pickle's shared-reference semantics (a memoized dict
-/// that is later filled is the same dict) and makes cloning O(1).
-#[derive(Clone, Debug)]
-pub(super) enum Value {
-    None,
-    Bool(bool),
-    Int(i64),
-    Float(#[allow(dead_code)] f64), // parsed, never needed by a state_dict
-    Str(Rc<str>),
-    Tuple(usize),
-    List(usize),
-    Dict(usize),
-    Global(Global),
-    Storage(usize),
-    Tensor(usize),
-    Layout,
-}
-
-pub(super) fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::None => "None",
-        Value::Bool(_) => "bool",
-        Value::Int(_) => "int",
-        Value::Float(_) => "float",
-        Value::Str(_) => "string",
-        Value::Tuple(_) => "tuple",
-        Value::List(_) => "list",
-        Value::Dict(_) => "dict",
-        Value::Global(_) => "global",
-        Value::Storage(_) => "storage",
-        Value::Tensor(_) => "tensor",
-        Value::Layout => "layout",
-    }
-}
-
-pub(super) enum Obj {
-    Tuple(Vec<Value>),
-    List(Vec<Value>),
-    /// Insertion-ordered; a repeated key is resolved at the end.
-    Dict(Vec<(Value, Value)>),
-}
-
-pub(super) struct StorageRef {
-    pub(super) dtype: Dtype,
-    pub(super) numel: i64,
-    pub(super) data: Arc<Vec<u8>>,
-}
-
-pub(super) struct TensorObj {
-    pub(super) dtype: Dtype,
-    pub(super) shape: Vec<i64>,
-    pub(super) strides: Vec<i64>,
-    pub(super) storage_offset: i64,
-    pub(super) data: Arc<Vec<u8>>,
-    pub(super) requires_grad: bool,
-}
-
-/// Tensors with more dimensions than this are refused (torch itself caps
-/// most operations at 25); it also keeps hostile pickles linear-time.
-pub(super) const MAX_DIMS: usize = 64;
-
 pub(super) struct Unpickler<'a> {
     pub(super) pkl: &'a [u8],
     pub(super) pos: usize,
@@ -257,11 +159,27 @@ impl<'a> Unpickler<'a> {
             }
             STOP => return Ok(Some(self.pop()?)),
             MARK => self.marks.push(self.stack.len()),
+            BINPUT | LONG_BINPUT | MEMOIZE | BINGET | LONG_BINGET => self.memo_op(op)?,
+            BININT | BININT1 | BININT2 | LONG1 | BINFLOAT => self.number_op(op)?,
+            BINUNICODE | SHORT_BINUNICODE | BINUNICODE8 | BINSTRING | SHORT_BINSTRING | NONE | NEWTRUE | NEWFALSE => {
+                self.text_op(op)?
+            }
+            EMPTY_DICT | EMPTY_LIST | EMPTY_TUPLE | TUPLE | TUPLE1 | TUPLE2 | TUPLE3 | LIST | APPEND | APPENDS
+            | DICT | SETITEM | SETITEMS => self.container_op(op)?,
+            GLOBAL | STACK_GLOBAL | REDUCE | NEWOBJ | BUILD | BINPERSID => self.object_op(op)?,
+            _ => {
+                return Err(format!(
+                    "unsupported pickle opcode 0x{op:02x} ({}); a state_dict does not need it",
+                    unsupported_opcode_name(op)
+                ));
+            }
+        }
+        Ok(None)
+    }
 
-            EMPTY_DICT => self.push_obj(Obj::Dict(Vec::new())),
-            EMPTY_LIST => self.push_obj(Obj::List(Vec::new())),
-            EMPTY_TUPLE => self.push_obj(Obj::Tuple(Vec::new())),
-
+    /// BINPUT, LONG_BINPUT, MEMOIZE, BINGET, LONG_BINGET: the memo.
+    fn memo_op(&mut self, op: u8) -> Result<(), String> {
+        match op {
             BINPUT => {
                 let i = self.read_u8()?;
                 self.memo_put(u32::from(i))?
@@ -282,7 +200,14 @@ impl<'a> Unpickler<'a> {
                 let i = self.read_u32()?;
                 self.memo_get(i)?
             }
+            _ => return Err(format!("internal error: opcode 0x{op:02x} dispatched to memo_op")),
+        }
+        Ok(())
+    }
 
+    /// BININT, BININT1, BININT2, LONG1, BINFLOAT.
+    fn number_op(&mut self, op: u8) -> Result<(), String> {
+        match op {
             BININT => {
                 let v = i32::from_le_bytes(self.array()?);
                 self.stack.push(Value::Int(v.into()))
@@ -315,7 +240,14 @@ impl<'a> Unpickler<'a> {
                 let v = f64::from_be_bytes(self.array()?);
                 self.stack.push(Value::Float(v))
             }
+            _ => return Err(format!("internal error: opcode 0x{op:02x} dispatched to number_op")),
+        }
+        Ok(())
+    }
 
+    /// Strings (BINUNICODE, ..., Python 2 BINSTRING), None, True and False.
+    fn text_op(&mut self, op: u8) -> Result<(), String> {
+        match op {
             BINUNICODE | SHORT_BINUNICODE | BINUNICODE8 => {
                 let n = match op {
                     SHORT_BINUNICODE => u64::from(self.read_u8()?),
@@ -341,7 +273,17 @@ impl<'a> Unpickler<'a> {
             NONE => self.stack.push(Value::None),
             NEWTRUE => self.stack.push(Value::Bool(true)),
             NEWFALSE => self.stack.push(Value::Bool(false)),
+            _ => return Err(format!("internal error: opcode 0x{op:02x} dispatched to text_op")),
+        }
+        Ok(())
+    }
 
+    /// Tuples, lists and dicts: empty ones, from the stack above a MARK, appends and items.
+    fn container_op(&mut self, op: u8) -> Result<(), String> {
+        match op {
+            EMPTY_DICT => self.push_obj(Obj::Dict(Vec::new())),
+            EMPTY_LIST => self.push_obj(Obj::List(Vec::new())),
+            EMPTY_TUPLE => self.push_obj(Obj::Tuple(Vec::new())),
             TUPLE => {
                 let items = self.pop_mark()?;
                 self.push_obj(Obj::Tuple(items))
@@ -382,7 +324,14 @@ impl<'a> Unpickler<'a> {
                 let items = pairs(items)?;
                 self.top_dict()?.extend(items)
             }
+            _ => return Err(format!("internal error: opcode 0x{op:02x} dispatched to container_op")),
+        }
+        Ok(())
+    }
 
+    /// GLOBAL, STACK_GLOBAL (whitelisted names only), REDUCE, NEWOBJ, BUILD, BINPERSID.
+    fn object_op(&mut self, op: u8) -> Result<(), String> {
+        match op {
             GLOBAL => {
                 let module = self.read_line()?;
                 let name = self.read_line()?;
@@ -431,14 +380,9 @@ impl<'a> Unpickler<'a> {
                 let storage = self.persistent_load(&pid)?;
                 self.stack.push(storage)
             }
-            _ => {
-                return Err(format!(
-                    "unsupported pickle opcode 0x{op:02x} ({}); a state_dict does not need it",
-                    unsupported_opcode_name(op)
-                ));
-            }
+            _ => return Err(format!("internal error: opcode 0x{op:02x} dispatched to object_op")),
         }
-        Ok(None)
+        Ok(())
     }
 
     // -- reading the pickle bytes ------------------------------------------
@@ -562,234 +506,5 @@ impl<'a> Unpickler<'a> {
             Some(Obj::Dict(items)) => Ok(items),
             _ => Err("internal error: dict".into()),
         }
-    }
-
-    // -- torch ---------------------------------------------------------------
-
-    /// REDUCE: `func(*args)` for the whitelisted callables.
-    pub(super) fn call(&mut self, func: Global, args: Vec<Value>) -> Result<Value, String> {
-        match func {
-            Global::OrderedDict => {
-                if !args.is_empty() {
-                    return Err("collections.OrderedDict called with arguments".into());
-                }
-                Ok(self.new_obj(Obj::Dict(Vec::new())))
-            }
-            Global::RebuildTensorV2 => self.rebuild_tensor(&args),
-            Global::RebuildParameter => {
-                let [Value::Tensor(t), Value::Bool(requires_grad), Value::Dict(_)] = args.as_slice() else {
-                    return Err("_rebuild_parameter expects (tensor, requires_grad, backward_hooks)".into());
-                };
-                let t = self.tensors.get(*t).ok_or("internal error: tensor")?;
-                let param = TensorObj {
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    strides: t.strides.clone(),
-                    storage_offset: t.storage_offset,
-                    data: Arc::clone(&t.data),
-                    requires_grad: *requires_grad,
-                };
-                self.tensors.push(param);
-                Ok(Value::Tensor(self.tensors.len() - 1))
-            }
-            Global::GetLayout => match args.as_slice() {
-                [Value::Str(s)] if &**s == "torch.strided" => Ok(Value::Layout),
-                _ => Err("only the strided layout is supported".into()),
-            },
-            Global::StorageClass(_) | Global::Strided => Err(format!("`{}` is not callable", global_name(func))),
-        }
-    }
-
-    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
-    /// backward_hooks[, metadata])`.
-    pub(super) fn rebuild_tensor(&mut self, args: &[Value]) -> Result<Value, String> {
-        let usage = "_rebuild_tensor_v2 expects (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])";
-        let (storage, offset, size, stride, requires_grad) = match args {
-            [Value::Storage(s), Value::Int(o), size, stride, Value::Bool(rg), Value::Dict(_)]
-            | [Value::Storage(s), Value::Int(o), size, stride, Value::Bool(rg), Value::Dict(_), _] => {
-                (*s, *o, size, stride, *rg)
-            }
-            _ => return Err(usage.into()),
-        };
-        let shape = self.int_tuple(size, "size")?;
-        let strides = self.int_tuple(stride, "stride")?;
-        let storage = self.storages.get(storage).ok_or("internal error: storage")?;
-        if shape.len() != strides.len() {
-            return Err(format!("tensor size {shape:?} and stride {strides:?} differ in length"));
-        }
-        if offset < 0 || shape.iter().chain(&strides).any(|&v| v < 0) {
-            return Err(format!(
-                "negative size, stride or offset (size {shape:?}, stride {strides:?}, offset {offset})"
-            ));
-        }
-        // Every element must lie inside the storage: the last one is at
-        // offset + sum((size_i - 1) * stride_i).
-        let overflow = || format!("tensor size {shape:?} / stride {strides:?} overflows");
-        let numel = shape
-            .iter()
-            .try_fold(1i64, |n, &s| n.checked_mul(s))
-            .ok_or_else(overflow)?;
-        if numel > 0 {
-            let last = shape
-                .iter()
-                .zip(&strides)
-                .try_fold(offset, |acc, (&s, &st)| acc.checked_add((s - 1).checked_mul(st)?))
-                .ok_or_else(overflow)?;
-            if last >= storage.numel {
-                return Err(format!(
-                    "tensor (size {shape:?}, stride {strides:?}, offset {offset}) reaches element {last} \
-                     of a storage of {} elements",
-                    storage.numel
-                ));
-            }
-        }
-        let tensor = TensorObj {
-            dtype: storage.dtype,
-            shape,
-            strides,
-            storage_offset: offset,
-            data: Arc::clone(&storage.data),
-            requires_grad,
-        };
-        self.tensors.push(tensor);
-        Ok(Value::Tensor(self.tensors.len() - 1))
-    }
-
-    pub(super) fn int_tuple(&self, v: &Value, what: &str) -> Result<Vec<i64>, String> {
-        let items = self.tuple(v, what)?;
-        if items.len() > MAX_DIMS {
-            return Err(format!(
-                "tensor has {} dimensions (at most {MAX_DIMS} are supported)",
-                items.len()
-            ));
-        }
-        items
-            .iter()
-            .map(|x| match x {
-                Value::Int(i) => Ok(*i),
-                other => Err(format!("{what}: expected ints, found a {}", kind(other))),
-            })
-            .collect()
-    }
-
-    /// BINPERSID with `('storage', torch.FloatStorage, key, location, numel)`.
-    pub(super) fn persistent_load(&mut self, pid: &Value) -> Result<Value, String> {
-        let items = self.tuple(pid, "persistent id")?;
-        let (dtype, key, numel) = match items {
-            [Value::Str(tag), Value::Global(Global::StorageClass(dtype)), Value::Str(key), Value::Str(_location), Value::Int(numel)]
-                if &**tag == "storage" =>
-            {
-                (*dtype, Rc::clone(key), *numel)
-            }
-            _ => {
-                return Err(
-                    "unsupported persistent id (expected ('storage', <storage type>, key, location, numel))".into(),
-                )
-            }
-        };
-        let data = match self.loaded.get(&*key) {
-            Some(data) => Arc::clone(data),
-            None => {
-                let data = Arc::new((self.load)(&key)?);
-                self.loaded.insert(key.to_string(), Arc::clone(&data));
-                data
-            }
-        };
-        let expected = usize::try_from(numel).ok().and_then(|n| n.checked_mul(dtype.size()));
-        if expected != Some(data.len()) {
-            return Err(format!(
-                "storage `{key}` holds {} bytes, but the pickle says {numel} elements of {:?}",
-                data.len(),
-                dtype
-            ));
-        }
-        self.storages.push(StorageRef { dtype, numel, data });
-        Ok(Value::Storage(self.storages.len() - 1))
-    }
-
-    /// The result must be a dict of name -> tensor.
-    pub(super) fn into_state_dict(self, top: Value) -> Result<Vec<RawTensor>, String> {
-        let items = match &top {
-            Value::Dict(i) => match self.objs.get(*i) {
-                Some(Obj::Dict(items)) => items,
-                _ => return Err("internal error: dict".into()),
-            },
-            other => return Err(format!("the file holds a {}, not a dict of tensors", kind(other))),
-        };
-        let keys = || {
-            let names: Vec<String> = items
-                .iter()
-                .take(5)
-                .map(|(k, _)| match k {
-                    Value::Str(s) => format!("`{s}`"),
-                    other => kind(other).to_string(),
-                })
-                .collect();
-            let more = if items.len() > 5 { ", ..." } else { "" };
-            format!("{}{more}", names.join(", "))
-        };
-        let mut out: Vec<RawTensor> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for (k, v) in items {
-            let Value::Str(name) = k else {
-                return Err(format!(
-                    "the file holds a dict with a {} key (keys: {})",
-                    kind(k),
-                    keys()
-                ));
-            };
-            let t = match v {
-                Value::Tensor(t) => self.tensors.get(*t).ok_or("internal error: tensor")?,
-                other => {
-                    return Err(format!(
-                        "the file holds a dict whose values are not all tensors: `{name}` is a {} (keys: {}); \
-                         if this is a training checkpoint, save its model.state_dict() instead",
-                        kind(other),
-                        keys()
-                    ));
-                }
-            };
-            let tensor = RawTensor {
-                name: name.to_string(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                strides: t.strides.clone(),
-                storage_offset: t.storage_offset,
-                data: Arc::clone(&t.data),
-                requires_grad: t.requires_grad,
-            };
-            // As in Python, a repeated key keeps its first position and the last value.
-            match index.get(&**name).and_then(|&j| out.get_mut(j)) {
-                Some(slot) => *slot = tensor,
-                None => {
-                    index.insert(name, out.len());
-                    out.push(tensor);
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-pub(super) fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if !items.len().is_multiple_of(2) {
-        return Err("odd number of items for a dict".into());
-    }
-    let mut it = items.into_iter();
-    let mut out = Vec::new();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        out.push((k, v));
-    }
-    Ok(out)
-}
-
-pub(super) fn global_name(g: Global) -> String {
-    match g {
-        Global::OrderedDict => "collections.OrderedDict".into(),
-        Global::RebuildTensorV2 => "torch._utils._rebuild_tensor_v2".into(),
-        Global::RebuildParameter => "torch._utils._rebuild_parameter".into(),
-        Global::StorageClass(d) => format!("torch storage class for {d:?}"),
-        Global::GetLayout => "torch.serialization._get_layout".into(),
-        Global::Strided => "torch.strided".into(),
     }
 }

@@ -117,14 +117,23 @@ impl<R: Read + Seek> Zip<R> {
             by_name: HashMap::new(),
         };
 
+        let (n_entries, cd_size, cd_offset) = zip.directory()?;
+        zip.read_entries(n_entries, cd_size, cd_offset)?;
+        Ok(zip)
+    }
+
+    /// The end-of-central-directory record (zip64 when present): (entries, size, offset) of the
+    /// central directory.
+    fn directory(&mut self) -> Result<(u64, u64, u64), String> {
+        let len = self.len;
         // The EOCD is the last record; a comment of up to 64 KiB may follow it.
         let tail_len = len.min(22 + 0xFFFF);
-        let tail = zip.read_at(len - tail_len, tail_len, "end of file")?;
+        let tail = self.read_at(len - tail_len, tail_len, "end of file")?;
         let eocd_in_tail = (0..tail.len().saturating_sub(21))
             .rev()
             .find(|&p| tail.get(p..p + 4) == Some(&EOCD_SIG.to_le_bytes()[..]));
         let Some(p) = eocd_in_tail else {
-            let head = zip.read_at(0, len.min(4), "file header")?;
+            let head = self.read_at(0, len.min(4), "file header")?;
             return Err(if head == LOCAL_SIG.to_le_bytes() {
                 "truncated (the zip archive has lost its end-of-central-directory record)".into()
             } else {
@@ -144,7 +153,7 @@ impl<R: Read + Seek> Zip<R> {
 
         // torch always writes the zip64 records; when present they win.
         let locator = if eocd_offset >= 20 {
-            Some(zip.read_at(eocd_offset - 20, 20, "zip64 locator")?)
+            Some(self.read_at(eocd_offset - 20, 20, "zip64 locator")?)
         } else {
             None
         };
@@ -155,7 +164,7 @@ impl<R: Read + Seek> Zip<R> {
             if eocd64_offset.checked_add(56).is_none_or(|end| end > eocd_offset) {
                 return Err("corrupt zip64 locator (points past the end of the archive)".into());
             }
-            let rec = zip.read_at(eocd64_offset, 56, "zip64 end-of-central-directory record")?;
+            let rec = self.read_at(eocd64_offset, 56, "zip64 end-of-central-directory record")?;
             let mut c = Cursor::new(&rec);
             if c.u32() != Some(EOCD64_SIG) {
                 return Err("corrupt zip64 end-of-central-directory record (bad signature)".into());
@@ -175,8 +184,12 @@ impl<R: Read + Seek> Zip<R> {
         } else if disk != 0 || cd_disk != 0 {
             return Err("multi-disk zip archives are not supported".into());
         }
+        Ok((n_entries, cd_size, cd_offset))
+    }
 
-        let cd = zip.read_at(cd_offset, cd_size, "central directory")?;
+    /// The central directory's entries, with their zip64 sizes and offsets.
+    fn read_entries(&mut self, n_entries: u64, cd_size: u64, cd_offset: u64) -> Result<(), String> {
+        let cd = self.read_at(cd_offset, cd_size, "central directory")?;
         let mut c = Cursor::new(&cd);
         let corrupt = |i: u64| format!("corrupt central directory (entry {i} of {n_entries})");
         for i in 0..n_entries {
@@ -217,8 +230,8 @@ impl<R: Read + Seek> Zip<R> {
             }
 
             let name = String::from_utf8_lossy(name).into_owned();
-            zip.by_name.entry(name.clone()).or_insert(zip.entries.len());
-            zip.entries.push(ZipEntry {
+            self.by_name.entry(name.clone()).or_insert(self.entries.len());
+            self.entries.push(ZipEntry {
                 name,
                 flags,
                 method,
@@ -228,7 +241,7 @@ impl<R: Read + Seek> Zip<R> {
                 local_header_offset,
             });
         }
-        Ok(zip)
+        Ok(())
     }
 
     pub(super) fn contains(&self, name: &str) -> bool {

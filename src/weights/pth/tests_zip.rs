@@ -1,0 +1,191 @@
+//! Hand-built zip archives: plain and zip64 layouts, and every way they can be broken.
+
+use super::tests::load_bytes;
+use super::tests_pickle::{f32s, state_dict_pkl, storage_bytes, tensor_call};
+use super::*;
+
+// -- hand-built zips -----------------------------------------------------
+
+/// A minimal zip writer (STORED entries), optionally putting sizes and
+/// offsets in zip64 extra fields and writing the zip64 EOCD records.
+fn make_zip(entries: &[(&str, &[u8])], zip64: bool, method: u16) -> Vec<u8> {
+    fn put(out: &mut Vec<u8>, v: u64, n: usize) {
+        out.extend_from_slice(&v.to_le_bytes()[..n]);
+    }
+    let (mut out, mut cd) = (Vec::new(), Vec::new());
+    for (name, data) in entries {
+        let (offset, crc, n) = (out.len() as u64, u64::from(crc32_of(data)), data.len() as u64);
+        for (v, w) in [
+            (u64::from(LOCAL_SIG), 4),
+            (20, 2),
+            (0, 2),
+            (u64::from(method), 2),
+            (0, 4),
+            (crc, 4),
+            (n, 4),
+            (n, 4),
+        ] {
+            put(&mut out, v, w);
+        }
+        put(&mut out, name.len() as u64, 2);
+        put(&mut out, 0, 2);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        let big = |v: u64| if zip64 { 0xFFFF_FFFF } else { v };
+        for (v, w) in [
+            (u64::from(CENTRAL_SIG), 4),
+            (45, 2),
+            (45, 2),
+            (0, 2),
+            (u64::from(method), 2),
+            (0, 4),
+            (crc, 4),
+        ] {
+            put(&mut cd, v, w);
+        }
+        for (v, w) in [
+            (big(n), 4),
+            (big(n), 4),
+            (name.len() as u64, 2),
+            (if zip64 { 28 } else { 0 }, 2),
+        ] {
+            put(&mut cd, v, w);
+        }
+        for (v, w) in [(0, 2), (0, 2), (0, 2), (0, 4), (big(offset), 4)] {
+            put(&mut cd, v, w);
+        }
+        cd.extend_from_slice(name.as_bytes());
+        if zip64 {
+            for (v, w) in [(1, 2), (24, 2), (n, 8), (n, 8), (offset, 8)] {
+                put(&mut cd, v, w);
+            }
+        }
+    }
+    let (cd_offset, cd_size, count) = (out.len() as u64, cd.len() as u64, entries.len() as u64);
+    out.extend(cd);
+    if zip64 {
+        let eocd64 = out.len() as u64;
+        for (v, w) in [
+            (u64::from(EOCD64_SIG), 4),
+            (44, 8),
+            (45, 2),
+            (45, 2),
+            (0, 4),
+            (0, 4),
+            (count, 8),
+            (count, 8),
+        ] {
+            put(&mut out, v, w);
+        }
+        for (v, w) in [
+            (cd_size, 8),
+            (cd_offset, 8),
+            (u64::from(EOCD64_LOCATOR_SIG), 4),
+            (0, 4),
+            (eocd64, 8),
+            (1, 4),
+        ] {
+            put(&mut out, v, w);
+        }
+    }
+    let small = |v: u64, max: u64| if zip64 { max } else { v };
+    for (v, w) in [
+        (u64::from(EOCD_SIG), 4),
+        (0, 2),
+        (0, 2),
+        (small(count, 0xFFFF), 2),
+        (small(count, 0xFFFF), 2),
+    ] {
+        put(&mut out, v, w);
+    }
+    for (v, w) in [
+        (small(cd_size, 0xFFFF_FFFF), 4),
+        (small(cd_offset, 0xFFFF_FFFF), 4),
+        (0, 2),
+    ] {
+        put(&mut out, v, w);
+    }
+    out
+}
+
+fn storage0() -> Vec<u8> {
+    storage_bytes("0").unwrap()
+}
+
+#[test]
+fn zip_plain_and_zip64() {
+    let pkl = state_dict_pkl(&[("w", tensor_call("0", 6, 0, &[3, 2], &[1, 3]))]);
+    let s0 = storage0();
+    for zip64 in [false, true] {
+        let z = make_zip(
+            &[
+                ("arch/data.pkl", &pkl),
+                ("arch/byteorder", b"little"),
+                ("arch/data/0", &s0),
+            ],
+            zip64,
+            0,
+        );
+        let ts = load_bytes(&z).unwrap_or_else(|e| panic!("zip64={zip64}: {e}"));
+        assert_eq!(f32s(&ts[0]), [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        // No byteorder entry (PyTorch < 1.10): little-endian assumed.
+        let z = make_zip(&[("arch/data.pkl", &pkl), ("arch/data/0", &s0)], zip64, 0);
+        assert!(load_bytes(&z).is_ok());
+    }
+    // A zip64 EOCD that is needed but missing: drop the 76 bytes of records.
+    let z = make_zip(&[("arch/data.pkl", &pkl), ("arch/data/0", &s0)], true, 0);
+    let mut cut = z[..z.len() - 22 - 76].to_vec();
+    cut.extend_from_slice(&z[z.len() - 22..]);
+    assert!(load_bytes(&cut)
+        .unwrap_err()
+        .contains("zip64 end-of-central-directory record is missing"));
+}
+
+#[test]
+fn zip_errors() {
+    let pkl = state_dict_pkl(&[("w", tensor_call("0", 6, 0, &[6], &[1]))]);
+    let s0 = storage0();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (make_zip(&[("arch/data.pkl", &pkl)], false, 0), "no entry `arch/data/0`"),
+        (
+            make_zip(&[("arch/data.pkl", &pkl), ("arch/data/0", &s0)], false, 8),
+            "is compressed (deflate)",
+        ),
+        (make_zip(&[("data.pkl", &pkl)], false, 0), "not inside a top folder"),
+        (make_zip(&[("arch/other.pkl", &pkl)], false, 0), "no `arch/data.pkl`"),
+        (
+            make_zip(&[("arch/constants.pkl", b""), ("arch/code/x.py", b"")], false, 0),
+            "TorchScript",
+        ),
+        (
+            make_zip(&[("arch/data.pkl", &pkl), ("arch/byteorder", b"big")], false, 0),
+            "big-endian",
+        ),
+        (
+            make_zip(&[("arch/data.pkl", &pkl), ("arch/byteorder", b"middle")], false, 0),
+            "unknown byteorder",
+        ),
+        (make_zip(&[], false, 0), "empty"),
+        (Vec::new(), "not a zip archive"),
+        (
+            b"hello world, this is not a zip file at all".to_vec(),
+            "not a zip archive",
+        ),
+        (
+            b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec(),
+            "_use_new_zipfile_serialization=True",
+        ),
+        (b"PK\x03\x04 and then nothing".to_vec(), "truncated"),
+    ];
+    for (z, needle) in cases {
+        let err = load_bytes(&z).unwrap_err();
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
+    // A flipped data byte is caught by the CRC.
+    let mut z = make_zip(&[("arch/data.pkl", &pkl), ("arch/data/0", &s0)], false, 0);
+    let at = z.windows(4).position(|w| w == 2f32.to_le_bytes()).unwrap();
+    z[at + 3] ^= 0x40;
+    assert!(load_bytes(&z)
+        .unwrap_err()
+        .contains("entry `arch/data/0` is corrupt (CRC-32 mismatch)"));
+}
