@@ -409,3 +409,51 @@ fn check_input(cfg: &Config, x: &Tensor) -> Result<()> {
     cfg.spatial_sizes(size[3])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keyed_mask;
+
+    fn zeros(m: &tch::Tensor) -> f64 {
+        m.eq(0.0)
+            .to_kind(tch::Kind::Float)
+            .mean(tch::Kind::Float)
+            .double_value(&[])
+    }
+
+    #[test]
+    fn keyed_masks_drop_a_fraction_p_independently_per_sample_step_and_layer() {
+        let samples: Vec<usize> = (0..64).collect();
+        let m = keyed_mask(0, 5, &samples, 1, 4096, 0.5).unwrap();
+        assert!((zeros(&m) - 0.5).abs() < 0.01, "fraction dropped {}", zeros(&m));
+        let kept = m.masked_select(&m.ne(0.0));
+        assert!(
+            kept.eq(2.0).all().int64_value(&[]) == 1,
+            "kept units are scaled by 1/(1-p)"
+        );
+        // Two masks agree on about half their units when independent (1/2 x 1/2 + 1/2 x 1/2).
+        let agree = |a: &tch::Tensor, b: &tch::Tensor| {
+            a.eq_tensor(b)
+                .to_kind(tch::Kind::Float)
+                .mean(tch::Kind::Float)
+                .double_value(&[])
+        };
+        let rows = agree(&m.get(0), &m.get(1));
+        let steps = agree(&m, &keyed_mask(0, 6, &samples, 1, 4096, 0.5).unwrap());
+        let layers = agree(&m, &keyed_mask(0, 5, &samples, 2, 4096, 0.5).unwrap());
+        let seeds = agree(&m, &keyed_mask(1, 5, &samples, 1, 4096, 0.5).unwrap());
+        for (what, a) in [
+            ("samples", rows),
+            ("steps", steps),
+            ("layers", layers),
+            ("seeds", seeds),
+        ] {
+            assert!((a - 0.5).abs() < 0.03, "masks of different {what} agree on {a}");
+        }
+        // The same key gives the same mask, whatever else is in the batch.
+        let one = keyed_mask(0, 5, &samples[7..8], 1, 4096, 0.5).unwrap();
+        assert!(one.get(0).equal(&m.get(7)));
+        let p = keyed_mask(0, 5, &samples, 1, 4096, 0.1).unwrap();
+        assert!((zeros(&p) - 0.1).abs() < 0.01, "p = 0.1 drops {}", zeros(&p));
+    }
+}
