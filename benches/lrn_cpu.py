@@ -28,11 +28,15 @@ def fwd_bwd(fn, x, g):
 
 
 def median_time(fn, x, g, repeats):
-    fwd_bwd(fn, x, g)  # warm-up
+    return median_call(lambda: fwd_bwd(fn, x, g), repeats)
+
+
+def median_call(fn, repeats):
+    fn()  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fwd_bwd(fn, x, g)
+        fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -42,6 +46,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--split", action="store_true", help="also time forward, backward and a fresh output alone")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ours = lambda t: lrn(t, SIZE, ALPHA, BETA, K)  # noqa: E731
@@ -57,6 +62,18 @@ def main():
         t_stock = median_time(stock, x, g, args.repeats)
         t_ours = median_time(ours, x, g, args.repeats)
         print(f"| {name} | {t_stock * 1e3:.1f} | {t_ours * 1e3:.1f} | {t_stock / t_ours:.1f}x |")
+    if args.split:
+        # Where our time goes: each op alone, and the cost of a fresh output of that size.
+        print("\n| shape | lrn forward (ms) | lrn_backward (ms) | empty_like + fill_ (ms) |")
+        print("|---|---|---|---|")
+        ops = torch.ops.alexnet_rs
+        for name, chw in SHAPES.items():
+            x = torch.randn(args.batch, *chw).relu() * 50
+            g = torch.randn_like(x)
+            cols = [median_call(f, args.repeats) for f in (lambda: ops.lrn(x, SIZE, ALPHA, BETA, K),
+                                                           lambda: ops.lrn_backward(g, x, SIZE, ALPHA, BETA, K),
+                                                           lambda: torch.empty_like(x).fill_(1))]
+            print(f"| {name} | " + " | ".join(f"{t * 1e3:.1f}" for t in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -198,10 +198,9 @@ inline T relu_of(T v) {
   return v < T(0) ? T(0) : v;  // NaN stays NaN, as torch.relu
 }
 
-template <typename T, bool kBeta075, int W, bool kRelu>
-inline void forward_tile_direct(const T* x, T* y, int64_t C, int64_t S, int64_t ts, T* sq, const LrnTask& t) {
-  const T k = t.k, an = t.alpha / t.size, beta = t.beta;
-  const int64_t pre = t.size / 2, post = (t.size - 1) / 2;
+// sq[c][j] = (relu of) x[c][j] squared, for the tile's ts columns of each of the C channels.
+template <typename T, bool kRelu>
+inline void square_rows(const T* x, T* sq, int64_t C, int64_t S, int64_t ts) {
   for (int64_t c = 0; c < C; ++c) {
     const T* xr = x + c * S;
     T* q = sq + c * kTile;
@@ -210,6 +209,13 @@ inline void forward_tile_direct(const T* x, T* y, int64_t C, int64_t S, int64_t 
       q[j] = v * v;
     }
   }
+}
+
+template <typename T, bool kBeta075, int W, bool kRelu>
+inline void forward_tile_direct(const T* x, T* y, int64_t C, int64_t S, int64_t ts, T* sq, const LrnTask& t) {
+  const T k = t.k, an = t.alpha / t.size, beta = t.beta;
+  const int64_t pre = t.size / 2, post = (t.size - 1) / 2;
+  square_rows<T, kRelu>(x, sq, C, S, ts);
   for (int64_t c = 0; c < C; ++c) {
     const T* xr = x + c * S;
     T* yr = y + c * S;
@@ -226,14 +232,7 @@ inline void backward_tile_direct(const T* dy, const T* x, T* dx, int64_t C, int6
   const T k = t.k, an = t.alpha / t.size, beta = t.beta, two_an_beta = 2 * an * beta;
   const int64_t pre = t.size / 2, post = (t.size - 1) / 2;
   T *sq = bufs, *gb = bufs + C * kTile, *tb = bufs + 2 * C * kTile;
-  for (int64_t c = 0; c < C; ++c) {
-    const T* xr = x + c * S;
-    T* q = sq + c * kTile;
-    for (int64_t j = 0; j < ts; ++j) {
-      const T v = kRelu ? relu_of(xr[j]) : xr[j];
-      q[j] = v * v;
-    }
-  }
+  square_rows<T, kRelu>(x, sq, C, S, ts);
   // Pass 1: a[c] = dy[c] d[c]^-beta (into gb), t[c] = a[c] x[c] / d[c] (into tb).
   for (int64_t c = 0; c < C; ++c) {
     const T *xr = x + c * S, *g = dy + c * S;
