@@ -58,30 +58,31 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--data", default=None)
     a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="alexnet-ddp-bench-"))
-    common = ["--preset", a.preset, "--input-size", str(a.input_size), "--torch-init", "--max-steps", str(a.steps),
-              "--epochs", "1", "--limit-train", str(a.batch * (a.steps + 1)), "--limit-test", str(a.batch),
-              "--threads", "1", "--keep", "1"] + (["--data", a.data] if a.data else [])
-    py = sys.executable
-    one = subprocess.run([py, "-m", "alexnet_rs.train", *common, "--batch-size", str(a.batch), "--out", tmp / "one"],
-                         env=dict(os.environ, OMP_NUM_THREADS="2"), capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr[-2000:]
-    stats = tmp / "all_reduce.json"
-    two = subprocess.run([py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
-                          "--rdzv-endpoint", "localhost:0", __file__, "--worker", str(stats), *common,
-                          "--batch-size", str(a.batch // 2), "--out", str(tmp / "two")],
-                         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-2000:]
-    times = json.loads(stats.read_text())
-    big = [t for t, n in times if n > 1000]  # the gradient buffer, not the evaluation's 4 sums
-    i1, i2 = images_per_s(tmp / "one", 2), images_per_s(tmp / "two", 2)
-    ar = statistics.median(big[2:]) if len(big) > 2 else float("nan")
-    load = os.getloadavg()[0]
-    print(f"{a.preset} {a.input_size}x{a.input_size}, global batch {a.batch}, {a.steps} steps (2 warm-up), "
-          f"load {load:.2f}")
-    print(f"1 process x 2 threads: {i1:.2f} images/s")
-    print(f"2 ranks x 1 thread (gloo): {i2:.2f} images/s ({i2 / i1:.2f}x), all-reduce {ar * 1000:.1f} ms/step "
-          f"({max(n for _, n in times) * 4 / 2**20:.0f} MiB)")
+    with tempfile.TemporaryDirectory(prefix="alexnet-ddp-bench-") as d:
+        tmp = Path(d)
+        common = ["--preset", a.preset, "--input-size", str(a.input_size), "--torch-init", "--max-steps", str(a.steps),
+                  "--epochs", "1", "--limit-train", str(a.batch * (a.steps + 1)), "--limit-test", str(a.batch),
+                  "--threads", "1", "--keep", "1"] + (["--data", a.data] if a.data else [])
+        py = sys.executable
+        one = subprocess.run([py, "-m", "alexnet_rs.train", *common, "--batch-size", str(a.batch), "--out", tmp / "one"],
+                             env=dict(os.environ, OMP_NUM_THREADS="2"), capture_output=True, text=True)
+        assert one.returncode == 0, one.stderr[-2000:]
+        stats = tmp / "all_reduce.json"
+        two = subprocess.run([py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+                              "--rdzv-endpoint", "localhost:0", __file__, "--worker", str(stats), *common,
+                              "--batch-size", str(a.batch // 2), "--out", str(tmp / "two")],
+                             env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+        assert two.returncode == 0, two.stderr[-2000:]
+        times = json.loads(stats.read_text())
+        big = [t for t, n in times if n > 1000]  # the gradient buffer, not the evaluation's 4 sums
+        i1, i2 = images_per_s(tmp / "one", 2), images_per_s(tmp / "two", 2)
+        ar = statistics.median(big[2:]) if len(big) > 2 else float("nan")
+        load = os.getloadavg()[0]
+        print(f"{a.preset} {a.input_size}x{a.input_size}, global batch {a.batch}, {a.steps} steps (2 warm-up), "
+              f"load {load:.2f}")
+        print(f"1 process x 2 threads: {i1:.2f} images/s")
+        print(f"2 ranks x 1 thread (gloo): {i2:.2f} images/s ({i2 / i1:.2f}x), all-reduce {ar * 1000:.1f} ms/step "
+              f"({max(n for _, n in times) * 4 / 2**20:.0f} MiB)")
 
 
 if __name__ == "__main__":

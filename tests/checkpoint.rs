@@ -12,7 +12,7 @@ mod common;
 use common::{serial, tmp};
 
 /// A cnn4 run (32x32) with 10 classes, saved at `steps` (in order).
-fn run_with(name: &str, steps: &[u64]) -> (PathBuf, TrainState, BTreeMap<String, Tensor>) {
+fn run_with(name: &str, steps: &[u64]) -> (common::Scratch, TrainState, BTreeMap<String, Tensor>) {
     let run = tmp(name);
     let cfg = Config::preset(Preset::Cnn4, 10).unwrap();
     tch::manual_seed(1);
@@ -54,7 +54,6 @@ fn a_half_replaced_checkpoint_is_skipped_for_the_newest_complete_one() {
     fs::remove_dir_all(root.join(".ckpt-000000004.tmp")).unwrap();
     assert_eq!(checkpoint::load(&run).unwrap().state.step, 2);
     assert_eq!(checkpoint::find_latest(&run).unwrap(), ckpt(&run, 2));
-    fs::remove_dir_all(&run).unwrap();
 }
 
 #[test]
@@ -68,7 +67,6 @@ fn a_half_written_state_json_never_counts_as_complete() {
     fs::write(&sp, &text[..text.len() / 2]).unwrap();
     let e = checkpoint::load(&run).err().expect("refused").to_string();
     assert!(e.contains("state.json"), "{e}");
-    fs::remove_dir_all(&run).unwrap();
 }
 
 #[test]
@@ -83,7 +81,6 @@ fn nan_weights_are_refused_naming_the_tensor() {
     Tensor::write_safetensors(&list, dir.join("weights.safetensors")).unwrap();
     let e = checkpoint::load(&run).err().expect("NaN weights refused").to_string();
     assert!(e.contains(name) && e.contains("NaN"), "{e}");
-    fs::remove_dir_all(&run).unwrap();
 }
 
 #[test]
@@ -116,7 +113,6 @@ fn safetensors_errors_say_what_is_wrong() {
             "{e}"
         );
     }
-    fs::remove_dir_all(&run).unwrap();
 }
 
 #[test]
@@ -136,7 +132,6 @@ fn weights_saved_for_another_input_size_are_checked_against_that_size() {
         .expect("28x28 weights are not a 32x32 network")
         .to_string();
     assert!(e.contains("fc4.weight"), "{e}");
-    fs::remove_dir_all(&run).unwrap();
 }
 
 #[test]
@@ -166,5 +161,4 @@ fn channels_last_weights_are_saved_and_load_with_the_same_values() {
     for (k, t) in &w {
         assert!(c.weights[k].equal(t), "{k}");
     }
-    fs::remove_dir_all(&run).unwrap();
 }

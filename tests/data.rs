@@ -40,7 +40,7 @@ fn one_and_two_threads_give_identical_batches() {
 
 #[test]
 fn idx_errors_name_the_problem() {
-    let dir = std::env::temp_dir().join(format!("alexnet-idx-{}", std::process::id()));
+    let dir = common::tmp("idx");
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("bad-idx");
     std::fs::write(&f, [0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3]).unwrap();
@@ -52,7 +52,6 @@ fn idx_errors_name_the_problem() {
     assert!(read_idx(&f, 0x0803).unwrap_err().to_string().contains("gzip"));
     std::fs::write(&f, [0, 0, 8, 1, 0, 0, 0, 2, 7, 9]).unwrap();
     assert_eq!(read_idx(&f, 0x0801).unwrap(), (vec![2], vec![7, 9]));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -81,9 +80,8 @@ fn missing_data_is_a_not_found_error() {
 }
 
 /// A scratch image folder: `classes` class folders of `per_class` 8x8 PNGs each.
-fn image_folder(name: &str, classes: usize, per_class: usize) -> std::path::PathBuf {
-    let root = std::env::temp_dir().join(format!("alexnet-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+fn image_folder(name: &str, classes: usize, per_class: usize) -> common::Scratch {
+    let root = common::tmp(&format!("data-{name}"));
     for c in 0..classes {
         let d = root.join(format!("c{c}"));
         std::fs::create_dir_all(&d).unwrap();
@@ -116,7 +114,6 @@ fn a_directory_symlink_loop_is_an_error_not_more_data() {
     assert!(e.contains("reached twice"), "{e}");
     std::fs::remove_file(root.join("c1").join("again")).unwrap();
     assert_eq!(Dataset::open(&root, Split::Train).unwrap().len(), 8);
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
@@ -126,14 +123,13 @@ fn prepare_refuses_two_sources_with_one_output_name() {
     let img = image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]));
     img.save(src.join("c0").join("a.png")).unwrap();
     img.save(src.join("c0").join("a.jpg")).unwrap();
-    let dst = src.with_extension("out");
+    let dst = common::tmp("data-collide-out");
     let e = alexnet_rs::data::prepare::prepare(&src, &dst, 8, 90, &|_, _| {})
         .err()
         .expect("a collision is refused")
         .to_string();
     assert!(e.contains("a.png") && e.contains("a.jpg"), "{e}");
     assert!(!dst.exists(), "nothing is written before the names are checked");
-    std::fs::remove_dir_all(&src).unwrap();
 }
 
 #[test]
@@ -141,7 +137,7 @@ fn prepare_exits_non_zero_when_files_failed() {
     // Finding 8: `alexnet prepare` reported 12 failed files and exited 0.
     let src = image_folder("prepare-fail", 1, 2);
     std::fs::write(src.join("c0").join("broken.jpg"), b"not an image").unwrap();
-    let dst = src.with_extension("out");
+    let dst = common::tmp("data-prepare-fail-out");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_alexnet"))
         .args(["prepare", "--size", "8"])
         .arg(&src)
@@ -152,9 +148,6 @@ fn prepare_exits_non_zero_when_files_failed() {
     assert!(!out.status.success(), "exit 0 with a failed file: {err}");
     assert!(err.contains("broken.jpg") && err.contains("1 of 3"), "{err}");
     assert!(dst.join("c0").join("img0.jpg").is_file());
-    for d in [src, dst] {
-        std::fs::remove_dir_all(d).unwrap();
-    }
 }
 
 #[test]
@@ -179,5 +172,4 @@ fn a_panic_in_a_data_thread_is_an_error_not_an_empty_epoch() {
     assert!(!got.is_empty(), "the epoch ended silently");
     let e = got.into_iter().find_map(|b| b.err()).expect("an error").to_string();
     assert!(e.contains("data thread") && e.contains("index out of bounds"), "{e}");
-    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -9,7 +9,7 @@ use alexnet_rs::image::{decode_rgb, MAX_PIXELS};
 use alexnet_rs::{model, Config, Error, Preset};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as Runner, RngSeed};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 mod common;
@@ -132,10 +132,11 @@ proptest! {
     }
 }
 
-/// A small real checkpoint (cnn4, 10 classes) with non-zero momentum, written once.
-fn pristine() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+/// A small real checkpoint (cnn4, 10 classes) with non-zero momentum, written once and kept in
+/// memory: the bytes of each of `FILES`.
+fn pristine() -> &'static [Vec<u8>] {
+    static FILES_BYTES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    FILES_BYTES.get_or_init(|| {
         let run = common::tmp("prop-pristine");
         let cfg = Config::preset(Preset::Cnn4, 10).unwrap();
         tch::manual_seed(4);
@@ -144,7 +145,8 @@ fn pristine() -> &'static Path {
         let mut c = checkpoint::load(&run).unwrap();
         c.state.step = 7;
         let v = w.iter().map(|(k, t)| (k.clone(), t.randn_like() * 0.01)).collect();
-        checkpoint::save(&run, &c.state, &w, &v, 1).unwrap()
+        let dir = checkpoint::save(&run, &c.state, &w, &v, 1).unwrap();
+        FILES.iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect()
     })
 }
 
@@ -160,11 +162,10 @@ proptest! {
     ) {
         let case = common::tmp(&format!("prop-ckpt-{:?}", std::thread::current().id()));
         std::fs::create_dir_all(&case).unwrap();
-        for f in FILES {
-            std::fs::copy(pristine().join(f), case.join(f)).unwrap();
+        for (i, (f, bytes)) in FILES.iter().zip(pristine()).enumerate() {
+            let bytes = if i == which { apply(&d, bytes) } else { bytes.clone() };
+            std::fs::write(case.join(f), bytes).unwrap();
         }
-        let target = case.join(FILES[which]);
-        std::fs::write(&target, apply(&d, &std::fs::read(&target).unwrap())).unwrap();
         let result = std::panic::catch_unwind(|| checkpoint::load(&case));
         prop_assert!(result.is_ok(), "{}: the loader panicked on {d:?}", FILES[which]);
         match result.unwrap() {
@@ -177,6 +178,5 @@ proptest! {
                 prop_assert!(FILES.iter().any(|f| msg.contains(f)), "{msg}");
             }
         }
-        std::fs::remove_dir_all(&case).unwrap();
     }
 }

@@ -6,7 +6,7 @@ use alexnet_rs::checkpoint;
 use alexnet_rs::metrics::{Metrics, ResumeAt, StepRecord};
 use alexnet_rs::train::{train, TrainConfig};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
@@ -94,7 +94,7 @@ fn masked(run: &Path) -> (String, String) {
     (jsonl, csv)
 }
 
-fn reference() -> PathBuf {
+fn reference() -> common::Scratch {
     let a = tmp("resume-reference");
     run(&tiny(&a), None);
     a
@@ -128,9 +128,6 @@ fn a_resumed_run_writes_the_uninterrupted_runs_metrics_and_epoch_rows() {
     assert_eq!(ca.lines().count(), 3, "{ca}");
     assert_eq!(cb, ca, "epochs.csv differs");
     assert_eq!(mb, ma, "metrics.jsonl differs");
-    for d in [a, b] {
-        fs::remove_dir_all(d).unwrap();
-    }
 }
 
 #[test]
@@ -165,7 +162,6 @@ fn resuming_keeps_earlier_metrics_lines_byte_for_byte() {
     let after = fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let keep: String = before.lines().take(400).map(|l| format!("{l}\n")).collect();
     assert!(after == keep, "lines changed on resume");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -188,9 +184,6 @@ fn a_time_budget_stop_writes_no_mislabelled_epoch_row() {
     );
     run(&tiny(&b), Some(&b));
     assert_eq!(masked(&b), masked(&a));
-    for d in [a, b] {
-        fs::remove_dir_all(d).unwrap();
-    }
 }
 
 #[test]
@@ -216,9 +209,6 @@ fn a_kill_during_resume_keeps_the_metrics_history() {
     assert!(cli(&b, true, &[], None).status.success());
     let a = reference();
     assert_eq!(masked(&b), masked(&a));
-    for d in [a, b] {
-        fs::remove_dir_all(d).unwrap();
-    }
 }
 
 #[test]
@@ -243,9 +233,6 @@ fn a_partial_metrics_line_does_not_block_resume() {
     run(&tiny(&b), Some(&b));
     let a = reference();
     assert_eq!(masked(&b), masked(&a));
-    for d in [a, b] {
-        fs::remove_dir_all(d).unwrap();
-    }
 }
 
 #[test]
@@ -267,7 +254,6 @@ fn a_checkpoint_failing_on_a_full_disk_leaves_no_temporary_folder() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(cli(&b, true, &[], None).status.success());
-    fs::remove_dir_all(&b).unwrap();
 }
 
 #[test]
@@ -301,7 +287,6 @@ fn resume_honours_a_new_keep() {
         Some(&b),
     );
     assert_eq!(count(), 1);
-    fs::remove_dir_all(&b).unwrap();
 }
 
 #[test]
@@ -327,7 +312,6 @@ fn a_state_past_the_epochs_end_is_refused() {
         .expect("refused")
         .to_string();
     assert!(e.contains("batch_in_epoch") && e.contains("50"), "{e}");
-    fs::remove_dir_all(&b).unwrap();
 }
 
 #[test]
@@ -354,5 +338,4 @@ fn eval_of_nan_weights_fails_with_a_clear_message() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("NaN"), "{err}");
-    fs::remove_dir_all(&b).unwrap();
 }

@@ -6,6 +6,8 @@ use alexnet_rs::Error;
 use clap::{Args, Command, FromArgMatches};
 use serde_json::{json, Value};
 
+mod common;
+
 /// A valid value of the setting that differs from its default, as JSON and as a flag argument.
 fn other_value(s: &SettingDoc) -> (Value, Option<String>) {
     match s.kind.as_str() {
@@ -75,7 +77,7 @@ fn unknown_keys_and_bad_values_are_config_errors_naming_the_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("learning_rate"), "{e}");
-    let dir = std::env::temp_dir().join(format!("alexnet-settings-{}", std::process::id()));
+    let dir = common::tmp("settings");
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("run.toml");
     std::fs::write(&f, "epochs = 2\nbatchsize = 4\n").unwrap();

@@ -72,9 +72,6 @@ fn interrupted_and_resumed_run_has_a_bit_identical_loss_curve() {
         assert!(t.equal(&wb[k]), "{k} differs");
     }
     assert!(a.join("curves.png").is_file() && a.join("epochs.csv").is_file() && a.join("classes.json").is_file());
-    for d in [a, b] {
-        std::fs::remove_dir_all(d).unwrap();
-    }
 }
 
 #[test]
@@ -124,7 +121,6 @@ fn sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable() {
         ..small(&run)
     };
     train(&resumed, Some(&run), &mut |_| {}, &|| false).unwrap();
-    std::fs::remove_dir_all(&run).unwrap();
 }
 
 #[test]
@@ -167,7 +163,6 @@ fn truncated_and_foreign_checkpoints_are_refused() {
     assert!(e.contains("features.0.weight"), "{e}");
     std::fs::write(dir.join("state.json"), "{}").unwrap();
     assert!(checkpoint::load(&run).err().unwrap().to_string().contains("state.json"));
-    std::fs::remove_dir_all(&run).unwrap();
 }
 
 #[test]
@@ -238,9 +233,6 @@ fn cpu_cpu_training_follows_cpu_training() {
     for (x, y) in la.iter().zip(&lb) {
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{la:?} vs {lb:?}");
     }
-    for d in [a, b] {
-        std::fs::remove_dir_all(d).unwrap();
-    }
 }
 
 #[test]
@@ -266,5 +258,4 @@ fn resume_without_out_continues_in_the_run_folder() {
     train(&flags, Some(&run), &mut |_| {}, &|| false).unwrap();
     assert_eq!(checkpoint::load(&run).unwrap().state.step, 3);
     assert_eq!(losses(&run).len(), 3);
-    std::fs::remove_dir_all(&run).unwrap();
 }

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,7 +44,9 @@ def torchrun(out, *extra, torchrun_args=(), env=None, lr="0.005"):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
            "--rdzv-endpoint", f"localhost:{port}", *torchrun_args, "-m", "alexnet_rs.train", *COMMON,
            "--lr", lr, "--batch-size", "4", "--out", out, *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env or ENV, timeout=600)
+    # TMPDIR: torchrun's own scratch (torchelastic_*) goes with the test's folder, not into /tmp.
+    env = dict(env or ENV, TMPDIR=str(Path(out).parent))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -109,7 +112,8 @@ def test_two_nodes_on_localhost(single, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend",
            "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "alexnet-test", "-m", "alexnet_rs.train",
            *COMMON, "--lr", "0.005", "--batch-size", "4", "--out", str(out)]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(ENV, TMPDIR=str(tmp_path)))
              for _ in range(2)]
     for p in nodes:
         _, err = p.communicate(timeout=600)
