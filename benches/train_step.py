@@ -4,7 +4,7 @@ torch.compile: the anchors that `alexnet bench train` runs in the same invocatio
 process of its own (so each side's peak resident memory is its own). Prints one JSON line.
 
     .venv/bin/python benches/train_step.py --preset paper --batch 16 --steps 5 [--mode compile]
-        [--threads N] [--input-size 224]
+        [--threads N] [--input-size 224] [--channels-last]
 
 `--mode compile` wraps the model in `torch.compile` (inductor, default mode; the SGD update stays
 eager, as torch.compile(model) users have it). Compilation happens in the first forward and
@@ -43,6 +43,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mode", choices=["eager", "compile"], default="eager")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--channels-last", action="store_true",
+                    help="model and input in torch.channels_last (not the anchor: users' default is NCHW)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -51,8 +53,10 @@ def main():
     base_rss = rss_mib("VmRSS")
     model = reference_model(args.preset).to(args.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    run = torch.compile(model) if args.mode == "compile" else model
     x = torch.randn(args.batch, 3, size, size, device=args.device)
+    if args.channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    run = torch.compile(model) if args.mode == "compile" else model
     y = torch.randint(0, 1000, (args.batch,), device=args.device)
 
     def step():

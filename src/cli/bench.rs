@@ -42,6 +42,10 @@ pub struct BenchTrainArgs {
     /// Our side without the caching CPU allocator the training loop uses (kernels/cpu_cache.cpp).
     #[arg(long)]
     no_cpu_cache: bool,
+    /// Our side with inputs and conv weights stored channels_last (as `alexnet train
+    /// --channels-last`).
+    #[arg(long)]
+    channels_last: bool,
     /// Python with torch for the anchors [default: .venv/bin/python, else python3].
     #[arg(long)]
     python: Option<PathBuf>,
@@ -140,10 +144,13 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
     placement.check_available()?;
     let dev = placement.first();
     tch::manual_seed(0);
-    let params = model::init_params(&cfg, &placement)?;
+    let params = model::shard(&cfg, &placement, &model::init_whole(&cfg)?, a.channels_last)?;
     let mut sgd = Sgd::new(&params, UpdateRule::Pytorch, 0.9, 5e-4);
     let s = cfg.input_size;
-    let x = Tensor::randn([a.batch, 3, s, s], (Kind::Float, dev));
+    let mut x = Tensor::randn([a.batch, 3, s, s], (Kind::Float, dev));
+    if a.channels_last {
+        x = crate::ops::channels_last(&x)?;
+    }
     let y = Tensor::randint(1000, [a.batch], (Kind::Int64, dev));
     let mut step = || -> Result<f64> {
         let t0 = Instant::now();

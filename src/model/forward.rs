@@ -238,6 +238,11 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
         } else {
             x.gather(w.device())?
         };
+        let input = if w.device() == Device::Cpu && cpu_channels_last(cfg) {
+            ops::channels_last(&input)?
+        } else {
+            input
+        };
         let groups = if local { c.groups / n } else { c.groups };
         let args = ConvArgs {
             stride: c.stride,
@@ -276,6 +281,16 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
         return Ok((h, stop));
     }
     Ok((h, false))
+}
+
+/// Whether CPU convolutions take channels_last inputs (their weights stay NCHW, and so do the
+/// weights' gradients). oneDNN's channels_last kernels are faster at ImageNet sizes (the
+/// torchvision preset at 224x224: +5.5% per training step) and slower on small images (the
+/// demo's 63x63: -4%), BENCHMARKS.md; the cut at 128 lies between the two measurements, untuned.
+/// A network with LRN stays NCHW, the layout the fused LRN kernel reads in place: channels_last
+/// at its other convs measured no faster once the copies between layouts are paid.
+fn cpu_channels_last(cfg: &Config) -> bool {
+    cfg.input_size >= 128 && !cfg.convs.iter().any(|c| c.lrn)
 }
 
 /// The config's non-linearity, in place (as torchvision's ReLU(inplace=True): no second
