@@ -39,9 +39,11 @@
 #![forbid(unsafe_code)]
 
 mod objects;
+mod opcodes;
 mod pickle;
 mod zip;
 
+use opcodes::*;
 use pickle::*;
 use std::fs::File;
 use std::io::{Read, Seek};

@@ -6,105 +6,83 @@ use super::*;
 
 // -- hand-built zips -----------------------------------------------------
 
+/// Appends each `(value, width)` field little-endian, `width` bytes wide.
+fn put(out: &mut Vec<u8>, fields: &[(u64, usize)]) {
+    for &(v, n) in fields {
+        out.extend_from_slice(&v.to_le_bytes()[..n]);
+    }
+}
+
 /// A minimal zip writer (STORED entries), optionally putting sizes and
 /// offsets in zip64 extra fields and writing the zip64 EOCD records.
 fn make_zip(entries: &[(&str, &[u8])], zip64: bool, method: u16) -> Vec<u8> {
-    fn put(out: &mut Vec<u8>, v: u64, n: usize) {
-        out.extend_from_slice(&v.to_le_bytes()[..n]);
-    }
     let (mut out, mut cd) = (Vec::new(), Vec::new());
     for (name, data) in entries {
         let (offset, crc, n) = (out.len() as u64, u64::from(crc32_of(data)), data.len() as u64);
-        for (v, w) in [
+        let name_len = name.len() as u64;
+        let local = [
             (u64::from(LOCAL_SIG), 4),
             (20, 2),
             (0, 2),
             (u64::from(method), 2),
             (0, 4),
             (crc, 4),
-            (n, 4),
-            (n, 4),
-        ] {
-            put(&mut out, v, w);
-        }
-        put(&mut out, name.len() as u64, 2);
-        put(&mut out, 0, 2);
+        ];
+        put(&mut out, &local);
+        put(&mut out, &[(n, 4), (n, 4), (name_len, 2), (0, 2)]);
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(data);
         let big = |v: u64| if zip64 { 0xFFFF_FFFF } else { v };
-        for (v, w) in [
+        let central = [
             (u64::from(CENTRAL_SIG), 4),
             (45, 2),
             (45, 2),
             (0, 2),
             (u64::from(method), 2),
             (0, 4),
-            (crc, 4),
-        ] {
-            put(&mut cd, v, w);
-        }
-        for (v, w) in [
-            (big(n), 4),
-            (big(n), 4),
-            (name.len() as u64, 2),
-            (if zip64 { 28 } else { 0 }, 2),
-        ] {
-            put(&mut cd, v, w);
-        }
-        for (v, w) in [(0, 2), (0, 2), (0, 2), (0, 4), (big(offset), 4)] {
-            put(&mut cd, v, w);
-        }
+        ];
+        put(&mut cd, &central);
+        put(
+            &mut cd,
+            &[
+                (crc, 4),
+                (big(n), 4),
+                (big(n), 4),
+                (name_len, 2),
+                (if zip64 { 28 } else { 0 }, 2),
+            ],
+        );
+        put(&mut cd, &[(0, 2), (0, 2), (0, 2), (0, 4), (big(offset), 4)]);
         cd.extend_from_slice(name.as_bytes());
         if zip64 {
-            for (v, w) in [(1, 2), (24, 2), (n, 8), (n, 8), (offset, 8)] {
-                put(&mut cd, v, w);
-            }
+            put(&mut cd, &[(1, 2), (24, 2), (n, 8), (n, 8), (offset, 8)]);
         }
     }
     let (cd_offset, cd_size, count) = (out.len() as u64, cd.len() as u64, entries.len() as u64);
     out.extend(cd);
     if zip64 {
         let eocd64 = out.len() as u64;
-        for (v, w) in [
-            (u64::from(EOCD64_SIG), 4),
-            (44, 8),
-            (45, 2),
-            (45, 2),
-            (0, 4),
-            (0, 4),
-            (count, 8),
-            (count, 8),
-        ] {
-            put(&mut out, v, w);
-        }
-        for (v, w) in [
-            (cd_size, 8),
-            (cd_offset, 8),
-            (u64::from(EOCD64_LOCATOR_SIG), 4),
-            (0, 4),
-            (eocd64, 8),
-            (1, 4),
-        ] {
-            put(&mut out, v, w);
-        }
+        put(
+            &mut out,
+            &[(u64::from(EOCD64_SIG), 4), (44, 8), (45, 2), (45, 2), (0, 4), (0, 4)],
+        );
+        put(&mut out, &[(count, 8), (count, 8), (cd_size, 8), (cd_offset, 8)]);
+        put(
+            &mut out,
+            &[(u64::from(EOCD64_LOCATOR_SIG), 4), (0, 4), (eocd64, 8), (1, 4)],
+        );
     }
     let small = |v: u64, max: u64| if zip64 { max } else { v };
-    for (v, w) in [
-        (u64::from(EOCD_SIG), 4),
-        (0, 2),
-        (0, 2),
-        (small(count, 0xFFFF), 2),
-        (small(count, 0xFFFF), 2),
-    ] {
-        put(&mut out, v, w);
-    }
-    for (v, w) in [
-        (small(cd_size, 0xFFFF_FFFF), 4),
-        (small(cd_offset, 0xFFFF_FFFF), 4),
-        (0, 2),
-    ] {
-        put(&mut out, v, w);
-    }
+    put(&mut out, &[(u64::from(EOCD_SIG), 4), (0, 2), (0, 2)]);
+    put(&mut out, &[(small(count, 0xFFFF), 2), (small(count, 0xFFFF), 2)]);
+    put(
+        &mut out,
+        &[
+            (small(cd_size, 0xFFFF_FFFF), 4),
+            (small(cd_offset, 0xFFFF_FFFF), 4),
+            (0, 2),
+        ],
+    );
     out
 }
 
