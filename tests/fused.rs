@@ -56,6 +56,7 @@ const PAPER: LrnArgs = LrnArgs {
 
 #[test]
 fn relu_lrn_pool_matches_the_composition() {
+    let _s = common::serial(); // seeded inputs: no other test draws from the generator meanwhile
     tch::manual_seed(0);
     for kind in [Kind::Float, Kind::Double] {
         // AlexNet's conv1 and conv2 outputs (batch 2), odd shapes, partial LRN tiles (S > 64).
@@ -89,6 +90,7 @@ fn relu_lrn_pool_matches_the_composition() {
 
 #[test]
 fn relu_lrn_pool_other_layouts_and_dtypes_take_the_composition() {
+    let _s = common::serial(); // seeded inputs: no other test draws from the generator meanwhile
     tch::manual_seed(1);
     let x = Tensor::randn([2, 16, 13, 13], (Kind::Float, Device::Cpu)) * 40.0;
     // channels_last (NHWC storage seen as NCHW): same values, output in x's layout.
@@ -104,8 +106,9 @@ fn relu_lrn_pool_other_layouts_and_dtypes_take_the_composition() {
 
 #[test]
 fn relu_lrn_pool_ties_nan_and_all_negative_windows() {
-    // Ties after the ReLU (all-zero windows) and exact ties among positives: the gradient goes
-    // where max_pool2d sends it (the first maximum in row-major order).
+    let _s = common::serial(); // draws from torch's generator
+                               // Ties after the ReLU (all-zero windows) and exact ties among positives: the gradient goes
+                               // where max_pool2d sends it (the first maximum in row-major order).
     let x = Tensor::from_slice(&[
         -1.0f64,
         -2.0,
@@ -150,6 +153,7 @@ fn relu_lrn_pool_ties_nan_and_all_negative_windows() {
 
 #[test]
 fn relu_lrn_pool_float64_gradient_matches_finite_differences() {
+    let _s = common::serial(); // seeded inputs: no other test draws from the generator meanwhile
     tch::manual_seed(2);
     let opts = (Kind::Double, Device::Cpu);
     // Distinct values, away from 0 and from ties, so the function is smooth around x.
@@ -241,6 +245,7 @@ fn sgd_reference(p: &Tensor, g: &Tensor, v: &Tensor, lr: f64, m: f64, wd: f64, p
 
 #[test]
 fn fused_sgd_matches_the_unfused_update_and_drops_the_gradient() {
+    let _s = common::serial(); // seeded inputs: no other test draws from the generator meanwhile
     tch::manual_seed(3);
     let opts = (Kind::Float, Device::Cpu);
     for paper in [false, true] {
@@ -273,6 +278,7 @@ fn fused_sgd_matches_the_unfused_update_and_drops_the_gradient() {
 
 #[test]
 fn cpu_cache_reuses_blocks_inside_its_scope_and_holds_nothing_after() {
+    let _s = common::serial(); // draws from torch's generator
     let opts = (Kind::Float, Device::Cpu);
     let before = ops::cpu_cache_stats();
     {
