@@ -43,7 +43,6 @@ mod opcodes;
 mod pickle;
 mod zip;
 
-use opcodes::*;
 use pickle::*;
 use std::fs::File;
 use std::io::{Read, Seek};

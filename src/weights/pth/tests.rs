@@ -1,6 +1,7 @@
 //! Fixture tests: files written by `tests/pth_fixtures.py` into target/pth-fixtures (make
 //! test-rust runs it first); fuzzing. tests_pickle.rs and tests_zip.rs build their inputs by hand.
 
+use super::opcodes::*;
 use super::*;
 use std::path::PathBuf;
 

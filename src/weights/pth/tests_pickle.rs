@@ -1,6 +1,7 @@
 //! Hand-written pickles and hand-built tensors (no fixture files).
 
 use super::objects::*;
+use super::opcodes::*;
 use super::tests::logical_bytes;
 use super::*;
 
