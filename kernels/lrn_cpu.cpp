@@ -123,9 +123,11 @@ at::Tensor lrn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, int
 
 namespace {
 
-// Whether the fused CPU kernel takes x: contiguous NCHW float or double, planes indexable by int32.
+// Whether the fused CPU kernel takes x: float or double, contiguous NCHW or channels_last, planes
+// indexable by int32.
 bool fused_takes(const at::Tensor& x) {
-  return x.is_contiguous() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+  return (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
          x.size(2) * x.size(3) < (int64_t(1) << 31);
 }
 
@@ -148,10 +150,10 @@ std::tuple<at::Tensor, at::Tensor> relu_lrn_max_pool2d_cpu(const at::Tensor& x, 
   const auto [ho, wo] = check_lrn_pool_args(x, p, op);
   check_cpu(x, op, "x");
   if (!fused_takes(x)) return relu_lrn_max_pool2d_composite(x, p);
-  at::Tensor y = at::empty({x.size(0), x.size(1), ho, wo}, x.options());
-  at::Tensor idx = at::empty({x.size(0), x.size(1), ho, wo}, x.options().dtype(at::kLong));
+  const LrnLayout l = lrn_layout(x);  // outputs in x's layout, as the Meta kernel says
+  at::Tensor y = at::empty({x.size(0), x.size(1), ho, wo}, x.options().memory_format(l.fmt));
+  at::Tensor idx = at::empty({x.size(0), x.size(1), ho, wo}, x.options().dtype(at::kLong).memory_format(l.fmt));
   if (y.numel() == 0) return {y, idx};
-  const LrnLayout l = lrn_layout(x);
   const LrnTask t = task_of(l, p.lrn);
   const PoolTask pt = pool_task(x, p, ho, wo);
   int64_t* ip = idx.mutable_data_ptr<int64_t>();
@@ -181,12 +183,13 @@ at::Tensor relu_lrn_max_pool2d_backward_cpu(const at::Tensor& grad_out, const at
   check_lrn_pool_backward_args(grad_out, x, indices, p);
   check_cpu(x, op, "x");
   if (!fused_takes(x)) return relu_lrn_max_pool2d_backward_composite(grad_out, x, indices, p);
-  // The incoming gradient may be expanded (stride 0): make both contiguous.
-  const at::Tensor g = grad_out.contiguous(), ic = indices.contiguous();
-  at::Tensor dx = huge_pages(at::empty(x.sizes(), x.options()));
+  // The incoming gradient may be expanded (stride 0) or in another layout: match x's.
+  const LrnLayout l = lrn_layout(x);
+  const at::Tensor g = grad_out.contiguous(l.fmt), ic = indices.contiguous(l.fmt);
+  at::Tensor dx = huge_pages(lrn_empty_output(x));
   if (x.numel() == 0) return dx;
   if (g.numel() == 0) return dx.zero_();
-  const LrnTask t = task_of(lrn_layout(x), p.lrn);
+  const LrnTask t = task_of(l, p.lrn);
   const PoolTask pt = pool_task(x, p, g.size(2), g.size(3));
   const int64_t* ip = ic.const_data_ptr<int64_t>();
   if (x.scalar_type() == at::kFloat) {

@@ -275,14 +275,26 @@ void backward_direct(const T* dy, const T* x, T* dx, const LrnTask& t) {
   });
 }
 
-// ---- The fused relu -> [LRN] -> max-pool op (contiguous NCHW, float or double). ----
+// ---- The fused relu -> [LRN] -> max-pool op (contiguous NCHW here, channels_last further
+// down; float or double). ----
 // Work unit: one sample, on one thread (samples spread over threads). Its LRN output (C x H x W)
 // goes to a per-thread scratch that stays in L2 (conv1: 1.2 MB, conv2: 0.7 MB) and is pooled
 // from there; the pool records, as F.max_pool2d, the flat index (h W + w) of each window's
 // first maximum in row-major order (a NaN wins, the last one). Without LRN (size 0) the pool
-// reads relu(x) directly. Backward: the pooled gradient is scattered to those indices (summed
+// reads x directly (and applies the ReLU to its result). Backward: the pooled gradient is scattered to those indices (summed
 // in output order, as max_pool2d's backward) into the scratch, then LRN backward reads it and
 // x (ReLU'd on the fly) and writes dx masked by relu(x) > 0: one pass over x and dx.
+
+// kRelu: the pool is of relu(x), but the scan compares x itself and the ReLU comes after: where
+// the window's maximum is above 0 it is the same value at the same first position; where it is
+// <= 0 (no NaN) every relu value is 0 and max_pool2d keeps the window's first element. (A ReLU
+// inside the scan's loop kept GCC from vectorising it: 5x slower.)
+template <typename T, bool kRelu>
+inline void pool_result(T best, int32_t at, int32_t first, T* out, int64_t* idx) {
+  const bool clip = kRelu && best <= T(0);
+  *out = clip ? T(0) : best;
+  *idx = clip ? first : at;
+}
 
 // One plane. Per output row, every window position (row-major, as max_pool2d scans) is one sweep
 // over the row's outputs, so the compare-and-select runs across outputs in vector lanes; each
@@ -310,31 +322,30 @@ inline void max_pool_plane(const T* in, T* out, int64_t* idx, const PoolTask& p)
           const T* r = in + base;
 #pragma omp simd
           for (int64_t j = 0; j < n; ++j) {
-            const T v = kRelu ? relu_of(r[j * s]) : r[j * s];
-            const bool take = v > best[j] || v != v;
+            const T v = r[j * s];
+            const bool take = (v > best[j]) | (v != v);  // no short circuit: stays branch-free
             best[j] = take ? v : best[j];
             bi[j] = take ? int32_t(base + j * s) : bi[j];
           }
         }
       for (int64_t j = 0; j < n; ++j) {
-        out[ho * p.Wo + c0 + j] = best[j];
-        idx[ho * p.Wo + c0 + j] = bi[j];
+        const int64_t o = ho * p.Wo + c0 + j;
+        pool_result<T, kRelu>(best[j], bi[j], int32_t(h0 * p.W + (c0 + j) * s), out + o, idx + o);
       }
     }
     for (int64_t wo = full; wo < p.Wo; ++wo) {
       const int64_t w0 = wo * s, w1 = imin(w0 + k, p.W);
       T b = -T(__builtin_inf());
-      int64_t at = h0 * p.W + w0;
+      int32_t at = int32_t(h0 * p.W + w0);
       for (int64_t h = h0; h < h1; ++h)
         for (int64_t w = w0; w < w1; ++w) {
-          const T v = kRelu ? relu_of(in[h * p.W + w]) : in[h * p.W + w];
+          const T v = in[h * p.W + w];
           if (v > b || v != v) {
             b = v;
-            at = h * p.W + w;
+            at = int32_t(h * p.W + w);
           }
         }
-      out[ho * p.Wo + wo] = b;
-      idx[ho * p.Wo + wo] = at;
+      pool_result<T, kRelu>(b, at, int32_t(h0 * p.W + w0), out + ho * p.Wo + wo, idx + ho * p.Wo + wo);
     }
   }
 }
@@ -401,6 +412,138 @@ void rlp_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const Lr
   });
 }
 
+// ---- The fused op on channels_last input (N, H, W, C in memory), float or double. ----
+// Per position the C channels are contiguous. The LRN window sums run along a copy of the
+// position's row padded with zeros (size - 1 in all), so the loop over channels vectorises with
+// unaligned loads and needs no clipped case; the pool compares whole channel rows of its window
+// positions. Each element sees the same operations in the same order as in the NCHW kernel above
+// (a padding zero added first changes no sum), and the pool scans its windows in the same order.
+
+// f(c, s_c) for c < C, with s_c = p[c] + ... + p[c + size - 1] (W: size known at compile time).
+template <int W, typename T, typename F>
+inline void row_windowed(const T* p, int64_t C, int64_t size, F&& f) {
+  const int64_t n = W > 0 ? W : size;
+  for (int64_t c = 0; c < C; ++c) {
+    T s = 0;
+    for (int64_t w = 0; w < n; ++w) s += p[c + w];
+    f(c, s);
+  }
+}
+
+// One position's C channels: y = lrn(relu(x)). q: C + size - 1 elements, whose first pre and last
+// post are zero.
+template <typename T, bool kBeta075, int W>
+inline void lrn_row_forward(const T* x, T* y, int64_t C, T* q, const LrnTask& t) {
+  const T k = t.k, an = t.alpha / t.size, beta = t.beta;
+  T* qc = q + t.size / 2;
+  for (int64_t c = 0; c < C; ++c) {
+    const T v = relu_of(x[c]);
+    qc[c] = v * v;
+  }
+  row_windowed<W>(q, C, t.size, [&](int64_t c, T s) { y[c] = relu_of(x[c]) * neg_pow<T, kBeta075>(k + an * s, beta); });
+}
+
+// One position's C channels: dx from dl (the gradient at the LRN output) and x, masked by
+// relu(x) > 0. bufs: q (C + size - 1, zero padded as above), a (C), tp (C + size - 1: post
+// zeros, then t, then pre zeros).
+template <typename T, bool kBeta075, int W>
+inline void lrn_row_backward(const T* dl, const T* x, T* dx, int64_t C, T* bufs, const LrnTask& t) {
+  const T k = t.k, an = t.alpha / t.size, beta = t.beta, two_an_beta = 2 * an * beta;
+  const int64_t pre = t.size / 2, post = (t.size - 1) / 2, padded = C + t.size - 1;
+  T *q = bufs, *a = bufs + padded, *tp = bufs + padded + C;
+  for (int64_t c = 0; c < C; ++c) {
+    const T v = relu_of(x[c]);
+    q[pre + c] = v * v;
+  }
+  row_windowed<W>(q, C, t.size, [&](int64_t c, T s) {
+    const T d = k + an * s;
+    const T ac = dl[c] * neg_pow<T, kBeta075>(d, beta);
+    a[c] = ac;
+    tp[post + c] = ac * relu_of(x[c]) / d;
+  });
+  row_windowed<W>(tp, C, t.size, [&](int64_t c, T s) {
+    const T v = relu_of(x[c]);
+    const T r = a[c] - two_an_beta * v * s;
+    dx[c] = v <= T(0) ? T(0) : r;
+  });
+}
+
+// Max-pool of one sample (H, W, C) into (Ho, Wo, C), with max_pool2d's per-plane flat indices.
+// best, bi: C elements each.
+template <typename T, bool kRelu>
+inline void max_pool_cl(const T* in, T* out, int64_t* idx, int64_t C, const PoolTask& p, T* best, int32_t* bi) {
+  for (int64_t ho = 0; ho < p.Ho; ++ho)
+    for (int64_t wo = 0; wo < p.Wo; ++wo) {
+      const int64_t h0 = ho * p.stride, w0 = wo * p.stride;
+      const int64_t h1 = imin(h0 + p.kernel, p.H), w1 = imin(w0 + p.kernel, p.W);
+      for (int64_t c = 0; c < C; ++c) {
+        best[c] = -T(__builtin_inf());
+        bi[c] = int32_t(h0 * p.W + w0);
+      }
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t w = w0; w < w1; ++w) {
+          const T* r = in + (h * p.W + w) * C;
+          const int32_t at = int32_t(h * p.W + w);
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const T v = r[c];
+            const bool take = (v > best[c]) | (v != v);  // no short circuit: stays branch-free
+            best[c] = take ? v : best[c];
+            bi[c] = take ? at : bi[c];
+          }
+        }
+      const int64_t o = (ho * p.Wo + wo) * C;
+      for (int64_t c = 0; c < C; ++c)
+        pool_result<T, kRelu>(best[c], bi[c], int32_t(h0 * p.W + w0), out + o + c, idx + o + c);
+    }
+}
+
+template <typename T, bool kBeta075, int W, bool kLrn>
+void rlp_forward_cl(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
+  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo, padded = C + t.size - 1;
+  // scratch: the LRN output (C S), q (padded), best (C), bi (C int32, in C elements of T)
+  for_each_sample<T>(t.N, (kLrn ? C * S + padded : 0) + 2 * C, [&](T* scratch, int64_t n) {
+    const T* xs = x + n * C * S;
+    T* const L = scratch;
+    T* const q = scratch + (kLrn ? C * S : 0);
+    T* const best = q + (kLrn ? padded : 0);
+    int32_t* const bi = reinterpret_cast<int32_t*>(best + C);
+    if constexpr (kLrn) {
+      for (int64_t i = 0; i < padded; ++i) q[i] = T(0);
+      for (int64_t s = 0; s < S; ++s) lrn_row_forward<T, kBeta075, W>(xs + s * C, L + s * C, C, q, t);
+      max_pool_cl<T, false>(L, out + n * C * P, idx + n * C * P, C, p, best, bi);
+    } else {
+      max_pool_cl<T, true>(xs, out + n * C * P, idx + n * C * P, C, p, best, bi);
+    }
+  });
+}
+
+template <typename T, bool kBeta075, int W, bool kLrn>
+void rlp_backward_cl(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t, const PoolTask& p) {
+  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo, padded = C + t.size - 1;
+  for_each_sample<T>(t.N, kLrn ? C * S + 3 * padded : 1, [&](T* scratch, int64_t n) {
+    const T* xs = x + n * C * S;
+    const T* gs = gout + n * C * P;
+    const int64_t* is = idx + n * C * P;
+    T* dxs = dx + n * C * S;
+    // The pooled gradient, summed per channel in output order (as the NCHW kernel); without LRN
+    // straight into dx, then the ReLU mask.
+    T* dl = kLrn ? scratch : dxs;
+    for (int64_t i = 0; i < C * S; ++i) dl[i] = T(0);
+    for (int64_t o = 0; o < P; ++o)
+      for (int64_t c = 0; c < C; ++c) dl[is[o * C + c] * C + c] += gs[o * C + c];
+    if constexpr (kLrn) {
+      T* bufs = scratch + C * S;
+      for (int64_t i = 0; i < 3 * padded; ++i) bufs[i] = T(0);
+      for (int64_t s = 0; s < S; ++s)
+        lrn_row_backward<T, kBeta075, W>(dl + s * C, xs + s * C, dxs + s * C, C, bufs, t);
+    } else {
+      for (int64_t i = 0; i < C * S; ++i)
+        if (relu_of(xs[i]) <= T(0)) dxs[i] = T(0);
+    }
+  });
+}
+
 }  // namespace
 
 // Entry points: pick the instantiation for beta and size (W = 5 fused, else any size).
@@ -454,7 +597,14 @@ void lrn_backward(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const Lrn
 template <typename T>
 void relu_lrn_pool_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
   const bool b = t.beta == 0.75;
-  if (t.size == 0)
+  if (t.channels_last) {
+    if (t.size == 0)
+      rlp_forward_cl<T, false, 0, false>(x, out, idx, t, p);
+    else if (t.size == 5)
+      b ? rlp_forward_cl<T, true, 5, true>(x, out, idx, t, p) : rlp_forward_cl<T, false, 5, true>(x, out, idx, t, p);
+    else
+      b ? rlp_forward_cl<T, true, 0, true>(x, out, idx, t, p) : rlp_forward_cl<T, false, 0, true>(x, out, idx, t, p);
+  } else if (t.size == 0)
     rlp_forward<T, false, 0, false>(x, out, idx, t, p);
   else if (t.size == 5)
     b ? rlp_forward<T, true, 5, true>(x, out, idx, t, p) : rlp_forward<T, false, 5, true>(x, out, idx, t, p);
@@ -466,7 +616,16 @@ template <typename T>
 void relu_lrn_pool_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t,
                             const PoolTask& p) {
   const bool b = t.beta == 0.75;
-  if (t.size == 0)
+  if (t.channels_last) {
+    if (t.size == 0)
+      rlp_backward_cl<T, false, 0, false>(gout, idx, x, dx, t, p);
+    else if (t.size == 5)
+      b ? rlp_backward_cl<T, true, 5, true>(gout, idx, x, dx, t, p)
+        : rlp_backward_cl<T, false, 5, true>(gout, idx, x, dx, t, p);
+    else
+      b ? rlp_backward_cl<T, true, 0, true>(gout, idx, x, dx, t, p)
+        : rlp_backward_cl<T, false, 0, true>(gout, idx, x, dx, t, p);
+  } else if (t.size == 0)
     rlp_backward<T, false, 0, false>(gout, idx, x, dx, t, p);
   else if (t.size == 5)
     b ? rlp_backward<T, true, 5, true>(gout, idx, x, dx, t, p) : rlp_backward<T, false, 5, true>(gout, idx, x, dx, t, p);
