@@ -184,7 +184,10 @@ fn forward_impl(
         }
     }
     if let Some(side) = cfg.adaptive_pool {
-        h = h.map(|t| Ok(t.f_adaptive_avg_pool2d([side, side])?))?;
+        // Already side x side (the torchvision preset at 224): the pool would be the identity.
+        if h.0.iter().any(|t| t.size()[2..] != [side, side]) {
+            h = h.map(|t| Ok(t.f_adaptive_avg_pool2d([side, side])?))?;
+        }
         if report(&mut observe, "avgpool", Stage::AdaptivePool, &h)? {
             return h.whole();
         }
@@ -221,12 +224,14 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
     let bs = params.shards(&format!("{}.bias", c.name))?;
     let n = ws.len() as i64;
     // ReLU -> [LRN] -> max-pool on one CPU device, with nobody watching the stages in between:
-    // one fused op (kernels/lrn_pool.h) instead of three passes and their saved tensors. On CUDA
-    // that op is only the composition of the same ops, so the stages stay separate there.
+    // one fused op (kernels/lrn_pool.h) instead of two or three passes and their saved tensors.
+    // On CUDA that op is only the composition of the same ops, so the stages stay separate there.
+    // Without an LRN it pays off on channels_last input; on the demo's small NCHW planes ATen's
+    // relu + max-pool measured 1-2% faster (BENCHMARKS.md).
     let fused = c.pool
         && n == 1
         && cfg.activation == Activation::Relu
-        && c.lrn
+        && (c.lrn || cpu_channels_last(cfg))
         && observe.is_none()
         && ws[0].device() == Device::Cpu;
     // Grouped layers whose groups divide over the devices read only their own input slice.
@@ -284,13 +289,12 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
 }
 
 /// Whether CPU convolutions take channels_last inputs (their weights stay NCHW, and so do the
-/// weights' gradients). oneDNN's channels_last kernels are faster at ImageNet sizes (the
-/// torchvision preset at 224x224: +5.5% per training step) and slower on small images (the
-/// demo's 63x63: -4%), BENCHMARKS.md; the cut at 128 lies between the two measurements, untuned.
-/// A network with LRN stays NCHW, the layout the fused LRN kernel reads in place: channels_last
-/// at its other convs measured no faster once the copies between layouts are paid.
+/// weights' gradients). oneDNN's channels_last kernels are faster at ImageNet sizes (a training
+/// step at 224x224: torchvision preset +5.5%, paper preset +4.7%) and slower on small images (the
+/// demo's 63x63: -4%), BENCHMARKS.md; the cut at 128 lies between the measured sizes, untuned.
+/// The fused relu -> LRN -> max-pool kernel reads and writes channels_last in place.
 fn cpu_channels_last(cfg: &Config) -> bool {
-    cfg.input_size >= 128 && !cfg.convs.iter().any(|c| c.lrn)
+    cfg.input_size >= 128
 }
 
 /// The config's non-linearity, in place (as torchvision's ReLU(inplace=True): no second
