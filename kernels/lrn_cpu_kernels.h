@@ -10,7 +10,7 @@
 // channels. The tile is gathered into C x kTile buffers of the op-math type (float for
 // float/half/bfloat16), so every window sum over channels is a unit-stride, vectorisable loop
 // over the tile's positions whatever the memory layout, and each element of x (and dy) is read
-// from memory once. The four buffers of a tile stay in L2 (C = 256: 4 x 64 KiB). Tiles are
+// from memory once. The four buffers of a tile stay in L2 (C = 256: 4 x 256 KiB). Tiles are
 // spread over OpenMP threads (pip's torch is OpenMP too: torch.set_num_threads applies).
 #ifndef LRN_KERNEL_NS
 #error "define LRN_KERNEL_NS before including lrn_cpu_kernels.h"
@@ -42,7 +42,11 @@ struct PoolTask {
 namespace LRN_KERNEL_NS {
 namespace {
 
-constexpr int64_t kTile = 64;
+// 256 positions: each channel's row of a tile is 1 KiB of contiguous memory (64 positions, 256 B,
+// made the NCHW kernels' strided reads slow: forward 7.0 -> 5.6 ms at [32, 96, 55, 55], backward
+// 9.2 -> 6.8 ms at [32, 256, 27, 27], `benches/lrn_cpu.py --split`); at 512 the backward's three
+// buffers outgrow L2 (2x slower).
+constexpr int64_t kTile = 256;
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
