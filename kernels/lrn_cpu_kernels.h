@@ -285,9 +285,10 @@ void backward_direct(const T* dy, const T* x, T* dx, const LrnTask& t) {
 // goes to a per-thread scratch that stays in L2 (conv1: 1.2 MB, conv2: 0.7 MB) and is pooled
 // from there; the pool records, as F.max_pool2d, the flat index (h W + w) of each window's
 // first maximum in row-major order (a NaN wins, the last one). Without LRN (size 0) the pool
-// reads x directly (and applies the ReLU to its result). Backward: the pooled gradient is scattered to those indices (summed
-// in output order, as max_pool2d's backward) into the scratch, then LRN backward reads it and
-// x (ReLU'd on the fly) and writes dx masked by relu(x) > 0: one pass over x and dx.
+// reads x directly (and applies the ReLU to its result). Backward: the pooled gradient is
+// scattered to those indices (summed in output order, as max_pool2d's backward) into the
+// scratch, then LRN backward reads it and x (ReLU'd on the fly) and writes dx masked by
+// relu(x) > 0: one pass over x and dx.
 
 // kRelu: the pool is of relu(x), but the scan compares x itself and the ReLU comes after: where
 // the window's maximum is above 0 it is the same value at the same first position; where it is
@@ -597,7 +598,8 @@ void lrn_backward(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const Lrn
     b ? backward_kernel<scalar_t, acc_t, true, 0>(dy, x, dx, t) : backward_kernel<scalar_t, acc_t, false, 0>(dy, x, dx, t);
 }
 
-// The fused relu -> LRN -> max-pool (t.size 0: relu -> max-pool), contiguous NCHW float/double.
+// The fused relu -> LRN -> max-pool (t.size 0: relu -> max-pool), float/double, contiguous NCHW
+// or channels_last (t.channels_last).
 template <typename T>
 void relu_lrn_pool_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
   const bool b = t.beta == 0.75;

@@ -8,8 +8,8 @@
 //   ..._backward(grad_y, x, indices, same) -> grad_x
 //
 // The Autograd kernel (ops.cpp) saves x and the indices. CPU: one fused kernel for float/double
-// input, contiguous NCHW or channels_last (lrn_cpu_kernels.h); other inputs, and CUDA (no fused CUDA kernel yet),
-// run the composition of our lrn op with ATen's relu and max-pool (lrn_pool.cpp). Outputs take
+// input, contiguous NCHW or channels_last (lrn_cpu_kernels.h); other inputs, and CUDA (no fused
+// CUDA kernel yet), run the composition of our lrn op with ATen's relu and max-pool (lrn_pool.cpp). Outputs take
 // x's layout: channels_last if x is (and not also contiguous), else contiguous.
 #pragma once
 #include <ATen/ATen.h>

@@ -109,7 +109,8 @@ pub struct LrnArgs {
 }
 
 /// `max_pool2d(lrn(relu(x)))` as one op (`alexnet_rs::relu_lrn_max_pool2d`, kernels/lrn_pool.h):
-/// on the CPU one fused pass forward and one backward for contiguous float32/float64 input,
+/// on the CPU one fused pass forward and one backward for float32/float64 input stored
+/// contiguous NCHW or channels_last (the output takes the input's layout),
 /// else (and on CUDA) the composition of the same ops. `x` is `(N, C, H, W)`; square `kernel`,
 /// `stride`, no padding, F.max_pool2d's `ceil_mode`. Differentiable.
 pub fn relu_lrn_max_pool2d(
