@@ -374,49 +374,6 @@ void for_each_sample(int64_t N, int64_t elems, F fn) {
   if (oom) throw std::bad_alloc();
 }
 
-template <typename T, bool kBeta075, int W, bool kLrn>
-void rlp_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
-  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
-  for_each_sample<T>(t.N, kLrn ? C * S + C * kTile : 1, [&](T* scratch, int64_t n) {
-    const T* xs = x + n * C * S;
-    T *os = out + n * C * P, *L = scratch, *sq = scratch + C * S;
-    int64_t* is = idx + n * C * P;
-    if constexpr (kLrn) {
-      for (int64_t s0 = 0; s0 < S; s0 += kTile)
-        forward_tile_direct<T, kBeta075, W, true>(xs + s0, L + s0, C, S, imin(kTile, S - s0), sq, t);
-      for (int64_t c = 0; c < C; ++c) max_pool_plane<T, false>(L + c * S, os + c * P, is + c * P, p);
-    } else {
-      for (int64_t c = 0; c < C; ++c) max_pool_plane<T, true>(xs + c * S, os + c * P, is + c * P, p);
-    }
-  });
-}
-
-template <typename T, bool kBeta075, int W, bool kLrn>
-void rlp_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t, const PoolTask& p) {
-  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
-  for_each_sample<T>(t.N, kLrn ? C * S + 3 * C * kTile : 1, [&](T* scratch, int64_t n) {
-    const T* xs = x + n * C * S;
-    const T* gs = gout + n * C * P;
-    const int64_t* is = idx + n * C * P;
-    T* dxs = dx + n * C * S;
-    // Without LRN the scatter goes straight into dx, then the ReLU mask.
-    T* dl = kLrn ? scratch : dxs;
-    for (int64_t i = 0; i < C * S; ++i) dl[i] = T(0);
-    for (int64_t c = 0; c < C; ++c) {
-      T* plane = dl + c * S;
-      for (int64_t o = 0; o < P; ++o) plane[is[c * P + o]] += gs[c * P + o];
-    }
-    if constexpr (kLrn) {
-      T* bufs = scratch + C * S;
-      for (int64_t s0 = 0; s0 < S; s0 += kTile)
-        backward_tile_direct<T, kBeta075, W, true>(dl + s0, xs + s0, dxs + s0, C, S, imin(kTile, S - s0), bufs, t);
-    } else {
-      for (int64_t i = 0; i < C * S; ++i)
-        if (relu_of(xs[i]) <= T(0)) dxs[i] = T(0);
-    }
-  });
-}
-
 // ---- The fused op on channels_last input (N, H, W, C in memory), float or double. ----
 // Per position the C channels are contiguous. The LRN window sums run along a copy of the
 // position's row padded with zeros (size - 1 in all), so the loop over channels vectorises with
@@ -503,50 +460,100 @@ inline void max_pool_cl(const T* in, T* out, int64_t* idx, int64_t C, const Pool
     }
 }
 
-template <typename T, bool kBeta075, int W, bool kLrn>
-void rlp_forward_cl(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
-  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo, padded = C + t.size - 1;
-  // scratch: the LRN output (C S), q (padded), best (C), bi (C int32, in C elements of T)
-  for_each_sample<T>(t.N, (kLrn ? C * S + padded : 0) + 2 * C, [&](T* scratch, int64_t n) {
-    const T* xs = x + n * C * S;
-    T* const L = scratch;
-    T* const q = scratch + (kLrn ? C * S : 0);
-    T* const best = q + (kLrn ? padded : 0);
-    int32_t* const bi = reinterpret_cast<int32_t*>(best + C);
+// ---- Both layouts (kCl: channels_last), one sample per work unit (for_each_sample). ----
+
+template <typename T, bool kBeta075, int W, bool kLrn, bool kCl>
+void rlp_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
+  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
+  // scratch: the LRN output (C S) and the LRN's squares (NCHW: C x kTile; channels_last: one
+  // zero-padded row); channels_last also the pool's best (C) and indices (C int32 in C elements).
+  const int64_t sq_elems = kCl ? C + t.size - 1 : C * kTile;
+  for_each_sample<T>(t.N, (kLrn ? C * S + sq_elems : 0) + (kCl ? 2 * C : 1), [&](T* scratch, int64_t n) {
+    const T* in = x + n * C * S;
+    T* const os = out + n * C * P;
+    int64_t* const is = idx + n * C * P;
+    T* const sq = scratch + (kLrn ? C * S : 0);
     if constexpr (kLrn) {
-      for (int64_t i = 0; i < padded; ++i) q[i] = T(0);
-      for (int64_t s = 0; s < S; ++s) lrn_row_forward<T, kBeta075, W>(xs + s * C, L + s * C, C, q, t);
-      max_pool_cl<T, false>(L, out + n * C * P, idx + n * C * P, C, p, best, bi);
+      T* const L = scratch;
+      if constexpr (kCl) {
+        for (int64_t i = 0; i < sq_elems; ++i) sq[i] = T(0);
+        for (int64_t s = 0; s < S; ++s) lrn_row_forward<T, kBeta075, W>(in + s * C, L + s * C, C, sq, t);
+      } else {
+        for (int64_t s0 = 0; s0 < S; s0 += kTile)
+          forward_tile_direct<T, kBeta075, W, true>(in + s0, L + s0, C, S, imin(kTile, S - s0), sq, t);
+      }
+      in = L;  // pooled from the scratch; without LRN the pool reads x and applies the ReLU
+    }
+    if constexpr (kCl) {
+      T* const best = sq + (kLrn ? sq_elems : 0);
+      max_pool_cl<T, !kLrn>(in, os, is, C, p, best, reinterpret_cast<int32_t*>(best + C));
     } else {
-      max_pool_cl<T, true>(xs, out + n * C * P, idx + n * C * P, C, p, best, bi);
+      for (int64_t c = 0; c < C; ++c) max_pool_plane<T, !kLrn>(in + c * S, os + c * P, is + c * P, p);
     }
   });
 }
 
-template <typename T, bool kBeta075, int W, bool kLrn>
-void rlp_backward_cl(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t, const PoolTask& p) {
-  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo, padded = C + t.size - 1;
-  for_each_sample<T>(t.N, kLrn ? C * S + 3 * padded : 1, [&](T* scratch, int64_t n) {
+template <typename T, bool kBeta075, int W, bool kLrn, bool kCl>
+void rlp_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t, const PoolTask& p) {
+  const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
+  const int64_t bufs_elems = kCl ? 3 * (C + t.size - 1) : 3 * C * kTile;  // the LRN backward's buffers
+  for_each_sample<T>(t.N, kLrn ? C * S + bufs_elems : 1, [&](T* scratch, int64_t n) {
     const T* xs = x + n * C * S;
     const T* gs = gout + n * C * P;
     const int64_t* is = idx + n * C * P;
     T* dxs = dx + n * C * S;
-    // The pooled gradient, summed per channel in output order (as the NCHW kernel); without LRN
-    // straight into dx, then the ReLU mask.
+    // The pooled gradient, summed per channel in output order (as max_pool2d's backward); without
+    // LRN straight into dx, then the ReLU mask.
     T* dl = kLrn ? scratch : dxs;
     for (int64_t i = 0; i < C * S; ++i) dl[i] = T(0);
-    for (int64_t o = 0; o < P; ++o)
-      for (int64_t c = 0; c < C; ++c) dl[is[o * C + c] * C + c] += gs[o * C + c];
+    if constexpr (kCl) {
+      for (int64_t o = 0; o < P; ++o)
+        for (int64_t c = 0; c < C; ++c) dl[is[o * C + c] * C + c] += gs[o * C + c];
+    } else {
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t o = 0; o < P; ++o) dl[c * S + is[c * P + o]] += gs[c * P + o];
+    }
     if constexpr (kLrn) {
       T* bufs = scratch + C * S;
-      for (int64_t i = 0; i < 3 * padded; ++i) bufs[i] = T(0);
-      for (int64_t s = 0; s < S; ++s)
-        lrn_row_backward<T, kBeta075, W>(dl + s * C, xs + s * C, dxs + s * C, C, bufs, t);
+      if constexpr (kCl) {
+        for (int64_t i = 0; i < bufs_elems; ++i) bufs[i] = T(0);
+        for (int64_t s = 0; s < S; ++s)
+          lrn_row_backward<T, kBeta075, W>(dl + s * C, xs + s * C, dxs + s * C, C, bufs, t);
+      } else {
+        for (int64_t s0 = 0; s0 < S; s0 += kTile)
+          backward_tile_direct<T, kBeta075, W, true>(dl + s0, xs + s0, dxs + s0, C, S, imin(kTile, S - s0), bufs,
+                                                     t);
+      }
     } else {
       for (int64_t i = 0; i < C * S; ++i)
         if (relu_of(xs[i]) <= T(0)) dxs[i] = T(0);
     }
   });
+}
+
+// The instantiation for the layout, the LRN size (0: none; W = 5 fused; else any) and beta.
+template <typename T, bool kCl>
+void rlp_forward_for(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
+  const bool b = t.beta == 0.75;
+  if (t.size == 0)
+    rlp_forward<T, false, 0, false, kCl>(x, out, idx, t, p);
+  else if (t.size == 5)
+    b ? rlp_forward<T, true, 5, true, kCl>(x, out, idx, t, p) : rlp_forward<T, false, 5, true, kCl>(x, out, idx, t, p);
+  else
+    b ? rlp_forward<T, true, 0, true, kCl>(x, out, idx, t, p) : rlp_forward<T, false, 0, true, kCl>(x, out, idx, t, p);
+}
+
+template <typename T, bool kCl>
+void rlp_backward_for(const T* g, const int64_t* idx, const T* x, T* dx, const LrnTask& t, const PoolTask& p) {
+  const bool b = t.beta == 0.75;
+  if (t.size == 0)
+    rlp_backward<T, false, 0, false, kCl>(g, idx, x, dx, t, p);
+  else if (t.size == 5)
+    b ? rlp_backward<T, true, 5, true, kCl>(g, idx, x, dx, t, p)
+      : rlp_backward<T, false, 5, true, kCl>(g, idx, x, dx, t, p);
+  else
+    b ? rlp_backward<T, true, 0, true, kCl>(g, idx, x, dx, t, p)
+      : rlp_backward<T, false, 0, true, kCl>(g, idx, x, dx, t, p);
 }
 
 }  // namespace
@@ -602,41 +609,14 @@ void lrn_backward(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const Lrn
 // or channels_last (t.channels_last).
 template <typename T>
 void relu_lrn_pool_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
-  const bool b = t.beta == 0.75;
-  if (t.channels_last) {
-    if (t.size == 0)
-      rlp_forward_cl<T, false, 0, false>(x, out, idx, t, p);
-    else if (t.size == 5)
-      b ? rlp_forward_cl<T, true, 5, true>(x, out, idx, t, p) : rlp_forward_cl<T, false, 5, true>(x, out, idx, t, p);
-    else
-      b ? rlp_forward_cl<T, true, 0, true>(x, out, idx, t, p) : rlp_forward_cl<T, false, 0, true>(x, out, idx, t, p);
-  } else if (t.size == 0)
-    rlp_forward<T, false, 0, false>(x, out, idx, t, p);
-  else if (t.size == 5)
-    b ? rlp_forward<T, true, 5, true>(x, out, idx, t, p) : rlp_forward<T, false, 5, true>(x, out, idx, t, p);
-  else
-    b ? rlp_forward<T, true, 0, true>(x, out, idx, t, p) : rlp_forward<T, false, 0, true>(x, out, idx, t, p);
+  t.channels_last ? rlp_forward_for<T, true>(x, out, idx, t, p) : rlp_forward_for<T, false>(x, out, idx, t, p);
 }
 
 template <typename T>
 void relu_lrn_pool_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t,
                             const PoolTask& p) {
-  const bool b = t.beta == 0.75;
-  if (t.channels_last) {
-    if (t.size == 0)
-      rlp_backward_cl<T, false, 0, false>(gout, idx, x, dx, t, p);
-    else if (t.size == 5)
-      b ? rlp_backward_cl<T, true, 5, true>(gout, idx, x, dx, t, p)
-        : rlp_backward_cl<T, false, 5, true>(gout, idx, x, dx, t, p);
-    else
-      b ? rlp_backward_cl<T, true, 0, true>(gout, idx, x, dx, t, p)
-        : rlp_backward_cl<T, false, 0, true>(gout, idx, x, dx, t, p);
-  } else if (t.size == 0)
-    rlp_backward<T, false, 0, false>(gout, idx, x, dx, t, p);
-  else if (t.size == 5)
-    b ? rlp_backward<T, true, 5, true>(gout, idx, x, dx, t, p) : rlp_backward<T, false, 5, true>(gout, idx, x, dx, t, p);
-  else
-    b ? rlp_backward<T, true, 0, true>(gout, idx, x, dx, t, p) : rlp_backward<T, false, 0, true>(gout, idx, x, dx, t, p);
+  t.channels_last ? rlp_backward_for<T, true>(gout, idx, x, dx, t, p)
+                  : rlp_backward_for<T, false>(gout, idx, x, dx, t, p);
 }
 
 }  // namespace LRN_KERNEL_NS
