@@ -5,25 +5,15 @@ choice in src/model/forward.rs (`cpu_channels_last`).
     .venv/bin/python benches/conv_layout.py
 """
 
-import time
-
 import torch
 import torch.nn.functional as F
+
+from timing import median_ms
 
 # name, in channels, out channels, kernel, padding, groups, input side (224x224 images)
 LAYERS = [("paper conv2", 96, 256, 5, 2, 2, 27), ("paper conv3", 256, 384, 3, 1, 1, 13),
           ("paper conv4", 384, 384, 3, 1, 2, 13), ("paper conv5", 384, 256, 3, 1, 2, 13),
           ("torchvision conv2", 64, 192, 5, 2, 1, 27), ("torchvision conv3", 192, 384, 3, 1, 1, 13)]
-
-
-def median_ms(f, runs=7):
-    f()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[runs // 2] * 1e3
 
 
 def main():
@@ -42,7 +32,7 @@ def main():
                 y = F.conv2d(x, w, b, padding=pad, groups=groups)
                 y.backward(torch.ones_like(y))
 
-            ms.append(median_ms(step))
+            ms.append(median_ms(step, 7))
         print(f"{name}: NCHW {ms[0]:.1f} ms, channels_last {ms[1]:.1f} ms")
 
 

@@ -8,14 +8,13 @@ a warm-up; both paths see the same input and thread count. Prints a markdown tab
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 import alexnet_rs  # noqa: F401  (registers torch.ops.alexnet_rs)
 from alexnet_rs.ops import lrn
+from timing import median_ms
 
 SHAPES = {"conv1 96x55x55": (96, 55, 55), "conv2 256x27x27": (256, 27, 27)}
 SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0
@@ -28,17 +27,7 @@ def fwd_bwd(fn, x, g):
 
 
 def median_time(fn, x, g, repeats):
-    return median_call(lambda: fwd_bwd(fn, x, g), repeats)
-
-
-def median_call(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_ms(lambda: fwd_bwd(fn, x, g), repeats)
 
 
 def main():
@@ -61,7 +50,7 @@ def main():
         assert torch.allclose(fwd_bwd(ours, x, g), fwd_bwd(stock, x, g), rtol=1e-4, atol=1e-6)
         t_stock = median_time(stock, x, g, args.repeats)
         t_ours = median_time(ours, x, g, args.repeats)
-        print(f"| {name} | {t_stock * 1e3:.1f} | {t_ours * 1e3:.1f} | {t_stock / t_ours:.1f}x |")
+        print(f"| {name} | {t_stock:.1f} | {t_ours:.1f} | {t_stock / t_ours:.1f}x |")
     if args.split:
         # Where our time goes: each op alone, and the cost of a fresh output of that size.
         print("\n| shape | lrn forward (ms) | lrn_backward (ms) | empty_like + fill_ (ms) |")
@@ -70,10 +59,10 @@ def main():
         for name, chw in SHAPES.items():
             x = torch.randn(args.batch, *chw).relu() * 50
             g = torch.randn_like(x)
-            cols = [median_call(f, args.repeats) for f in (lambda: ops.lrn(x, SIZE, ALPHA, BETA, K),
-                                                           lambda: ops.lrn_backward(g, x, SIZE, ALPHA, BETA, K),
-                                                           lambda: torch.empty_like(x).fill_(1))]
-            print(f"| {name} | " + " | ".join(f"{t * 1e3:.1f}" for t in cols) + " |")
+            cols = [median_ms(f, args.repeats) for f in (lambda: ops.lrn(x, SIZE, ALPHA, BETA, K),
+                                                         lambda: ops.lrn_backward(g, x, SIZE, ALPHA, BETA, K),
+                                                         lambda: torch.empty_like(x).fill_(1))]
+            print(f"| {name} | " + " | ".join(f"{t:.1f}" for t in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -13,27 +13,17 @@ Median of --repeats after a warm-up.
 """
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
 import alexnet_rs  # noqa: F401  (registers torch.ops.alexnet_rs)
+from timing import median_ms
 
 OPS = torch.ops.alexnet_rs
 PAPER = (5, 1e-4, 0.75, 2.0)
 NO_LRN = (0, 0.0, 0.0, 0.0)
 FORMATS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
-
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[repeats // 2] * 1e3
 
 
 def pooled(side):
