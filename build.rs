@@ -12,6 +12,7 @@ const CPP_SOURCES: &[&str] = &[
     "kernels/grouped_conv_cpu.cpp",
     "kernels/cpu_cache.cpp",
     "kernels/sgd_cpu.cpp",
+    "kernels/linear_sgd_cpu.cpp",
 ];
 /// The CPU LRN kernels again, for AVX2 + FMA (no torch headers; chosen at run time).
 const AVX2_SOURCES: &[&str] = &["kernels/lrn_cpu_avx2.cpp"];
@@ -23,6 +24,8 @@ const HEADERS: &[&str] = &[
     "kernels/ops.h",
     "kernels/lrn.h",
     "kernels/lrn_pool.h",
+    "kernels/linear_sgd.h",
+    "kernels/sgd.h",
     "kernels/lrn_cpu_kernels.h",
     "kernels/grouped_conv.h",
     "kernels/cuda_api.h",

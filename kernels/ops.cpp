@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "grouped_conv.h"
+#include "linear_sgd.h"
 #include "lrn.h"
 #include "lrn_pool.h"
 
@@ -345,6 +346,12 @@ char* alexnet_rs_grouped_conv2d(const at::Tensor* x, const at::Tensor* w, const 
     const std::optional<at::Tensor> bias = b != nullptr ? std::optional<at::Tensor>(*b) : std::nullopt;
     return alexnet_rs::conv_op().call(*x, *w, bias, {stride_h, stride_w}, {pad_h, pad_w}, groups);
   });
+}
+
+char* alexnet_rs_linear_sgd(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, const at::Tensor* v,
+                            double lr, double momentum, double wd, int32_t paper, at::Tensor** out, int32_t* kind) {
+  return alexnet_rs::guarded(out, kind,
+                             [&] { return alexnet_rs::linear_sgd(*x, *w, *b, *v, lr, momentum, wd, paper != 0); });
 }
 
 char* alexnet_rs_channels_last(const at::Tensor* x, at::Tensor** out, int32_t* kind) {

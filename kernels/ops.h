@@ -32,4 +32,10 @@ void alexnet_rs_cpu_cache_stats(int64_t* out4) noexcept;
 int32_t alexnet_rs_sgd_fused_ok(const at::Tensor* p, const at::Tensor* v) noexcept;
 void alexnet_rs_sgd_fused(const at::Tensor* p, const at::Tensor* v, double lr, double momentum, double wd,
                           int32_t paper) noexcept;
+// kernels/linear_sgd_cpu.cpp: F.linear with the weight's SGD update in its backward (linear_sgd.h);
+// _ok is 1 when the tensors qualify.
+int32_t alexnet_rs_linear_sgd_ok(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b,
+                                 const at::Tensor* v) noexcept;
+char* alexnet_rs_linear_sgd(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, const at::Tensor* v,
+                            double lr, double momentum, double wd, int32_t paper, at::Tensor** out, int32_t* kind);
 }

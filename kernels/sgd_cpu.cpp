@@ -11,38 +11,20 @@
 #include <ATen/core/Tensor.h>
 
 #include "ops.h"
+#include "sgd.h"
 
 namespace alexnet_rs {
 namespace {
 
-// pytorch: v = m v + g + wd w;  w -= lr v        paper: v = m v - wd lr w - lr g;  w += v
-// kWd false (biases): no decay term at all, as the unfused path skips its op.
-template <bool kWd>
-void sgd_pytorch(float* p, const float* g, float* v, int64_t n, float lr, float m, float wd) {
-  const float neg_lr = -lr;
+// The rule and whether to decay are constants here, so each instantiation is a plain loop.
+template <bool kPaper, bool kWd>
+void sgd(float* p, const float* g, float* v, int64_t n, const SgdScalars& scalars) {
   at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
+    SgdScalars s = scalars;
+    s.paper = kPaper;
+    s.decay = kWd;
 #pragma omp simd
-    for (int64_t i = b; i < e; ++i) {
-      float vi = v[i] * m;
-      vi = vi + g[i];
-      if constexpr (kWd) vi = vi + p[i] * wd;
-      v[i] = vi;
-      p[i] = p[i] + vi * neg_lr;
-    }
-  });
-}
-
-template <bool kWd>
-void sgd_paper(float* p, const float* g, float* v, int64_t n, float neg_wd_lr, float neg_lr, float m) {
-  at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
-#pragma omp simd
-    for (int64_t i = b; i < e; ++i) {
-      float vi = v[i] * m;
-      if constexpr (kWd) vi = vi + p[i] * neg_wd_lr;
-      vi = vi + g[i] * neg_lr;
-      v[i] = vi;
-      p[i] = p[i] + vi;
-    }
+    for (int64_t i = b; i < e; ++i) sgd_update(p[i], v[i], g[i], s);
   });
 }
 
@@ -71,15 +53,12 @@ void alexnet_rs_sgd_fused(const at::Tensor* p, const at::Tensor* v, double lr, d
   float* pp = param.mutable_data_ptr<float>();
   const float* gp = g.const_data_ptr<float>();
   float* vp = vel.mutable_data_ptr<float>();
-  // The scalars as the unfused path rounds them: f32 of the f64 products.
   const int64_t n = param.numel();
-  const float m = (float)momentum;
-  if (paper) {
-    const float a = (float)(-wd * lr), b = (float)(-lr);
-    wd > 0 ? alexnet_rs::sgd_paper<true>(pp, gp, vp, n, a, b, m) : alexnet_rs::sgd_paper<false>(pp, gp, vp, n, a, b, m);
+  const auto s = alexnet_rs::SgdScalars::make(lr, momentum, wd, paper != 0);
+  if (s.paper) {
+    s.decay ? alexnet_rs::sgd<true, true>(pp, gp, vp, n, s) : alexnet_rs::sgd<true, false>(pp, gp, vp, n, s);
   } else {
-    const float a = (float)lr, b = (float)wd;
-    wd > 0 ? alexnet_rs::sgd_pytorch<true>(pp, gp, vp, n, a, m, b) : alexnet_rs::sgd_pytorch<false>(pp, gp, vp, n, a, m, b);
+    s.decay ? alexnet_rs::sgd<false, true>(pp, gp, vp, n, s) : alexnet_rs::sgd<false, false>(pp, gp, vp, n, s);
   }
   // Writes through raw pointers: bump the version counters, as in-place ops would.
   param.unsafeGetTensorImpl()->bump_version();

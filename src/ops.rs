@@ -61,6 +61,24 @@ mod ffi {
             wd: f64,
             paper: i32,
         );
+        pub fn alexnet_rs_linear_sgd_ok(
+            x: *const C_tensor,
+            w: *const C_tensor,
+            b: *const C_tensor,
+            v: *const C_tensor,
+        ) -> i32;
+        pub fn alexnet_rs_linear_sgd(
+            x: *const C_tensor,
+            w: *const C_tensor,
+            b: *const C_tensor,
+            v: *const C_tensor,
+            lr: f64,
+            momentum: f64,
+            wd: f64,
+            paper: i32,
+            out: *mut *mut C_tensor,
+            kind: *mut i32,
+        ) -> *mut c_char;
     }
 }
 
@@ -216,6 +234,37 @@ pub fn sgd_fused(p: &Tensor, v: &Tensor, lr: f64, momentum: f64, weight_decay: f
         ffi::alexnet_rs_sgd_fused(p.as_ptr(), v.as_ptr(), lr, momentum, weight_decay, i32::from(paper));
     }
     true
+}
+
+/// `x.matmul(w.t()) + b` (`x` of shape `(B, K)`, `w` `(N, K)`) whose backward, instead of a gradient
+/// for `w`, applies the SGD update to `w` and its velocity `v` (kernels/linear_sgd_cpu.cpp: one
+/// pass over `w` and `v` that also forms the input's gradient; `paper` picks the paper's rule,
+/// `weight_decay` as [`sgd_fused`]). `w` gets no `.grad`; `b`'s gradient is the usual one.
+/// `Ok(None)` when the tensors do not qualify (float32 CPU contiguous, 1 <= B <= 32, `w` a
+/// leaf that requires grad, grad mode on): the caller then runs `F.linear` and the ordinary update.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_sgd(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    v: &Tensor,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    paper: bool,
+) -> Result<Option<Tensor>> {
+    // SAFETY: the tensors outlive the calls; the C side only reads through the pointers here
+    // (the update happens in the backward of the graph the returned tensor heads).
+    unsafe {
+        if ffi::alexnet_rs_linear_sgd_ok(x.as_ptr(), w.as_ptr(), b.as_ptr(), v.as_ptr()) != 1 {
+            return Ok(None);
+        }
+        let (xp, wp, bp, vp) = (x.as_ptr(), w.as_ptr(), b.as_ptr(), v.as_ptr());
+        call(|out, kind| {
+            ffi::alexnet_rs_linear_sgd(xp, wp, bp, vp, lr, momentum, weight_decay, i32::from(paper), out, kind)
+        })
+        .map(Some)
+    }
 }
 
 /// While alive, CPU tensors of 1 MiB or more that this thread allocates come from our caching

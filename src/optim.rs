@@ -8,6 +8,7 @@
 //! weights, not biases (cuda-convnet's `wc` is 0 for biases).
 use crate::error::{Error, Result};
 use crate::model::Params;
+use std::cell::RefCell;
 use tch::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,16 +74,39 @@ impl Sgd {
         }
     }
 
+    /// The update of this step's fully connected weights, to be run inside backward: pass it to
+    /// the forward ([`crate::model::forward_masked`]), run backward, then [`Sgd::step`] with it.
+    /// The same rule and scalars as [`Sgd::step`].
+    pub fn in_backward(&self, params: &Params, lr: f64) -> InBackward {
+        InBackward {
+            rule: self.rule,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            lr,
+            velocity: params
+                .iter_shards()
+                .zip(&self.velocity)
+                .map(|((name, i, _), v)| ((name.clone(), i), v.shallow_clone()))
+                .collect(),
+            done: RefCell::new(Vec::new()),
+        }
+    }
+
     /// One update with learning rate `lr` from the gradients in `params`, which are then
     /// dropped (float32 CPU parameters: one fused pass, kernels/sgd_cpu.cpp; the next backward
     /// hands over fresh gradients without accumulating into a zeroed buffer) or zeroed (other
     /// devices and dtypes: in-place ops, addcmul_ with 0-dim scale tensors, so no
     /// parameter-sized temporaries, which matter at fc6's 37.7 M weights).
-    pub fn step(&mut self, params: &Params, lr: f64) -> Result<()> {
+    /// Parameters that `in_backward` updated during the backward are skipped.
+    pub fn step(&mut self, params: &Params, lr: f64, in_backward: Option<&InBackward>) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        for ((name, _, p), v) in params.iter_shards().zip(self.velocity.iter_mut()) {
+        let done = in_backward.map(|u| u.done.take()).unwrap_or_default();
+        for ((name, i, p), v) in params.iter_shards().zip(self.velocity.iter_mut()) {
             if !p.requires_grad() {
                 continue; // frozen: never touched, weight decay included
+            }
+            if done.iter().any(|(n, k)| n == name && *k == i) {
+                continue; // updated inside backward
             }
             let mut g = p.grad();
             if !g.defined() {
@@ -120,6 +144,43 @@ impl Sgd {
             let _ = g.f_zero_()?;
         }
         Ok(())
+    }
+}
+
+/// The SGD update of the fully connected weights done inside backward (kernels/linear_sgd_cpu.cpp):
+/// their backward reads each weight matrix and its velocity once, forming the input's gradient
+/// and updating both, instead of two GEMMs, a stored gradient and a separate update pass (at
+/// small batches most of an FC layer's step time is those memory passes; BENCHMARKS.md). Only
+/// where the tensors qualify ([`crate::ops::linear_sgd`]); other layers take [`Sgd::step`].
+/// Single-process training only: a gradient that must be all-reduced first cannot be consumed
+/// inside backward.
+pub struct InBackward {
+    rule: UpdateRule,
+    momentum: f64,
+    weight_decay: f64,
+    lr: f64,
+    velocity: Vec<((String, usize), Tensor)>,
+    /// The (parameter, shard) updated by a backward so far.
+    done: RefCell<Vec<(String, usize)>>,
+}
+
+impl InBackward {
+    /// `x.linear(w, b)` for shard `shard` of the weight named `weight`: with the update in its
+    /// backward where the tensors qualify, else plain (and [`Sgd::step`] updates `w` as usual).
+    pub fn linear(&self, weight: &str, shard: usize, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let v = self
+            .velocity
+            .iter()
+            .find(|((n, i), _)| n == weight && *i == shard)
+            .map(|(_, v)| v);
+        if let Some(v) = v {
+            let paper = self.rule == UpdateRule::Paper;
+            if let Some(y) = crate::ops::linear_sgd(x, w, b, v, self.lr, self.momentum, self.weight_decay, paper)? {
+                self.done.borrow_mut().push((weight.to_string(), shard));
+                return Ok(y);
+            }
+        }
+        Ok(x.f_linear(w, Some(b))?)
     }
 }
 

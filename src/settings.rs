@@ -119,6 +119,11 @@ pub struct TrainConfig {
     /// Inputs and conv weights in the channels_last memory format.
     #[arg(long)]
     pub channels_last: bool,
+    /// Apply the fully connected layers' SGD update after backward instead of inside it (key
+    /// `fc_update_in_backward = false`). Inside is the default where it applies: one process,
+    /// float32 on an AVX-512 CPU, batch <= 32. The same update, rounded differently.
+    #[arg(long = "no-fc-update-in-backward", action = clap::ArgAction::SetFalse)]
+    pub fc_update_in_backward: bool,
     /// Ablation: the non-linearity of every layer.
     #[arg(long, value_name = "NAME", default_value = "relu", value_parser = choice::<Activation>(Activation::NAMES))]
     pub activation: Activation,

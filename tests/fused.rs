@@ -2,12 +2,17 @@
 //! composition: relu -> LRN -> max-pool (`ops::relu_lrn_max_pool2d`) against ATen's relu, our
 //! LRN op (itself tested against the stock-op reference in tests/lrn.rs and tests/python) and
 //! ATen's max_pool2d; the one-pass SGD against the in-place ATen
-//! ops it replaces; the caching CPU allocator's scope (values unchanged, blocks reused, nothing
+//! ops it replaces; the FC layer whose backward applies that update (`ops::linear_sgd`) against
+//! F.linear, ATen's GEMMs for its gradients and the same reference update; the caching CPU allocator's scope (values unchanged, blocks reused, nothing
 //! held after the scope).
 mod common;
 
+use alexnet_rs::config::{Config, Preset};
 use alexnet_rs::error::OpErrorKind;
+use alexnet_rs::model;
 use alexnet_rs::ops::{self, relu_lrn_max_pool2d, LrnArgs};
+use alexnet_rs::optim::{Sgd, UpdateRule};
+use alexnet_rs::placement::Placement;
 use tch::{Device, Kind, Tensor};
 
 fn max_rel_err(a: &Tensor, b: &Tensor) -> f64 {
@@ -281,6 +286,141 @@ fn fused_sgd_matches_the_unfused_update_and_drops_the_gradient() {
     assert!(p.grad().defined());
     let p = Tensor::randn([10], opts).set_requires_grad(true); // no gradient
     assert!(!ops::sgd_fused(&p, &p.detach().zeros_like(), 0.01, 0.9, 0.0, false));
+}
+
+#[test]
+fn fc_update_in_backward_matches_linear_gemms_and_the_unfused_update() {
+    let _s = common::serial(); // seeded inputs
+    tch::manual_seed(4);
+    let opts = (Kind::Float, Device::Cpu);
+    let (lr, m) = (0.05, 0.9);
+    // (batch, rows, columns): one row and column tail; rows not a multiple of 4 and columns not
+    // of 16; at batch 32, 8200 columns make two column tiles.
+    for (batch, n, k) in [(1i64, 6i64, 37i64), (16, 10, 300), (32, 9, 8200)] {
+        for paper in [false, true] {
+            for wd in [0.0, 5e-4] {
+                let x0 = Tensor::randn([batch, k], opts);
+                let w0 = Tensor::randn([n, k], opts) * 0.1;
+                let b0 = Tensor::randn([n], opts);
+                let v0 = Tensor::randn([n, k], opts) * 0.01;
+                let dy = Tensor::randn([batch, n], opts);
+                let (x, w, b, v) = (
+                    x0.copy().set_requires_grad(true),
+                    w0.copy().set_requires_grad(true),
+                    b0.copy().set_requires_grad(true),
+                    v0.copy(),
+                );
+                let Some(y) = ops::linear_sgd(&x, &w, &b, &v, lr, m, wd, paper).unwrap() else {
+                    assert!(
+                        !std::arch::is_x86_feature_detected!("avx512f"),
+                        "refused on an AVX-512 CPU"
+                    );
+                    eprintln!("skipped: this CPU has no AVX-512, the fused FC backward is not used");
+                    return;
+                };
+                let case = format!("batch {batch}, {n}x{k}, paper {paper}, wd {wd}");
+                assert!(max_rel_err(&y, &x0.linear(&w0, Some(&b0))) <= 1e-6, "y ({case})");
+                (&y * &dy).sum(Kind::Float).backward();
+                assert!(max_rel_err(&x.grad(), &dy.mm(&w0)) <= 1e-5, "dx ({case})");
+                assert!(
+                    max_rel_err(&b.grad(), &dy.sum_dim_intlist(0, false, Kind::Float)) <= 1e-6,
+                    "db ({case})"
+                );
+                assert!(!w.grad().defined(), "w gets no gradient ({case})");
+                let (wr, vr) = sgd_reference(&w0, &dy.tr().mm(&x0), &v0, lr, m, wd, paper);
+                assert!(max_rel_err(&w.detach(), &wr) <= 1e-5, "w ({case})");
+                assert!(max_rel_err(&v, &vr) <= 1e-5, "v ({case})");
+                assert!(max_rel_err(&w.detach(), &w0) > 1e-4, "w moved ({case})");
+            }
+        }
+    }
+    // What the fused backward does not take: plain F.linear and the ordinary update instead.
+    let (x, w, b) = (
+        Tensor::randn([33, 8], opts),
+        Tensor::randn([4, 8], opts).set_requires_grad(true),
+        Tensor::randn([4], opts),
+    );
+    let v = w.detach().zeros_like();
+    assert!(
+        ops::linear_sgd(&x, &w, &b, &v, lr, m, 0.0, false).unwrap().is_none(),
+        "batch 33"
+    );
+    let x = x.narrow(0, 0, 4);
+    let frozen = w.detach();
+    assert!(
+        ops::linear_sgd(&x, &frozen, &b, &v, lr, m, 0.0, false)
+            .unwrap()
+            .is_none(),
+        "frozen w"
+    );
+    let xd = x.to_kind(Kind::Double);
+    let wd_ = w.detach().to_kind(Kind::Double).set_requires_grad(true);
+    let (bd, vd) = (b.to_kind(Kind::Double), v.to_kind(Kind::Double));
+    assert!(
+        ops::linear_sgd(&xd, &wd_, &bd, &vd, lr, m, 0.0, false)
+            .unwrap()
+            .is_none(),
+        "float64"
+    );
+    let _no_grad = tch::no_grad_guard();
+    assert!(
+        ops::linear_sgd(&x, &w, &b, &v, lr, m, 0.0, false).unwrap().is_none(),
+        "no grad mode"
+    );
+}
+
+#[test]
+fn a_training_step_with_the_fc_update_in_backward_equals_the_step_after_backward() {
+    let _s = common::serial(); // seeded init and dropout masks
+                               // The paper network on two CPU "devices": its FC layers are row shards, each updated by its
+                               // own backward; everything else by Sgd::step. Both rules, so the scalars reach the kernel.
+    let mut cfg = Config::preset(Preset::Paper, 10).unwrap();
+    cfg.input_size = 63;
+    let placement = Placement::parse("cpu,cpu").unwrap();
+    tch::manual_seed(5);
+    let whole = model::init_whole(&cfg).unwrap();
+    let x = Tensor::randn([8, 3, 63, 63], (Kind::Float, Device::Cpu));
+    let y = Tensor::randint(10, [8], (Kind::Int64, Device::Cpu));
+    for rule in [UpdateRule::Pytorch, UpdateRule::Paper] {
+        let step = |fused: bool| {
+            let params = model::shard(&cfg, &placement, &whole, false).unwrap();
+            let mut sgd = Sgd::new(&params, rule, 0.9, 5e-4);
+            let mut fc_done = 0;
+            for lr in [0.01, 0.02] {
+                // The same velocity state at the second step: its lr differs (paper's rule).
+                tch::manual_seed(6);
+                let update = fused.then(|| sgd.in_backward(&params, lr));
+                let logits =
+                    model::forward_masked(&cfg, &params, &x, Some(model::Masks::Torch), update.as_ref()).unwrap();
+                logits.cross_entropy_for_logits(&y).backward();
+                fc_done = params
+                    .iter_shards()
+                    .filter(|(n, _, p)| n.starts_with("fc") && n.ends_with(".weight") && !p.grad().defined())
+                    .count();
+                sgd.step(&params, lr, update.as_ref()).unwrap();
+            }
+            (params.gather_cpu().unwrap(), fc_done)
+        };
+        let ((fused, fc_done), (plain, fc_plain)) = (step(true), step(false));
+        if fc_done == 0 {
+            assert!(
+                !std::arch::is_x86_feature_detected!("avx512f"),
+                "not fused on an AVX-512 CPU"
+            );
+            eprintln!("skipped: this CPU has no AVX-512, the fused FC backward is not used");
+            return;
+        }
+        assert_eq!(
+            (fc_done, fc_plain),
+            (5, 0),
+            "fc6, fc7: two shards each, fc8 whole ({rule:?})"
+        );
+        for (name, p) in &plain {
+            assert!(!p.equal(&whole[name]), "{name} was updated ({rule:?})");
+            let err = max_rel_err(&fused[name], p);
+            assert!(err <= 1e-5, "{name}: {err:.2e} ({rule:?})");
+        }
+    }
 }
 
 #[test]

@@ -75,6 +75,11 @@ class TrainSettings(TypedDict, total=False):
     bf16: bool
     # --channels-last: Inputs and conv weights in the channels_last memory format [default: false]
     channels_last: bool
+    # --no-fc-update-in-backward: Apply the fully connected layers' SGD update after backward instead
+    # of inside it (key `fc_update_in_backward = false`). Inside is the default where it applies: one
+    # process, float32 on an AVX-512 CPU, batch <= 32. The same update, rounded differently [default:
+    # true]
+    fc_update_in_backward: bool
     # --activation: Ablation: the non-linearity of every layer [default: "relu"]
     activation: Literal["relu", "tanh"]
     # --no-lrn: Ablation: leave out the preset's LRN layers (key `lrn = false`) [default: true]

@@ -42,6 +42,10 @@ pub struct BenchTrainArgs {
     /// Our side without the caching CPU allocator the training loop uses (kernels/cpu_cache.cpp).
     #[arg(long)]
     no_cpu_cache: bool,
+    /// Our side with the fully connected layers' SGD update after backward instead of inside it
+    /// (kernels/linear_sgd_cpu.cpp, which the training loop uses at batches up to 32).
+    #[arg(long)]
+    no_fc_in_backward: bool,
     /// Our side with inputs and conv weights stored channels_last (as `alexnet train
     /// --channels-last`).
     #[arg(long)]
@@ -154,7 +158,10 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
     let y = Tensor::randint(1000, [a.batch], (Kind::Int64, dev));
     let mut step = || -> Result<f64> {
         let t0 = Instant::now();
-        let loss = model::forward(&cfg, &params, &x, true)?.f_cross_entropy_loss(
+        // As the training loop: the FC layers' update inside their backward, unless measuring without.
+        let in_backward = (!a.no_fc_in_backward).then(|| sgd.in_backward(&params, 1e-3));
+        let masks = Some(model::Masks::Torch);
+        let loss = model::forward_masked(&cfg, &params, &x, masks, in_backward.as_ref())?.f_cross_entropy_loss(
             &y,
             None::<Tensor>,
             tch::Reduction::Mean,
@@ -162,7 +169,7 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
             0.0,
         )?;
         loss.f_backward()?;
-        sgd.step(&params, 1e-3)?;
+        sgd.step(&params, 1e-3, in_backward.as_ref())?;
         if let Device::Cuda(i) = dev {
             tch::Cuda::synchronize(i as i64);
         }

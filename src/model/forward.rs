@@ -6,6 +6,7 @@ use crate::conv::{self, ConvArgs};
 use crate::data::rng::Rng;
 use crate::error::{Error, Result};
 use crate::ops;
+use crate::optim::InBackward;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
@@ -81,12 +82,20 @@ pub enum Masks<'a> {
 /// The forward pass: logits `(N, classes)` for images `(N, 3, H, W)`. `train` turns dropout on
 /// (masks from torch's generator).
 pub fn forward(cfg: &Config, params: &Params, x: &Tensor, train: bool) -> Result<Tensor> {
-    forward_masked(cfg, params, x, train.then_some(Masks::Torch))
+    forward_masked(cfg, params, x, train.then_some(Masks::Torch), None)
 }
 
-/// [`forward`] with dropout's masks drawn as `masks` says (`None`: evaluation, no dropout).
-pub fn forward_masked(cfg: &Config, params: &Params, x: &Tensor, masks: Option<Masks>) -> Result<Tensor> {
-    forward_impl(cfg, params, x, masks, None).map_err(|e| dtype_hint(e, params, x))
+/// [`forward`] with dropout's masks drawn as `masks` says (`None`: evaluation, no dropout), and
+/// the fully connected layers' SGD update run by their backward where `update` says so (the
+/// training loop; see [`InBackward`]).
+pub fn forward_masked(
+    cfg: &Config,
+    params: &Params,
+    x: &Tensor,
+    masks: Option<Masks>,
+    update: Option<&InBackward>,
+) -> Result<Tensor> {
+    forward_impl(cfg, params, x, masks, update, None).map_err(|e| dtype_hint(e, params, x))
 }
 
 /// A libtorch failure on an input whose dtype differs from the parameters' is that mismatch
@@ -115,7 +124,7 @@ pub fn forward_with(
         observe(name, stage, t);
         false
     };
-    forward_impl(cfg, params, x, train.then_some(Masks::Torch), Some(&mut go_on))
+    forward_impl(cfg, params, x, train.then_some(Masks::Torch), None, Some(&mut go_on))
 }
 
 /// Every stage name of the network, in forward order: the rows of `alexnet info` but `input`.
@@ -163,7 +172,7 @@ pub fn activations(
         done
     };
     let _up_to_the_deepest =
-        forward_impl(cfg, params, x, masks, Some(&mut keep)).map_err(|e| dtype_hint(e, params, x))?;
+        forward_impl(cfg, params, x, masks, None, Some(&mut keep)).map_err(|e| dtype_hint(e, params, x))?;
     Ok(layers.iter().map(|l| got[l].shallow_clone()).collect())
 }
 
@@ -172,6 +181,7 @@ fn forward_impl(
     params: &Params,
     x: &Tensor,
     masks: Option<Masks>,
+    update: Option<&InBackward>,
     mut observe: Observer,
 ) -> Result<Tensor> {
     check_input(cfg, x)?;
@@ -209,7 +219,7 @@ fn forward_impl(
     h = h.map(|t| Ok(t.f_flatten(1, -1)?))?;
     let last = cfg.fcs.len() - 1;
     for (i, f) in cfg.fcs.iter().enumerate() {
-        h = fc_stage(cfg, (i, f), params, h, masks, i == last)?;
+        h = fc_stage(cfg, (i, f), params, h, masks, update, i == last)?;
         if report(&mut observe, &f.name, Stage::Fc, &h)? {
             break;
         }
@@ -349,17 +359,23 @@ fn fc_stage(
     params: &Params,
     x: Act,
     masks: Option<Masks>,
+    update: Option<&InBackward>,
     last: bool,
 ) -> Result<Act> {
     let x = match masks {
         Some(m) if f.dropout_before => dropout(&x, cfg.dropout, m, layer)?,
         _ => x,
     };
-    let ws = params.shards(&format!("{}.weight", f.name))?;
+    let weight = format!("{}.weight", f.name);
+    let ws = params.shards(&weight)?;
     let bs = params.shards(&format!("{}.bias", f.name))?;
     let mut parts = Vec::with_capacity(ws.len());
-    for (w, b) in ws.iter().zip(bs) {
-        let h = x.gather(w.device())?.f_linear(w, Some(b))?;
+    for (k, (w, b)) in ws.iter().zip(bs).enumerate() {
+        let xk = x.gather(w.device())?;
+        let h = match update {
+            Some(u) => u.linear(&weight, k, &xk, w, b)?,
+            None => xk.f_linear(w, Some(b))?,
+        };
         parts.push(if last { h } else { activate(cfg, h)? });
     }
     Ok(Act(parts))

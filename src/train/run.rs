@@ -216,8 +216,12 @@ impl<'a> Run<'a> {
             step: state.step,
             samples: &b.indices,
         };
+        // One process, float32: the FC layers' update runs inside their backward (src/optim.rs).
+        // With ranks the gradients must be all-reduced first, so every update waits for them.
+        let in_backward =
+            (tc.fc_update_in_backward && self.group.is_none() && !tc.bf16).then(|| self.sgd.in_backward(params, lr));
         let forward = || -> Result<(Tensor, Tensor)> {
-            let logits = model::forward_masked(cfg, params, &x, Some(masks))?;
+            let logits = model::forward_masked(cfg, params, &x, Some(masks), in_backward.as_ref())?;
             let y = b.labels.to_device(logits.device());
             let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?;
             // The batch's error under the weights before this update (dropout on): the paper's
@@ -231,25 +235,30 @@ impl<'a> Run<'a> {
             forward()?
         };
         let world = self.group.map_or(1, |g| g.world);
+        let n = b.labels.size()[0] as f64;
+        let totals = [loss.double_value(&[]), wrong.int64_value(&[]) as f64, n];
+        let diverged = |lv: f64| Error::Diverged {
+            loss: lv,
+            step: state.step,
+            epoch: state.epoch,
+            checkpoints: tc.out.join("checkpoints"),
+        };
+        // Before backward, which may already update weights (in_backward).
+        if self.group.is_none() && !totals[0].is_finite() {
+            return Err(diverged(totals[0]));
+        }
         // Each rank's mean loss over its slice, /world: the summed gradients are the gradient of
         // the mean over the global batch.
         (&loss / world as f64).f_backward()?;
-        let n = b.labels.size()[0] as f64;
-        let totals = [loss.double_value(&[]), wrong.int64_value(&[]) as f64, n];
         let [loss_sum, wrong, images] = match self.group {
             Some(g) => reduce_step(g, params, totals)?,
             None => totals,
         };
         let lv = loss_sum / world as f64;
         if !lv.is_finite() {
-            return Err(Error::Diverged {
-                loss: lv,
-                step: state.step,
-                epoch: state.epoch,
-                checkpoints: tc.out.join("checkpoints"),
-            });
+            return Err(diverged(lv));
         }
-        self.sgd.step(params, lr)?;
+        self.sgd.step(params, lr, in_backward.as_ref())?;
         state.step += 1;
         state.batch_in_epoch += 1;
         state.loss_sum += lv;
