@@ -334,6 +334,20 @@ fn fc_update_in_backward_matches_linear_gemms_and_the_unfused_update() {
             }
         }
     }
+    // An input that needs no gradient (every layer below frozen): the weight is still updated.
+    let (x, w, b) = (
+        Tensor::randn([4, 20], opts),
+        Tensor::randn([3, 20], opts).set_requires_grad(true),
+        Tensor::randn([3], opts),
+    );
+    let (w0, v) = (w.detach().copy(), w.detach().zeros_like());
+    let y = ops::linear_sgd(&x, &w, &b, &v, lr, m, 0.0, false)
+        .unwrap()
+        .expect("qualifies");
+    y.sum(Kind::Float).backward();
+    let g = Tensor::ones([4, 3], opts).tr().mm(&x);
+    assert!(max_rel_err(&v, &g) <= 1e-6, "v = g after one step from v = 0");
+    assert!(max_rel_err(&w.detach(), &(&w0 - &g * lr)) <= 1e-6, "w -= lr g");
     // What the fused backward does not take: plain F.linear and the ordinary update instead.
     let (x, w, b) = (
         Tensor::randn([33, 8], opts),
