@@ -12,8 +12,8 @@
 // Work split: each thread takes a contiguous range of rows and accumulates its share of dx in a
 // private tile, summed in thread order at the end (deterministic for a given thread count). The
 // columns are cut into tiles small enough that the packed input tile and a thread's dx tile stay
-// in L2 (rows of the packed tiles padded by 16 floats, so that the B rows of a tile do not all
-// map to the same L1 set when K is a multiple of 1024). Above a batch of 32 ATen's GEMMs are
+// in L2. Reading x's rows in place, K floats apart (36 KiB at fc6), was half as fast: the packed
+// rows are padded by 16 floats, so that they are not a multiple of 4 KiB apart either. Above a batch of 32 ATen's GEMMs are
 // faster (BENCHMARKS.md) and the layer is not fused (alexnet_rs_linear_sgd_ok); so is it on CPUs
 // without AVX-512 (see run_rows).
 #include <ATen/Parallel.h>
@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "linear_sgd.h"
 #include "ops.h"
@@ -45,7 +46,8 @@ struct RowsTask {
   SgdScalars s;
 };
 
-// Vectors go by reference only: passing a 64-byte vector by value changes the ABI between the clones.
+// Vectors go by reference only (GCC warns that passing a 64-byte vector by value has another ABI
+// with AVX-512 than without).
 template <typename T>
 inline __attribute__((always_inline)) void load(T& t, const float* p) {
   std::memcpy(&t, p, sizeof(T));
@@ -119,26 +121,32 @@ at::Tensor backward_and_update(const at::Tensor& dy, const at::Tensor& x, const 
   float* dxp = dx.mutable_data_ptr<float>();
   float* xsp = xs.mutable_data_ptr<float>();
   float* accp = acc.mutable_data_ptr<float>();
+  std::vector<char> used(threads);
   RowsTask task{xsp, nullptr, dT.const_data_ptr<float>(), nullptr, nullptr, batch, k, ld, 0, s};
   const int64_t blocks = (n + 3) / 4;
   for (int64_t k0 = 0; k0 < k; k0 += cols) {
     const int64_t kn = std::min(cols, k - k0);
     for (int64_t b = 0; b < batch; ++b) std::memcpy(xsp + b * ld, xp + b * k + k0, sizeof(float) * kn);
-    std::memset(accp, 0, sizeof(float) * threads * batch * ld);
     task.w = w.mutable_data_ptr<float>() + k0;
     task.v = v.mutable_data_ptr<float>() + k0;
     task.kn = kn;
-    // One contiguous range of row blocks per thread.
+    // One contiguous range of row blocks per thread; each zeroes and fills its own dx tile and
+    // marks it as used (a thread with no rows leaves its tile out of the sum).
+    std::fill(used.begin(), used.end(), 0);
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t t = std::min<int64_t>(at::get_thread_num(), threads - 1);
       RowsTask mine = task;
-      mine.acc = accp + std::min<int64_t>(at::get_thread_num(), threads - 1) * batch * ld;
+      mine.acc = accp + t * batch * ld;
+      std::memset(mine.acc, 0, sizeof(float) * batch * ld);
+      used[t] = 1;
       run_rows(mine, b0 * 4, std::min(n, b1 * 4));
     });
     at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         float* out = dxp + b * k + k0;
-        std::memcpy(out, accp + b * ld, sizeof(float) * kn);
-        for (int64_t t = 1; t < threads; ++t) {
+        std::memset(out, 0, sizeof(float) * kn);
+        for (int64_t t = 0; t < threads; ++t) {
+          if (!used[t]) continue;
           const float* part = accp + (t * batch + b) * ld;
           for (int64_t c = 0; c < kn; ++c) out[c] += part[c];
         }

@@ -10,13 +10,12 @@ namespace alexnet_rs {
 struct SgdScalars {
   float m;    // momentum
   float c_w;  // pytorch: wd; paper: -wd lr
-  float c_g;  // pytorch: -lr; paper: -lr
+  float c_g;  // -lr
   bool paper;
   bool decay;  // wd > 0 (biases: no decay term at all, as the unfused path skips its op)
 
   static SgdScalars make(double lr, double momentum, double wd, bool paper) {
-    return {(float)momentum, paper ? (float)(-wd * lr) : (float)wd, paper ? (float)(-lr) : -(float)lr, paper,
-            wd > 0};
+    return {(float)momentum, paper ? (float)(-wd * lr) : (float)wd, -(float)lr, paper, wd > 0};
   }
 };
 

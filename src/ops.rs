@@ -240,8 +240,9 @@ pub fn sgd_fused(p: &Tensor, v: &Tensor, lr: f64, momentum: f64, weight_decay: f
 /// for `w`, applies the SGD update to `w` and its velocity `v` (kernels/linear_sgd_cpu.cpp: one
 /// pass over `w` and `v` that also forms the input's gradient; `paper` picks the paper's rule,
 /// `weight_decay` as [`sgd_fused`]). `w` gets no `.grad`; `b`'s gradient is the usual one.
-/// `Ok(None)` when the tensors do not qualify (float32 CPU contiguous, 1 <= B <= 32, `w` a
-/// leaf that requires grad, grad mode on): the caller then runs `F.linear` and the ordinary update.
+/// `Ok(None)` when they do not qualify (an AVX-512 CPU, float32 contiguous tensors, 1 <= B <= 32,
+/// `w` a leaf that requires grad, grad mode on): the caller then runs `F.linear` and the ordinary
+/// update.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_sgd(
     x: &Tensor,

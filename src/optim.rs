@@ -160,7 +160,7 @@ pub struct InBackward {
     weight_decay: f64,
     lr: f64,
     velocity: Vec<((String, usize), Tensor)>,
-    /// The (parameter, shard) updated by a backward so far.
+    /// The (parameter, shard) handed to a fused layer by a forward: its backward updates it.
     done: RefCell<Vec<(String, usize)>>,
 }
 

@@ -294,9 +294,10 @@ fn fc_update_in_backward_matches_linear_gemms_and_the_unfused_update() {
     tch::manual_seed(4);
     let opts = (Kind::Float, Device::Cpu);
     let (lr, m) = (0.05, 0.9);
-    // (batch, rows, columns): one row and column tail; rows not a multiple of 4 and columns not
-    // of 16; at batch 32, 8200 columns make two column tiles.
-    for (batch, n, k) in [(1i64, 6i64, 37i64), (16, 10, 300), (32, 9, 8200)] {
+    // (batch, rows, columns): fewer row blocks of 4 than threads (an idle thread's dx tile is left
+    // out); rows not a multiple of 4 and columns not of 16; at batch 32, 8200 columns make two
+    // column tiles.
+    for (batch, n, k) in [(2i64, 3i64, 40i64), (1, 6, 37), (16, 10, 300), (32, 9, 8200)] {
         for paper in [false, true] {
             for wd in [0.0, 5e-4] {
                 let x0 = Tensor::randn([batch, k], opts);
