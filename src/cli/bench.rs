@@ -45,7 +45,7 @@ pub struct BenchTrainArgs {
     /// Our side with the fully connected layers' SGD update after backward instead of inside it
     /// (kernels/linear_sgd_cpu.cpp, which the training loop uses at batches up to 32).
     #[arg(long)]
-    no_fc_in_backward: bool,
+    no_fc_update_in_backward: bool,
     /// Our side with inputs and conv weights stored channels_last (as `alexnet train
     /// --channels-last`).
     #[arg(long)]
@@ -159,7 +159,7 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
     let mut step = || -> Result<f64> {
         let t0 = Instant::now();
         // As the training loop: the FC layers' update inside their backward, unless measuring without.
-        let in_backward = (!a.no_fc_in_backward).then(|| sgd.in_backward(&params, 1e-3));
+        let in_backward = (!a.no_fc_update_in_backward).then(|| sgd.in_backward(&params, 1e-3));
         let masks = Some(model::Masks::Torch);
         let loss = model::forward_masked(&cfg, &params, &x, masks, in_backward.as_ref())?.f_cross_entropy_loss(
             &y,
