@@ -6,12 +6,15 @@
 //
 // Layout: the input is viewed as (N, C, S), S = product of the spatial dims, stored either
 // channel-major (contiguous: channel stride S) or channel-minor (channels_last: stride 1).
-// Work unit: a tile of up to kTile consecutive spatial positions of one sample, all C
-// channels. The tile is gathered into C x kTile buffers of the op-math type (float for
-// float/half/bfloat16), so every window sum over channels is a unit-stride, vectorisable loop
-// over the tile's positions whatever the memory layout, and each element of x (and dy) is read
-// from memory once. The four buffers of a tile stay in L2 (C = 256: 4 x 256 KiB). Tiles are
-// spread over OpenMP threads (pip's torch is OpenMP too: torch.set_num_threads applies).
+// Contiguous float/double input (the common case) takes the direct kernels below: chunks of
+// positions swept channel by channel, read and written in place. Every other input (half,
+// bfloat16, channels_last, strided) is gathered: work unit a tile of up to kTile consecutive
+// spatial positions of one sample, all C channels, copied into C x kTile buffers of the op-math
+// type (float for float/half/bfloat16), so every window sum over channels is a unit-stride,
+// vectorisable loop over the tile's positions whatever the memory layout, and each element of x
+// (and dy) is read from memory once. The four buffers of a tile stay in L2 (C = 256: 4 x 256
+// KiB). Work units are spread over OpenMP threads (pip's torch is OpenMP too:
+// torch.set_num_threads applies).
 #ifndef LRN_KERNEL_NS
 #error "define LRN_KERNEL_NS before including lrn_cpu_kernels.h"
 #endif
@@ -42,10 +45,8 @@ struct PoolTask {
 namespace LRN_KERNEL_NS {
 namespace {
 
-// 256 positions: each channel's row of a tile is 1 KiB of contiguous memory (64 positions, 256 B,
-// made the NCHW kernels' strided reads slow: forward 7.0 -> 5.6 ms at [32, 96, 55, 55], backward
-// 9.2 -> 6.8 ms at [32, 256, 27, 27], `benches/lrn_cpu.py --split`); at 512 the backward's three
-// buffers outgrow L2 (2x slower).
+// The gathered kernels' tile: 256 positions, each channel's row of a tile 1 KiB of contiguous
+// memory (64 made strided reads slow); at 512 the backward's four buffers outgrow L2.
 constexpr int64_t kTile = 256;
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -193,89 +194,172 @@ void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const 
 }
 
 // ---- Contiguous inputs of the op-math type (float, double): no gather or scatter. ----
-// A tile's rows are read from x and written to y at their place (stride S between channels);
-// only the squares (and, backward, two intermediate rows per channel) go through C x kTile
-// buffers. kRelu: the input is relu(x) (the fused op), and the gradient is masked by it.
+// Work unit: a chunk of up to P consecutive positions of one sample, swept channel by channel.
+// Each channel's row of the chunk is read from x (and dy) and written to y (dx) at its place;
+// when the chunk is the whole plane (every AlexNet shape) the sweep reads and writes each
+// sample's block front to back, one sequential stream per tensor, which the hardware prefetcher
+// follows (tiles of 256 positions across all channels instead read 1 KiB pieces 12 KiB apart, and
+// the backward at [32, 96, 55, 55] waited on memory most of its time). Only the rows a channel
+// window still needs are kept: rings of R = min(size, C) rows of P, slot c % R for channel c, in
+// L2. Every window sum adds its rows in increasing channel order starting from 0, as the
+// gathered kernels do: the same bits. kRelu: the input is relu(x) (the fused op), and the
+// gradient is masked by it.
 
 template <typename T>
 inline T relu_of(T v) {
   return v < T(0) ? T(0) : v;  // NaN stays NaN, as torch.relu
 }
 
-// sq[c][j] = (relu of) x[c][j] squared, for the tile's ts columns of each of the C channels.
-template <typename T, bool kRelu>
-inline void square_rows(const T* x, T* sq, int64_t C, int64_t S, int64_t ts) {
-  for (int64_t c = 0; c < C; ++c) {
-    const T* xr = x + c * S;
-    T* q = sq + c * kTile;
-    for (int64_t j = 0; j < ts; ++j) {
-      const T v = kRelu ? relu_of(xr[j]) : xr[j];
-      q[j] = v * v;
+inline int64_t ring_rows(const LrnTask& t) { return imin(t.size, t.C); }
+
+// The chunk length for rings of `nbuf` x R rows: at most 4096 positions and 64 Ki elements of
+// scratch (256 KiB of float), a multiple of 16 (whole cache lines per row).
+inline int64_t max_chunk(int64_t R, int nbuf) {
+  const int64_t fit = (int64_t(1) << 16) / (nbuf * R) / 16 * 16;
+  return imax(16, imin(4096, fit));
+}
+
+// f(j, s_j) for j < n with s_j the sum of channel rows lo..hi (clipped to 0..C-1) held in the
+// ring; W as in windowed().
+template <int W, typename T, typename F>
+inline void ring_windowed(const T* ring, int64_t R, int64_t P, int64_t lo, int64_t hi, int64_t C, int64_t n,
+                          F&& f) {
+  if (W > 0 && lo >= 0 && hi < C && hi - lo + 1 == W) {
+    const T* r[W > 0 ? W : 1];
+    for (int w = 0; w < W; ++w) r[w] = ring + ((lo + w) % R) * P;
+    // f writes rows of other buffers than the ring: no dependence between iterations (GCC
+    // otherwise gives up on proving that for this many pointers and leaves the loop scalar).
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) {
+      T s = 0;
+      for (int w = 0; w < W; ++w) s += r[w][j];
+      f(j, s);
     }
+    return;
+  }
+  lo = imax(lo, 0);
+  hi = imin(hi, C - 1);
+  constexpr int64_t kPart = 256;
+  T acc[kPart];
+  for (int64_t j0 = 0; j0 < n; j0 += kPart) {
+    const int64_t m = imin(kPart, n - j0);
+    for (int64_t j = 0; j < m; ++j) acc[j] = 0;
+    for (int64_t c = lo; c <= hi; ++c) {
+      const T* row = ring + (c % R) * P + j0;
+      for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
+    }
+#pragma GCC ivdep
+    for (int64_t j = 0; j < m; ++j) f(j0 + j, acc[j]);
   }
 }
 
+// Squares of channel c's n positions into its ring slot.
+template <typename T, bool kRelu>
+inline void square_into(const T* xr, T* ring, int64_t R, int64_t P, int64_t c, int64_t n) {
+  T* q = ring + (c % R) * P;
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = kRelu ? relu_of(xr[j]) : xr[j];
+    q[j] = v * v;
+  }
+}
+
+// One chunk of n positions (x, y point at its first position; channel stride S). ring: R x P.
 template <typename T, bool kBeta075, int W, bool kRelu>
-inline void forward_tile_direct(const T* x, T* y, int64_t C, int64_t S, int64_t ts, T* sq, const LrnTask& t) {
+inline void forward_chunk(const T* x, T* y, int64_t S, int64_t n, T* ring, int64_t P, const LrnTask& t) {
   const T k = t.k, an = t.alpha / t.size, beta = t.beta;
-  const int64_t pre = t.size / 2, post = (t.size - 1) / 2;
-  square_rows<T, kRelu>(x, sq, C, S, ts);
+  const int64_t C = t.C, R = ring_rows(t), pre = t.size / 2, post = (t.size - 1) / 2;
+  int64_t next = 0;  // the next channel whose squares enter the ring
   for (int64_t c = 0; c < C; ++c) {
+    for (; next < C && next <= c + post; ++next) square_into<T, kRelu>(x + next * S, ring, R, P, next, n);
     const T* xr = x + c * S;
     T* yr = y + c * S;
-    windowed<W>(sq, c - pre, c + post, C, ts, [&](int64_t j, T s) {
+    ring_windowed<W>(ring, R, P, c - pre, c + post, C, n, [&](int64_t j, T s) {
       const T v = kRelu ? relu_of(xr[j]) : xr[j];
       yr[j] = v * neg_pow<T, kBeta075>(k + an * s, beta);
     });
   }
 }
 
+// One chunk, backward. rings: 3 x R x P (squares, a, t). Channel c's a and t (pass 1) need the
+// squares of c - pre .. c + post; dx of channel c - pre (pass 2) then has every t it sums.
 template <typename T, bool kBeta075, int W, bool kRelu>
-inline void backward_tile_direct(const T* dy, const T* x, T* dx, int64_t C, int64_t S, int64_t ts, T* bufs,
-                                 const LrnTask& t) {
+inline void backward_chunk(const T* dy, const T* x, T* dx, int64_t S, int64_t n, T* rings, int64_t P,
+                           const LrnTask& t) {
   const T k = t.k, an = t.alpha / t.size, beta = t.beta, two_an_beta = 2 * an * beta;
-  const int64_t pre = t.size / 2, post = (t.size - 1) / 2;
-  T *sq = bufs, *gb = bufs + C * kTile, *tb = bufs + 2 * C * kTile;
-  square_rows<T, kRelu>(x, sq, C, S, ts);
-  // Pass 1: a[c] = dy[c] d[c]^-beta (into gb), t[c] = a[c] x[c] / d[c] (into tb).
-  for (int64_t c = 0; c < C; ++c) {
-    const T *xr = x + c * S, *g = dy + c * S;
-    T *ar = gb + c * kTile, *tr = tb + c * kTile;
-    windowed<W>(sq, c - pre, c + post, C, ts, [&](int64_t j, T s) {
-      const T d = k + an * s;
-      const T v = kRelu ? relu_of(xr[j]) : xr[j];
-      const T a = g[j] * neg_pow<T, kBeta075>(d, beta);
-      ar[j] = a;
-      tr[j] = a * v / d;
-    });
-  }
-  // Pass 2: dx[c] = a[c] - 2 alpha beta / size * x[c] * sum of t over the windows holding c
-  // (kRelu: 0 where relu(x) <= 0, as threshold_backward).
-  for (int64_t c = 0; c < C; ++c) {
+  const int64_t C = t.C, R = ring_rows(t), pre = t.size / 2, post = (t.size - 1) / 2;
+  T *sq = rings, *ar = rings + R * P, *tr = rings + 2 * R * P;
+  // dx[c] = a[c] - 2 alpha beta / size * x[c] * sum of t over the windows holding c (kRelu: 0
+  // where relu(x) <= 0, as threshold_backward).
+  auto finish = [&](int64_t c) {
     const T* xr = x + c * S;
-    const T* ar = gb + c * kTile;
+    const T* a = ar + (c % R) * P;
     T* dr = dx + c * S;
-    windowed<W>(tb, c - post, c + pre, C, ts, [&](int64_t j, T s) {
+    ring_windowed<W>(tr, R, P, c - post, c + pre, C, n, [&](int64_t j, T s) {
       const T v = kRelu ? relu_of(xr[j]) : xr[j];
-      const T r = ar[j] - two_an_beta * v * s;
+      const T r = a[j] - two_an_beta * v * s;
       dr[j] = kRelu && v <= T(0) ? T(0) : r;
     });
+  };
+  int64_t next = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    for (; next < C && next <= c + post; ++next) square_into<T, kRelu>(x + next * S, sq, R, P, next, n);
+    // a[c] = dy[c] d[c]^-beta, t[c] = a[c] x[c] / d[c].
+    const T *xr = x + c * S, *g = dy + c * S;
+    T *a = ar + (c % R) * P, *tc = tr + (c % R) * P;
+    ring_windowed<W>(sq, R, P, c - pre, c + post, C, n, [&](int64_t j, T s) {
+      const T d = k + an * s;
+      const T v = kRelu ? relu_of(xr[j]) : xr[j];
+      const T av = g[j] * neg_pow<T, kBeta075>(d, beta);
+      a[j] = av;
+      tc[j] = av * v / d;
+    });
+    if (c >= pre) finish(c - pre);
   }
+  for (int64_t c = imax(C - pre, 0); c < C; ++c) finish(c);
+}
+
+// Runs fn(rings, n, s0, len, P) over every chunk of every sample, in parallel; each thread owns
+// nbuf x R x P elements. Chunks are whole planes where the rings allow, cut smaller only so that
+// every thread gets two or more.
+template <typename T, typename F>
+void for_each_chunk(const LrnTask& t, int nbuf, F fn) {
+  const int64_t R = ring_rows(t), cap = max_chunk(R, nbuf);
+  const int64_t want = (2 * int64_t(omp_get_max_threads()) + t.N - 1) / t.N;  // chunks per sample
+  const int64_t per = imax((t.S + cap - 1) / cap, imin(want, (t.S + 15) / 16));
+  const int64_t P = imin(cap, (t.S + per - 1) / per + 15) / 16 * 16;
+  const int64_t chunks = (t.S + P - 1) / P, total = t.N * chunks;
+  bool oom = false;
+#pragma omp parallel if (total > 1)
+  {
+    T* rings = static_cast<T*>(std::malloc(sizeof(T) * size_t(nbuf * R * P)));
+    if (rings == nullptr) {
+#pragma omp atomic write
+      oom = true;
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < total; ++i) {
+        const int64_t s0 = (i % chunks) * P;
+        fn(rings, i / chunks, s0, imin(P, t.S - s0), P);
+      }
+      std::free(rings);
+    }
+  }
+  if (oom) throw std::bad_alloc();
 }
 
 template <typename T, bool kBeta075, int W>
 void forward_direct(const T* x, T* y, const LrnTask& t) {
-  for_each_tile<T>(t, 1, [&](T* sq, int64_t n, int64_t s0, int64_t ts) {
+  for_each_chunk<T>(t, 1, [&](T* ring, int64_t n, int64_t s0, int64_t len, int64_t P) {
     const int64_t off = n * t.C * t.S + s0;
-    forward_tile_direct<T, kBeta075, W, false>(x + off, y + off, t.C, t.S, ts, sq, t);
+    forward_chunk<T, kBeta075, W, false>(x + off, y + off, t.S, len, ring, P, t);
   });
 }
 
 template <typename T, bool kBeta075, int W>
 void backward_direct(const T* dy, const T* x, T* dx, const LrnTask& t) {
-  for_each_tile<T>(t, 3, [&](T* bufs, int64_t n, int64_t s0, int64_t ts) {
+  for_each_chunk<T>(t, 3, [&](T* rings, int64_t n, int64_t s0, int64_t len, int64_t P) {
     const int64_t off = n * t.C * t.S + s0;
-    backward_tile_direct<T, kBeta075, W, false>(dy + off, x + off, dx + off, t.C, t.S, ts, bufs, t);
+    backward_chunk<T, kBeta075, W, false>(dy + off, x + off, dx + off, t.S, len, rings, P, t);
   });
 }
 
@@ -465,9 +549,11 @@ inline void max_pool_cl(const T* in, T* out, int64_t* idx, int64_t C, const Pool
 template <typename T, bool kBeta075, int W, bool kLrn, bool kCl>
 void rlp_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
   const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
-  // scratch: the LRN output (C S) and the LRN's squares (NCHW: C x kTile; channels_last: one
-  // zero-padded row); channels_last also the pool's best (C) and indices (C int32 in C elements).
-  const int64_t sq_elems = kCl ? C + t.size - 1 : C * kTile;
+  // scratch: the LRN output (C S) and the LRN's squares (NCHW: a ring of R x chunk; channels_last:
+  // one zero-padded row); channels_last also the pool's best (C) and indices (C int32 in C
+  // elements).
+  const int64_t R = ring_rows(t), chunk = imin(max_chunk(R, 1), S);
+  const int64_t sq_elems = kCl ? C + t.size - 1 : R * chunk;
   for_each_sample<T>(t.N, (kLrn ? C * S + sq_elems : 0) + (kCl ? 2 * C : 1), [&](T* scratch, int64_t n) {
     const T* in = x + n * C * S;
     T* const os = out + n * C * P;
@@ -479,8 +565,8 @@ void rlp_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolT
         for (int64_t i = 0; i < sq_elems; ++i) sq[i] = T(0);
         for (int64_t s = 0; s < S; ++s) lrn_row_forward<T, kBeta075, W>(in + s * C, L + s * C, C, sq, t);
       } else {
-        for (int64_t s0 = 0; s0 < S; s0 += kTile)
-          forward_tile_direct<T, kBeta075, W, true>(in + s0, L + s0, C, S, imin(kTile, S - s0), sq, t);
+        for (int64_t s0 = 0; s0 < S; s0 += chunk)
+          forward_chunk<T, kBeta075, W, true>(in + s0, L + s0, S, imin(chunk, S - s0), sq, chunk, t);
       }
       in = L;  // pooled from the scratch; without LRN the pool reads x and applies the ReLU
     }
@@ -496,7 +582,8 @@ void rlp_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolT
 template <typename T, bool kBeta075, int W, bool kLrn, bool kCl>
 void rlp_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t, const PoolTask& p) {
   const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
-  const int64_t bufs_elems = kCl ? 3 * (C + t.size - 1) : 3 * C * kTile;  // the LRN backward's buffers
+  const int64_t R = ring_rows(t), chunk = imin(max_chunk(R, 3), S);
+  const int64_t bufs_elems = kCl ? 3 * (C + t.size - 1) : 3 * R * chunk;  // the LRN backward's buffers
   for_each_sample<T>(t.N, kLrn ? C * S + bufs_elems : 1, [&](T* scratch, int64_t n) {
     const T* xs = x + n * C * S;
     const T* gs = gout + n * C * P;
@@ -520,9 +607,8 @@ void rlp_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const Lr
         for (int64_t s = 0; s < S; ++s)
           lrn_row_backward<T, kBeta075, W>(dl + s * C, xs + s * C, dxs + s * C, C, bufs, t);
       } else {
-        for (int64_t s0 = 0; s0 < S; s0 += kTile)
-          backward_tile_direct<T, kBeta075, W, true>(dl + s0, xs + s0, dxs + s0, C, S, imin(kTile, S - s0), bufs,
-                                                     t);
+        for (int64_t s0 = 0; s0 < S; s0 += chunk)
+          backward_chunk<T, kBeta075, W, true>(dl + s0, xs + s0, dxs + s0, S, imin(chunk, S - s0), bufs, chunk, t);
       }
     } else {
       for (int64_t i = 0; i < C * S; ++i)

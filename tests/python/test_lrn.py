@@ -37,6 +37,43 @@ def test_matches_local_response_norm(shape, size, k):
     _assert_close(dx, dx_ref)
 
 
+# The contiguous float kernels sweep chunks of positions channel by channel, keeping the last
+# min(size, C) channel rows in rings: a window wider than the channel count, a wide window that
+# shrinks the chunk to a few dozen positions, planes longer than one chunk (4096 positions) and
+# one sample cut into several chunks so that both threads get work.
+@pytest.mark.parametrize("shape, size", [
+    ((2, 3, 7, 7), 7),         # size > C: every channel in every window
+    ((2, 40, 6, 6), 39),       # a ring of 39 of the 40 channels: slots are reused once
+    ((1, 200, 20, 15), 151),   # chunks of 144 positions: 3 per plane, the last one short
+    ((1, 6, 70, 70), 5),       # 4900 positions: more than one chunk even on one thread
+    ((3, 11, 9, 9), 4),        # even size: the window is off-centre (2 before, 1 after)
+], ids=["size>C", "wide", "wide-3-chunks", "long-plane", "even"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunks_and_rings(shape, size, dtype):
+    x = torch.randn(shape, dtype=dtype) * 30
+    g = torch.randn(shape, dtype=dtype)
+    y, dx = _value_and_grad(lambda t: lrn(t, size, 1e-2, 0.75, 2.0), x, g)
+    y_ref, dx_ref = _value_and_grad(lambda t: F.local_response_norm(t, size, 1e-2, 0.75, 2.0), x, g)
+    _assert_close(y, y_ref)
+    _assert_close(dx, dx_ref)
+    for threads in (1, 3):  # other chunkings of the same planes give the same bits
+        with _threads(threads):
+            y_t, dx_t = _value_and_grad(lambda t: lrn(t, size, 1e-2, 0.75, 2.0), x, g)
+        assert torch.equal(y_t, y) and torch.equal(dx_t, dx)
+
+
+class _threads:
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
 @pytest.mark.parametrize("size", [2, 5])
 def test_channels_last(size):
     x = (torch.randn(2, 16, 7, 7) * 30).to(memory_format=torch.channels_last)
