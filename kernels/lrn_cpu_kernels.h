@@ -94,51 +94,75 @@ void scatter(const acc_t* buf, scalar_t* dst, const Layout& l, int64_t s0, int64
   }
 }
 
-// For j < n (n <= kTile): f(j, s_j) with s_j the sum of rows lo..hi (clipped to 0..C-1) of the
-// C x kTile buffer at column j. A window of the compile-time width W (5 in every AlexNet) that is
-// not clipped is summed in registers, fused with f, so the loop vectorises with no stores between.
-template <int W, typename acc_t, typename F>
-inline void windowed(const acc_t* buf, int64_t lo, int64_t hi, int64_t C, int64_t n, F&& f) {
+// f(j, s_j) for j < n with s_j the sum of channel rows lo..hi (clipped to 0..C-1), channel c's row
+// at ring + (c % R) P (R = C: a C x P buffer). A window of the compile-time width W (5 in every
+// AlexNet) that is not clipped is summed in registers, fused with f, so the loop vectorises with
+// no stores between.
+template <int W, typename T, typename F>
+inline void ring_windowed(const T* ring, int64_t R, int64_t P, int64_t lo, int64_t hi, int64_t C, int64_t n,
+                          F&& f) {
   if (W > 0 && lo >= 0 && hi < C && hi - lo + 1 == W) {
-    const acc_t* r = buf + lo * kTile;
+    const T* r[W > 0 ? W : 1];
+    for (int w = 0; w < W; ++w) r[w] = ring + ((lo + w) % R) * P;
+    // f writes rows of other buffers than the ring: no dependence between iterations (GCC
+    // otherwise gives up on proving that for this many pointers and leaves the loop scalar).
+#pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
-      acc_t s = 0;
-      for (int w = 0; w < W; ++w) s += r[w * kTile + j];
+      T s = 0;
+      for (int w = 0; w < W; ++w) s += r[w][j];
       f(j, s);
     }
     return;
   }
-  acc_t acc[kTile];
   lo = imax(lo, 0);
   hi = imin(hi, C - 1);
-  for (int64_t j = 0; j < n; ++j) acc[j] = 0;
-  for (int64_t r = lo; r <= hi; ++r)
-    for (int64_t j = 0; j < n; ++j) acc[j] += buf[r * kTile + j];
-  for (int64_t j = 0; j < n; ++j) f(j, acc[j]);
+  constexpr int64_t kPart = 256;
+  T acc[kPart];
+  for (int64_t j0 = 0; j0 < n; j0 += kPart) {
+    const int64_t m = imin(kPart, n - j0);
+    for (int64_t j = 0; j < m; ++j) acc[j] = 0;
+    for (int64_t c = lo; c <= hi; ++c) {
+      const T* row = ring + (c % R) * P + j0;
+      for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
+    }
+#pragma GCC ivdep
+    for (int64_t j = 0; j < m; ++j) f(j0 + j, acc[j]);
+  }
+}
+
+// The same over a C x kTile buffer.
+template <int W, typename acc_t, typename F>
+inline void windowed(const acc_t* buf, int64_t lo, int64_t hi, int64_t C, int64_t n, F&& f) {
+  ring_windowed<W>(buf, C, kTile, lo, hi, C, n, f);
+}
+
+// Runs fn(scratch, i) for every i < total, in parallel; each thread owns `elems` elements of T.
+template <typename T, typename F>
+void for_each_unit(int64_t total, int64_t elems, F fn) {
+  bool oom = false;
+#pragma omp parallel if (total > 1)
+  {
+    T* scratch = static_cast<T*>(std::malloc(sizeof(T) * size_t(elems)));
+    if (scratch == nullptr) {
+#pragma omp atomic write
+      oom = true;
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < total; ++i) fn(scratch, i);
+      std::free(scratch);
+    }
+  }
+  if (oom) throw std::bad_alloc();
 }
 
 // Runs fn(bufs, n, s0, ts) over every tile, in parallel; each thread owns `nbuf` C x kTile buffers.
 template <typename acc_t, typename F>
 void for_each_tile(const LrnTask& t, int nbuf, F fn) {
-  const int64_t tiles = (t.S + kTile - 1) / kTile, total = t.N * tiles;
-  const size_t bytes = sizeof(acc_t) * size_t(t.C * kTile * nbuf);
-  bool oom = false;
-#pragma omp parallel if (total > 1)
-  {
-    acc_t* bufs = static_cast<acc_t*>(std::malloc(bytes));
-    if (bufs == nullptr) {
-#pragma omp atomic write
-      oom = true;
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < total; ++i) {
-        const int64_t s0 = (i % tiles) * kTile;
-        fn(bufs, i / tiles, s0, imin(kTile, t.S - s0));
-      }
-      std::free(bufs);
-    }
-  }
-  if (oom) throw std::bad_alloc();
+  const int64_t tiles = (t.S + kTile - 1) / kTile;
+  for_each_unit<acc_t>(t.N * tiles, t.C * kTile * nbuf, [&](acc_t* bufs, int64_t i) {
+    const int64_t s0 = (i % tiles) * kTile;
+    fn(bufs, i / tiles, s0, imin(kTile, t.S - s0));
+  });
 }
 
 template <typename scalar_t, typename acc_t, bool kBeta075, int W>
@@ -217,40 +241,6 @@ inline int64_t ring_rows(const LrnTask& t) { return imin(t.size, t.C); }
 inline int64_t max_chunk(int64_t R, int nbuf) {
   const int64_t fit = (int64_t(1) << 16) / (nbuf * R) / 16 * 16;
   return imax(16, imin(4096, fit));
-}
-
-// f(j, s_j) for j < n with s_j the sum of channel rows lo..hi (clipped to 0..C-1) held in the
-// ring; W as in windowed().
-template <int W, typename T, typename F>
-inline void ring_windowed(const T* ring, int64_t R, int64_t P, int64_t lo, int64_t hi, int64_t C, int64_t n,
-                          F&& f) {
-  if (W > 0 && lo >= 0 && hi < C && hi - lo + 1 == W) {
-    const T* r[W > 0 ? W : 1];
-    for (int w = 0; w < W; ++w) r[w] = ring + ((lo + w) % R) * P;
-    // f writes rows of other buffers than the ring: no dependence between iterations (GCC
-    // otherwise gives up on proving that for this many pointers and leaves the loop scalar).
-#pragma GCC ivdep
-    for (int64_t j = 0; j < n; ++j) {
-      T s = 0;
-      for (int w = 0; w < W; ++w) s += r[w][j];
-      f(j, s);
-    }
-    return;
-  }
-  lo = imax(lo, 0);
-  hi = imin(hi, C - 1);
-  constexpr int64_t kPart = 256;
-  T acc[kPart];
-  for (int64_t j0 = 0; j0 < n; j0 += kPart) {
-    const int64_t m = imin(kPart, n - j0);
-    for (int64_t j = 0; j < m; ++j) acc[j] = 0;
-    for (int64_t c = lo; c <= hi; ++c) {
-      const T* row = ring + (c % R) * P + j0;
-      for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
-    }
-#pragma GCC ivdep
-    for (int64_t j = 0; j < m; ++j) f(j0 + j, acc[j]);
-  }
 }
 
 // Squares of channel c's n positions into its ring slot.
@@ -404,24 +394,11 @@ void for_each_chunk(const LrnTask& t, int nbuf, F fn) {
   const int64_t want = (2 * int64_t(omp_get_max_threads()) + t.N - 1) / t.N;  // chunks per sample
   const int64_t per = imax((t.S + cap - 1) / cap, imin(want, (t.S + 15) / 16));
   const int64_t P = imin(cap, (t.S + per - 1) / per + 15) / 16 * 16;
-  const int64_t chunks = (t.S + P - 1) / P, total = t.N * chunks;
-  bool oom = false;
-#pragma omp parallel if (total > 1)
-  {
-    T* rings = static_cast<T*>(std::malloc(sizeof(T) * size_t(nbuf * R * P)));
-    if (rings == nullptr) {
-#pragma omp atomic write
-      oom = true;
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < total; ++i) {
-        const int64_t s0 = (i % chunks) * P;
-        fn(rings, i / chunks, s0, imin(P, t.S - s0), P);
-      }
-      std::free(rings);
-    }
-  }
-  if (oom) throw std::bad_alloc();
+  const int64_t chunks = (t.S + P - 1) / P;
+  for_each_unit<T>(t.N * chunks, nbuf * R * P, [&](T* rings, int64_t i) {
+    const int64_t s0 = (i % chunks) * P;
+    fn(rings, i / chunks, s0, imin(P, t.S - s0), P);
+  });
 }
 
 template <typename T, bool kBeta075, int W>
@@ -516,25 +493,6 @@ inline void max_pool_plane(const T* in, T* out, int64_t* idx, const PoolTask& p)
   }
 }
 
-// Runs fn(scratch, n) for every sample n, in parallel; each thread owns `elems` elements of T.
-template <typename T, typename F>
-void for_each_sample(int64_t N, int64_t elems, F fn) {
-  bool oom = false;
-#pragma omp parallel if (N > 1)
-  {
-    T* scratch = static_cast<T*>(std::malloc(sizeof(T) * size_t(elems)));
-    if (scratch == nullptr) {
-#pragma omp atomic write
-      oom = true;
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; ++n) fn(scratch, n);
-      std::free(scratch);
-    }
-  }
-  if (oom) throw std::bad_alloc();
-}
-
 // ---- The fused op on channels_last input (N, H, W, C in memory), float or double. ----
 // Per position the C channels are contiguous. The LRN window sums run along a copy of the
 // position's row padded with zeros (size - 1 in all), so the loop over channels vectorises with
@@ -621,7 +579,7 @@ inline void max_pool_cl(const T* in, T* out, int64_t* idx, int64_t C, const Pool
     }
 }
 
-// ---- Both layouts (kCl: channels_last), one sample per work unit (for_each_sample). ----
+// ---- Both layouts (kCl: channels_last), one sample per work unit. ----
 
 template <typename T, bool kBeta075, int W, bool kLrn, bool kCl>
 void rlp_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
@@ -631,7 +589,7 @@ void rlp_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolT
   // elements).
   const int64_t R = ring_rows(t), chunk = imin(max_chunk(R, 1), S);
   const int64_t sq_elems = kCl ? C + t.size - 1 : R * chunk;
-  for_each_sample<T>(t.N, (kLrn ? C * S + sq_elems : 0) + (kCl ? 2 * C : 1), [&](T* scratch, int64_t n) {
+  for_each_unit<T>(t.N, (kLrn ? C * S + sq_elems : 0) + (kCl ? 2 * C : 1), [&](T* scratch, int64_t n) {
     const T* in = x + n * C * S;
     T* const os = out + n * C * P;
     int64_t* const is = idx + n * C * P;
@@ -661,7 +619,7 @@ void rlp_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const Lr
   const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
   const int64_t R = ring_rows(t), chunk = imin(max_chunk(R, 3), S);
   const int64_t bufs_elems = kCl ? 3 * (C + t.size - 1) : 3 * R * chunk;  // the LRN backward's buffers
-  for_each_sample<T>(t.N, kLrn ? C * S + bufs_elems : 1, [&](T* scratch, int64_t n) {
+  for_each_unit<T>(t.N, kLrn ? C * S + bufs_elems : 1, [&](T* scratch, int64_t n) {
     const T* xs = x + n * C * S;
     const T* gs = gout + n * C * P;
     const int64_t* is = idx + n * C * P;
