@@ -128,8 +128,7 @@ fn weights_saved_for_another_input_size_are_checked_against_that_size() {
     let c = checkpoint::load(&run).unwrap();
     assert_eq!(c.state.config.input_size, 28);
     let e = checkpoint::save_weights(&tmp("input-size-2"), Preset::Cnn4, 32, &w, None)
-        .err()
-        .expect("28x28 weights are not a 32x32 network")
+        .expect_err("28x28 weights are not a 32x32 network")
         .to_string();
     assert!(e.contains("fc4.weight"), "{e}");
 }

@@ -100,16 +100,14 @@ fn a_directory_symlink_loop_is_an_error_not_more_data() {
     let root = image_folder("loop", 2, 4);
     std::os::unix::fs::symlink("..", root.join("c1").join("sub")).unwrap();
     let e = Dataset::open(&root, Split::Train)
-        .err()
-        .expect("a loop is refused")
+        .expect_err("a loop is refused")
         .to_string();
     assert!(e.contains("symlink loop") && e.contains("sub"), "{e}");
     // A second link to a folder already read would label its images twice: refused too.
     std::fs::remove_file(root.join("c1").join("sub")).unwrap();
     std::os::unix::fs::symlink(root.join("c0"), root.join("c1").join("again")).unwrap();
     let e = Dataset::open(&root, Split::Train)
-        .err()
-        .expect("a second path is refused")
+        .expect_err("a second path is refused")
         .to_string();
     assert!(e.contains("reached twice"), "{e}");
     std::fs::remove_file(root.join("c1").join("again")).unwrap();
@@ -125,8 +123,7 @@ fn prepare_refuses_two_sources_with_one_output_name() {
     img.save(src.join("c0").join("a.jpg")).unwrap();
     let dst = common::tmp("data-collide-out");
     let e = alexnet_rs::data::prepare::prepare(&src, &dst, 8, 90, &|_, _| {})
-        .err()
-        .expect("a collision is refused")
+        .expect_err("a collision is refused")
         .to_string();
     assert!(e.contains("a.png") && e.contains("a.jpg"), "{e}");
     assert!(!dst.exists(), "nothing is written before the names are checked");

@@ -308,8 +308,7 @@ fn a_state_past_the_epochs_end_is_refused() {
         .replace("\"batch_in_epoch\": 2", "\"batch_in_epoch\": 50");
     fs::write(&sp, text).unwrap();
     let e = train(&tiny(&b), Some(&b), &mut |_| {}, &|| false)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("batch_in_epoch") && e.contains("50"), "{e}");
 }

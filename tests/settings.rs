@@ -16,11 +16,7 @@ fn other_value(s: &SettingDoc) -> (Value, Option<String>) {
             (json!(v), None) // the switch itself flips it
         }
         "NAME" => {
-            let c = s
-                .choices
-                .iter()
-                .find(|c| Value::from(c.as_str()) != s.default)
-                .expect("two choices");
+            let c = s.choices.iter().find(|c| s.default != c.as_str()).expect("two choices");
             (json!(c), Some(c.clone()))
         }
         "INT" => (json!(3), Some("3".into())),

@@ -198,6 +198,7 @@ impl Stats {
 
 /// Eigen-decomposition of a symmetric 3x3 matrix by cyclic Jacobi rotations: eigenvalues in
 /// descending order and the matching unit eigenvectors as columns.
+#[allow(clippy::needless_range_loop)] // a rotation reads and writes two columns (rows) by index
 pub fn symmetric_eigen3(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
     let mut v = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
     for _ in 0..50 {

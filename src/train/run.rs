@@ -159,7 +159,7 @@ impl<'a> Run<'a> {
                     self.save()?;
                     return self.finish(steps_here, last_eval);
                 }
-                if self.tc.checkpoint_every > 0 && self.state.step % self.tc.checkpoint_every == 0 {
+                if self.tc.checkpoint_every > 0 && self.state.step.is_multiple_of(self.tc.checkpoint_every) {
                     self.save()?;
                 }
             }
@@ -289,7 +289,7 @@ impl<'a> Run<'a> {
         state.epoch += 1;
         state.batch_in_epoch = 0;
         let mut result = None;
-        if state.epoch % self.tc.eval_every.max(1) == 0 || state.epoch == self.tc.epochs {
+        if state.epoch.is_multiple_of(self.tc.eval_every.max(1)) || state.epoch == self.tc.epochs {
             let e = evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group)?;
             let state = &mut self.state;
             if state.best_top1.is_none_or(|b| e.top1 > b) {
