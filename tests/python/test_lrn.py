@@ -44,7 +44,7 @@ def test_matches_local_response_norm(shape, size, k):
 @pytest.mark.parametrize("shape, size", [
     ((2, 3, 7, 7), 7),         # size > C: every channel in every window
     ((2, 40, 6, 6), 39),       # a ring of 39 of the 40 channels: slots are reused once
-    ((1, 200, 20, 15), 151),   # chunks of 144 positions: 3 per plane, the last one short
+    ((1, 200, 20, 15), 151),   # rings of 151 rows cap the backward's chunk at 144: 3-5 chunks
     ((1, 6, 70, 70), 5),       # 4900 positions: more than one chunk even on one thread
     ((3, 11, 9, 9), 4),        # even size: the window is off-centre (2 before, 1 after)
 ], ids=["size>C", "wide", "wide-3-chunks", "long-plane", "even"])
