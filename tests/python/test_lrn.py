@@ -1,6 +1,8 @@
 """alexnet_rs.ops.lrn against torch.nn.functional.local_response_norm, gradcheck, opcheck,
 torch.compile, and bad input."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -62,16 +64,14 @@ def test_chunks_and_rings(shape, size, dtype):
         assert torch.equal(y_t, y) and torch.equal(dx_t, dx)
 
 
-class _threads:
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
+@contextlib.contextmanager
+def _threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("size", [2, 5])
