@@ -1,5 +1,6 @@
 // kernels/cpu_cache.cpp: a caching CPU allocator for large blocks, active only on threads that
-// opted in (our training step), so the rest of the process keeps PyTorch's own allocator.
+// opted in (our training step, or a Python loop inside alexnet_rs.ops.cpu_cache()), so the rest
+// of the process keeps PyTorch's own allocator.
 //
 // Why: PyTorch's CPU allocator is posix_memalign/free. glibc serves blocks above its mmap
 // threshold (dynamic, at most 32 MiB) with a fresh mapping and unmaps them on free, and trims the

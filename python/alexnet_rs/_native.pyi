@@ -33,12 +33,18 @@ __all__ = [
     "train_settings",
     "train_events",
     "cli",
+    "cpu_cache_enter",
+    "cpu_cache_exit",
+    "cpu_cache_stats",
     "transform_views",
 ]
 __version__: str
 PRESETS: list[str]
 
 def lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> torch.Tensor: ...
+def cpu_cache_enter() -> bool: ...
+def cpu_cache_exit() -> None: ...
+def cpu_cache_stats() -> dict[str, int]: ...
 def layer_table(
     preset: str, input_size: int | None = None, num_classes: int = 1000
 ) -> list[tuple[str, str, list[int], int, int]]: ...

@@ -5,8 +5,12 @@ Meta kernels and hand-written backward passes, so they work in eager mode, under
 under ``torch.compile``.
 """
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
+from . import _native
 from ._boundary import dims_arg, int_arg, real_arg, tensor_arg
 from .errors import ConfigError, DtypeError, ShapeError, TorchError
 
@@ -82,4 +86,41 @@ def _pair(v, name: str, minimum: int) -> list[int]:
     return [int_arg("grouped_conv2d", name, p, minimum) for p in pair]
 
 
-__all__ = ["lrn", "grouped_conv2d"]
+@contextlib.contextmanager
+def cpu_cache() -> Iterator[bool]:
+    """Inside this block, CPU tensors of 1 MiB or more that *this thread* allocates come from our
+    caching allocator (the one the Rust training loop uses), for a user's own eager training loop
+    on the CPU.
+
+    PyTorch's CPU allocator is ``posix_memalign``/``free``: glibc maps every block above its mmap
+    threshold (at most 32 MiB) afresh and unmaps it on free, so each step page-faults its large
+    activations and gradients in again (the kernel zeroes every fresh page). The cache keeps freed
+    blocks and hands them back for a request of the same size. Other threads, and this one after
+    the block, use PyTorch's allocator unchanged; when the last open block in the process ends the
+    cached memory is freed. Memory held: the blocks freed and not yet reused, at most 2 GiB (the
+    oldest go first). Blocks can be nested. Yields whether the cache is active (False only if
+    another allocator of higher priority is installed; then nothing changes). The autograd engine
+    runs a CPU backward on the thread that calls ``backward()``, so both passes are covered::
+
+        with alexnet_rs.ops.cpu_cache():
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+    """
+    active = _native.cpu_cache_enter()
+    try:
+        yield active
+    finally:
+        _native.cpu_cache_exit()
+
+
+def cpu_cache_stats() -> dict[str, int]:
+    """The cache's counters since the process started: ``hits`` and ``misses`` (requests served
+    from the cache or freshly allocated), ``cached_bytes`` (free blocks held) and ``live_bytes``
+    (cached-size blocks in use)."""
+    return _native.cpu_cache_stats()
+
+
+__all__ = ["lrn", "grouped_conv2d", "cpu_cache", "cpu_cache_stats"]

@@ -34,6 +34,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("PRESETS", Preset::ALL.map(Preset::name).to_vec())?;
     m.add_function(wrap_pyfunction!(model::lrn, m)?)?;
+    m.add_function(wrap_pyfunction!(model::cpu_cache_enter, m)?)?;
+    m.add_function(wrap_pyfunction!(model::cpu_cache_exit, m)?)?;
+    m.add_function(wrap_pyfunction!(model::cpu_cache_stats, m)?)?;
     m.add_function(wrap_pyfunction!(model::layer_table, m)?)?;
     m.add_function(wrap_pyfunction!(model::info_text, m)?)?;
     m.add_function(wrap_pyfunction!(model::param_shapes, m)?)?;

@@ -196,3 +196,44 @@ pub fn filter_grid(preset: &str, weight: &Bound<'_, PyAny>) -> PyResult<FilterGr
 }
 
 type FilterGrid = (Vec<u8>, u32, u32, Vec<(usize, usize, f64)>);
+
+thread_local! {
+    // The caching scopes Python opened on this thread, innermost last (`alexnet_rs.ops.cpu_cache`).
+    static CPU_CACHE_SCOPES: std::cell::RefCell<Vec<ops::CpuCacheScope>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Opens a caching-allocator scope on the calling thread (`ops::CpuCacheScope`); returns whether
+/// the cache is active. Paired with `cpu_cache_exit` by the context manager in ops.py.
+#[pyfunction]
+pub fn cpu_cache_enter() -> PyResult<bool> {
+    guard(|| {
+        let scope = ops::CpuCacheScope::new();
+        let active = scope.active();
+        CPU_CACHE_SCOPES.with(|s| s.borrow_mut().push(scope));
+        Ok(active)
+    })
+}
+
+/// Closes this thread's innermost scope opened by `cpu_cache_enter` (none open: nothing happens).
+#[pyfunction]
+pub fn cpu_cache_exit() -> PyResult<()> {
+    guard(|| {
+        drop(CPU_CACHE_SCOPES.with(|s| s.borrow_mut().pop()));
+        Ok(())
+    })
+}
+
+/// The cache's counters: hits, misses, cached_bytes (held free), live_bytes (in use).
+#[pyfunction]
+pub fn cpu_cache_stats() -> PyResult<std::collections::HashMap<&'static str, i64>> {
+    guard(|| {
+        let s = ops::cpu_cache_stats();
+        Ok([
+            ("hits", s.hits),
+            ("misses", s.misses),
+            ("cached_bytes", s.cached_bytes),
+            ("live_bytes", s.live_bytes),
+        ]
+        .into())
+    })
+}
