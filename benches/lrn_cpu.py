@@ -4,15 +4,19 @@
 
 AlexNet's two LRN shapes (after conv1 and conv2), float32, the paper's parameters. Each timing is
 the median of --repeats runs of forward + backward (upstream gradient of ones-like random), after
-a warm-up; both paths see the same input and thread count. Prints a markdown table.
+a warm-up; both paths see the same input and thread count. Prints a markdown table: first with
+PyTorch's CPU allocator (every output above glibc's mmap threshold is a fresh, page-faulted
+mapping), then with both sides inside `alexnet_rs.ops.cpu_cache()` (freed blocks reused, as in a
+training loop that opens it).
 """
 
 import argparse
+import contextlib
 
 import torch
 import torch.nn.functional as F
 
-import alexnet_rs  # noqa: F401  (registers torch.ops.alexnet_rs)
+import alexnet_rs  # registers torch.ops.alexnet_rs
 from alexnet_rs.ops import lrn
 from timing import median_ms
 
@@ -41,16 +45,18 @@ def main():
     ours = lambda t: lrn(t, SIZE, ALPHA, BETA, K)  # noqa: E731
     stock = lambda t: F.local_response_norm(t, SIZE, ALPHA, BETA, K)  # noqa: E731
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, float32, fwd+bwd median of {args.repeats}")
-    print("| shape | F.local_response_norm (ms) | alexnet_rs lrn (ms) | speed-up |")
-    print("|---|---|---|---|")
-    for name, chw in SHAPES.items():
-        x = torch.randn(args.batch, *chw).relu() * 50
-        g = torch.randn_like(x)
-        # Same answer before timing anything.
-        assert torch.allclose(fwd_bwd(ours, x, g), fwd_bwd(stock, x, g), rtol=1e-4, atol=1e-6)
-        t_stock = median_time(stock, x, g, args.repeats)
-        t_ours = median_time(ours, x, g, args.repeats)
-        print(f"| {name} | {t_stock:.1f} | {t_ours:.1f} | {t_stock / t_ours:.1f}x |")
+    print("| shape | allocator | F.local_response_norm (ms) | alexnet_rs lrn (ms) | speed-up |")
+    print("|---|---|---|---|---|")
+    for allocator, scope in (("PyTorch's", contextlib.nullcontext), ("cpu_cache()", alexnet_rs.ops.cpu_cache)):
+        for name, chw in SHAPES.items():
+            x = torch.randn(args.batch, *chw).relu() * 50
+            g = torch.randn_like(x)
+            with scope():
+                # Same answer before timing anything.
+                assert torch.allclose(fwd_bwd(ours, x, g), fwd_bwd(stock, x, g), rtol=1e-4, atol=1e-6)
+                t_stock = median_time(stock, x, g, args.repeats)
+                t_ours = median_time(ours, x, g, args.repeats)
+            print(f"| {name} | {allocator} | {t_stock:.1f} | {t_ours:.1f} | {t_stock / t_ours:.1f}x |")
     if args.split:
         # Where our time goes: each op alone, and the cost of a fresh output of that size.
         print("\n| shape | lrn forward (ms) | lrn_backward (ms) | empty_like + fill_ (ms) |")

@@ -4,14 +4,17 @@ torch.compile: the anchors that `alexnet bench train` runs in the same invocatio
 process of its own (so each side's peak resident memory is its own). Prints one JSON line.
 
     .venv/bin/python benches/train_step.py --preset paper --batch 16 --steps 5 [--mode compile]
-        [--threads N] [--input-size 224] [--channels-last]
+        [--threads N] [--input-size 224] [--channels-last] [--cpu-cache]
 
 `--mode compile` wraps the model in `torch.compile` (inductor, default mode; the SGD update stays
 eager, as torch.compile(model) users have it). Compilation happens in the first forward and
 backward: `compile_s` is the warm-up step's time minus the median step, excluded from the rate.
+`--cpu-cache` runs the steps inside `alexnet_rs.ops.cpu_cache()` (our caching CPU allocator, opt-in
+for a user's own loop; not the anchor), to show what the allocator alone is worth to eager PyTorch.
 """
 
 import argparse
+import contextlib
 import json
 import resource
 import time
@@ -45,6 +48,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--channels-last", action="store_true",
                     help="model and input in torch.channels_last (not the anchor: users' default is NCHW)")
+    ap.add_argument("--cpu-cache", action="store_true",
+                    help="steps inside alexnet_rs.ops.cpu_cache() (not the anchor: opt-in)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,11 +73,18 @@ def main():
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    warm = step()  # warm-up (and compilation)
-    times = sorted(step() for _ in range(args.steps))
+    scope = contextlib.nullcontext()
+    if args.cpu_cache:
+        import alexnet_rs
+
+        scope = alexnet_rs.ops.cpu_cache()
+    with scope:
+        warm = step()  # warm-up (and compilation)
+        times = sorted(step() for _ in range(args.steps))
     t = times[len(times) // 2]
     print(json.dumps({
         "mode": args.mode,
+        "cpu_cache": args.cpu_cache,
         "images_per_s": args.batch / t,
         "seconds_per_step": t,
         "compile_s": warm - t if args.mode == "compile" else 0.0,
