@@ -253,6 +253,19 @@ inline void square_into(const T* xr, T* ring, int64_t R, int64_t P, int64_t c, i
   }
 }
 
+// The start of both one-pass steps at position j: the square of the newest row (xn, channel
+// c + post) into its ring slot qn, and the window sum of squares, rows c - pre .. c + post - 1
+// (qw) then the new one, in increasing channel order as ring_windowed adds them.
+template <typename T, int W, bool kRelu>
+inline T square_and_window(const T* xn, T* qn, const T* const* qw, int64_t j) {
+  const T vn = kRelu ? relu_of(xn[j]) : xn[j];
+  const T q = vn * vn;
+  qn[j] = q;
+  T s = 0;
+  for (int w = 0; w + 1 < W; ++w) s += qw[w][j];
+  return s + q;
+}
+
 // forward_chunk's steps at channel c for a window of W rows inside 0..C-1, in one pass over the
 // positions: the squares of row c + post into the ring, then y[c]. Same operations, same order.
 template <typename T, bool kBeta075, int W, bool kRelu>
@@ -267,12 +280,7 @@ inline void forward_step(const T* x, T* y, int64_t S, int64_t n, T* ring, int64_
   T* yr = y + c * S;
 #pragma GCC ivdep
   for (int64_t j = 0; j < n; ++j) {
-    const T vn = kRelu ? relu_of(xn[j]) : xn[j];
-    const T q = vn * vn;
-    qn[j] = q;
-    T s = 0;
-    for (int w = 0; w + 1 < W; ++w) s += qw[w][j];
-    s += q;
+    const T s = square_and_window<T, W, kRelu>(xn, qn, qw, j);
     const T v = kRelu ? relu_of(xr[j]) : xr[j];
     yr[j] = v * neg_pow<T, kBeta075>(k + an * s, beta);
   }
@@ -321,13 +329,7 @@ inline void backward_step(const T* dy, const T* x, T* dx, int64_t S, int64_t n, 
   T* dr = dx + (c - pre) * S;
 #pragma GCC ivdep
   for (int64_t j = 0; j < n; ++j) {
-    const T vn = kRelu ? relu_of(xn[j]) : xn[j];
-    const T q = vn * vn;
-    qn[j] = q;
-    T s = 0;
-    for (int w = 0; w + 1 < W; ++w) s += qw[w][j];
-    s += q;
-    const T d = k + an * s;
+    const T d = k + an * square_and_window<T, W, kRelu>(xn, qn, qw, j);
     const T v = kRelu ? relu_of(xr[j]) : xr[j];
     const T av = g[j] * neg_pow<T, kBeta075>(d, beta);
     const T tv = av * v / d;
