@@ -221,6 +221,8 @@ def _cases():
             ("b-wrong-size", lambda F: ops.grouped_conv2d(t(1, 4, 8, 8), t(4, 4, 3, 3), t(5)), S, VE, "b"),
             ("b-int", lambda F: ops.grouped_conv2d(t(1, 4, 8, 8), t(4, 4, 3, 3), 3), D, TE, "b"),
         ],
+        "alexnet_rs.ops.cpu_cache": [],  # no arguments
+        "alexnet_rs.ops.cpu_cache_stats": [],
         "alexnet_rs.nn.LocalResponseNorm": [
             ("size-zero", lambda F: A.nn.LocalResponseNorm(0), C, VE, "size"),
             ("size-str", lambda F: A.nn.LocalResponseNorm("5"), D, TE, "size"),
