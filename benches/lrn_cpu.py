@@ -1,6 +1,6 @@
 """CPU LRN, forward + backward: alexnet_rs.ops.lrn against F.local_response_norm, in one run.
 
-    .venv/bin/python benches/lrn_cpu.py [--batch 32] [--repeats 10] [--threads N]
+    .venv/bin/python benches/lrn_cpu.py [--batch 32] [--repeats 10] [--threads N] [--split] [--first N]
 
 AlexNet's two LRN shapes (after conv1 and conv2), float32, the paper's parameters. Each timing is
 the median of --repeats runs of forward + backward (upstream gradient of ones-like random), after
@@ -12,6 +12,7 @@ training loop that opens it).
 
 import argparse
 import contextlib
+import time
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +41,22 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--split", action="store_true", help="also time forward, backward and a fresh output alone")
+    ap.add_argument("--first", type=int, default=0, metavar="N",
+                    help="first time our op's first N iterations at conv1 one by one, before anything else in "
+                         "this process (the cold start: fresh memory page-faulted in)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ours = lambda t: lrn(t, SIZE, ALPHA, BETA, K)  # noqa: E731
     stock = lambda t: F.local_response_norm(t, SIZE, ALPHA, BETA, K)  # noqa: E731
+    if args.first:
+        x = torch.randn(args.batch, *SHAPES["conv1 96x55x55"]).relu() * 50
+        g = torch.randn_like(x)
+        first = []
+        for _ in range(args.first):
+            t0 = time.perf_counter()
+            fwd_bwd(ours, x, g)
+            first.append((time.perf_counter() - t0) * 1e3)
+        print("our first iterations at conv1 (ms): " + ", ".join(f"{t:.1f}" for t in first))
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, float32, fwd+bwd median of {args.repeats}")
     print("| shape | allocator | F.local_response_norm (ms) | alexnet_rs lrn (ms) | speed-up |")
     print("|---|---|---|---|---|")
