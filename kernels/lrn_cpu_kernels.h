@@ -64,6 +64,15 @@ inline acc_t neg_pow(acc_t d, acc_t beta) {
   }
 }
 
+// The gradient's last step, at one element: dx = a - 2 alpha beta / size * v * s, where a = dy
+// d^-beta, v = x and s is the sum of t = a x / d over the windows holding the element. kRelu (the
+// fused op, v = relu(x)): 0 where relu(x) <= 0, as threshold_backward.
+template <typename T, bool kRelu>
+inline T lrn_dx(T a, T v, T s, T two_an_beta) {
+  const T r = a - two_an_beta * v * s;
+  return kRelu && v <= T(0) ? T(0) : r;
+}
+
 struct Layout {
   int64_t C, S;
   bool channels_last;
@@ -206,12 +215,12 @@ void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const 
         tr[j] = g[j] * xr[j] / d;
       });
     }
-    // Pass 2: dx[c] = a[c] - 2 alpha beta / size * x[c] * sum of t over the windows holding c.
+    // Pass 2: dx[c] (lrn_dx) over x[c].
     for (int64_t c = 0; c < C; ++c) {
       const acc_t* g = gb + c * kTile;
       acc_t* xr = xb + c * kTile;  // dx[c] overwrites x[c]
       windowed<W>(tb, c - post, c + pre, C, kTile,
-                  [&](int64_t j, acc_t s) { xr[j] = g[j] - two_an_beta * xr[j] * s; });
+                  [&](int64_t j, acc_t s) { xr[j] = lrn_dx<acc_t, false>(g[j], xr[j], s, two_an_beta); });
     }
     scatter(xb, dx + off, l, s0, ts);
   });
@@ -339,8 +348,7 @@ inline void backward_step(const T* dy, const T* x, T* dx, int64_t S, int64_t n, 
     for (int w = 0; w + 1 < W; ++w) u += tw[w][j];
     u += tv;
     const T vf = kRelu ? relu_of(xf[j]) : xf[j];
-    const T r = af[j] - two_an_beta * vf * u;
-    dr[j] = kRelu && vf <= T(0) ? T(0) : r;
+    dr[j] = lrn_dx<T, kRelu>(af[j], vf, u, two_an_beta);
   }
 }
 
@@ -352,16 +360,14 @@ inline void backward_chunk(const T* dy, const T* x, T* dx, int64_t S, int64_t n,
   const T k = t.k, an = t.alpha / t.size, beta = t.beta, two_an_beta = 2 * an * beta;
   const int64_t C = t.C, R = ring_rows(t), pre = t.size / 2, post = (t.size - 1) / 2;
   T *sq = rings, *ar = rings + R * P, *tr = rings + 2 * R * P;
-  // dx[c] = a[c] - 2 alpha beta / size * x[c] * sum of t over the windows holding c (kRelu: 0
-  // where relu(x) <= 0, as threshold_backward).
+  // dx of channel c (lrn_dx).
   auto finish = [&](int64_t c) {
     const T* xr = x + c * S;
     const T* a = ar + (c % R) * P;
     T* dr = dx + c * S;
     ring_windowed<W>(tr, R, P, c - post, c + pre, C, n, [&](int64_t j, T s) {
       const T v = kRelu ? relu_of(xr[j]) : xr[j];
-      const T r = a[j] - two_an_beta * v * s;
-      dr[j] = kRelu && v <= T(0) ? T(0) : r;
+      dr[j] = lrn_dx<T, kRelu>(a[j], v, s, two_an_beta);
     });
   };
   int64_t next = 0;
@@ -545,9 +551,7 @@ inline void lrn_row_backward(const T* dl, const T* x, T* dx, int64_t C, T* bufs,
     tp[post + c] = ac * relu_of(x[c]) / d;
   });
   row_windowed<W>(tp, C, t.size, [&](int64_t c, T s) {
-    const T v = relu_of(x[c]);
-    const T r = a[c] - two_an_beta * v * s;
-    dx[c] = v <= T(0) ? T(0) : r;
+    dx[c] = lrn_dx<T, true>(a[c], relu_of(x[c]), s, two_an_beta);
   });
 }
 
