@@ -178,29 +178,8 @@ fn relu_lrn_pool_float64_gradient_matches_finite_differences() {
         beta: 0.75,
         k: 1.0,
     };
-    let loss = |x: &Tensor| {
-        (relu_lrn_max_pool2d(x, Some(a), 3, 2, false).unwrap() * &w)
-            .sum(Kind::Double)
-            .double_value(&[])
-    };
-    let xg = x.detach().set_requires_grad(true);
-    (relu_lrn_max_pool2d(&xg, Some(a), 3, 2, false).unwrap() * &w)
-        .sum(Kind::Double)
-        .backward();
-    let analytic = xg.grad().flatten(0, -1);
-    let flat = x.flatten(0, -1);
-    let eps = 1e-6;
-    let mut worst = 0f64;
-    for i in 0..flat.size()[0] {
-        let bump = |d: f64| {
-            let xp = flat.copy();
-            let _ = xp.get(i).fill_(flat.double_value(&[i]) + d);
-            loss(&xp.view([2, 6, 7, 7]))
-        };
-        let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
-        let an = analytic.double_value(&[i]);
-        worst = worst.max((numeric - an).abs() / (1.0 + an.abs()));
-    }
+    let worst =
+        common::worst_finite_difference_error(&x, &w, |x| relu_lrn_max_pool2d(x, Some(a), 3, 2, false).unwrap());
     assert!(worst < 1e-6, "finite-difference mismatch {worst:e}");
 }
 

@@ -74,25 +74,7 @@ fn float64_gradient_matches_finite_differences() {
     let x = Tensor::randn([2, 6, 3, 3], opts) * 3.0;
     let w = Tensor::randn([2, 6, 3, 3], opts);
     let (size, alpha, beta, k) = (4, 0.5, 0.75, 1.0); // even size: asymmetric window
-    let loss = |x: &Tensor| {
-        (lrn(x, size, alpha, beta, k).unwrap() * &w)
-            .sum(Kind::Double)
-            .double_value(&[])
-    };
-    let (_, analytic) = value_and_grad(&x, &w, |x| lrn(x, size, alpha, beta, k).unwrap());
-    let flat = x.flatten(0, -1);
-    let eps = 1e-6;
-    let mut worst = 0f64;
-    for i in 0..flat.size()[0] {
-        let bump = |d: f64| {
-            let xp = flat.copy();
-            let _ = xp.get(i).fill_(flat.double_value(&[i]) + d);
-            loss(&xp.view([2, 6, 3, 3]))
-        };
-        let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
-        let a = analytic.flatten(0, -1).double_value(&[i]);
-        worst = worst.max((numeric - a).abs() / (1.0 + a.abs()));
-    }
+    let worst = common::worst_finite_difference_error(&x, &w, |x| lrn(x, size, alpha, beta, k).unwrap());
     assert!(worst < 1e-6, "finite-difference mismatch {worst:e}");
 }
 

@@ -76,3 +76,26 @@ pub fn expect_op_error(
         other => panic!("expected an op error, got {other:?}"),
     }
 }
+
+/// The largest error, relative to 1 + |analytic|, between autograd's gradient of
+/// `sum(f(x) * w)` (float64) and central finite differences over every element of `x`.
+pub fn worst_finite_difference_error(x: &tch::Tensor, w: &tch::Tensor, f: impl Fn(&tch::Tensor) -> tch::Tensor) -> f64 {
+    let loss = |x: &tch::Tensor| (f(x) * w).sum(tch::Kind::Double).double_value(&[]);
+    let xg = x.detach().set_requires_grad(true);
+    (f(&xg) * w).sum(tch::Kind::Double).backward();
+    let analytic = xg.grad().flatten(0, -1);
+    let flat = x.flatten(0, -1);
+    let eps = 1e-6;
+    let mut worst = 0f64;
+    for i in 0..flat.size()[0] {
+        let bump = |d: f64| {
+            let xp = flat.copy();
+            let _ = xp.get(i).fill_(flat.double_value(&[i]) + d);
+            loss(&xp.view_as(x))
+        };
+        let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
+        let a = analytic.double_value(&[i]);
+        worst = worst.max((numeric - a).abs() / (1.0 + a.abs()));
+    }
+    worst
+}
