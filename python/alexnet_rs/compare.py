@@ -54,6 +54,24 @@ def _peak(fn, device):
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def _chart(path, size, draw):
+    """A chart drawn by draw(ax), with a legend, saved to path; a note instead when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart")
+        return
+    fig, ax = plt.subplots(figsize=size)
+    draw(ax)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _train_side_by_side(args) -> float:
     """The `--train` comparison; returns the max relative loss difference."""
     import math
@@ -123,23 +141,15 @@ def _train_side_by_side(args) -> float:
           if i < 5 or (i + 1) % 10 == 0],
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+    def draw(ax):
         ax.plot(range(1, n + 1), [o["loss"] for o in ours[:n]], lw=2.5, alpha=0.6, label="alexnet_rs (Rust loop)")
         ax.plot(range(1, n + 1), theirs[:n], lw=1, color="k", label="torchvision + torch.optim.SGD")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_title(f"step-for-step training, max relative difference {worst:.1e}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "train.png", dpi=100)
-    except ImportError:
-        print("matplotlib is not installed: no chart")
+
+    _chart(out / "train.png", (7, 3.5), draw)
     print("\n".join(lines))
     print(f"\nwrote {out / 'report.md'} and {out / 'train.png'}")
     print(f"max relative loss difference: {worst:.3e} over {n} steps")
@@ -238,13 +248,8 @@ def main(argv=None):
             f"| {r['train_ours']:.1f} | {r['train_torchvision']:.1f} | {r['train_ours'] / r['train_torchvision']:.2f}x | {peak} |"
         )
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+    def draw(ax):
         xs = range(len(rows))
         ax.bar([i - 0.2 for i in xs], [r["fwd_ours"] / r["fwd_torchvision"] for r in rows], 0.4, label="forward")
         ax.bar([i + 0.2 for i in xs], [r["train_ours"] / r["train_torchvision"] for r in rows], 0.4, label="train step")
@@ -253,11 +258,8 @@ def main(argv=None):
         ax.set_xlabel("batch size")
         ax.set_ylabel("speed, ours / torchvision")
         ax.set_title(f"alexnet_rs vs torchvision ({device})")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "chart.png", dpi=100)
-    except ImportError:
-        print("matplotlib is not installed: no chart")
+
+    _chart(out / "chart.png", (6, 3.5), draw)
     print("\n".join(lines))
     print(f"\nwrote {out / 'report.md'} and {out / 'chart.png'}")
     return d_logits
