@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export CARGO_BUILD_JOBS ?= 2
 export NVCC = $(SITE)/nvidia/cu13/bin/nvcc
 
-.PHONY: help setup venv data fashion-mnist images build python stubs demo test test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu gpu-artifacts compare clean
+.PHONY: help setup venv data fashion-mnist images build python stubs demo test test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu gpu-artifacts compare bench-lrn-kernels clean
 
 help:
 	@echo "make demo   - set up, then train AlexNet on Fashion-MNIST (<= 10 min on 2 cores) into runs/demo/"
@@ -32,6 +32,7 @@ help:
 	@echo "make setup  - .venv (torch 2.11.0, nvcc 13.0), data, the alexnet binary and the Python extension"
 	@echo "make compare - same weights in torchvision's AlexNet and ours: parity and speed ratios (compare/)"
 	@echo "make gpu-artifacts - dist/ for scripts/gpu-check on a GPU machine"
+	@echo "make bench-lrn-kernels - the CPU LRN kernels alone, timed in C++ (BENCHMARKS.md)"
 
 setup: venv data build python
 
@@ -94,7 +95,7 @@ demo: setup
 
 test: setup test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu
 
-test-rust:
+test-rust: target/bench-lrn-kernels
 	$(PY) tests/pth_fixtures.py
 	cargo test --release --features $(FEATURES)
 	@# The GPU code actually embedded in the CUDA kernels' archive (for the CI log):
@@ -117,6 +118,16 @@ cuda-emu-sanitize: venv
 # torchvision comparison: same weights -> logits/gradient differences, speed ratios (compare/).
 compare: setup
 	$(PY) -m alexnet_rs.compare --out compare
+
+# The CPU LRN kernels alone, no allocation or autograd (BENCHMARKS.md, "CPU LRN"); the flags are
+# build.rs's for the AVX2 build.
+# (make test only builds it, so that it keeps compiling against the header.)
+bench-lrn-kernels: target/bench-lrn-kernels
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} target/bench-lrn-kernels
+
+target/bench-lrn-kernels: benches/lrn_kernels.cpp kernels/lrn_cpu_kernels.h
+	mkdir -p target
+	g++ -std=c++17 -O3 -fopenmp -mavx2 -mfma -fno-math-errno -fno-trapping-math -Ikernels $< -o $@
 
 # scripts/gpu-check's CPU mode: every part of the GPU check that needs no GPU.
 gpu-check-cpu:
