@@ -119,9 +119,8 @@ cuda-emu-sanitize: venv
 compare: setup
 	$(PY) -m alexnet_rs.compare --out compare
 
-# The CPU LRN kernels alone, no allocation or autograd (BENCHMARKS.md, "CPU LRN"); the flags are
-# build.rs's for the AVX2 build.
-# (make test only builds it, so that it keeps compiling against the header.)
+# The CPU LRN kernels alone, no allocation or autograd (BENCHMARKS.md, "CPU LRN"), with build.rs's
+# flags for the AVX2 build (an AVX2 CPU runs it). make test builds it, so it keeps compiling.
 bench-lrn-kernels: target/bench-lrn-kernels
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} target/bench-lrn-kernels
 
