@@ -20,9 +20,12 @@ Writes into target/pth-fixtures/:
   <name>.error      for files that must be refused: substrings (one per line)
                     the Rust error message must contain.
 """
+import collections
 import hashlib
 import os
+import pickle
 import sys
+import warnings
 import zipfile
 
 import torch
@@ -157,12 +160,57 @@ net_sd = net.state_dict()
 save("net", net_sd)
 write_expected("net", net_sd)
 
-# (1) AlexNet.
+# (1) AlexNet, in both formats.
 if "--no-alexnet" not in sys.argv:
     import torchvision
     alex = torchvision.models.alexnet(weights=None).state_dict()
     save("alexnet", alex)
     write_expected("alexnet", alex)
+    save("legacy_alexnet", alex, _use_new_zipfile_serialization=False)
+    write_expected("legacy_alexnet", alex)
+
+# (5) The legacy format (PyTorch < 1.6, or _use_new_zipfile_serialization=False).
+LEGACY = dict(_use_new_zipfile_serialization=False)
+save("legacy", small, **LEGACY)
+write_expected("legacy", small)
+save("legacy_proto4", small, pickle_protocol=4, **LEGACY)  # FRAMEs, even around the magic number
+write_expected("legacy_proto4", small)
+save("legacy_params", params, **LEGACY)
+write_expected("legacy_params", params)
+save("legacy_net", net_sd, **LEGACY)
+write_expected("legacy_net", net_sd)
+
+
+class V1Tensor:
+    """Pickles as PyTorch < 0.4 did: torch._utils._rebuild_tensor(storage, offset, size, stride)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __reduce__(self):
+        t = self.t
+        return (torch._utils._rebuild_tensor, (t.storage(), t.storage_offset(), tuple(t.size()), t.stride()))
+
+
+class Py2OrderedDict:
+    """Pickles as Python 2's OrderedDict did: OrderedDict([[key, value], ...])."""
+
+    def __init__(self, d):
+        self.d = d
+
+    def __reduce__(self):
+        return (collections.OrderedDict, ([[k, V1Tensor(v)] for k, v in self.d.items()],))
+
+
+old = {k: v for k, v in small.items() if not v.requires_grad}
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # TypedStorage is deprecated
+    path = save("legacy_v1", Py2OrderedDict(old), **LEGACY)
+# The reference: torch's own (unrestricted) loader reads the same tensors back.
+back = torch.load(path, weights_only=False)
+assert list(back) == list(old) and all(
+    torch.equal(back[k], v) and back[k].stride() == v.stride() for k, v in old.items())
+write_expected("legacy_v1", old)
 
 # (4) Hostile pickles.
 
@@ -177,6 +225,9 @@ class Evil:
 save("evil_torchsave", {"w": torch.ones(2), "x": Evil()})
 write_error("evil_torchsave", "refuses to call `posix.system`")
 
+save("legacy_evil", {"w": torch.ones(2), "x": Evil()}, _use_new_zipfile_serialization=False)
+write_error("legacy_evil", "refuses to call `posix.system`")
+
 # By hand: GLOBAL 'os system', REDUCE with ('echo pwned',).
 evil = b"\x80\x02cos\nsystem\nq\x00X\x0a\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03."
 hand_zip("evil_os", evil)
@@ -188,8 +239,17 @@ hand_zip("evil_stack_global", evil4)
 write_error("evil_stack_global", "refuses to call `builtins.eval`")
 
 # Other refusals.
-save("legacy", small, _use_new_zipfile_serialization=False)
-write_error("legacy", "not a zip archive", "_use_new_zipfile_serialization=True")
+with open(os.path.join(OUT, "legacy_cut.pth"), "wb") as f:
+    f.write(open(os.path.join(OUT, "legacy.pth"), "rb").read()[:-3])
+write_error("legacy_cut", "truncated", "storage")
+
+with open(os.path.join(OUT, "plain_pickle.pth"), "wb") as f:
+    pickle.dump({"w": [1.0, 2.0]}, f, protocol=2)
+write_error("plain_pickle", "not a torch.save file", "magic number")
+
+with open(os.path.join(OUT, "text.pth"), "wb") as f:
+    f.write(b"hello, not weights")
+write_error("text", "not a torch.save file")
 
 rezip(os.path.join(OUT, "small.pth"), os.path.join(OUT, "compressed.pth"), compress=zipfile.ZIP_DEFLATED)
 write_error("compressed", "compressed")

@@ -1,5 +1,6 @@
 //! Reads a PyTorch `state_dict` saved with `torch.save(model.state_dict(), "x.pth")`
-//! (the zip format, PyTorch >= 1.6) without executing any pickle code.
+//! without executing any pickle code: the zip format (PyTorch >= 1.6, below) and the
+//! legacy format before it (legacy.rs).
 //!
 //! # The file format
 //!
@@ -38,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+mod legacy;
 mod objects;
 mod opcodes;
 mod pickle;
@@ -45,7 +47,7 @@ mod zip;
 
 use pickle::*;
 use std::fs::File;
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 use zip::*;
@@ -120,7 +122,15 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<RawTensor>, String> {
 }
 
 /// [`read_state_dict`] on any seekable source; errors lack the file name.
-fn read_archive<R: Read + Seek>(src: R) -> Result<Vec<RawTensor>, String> {
+fn read_archive<R: Read + Seek>(mut src: R) -> Result<Vec<RawTensor>, String> {
+    let mut first = [0u8];
+    let pickle = src.read_exact(&mut first).is_ok() && legacy::starts_a_pickle(first[0]);
+    src.seek(SeekFrom::Start(0)).map_err(|e| format!("cannot seek: {e}"))?;
+    if pickle {
+        let mut file = Vec::new();
+        src.read_to_end(&mut file).map_err(|e| format!("cannot read: {e}"))?;
+        return legacy::read_legacy(&file);
+    }
     let mut zip = Zip::open(src)?;
 
     // PyTorchStreamReader takes the archive name from the first entry.

@@ -13,9 +13,11 @@ pub(super) enum Global {
     OrderedDict,
     /// `torch._utils._rebuild_tensor_v2`
     RebuildTensorV2,
+    /// `torch._utils._rebuild_tensor` (files from PyTorch < 0.4)
+    RebuildTensor,
     /// `torch._utils._rebuild_parameter`
     RebuildParameter,
-    /// `torch.FloatStorage` etc.: dtype markers inside persistent ids.
+    /// `torch.FloatStorage`, `torch.cuda.FloatStorage` etc.: dtype markers inside persistent ids.
     StorageClass(Dtype),
     /// `torch.serialization._get_layout`
     GetLayout,
@@ -27,12 +29,14 @@ pub(super) fn resolve_global(module: &str, name: &str) -> Result<Global, String>
     Ok(match (module, name) {
         ("collections", "OrderedDict") => Global::OrderedDict,
         ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+        ("torch._utils", "_rebuild_tensor") => Global::RebuildTensor,
         ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
         ("torch.serialization", "_get_layout") => Global::GetLayout,
         ("torch", "strided") => Global::Strided,
-        ("torch", _) if name.ends_with("Storage") => match Dtype::from_storage_class(name) {
+        // Only the element type matters: storages are read to the CPU wherever they were saved.
+        ("torch" | "torch.cuda", _) if name.ends_with("Storage") => match Dtype::from_storage_class(name) {
             Some(dtype) => Global::StorageClass(dtype),
-            None => return Err(format!("unsupported tensor storage type `torch.{name}`")),
+            None => return Err(format!("unsupported tensor storage type `{module}.{name}`")),
         },
         _ => {
             return Err(format!(
@@ -85,10 +89,11 @@ pub(super) enum Obj {
     Dict(Vec<(Value, Value)>),
 }
 
+/// A storage named by a persistent id; its bytes are `Unpickler::loaded[key]`.
 pub(super) struct StorageRef {
     pub(super) dtype: Dtype,
     pub(super) numel: i64,
-    pub(super) data: Arc<Vec<u8>>,
+    pub(super) key: Rc<str>,
 }
 
 pub(super) struct TensorObj {
@@ -96,7 +101,8 @@ pub(super) struct TensorObj {
     pub(super) shape: Vec<i64>,
     pub(super) strides: Vec<i64>,
     pub(super) storage_offset: i64,
-    pub(super) data: Arc<Vec<u8>>,
+    /// Index into `Unpickler::storages`.
+    pub(super) storage: usize,
     pub(super) requires_grad: bool,
 }
 
@@ -111,12 +117,15 @@ impl Unpickler<'_> {
     pub(super) fn call(&mut self, func: Global, args: Vec<Value>) -> Result<Value, String> {
         match func {
             Global::OrderedDict => {
-                if !args.is_empty() {
-                    return Err("collections.OrderedDict called with arguments".into());
-                }
-                Ok(self.new_obj(Obj::Dict(Vec::new())))
+                let items = match args.as_slice() {
+                    [] => Vec::new(),
+                    // Python 2 pickles `OrderedDict([[key, value], ...])`.
+                    [Value::List(l)] => self.pairs_list(*l)?,
+                    _ => return Err("collections.OrderedDict called with arguments other than a list of pairs".into()),
+                };
+                Ok(self.new_obj(Obj::Dict(items)))
             }
-            Global::RebuildTensorV2 => self.rebuild_tensor(&args),
+            Global::RebuildTensorV2 | Global::RebuildTensor => self.rebuild_tensor(func, &args),
             Global::RebuildParameter => {
                 let [Value::Tensor(t), Value::Bool(requires_grad), Value::Dict(_)] = args.as_slice() else {
                     return Err("_rebuild_parameter expects (tensor, requires_grad, backward_hooks)".into());
@@ -127,7 +136,7 @@ impl Unpickler<'_> {
                     shape: t.shape.clone(),
                     strides: t.strides.clone(),
                     storage_offset: t.storage_offset,
-                    data: Arc::clone(&t.data),
+                    storage: t.storage,
                     requires_grad: *requires_grad,
                 };
                 self.tensors.push(param);
@@ -142,19 +151,21 @@ impl Unpickler<'_> {
     }
 
     /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
-    /// backward_hooks[, metadata])`.
-    pub(super) fn rebuild_tensor(&mut self, args: &[Value]) -> Result<Value, String> {
-        let usage = "_rebuild_tensor_v2 expects (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])";
-        let (storage, offset, size, stride, requires_grad) = match args {
-            [Value::Storage(s), Value::Int(o), size, stride, Value::Bool(rg), Value::Dict(_)]
-            | [Value::Storage(s), Value::Int(o), size, stride, Value::Bool(rg), Value::Dict(_), _] => {
-                (*s, *o, size, stride, *rg)
-            }
-            _ => return Err(usage.into()),
+    /// backward_hooks[, metadata])` or `_rebuild_tensor(storage, storage_offset, size, stride)`.
+    pub(super) fn rebuild_tensor(&mut self, func: Global, args: &[Value]) -> Result<Value, String> {
+        let (storage_index, offset, size, stride, requires_grad) = match (func, args) {
+            (
+                Global::RebuildTensorV2,
+                [Value::Storage(s), Value::Int(o), size, stride, Value::Bool(rg), Value::Dict(_)]
+                | [Value::Storage(s), Value::Int(o), size, stride, Value::Bool(rg), Value::Dict(_), _],
+            ) => (*s, *o, size, stride, *rg),
+            (Global::RebuildTensor, [Value::Storage(s), Value::Int(o), size, stride]) => (*s, *o, size, stride, false),
+            (Global::RebuildTensorV2, _) => return Err("_rebuild_tensor_v2 expects (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])".into()),
+            _ => return Err("_rebuild_tensor expects (storage, storage_offset, size, stride)".into()),
         };
         let shape = self.int_tuple(size, "size")?;
         let strides = self.int_tuple(stride, "stride")?;
-        let storage = self.storages.get(storage).ok_or("internal error: storage")?;
+        let storage = self.storages.get(storage_index).ok_or("internal error: storage")?;
         if shape.len() != strides.len() {
             return Err(format!("tensor size {shape:?} and stride {strides:?} differ in length"));
         }
@@ -189,7 +200,7 @@ impl Unpickler<'_> {
             shape,
             strides,
             storage_offset: offset,
-            data: Arc::clone(&storage.data),
+            storage: storage_index,
             requires_grad,
         };
         self.tensors.push(tensor);
@@ -213,14 +224,20 @@ impl Unpickler<'_> {
             .collect()
     }
 
-    /// BINPERSID with `('storage', torch.FloatStorage, key, location, numel)`.
+    /// BINPERSID with `('storage', torch.FloatStorage, key, location, numel)`, or the legacy
+    /// format's `(..., numel, None)`. Reads the storage's bytes on first use unless they are
+    /// deferred (legacy files keep them after the pickle; see legacy.rs).
     pub(super) fn persistent_load(&mut self, pid: &Value) -> Result<Value, String> {
         let items = self.tuple(pid, "persistent id")?;
         let (dtype, key, numel) = match items {
             [Value::Str(tag), Value::Global(Global::StorageClass(dtype)), Value::Str(key), Value::Str(_location), Value::Int(numel)]
+            | [Value::Str(tag), Value::Global(Global::StorageClass(dtype)), Value::Str(key), Value::Str(_location), Value::Int(numel), Value::None]
                 if &**tag == "storage" =>
             {
                 (*dtype, Rc::clone(key), *numel)
+            }
+            [Value::Str(tag), _, _, _, _, Value::Tuple(_)] if &**tag == "storage" => {
+                return Err("a storage view (written by PyTorch < 0.4) is not supported".into())
             }
             _ => {
                 return Err(
@@ -228,24 +245,54 @@ impl Unpickler<'_> {
                 )
             }
         };
-        let data = match self.loaded.get(&*key) {
-            Some(data) => Arc::clone(data),
-            None => {
-                let data = Arc::new((self.load)(&key)?);
-                self.loaded.insert(key.to_string(), Arc::clone(&data));
-                data
+        if numel < 0 {
+            return Err(format!("storage `{key}` has {numel} elements"));
+        }
+        if let Some(load) = self.load.as_mut() {
+            if !self.loaded.contains_key(&*key) {
+                let data = load(&key)?;
+                self.loaded.insert(key.to_string(), Arc::new(data));
             }
-        };
-        let expected = usize::try_from(numel).ok().and_then(|n| n.checked_mul(dtype.size()));
+        }
+        self.storages.push(StorageRef { dtype, numel, key });
+        Ok(Value::Storage(self.storages.len() - 1))
+    }
+
+    /// The bytes of a storage, which must hold exactly its `numel` elements.
+    fn storage_data(&self, storage: &StorageRef) -> Result<&Arc<Vec<u8>>, String> {
+        let StorageRef { dtype, numel, key } = storage;
+        let data = self
+            .loaded
+            .get(&**key)
+            .ok_or_else(|| format!("storage `{key}` is missing from the file"))?;
+        let expected = usize::try_from(*numel).ok().and_then(|n| n.checked_mul(dtype.size()));
         if expected != Some(data.len()) {
             return Err(format!(
-                "storage `{key}` holds {} bytes, but the pickle says {numel} elements of {:?}",
-                data.len(),
-                dtype
+                "storage `{key}` holds {} bytes, but the pickle says {numel} elements of {dtype:?}",
+                data.len()
             ));
         }
-        self.storages.push(StorageRef { dtype, numel, data });
-        Ok(Value::Storage(self.storages.len() - 1))
+        Ok(data)
+    }
+
+    /// A list of `[key, value]` lists or `(key, value)` tuples, as dict items.
+    fn pairs_list(&self, list: usize) -> Result<Vec<(Value, Value)>, String> {
+        let Some(Obj::List(items)) = self.objs.get(list) else {
+            return Err("internal error: list".into());
+        };
+        items
+            .iter()
+            .map(|item| match item {
+                Value::List(i) | Value::Tuple(i) => match self.objs.get(*i) {
+                    Some(Obj::List(kv) | Obj::Tuple(kv)) if kv.len() == 2 => Ok((kv[0].clone(), kv[1].clone())),
+                    _ => Err("collections.OrderedDict: an item is not a (key, value) pair".to_string()),
+                },
+                other => Err(format!(
+                    "collections.OrderedDict: an item is a {}, not a pair",
+                    kind(other)
+                )),
+            })
+            .collect()
     }
 
     /// The result must be a dict of name -> tensor.
@@ -296,7 +343,7 @@ impl Unpickler<'_> {
                 shape: t.shape.clone(),
                 strides: t.strides.clone(),
                 storage_offset: t.storage_offset,
-                data: Arc::clone(&t.data),
+                data: Arc::clone(self.storage_data(self.storages.get(t.storage).ok_or("internal error: storage")?)?),
                 requires_grad: t.requires_grad,
             };
             // As in Python, a repeated key keeps its first position and the last value.
@@ -328,6 +375,7 @@ pub(super) fn global_name(g: Global) -> String {
     match g {
         Global::OrderedDict => "collections.OrderedDict".into(),
         Global::RebuildTensorV2 => "torch._utils._rebuild_tensor_v2".into(),
+        Global::RebuildTensor => "torch._utils._rebuild_tensor".into(),
         Global::RebuildParameter => "torch._utils._rebuild_parameter".into(),
         Global::StorageClass(d) => format!("torch storage class for {d:?}"),
         Global::GetLayout => "torch.serialization._get_layout".into(),

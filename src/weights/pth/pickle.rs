@@ -24,9 +24,12 @@ pub(super) struct Unpickler<'a> {
     pub(super) objs: Vec<Obj>,
     pub(super) storages: Vec<StorageRef>,
     pub(super) tensors: Vec<TensorObj>,
-    /// Storage entries already read, by key: one `Arc` per key.
+    /// Storage bytes by key: one `Arc` per key.
     pub(super) loaded: HashMap<String, Arc<Vec<u8>>>,
-    pub(super) load: &'a mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
+    /// Reads storage `key` when the pickle first names it; `None` when the bytes come
+    /// after the pickle (the legacy format), to be put into `loaded` before
+    /// `into_state_dict`.
+    pub(super) load: Option<&'a mut dyn FnMut(&str) -> Result<Vec<u8>, String>>,
 }
 
 /// Runs `pkl` and turns its dict of tensors into `RawTensor`s; `load(key)`
@@ -43,6 +46,14 @@ pub(super) fn unpickle_state_dict(
 impl<'a> Unpickler<'a> {
     pub(super) fn new(pkl: &'a [u8], load: &'a mut dyn FnMut(&str) -> Result<Vec<u8>, String>) -> Self {
         Unpickler {
+            load: Some(load),
+            ..Self::deferred(pkl)
+        }
+    }
+
+    /// An unpickler that reads no storage bytes itself (see `load`).
+    pub(super) fn deferred(pkl: &'a [u8]) -> Self {
+        Unpickler {
             pkl,
             pos: 0,
             stack: Vec::new(),
@@ -52,7 +63,7 @@ impl<'a> Unpickler<'a> {
             storages: Vec::new(),
             tensors: Vec::new(),
             loaded: HashMap::new(),
-            load,
+            load: None,
         }
     }
 

@@ -236,6 +236,7 @@ impl Rng {
 }
 
 const SMALL_FIXTURES: [&str; 4] = ["small.pth", "small_proto4.pth", "small_pyzip.pth", "net.pth"];
+const LEGACY_FIXTURES: [&str; 4] = ["legacy.pth", "legacy_proto4.pth", "legacy_v1.pth", "legacy_net.pth"];
 
 #[test]
 fn truncated_files_are_errors_not_panics() {
@@ -257,11 +258,21 @@ fn truncated_files_are_errors_not_panics() {
             let _ = load_bytes(&b);
         }
     }
-    // And every 1000th byte of AlexNet, if it was generated.
-    if let Ok(bytes) = std::fs::read(fixtures().join("alexnet.pth")) {
-        let tail = bytes.len() - 100_000;
-        for cut in (tail..bytes.len()).step_by(1000) {
-            assert!(load_bytes(&bytes[..cut]).is_err());
+    // A legacy file has no trailer: every prefix must be refused.
+    for name in LEGACY_FIXTURES {
+        let bytes = fixture_bytes(name);
+        assert!(load_bytes(&bytes).is_ok(), "{name}");
+        for cut in 0..bytes.len() {
+            assert!(load_bytes(&bytes[..cut]).is_err(), "{name} cut at {cut} loaded");
+        }
+    }
+    // And every 1000th byte of AlexNet's last 100 kB, if it was generated.
+    for name in ["alexnet.pth", "legacy_alexnet.pth"] {
+        if let Ok(bytes) = std::fs::read(fixtures().join(name)) {
+            let tail = bytes.len() - 100_000;
+            for cut in (tail..bytes.len()).step_by(1000) {
+                assert!(load_bytes(&bytes[..cut]).is_err(), "{name} cut at {cut} loaded");
+            }
         }
     }
 }
@@ -269,12 +280,12 @@ fn truncated_files_are_errors_not_panics() {
 #[test]
 fn random_byte_flips_never_panic() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    for name in SMALL_FIXTURES {
+    for name in SMALL_FIXTURES.into_iter().chain(LEGACY_FIXTURES) {
         let bytes = fixture_bytes(name);
         let (mut ok, mut err) = (0, 0);
         for i in 0..4000 {
             let mut b = bytes.clone();
-            // Half the time aim at the trailer (central directory, EOCD).
+            // Half the time aim at the end (a zip's central directory and EOCD).
             let lo = if i % 2 == 0 { 0 } else { bytes.len().saturating_sub(800) };
             for _ in 0..1 + rng.below(4) {
                 let at = lo + rng.below(bytes.len() - lo);

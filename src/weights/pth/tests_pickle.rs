@@ -317,7 +317,7 @@ fn tensor_errors() {
             tensor_call("0", 7, 0, &[1], &[1]),
             "storage `0` holds 24 bytes, but the pickle says 7 elements of F32",
         ),
-        (tensor_call("0", -1, 0, &[1], &[1]), "holds 24 bytes"),
+        (tensor_call("0", -1, 0, &[1], &[1]), "storage `0` has -1 elements"),
         (tensor_call("0", 6, 0, &[2, 3], &[1]), "differ in length"),
         (tensor_call("0", 6, 0, &[2], &[-1]), "negative"),
         (tensor_call("0", 6, -1, &[2], &[1]), "negative"),
@@ -335,4 +335,123 @@ fn tensor_errors() {
     assert!(err.contains("_rebuild_tensor_v2 expects"), "{err}");
     let err = run_sd(b"ctorch._utils\n_rebuild_parameter\n(K\x01\x88}tR.").unwrap_err();
     assert!(err.contains("_rebuild_parameter expects"), "{err}");
+}
+
+/// What older files hold (legacy.rs reads them): `_rebuild_tensor` (PyTorch < 0.4), the
+/// legacy persistent id `(..., numel, None)` naming a CUDA storage, and Python 2's
+/// `OrderedDict([[key, value], ...])`.
+#[test]
+fn older_forms() {
+    let pid = |view: &[u8]| {
+        let mut b = b"(".to_vec();
+        b.extend(string("storage"));
+        b.extend_from_slice(b"ctorch.cuda\nFloatStorage\n");
+        b.extend(string("0"));
+        b.extend(string("cuda:0"));
+        b.extend(int(6));
+        b.extend_from_slice(view);
+        b.extend_from_slice(b"tQ");
+        b
+    };
+    let v1 = |args: &[u8]| {
+        let mut b = b"ctorch._utils\n_rebuild_tensor\n(".to_vec();
+        b.extend_from_slice(args);
+        b.extend_from_slice(b"tR");
+        b
+    };
+    let mut args = pid(b"N");
+    args.extend(int(2));
+    args.extend(int_tuple(&[2]));
+    args.extend(int_tuple(&[1]));
+    let py2_dict = |items: &[(&str, Vec<u8>)]| {
+        let mut b = b"\x80\x02ccollections\nOrderedDict\n(".to_vec();
+        for (k, v) in items {
+            b.push(MARK);
+            b.extend(string(k));
+            b.extend_from_slice(v);
+            b.push(LIST);
+        }
+        b.extend_from_slice(b"l\x85R.");
+        b
+    };
+    let ts = run_sd(&py2_dict(&[
+        ("w", v1(&args)),
+        ("u", tensor_call("1", 2, 0, &[2], &[1])),
+    ]))
+    .unwrap();
+    assert_eq!(ts.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["w", "u"]);
+    assert_eq!(f32s(&ts[0]), [2.0, 3.0]);
+    assert!(!ts[0].requires_grad);
+    assert_eq!(f32s(&ts[1]), [10.0, 11.0]);
+
+    let mut view = b"(".to_vec();
+    view.extend(string("0"));
+    view.extend(int(0));
+    view.extend(int(6));
+    view.push(TUPLE);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            py2_dict(&[("w", v1(&pid(&view)))]),
+            "a storage view (written by PyTorch < 0.4)",
+        ),
+        (py2_dict(&[("w", v1(&int(1)))]), "_rebuild_tensor expects (storage"),
+        (
+            b"ccollections\nOrderedDict\n(K\x01l\x85R.".to_vec(),
+            "an item is a int, not a pair",
+        ),
+        (
+            b"ccollections\nOrderedDict\n((K\x01ll\x85R.".to_vec(),
+            "not a (key, value) pair",
+        ),
+    ];
+    for (pkl, needle) in cases {
+        let err = run_sd(&pkl).unwrap_err();
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
+}
+
+/// A legacy file from its parts (legacy.rs): magic number, protocol version, sys_info, the
+/// object, the storage keys, then one record (numel, bytes) per key.
+#[test]
+fn legacy_layout() {
+    let file = |version: &[u8], sys_info: &[u8], keys: &[&str], records: &[(i64, Vec<f32>)]| {
+        let mut b = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02".to_vec();
+        b.extend_from_slice(version);
+        b.push(STOP);
+        b.extend_from_slice(sys_info);
+        b.extend(state_dict_pkl(&[("x", tensor_call("0", 6, 1, &[2], &[2]))]));
+        b.extend_from_slice(b"\x80\x02(");
+        for k in keys {
+            b.extend(string(k));
+        }
+        b.extend_from_slice(b"l.");
+        for (numel, values) in records {
+            b.extend(numel.to_le_bytes());
+            b.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        b
+    };
+    let v1001 = &int(1001);
+    let little = b"}X\x0d\x00\x00\x00little_endian\x88s.";
+    let six = || (6, (0..6).map(|x| x as f32).collect::<Vec<_>>());
+    let ts = super::tests::load_bytes(&file(v1001, little, &["0"], &[six()])).unwrap();
+    assert_eq!(f32s(&ts[0]), [1.0, 3.0]);
+    // Without the little_endian key (old files) too.
+    assert!(super::tests::load_bytes(&file(v1001, b"}.", &["0"], &[six()])).is_ok());
+
+    let big = b"}X\x0d\x00\x00\x00little_endian\x89s.";
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (file(&int(1000), little, &["0"], &[six()]), "protocol version 1000"),
+        (file(v1001, big, &["0"], &[six()]), "big-endian"),
+        (file(v1001, little, &[], &[]), "storage `0` is missing from the file"),
+        (file(v1001, little, &["0", "7"], &[six(), six()]), "names `7`, which the pickle does not use"),
+        (file(v1001, little, &["0"], &[(5, vec![0.0; 5])]), "holds 20 bytes, but the pickle says 6"),
+        (file(v1001, little, &["0"], &[(7, vec![0.0; 6])]), "truncated (storage `0`"),
+        (file(v1001, little, &["0"], &[(i64::MAX, vec![])]), "claims 9223372036854775807 elements"),
+        (file(v1001, little, &["0"], &[(-1, vec![])]), "claims -1 elements"),
+    ];
+    for (bytes, needle) in cases {
+        let err = super::tests::load_bytes(&bytes).unwrap_err();
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    }
 }

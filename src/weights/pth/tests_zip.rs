@@ -144,14 +144,15 @@ fn zip_errors() {
             "unknown byteorder",
         ),
         (make_zip(&[], false, 0), "empty"),
-        (Vec::new(), "not a zip archive"),
+        (Vec::new(), "not a torch.save file"),
         (
             b"hello world, this is not a zip file at all".to_vec(),
-            "not a zip archive",
+            "not a torch.save file",
         ),
+        // A legacy file's magic number, and nothing after it.
         (
             b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec(),
-            "_use_new_zipfile_serialization=True",
+            "the protocol version (pickle at byte 15): truncated",
         ),
         (b"PK\x03\x04 and then nothing".to_vec(), "truncated"),
     ];

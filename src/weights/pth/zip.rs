@@ -34,8 +34,8 @@ pub(super) const EOCD_SIG: u32 = 0x0605_4b50;
 pub(super) const EOCD64_SIG: u32 = 0x0606_4b50;
 pub(super) const EOCD64_LOCATOR_SIG: u32 = 0x0706_4b50;
 
-pub(super) const NOT_ZIP: &str = "not a zip archive (torch.save's format since PyTorch 1.6; \
-                       re-save it with torch.save(..., _use_new_zipfile_serialization=True))";
+pub(super) const NOT_ZIP: &str = "not a torch.save file: neither a zip archive (the format since \
+                       PyTorch 1.6) nor a pickle (the legacy format)";
 
 pub(super) struct ZipEntry {
     pub(super) name: String,
