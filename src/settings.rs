@@ -141,8 +141,9 @@ pub struct TrainConfig {
     #[arg(long)]
     pub torch_init: bool,
     /// Start from these weights: an `alexnet` run or checkpoint folder, a safetensors file, or a
-    /// PyTorch state_dict file (.pth/.pt, e.g. torchvision's published weights; read without
-    /// running pickle code). A class layer of another size is re-initialised, with a warning.
+    /// PyTorch state_dict file (.pth/.pt, zip or legacy format, e.g. torchvision's published
+    /// weights; read without running pickle code). A class layer of another size is
+    /// re-initialised, with a warning.
     #[arg(long, value_name = "PATH")]
     pub init_from: Option<PathBuf>,
     /// Layers not trained (no gradient, no update, no weight decay), comma-separated, named as

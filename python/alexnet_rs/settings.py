@@ -93,9 +93,9 @@ class TrainSettings(TypedDict, total=False):
     # 0.01) stalls for epochs at small scale) [default: false]
     torch_init: bool
     # --init-from: Start from these weights: an `alexnet` run or checkpoint folder, a safetensors
-    # file, or a PyTorch state_dict file (.pth/.pt, e.g. torchvision's published weights; read without
-    # running pickle code). A class layer of another size is re-initialised, with a warning [default:
-    # null]
+    # file, or a PyTorch state_dict file (.pth/.pt, zip or legacy format, e.g. torchvision's published
+    # weights; read without running pickle code). A class layer of another size is re-initialised,
+    # with a warning [default: null]
     init_from: str | PathLike[str] | None
     # --freeze: Layers not trained (no gradient, no update, no weight decay), comma-separated, named
     # as `alexnet info` names them (conv1,conv2 or features.0,features.3) [default: null]

@@ -31,10 +31,11 @@ def newest(run):
     return load_file(sorted((run / "checkpoints").glob("ckpt-*"))[-1] / "weights.safetensors")
 
 
-def test_torchvision_pth_with_frozen_features(tmp_path):
+@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
+def test_torchvision_pth_with_frozen_features(tmp_path, zipfile):
     torch.manual_seed(0)
     tv = torchvision.models.alexnet()
-    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    torch.save(tv.state_dict(), tmp_path / "tv.pth", _use_new_zipfile_serialization=zipfile)
     run = tmp_path / "run"
     r = train("--preset", "torchvision", "--init-from", tmp_path / "tv.pth", "--freeze", FEATURES, "--out", run)
     assert r.returncode == 0, r.stderr[-2000:]
