@@ -14,6 +14,9 @@ use std::sync::Arc;
 // `Global`, so REDUCE can only rebuild tensors and make empty dicts.
 // ---------------------------------------------------------------------------
 
+/// Reads the bytes of storage `key` (a zip entry).
+pub(super) type LoadStorage<'a> = dyn FnMut(&str) -> Result<Vec<u8>, String> + 'a;
+
 pub(super) struct Unpickler<'a> {
     pub(super) pkl: &'a [u8],
     pub(super) pos: usize,
@@ -29,22 +32,19 @@ pub(super) struct Unpickler<'a> {
     /// Reads storage `key` when the pickle first names it; `None` when the bytes come
     /// after the pickle (the legacy format), to be put into `loaded` before
     /// `into_state_dict`.
-    pub(super) load: Option<&'a mut dyn FnMut(&str) -> Result<Vec<u8>, String>>,
+    pub(super) load: Option<&'a mut LoadStorage<'a>>,
 }
 
 /// Runs `pkl` and turns its dict of tensors into `RawTensor`s; `load(key)`
 /// returns the bytes of storage `key` (zip entry `<archive>/data/<key>`).
-pub(super) fn unpickle_state_dict(
-    pkl: &[u8],
-    load: &mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
-) -> Result<Vec<RawTensor>, String> {
+pub(super) fn unpickle_state_dict(pkl: &[u8], load: &mut LoadStorage<'_>) -> Result<Vec<RawTensor>, String> {
     let mut u = Unpickler::new(pkl, load);
     let top = u.run()?;
     u.into_state_dict(top)
 }
 
 impl<'a> Unpickler<'a> {
-    pub(super) fn new(pkl: &'a [u8], load: &'a mut dyn FnMut(&str) -> Result<Vec<u8>, String>) -> Self {
+    pub(super) fn new(pkl: &'a [u8], load: &'a mut LoadStorage<'a>) -> Self {
         Unpickler {
             load: Some(load),
             ..Self::deferred(pkl)

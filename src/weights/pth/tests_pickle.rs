@@ -444,10 +444,22 @@ fn legacy_layout() {
         (file(&int(1000), little, &["0"], &[six()]), "protocol version 1000"),
         (file(v1001, big, &["0"], &[six()]), "big-endian"),
         (file(v1001, little, &[], &[]), "storage `0` is missing from the file"),
-        (file(v1001, little, &["0", "7"], &[six(), six()]), "names `7`, which the pickle does not use"),
-        (file(v1001, little, &["0"], &[(5, vec![0.0; 5])]), "holds 20 bytes, but the pickle says 6"),
-        (file(v1001, little, &["0"], &[(7, vec![0.0; 6])]), "truncated (storage `0`"),
-        (file(v1001, little, &["0"], &[(i64::MAX, vec![])]), "claims 9223372036854775807 elements"),
+        (
+            file(v1001, little, &["0", "7"], &[six(), six()]),
+            "names `7`, which the pickle does not use",
+        ),
+        (
+            file(v1001, little, &["0"], &[(5, vec![0.0; 5])]),
+            "holds 20 bytes, but the pickle says 6",
+        ),
+        (
+            file(v1001, little, &["0"], &[(7, vec![0.0; 6])]),
+            "truncated (storage `0`",
+        ),
+        (
+            file(v1001, little, &["0"], &[(i64::MAX, vec![])]),
+            "claims 9223372036854775807 elements",
+        ),
         (file(v1001, little, &["0"], &[(-1, vec![])]), "claims -1 elements"),
     ];
     for (bytes, needle) in cases {
