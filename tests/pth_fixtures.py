@@ -225,7 +225,7 @@ class Evil:
 save("evil_torchsave", {"w": torch.ones(2), "x": Evil()})
 write_error("evil_torchsave", "refuses to call `posix.system`")
 
-save("legacy_evil", {"w": torch.ones(2), "x": Evil()}, _use_new_zipfile_serialization=False)
+save("legacy_evil", {"w": torch.ones(2), "x": Evil()}, **LEGACY)
 write_error("legacy_evil", "refuses to call `posix.system`")
 
 # By hand: GLOBAL 'os system', REDUCE with ('echo pwned',).
@@ -239,8 +239,10 @@ hand_zip("evil_stack_global", evil4)
 write_error("evil_stack_global", "refuses to call `builtins.eval`")
 
 # Other refusals.
+with open(os.path.join(OUT, "legacy.pth"), "rb") as f:
+    whole = f.read()
 with open(os.path.join(OUT, "legacy_cut.pth"), "wb") as f:
-    f.write(open(os.path.join(OUT, "legacy.pth"), "rb").read()[:-3])
+    f.write(whole[:-3])  # the last storage loses its last bytes
 write_error("legacy_cut", "truncated", "storage")
 
 with open(os.path.join(OUT, "plain_pickle.pth"), "wb") as f:

@@ -14,8 +14,8 @@
 //! ```
 //!
 //! The storages' bytes come after the pickle that needs them, so the object is unpickled
-//! with deferred storages and they are attached once read. The whole file is held in
-//! memory while it is read.
+//! with deferred storages and they are attached once read. The whole file is read into
+//! memory first and each storage copied out of it (a zip's entries are read one by one).
 
 use super::objects::{kind, Obj, Value};
 use super::opcodes::{FRAME, LONG1, PROTO, STOP};
