@@ -213,15 +213,23 @@ fn int_tuple(v: &[i64]) -> Vec<u8> {
     b.push(TUPLE);
     b
 }
+/// BINPERSID of `('storage', <module>.FloatStorage, key, location, numel<, extra>)`, where `extra`
+/// is the pickled tail of a legacy id (`N` for its `None`) or empty.
+fn persistent_id(module: &str, key: &str, location: &str, numel: i64, extra: &[u8]) -> Vec<u8> {
+    let mut b = b"(".to_vec();
+    b.extend(string("storage"));
+    b.extend_from_slice(format!("c{module}\nFloatStorage\n").as_bytes());
+    b.extend(string(key));
+    b.extend(string(location));
+    b.extend(int(numel));
+    b.extend_from_slice(extra);
+    b.extend_from_slice(b"tQ");
+    b
+}
 /// `_rebuild_tensor_v2(<storage key, numel>, offset, size, stride, False, OrderedDict())`.
 pub(super) fn tensor_call(key: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
-    let mut b = b"ctorch._utils\n_rebuild_tensor_v2\n((".to_vec();
-    b.extend(string("storage"));
-    b.extend_from_slice(b"ctorch\nFloatStorage\n");
-    b.extend(string(key));
-    b.extend(string("cpu"));
-    b.extend(int(numel));
-    b.extend_from_slice(b"tQ");
+    let mut b = b"ctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+    b.extend(persistent_id("torch", key, "cpu", numel, b""));
     b.extend(int(offset));
     b.extend(int_tuple(size));
     b.extend(int_tuple(stride));
@@ -342,17 +350,7 @@ fn tensor_errors() {
 /// `OrderedDict([[key, value], ...])`.
 #[test]
 fn older_forms() {
-    let pid = |view: &[u8]| {
-        let mut b = b"(".to_vec();
-        b.extend(string("storage"));
-        b.extend_from_slice(b"ctorch.cuda\nFloatStorage\n");
-        b.extend(string("0"));
-        b.extend(string("cuda:0"));
-        b.extend(int(6));
-        b.extend_from_slice(view);
-        b.extend_from_slice(b"tQ");
-        b
-    };
+    let pid = |view: &[u8]| persistent_id("torch.cuda", "0", "cuda:0", 6, view);
     let v1 = |args: &[u8]| {
         let mut b = b"ctorch._utils\n_rebuild_tensor\n(".to_vec();
         b.extend_from_slice(args);
