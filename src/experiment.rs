@@ -287,6 +287,9 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
         vec![]
     };
     let lrs = if lrs.is_empty() { vec![base.lr] } else { lrs.to_vec() };
+    for &lr in &lrs {
+        TrainConfig { lr, ..base.clone() }.validate()?; // before the first run, not at the bad one
+    }
     let root = base.out.clone();
     let total = 2 * lrs.len() as u64 * seeds;
     let mut done = 0;

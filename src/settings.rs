@@ -7,8 +7,8 @@
 //! A setting's key is its field name, its flag the field name in kebab case (`--no-lrn` and
 //! `--time-budget` are named explicitly), its default the `default_value` in its `#[arg]` and
 //! nowhere else, its help the doc comment. `value_name` says what kind of value it takes (INT,
-//! FLOAT, PATH, NAME, TEXT or LIST: comma-separated names); the stub generator reads it. Adding
-//! a setting is adding a field.
+//! FLOAT (parsed by [`finite`]), PATH, NAME, TEXT or LIST: comma-separated names); the stub
+//! generator reads it. Adding a setting is adding a field.
 use crate::config::{Activation, Config, Init, Preset};
 use crate::conv::ConvBackend;
 use crate::data::{Dataset, Loader, LoaderConfig, OnBadImage, Split, Transform, View};
@@ -32,6 +32,17 @@ where
     PossibleValuesParser::new(names).try_map(|s| s.parse::<T>().map_err(|e| e.to_string()))
 }
 
+/// The clap parser of every FLOAT setting: a finite number. `nan` and `inf` are refused here
+/// (TOML's and Python's by `from_toml` and `settings_from`): JSON has no such numbers, so on the
+/// way through [`TrainConfig::overlay`] they would become `null`, i.e. an unset option.
+pub fn finite(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("expected a finite number, got {v}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Everything a training run is configured by (see the module doc for who reads it).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Args)]
 #[serde(default, deny_unknown_fields)]
@@ -53,13 +64,13 @@ pub struct TrainConfig {
     #[arg(long, value_name = "INT", default_value_t = 90)]
     pub epochs: u64,
     /// Initial learning rate.
-    #[arg(long, value_name = "FLOAT", default_value_t = 0.01)]
+    #[arg(long, value_name = "FLOAT", value_parser = finite, default_value_t = 0.01)]
     pub lr: f64,
     /// SGD momentum.
-    #[arg(long, value_name = "FLOAT", default_value_t = 0.9)]
+    #[arg(long, value_name = "FLOAT", value_parser = finite, default_value_t = 0.9)]
     pub momentum: f64,
     /// L2 weight decay (weights only, not biases, as cuda-convnet).
-    #[arg(long, value_name = "FLOAT", default_value_t = 5e-4)]
+    #[arg(long, value_name = "FLOAT", value_parser = finite, default_value_t = 5e-4)]
     pub weight_decay: f64,
     /// `paper` (v = m v - wd lr w - lr g; w += v) or `pytorch` (torch.optim.SGD's).
     #[arg(long, value_name = "NAME", default_value = "paper", value_parser = choice::<UpdateRule>(UpdateRule::NAMES))]
@@ -104,8 +115,9 @@ pub struct TrainConfig {
     /// Stop after this many steps of this invocation (with a checkpoint; `--resume` continues).
     #[arg(long, value_name = "INT")]
     pub max_steps: Option<u64>,
-    /// Stop after this many seconds of training (checkpoint + final evaluation).
-    #[arg(long = "time-budget", value_name = "FLOAT")]
+    /// Stop after this many seconds of training, checked after each step (then a checkpoint and
+    /// the final evaluation).
+    #[arg(long = "time-budget", value_name = "FLOAT", value_parser = finite)]
     pub time_budget_s: Option<f64>,
     /// Evaluate with the average over 10 crops (the paper's test procedure).
     #[arg(long)]
@@ -134,7 +146,7 @@ pub struct TrainConfig {
     #[arg(long, value_name = "INT")]
     pub pool_kernel: Option<i64>,
     /// Ablation: dropout probability (0 = off) [default: the preset's 0.5].
-    #[arg(long, value_name = "FLOAT")]
+    #[arg(long, value_name = "FLOAT", value_parser = finite)]
     pub dropout: Option<f64>,
     /// PyTorch's default init for every layer instead of the preset's (the paper's N(0, 0.01)
     /// stalls for epochs at small scale).
@@ -239,7 +251,15 @@ impl TrainConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let config = |e: String| Error::Config(format!("{}: {e}", path.display()));
+        let tc = toml::from_str(&text).map_err(|e| config(e.to_string()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| config(e.to_string()))?;
+        match table.iter().find(|(_, v)| v.as_float().is_some_and(|f| !f.is_finite())) {
+            Some((k, v)) => Err(config(format!(
+                "train setting `{k}`: expected a finite number, got {v}"
+            ))),
+            None => Ok(tc),
+        }
     }
 
     /// Settings from a JSON object (Python's dict): an unknown key or a bad value is an error
@@ -301,8 +321,16 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.momentum) {
             return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
         }
-        if self.weight_decay < 0.0 {
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad(format!("weight_decay must be >= 0, got {}", self.weight_decay));
+        }
+        if let Some(t) = self.time_budget_s.filter(|t| !(*t >= 0.0 && t.is_finite())) {
+            return bad(format!("time_budget_s must be a number of seconds >= 0, got {t}"));
+        }
+        for (key, epochs) in [("eval_every", self.eval_every), ("step_epochs", self.step_epochs)] {
+            if epochs == 0 {
+                return bad(format!("{key} is a number of epochs and must be >= 1, got 0"));
+            }
         }
         self.frozen(&self.model_config(1)?)?;
         Ok(())

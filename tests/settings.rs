@@ -111,3 +111,80 @@ fn flags_override_the_file_and_only_the_flags_given() {
     assert_eq!(TrainConfig::overlay(&base, &m).unwrap().epochs, 90);
     assert_eq!(TrainConfig::from_arg_matches(&m).unwrap().lr, 0.01);
 }
+
+#[test]
+fn nan_and_infinity_are_refused_from_flags_and_toml_and_ranges_by_validate() {
+    // JSON, which the overlay and Python's dict go through, has no NaN: a `nan` that got that far
+    // would become `null`, an unset option (no time budget, the preset's dropout), silently.
+    let dir = common::tmp("settings-finite");
+    std::fs::create_dir_all(&dir).unwrap();
+    let floats: Vec<SettingDoc> = describe().into_iter().filter(|s| s.kind == "FLOAT").collect();
+    assert!(floats.len() >= 5);
+    for s in &floats {
+        for bad in ["nan", "inf", "-inf"] {
+            let cmd = TrainConfig::augment_args(Command::new("train").no_binary_name(true));
+            let e = cmd
+                .try_get_matches_from([format!("{}={bad}", s.flag)])
+                .expect_err(&format!("{} {bad}", s.flag))
+                .to_string();
+            assert!(e.contains(&s.flag) && e.contains("expected a finite number"), "{e}");
+            let f = dir.join("run.toml");
+            std::fs::write(&f, format!("{} = {bad}\n", s.key)).unwrap();
+            match TrainConfig::from_toml(&f) {
+                Err(Error::Config(m)) => assert!(m.contains(&format!("`{}`", s.key)) && m.contains("finite"), "{m}"),
+                other => panic!("{} = {bad}: {other:?}", s.key),
+            }
+        }
+    }
+    let d = TrainConfig::default();
+    for (t, key) in [
+        (
+            TrainConfig {
+                time_budget_s: Some(-1.0),
+                ..d.clone()
+            },
+            "time_budget_s",
+        ),
+        (
+            TrainConfig {
+                time_budget_s: Some(f64::NAN),
+                ..d.clone()
+            },
+            "time_budget_s",
+        ),
+        (
+            TrainConfig {
+                weight_decay: f64::NAN,
+                ..d.clone()
+            },
+            "weight_decay",
+        ),
+        (
+            TrainConfig {
+                lr: f64::INFINITY,
+                ..d.clone()
+            },
+            "lr",
+        ),
+        (
+            TrainConfig {
+                eval_every: 0,
+                ..d.clone()
+            },
+            "eval_every",
+        ),
+        (
+            TrainConfig {
+                step_epochs: 0,
+                ..d.clone()
+            },
+            "step_epochs",
+        ),
+    ] {
+        match t.validate() {
+            Err(Error::Config(m)) => assert!(m.contains(key), "{m}"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    assert!(d.validate().is_ok());
+}

@@ -61,8 +61,8 @@ class TrainSettings(TypedDict, total=False):
     # --max-steps: Stop after this many steps of this invocation (with a checkpoint; `--resume`
     # continues) [default: null]
     max_steps: int | None
-    # --time-budget: Stop after this many seconds of training (checkpoint + final evaluation)
-    # [default: null]
+    # --time-budget: Stop after this many seconds of training, checked after each step (then a
+    # checkpoint and the final evaluation) [default: null]
     time_budget_s: float | None
     # --ten-crop-eval: Evaluate with the average over 10 crops (the paper's test procedure) [default:
     # false]

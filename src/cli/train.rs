@@ -3,7 +3,7 @@
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::experiment::{self, Experiment};
-use crate::settings::{choice, TrainConfig};
+use crate::settings::{choice, finite, TrainConfig};
 use crate::train::{self, Event, Group};
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -46,11 +46,11 @@ pub struct ExperimentArgs {
     seeds: u64,
     /// relu-vs-tanh: learning rates tried for each activation (the best is compared)
     /// [default: 0.01,0.03,0.1].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = finite)]
     lrs: Vec<f64>,
     /// relu-vs-tanh: the training errors to time (the paper's 25 %, and a stricter one for an
     /// easier dataset).
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.15")]
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.15", value_parser = finite)]
     target_errors: Vec<f64>,
     /// Training settings; unset ones take the experiment's defaults (relu-vs-tanh: cnn4 at 28x28,
     /// 4 epochs, no weight decay, constant lr; the others: paper at 63x63 with PyTorch init, 10k images,

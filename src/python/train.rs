@@ -6,27 +6,42 @@ use crate::error::Error;
 use crate::settings::{self, TrainConfig};
 use crate::train::{EvalResult, Event};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyFloat};
 use pyo3_tch::PyTensor;
 use std::path::PathBuf;
 
-/// A dict of training settings as a `TrainConfig` (through JSON, so Python's types map to
-/// serde's; an unknown key or a bad value is a ConfigError naming the key).
+/// A dict of training settings as a `TrainConfig` (each value through JSON, so Python's types map
+/// to serde's; an unknown key or a bad value is a ConfigError naming the key).
 fn settings_from(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
-    // Paths may be PathLike: os.fspath turns them into str.
+    // Paths may be PathLike: os.fspath turns them into str. JSON has no NaN or infinity.
     let kwargs = PyDict::new(py);
     kwargs.set_item("default", py.import("os")?.getattr("fspath")?)?;
-    let json: String = py
-        .import("json")?
-        .getattr("dumps")?
-        .call((config,), Some(&kwargs))
-        .and_then(|j| j.extract())
-        .map_err(|e| {
+    kwargs.set_item("allow_nan", false)?;
+    let dumps = py.import("json")?.getattr("dumps")?;
+    let mut map = serde_json::Map::new();
+    for (k, v) in config.iter() {
+        let key: String = k.extract().map_err(|_| {
             py_err(Error::Config(format!(
-                "train settings: not plain data (str, numbers, bools, paths, None): {e}"
+                "train settings: keys are setting names (str), got {k}"
             )))
         })?;
-    let map = core(serde_json::from_str(&json).map_err(|e| Error::Config(format!("train settings: {e}"))))?;
+        if let Some(f) = v.downcast::<PyFloat>().ok().filter(|f| !f.value().is_finite()) {
+            return Err(py_err(Error::Config(format!(
+                "train setting `{key}`: expected a finite number, got {f}"
+            ))));
+        }
+        let value = dumps
+            .call((v,), Some(&kwargs))
+            .and_then(|j| j.extract::<String>())
+            .map_err(|e| e.to_string())
+            .and_then(|j| serde_json::from_str(&j).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                py_err(Error::Config(format!(
+                    "train setting `{key}`: not plain data (str, finite numbers, bools, paths, None, lists): {e}"
+                )))
+            })?;
+        map.insert(key, value);
+    }
     core(TrainConfig::from_map(map))
 }
 
@@ -35,6 +50,7 @@ fn settings_from(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<TrainCo
 pub fn train_config(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<PyObject> {
     guard(|| {
         let tc = settings_from(py, config)?;
+        core(tc.validate())?;
         json_to_py(
             py,
             &serde_json::to_string(&tc).map_err(|e| py_err(Error::Internal(e.to_string())))?,

@@ -61,7 +61,15 @@ def test_forward_on_a_real_photo():
         (["experiment", "lrn", "--resume", "runs/x"], "--resume does not apply"),
         (["experiment", "relu-vs-tanh", "--target-errors", "1.5"], "--target-errors must be fractions"),
         (["experiment", "lrn", "--seeds", "0"], "--seeds must be >= 1"),
+        (["experiment", "relu-vs-tanh", "--lrs", "0.01,nan"], "expected a finite number"),
+        (["experiment", "relu-vs-tanh", "--lrs=0.01,-1", "--out", "/nonexistent/x"], "lr must be positive, got -1"),
         (["train", "--dropout", "1", "--limit-train", "64"], "dropout must be in [0, 1)"),
+        # nan/inf are refused, not dropped as an unset option (which was: no budget, dropout 0.5)
+        (["train", "--time-budget", "nan"], "expected a finite number"),
+        (["train", "--dropout", "nan"], "expected a finite number"),
+        (["train", "--momentum", "inf"], "expected a finite number"),
+        (["train", "--time-budget=-1", "--limit-train", "64"], "time_budget_s must be a number of seconds >= 0"),
+        (["train", "--eval-every", "0", "--limit-train", "64"], "eval_every is a number of epochs"),
         (["train", "--activation", "sigmoid"], "possible values: relu, tanh"),
     ],
 )

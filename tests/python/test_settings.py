@@ -18,6 +18,8 @@ SAMPLE = {"INT": 3, "FLOAT": 0.25, "PATH": "some/where", "TEXT": "cpu,cpu", "LIS
 
 
 def _other(s):
+    if s["key"] == "input_size":
+        return 67  # train_config checks the settings: the network takes no 3x3 input
     if s["kind"] == "BOOL":
         return not s["default"]
     if s["kind"] == "NAME":
@@ -46,6 +48,25 @@ def test_unknown_keys_and_bad_values_name_the_key(config, key):
         alexnet_rs.train_config(config)
     with pytest.raises(alexnet_rs.ConfigError, match=f"`{key}`"):
         alexnet_rs.train(config)
+
+
+@pytest.mark.parametrize("key, value", [("time_budget_s", -1.0), ("eval_every", 0),
+                                        ("step_epochs", 0), ("dropout", 1.0), ("lr", -0.1)])
+def test_out_of_range_values_name_the_key(key, value):
+    for f in (alexnet_rs.train_config, alexnet_rs.train):
+        with pytest.raises(alexnet_rs.ConfigError, match=key):
+            f({key: value})
+
+
+def test_nan_and_infinity_are_refused_for_every_float_setting():
+    floats = [s["key"] for s in alexnet_rs.train_settings() if s["kind"] == "FLOAT"]
+    assert {"lr", "momentum", "weight_decay", "time_budget_s", "dropout"} <= set(floats)
+    for key in floats:
+        for value in (float("nan"), float("inf"), -float("inf")):
+            with pytest.raises(alexnet_rs.ConfigError, match=f"`{key}`: expected a finite number, got -?(nan|inf)"):
+                alexnet_rs.train_config({key: value})
+    with pytest.raises(alexnet_rs.ConfigError, match="keys are setting names"):
+        alexnet_rs.train_config({1: 2})
 
 
 def test_the_help_shows_every_flag_and_its_default():
