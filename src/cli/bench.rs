@@ -26,11 +26,11 @@ pub enum Side {
 pub struct BenchTrainArgs {
     #[arg(long, default_value = "paper", value_parser = preset_parser())]
     preset: Preset,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i64).range(1..))]
     batch: i64,
     /// Timed steps (median reported), after one warm-up step.
-    #[arg(long, default_value_t = 5)]
-    steps: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
     #[arg(long, default_value = "cpu")]
     devices: String,
     /// Intra-op threads of every side (torch.set_num_threads) [default: torch's, one per core].
@@ -176,7 +176,7 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
         Ok(t0.elapsed().as_secs_f64())
     };
     step()?;
-    let mut times = (0..a.steps.max(1)).map(|_| step()).collect::<Result<Vec<f64>>>()?;
+    let mut times = (0..a.steps).map(|_| step()).collect::<Result<Vec<f64>>>()?;
     times.sort_by(f64::total_cmp);
     let t = times[times.len() / 2];
     Ok(Measured {

@@ -14,7 +14,7 @@ pub struct DataArgs {
     /// Dataset: an image folder (one subfolder per class), a list file (`path label` lines),
     /// or a folder of IDX files (Fashion-MNIST).
     data: PathBuf,
-    /// Decoding threads [default: one per core].
+    /// Decoding threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Use only this many samples (a seeded random subset).
@@ -56,7 +56,7 @@ pub struct PrepareArgs {
     /// JPEG quality of the outputs.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     quality: u8,
-    /// Threads [default: one per core].
+    /// Threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
@@ -69,12 +69,12 @@ pub struct BenchDataArgs {
     #[arg(long, default_value = "paper", value_parser = preset_parser())]
     preset: Preset,
     /// Crop side.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..))]
     crop: u32,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Passes over the data.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     epochs: u64,
 }
 

@@ -60,6 +60,9 @@ impl Acc {
 impl Stats {
     /// Computes the statistics over `ds` at side `side` (bad images are skipped and counted).
     pub fn compute(ds: &Dataset, side: u32, progress: &(dyn Fn() + Sync)) -> Result<Stats> {
+        if side == 0 {
+            return Err(Error::Config("the statistics' image side must be >= 1, got 0".into()));
+        }
         let plane = (side as usize).pow(2);
         let tf = Transform {
             resize: side,

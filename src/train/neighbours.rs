@@ -44,8 +44,6 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     (tc.devices, tc.data) = (devices.to_string(), data.or(tc.data));
     let fc7 = &t.cfg.fcs[t.cfg.fcs.len() - 2].name;
     let train = tc.open(Split::Train, None)?;
-    let ckpt = checkpoint::find_latest(run)?;
-    let (bank, labels, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7)?;
     let tf = tc.transform(View::Center)?;
     let mut inputs: Vec<(String, RgbImage, Option<i64>, Tensor)> = Vec::new();
     match queries {
@@ -70,6 +68,9 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     if inputs.is_empty() {
         return Err(Error::Config("no query images".into()));
     }
+    // The queries are read first: a bad one fails before minutes spent on the training set.
+    let ckpt = checkpoint::find_latest(run)?;
+    let (bank, labels, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7)?;
     let _guard = tch::no_grad_guard();
     let device = t.params.get(&format!("{}.weight", t.cfg.convs[0].name))?.device();
     let xs: Vec<Tensor> = inputs.iter().map(|q| q.3.shallow_clone()).collect();

@@ -71,6 +71,8 @@ def test_forward_on_a_real_photo():
         (["train", "--time-budget=-1", "--limit-train", "64"], "time_budget_s must be a number of seconds >= 0"),
         (["train", "--eval-every", "0", "--limit-train", "64"], "eval_every is a number of epochs"),
         (["train", "--activation", "sigmoid"], "possible values: relu, tanh"),
+        (["bench", "train", "--steps", "0"], "invalid value '0' for '--steps <STEPS>'"),
+        (["bench", "train", "--batch", "0"], "invalid value '0' for '--batch <BATCH>'"),
     ],
 )
 def test_bad_flags_and_files_are_clear_errors(args, needle):

@@ -267,3 +267,7 @@ def test_stats_against_numpy(tmp_path):
     np.testing.assert_allclose(s["eigval"].numpy(), w[::-1], rtol=1e-4)
     for i in range(3):  # eigenvectors up to sign
         assert abs(abs(float(np.dot(s["eigvec"].numpy()[:, i], v[:, ::-1][:, i]))) - 1) < 1e-4
+    # A side of 0 is refused (it wrote NaN statistics and exited 0); the good file stays.
+    bad = subprocess.run([BIN, "stats", tmp_path, "--size", "0", "--out", out], capture_output=True, text=True)
+    assert bad.returncode == 1 and "side must be >= 1" in bad.stderr, bad.stderr
+    assert load_file(out)["channel_mean"].isfinite().all()

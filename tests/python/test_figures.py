@@ -3,6 +3,7 @@
 confusion matrix of `alexnet eval --confusion`, each checked against a computation of its own."""
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def test_confusion_matrix_and_per_class_accuracy(run, tmp_path):
     # The val split has 8 images per class: the mean of the per-class accuracies is top-1.
     assert int(n) == 16 and np.mean(per_class) == pytest.approx(float(top1), abs=1e-4)
     assert Image.open(tmp_path / "c.png").size[0] > 100
+
+
+def test_a_bad_query_fails_before_the_training_set_is_read(run, tmp_path):
+    out, _ = run
+    shutil.rmtree(out / "fc7", ignore_errors=True)
+    (tmp_path / "query.png").write_bytes(b"not a png")
+    r = subprocess.run([BIN, "neighbours", out, tmp_path / "query.png", "--out", tmp_path / "sheet.png"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "query.png" in r.stderr, r.stderr
+    assert "computing the fc7 vectors" not in r.stderr and not (out / "fc7").exists()
 
 
 def test_neighbours_are_the_nearest_fc7_vectors_and_are_cached(run, tmp_path):
