@@ -1,6 +1,6 @@
 //! Decoding one image file to RGB8 with maintained codecs (`image`: zune-jpeg, png, …).
 //! Greyscale, RGBA, CMYK and 16-bit inputs become RGB8; zero-byte, truncated, non-image and
-//! oversized files are errors naming the file, never panics.
+//! oversized files are errors naming the file, never panics. And writing one ([`save`]).
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -112,4 +112,33 @@ pub fn recycle(buf: Vec<u8>) {
             p.push(buf);
         }
     });
+}
+
+/// Writes `img` to `out` in the format its extension names (`.png` for our figures), creating
+/// `out`'s folder: into a temporary file renamed over `out`, so a figure that is replaced (curves.png
+/// at every epoch) is the old or the new one after a kill, never a truncated file.
+pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
+    let format = image::ImageFormat::from_path(out).map_err(|e| file_err(out, format!("{e} (name it .png)")))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    let tmp = out.with_file_name(name);
+    let written = img
+        .save_with_format(&tmp, format)
+        .map_err(|e| file_err(out, e))
+        .and_then(|()| {
+            std::fs::rename(&tmp, out).map_err(|source| Error::Io {
+                path: out.to_path_buf(),
+                source,
+            })
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

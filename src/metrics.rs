@@ -273,10 +273,8 @@ fn draw(out: &Path, steps: &[StepRecord], epochs: &[EpochRecord]) -> DrawResult 
     let (w, h) = (1200u32, 900u32);
     let mut buf = vec![0u8; (w * h * 3) as usize];
     draw_into(&mut buf, (w, h), steps, epochs)?;
-    image::RgbImage::from_raw(w, h, buf)
-        .expect("w * h * 3 bytes")
-        .save(out)?;
-    Ok(())
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or("an image buffer of the wrong size")?;
+    Ok(crate::image::save(&img, out)?)
 }
 
 fn draw_into(buf: &mut [u8], size: (u32, u32), steps: &[StepRecord], epochs: &[EpochRecord]) -> DrawResult {

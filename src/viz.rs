@@ -141,7 +141,7 @@ pub fn save_png(image: &mut Image, towers: &[Tower], out: &Path) -> Result<()> {
     }
     let img = image::RgbImage::from_raw(image.width, image.height, image.rgb.clone())
         .ok_or_else(|| fail("image buffer of the wrong size".into()))?;
-    img.save(out).map_err(|e| fail(e.to_string()))
+    crate::image::save(&img, out)
 }
 
 /// Writes the confusion matrix (`counts`, classes x classes, rows: the true class) as a PNG
@@ -197,7 +197,7 @@ pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<(
         root.present().map_err(|e| fail(format!("drawing: {e}")))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| fail("image buffer of the wrong size".into()))?;
-    img.save(out).map_err(|e| fail(e.to_string()))
+    crate::image::save(&img, out)
 }
 
 /// The paper's Fig. 4 as a contact sheet: one row per query (the query, then its nearest
@@ -261,7 +261,7 @@ pub fn contact_sheet(n: &crate::train::Neighbours, out: &Path) -> Result<()> {
         }
         sheet = image::RgbImage::from_raw(sw, sh, buf).ok_or_else(|| fail("image buffer of the wrong size".into()))?;
     }
-    sheet.save(out).map_err(|e| fail(e.to_string()))
+    crate::image::save(&sheet, out)
 }
 
 /// The name of class `c`, or `?` for an index outside `classes`.

@@ -65,13 +65,14 @@ def test_filters_draw_each_kernel_scaled_on_its_own_in_two_towers(run, tmp_path)
 
 def test_confusion_matrix_and_per_class_accuracy(run, tmp_path):
     out, _ = run
-    r = cli("eval", out, "--confusion", tmp_path / "c.png")
+    r = cli("eval", out, "--confusion", tmp_path / "new" / "c.png")  # the folder is created
     n, top1 = re.search(r"(\d+) samples \(centre crop\): top-1 ([0-9.]+)", r.stdout).groups()
     per_class = [float(a) for a in re.findall(r"^\s+([0-9.]+|NaN)\s+class\d", r.stdout, re.M)]
     assert len(per_class) == 2
     # The val split has 8 images per class: the mean of the per-class accuracies is top-1.
     assert int(n) == 16 and np.mean(per_class) == pytest.approx(float(top1), abs=1e-4)
-    assert Image.open(tmp_path / "c.png").size[0] > 100
+    assert Image.open(tmp_path / "new" / "c.png").size[0] > 100
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["c.png"]  # no temporary file left
 
 
 def test_a_bad_query_fails_before_the_training_set_is_read(run, tmp_path):
