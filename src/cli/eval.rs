@@ -86,8 +86,8 @@ pub struct NeighboursArgs {
     checkpoint: PathBuf,
     /// Query image files.
     images: Vec<PathBuf>,
-    /// Also (or instead) query the first N images of the test split, and report how many of
-    /// their neighbours share their class.
+    /// Instead of image files, query the first N images of the test split, and report how many
+    /// of their neighbours share their class.
     #[arg(long, value_name = "N")]
     test: Option<usize>,
     /// The training images to search [default: the run's data].
