@@ -16,10 +16,13 @@ pub struct EvalArgs {
     /// Average the softmax over 10 crops.
     #[arg(long)]
     ten_crop: bool,
+    /// Where the network runs: one device, or two for the paper's split (cuda:0,cuda:1; cpu,cpu).
     #[arg(long, default_value = "cpu")]
     devices: String,
+    /// Evaluate on a seeded subset of this many test samples [default: the run's --limit-test].
     #[arg(long)]
     limit: Option<usize>,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Also write the confusion matrix (class names, row-normalised) as a PNG here, and print
@@ -35,6 +38,7 @@ pub struct PredictArgs {
     /// Image files.
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// Where the network runs: one device, or two for the paper's split.
     #[arg(long, default_value = "cpu")]
     devices: String,
 }
@@ -99,6 +103,7 @@ pub struct NeighboursArgs {
     /// The contact sheet to write.
     #[arg(long, default_value = "neighbours.png")]
     out: PathBuf,
+    /// Where the network runs: one device, or two for the paper's split.
     #[arg(long, default_value = "cpu")]
     devices: String,
 }

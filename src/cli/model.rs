@@ -67,11 +67,13 @@ pub struct ForwardArgs {
 
 #[derive(Args)]
 pub struct PlacementArgs {
+    /// Network variant.
     #[arg(long, default_value = "paper", value_parser = preset_parser())]
     preset: Preset,
     /// One or two devices, e.g. cuda:0,cuda:1 or cpu,cpu.
     #[arg(long, default_value = "cuda:0,cuda:1")]
     devices: String,
+    /// Number of output classes of the last layer.
     #[arg(long, default_value_t = 1000)]
     num_classes: i64,
 }
