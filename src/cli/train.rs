@@ -1,7 +1,7 @@
 //! `alexnet train` and `alexnet experiment`. Their settings are `TrainConfig`'s own flags; a flag
 //! given on the command line overrides the TOML file (`--config`) or the experiment's defaults.
 use crate::checkpoint;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::experiment::{self, Experiment};
 use crate::settings::{choice, finite, TrainConfig};
 use crate::train::{self, Event, Group};
@@ -12,9 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// TOML file with any of the settings below (flags given here override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Continue the run saved in this folder (its newest checkpoint), bit for bit.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -23,10 +20,20 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     auto_resume: bool,
     #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+/// The training settings of a command: a TOML file and the flags.
+#[derive(Args)]
+pub struct SettingsArgs {
+    /// TOML file with any of the settings below (flags given here override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
     settings: TrainConfig,
 }
 
-impl TrainArgs {
+impl SettingsArgs {
     /// The TOML file if any, else `base`, with the flags given on the command line laid over it.
     fn settings(&self, base: TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
         let base = match &self.config {
@@ -59,7 +66,7 @@ pub struct ExperimentArgs {
         flatten,
         next_help_heading = "Training settings (unset: the experiment's defaults, not the [default]s below)"
     )]
-    train: TrainArgs,
+    train: SettingsArgs,
 }
 
 /// Ctrl-C: finish the step, write a checkpoint, stop.
@@ -70,7 +77,7 @@ extern "C" fn on_sigint(_: libc::c_int) {
 }
 
 pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Result<()> {
-    let tc = a.settings(TrainConfig::default(), matches)?;
+    let tc = a.settings.settings(TrainConfig::default(), matches)?;
     // In a data-parallel run rank 0 reports; the others train quietly.
     let quiet = group.is_some_and(|g| g.rank > 0);
     let bar = ProgressBar::new(0);
@@ -166,11 +173,6 @@ fn report(bar: &ProgressBar, e: &Event) {
 }
 
 pub fn experiment(a: &ExperimentArgs, matches: &ArgMatches) -> Result<()> {
-    if a.train.resume.is_some() {
-        return Err(Error::Config(
-            "--resume does not apply to experiments: rerunning the same command reuses finished runs".into(),
-        ));
-    }
     let exp = a.experiment;
     let tc = a.train.settings(exp.defaults(), matches)?;
     let lr_given = matches.value_source("lr") == Some(clap::parser::ValueSource::CommandLine);

@@ -58,7 +58,8 @@ def test_forward_on_a_real_photo():
         (["forward", "/etc/hostname"], "not a recognised image format"),
         (["placement", "--devices", "cpu,cpu,cpu"], "one or two devices"),
         (["experiment", "vgg"], "possible values: relu-vs-tanh, lrn, overlap-pool, dropout"),
-        (["experiment", "lrn", "--resume", "runs/x"], "--resume does not apply"),
+        (["experiment", "lrn", "--resume", "runs/x"], "unexpected argument '--resume'"),
+        (["experiment", "lrn", "--auto-resume"], "unexpected argument '--auto-resume'"),  # it was ignored
         (["experiment", "relu-vs-tanh", "--target-errors", "1.5"], "--target-errors must be fractions"),
         (["experiment", "lrn", "--seeds", "0"], "--seeds must be >= 1"),
         (["experiment", "relu-vs-tanh", "--lrs", "0.01,nan"], "expected a finite number"),
