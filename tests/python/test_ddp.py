@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import free_port, needs_fashion
+from conftest import first_seed_without_flip, free_port, needs_fashion
 
 pytestmark = needs_fashion
 # 20 steps per epoch at a global batch of 8; 2 epochs; a checkpoint every 10 steps.
@@ -27,17 +27,11 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 def one_process(out, *extra):
     # Two threads: ATen splits the batch of 8 over them as the 2 ranks split it, so most gradient
     # sums are added in the same order; the sides still differ by ~1e-7 (GEMM and convolution
-    # algorithms chosen by batch size, the loss summed over ranks). Such a difference can flip a
-    # discrete choice (a max-pool argmax at a near-tie) and this small chaotic run then amplifies
-    # it to 1e-3 within 20 steps. Whether and when a flip happens depends on the seed, the lr and
-    # the CPU's kernels: at lr 0.005, seed 0, one machine had none in these 40 steps and another
-    # (AMD EPYC, AVX-512) one at step 9; there, at lr 0.002, seeds 0-3 had none (max relative
-    # loss difference 1.1e-7 to 2.1e-7), at lr 0.001 three of them had one. So the `reference`
-    # fixture below looks for a seed without a flip, and accepts a divergence as a flip only with
-    # a flip's signature: the first steps agree to float rounding (a reduction or slicing error
-    # shows from step 2, the first step after an update; the momentum check below looks at the
-    # reduced gradients directly). Comparing at float64 would remove the flips; the trainer runs
-    # float32 only.
+    # algorithms chosen by batch size, the loss summed over ranks), which can flip a near-tie
+    # (conftest.first_seed_without_flip): at lr 0.005, seed 0, one machine had no flip in these
+    # 40 steps and another (AMD EPYC, AVX-512) one at step 9; there, at lr 0.002, seeds 0-3 had
+    # none (max relative loss difference 1.1e-7 to 2.1e-7), at lr 0.001 three of them had one.
+    # The momentum check below looks at the reduced gradients directly.
     # --no-fc-update-in-backward: one process would otherwise update the FC weights inside their
     # backward (the ranks cannot: their gradients are all-reduced first), the same update with
     # other rounding, which flips such a near-tie too. tests/fused.rs compares the two update paths.
@@ -84,28 +78,20 @@ def assert_same_run(a, b, tol=1e-5, steps=40):
     return worst
 
 
-ROUNDING = 3e-7  # relative loss differences before any flip: 0 to 2.1e-7, i.e. 0-2 float32 ulps
-SEEDS = 3
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """(seed, the one-process run, the 2-rank run, its output) for the first seed whose 40 steps
     have no near-tie flip between the two on this CPU (see one_process)."""
-    base, flips = tmp_path_factory.mktemp("ddp"), []
-    for seed in map(str, range(SEEDS)):
+    base = tmp_path_factory.mktemp("ddp")
+
+    def run(seed):
         one, two = base / f"one-{seed}", base / f"two-{seed}"
-        one_process(one, "--seed", seed)
-        r = torchrun(two, "--seed", seed)
-        diffs = relative_loss_differences(one, two)
-        if max(diffs) <= 1e-5:
-            return seed, one, two, r
-        step = next(i for i, d in enumerate(diffs, 1) if d > ROUNDING)
-        assert step > 3, (f"seed {seed}: 1 process and 2 ranks differ from step {step} "
-                          f"({diffs[step - 1]:.1e}): not a near-tie flip")
-        flips.append(f"seed {seed}: agree to {max(diffs[:step - 1]):.1e} up to step {step - 1}, then flip "
-                     f"(max {max(diffs):.1e})")
-    pytest.fail(f"a near-tie flip with each of {SEEDS} seeds: " + "; ".join(flips))
+        one_process(one, "--seed", str(seed))
+        r = torchrun(two, "--seed", str(seed))
+        return relative_loss_differences(one, two), (one, two, r)
+
+    seed, _, (one, two, r) = first_seed_without_flip(run)
+    return str(seed), one, two, r
 
 
 def test_two_ranks_train_as_one_process_on_the_concatenated_batch(reference):
