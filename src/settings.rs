@@ -18,6 +18,7 @@ use crate::placement::Placement;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Command, FromArgMatches};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -162,6 +163,23 @@ pub struct TrainConfig {
     /// `alexnet info` names them (conv1,conv2 or features.0,features.3).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub freeze: Option<Vec<String>>,
+    /// Not a setting: which settings the caller gave ([`Given`]).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub given: Given,
+}
+
+/// Which settings a caller set explicitly (command-line flags, TOML keys, the keys of Python's
+/// dict), for `--resume`: a resumed run takes some of them (epochs, keep, out) and warns about the
+/// others. `None`: unknown (a `TrainConfig` built in code); then a value other than the default
+/// counts as given. Not part of the settings' value: configs that differ only here are equal.
+#[derive(Clone, Debug, Default)]
+pub struct Given(pub Option<BTreeSet<String>>);
+
+impl PartialEq for Given {
+    fn eq(&self, _: &Given) -> bool {
+        true
+    }
 }
 
 /// The settings' clap definition on its own (no binary name).
@@ -235,14 +253,25 @@ impl TrainConfig {
     /// `base` with every setting given on the command line (`matches` of a command that flattens
     /// TrainConfig) laid over it; the rest keeps `base`'s values.
     pub fn overlay(base: &TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
-        let given = TrainConfig::from_arg_matches(matches).map_err(|e| Error::Config(e.to_string()))?;
-        let (mut out, from) = (to_map(base)?, to_map(&given)?);
+        let flags = TrainConfig::from_arg_matches(matches).map_err(|e| Error::Config(e.to_string()))?;
+        let (mut out, from) = (to_map(base)?, to_map(&flags)?);
+        let mut given = base.given.0.clone().unwrap_or_default();
         for key in command().get_arguments().map(|a| a.get_id().as_str()) {
             if matches.value_source(key) == Some(ValueSource::CommandLine) {
                 out.insert(key.to_string(), from[key].clone());
+                given.insert(key.to_string());
             }
         }
-        TrainConfig::from_map(out)
+        Ok(TrainConfig {
+            given: Given(Some(given)),
+            ..TrainConfig::from_map(out)?
+        })
+    }
+
+    /// Whether the caller gave setting `key` ([`Given`]); `differs`, whether its value differs
+    /// from the default, answers when that is unknown.
+    pub fn gave(&self, key: &str, differs: bool) -> bool {
+        self.given.0.as_ref().map_or(differs, |keys| keys.contains(key))
     }
 
     /// A TOML file of settings (unknown keys refused by name).
@@ -252,13 +281,16 @@ impl TrainConfig {
             source,
         })?;
         let config = |e: String| Error::Config(format!("{}: {e}", path.display()));
-        let tc = toml::from_str(&text).map_err(|e| config(e.to_string()))?;
+        let tc: TrainConfig = toml::from_str(&text).map_err(|e| config(e.to_string()))?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| config(e.to_string()))?;
         match table.iter().find(|(_, v)| v.as_float().is_some_and(|f| !f.is_finite())) {
             Some((k, v)) => Err(config(format!(
                 "train setting `{k}`: expected a finite number, got {v}"
             ))),
-            None => Ok(tc),
+            None => Ok(TrainConfig {
+                given: Given(Some(table.keys().cloned().collect())),
+                ..tc
+            }),
         }
     }
 

@@ -290,6 +290,29 @@ fn resume_honours_a_new_keep() {
 }
 
 #[test]
+fn resume_takes_a_given_epochs_equal_to_the_default() {
+    let _s = serial();
+    require_data();
+    // `--resume RUN --epochs 90` was ignored: 90 is the default, so it looked like no flag, and a
+    // 1-epoch run stayed "complete (1 of 1 epochs); pass a larger --epochs".
+    let b = tmp("given-epochs");
+    run(&TrainConfig { epochs: 1, ..tiny(&b) }, None);
+    let lines = || fs::read_to_string(b.join("metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(lines(), 4);
+    let out = cli(&b, true, &["--epochs", "90", "--max-steps", "1"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("the run is complete"), "{err}");
+    assert_eq!(lines(), 5, "one more step");
+    // And a given setting that a resumed run cannot take is named, even when it is the default.
+    let out = cli(&b, true, &["--seed", "0", "--max-steps", "1"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("keeps the run's seed = 7 (ignoring 0)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_state_past_the_epochs_end_is_refused() {
     let _s = serial();
     require_data();

@@ -42,7 +42,11 @@ fn settings_from(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<TrainCo
             })?;
         map.insert(key, value);
     }
-    core(TrainConfig::from_map(map))
+    let given = settings::Given(Some(map.keys().cloned().collect()));
+    Ok(TrainConfig {
+        given,
+        ..core(TrainConfig::from_map(map))?
+    })
 }
 
 /// `config` completed with the defaults and checked, as `train` would use it (a dict).

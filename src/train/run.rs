@@ -449,13 +449,13 @@ fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> TrainConfig {
     // A changed model or data setting would break the bit-exact continuation.
     (t.max_steps, t.time_budget_s) = (tc.max_steps, tc.time_budget_s);
     let default = TrainConfig::default();
-    if tc.epochs != default.epochs {
+    if tc.gave("epochs", tc.epochs != default.epochs) {
         t.epochs = tc.epochs;
     }
-    if tc.keep != default.keep {
+    if tc.gave("keep", tc.keep != default.keep) {
         t.keep = tc.keep;
     }
-    t.out = if tc.out != default.out {
+    t.out = if tc.gave("out", tc.out != default.out) {
         tc.out.clone()
     } else {
         c.dir
@@ -477,7 +477,7 @@ fn warn_ignored(given: &TrainConfig, used: &TrainConfig) {
         return;
     };
     for (k, v) in &g {
-        if v != &d[k] && v != &u[k] {
+        if v != &u[k] && given.gave(k, v != &d[k]) {
             eprintln!("warning: --resume keeps the run's {k} = {} (ignoring {v})", u[k]);
         }
     }

@@ -58,6 +58,13 @@ def test_bad_config_is_a_config_error(tmp_path):
         alexnet_rs.train(dict(small(tmp_path), lr=-1.0))
 
 
+def test_resume_takes_a_given_epochs_even_when_it_is_the_default(tmp_path):
+    alexnet_rs.train(small(tmp_path))  # 1 epoch of 4 steps
+    seen = []
+    alexnet_rs.train({"epochs": 90, "max_steps": 1}, on_step=seen.append, resume=tmp_path)
+    assert [d["step"] for d in seen if "train_error" in d] == [5]
+
+
 def test_callback_exception_stops_training_and_propagates(tmp_path):
     def boom(d):
         raise RuntimeError("stop here")
