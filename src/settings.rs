@@ -294,10 +294,11 @@ impl TrainConfig {
         }
     }
 
-    /// Settings from a JSON object (Python's dict): an unknown key or a bad value is an error
-    /// naming the key.
+    /// Settings from a JSON object (Python's dict), its keys the ones [`Given`]: an unknown key
+    /// or a bad value is an error naming the key.
     pub fn from_map(map: serde_json::Map<String, serde_json::Value>) -> Result<TrainConfig> {
-        serde_json::from_value(serde_json::Value::Object(map.clone())).map_err(|e| {
+        let given = Given(Some(map.keys().cloned().collect()));
+        let tc: TrainConfig = serde_json::from_value(serde_json::Value::Object(map.clone())).map_err(|e| {
             let culprit = map.iter().find(|(k, v)| {
                 let one = serde_json::Value::Object([((*k).clone(), (*v).clone())].into_iter().collect());
                 serde_json::from_value::<TrainConfig>(one).is_err()
@@ -306,7 +307,8 @@ impl TrainConfig {
                 Some((k, _)) => Error::Config(format!("train setting `{k}`: {e}")),
                 None => Error::Config(format!("train settings: {e}")),
             }
-        })
+        })?;
+        Ok(TrainConfig { given, ..tc })
     }
 
     /// The preset's network with the run's ablations, its head sized for the run's input.

@@ -42,11 +42,7 @@ fn settings_from(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<TrainCo
             })?;
         map.insert(key, value);
     }
-    let given = settings::Given(Some(map.keys().cloned().collect()));
-    Ok(TrainConfig {
-        given,
-        ..core(TrainConfig::from_map(map))?
-    })
+    core(TrainConfig::from_map(map))
 }
 
 /// `config` completed with the defaults and checked, as `train` would use it (a dict).
