@@ -16,13 +16,15 @@
 //! - `ckpt-before-prune`: just before older checkpoints are pruned;
 //! - `metrics-mid-line`: half of a `metrics.jsonl` or `epochs.csv` line has been written;
 //! - `train-step`: a training step's update is done, its metrics line not yet written (the
-//!   elastic-restart test kills one rank of a torchrun job here).
+//!   elastic-restart test kills one rank of a torchrun job here);
+//! - `figure-write`: a figure (curves.png, or a `filters`/`confusion`/`neighbours` image) is
+//!   written to its `.partial` file, not yet renamed into place.
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Every point's name, for the tests and the error on a misspelt one.
-pub const POINTS: [&str; 7] = [
+pub const POINTS: [&str; 8] = [
     "ckpt-tmp-partial",
     "ckpt-tmp-written",
     "ckpt-old-away",
@@ -30,6 +32,7 @@ pub const POINTS: [&str; 7] = [
     "ckpt-before-prune",
     "metrics-mid-line",
     "train-step",
+    "figure-write",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -132,10 +132,12 @@ pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
         .save_with_format(&tmp, format)
         .map_err(|e| file_err(out, e))
         .and_then(|()| {
-            std::fs::rename(&tmp, out).map_err(|source| Error::Io {
-                path: out.to_path_buf(),
-                source,
-            })
+            crate::fault::point("figure-write")
+                .and_then(|()| std::fs::rename(&tmp, out))
+                .map_err(|source| Error::Io {
+                    path: out.to_path_buf(),
+                    source,
+                })
         });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -223,10 +223,7 @@ impl Metrics {
     pub fn plot(&self) -> Result<PathBuf> {
         let out = self.dir.join("curves.png");
         let (steps, epochs) = (self.steps()?, self.epochs()?);
-        draw(&out, &steps, &epochs).map_err(|e| Error::File {
-            path: out.clone(),
-            reason: format!("plotting: {e}"),
-        })?;
+        draw(&out, &steps, &epochs)?;
         Ok(out)
     }
 }
@@ -269,12 +266,17 @@ fn panel<'a, 'b>(
 
 /// Draws into an RGB buffer and writes it as PNG with the `image` crate (plotters' own encoder
 /// would pull in a second version of `image`).
-fn draw(out: &Path, steps: &[StepRecord], epochs: &[EpochRecord]) -> DrawResult {
+fn draw(out: &Path, steps: &[StepRecord], epochs: &[EpochRecord]) -> Result<()> {
     let (w, h) = (1200u32, 900u32);
     let mut buf = vec![0u8; (w * h * 3) as usize];
-    draw_into(&mut buf, (w, h), steps, epochs)?;
-    let img = image::RgbImage::from_raw(w, h, buf).ok_or("an image buffer of the wrong size")?;
-    Ok(crate::image::save(&img, out)?)
+    let plotting = |reason: String| Error::File {
+        path: out.to_path_buf(),
+        reason: format!("plotting: {reason}"),
+    };
+    draw_into(&mut buf, (w, h), steps, epochs).map_err(|e| plotting(e.to_string()))?;
+    let img =
+        image::RgbImage::from_raw(w, h, buf).ok_or_else(|| plotting("an image buffer of the wrong size".into()))?;
+    crate::image::save(&img, out)
 }
 
 fn draw_into(buf: &mut [u8], size: (u32, u32), steps: &[StepRecord], epochs: &[EpochRecord]) -> DrawResult {

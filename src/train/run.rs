@@ -310,7 +310,7 @@ impl<'a> Run<'a> {
             };
             if let Some(m) = &self.metrics {
                 m.epoch(&rec)?;
-                m.plot()?;
+                redraw(m);
             }
             (self.on_event)(&Event::Epoch(rec));
             result = Some(e);
@@ -351,9 +351,18 @@ impl<'a> Run<'a> {
             None => self.evaluate()?,
         };
         if let Some(m) = &self.metrics {
-            m.plot()?;
+            redraw(m);
         }
         Ok(e)
+    }
+}
+
+/// Redraws curves.png. A figure is derived from metrics.jsonl and epochs.csv (which are written
+/// first), so failing to write it (a full disk) is a warning and training goes on; the next epoch,
+/// or a `--resume` of the finished run, draws it again.
+fn redraw(m: &Metrics) {
+    if let Err(e) = m.plot() {
+        eprintln!("warning: {e}; curves.png is left as it was (drawn again at the next epoch's end, or by --resume)");
     }
 }
 

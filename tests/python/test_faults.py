@@ -103,3 +103,24 @@ def test_a_fault_loses_nothing(data, reference, tmp_path, point, n, mode):
     assert last_weights(run) == last_weights(reference)
     left = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
     assert left == [], left
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_figure_that_cannot_be_written_does_not_stop_training(data, reference, tmp_path, mode):
+    """curves.png is drawn from metrics.jsonl and epochs.csv at every epoch's end: a figure is
+    derived data, so a full disk while writing it is a warning and training goes on (the next
+    epoch redraws it); a kill while writing it leaves a `.partial` file that the resumed run
+    replaces, and never a half-written curves.png."""
+    run = tmp_path / "run"
+    r = alexnet(*train_args(data, run), fault=f"figure-write:{mode}@1")
+    if mode == "abort":
+        assert r.returncode == -signal.SIGABRT, r.stderr
+        assert not (run / "curves.png").exists()
+        r = alexnet("train", "--resume", run)
+    assert r.returncode == 0, r.stderr
+    if mode == "enospc":
+        assert "warning:" in r.stderr and "curves.png" in r.stderr and "No space left" in r.stderr, r.stderr
+    assert masked(run) == masked(reference)
+    assert last_weights(run) == last_weights(reference)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in run.iterdir() if p.name.endswith(".partial")] == []
