@@ -23,11 +23,12 @@ export LIBTORCH_USE_PYTORCH := 1
 export CARGO_BUILD_JOBS ?= 2
 export NVCC = $(SITE)/nvidia/cu13/bin/nvcc
 
-.PHONY: help setup venv data fashion-mnist images build python stubs demo test test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu gpu-artifacts compare bench-lrn-kernels clean
+.PHONY: help setup venv data fashion-mnist images build python stubs demo test test-rust lint test-python cuda-emu cuda-emu-sanitize gpu-check-cpu gpu-artifacts compare bench-lrn-kernels clean
 
 help:
 	@echo "make demo   - set up, then train AlexNet on Fashion-MNIST (<= 10 min on 2 cores) into runs/demo/"
-	@echo "make test   - set up, then cargo test + pytest + the CUDA kernels on the host emulation (plain, ASan/UBSan)"
+	@echo "make test   - set up, then cargo test + rustfmt/clippy + pytest + the CUDA kernels on the host emulation (plain, ASan/UBSan)"
+	@echo "make lint   - rustfmt --check and clippy with warnings as errors (part of make test)"
 	@echo "make cuda-emu - our CUDA kernels built for the CPU (kernels/emu/) and swept against torch (<= 5 min)"
 	@echo "make setup  - .venv (torch 2.11.0, nvcc 13.0), data, the alexnet binary and the Python extension"
 	@echo "make compare - same weights in torchvision's AlexNet and ours: parity and speed ratios (compare/)"
@@ -93,7 +94,7 @@ demo: setup
 	$(BIN) train --config scripts/demo.toml
 	$(BIN) eval runs/demo
 
-test: setup test-rust test-python cuda-emu cuda-emu-sanitize gpu-check-cpu
+test: setup test-rust lint test-python cuda-emu cuda-emu-sanitize gpu-check-cpu
 
 test-rust: target/bench-lrn-kernels
 	$(PY) tests/pth_fixtures.py
@@ -101,6 +102,12 @@ test-rust: target/bench-lrn-kernels
 	@# The GPU code actually embedded in the CUDA kernels' archive (for the CI log):
 	@for f in target/release/build/alexnet_rs-*/out/libalexnet_cuda.a; do [ -f "$$f" ] || continue; \
 	  echo "$$f: $$(strings $$f | grep -oE 'sm_[0-9]+|compute_[0-9]+' | sort -u | tr '\n' ' ')"; done
+
+# rustfmt and clippy (warnings are errors); skipped, saying so, where the toolchain lacks them.
+lint:
+	@if cargo fmt --version >/dev/null 2>&1; then cargo fmt --check; else echo "lint: rustfmt not installed, format check skipped"; fi
+	@if cargo clippy --version >/dev/null 2>&1; then cargo clippy --release --features $(FEATURES) --all-targets -- -D warnings; \
+	  else echo "lint: clippy not installed, skipped (rustup component add clippy)"; fi
 
 test-python:
 	cd tests && $(PY) -m pytest -q -rs python
