@@ -1,6 +1,6 @@
 //! `alexnet eval`, `alexnet predict` and `alexnet filters`: a trained checkpoint on a test set, on
 //! image files, and its first layer drawn.
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::train;
 use crate::viz::class_name;
 use clap::Args;
@@ -35,7 +35,8 @@ pub struct EvalArgs {
 pub struct PredictArgs {
     /// A run folder or checkpoint folder.
     checkpoint: PathBuf,
-    /// Image files.
+    /// Image files (one that cannot be read is reported, the others are still predicted, and the
+    /// exit code is 1).
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Where the network runs: one device, or two for the paper's split.
@@ -185,11 +186,30 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 
 pub fn predict(a: &PredictArgs) -> Result<()> {
     let t = train::load_trained(&a.checkpoint, &a.devices)?;
+    let mut failed: Vec<&PathBuf> = Vec::new();
     for (path, top) in a.images.iter().zip(train::predict(&t, &a.images)?) {
-        println!("{}:", path.display());
-        for (i, name, p) in top {
-            println!("  {p:>7.4}  {i:>4}  {name}");
+        match top {
+            Ok(top) => {
+                println!("{}:", path.display());
+                for (i, name, p) in top {
+                    println!("  {p:>7.4}  {i:>4}  {name}");
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed.push(path);
+            }
         }
+    }
+    if let Some(first) = failed.first() {
+        return Err(Error::File {
+            path: first.to_path_buf(),
+            reason: format!(
+                "{} of {} images could not be read (each named above)",
+                failed.len(),
+                a.images.len()
+            ),
+        });
     }
     Ok(())
 }

@@ -159,17 +159,20 @@ pub fn image_tensor(tf: &Transform, path: &Path) -> Result<Tensor> {
     Ok(Tensor::from_slice(&chw).f_view([3, s, s])?)
 }
 
-/// Top-5 (class index, name, probability) for each image file.
-pub fn predict(t: &Trained, images: &[PathBuf]) -> Result<Vec<Vec<(i64, String, f64)>>> {
+/// Top-5 (class index, name, probability) of one image.
+pub type Top5 = Vec<(i64, String, f64)>;
+
+/// The top-5 of each image file, in order; a file that cannot be read or decoded is its own
+/// error and the others are still predicted.
+pub fn predict(t: &Trained, images: &[PathBuf]) -> Result<Vec<Result<Top5>>> {
     let _guard = tch::no_grad_guard();
     let tf = t.tc.transform(View::Center)?;
     let device = t.params.get(&format!("{}.weight", t.cfg.convs[0].name))?.device();
-    let mut out = Vec::new();
-    for path in images {
+    let top5 = |path: &PathBuf| -> Result<Top5> {
         let x = image_tensor(&tf, path)?.f_unsqueeze(0)?.to_device(device);
         let probs = model::forward(&t.cfg, &t.params, &x, false)?.f_softmax(-1, Kind::Float)?;
         let (p, i) = probs.f_topk(5.min(probs.size()[1]), -1, true, true)?;
-        let row: Vec<(i64, String, f64)> = (0..p.size()[1])
+        Ok((0..p.size()[1])
             .map(|k| {
                 let idx = i.int64_value(&[0, k]);
                 (
@@ -178,8 +181,7 @@ pub fn predict(t: &Trained, images: &[PathBuf]) -> Result<Vec<Vec<(i64, String, 
                     p.double_value(&[0, k]),
                 )
             })
-            .collect();
-        out.push(row);
-    }
-    Ok(out)
+            .collect())
+    };
+    Ok(images.iter().map(top5).collect())
 }

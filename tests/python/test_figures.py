@@ -104,3 +104,31 @@ def test_neighbours_are_the_nearest_fc7_vectors_and_are_cached(run, tmp_path):
     assert len(names) == 3 and Image.open(tmp_path / "sheet.png").size[1] >= 64
     again = cli("neighbours", out, query, "--k", "3", "--out", tmp_path / "sheet2.png")
     assert "computing" not in again.stderr and again.stdout == r.stdout.replace("sheet.png", "sheet2.png")
+
+
+def test_predict_is_the_models_softmax_and_a_bad_file_does_not_stop_the_others(run, tmp_path):
+    out, data = run
+    queries = [data / "val" / "class0" / "0.png", tmp_path / "bad.png", data / "val" / "class1" / "0.png"]
+    queries[1].write_bytes(b"not a png")
+    r = subprocess.run([BIN, "predict", out, *queries], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr
+    assert f"error: {queries[1]}: not a recognised image format" in r.stderr, r.stderr
+    assert "1 of 3 images could not be read" in r.stderr, r.stderr
+    printed: dict[str, dict[int, float]] = {}
+    for line in r.stdout.splitlines():
+        if not line.startswith(" "):
+            top = printed.setdefault(line.rstrip(":").split("/val/")[-1], {})
+        else:
+            p, i, _ = line.split()
+            top[int(i)] = float(p)
+    assert list(printed) == ["class0/0.png", "class1/0.png"], r.stdout
+    # The same images through the loader's centre view and the model loaded in Python.
+    model = alexnet_rs.AlexNet.load_checkpoint(out).eval()
+    loader = alexnet_rs.data.DataLoader(data, split="val", preset="paper", crop=63, view="center",
+                                        batch_size=16, threads=1, shuffle=False)
+    images, labels = next(iter(loader))
+    assert labels[[0, 8]].tolist() == [0, 1]
+    with torch.no_grad():
+        probs = model(images[[0, 8]]).softmax(-1)
+    for row, name in zip(probs, printed):
+        assert printed[name] == pytest.approx(dict(enumerate(row.tolist())), abs=6e-5)
