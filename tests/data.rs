@@ -170,3 +170,56 @@ fn a_panic_in_a_data_thread_is_an_error_not_an_empty_epoch() {
     let e = got.into_iter().find_map(|b| b.err()).expect("an error").to_string();
     assert!(e.contains("data thread") && e.contains("index out of bounds"), "{e}");
 }
+
+/// `root/<split>/<class>/img<i>.png` for each (split, classes) pair, two images per class.
+fn split_folder(name: &str, splits: &[(&str, &[&str])]) -> common::Scratch {
+    let root = common::tmp(&format!("data-{name}"));
+    for (split, classes) in splits {
+        for (c, class) in classes.iter().enumerate() {
+            let d = root.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..2u8 {
+                image::RgbImage::from_pixel(8, 8, image::Rgb([i * 20, c as u8 * 60, 9]))
+                    .save(d.join(format!("img{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    root
+}
+
+#[test]
+fn a_missing_split_folder_is_an_error_not_the_whole_folder_as_one_class() {
+    // With train/ and no val/, the test split was the root itself: one class named `train`, the
+    // training images evaluated as class 0.
+    let root = split_folder("no-val", &[("train", &["c0", "c1"])]);
+    assert_eq!(Dataset::open(&root, Split::Train).unwrap().len(), 4);
+    let e = Dataset::open(&root, Split::Test).expect_err("no val/").to_string();
+    assert!(e.contains("train/") && e.contains("no val/ or test/"), "{e}");
+    let root = split_folder("no-train", &[("val", &["c0", "c1"])]);
+    assert_eq!(Dataset::open(&root, Split::Test).unwrap().len(), 4);
+    let e = Dataset::open(&root, Split::Train).expect_err("no train/").to_string();
+    assert!(e.contains("val/") && e.contains("no train/"), "{e}");
+}
+
+#[test]
+fn the_test_split_is_labelled_by_the_training_class_names() {
+    // val/ without the class c1 has classes [c0, c2]: by position its c2 images were label 1 (c1).
+    let root = split_folder("classes", &[("train", &["c0", "c1", "c2"]), ("val", &["c0", "c2"])]);
+    let train = Dataset::open(&root, Split::Train).unwrap();
+    let val = Dataset::open(&root, Split::Test).unwrap();
+    assert_eq!(val.classes, ["c0", "c2"]);
+    let val = val.labelled_as(&train.classes).unwrap();
+    assert_eq!(val.classes, train.classes);
+    let labels: Vec<i64> = val.items.iter().map(|(_, l)| *l).collect();
+    assert_eq!(labels, [0, 0, 2, 2]);
+    // A class the network was not trained on has no label: refused, by name.
+    let root = split_folder("unknown-class", &[("train", &["c0", "c1"]), ("val", &["c0", "c9"])]);
+    let train = Dataset::open(&root, Split::Train).unwrap();
+    let e = Dataset::open(&root, Split::Test)
+        .unwrap()
+        .labelled_as(&train.classes)
+        .expect_err("c9 is unknown")
+        .to_string();
+    assert!(e.contains("`c9`") && e.contains("c0, c1"), "{e}");
+}

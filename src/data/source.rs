@@ -172,14 +172,24 @@ impl Dataset {
         if idx_path(path, split, "images").is_some() {
             return Dataset::idx_folder(path, split);
         }
-        let sub = match split {
-            Split::Train => vec!["train"],
-            Split::Test => vec!["val", "test"],
+        let (wanted, others): (&[&str], &[&str]) = match split {
+            Split::Train => (&["train"], &["val", "test"]),
+            Split::Test => (&["val", "test"], &["train"]),
         };
-        for s in sub {
-            if path.join(s).is_dir() {
-                return Dataset::image_folder(&path.join(s));
-            }
+        if let Some(s) = wanted.iter().find(|s| path.join(s).is_dir()) {
+            return Dataset::image_folder(&path.join(s));
+        }
+        // With a folder of the other split, this one is missing (not the root's subfolders).
+        if let Some(other) = others.iter().find(|s| path.join(s).is_dir()) {
+            let wanted: Vec<String> = wanted.iter().map(|s| format!("{s}/")).collect();
+            let name = if split == Split::Train { "training" } else { "test" };
+            return Err(data_err(
+                path,
+                format!(
+                    "has {other}/ but no {} folder for the {name} split",
+                    wanted.join(" or ")
+                ),
+            ));
         }
         Dataset::image_folder(path)
     }
@@ -348,10 +358,45 @@ impl Dataset {
         self
     }
 
+    /// This split labelled by `classes` (the training split's, or a checkpoint's): each class
+    /// takes the label of the class of the same name there, so a test split that lacks a class
+    /// is still labelled right. A class that `classes` does not have is an error naming it.
+    pub fn labelled_as(mut self, classes: &[String]) -> Result<Dataset> {
+        if self.classes == classes {
+            return Ok(self);
+        }
+        let unknown = |c: &str| {
+            data_err(
+                &self.origin,
+                format!(
+                    "class `{c}` is not one of the network's classes ({})",
+                    classes.join(", ")
+                ),
+            )
+        };
+        let label: Vec<i64> = self
+            .classes
+            .iter()
+            .map(|c| {
+                classes
+                    .iter()
+                    .position(|k| k == c)
+                    .map(|p| p as i64)
+                    .ok_or_else(|| unknown(c))
+            })
+            .collect::<Result<_>>()?;
+        for (_, l) in &mut self.items {
+            *l = *label
+                .get(*l as usize)
+                .ok_or_else(|| data_err(&self.origin, format!("label {l} has no class name")))?;
+        }
+        self.classes = classes.to_vec();
+        Ok(self)
+    }
+
     /// The class names as JSON (`{"classes": [...]}`), saved beside runs.
     pub fn classes_json(&self) -> String {
-        let names: Vec<String> = self.classes.iter().map(|c| format!("{c:?}")).collect();
-        format!("{{\"classes\": [{}]}}\n", names.join(", "))
+        format!("{{\"classes\": {}}}\n", serde_json::Value::from(self.classes.clone()))
     }
 }
 

@@ -131,7 +131,7 @@ pub fn evaluate_checkpoint(
     let t = load_trained(path, devices)?;
     let mut tc = t.tc.clone();
     (tc.devices, tc.batch_size, tc.data) = (devices.to_string(), batch_size, data.or(tc.data));
-    let ds = tc.open(Split::Test, limit.or(tc.limit_test))?;
+    let ds = tc.open(Split::Test, limit.or(tc.limit_test))?.labelled_as(&t.classes)?;
     let view = if ten_crop { View::TenCrop } else { View::Center };
     let r = evaluate(&t.cfg, &t.params, &tc.loader(ds, view, false)?)?;
     if !r.loss.is_finite() {

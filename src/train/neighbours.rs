@@ -54,7 +54,7 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
             }
         }
         Queries::Test(n) => {
-            let test = tc.open(Split::Test, None)?;
+            let test = tc.open(Split::Test, None)?.labelled_as(&train.classes)?;
             for i in 0..n.min(test.len()) {
                 let image = decode(&test, i)?;
                 let mut chw = vec![0f32; tf.view_len()];

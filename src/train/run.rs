@@ -65,7 +65,7 @@ impl<'a> Run<'a> {
         }
         tc.validate()?;
         let train_ds = tc.open(Split::Train, tc.limit_train)?;
-        let test_ds = tc.open(Split::Test, tc.limit_test)?;
+        let test_ds = tc.open(Split::Test, tc.limit_test)?.labelled_as(&train_ds.classes)?;
         let cfg = tc.model_config(train_ds.classes.len() as i64)?;
         let placement = Placement::parse(&tc.devices)?;
         placement.check_available()?;

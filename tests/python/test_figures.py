@@ -75,6 +75,32 @@ def test_confusion_matrix_and_per_class_accuracy(run, tmp_path):
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["c.png"]  # no temporary file left
 
 
+def test_eval_labels_a_test_folder_by_the_checkpoints_class_names(run, tmp_path):
+    # A val/ holding only class1 has one class, `class1`: by position its images were label 0.
+    out, data = run
+    shutil.copytree(data / "val" / "class1", tmp_path / "d" / "val" / "class1")
+    r = cli("eval", out, "--data", tmp_path / "d", "--confusion", tmp_path / "c.png")
+    n, top1 = re.search(r"(\d+) samples \(centre crop\): top-1 ([0-9.]+)", r.stdout).groups()
+    model = alexnet_rs.AlexNet.load_checkpoint(out).eval()
+    loader = alexnet_rs.data.DataLoader(data, split="val", preset="paper", crop=63, view="center",
+                                        batch_size=16, threads=1, shuffle=False)
+    images, labels = next(iter(loader))
+    with torch.no_grad():
+        predicted = model(images[labels == 1]).argmax(-1)
+    assert int(n) == 8 and float(top1) == pytest.approx((predicted == 1).float().mean().item(), abs=1e-4)
+    per_class = re.findall(r"^\s+([0-9.]+|NaN)\s+(class\d)", r.stdout, re.M)
+    assert [c for _, c in per_class] == ["class0", "class1"] and per_class[0][0] == "NaN", r.stdout
+    # A class the network does not know is refused by name; a folder without val/ is not evaluated.
+    (tmp_path / "d" / "val" / "class7").mkdir()
+    r = subprocess.run([BIN, "eval", out, "--data", tmp_path / "d"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "class `class7` is not one of the network's classes" in r.stderr, r.stderr
+    r = subprocess.run([BIN, "eval", out, "--data", data / "train"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr  # a folder of class folders is itself a split
+    shutil.copytree(data / "train", tmp_path / "t" / "train")
+    r = subprocess.run([BIN, "eval", out, "--data", tmp_path / "t"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "has train/ but no val/ or test/ folder" in r.stderr, r.stderr
+
+
 def test_a_bad_query_fails_before_the_training_set_is_read(run, tmp_path):
     out, _ = run
     shutil.rmtree(out / "fc7", ignore_errors=True)
