@@ -146,6 +146,7 @@ class DataLoader:
         stats: str | PathLike[str] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        classes: list[str] | None = None,
     ) -> DataLoader: ...
     def __len__(self) -> int: ...
     @property

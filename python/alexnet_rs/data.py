@@ -7,7 +7,9 @@ threads (the paper's recipe for the chosen preset), and yields ``(images, labels
 loader again gives the next epoch (a new shuffle); ``loader.epoch(n)`` gives epoch ``n``. The same
 seed gives the same batches whatever ``threads`` is. Bad files are skipped and counted
 (``on_bad_image="skip"``, see ``EpochIter.skipped``) or raise :class:`alexnet_rs.DataError`
-(``"fail"``).
+(``"fail"``). ``classes`` (e.g. the training loader's ``classes``) labels the split by those class
+names instead of its own folders' order: a ``val/`` that lacks a class keeps the training labels,
+and a class not in the list raises :class:`alexnet_rs.DataError` naming it.
 """
 
 from . import _native

@@ -369,7 +369,7 @@ impl Dataset {
             data_err(
                 &self.origin,
                 format!(
-                    "class `{c}` is not one of the network's classes ({})",
+                    "class `{c}` is not one of the training classes ({})",
                     classes.join(", ")
                 ),
             )

@@ -101,7 +101,7 @@ impl DataLoader {
     #[new]
     #[pyo3(signature = (data, split="train", preset="paper", crop=224, view="train", batch_size=64, threads=0,
                         seed=0, shuffle=true, drop_last=false, on_bad_image="skip", limit=None, stats=None,
-                        rank=0, world_size=1))]
+                        rank=0, world_size=1, classes=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         data: PathBuf,
@@ -119,6 +119,7 @@ impl DataLoader {
         stats: Option<PathBuf>,
         rank: i64,
         world_size: i64,
+        classes: Option<Vec<String>>,
     ) -> PyResult<Self> {
         guard(|| {
             let split = core(split.parse::<Split>())?;
@@ -143,6 +144,9 @@ impl DataLoader {
             let preset = core(preset.parse::<Preset>())?;
             let stats = core(stats.map(|p| crate::data::stats::Stats::load(&p)).transpose())?;
             let mut ds = core(Dataset::open(&data, split))?;
+            if let Some(classes) = classes {
+                ds = core(ds.labelled_as(&classes))?;
+            }
             if let Some(n) = limit {
                 ds = ds.subset(n, seed);
             }

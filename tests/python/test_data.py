@@ -232,6 +232,22 @@ def test_list_file_source(tmp_path):
         DataLoader(tmp_path / "bad.txt")
 
 
+def test_a_val_split_is_labelled_by_the_training_class_names(tmp_path):
+    files = sorted((CACHE / "foolbox").glob("imagenet_*.jpg"))[:6]
+    for split, classes in (("train", "abc"), ("val", "ac")):
+        for i, c in enumerate(classes):
+            (tmp_path / split / c).mkdir(parents=True)
+            (tmp_path / split / c / files[i].name).write_bytes(files[i].read_bytes())
+    train = DataLoader(tmp_path, crop=64, batch_size=3, shuffle=False)
+    val = DataLoader(tmp_path, split="val", crop=64, view="center", batch_size=2, shuffle=False)
+    assert val.classes == ["a", "c"] and next(iter(val))[1].tolist() == [0, 1]  # its own folders
+    val = DataLoader(tmp_path, split="val", crop=64, view="center", batch_size=2, shuffle=False,
+                     classes=train.classes)
+    assert val.classes == ["a", "b", "c"] and next(iter(val))[1].tolist() == [0, 2]
+    with pytest.raises(alexnet_rs.DataError, match="class `c` is not one of the training classes"):
+        DataLoader(tmp_path, split="val", classes=["a", "b"])
+
+
 def test_prepare_is_resumable(tmp_path):
     src = folder_with_bad_files(tmp_path)
     out = subprocess.run([BIN, "prepare", src, tmp_path / "dst", "--size", "64"], capture_output=True, text=True)

@@ -93,7 +93,7 @@ def test_eval_labels_a_test_folder_by_the_checkpoints_class_names(run, tmp_path)
     # A class the network does not know is refused by name; a folder without val/ is not evaluated.
     (tmp_path / "d" / "val" / "class7").mkdir()
     r = subprocess.run([BIN, "eval", out, "--data", tmp_path / "d"], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 1 and "class `class7` is not one of the network's classes" in r.stderr, r.stderr
+    assert r.returncode == 1 and "class `class7` is not one of the training classes" in r.stderr, r.stderr
     r = subprocess.run([BIN, "eval", out, "--data", data / "train"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr  # a folder of class folders is itself a split
     shutil.copytree(data / "train", tmp_path / "t" / "train")

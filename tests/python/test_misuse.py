@@ -253,6 +253,8 @@ def _cases():
             ("limit-negative", lambda F: data.DataLoader(F.images, limit=-1), C, VE, "limit"),
             ("seed-negative", lambda F: data.DataLoader(F.images, seed=-1), C, VE, "seed"),
             ("stats-missing", lambda F: data.DataLoader(F.images, stats=F.missing), M, FE, "no-such"),
+            ("classes-unknown", lambda F: data.DataLoader(F.images, classes=["nope"]), X, VE, "nope"),
+            ("classes-str", lambda F: data.DataLoader(F.images, classes=5), D, TE, "classes"),
         ],
         "alexnet_rs.data.DataLoader.epoch": [
             ("epoch-negative", lambda F: loader(F).epoch(-1), C, VE, "epoch"),
