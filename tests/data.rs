@@ -222,4 +222,16 @@ fn the_test_split_is_labelled_by_the_training_class_names() {
         .expect_err("c9 is unknown")
         .to_string();
     assert!(e.contains("`c9`") && e.contains("c0, c1"), "{e}");
+    // A list file's labels without class names are the labels.
+    std::fs::write(root.join("val.txt"), "val/c0/img0.png 1\nval/c0/img1.png 0\n").unwrap();
+    let listed = Dataset::open(&root.join("val.txt"), Split::Test).unwrap();
+    assert_eq!(listed.classes, ["0", "1"]);
+    let labels: Vec<i64> = listed
+        .labelled_as(&train.classes)
+        .unwrap()
+        .items
+        .iter()
+        .map(|(_, l)| *l)
+        .collect();
+    assert_eq!(labels, [1, 0]);
 }

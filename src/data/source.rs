@@ -361,8 +361,11 @@ impl Dataset {
     /// This split labelled by `classes` (the training split's, or a checkpoint's): each class
     /// takes the label of the class of the same name there, so a test split that lacks a class
     /// is still labelled right. A class that `classes` does not have is an error naming it.
+    /// Classes named by their label numbers (a list file without `classes.txt`) keep them.
     pub fn labelled_as(mut self, classes: &[String]) -> Result<Dataset> {
-        if self.classes == classes {
+        let numbered = self.classes.iter().enumerate().all(|(i, c)| *c == i.to_string());
+        if self.classes == classes || (numbered && self.classes.len() <= classes.len()) {
+            self.classes = classes.to_vec();
             return Ok(self);
         }
         let unknown = |c: &str| {
