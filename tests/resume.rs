@@ -361,3 +361,47 @@ fn eval_of_nan_weights_fails_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("NaN"), "{err}");
 }
+
+#[test]
+fn resume_reads_the_data_from_where_it_is_now() {
+    let _s = serial();
+    let fashion = require_data();
+    // A run whose data moved (another machine, another mount) could not be resumed: the given
+    // --data was ignored ("--resume keeps the run's data") and the recorded path was gone.
+    let (before, after) = (tmp("data-before"), tmp("data-after"));
+    fs::create_dir_all(&*before).unwrap();
+    for f in fs::read_dir(&fashion).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            fs::copy(&f, before.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let b = tmp("moved-data");
+    let tc = TrainConfig {
+        data: Some(before.to_path_buf()),
+        max_steps: Some(3),
+        ..tiny(&b)
+    };
+    run(&tc, None);
+    fs::rename(&*before, &*after).unwrap();
+    let out = cli(&b, true, &["--data", after.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("keeps the run's data"), "{err}");
+    assert_eq!(masked(&b), masked(&reference()), "the same run as if nothing had moved");
+    let last = checkpoint::load(&b).unwrap();
+    assert_eq!(last.state.config.data.as_deref(), Some(&*after));
+    // Data with other classes is not the run's: refused before training, by name.
+    let other = tmp("other-classes");
+    for class in ["x", "y"] {
+        fs::create_dir_all(other.join(class)).unwrap();
+        image::RgbImage::from_pixel(28, 28, image::Rgb([1, 2, 3]))
+            .save(other.join(class).join("a.png"))
+            .unwrap();
+    }
+    let out = cli(&b, true, &["--data", other.to_str().unwrap(), "--epochs", "3"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the run was trained on the classes") && err.contains("\"x\", \"y\""),
+        "{err}"
+    );
+}

@@ -65,6 +65,14 @@ impl<'a> Run<'a> {
         }
         tc.validate()?;
         let train_ds = tc.open(Split::Train, tc.limit_train)?;
+        if let Some(c) = ckpt.as_ref().filter(|c| c.state.classes != train_ds.classes) {
+            return Err(Error::Config(format!(
+                "the run was trained on the classes {:?}, but {} has {:?}: --resume needs the run's training data",
+                c.state.classes,
+                train_ds.origin.display(),
+                train_ds.classes
+            )));
+        }
         let test_ds = tc.open(Split::Test, tc.limit_test)?.labelled_as(&train_ds.classes)?;
         let cfg = tc.model_config(train_ds.classes.len() as i64)?;
         let placement = Placement::parse(&tc.devices)?;
@@ -463,6 +471,14 @@ fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> TrainConfig {
     }
     if tc.gave("keep", tc.keep != default.keep) {
         t.keep = tc.keep;
+    }
+    // Where the data and its statistics are now (another machine, another mount): the same
+    // training set is checked by its classes and epoch length when the run starts.
+    if tc.data.is_some() && tc.gave("data", true) {
+        t.data = tc.data.clone();
+    }
+    if tc.stats.is_some() && tc.gave("stats", true) {
+        t.stats = tc.stats.clone();
     }
     t.out = if tc.gave("out", tc.out != default.out) {
         tc.out.clone()
