@@ -14,8 +14,9 @@
 //! `--resume` ([`recover`]) clear what a crash left behind. The last `keep` checkpoints and the
 //! best one are kept.
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::fault;
+use crate::files::fsync;
 use crate::optim::Schedule;
 use crate::settings::TrainConfig;
 use std::collections::BTreeMap;
@@ -68,22 +69,11 @@ pub struct Checkpoint {
     pub velocity: BTreeMap<String, Tensor>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
     Error::File {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
-}
-
-fn fsync(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
 }
 
 /// Writes and fsyncs a safetensors file; a full disk stays an I/O error (ENOSPC), not a
@@ -172,10 +162,7 @@ fn write_folder(
     write_tensors(&tmp.join("optimizer.safetensors"), velocity)?;
     let json =
         serde_json::to_string_pretty(state).map_err(|e| Error::Config(format!("cannot serialise state: {e}")))?;
-    let (part, sp) = (tmp.join("state.json.partial"), tmp.join("state.json"));
-    fs::write(&part, json).map_err(io(&part))?;
-    fsync(&part)?;
-    fs::rename(&part, &sp).map_err(io(&sp))?;
+    crate::files::write(&tmp.join("state.json"), json.as_bytes())?;
     fsync(tmp)
 }
 

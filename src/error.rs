@@ -91,4 +91,12 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     clean_torch_message(&raw)
 }
 
+/// `map_err(io(path))`: an I/O error that names the file it happened to.
+pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

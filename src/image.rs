@@ -125,9 +125,7 @@ pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
             source,
         })?;
     }
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    let tmp = out.with_file_name(name);
+    let tmp = crate::files::partial(out);
     let written = img
         .save_with_format(&tmp, format)
         .map_err(|e| file_err(out, e))

@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod experiment;
 pub mod fault;
+pub mod files;
 pub mod image;
 pub mod info;
 pub mod metrics;

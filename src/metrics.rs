@@ -6,7 +6,7 @@
 //! checkpoint. A resumed run cuts them in place (`set_len`, atomic for a crash: old or new
 //! length) after the last whole, parseable line at or before its checkpoint; the lines kept are
 //! never parsed and printed again, so they stay byte for byte what the run wrote.
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::fault;
 use plotters::prelude::*;
 use std::fs::{self, OpenOptions};
@@ -47,13 +47,6 @@ pub struct ResumeAt {
 
 pub struct Metrics {
     dir: PathBuf,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Appends `line` and a newline in one write; on failure the file is cut back to where it was.
@@ -157,7 +150,7 @@ impl Metrics {
     pub fn sync(&self) -> Result<()> {
         for p in [self.steps_path(), self.epochs_path()] {
             if p.exists() {
-                fs::File::open(&p).and_then(|f| f.sync_all()).map_err(io(&p))?;
+                crate::files::fsync(&p)?;
             }
         }
         Ok(())

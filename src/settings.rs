@@ -92,7 +92,8 @@ pub struct TrainConfig {
     /// CUDA, stock on CPU).
     #[arg(long, value_name = "NAME", default_value = "auto", value_parser = choice::<ConvBackend>(ConvBackend::ALL.map(ConvBackend::name)))]
     pub conv_backend: ConvBackend,
-    /// Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/.
+    /// Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/ (and a copy
+    /// of the --stats file).
     #[arg(long, value_name = "PATH", default_value = "runs/train")]
     pub out: PathBuf,
     /// Also checkpoint every N steps (0: at epoch ends only).
@@ -123,7 +124,8 @@ pub struct TrainConfig {
     /// Evaluate with the average over 10 crops (the paper's test procedure).
     #[arg(long)]
     pub ten_crop_eval: bool,
-    /// `alexnet stats` file: mean image and PCA eigen-pairs of the training set.
+    /// `alexnet stats` file: mean image and PCA eigen-pairs of the training set (copied into the
+    /// run folder, which eval, predict and --resume then read).
     #[arg(long, value_name = "PATH")]
     pub stats: Option<PathBuf>,
     /// bfloat16 autocast for forward and loss (meant for CUDA; also runs on the CPU).

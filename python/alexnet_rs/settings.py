@@ -43,8 +43,8 @@ class TrainSettings(TypedDict, total=False):
     # --conv-backend: Convolutions: ours (our CUDA kernels), stock (ATen/cuDNN) or auto (the faster
     # per shape on CUDA, stock on CPU) [default: "auto"]
     conv_backend: Literal["ours", "stock", "auto"]
-    # --out: Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/ [default:
-    # "runs/train"]
+    # --out: Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/ (and a copy
+    # of the --stats file) [default: "runs/train"]
     out: str | PathLike[str]
     # --checkpoint-every: Also checkpoint every N steps (0: at epoch ends only) [default: 0]
     checkpoint_every: int
@@ -67,8 +67,8 @@ class TrainSettings(TypedDict, total=False):
     # --ten-crop-eval: Evaluate with the average over 10 crops (the paper's test procedure) [default:
     # false]
     ten_crop_eval: bool
-    # --stats: `alexnet stats` file: mean image and PCA eigen-pairs of the training set [default:
-    # null]
+    # --stats: `alexnet stats` file: mean image and PCA eigen-pairs of the training set (copied into
+    # the run folder, which eval, predict and --resume then read) [default: null]
     stats: str | PathLike[str] | None
     # --bf16: bfloat16 autocast for forward and loss (meant for CUDA; also runs on the CPU) [default:
     # false]

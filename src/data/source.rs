@@ -2,7 +2,7 @@
 //! `path label` lines (flat layouts such as ImageNet's validation set), or IDX files
 //! (MNIST / Fashion-MNIST, gzipped or not). Every source yields `(sample, label)` pairs and the
 //! class names; decoding happens later, in parallel (see `loader`).
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -83,13 +83,6 @@ pub struct Dataset {
     pub origin: PathBuf,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn data_err(path: &Path, reason: impl Into<String>) -> Error {
     Error::File {
         path: path.to_path_buf(),
@@ -122,7 +115,7 @@ struct Walk {
 impl Walk {
     fn id(dir: &Path) -> Result<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;
-        let m = fs::metadata(dir).map_err(io_err(dir))?;
+        let m = fs::metadata(dir).map_err(io(dir))?;
         Ok((m.dev(), m.ino()))
     }
 
@@ -142,8 +135,8 @@ impl Walk {
         }
         self.seen.insert(id, dir.to_path_buf());
         above.push(id);
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let path = entry.map_err(io_err(dir))?.path();
+        for entry in fs::read_dir(dir).map_err(io(dir))? {
+            let path = entry.map_err(io(dir))?.path();
             if path.is_dir() {
                 self.files(&path, above, out)?;
             } else if is_image(&path) {
@@ -197,7 +190,7 @@ impl Dataset {
     /// One subfolder per class (sorted names = labels 0..), images anywhere below each.
     pub fn image_folder(root: &Path) -> Result<Dataset> {
         let mut classes: Vec<String> = fs::read_dir(root)
-            .map_err(io_err(root))?
+            .map_err(io(root))?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -231,7 +224,7 @@ impl Dataset {
     /// Paths are relative to the list's folder. Class names come from a `classes.txt` beside the
     /// list (one per line) when present, else are the label numbers.
     pub fn list_file(list: &Path) -> Result<Dataset> {
-        let text = fs::read_to_string(list).map_err(io_err(list))?;
+        let text = fs::read_to_string(list).map_err(io(list))?;
         let base = list.parent().unwrap_or(Path::new("."));
         let mut items = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -260,7 +253,7 @@ impl Dataset {
         let names = base.join("classes.txt");
         let classes = if names.is_file() {
             let c: Vec<String> = fs::read_to_string(&names)
-                .map_err(io_err(&names))?
+                .map_err(io(&names))?
                 .lines()
                 .map(|l| l.trim().to_string())
                 .collect();
@@ -418,7 +411,7 @@ fn idx_path(dir: &Path, split: Split, kind: &str) -> Option<PathBuf> {
 
 /// Reads an unsigned-byte IDX file (gzipped or not): its dimensions and data.
 pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = fs::read(path).map_err(io_err(path))?;
+    let raw = fs::read(path).map_err(io(path))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])

@@ -107,13 +107,14 @@ pub struct Trained {
 
 pub fn load_trained(path: &Path, devices: &str) -> Result<Trained> {
     let c = checkpoint::load(path)?;
+    let tc = super::resume::trained_config(&c);
     let cfg = c.state.config.model_config(c.state.classes.len() as i64)?;
     let placement = Placement::parse(devices)?;
     placement.check_available()?;
     let params = model::shard(&cfg, &placement, &c.weights, false)?;
     Ok(Trained {
         cfg,
-        tc: c.state.config,
+        tc,
         params,
         classes: c.state.classes,
     })

@@ -4,10 +4,12 @@
 //! channels, resized to the input size). The settings are [`crate::settings::TrainConfig`].
 //!
 //! - `run.rs`: the loop (start or resume, step, end of epoch, checkpoints);
-//! - `eval.rs`: evaluation of a network or a checkpoint, and prediction on image files.
+//! - `eval.rs`: evaluation of a network or a checkpoint, and prediction on image files;
+//! - `resume.rs`: what a resumed run takes from its caller; the run's copy of its stats file.
 mod dist;
 mod eval;
 mod neighbours;
+mod resume;
 mod run;
 
 pub use crate::settings::TrainConfig;

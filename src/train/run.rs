@@ -2,11 +2,12 @@
 //! optimiser step), [`Run::end_epoch`] (evaluation, schedule, epochs.csv, checkpoint), driven by
 //! [`Run::train`].
 use super::eval::{evaluate_in, EvalResult};
+use super::resume::{self, resumed_config, warn_ignored};
 use super::{Event, Group};
 use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT};
 use crate::config::Config;
 use crate::data::{Batch, Loader, Split, View};
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::metrics::{EpochRecord, Metrics, ResumeAt, StepRecord};
 use crate::model::{self, Masks, Params};
 use crate::optim::{Schedule, Sgd};
@@ -89,14 +90,13 @@ impl<'a> Run<'a> {
                 tc.batch_size
             )));
         }
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
         if writer {
             std::fs::create_dir_all(&tc.out).map_err(io(&tc.out))?;
-            let cj = tc.out.join("classes.json");
-            std::fs::write(&cj, train_loader.dataset().classes_json()).map_err(io(&cj))?;
+            crate::files::write(
+                &tc.out.join("classes.json"),
+                train_loader.dataset().classes_json().as_bytes(),
+            )?;
+            resume::keep_stats(&tc)?;
         }
         let (params, sgd, mut state) = match ckpt {
             Some(c) => restore(&tc, &cfg, &placement, c)?,
@@ -457,53 +457,4 @@ fn gather_velocity(params: &Params, sgd: &Sgd) -> Result<BTreeMap<String, Tensor
             .push(v.to_device(tch::Device::Cpu));
     }
     parts.into_iter().map(|(k, v)| Ok((k, Tensor::f_cat(&v, 0)?))).collect()
-}
-
-/// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time
-/// budgets, `--keep`), a new `--epochs`, and where to write (`--out`, else the run's own folder).
-fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> TrainConfig {
-    let mut t = c.state.config.clone();
-    // A changed model or data setting would break the bit-exact continuation.
-    (t.max_steps, t.time_budget_s) = (tc.max_steps, tc.time_budget_s);
-    let default = TrainConfig::default();
-    if tc.gave("epochs", tc.epochs != default.epochs) {
-        t.epochs = tc.epochs;
-    }
-    if tc.gave("keep", tc.keep != default.keep) {
-        t.keep = tc.keep;
-    }
-    // Where the data and its statistics are now (another machine, another mount): the same
-    // training set is checked by its classes and epoch length when the run starts.
-    if tc.data.is_some() && tc.gave("data", true) {
-        t.data = tc.data.clone();
-    }
-    if tc.stats.is_some() && tc.gave("stats", true) {
-        t.stats = tc.stats.clone();
-    }
-    t.out = if tc.gave("out", tc.out != default.out) {
-        tc.out.clone()
-    } else {
-        c.dir
-            .parent()
-            .filter(|p| p.ends_with("checkpoints"))
-            .and_then(Path::parent)
-            .map_or(t.out, Path::to_path_buf)
-    };
-    t
-}
-
-/// Tells which of the caller's non-default settings a resumed run does not take.
-fn warn_ignored(given: &TrainConfig, used: &TrainConfig) {
-    let (Ok(serde_json::Value::Object(g)), Ok(serde_json::Value::Object(u)), Ok(serde_json::Value::Object(d))) = (
-        serde_json::to_value(given),
-        serde_json::to_value(used),
-        serde_json::to_value(TrainConfig::default()),
-    ) else {
-        return;
-    };
-    for (k, v) in &g {
-        if v != &u[k] && given.gave(k, v != &d[k]) {
-            eprintln!("warning: --resume keeps the run's {k} = {} (ignoring {v})", u[k]);
-        }
-    }
 }

@@ -105,3 +105,29 @@ def test_train_without_a_terminal_still_reports_epochs_and_checkpoints(tmp_path)
     assert r.returncode == 0, r.stderr
     assert "epoch   1 step       2: train loss" in r.stderr and "epoch   2 step       4:" in r.stderr
     assert f"checkpoint {tmp_path}/checkpoints/ckpt-000000004" in r.stderr
+
+
+def test_a_run_keeps_its_stats_file_and_works_from_any_directory(tmp_path):
+    """A run trained with `--stats` by a relative path: predict, eval and `--resume` from another
+    working directory, after the original file is gone, read the run's own copy."""
+    from conftest import image_folder
+
+    work = tmp_path / "work"
+    image_folder(work / "data")
+
+    def cli(*args, cwd):
+        r = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    cli("stats", "data", "--size", "32", "--out", "s.safetensors", cwd=work)
+    cli("train", "--preset", "paper", "--input-size", "63", "--torch-init", "--data", "data", "--stats",
+        "s.safetensors", "--batch-size", "16", "--max-steps", "2", "--threads", "1", "--out", "run", cwd=work)
+    assert (work / "run" / "stats.safetensors").read_bytes() == (work / "s.safetensors").read_bytes()
+    query = Path("data") / "val" / "class1" / "0.png"
+    here = cli("predict", "run", query, cwd=work).stdout
+    (work / "s.safetensors").unlink()
+    there = cli("predict", work / "run", work / query, cwd=tmp_path).stdout
+    assert there == here.replace(str(query), str(work / query)) and "class1" in there
+    cli("eval", work / "run", "--data", work / "data", cwd=tmp_path)
+    cli("train", "--resume", work / "run", "--data", work / "data", "--max-steps", "1", cwd=tmp_path)

@@ -1,0 +1,31 @@
+//! Crash-safe file writes: a file is replaced by writing `<name>.partial`, fsyncing it and renaming
+//! it over the old one, so a process killed at any instruction leaves the old file or the new one,
+//! never a truncated mix; a write that fails (a full disk) removes its partial file.
+use crate::error::{io, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Flushes a file (or a folder's entries) to the disk.
+pub fn fsync(path: &Path) -> Result<()> {
+    fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+}
+
+/// The temporary name `path` is written under before it is renamed into place.
+pub fn partial(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` through [`partial`], fsynced before the rename.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let part = partial(path);
+    let written = fs::write(&part, bytes)
+        .map_err(io(&part))
+        .and_then(|()| fsync(&part))
+        .and_then(|()| fs::rename(&part, path).map_err(io(path)));
+    if written.is_err() {
+        let _ = fs::remove_file(&part);
+    }
+    written
+}

@@ -1,0 +1,81 @@
+//! A run folder reloaded: the settings a resumed run takes from its caller, and the run's own
+//! copy of its `alexnet stats` file, so that eval, predict and resume find it wherever the run
+//! folder goes and whatever the working directory.
+use crate::checkpoint::Checkpoint;
+use crate::error::{io, Result};
+use crate::settings::TrainConfig;
+use std::path::Path;
+
+/// The run's copy of the statistics file it is trained with.
+const STATS: &str = "stats.safetensors";
+
+/// The run folder of a checkpoint folder (`<run>/checkpoints/ckpt-<step>`).
+fn run_folder(ckpt: &Path) -> Option<&Path> {
+    ckpt.parent()
+        .filter(|p| p.ends_with("checkpoints"))
+        .and_then(Path::parent)
+}
+
+/// The run's copy of its statistics file, in its folder (crash-safe; rewritten at each start).
+pub(super) fn keep_stats(tc: &TrainConfig) -> Result<()> {
+    let Some(src) = &tc.stats else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(src).map_err(io(src))?;
+    crate::files::write(&tc.out.join(STATS), &bytes)
+}
+
+/// The settings checkpoint `c` was trained with; its statistics file is the run's copy when
+/// there is one.
+pub fn trained_config(c: &Checkpoint) -> TrainConfig {
+    let mut t = c.state.config.clone();
+    if let Some(own) = run_folder(&c.dir).map(|r| r.join(STATS)).filter(|p| p.is_file()) {
+        t.stats = Some(own);
+    }
+    t
+}
+
+/// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time
+/// budgets, `--keep`), a new `--epochs`, and where to write (`--out`, else the run's own folder).
+pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> TrainConfig {
+    let mut t = trained_config(c);
+    // A changed model or data setting would break the bit-exact continuation.
+    (t.max_steps, t.time_budget_s) = (tc.max_steps, tc.time_budget_s);
+    let default = TrainConfig::default();
+    if tc.gave("epochs", tc.epochs != default.epochs) {
+        t.epochs = tc.epochs;
+    }
+    if tc.gave("keep", tc.keep != default.keep) {
+        t.keep = tc.keep;
+    }
+    // Where the data and its statistics are now (another machine, another mount): the same
+    // training set is checked by its classes and epoch length when the run starts.
+    if tc.data.is_some() && tc.gave("data", true) {
+        t.data = tc.data.clone();
+    }
+    if tc.stats.is_some() && tc.gave("stats", true) {
+        t.stats = tc.stats.clone();
+    }
+    t.out = if tc.gave("out", tc.out != default.out) {
+        tc.out.clone()
+    } else {
+        run_folder(&c.dir).map_or(t.out, Path::to_path_buf)
+    };
+    t
+}
+
+/// Tells which of the caller's non-default settings a resumed run does not take.
+pub(super) fn warn_ignored(given: &TrainConfig, used: &TrainConfig) {
+    let (Ok(serde_json::Value::Object(g)), Ok(serde_json::Value::Object(u)), Ok(serde_json::Value::Object(d))) = (
+        serde_json::to_value(given),
+        serde_json::to_value(used),
+        serde_json::to_value(TrainConfig::default()),
+    ) else {
+        return;
+    };
+    for (k, v) in &g {
+        if v != &u[k] && given.gave(k, v != &d[k]) {
+            eprintln!("warning: --resume keeps the run's {k} = {} (ignoring {v})", u[k]);
+        }
+    }
+}
