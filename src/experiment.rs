@@ -7,7 +7,7 @@
 //! interrupted experiment continues, and the three AlexNet ablations share their baseline runs
 //! (the unchanged preset) when they write under the same root.
 use crate::config::Activation;
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::train::{self, Event, TrainConfig};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -233,10 +233,7 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     };
     // A fresh run: an unfinished earlier attempt's metrics would mix into this one's.
     if t.out.exists() {
-        std::fs::remove_dir_all(&t.out).map_err(|source| Error::Io {
-            path: t.out.clone(),
-            source,
-        })?;
+        std::fs::remove_dir_all(&t.out).map_err(io(&t.out))?;
     }
     let all_reached = || !targets.is_empty() && reached.iter().all(|c| c.get().is_some());
     let eval = match train::train(t, None, &mut on_event, &all_reached) {
@@ -259,13 +256,10 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     // The experiment keeps numbers, not weights: checkpoints of the paper network are ~160 MB.
     let ckpts = t.out.join("checkpoints");
     if ckpts.exists() {
-        std::fs::remove_dir_all(&ckpts).map_err(|source| Error::Io { path: ckpts, source })?;
+        std::fs::remove_dir_all(&ckpts).map_err(io(&ckpts))?;
     }
     let json = serde_json::to_string_pretty(&r).expect("plain record");
-    std::fs::write(&result_path, json).map_err(|source| Error::Io {
-        path: result_path,
-        source,
-    })?;
+    crate::files::write(&result_path, json.as_bytes())?;
     Ok(r)
 }
 
@@ -350,7 +344,7 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
         ("json", serde_json::to_string_pretty(&summary).expect("plain record")),
     ] {
         let path = root.join(format!("{}.{ext}", exp.name()));
-        std::fs::write(&path, text).map_err(|source| Error::Io { path, source })?;
+        crate::files::write(&path, text.as_bytes())?;
     }
     Ok(summary)
 }

@@ -1,7 +1,7 @@
 //! Decoding one image file to RGB8 with maintained codecs (`image`: zune-jpeg, png, …).
 //! Greyscale, RGBA, CMYK and 16-bit inputs become RGB8; zero-byte, truncated, non-image and
 //! oversized files are errors naming the file, never panics. And writing one ([`save`]).
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use std::path::Path;
 
 /// torchvision's (ImageNet) channel means and standard deviations.
@@ -39,10 +39,7 @@ fn reader<'a>(path: &Path, bytes: &'a [u8]) -> Result<image::ImageReader<std::io
 /// marker (some decoders fill a truncated file's missing rows with grey instead of failing).
 /// RGB8 images decode straight into a buffer from this thread's pool (see [`recycle`]).
 pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(io(path))?;
     decode_rgb(path, &bytes)
 }
 
@@ -120,10 +117,7 @@ pub fn recycle(buf: Vec<u8>) {
 pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
     let format = image::ImageFormat::from_path(out).map_err(|e| file_err(out, format!("{e} (name it .png)")))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
     let tmp = crate::files::partial(out);
     let written = img
@@ -132,10 +126,7 @@ pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
         .and_then(|()| {
             crate::fault::point("figure-write")
                 .and_then(|()| std::fs::rename(&tmp, out))
-                .map_err(|source| Error::Io {
-                    path: out.to_path_buf(),
-                    source,
-                })
+                .map_err(io(out))
         });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -12,7 +12,7 @@
 use crate::config::{Activation, Config, Init, Preset};
 use crate::conv::ConvBackend;
 use crate::data::{Dataset, Loader, LoaderConfig, OnBadImage, Split, Transform, View};
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::optim::{ScheduleKind, UpdateRule};
 use crate::placement::Placement;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -279,10 +279,7 @@ impl TrainConfig {
 
     /// A TOML file of settings (unknown keys refused by name).
     pub fn from_toml(path: &Path) -> Result<TrainConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
         let config = |e: String| Error::Config(format!("{}: {e}", path.display()));
         let tc: TrainConfig = toml::from_str(&text).map_err(|e| config(e.to_string()))?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| config(e.to_string()))?;

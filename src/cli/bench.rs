@@ -3,7 +3,7 @@
 //! its own (benches/train_step.py), so every side's peak resident memory is its own.
 use super::preset_parser;
 use crate::config::{Config, Preset};
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::model;
 use crate::optim::{Sgd, UpdateRule};
 use crate::placement::{self, Placement};
@@ -230,10 +230,7 @@ fn python_side(a: &BenchTrainArgs, side: Side, threads: i32) -> Result<Measured>
         ])
         .args(["--device", &placement::device_name(placement.first())])
         .output()
-        .map_err(|source| Error::Io {
-            path: python.clone(),
-            source,
-        })?;
+        .map_err(io(&python))?;
     if !out.status.success() {
         return Err(Error::Config(format!(
             "{} --mode {mode} failed: {}",

@@ -3,7 +3,7 @@
 //! interrupted run leaves no half-written image, and a rerun skips the files already done.
 use crate::data::source::image_files;
 use crate::data::transform::resize_shorter;
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::image::load_rgb;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -94,17 +94,11 @@ fn prepare_one(src: &Path, out: &Path, size: u32, quality: u8) -> Result<bool> {
     }
     let img = resize_shorter(&load_rgb(src)?, size)?;
     let dir = out.parent().expect("output has a folder");
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let tmp = out.with_extension("jpg.partial");
-    let io = |source| Error::Io {
-        path: tmp.clone(),
-        source,
-    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = crate::files::partial(out);
+    let tmp_io = |e| io(&tmp)(e);
     {
-        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let file = std::fs::File::create(&tmp).map_err(tmp_io)?;
         let mut w = std::io::BufWriter::new(file);
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality)
             .encode_image(&img)
@@ -112,12 +106,9 @@ fn prepare_one(src: &Path, out: &Path, size: u32, quality: u8) -> Result<bool> {
                 path: tmp.clone(),
                 reason: e.to_string(),
             })?;
-        let file = w.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
+        let file = w.into_inner().map_err(|e| tmp_io(e.into_error()))?;
+        file.sync_all().map_err(tmp_io)?;
     }
-    std::fs::rename(&tmp, out).map_err(|source| Error::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    std::fs::rename(&tmp, out).map_err(io(out))?;
     Ok(true)
 }

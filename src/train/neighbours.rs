@@ -5,7 +5,7 @@
 use super::eval::{image_tensor, load_trained, Trained};
 use crate::checkpoint;
 use crate::data::{loader::decode, Dataset, Split, View};
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::model;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -166,16 +166,10 @@ fn fc7_bank(
     let cat = Tensor::f_cat(&rows, 0)?;
     let feats = cat.f_zeros_like()?.f_index_copy(0, &index, &cat)?;
     let dir = run.join("fc7");
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let tmp = cache.with_extension("partial");
     Tensor::write_safetensors(&[("fc7", &feats)], &tmp)?;
-    std::fs::rename(&tmp, &cache).map_err(|source| Error::Io {
-        path: cache.clone(),
-        source,
-    })?;
+    std::fs::rename(&tmp, &cache).map_err(io(&cache))?;
     Ok((feats, labels, cache))
 }
 
