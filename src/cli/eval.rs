@@ -35,8 +35,8 @@ pub struct EvalArgs {
 pub struct PredictArgs {
     /// A run folder or checkpoint folder.
     checkpoint: PathBuf,
-    /// Image files (one that cannot be read is reported, the others are still predicted, and the
-    /// exit code is 1).
+    /// Image files, or folders (their images, recursively, sorted). A file that cannot be read is
+    /// reported, the others are still predicted, and the exit code is 1.
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Where the network runs: one device, or two for the paper's split.
@@ -185,9 +185,24 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 pub fn predict(a: &PredictArgs) -> Result<()> {
+    let mut images = Vec::new();
+    for p in &a.images {
+        if !p.is_dir() {
+            images.push(p.clone());
+            continue;
+        }
+        let inside = crate::data::source::image_files(p)?;
+        if inside.is_empty() {
+            return Err(Error::File {
+                path: p.clone(),
+                reason: "no image files in this folder".into(),
+            });
+        }
+        images.extend(inside);
+    }
     let t = train::load_trained(&a.checkpoint, &a.devices)?;
     let mut failed: Vec<&PathBuf> = Vec::new();
-    for (path, top) in a.images.iter().zip(train::predict(&t, &a.images)?) {
+    for (path, top) in images.iter().zip(train::predict(&t, &images)?) {
         match top {
             Ok(top) => {
                 println!("{}:", path.display());
@@ -207,7 +222,7 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
             reason: format!(
                 "{} of {} images could not be read (each named above)",
                 failed.len(),
-                a.images.len()
+                images.len()
             ),
         });
     }

@@ -158,3 +158,12 @@ def test_predict_is_the_models_softmax_and_a_bad_file_does_not_stop_the_others(r
         probs = model(images[[0, 8]]).softmax(-1)
     for row, name in zip(probs, printed):
         assert printed[name] == pytest.approx(dict(enumerate(row.tolist())), abs=6e-5)
+    # A folder stands for its images, sorted.
+    r = cli("predict", out, data / "val" / "class0")
+    heads = [line for line in r.stdout.splitlines() if not line.startswith(" ")]
+    assert heads == [f"{data / 'val' / 'class0' / n}:" for n in sorted(f"{i}.png" for i in range(8))]
+    r = subprocess.run([BIN, "predict", out, tmp_path], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "no image files in this folder" not in r.stderr  # bad.png is one
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([BIN, "predict", out, tmp_path / "empty"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "empty: no image files in this folder" in r.stderr, r.stderr
