@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -232,6 +233,7 @@ def cli_train(rep, dev, work: Path):
     """The `alexnet` CLI from the installed wheel (`python -m alexnet_rs`, the console script's
     code): a few training steps of `paper` on one device and on the two-device path over the same
     device, with --bf16 and --channels-last, conv backends ours and stock; then eval and predict."""
+    shutil.rmtree(work, ignore_errors=True)  # fresh runs: a run folder holds one run
     data = synthetic_images(work / "data")
     one, two = ("cuda:0", "cuda:0,cuda:0") if dev.type == "cuda" else ("cpu", "cpu,cpu")
 

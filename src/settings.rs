@@ -93,7 +93,7 @@ pub struct TrainConfig {
     #[arg(long, value_name = "NAME", default_value = "auto", value_parser = choice::<ConvBackend>(ConvBackend::ALL.map(ConvBackend::name)))]
     pub conv_backend: ConvBackend,
     /// Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/ (and a copy
-    /// of the --stats file).
+    /// of the --stats file). One run per folder: a new run into one with checkpoints is refused.
     #[arg(long, value_name = "PATH", default_value = "runs/train")]
     pub out: PathBuf,
     /// Also checkpoint every N steps (0: at epoch ends only).

@@ -405,3 +405,51 @@ fn resume_reads_the_data_from_where_it_is_now() {
         "{err}"
     );
 }
+
+#[test]
+fn a_fresh_run_into_a_run_folder_is_refused_and_loses_nothing() {
+    let _s = serial();
+    require_data();
+    // Running the same command twice deleted the first run's metrics.jsonl and epochs.csv, mixed
+    // the two runs' checkpoints, and left the first run's later steps as the "newest checkpoint"
+    // that eval and predict read.
+    let b = tmp("fresh-twice");
+    let tc = TrainConfig {
+        max_steps: Some(6),
+        ..tiny(&b)
+    };
+    run(&tc, None);
+    let before = (
+        fs::read(b.join("metrics.jsonl")).unwrap(),
+        fs::read(b.join("epochs.csv")).unwrap(),
+        checkpoint::find_latest(&b).unwrap(),
+    );
+    let e = train(
+        &TrainConfig {
+            max_steps: Some(1),
+            ..tc.clone()
+        },
+        None,
+        &mut |_| {},
+        &|| false,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
+    let after = (
+        fs::read(b.join("metrics.jsonl")).unwrap(),
+        fs::read(b.join("epochs.csv")).unwrap(),
+        checkpoint::find_latest(&b).unwrap(),
+    );
+    assert!(before == after, "nothing was touched");
+    // Resuming it is what the message says, and works; so does a fresh run elsewhere.
+    run(&TrainConfig::default(), Some(&b));
+    run(
+        &TrainConfig {
+            max_steps: Some(1),
+            ..tiny(&tmp("fresh-elsewhere"))
+        },
+        None,
+    );
+}

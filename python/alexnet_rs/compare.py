@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def _train_side_by_side(args) -> float:
                     epochs=epochs, max_steps=args.steps, lr=args.lr, momentum=0.9, weight_decay=5e-4,
                     update_rule="pytorch", schedule="cosine", dropout=0.0, seed=args.seed, limit_train=args.limit,
                     limit_test=args.batch_size, threads=args.threads, out=str(out / "rust-run"))
+    shutil.rmtree(out / "rust-run", ignore_errors=True)  # a fresh run each time (a run folder holds one run)
     ours = [e for e in _collect(settings) if "train_error" in e]
     # torchvision from the same initial weights: the Rust run seeded torch's generator with the
     # seed and drew them from it, in this process.

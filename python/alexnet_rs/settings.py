@@ -44,7 +44,8 @@ class TrainSettings(TypedDict, total=False):
     # per shape on CUDA, stock on CPU) [default: "auto"]
     conv_backend: Literal["ours", "stock", "auto"]
     # --out: Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/ (and a copy
-    # of the --stats file) [default: "runs/train"]
+    # of the --stats file). One run per folder: a new run into one with checkpoints is refused
+    # [default: "runs/train"]
     out: str | PathLike[str]
     # --checkpoint-every: Also checkpoint every N steps (0: at epoch ends only) [default: 0]
     checkpoint_every: int

@@ -104,6 +104,7 @@ fn json_to_py(py: Python<'_>, json: &str) -> PyResult<PyObject> {
 /// Ctrl-C (KeyboardInterrupt) stops cleanly after a checkpoint, then is re-raised. `resume`: a
 /// run folder to continue; of `config` it takes `epochs`, `keep`, `out`, `data`, `stats`,
 /// `max_steps` and `time_budget_s` and warns about any other key whose value differs from the run's.
+/// A new run into an `out` that holds checkpoints raises `ConfigError` (one run per folder).
 #[pyfunction]
 #[pyo3(signature = (config, on_step=None, resume=None))]
 pub fn train(

@@ -1,8 +1,8 @@
 //! A run folder reloaded: the settings a resumed run takes from its caller, and the run's own
 //! copy of its `alexnet stats` file, so that eval, predict and resume find it wherever the run
 //! folder goes and whatever the working directory.
-use crate::checkpoint::Checkpoint;
-use crate::error::{io, Result};
+use crate::checkpoint::{self, Checkpoint};
+use crate::error::{io, Error, Result};
 use crate::settings::TrainConfig;
 use std::path::Path;
 
@@ -33,6 +33,29 @@ pub fn trained_config(c: &Checkpoint) -> TrainConfig {
         t.stats = Some(own);
     }
     t
+}
+
+/// Refuses to train into a folder that holds another run's checkpoints (a fresh run there, or a
+/// resumed one given that `--out`): its metrics would be replaced, its checkpoints pruned, and its
+/// newer steps would stay the "newest checkpoint" that eval and predict read.
+pub(super) fn check_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result<()> {
+    let Ok(newest) = checkpoint::find_latest(&tc.out) else {
+        return Ok(());
+    };
+    let same = |a: &Path, b: &Path| std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok();
+    if resumed
+        .and_then(|c| run_folder(&c.dir))
+        .is_some_and(|r| same(r, &tc.out))
+    {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{} already holds a run (newest checkpoint {}): continue it with --resume (Python: \
+         resume=), or train into another --out; a new run there would replace its metrics and \
+         prune its checkpoints",
+        tc.out.display(),
+        newest.display()
+    )))
 }
 
 /// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time

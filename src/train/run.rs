@@ -60,6 +60,7 @@ impl<'a> Run<'a> {
             }
             None => (tc.clone(), None),
         };
+        resume::check_out(&tc, ckpt.as_ref())?;
         let mut tc = tc;
         if let Some(g) = group {
             tc.devices = Placement::for_local_rank(&tc.devices, g.local_rank)?;
