@@ -1,11 +1,12 @@
 //! Test-only fault injection at the named points of checkpoint and metrics writing, so that the
 //! crash and disk-full tests are deterministic (no timing races, no real full disk).
 //!
-//! `ALEXNET_FAULT=<point>[:abort|:enospc|:kill][@<n>]` arms one point: the `n`-th time (default 1) the
-//! process reaches it, `abort` (the default) ends the process at once with
-//! `std::process::abort()` (no unwinding, no cleanup: what a SIGKILL leaves), and `enospc` makes
-//! the write at that point fail with "No space left on device" (`ErrorKind::StorageFull`), which
-//! the code then handles as it would a real full disk. The variable is read once; unset, a point
+//! `ALEXNET_FAULT=<point>[:abort|:enospc|:kill|:panic][@<n>]` arms one point: the `n`-th time
+//! (default 1) the process reaches it, `abort` (the default) ends the process at once with
+//! `std::process::abort()` (no unwinding, no cleanup: what a SIGKILL leaves), `kill` sends it
+//! SIGKILL, `panic` panics (a bug, for the panic boundaries' tests), and `enospc` makes the write
+//! at that point fail with "No space left on device" (`ErrorKind::StorageFull`), which the code
+//! then handles as it would a real full disk. The variable is read once; unset, a point
 //! costs one load of an initialised `OnceLock`.
 //!
 //! Points (in the order a checkpoint save reaches them):
@@ -41,6 +42,8 @@ pub enum Mode {
     Enospc,
     /// SIGKILL to this process (what `kill -9` or the OOM killer does).
     Kill,
+    /// A Rust panic (what a bug does), for the tests of the panic boundaries.
+    Panic,
 }
 
 struct Armed {
@@ -72,12 +75,13 @@ fn parse(spec: &str) -> Result<Armed, String> {
         Some((p, "abort")) => (p, Mode::Abort),
         Some((p, "enospc")) => (p, Mode::Enospc),
         Some((p, "kill")) => (p, Mode::Kill),
-        Some((_, m)) => return Err(format!("unknown mode `{m}` (abort, enospc or kill)")),
+        Some((p, "panic")) => (p, Mode::Panic),
+        Some((_, m)) => return Err(format!("unknown mode `{m}` (abort, enospc, kill or panic)")),
         None => (rest, Mode::Abort),
     };
     if !POINTS.contains(&point) || at == 0 {
         return Err(format!(
-            "expected <point>[:abort|:enospc|:kill][@n>=1], points: {}",
+            "expected <point>[:abort|:enospc|:kill|:panic][@n>=1], points: {}",
             POINTS.join(", ")
         ));
     }
@@ -105,11 +109,14 @@ pub fn reached(point: &str) -> Option<Mode> {
     (a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.at).then_some(a.mode)
 }
 
-/// Aborts the process, or returns the disk-full error the write at this point gets.
+/// Aborts, kills or panics, or returns the disk-full error the write at this point gets.
 pub fn fire(mode: Mode, point: &str) -> io::Error {
     if mode == Mode::Abort {
         eprintln!("ALEXNET_FAULT: abort at {point}");
         std::process::abort();
+    }
+    if mode == Mode::Panic {
+        panic!("ALEXNET_FAULT: panic at {point}");
     }
     if mode == Mode::Kill {
         eprintln!("ALEXNET_FAULT: SIGKILL at {point}");

@@ -107,7 +107,20 @@ pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -
             return e.exit_code() as u8;
         }
     };
-    let result = Cli::from_arg_matches(&matches)
+    // A bug (a panic) ends the command with an error line and exit code 1, as in Python.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&matches, group)))
+        .unwrap_or_else(|payload| Err(Error::Internal(crate::error::panic_message(&*payload))));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn dispatch(matches: &clap::ArgMatches, group: Option<&Group>) -> Result<()> {
+    Cli::from_arg_matches(matches)
         .map_err(|e| Error::Config(e.to_string()))
         .and_then(|cli| {
             let sub = matches
@@ -129,14 +142,7 @@ pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -
                 Command::Filters(a) => eval::filters(&a),
                 Command::Neighbours(a) => eval::neighbours(&a),
             }
-        });
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
-    }
+        })
 }
 
 fn preset_parser() -> impl TypedValueParser<Value = Preset> {

@@ -42,7 +42,16 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     let t = load_trained(run, devices)?;
     let mut tc = t.tc.clone();
     (tc.devices, tc.data) = (devices.to_string(), data.or(tc.data));
-    let fc7 = &t.cfg.fcs[t.cfg.fcs.len() - 2].name;
+    let fc7 = match t.cfg.fcs.len().checked_sub(2) {
+        Some(i) => &t.cfg.fcs[i].name,
+        None => {
+            return Err(Error::Config(format!(
+                "neighbours compares fc7 vectors (the last hidden fully connected layer), and the {} \
+                 network has none",
+                t.tc.preset
+            )))
+        }
+    };
     let train = tc.open(Split::Train, None)?;
     let tf = tc.transform(View::Center)?;
     let mut inputs: Vec<(String, RgbImage, Option<i64>, Tensor)> = Vec::new();

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,21 @@ def test_a_figure_that_cannot_be_written_does_not_stop_training(data, reference,
     assert last_weights(run) == last_weights(reference)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in run.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_a_panic_is_an_error_line_in_the_cli_and_an_exception_in_python(data, tmp_path):
+    """A bug (a Rust panic) ends `alexnet` with one `error:` line and exit code 1 (not Rust's 101),
+    and raises an AlexNetError in Python (not pyo3's PanicException, which `except Exception`
+    does not catch)."""
+    r = alexnet(*train_args(data, tmp_path / "cli"), fault="train-step:panic")
+    assert r.returncode == 1, r.stderr
+    assert "error: internal error (a bug in alexnet_rs, please report it): ALEXNET_FAULT: panic at train-step" in r.stderr
+    code = ("import alexnet_rs\n"
+            "try:\n"
+            f"    alexnet_rs.train({{'preset': 'cnn4', 'input_size': 28, 'batch_size': 16, 'data': {str(data)!r},"
+            f" 'out': {str(tmp_path / 'py')!r}}})\n"
+            "except Exception as e:\n"
+            "    print(isinstance(e, alexnet_rs.AlexNetError), e)\n")
+    env = dict(os.environ, ALEXNET_FAULT="train-step:panic")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0 and p.stdout.startswith("True internal error"), p.stdout + p.stderr

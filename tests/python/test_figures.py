@@ -167,3 +167,13 @@ def test_predict_is_the_models_softmax_and_a_bad_file_does_not_stop_the_others(r
     (tmp_path / "empty").mkdir()
     r = subprocess.run([BIN, "predict", out, tmp_path / "empty"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "empty: no image files in this folder" in r.stderr, r.stderr
+
+
+def test_neighbours_of_a_network_without_fc7_is_a_clear_error(tmp_path):
+    # cnn4 (Fig. 1's network) has one fully connected layer: `neighbours` indexed past its list.
+    data = image_folder(tmp_path / "data")
+    cli("train", "--preset", "cnn4", "--input-size", "28", "--data", data, "--batch-size", "16", "--max-steps", "1",
+        "--out", tmp_path / "run")
+    r = subprocess.run([BIN, "neighbours", tmp_path / "run", "--test", "2", "--out", tmp_path / "n.png"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "the cnn4 network has none" in r.stderr, r.stderr
