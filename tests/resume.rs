@@ -433,8 +433,7 @@ fn a_fresh_run_into_a_run_folder_is_refused_and_loses_nothing() {
         &mut |_| {},
         &|| false,
     )
-    .err()
-    .expect("refused")
+    .expect_err("refused")
     .to_string();
     assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
     let after = (
