@@ -157,8 +157,12 @@ impl Placement {
     /// The table `alexnet placement` prints.
     pub fn table(&self, cfg: &Config) -> Result<String> {
         let mut s = String::new();
-        let names: Vec<String> = self.devices.iter().map(|&d| device_name(d)).collect();
+        let mut names: Vec<String> = self.devices.iter().map(|&d| device_name(d)).collect();
         let _ = writeln!(s, "placement of preset `{}` on {}", cfg.preset, names.join(", "));
+        if names.len() == 2 && names[0] == names[1] {
+            // The same device twice (`cpu,cpu`): its two places are told apart by their slot.
+            names = names.iter().enumerate().map(|(i, n)| format!("{n} #{i}")).collect();
+        }
         let _ = writeln!(
             s,
             "{:<22} {:<14} {:<10} {:>12}",
@@ -171,14 +175,7 @@ impl Placement {
             let n = (sh.rows.end - sh.rows.start) * rest;
             per_device[sh.slot] += n;
             let rows = format!("{}..{}", sh.rows.start, sh.rows.end);
-            let _ = writeln!(
-                s,
-                "{:<22} {:<14} {:<10} {:>12}",
-                sh.name,
-                rows,
-                device_name(sh.device),
-                n
-            );
+            let _ = writeln!(s, "{:<22} {:<14} {:<10} {:>12}", sh.name, rows, names[sh.slot], n);
         }
         for (d, n) in names.iter().zip(per_device) {
             let _ = writeln!(s, "total on {d}: {} parameters", crate::info::group_digits(n));

@@ -1,5 +1,7 @@
 """The `alexnet` command line: its numbers, its help, and clear errors for bad flags and files."""
 
+import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -35,8 +37,16 @@ def test_placement_table_is_the_same_from_python():
     r = run("placement", "--preset", "paper", "--devices", "cpu,cpu")
     assert r.returncode == 0
     assert r.stdout == alexnet_rs.Placement("paper", "cpu,cpu").table()
-    assert "fc8.weight             0..1000" in r.stdout  # the class layer is whole on the first device
-    assert "conv1.weight           0..48" in r.stdout and "conv1.weight           48..96" in r.stdout
+    rows = {(name, shard, device + " " + slot) for name, shard, device, slot in
+            (line.split()[:4] for line in r.stdout.splitlines()[2:] if not line.startswith("total"))}
+    assert ("fc8.weight", "0..1000", "cpu #0") in rows  # the class layer: whole, on the first device
+    assert {("conv1.weight", "0..48", "cpu #0"), ("conv1.weight", "48..96", "cpu #1")} <= rows
+    # Each device's total, told apart: halves of every layer, and the whole class layer on #0.
+    totals = [int(n.replace(",", "")) for n in re.findall(r"^total on cpu #[01]: ([\d,]+) parameters$", r.stdout, re.M)]
+    shapes = dict(alexnet_rs.param_shapes("paper"))
+    numel = {k: math.prod(v) for k, v in shapes.items()}
+    assert len(totals) == 2 and sum(totals) == sum(numel.values())
+    assert totals[0] - totals[1] == numel["fc8.weight"] + numel["fc8.bias"]
 
 
 def test_forward_on_a_real_photo():
