@@ -42,7 +42,10 @@ pub(super) fn check_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Resul
     let Ok(newest) = checkpoint::find_latest(&tc.out) else {
         return Ok(());
     };
-    let same = |a: &Path, b: &Path| std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok();
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
     if resumed
         .and_then(|c| run_folder(&c.dir))
         .is_some_and(|r| same(r, &tc.out))
@@ -59,7 +62,8 @@ pub(super) fn check_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Resul
 }
 
 /// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time
-/// budgets, `--keep`), a new `--epochs`, and where to write (`--out`, else the run's own folder).
+/// budgets, `--keep`), a new `--epochs`, where the data and stats files are now, and where to
+/// write (`--out`, else the run's own folder).
 pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> TrainConfig {
     let mut t = trained_config(c);
     // A changed model or data setting would break the bit-exact continuation.
