@@ -435,6 +435,17 @@ pub fn save_weights(
         })
         .collect::<Result<_>>()?;
     check_tensors(run, &cfg, &weights)?;
+    // Beside a training run's checkpoints this step-0 one would not be the newest (and pruning
+    // could delete it); a save of its own (step 0) is replaced.
+    let newest = find_latest(run)
+        .ok()
+        .and_then(|d| d.file_name().and_then(|n| step_of(&n.to_string_lossy())));
+    if let Some(step) = newest.filter(|&s| s > 0) {
+        return Err(Error::Config(format!(
+            "{} already holds a training run (checkpoints up to step {step}): save into another folder",
+            run.display()
+        )));
+    }
     let tc = TrainConfig {
         preset,
         input_size,

@@ -133,6 +133,20 @@ def test_load_checkpoint_builds_the_model_for_the_checkpoints_input_size(tmp_pat
     assert alexnet_rs.AlexNet.load_checkpoint(again).input_size == 63
 
 
+def test_save_checkpoint_into_a_training_run_is_refused(tmp_path):
+    # A model saved into a run folder became ckpt-000000000 beside the run's later checkpoints:
+    # eval and predict kept reading the run's newest, and pruning could delete the saved one.
+    alexnet_rs.train(dict(small(tmp_path), max_steps=2, limit_test=8))
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    model = alexnet_rs.AlexNet.load_checkpoint(tmp_path)
+    with pytest.raises(alexnet_rs.ConfigError, match="already holds a training run"):
+        model.save_checkpoint(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    # Saving a model again into its own save folder replaces that checkpoint.
+    first = model.save_checkpoint(tmp_path / "saved")
+    assert model.save_checkpoint(tmp_path / "saved") == first
+
+
 def test_load_checkpoint_refuses_an_ablation_it_cannot_build(tmp_path):
     # A tanh network is not the preset's: loading it into the preset's module would compute
     # another function silently.
