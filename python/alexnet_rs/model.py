@@ -194,7 +194,8 @@ class AlexNet(nn.Module):
 
     def save_checkpoint(self, run: str, classes: list[str] | None = None, input_size: int | None = None) -> str:
         """Writes this model's weights as an ``alexnet train`` checkpoint under ``run`` (what
-        ``alexnet eval``/``predict`` and ``--resume`` read). Returns the checkpoint folder."""
+        ``alexnet eval``/``predict`` and ``--resume`` read). Returns the checkpoint folder. A folder
+        that holds a training run is refused (:class:`ConfigError`): save into another one."""
         where = "AlexNet.save_checkpoint"
         path_arg(where, "run", run)
         if classes is not None:
