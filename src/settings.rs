@@ -366,6 +366,12 @@ impl TrainConfig {
                 return bad(format!("{key} is a number of epochs and must be >= 1, got 0"));
             }
         }
+        // An empty test set was found only at the first evaluation, after a checkpoint.
+        for (key, limit) in [("limit_train", self.limit_train), ("limit_test", self.limit_test)] {
+            if limit == Some(0) {
+                return bad(format!("{key} is a number of samples and must be >= 1, got 0"));
+            }
+        }
         self.frozen(&self.model_config(1)?)?;
         Ok(())
     }

@@ -180,6 +180,20 @@ fn nan_and_infinity_are_refused_from_flags_and_toml_and_ranges_by_validate() {
             },
             "step_epochs",
         ),
+        (
+            TrainConfig {
+                limit_test: Some(0),
+                ..d.clone()
+            },
+            "limit_test",
+        ),
+        (
+            TrainConfig {
+                limit_train: Some(0),
+                ..d.clone()
+            },
+            "limit_train",
+        ),
     ] {
         match t.validate() {
             Err(Error::Config(m)) => assert!(m.contains(key), "{m}"),
