@@ -350,7 +350,7 @@ impl<'a> Run<'a> {
     fn finish(self, steps_here: u64, last_eval: Option<EvalResult>) -> Result<EvalResult> {
         if steps_here == 0 {
             eprintln!(
-                "the run is complete ({} of {} epochs); pass a larger --epochs to train on",
+                "the run is complete ({} epochs done, --epochs {}); pass a larger --epochs to train on",
                 self.state.epoch, self.tc.epochs
             );
         }
