@@ -37,21 +37,23 @@ pub struct Neighbours {
     pub cache: PathBuf,
 }
 
+/// The index of fc7, the last hidden fully connected layer (cnn4 has none).
+fn last_hidden(t: &Trained) -> Result<usize> {
+    t.cfg.fcs.len().checked_sub(2).ok_or_else(|| {
+        Error::Config(format!(
+            "neighbours compares fc7 vectors (the last hidden fully connected layer), and the {} network \
+             has none",
+            t.tc.preset
+        ))
+    })
+}
+
 /// Runs the queries against the training split of `data` (default: the run's own data).
 pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize, devices: &str) -> Result<Neighbours> {
     let t = load_trained(run, devices)?;
     let mut tc = t.tc.clone();
     (tc.devices, tc.data) = (devices.to_string(), data.or(tc.data));
-    let fc7 = match t.cfg.fcs.len().checked_sub(2) {
-        Some(i) => &t.cfg.fcs[i].name,
-        None => {
-            return Err(Error::Config(format!(
-                "neighbours compares fc7 vectors (the last hidden fully connected layer), and the {} \
-                 network has none",
-                t.tc.preset
-            )))
-        }
-    };
+    let fc7 = &t.cfg.fcs[last_hidden(&t)?].name;
     let train = tc.open(Split::Train, None)?;
     let tf = tc.transform(View::Center)?;
     let mut inputs: Vec<(String, RgbImage, Option<i64>, Tensor)> = Vec::new();

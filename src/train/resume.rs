@@ -2,6 +2,7 @@
 //! copy of its `alexnet stats` file, so that eval, predict and resume find it wherever the run
 //! folder goes and whatever the working directory.
 use crate::checkpoint::{self, Checkpoint};
+use crate::data::Dataset;
 use crate::error::{io, Error, Result};
 use crate::settings::TrainConfig;
 use std::path::Path;
@@ -59,6 +60,19 @@ pub(super) fn check_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Resul
         tc.out.display(),
         newest.display()
     )))
+}
+
+/// Refuses to resume on a training set whose classes are not the run's (`--data` names another).
+pub(super) fn check_classes(resumed: Option<&Checkpoint>, train: &Dataset) -> Result<()> {
+    match resumed.filter(|c| c.state.classes != train.classes) {
+        Some(c) => Err(Error::Config(format!(
+            "the run was trained on the classes {:?}, but {} has {:?}: --resume needs the run's training data",
+            c.state.classes,
+            train.origin.display(),
+            train.classes
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time

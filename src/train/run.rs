@@ -67,14 +67,7 @@ impl<'a> Run<'a> {
         }
         tc.validate()?;
         let train_ds = tc.open(Split::Train, tc.limit_train)?;
-        if let Some(c) = ckpt.as_ref().filter(|c| c.state.classes != train_ds.classes) {
-            return Err(Error::Config(format!(
-                "the run was trained on the classes {:?}, but {} has {:?}: --resume needs the run's training data",
-                c.state.classes,
-                train_ds.origin.display(),
-                train_ds.classes
-            )));
-        }
+        resume::check_classes(ckpt.as_ref(), &train_ds)?;
         let test_ds = tc.open(Split::Test, tc.limit_test)?.labelled_as(&train_ds.classes)?;
         let cfg = tc.model_config(train_ds.classes.len() as i64)?;
         let placement = Placement::parse(&tc.devices)?;
