@@ -107,6 +107,31 @@ ConvGrads grouped_conv2d_backward_meta(const at::Tensor& grad_out, const at::Ten
 }
 
 // ---- Autograd ----
+//
+// Our backward kernels are not differentiable themselves. Under create_graph=True (grad mode is
+// on inside backward: gradient penalties, double backprop, gradgradcheck) the Autograd kernels
+// return the gradient of a differentiable composition of ATen ops instead, so that second
+// derivatives are exact; a plain backward (grad mode off, also in torch.compile's traced
+// backward) runs our kernels.
+
+bool differentiable_backward(const at::Tensor& x) {
+  return at::GradMode::is_enabled() && x.requires_grad() && x.numel() > 0;
+}
+
+// F.local_response_norm in ATen ops: the window sum of squares as an average pool over the
+// channel axis, zero-padded size / 2 before and (size - 1) / 2 after.
+at::Tensor lrn_composite(const at::Tensor& x, const LrnParams& p) {
+  const int64_t n = x.size(0), c = x.size(1), rest = n * c == 0 ? 0 : x.numel() / (n * c);
+  const at::Tensor sq = at::constant_pad_nd((x * x).reshape({n, 1, c, rest}), {0, 0, p.size / 2, (p.size - 1) / 2});
+  const at::Tensor div = at::avg_pool2d(sq, {p.size, 1}, {1, 1}).reshape(x.sizes());
+  return x / (div * p.alpha + p.k).pow(p.beta);
+}
+
+// d<y, g>/dx with its own graph (a nested backward that stops at x).
+at::Tensor grad_of(const at::Tensor& y, const at::Tensor& x, const at::Tensor& g) {
+  return torch::autograd::grad({y}, {x}, {g}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+}
+
 
 class LrnFunction : public torch::autograd::Function<LrnFunction> {
  public:
@@ -123,6 +148,11 @@ class LrnFunction : public torch::autograd::Function<LrnFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor x = ctx->get_saved_variables()[0];
+    if (differentiable_backward(x)) {
+      const LrnParams p{ctx->saved_data["size"].toInt(), ctx->saved_data["alpha"].toDouble(),
+                        ctx->saved_data["beta"].toDouble(), ctx->saved_data["k"].toDouble()};
+      return {grad_of(lrn_composite(x, p), x, grads[0]), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     const at::Tensor dx = lrn_backward_op().call(grads[0], x, ctx->saved_data["size"].toInt(),
                                                  ctx->saved_data["alpha"].toDouble(),
                                                  ctx->saved_data["beta"].toDouble(), ctx->saved_data["k"].toDouble());
@@ -151,6 +181,15 @@ class LrnPoolFunction : public torch::autograd::Function<LrnPoolFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
+    if (differentiable_backward(saved[0])) {
+      const LrnParams p{d.at("size").toInt(), d.at("alpha").toDouble(), d.at("beta").toDouble(), d.at("k").toDouble()};
+      const at::Tensor r = at::relu(saved[0]);
+      const int64_t kernel = d.at("kernel").toInt(), stride = d.at("stride").toInt();
+      const at::Tensor y = at::max_pool2d(p.size > 0 ? lrn_composite(r, p) : r, {kernel, kernel}, {stride, stride},
+                                          {0, 0}, {1, 1}, d.at("ceil_mode").toBool());
+      return {grad_of(y, saved[0], grads[0]), at::Tensor(), at::Tensor(), at::Tensor(),
+              at::Tensor(),                   at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     const at::Tensor dx = lrn_pool_backward_op().call(
         grads[0], saved[0], saved[1], d.at("size").toInt(), d.at("alpha").toDouble(), d.at("beta").toDouble(),
         d.at("k").toDouble(), d.at("kernel").toInt(), d.at("stride").toInt(), d.at("ceil_mode").toBool());
@@ -189,8 +228,14 @@ class GroupedConvFunction : public torch::autograd::Function<GroupedConvFunction
     const auto padding = ctx->saved_data["padding"].toIntVector();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
-    auto [dx, dw, db] = conv_backward_op().call(grads[0], saved[0], saved[1], stride, padding,
-                                                ctx->saved_data["groups"].toInt(), mask);
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    if (at::GradMode::is_enabled()) {  // create_graph: ATen's differentiable convolution_backward
+      const std::vector<int64_t> bias_sizes{saved[1].size(0)};
+      auto [dx, dw, db] = at::convolution_backward(grads[0], saved[0], saved[1], bias_sizes, stride, padding, {1, 1},
+                                                   false, {0, 0}, groups, mask);
+      return {dx, dw, db, at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    auto [dx, dw, db] = conv_backward_op().call(grads[0], saved[0], saved[1], stride, padding, groups, mask);
     return {dx, dw, db, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

@@ -49,6 +49,13 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, w, b: grouped_conv2d(x, w, b, 2, 1, 2), (x, w, b))
 
 
+def test_gradgradcheck_float64():
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, w, b: grouped_conv2d(x, w, b, 2, 1, 2), (x, w, b))
+
+
 def test_opcheck():
     x = torch.randn(2, 4, 7, 7, requires_grad=True)
     w = torch.randn(6, 2, 3, 3, requires_grad=True)

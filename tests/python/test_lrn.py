@@ -102,6 +102,58 @@ def test_gradcheck_float64(size):
     assert torch.autograd.gradcheck(lambda t: lrn(t, size, 0.3, 0.6, 2.0), (x,))
 
 
+@pytest.mark.parametrize("size", [3, 4])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "3d"])
+def test_gradgradcheck_float64(size, layout):
+    """Second derivatives (gradient penalties, create_graph=True) against finite differences of the
+    first: the backward taken under create_graph is itself differentiable."""
+    shape = (2, 7, 5) if layout == "3d" else (2, 7, 3, 4)
+    x = torch.randn(*shape, dtype=torch.float64) * 3
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda t: lrn(t, size, 0.5, 0.75, 1.0), (x,))
+
+
+def test_double_backward_equals_local_response_norm():
+    """The gradient of a gradient penalty, ours against F.local_response_norm's."""
+    def penalty_grad(fn, x):
+        x = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(x).pow(2).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+        return gg
+
+    x = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+    ours = penalty_grad(lambda t: lrn(t, 5, 1e-2, 0.75, 1.0), x)
+    ref = penalty_grad(lambda t: F.local_response_norm(t, 5, 1e-2, 0.75, 1.0), x)
+    assert ref.abs().max() > 1.0
+    assert ((ours - ref).abs().max() / ref.abs().max()).item() <= 1e-10
+
+
+def test_plain_backward_runs_our_kernel():
+    """Only create_graph=True takes the differentiable composition; a plain backward calls
+    alexnet_rs::lrn_backward (read from the dispatcher)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func.name())
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 6, 4, 4, requires_grad=True)
+    y = lrn(x, 5, 1e-2, 0.75, 1.0)
+    with Calls() as plain:
+        y.sum().backward(retain_graph=True)
+    with Calls() as double:
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+    assert "alexnet_rs::lrn_backward" in plain.ops and "aten::avg_pool2d" not in plain.ops
+    assert "alexnet_rs::lrn_backward" not in double.ops and "aten::avg_pool2d" in double.ops
+
+
 def test_opcheck():
     for x in [torch.randn(2, 6, 5, 5, requires_grad=True), torch.randn(3, 4, 7, requires_grad=True)]:
         torch.library.opcheck(torch.ops.alexnet_rs.lrn.default, (x, 5, 1e-4, 0.75, 2.0))

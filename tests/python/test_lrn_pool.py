@@ -140,6 +140,15 @@ def test_gradcheck_float64(memory_format):
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("lrn, ceil_mode", [((3, 1e-2, 0.75, 1.0), False), ((4, 0.3, 0.6, 2.0), True),
+                                            ((0, 0.0, 0.0, 0.0), False)], ids=["lrn3", "lrn4-ceil", "no-lrn"])
+def test_gradgradcheck_float64(memory_format, lrn, ceil_mode):
+    """Second derivatives (gradient penalties through AlexNet's pooled stages) are exact."""
+    x = (torch.randn(2, 6, 8, 8, dtype=torch.float64) * 5).contiguous(memory_format=memory_format).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda t: op(t, *lrn, 3, 2, ceil_mode), (x,))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_opcheck(memory_format):
     x = torch.randn(2, 8, 11, 11).contiguous(memory_format=memory_format).requires_grad_(True)
     torch.library.opcheck(op, (x, *PAPER, 3, 2, False))

@@ -43,6 +43,29 @@ def test_logits_and_gradients_match(preset, backend):
         assert (ours[k] - p.grad).abs().max().item() <= 1e-4 * max(scale, 1e-8), k
 
 
+@pytest.mark.parametrize("preset", ["paper", "torchvision", "caffe"])
+def test_gradient_penalty_matches(preset):
+    """Double backprop (an input-gradient penalty, create_graph=True) through the whole network:
+    every parameter's gradient equals the reference model's, in float64."""
+    torch.manual_seed(0)
+    ref = reference_model(preset, num_classes=10).double().eval()
+    params = dict(ref.named_parameters())
+    x = torch.randn(1, 3, SIZES[preset], SIZES[preset], dtype=torch.float64)
+
+    def penalty_grads(forward):
+        z = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(forward(z).logsumexp(1).sum(), z, create_graph=True)
+        return torch.autograd.grad(g.pow(2).sum(), list(params.values()), allow_unused=True)
+
+    ours = penalty_grads(lambda z: alexnet_rs._native.forward(preset, params, z, False, 10, "ours"))
+    theirs = penalty_grads(ref)
+    for k, a, b in zip(params, ours, theirs):
+        assert a is not None, k
+        scale = b.abs().max().item()
+        assert scale > 0, k
+        assert (a - b).abs().max().item() <= 1e-9 * scale, k
+
+
 def test_forward_errors_name_the_problem():
     ref = reference_model("paper", num_classes=10)
     params = dict(ref.named_parameters())
