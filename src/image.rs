@@ -9,6 +9,9 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Images above this many pixels are refused before decoding (decompression bombs).
 pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+/// Files above this size are refused unread: an image within [`MAX_PIXELS`] needs no more
+/// (16-bit RGBA stored raw, plus 1 MiB of headers and metadata).
+pub const MAX_FILE_BYTES: u64 = MAX_PIXELS * 8 + (1 << 20);
 
 fn file_err(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::File {
@@ -39,8 +42,30 @@ fn reader<'a>(path: &Path, bytes: &'a [u8]) -> Result<image::ImageReader<std::io
 /// marker (some decoders fill a truncated file's missing rows with grey instead of failing).
 /// RGB8 images decode straight into a buffer from this thread's pool (see [`recycle`]).
 pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    decode_rgb(path, &bytes)
+    decode_rgb(path, &read_image_file(path)?)
+}
+
+/// The bytes of an image file, read only after its first bytes name an image format; devices,
+/// FIFOs and files over [`MAX_FILE_BYTES`] are refused unread.
+fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(file_err(path, "not a regular file (a folder, device or FIFO)"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(file_err(
+            path,
+            format!("{} bytes is over the limit of {MAX_FILE_BYTES} for an image file", meta.len()),
+        ));
+    }
+    let mut file = std::fs::File::open(path).map_err(io(path))?.take(MAX_FILE_BYTES);
+    let mut bytes = Vec::new();
+    (&mut file).take(64).read_to_end(&mut bytes).map_err(io(path))?;
+    reader(path, &bytes)?; // the format's magic bytes
+    bytes.reserve(meta.len().saturating_sub(64) as usize);
+    file.read_to_end(&mut bytes).map_err(io(path))?;
+    Ok(bytes)
 }
 
 /// Decodes the bytes of an image file (`path` names it in errors), as [`load_rgb`]. A panic in

@@ -235,3 +235,52 @@ fn the_test_split_is_labelled_by_the_training_class_names() {
         .collect();
     assert_eq!(labels, [1, 0]);
 }
+
+#[test]
+fn a_device_or_fifo_is_refused_unread() {
+    // /dev/zero was read until the OOM killer; a FIFO blocked the reader forever.
+    let root = common::tmp("data-fifo");
+    std::fs::create_dir_all(&*root).unwrap();
+    let fifo = root.join("pipe.jpg");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    for path in [Path::new("/dev/zero").to_path_buf(), fifo] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || tx.send(alexnet_rs::image::load_rgb(&p).map(|_| ())));
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("load_rgb({}) did not return", path.display()));
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("not a regular file"), "{msg}");
+        assert!(msg.contains(path.to_str().unwrap()), "{msg}");
+    }
+}
+
+#[test]
+fn a_file_too_large_for_any_allowed_image_is_refused_unread() {
+    // A 2 GiB file was read whole before its header was looked at.
+    let root = common::tmp("data-huge");
+    std::fs::create_dir_all(&*root).unwrap();
+    let big = root.join("big.png");
+    let f = std::fs::File::create(&big).unwrap();
+    std::io::Write::write_all(&mut &f, b"\x89PNG\r\n\x1a\n").unwrap();
+    f.set_len(alexnet_rs::image::MAX_FILE_BYTES + 1).unwrap(); // sparse: no disk used
+    let msg = alexnet_rs::image::load_rgb(&big).unwrap_err().to_string();
+    assert!(msg.contains("big.png") && msg.contains("over the limit"), "{msg}");
+}
+
+#[test]
+fn a_resize_past_the_pixel_limit_is_an_error_not_an_abort() {
+    // transform_views(img, 100000, 32) aborted the process (a 30 GB allocation).
+    let img = image::RgbImage::new(28, 28);
+    let msg = alexnet_rs::data::transform::resize_shorter(&img, 100_000)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("100000x100000") && msg.contains("limit"), "{msg}");
+    let wide = image::RgbImage::new(4000, 1);
+    let msg = alexnet_rs::data::transform::resize_shorter(&wide, 2_000_000)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("limit"), "{msg}");
+}

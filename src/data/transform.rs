@@ -107,18 +107,31 @@ pub fn resize_shorter(img: &RgbImage, side: u32) -> Result<RgbImage> {
     if w == 0 || h == 0 {
         return Err(Error::Shape("empty image".into()));
     }
-    let (nw, nh) = if w <= h {
-        (side, ((u64::from(h) * u64::from(side)) / u64::from(w)).max(1) as u32)
-    } else {
-        (((u64::from(w) * u64::from(side)) / u64::from(h)).max(1) as u32, side)
-    };
-    resize_exact(img, nw, nh)
+    let (short, long) = (u64::from(w.min(h)), u64::from(w.max(h)));
+    let long = (long.saturating_mul(u64::from(side)) / short).max(1);
+    let (nw, nh) = if w <= h { (u64::from(side), long) } else { (long, u64::from(side)) };
+    within_pixel_limit(nw, nh)?;
+    resize_exact(img, nw as u32, nh as u32)
 }
 
+/// A resize target of at most [`crate::image::MAX_PIXELS`] (a larger one would abort the
+/// process on its allocation).
+fn within_pixel_limit(w: u64, h: u64) -> Result<()> {
+    if w.saturating_mul(h) > crate::image::MAX_PIXELS {
+        return Err(Error::Shape(format!(
+            "resizing to {w}x{h} is over the limit of {} pixels",
+            crate::image::MAX_PIXELS
+        )));
+    }
+    Ok(())
+}
+
+/// `img` resized to w x h (bilinear).
 pub fn resize_exact(img: &RgbImage, w: u32, h: u32) -> Result<RgbImage> {
     if img.dimensions() == (w, h) {
         return Ok(img.clone());
     }
+    within_pixel_limit(u64::from(w), u64::from(h))?;
     let mut dst = RgbImage::new(w, h);
     let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     Resizer::new()

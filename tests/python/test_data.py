@@ -2,8 +2,10 @@
 bad files made here, and against independent references (PIL, numpy, torchvision)."""
 
 import gzip
+import os
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -75,6 +77,42 @@ def test_bad_files_are_errors_naming_the_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "missing.jpg")
     assert "over the limit" in str(pytest.raises(alexnet_rs.DataError, load_image, tmp_path / "bomb.png").value)
+
+
+def test_a_resize_past_the_pixel_limit_is_an_error_not_an_abort():
+    """transform_views(img, 100000, 32) asked for a 30 GB buffer and the process aborted; run in a
+    subprocess so that a regression fails this test instead of ending the session."""
+    import subprocess
+    import sys
+
+    script = """
+import torch, alexnet_rs
+try:
+    alexnet_rs.data.transform_views(torch.zeros(28, 28, 3, dtype=torch.uint8), 100000, 32)
+except alexnet_rs.AlexNetError as e:
+    print(type(e).__name__, e)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("ShapeError") and "100000x100000" in r.stdout and "limit" in r.stdout, r.stdout
+
+
+def test_a_fifo_or_device_is_refused_unread(tmp_path):
+    """/dev/zero was read until the OOM killer, a FIFO blocked forever: in a subprocess."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    script = f"""
+import alexnet_rs
+for path in ({str(fifo)!r}, "/dev/zero"):
+    try:
+        alexnet_rs.data.load_image(path)
+    except alexnet_rs.DataError as e:
+        print(e)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all("not a regular file" in line for line in lines), (r.stdout, r.stderr[-2000:])
+    assert str(fifo) in lines[0] and "/dev/zero" in lines[1]
 
 
 def test_odd_formats_become_rgb8(tmp_path):
