@@ -53,6 +53,9 @@ pub enum Error {
     /// as an error instead of ending the thread or the interpreter.
     #[error("internal error (a bug in alexnet_rs, please report it): {0}")]
     Internal(String),
+    /// Long work stopped on request (Ctrl-C under Python: a `KeyboardInterrupt` there).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl From<tch::TchError> for Error {

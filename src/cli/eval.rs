@@ -166,6 +166,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         a.limit,
         a.batch_size,
         &a.devices,
+        &|| false, // Ctrl-C ends the process
     )?;
     let view = if a.ten_crop { "10 crops" } else { "centre crop" };
     println!(

@@ -174,7 +174,8 @@ fn send_event(cb: &PyObject, e: &Event, error: &std::sync::Mutex<Option<PyErr>>)
 }
 
 /// Top-1/top-5 accuracy of a checkpoint (run folder or ckpt folder) on its run's test split
-/// (or `data`'s), centre crop or the average over 10 crops.
+/// (or `data`'s), centre crop or the average over 10 crops. Ctrl-C stops it (KeyboardInterrupt)
+/// before the next batch.
 #[pyfunction]
 #[pyo3(signature = (checkpoint, data=None, ten_crop=false, limit=None, batch_size=128, devices="cpu"))]
 pub fn evaluate(
@@ -191,8 +192,9 @@ pub fn evaluate(
         let limit = limit.map(|n| count("limit", n, 0)).transpose()?;
         core(crate::placement::Placement::parse(devices))?;
         let devices = devices.to_string();
+        let stop = || Python::with_gil(|py| py.check_signals().is_err());
         let r = py.allow_threads(move || {
-            crate::train::evaluate_checkpoint(&checkpoint, data, ten_crop, limit, batch_size, &devices)
+            crate::train::evaluate_checkpoint(&checkpoint, data, ten_crop, limit, batch_size, &devices, &stop)
         });
         eval_dict(py, &core(r)?)
     })

@@ -37,11 +37,18 @@ impl EvalResult {
 
 /// Evaluates `params` on the loader's epoch 0 (centre crop, or the softmax averaged over 10 crops).
 pub fn evaluate(cfg: &Config, params: &Params, loader: &Loader) -> Result<EvalResult> {
-    evaluate_in(cfg, params, loader, None)
+    evaluate_in(cfg, params, loader, None, &|| false)
 }
 
 /// [`evaluate`] of one rank's share of the samples; the sums are added over the `group`'s ranks.
-pub fn evaluate_in(cfg: &Config, params: &Params, loader: &Loader, group: Option<&Group>) -> Result<EvalResult> {
+/// `stop()`, asked before each batch, ends it with [`Error::Interrupted`].
+pub fn evaluate_in(
+    cfg: &Config,
+    params: &Params,
+    loader: &Loader,
+    group: Option<&Group>,
+    stop: &dyn Fn() -> bool,
+) -> Result<EvalResult> {
     let _guard = tch::no_grad_guard();
     let views = loader.transform().view.count() as i64;
     // loss sum, top-1 hits, top-5 hits, samples, then the confusion counts: float64 (exact for
@@ -50,6 +57,9 @@ pub fn evaluate_in(cfg: &Config, params: &Params, loader: &Loader, group: Option
     let mut sums = vec![0.0f64; 4];
     let mut confusion = Tensor::f_zeros([classes * classes], (Kind::Int64, tch::Device::Cpu))?;
     for batch in loader.epoch(0) {
+        if stop() {
+            return Err(Error::Interrupted);
+        }
         let b = batch?;
         let logits = model::forward(cfg, params, &b.images, false)?;
         let k = logits.size()[1];
@@ -120,7 +130,8 @@ pub fn load_trained(path: &Path, devices: &str) -> Result<Trained> {
     })
 }
 
-/// Evaluates the checkpoint at (or newest under) `path` on its run's test split, or on `data`'s.
+/// Evaluates the checkpoint at (or newest under) `path` on its run's test split, or on `data`'s;
+/// `stop()` as in [`evaluate_in`].
 pub fn evaluate_checkpoint(
     path: &Path,
     data: Option<PathBuf>,
@@ -128,13 +139,14 @@ pub fn evaluate_checkpoint(
     limit: Option<usize>,
     batch_size: usize,
     devices: &str,
+    stop: &dyn Fn() -> bool,
 ) -> Result<EvalResult> {
     let t = load_trained(path, devices)?;
     let mut tc = t.tc.clone();
     (tc.devices, tc.batch_size, tc.data) = (devices.to_string(), batch_size, data.or(tc.data));
     let ds = tc.open(Split::Test, limit.or(tc.limit_test))?.labelled_as(&t.classes)?;
     let view = if ten_crop { View::TenCrop } else { View::Center };
-    let r = evaluate(&t.cfg, &t.params, &tc.loader(ds, view, false)?)?;
+    let r = evaluate_in(&t.cfg, &t.params, &tc.loader(ds, view, false)?, None, stop)?;
     if !r.loss.is_finite() {
         return Err(Error::File {
             path: path.to_path_buf(),

@@ -192,7 +192,7 @@ impl<'a> Run<'a> {
     }
 
     fn evaluate(&self) -> Result<EvalResult> {
-        evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group)
+        evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group, &|| false)
     }
 
     /// One optimiser step on `b`: forward, loss, backward, (the ranks' gradients summed), update,
@@ -292,7 +292,7 @@ impl<'a> Run<'a> {
         state.batch_in_epoch = 0;
         let mut result = None;
         if state.epoch.is_multiple_of(self.tc.eval_every.max(1)) || state.epoch == self.tc.epochs {
-            let e = evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group)?;
+            let e = evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group, &|| false)?;
             let state = &mut self.state;
             if state.best_top1.is_none_or(|b| e.top1 > b) {
                 (state.best_top1, state.best_step) = (Some(e.top1), Some(state.step));

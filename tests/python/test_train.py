@@ -96,6 +96,30 @@ except KeyboardInterrupt as e:
     assert ckpts and ckpts[-1].name == "ckpt-000000002"
 
 
+def test_keyboard_interrupt_stops_an_evaluation(tmp_path):
+    """Ctrl-C (Jupyter's "interrupt kernel") during `evaluate` raises KeyboardInterrupt at the next
+    batch; it used to be held until the whole evaluation had run."""
+    import subprocess
+    import sys
+
+    alexnet_rs.train(dict(small(tmp_path), limit_train=32))
+    script = f"""
+import os, signal, threading, time, alexnet_rs
+threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+t = time.monotonic()
+try:
+    alexnet_rs.evaluate({str(tmp_path)!r}, ten_crop=True, limit=10000)
+    print("finished")
+except KeyboardInterrupt:
+    print(f"interrupted after {{time.monotonic() - t:.1f}} s")
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("interrupted after"), r.stdout
+    # The whole evaluation (10,000 images x 10 crops) takes minutes on 2 cores.
+    assert float(r.stdout.split()[2]) < 30, r.stdout
+
+
 def test_a_diverging_run_raises_diverged_error(tmp_path):
     cfg = dict(small(tmp_path), preset="cnn4", input_size=28, lr=1e30, limit_train=320, checkpoint_every=1)
     with pytest.raises(alexnet_rs.DivergedError, match="try a lower --lr") as e:
