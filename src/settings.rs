@@ -372,6 +372,9 @@ impl TrainConfig {
                 return bad(format!("{key} is a number of samples and must be >= 1, got 0"));
             }
         }
+        if self.max_steps == Some(0) {
+            return bad("max_steps must be >= 1 (leave it out for no step limit), got 0".into());
+        }
         self.frozen(&self.model_config(1)?)?;
         Ok(())
     }

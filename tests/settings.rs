@@ -194,6 +194,14 @@ fn nan_and_infinity_are_refused_from_flags_and_toml_and_ranges_by_validate() {
             },
             "limit_train",
         ),
+        (
+            // It trained one step (the budget was checked after the step).
+            TrainConfig {
+                max_steps: Some(0),
+                ..d.clone()
+            },
+            "max_steps",
+        ),
     ] {
         match t.validate() {
             Err(Error::Config(m)) => assert!(m.contains(key), "{m}"),
