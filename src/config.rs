@@ -23,6 +23,10 @@ use crate::error::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
 
+/// The largest input side a network is built for: the largest image the pipeline decodes
+/// ([`crate::image::MAX_PIXELS`] = 8192^2); far larger ones overflowed the first FC layer's size.
+pub const MAX_INPUT: i64 = 8192;
+
 /// Which variant of the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -368,8 +372,15 @@ impl Config {
         Ok(*self.spatial_sizes(input)?.last().expect("a preset has conv stages"))
     }
 
-    /// Spatial side after each conv stage (after its pool, if any), for a square input.
+    /// Spatial side after each conv stage (after its pool, if any), for a square input (at most
+    /// [`MAX_INPUT`]).
     pub fn spatial_sizes(&self, input: i64) -> Result<Vec<i64>> {
+        if input > MAX_INPUT {
+            return Err(Error::Config(format!(
+                "input size {input} is over the limit of {MAX_INPUT} pixels (the largest image the data \
+                 pipeline decodes is {MAX_INPUT}x{MAX_INPUT})"
+            )));
+        }
         let mut side = input;
         let mut out = Vec::with_capacity(self.convs.len());
         for c in &self.convs {

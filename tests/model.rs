@@ -203,3 +203,12 @@ fn activations_by_name_equal_the_observed_stages_and_stop_at_the_deepest() {
         .to_string();
     assert!(err.contains("no layer `conv9`") && err.contains("conv1.lrn"), "{err}");
 }
+
+#[test]
+fn an_input_past_the_limit_is_a_config_error() {
+    // AlexNet(input_size=2**40) gave "negative dimension" from libtorch (fc6's size overflowed).
+    let cfg = alexnet_rs::Config::preset(alexnet_rs::Preset::Paper, 10).unwrap();
+    let msg = cfg.spatial_sizes(1 << 40).unwrap_err().to_string();
+    assert!(msg.contains("1099511627776") && msg.contains("limit"), "{msg}");
+    assert!(cfg.spatial_sizes(alexnet_rs::config::MAX_INPUT).is_ok());
+}

@@ -10,6 +10,7 @@ passes through untouched. The ``*_arg`` helpers check the arguments of the pure-
 from __future__ import annotations
 
 import functools
+import inspect
 import numbers
 import os
 from typing import Any, Callable, TypeVar
@@ -40,10 +41,24 @@ def checked(fn: F) -> F:
             raise
         except OverflowError as e:
             if _raised_by_the_call(e):
-                raise ConfigError(f"{fn.__name__}: an integer argument is out of range: {e}") from None
+                what = _out_of_range(fn, args, kwargs) or "an integer argument"
+                raise ConfigError(f"{fn.__name__}: {what} is out of range (a 64-bit integer): {e}") from None
             raise
 
     return call  # type: ignore[return-value]
+
+
+def _out_of_range(fn: Callable[..., Any], args: tuple, kwargs: dict) -> str | None:
+    """The argument pyo3 could not convert to a 64-bit integer (its OverflowError does not say)."""
+    given = dict(kwargs)
+    try:  # positional ones by name, where the signature is known
+        given.update(inspect.signature(fn).bind(*args, **kwargs).arguments)
+    except (TypeError, ValueError):
+        pass
+    for name, value in given.items():
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return f"{name} = {value}"
+    return None
 
 
 def tensor_arg(where: str, name: str, value: Any) -> Any:
@@ -57,6 +72,8 @@ def tensor_arg(where: str, name: str, value: Any) -> Any:
 def int_arg(where: str, name: str, value: Any, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise DtypeError(f"{where}: {name} must be an int, got {type(value).__name__}")
+    if not -(2**63) <= value < 2**63:
+        raise ConfigError(f"{where}: {name} = {value} is out of range (a 64-bit integer)")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{where}: {name} must be >= {minimum}, got {value}")
     return int(value)

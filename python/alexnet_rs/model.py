@@ -9,6 +9,7 @@ forward (it records the same autograd graph as PyTorch ops would).
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 from torch import nn
@@ -27,6 +28,46 @@ def _backend(where: str, conv_backend: object) -> str:
     if conv_backend not in BACKENDS:
         raise ConfigError(f"{where}: conv_backend must be one of {', '.join(BACKENDS)}, got {conv_backend!r}")
     return conv_backend  # type: ignore[return-value]
+
+
+class _Layer(nn.Module):
+    """A layer's parameters. The layers run inside the one Rust forward, not as submodules, so
+    hooks on them would never fire: registering one warns."""
+
+    def _warn_hook(self) -> None:
+        warnings.warn("AlexNet's layers run inside one Rust forward call: a hook on one of its submodules never "
+                      "fires. Hook the AlexNet module itself, or take activations with "
+                      "model.features(x, layers=[...]).", UserWarning, stacklevel=3)
+
+    def register_forward_hook(self, *args, **kwargs):
+        self._warn_hook()
+        return super().register_forward_hook(*args, **kwargs)
+
+    def register_forward_pre_hook(self, *args, **kwargs):
+        self._warn_hook()
+        return super().register_forward_pre_hook(*args, **kwargs)
+
+    def register_full_backward_hook(self, *args, **kwargs):
+        self._warn_hook()
+        return super().register_full_backward_hook(*args, **kwargs)
+
+    def register_full_backward_pre_hook(self, *args, **kwargs):
+        self._warn_hook()
+        return super().register_full_backward_pre_hook(*args, **kwargs)
+
+
+class _Features(_Layer):
+    """``model.features``: calling it, ``model.features(x, layers)``, gives the named layers'
+    activations (:meth:`AlexNet._features`). It is a submodule, so that the ``torchvision``
+    preset's ``features.<i>`` layers resolve by name (``get_submodule``, ``get_parameter``,
+    ``torch.func.functional_call``) as on torchvision's model."""
+
+    def __init__(self, owner: "AlexNet") -> None:
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # not a submodule: no cycle in named_modules
+
+    def forward(self, x: torch.Tensor, layers: str | list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
+        return self._owner._features(x, layers)
 
 
 class AlexNet(nn.Module):
@@ -61,6 +102,7 @@ class AlexNet(nn.Module):
         if devices is not None:
             str_arg("AlexNet", "devices", devices)
         self.devices = devices
+        self.features = _Features(self)
         arch_size = input_size
         whole = checked(_native.init_params)(preset, num_classes, input_size)
         # name -> its number of shards (the class layer stays whole on the first device).
@@ -77,7 +119,11 @@ class AlexNet(nn.Module):
                 self._register(name, tensor)
             if devices is not None:
                 checked(_native.placement_table)(preset, devices, num_classes)  # a valid device name
-                self.to(torch.device(devices))
+                device = torch.device(devices)
+                if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+                    raise ConfigError(f"AlexNet: devices={devices!r}, but this machine has "
+                                      f"{torch.cuda.device_count()} CUDA device(s)")
+                self.to(device)
         if arch_size is None:
             arch_size = json.loads(_native.layers(preset, None, num_classes))[0]["out_shape"][-1]
         self.input_size: int = arch_size
@@ -87,20 +133,25 @@ class AlexNet(nn.Module):
         module = self
         for part in path:
             if part not in module._modules:
-                # Straight into _modules: add_module refuses a name that is also an attribute,
-                # and torchvision's `features` is also our method's name.
-                module._modules[part] = nn.Module()
+                module._modules[part] = _Layer()
             module = module._modules[part]
         param = nn.Parameter(tensor)
         module.register_parameter(leaf, param)
         return param
 
     def _param_dict(self) -> dict:
-        """name -> tensor, or -> [shards] with two devices (what the Rust forward takes)."""
-        params = dict(self.named_parameters())
+        """name -> tensor, or -> [shards] with two devices (what the Rust forward takes). Read as
+        attributes, so a parametrization (``torch.nn.utils.parametrize``, weight_norm) applies."""
+        def get(name: str) -> torch.Tensor:
+            *path, leaf = name.split(".")
+            module = self
+            for part in path:
+                module = module._modules[part]
+            return getattr(module, leaf)
+
         if not self._sharded:
-            return params
-        return {n: [params[f"{n}__shard{i}"] for i in range(k)] for n, k in self._shards.items()}
+            return {n: get(n) for n in self._shards}
+        return {n: [get(f"{n}__shard{i}") for i in range(k)] for n, k in self._shards.items()}
 
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):  # type: ignore[override]
         """Whole tensors under the usual names, also with two devices (shards gathered on the
@@ -118,16 +169,19 @@ class AlexNet(nn.Module):
         if not self._sharded:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         extra = sorted(set(state_dict) - set(self._shards))
-        if strict and extra:
-            raise ConfigError(f"AlexNet.load_state_dict: unexpected keys {extra}")
-        whole = {k: v.detach().to("cpu") for k, v in state_dict.items() if k in self._shards}
+        missing = sorted(set(self._shards) - set(state_dict))
+        if strict and (extra or missing):
+            raise ConfigError(f"AlexNet.load_state_dict: missing keys {missing}, unexpected keys {extra}")
+        # A partial load (strict=False) keeps the missing tensors' values.
+        whole = {k: v.to("cpu") for k, v in self.state_dict().items()}
+        whole.update({k: v.detach().to("cpu") for k, v in state_dict.items() if k in self._shards})
         parts = checked(_native.shard)(self.preset, whole, self.devices, self.num_classes, self.input_size)
         own = dict(self.named_parameters())
         with torch.no_grad():
             for name, shards in parts:
                 for i, t in enumerate(shards):
                     own[f"{name}__shard{i}"].copy_(t)
-        return nn.modules.module._IncompatibleKeys([], extra)
+        return nn.modules.module._IncompatibleKeys(missing, extra)
 
     def _check_x(self, where: str, x: torch.Tensor) -> None:
         tensor_arg(where, "x", x)
@@ -142,8 +196,8 @@ class AlexNet(nn.Module):
         return checked(_native.forward)(self.preset, self._param_dict(), x, self.training, self.num_classes,
                                         self.conv_backend, self.input_size)
 
-    def features(self, x: torch.Tensor, layers: str | list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """The activations of the named layers for images ``x``, as ``{name: tensor}`` in the order
+    def _features(self, x: torch.Tensor, layers: str | list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """``model.features(x, layers)``: the activations of the named layers for images ``x``, as ``{name: tensor}`` in the order
         asked. Names as ``print(model)`` and ``alexnet info`` show them: ``conv1`` (after its
         ReLU), ``conv1.lrn``, ``conv1.pool``, ... ``fc6``, ``fc7``, ``fc8`` for ``paper``;
         torchvision's keys (``features.0``, ``features.0.pool``, ``avgpool``, ``classifier.1``, ...)
@@ -263,7 +317,8 @@ def _layer_repr(op: dict) -> str:
 
 
 def from_torchvision(model: nn.Module, num_classes: int | None = None, conv_backend: str = "auto") -> AlexNet:
-    """Our ``torchvision`` preset with copies of a torchvision AlexNet's weights. With
+    """Our ``torchvision`` preset with copies of a torchvision AlexNet's weights, on its device,
+    in its dtype, its frozen parameters (``requires_grad=False``) frozen. With
     ``num_classes`` different from the model's, the class layer is a new one of that size
     (``reset_classifier``): the start of fine-tuning."""
     if not isinstance(model, nn.Module):
@@ -273,8 +328,15 @@ def from_torchvision(model: nn.Module, num_classes: int | None = None, conv_back
         raise ConfigError("from_torchvision: model is not a torchvision AlexNet (it has no classifier.6.weight)")
     if num_classes is not None:
         int_arg("from_torchvision", "num_classes", num_classes)
-    ours = AlexNet("torchvision", num_classes=state["classifier.6.weight"].shape[0], conv_backend=conv_backend)
+    head = state["classifier.6.weight"]
+    ours = AlexNet("torchvision", num_classes=head.shape[0], conv_backend=conv_backend)
+    ours.to(device=head.device, dtype=head.dtype)
     ours.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    # Frozen parameters stay frozen.
+    theirs = dict(model.named_parameters())
+    for name, p in ours.named_parameters():
+        if name in theirs:
+            p.requires_grad_(theirs[name].requires_grad)
     if num_classes is not None and num_classes != ours.num_classes:
         ours.reset_classifier(num_classes)
     return ours

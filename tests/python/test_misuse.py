@@ -112,6 +112,9 @@ def _cases():
             ("devices-unknown", lambda F: A.AlexNet("paper", devices="tpu:0,tpu:1"), C, VE, "device"),
             ("devices-three", lambda F: A.AlexNet("paper", devices="cpu,cpu,cpu"), C, VE, "devices"),
             ("devices-no-gpu", lambda F: A.AlexNet("paper", devices="cuda:0,cuda:1"), C, VE, "cuda"),
+            ("device-no-gpu", lambda F: A.AlexNet("paper", devices="cuda:7"), C, VE, "cuda:7"),
+            ("classes-huge", lambda F: A.AlexNet("paper", num_classes=2**64), C, VE, "num_classes"),
+            ("input-huge", lambda F: A.AlexNet("paper", input_size=2**40), C, VE, "input size"),
         ],
         # state_dict's arguments are torch.nn.Module's (destination, prefix, keep_vars).
         "alexnet_rs.AlexNet.state_dict": [],
@@ -201,6 +204,7 @@ def _cases():
             ("x-1d", lambda F: ops.lrn(t(5)), S, VE, "x"),
             ("size-zero", lambda F: ops.lrn(t(1, 4, 2, 2), 0), C, VE, "size"),
             ("size-negative", lambda F: ops.lrn(t(1, 4, 2, 2), -2), C, VE, "size"),
+            ("size-huge", lambda F: ops.lrn(t(1, 4, 2, 2), 2**64), C, VE, "size"),
             ("size-str", lambda F: ops.lrn(t(1, 4, 2, 2), "5"), D, TE, "size"),
             ("alpha-str", lambda F: ops.lrn(t(1, 4, 2, 2), 5, "a"), D, TE, "alpha"),
             ("k-none", lambda F: ops.lrn(t(1, 4, 2, 2), 5, 1e-4, 0.75, None), D, TE, "k"),
@@ -238,6 +242,7 @@ def _cases():
             ("data-int", lambda F: data.DataLoader(3), D, TE, "data"),
             ("data-missing", lambda F: data.DataLoader(F.missing), M, FE, "no-such"),
             ("crop-zero", lambda F: data.DataLoader(F.images, crop=0), C, VE, "crop"),
+            ("seed-huge", lambda F: data.DataLoader(F.images, seed=2**64), C, VE, "seed"),
             ("crop-negative", lambda F: data.DataLoader(F.images, crop=-8), C, VE, "crop"),
             ("crop-str", lambda F: data.DataLoader(F.images, crop="224"), D, TE, "crop"),
             ("batch-zero", lambda F: data.DataLoader(F.images, batch_size=0), C, VE, "batch_size"),
@@ -331,7 +336,8 @@ def public_callables() -> set[str]:
                     for m, v in vars(klass).items():
                         if not m.startswith("_") and (callable(v) or isinstance(v, classmethod)):
                             found.setdefault(id(v), f"{found[id(obj)]}.{m}")
-    return set(found.values()) | {"alexnet_rs.data.EpochIter.__next__"}
+    # model.features is a callable submodule (so that torchvision's `features.<i>` names resolve).
+    return set(found.values()) | {"alexnet_rs.data.EpochIter.__next__", "alexnet_rs.AlexNet.features"}
 
 
 # ----- the runner: python test_misuse.py FIXTURES CASE_ID... -> one JSON line per case -----

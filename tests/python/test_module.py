@@ -166,3 +166,78 @@ def test_two_device_module_holds_the_placements_shards_and_trains_as_one_device(
             assert torch.allclose(g2, g1[n], rtol=1e-5, atol=1e-5 * g1[n].abs().max().item()), (step, n)
     for (k, a), b in zip(one.state_dict().items(), two.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), k
+
+
+def test_torchvision_names_resolve_like_torchvisions():
+    """The `features` submodule of the torchvision preset resolves by name (it was shadowed by
+    the features() method): get_submodule, get_parameter and torch.func.functional_call."""
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None, num_classes=10).eval()
+    m = alexnet_rs.from_torchvision(tv).eval()
+    assert m.get_parameter("features.0.weight") is dict(m.named_parameters())["features.0.weight"]
+    assert isinstance(m.get_submodule("features.3"), torch.nn.Module)
+    x = torch.randn(2, 3, 63, 63)
+    other = {k: torch.randn_like(v) * 0.01 for k, v in tv.named_parameters()}
+    ours = torch.func.functional_call(m, other, (x,))
+    theirs = torch.func.functional_call(tv, other, (x,))
+    assert (ours - theirs).abs().max().item() <= 1e-5 * max(1.0, theirs.abs().max().item())
+    assert not torch.equal(ours, m(x))  # the given parameters were used, not the module's
+    # model.features(x, layers) still gives activations
+    assert torch.allclose(m.features(x, "features.0")["features.0"], torch.relu(tv.features[0](x)), atol=1e-5)
+
+
+def test_a_parametrization_applies_in_the_forward():
+    """parametrize / weight_norm: the forward reads `conv1.weight` through the parametrization (it
+    failed with "missing parameter `conv1.weight`")."""
+    import torch.nn.utils.parametrize as P
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    m = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63).eval()
+    x = torch.randn(1, 3, 63, 63)
+    w = m.conv1.weight.detach().clone()
+    P.register_parametrization(m.conv1, "weight", Double())
+    ref = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63).eval()
+    ref.load_state_dict({**{k: v for k, v in m.state_dict().items() if "parametrizations" not in k},
+                         "conv1.weight": 2 * w})
+    assert torch.equal(m(x), ref(x))
+
+
+def test_a_hook_on_a_layer_warns_that_it_never_fires():
+    m = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
+    with pytest.warns(UserWarning, match=r"model.features\(x, layers="):
+        m.conv1.register_forward_hook(lambda *a: None)
+    with pytest.warns(UserWarning, match="never fires"):
+        m.fc6.register_full_backward_hook(lambda *a: None)
+    m.register_forward_hook(lambda *a: None)  # on the model itself: fine, no warning
+
+
+def test_two_device_partial_load_keeps_the_rest():
+    """load_state_dict(strict=False) without the head, as on one device (it raised on cpu,cpu)."""
+    src = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63).state_dict()
+    backbone = {k: v for k, v in src.items() if not k.startswith("fc8")}
+    one = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
+    two = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63, devices="cpu,cpu")
+    head = two.state_dict()["fc8.weight"].clone()
+    r1, r2 = one.load_state_dict(backbone, strict=False), two.load_state_dict(backbone, strict=False)
+    assert sorted(r2.missing_keys) == sorted(r1.missing_keys) == ["fc8.bias", "fc8.weight"]
+    after = two.state_dict()
+    assert torch.equal(after["fc8.weight"], head)
+    assert all(torch.equal(after[k], v) for k, v in backbone.items())
+    with pytest.raises(alexnet_rs.ConfigError, match="fc8.weight"):
+        two.load_state_dict(backbone)
+    with pytest.raises(RuntimeError, match="fc8.weight"):
+        one.load_state_dict(backbone)
+
+
+def test_from_torchvision_keeps_dtype_and_frozen_parameters():
+    tv = torchvision.models.alexnet(weights=None, num_classes=10).double()
+    tv.features.requires_grad_(False)
+    ours = alexnet_rs.from_torchvision(tv)
+    params = dict(ours.named_parameters())
+    assert all(p.dtype == torch.float64 for p in params.values())
+    assert not params["features.0.weight"].requires_grad and params["classifier.1.weight"].requires_grad
+    x = torch.randn(1, 3, 63, 63, dtype=torch.float64)
+    assert (ours.eval()(x) - tv.eval()(x)).abs().max().item() <= 1e-12
