@@ -19,9 +19,15 @@ pub fn partial(path: &Path) -> PathBuf {
 
 /// Writes `bytes` to `path` through [`partial`], fsynced before the rename.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with(path, |part| fs::write(part, bytes).map_err(io(part)))
+}
+
+/// Replaces `path` by what `write` writes to the file it is given ([`partial`]), fsynced and
+/// renamed into place: after a kill or a failure, `path` is the old file or the new one (and no
+/// partial file is left after a failure).
+pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let part = partial(path);
-    let written = fs::write(&part, bytes)
-        .map_err(io(&part))
+    let written = write(&part)
         .and_then(|()| fsync(&part))
         .and_then(|()| fs::rename(&part, path).map_err(io(path)));
     if written.is_err() {

@@ -56,7 +56,10 @@ fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     if meta.len() > MAX_FILE_BYTES {
         return Err(file_err(
             path,
-            format!("{} bytes is over the limit of {MAX_FILE_BYTES} for an image file", meta.len()),
+            format!(
+                "{} bytes is over the limit of {MAX_FILE_BYTES} for an image file",
+                meta.len()
+            ),
         ));
     }
     let mut file = std::fs::File::open(path).map_err(io(path))?.take(MAX_FILE_BYTES);
@@ -144,17 +147,9 @@ pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let tmp = crate::files::partial(out);
-    let written = img
-        .save_with_format(&tmp, format)
-        .map_err(|e| file_err(out, e))
-        .and_then(|()| {
-            crate::fault::point("figure-write")
-                .and_then(|()| std::fs::rename(&tmp, out))
-                .map_err(io(out))
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    crate::files::write_with(out, |tmp| {
+        img.save_with_format(tmp, format)
+            .map_err(|e| file_err(out, e))
+            .and_then(|()| crate::fault::point("figure-write").map_err(io(out)))
+    })
 }

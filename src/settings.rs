@@ -125,7 +125,9 @@ pub struct TrainConfig {
     #[arg(long)]
     pub ten_crop_eval: bool,
     /// `alexnet stats` file: mean image and PCA eigen-pairs of the training set (copied into the
-    /// run folder, which eval, predict and --resume then read).
+    /// run folder, which eval, predict and --resume then read). paper: its PCA pairs and its mean
+    /// image (if computed at the resize side, else its channel means); caffe: its channel means;
+    /// torchvision: not used (ImageNet's mean/std, with a warning).
     #[arg(long, value_name = "PATH")]
     pub stats: Option<PathBuf>,
     /// bfloat16 autocast for forward and loss (meant for CUDA; also runs on the CPU).
@@ -372,6 +374,7 @@ impl TrainConfig {
                 return bad(format!("{key} is a number of samples and must be >= 1, got 0"));
             }
         }
+        crate::data::loader::check_threads(self.threads)?;
         if self.max_steps == Some(0) {
             return bad("max_steps must be >= 1 (leave it out for no step limit), got 0".into());
         }
@@ -397,6 +400,12 @@ impl TrainConfig {
                 )));
             }
         }
+        if layers.iter().all(|l| asked.contains(l)) {
+            return Err(Error::Config(format!(
+                "freeze names every layer with parameters ({}): nothing would be trained",
+                layers.join(", ")
+            )));
+        }
         Ok(asked)
     }
 
@@ -415,6 +424,14 @@ impl TrainConfig {
     /// The preset's transform for `view`, with the run's `alexnet stats` file if it has one.
     pub fn transform(&self, view: View) -> Result<Transform> {
         let stats = self.stats.as_deref().map(crate::data::stats::Stats::load).transpose()?;
+        // Said once per run: the training view is built once.
+        if let Some(w) = stats
+            .as_ref()
+            .filter(|_| view == View::Train)
+            .and_then(|s| crate::data::transform::unused_stats(self.preset, self.input_size, s))
+        {
+            eprintln!("warning: {w}");
+        }
         Ok(Transform::for_preset(
             self.preset,
             self.input_size,

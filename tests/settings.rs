@@ -195,6 +195,23 @@ fn nan_and_infinity_are_refused_from_flags_and_toml_and_ranges_by_validate() {
             "limit_train",
         ),
         (
+            // An internal libtorch error after the data was opened.
+            TrainConfig {
+                preset: alexnet_rs::Preset::Cnn4,
+                freeze: Some(["conv1", "conv2", "conv3", "fc4"].map(String::from).to_vec()),
+                ..d.clone()
+            },
+            "nothing would be trained",
+        ),
+        (
+            // 100,000 threads were started one by one.
+            TrainConfig {
+                threads: 100_000,
+                ..d.clone()
+            },
+            "threads must be at most",
+        ),
+        (
             // It trained one step (the budget was checked after the step).
             TrainConfig {
                 max_steps: Some(0),

@@ -69,7 +69,9 @@ class TrainSettings(TypedDict, total=False):
     # false]
     ten_crop_eval: bool
     # --stats: `alexnet stats` file: mean image and PCA eigen-pairs of the training set (copied into
-    # the run folder, which eval, predict and --resume then read) [default: null]
+    # the run folder, which eval, predict and --resume then read). paper: its PCA pairs and its mean
+    # image (if computed at the resize side, else its channel means); caffe: its channel means;
+    # torchvision: not used (ImageNet's mean/std, with a warning) [default: null]
     stats: str | PathLike[str] | None
     # --bf16: bfloat16 autocast for forward and loss (meant for CUDA; also runs on the CPU) [default:
     # false]

@@ -80,6 +80,10 @@ pub struct BenchDataArgs {
 
 pub fn stats(a: &StatsArgs) -> Result<()> {
     global_threads(a.data.threads)?;
+    // The output's folder before the (long) computation, not after it.
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
+    }
     let ds = a.data.open(Split::Train)?;
     let bar = progress_bar(ds.len() as u64, "stats");
     let stats = Stats::compute(&ds, a.size, &|| bar.inc(1))?;
@@ -107,8 +111,8 @@ pub fn prepare(a: &PrepareArgs) -> Result<()> {
         bar.set_position(done as u64);
     })?;
     bar.finish();
-    for (f, reason) in &report.failed {
-        eprintln!("failed: {}: {reason}", f.display());
+    for (_, reason) in &report.failed {
+        eprintln!("failed: {reason}"); // it names the file
     }
     println!(
         "{} written, {} already there, {} failed -> {}",

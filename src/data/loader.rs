@@ -36,6 +36,20 @@ impl std::str::FromStr for OnBadImage {
     }
 }
 
+/// The most data threads a pool may have (each started thread costs memory and time: 100,000
+/// took minutes to start).
+pub const MAX_THREADS: usize = 256;
+
+/// Refuses a thread count over [`MAX_THREADS`].
+pub fn check_threads(threads: usize) -> Result<()> {
+    if threads > MAX_THREADS {
+        return Err(Error::Config(format!(
+            "threads must be at most {MAX_THREADS} (0: one per core), got {threads}"
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
     pub batch_size: usize,
@@ -123,6 +137,7 @@ impl Loader {
             }
         }
         transform.check()?;
+        check_threads(cfg.threads)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)
             .thread_name(|i| format!("alexnet-data-{i}"))

@@ -47,7 +47,7 @@ pub fn prepare(
         match r {
             Ok(true) => report.written += 1,
             Ok(false) => report.skipped_existing += 1,
-            Err(e) => report.failed.push((f, e.to_string())),
+            Err(e) => report.failed.push((f, e.to_string())), // the message names the file
         }
     }
     Ok(report)
@@ -92,23 +92,23 @@ fn prepare_one(src: &Path, out: &Path, size: u32, quality: u8) -> Result<bool> {
     if out.is_file() {
         return Ok(false);
     }
-    let img = resize_shorter(&load_rgb(src)?, size)?;
+    let img = resize_shorter(&load_rgb(src)?, size).map_err(|e| Error::File {
+        path: src.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let dir = out.parent().expect("output has a folder");
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = crate::files::partial(out);
-    let tmp_io = |e| io(&tmp)(e);
-    {
-        let file = std::fs::File::create(&tmp).map_err(tmp_io)?;
+    crate::files::write_with(out, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(io(tmp))?;
         let mut w = std::io::BufWriter::new(file);
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality)
             .encode_image(&img)
             .map_err(|e| Error::File {
-                path: tmp.clone(),
+                path: tmp.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        let file = w.into_inner().map_err(|e| tmp_io(e.into_error()))?;
-        file.sync_all().map_err(tmp_io)?;
-    }
-    std::fs::rename(&tmp, out).map_err(io(out))?;
+        w.into_inner().map_err(|e| io(tmp)(e.into_error()))?;
+        Ok(())
+    })?;
     Ok(true)
 }

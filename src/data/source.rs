@@ -24,6 +24,9 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
     "Bag",
     "Ankle boot",
 ];
+/// The most classes a list file may label (a label is a class index).
+pub const MAX_CLASSES: i64 = 1_000_000;
+
 /// Where Debian's `dataset-fashion-mnist` package puts the files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
@@ -222,7 +225,8 @@ impl Dataset {
 
     /// Lines `relative/or/absolute/path label` (space, tab or comma separated; `#` comments).
     /// Paths are relative to the list's folder. Class names come from a `classes.txt` beside the
-    /// list (one per line) when present, else are the label numbers.
+    /// list (one per line) when present, else are the label numbers. Labels are below
+    /// [`MAX_CLASSES`].
     pub fn list_file(list: &Path) -> Result<Dataset> {
         let text = fs::read_to_string(list).map_err(io(list))?;
         let base = list.parent().unwrap_or(Path::new("."));
@@ -243,6 +247,17 @@ impl Dataset {
             })?;
             if label < 0 {
                 return Err(data_err(list, format!("line {}: negative label {label}", n + 1)));
+            }
+            // Labels name classes 0..=max: a huge one would allocate that many class names.
+            if label >= MAX_CLASSES {
+                return Err(data_err(
+                    list,
+                    format!(
+                        "line {}: label {label} is over the limit of {} classes",
+                        n + 1,
+                        MAX_CLASSES
+                    ),
+                ));
             }
             items.push((Sample::File(base.join(path.trim())), label));
         }

@@ -154,7 +154,12 @@ impl Stats {
             ("eigvec", t(&eigvec, &[3, 3])),
             ("images", Tensor::from_slice(&[self.images as i64])),
         ];
-        Tensor::write_safetensors(&tensors, path).map_err(Error::from)
+        crate::files::write_with(path, |part| {
+            Tensor::write_safetensors(&tensors, part).map_err(|e| Error::File {
+                path: path.to_path_buf(),
+                reason: format!("cannot write the statistics: {}", Error::from(e)),
+            })
+        })
     }
 
     pub fn load(path: &Path) -> Result<Stats> {

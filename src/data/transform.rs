@@ -109,7 +109,11 @@ pub fn resize_shorter(img: &RgbImage, side: u32) -> Result<RgbImage> {
     }
     let (short, long) = (u64::from(w.min(h)), u64::from(w.max(h)));
     let long = (long.saturating_mul(u64::from(side)) / short).max(1);
-    let (nw, nh) = if w <= h { (u64::from(side), long) } else { (long, u64::from(side)) };
+    let (nw, nh) = if w <= h {
+        (u64::from(side), long)
+    } else {
+        (long, u64::from(side))
+    };
     within_pixel_limit(nw, nh)?;
     resize_exact(img, nw as u32, nh as u32)
 }
@@ -256,6 +260,36 @@ impl Transform {
     }
 }
 
+/// The resize side of the presets' recipes for a `crop`: 256 for the 224/227 crops, the same
+/// ratio for smaller inputs.
+pub fn resize_for(crop: u32) -> u32 {
+    if crop >= 224 {
+        crop.max(256)
+    } else {
+        (crop * 256).div_ceil(224)
+    }
+}
+
+/// What of an `alexnet stats` file the preset's recipe (see [`Transform::for_preset`]) leaves
+/// unused, in words, so that a run can say so.
+pub fn unused_stats(preset: crate::Preset, crop: u32, stats: &crate::data::stats::Stats) -> Option<String> {
+    let resize = resize_for(crop);
+    match preset {
+        crate::Preset::Torchvision => Some(
+            "the torchvision preset normalises by ImageNet's channel mean and std (torchvision's recipe): \
+             the --stats file is not used"
+                .into(),
+        ),
+        crate::Preset::Paper if stats.side != resize => Some(format!(
+            "the --stats file's mean image is {0}x{0}, but inputs of {crop} are resized to {resize}: its \
+             channel means are subtracted instead of the mean image (for the mean image: alexnet stats \
+             --size {resize})",
+            stats.side
+        )),
+        _ => None,
+    }
+}
+
 impl Transform {
     /// The recipe of each preset: `paper` resizes, centre-crops a square and subtracts the
     /// per-pixel mean image (from `stats`, else ImageNet's channel means) with PCA colour noise in
@@ -270,12 +304,7 @@ impl Transform {
     ) -> Transform {
         use crate::image::{IMAGENET_MEAN, IMAGENET_STD};
         use crate::Preset;
-        // 256 for the 224/227 crops of the recipes; the same ratio for smaller inputs.
-        let resize = if crop >= 224 {
-            crop.max(256)
-        } else {
-            (crop * 256).div_ceil(224)
-        };
+        let resize = resize_for(crop);
         let channel_mean = stats.map_or(IMAGENET_MEAN, |s| s.channel_mean);
         let normalize = match (preset, stats) {
             (Preset::Torchvision, _) => Normalize::MeanStd {

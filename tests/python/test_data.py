@@ -268,6 +268,10 @@ def test_list_file_source(tmp_path):
     (tmp_path / "bad.txt").write_text(f"{files[0]} cat\n")
     with pytest.raises(alexnet_rs.DataError, match="line 1"):
         DataLoader(tmp_path / "bad.txt")
+    # A huge label made 10^11 class names: the process aborted on the allocation.
+    (tmp_path / "huge.txt").write_text(f"{files[0]} 0\n{files[1]} 99999999999\n")
+    with pytest.raises(alexnet_rs.DataError, match="line 2: label 99999999999 is over the limit"):
+        DataLoader(tmp_path / "huge.txt")
 
 
 def test_a_val_split_is_labelled_by_the_training_class_names(tmp_path):
