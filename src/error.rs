@@ -37,22 +37,27 @@ pub enum Error {
     File { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    /// Training produced a non-finite loss (the run stopped; earlier checkpoints are intact).
+    /// Training produced a non-finite loss, validation loss or weight (the run stopped before
+    /// writing a checkpoint of it; earlier checkpoints are intact).
     #[error(
-        "loss became {loss} at step {step} (epoch {epoch}): stopping; the last good checkpoint is in {} \
-         (try a lower --lr)",
-        checkpoints.display()
+        "{what} became {loss} at step {step} (epoch {epoch}): stopping; {} (try a lower --lr)",
+        last_good.as_ref().map_or("no checkpoint was written".into(), |p| format!("the last good checkpoint is {}", p.display()))
     )]
     Diverged {
+        /// "the training loss", "the validation loss" or "a weight of <layer>".
+        what: String,
         loss: f64,
         step: u64,
         epoch: u64,
-        checkpoints: PathBuf,
+        last_good: Option<PathBuf>,
     },
     /// A bug caught at a boundary (a panic in a data thread or under a Python call): reported
     /// as an error instead of ending the thread or the interpreter.
     #[error("internal error (a bug in alexnet_rs, please report it): {0}")]
     Internal(String),
+    /// Some items of a command that goes on past a bad one failed (each already reported).
+    #[error("{0}")]
+    SomeFailed(String),
     /// Long work stopped on request (Ctrl-C under Python: a `KeyboardInterrupt` there).
     #[error("interrupted")]
     Interrupted,

@@ -32,6 +32,7 @@ pub struct EpochRecord {
     pub val_loss: f64,
     pub val_top1: f64,
     pub val_top5: f64,
+    /// The learning rate of the epoch's last step.
     pub lr: f64,
     pub seconds: f64,
 }

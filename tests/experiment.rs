@@ -175,7 +175,8 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint()
             assert!(*step >= 1, "the first loss (at init) is finite");
             assert!(e.to_string().contains("try a lower --lr"), "{e}");
             let c = checkpoint::load(&out).unwrap();
-            assert_eq!(c.state.step, *step, "the newest checkpoint is the last good step");
+            assert_eq!(c.state.step, *step - 1, "the newest checkpoint is the last good step");
+            assert!(e.to_string().contains(&format!("at step {step}")), "{e}");
         }
         other => panic!("expected Error::Diverged, got {other:?}"),
     }

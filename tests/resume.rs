@@ -360,6 +360,75 @@ fn eval_of_nan_weights_fails_with_a_clear_message() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("NaN"), "{err}");
+    // Finite weights whose outputs overflow: predict printed NaN probabilities and exited 0.
+    for (_, t) in w.iter_mut() {
+        let _ = t.fill_(1e30); // conv2's sums overflow float32
+    }
+    tch::Tensor::write_safetensors(&w, dir.join("weights.safetensors")).unwrap();
+    let img = b.join("img.png");
+    image::RgbImage::from_pixel(28, 28, image::Rgb([90, 90, 90]))
+        .save(&img)
+        .unwrap();
+    for args in [
+        vec!["eval".as_ref(), b.as_os_str()],
+        vec!["predict".as_ref(), b.as_os_str(), img.as_os_str()],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("NaN or infinite outputs"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn weights_that_give_nan_outputs_are_never_checkpointed() {
+    let _s = serial();
+    require_data();
+    // --lr 1e30 --max-steps 1: the first loss is finite, the update makes the outputs NaN; the
+    // checkpoint was written, the run printed "loss NaN" and exited 0.
+    let b = tmp("nan-stop");
+    let e = train(
+        &TrainConfig {
+            lr: 1e30,
+            max_steps: Some(1),
+            ..tiny(&b)
+        },
+        None,
+        &mut |_| {},
+        &|| false,
+    )
+    .expect_err("diverged");
+    let msg = e.to_string();
+    assert!(matches!(e, alexnet_rs::Error::Diverged { .. }), "{e:?}");
+    assert!(
+        msg.contains("the validation loss became") && msg.contains("no checkpoint was written"),
+        "{msg}"
+    );
+    assert!(
+        checkpoint::find_latest(&b).is_err(),
+        "no checkpoint of NaN-producing weights"
+    );
+    // At an epoch's end (4 steps per epoch, checkpoints every 2): the last good one stays newest.
+    let c = tmp("nan-epoch");
+    let e = train(&TrainConfig { lr: 3e4, ..tiny(&c) }, None, &mut |_| {}, &|| false)
+        .expect_err("diverged")
+        .to_string();
+    let newest = checkpoint::find_latest(&c);
+    if let Ok(n) = &newest {
+        assert!(
+            e.contains(&format!("the last good checkpoint is {}", n.display())),
+            "{e}"
+        );
+        let w: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(n.join("weights.safetensors")).unwrap();
+        assert!(w.iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1), "{e}");
+    } else {
+        assert!(e.contains("no checkpoint was written"), "{e}");
+    }
 }
 
 #[test]
@@ -451,4 +520,96 @@ fn a_fresh_run_into_a_run_folder_is_refused_and_loses_nothing() {
         },
         None,
     );
+}
+
+#[test]
+fn resuming_from_an_older_checkpoint_is_refused_and_loses_nothing() {
+    let _s = serial();
+    require_data();
+    // `--resume run/checkpoints/ckpt-000000002` of a run at step 8 cut metrics.jsonl back to step
+    // 2, dropped the epoch row, and pruned the newer checkpoints.
+    let b = tmp("resume-older");
+    let tc = TrainConfig { keep: 3, ..tiny(&b) };
+    run(&tc, None);
+    let before = (
+        fs::read(b.join("metrics.jsonl")).unwrap(),
+        fs::read(b.join("epochs.csv")).unwrap(),
+        checkpoint::find_latest(&b).unwrap(),
+    );
+    let older = b.join("checkpoints").join("ckpt-000000004");
+    assert!(older.join("state.json").is_file());
+    let e = train(
+        &TrainConfig {
+            max_steps: Some(1),
+            ..TrainConfig::default()
+        },
+        Some(&older),
+        &mut |_| {},
+        &|| false,
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(
+        e.contains("not the newest checkpoint") && e.contains("ckpt-000000008"),
+        "{e}"
+    );
+    let after = (
+        fs::read(b.join("metrics.jsonl")).unwrap(),
+        fs::read(b.join("epochs.csv")).unwrap(),
+        checkpoint::find_latest(&b).unwrap(),
+    );
+    assert!(before == after, "nothing was touched");
+    assert!(older.join("state.json").is_file(), "the older checkpoint is kept");
+    // The newest checkpoint named by its folder resumes as the run folder does.
+    run(
+        &TrainConfig {
+            epochs: 3,
+            max_steps: Some(1),
+            ..TrainConfig::default()
+        },
+        Some(&before.2),
+    );
+}
+
+#[test]
+fn ctrl_c_stops_with_a_checkpoint_and_exit_code_130() {
+    let _s = serial();
+    require_data();
+    // It exited 0 and printed the "final:" line of a finished run: `alexnet train ... && deploy`
+    // carried on after an interrupted run.
+    let b = tmp("ctrl-c");
+    let child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args([
+            "train",
+            "--preset",
+            "cnn4",
+            "--input-size",
+            "28",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1000",
+        ])
+        .args(["--limit-train", "128", "--limit-test", "64", "--threads", "2", "--out"])
+        .arg(&*b)
+        .env_remove("ALEXNET_FAULT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while fs::read_to_string(b.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(started.elapsed().as_secs() < 120, "no step within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted") && err.contains("--resume"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("final:"));
+    let c = checkpoint::load(&b).unwrap();
+    assert!(c.state.step >= 1 && c.state.epoch < 1000);
+    let again = cli(&b, true, &["--max-steps", "1"], None);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
 }

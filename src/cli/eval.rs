@@ -187,22 +187,27 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 
 pub fn predict(a: &PredictArgs) -> Result<()> {
     let mut images = Vec::new();
+    // A folder without images is reported like an unreadable image; the others are predicted.
+    let mut bad_folders = 0;
     for p in &a.images {
         if !p.is_dir() {
             images.push(p.clone());
             continue;
         }
-        let inside = crate::data::source::image_files(p)?;
-        if inside.is_empty() {
-            return Err(Error::File {
-                path: p.clone(),
-                reason: "no image files in this folder".into(),
-            });
+        match crate::data::source::image_files(p) {
+            Ok(inside) if !inside.is_empty() => images.extend(inside),
+            Ok(_) => {
+                eprintln!("error: {}: no image files in this folder", p.display());
+                bad_folders += 1;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                bad_folders += 1;
+            }
         }
-        images.extend(inside);
     }
     let t = train::load_trained(&a.checkpoint, &a.devices)?;
-    let mut failed: Vec<&PathBuf> = Vec::new();
+    let mut failed = bad_folders;
     for (path, top) in images.iter().zip(train::predict(&t, &images)?) {
         match top {
             Ok(top) => {
@@ -213,19 +218,16 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                failed.push(path);
+                failed += 1;
             }
         }
     }
-    if let Some(first) = failed.first() {
-        return Err(Error::File {
-            path: first.to_path_buf(),
-            reason: format!(
-                "{} of {} images could not be read (each named above)",
-                failed.len(),
-                images.len()
-            ),
-        });
+    if failed > 0 {
+        // An empty folder counts as one unreadable item.
+        return Err(Error::SomeFailed(format!(
+            "{failed} of {} images could not be read (each named above)",
+            images.len() + bad_folders
+        )));
     }
     Ok(())
 }

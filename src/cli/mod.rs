@@ -112,6 +112,7 @@ pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -
         .unwrap_or_else(|payload| Err(Error::Internal(crate::error::panic_message(&*payload))));
     match result {
         Ok(()) => 0,
+        Err(Error::Interrupted) => 130, // 128 + SIGINT, as a shell reports a process Ctrl-C ended
         Err(e) => {
             eprintln!("error: {e}");
             1
@@ -161,6 +162,7 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
 }
 
 fn global_threads(threads: usize) -> Result<()> {
+    crate::data::loader::check_threads(threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()

@@ -69,11 +69,21 @@ pub struct ExperimentArgs {
     train: SettingsArgs,
 }
 
-/// Ctrl-C: finish the step, write a checkpoint, stop.
+/// Ctrl-C: finish the step, write a checkpoint, stop (exit code 130). A second Ctrl-C ends the
+/// process at once (the newest checkpoint stays as it was).
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+    if STOP.swap(true, Ordering::SeqCst) {
+        // SAFETY: signal and raise are async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::raise(libc::SIGINT);
+        }
+    }
+    const MSG: &[u8] = b"\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)\n";
+    // SAFETY: write is async-signal-safe; MSG outlives the call.
+    unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
 }
 
 pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Result<()> {
@@ -116,6 +126,20 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         (Some(run), None | Some(clap::parser::ValueSource::DefaultValue)) => run.clone(),
         _ => tc.out.clone(),
     };
+    if STOP.load(Ordering::SeqCst) {
+        let ckpt = checkpoint::find_latest(&out).unwrap_or(out.clone());
+        eprintln!(
+            "interrupted: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with \
+             `alexnet train --resume {}`",
+            result.top1,
+            result.top5,
+            result.loss,
+            result.samples,
+            ckpt.display(),
+            out.display()
+        );
+        return Err(crate::Error::Interrupted);
+    }
     println!(
         "final: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; metrics, curves.png and checkpoints in {}",
         result.top1,

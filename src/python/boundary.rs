@@ -28,7 +28,7 @@ pub fn py_err(e: Error) -> PyErr {
         }
         | Error::Torch(_)
         | Error::Internal(_) => "TorchError",
-        Error::File { .. } => "DataError",
+        Error::File { .. } | Error::SomeFailed(_) => "DataError",
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "MissingFileError",
         Error::Io { .. } => "AlexNetIOError",
         Error::Diverged { .. } => "DivergedError",

@@ -184,6 +184,13 @@ pub fn predict(t: &Trained, images: &[PathBuf]) -> Result<Vec<Result<Top5>>> {
     let top5 = |path: &PathBuf| -> Result<Top5> {
         let x = image_tensor(&tf, path)?.f_unsqueeze(0)?.to_device(device);
         let probs = model::forward(&t.cfg, &t.params, &x, false)?.f_softmax(-1, Kind::Float)?;
+        if probs.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
+            return Err(Error::Config(format!(
+                "the network's outputs for {} are not finite: the checkpoint's weights produce \
+                 NaN or infinite outputs (did the run diverge?)",
+                path.display()
+            )));
+        }
         let (p, i) = probs.f_topk(5.min(probs.size()[1]), -1, true, true)?;
         Ok((0..p.size()[1])
             .map(|k| {

@@ -38,14 +38,29 @@ pub fn trained_config(c: &Checkpoint) -> TrainConfig {
 
 /// Refuses to train into a folder that holds another run's checkpoints (a fresh run there, or a
 /// resumed one given that `--out`): its metrics would be replaced, its checkpoints pruned, and its
-/// newer steps would stay the "newest checkpoint" that eval and predict read.
+/// newer steps would stay the "newest checkpoint" that eval and predict read. And refuses to
+/// resume a run from a checkpoint older than its newest: that would cut its metrics back and
+/// prune the newer checkpoints.
 pub(super) fn check_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result<()> {
-    let Ok(newest) = checkpoint::find_latest(&tc.out) else {
-        return Ok(());
-    };
     let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
+    };
+    if let Some((c, run)) = resumed.and_then(|c| run_folder(&c.dir).map(|r| (c, r))) {
+        let newest = checkpoint::find_latest(run)?;
+        if !same(&newest, &c.dir) {
+            return Err(Error::Config(format!(
+                "{} is not the newest checkpoint of its run ({}): resuming from it would discard the \
+                 steps after it; resume the run folder {}, or copy the checkpoint folder elsewhere to \
+                 start a new run from it",
+                c.dir.display(),
+                newest.display(),
+                run.display()
+            )));
+        }
+    }
+    let Ok(newest) = checkpoint::find_latest(&tc.out) else {
+        return Ok(());
     };
     if resumed
         .and_then(|c| run_folder(&c.dir))

@@ -148,18 +148,18 @@ impl<'a> Run<'a> {
                     other: self.tc.max_steps.is_some_and(|m| steps_here >= m) || stop(),
                 })?;
                 if agreed.out_of_time || agreed.other {
+                    // Evaluated before the checkpoint, which is not written if the outputs are
+                    // NaN. Mid-epoch: not an epochs.csv row (that comes when a resumed run
+                    // finishes the epoch).
+                    let e = self.evaluate()?;
                     if agreed.out_of_time {
-                        // Mid-epoch: reported, but not an epochs.csv row (the epoch's row comes
-                        // when a resumed run finishes it).
-                        let e = self.evaluate()?;
                         eprintln!(
                             "time budget reached after {} steps: top-1 {:.4}, top-5 {:.4}",
                             self.state.step, e.top1, e.top5
                         );
-                        last_eval = Some(e);
                     }
                     self.save()?;
-                    return self.finish(steps_here, last_eval);
+                    return self.finish(steps_here, Some(e));
                 }
                 if self.tc.checkpoint_every > 0 && self.state.step.is_multiple_of(self.tc.checkpoint_every) {
                     self.save()?;
@@ -191,8 +191,14 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// The evaluation of the current weights; a non-finite loss is a divergence.
     fn evaluate(&self) -> Result<EvalResult> {
-        evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group, &|| false)
+        let e = evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group, &|| false)?;
+        if !e.loss.is_finite() {
+            let (step, epoch) = (self.state.step, self.state.epoch);
+            return Err(diverged(&self.tc, "the validation loss".into(), e.loss, step, epoch));
+        }
+        Ok(e)
     }
 
     /// One optimiser step on `b`: forward, loss, backward, (the ranks' gradients summed), update,
@@ -239,15 +245,15 @@ impl<'a> Run<'a> {
         let world = self.group.map_or(1, |g| g.world);
         let n = b.labels.size()[0] as f64;
         let totals = [loss.double_value(&[]), wrong.int64_value(&[]) as f64, n];
-        let diverged = |lv: f64| Error::Diverged {
-            loss: lv,
-            step: state.step,
-            epoch: state.epoch,
-            checkpoints: tc.out.join("checkpoints"),
-        };
         // Before backward, which may already update weights (in_backward).
         if self.group.is_none() && !totals[0].is_finite() {
-            return Err(diverged(totals[0]));
+            return Err(diverged(
+                tc,
+                "the training loss".into(),
+                totals[0],
+                state.step + 1,
+                state.epoch,
+            ));
         }
         // Each rank's mean loss over its slice, /world: the summed gradients are the gradient of
         // the mean over the global batch.
@@ -258,7 +264,13 @@ impl<'a> Run<'a> {
         };
         let lv = loss_sum / world as f64;
         if !lv.is_finite() {
-            return Err(diverged(lv));
+            return Err(diverged(
+                tc,
+                "the training loss".into(),
+                lv,
+                state.step + 1,
+                state.epoch,
+            ));
         }
         self.sgd.step(params, lr, in_backward.as_ref())?;
         state.step += 1;
@@ -292,8 +304,13 @@ impl<'a> Run<'a> {
         state.batch_in_epoch = 0;
         let mut result = None;
         if state.epoch.is_multiple_of(self.tc.eval_every.max(1)) || state.epoch == self.tc.epochs {
-            let e = evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group, &|| false)?;
+            let e = self.evaluate()?;
+            // The lr the epoch's last step trained with (before a plateau drop takes effect).
+            let per_epoch = self.train_loader.batches_per_epoch() as f64;
             let state = &mut self.state;
+            let lr = state
+                .schedule
+                .lr_at((state.epoch - 1) as f64 + (per_epoch - 1.0) / per_epoch);
             if state.best_top1.is_none_or(|b| e.top1 > b) {
                 (state.best_top1, state.best_step) = (Some(e.top1), Some(state.step));
             }
@@ -307,7 +324,7 @@ impl<'a> Run<'a> {
                 val_loss: e.loss,
                 val_top1: e.top1,
                 val_top5: e.top5,
-                lr: state.schedule.lr_at(state.epoch as f64),
+                lr,
                 seconds: epoch_start.elapsed().as_secs_f64(),
             };
             if let Some(m) = &self.metrics {
@@ -329,10 +346,19 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         m.sync()?;
+        let weights = self.params.gather_cpu()?;
+        for (name, w) in &weights {
+            let bad = w.f_isfinite()?.f_logical_not()?;
+            if bad.f_any()?.int64_value(&[]) != 0 {
+                let value = w.f_masked_select(&bad)?.double_value(&[0]);
+                let (step, epoch) = (self.state.step, self.state.epoch);
+                return Err(diverged(&self.tc, format!("a weight of {name}"), value, step, epoch));
+            }
+        }
         let dir = checkpoint::save(
             &self.tc.out,
             &self.state,
-            &self.params.gather_cpu()?,
+            &weights,
             &gather_velocity(&self.params, &self.sgd)?,
             self.tc.keep,
         )?;
@@ -356,6 +382,17 @@ impl<'a> Run<'a> {
             redraw(m);
         }
         Ok(e)
+    }
+}
+
+/// The error that stops a diverged run: `what` became `value` at `step`; nothing of it is saved.
+fn diverged(tc: &TrainConfig, what: String, value: f64, step: u64, epoch: u64) -> Error {
+    Error::Diverged {
+        what,
+        loss: value,
+        step,
+        epoch,
+        last_good: checkpoint::find_latest(&tc.out).ok(),
     }
 }
 

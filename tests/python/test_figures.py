@@ -136,10 +136,13 @@ def test_predict_is_the_models_softmax_and_a_bad_file_does_not_stop_the_others(r
     out, data = run
     queries = [data / "val" / "class0" / "0.png", tmp_path / "bad.png", data / "val" / "class1" / "0.png"]
     queries[1].write_bytes(b"not a png")
-    r = subprocess.run([BIN, "predict", out, *queries], capture_output=True, text=True, timeout=600)
+    empty = tmp_path / "no-images"  # an empty folder among the arguments stopped the whole call
+    empty.mkdir()
+    r = subprocess.run([BIN, "predict", out, *queries, empty], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stderr
     assert f"error: {queries[1]}: not a recognised image format" in r.stderr, r.stderr
-    assert "1 of 3 images could not be read" in r.stderr, r.stderr
+    assert f"error: {empty}: no image files in this folder" in r.stderr, r.stderr
+    assert "\nerror: 2 of 4 images could not be read" in r.stderr, r.stderr
     printed: dict[str, dict[int, float]] = {}
     for line in r.stdout.splitlines():
         if not line.startswith(" "):
