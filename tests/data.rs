@@ -284,3 +284,21 @@ fn a_resize_past_the_pixel_limit_is_an_error_not_an_abort() {
         .to_string();
     assert!(msg.contains("limit"), "{msg}");
 }
+
+#[test]
+fn a_stats_file_the_recipe_leaves_unused_is_named() {
+    // --stats was silently ignored by the torchvision preset, and the paper preset silently used
+    // channel means when the file's mean image was not at its resize side.
+    use alexnet_rs::data::stats::Stats;
+    use alexnet_rs::data::transform::{resize_for, unused_stats};
+    let root = image_folder("unused-stats", 2, 2);
+    let ds = Dataset::open(&root, Split::Train).unwrap();
+    let at = |side| Stats::compute(&ds, side, &|| ()).unwrap();
+    let (fits, other) = (at(resize_for(63)), at(256));
+    let tv = unused_stats(Preset::Torchvision, 63, &fits).expect("torchvision uses none of it");
+    assert!(tv.contains("not used"), "{tv}");
+    assert_eq!(unused_stats(Preset::Paper, 63, &fits), None);
+    let paper = unused_stats(Preset::Paper, 63, &other).expect("mean image at the wrong side");
+    assert!(paper.contains("256x256") && paper.contains("--size 72"), "{paper}");
+    assert_eq!(unused_stats(Preset::Caffe, 63, &other), None);
+}

@@ -613,3 +613,38 @@ fn ctrl_c_stops_with_a_checkpoint_and_exit_code_130() {
     let again = cli(&b, true, &["--max-steps", "1"], None);
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
 }
+
+#[test]
+fn an_epoch_row_carries_the_lr_its_last_step_trained_with() {
+    let _s = serial();
+    require_data();
+    // The row showed the lr after the schedule's step: 0 for the last epoch of a cosine run, the
+    // dropped lr for an epoch a plateau schedule trained wholly at the higher one.
+    let b = tmp("epoch-lr");
+    run(
+        &TrainConfig {
+            schedule: alexnet_rs::optim::ScheduleKind::Cosine,
+            ..tiny(&b)
+        },
+        None,
+    );
+    let steps: Vec<serde_json::Value> = fs::read_to_string(b.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let csv = fs::read_to_string(b.join("epochs.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let (step, lr): (u64, f64) = (row[1].parse().unwrap(), row[6].parse().unwrap());
+        let last = steps
+            .iter()
+            .find(|s| s["step"] == step)
+            .expect("the row's step is recorded");
+        assert!(lr > 0.0, "{row:?}");
+        // epochs.csv prints 7 significant digits
+        let want = last["lr"].as_f64().unwrap();
+        assert!((lr - want).abs() <= 1e-6 * want, "{row:?} vs {want}");
+    }
+}
