@@ -58,9 +58,10 @@ pub enum Error {
     /// Some items of a command that goes on past a bad one failed (each already reported).
     #[error("{0}")]
     SomeFailed(String),
-    /// Long work stopped on request (Ctrl-C under Python: a `KeyboardInterrupt` there).
-    #[error("interrupted")]
-    Interrupted,
+    /// Long work stopped on request by this signal (SIGINT: Ctrl-C; a `KeyboardInterrupt` in
+    /// Python). The CLI exits with 128 + the signal's number, as a shell reports it.
+    #[error("interrupted (signal {0})")]
+    Interrupted(i32),
 }
 
 impl From<tch::TchError> for Error {

@@ -572,46 +572,48 @@ fn resuming_from_an_older_checkpoint_is_refused_and_loses_nothing() {
 }
 
 #[test]
-fn ctrl_c_stops_with_a_checkpoint_and_exit_code_130() {
+fn ctrl_c_or_sigterm_stops_with_a_checkpoint_and_exit_code_128_plus_the_signal() {
     let _s = serial();
     require_data();
-    // It exited 0 and printed the "final:" line of a finished run: `alexnet train ... && deploy`
-    // carried on after an interrupted run.
-    let b = tmp("ctrl-c");
-    let child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args([
-            "train",
-            "--preset",
-            "cnn4",
-            "--input-size",
-            "28",
-            "--batch-size",
-            "32",
-            "--epochs",
-            "1000",
-        ])
-        .args(["--limit-train", "128", "--limit-test", "64", "--threads", "2", "--out"])
-        .arg(&*b)
-        .env_remove("ALEXNET_FAULT")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while fs::read_to_string(b.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
-        assert!(started.elapsed().as_secs() < 120, "no step within 120 s");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    // Ctrl-C exited 0 and printed the "final:" line of a finished run (`alexnet train ... &&
+    // deploy` carried on after an interrupted run); SIGTERM (a preempted machine) killed it at once.
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let b = tmp(&format!("signal-{signal}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+            .args(["train", "--preset", "cnn4", "--input-size", "28", "--batch-size", "32"])
+            .args([
+                "--epochs",
+                "1000",
+                "--limit-train",
+                "128",
+                "--limit-test",
+                "64",
+                "--threads",
+                "2",
+                "--out",
+            ])
+            .arg(&*b)
+            .env_remove("ALEXNET_FAULT")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while fs::read_to_string(b.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
+            assert!(started.elapsed().as_secs() < 120, "no step within 120 s");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains("interrupted") && err.contains("--resume"), "{err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("final:"));
+        let c = checkpoint::load(&b).unwrap();
+        assert!(c.state.step >= 1 && c.state.epoch < 1000);
+        let again = cli(&b, true, &["--max-steps", "1"], None);
+        assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     }
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted") && err.contains("--resume"), "{err}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("final:"));
-    let c = checkpoint::load(&b).unwrap();
-    assert!(c.state.step >= 1 && c.state.epoch < 1000);
-    let again = cli(&b, true, &["--max-steps", "1"], None);
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
 }
 
 #[test]

@@ -112,7 +112,7 @@ pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -
         .unwrap_or_else(|payload| Err(Error::Internal(crate::error::panic_message(&*payload))));
     match result {
         Ok(()) => 0,
-        Err(Error::Interrupted) => 130, // 128 + SIGINT, as a shell reports a process Ctrl-C ended
+        Err(Error::Interrupted(signal)) => (128 + signal) as u8, // as a shell reports it: 130 for Ctrl-C
         Err(e) => {
             eprintln!("error: {e}");
             1

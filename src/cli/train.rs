@@ -8,7 +8,7 @@ use crate::train::{self, Event, Group};
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -69,19 +69,20 @@ pub struct ExperimentArgs {
     train: SettingsArgs,
 }
 
-/// Ctrl-C: finish the step, write a checkpoint, stop (exit code 130). A second Ctrl-C ends the
-/// process at once (the newest checkpoint stays as it was).
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Ctrl-C (SIGINT) or SIGTERM (a preempted machine, a job scheduler): finish the step, write a
+/// checkpoint, stop; the exit code is 128 + the signal's number (130, 143). A second signal ends
+/// the process at once (the newest checkpoint stays as it was). 0: none yet.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_sigint(_: libc::c_int) {
-    if STOP.swap(true, Ordering::SeqCst) {
+extern "C" fn on_signal(signal: libc::c_int) {
+    if SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
         // SAFETY: signal and raise are async-signal-safe.
         unsafe {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            libc::raise(libc::SIGINT);
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
         }
     }
-    const MSG: &[u8] = b"\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)\n";
+    const MSG: &[u8] = b"\nstopping after this step with a checkpoint (signal again to quit at once)\n";
     // SAFETY: write is async-signal-safe; MSG outlives the call.
     unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
 }
@@ -95,8 +96,10 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}")
             .expect("valid template"),
     );
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler calls only async-signal-safe functions.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
     if quiet {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -105,7 +108,7 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
             report(&bar, e)
         }
     };
-    let stop = || STOP.load(Ordering::SeqCst);
+    let stop = || SIGNAL.load(Ordering::SeqCst) != 0;
     let resume = match &a.resume {
         None if a.auto_resume && checkpoint::find_latest(&tc.out).is_ok() => Some(tc.out.clone()),
         r => r.clone(),
@@ -118,15 +121,20 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         None => train::train(&tc, resume.as_deref(), &mut on_event, &stop)?,
     };
     bar.finish_and_clear();
+    let signal = SIGNAL.load(Ordering::SeqCst);
     if quiet {
-        return Ok(());
+        return if signal != 0 {
+            Err(crate::Error::Interrupted(signal))
+        } else {
+            Ok(())
+        };
     }
     // A resumed run without --out continues in its own folder.
     let out = match (&resume, matches.value_source("out")) {
         (Some(run), None | Some(clap::parser::ValueSource::DefaultValue)) => run.clone(),
         _ => tc.out.clone(),
     };
-    if STOP.load(Ordering::SeqCst) {
+    if signal != 0 {
         let ckpt = checkpoint::find_latest(&out).unwrap_or(out.clone());
         eprintln!(
             "interrupted: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with \
@@ -138,7 +146,7 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
             ckpt.display(),
             out.display()
         );
-        return Err(crate::Error::Interrupted);
+        return Err(crate::Error::Interrupted(signal));
     }
     println!(
         "final: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; metrics, curves.png and checkpoints in {}",

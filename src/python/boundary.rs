@@ -32,7 +32,7 @@ pub fn py_err(e: Error) -> PyErr {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "MissingFileError",
         Error::Io { .. } => "AlexNetIOError",
         Error::Diverged { .. } => "DivergedError",
-        Error::Interrupted => return pyo3::exceptions::PyKeyboardInterrupt::new_err("interrupted"),
+        Error::Interrupted(_) => return pyo3::exceptions::PyKeyboardInterrupt::new_err("interrupted"),
     };
     let message = e.to_string();
     Python::with_gil(|py| {

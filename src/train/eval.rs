@@ -41,7 +41,7 @@ pub fn evaluate(cfg: &Config, params: &Params, loader: &Loader) -> Result<EvalRe
 }
 
 /// [`evaluate`] of one rank's share of the samples; the sums are added over the `group`'s ranks.
-/// `stop()`, asked before each batch, ends it with [`Error::Interrupted`].
+/// `stop()`, asked before each batch, ends it with [`Error::Interrupted`] (Ctrl-C).
 pub fn evaluate_in(
     cfg: &Config,
     params: &Params,
@@ -58,7 +58,7 @@ pub fn evaluate_in(
     let mut confusion = Tensor::f_zeros([classes * classes], (Kind::Int64, tch::Device::Cpu))?;
     for batch in loader.epoch(0) {
         if stop() {
-            return Err(Error::Interrupted);
+            return Err(Error::Interrupted(libc::SIGINT));
         }
         let b = batch?;
         let logits = model::forward(cfg, params, &b.images, false)?;

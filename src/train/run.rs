@@ -37,7 +37,9 @@ pub struct Run<'a> {
 #[derive(Clone, Copy, Default)]
 struct Stop {
     out_of_time: bool,
-    other: bool,
+    steps_done: bool,
+    /// `stop()`: Ctrl-C, SIGTERM, a Python callback's error, an experiment's target.
+    asked: bool,
 }
 
 impl<'a> Run<'a> {
@@ -145,9 +147,16 @@ impl<'a> Run<'a> {
                         .tc
                         .time_budget_s
                         .is_some_and(|s| started.elapsed().as_secs_f64() >= s),
-                    other: self.tc.max_steps.is_some_and(|m| steps_here >= m) || stop(),
+                    steps_done: self.tc.max_steps.is_some_and(|m| steps_here >= m),
+                    asked: stop(),
                 })?;
-                if agreed.out_of_time || agreed.other {
+                if agreed.asked {
+                    // The checkpoint first: a preempted machine's grace period is short (the
+                    // weights are checked finite before it is written); the evaluation follows.
+                    self.save()?;
+                    return self.finish(steps_here, None);
+                }
+                if agreed.out_of_time || agreed.steps_done {
                     // Evaluated before the checkpoint, which is not written if the outputs are
                     // NaN. Mid-epoch: not an epochs.csv row (that comes when a resumed run
                     // finishes the epoch).
@@ -181,13 +190,14 @@ impl<'a> Run<'a> {
             .iter_shards()
             .next()
             .map_or(tch::Device::Cpu, |(_, _, t)| t.device());
-        let t = Tensor::from_slice(&[f32::from(u8::from(wants.out_of_time)), f32::from(u8::from(wants.other))])
-            .to_device(device);
+        let flags = [wants.out_of_time, wants.steps_done, wants.asked].map(|b| f32::from(u8::from(b)));
+        let t = Tensor::from_slice(&flags).to_device(device);
         g.sum(&[&t])?;
         let v = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu))?;
         Ok(Stop {
             out_of_time: v[0] > 0.0,
-            other: v[1] > 0.0,
+            steps_done: v[1] > 0.0,
+            asked: v[2] > 0.0,
         })
     }
 
@@ -373,7 +383,7 @@ impl<'a> Run<'a> {
                 self.state.epoch, self.tc.epochs
             );
         }
-        // Stopped before an epoch's evaluation (step limit, Ctrl-C, or nothing left to train).
+        // Stopped before an epoch's evaluation (asked to stop, or nothing left to train).
         let e = match last_eval {
             Some(e) => e,
             None => self.evaluate()?,
