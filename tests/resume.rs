@@ -114,6 +114,9 @@ fn a_resumed_run_writes_the_uninterrupted_runs_metrics_and_epoch_rows() {
         },
         None,
     );
+    // Resumed into another folder, the run's history comes along (it started empty there).
+    let c = tmp("resume-elsewhere");
+    run(&tiny(&c), Some(&b));
     run(
         &TrainConfig {
             max_steps: Some(3),
@@ -123,11 +126,13 @@ fn a_resumed_run_writes_the_uninterrupted_runs_metrics_and_epoch_rows() {
     );
     run(&tiny(&b), Some(&b));
     let (ma, ca) = masked(&a);
-    let (mb, cb) = masked(&b);
     assert_eq!(ma.lines().count(), 8);
     assert_eq!(ca.lines().count(), 3, "{ca}");
-    assert_eq!(cb, ca, "epochs.csv differs");
-    assert_eq!(mb, ma, "metrics.jsonl differs");
+    for run in [&b, &c] {
+        let (m, c) = masked(run);
+        assert_eq!(c, ca, "epochs.csv differs");
+        assert_eq!(m, ma, "metrics.jsonl differs");
+    }
 }
 
 #[test]

@@ -17,13 +17,36 @@ fn run_folder(ckpt: &Path) -> Option<&Path> {
         .and_then(Path::parent)
 }
 
-/// The run's copy of its statistics file, in its folder (crash-safe; rewritten at each start).
-pub(super) fn keep_stats(tc: &TrainConfig) -> Result<()> {
-    let Some(src) = &tc.stats else {
+/// What a run keeps in its folder from elsewhere, at each start (crash-safe): its copy of its
+/// statistics file, and, for a run resumed into another folder, the resumed run's metrics
+/// history (metrics.jsonl, epochs.csv; cut back to the checkpoint when the metrics are opened).
+pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result<()> {
+    if let Some(src) = &tc.stats {
+        let bytes = std::fs::read(src).map_err(io(src))?;
+        crate::files::write(&tc.out.join(STATS), &bytes)?;
+    }
+    let Some(from) = resumed.and_then(|c| run_folder(&c.dir)) else {
         return Ok(());
     };
-    let bytes = std::fs::read(src).map_err(io(src))?;
-    crate::files::write(&tc.out.join(STATS), &bytes)
+    if same_folder(from, &tc.out) {
+        return Ok(());
+    }
+    for name in ["metrics.jsonl", "epochs.csv"] {
+        let src = from.join(name);
+        if src.is_file() {
+            let bytes = std::fs::read(&src).map_err(io(&src))?;
+            crate::files::write(&tc.out.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name one folder.
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// The settings checkpoint `c` was trained with; its statistics file is the run's copy when
@@ -42,13 +65,9 @@ pub fn trained_config(c: &Checkpoint) -> TrainConfig {
 /// resume a run from a checkpoint older than its newest: that would cut its metrics back and
 /// prune the newer checkpoints.
 pub(super) fn check_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result<()> {
-    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
     if let Some((c, run)) = resumed.and_then(|c| run_folder(&c.dir).map(|r| (c, r))) {
         let newest = checkpoint::find_latest(run)?;
-        if !same(&newest, &c.dir) {
+        if !same_folder(&newest, &c.dir) {
             return Err(Error::Config(format!(
                 "{} is not the newest checkpoint of its run ({}): resuming from it would discard the \
                  steps after it; resume the run folder {}, or copy the checkpoint folder elsewhere to \
@@ -64,7 +83,7 @@ pub(super) fn check_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Resul
     };
     if resumed
         .and_then(|c| run_folder(&c.dir))
-        .is_some_and(|r| same(r, &tc.out))
+        .is_some_and(|r| same_folder(r, &tc.out))
     {
         return Ok(());
     }

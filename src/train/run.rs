@@ -92,7 +92,7 @@ impl<'a> Run<'a> {
                 &tc.out.join("classes.json"),
                 train_loader.dataset().classes_json().as_bytes(),
             )?;
-            resume::keep_stats(&tc)?;
+            resume::fill_out(&tc, ckpt.as_ref())?;
         }
         let (params, sgd, mut state) = match ckpt {
             Some(c) => restore(&tc, &cfg, &placement, c)?,
