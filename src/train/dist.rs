@@ -8,6 +8,7 @@
 //! of the mean loss over the global batch), evaluation counts are summed, and rank 0 alone writes
 //! metrics, curves and checkpoints.
 use crate::error::Result;
+use crate::model::Params;
 use tch::{Device, Tensor};
 
 /// Sums a tensor over every rank, in place.
@@ -44,5 +45,23 @@ impl Group<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Sums the gradients and a step's totals (loss sum, errors, images) over the ranks, in
+    /// one collective per device.
+    pub fn sum_step(&self, params: &Params, totals: [f64; 3]) -> Result<[f64; 3]> {
+        let grads: Vec<Tensor> = params
+            .iter_shards()
+            .filter(|(_, _, p)| p.requires_grad())
+            .map(|(_, _, p)| p.grad())
+            .collect();
+        let device = grads.first().map_or(Device::Cpu, Tensor::device);
+        // Float32 beside the gradients (NCCL reduces device tensors): exact for these counts.
+        let t = Tensor::from_slice(&totals.map(|v| v as f32)).to_device(device);
+        let mut all: Vec<&Tensor> = grads.iter().collect();
+        all.push(&t);
+        self.sum(&all)?;
+        let v = Vec::<f32>::try_from(t.to_device(Device::Cpu))?;
+        Ok([v[0], v[1], v[2]].map(f64::from))
     }
 }

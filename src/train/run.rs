@@ -256,32 +256,18 @@ impl<'a> Run<'a> {
         let n = b.labels.size()[0] as f64;
         let totals = [loss.double_value(&[]), wrong.int64_value(&[]) as f64, n];
         // Before backward, which may already update weights (in_backward).
-        if self.group.is_none() && !totals[0].is_finite() {
-            return Err(diverged(
-                tc,
-                "the training loss".into(),
-                totals[0],
-                state.step + 1,
-                state.epoch,
-            ));
+        if self.group.is_none() {
+            finite_loss(tc, state, totals[0])?;
         }
         // Each rank's mean loss over its slice, /world: the summed gradients are the gradient of
         // the mean over the global batch.
         (&loss / world as f64).f_backward()?;
         let [loss_sum, wrong, images] = match self.group {
-            Some(g) => reduce_step(g, params, totals)?,
+            Some(g) => g.sum_step(params, totals)?,
             None => totals,
         };
         let lv = loss_sum / world as f64;
-        if !lv.is_finite() {
-            return Err(diverged(
-                tc,
-                "the training loss".into(),
-                lv,
-                state.step + 1,
-                state.epoch,
-            ));
-        }
+        finite_loss(tc, state, lv)?;
         self.sgd.step(params, lr, in_backward.as_ref())?;
         state.step += 1;
         state.batch_in_epoch += 1;
@@ -395,6 +381,20 @@ impl<'a> Run<'a> {
     }
 }
 
+/// A non-finite training loss at the step being taken stops the run.
+fn finite_loss(tc: &TrainConfig, state: &TrainState, loss: f64) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(diverged(
+        tc,
+        "the training loss".into(),
+        loss,
+        state.step + 1,
+        state.epoch,
+    ))
+}
+
 /// The error that stops a diverged run: `what` became `value` at `step`; nothing of it is saved.
 fn diverged(tc: &TrainConfig, what: String, value: f64, step: u64, epoch: u64) -> Error {
     Error::Diverged {
@@ -413,23 +413,6 @@ fn redraw(m: &Metrics) {
     if let Err(e) = m.plot() {
         eprintln!("warning: {e}; curves.png is left as it was (drawn again at the next epoch's end, or by --resume)");
     }
-}
-
-/// Sums the gradients and the step's totals over the ranks (one collective per device).
-fn reduce_step(g: &Group, params: &Params, totals: [f64; 3]) -> Result<[f64; 3]> {
-    let grads: Vec<Tensor> = params
-        .iter_shards()
-        .filter(|(_, _, p)| p.requires_grad())
-        .map(|(_, _, p)| p.grad())
-        .collect();
-    let device = grads.first().map_or(tch::Device::Cpu, Tensor::device);
-    // Float32 beside the gradients (NCCL reduces device tensors): exact for these counts.
-    let t = Tensor::from_slice(&totals.map(|v| v as f32)).to_device(device);
-    let mut all: Vec<&Tensor> = grads.iter().collect();
-    all.push(&t);
-    g.sum(&all)?;
-    let v = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu))?;
-    Ok([v[0], v[1], v[2]].map(f64::from))
 }
 
 /// The network, optimiser and state of a resumed checkpoint.
