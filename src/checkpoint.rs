@@ -45,12 +45,30 @@ pub struct TrainState {
     pub loss_sum: f64,
     #[serde(default)]
     pub loss_count: u64,
+    /// Data-parallel ranks the run trains with (its global batch is batch_size x ranks; 1 in
+    /// checkpoints written before it was recorded).
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainState {
-    /// Refuses a position past the end of an epoch of `per_epoch` batches (the data or the batch
-    /// size changed since the checkpoint was written), which would skip the rest of the epoch.
-    pub fn check_position(&self, per_epoch: u64) -> Result<()> {
+    /// Refuses to continue with `ranks` ranks and `per_epoch` batches per epoch what was trained
+    /// otherwise: another rank count changes the global batch (and the position in the epoch,
+    /// counted in batches); a position past the end of an epoch (the data or the batch size
+    /// changed since the checkpoint was written) would skip the rest of the epoch.
+    pub fn check_position(&self, per_epoch: u64, ranks: usize) -> Result<()> {
+        if self.step > 0 && self.ranks != ranks {
+            return Err(Error::Config(format!(
+                "the run was trained with {} rank(s) (global batch {} x {}); continuing it with {ranks} \
+                 would change the global batch and the position in the epoch: resume it with {} rank(s) \
+                 (torchrun --nproc_per_node/--nnodes)",
+                self.ranks, self.config.batch_size, self.ranks, self.ranks
+            )));
+        }
         if self.batch_in_epoch > per_epoch {
             return Err(Error::Config(format!(
                 "the checkpoint's batch_in_epoch is {} but an epoch has {per_epoch} batches: the data or \
@@ -464,6 +482,7 @@ pub fn save_weights(
         classes,
         loss_sum: 0.0,
         loss_count: 0,
+        ranks: 1,
     };
     let velocity = weights.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect();
     save(run, &state, &weights, &velocity, 1)

@@ -92,11 +92,15 @@ def _train_side_by_side(args) -> float:
                     limit_test=args.batch_size, threads=args.threads, out=str(out / "rust-run"))
     shutil.rmtree(out / "rust-run", ignore_errors=True)  # a fresh run each time (a run folder holds one run)
     ours = [e for e in _collect(settings) if "train_error" in e]
+    loader = DataLoader(args.data, preset="torchvision", crop=args.input_size, view="train",
+                        batch_size=args.batch_size, threads=args.threads, seed=args.seed, shuffle=True, drop_last=True,
+                        limit=args.limit)
     # torchvision from the same initial weights: the Rust run seeded torch's generator with the
     # seed and drew them from it, in this process.
     torch.manual_seed(args.seed)
-    init = dict(_native.init_params("torchvision", 10, args.input_size))
-    tv = torchvision.models.alexnet(weights=None, num_classes=10)
+    classes = len(loader.classes)
+    init = dict(_native.init_params("torchvision", classes, args.input_size))
+    tv = torchvision.models.alexnet(weights=None, num_classes=classes)
     tv.load_state_dict(init)
     for m in tv.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -106,9 +110,6 @@ def _train_side_by_side(args) -> float:
     no_decay = [p for n, p in tv.named_parameters() if n.endswith("bias")]
     opt = torch.optim.SGD([dict(params=decay, weight_decay=5e-4), dict(params=no_decay, weight_decay=0.0)],
                           lr=args.lr, momentum=0.9)
-    loader = DataLoader(args.data, preset="torchvision", crop=args.input_size, view="train",
-                        batch_size=args.batch_size, threads=args.threads, seed=args.seed, shuffle=True, drop_last=True,
-                        limit=args.limit)
     theirs, lrs, step = [], [], 0
     for epoch in range(epochs):
         for x, y in loader.epoch(epoch):
@@ -183,6 +184,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="decoding threads")
     args = ap.parse_args(argv)
+    for name in ("steps", "input_size", "batch_size", "limit", "repeats", "threads"):
+        if getattr(args, name) < (0 if name == "threads" else 1):
+            ap.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'threads' else 1}")
+    if args.train and args.limit < args.batch_size:
+        ap.error(f"--limit ({args.limit}) must be at least one --batch-size ({args.batch_size})")
     if args.train:
         return _train_side_by_side(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

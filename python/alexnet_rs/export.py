@@ -39,7 +39,7 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
     if preset is None or not isinstance(model, torch.nn.Module):
         raise DtypeError(f"export_onnx: model must be an alexnet_rs.AlexNet, got {type(model).__name__}")
     path = path_arg("export_onnx", "path", path)
-    int_arg("export_onnx", "opset", opset, 1)
+    int_arg("export_onnx", "opset", opset, 10)  # MaxPool's ceil_mode needs opset 10
     default = getattr(model, "input_size", None)
     size = int_arg("export_onnx", "input_size", default if input_size is None else input_size, 1)
     # The Rust layer list (what `alexnet info` prints), for this input size: the graph is its rows.

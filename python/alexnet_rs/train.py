@@ -11,8 +11,9 @@ backward pass the gradients (and the step's loss and error counts) are summed wi
 `torch.distributed.all_reduce` on the process group torchrun set up: gloo for CPU tensors, NCCL
 for CUDA ones. Dropout masks depend on (seed, step, sample), so N ranks train as one process
 does on the global batch. Evaluation is sharded and its counts summed; rank 0 alone prints and
-writes metrics, curves and checkpoints; a run resumed with --resume continues on every rank.
-Under `torchrun --max-restarts K` a restarted job resumes from the newest checkpoint in --out.
+writes metrics, curves and checkpoints; a run resumed with --resume continues on every rank (with
+the run's number of ranks). Under `torchrun --max-restarts K` a restarted job resumes from the
+newest checkpoint it wrote (--auto-resume).
 `--devices cuda:0,cuda:1` gives each rank its own pair of the node's GPUs (local rank r:
 cuda:2r, cuda:2r+1): the paper's two-GPU split, replicated. Without torchrun it is exactly
 `alexnet train`. Run it with -m (importing it would shadow the function `alexnet_rs.train`).
@@ -37,8 +38,8 @@ def main(argv=None) -> int:
         return _native.cli(["alexnet", "train", *args])
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if restarts > 0 and "--resume" not in args and "--auto-resume" not in args:
-        args.append("--auto-resume")  # a restarted job continues from the newest checkpoint
+    if restarts > 0 and "--auto-resume" not in args:
+        args.append("--auto-resume")  # a restarted job continues from the newest checkpoint it wrote
     # Test-only (tests/python/test_ddp.py): arm ALEXNET_FAULT on one rank, in the first attempt.
     only = os.environ.get("ALEXNET_FAULT_RANK")
     if only is not None and (int(only) != rank or restarts > 0):

@@ -15,9 +15,10 @@ pub struct TrainArgs {
     /// Continue the run saved in this folder (its newest checkpoint), bit for bit.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Continue the run in --out if it has a checkpoint, else start it (for jobs that may be
-    /// restarted: torchrun --max-restarts, preemptible machines).
-    #[arg(long, conflicts_with = "resume")]
+    /// Continue the run in --out (with --resume and no --out: in the resumed run's folder) if it
+    /// has a checkpoint, else start it, or continue --resume's (for jobs that may be restarted:
+    /// torchrun --max-restarts, preemptible machines).
+    #[arg(long)]
     auto_resume: bool,
     #[command(flatten)]
     settings: SettingsArgs,
@@ -109,12 +110,11 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         }
     };
     let stop = || SIGNAL.load(Ordering::SeqCst) != 0;
-    let resume = match &a.resume {
-        None if a.auto_resume && checkpoint::find_latest(&tc.out).is_ok() => Some(tc.out.clone()),
-        r => r.clone(),
-    };
-    if resume.is_some() && a.auto_resume && !quiet {
-        eprintln!("resuming the run in {}", tc.out.display());
+    let resume = resume_from(a, &tc, group)?;
+    if a.auto_resume && !quiet {
+        if let Some(r) = &resume {
+            eprintln!("resuming the run in {}", r.display());
+        }
     }
     let result = match group {
         Some(g) => train::train_in(&tc, resume.as_deref(), g, &mut on_event, &stop)?,
@@ -157,6 +157,24 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         out.display()
     );
     Ok(())
+}
+
+/// The run to continue. With --auto-resume: the one in the folder this run writes (--out, else
+/// the resumed run's own) if it has a checkpoint (rank 0 first puts back what a crash left
+/// hidden, the others wait), else --resume's.
+fn resume_from(a: &TrainArgs, tc: &TrainConfig, group: Option<&Group>) -> Result<Option<PathBuf>> {
+    if !a.auto_resume {
+        return Ok(a.resume.clone());
+    }
+    let own = match &a.resume {
+        Some(r) if !tc.gave("out", tc.out != TrainConfig::default().out) => train::run_of(r).to_path_buf(),
+        _ => tc.out.clone(),
+    };
+    train::recover_run(&own, group)?;
+    Ok(match checkpoint::find_latest(&own) {
+        Ok(_) => Some(own),
+        Err(_) => a.resume.clone(),
+    })
 }
 
 /// Progress: a bar on a terminal; plain stderr lines without one (indicatif drops println of a

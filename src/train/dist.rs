@@ -47,6 +47,11 @@ impl Group<'_> {
         Ok(())
     }
 
+    /// Waits until every rank has called it.
+    pub fn barrier(&self) -> Result<()> {
+        self.sum(&[&Tensor::zeros([1], (tch::Kind::Float, Device::Cpu))])
+    }
+
     /// Sums the gradients and a step's totals (loss sum, errors, images) over the ranks, in
     /// one collective per device.
     pub fn sum_step(&self, params: &Params, totals: [f64; 3]) -> Result<[f64; 3]> {

@@ -5,6 +5,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::data::Dataset;
 use crate::error::{io, Error, Result};
 use crate::settings::TrainConfig;
+use crate::train::Group;
 use std::path::Path;
 
 /// The run's copy of the statistics file it is trained with.
@@ -39,6 +40,22 @@ pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result
         }
     }
     Ok(())
+}
+
+/// Puts a checkpoint a crash left hidden back in place and clears leftovers (RELIABILITY.md),
+/// in the run folder (or checkpoint folder) `path`, on rank 0 alone, then waits for every rank:
+/// ranks that did it at once raced each other's renames and removals. A folder without a
+/// checkpoint is left alone.
+pub fn recover_run(path: &Path, group: Option<&Group>) -> Result<()> {
+    if group.is_none_or(|g| g.rank == 0) && checkpoint::find_latest(path).is_ok() {
+        checkpoint::recover(path)?;
+    }
+    group.map_or(Ok(()), Group::barrier)
+}
+
+/// The run folder that `path` (a run folder or one of its checkpoint folders) belongs to.
+pub fn run_of(path: &Path) -> &Path {
+    run_folder(path).unwrap_or(path)
 }
 
 /// Whether two paths name one folder.

@@ -53,8 +53,7 @@ impl<'a> Run<'a> {
     ) -> Result<Run<'a>> {
         let (tc, ckpt) = match resume {
             Some(path) => {
-                // Put a checkpoint a crash left hidden back in place, clear leftovers (RELIABILITY.md).
-                checkpoint::recover(path)?;
+                resume::recover_run(path, group)?;
                 let c = checkpoint::load(path)?;
                 let t = resumed_config(tc, &c);
                 warn_ignored(tc, &t);
@@ -80,9 +79,10 @@ impl<'a> Run<'a> {
         let eval_view = if tc.ten_crop_eval { View::TenCrop } else { View::Center };
         let test_loader = tc.shard_loader(test_ds, eval_view, false, shard)?;
         let per_epoch = train_loader.batches_per_epoch() as u64;
+        let ranks = group.map_or(1, |g| g.world);
         if per_epoch == 0 {
             return Err(Error::Config(format!(
-                "fewer training samples than one batch of {}",
+                "fewer training samples than one (global) batch of {} x {ranks} rank(s)",
                 tc.batch_size
             )));
         }
@@ -100,7 +100,8 @@ impl<'a> Run<'a> {
         };
         freeze(&params, &tc.frozen(&cfg)?);
         state.config = tc.clone();
-        state.check_position(per_epoch)?;
+        state.check_position(per_epoch, ranks)?;
+        state.ranks = ranks;
         let at = ResumeAt {
             step: state.step,
             epoch: state.epoch,
@@ -454,6 +455,7 @@ fn fresh(
         classes,
         loss_sum: 0.0,
         loss_count: 0,
+        ranks: 1,
     };
     Ok((params, sgd, state))
 }

@@ -148,6 +148,51 @@ def test_a_killed_rank_restarts_from_the_newest_checkpoint(reference, tmp_path):
     print(f"SIGKILL of rank 1 at step 15, restarted from step 10: max relative loss difference {worst:.2e}")
 
 
+def test_a_run_resumed_into_another_folder_restarts_from_that_folder(reference, tmp_path):
+    """`--resume A --out B` killed and restarted: the restart continues B's newest checkpoint (it
+    resumed A again, which B's checkpoints then refused), and B holds the whole run."""
+    seed, single, _, _ = reference
+    a, b = tmp_path / "a", tmp_path / "b"
+    torchrun(a, "--seed", seed, "--max-steps", "15")
+    env = dict(ENV, ALEXNET_FAULT="train-step:kill@8", ALEXNET_FAULT_RANK="1")  # step 23, after B's ckpt-20
+    r = torchrun(b, "--resume", str(a), torchrun_args=["--max-restarts", "1"], env=env)
+    assert f"resuming the run in {b}" in r.stderr, r.stderr[-3000:]
+    assert_same_run(single, b)
+
+
+def test_a_rank_killed_while_replacing_a_checkpoint_restarts_cleanly(tmp_path):
+    """Rank 0 killed between moving the old checkpoint of a step away and renaming the new one in:
+    on restart every rank recovered the folder at once and they raced (a restart failed with
+    "No such file or directory" in 5 of 8 tries, and 3 of them deleted the only checkpoint). Rank 0
+    alone recovers it now, the others wait."""
+    small = ["--preset", "cnn4", "--input-size", "32", "--limit-train", "40", "--limit-test", "16", "--epochs", "2",
+             "--threads", "1", "--checkpoint-every", "5"]  # 5 steps per epoch: step 5 is saved twice
+    for attempt in range(3):
+        out = tmp_path / f"race-{attempt}"
+        port = free_port()
+        env = dict(ENV, ALEXNET_FAULT="ckpt-old-away:kill", ALEXNET_FAULT_RANK="0", TMPDIR=str(tmp_path))
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts",
+                            "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "-m",
+                            "alexnet_rs.train", *small, "--batch-size", "4", "--out", str(out)],
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "SIGKILL at ckpt-old-away" in r.stderr
+        assert [s for s, _, _ in losses(out)] == list(range(1, 11))
+        assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "ckpt-000000010"
+
+
+def test_a_data_parallel_run_refuses_another_rank_count(reference, tmp_path):
+    """Resumed in one process, a 2-rank run halved its global batch and trained part of an epoch
+    twice, silently."""
+    seed, _, _, _ = reference
+    out = tmp_path / "ranks"
+    torchrun(out, "--seed", seed, "--max-steps", "5")
+    r = subprocess.run([sys.executable, "-m", "alexnet_rs", "train", "--resume", str(out), "--max-steps", "1"],
+                       capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 1 and "trained with 2 rank(s)" in r.stderr, r.stderr[-3000:]
+    assert max(s for s, _, _ in losses(out)) == 5
+
+
 def test_hybrid_each_rank_splits_the_network_over_two_devices(tmp_path):
     """Data parallel x the paper's two-device split (`--devices cpu,cpu` per rank): as one process
     holding the split."""

@@ -188,6 +188,7 @@ def _cases():
             ("input-zero", lambda F: A.export_onnx(model(), F.onnx, input_size=0), C, VE, "input_size"),
             ("input-str", lambda F: A.export_onnx(model(), F.onnx, input_size="63"), D, TE, "input_size"),
             ("path-int", lambda F: A.export_onnx(model(), 5), D, TE, "path"),
+            ("opset-9", lambda F: A.export_onnx(model(), F.onnx, opset=9), C, VE, "opset"),
             ("path-missing-folder", lambda F: A.export_onnx(model(), F.missing + "/m.onnx"), M, FE, "no-such"),
         ],
         "alexnet_rs.Placement": [
