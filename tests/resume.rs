@@ -565,15 +565,20 @@ fn resuming_from_an_older_checkpoint_is_refused_and_loses_nothing() {
     );
     assert!(before == after, "nothing was touched");
     assert!(older.join("state.json").is_file(), "the older checkpoint is kept");
-    // The newest checkpoint named by its folder resumes as the run folder does.
-    run(
-        &TrainConfig {
-            epochs: 3,
-            max_steps: Some(1),
-            ..TrainConfig::default()
-        },
-        Some(&before.2),
+    // The newest checkpoint named by its folder resumes as the run folder does, and the run
+    // goes on in the run folder (the last line named the checkpoint folder).
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args(["train", "--epochs", "3", "--max-steps", "1", "--resume"])
+        .arg(&before.2)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.trim_end().ends_with(&format!("checkpoints in {}", b.display())),
+        "{stdout}"
     );
+    assert_eq!(checkpoint::load(&b).unwrap().state.step, 9);
 }
 
 #[test]

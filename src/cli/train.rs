@@ -129,11 +129,7 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
             Ok(())
         };
     }
-    // A resumed run without --out continues in its own folder.
-    let out = match (&resume, matches.value_source("out")) {
-        (Some(run), None | Some(clap::parser::ValueSource::DefaultValue)) => run.clone(),
-        _ => tc.out.clone(),
-    };
+    let out = writes_to(resume.as_deref(), &tc);
     if signal != 0 {
         let ckpt = checkpoint::find_latest(&out).unwrap_or(out.clone());
         eprintln!(
@@ -166,15 +162,20 @@ fn resume_from(a: &TrainArgs, tc: &TrainConfig, group: Option<&Group>) -> Result
     if !a.auto_resume {
         return Ok(a.resume.clone());
     }
-    let own = match &a.resume {
-        Some(r) if !tc.gave("out", tc.out != TrainConfig::default().out) => train::run_of(r).to_path_buf(),
-        _ => tc.out.clone(),
-    };
+    let own = writes_to(a.resume.as_deref(), tc);
     train::recover_run(&own, group)?;
     Ok(match checkpoint::find_latest(&own) {
         Ok(_) => Some(own),
         Err(_) => a.resume.clone(),
     })
+}
+
+/// The folder a run writes: --out, else (resumed without one) the resumed run's own folder.
+fn writes_to(resume: Option<&std::path::Path>, tc: &TrainConfig) -> PathBuf {
+    match resume {
+        Some(r) if !tc.gave("out", tc.out != TrainConfig::default().out) => train::run_of(r).to_path_buf(),
+        _ => tc.out.clone(),
+    }
 }
 
 /// Progress: a bar on a terminal; plain stderr lines without one (indicatif drops println of a
