@@ -184,9 +184,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="decoding threads")
     args = ap.parse_args(argv)
-    for name in ("steps", "input_size", "batch_size", "limit", "repeats", "threads"):
-        if getattr(args, name) < (0 if name == "threads" else 1):
-            ap.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'threads' else 1}")
+    for name, least in [("steps", 1), ("input_size", 1), ("batch_size", 1), ("limit", 1), ("repeats", 1), ("threads", 0)]:
+        if getattr(args, name) < least:
+            ap.error(f"--{name.replace('_', '-')} must be >= {least}")
     if args.train and args.limit < args.batch_size:
         ap.error(f"--limit ({args.limit}) must be at least one --batch-size ({args.batch_size})")
     if args.train:
