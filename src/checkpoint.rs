@@ -144,7 +144,7 @@ pub fn save(
     keep: usize,
 ) -> Result<PathBuf> {
     let root = run.join("checkpoints");
-    fs::create_dir_all(&root).map_err(io(&root))?;
+    crate::files::create_dir(&root)?;
     remove_leftovers(&root)?;
     let name = format!("ckpt-{:09}", state.step);
     let tmp = root.join(format!(".{name}.tmp"));
@@ -174,7 +174,7 @@ fn write_folder(
     if tmp.exists() {
         fs::remove_dir_all(tmp).map_err(io(tmp))?;
     }
-    fs::create_dir_all(tmp).map_err(io(tmp))?;
+    crate::files::create_dir(tmp)?;
     write_tensors(&tmp.join("weights.safetensors"), weights)?;
     fault::point("ckpt-tmp-partial").map_err(io(tmp))?;
     write_tensors(&tmp.join("optimizer.safetensors"), velocity)?;

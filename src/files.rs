@@ -1,7 +1,7 @@
 //! Crash-safe file writes: a file is replaced by writing `<name>.partial`, fsyncing it and renaming
 //! it over the old one, so a process killed at any instruction leaves the old file or the new one,
 //! never a truncated mix; a write that fails (a full disk) removes its partial file.
-use crate::error::{io, Result};
+use crate::error::{io, Error, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -34,4 +34,18 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
         let _ = fs::remove_file(&part);
     }
     written
+}
+
+/// Creates the folder `dir` and its parents (`mkdir -p`); where a part of the path is a file, the
+/// error names that file ("is a file, not a folder") instead of the OS's bare "File exists".
+pub fn create_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| {
+        match dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
+            Some(file) => Error::File {
+                path: file.to_path_buf(),
+                reason: format!("is a file, not a folder (needed for {})", dir.display()),
+            },
+            None => io(dir)(e),
+        }
+    })
 }

@@ -145,7 +145,7 @@ pub fn recycle(buf: Vec<u8>) {
 pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
     let format = image::ImageFormat::from_path(out).map_err(|e| file_err(out, format!("{e} (name it .png)")))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        crate::files::create_dir(dir)?;
     }
     crate::files::write_with(out, |tmp| {
         img.save_with_format(tmp, format)

@@ -122,7 +122,7 @@ impl Metrics {
     /// Metrics of the run in `dir`: a new run starts empty files; a resumed one keeps the lines
     /// up to its checkpoint (steps <= its step; epoch rows of the epochs finished before it).
     pub fn open(dir: &Path, resume: Option<ResumeAt>) -> Result<Metrics> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        crate::files::create_dir(dir)?;
         let m = Metrics::existing(dir);
         match resume {
             None => {

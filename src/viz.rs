@@ -200,8 +200,14 @@ pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<(
     crate::image::save(&img, out)
 }
 
+/// The most queries a contact sheet shows (one row each; further queries count in the statistics
+/// only) and the most neighbours a query may ask for (the tiles of one row; checked by the CLI).
+pub const SHEET_ROWS: usize = 100;
+pub const SHEET_NEIGHBOURS: usize = 100;
+
 /// The paper's Fig. 4 as a contact sheet: one row per query (the query, then its nearest
-/// training images by fc7 distance, nearest first), with the top-5 predictions beside it.
+/// training images by fc7 distance, nearest first), with the top-5 predictions beside it; the
+/// first [`SHEET_ROWS`] queries.
 pub fn contact_sheet(n: &crate::train::Neighbours, out: &Path) -> Result<()> {
     use image::imageops::{overlay, resize, FilterType};
     use plotters::prelude::*;
@@ -212,11 +218,12 @@ pub fn contact_sheet(n: &crate::train::Neighbours, out: &Path) -> Result<()> {
         path: out.to_path_buf(),
         reason: e,
     };
-    let k = n.queries.iter().map(|q| q.neighbours.len()).max().unwrap_or(0) as u32;
+    let queries = &n.queries[..n.queries.len().min(SHEET_ROWS)];
+    let k = queries.iter().map(|q| q.neighbours.len()).max().unwrap_or(0) as u32;
     let row_h = TILE + 2 * PAD;
-    let (w, h) = (TEXT + (k + 1) * (TILE + PAD) + 2 * PAD, row_h * n.queries.len() as u32);
+    let (w, h) = (TEXT + (k + 1) * (TILE + PAD) + 2 * PAD, row_h * queries.len() as u32);
     let mut sheet = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
-    for (r, q) in n.queries.iter().enumerate() {
+    for (r, q) in queries.iter().enumerate() {
         let y = i64::from(r as u32 * row_h + PAD);
         overlay(
             &mut sheet,
@@ -240,7 +247,7 @@ pub fn contact_sheet(n: &crate::train::Neighbours, out: &Path) -> Result<()> {
         let mut buf = sheet.into_raw();
         {
             let root = BitMapBackend::with_buffer(&mut buf, (sw, sh)).into_drawing_area();
-            for (r, q) in n.queries.iter().enumerate() {
+            for (r, q) in queries.iter().enumerate() {
                 let y = (r as u32 * row_h + PAD) as i32;
                 let truth = q
                     .label

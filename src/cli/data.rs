@@ -82,7 +82,7 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
     global_threads(a.data.threads)?;
     // The output's folder before the (long) computation, not after it.
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
+        crate::files::create_dir(dir)?;
     }
     let ds = a.data.open(Split::Train)?;
     let bar = progress_bar(ds.len() as u64, "stats");

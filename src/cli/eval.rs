@@ -119,8 +119,12 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
             ))
         }
     };
-    if a.k == 0 {
-        return Err(crate::Error::Config("--k must be at least 1".into()));
+    if !(1..=crate::viz::SHEET_NEIGHBOURS).contains(&a.k) {
+        return Err(crate::Error::Config(format!(
+            "--k must be between 1 and {} (got {})",
+            crate::viz::SHEET_NEIGHBOURS,
+            a.k
+        )));
     }
     let n = train::neighbours(&a.checkpoint, a.data.clone(), queries, a.k, &a.devices)?;
     let (mut same, mut total) = (0usize, 0usize);
@@ -150,8 +154,12 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
             100.0 / n.train.classes.len() as f64
         );
     }
+    let shown = match n.queries.len() {
+        q if q > crate::viz::SHEET_ROWS => format!(", the first {} of {q} queries", crate::viz::SHEET_ROWS),
+        _ => String::new(),
+    };
     println!(
-        "contact sheet: {} (fc7 vectors cached in {})",
+        "contact sheet: {}{shown} (fc7 vectors cached in {})",
         a.out.display(),
         n.cache.display()
     );

@@ -97,7 +97,7 @@ fn prepare_one(src: &Path, out: &Path, size: u32, quality: u8) -> Result<bool> {
         reason: e.to_string(),
     })?;
     let dir = out.parent().expect("output has a folder");
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    crate::files::create_dir(dir)?;
     crate::files::write_with(out, |tmp| {
         let file = std::fs::File::create(tmp).map_err(io(tmp))?;
         let mut w = std::io::BufWriter::new(file);

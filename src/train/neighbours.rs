@@ -177,7 +177,7 @@ fn fc7_bank(
     let cat = Tensor::f_cat(&rows, 0)?;
     let feats = cat.f_zeros_like()?.f_index_copy(0, &index, &cat)?;
     let dir = run.join("fc7");
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    crate::files::create_dir(&dir)?;
     let tmp = cache.with_extension("partial");
     Tensor::write_safetensors(&[("fc7", &feats)], &tmp)?;
     std::fs::rename(&tmp, &cache).map_err(io(&cache))?;

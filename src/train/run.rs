@@ -7,7 +7,7 @@ use super::{Event, Group};
 use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT};
 use crate::config::Config;
 use crate::data::{Batch, Loader, Split, View};
-use crate::error::{io, Error, Result};
+use crate::error::{Error, Result};
 use crate::metrics::{EpochRecord, Metrics, ResumeAt, StepRecord};
 use crate::model::{self, Masks, Params};
 use crate::optim::{Schedule, Sgd};
@@ -87,7 +87,7 @@ impl<'a> Run<'a> {
             )));
         }
         if writer {
-            std::fs::create_dir_all(&tc.out).map_err(io(&tc.out))?;
+            crate::files::create_dir(&tc.out)?;
             crate::files::write(
                 &tc.out.join("classes.json"),
                 train_loader.dataset().classes_json().as_bytes(),

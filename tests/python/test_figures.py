@@ -180,3 +180,33 @@ def test_neighbours_of_a_network_without_fc7_is_a_clear_error(tmp_path):
     r = subprocess.run([BIN, "neighbours", tmp_path / "run", "--test", "2", "--out", tmp_path / "n.png"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "the cnn4 network has none" in r.stderr, r.stderr
+
+
+def test_the_contact_sheet_shows_the_first_100_queries_and_k_is_bounded(run, tmp_path):
+    # `--test 150` drew a 150-row sheet, and `--k` had no bound: a large N or k asked for an
+    # image of any size (and overflowed its u32 width). The statistic still covers every query.
+    out, _ = run
+    data = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 2), ("val", 75)):
+        for c in range(2):
+            (data / split / f"class{c}").mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    data / split / f"class{c}" / f"{i}.png")
+    r = cli("neighbours", out, "--test", "150", "--k", "2", "--data", data, "--out", tmp_path / "sheet.png")
+    assert "of 300 (" in r.stdout and "the first 100 of 150 queries" in r.stdout, r.stdout
+    assert Image.open(tmp_path / "sheet.png").size[1] == 100 * (64 + 8)
+    r = subprocess.run([BIN, "neighbours", out, "--test", "2", "--k", "101", "--out", tmp_path / "n.png"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "--k must be between 1 and 100 (got 101)" in r.stderr, r.stderr
+
+
+def test_an_output_under_a_file_names_the_file(run, tmp_path):
+    # `--out file/x.png` said only "File exists (os error 17)".
+    out, _ = run
+    (tmp_path / "file").write_text("")
+    r = subprocess.run([BIN, "filters", out, "--out", tmp_path / "file" / "sub" / "x.png"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr
+    assert f"{tmp_path / 'file'}: is a file, not a folder (needed for {tmp_path / 'file' / 'sub'})" in r.stderr
