@@ -29,11 +29,24 @@ std::array<int64_t, 4> check_conv_args(const at::Tensor& x, const at::Tensor& w,
                      x.scalar_type());
     TORCH_CHECK_VALUE(b->device() == x.device(), op, ": b is on ", b->device(), " but x is on ", x.device());
   }
-  const int64_t oh = (x.size(2) + 2 * padding[0] - w.size(2)) / stride[0] + 1;
-  const int64_t ow = (x.size(3) + 2 * padding[1] - w.size(3)) / stride[1] + 1;
-  TORCH_CHECK_VALUE(x.size(2) + 2 * padding[0] >= w.size(2) && x.size(3) + 2 * padding[1] >= w.size(3), op,
-                    ": the padded input ", x.sizes(), " is smaller than the kernel ", w.sizes());
-  return {x.size(0), cout, oh, ow};
+  // What ATen's convolution refuses, refused here too: the Meta kernel (torch.compile) must not
+  // promise a shape that the real kernels then fail on.
+  TORCH_CHECK_VALUE(cout >= groups, op, ": w must have at least groups=", groups, " output channels, got shape ",
+                    w.sizes());
+  TORCH_CHECK_VALUE(w.size(2) >= 1 && w.size(3) >= 1, op, ": w's kernel must be at least 1x1, got shape ",
+                    w.sizes());
+  TORCH_CHECK_VALUE(x.size(0) == 0 || cin == 0 || (x.size(2) >= 1 && x.size(3) >= 1), op,
+                    ": x has an empty plane (only an empty batch or channel dimension is allowed), got shape ",
+                    x.sizes());
+  int64_t padded[2];
+  for (int i = 0; i < 2; ++i) {
+    const bool overflow = __builtin_mul_overflow(padding[i], int64_t{2}, &padded[i]) ||
+                          __builtin_add_overflow(padded[i], x.size(2 + i), &padded[i]);
+    TORCH_CHECK_VALUE(!overflow, op, ": padding ", padding, " is too large");
+  }
+  TORCH_CHECK_VALUE(padded[0] >= w.size(2) && padded[1] >= w.size(3), op, ": the padded input ", x.sizes(),
+                    " is smaller than the kernel ", w.sizes());
+  return {x.size(0), cout, (padded[0] - w.size(2)) / stride[0] + 1, (padded[1] - w.size(3)) / stride[1] + 1};
 }
 
 at::Tensor grouped_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,

@@ -97,6 +97,28 @@ def test_bad_input_raises(x, w, b, groups, exc, needle):
         grouped_conv2d(x, w, b, stride=1, padding=0, groups=groups)
 
 
+@pytest.mark.parametrize(
+    "xs, ws, padding, needle",
+    [
+        # Each passed the checks: the Meta kernel (torch.compile) promised an output shape and the
+        # CPU kernel then failed inside ATen (oneDNN's "could not create a primitive descriptor").
+        ((2, 4, 8, 8), (4, 2, 0, 3), 1, "kernel must be at least 1x1"),
+        ((2, 4, 0, 9), (6, 2, 3, 3), 2, "empty plane"),
+        ((2, 4, 8, 8), (0, 2, 3, 3), 1, "at least groups=2 output channels"),
+        # 8 + 2 * 2**62 overflowed, and the error blamed the kernel's size.
+        ((2, 4, 8, 8), (4, 2, 3, 3), 2**62, "padding .* is too large"),
+    ],
+)
+def test_meta_and_cpu_refuse_the_same_arguments(xs, ws, padding, needle):
+    x, w = torch.randn(xs), torch.randn(ws)
+    for device in ("cpu", "meta"):
+        with pytest.raises(ValueError, match=needle):
+            torch.ops.alexnet_rs.grouped_conv2d(x.to(device), w.to(device), None, [1, 1], [padding, padding], 2)
+    # An empty batch or channel dimension is fine, as in F.conv2d.
+    x0 = torch.randn(0, 4, 0, 9)
+    assert grouped_conv2d(x0, torch.randn(6, 2, 3, 3), None, 1, 2, 2).shape == (0, 6, 2, 11)
+
+
 @pytest.mark.parametrize("op, keys", [
     ("alexnet_rs::grouped_conv2d", {"CPU", "CUDA", "Meta", "Autograd", "AutocastCPU", "AutocastCUDA"}),
     ("alexnet_rs::grouped_conv2d_backward", {"CPU", "CUDA", "Meta"}),
