@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import numbers
 import os
 from typing import Any, Callable, TypeVar
@@ -80,9 +81,16 @@ def int_arg(where: str, name: str, value: Any, minimum: int | None = None) -> in
 
 
 def real_arg(where: str, name: str, value: Any) -> float:
+    """``value`` as a finite float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise DtypeError(f"{where}: {name} must be a number, got {type(value).__name__}")
-    return float(value)
+    try:
+        f = float(value)
+    except OverflowError:
+        raise ConfigError(f"{where}: {name} is out of range (a float)") from None
+    if not math.isfinite(f):
+        raise ConfigError(f"{where}: {name} must be finite, got {f}")
+    return f
 
 
 def str_arg(where: str, name: str, value: Any) -> str:

@@ -18,6 +18,12 @@ class LocalResponseNorm(nn.Module):
         self.alpha, self.beta, self.k = (real_arg(where, n, v) for n, v in (("alpha", alpha), ("beta", beta), ("k", k)))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript: the op's own checks
+            return torch.ops.alexnet_rs.lrn(input, self.size, self.alpha, self.beta, self.k)
+        return self._checked(input)
+
+    @torch.jit.unused
+    def _checked(self, input: torch.Tensor) -> torch.Tensor:
         return _lrn_checked("LocalResponseNorm", "input", input, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self) -> str:

@@ -174,6 +174,21 @@ def test_torch_compile_fullgraph_with_backward():
     assert torch.allclose(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_the_module_scripts_and_traces_like_torchs(tmp_path):
+    # torch.jit.script failed on alexnet_rs.nn.LocalResponseNorm ("import statements aren't
+    # supported", from the eager argument checks).
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), alexnet_rs.nn.LocalResponseNorm(5, 1e-2, 0.75, 2.0))
+    reference = torch.nn.Sequential(model[0], torch.nn.LocalResponseNorm(5, 1e-2, 0.75, 2.0))
+    x = torch.randn(2, 3, 9, 9) * 10
+    scripted = torch.jit.script(model)
+    scripted.save(tmp_path / "m.pt")
+    for m in (scripted, torch.jit.load(tmp_path / "m.pt"), torch.jit.trace(model, x)):
+        _assert_close(m(x), reference(x))
+    # Eager calls keep their own checks (a clear error class).
+    with pytest.raises(alexnet_rs.ShapeError, match="LocalResponseNorm: input must be"):
+        model[1](torch.randn(4, 2))
+
+
 def test_rust_wrapper_path_matches():
     x = torch.randn(2, 8, 5, 5) * 20
     _assert_close(alexnet_rs._native.lrn(x, 5, 1e-2, 0.75, 2.0), F.local_response_norm(x, 5, 1e-2, 0.75, 2.0))

@@ -209,6 +209,9 @@ def _cases():
             ("size-str", lambda F: ops.lrn(t(1, 4, 2, 2), "5"), D, TE, "size"),
             ("alpha-str", lambda F: ops.lrn(t(1, 4, 2, 2), 5, "a"), D, TE, "alpha"),
             ("k-none", lambda F: ops.lrn(t(1, 4, 2, 2), 5, 1e-4, 0.75, None), D, TE, "k"),
+            # float() of a huge int raised a bare OverflowError.
+            ("alpha-huge-int", lambda F: ops.lrn(t(1, 4, 2, 2), 5, 10**400), C, VE, "alpha"),
+            ("beta-nan", lambda F: ops.lrn(t(1, 4, 2, 2), 5, 1e-4, float("nan")), C, VE, "beta"),
         ],
         "alexnet_rs.ops.grouped_conv2d": [
             ("x-str", lambda F: ops.grouped_conv2d("x", t(4, 4, 3, 3)), D, TE, "x"),
@@ -232,6 +235,9 @@ def _cases():
             ("size-zero", lambda F: A.nn.LocalResponseNorm(0), C, VE, "size"),
             ("size-str", lambda F: A.nn.LocalResponseNorm("5"), D, TE, "size"),
             ("beta-str", lambda F: A.nn.LocalResponseNorm(5, beta="x"), D, TE, "beta"),
+            # Refused only at forward, as a ShapeError.
+            ("k-inf", lambda F: A.nn.LocalResponseNorm(5, k=float("inf")), C, VE, "k must be finite"),
+            ("k-huge-int", lambda F: A.nn.LocalResponseNorm(5, k=10**400), C, VE, "k"),
         ],
         "alexnet_rs.nn.LocalResponseNorm.forward": [
             ("input-str", lambda F: A.nn.LocalResponseNorm(5)("x"), D, TE, "input"),
