@@ -1,13 +1,15 @@
 """CPU LRN, forward + backward: alexnet_rs.ops.lrn against F.local_response_norm, in one run.
 
     .venv/bin/python benches/lrn_cpu.py [--batch 32] [--repeats 10] [--threads N] [--split] [--first N]
+                                        [--gathered]
 
 AlexNet's two LRN shapes (after conv1 and conv2), float32, the paper's parameters. Each timing is
 the median of --repeats runs of forward + backward (upstream gradient of ones-like random), after
 a warm-up; both paths see the same input and thread count. Prints a markdown table: first with
 PyTorch's CPU allocator (every output above glibc's mmap threshold is a fresh, page-faulted
 mapping), then with both sides inside `alexnet_rs.ops.cpu_cache()` (freed blocks reused, as in a
-training loop that opens it).
+training loop that opens it). --gathered adds the inputs our kernels gather into float tiles
+(channels_last, float16, bfloat16), against F.local_response_norm on the same input.
 """
 
 import argparse
@@ -41,6 +43,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--split", action="store_true", help="also time forward, backward and a fresh output alone")
+    ap.add_argument("--gathered", action="store_true", help="also time gathered inputs: channels_last at "
+                    "conv2, float16/bfloat16 feature vectors (16384 channels x 1 position; F.local_response_norm "
+                    "has no 4-D half CPU kernel)")
     ap.add_argument("--first", type=int, default=0, metavar="N",
                     help="first time our op's first N iterations at conv1 one by one, before anything else in "
                          "this process (the cold start: fresh memory page-faulted in)")
@@ -82,6 +87,21 @@ def main():
                                                          lambda: ops.lrn_backward(g, x, SIZE, ALPHA, BETA, K),
                                                          lambda: torch.empty_like(x).fill_(1))]
             print(f"| {name} | " + " | ".join(f"{t:.1f}" for t in cols) + " |")
+    if args.gathered:
+        print("\n| input | F.local_response_norm (ms) | alexnet_rs lrn (ms) | speed-up |")
+        print("|---|---|---|---|")
+        for name, shape, dtype, fmt in (
+            ("conv2 float32 channels_last", (256, 27, 27), torch.float32, torch.channels_last),
+            ("16384x1 float16", (16384, 1), torch.float16, torch.contiguous_format),
+            ("16384x1 bfloat16", (16384, 1), torch.bfloat16, torch.contiguous_format),
+        ):
+            x = (torch.randn(args.batch, *shape).relu() * 50).to(dtype).contiguous(memory_format=fmt)
+            g = torch.randn_like(x)
+            ref = fwd_bwd(stock, x.double(), g.double())
+            assert ((fwd_bwd(ours, x, g).double() - ref).abs().max() / ref.abs().max()).item() < 1e-2
+            t_stock = median_time(stock, x, g, args.repeats)
+            t_ours = median_time(ours, x, g, args.repeats)
+            print(f"| {name} | {t_stock:.1f} | {t_ours:.1f} | {t_stock / t_ours:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -79,27 +79,27 @@ struct Layout {
   int64_t at(int64_t c, int64_t s) const { return channels_last ? s * C + c : c * S + s; }
 };
 
+// Positions s0 .. s0 + ts - 1 into the first ts columns of a C x ld buffer (the kernels read no
+// further: a partial tile costs its own positions only).
 template <typename scalar_t, typename acc_t>
-void gather(const scalar_t* src, acc_t* buf, const Layout& l, int64_t s0, int64_t ts) {
-  if (ts < kTile)  // a partial tile's unused columns are zeroed so they stay finite
-    for (int64_t i = 0; i < l.C * kTile; ++i) buf[i] = acc_t(0);
+void gather(const scalar_t* src, acc_t* buf, const Layout& l, int64_t ld, int64_t s0, int64_t ts) {
   if (l.channels_last) {
     for (int64_t j = 0; j < ts; ++j)
-      for (int64_t c = 0; c < l.C; ++c) buf[c * kTile + j] = acc_t(src[l.at(c, s0 + j)]);
+      for (int64_t c = 0; c < l.C; ++c) buf[c * ld + j] = acc_t(src[l.at(c, s0 + j)]);
   } else {
     for (int64_t c = 0; c < l.C; ++c)
-      for (int64_t j = 0; j < ts; ++j) buf[c * kTile + j] = acc_t(src[l.at(c, s0 + j)]);
+      for (int64_t j = 0; j < ts; ++j) buf[c * ld + j] = acc_t(src[l.at(c, s0 + j)]);
   }
 }
 
 template <typename scalar_t, typename acc_t>
-void scatter(const acc_t* buf, scalar_t* dst, const Layout& l, int64_t s0, int64_t ts) {
+void scatter(const acc_t* buf, scalar_t* dst, const Layout& l, int64_t ld, int64_t s0, int64_t ts) {
   if (l.channels_last) {
     for (int64_t j = 0; j < ts; ++j)
-      for (int64_t c = 0; c < l.C; ++c) dst[l.at(c, s0 + j)] = scalar_t(buf[c * kTile + j]);
+      for (int64_t c = 0; c < l.C; ++c) dst[l.at(c, s0 + j)] = scalar_t(buf[c * ld + j]);
   } else {
     for (int64_t c = 0; c < l.C; ++c)
-      for (int64_t j = 0; j < ts; ++j) dst[l.at(c, s0 + j)] = scalar_t(buf[c * kTile + j]);
+      for (int64_t j = 0; j < ts; ++j) dst[l.at(c, s0 + j)] = scalar_t(buf[c * ld + j]);
   }
 }
 
@@ -112,7 +112,7 @@ inline void ring_windowed(const T* ring, int64_t R, int64_t P, int64_t lo, int64
                           F&& f) {
   if (W > 0 && lo >= 0 && hi < C && hi - lo + 1 == W) {
     const T* r[W > 0 ? W : 1];
-    for (int w = 0; w < W; ++w) r[w] = ring + ((lo + w) % R) * P;
+    for (int w = 0; w < W; ++w) r[w] = ring + (lo + w < R ? lo + w : (lo + w) % R) * P;  // R = C: no division
     // f writes rows of other buffers than the ring: no dependence between iterations (GCC
     // otherwise gives up on proving that for this many pointers and leaves the loop scalar).
 #pragma GCC ivdep
@@ -139,10 +139,11 @@ inline void ring_windowed(const T* ring, int64_t R, int64_t P, int64_t lo, int64
   }
 }
 
-// The same over a C x kTile buffer.
-template <int W, typename acc_t, typename F>
-inline void windowed(const acc_t* buf, int64_t lo, int64_t hi, int64_t C, int64_t n, F&& f) {
-  ring_windowed<W>(buf, C, kTile, lo, hi, C, n, f);
+// The squares of the first ts columns of a C x ld buffer.
+template <typename acc_t>
+inline void squares(const acc_t* xb, acc_t* sq, int64_t C, int64_t ld, int64_t ts) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < ts; ++j) sq[c * ld + j] = xb[c * ld + j] * xb[c * ld + j];
 }
 
 // Runs fn(scratch, i) for every i < total, in parallel; each thread owns `elems` elements of T.
@@ -164,13 +165,14 @@ void for_each_unit(int64_t total, int64_t elems, F fn) {
   if (oom) throw std::bad_alloc();
 }
 
-// Runs fn(bufs, n, s0, ts) over every tile, in parallel; each thread owns `nbuf` C x kTile buffers.
+// Runs fn(bufs, ld, n, s0, ts) over every tile, in parallel; each thread owns `nbuf` C x ld
+// buffers, ld = min(kTile, S) (a plane smaller than a tile gets buffers of its own size).
 template <typename acc_t, typename F>
 void for_each_tile(const LrnTask& t, int nbuf, F fn) {
-  const int64_t tiles = (t.S + kTile - 1) / kTile;
-  for_each_unit<acc_t>(t.N * tiles, t.C * kTile * nbuf, [&](acc_t* bufs, int64_t i) {
-    const int64_t s0 = (i % tiles) * kTile;
-    fn(bufs, i / tiles, s0, imin(kTile, t.S - s0));
+  const int64_t ld = imax(imin(kTile, t.S), 1), tiles = (t.S + ld - 1) / ld;
+  for_each_unit<acc_t>(t.N * tiles, t.C * ld * nbuf, [&](acc_t* bufs, int64_t i) {
+    const int64_t s0 = (i % tiles) * ld;
+    fn(bufs, ld, i / tiles, s0, imin(ld, t.S - s0));
   });
 }
 
@@ -179,17 +181,17 @@ void forward_kernel(const scalar_t* x, scalar_t* y, const LrnTask& t) {
   const acc_t k = t.k, an = t.alpha / t.size, beta = t.beta;
   const int64_t C = t.C, pre = t.size / 2, post = (t.size - 1) / 2;
   const Layout l{t.C, t.S, t.channels_last};
-  for_each_tile<acc_t>(t, 2, [&](acc_t* bufs, int64_t n, int64_t s0, int64_t ts) {
-    acc_t *xb = bufs, *sq = bufs + C * kTile;
+  for_each_tile<acc_t>(t, 2, [&](acc_t* bufs, int64_t ld, int64_t n, int64_t s0, int64_t ts) {
+    acc_t *xb = bufs, *sq = bufs + C * ld;
     const int64_t off = n * C * t.S;
-    gather(x + off, xb, l, s0, ts);
-    for (int64_t i = 0; i < C * kTile; ++i) sq[i] = xb[i] * xb[i];
+    gather(x + off, xb, l, ld, s0, ts);
+    squares(xb, sq, C, ld, ts);
     for (int64_t c = 0; c < C; ++c) {
-      acc_t* row = xb + c * kTile;  // y[c] overwrites x[c]: only row c reads it
-      windowed<W>(sq, c - pre, c + post, C, kTile,
-                  [&](int64_t j, acc_t s) { row[j] *= neg_pow<acc_t, kBeta075>(k + an * s, beta); });
+      acc_t* row = xb + c * ld;  // y[c] overwrites x[c]: only row c reads it
+      ring_windowed<W>(sq, C, ld, c - pre, c + post, C, ts,
+                       [&](int64_t j, acc_t s) { row[j] *= neg_pow<acc_t, kBeta075>(k + an * s, beta); });
     }
-    scatter(xb, y + off, l, s0, ts);
+    scatter(xb, y + off, l, ld, s0, ts);
   });
 }
 
@@ -198,18 +200,18 @@ void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const 
   const acc_t k = t.k, an = t.alpha / t.size, beta = t.beta, two_an_beta = 2 * an * beta;
   const int64_t C = t.C, pre = t.size / 2, post = (t.size - 1) / 2;
   const Layout l{t.C, t.S, t.channels_last};
-  for_each_tile<acc_t>(t, 4, [&](acc_t* bufs, int64_t n, int64_t s0, int64_t ts) {
-    acc_t *xb = bufs, *gb = bufs + C * kTile, *sq = bufs + 2 * C * kTile, *tb = bufs + 3 * C * kTile;
+  for_each_tile<acc_t>(t, 4, [&](acc_t* bufs, int64_t ld, int64_t n, int64_t s0, int64_t ts) {
+    acc_t *xb = bufs, *gb = bufs + C * ld, *sq = bufs + 2 * C * ld, *tb = bufs + 3 * C * ld;
     const int64_t off = n * C * t.S;
-    gather(x + off, xb, l, s0, ts);
-    gather(dy + off, gb, l, s0, ts);
-    for (int64_t i = 0; i < C * kTile; ++i) sq[i] = xb[i] * xb[i];
+    gather(x + off, xb, l, ld, s0, ts);
+    gather(dy + off, gb, l, ld, s0, ts);
+    squares(xb, sq, C, ld, ts);
     // Pass 1: a[c] = dy[c] d[c]^-beta (into gb), t[c] = a[c] x[c] / d[c] = dy y / d (into tb).
     for (int64_t c = 0; c < C; ++c) {
-      acc_t* g = gb + c * kTile;
-      const acc_t* xr = xb + c * kTile;
-      acc_t* tr = tb + c * kTile;
-      windowed<W>(sq, c - pre, c + post, C, kTile, [&](int64_t j, acc_t s) {
+      acc_t* g = gb + c * ld;
+      const acc_t* xr = xb + c * ld;
+      acc_t* tr = tb + c * ld;
+      ring_windowed<W>(sq, C, ld, c - pre, c + post, C, ts, [&](int64_t j, acc_t s) {
         const acc_t d = k + an * s;
         g[j] *= neg_pow<acc_t, kBeta075>(d, beta);
         tr[j] = g[j] * xr[j] / d;
@@ -217,12 +219,12 @@ void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const 
     }
     // Pass 2: dx[c] (lrn_dx) over x[c].
     for (int64_t c = 0; c < C; ++c) {
-      const acc_t* g = gb + c * kTile;
-      acc_t* xr = xb + c * kTile;  // dx[c] overwrites x[c]
-      windowed<W>(tb, c - post, c + pre, C, kTile,
-                  [&](int64_t j, acc_t s) { xr[j] = lrn_dx<acc_t, false>(g[j], xr[j], s, two_an_beta); });
+      const acc_t* g = gb + c * ld;
+      acc_t* xr = xb + c * ld;  // dx[c] overwrites x[c]
+      ring_windowed<W>(tb, C, ld, c - post, c + pre, C, ts,
+                       [&](int64_t j, acc_t s) { xr[j] = lrn_dx<acc_t, false>(g[j], xr[j], s, two_an_beta); });
     }
-    scatter(xb, dx + off, l, s0, ts);
+    scatter(xb, dx + off, l, ld, s0, ts);
   });
 }
 
@@ -508,10 +510,21 @@ inline void max_pool_plane(const T* in, T* out, int64_t* idx, const PoolTask& p)
 // positions. Each element sees the same operations in the same order as in the NCHW kernel above
 // (a padding zero added first changes no sum), and the pool scans its windows in the same order.
 
-// f(c, s_c) for c < C, with s_c = p[c] + ... + p[c + size - 1] (W: size known at compile time).
+// The window of a channels_last row: channels c - pre .. c + post, with pre and post clipped to
+// C - 1 (beyond that they only add padding zeros: a size of 10^6 cost 10^6 additions per element
+// and as many padding elements per thread), n = pre + post + 1 elements.
+struct RowWindow {
+  int64_t pre, post, n;
+};
+inline RowWindow row_window(const LrnTask& t) {
+  const int64_t last = imax(t.C - 1, 0), pre = imin(t.size / 2, last), post = imin((t.size - 1) / 2, last);
+  return {pre, post, pre + post + 1};
+}
+
+// f(c, s_c) for c < C, with s_c = p[c] + ... + p[c + n - 1] (W: n known at compile time).
 template <int W, typename T, typename F>
-inline void row_windowed(const T* p, int64_t C, int64_t size, F&& f) {
-  const int64_t n = W > 0 ? W : size;
+inline void row_windowed(const T* p, int64_t C, int64_t window, F&& f) {
+  const int64_t n = W > 0 ? W : window;
   for (int64_t c = 0; c < C; ++c) {
     T s = 0;
     for (int64_t w = 0; w < n; ++w) s += p[c + w];
@@ -519,38 +532,40 @@ inline void row_windowed(const T* p, int64_t C, int64_t size, F&& f) {
   }
 }
 
-// One position's C channels: y = lrn(relu(x)). q: C + size - 1 elements, whose first pre and last
-// post are zero.
+// One position's C channels: y = lrn(relu(x)). q: C + n - 1 elements (row_window), whose first
+// pre and last post are zero.
 template <typename T, bool kBeta075, int W>
 inline void lrn_row_forward(const T* x, T* y, int64_t C, T* q, const LrnTask& t) {
   const T k = t.k, an = t.alpha / t.size, beta = t.beta;
-  T* qc = q + t.size / 2;
+  const RowWindow r = row_window(t);
+  T* qc = q + r.pre;
   for (int64_t c = 0; c < C; ++c) {
     const T v = relu_of(x[c]);
     qc[c] = v * v;
   }
-  row_windowed<W>(q, C, t.size, [&](int64_t c, T s) { y[c] = relu_of(x[c]) * neg_pow<T, kBeta075>(k + an * s, beta); });
+  row_windowed<W>(q, C, r.n, [&](int64_t c, T s) { y[c] = relu_of(x[c]) * neg_pow<T, kBeta075>(k + an * s, beta); });
 }
 
 // One position's C channels: dx from dl (the gradient at the LRN output) and x, masked by
-// relu(x) > 0. bufs: q (C + size - 1, zero padded as above), a (C), tp (C + size - 1: post
-// zeros, then t, then pre zeros).
+// relu(x) > 0. bufs: q (C + n - 1, zero padded as above), a (C), tp (C + n - 1: post zeros,
+// then t, then pre zeros).
 template <typename T, bool kBeta075, int W>
 inline void lrn_row_backward(const T* dl, const T* x, T* dx, int64_t C, T* bufs, const LrnTask& t) {
   const T k = t.k, an = t.alpha / t.size, beta = t.beta, two_an_beta = 2 * an * beta;
-  const int64_t pre = t.size / 2, post = (t.size - 1) / 2, padded = C + t.size - 1;
+  const RowWindow r = row_window(t);
+  const int64_t pre = r.pre, post = r.post, padded = C + r.n - 1;
   T *q = bufs, *a = bufs + padded, *tp = bufs + padded + C;
   for (int64_t c = 0; c < C; ++c) {
     const T v = relu_of(x[c]);
     q[pre + c] = v * v;
   }
-  row_windowed<W>(q, C, t.size, [&](int64_t c, T s) {
+  row_windowed<W>(q, C, r.n, [&](int64_t c, T s) {
     const T d = k + an * s;
     const T ac = dl[c] * neg_pow<T, kBeta075>(d, beta);
     a[c] = ac;
     tp[post + c] = ac * relu_of(x[c]) / d;
   });
-  row_windowed<W>(tp, C, t.size, [&](int64_t c, T s) {
+  row_windowed<W>(tp, C, r.n, [&](int64_t c, T s) {
     dx[c] = lrn_dx<T, true>(a[c], relu_of(x[c]), s, two_an_beta);
   });
 }
@@ -594,7 +609,7 @@ void rlp_forward(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolT
   // one zero-padded row); channels_last also the pool's best (C) and indices (C int32 in C
   // elements).
   const int64_t R = ring_rows(t), chunk = imin(max_chunk(R, 1), S);
-  const int64_t sq_elems = kCl ? C + t.size - 1 : R * chunk;
+  const int64_t sq_elems = kCl ? C + row_window(t).n - 1 : R * chunk;
   for_each_unit<T>(t.N, (kLrn ? C * S + sq_elems : 0) + (kCl ? 2 * C : 1), [&](T* scratch, int64_t n) {
     const T* in = x + n * C * S;
     T* const os = out + n * C * P;
@@ -624,7 +639,7 @@ template <typename T, bool kBeta075, int W, bool kLrn, bool kCl>
 void rlp_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const LrnTask& t, const PoolTask& p) {
   const int64_t C = t.C, S = t.S, P = p.Ho * p.Wo;
   const int64_t R = ring_rows(t), chunk = imin(max_chunk(R, 3), S);
-  const int64_t bufs_elems = kCl ? 3 * (C + t.size - 1) : 3 * R * chunk;  // the LRN backward's buffers
+  const int64_t bufs_elems = kCl ? 3 * (C + row_window(t).n - 1) : 3 * R * chunk;  // the LRN backward's buffers
   for_each_unit<T>(t.N, kLrn ? C * S + bufs_elems : 1, [&](T* scratch, int64_t n) {
     const T* xs = x + n * C * S;
     const T* gs = gout + n * C * P;
@@ -658,13 +673,19 @@ void rlp_backward(const T* gout, const int64_t* idx, const T* x, T* dx, const Lr
   });
 }
 
-// The instantiation for the layout, the LRN size (0: none; W = 5 fused; else any) and beta.
+// The instantiation for the layout, the LRN size (0: none; W = 5 fused (channels_last: a row
+// window of 5, unclipped); else any) and beta.
+template <bool kCl>
+bool window_of_5(const LrnTask& t) {
+  return t.size == 5 && (!kCl || row_window(t).n == 5);
+}
+
 template <typename T, bool kCl>
 void rlp_forward_for(const T* x, T* out, int64_t* idx, const LrnTask& t, const PoolTask& p) {
   const bool b = t.beta == 0.75;
   if (t.size == 0)
     rlp_forward<T, false, 0, false, kCl>(x, out, idx, t, p);
-  else if (t.size == 5)
+  else if (window_of_5<kCl>(t))
     b ? rlp_forward<T, true, 5, true, kCl>(x, out, idx, t, p) : rlp_forward<T, false, 5, true, kCl>(x, out, idx, t, p);
   else
     b ? rlp_forward<T, true, 0, true, kCl>(x, out, idx, t, p) : rlp_forward<T, false, 0, true, kCl>(x, out, idx, t, p);
@@ -675,7 +696,7 @@ void rlp_backward_for(const T* g, const int64_t* idx, const T* x, T* dx, const L
   const bool b = t.beta == 0.75;
   if (t.size == 0)
     rlp_backward<T, false, 0, false, kCl>(g, idx, x, dx, t, p);
-  else if (t.size == 5)
+  else if (window_of_5<kCl>(t))
     b ? rlp_backward<T, true, 5, true, kCl>(g, idx, x, dx, t, p)
       : rlp_backward<T, false, 5, true, kCl>(g, idx, x, dx, t, p);
   else

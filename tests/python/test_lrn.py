@@ -234,3 +234,27 @@ def test_float64_and_bfloat16_paths():
     xb = (torch.randn(2, 9, 5, 5) * 30).bfloat16()
     ref = F.local_response_norm(xb.float(), 5, 1e-2, 0.75, 2.0)
     assert ((lrn(xb, 5, 1e-2, 0.75, 2.0).float() - ref).abs().max() / ref.abs().max()).item() < 1e-2
+
+
+# The gathered kernels (half, bfloat16, channels_last, strided) work on tiles of up to 256
+# positions x all channels in float: a plane of 1 position, one shorter than a tile, an exact tile
+# and a tile plus a partial one. (A partial tile computed all 256 columns: an LRN over feature
+# vectors, S = 1, ran 25x slower in half than in float.)
+@pytest.mark.parametrize("shape", [(5, 37, 1), (2, 9, 7, 9), (2, 8, 16, 16), (2, 9, 300)],
+                         ids=["S1", "S63", "S256", "S300"])
+@pytest.mark.parametrize("kind", ["float16", "bfloat16", "float32-strided"])
+def test_gathered_tiles(shape, kind):
+    x = torch.randn(shape) * 30
+    g = torch.randn(shape)
+    if kind == "float32-strided":
+        x, g, tol = x.transpose(0, -1).contiguous().transpose(0, -1), g.transpose(0, -1).contiguous().transpose(0, -1), 1e-5
+        assert not x.is_contiguous()
+    else:
+        dtype = getattr(torch, kind)
+        x, g, tol = x.to(dtype), g.to(dtype), 1e-2
+    y, dx = _value_and_grad(lambda t: lrn(t, 5, 1e-2, 0.75, 2.0), x, g)
+    # The reference in float64 from the same (rounded) values.
+    y_ref, dx_ref = _value_and_grad(lambda t: F.local_response_norm(t, 5, 1e-2, 0.75, 2.0), x.double(), g.double())
+    assert y.dtype == x.dtype and dx.dtype == x.dtype
+    assert ((y.double() - y_ref).abs().max() / y_ref.abs().max()).item() <= tol
+    assert ((dx.double() - dx_ref).abs().max() / dx_ref.abs().max()).item() <= tol

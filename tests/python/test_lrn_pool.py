@@ -80,18 +80,20 @@ def test_matches_the_composition_of_stock_ops(shape, kernel, stride, ceil_mode, 
     assert_close(dx, reference_grad_routed_by(idx, x, g, *args), tol)
 
 
-@pytest.mark.parametrize("lrn", [PAPER, (4, 1e-2, 0.5, 1.0), (151, 1e-2, 0.75, 2.0), None],
-                         ids=["paper", "size4", "size151", "no-lrn"])
+@pytest.mark.parametrize("lrn, channels", [(PAPER, 40), ((4, 1e-2, 0.5, 1.0), 40), ((151, 1e-2, 0.75, 2.0), 200),
+                                           (PAPER, 2), ((10**6, 1e-2, 0.75, 2.0), 40), (None, 40)],
+                         ids=["paper", "size4", "size151", "size5-over-2-channels", "size1e6", "no-lrn"])
 @pytest.mark.parametrize("ceil_mode", [False, True])
-def test_channels_last_kernel_equals_the_nchw_kernel_bit_for_bit(lrn, ceil_mode):
+def test_channels_last_kernel_equals_the_nchw_kernel_bit_for_bit(lrn, channels, ceil_mode):
     # The channels_last kernel does the same operations in the same order per element as the NCHW
     # one (lrn_cpu_kernels.h): values, indices and gradients agree exactly, ties and NaN included.
     # size 151 over 200 channels: the NCHW backward's rings of 151 rows take the 240 positions in
-    # chunks of 144.
+    # chunks of 144. A window wider than the channels is clipped to them (channels_last summed
+    # 10^6 padding zeros per element, and allocated as many per thread: 2**40 failed).
     size, alpha, beta, k = lrn or (0, 0.0, 0.0, 0.0)
-    x = torch.randn(3, 200 if size > 100 else 40, 15, 16) * 20
+    x = torch.randn(3, channels, 15, 16) * 20
     x[0, :, 2:5, 2:5] = 1.5  # a plateau: ties in every window over it
-    x[1, 3, 7, 7] = float("nan")
+    x[1, channels - 1, 7, 7] = float("nan")
     args = (size, alpha, beta, k, 3, 2, ceil_mode)
     xs = [x.contiguous(), x.contiguous(memory_format=torch.channels_last)]
     outs = [torch.ops.alexnet_rs.relu_lrn_max_pool2d_with_indices(t, *args) for t in xs]
