@@ -55,7 +55,9 @@ pub enum Error {
     /// as an error instead of ending the thread or the interpreter.
     #[error("internal error (a bug in alexnet_rs, please report it): {0}")]
     Internal(String),
-    /// Some items of a command that goes on past a bad one failed (each already reported).
+    /// A command did not do all of its job: some items of one that goes on past a bad one failed
+    /// (each already reported), or a data-parallel run stopped because another rank was
+    /// interrupted.
     #[error("{0}")]
     SomeFailed(String),
     /// Long work stopped on request by this signal (SIGINT: Ctrl-C; a `KeyboardInterrupt` in

@@ -1,10 +1,11 @@
 //! Test-only fault injection at the named points of checkpoint and metrics writing, so that the
 //! crash and disk-full tests are deterministic (no timing races, no real full disk).
 //!
-//! `ALEXNET_FAULT=<point>[:abort|:enospc|:kill|:panic][@<n>]` arms one point: the `n`-th time
-//! (default 1) the process reaches it, `abort` (the default) ends the process at once with
+//! `ALEXNET_FAULT=<point>[:abort|:enospc|:kill|:term|:panic][@<n>]` arms one point: the `n`-th
+//! time (default 1) the process reaches it, `abort` (the default) ends the process at once with
 //! `std::process::abort()` (no unwinding, no cleanup: what a SIGKILL leaves), `kill` sends it
-//! SIGKILL, `panic` panics (a bug, for the panic boundaries' tests), and `enospc` makes the write
+//! SIGKILL, `term` raises SIGTERM (a polite stop: the handler, if any, runs and the work goes
+//! on), `panic` panics (a bug, for the panic boundaries' tests), and `enospc` makes the write
 //! at that point fail with "No space left on device" (`ErrorKind::StorageFull`), which the code
 //! then handles as it would a real full disk. The variable is read once; unset, a point
 //! costs one load of an initialised `OnceLock`.
@@ -42,6 +43,8 @@ pub enum Mode {
     Enospc,
     /// SIGKILL to this process (what `kill -9` or the OOM killer does).
     Kill,
+    /// SIGTERM to this thread (what `kill` or a preempting scheduler does).
+    Term,
     /// A Rust panic (what a bug does), for the tests of the panic boundaries.
     Panic,
 }
@@ -75,13 +78,14 @@ fn parse(spec: &str) -> Result<Armed, String> {
         Some((p, "abort")) => (p, Mode::Abort),
         Some((p, "enospc")) => (p, Mode::Enospc),
         Some((p, "kill")) => (p, Mode::Kill),
+        Some((p, "term")) => (p, Mode::Term),
         Some((p, "panic")) => (p, Mode::Panic),
-        Some((_, m)) => return Err(format!("unknown mode `{m}` (abort, enospc, kill or panic)")),
+        Some((_, m)) => return Err(format!("unknown mode `{m}` (abort, enospc, kill, term or panic)")),
         None => (rest, Mode::Abort),
     };
     if !POINTS.contains(&point) || at == 0 {
         return Err(format!(
-            "expected <point>[:abort|:enospc|:kill|:panic][@n>=1], points: {}",
+            "expected <point>[:abort|:enospc|:kill|:term|:panic][@n>=1], points: {}",
             POINTS.join(", ")
         ));
     }
@@ -109,8 +113,9 @@ pub fn reached(point: &str) -> Option<Mode> {
     (a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.at).then_some(a.mode)
 }
 
-/// Aborts, kills or panics, or returns the disk-full error the write at this point gets.
-pub fn fire(mode: Mode, point: &str) -> io::Error {
+/// Aborts, kills or panics, or returns the disk-full error the write at this point gets; after a
+/// SIGTERM (handled), returns `Ok`.
+pub fn fire(mode: Mode, point: &str) -> io::Result<()> {
     if mode == Mode::Abort {
         eprintln!("ALEXNET_FAULT: abort at {point}");
         std::process::abort();
@@ -123,13 +128,19 @@ pub fn fire(mode: Mode, point: &str) -> io::Error {
         // SAFETY: signalling our own process.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
-    io::Error::from_raw_os_error(libc::ENOSPC)
+    if mode == Mode::Term {
+        eprintln!("ALEXNET_FAULT: SIGTERM at {point}");
+        // SAFETY: signalling this thread; its handler has run when `raise` returns.
+        unsafe { libc::raise(libc::SIGTERM) };
+        return Ok(());
+    }
+    Err(io::Error::from_raw_os_error(libc::ENOSPC))
 }
 
-/// A point with no partial work of its own: aborts, or fails with ENOSPC, when armed here.
+/// A point with no partial work of its own: [`fire`]s when armed here.
 pub fn point(point: &str) -> io::Result<()> {
     match reached(point) {
-        Some(mode) => Err(fire(mode, point)),
+        Some(mode) => fire(mode, point),
         None => Ok(()),
     }
 }

@@ -62,7 +62,8 @@ fn append(path: &Path, line: &str) -> Result<()> {
     let written = match fault::reached("metrics-mid-line") {
         Some(mode) => f
             .write_all(&bytes.as_bytes()[..bytes.len() / 2])
-            .and_then(|()| Err(fault::fire(mode, "metrics-mid-line"))),
+            .and_then(|()| fault::fire(mode, "metrics-mid-line"))
+            .and_then(|()| f.write_all(&bytes.as_bytes()[bytes.len() / 2..])),
         None => f.write_all(bytes.as_bytes()),
     };
     if let Err(e) = written {

@@ -104,7 +104,10 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
     if quiet {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    // Stopped on request: by this process's signal, or by another rank's.
+    let stopped = std::cell::Cell::new(false);
     let mut on_event = |e: &Event| {
+        stopped.set(stopped.get() || matches!(e, Event::Stopped));
         if !quiet {
             report(&bar, e)
         }
@@ -122,19 +125,27 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
     };
     bar.finish_and_clear();
     let signal = SIGNAL.load(Ordering::SeqCst);
+    let out = writes_to(resume.as_deref(), &tc);
+    // Not "final:" (nor exit 0) on a rank whose run another rank's signal stopped short.
+    let elsewhere = || {
+        crate::Error::SomeFailed(format!(
+            "the run stopped early because another rank was interrupted; continue with `alexnet train --resume {}`",
+            out.display()
+        ))
+    };
     if quiet {
-        return if signal != 0 {
-            Err(crate::Error::Interrupted(signal))
-        } else {
-            Ok(())
+        return match (signal, stopped.get()) {
+            (0, false) => Ok(()),
+            (0, true) => Err(elsewhere()),
+            (s, _) => Err(crate::Error::Interrupted(s)),
         };
     }
-    let out = writes_to(resume.as_deref(), &tc);
-    if signal != 0 {
+    if stopped.get() || signal != 0 {
         let ckpt = checkpoint::find_latest(&out).unwrap_or(out.clone());
         eprintln!(
-            "interrupted: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with \
+            "{}: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with \
              `alexnet train --resume {}`",
+            if signal != 0 { "interrupted" } else { "stopped by another rank" },
             result.top1,
             result.top5,
             result.loss,
@@ -142,7 +153,10 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
             ckpt.display(),
             out.display()
         );
-        return Err(crate::Error::Interrupted(signal));
+        return Err(match signal {
+            0 => elsewhere(),
+            s => crate::Error::Interrupted(s),
+        });
     }
     println!(
         "final: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; metrics, curves.png and checkpoints in {}",
@@ -220,6 +234,7 @@ fn report(bar: &ProgressBar, e: &Event) {
             bar.set_position(0);
         }
         Event::Checkpoint(d) => say(&format!("checkpoint {}", d.display())),
+        Event::Stopped => {}
     }
 }
 

@@ -88,7 +88,7 @@ pub fn train_events(py: Python<'_>) -> PyResult<PyObject> {
 /// An event as `on_step` receives it (the start of training is not sent).
 fn event_json(e: &Event) -> Option<serde_json::Value> {
     match e {
-        Event::Start { .. } => None,
+        Event::Start { .. } | Event::Stopped => None,
         Event::Step(r) => serde_json::to_value(r).ok(),
         Event::Epoch(r) => serde_json::to_value(r).ok(),
         Event::Checkpoint(d) => Some(serde_json::json!({ "checkpoint": d })),

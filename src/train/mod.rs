@@ -35,6 +35,9 @@ pub enum Event {
     Step(StepRecord),
     Epoch(EpochRecord),
     Checkpoint(PathBuf),
+    /// The run stops early on request (`stop()` on this rank or on another one), after this
+    /// step's checkpoint.
+    Stopped,
 }
 
 /// Trains as `tc` says (or continues the checkpoint `resume`), calling `on_event` as it goes;

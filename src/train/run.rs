@@ -155,6 +155,7 @@ impl<'a> Run<'a> {
                     // The checkpoint first: a preempted machine's grace period is short (the
                     // weights are checked finite before it is written); the evaluation follows.
                     self.save()?;
+                    (self.on_event)(&Event::Stopped);
                     return self.finish(steps_here, None);
                 }
                 if agreed.out_of_time || agreed.steps_done {

@@ -148,6 +148,28 @@ def test_a_killed_rank_restarts_from_the_newest_checkpoint(reference, tmp_path):
     print(f"SIGKILL of rank 1 at step 15, restarted from step 10: max relative loss difference {worst:.2e}")
 
 
+def test_a_rank_stopped_by_sigterm_stops_every_rank_with_a_checkpoint(reference, tmp_path):
+    """SIGTERM to rank 1 alone (a preempted worker): every rank stops after the same step, with a
+    checkpoint, and none reports the run as finished (rank 0 printed "final:" and exited 0); the
+    resumed run is the uninterrupted one."""
+    seed, single, _, _ = reference
+    out, port = tmp_path / "term", free_port()
+    env = dict(ENV, ALEXNET_FAULT="train-step:term@5", ALEXNET_FAULT_RANK="1", TMPDIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend",
+                        "c10d", "--rdzv-endpoint", f"localhost:{port}", "-m", "alexnet_rs.train", *COMMON,
+                        "--seed", seed, "--batch-size", "4", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0 and "SIGTERM at train-step" in r.stderr, r.stderr[-3000:]
+    assert "final:" not in r.stdout, r.stdout
+    # Rank 0's report (rank 1 may be ended by torchrun's SIGTERM once rank 0 has exited).
+    assert "stopped by another rank: top-1" in r.stderr, r.stderr[-3000:]
+    assert "error: the run stopped early because another rank was interrupted" in r.stderr, r.stderr[-3000:]
+    assert max(s for s, _, _ in losses(out)) == 5
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "ckpt-000000005"
+    torchrun(out, "--resume", str(out))
+    assert_same_run(single, out)
+
+
 def test_a_run_resumed_into_another_folder_restarts_from_that_folder(reference, tmp_path):
     """`--resume A --out B` killed and restarted: the restart continues B's newest checkpoint (it
     resumed A again, which B's checkpoints then refused), and B holds the whole run."""
