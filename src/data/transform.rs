@@ -277,11 +277,11 @@ pub fn unused_stats(preset: crate::Preset, crop: u32, stats: &crate::data::stats
     match preset {
         crate::Preset::Torchvision => Some(
             "the torchvision preset normalises by ImageNet's channel mean and std (torchvision's recipe): \
-             the --stats file is not used"
+             the stats file (--stats) is not used"
                 .into(),
         ),
         crate::Preset::Paper if stats.side != resize => Some(format!(
-            "the --stats file's mean image is {0}x{0}, but inputs of {crop} are resized to {resize}: its \
+            "the stats file's (--stats) mean image is {0}x{0}, but inputs of {crop} are resized to {resize}: its \
              channel means are subtracted instead of the mean image (for the mean image: alexnet stats \
              --size {resize})",
             stats.side

@@ -104,6 +104,7 @@ impl DataLoader {
                         rank=0, world_size=1, classes=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         data: PathBuf,
         split: &str,
         preset: &str,
@@ -143,6 +144,14 @@ impl DataLoader {
             })?;
             let preset = core(preset.parse::<Preset>())?;
             let stats = core(stats.map(|p| crate::data::stats::Stats::load(&p)).transpose())?;
+            if let Some(w) = stats
+                .as_ref()
+                .and_then(|s| crate::data::transform::unused_stats(preset, crop, s))
+            {
+                // stacklevel 3: past `checked` and `DataLoader.__new__`, the caller's line.
+                py.import("warnings")?
+                    .call_method1("warn", (w, py.get_type::<pyo3::exceptions::PyUserWarning>(), 3))?;
+            }
             let mut ds = core(Dataset::open(&data, split))?;
             if let Some(classes) = classes {
                 ds = core(ds.labelled_as(&classes))?;

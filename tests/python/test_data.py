@@ -329,3 +329,9 @@ def test_stats_against_numpy(tmp_path):
     bad = subprocess.run([BIN, "stats", tmp_path, "--size", "0", "--out", out], capture_output=True, text=True)
     assert bad.returncode == 1 and "side must be >= 1" in bad.stderr, bad.stderr
     assert load_file(out)["channel_mean"].isfinite().all()
+    # The torchvision preset does not use a stats file: the CLI said so, the Python loader did not.
+    with pytest.warns(UserWarning, match=r"torchvision preset .* the stats file \(--stats\) is not used") as w:
+        alexnet_rs.data.DataLoader(tmp_path, preset="torchvision", crop=32, stats=out, threads=1)
+    assert w[0].filename == __file__
+    with pytest.warns(UserWarning, match=r"mean image is 32x32, but inputs of 63 are resized to 72"):
+        alexnet_rs.data.DataLoader(tmp_path, preset="paper", crop=63, stats=out, threads=1)
