@@ -99,14 +99,19 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     // safetensors stores row-major data: channels_last weights (`--channels-last`) are copied.
     let list: Vec<(&str, Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v.contiguous())).collect();
-    Tensor::write_safetensors(&list, path).map_err(|e| match e {
+    Tensor::write_safetensors(&list, path).map_err(|e| write_error(path, e))?;
+    fsync(path)
+}
+
+/// A failed safetensors write of `path`: the OS's error (a full disk), or the cause in words.
+pub(crate) fn write_error(path: &Path, e: tch::TchError) -> Error {
+    match e {
         tch::TchError::SafeTensorError {
             err: safetensors::SafeTensorError::IoError(source),
             ..
         } => io(path)(source),
         e => bad(path, format!("cannot write: {}", safetensors_cause(&e))),
-    })?;
-    fsync(path)
+    }
 }
 
 /// Checkpoint folder names: `ckpt-<step>` (rank 2), and the hidden `.ckpt-<step>.tmp` (1, being

@@ -363,7 +363,11 @@ impl TrainConfig {
         if let Some(t) = self.time_budget_s.filter(|t| !(*t >= 0.0 && t.is_finite())) {
             return bad(format!("time_budget_s must be a number of seconds >= 0, got {t}"));
         }
-        for (key, epochs) in [("eval_every", self.eval_every), ("step_epochs", self.step_epochs)] {
+        for (key, epochs) in [
+            ("epochs", self.epochs),
+            ("eval_every", self.eval_every),
+            ("step_epochs", self.step_epochs),
+        ] {
             if epochs == 0 {
                 return bad(format!("{key} is a number of epochs and must be >= 1, got 0"));
             }
@@ -412,7 +416,16 @@ impl TrainConfig {
     /// The run's dataset split (Fashion-MNIST by default), limited to a seeded subset if asked.
     pub fn open(&self, split: Split, limit: Option<usize>) -> Result<Dataset> {
         let ds = match &self.data {
-            Some(p) => Dataset::open(p, split)?,
+            Some(p) => {
+                if split == Split::Test && !Dataset::has_test_split(p) {
+                    eprintln!(
+                        "warning: {} has no test split (a val/ or test/ folder beside train/): validating on the \
+                         training images",
+                        p.display()
+                    );
+                }
+                Dataset::open(p, split)?
+            }
             None => Dataset::fashion_mnist(split)?,
         };
         Ok(match limit {

@@ -115,6 +115,28 @@ fn a_directory_symlink_loop_is_an_error_not_more_data() {
 }
 
 #[test]
+fn hidden_entries_are_not_samples_and_an_empty_class_is_refused() {
+    // `.ipynb_checkpoints/` became a class (two real classes, a 4-way network), and so did an
+    // empty folder, silently.
+    let root = image_folder("hidden", 2, 3);
+    let hidden = root.join(".ipynb_checkpoints");
+    std::fs::create_dir_all(&hidden).unwrap();
+    std::fs::copy(root.join("c0").join("img0.png"), hidden.join("img0-checkpoint.png")).unwrap();
+    std::fs::copy(root.join("c0").join("img0.png"), root.join("c1").join("._img0.png")).unwrap();
+    let ds = Dataset::open(&root, Split::Train).unwrap();
+    assert_eq!(
+        (ds.classes.clone(), ds.len()),
+        (vec!["c0".to_string(), "c1".to_string()], 6)
+    );
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    let e = Dataset::open(&root, Split::Train).expect_err("refused").to_string();
+    assert!(
+        e.contains("empty") && e.contains("a class folder with no image files"),
+        "{e}"
+    );
+}
+
+#[test]
 fn prepare_refuses_two_sources_with_one_output_name() {
     // Finding 8: a.jpg and a.png both became a.jpg; one was dropped as "already there".
     let src = image_folder("collide", 1, 1);
@@ -127,6 +149,34 @@ fn prepare_refuses_two_sources_with_one_output_name() {
         .to_string();
     assert!(e.contains("a.png") && e.contains("a.jpg"), "{e}");
     assert!(!dst.exists(), "nothing is written before the names are checked");
+}
+
+#[test]
+fn prepare_refuses_a_destination_inside_its_source_and_redoes_another_size() {
+    use alexnet_rs::data::prepare::prepare;
+    // DST inside SRC: every rerun took the earlier outputs as inputs (out/out/out/...); DST ==
+    // SRC: a .jpg source counted as its own output. Both ran and exited 0.
+    let src = image_folder("prepare-inside", 1, 2);
+    for dst in [
+        src.join("out"),
+        src.to_path_buf(),
+        src.join("c0").join("..").join("new"),
+    ] {
+        let e = prepare(&src, &dst, 8, 90, &|_, _| {}).expect_err("refused").to_string();
+        assert!(e.contains("is inside the source"), "{e}");
+        assert!(!src.join("out").exists() && !src.join("new").exists());
+    }
+    // A rerun with another --size kept the first size's files ("already there").
+    let dst = common::tmp("data-prepare-resize-out");
+    assert_eq!(prepare(&src, &dst, 8, 90, &|_, _| {}).unwrap().written, 2);
+    let again = prepare(&src, &dst, 8, 90, &|_, _| {}).unwrap();
+    assert_eq!((again.written, again.skipped_existing), (0, 2));
+    let resized = prepare(&src, &dst, 4, 90, &|_, _| {}).unwrap();
+    assert_eq!((resized.written, resized.skipped_existing), (2, 0));
+    assert_eq!(
+        image::image_dimensions(dst.join("c0").join("img0.jpg")).unwrap(),
+        (4, 4)
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `alexnet stats`, `alexnet prepare` and `alexnet bench data`: datasets and the data pipeline.
 use super::{global_threads, preset_parser, progress_bar};
-use crate::config::Preset;
+use crate::config::{Preset, MAX_INPUT};
 use crate::data::stats::Stats;
 use crate::data::{Dataset, Loader, LoaderConfig, Split, Transform, View};
 use crate::error::{Error, Result};
@@ -24,6 +24,9 @@ pub struct DataArgs {
 
 impl DataArgs {
     fn open(&self, split: Split) -> Result<Dataset> {
+        if self.limit == Some(0) {
+            return Err(Error::Config("--limit must be >= 1".into()));
+        }
         let ds = Dataset::open(&self.data, split)?;
         Ok(match self.limit {
             Some(n) => ds.subset(n, 0),
@@ -37,7 +40,7 @@ pub struct StatsArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Side of the resized square centre crops the statistics are taken over.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=MAX_INPUT))]
     size: u32,
     /// Output file.
     #[arg(long, default_value = "stats.safetensors")]
@@ -51,7 +54,7 @@ pub struct PrepareArgs {
     /// Destination folder (same layout; JPEG files).
     dst: PathBuf,
     /// Shorter side after resizing.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=MAX_INPUT))]
     size: u32,
     /// JPEG quality of the outputs.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
@@ -69,7 +72,7 @@ pub struct BenchDataArgs {
     #[arg(long, default_value = "paper", value_parser = preset_parser())]
     preset: Preset,
     /// Crop side.
-    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..=MAX_INPUT))]
     crop: u32,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,

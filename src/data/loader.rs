@@ -117,7 +117,7 @@ pub fn decode(ds: &Dataset, i: usize) -> Result<RgbImage> {
 }
 
 /// Name of sample `i` for messages.
-fn describe(ds: &Dataset, i: usize) -> String {
+pub(crate) fn describe(ds: &Dataset, i: usize) -> String {
     match &ds.items[i].0 {
         Sample::File(p) => p.display().to_string(),
         Sample::Idx(k) => format!("{} image {k}", ds.origin.display()),

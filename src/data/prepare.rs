@@ -29,6 +29,7 @@ pub fn prepare(
     if size == 0 {
         return Err(Error::Config("--size must be >= 1".into()));
     }
+    check_outside(src, dst)?;
     let files = image_files(src)?;
     check_collisions(src, dst, &files)?;
     let total = files.len();
@@ -59,6 +60,31 @@ fn output(src: &Path, dst: &Path, f: &Path) -> PathBuf {
     dst.join(rel).with_extension("jpg")
 }
 
+/// Refuses a `dst` that is `src` or inside it: every rerun would take the earlier outputs as
+/// inputs (out/out/out/...), and with `dst == src` a `.jpg` source would count as its own output.
+fn check_outside(src: &Path, dst: &Path) -> Result<()> {
+    let s = src.canonicalize().map_err(io(src))?;
+    // dst may not exist yet: its nearest existing folder, resolved, and the rest of the path.
+    let existing = dst.ancestors().find(|a| a.exists()).unwrap_or(Path::new("."));
+    let base = if existing.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        existing
+    };
+    let d = base
+        .canonicalize()
+        .map_err(io(base))?
+        .join(dst.strip_prefix(existing).unwrap_or(dst));
+    if d.starts_with(&s) {
+        return Err(Error::Config(format!(
+            "the destination {} is inside the source {} (its outputs would become inputs); pick a folder outside it",
+            dst.display(),
+            src.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses, before writing anything, sources that would share an output (`a.png` and `a.jpg`
 /// both become `a.jpg`): one would silently be dropped as "already there".
 fn check_collisions(src: &Path, dst: &Path, files: &[PathBuf]) -> Result<()> {
@@ -87,9 +113,10 @@ fn check_collisions(src: &Path, dst: &Path, files: &[PathBuf]) -> Result<()> {
     })
 }
 
-/// Returns Ok(false) when `out` already exists (a finished earlier run).
+/// Returns Ok(false) when `out` already exists at this size (a finished earlier run); one of
+/// another `--size` (or unreadable) is made again.
 fn prepare_one(src: &Path, out: &Path, size: u32, quality: u8) -> Result<bool> {
-    if out.is_file() {
+    if out.is_file() && image::image_dimensions(out).is_ok_and(|(w, h)| w.min(h) == size) {
         return Ok(false);
     }
     let img = resize_shorter(&load_rgb(src)?, size).map_err(|e| Error::File {
@@ -104,8 +131,8 @@ fn prepare_one(src: &Path, out: &Path, size: u32, quality: u8) -> Result<bool> {
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality)
             .encode_image(&img)
             .map_err(|e| Error::File {
-                path: tmp.to_path_buf(),
-                reason: e.to_string(),
+                path: src.to_path_buf(),
+                reason: format!("cannot be written as a JPEG of {}x{}: {e}", img.width(), img.height()),
             })?;
         w.into_inner().map_err(|e| io(tmp)(e.into_error()))?;
         Ok(())

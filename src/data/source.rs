@@ -140,6 +140,10 @@ impl Walk {
         above.push(id);
         for entry in fs::read_dir(dir).map_err(io(dir))? {
             let path = entry.map_err(io(dir))?.path();
+            // Hidden entries (.ipynb_checkpoints/, macOS's ._x.jpg) are no one's samples.
+            if path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")) {
+                continue;
+            }
             if path.is_dir() {
                 self.files(&path, above, out)?;
             } else if is_image(&path) {
@@ -190,6 +194,14 @@ impl Dataset {
         Dataset::image_folder(path)
     }
 
+    /// Whether `path` holds a test split of its own (IDX test files, or a val/ or test/ folder
+    /// beside train/); otherwise [`Dataset::open`] gives the training images for both splits.
+    pub fn has_test_split(path: &Path) -> bool {
+        path.is_dir()
+            && (idx_path(path, Split::Test, "images").is_some()
+                || ["val", "test"].iter().any(|s| path.join(s).is_dir()))
+    }
+
     /// One subfolder per class (sorted names = labels 0..), images anywhere below each.
     pub fn image_folder(root: &Path) -> Result<Dataset> {
         let mut classes: Vec<String> = fs::read_dir(root)
@@ -197,6 +209,7 @@ impl Dataset {
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
             .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with('.')) // .ipynb_checkpoints, .git: not classes
             .collect();
         classes.sort();
         if classes.is_empty() {
@@ -209,6 +222,13 @@ impl Dataset {
         for (label, class) in classes.iter().enumerate() {
             let mut files = Vec::new();
             walk.files(&root.join(class), &mut above, &mut files)?;
+            if files.is_empty() {
+                // A class no image can teach (torchvision's ImageFolder refuses it too).
+                return Err(data_err(
+                    &root.join(class),
+                    "a class folder with no image files (add images or remove the folder)",
+                ));
+            }
             files.sort();
             items.extend(files.into_iter().map(|f| (Sample::File(f), label as i64)));
         }
@@ -231,7 +251,8 @@ impl Dataset {
         let text = fs::read_to_string(list).map_err(io(list))?;
         let base = list.parent().unwrap_or(Path::new("."));
         let mut items = Vec::new();
-        for (n, line) in text.lines().enumerate() {
+        // A UTF-8 byte order mark (Windows editors) is not part of the first path.
+        for (n, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -267,11 +288,30 @@ impl Dataset {
         let max = items.iter().map(|(_, l)| *l).max().unwrap_or(0);
         let names = base.join("classes.txt");
         let classes = if names.is_file() {
-            let c: Vec<String> = fs::read_to_string(&names)
-                .map_err(io(&names))?
+            let text = fs::read_to_string(&names).map_err(io(&names))?;
+            // One name per line (line n names label n - 1); blank lines at the end are not classes.
+            let c: Vec<String> = text
+                .trim_start_matches('\u{feff}')
+                .trim_end()
                 .lines()
                 .map(|l| l.trim().to_string())
                 .collect();
+            let mut seen = std::collections::HashMap::new();
+            for (n, name) in c.iter().enumerate() {
+                if name.is_empty() {
+                    return Err(data_err(&names, format!("line {}: an empty class name", n + 1)));
+                }
+                if let Some(first) = seen.insert(name.as_str(), n) {
+                    return Err(data_err(
+                        &names,
+                        format!(
+                            "line {}: class `{name}` is named twice (first on line {})",
+                            n + 1,
+                            first + 1
+                        ),
+                    ));
+                }
+            }
             if (c.len() as i64) <= max {
                 return Err(data_err(
                     &names,

@@ -1,7 +1,7 @@
 //! `alexnet stats DATA`: the training set's per-pixel mean image, channel means and standard
 //! deviations, and the eigen-pairs of its RGB covariance (for PCA colour noise, paper section
 //! 4.1), over the resized S x S centre crops, pixel values in [0, 1]. Saved as safetensors.
-use crate::data::loader::decode;
+use crate::data::loader::{decode, describe};
 use crate::data::source::Dataset;
 use crate::data::transform::{Normalize, Pca, Transform, View};
 use crate::error::{Error, Result};
@@ -82,9 +82,16 @@ impl Stats {
                 || Acc::new(plane),
                 |mut a, i| {
                     progress();
-                    let base = match decode(ds, i).and_then(|img| tf.base(&img)) {
+                    let base = decode(ds, i).and_then(|img| {
+                        tf.base(&img).map_err(|e| Error::File {
+                            path: describe(ds, i).into(),
+                            reason: e.to_string(),
+                        })
+                    });
+                    let base = match base {
                         Ok(b) => b,
-                        Err(_) => {
+                        Err(e) => {
+                            eprintln!("skipping bad image: {e}"); // as the training loader says it
                             a.skipped += 1;
                             return a;
                         }
@@ -155,10 +162,7 @@ impl Stats {
             ("images", Tensor::from_slice(&[self.images as i64])),
         ];
         crate::files::write_with(path, |part| {
-            Tensor::write_safetensors(&tensors, part).map_err(|e| Error::File {
-                path: path.to_path_buf(),
-                reason: format!("cannot write the statistics: {}", Error::from(e)),
-            })
+            Tensor::write_safetensors(&tensors, part).map_err(|e| crate::checkpoint::write_error(path, e))
         })
     }
 

@@ -56,7 +56,8 @@ pub fn evaluate_in(
     let classes = cfg.fcs[cfg.fcs.len() - 1].out_features;
     let mut sums = vec![0.0f64; 4];
     let mut confusion = Tensor::f_zeros([classes * classes], (Kind::Int64, tch::Device::Cpu))?;
-    for batch in loader.epoch(0) {
+    let mut epoch = loader.epoch(0);
+    for batch in epoch.by_ref() {
         if stop() {
             return Err(Error::Interrupted(libc::SIGINT));
         }
@@ -95,6 +96,15 @@ pub fn evaluate_in(
         sums.copy_from_slice(&Vec::<f64>::try_from(t.to_device(tch::Device::Cpu))?);
     }
     let [loss, c1, c5, n] = [sums[0], sums[1], sums[2], sums[3]];
+    if n == 0.0 && epoch.skipped() > 0 {
+        return Err(Error::File {
+            path: loader.dataset().origin.clone(),
+            reason: format!(
+                "no image of the evaluation set could be read ({} skipped)",
+                epoch.skipped()
+            ),
+        });
+    }
     if n == 0.0 {
         return Err(Error::Config("evaluation set is empty".into()));
     }

@@ -137,12 +137,13 @@ impl<'a> Run<'a> {
         let mut last_eval = None;
         while self.state.epoch < self.tc.epochs {
             let epoch_start = Instant::now();
-            let batches = self
+            let mut batches = self
                 .train_loader
                 .epoch_from(self.state.epoch, self.state.batch_in_epoch as usize);
-            for batch in batches {
+            let (planned, mut stepped) = (batches.len(), 0usize);
+            for batch in batches.by_ref() {
                 self.step(batch?)?;
-                steps_here += 1;
+                (steps_here, stepped) = (steps_here + 1, stepped + 1);
                 let agreed = self.agree(Stop {
                     out_of_time: self
                         .tc
@@ -175,6 +176,17 @@ impl<'a> Run<'a> {
                 if self.tc.checkpoint_every > 0 && self.state.step.is_multiple_of(self.tc.checkpoint_every) {
                     self.save()?;
                 }
+            }
+            if stepped == 0 && planned > 0 {
+                // Every batch's images were bad (and skipped): not an epoch of training.
+                return Err(Error::File {
+                    path: self.tc.data.clone().unwrap_or_else(|| "fashion-mnist".into()),
+                    reason: format!(
+                        "no training image of epoch {} could be read ({} skipped): nothing to train on",
+                        self.state.epoch + 1,
+                        batches.skipped()
+                    ),
+                });
             }
             last_eval = self.end_epoch(epoch_start)?.or(last_eval);
         }

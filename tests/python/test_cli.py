@@ -61,6 +61,12 @@ def test_forward_on_a_real_photo():
         (["info", "--preset", "vgg"], "possible values: paper, torchvision, caffe"),
         (["info", "--input-size", "32"], "too small"),
         (["train", "--lr=-1", "--limit-train", "64"], "lr must be positive"),
+        (["train", "--lr", "-1", "--limit-train", "64"], "lr must be positive"),  # was "unexpected argument '-1'"
+        (["train", "--momentum", "-0.5", "--limit-train", "64"], "momentum"),
+        # Past the pipeline's limit: aborted on a 120 GB allocation, or failed in libtorch's allocator.
+        (["forward", "--input-size", "100000", "/etc/hostname"], "input size 100000 is over the limit of 8192"),
+        (["bench", "data", "/etc", "--crop", "100000"], "100000 is not in 1..=8192"),
+        (["prepare", "/etc", "/tmp/x", "--size", "100000"], "100000 is not in 1..=8192"),
         (["train", "--update-rule", "adam"], "possible values: paper, pytorch"),
         (["train", "--devices", "tpu:0"], "unknown device"),
         (["train", "--data", "/no/such/folder", "--limit-train", "8"], "/no/such/folder"),
@@ -81,6 +87,7 @@ def test_forward_on_a_real_photo():
         (["train", "--momentum", "inf"], "expected a finite number"),
         (["train", "--time-budget=-1", "--limit-train", "64"], "time_budget_s must be a number of seconds >= 0"),
         (["train", "--eval-every", "0", "--limit-train", "64"], "eval_every is a number of epochs"),
+        (["train", "--epochs", "0", "--limit-train", "64"], "epochs is a number of epochs and must be >= 1"),
         (["train", "--activation", "sigmoid"], "possible values: relu, tanh"),
         (["bench", "train", "--steps", "0"], "invalid value '0' for '--steps <STEPS>'"),
         (["bench", "train", "--batch", "0"], "invalid value '0' for '--batch <BATCH>'"),
@@ -141,3 +148,36 @@ def test_a_run_keeps_its_stats_file_and_works_from_any_directory(tmp_path):
     assert there == here.replace(str(query), str(work / query)) and "class1" in there
     cli("eval", work / "run", "--data", work / "data", cwd=tmp_path)
     cli("train", "--resume", work / "run", "--data", work / "data", "--max-steps", "1", cwd=tmp_path)
+
+
+def test_a_training_set_of_unreadable_images_is_an_error_not_a_run(tmp_path):
+    # Every training image zero bytes: 3 "epochs" of 0 steps, train loss 0.0000, a checkpoint of
+    # the untrained weights, exit 0.
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    for f in (data / "train").rglob("*.png"):
+        f.write_bytes(b"")
+    r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data, "--batch-size", "8", "--epochs", "3",
+            "--threads", "1", "--out", tmp_path / "run")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert f"{data}: no training image of epoch 1 could be read (64 skipped): nothing to train on" in r.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    # Every test image unreadable: named as a data problem, not "configuration error".
+    data2 = image_folder(tmp_path / "data2")
+    for f in (data2 / "val").rglob("*.png"):
+        f.write_bytes(b"")
+    r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data2, "--batch-size", "8", "--max-steps", "1",
+            "--threads", "1", "--out", tmp_path / "run2")
+    assert r.returncode == 1 and "no image of the evaluation set could be read (16 skipped)" in r.stderr, r.stderr
+
+
+def test_a_dataset_without_a_test_split_says_it_validates_on_the_training_images(tmp_path):
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data") / "train"
+    r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data, "--batch-size", "8", "--max-steps", "1",
+            "--threads", "1", "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"warning: {data} has no test split (a val/ or test/ folder beside train/): validating on the training images" \
+        in r.stderr

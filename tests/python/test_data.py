@@ -272,6 +272,18 @@ def test_list_file_source(tmp_path):
     (tmp_path / "huge.txt").write_text(f"{files[0]} 0\n{files[1]} 99999999999\n")
     with pytest.raises(alexnet_rs.DataError, match="line 2: label 99999999999 is over the limit"):
         DataLoader(tmp_path / "huge.txt")
+    # A byte order mark stayed in the first path ("missing"); a blank last line of classes.txt
+    # was a class named "" (a 3-way network for 2 classes), a repeated name two classes.
+    (tmp_path / "bom.txt").write_text("\ufeff" + "\r\n".join(lines) + "\r\n", encoding="utf-8")
+    (tmp_path / "classes.txt").write_text("even\r\nodd\r\n\r\n")
+    dl = DataLoader(tmp_path / "bom.txt", crop=64, view="center", batch_size=4, shuffle=False)
+    assert dl.classes == ["even", "odd"] and next(iter(dl))[1].tolist() == [0, 1, 0, 1]
+    (tmp_path / "classes.txt").write_text("even\nodd\neven\n")
+    with pytest.raises(alexnet_rs.DataError, match="line 3: class `even` is named twice"):
+        DataLoader(tmp_path / "val.txt")
+    (tmp_path / "classes.txt").write_text("even\n\nodd\n")
+    with pytest.raises(alexnet_rs.DataError, match="line 2: an empty class name"):
+        DataLoader(tmp_path / "val.txt")
 
 
 def test_a_val_split_is_labelled_by_the_training_class_names(tmp_path):
@@ -327,7 +339,16 @@ def test_stats_against_numpy(tmp_path):
         assert abs(abs(float(np.dot(s["eigvec"].numpy()[:, i], v[:, ::-1][:, i]))) - 1) < 1e-4
     # A side of 0 is refused (it wrote NaN statistics and exited 0); the good file stays.
     bad = subprocess.run([BIN, "stats", tmp_path, "--size", "0", "--out", out], capture_output=True, text=True)
-    assert bad.returncode == 1 and "side must be >= 1" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "0 is not in 1..=8192" in bad.stderr, bad.stderr
+    # A bad image is skipped and named (it was only counted), as the training loader names it.
+    (tmp_path / "c" / "broken.png").write_bytes(b"not a png")
+    r = subprocess.run([BIN, "stats", tmp_path, "--size", "32", "--out", tmp_path / "s2.safetensors"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and f"skipping bad image: {tmp_path / 'c' / 'broken.png'}" in r.stderr, r.stderr
+    assert "6 images (1 unreadable, skipped)" in r.stdout, r.stdout
+    # A side past the pipeline's limit aborted on a 240 GB allocation.
+    huge = subprocess.run([BIN, "stats", tmp_path, "--size", "100000", "--out", out], capture_output=True, text=True)
+    assert huge.returncode == 2 and "100000 is not in 1..=8192" in huge.stderr, huge.stderr
     assert load_file(out)["channel_mean"].isfinite().all()
     # The torchvision preset does not use a stats file: the CLI said so, the Python loader did not.
     with pytest.warns(UserWarning, match=r"torchvision preset .* the stats file \(--stats\) is not used") as w:
