@@ -73,25 +73,49 @@ fn append(path: &Path, line: &str) -> Result<()> {
     Ok(())
 }
 
-/// Cuts `path` after its longest prefix of whole lines that `keep` accepts (a partial last
-/// line, an unreadable line, or one past the checkpoint ends the prefix).
-fn cut(path: &Path, keep: impl Fn(usize, &str) -> bool) -> Result<()> {
+/// Cuts `path` back to its lines that `keep` accepts: `Some(true)` keeps a line, `Some(false)`
+/// (past the checkpoint) ends the kept lines, `None` (unreadable) drops that line alone, with a
+/// warning that names it (the lines after it are kept). A partial last line (a write cut short)
+/// ends them too. Cut in place (`set_len`) when the kept lines are a prefix, else rewritten
+/// through a renamed file: a crash leaves the old file or the new one.
+fn cut(path: &Path, keep: impl Fn(usize, &str) -> Option<bool>) -> Result<()> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(path)(e)),
     };
-    let mut end = 0;
+    let (mut kept, mut prefix, mut dropped) = (Vec::new(), 0, false);
     for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
-        let whole = line.last() == Some(&b'\n');
-        match std::str::from_utf8(&line[..line.len() - usize::from(whole)]) {
-            Ok(text) if whole && keep(i, text) => end += line.len(),
-            _ => break,
+        if line.last() != Some(&b'\n') {
+            break;
+        }
+        match std::str::from_utf8(&line[..line.len() - 1])
+            .ok()
+            .and_then(|t| keep(i, t))
+        {
+            Some(true) => {
+                kept.extend_from_slice(line);
+                prefix += if dropped { 0 } else { line.len() };
+            }
+            Some(false) => break,
+            None => {
+                let text = String::from_utf8_lossy(line);
+                let shown: String = text.trim_end().chars().take(80).collect();
+                eprintln!(
+                    "warning: {}: line {} is unreadable and is dropped: {shown}",
+                    path.display(),
+                    i + 1
+                );
+                dropped = true;
+            }
         }
     }
-    if end < bytes.len() {
+    if dropped {
+        return crate::files::write(path, &kept);
+    }
+    if prefix < bytes.len() {
         let f = OpenOptions::new().write(true).open(path).map_err(io(path))?;
-        f.set_len(end as u64).map_err(io(path))?;
+        f.set_len(prefix as u64).map_err(io(path))?;
         f.sync_all().map_err(io(path))?;
     }
     Ok(())
@@ -135,13 +159,11 @@ impl Metrics {
             }
             Some(at) => {
                 cut(&m.steps_path(), |_, l| {
-                    serde_json::from_str::<StepRecord>(l).is_ok_and(|r| r.step <= at.step)
+                    serde_json::from_str::<StepRecord>(l).ok().map(|r| r.step <= at.step)
                 })?;
-                cut(&m.epochs_path(), |i, l| {
-                    if i == 0 {
-                        return l == CSV_HEADER;
-                    }
-                    parse_csv_row(l).is_some_and(|r| r.step <= at.step && r.epoch <= at.epoch)
+                cut(&m.epochs_path(), |i, l| match i {
+                    0 => Some(l == CSV_HEADER), // a file without our header is started again
+                    _ => parse_csv_row(l).map(|r| r.step <= at.step && r.epoch <= at.epoch),
                 })?;
             }
         }

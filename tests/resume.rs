@@ -217,6 +217,38 @@ fn a_kill_during_resume_keeps_the_metrics_history() {
 }
 
 #[test]
+fn an_unreadable_metrics_line_is_dropped_alone() {
+    let _s = serial();
+    // One damaged line in the middle of metrics.jsonl made a resume cut it and every valid line
+    // after it (steps 3-8 gone, silently).
+    let dir = tmp("metrics-bad-line");
+    let m = Metrics::open(&dir, None).unwrap();
+    for step in 1..=8 {
+        m.step(&StepRecord {
+            step,
+            loss: step as f64,
+            ..StepRecord::default()
+        })
+        .unwrap();
+    }
+    let path = dir.join("metrics.jsonl");
+    let good = fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = good.lines().map(String::from).collect();
+    lines[2] = "{\"step\":3,\"epo garbage".into();
+    fs::write(&path, lines.join("\n") + "\n").unwrap();
+    Metrics::open(&dir, Some(ResumeAt { step: 6, epoch: 0 })).unwrap();
+    let after = fs::read_to_string(&path).unwrap();
+    let want: String = good
+        .lines()
+        .enumerate()
+        .filter(|&(i, _)| i != 2 && i < 6)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    assert_eq!(after, want);
+    assert!(!dir.join("metrics.jsonl.partial").exists());
+}
+
+#[test]
 fn a_partial_metrics_line_does_not_block_resume() {
     let _s = serial();
     require_data();
