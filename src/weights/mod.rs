@@ -11,6 +11,12 @@ use tch::{Kind, Tensor};
 
 /// The named tensors of `path` (whole, on the CPU, as stored).
 pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    if !path.exists() {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        });
+    }
     if path.is_dir() {
         return Ok(crate::checkpoint::load(path)?.weights);
     }
@@ -90,7 +96,12 @@ pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path
             )));
         };
         if w.size() == fresh.size() {
-            *fresh = w.f_to_kind(Kind::Float)?.f_contiguous()?.copy();
+            let w = w.f_to_kind(Kind::Float)?.f_contiguous()?.copy();
+            // NaN weights would train to a NaN loss, blamed on the learning rate.
+            if w.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
+                return Err(culprit(format!("`{name}` holds NaN or infinite values")));
+            }
+            *fresh = w;
         } else if name.starts_with(&format!("{class}.")) {
             if name.ends_with(".weight") {
                 eprintln!(

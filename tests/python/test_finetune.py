@@ -68,9 +68,17 @@ def test_init_from_a_run_and_a_safetensors_file(tmp_path):
     assert torch.equal(newest(tmp_path / "third")["fc8.weight"], start["fc8.weight"])
 
 
-@pytest.mark.parametrize("case", ["other-preset", "evil-pickle", "not-weights", "unknown-layer"])
+@pytest.mark.parametrize("case", ["other-preset", "evil-pickle", "not-weights", "unknown-layer", "nan", "missing"])
 def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
-    if case == "other-preset":
+    if case == "nan":  # trained to a NaN loss, blamed on --lr
+        sd = torchvision.models.alexnet().state_dict()
+        sd["features.3.weight"][0, 0, 0, 0] = float("nan")
+        torch.save(sd, tmp_path / "nan.pth")
+        args, needle = ["--preset", "torchvision", "--init-from", tmp_path / "nan.pth"], \
+            "`features.3.weight` holds NaN or infinite values"
+    elif case == "missing":  # a mistyped path without an extension was "not weights"
+        args, needle = ["--preset", "paper", "--init-from", tmp_path / "tv"], "tv: no such file or folder"
+    elif case == "other-preset":
         torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "tv.pth")
         args, needle = ["--preset", "paper", "--init-from", tmp_path / "tv.pth"], "no tensor `conv1.bias`"
     elif case == "evil-pickle":

@@ -321,7 +321,7 @@ impl Unpickler<'_> {
         for (k, v) in items {
             let Value::Str(name) = k else {
                 return Err(format!(
-                    "the file holds a dict with a {} key (keys: {})",
+                    "the file holds a dict with a {} key (the file's keys: {})",
                     kind(k),
                     keys()
                 ));
@@ -330,7 +330,7 @@ impl Unpickler<'_> {
                 Value::Tensor(t) => self.tensors.get(*t).ok_or("internal error: tensor")?,
                 other => {
                     return Err(format!(
-                        "the file holds a dict whose values are not all tensors: `{name}` is a {} (keys: {}); \
+                        "the file holds a dict whose values are not all tensors: `{name}` is a {} (the file's keys: {}); \
                          if this is a training checkpoint, save its model.state_dict() instead",
                         kind(other),
                         keys()

@@ -189,7 +189,10 @@ fn top_level_must_be_a_dict_of_tensors() {
     let err = unpickle_state_dict(b"}K\x01K\x02s.", &mut load).unwrap_err();
     assert!(err.contains("a int key"), "{err}");
     let err = unpickle_state_dict(b"}(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00b}u.", &mut load).unwrap_err();
-    assert!(err.contains("not all tensors: `a` is a int (keys: `a`, `b`)"), "{err}");
+    assert!(
+        err.contains("not all tensors: `a` is a int (the file's keys: `a`, `b`)"),
+        "{err}"
+    );
 }
 
 // -- hand-built tensors --------------------------------------------------
