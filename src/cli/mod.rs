@@ -100,7 +100,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
 /// reports and writes); `python -m alexnet_rs.train` calls this under torchrun.
 pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -> u8 {
     crate::fault::init();
-    let matches = match Cli::command().try_get_matches_from(args) {
+    let matches = match allow_negative_numbers(Cli::command()).try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
@@ -118,6 +118,12 @@ pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -
             1
         }
     }
+}
+
+/// `--lr -1` as `--lr=-1` (a value to check, not clap's "unexpected argument '-1'"), in every
+/// subcommand.
+fn allow_negative_numbers(c: clap::Command) -> clap::Command {
+    c.allow_negative_numbers(true).mut_subcommands(allow_negative_numbers)
 }
 
 fn dispatch(matches: &clap::ArgMatches, group: Option<&Group>) -> Result<()> {

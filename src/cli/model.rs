@@ -37,6 +37,8 @@ impl PresetArgs {
         if size < 1 {
             return Err(Error::Config(format!("--input-size must be positive, got {size}")));
         }
+        // Within the data pipeline's limit, and large enough for every stage.
+        cfg.spatial_sizes(size)?;
         // A head without adaptive pooling is sized for the input (as `alexnet train` does).
         cfg.input_size = size;
         Ok((cfg, size))
