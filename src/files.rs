@@ -39,13 +39,11 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
 /// Creates the folder `dir` and its parents (`mkdir -p`); where a part of the path is a file, the
 /// error names that file ("is a file, not a folder") instead of the OS's bare "File exists".
 pub fn create_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| {
-        match dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
-            Some(file) => Error::File {
-                path: file.to_path_buf(),
-                reason: format!("is a file, not a folder (needed for {})", dir.display()),
-            },
-            None => io(dir)(e),
-        }
+    fs::create_dir_all(dir).map_err(|e| match dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
+        Some(file) => Error::File {
+            path: file.to_path_buf(),
+            reason: format!("is a file, not a folder (needed for {})", dir.display()),
+        },
+        None => io(dir)(e),
     })
 }

@@ -145,7 +145,11 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         eprintln!(
             "{}: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with \
              `alexnet train --resume {}`",
-            if signal != 0 { "interrupted" } else { "stopped by another rank" },
+            if signal != 0 {
+                "interrupted"
+            } else {
+                "stopped by another rank"
+            },
             result.top1,
             result.top5,
             result.loss,
