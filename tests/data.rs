@@ -352,3 +352,34 @@ fn a_stats_file_the_recipe_leaves_unused_is_named() {
     assert!(paper.contains("256x256") && paper.contains("--size 72"), "{paper}");
     assert_eq!(unused_stats(Preset::Caffe, 63, &other), None);
 }
+
+#[test]
+fn a_training_shard_yields_a_batch_of_only_bad_images_empty_so_ranks_stay_in_step() {
+    // A rank whose batch was all bad skipped it and took one step fewer than the others: their
+    // gradient all-reduces no longer matched (a hang, or steps summed out of step).
+    let root = image_folder("shard-bad", 1, 8);
+    for i in [0, 1, 2, 3] {
+        std::fs::write(root.join("c0").join(format!("img{i}.png")), b"").unwrap();
+    }
+    let ds = Dataset::open(&root, Split::Train).unwrap();
+    let batches = |shard, keep_tail| {
+        let cfg = LoaderConfig {
+            batch_size: 2,
+            threads: 1,
+            shuffle: false,
+            drop_last: true,
+            shard,
+            keep_tail,
+            ..LoaderConfig::default()
+        };
+        let tf = Transform::for_preset(Preset::Cnn4, 8, View::Center, None);
+        let loader = Loader::new(ds.clone(), tf, cfg).unwrap();
+        loader.epoch(0).map(|b| b.unwrap().indices).collect::<Vec<_>>()
+    };
+    // Global batches [0..4) and [4..8): rank 0 takes images 0, 1 (bad) and 4, 5.
+    assert_eq!(batches(Some((0, 2)), false), vec![vec![], vec![4, 5]]);
+    assert_eq!(batches(Some((1, 2)), false), vec![vec![], vec![6, 7]]);
+    // Alone, or evaluating (keep_tail), an all-bad batch is left out.
+    assert_eq!(batches(None, false), vec![vec![4, 5], vec![6, 7]]);
+    assert_eq!(batches(Some((0, 2)), true), vec![vec![4, 5]]);
+}

@@ -9,7 +9,9 @@ seed gives the same batches whatever ``threads`` is. Bad files are skipped and c
 (``on_bad_image="skip"``, see ``EpochIter.skipped``) or raise :class:`alexnet_rs.DataError`
 (``"fail"``). ``classes`` (e.g. the training loader's ``classes``) labels the split by those class
 names instead of its own folders' order: a ``val/`` that lacks a class keeps the training labels,
-and a class not in the list raises :class:`alexnet_rs.DataError` naming it.
+and a class not in the list raises :class:`alexnet_rs.DataError` naming it. With ``rank`` and
+``world_size`` every rank gets the same number of full batches (a batch whose images were all
+skipped comes empty, so that the ranks' steps stay in step).
 """
 
 from . import _native

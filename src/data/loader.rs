@@ -67,7 +67,9 @@ pub struct LoaderConfig {
     pub shard: Option<(usize, usize)>,
     /// With a shard: keep the last, incomplete global batch (each rank takes what falls in its
     /// slice, maybe nothing), so that the ranks together see every sample once (evaluation).
-    /// Without it, every rank gets the same number of full batches (training).
+    /// Without it, every rank gets the same number of full batches (training): a batch whose
+    /// images were all bad (skipped) then comes as an empty batch, not left out, so that the
+    /// ranks' steps (and their collectives) stay in step.
     pub keep_tail: bool,
 }
 
@@ -235,6 +237,7 @@ impl Loader {
             skipped,
             total,
             device: self.cfg.device,
+            same_steps: self.cfg.shard.is_some() && !self.cfg.keep_tail,
         }
     }
 }
@@ -317,6 +320,8 @@ pub struct Epoch {
     skipped: Arc<AtomicUsize>,
     total: usize,
     device: Device,
+    /// A training shard's epoch: every batch is yielded, empty or not (see `keep_tail`).
+    same_steps: bool,
 }
 
 impl Epoch {
@@ -353,7 +358,7 @@ impl Iterator for Epoch {
             Ok(b) => b,
             Err(e) => return Some(Err(e)),
         };
-        if raw.indices.is_empty() {
+        if raw.indices.is_empty() && !self.same_steps {
             // Every image of this batch was bad: move on to the next one.
             return self.next();
         }

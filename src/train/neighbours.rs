@@ -5,7 +5,7 @@
 use super::eval::{image_tensor, load_trained, Trained};
 use crate::checkpoint;
 use crate::data::{loader::decode, Dataset, Split, View};
-use crate::error::{io, Error, Result};
+use crate::error::{Error, Result};
 use crate::model;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -48,13 +48,17 @@ fn last_hidden(t: &Trained) -> Result<usize> {
     })
 }
 
-/// Runs the queries against the training split of `data` (default: the run's own data).
+/// Runs the queries against the training split of `data` (default: the run's own data, the
+/// subset it trained on where it had a --limit-train).
 pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize, devices: &str) -> Result<Neighbours> {
     let t = load_trained(run, devices)?;
     let mut tc = t.tc.clone();
+    if data.is_some() {
+        tc.limit_train = None;
+    }
     (tc.devices, tc.data) = (devices.to_string(), data.or(tc.data));
     let fc7 = &t.cfg.fcs[last_hidden(&t)?].name;
-    let train = tc.open(Split::Train, None)?;
+    let train = tc.open(Split::Train, tc.limit_train)?;
     let tf = tc.transform(View::Center)?;
     let mut inputs: Vec<(String, RgbImage, Option<i64>, Tensor)> = Vec::new();
     match queries {
@@ -132,11 +136,13 @@ fn fc7_bank(
 ) -> Result<(Tensor, Vec<i64>, PathBuf)> {
     let run = ckpt.parent().and_then(Path::parent).unwrap_or(ckpt);
     let key = fnv(&format!(
-        "{}|{}|{}|{}",
+        "{}|{}|{}|{}|{:?}|{}",
         train.origin.display(),
         train.len(),
         tc.input_size,
-        tc.preset
+        tc.preset,
+        tc.limit_train,
+        tc.seed
     ));
     let name = ckpt
         .file_name()
@@ -176,11 +182,10 @@ fn fc7_bank(
     let index = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>());
     let cat = Tensor::f_cat(&rows, 0)?;
     let feats = cat.f_zeros_like()?.f_index_copy(0, &index, &cat)?;
-    let dir = run.join("fc7");
-    crate::files::create_dir(&dir)?;
-    let tmp = cache.with_extension("partial");
-    Tensor::write_safetensors(&[("fc7", &feats)], &tmp)?;
-    std::fs::rename(&tmp, &cache).map_err(io(&cache))?;
+    crate::files::create_dir(&run.join("fc7"))?;
+    crate::files::write_with(&cache, |part| {
+        Tensor::write_safetensors(&[("fc7", &feats)], part).map_err(|e| crate::checkpoint::write_error(part, e))
+    })?;
     Ok((feats, labels, cache))
 }
 

@@ -140,10 +140,11 @@ impl<'a> Run<'a> {
             let mut batches = self
                 .train_loader
                 .epoch_from(self.state.epoch, self.state.batch_in_epoch as usize);
-            let (planned, mut stepped) = (batches.len(), 0usize);
+            // Images trained on this epoch, over every rank.
+            let (planned, mut seen) = (batches.len(), 0.0);
             for batch in batches.by_ref() {
-                self.step(batch?)?;
-                (steps_here, stepped) = (steps_here + 1, stepped + 1);
+                seen += self.step(batch?)?;
+                steps_here += 1;
                 let agreed = self.agree(Stop {
                     out_of_time: self
                         .tc
@@ -177,7 +178,7 @@ impl<'a> Run<'a> {
                     self.save()?;
                 }
             }
-            if stepped == 0 && planned > 0 {
+            if seen == 0.0 && planned > 0 {
                 // Every batch's images were bad (and skipped): not an epoch of training.
                 return Err(Error::File {
                     path: self.tc.data.clone().unwrap_or_else(|| "fashion-mnist".into()),
@@ -226,8 +227,8 @@ impl<'a> Run<'a> {
     }
 
     /// One optimiser step on `b`: forward, loss, backward, (the ranks' gradients summed), update,
-    /// metrics.
-    fn step(&mut self, b: Batch) -> Result<()> {
+    /// metrics. Returns the images it trained on (over every rank).
+    fn step(&mut self, b: Batch) -> Result<f64> {
         let (tc, state) = (&self.tc, &mut self.state);
         let t0 = Instant::now();
         let per_epoch = self.train_loader.batches_per_epoch() as f64;
@@ -255,7 +256,12 @@ impl<'a> Run<'a> {
         let forward = || -> Result<(Tensor, Tensor)> {
             let logits = model::forward_masked(cfg, params, &x, Some(masks), in_backward.as_ref())?;
             let y = b.labels.to_device(logits.device());
-            let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?;
+            let loss = if y.size()[0] == 0 {
+                // A rank's batch of only bad images (see LoaderConfig::keep_tail): no gradient.
+                logits.f_sum(Kind::Float)?
+            } else {
+                logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?
+            };
             // The batch's error under the weights before this update (dropout on): the paper's
             // "training error rate" (Fig. 1).
             let wrong = logits.f_argmax(-1, false)?.f_ne_tensor(&y)?.f_sum(Kind::Int64)?;
@@ -303,7 +309,7 @@ impl<'a> Run<'a> {
             m.step(&rec)?;
         }
         (self.on_event)(&Event::Step(rec));
-        Ok(())
+        Ok(images)
     }
 
     /// The end of an epoch: evaluation (every `eval_every` epochs and after the last), the

@@ -234,3 +234,22 @@ def test_the_ddp_example_runs_as_one_process(tmp_path):
                         "--out", tmp_path], capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(json.loads((tmp_path / "losses-rank0.json").read_text())) == 2
+
+
+def test_ranks_whose_images_are_all_bad_stay_in_step_and_stop_with_a_data_error(tmp_path):
+    """A batch of only bad images was left out by the rank that had it: its steps (and gradient
+    all-reduces) fell out of step with the other rank's. Now every rank steps on such a batch
+    (empty), and an epoch without one readable image stops the run on every rank."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    for f in (data / "train").rglob("*.png"):
+        f.write_bytes(b"")
+    port = free_port()
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend",
+                        "c10d", "--rdzv-endpoint", f"localhost:{port}", "-m", "alexnet_rs.train", "--preset", "cnn4",
+                        "--input-size", "28", "--data", str(data), "--batch-size", "4", "--epochs", "2", "--threads",
+                        "1", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, env=dict(ENV, TMPDIR=str(tmp_path)), timeout=300)
+    assert r.returncode != 0
+    assert "no training image of epoch 1 could be read (32 skipped): nothing to train on" in r.stderr, r.stderr[-3000:]

@@ -91,7 +91,7 @@ def test_eval_labels_a_test_folder_by_the_checkpoints_class_names(run, tmp_path)
     per_class = re.findall(r"^\s+([0-9.]+|NaN)\s+(class\d)", r.stdout, re.M)
     assert [c for _, c in per_class] == ["class0", "class1"] and per_class[0][0] == "NaN", r.stdout
     # A class the network does not know is refused by name; a folder without val/ is not evaluated.
-    (tmp_path / "d" / "val" / "class7").mkdir()
+    shutil.copytree(data / "val" / "class1", tmp_path / "d" / "val" / "class7")
     r = subprocess.run([BIN, "eval", out, "--data", tmp_path / "d"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "class `class7` is not one of the training classes" in r.stderr, r.stderr
     r = subprocess.run([BIN, "eval", out, "--data", data / "train"], capture_output=True, text=True, timeout=600)
@@ -210,3 +210,16 @@ def test_an_output_under_a_file_names_the_file(run, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stderr
     assert f"{tmp_path / 'file'}: is a file, not a folder (needed for {tmp_path / 'file' / 'sub'})" in r.stderr
+
+
+def test_neighbours_search_the_subset_the_run_trained_on(tmp_path):
+    # A run of --limit-train 20 searched its data's whole training split (Fashion-MNIST: 60,000
+    # images) for neighbours; a given --data is searched whole.
+    data = image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    cli("train", "--preset", "paper", "--input-size", "63", "--torch-init", "--data", data, "--batch-size", "8",
+        "--max-steps", "1", "--limit-train", "20", "--threads", "1", "--out", run)
+    r = cli("neighbours", run, "--test", "2", "--k", "3", "--out", tmp_path / "n.png")
+    assert "computing the fc7 vectors of 20 training images" in r.stderr, r.stderr
+    r = cli("neighbours", run, "--test", "2", "--k", "3", "--data", data, "--out", tmp_path / "n.png")
+    assert "computing the fc7 vectors of 64 training images" in r.stderr, r.stderr
