@@ -47,3 +47,44 @@ pub fn create_dir(dir: &Path) -> Result<()> {
         None => io(dir)(e),
     })
 }
+
+/// An exclusive hold on a run folder (`flock` on its `.lock` file) for as long as it lives: a
+/// second process training into the folder (or recovering it) is refused instead of mixing its
+/// metrics and checkpoints with the first's. The kernel lets go when the process ends, however
+/// it ends (SIGKILL included), so a crash leaves no stale lock.
+pub struct RunLock {
+    _file: fs::File,
+}
+
+impl RunLock {
+    /// Takes `dir`'s lock (creating `dir`), or fails at once naming the folder if another process
+    /// holds it. A file system without `flock` (some network mounts) gets a warning, no lock.
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        use std::os::fd::AsRawFd;
+        create_dir(dir)?;
+        let path = dir.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(Error::Config(format!(
+                    "{} is being written by another training process (it holds {}): wait for it to end, or \
+                     pick another --out",
+                    dir.display(),
+                    path.display()
+                )));
+            }
+            eprintln!(
+                "warning: {}: cannot lock ({e}); another process could write this run at the same time",
+                path.display()
+            );
+        }
+        Ok(RunLock { _file: file })
+    }
+}

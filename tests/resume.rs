@@ -692,3 +692,36 @@ fn an_epoch_row_carries_the_lr_its_last_step_trained_with() {
         assert!((lr - want).abs() <= 1e-6 * want, "{row:?} vs {want}");
     }
 }
+
+#[test]
+fn a_run_folder_is_written_by_one_process_at_a_time() {
+    let _s = serial();
+    require_data();
+    // Two `alexnet train --out X` at once mixed their metrics lines and checkpoints, and a
+    // resume recovered (renamed, deleted) the checkpoint files the other process was writing.
+    let b = tmp("locked");
+    run(
+        &TrainConfig {
+            max_steps: Some(2),
+            ..tiny(&b)
+        },
+        None,
+    );
+    let held = alexnet_rs::files::RunLock::acquire(&b).unwrap();
+    let before = fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    let c = tmp("locked-new");
+    let _also = alexnet_rs::files::RunLock::acquire(&c).unwrap();
+    for (out, resume) in [(&b, true), (&c, false)] {
+        let r = cli(out, resume, &[], None);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{err}");
+        assert!(err.contains("is being written by another training process"), "{err}");
+    }
+    assert_eq!(fs::read_to_string(b.join("metrics.jsonl")).unwrap(), before);
+    assert!(!c.join("metrics.jsonl").exists());
+    // The holder gone (as when its process ends, however it ends), the run continues.
+    drop(held);
+    let r = cli(&b, true, &["--max-steps", "1"], None);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(checkpoint::load(&b).unwrap().state.step, 3);
+}

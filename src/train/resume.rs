@@ -4,6 +4,7 @@
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Dataset;
 use crate::error::{io, Error, Result};
+use crate::files::RunLock;
 use crate::settings::TrainConfig;
 use crate::train::Group;
 use std::path::Path;
@@ -45,12 +46,17 @@ pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result
 /// Puts a checkpoint a crash left hidden back in place and clears leftovers (RELIABILITY.md),
 /// in the run folder (or checkpoint folder) `path`, on rank 0 alone, then waits for every rank:
 /// ranks that did it at once raced each other's renames and removals. A folder without a
-/// checkpoint is left alone.
-pub fn recover_run(path: &Path, group: Option<&Group>) -> Result<()> {
+/// checkpoint is left alone. Returns rank 0's hold on the run folder (see [`RunLock`]), taken
+/// before the recovery.
+pub fn recover_run(path: &Path, group: Option<&Group>) -> Result<Option<RunLock>> {
+    let mut lock = None;
     if group.is_none_or(|g| g.rank == 0) && checkpoint::find_latest(path).is_ok() {
+        // Not while another process trains the run: its newest checkpoint may be half renamed.
+        lock = Some(RunLock::acquire(run_of(path))?);
         checkpoint::recover(path)?;
     }
-    group.map_or(Ok(()), Group::barrier)
+    group.map_or(Ok(()), Group::barrier)?;
+    Ok(lock)
 }
 
 /// The run folder that `path` (a run folder or one of its checkpoint folders) belongs to.
@@ -59,7 +65,7 @@ pub fn run_of(path: &Path) -> &Path {
 }
 
 /// Whether two paths name one folder.
-fn same_folder(a: &Path, b: &Path) -> bool {
+pub(super) fn same_folder(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,

@@ -31,6 +31,8 @@ pub struct Run<'a> {
     metrics: Option<Metrics>,
     group: Option<&'a Group<'a>>,
     on_event: &'a mut dyn FnMut(&Event),
+    /// Rank 0's hold on the run folder, for the run's lifetime.
+    _lock: Option<crate::files::RunLock>,
 }
 
 /// Why a run stops after the current step (agreed by every rank).
@@ -51,9 +53,10 @@ impl<'a> Run<'a> {
         group: Option<&'a Group<'a>>,
         on_event: &'a mut dyn FnMut(&Event),
     ) -> Result<Run<'a>> {
+        let mut lock = None;
         let (tc, ckpt) = match resume {
             Some(path) => {
-                resume::recover_run(path, group)?;
+                lock = resume::recover_run(path, group)?;
                 let c = checkpoint::load(path)?;
                 let t = resumed_config(tc, &c);
                 warn_ignored(tc, &t);
@@ -87,7 +90,11 @@ impl<'a> Run<'a> {
             )));
         }
         if writer {
-            crate::files::create_dir(&tc.out)?;
+            // The folder this run writes, held until the run ends (the resumed one's may be held).
+            let held = resume.is_some_and(|p| lock.is_some() && resume::same_folder(resume::run_of(p), &tc.out));
+            if !held {
+                lock = Some(crate::files::RunLock::acquire(&tc.out)?);
+            }
             crate::files::write(
                 &tc.out.join("classes.json"),
                 train_loader.dataset().classes_json().as_bytes(),
@@ -123,6 +130,7 @@ impl<'a> Run<'a> {
             metrics,
             group,
             on_event,
+            _lock: lock,
         })
     }
 
