@@ -108,10 +108,11 @@ pub struct TrainConfig {
     /// Data-loading threads (0: one per core).
     #[arg(long, value_name = "INT", default_value_t = 0)]
     pub threads: usize,
-    /// Train on a seeded subset of this many samples.
+    /// Train on a random subset of this many samples (drawn with --seed).
     #[arg(long, value_name = "INT")]
     pub limit_train: Option<usize>,
-    /// Evaluate on a seeded subset of this many samples.
+    /// Evaluate on a random subset of this many samples (the same one whatever --seed, so that
+    /// runs are compared on the same images).
     #[arg(long, value_name = "INT")]
     pub limit_test: Option<usize>,
     /// Stop after this many steps of this invocation (with a checkpoint; `--resume` continues).
@@ -413,7 +414,8 @@ impl TrainConfig {
         Ok(asked)
     }
 
-    /// The run's dataset split (Fashion-MNIST by default), limited to a seeded subset if asked.
+    /// The run's dataset split (Fashion-MNIST by default), limited to a random subset if asked
+    /// (training: drawn with the run's seed; test: the same for every run).
     pub fn open(&self, split: Split, limit: Option<usize>) -> Result<Dataset> {
         let ds = match &self.data {
             Some(p) => {
@@ -428,8 +430,11 @@ impl TrainConfig {
             }
             None => Dataset::fashion_mnist(split)?,
         };
+        // The test subset does not depend on the run's seed: runs (and checkpoints) of other
+        // seeds are evaluated on the same images.
+        let seed = if split == Split::Train { self.seed } else { 0 };
         Ok(match limit {
-            Some(n) => ds.subset(n, self.seed),
+            Some(n) => ds.subset(n, seed),
             None => ds,
         })
     }

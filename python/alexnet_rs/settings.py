@@ -55,9 +55,10 @@ class TrainSettings(TypedDict, total=False):
     eval_every: int
     # --threads: Data-loading threads (0: one per core) [default: 0]
     threads: int
-    # --limit-train: Train on a seeded subset of this many samples [default: null]
+    # --limit-train: Train on a random subset of this many samples (drawn with --seed) [default: null]
     limit_train: int | None
-    # --limit-test: Evaluate on a seeded subset of this many samples [default: null]
+    # --limit-test: Evaluate on a random subset of this many samples (the same one whatever --seed, so
+    # that runs are compared on the same images) [default: null]
     limit_test: int | None
     # --max-steps: Stop after this many steps of this invocation (with a checkpoint; `--resume`
     # continues) [default: null]

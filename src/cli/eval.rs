@@ -19,7 +19,8 @@ pub struct EvalArgs {
     /// Where the network runs: one device, or two for the paper's split (cuda:0,cuda:1; cpu,cpu).
     #[arg(long, default_value = "cpu")]
     devices: String,
-    /// Evaluate on a seeded subset of this many test samples [default: the run's --limit-test].
+    /// Evaluate on a random subset of this many test samples, the same one for every checkpoint
+    /// [default: the run's --limit-test].
     #[arg(long)]
     limit: Option<usize>,
     /// Images per forward pass.
