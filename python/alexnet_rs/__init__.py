@@ -3,7 +3,9 @@
 Importing the package loads the native extension, which registers ``torch.ops.alexnet_rs.*``.
 """
 
-import torch  # noqa: F401  -- loads libtorch before the extension that links against it
+import functools as _functools
+
+import torch  # loads libtorch before the extension that links against it
 
 from . import _native, data, nn, ops, viz
 from ._boundary import checked as _checked
@@ -29,7 +31,18 @@ evaluate = _checked(_native.evaluate)
 info_text = _checked(_native.info_text)
 layer_table = _checked(_native.layer_table)
 param_shapes = _checked(_native.param_shapes)
-train = _checked(_native.train)
+_train = _checked(_native.train)
+
+
+@_functools.wraps(_native.train)
+def train(*args, **kwargs):
+    # The run seeds torch's global generator for its initialisation (as the CLI does): the
+    # caller's random stream is restored afterwards, as if train() had not drawn from it.
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        return _train(*args, **kwargs)
+
+
 train_config = _checked(_native.train_config)
 train_settings = _checked(_native.train_settings)
 

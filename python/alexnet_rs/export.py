@@ -48,7 +48,7 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
     with torch.no_grad():
         model(torch.zeros(1, 3, size, size, dtype=next(model.parameters()).dtype,
                           device=next(model.parameters()).device))
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.to("cpu", torch.float32).contiguous() for k, v in model._weights().items()}
     ops = {"relu": "Relu", "tanh": "Tanh"}
 
     nodes: list[Any] = []

@@ -155,13 +155,27 @@ class AlexNet(nn.Module):
 
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):  # type: ignore[override]
         """Whole tensors under the usual names, also with two devices (shards gathered on the
-        first shard's device)."""
+        first shard's device). A parametrized tensor is stored as torch stores it (its
+        ``parametrizations.*`` originals)."""
         sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
         if self._sharded:
             for n, k in self._shards.items():
-                parts = [sd.pop(f"{prefix}{n}__shard{i}") for i in range(k)]
-                sd[prefix + n] = torch.cat([p.detach().to(parts[0].device) for p in parts], 0)
+                names = [f"{prefix}{n}__shard{i}" for i in range(k)]
+                if all(x in sd for x in names):
+                    parts = [sd.pop(x) for x in names]
+                    sd[prefix + n] = torch.cat([p.detach().to(parts[0].device) for p in parts], 0)
         return sd
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """name -> the whole tensor the forward computes with (a parametrization such as
+        weight_norm applied, two devices' shards gathered), detached: what checkpoints, ONNX
+        export and the figures take."""
+        out = {}
+        for n, v in self._param_dict().items():
+            if isinstance(v, list):
+                v = torch.cat([p.detach().to(v[0].device) for p in v], 0)
+            out[n] = v.detach()
+        return out
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
         """Takes whole tensors under the usual names (with two devices: split as the placement
@@ -258,8 +272,7 @@ class AlexNet(nn.Module):
             if len(classes) != self.num_classes:
                 raise ConfigError(f"{where}: classes has {len(classes)} names for {self.num_classes} outputs")
         size = self.input_size if input_size is None else int_arg(where, "input_size", input_size)
-        params = {k: v.detach() for k, v in self.state_dict().items()}
-        return str(checked(_native.save_checkpoint)(self.preset, params, run, classes, size))
+        return str(checked(_native.save_checkpoint)(self.preset, self._weights(), run, classes, size))
 
     @classmethod
     def load_checkpoint(cls, path: str, conv_backend: str = "auto") -> "AlexNet":
@@ -289,7 +302,7 @@ class AlexNet(nn.Module):
         if self.preset != "torchvision":
             raise ConfigError(f"to_torchvision needs the 'torchvision' preset, this model's is {self.preset!r}")
         tv = torchvision.models.alexnet(weights=None, num_classes=self.num_classes)
-        tv.load_state_dict({k: v.detach().clone() for k, v in self.state_dict().items()})
+        tv.load_state_dict({k: v.clone() for k, v in self._weights().items()})
         return tv
 
 

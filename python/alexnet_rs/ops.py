@@ -17,15 +17,26 @@ from ._boundary import dims_arg, int_arg, real_arg, tensor_arg
 from .errors import ConfigError, DtypeError, ShapeError, TorchError
 
 
+def _raised_by_the_dispatcher(e: BaseException) -> bool:
+    """Whether the op's C++ side raised ``e``: the innermost Python frame is torch's op call
+    (``torch/_ops.py``), not a Python hook that ran inside the op."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename in (torch._ops.__file__, __file__)
+
+
 def _call(where: str, op, *args):
     """Runs a dispatcher op; in eager mode its C++ checks' errors become ours (TypeError ->
-    DtypeError, ValueError -> ShapeError, RuntimeError -> TorchError), message kept. Under
-    torch.compile the op is traced as it is."""
+    DtypeError, ValueError -> ShapeError, RuntimeError -> TorchError), message kept; an error a
+    Python hook raised inside it passes unchanged. Under torch.compile the op is traced as it is."""
     if torch.compiler.is_compiling():
         return op(*args)
     try:
         return op(*args)
     except (TypeError, ValueError, RuntimeError) as e:
+        if not _raised_by_the_dispatcher(e):
+            raise  # a Python hook's own error (saved-tensors hooks, checkpointing), as it was
         cls = DtypeError if isinstance(e, TypeError) else ShapeError if isinstance(e, ValueError) else TorchError
         text = str(e).split("\nException raised from", 1)[0]
         raise cls(f"{where}: {text}") from None

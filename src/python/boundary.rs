@@ -10,6 +10,12 @@ use std::panic::AssertUnwindSafe;
 
 /// Maps a core error to its Python exception class (alexnet_rs/errors.py).
 pub fn py_err(e: Error) -> PyErr {
+    // An exception a Python hook raised inside the native call (a saved-tensors hook; the early
+    // stop of torch.utils.checkpoint's recomputation) is still pending: it is the real error, and
+    // calling into Python over it made a SystemError.
+    if let Some(pending) = Python::with_gil(PyErr::take) {
+        return pending;
+    }
     let class = match &e {
         Error::Config(_) | Error::MissingParam(..) => "ConfigError",
         Error::Shape(_)

@@ -205,6 +205,67 @@ def test_a_parametrization_applies_in_the_forward():
     assert torch.equal(m(x), ref(x))
 
 
+def test_a_parametrized_model_saves_exports_and_draws_its_effective_weights(tmp_path):
+    # The forward saw the parametrization, the other readers of state_dict() did not: a
+    # checkpoint refused ("num_classes must be >= 1", "no tensor conv1.weight"), export_onnx and
+    # viz.filters raised KeyError, and a two-device model's state_dict() raised KeyError itself.
+    from torch.nn.utils.parametrizations import weight_norm
+
+    m = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63).eval()
+    weight_norm(m.conv1, "weight")
+    weight_norm(m.fc8, "weight")
+    x = torch.randn(2, 3, 63, 63)
+    back = alexnet_rs.AlexNet.load_checkpoint(m.save_checkpoint(tmp_path / "run")).eval()
+    torch.testing.assert_close(back(x), m(x), rtol=1e-5, atol=1e-6)
+    assert alexnet_rs.viz.filters(m).shape == alexnet_rs.viz.filters(back).shape
+    alexnet_rs.export_onnx(m, tmp_path / "m.onnx")
+    s = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63, devices="cpu,cpu")
+    weight_norm(s.conv1, "weight__shard0")
+    sd = s.state_dict()
+    assert "conv1.parametrizations.weight__shard0.original0" in sd and "fc8.weight" in sd
+
+
+def test_pytorchs_checkpointing_and_saved_tensor_hooks_see_their_own_errors():
+    # torch.utils.checkpoint(use_reentrant=False) failed in backward with "SystemError: <built-in
+    # function __import__> returned a result with an exception set": an exception raised by a
+    # saved-tensors pack hook inside the Rust forward (its early stop) did not come out as itself.
+    from torch.utils.checkpoint import checkpoint
+
+    m = alexnet_rs.AlexNet("paper", num_classes=4, input_size=63)
+    x = torch.rand(2, 3, 63, 63)
+    torch.manual_seed(0)
+    checkpoint(m, x, use_reentrant=False).sum().backward()
+    got = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    torch.manual_seed(0)
+    m(x).sum().backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-6, atol=1e-7, msg=n)
+
+    def pack(t):
+        raise ValueError("my pack hook")
+
+    for f in (m, alexnet_rs.ops.lrn):
+        with pytest.raises(ValueError, match="my pack hook") as e:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                f(x.requires_grad_(True))
+        assert type(e.value) is ValueError
+
+
+def test_train_leaves_the_callers_random_stream_alone(tmp_path):
+    # train() seeded torch's global generator (torch.initial_seed() became the run's seed) and
+    # left it there, so the caller's own draws afterwards changed.
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    alexnet_rs.train({"preset": "cnn4", "input_size": 28, "data": str(data), "batch_size": 8, "max_steps": 1,
+                      "threads": 1, "seed": 4, "out": str(tmp_path / "run")})
+    assert torch.initial_seed() == 123 and torch.equal(torch.rand(3), want)
+
+
 def test_a_hook_on_a_layer_warns_that_it_never_fires():
     m = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
     with pytest.warns(UserWarning, match=r"model.features\(x, layers="):
