@@ -31,18 +31,24 @@ pub struct PresetArgs {
 
 impl PresetArgs {
     fn config(&self) -> Result<(Config, i64)> {
-        let mut cfg = Config::preset(self.preset, self.num_classes)?;
+        let (mut cfg, size) = sized(self.preset, self.num_classes, self.input_size)?;
         cfg.conv_backend = self.conv_backend;
-        let size = self.input_size.unwrap_or(cfg.input_size);
-        if size < 1 {
-            return Err(Error::Config(format!("--input-size must be positive, got {size}")));
-        }
-        // Within the data pipeline's limit, and large enough for every stage.
-        cfg.spatial_sizes(size)?;
-        // A head without adaptive pooling is sized for the input (as `alexnet train` does).
-        cfg.input_size = size;
         Ok((cfg, size))
     }
+}
+
+/// The preset's network for square inputs of `input_size` (default: the preset's).
+fn sized(preset: Preset, num_classes: i64, input_size: Option<i64>) -> Result<(Config, i64)> {
+    let mut cfg = Config::preset(preset, num_classes)?;
+    let size = input_size.unwrap_or(cfg.input_size);
+    if size < 1 {
+        return Err(Error::Config(format!("--input-size must be positive, got {size}")));
+    }
+    // Within the data pipeline's limit, and large enough for every stage.
+    cfg.spatial_sizes(size)?;
+    // A head without adaptive pooling is sized for the input (as `alexnet train` does).
+    cfg.input_size = size;
+    Ok((cfg, size))
 }
 
 #[derive(Args)]
@@ -78,6 +84,9 @@ pub struct PlacementArgs {
     /// Number of output classes of the last layer.
     #[arg(long, default_value_t = 1000)]
     num_classes: i64,
+    /// Side of the square input image (fc6's size depends on it) [default: the preset's].
+    #[arg(long)]
+    input_size: Option<i64>,
 }
 
 pub fn info(a: &InfoArgs) -> Result<()> {
@@ -87,7 +96,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
 }
 
 pub fn placement(a: &PlacementArgs) -> Result<()> {
-    let cfg = Config::preset(a.preset, a.num_classes)?;
+    let (cfg, _) = sized(a.preset, a.num_classes, a.input_size)?;
     print!("{}", Placement::parse(&a.devices)?.table(&cfg)?);
     Ok(())
 }

@@ -151,12 +151,13 @@ pub fn shard(
     })
 }
 
-/// The table `alexnet placement` prints: which rows of each parameter live on which device.
+/// The table `alexnet placement` prints: which rows of each parameter live on which device, for
+/// square inputs of `input_size` (default: the preset's; fc6's size depends on it).
 #[pyfunction]
-#[pyo3(signature = (preset, devices, num_classes=1000))]
-pub fn placement_table(preset: &str, devices: &str, num_classes: i64) -> PyResult<String> {
+#[pyo3(signature = (preset, devices, num_classes=1000, input_size=None))]
+pub fn placement_table(preset: &str, devices: &str, num_classes: i64, input_size: Option<i64>) -> PyResult<String> {
     guard(|| {
-        let cfg = config(preset, num_classes)?;
+        let cfg = config_at(preset, num_classes, input_size)?;
         core(crate::placement::Placement::parse(devices).and_then(|p| p.table(&cfg)))
     })
 }

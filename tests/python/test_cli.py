@@ -37,6 +37,10 @@ def test_placement_table_is_the_same_from_python():
     r = run("placement", "--preset", "paper", "--devices", "cpu,cpu")
     assert r.returncode == 0
     assert r.stdout == alexnet_rs.Placement("paper", "cpu,cpu").table()
+    # At another input size fc6 has another size: Python's table always showed the preset's.
+    small = run("placement", "--preset", "paper", "--devices", "cpu,cpu", "--input-size", "63")
+    assert small.returncode == 0 and small.stdout != r.stdout
+    assert small.stdout == alexnet_rs.Placement("paper", "cpu,cpu", input_size=63).table()
     rows = {(name, shard, device + " " + slot) for name, shard, device, slot in
             (line.split()[:4] for line in r.stdout.splitlines()[2:] if not line.startswith("total"))}
     assert ("fc8.weight", "0..1000", "cpu #0") in rows  # the class layer: whole, on the first device
