@@ -711,7 +711,9 @@ fn a_run_folder_is_written_by_one_process_at_a_time() {
     let before = fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     let c = tmp("locked-new");
     let _also = alexnet_rs::files::RunLock::acquire(&c).unwrap();
-    for (out, resume) in [(&b, true), (&c, false)] {
+    // A fresh run into the busy run folder said "already holds a run ... continue it with
+    // --resume", which then met the lock.
+    for (out, resume) in [(&b, true), (&b, false), (&c, false)] {
         let r = cli(out, resume, &[], None);
         let err = String::from_utf8_lossy(&r.stderr);
         assert_eq!(r.status.code(), Some(1), "{err}");

@@ -75,6 +75,30 @@ pub struct ExperimentArgs {
 /// the process at once (the newest checkpoint stays as it was). 0: none yet.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// [`on_signal`] for SIGINT and SIGTERM while it lives; the handlers before it (the default's,
+/// or Python's when the CLI runs inside an interpreter) are put back when it is dropped.
+struct Handlers([(libc::c_int, libc::sighandler_t); 2]);
+
+impl Handlers {
+    fn install() -> Handlers {
+        // SAFETY: the handler calls only async-signal-safe functions.
+        Handlers([libc::SIGINT, libc::SIGTERM].map(|s| {
+            (s, unsafe {
+                libc::signal(s, on_signal as *const () as libc::sighandler_t)
+            })
+        }))
+    }
+}
+
+impl Drop for Handlers {
+    fn drop(&mut self) {
+        for &(signal, previous) in &self.0 {
+            // SAFETY: restores the handler `install` replaced.
+            unsafe { libc::signal(signal, previous) };
+        }
+    }
+}
+
 extern "C" fn on_signal(signal: libc::c_int) {
     if SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
         // SAFETY: signal and raise are async-signal-safe.
@@ -97,10 +121,8 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}, ETA {eta}] {msg}")
             .expect("valid template"),
     );
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler calls only async-signal-safe functions.
-        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
-    }
+    SIGNAL.store(0, Ordering::SeqCst);
+    let handlers = Handlers::install();
     if quiet {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -124,6 +146,8 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         None => train::train(&tc, resume.as_deref(), &mut on_event, &stop)?,
     };
     bar.finish_and_clear();
+    // Training is over: a signal from now on is not a request to stop after a step.
+    drop(handlers);
     let signal = SIGNAL.load(Ordering::SeqCst);
     let out = writes_to(resume.as_deref(), &tc);
     // Not "final:" (nor exit 0) on a rank whose run another rank's signal stopped short.
@@ -133,14 +157,15 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
             out.display()
         ))
     };
+    // A signal that came after the last step did not stop the run short: it is complete.
     if quiet {
-        return match (signal, stopped.get()) {
-            (0, false) => Ok(()),
-            (0, true) => Err(elsewhere()),
-            (s, _) => Err(crate::Error::Interrupted(s)),
+        return match (stopped.get(), signal) {
+            (false, _) => Ok(()),
+            (true, 0) => Err(elsewhere()),
+            (true, s) => Err(crate::Error::Interrupted(s)),
         };
     }
-    if stopped.get() || signal != 0 {
+    if stopped.get() {
         let ckpt = checkpoint::find_latest(&out).unwrap_or(out.clone());
         eprintln!(
             "{}: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with \

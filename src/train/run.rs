@@ -8,13 +8,14 @@ use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT};
 use crate::config::Config;
 use crate::data::{Batch, Loader, Split, View};
 use crate::error::{Error, Result};
+use crate::files::RunLock;
 use crate::metrics::{EpochRecord, Metrics, ResumeAt, StepRecord};
 use crate::model::{self, Masks, Params};
 use crate::optim::{Schedule, Sgd};
 use crate::placement::Placement;
 use crate::settings::TrainConfig;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -32,7 +33,15 @@ pub struct Run<'a> {
     group: Option<&'a Group<'a>>,
     on_event: &'a mut dyn FnMut(&Event),
     /// Rank 0's hold on the run folder, for the run's lifetime.
-    _lock: Option<crate::files::RunLock>,
+    _lock: Option<RunLock>,
+}
+
+/// Holds `dir` (unless `lock` already holds it), for the run's lifetime.
+fn hold(lock: &mut Option<(RunLock, PathBuf)>, dir: &Path) -> Result<()> {
+    if !lock.as_ref().is_some_and(|(_, d)| resume::same_folder(d, dir)) {
+        *lock = Some((RunLock::acquire(dir)?, dir.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// Why a run stops after the current step (agreed by every rank).
@@ -53,10 +62,12 @@ impl<'a> Run<'a> {
         group: Option<&'a Group<'a>>,
         on_event: &'a mut dyn FnMut(&Event),
     ) -> Result<Run<'a>> {
-        let mut lock = None;
+        // Rank 0's hold on the folder it writes (see RunLock), with that folder.
+        let writer = group.is_none_or(|g| g.rank == 0);
+        let mut lock: Option<(RunLock, PathBuf)> = None;
         let (tc, ckpt) = match resume {
             Some(path) => {
-                lock = resume::recover_run(path, group)?;
+                lock = resume::recover_run(path, group)?.map(|l| (l, resume::run_of(path).to_path_buf()));
                 let c = checkpoint::load(path)?;
                 let t = resumed_config(tc, &c);
                 warn_ignored(tc, &t);
@@ -64,6 +75,10 @@ impl<'a> Run<'a> {
             }
             None => (tc.clone(), None),
         };
+        if writer && tc.out.is_dir() {
+            // Before check_out: a folder another process is training is refused as such.
+            hold(&mut lock, &tc.out)?;
+        }
         resume::check_out(&tc, ckpt.as_ref())?;
         let mut tc = tc;
         if let Some(g) = group {
@@ -77,7 +92,6 @@ impl<'a> Run<'a> {
         let placement = Placement::parse(&tc.devices)?;
         placement.check_available()?;
         let shard = group.map(|g| (g.rank, g.world));
-        let writer = shard.is_none_or(|(rank, _)| rank == 0);
         let train_loader = tc.shard_loader(train_ds, View::Train, true, shard)?;
         let eval_view = if tc.ten_crop_eval { View::TenCrop } else { View::Center };
         let test_loader = tc.shard_loader(test_ds, eval_view, false, shard)?;
@@ -90,11 +104,7 @@ impl<'a> Run<'a> {
             )));
         }
         if writer {
-            // The folder this run writes, held until the run ends (the resumed one's may be held).
-            let held = resume.is_some_and(|p| lock.is_some() && resume::same_folder(resume::run_of(p), &tc.out));
-            if !held {
-                lock = Some(crate::files::RunLock::acquire(&tc.out)?);
-            }
+            hold(&mut lock, &tc.out)?;
             crate::files::write(
                 &tc.out.join("classes.json"),
                 train_loader.dataset().classes_json().as_bytes(),
@@ -130,7 +140,7 @@ impl<'a> Run<'a> {
             metrics,
             group,
             on_event,
-            _lock: lock,
+            _lock: lock.map(|(l, _)| l),
         })
     }
 
