@@ -1,6 +1,7 @@
 //! Crash-safe file writes: a file is replaced by writing `<name>.partial`, fsyncing it and renaming
 //! it over the old one, so a process killed at any instruction leaves the old file or the new one,
-//! never a truncated mix; a write that fails (a full disk) removes its partial file.
+//! never a truncated mix; a write that fails (a full disk) removes its partial file. Also: folders
+//! created with an error that names a file in the way, and a run folder's one-writer lock.
 use crate::error::{io, Error, Result};
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -84,7 +84,7 @@ fn cut(path: &Path, keep: impl Fn(usize, &str) -> Option<bool>) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(path)(e)),
     };
-    let (mut kept, mut prefix, mut dropped) = (Vec::new(), 0, false);
+    let (mut kept, mut dropped) = (Vec::new(), false);
     for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
         if line.last() != Some(&b'\n') {
             break;
@@ -93,10 +93,7 @@ fn cut(path: &Path, keep: impl Fn(usize, &str) -> Option<bool>) -> Result<()> {
             .ok()
             .and_then(|t| keep(i, t))
         {
-            Some(true) => {
-                kept.extend_from_slice(line);
-                prefix += if dropped { 0 } else { line.len() };
-            }
+            Some(true) => kept.extend_from_slice(line),
             Some(false) => break,
             None => {
                 let text = String::from_utf8_lossy(line);
@@ -113,9 +110,10 @@ fn cut(path: &Path, keep: impl Fn(usize, &str) -> Option<bool>) -> Result<()> {
     if dropped {
         return crate::files::write(path, &kept);
     }
-    if prefix < bytes.len() {
+    // Nothing dropped: the kept lines are a prefix of the file.
+    if kept.len() < bytes.len() {
         let f = OpenOptions::new().write(true).open(path).map_err(io(path))?;
-        f.set_len(prefix as u64).map_err(io(path))?;
+        f.set_len(kept.len() as u64).map_err(io(path))?;
         f.sync_all().map_err(io(path))?;
     }
     Ok(())
