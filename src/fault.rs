@@ -21,12 +21,15 @@
 //!   elastic-restart test kills one rank of a torchrun job here);
 //! - `figure-write`: a figure (curves.png, or a `filters`/`confusion`/`neighbours` image) is
 //!   written to its `.partial` file, not yet renamed into place.
+//! - `file-partial`: any file replaced through `files::write_with` (state.json, classes.json,
+//!   metrics.jsonl rewritten on resume, figures, statistics, caches) is written and synced to its
+//!   `.partial` file, not yet renamed into place.
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Every point's name, for the tests and the error on a misspelt one.
-pub const POINTS: [&str; 8] = [
+pub const POINTS: [&str; 9] = [
     "ckpt-tmp-partial",
     "ckpt-tmp-written",
     "ckpt-old-away",
@@ -35,6 +38,7 @@ pub const POINTS: [&str; 8] = [
     "metrics-mid-line",
     "train-step",
     "figure-write",
+    "file-partial",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,6 +30,7 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
     let part = partial(path);
     let written = write(&part)
         .and_then(|()| fsync(&part))
+        .and_then(|()| crate::fault::point("file-partial").map_err(io(&part)))
         .and_then(|()| fs::rename(&part, path).map_err(io(path)));
     if written.is_err() {
         let _ = fs::remove_file(&part);

@@ -127,6 +127,41 @@ def test_a_figure_that_cannot_be_written_does_not_stop_training(data, reference,
     assert [p.name for p in run.iterdir() if p.name.endswith(".partial")] == []
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_fault_while_resume_rewrites_the_metrics_loses_nothing(data, reference, tmp_path, mode):
+    """A resume drops an unreadable metrics.jsonl line by rewriting the file (src/metrics.rs
+    `cut`: `<name>.partial`, fsync, rename). Killed or out of disk between the write and the
+    rename (`file-partial`), the old file stays whole (its history, the bad line included) and
+    the next resume rewrites it and finishes the run."""
+    run = tmp_path / "run"
+    # Killed after step 3's update: checkpoint 2 and the metrics lines of steps 1 and 2.
+    r = alexnet(*train_args(data, run), fault="train-step:abort@3")
+    assert r.returncode == -signal.SIGABRT, r.stderr
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert [l.startswith('{"step":') for l in lines] == [True, True], lines
+    damaged = "garbage from a bad disk\n" + lines[1]
+    (run / "metrics.jsonl").write_text(damaged)
+    # The resume's writes: classes.json (1), the metrics rewrite (2).
+    r = alexnet("train", "--resume", run, fault=f"file-partial:{mode}@2")
+    partial = run / "metrics.jsonl.partial"
+    if mode == "abort":
+        assert r.returncode == -signal.SIGABRT, r.stderr
+        assert partial.read_text() == lines[1]  # the fault hit the rewrite, not another file
+    else:
+        assert r.returncode == 1 and "No space left on device" in r.stderr and "metrics.jsonl" in r.stderr, r.stderr
+        assert not partial.exists()
+    assert (run / "metrics.jsonl").read_text() == damaged
+    r = alexnet("train", "--resume", run)
+    assert r.returncode == 0, r.stderr
+    assert "line 1 is unreadable and is dropped: garbage from a bad disk" in r.stderr, r.stderr
+    assert not partial.exists()
+    jsonl, csv = masked(run)
+    ref_jsonl, ref_csv = masked(reference)
+    assert jsonl == "".join(ref_jsonl.splitlines(keepends=True)[1:])  # all but step 1's line
+    assert csv == ref_csv
+    assert last_weights(run) == last_weights(reference)
+
+
 def test_a_panic_is_an_error_line_in_the_cli_and_an_exception_in_python(data, tmp_path):
     """A bug (a Rust panic) ends `alexnet` with one `error:` line and exit code 1 (not Rust's 101),
     and raises an AlexNetError in Python (not pyo3's PanicException, which `except Exception`
