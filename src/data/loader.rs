@@ -118,11 +118,15 @@ pub fn decode(ds: &Dataset, i: usize) -> Result<RgbImage> {
     }
 }
 
-/// Name of sample `i` for messages.
-pub(crate) fn describe(ds: &Dataset, i: usize) -> String {
-    match &ds.items[i].0 {
-        Sample::File(p) => p.display().to_string(),
-        Sample::Idx(k) => format!("{} image {k}", ds.origin.display()),
+/// An error about sample `i` (e.g. its transform's), naming the sample (its file, or the IDX
+/// file and index).
+pub(crate) fn sample_error(ds: &Dataset, i: usize) -> impl FnOnce(Error) -> Error + '_ {
+    move |e| Error::File {
+        path: match &ds.items[i].0 {
+            Sample::File(p) => p.clone(),
+            Sample::Idx(k) => format!("{} image {k}", ds.origin.display()).into(),
+        },
+        reason: e.to_string(),
     }
 }
 
@@ -270,10 +274,7 @@ fn build_batch(
             let mut rng = Rng::for_sample(cfg.seed, epoch, i as u64);
             let r = tf.apply(&img, &mut rng, out);
             crate::image::recycle(img.into_raw());
-            r.map_err(|e| Error::File {
-                path: describe(ds, i).into(),
-                reason: e.to_string(),
-            })
+            r.map_err(sample_error(ds, i))
         })
         .collect();
     let mut kept = Vec::with_capacity(chunk.len());

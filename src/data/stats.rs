@@ -1,7 +1,7 @@
 //! `alexnet stats DATA`: the training set's per-pixel mean image, channel means and standard
 //! deviations, and the eigen-pairs of its RGB covariance (for PCA colour noise, paper section
 //! 4.1), over the resized S x S centre crops, pixel values in [0, 1]. Saved as safetensors.
-use crate::data::loader::{decode, describe};
+use crate::data::loader::{decode, sample_error};
 use crate::data::source::Dataset;
 use crate::data::transform::{Normalize, Pca, Transform, View};
 use crate::error::{Error, Result};
@@ -82,12 +82,7 @@ impl Stats {
                 || Acc::new(plane),
                 |mut a, i| {
                     progress();
-                    let base = decode(ds, i).and_then(|img| {
-                        tf.base(&img).map_err(|e| Error::File {
-                            path: describe(ds, i).into(),
-                            reason: e.to_string(),
-                        })
-                    });
+                    let base = decode(ds, i).and_then(|img| tf.base(&img).map_err(sample_error(ds, i)));
                     let base = match base {
                         Ok(b) => b,
                         Err(e) => {
