@@ -1,6 +1,6 @@
 //! The data pipeline from Rust: determinism across thread counts, IDX parsing and its errors,
 //! the eigen-solver against a hand-built matrix.
-use alexnet_rs::data::source::read_idx;
+use alexnet_rs::data::idx::read_idx;
 use alexnet_rs::data::stats::symmetric_eigen3;
 use alexnet_rs::data::{Dataset, Loader, LoaderConfig, Split, Transform, View};
 use alexnet_rs::Preset;

@@ -1,39 +1,22 @@
 //! Where samples come from: an image folder (one subfolder per class), a list file of
 //! `path label` lines (flat layouts such as ImageNet's validation set), or IDX files
-//! (MNIST / Fashion-MNIST, gzipped or not). Every source yields `(sample, label)` pairs and the
-//! class names; decoding happens later, in parallel (see `loader`).
+//! (MNIST / Fashion-MNIST, gzipped or not; read in `idx`). Every source yields
+//! `(sample, label)` pairs and the class names; decoding happens later, in parallel (see
+//! `loader`).
+use super::idx::{idx_path, IdxImages};
 use crate::error::{io, Error, Result};
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Extensions the decoder reads (case-insensitive).
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm"];
 
-/// Fashion-MNIST's class names, in label order.
-pub const FASHION_MNIST_CLASSES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+/// The subfolders of an image folder that hold its test split (beside `train/`).
+const TEST_FOLDERS: [&str; 2] = ["val", "test"];
+
 /// The most classes a list file may label (a label is a class index).
 pub const MAX_CLASSES: i64 = 1_000_000;
-
-/// Where Debian's `dataset-fashion-mnist` package puts the files.
-pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
-
-/// The default dataset's folder: `$ALEXNET_FASHION_MNIST` if set, else [`FASHION_MNIST_DIR`].
-pub fn fashion_mnist_dir() -> PathBuf {
-    std::env::var_os("ALEXNET_FASHION_MNIST").map_or_else(|| PathBuf::from(FASHION_MNIST_DIR), PathBuf::from)
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
@@ -61,21 +44,6 @@ pub enum Sample {
     Idx(usize),
 }
 
-/// Greyscale images of one IDX file, `count` x `rows` x `cols` bytes.
-#[derive(Debug)]
-pub struct IdxImages {
-    pub rows: usize,
-    pub cols: usize,
-    pub pixels: Vec<u8>,
-}
-
-impl IdxImages {
-    pub fn image(&self, i: usize) -> &[u8] {
-        let n = self.rows * self.cols;
-        &self.pixels[i * n..(i + 1) * n]
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Dataset {
     /// Class names; labels index into this.
@@ -86,7 +54,7 @@ pub struct Dataset {
     pub origin: PathBuf,
 }
 
-fn data_err(path: &Path, reason: impl Into<String>) -> Error {
+pub(super) fn data_err(path: &Path, reason: impl Into<String>) -> Error {
     Error::File {
         path: path.to_path_buf(),
         reason: reason.into(),
@@ -173,8 +141,8 @@ impl Dataset {
             return Dataset::idx_folder(path, split);
         }
         let (wanted, others): (&[&str], &[&str]) = match split {
-            Split::Train => (&["train"], &["val", "test"]),
-            Split::Test => (&["val", "test"], &["train"]),
+            Split::Train => (&["train"], &TEST_FOLDERS),
+            Split::Test => (&TEST_FOLDERS, &["train"]),
         };
         if let Some(s) = wanted.iter().find(|s| path.join(s).is_dir()) {
             return Dataset::image_folder(&path.join(s));
@@ -198,8 +166,7 @@ impl Dataset {
     /// beside train/); otherwise [`Dataset::open`] gives the training images for both splits.
     pub fn has_test_split(path: &Path) -> bool {
         path.is_dir()
-            && (idx_path(path, Split::Test, "images").is_some()
-                || ["val", "test"].iter().any(|s| path.join(s).is_dir()))
+            && (idx_path(path, Split::Test, "images").is_some() || TEST_FOLDERS.iter().any(|s| path.join(s).is_dir()))
     }
 
     /// One subfolder per class (sorted names = labels 0..), images anywhere below each.
@@ -286,105 +253,13 @@ impl Dataset {
             return Err(data_err(list, "no samples listed"));
         }
         let max = items.iter().map(|(_, l)| *l).max().unwrap_or(0);
-        let names = base.join("classes.txt");
-        let classes = if names.is_file() {
-            let text = fs::read_to_string(&names).map_err(io(&names))?;
-            // One name per line (line n names label n - 1); blank lines at the end are not classes.
-            let c: Vec<String> = text
-                .trim_start_matches('\u{feff}')
-                .trim_end()
-                .lines()
-                .map(|l| l.trim().to_string())
-                .collect();
-            let mut seen = std::collections::HashMap::new();
-            for (n, name) in c.iter().enumerate() {
-                if name.is_empty() {
-                    return Err(data_err(&names, format!("line {}: an empty class name", n + 1)));
-                }
-                if let Some(first) = seen.insert(name.as_str(), n) {
-                    return Err(data_err(
-                        &names,
-                        format!(
-                            "line {}: class `{name}` is named twice (first on line {})",
-                            n + 1,
-                            first + 1
-                        ),
-                    ));
-                }
-            }
-            if (c.len() as i64) <= max {
-                return Err(data_err(
-                    &names,
-                    format!("{} class names, but the list uses label {max}", c.len()),
-                ));
-            }
-            c
-        } else {
-            (0..=max).map(|l| l.to_string()).collect()
-        };
+        let classes = class_names(&base.join("classes.txt"), max)?;
         Ok(Dataset {
             classes,
             items,
             idx: None,
             origin: list.to_path_buf(),
         })
-    }
-
-    /// Fashion-MNIST-style IDX files in `dir` (`train-…` or `t10k-…`, gzipped or not).
-    pub fn idx_folder(dir: &Path, split: Split) -> Result<Dataset> {
-        let images = idx_path(dir, split, "images")
-            .ok_or_else(|| data_err(dir, "no <train|t10k>-images-idx3-ubyte[.gz] file here"))?;
-        let labels = idx_path(dir, split, "labels")
-            .ok_or_else(|| data_err(dir, "no <train|t10k>-labels-idx1-ubyte[.gz] file here"))?;
-        let classes: Vec<String> = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
-        Dataset::idx(&images, &labels, classes)
-    }
-
-    pub fn idx(images: &Path, labels: &Path, mut classes: Vec<String>) -> Result<Dataset> {
-        let (dims, pixels) = read_idx(images, 0x0803)?;
-        let (ldims, lab) = read_idx(labels, 0x0801)?;
-        if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
-            return Err(data_err(
-                images,
-                format!("image dims {dims:?} do not match label dims {ldims:?}"),
-            ));
-        }
-        let max = lab.iter().copied().max().unwrap_or(0) as usize;
-        if max >= classes.len() {
-            classes = (0..=max).map(|l| l.to_string()).collect();
-        }
-        let items = lab
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (Sample::Idx(i), i64::from(l)))
-            .collect();
-        let idx = IdxImages {
-            rows: dims[1],
-            cols: dims[2],
-            pixels,
-        };
-        Ok(Dataset {
-            classes,
-            items,
-            idx: Some(Arc::new(idx)),
-            origin: images.to_path_buf(),
-        })
-    }
-
-    /// Embedded default: Fashion-MNIST from Debian's package.
-    pub fn fashion_mnist(split: Split) -> Result<Dataset> {
-        let dir = fashion_mnist_dir();
-        if !dir.is_dir() {
-            return Err(Error::Io {
-                path: dir,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "Fashion-MNIST is not installed: run `sudo apt-get install dataset-fashion-mnist` (or `make \
-                     setup`), or point ALEXNET_FASHION_MNIST at its IDX files",
-                ),
-            });
-        }
-        Dataset::idx_folder(&dir, split)
     }
 
     pub fn len(&self) -> usize {
@@ -451,59 +326,41 @@ impl Dataset {
     }
 }
 
-fn idx_path(dir: &Path, split: Split, kind: &str) -> Option<PathBuf> {
-    let prefix = match split {
-        Split::Train => "train",
-        Split::Test => "t10k",
-    };
-    let dims = if kind == "images" { 3 } else { 1 };
-    let stem = format!("{prefix}-{kind}-idx{dims}-ubyte");
-    [stem.clone(), format!("{stem}.gz")]
-        .into_iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
-}
-
-/// Reads an unsigned-byte IDX file (gzipped or not): its dimensions and data.
-pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = fs::read(path).map_err(io(path))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| data_err(path, format!("bad gzip data: {e}")))?;
-        out
-    } else {
-        raw
-    };
-    if bytes.len() < 4 {
-        return Err(data_err(path, "too short for an IDX header"));
+/// The class names of a list file whose largest label is `max`: `names` (a `classes.txt`, line n
+/// naming label n - 1) when it exists, else the label numbers.
+fn class_names(names: &Path, max: i64) -> Result<Vec<String>> {
+    if !names.is_file() {
+        return Ok((0..=max).map(|l| l.to_string()).collect());
     }
-    let got = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    if got != magic {
-        return Err(data_err(
-            path,
-            format!("IDX magic {got:#06x}, expected {magic:#06x} (unsigned bytes)"),
-        ));
-    }
-    let ndim = (magic & 0xff) as usize;
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
-        return Err(data_err(path, "truncated IDX header"));
-    }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
+    let text = fs::read_to_string(names).map_err(io(names))?;
+    // One name per line (line n names label n - 1); blank lines at the end are not classes.
+    let c: Vec<String> = text
+        .trim_start_matches('\u{feff}')
+        .trim_end()
+        .lines()
+        .map(|l| l.trim().to_string())
         .collect();
-    let n: usize = dims.iter().product();
-    if bytes.len() != header + n {
+    let mut seen = std::collections::HashMap::new();
+    for (n, name) in c.iter().enumerate() {
+        if name.is_empty() {
+            return Err(data_err(names, format!("line {}: an empty class name", n + 1)));
+        }
+        if let Some(first) = seen.insert(name.as_str(), n) {
+            return Err(data_err(
+                names,
+                format!(
+                    "line {}: class `{name}` is named twice (first on line {})",
+                    n + 1,
+                    first + 1
+                ),
+            ));
+        }
+    }
+    if (c.len() as i64) <= max {
         return Err(data_err(
-            path,
-            format!(
-                "IDX dims {dims:?} need {} data bytes, file has {}",
-                n,
-                bytes.len() - header
-            ),
+            names,
+            format!("{} class names, but the list uses label {max}", c.len()),
         ));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    Ok(c)
 }

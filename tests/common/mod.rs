@@ -13,7 +13,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// that needs it fails here when it is missing, naming the fix: it never passes without checking.
 #[allow(dead_code)] // not every test file trains
 pub fn require_data() -> PathBuf {
-    let dir = alexnet_rs::data::source::fashion_mnist_dir();
+    let dir = alexnet_rs::data::idx::fashion_mnist_dir();
     assert!(
         dir.is_dir(),
         "Fashion-MNIST is missing at {}: run `make setup` (it installs Debian's dataset-fashion-mnist)",
