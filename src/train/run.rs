@@ -2,22 +2,21 @@
 //! optimiser step), [`Run::end_epoch`] (evaluation, schedule, epochs.csv, checkpoint), driven by
 //! [`Run::train`].
 use super::eval::{evaluate_in, EvalResult};
-use super::resume::{self, resumed_config, warn_ignored};
 use super::{Event, Group};
-use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT};
+use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
-use crate::data::{Batch, Loader, Split, View};
+use crate::data::{Batch, Loader};
 use crate::error::{Error, Result};
 use crate::files::RunLock;
-use crate::metrics::{EpochRecord, Metrics, ResumeAt, StepRecord};
+use crate::metrics::{EpochRecord, Metrics, StepRecord};
 use crate::model::{self, Masks, Params};
-use crate::optim::{Schedule, Sgd};
-use crate::placement::Placement;
+use crate::optim::{InBackward, Sgd};
 use crate::settings::TrainConfig;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Kind, Tensor};
+
+mod start;
 
 /// A run in progress: its settings, network, optimiser, position and outputs.
 pub struct Run<'a> {
@@ -36,14 +35,6 @@ pub struct Run<'a> {
     _lock: Option<RunLock>,
 }
 
-/// Holds `dir` (unless `lock` already holds it), for the run's lifetime.
-fn hold(lock: &mut Option<(RunLock, PathBuf)>, dir: &Path) -> Result<()> {
-    if !lock.as_ref().is_some_and(|(_, d)| resume::same_folder(d, dir)) {
-        *lock = Some((RunLock::acquire(dir)?, dir.to_path_buf()));
-    }
-    Ok(())
-}
-
 /// Why a run stops after the current step (agreed by every rank).
 #[derive(Clone, Copy, Default)]
 struct Stop {
@@ -54,96 +45,6 @@ struct Stop {
 }
 
 impl<'a> Run<'a> {
-    /// Opens the data, builds (or restores) the network and optimiser, and the run's folder. With
-    /// a `group`, this rank's share of the data; rank 0 alone writes.
-    pub fn start(
-        tc: &TrainConfig,
-        resume: Option<&Path>,
-        group: Option<&'a Group<'a>>,
-        on_event: &'a mut dyn FnMut(&Event),
-    ) -> Result<Run<'a>> {
-        // Rank 0's hold on the folder it writes (see RunLock), with that folder.
-        let writer = group.is_none_or(|g| g.rank == 0);
-        let mut lock: Option<(RunLock, PathBuf)> = None;
-        let (tc, ckpt) = match resume {
-            Some(path) => {
-                lock = resume::recover_run(path, group)?.map(|l| (l, resume::run_of(path).to_path_buf()));
-                let c = checkpoint::load(path)?;
-                let t = resumed_config(tc, &c);
-                warn_ignored(tc, &t);
-                (t, Some(c))
-            }
-            None => (tc.clone(), None),
-        };
-        if writer && tc.out.is_dir() {
-            // Before check_out: a folder another process is training is refused as such.
-            hold(&mut lock, &tc.out)?;
-        }
-        resume::check_out(&tc, ckpt.as_ref())?;
-        let mut tc = tc;
-        if let Some(g) = group {
-            tc.devices = Placement::for_local_rank(&tc.devices, g.local_rank)?;
-        }
-        tc.validate()?;
-        let train_ds = tc.open(Split::Train, tc.limit_train)?;
-        resume::check_classes(ckpt.as_ref(), &train_ds)?;
-        let test_ds = tc.open(Split::Test, tc.limit_test)?.labelled_as(&train_ds.classes)?;
-        let cfg = tc.model_config(train_ds.classes.len() as i64)?;
-        let placement = Placement::parse(&tc.devices)?;
-        placement.check_available()?;
-        let shard = group.map(|g| (g.rank, g.world));
-        let train_loader = tc.shard_loader(train_ds, View::Train, true, shard)?;
-        let eval_view = if tc.ten_crop_eval { View::TenCrop } else { View::Center };
-        let test_loader = tc.shard_loader(test_ds, eval_view, false, shard)?;
-        let per_epoch = train_loader.batches_per_epoch() as u64;
-        let ranks = group.map_or(1, |g| g.world);
-        if per_epoch == 0 {
-            return Err(Error::Config(format!(
-                "fewer training samples than one (global) batch of {} x {ranks} rank(s)",
-                tc.batch_size
-            )));
-        }
-        if writer {
-            hold(&mut lock, &tc.out)?;
-            crate::files::write(
-                &tc.out.join("classes.json"),
-                train_loader.dataset().classes_json().as_bytes(),
-            )?;
-            resume::fill_out(&tc, ckpt.as_ref())?;
-        }
-        let (params, sgd, mut state) = match ckpt {
-            Some(c) => restore(&tc, &cfg, &placement, c)?,
-            None => fresh(&tc, &cfg, &placement, train_loader.dataset().classes.clone())?,
-        };
-        freeze(&params, &tc.frozen(&cfg)?);
-        state.config = tc.clone();
-        state.check_position(per_epoch, ranks)?;
-        state.ranks = ranks;
-        let at = ResumeAt {
-            step: state.step,
-            epoch: state.epoch,
-        };
-        let metrics = writer.then(|| Metrics::open(&tc.out, resume.map(|_| at))).transpose()?;
-        on_event(&Event::Start {
-            epoch: state.epoch,
-            batch_in_epoch: state.batch_in_epoch,
-            batches_per_epoch: per_epoch,
-        });
-        Ok(Run {
-            tc,
-            cfg,
-            params,
-            sgd,
-            state,
-            train_loader,
-            test_loader,
-            metrics,
-            group,
-            on_event,
-            _lock: lock.map(|(l, _)| l),
-        })
-    }
-
     /// Trains to the last epoch, or until the step or time budget runs out or `stop()` says so
     /// (then with a checkpoint). Returns the last evaluation.
     pub fn train(mut self, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
@@ -247,49 +148,19 @@ impl<'a> Run<'a> {
     /// One optimiser step on `b`: forward, loss, backward, (the ranks' gradients summed), update,
     /// metrics. Returns the images it trained on (over every rank).
     fn step(&mut self, b: Batch) -> Result<f64> {
-        let (tc, state) = (&self.tc, &mut self.state);
         let t0 = Instant::now();
         let per_epoch = self.train_loader.batches_per_epoch() as f64;
-        let lr = state
+        let lr = self
+            .state
             .schedule
-            .lr_at(state.epoch as f64 + state.batch_in_epoch as f64 / per_epoch);
-        let x = if tc.channels_last {
-            crate::ops::channels_last(&b.images)?
-        } else {
-            b.images
-        };
-        let cuda = matches!(x.device(), tch::Device::Cuda(_));
-        let (cfg, params) = (&self.cfg, &self.params);
-        // Dropout masks from (seed, step, sample): the same on resume and however the global
-        // batch is split over ranks.
-        let masks = Masks::Keyed {
-            seed: tc.seed,
-            step: state.step,
-            samples: &b.indices,
-        };
+            .lr_at(self.state.epoch as f64 + self.state.batch_in_epoch as f64 / per_epoch);
         // One process, float32: the FC layers' update runs inside their backward (src/optim.rs).
         // With ranks the gradients must be all-reduced first, so every update waits for them.
-        let in_backward =
-            (tc.fc_update_in_backward && self.group.is_none() && !tc.bf16).then(|| self.sgd.in_backward(params, lr));
-        let forward = || -> Result<(Tensor, Tensor)> {
-            let logits = model::forward_masked(cfg, params, &x, Some(masks), in_backward.as_ref())?;
-            let y = b.labels.to_device(logits.device());
-            let loss = if y.size()[0] == 0 {
-                // A rank's batch of only bad images (see LoaderConfig::keep_tail): no gradient.
-                logits.f_sum(Kind::Float)?
-            } else {
-                logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?
-            };
-            // The batch's error under the weights before this update (dropout on): the paper's
-            // "training error rate" (Fig. 1).
-            let wrong = logits.f_argmax(-1, false)?.f_ne_tensor(&y)?.f_sum(Kind::Int64)?;
-            Ok((loss, wrong))
-        };
-        let (loss, wrong) = if tc.bf16 {
-            crate::ops::autocast_bf16(cuda, forward)?
-        } else {
-            forward()?
-        };
+        let tc = &self.tc;
+        let in_backward = (tc.fc_update_in_backward && self.group.is_none() && !tc.bf16)
+            .then(|| self.sgd.in_backward(&self.params, lr));
+        let (loss, wrong) = self.loss(&b, in_backward.as_ref())?;
+        let (tc, state, params) = (&self.tc, &mut self.state, &self.params);
         let world = self.group.map_or(1, |g| g.world);
         let n = b.labels.size()[0] as f64;
         let totals = [loss.double_value(&[]), wrong.int64_value(&[]) as f64, n];
@@ -328,6 +199,40 @@ impl<'a> Run<'a> {
         }
         (self.on_event)(&Event::Step(rec));
         Ok(images)
+    }
+
+    /// The batch's mean cross-entropy and its number of wrong top-1 predictions, under the weights
+    /// before this update with dropout on: the paper's "training error rate" (Fig. 1).
+    fn loss(&self, b: &Batch, in_backward: Option<&InBackward>) -> Result<(Tensor, Tensor)> {
+        let x = if self.tc.channels_last {
+            crate::ops::channels_last(&b.images)?
+        } else {
+            b.images.shallow_clone()
+        };
+        // Dropout masks from (seed, step, sample): the same on resume and however the global
+        // batch is split over ranks.
+        let masks = Masks::Keyed {
+            seed: self.tc.seed,
+            step: self.state.step,
+            samples: &b.indices,
+        };
+        let forward = || -> Result<(Tensor, Tensor)> {
+            let logits = model::forward_masked(&self.cfg, &self.params, &x, Some(masks), in_backward)?;
+            let y = b.labels.to_device(logits.device());
+            let loss = if y.size()[0] == 0 {
+                // A rank's batch of only bad images (see LoaderConfig::keep_tail): no gradient.
+                logits.f_sum(Kind::Float)?
+            } else {
+                logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?
+            };
+            let wrong = logits.f_argmax(-1, false)?.f_ne_tensor(&y)?.f_sum(Kind::Int64)?;
+            Ok((loss, wrong))
+        };
+        if self.tc.bf16 {
+            crate::ops::autocast_bf16(matches!(x.device(), tch::Device::Cuda(_)), forward)
+        } else {
+            forward()
+        }
     }
 
     /// The end of an epoch: evaluation (every `eval_every` epochs and after the last), the
@@ -450,63 +355,6 @@ fn diverged(tc: &TrainConfig, what: String, value: f64, step: u64, epoch: u64) -
 fn redraw(m: &Metrics) {
     if let Err(e) = m.plot() {
         eprintln!("warning: {e}; curves.png is left as it was (drawn again at the next epoch's end, or by --resume)");
-    }
-}
-
-/// The network, optimiser and state of a resumed checkpoint.
-fn restore(tc: &TrainConfig, cfg: &Config, placement: &Placement, c: Checkpoint) -> Result<(Params, Sgd, TrainState)> {
-    let params = model::shard(cfg, placement, &c.weights, tc.channels_last)?;
-    let mut sgd = Sgd::new(&params, tc.update_rule, tc.momentum, tc.weight_decay);
-    let v = model::split(cfg, placement, &c.velocity, false)?;
-    sgd.velocity = params.iter_shards().map(|(n, i, _)| v[n][i].shallow_clone()).collect();
-    Ok((params, sgd, c.state))
-}
-
-/// A freshly initialised network (seeded by `tc.seed`), optimiser and state.
-fn fresh(
-    tc: &TrainConfig,
-    cfg: &Config,
-    placement: &Placement,
-    classes: Vec<String>,
-) -> Result<(Params, Sgd, TrainState)> {
-    tch::manual_seed(tc.seed as i64);
-    let mut whole = model::init_whole(cfg)?;
-    if let Some(path) = &tc.init_from {
-        crate::weights::init_from(cfg, &mut whole, path)?;
-    }
-    let params = model::shard(cfg, placement, &whole, tc.channels_last)?;
-    let sgd = Sgd::new(&params, tc.update_rule, tc.momentum, tc.weight_decay);
-    let schedule = Schedule {
-        step_epochs: tc.step_epochs,
-        ..Schedule::new(tc.schedule, tc.lr, tc.epochs)
-    };
-    let state = TrainState {
-        format: FORMAT.into(),
-        config: tc.clone(),
-        epoch: 0,
-        batch_in_epoch: 0,
-        step: 0,
-        schedule,
-        best_top1: None,
-        best_step: None,
-        classes,
-        loss_sum: 0.0,
-        loss_count: 0,
-        ranks: 1,
-    };
-    Ok((params, sgd, state))
-}
-
-/// The parameters of the `layers` get no gradient: backward leaves them out, the update and the
-/// all-reduce skip them.
-fn freeze(params: &Params, layers: &[String]) {
-    for (name, _, p) in params.iter_shards() {
-        if name
-            .rsplit_once('.')
-            .is_some_and(|(layer, _)| layers.iter().any(|l| l == layer))
-        {
-            let _ = p.set_requires_grad(false);
-        }
     }
 }
 

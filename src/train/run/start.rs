@@ -1,0 +1,197 @@
+//! [`Run::start`]: a fresh run or a resumed checkpoint, its data, network, optimiser and folder.
+use super::Run;
+use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT};
+use crate::config::Config;
+use crate::data::{Loader, Split, View};
+use crate::error::{Error, Result};
+use crate::files::RunLock;
+use crate::metrics::{Metrics, ResumeAt};
+use crate::model::{self, Params};
+use crate::optim::{Schedule, Sgd};
+use crate::placement::Placement;
+use crate::settings::TrainConfig;
+use crate::train::resume::{self, resumed_config, warn_ignored};
+use crate::train::{Event, Group};
+use std::path::{Path, PathBuf};
+
+/// Rank 0's hold on the folder it writes (see [`RunLock`]), with that folder.
+type Held = Option<(RunLock, PathBuf)>;
+
+impl<'a> Run<'a> {
+    /// Opens the data, builds (or restores) the network and optimiser, and the run's folder. With
+    /// a `group`, this rank's share of the data; rank 0 alone writes.
+    pub fn start(
+        tc: &TrainConfig,
+        resume: Option<&Path>,
+        group: Option<&'a Group<'a>>,
+        on_event: &'a mut dyn FnMut(&Event),
+    ) -> Result<Run<'a>> {
+        let writer = group.is_none_or(|g| g.rank == 0);
+        let (tc, ckpt, mut lock) = settle(tc, resume, group, writer)?;
+        let (cfg, placement, train_loader, test_loader) = open_data(&tc, ckpt.as_ref(), group)?;
+        let per_epoch = train_loader.batches_per_epoch() as u64;
+        let ranks = group.map_or(1, |g| g.world);
+        if writer {
+            hold(&mut lock, &tc.out)?;
+            crate::files::write(
+                &tc.out.join("classes.json"),
+                train_loader.dataset().classes_json().as_bytes(),
+            )?;
+            resume::fill_out(&tc, ckpt.as_ref())?;
+        }
+        let (params, sgd, mut state) = match ckpt {
+            Some(c) => restore(&tc, &cfg, &placement, c)?,
+            None => fresh(&tc, &cfg, &placement, train_loader.dataset().classes.clone())?,
+        };
+        freeze(&params, &tc.frozen(&cfg)?);
+        state.config = tc.clone();
+        state.check_position(per_epoch, ranks)?;
+        state.ranks = ranks;
+        let at = ResumeAt {
+            step: state.step,
+            epoch: state.epoch,
+        };
+        let metrics = writer.then(|| Metrics::open(&tc.out, resume.map(|_| at))).transpose()?;
+        on_event(&Event::Start {
+            epoch: state.epoch,
+            batch_in_epoch: state.batch_in_epoch,
+            batches_per_epoch: per_epoch,
+        });
+        Ok(Run {
+            tc,
+            cfg,
+            params,
+            sgd,
+            state,
+            train_loader,
+            test_loader,
+            metrics,
+            group,
+            on_event,
+            _lock: lock.map(|(l, _)| l),
+        })
+    }
+}
+
+/// The run's settings (a resumed run's come from its checkpoint, which is loaded) for this
+/// rank's devices, validated, and its folder checked; a `writer` holds an existing folder before
+/// the check, so that a folder another process is training is refused as such.
+fn settle(
+    tc: &TrainConfig,
+    resume: Option<&Path>,
+    group: Option<&Group>,
+    writer: bool,
+) -> Result<(TrainConfig, Option<Checkpoint>, Held)> {
+    let mut lock = None;
+    let (mut tc, ckpt) = match resume {
+        Some(path) => {
+            lock = resume::recover_run(path, group)?.map(|l| (l, resume::run_of(path).to_path_buf()));
+            let c = checkpoint::load(path)?;
+            let t = resumed_config(tc, &c);
+            warn_ignored(tc, &t);
+            (t, Some(c))
+        }
+        None => (tc.clone(), None),
+    };
+    if writer && tc.out.is_dir() {
+        hold(&mut lock, &tc.out)?;
+    }
+    resume::check_out(&tc, ckpt.as_ref())?;
+    if let Some(g) = group {
+        tc.devices = Placement::for_local_rank(&tc.devices, g.local_rank)?;
+    }
+    tc.validate()?;
+    Ok((tc, ckpt, lock))
+}
+
+/// The network's config and placement and this rank's training and test loaders; the data must
+/// hold at least one global batch.
+fn open_data(
+    tc: &TrainConfig,
+    ckpt: Option<&Checkpoint>,
+    group: Option<&Group>,
+) -> Result<(Config, Placement, Loader, Loader)> {
+    let train_ds = tc.open(Split::Train, tc.limit_train)?;
+    resume::check_classes(ckpt, &train_ds)?;
+    let test_ds = tc.open(Split::Test, tc.limit_test)?.labelled_as(&train_ds.classes)?;
+    let cfg = tc.model_config(train_ds.classes.len() as i64)?;
+    let placement = Placement::parse(&tc.devices)?;
+    placement.check_available()?;
+    let shard = group.map(|g| (g.rank, g.world));
+    let train_loader = tc.shard_loader(train_ds, View::Train, true, shard)?;
+    let eval_view = if tc.ten_crop_eval { View::TenCrop } else { View::Center };
+    let test_loader = tc.shard_loader(test_ds, eval_view, false, shard)?;
+    if train_loader.batches_per_epoch() == 0 {
+        return Err(Error::Config(format!(
+            "fewer training samples than one (global) batch of {} x {} rank(s)",
+            tc.batch_size,
+            group.map_or(1, |g| g.world)
+        )));
+    }
+    Ok((cfg, placement, train_loader, test_loader))
+}
+
+/// Holds `dir` (unless `lock` already holds it), for the run's lifetime.
+fn hold(lock: &mut Held, dir: &Path) -> Result<()> {
+    if !lock.as_ref().is_some_and(|(_, d)| resume::same_folder(d, dir)) {
+        *lock = Some((RunLock::acquire(dir)?, dir.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// The network, optimiser and state of a resumed checkpoint.
+fn restore(tc: &TrainConfig, cfg: &Config, placement: &Placement, c: Checkpoint) -> Result<(Params, Sgd, TrainState)> {
+    let params = model::shard(cfg, placement, &c.weights, tc.channels_last)?;
+    let mut sgd = Sgd::new(&params, tc.update_rule, tc.momentum, tc.weight_decay);
+    let v = model::split(cfg, placement, &c.velocity, false)?;
+    sgd.velocity = params.iter_shards().map(|(n, i, _)| v[n][i].shallow_clone()).collect();
+    Ok((params, sgd, c.state))
+}
+
+/// A freshly initialised network (seeded by `tc.seed`), optimiser and state.
+fn fresh(
+    tc: &TrainConfig,
+    cfg: &Config,
+    placement: &Placement,
+    classes: Vec<String>,
+) -> Result<(Params, Sgd, TrainState)> {
+    tch::manual_seed(tc.seed as i64);
+    let mut whole = model::init_whole(cfg)?;
+    if let Some(path) = &tc.init_from {
+        crate::weights::init_from(cfg, &mut whole, path)?;
+    }
+    let params = model::shard(cfg, placement, &whole, tc.channels_last)?;
+    let sgd = Sgd::new(&params, tc.update_rule, tc.momentum, tc.weight_decay);
+    let schedule = Schedule {
+        step_epochs: tc.step_epochs,
+        ..Schedule::new(tc.schedule, tc.lr, tc.epochs)
+    };
+    let state = TrainState {
+        format: FORMAT.into(),
+        config: tc.clone(),
+        epoch: 0,
+        batch_in_epoch: 0,
+        step: 0,
+        schedule,
+        best_top1: None,
+        best_step: None,
+        classes,
+        loss_sum: 0.0,
+        loss_count: 0,
+        ranks: 1,
+    };
+    Ok((params, sgd, state))
+}
+
+/// The parameters of the `layers` get no gradient: backward leaves them out, the update and the
+/// all-reduce skip them.
+fn freeze(params: &Params, layers: &[String]) {
+    for (name, _, p) in params.iter_shards() {
+        if name
+            .rsplit_once('.')
+            .is_some_and(|(layer, _)| layers.iter().any(|l| l == layer))
+        {
+            let _ = p.set_requires_grad(false);
+        }
+    }
+}
