@@ -263,6 +263,38 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     Ok(r)
 }
 
+/// The training errors Fig. 1 times (`relu-vs-tanh` only; fractions in [0, 1)).
+fn fig1_targets(exp: Experiment, target_errors: &[f64]) -> Result<Vec<f64>> {
+    if exp != Experiment::ReluVsTanh {
+        return Ok(vec![]);
+    }
+    if target_errors.is_empty() || target_errors.iter().any(|t| !(0.0..1.0).contains(t)) {
+        return Err(Error::Config(format!(
+            "--target-errors must be fractions in [0, 1), got {target_errors:?}"
+        )));
+    }
+    Ok(target_errors.to_vec())
+}
+
+/// One run's result in words: its test error and the step at which it reached each target.
+fn outcome(r: &RunResult, targets: &[f64]) -> String {
+    let reached: Vec<String> = targets
+        .iter()
+        .zip(&r.steps_to_target)
+        .map(|(g, s)| s.map_or(format!("{g} not reached"), |s| format!("{g} at step {s}")))
+        .collect();
+    format!(
+        "test top-1 error {}{} ({:.0} s)",
+        r.test_top1_error.map_or("- (diverged)".into(), |e| format!("{e:.4}")),
+        if reached.is_empty() {
+            String::new()
+        } else {
+            format!("; training error {}", reached.join(", "))
+        },
+        r.seconds
+    )
+}
+
 /// Runs every arm x learning rate x seed of `exp` from the settings `base` (its `out` is the
 /// root folder) and writes `<root>/<experiment>.md` and `.json`. `target_errors`: the training
 /// errors Fig. 1 times (the other experiments ignore them).
@@ -270,16 +302,7 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
     if seeds == 0 {
         return Err(Error::Config("--seeds must be >= 1".into()));
     }
-    let targets = if exp == Experiment::ReluVsTanh {
-        if target_errors.is_empty() || target_errors.iter().any(|t| !(0.0..1.0).contains(t)) {
-            return Err(Error::Config(format!(
-                "--target-errors must be fractions in [0, 1), got {target_errors:?}"
-            )));
-        }
-        target_errors.to_vec()
-    } else {
-        vec![]
-    };
+    let targets = fig1_targets(exp, target_errors)?;
     let lrs = if lrs.is_empty() { vec![base.lr] } else { lrs.to_vec() };
     for &lr in &lrs {
         TrainConfig { lr, ..base.clone() }.validate()?; // before the first run, not at the bad one
@@ -303,21 +326,7 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
                     t.out.display()
                 );
                 let r = run_one(&t, &targets)?;
-                let reached: Vec<String> = targets
-                    .iter()
-                    .zip(&r.steps_to_target)
-                    .map(|(g, s)| s.map_or(format!("{g} not reached"), |s| format!("{g} at step {s}")))
-                    .collect();
-                eprintln!(
-                    "  test top-1 error {}{} ({:.0} s)",
-                    r.test_top1_error.map_or("- (diverged)".into(), |e| format!("{e:.4}")),
-                    if reached.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; training error {}", reached.join(", "))
-                    },
-                    r.seconds
-                );
+                eprintln!("  {}", outcome(&r, &targets));
                 runs.push(r);
             }
             arms.push(ArmResult {

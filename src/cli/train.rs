@@ -4,10 +4,10 @@ use crate::checkpoint;
 use crate::error::Result;
 use crate::experiment::{self, Experiment};
 use crate::settings::{choice, finite, TrainConfig};
-use crate::train::{self, Event, Group};
+use crate::train::{self, EvalResult, Event, Group};
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 #[derive(Args)]
@@ -148,25 +148,32 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
     bar.finish_and_clear();
     // Training is over: a signal from now on is not a request to stop after a step.
     drop(handlers);
-    let signal = SIGNAL.load(Ordering::SeqCst);
     let out = writes_to(resume.as_deref(), &tc);
-    // Not "final:" (nor exit 0) on a rank whose run another rank's signal stopped short.
-    let elsewhere = || {
-        crate::Error::SomeFailed(format!(
-            "the run stopped early because another rank was interrupted; continue with `alexnet train --resume {}`",
-            out.display()
-        ))
+    let stopped_by = stopped.get().then(|| SIGNAL.load(Ordering::SeqCst));
+    outcome(&result, stopped_by, quiet, &out)
+}
+
+/// How a run that returned `result` ends for this process. Not stopped (a signal that came
+/// after the last step did not stop the run short): complete, "final:" and exit 0. Stopped by
+/// this process's signal `Some(s)`: interrupted (exit 128 + s); by another rank's (`Some(0)`):
+/// a failure, so that no rank says "final:" of a run cut short. Rank 0 (not `quiet`) reports
+/// either, with the checkpoint to resume from.
+fn outcome(result: &EvalResult, stopped_by: Option<i32>, quiet: bool, out: &Path) -> Result<()> {
+    let Some(signal) = stopped_by else {
+        if !quiet {
+            println!(
+                "final: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; metrics, curves.png and checkpoints in {}",
+                result.top1,
+                result.top5,
+                result.loss,
+                result.samples,
+                out.display()
+            );
+        }
+        return Ok(());
     };
-    // A signal that came after the last step did not stop the run short: it is complete.
-    if quiet {
-        return match (stopped.get(), signal) {
-            (false, _) => Ok(()),
-            (true, 0) => Err(elsewhere()),
-            (true, s) => Err(crate::Error::Interrupted(s)),
-        };
-    }
-    if stopped.get() {
-        let ckpt = checkpoint::find_latest(&out).unwrap_or(out.clone());
+    if !quiet {
+        let ckpt = checkpoint::find_latest(out).unwrap_or(out.to_path_buf());
         eprintln!(
             "{}: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with \
              `alexnet train --resume {}`",
@@ -182,20 +189,14 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
             ckpt.display(),
             out.display()
         );
-        return Err(match signal {
-            0 => elsewhere(),
-            s => crate::Error::Interrupted(s),
-        });
     }
-    println!(
-        "final: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; metrics, curves.png and checkpoints in {}",
-        result.top1,
-        result.top5,
-        result.loss,
-        result.samples,
-        out.display()
-    );
-    Ok(())
+    Err(match signal {
+        0 => crate::Error::SomeFailed(format!(
+            "the run stopped early because another rank was interrupted; continue with `alexnet train --resume {}`",
+            out.display()
+        )),
+        s => crate::Error::Interrupted(s),
+    })
 }
 
 /// The run to continue. With --auto-resume: the one in the folder this run writes (--out, else
