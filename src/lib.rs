@@ -1,6 +1,8 @@
 //! alexnet_rs: AlexNet (Krizhevsky, Sutskever & Hinton, 2012) on libtorch, in three presets
 //! (`paper`, `torchvision`, `caffe`), with our own LRN op (kernels/) registered with PyTorch's
 //! dispatcher as `torch.ops.alexnet_rs.lrn`.
+// No function over ~80 lines (clippy.toml); `make lint` also keeps every src/ file under 500.
+#![warn(clippy::too_many_lines)]
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
