@@ -258,3 +258,17 @@ def test_gathered_tiles(shape, kind):
     assert y.dtype == x.dtype and dx.dtype == x.dtype
     assert ((y.double() - y_ref).abs().max() / y_ref.abs().max()).item() <= tol
     assert ((dx.double() - dx_ref).abs().max() / dx_ref.abs().max()).item() <= tol
+
+
+def test_torch_func_transforms_are_refused_as_the_readme_says():
+    """Our backward is a C++ autograd function: torch.func's grad/vjp refuse it with a clear
+    TorchError (README, "Our ops"), and vmap runs PyTorch's per-sample fallback, whose result
+    equals the unbatched op's."""
+    x = torch.randn(2, 8, 5, 5)
+    for transform in (lambda: torch.func.grad(lambda t: lrn(t, size=5).sum())(x),
+                      lambda: torch.func.vjp(lambda t: lrn(t, size=5), x)):
+        with pytest.raises(alexnet_rs.TorchError, match="cannot use C\\+\\+ torch::autograd::Function with functorch"):
+            transform()
+    xs = torch.randn(3, 2, 8, 5, 5)
+    batched = torch.func.vmap(lambda t: lrn(t, size=5))(xs)  # libtorch prints a warning
+    _assert_close(batched, torch.stack([F.local_response_norm(t, 5, k=2.0) for t in xs]))
