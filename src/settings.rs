@@ -260,18 +260,36 @@ impl TrainConfig {
     /// TrainConfig) laid over it; the rest keeps `base`'s values.
     pub fn overlay(base: &TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
         let flags = TrainConfig::from_arg_matches(matches).map_err(|e| Error::Config(e.to_string()))?;
-        let (mut out, from) = (to_map(base)?, to_map(&flags)?);
-        let mut given = base.given.0.clone().unwrap_or_default();
-        for key in command().get_arguments().map(|a| a.get_id().as_str()) {
-            if matches.value_source(key) == Some(ValueSource::CommandLine) {
-                out.insert(key.to_string(), from[key].clone());
-                given.insert(key.to_string());
+        let keys: Vec<String> = command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|key| matches.value_source(key) == Some(ValueSource::CommandLine))
+            .collect();
+        base.with(&flags, keys)
+    }
+
+    /// These settings with `top`'s values of `keys` laid over them; `keys` join the given ones.
+    fn with(&self, top: &TrainConfig, keys: impl IntoIterator<Item = String>) -> Result<TrainConfig> {
+        let (mut out, from) = (to_map(self)?, to_map(top)?);
+        let mut given = self.given.0.clone().unwrap_or_default();
+        for key in keys {
+            if let Some(v) = from.get(&key) {
+                out.insert(key.clone(), v.clone());
             }
+            given.insert(key);
         }
         Ok(TrainConfig {
             given: Given(Some(given)),
             ..TrainConfig::from_map(out)?
         })
+    }
+
+    /// The settings of the TOML file `path` laid over `base` (the file's keys replace `base`'s
+    /// values, the others keep them): `alexnet experiment --config` keeps the experiment's
+    /// defaults for what the file does not set.
+    pub fn from_toml_over(base: &TrainConfig, path: &Path) -> Result<TrainConfig> {
+        let file = TrainConfig::from_toml(path)?;
+        base.with(&file, file.given.0.clone().unwrap_or_default())
     }
 
     /// Whether the caller gave setting `key` ([`Given`]); `differs`, whether its value differs

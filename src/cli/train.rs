@@ -35,10 +35,11 @@ pub struct SettingsArgs {
 }
 
 impl SettingsArgs {
-    /// The TOML file if any, else `base`, with the flags given on the command line laid over it.
+    /// `base` with the TOML file's settings, if any, and then the flags given on the command line
+    /// laid over it.
     fn settings(&self, base: TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
         let base = match &self.config {
-            Some(p) => TrainConfig::from_toml(p)?,
+            Some(p) => TrainConfig::from_toml_over(&base, p)?,
             None => base,
         };
         TrainConfig::overlay(&base, matches)
@@ -271,8 +272,8 @@ fn report(bar: &ProgressBar, e: &Event) {
 pub fn experiment(a: &ExperimentArgs, matches: &ArgMatches) -> Result<()> {
     let exp = a.experiment;
     let tc = a.train.settings(exp.defaults(), matches)?;
-    let lr_given = matches.value_source("lr") == Some(clap::parser::ValueSource::CommandLine);
-    let lrs = if a.lrs.is_empty() && !lr_given {
+    // An lr given (by flag or in --config's file) replaces the default sweep.
+    let lrs = if a.lrs.is_empty() && !tc.gave("lr", false) {
         exp.default_lrs()
     } else {
         a.lrs.clone()

@@ -1,5 +1,6 @@
 """The `alexnet` command line: its numbers, its help, and clear errors for bad flags and files."""
 
+import json
 import math
 import re
 import subprocess
@@ -117,6 +118,24 @@ def test_experiment_from_the_command_line(tmp_path):
     assert "[4/4]" in r.stderr
     again = run(*args)
     assert again.returncode == 0 and again.stderr.count("reusing") == 4
+
+
+def test_experiment_settings_from_a_file_keep_the_experiments_defaults(tmp_path):
+    """`--config` lays the file's settings over the experiment's defaults (relu-vs-tanh: cnn4 at 28,
+    no weight decay, constant lr), as flags do, not over `alexnet train`'s; an `lr` in the file
+    replaces the lr sweep as `--lr` does."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    cfg = tmp_path / "e.toml"
+    cfg.write_text(f'lr = 0.05\nbatch_size = 16\nepochs = 1\ndata = "{data}"\nout = "{tmp_path / "exp"}"\n')
+    r = run("experiment", "relu-vs-tanh", "--config", cfg, "--seeds", "1", "--target-errors", "0.99")
+    assert r.returncode == 0, r.stderr
+    assert "[2/2]" in r.stderr, r.stderr  # the file's lr alone, not the sweep of three
+    runs = sorted(p.name for p in (tmp_path / "exp").iterdir() if p.is_dir())
+    assert runs == ["cnn4-28-relu-lr0.05-seed0", "cnn4-28-tanh-lr0.05-seed0"], runs
+    config = json.loads((tmp_path / "exp" / runs[0] / "result.json").read_text())["config"]
+    assert (config["weight_decay"], config["schedule"], config["batch_size"]) == (0.0, "constant", 16), config
 
 
 @needs_fashion
