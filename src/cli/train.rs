@@ -53,8 +53,8 @@ pub struct ExperimentArgs {
     /// Seeds per arm (seed, seed+1, ...).
     #[arg(long, default_value_t = 3)]
     seeds: u64,
-    /// relu-vs-tanh: learning rates tried for each activation (the best is compared)
-    /// [default: 0.01,0.03,0.1].
+    /// Learning rates tried for each arm: relu-vs-tanh compares each activation's best
+    /// [default: 0.01,0.03,0.1]; the ablations pair their arms at each rate [default: --lr].
     #[arg(long, value_delimiter = ',', value_parser = finite)]
     lrs: Vec<f64>,
     /// relu-vs-tanh: the training errors to time (the paper's 25 %, and a stricter one for an
