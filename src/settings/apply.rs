@@ -1,0 +1,177 @@
+//! What the settings make: the network's config, the frozen layers, the data sets, transforms
+//! and loaders of a run, and the checks of the settings together.
+use super::TrainConfig;
+use crate::config::{Config, Init};
+use crate::data::{Dataset, Loader, LoaderConfig, OnBadImage, Split, Transform, View};
+use crate::error::{Error, Result};
+use crate::placement::Placement;
+
+impl TrainConfig {
+    /// The preset's network with the run's ablations, its head sized for the run's input.
+    pub fn model_config(&self, classes: i64) -> Result<Config> {
+        let mut cfg = Config::preset(self.preset, classes)?;
+        cfg.conv_backend = self.conv_backend;
+        cfg.input_size = i64::from(self.input_size);
+        cfg.activation = self.activation;
+        if !self.lrn {
+            cfg.convs.iter_mut().for_each(|c| c.lrn = false);
+        }
+        if self.torch_init {
+            cfg.convs.iter_mut().for_each(|c| c.init = Init::TorchDefault);
+            cfg.fcs.iter_mut().for_each(|f| f.init = Init::TorchDefault);
+        }
+        if let Some(k) = self.pool_kernel {
+            if k < 1 {
+                return Err(Error::Config(format!("pool_kernel must be >= 1, got {k}")));
+            }
+            cfg.pool.kernel = k;
+        }
+        if let Some(p) = self.dropout {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::Config(format!("dropout must be in [0, 1), got {p}")));
+            }
+            cfg.dropout = p;
+        }
+        cfg.spatial_sizes(cfg.input_size)?;
+        Ok(cfg)
+    }
+
+    /// Checks the settings that need no data: the optimiser's, the devices, the network's (so a
+    /// bad flag is reported before any dataset is opened).
+    pub fn validate(&self) -> Result<()> {
+        Placement::parse(&self.devices)?;
+        self.model_config(1)?;
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch_size == 0 {
+            return bad("batch_size must be >= 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr must be positive, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad(format!("weight_decay must be >= 0, got {}", self.weight_decay));
+        }
+        if let Some(t) = self.time_budget_s.filter(|t| !(*t >= 0.0 && t.is_finite())) {
+            return bad(format!("time_budget_s must be a number of seconds >= 0, got {t}"));
+        }
+        for (key, epochs) in [
+            ("epochs", self.epochs),
+            ("eval_every", self.eval_every),
+            ("step_epochs", self.step_epochs),
+        ] {
+            if epochs == 0 {
+                return bad(format!("{key} is a number of epochs and must be >= 1, got 0"));
+            }
+        }
+        // An empty test set was found only at the first evaluation, after a checkpoint.
+        for (key, limit) in [("limit_train", self.limit_train), ("limit_test", self.limit_test)] {
+            if limit == Some(0) {
+                return bad(format!("{key} is a number of samples and must be >= 1, got 0"));
+            }
+        }
+        crate::data::loader::check_threads(self.threads)?;
+        if self.max_steps == Some(0) {
+            return bad("max_steps must be >= 1 (leave it out for no step limit), got 0".into());
+        }
+        self.frozen(&self.model_config(1)?)?;
+        Ok(())
+    }
+
+    /// The layers of `cfg` that `freeze` names (each must be a layer with parameters).
+    pub fn frozen(&self, cfg: &Config) -> Result<Vec<String>> {
+        let layers: Vec<String> = cfg
+            .convs
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(cfg.fcs.iter().map(|f| f.name.clone()))
+            .collect();
+        let asked = self.freeze.clone().unwrap_or_default();
+        for l in &asked {
+            if !layers.contains(l) {
+                return Err(Error::Config(format!(
+                    "freeze: no layer `{l}` with parameters in the {} network; its layers: {}",
+                    self.preset,
+                    layers.join(", ")
+                )));
+            }
+        }
+        if layers.iter().all(|l| asked.contains(l)) {
+            return Err(Error::Config(format!(
+                "freeze names every layer with parameters ({}): nothing would be trained",
+                layers.join(", ")
+            )));
+        }
+        Ok(asked)
+    }
+
+    /// The run's dataset split (Fashion-MNIST by default), limited to a random subset if asked
+    /// (training: drawn with the run's seed; test: the same for every run).
+    pub fn open(&self, split: Split, limit: Option<usize>) -> Result<Dataset> {
+        let ds = match &self.data {
+            Some(p) => {
+                if split == Split::Test && !Dataset::has_test_split(p) {
+                    eprintln!(
+                        "warning: {} has no test split (a val/ or test/ folder beside train/): validating on the \
+                         training images",
+                        p.display()
+                    );
+                }
+                Dataset::open(p, split)?
+            }
+            None => Dataset::fashion_mnist(split)?,
+        };
+        // The test subset does not depend on the run's seed: runs (and checkpoints) of other
+        // seeds are evaluated on the same images.
+        let seed = if split == Split::Train { self.seed } else { 0 };
+        Ok(match limit {
+            Some(n) => ds.subset(n, seed),
+            None => ds,
+        })
+    }
+
+    /// The preset's transform for `view`, with the run's `alexnet stats` file if it has one.
+    pub fn transform(&self, view: View) -> Result<Transform> {
+        let stats = self.stats.as_deref().map(crate::data::stats::Stats::load).transpose()?;
+        // Said once per run: the training view is built once.
+        if let Some(w) = stats
+            .as_ref()
+            .filter(|_| view == View::Train)
+            .and_then(|s| crate::data::transform::unused_stats(self.preset, self.input_size, s))
+        {
+            eprintln!("warning: {w}");
+        }
+        Ok(Transform::for_preset(
+            self.preset,
+            self.input_size,
+            view,
+            stats.as_ref(),
+        ))
+    }
+
+    /// A loader of `ds` for training (shuffled, drop-last) or evaluation.
+    pub fn loader(&self, ds: Dataset, view: View, train: bool) -> Result<Loader> {
+        self.shard_loader(ds, view, train, None)
+    }
+
+    /// [`TrainConfig::loader`] of rank `shard.0` of `shard.1`: its slice of every global batch
+    /// (training), or its share of the samples (evaluation).
+    pub fn shard_loader(&self, ds: Dataset, view: View, train: bool, shard: Option<(usize, usize)>) -> Result<Loader> {
+        let tf = self.transform(view)?;
+        let cfg = LoaderConfig {
+            batch_size: self.batch_size,
+            threads: self.threads,
+            seed: self.seed,
+            shuffle: train,
+            drop_last: train,
+            on_bad_image: OnBadImage::Skip,
+            device: Placement::parse(&self.devices)?.first(),
+            shard,
+            keep_tail: !train,
+            ..LoaderConfig::default()
+        };
+        Loader::new(ds, tf, cfg)
+    }
+}
