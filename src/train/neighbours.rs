@@ -1,10 +1,11 @@
 //! The paper's Fig. 4: for query images, the top-5 predictions and the training images whose fc7
 //! vectors (the last hidden layer, 4096 wide) are nearest in Euclidean distance. The training
 //! set's fc7 vectors are computed once per checkpoint and data set and cached beside the run
-//! (`<run>/fc7/<checkpoint>-<key>.safetensors`, written to a temporary name and renamed).
+//! (`<run>/fc7/<checkpoint>-<key>.safetensors`, written to a temporary name and renamed; the key
+//! covers every sample's file, label, size and modification time, see [`samples_key`]).
 use super::eval::{image_tensor, load_trained, Trained};
 use crate::checkpoint;
-use crate::data::{loader::decode, Dataset, Split, View};
+use crate::data::{loader::decode, Dataset, Sample, Split, View};
 use crate::error::{Error, Result};
 use crate::model;
 use image::RgbImage;
@@ -135,15 +136,8 @@ fn fc7_bank(
     fc7: &str,
 ) -> Result<(Tensor, Vec<i64>, PathBuf)> {
     let run = ckpt.parent().and_then(Path::parent).unwrap_or(ckpt);
-    let key = fnv(&format!(
-        "{}|{}|{}|{}|{:?}|{}",
-        train.origin.display(),
-        train.len(),
-        tc.input_size,
-        tc.preset,
-        tc.limit_train,
-        tc.seed
-    ));
+    let settings = format!("{}|{}|{}", tc.input_size, tc.preset, train.classes.join("|"));
+    let key = fnv(samples_key(train), settings.as_bytes());
     let name = ckpt
         .file_name()
         .map_or("ckpt".into(), |n| n.to_string_lossy().to_string());
@@ -189,9 +183,38 @@ fn fc7_bank(
     Ok((feats, labels, cache))
 }
 
-/// FNV-1a, 64 bits: a stable key for the cache file's name.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// FNV-1a, 64 bits, of `bytes` continuing from `h`: a stable key for the cache file's name.
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A key of the samples themselves: each one's file (or IDX index) and label, and each file's size
+/// and modification time, so that a file replaced, moved to another class, added or removed
+/// gives another key (a count of samples would not see a move or a replacement).
+fn samples_key(ds: &Dataset) -> u64 {
+    let stamp = |h: u64, path: &Path| match std::fs::metadata(path) {
+        Ok(m) => {
+            let modified = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            let nanos = modified.map_or(0, |d| d.as_nanos());
+            fnv(fnv(h, &m.len().to_le_bytes()), &nanos.to_le_bytes())
+        }
+        Err(_) => h,
+    };
+    let mut h = stamp(
+        fnv(0xcbf2_9ce4_8422_2325, ds.origin.as_os_str().as_encoded_bytes()),
+        &ds.origin,
+    );
+    for (sample, label) in &ds.items {
+        h = match sample {
+            Sample::File(p) => stamp(fnv(h, p.as_os_str().as_encoded_bytes()), p),
+            Sample::Idx(k) => fnv(h, &k.to_le_bytes()),
+        };
+        h = fnv(h, &label.to_le_bytes());
+    }
+    h
 }

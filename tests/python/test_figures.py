@@ -223,3 +223,27 @@ def test_neighbours_search_the_subset_the_run_trained_on(tmp_path):
     assert "computing the fc7 vectors of 20 training images" in r.stderr, r.stderr
     r = cli("neighbours", run, "--test", "2", "--k", "3", "--data", data, "--out", tmp_path / "n.png")
     assert "computing the fc7 vectors of 64 training images" in r.stderr, r.stderr
+
+
+def test_the_fc7_cache_is_not_reused_after_the_training_images_change(tmp_path):
+    """The cache is keyed by the samples themselves (names, labels, sizes, modification times): an
+    image moved to another class, or replaced by another, in a data set of the same size is
+    computed again, never answered with the old vectors under the new labels."""
+    data = image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    cli("train", "--preset", "paper", "--input-size", "63", "--torch-init", "--data", data, "--batch-size", "8",
+        "--max-steps", "1", "--threads", "1", "--out", run)
+    query = sorted((data / "val" / "class1").glob("*.png"))[0]
+
+    def neighbours():
+        return cli("neighbours", run, query, "--k", "3", "--data", data, "--out", tmp_path / "n.png")
+
+    assert "computing the fc7 vectors of 64 training images" in neighbours().stderr
+    assert "computing" not in neighbours().stderr  # unchanged: reused
+    # Moved to the other class: as many images as before.
+    (data / "train" / "class0" / "0.png").rename(data / "train" / "class1" / "moved.png")
+    assert "computing the fc7 vectors of 64 training images" in neighbours().stderr
+    # Replaced by other pixels under the same name.
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(data / "train" / "class1" / "moved.png")
+    assert "computing the fc7 vectors of 64 training images" in neighbours().stderr
+    assert "computing" not in neighbours().stderr
