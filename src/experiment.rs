@@ -193,6 +193,14 @@ fn run_dir(root: &Path, t: &TrainConfig) -> PathBuf {
 /// Runs (or reuses) one training run. With `targets` (Fig. 1) it stops once the training error
 /// has reached all of them, and a diverging run counts as reaching none of the rest.
 fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
+    // One process at a time per run, for all of this (experiments that share a root share their
+    // baseline runs): a second one waits here, then reuses the finished run instead of deleting
+    // it as an unfinished one. The claim is a file beside the run (its own `.lock` is the
+    // training loop's).
+    let root = t.out.parent().unwrap_or(Path::new("."));
+    crate::files::create_dir(root)?;
+    let name = t.out.file_name().unwrap_or_default().to_string_lossy();
+    let _claim = crate::files::RunLock::wait(&root.join(format!(".{name}.claim")))?;
     let result_path = t.out.join("result.json");
     if let Ok(text) = std::fs::read_to_string(&result_path) {
         if let Ok(r) = serde_json::from_str::<RunResult>(&text) {

@@ -62,31 +62,56 @@ impl RunLock {
     /// Takes `dir`'s lock (creating `dir`), or fails at once naming the folder if another process
     /// holds it. A file system without `flock` (some network mounts) gets a warning, no lock.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
-        use std::os::fd::AsRawFd;
         create_dir(dir)?;
         let path = dir.join(".lock");
+        match RunLock::flock(&path, libc::LOCK_EX | libc::LOCK_NB)? {
+            Some(lock) => Ok(lock),
+            None => Err(Error::Config(format!(
+                "{} is being written by another training process (it holds {}): wait for it to end, or \
+                 pick another --out",
+                dir.display(),
+                path.display()
+            ))),
+        }
+    }
+
+    /// Takes the lock file `path` (created), first waiting, with a message, for another process
+    /// that holds it.
+    pub fn wait(path: &Path) -> Result<RunLock> {
+        if let Some(lock) = RunLock::flock(path, libc::LOCK_EX | libc::LOCK_NB)? {
+            return Ok(lock);
+        }
+        eprintln!("  waiting for another process, which holds {}", path.display());
+        RunLock::flock(path, libc::LOCK_EX)?
+            .ok_or_else(|| Error::Internal(format!("{}: a blocking lock was refused", path.display())))
+    }
+
+    /// `flock(operation)` on `path` (created): None if another process holds it (non-blocking).
+    fn flock(path: &Path, operation: libc::c_int) -> Result<Option<RunLock>> {
+        use std::os::fd::AsRawFd;
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(Error::Config(format!(
-                    "{} is being written by another training process (it holds {}): wait for it to end, or \
-                     pick another --out",
-                    dir.display(),
-                    path.display()
-                )));
+            .open(path)
+            .map_err(io(path))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+                return Ok(Some(RunLock { _file: file }));
             }
-            eprintln!(
-                "warning: {}: cannot lock ({e}); another process could write this run at the same time",
-                path.display()
-            );
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => return Ok(None),
+                Some(libc::EINTR) => continue,
+                _ => {
+                    eprintln!(
+                        "warning: {}: cannot lock ({e}); another process could write this run at the same time",
+                        path.display()
+                    );
+                    return Ok(Some(RunLock { _file: file }));
+                }
+            }
         }
-        Ok(RunLock { _file: file })
     }
 }

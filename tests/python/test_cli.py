@@ -4,6 +4,7 @@ import json
 import math
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,31 @@ def test_experiment_settings_from_a_file_keep_the_experiments_defaults(tmp_path)
     assert runs == ["cnn4-28-relu-lr0.05-seed0", "cnn4-28-tanh-lr0.05-seed0"], runs
     config = json.loads((tmp_path / "exp" / runs[0] / "result.json").read_text())["config"]
     assert (config["weight_decay"], config["schedule"], config["batch_size"]) == (0.0, "constant", 16), config
+
+
+def test_experiments_sharing_a_root_share_the_baseline_without_deleting_it(tmp_path):
+    """Two ablations in one root (README: they share their baseline runs): the second waits for the
+    baseline the first is training and then reuses it; it used to delete it as an unfinished run
+    (the first then finished with half its metrics and no classes.json)."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    common = ["--seeds", "1", "--data", data, "--batch-size", "8", "--epochs", "40", "--limit-test", "8",
+              "--threads", "1", "--out", tmp_path / "exp"]
+    first = subprocess.Popen([BIN, "experiment", "dropout", *map(str, common)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    baseline = tmp_path / "exp" / "paper-63-relu-lr0.01-seed0"
+    deadline = time.monotonic() + 300
+    while not (baseline / "metrics.jsonl").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = run("experiment", "lrn", *common)
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    assert second.returncode == 0, second.stderr
+    assert "waiting for another process" in second.stderr, second.stderr
+    assert f"reusing {baseline / 'result.json'}" in second.stderr, second.stderr
+    assert len((baseline / "metrics.jsonl").read_text().splitlines()) == 320  # 40 epochs of 8 steps
+    assert (baseline / "classes.json").is_file() and len((baseline / "epochs.csv").read_text().splitlines()) == 9
 
 
 @needs_fashion
