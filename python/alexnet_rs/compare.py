@@ -11,7 +11,8 @@ device (CUDA if available), and peak memory on CUDA; writes OUT/report.md and OU
 cosine schedule, weight decay on weights only) against ours in the Rust training loop
 (`alexnet_rs.train`, PyTorch's update rule), from the same initial weights, on the same batches
 from our loader, dropout off (stated: torch's and our dropout draw different masks). Writes
-OUT/report.md and OUT/train.png; the last line printed is
+OUT/report.md and OUT/train.png (our run's metrics stay in OUT/rust-run, its checkpoints are
+removed); the last line printed is
 `max relative loss difference: <x> over <n> steps`.
 """
 
@@ -83,8 +84,13 @@ def _train_side_by_side(args) -> float:
     from .data import DataLoader
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    per_epoch = args.limit // args.batch_size
+    loader = DataLoader(args.data, preset="torchvision", crop=args.input_size, view="train",
+                        batch_size=args.batch_size, threads=args.threads, seed=args.seed, shuffle=True, drop_last=True,
+                        limit=args.limit)
+    per_epoch = len(loader)  # the data's, which may hold fewer images than --limit
+    if per_epoch == 0:
+        raise SystemExit(f"error: {args.data} has {loader.num_samples} training images, fewer than one --batch-size "
+                         f"({args.batch_size})")
     epochs = -(-args.steps // per_epoch) + 1  # the cosine spans more than the steps run
     settings = dict(preset="torchvision", data=args.data, input_size=args.input_size, batch_size=args.batch_size,
                     epochs=epochs, max_steps=args.steps, lr=args.lr, momentum=0.9, weight_decay=5e-4,
@@ -92,9 +98,8 @@ def _train_side_by_side(args) -> float:
                     limit_test=args.batch_size, threads=args.threads, out=str(out / "rust-run"))
     shutil.rmtree(out / "rust-run", ignore_errors=True)  # a fresh run each time (a run folder holds one run)
     ours = [e for e in _collect(settings) if "train_error" in e]
-    loader = DataLoader(args.data, preset="torchvision", crop=args.input_size, view="train",
-                        batch_size=args.batch_size, threads=args.threads, seed=args.seed, shuffle=True, drop_last=True,
-                        limit=args.limit)
+    # The comparison keeps the losses (rust-run/metrics.jsonl), not the weights: ~0.5 GB a checkpoint.
+    shutil.rmtree(out / "rust-run" / "checkpoints", ignore_errors=True)
     # torchvision from the same initial weights: the Rust run seeded torch's generator with the
     # seed and drew them from it, in this process.
     torch.manual_seed(args.seed)
@@ -131,7 +136,7 @@ def _train_side_by_side(args) -> float:
     lines = [
         f"# Training step for step: alexnet_rs (Rust loop) vs torchvision + torch.optim.SGD ({time.strftime('%Y-%m-%d')})",
         "",
-        f"torchvision preset, Fashion-MNIST subset of {args.limit} at {args.input_size}x{args.input_size}, batch "
+        f"torchvision preset, {args.data}: {loader.num_samples} training images at {args.input_size}x{args.input_size}, batch "
         f"{args.batch_size}, lr {args.lr} with a cosine schedule, momentum 0.9, weight decay 5e-4 (weights only), "
         f"PyTorch's update rule, dropout off, same initial weights, same batches, {n} steps, torch {torch.__version__}.",
         "",
@@ -189,6 +194,13 @@ def main(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be >= {least}")
     if args.train and args.limit < args.batch_size:
         ap.error(f"--limit ({args.limit}) must be at least one --batch-size ({args.batch_size})")
+    if not args.train and min(args.batches) < 1:
+        ap.error(f"--batches must be >= 1, got {min(args.batches)}")
+    # Before any measurement: an --out that cannot be a folder fails at once.
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {args.out}: {e.strerror or e}")
     if args.train:
         return _train_side_by_side(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -234,7 +246,6 @@ def main(argv=None):
         rows.append(r)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# alexnet_rs vs torchvision AlexNet ({device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')})",
         "",

@@ -37,10 +37,29 @@ def test_compare_train_on_a_three_class_folder(tmp_path):
     assert worst <= 1e-4, worst
 
 
+def test_compare_train_with_a_limit_above_the_data_size(tmp_path, capsys):
+    """--limit larger than the data: the reference loop took limit // batch as the epoch's length,
+    so its cosine lr (and then its losses) drifted from ours and fewer steps than asked ran."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")  # 64 training images: 4 batches of 16 per epoch
+    worst = compare.main(["--train", "--steps", "6", "--limit", "1000", "--batch-size", "16", "--data", str(data),
+                          "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith("over 6 steps"), printed[-300:]
+    assert "max |lr difference|: 0.000e+00" in printed and worst <= 1e-4, printed
+    assert f"{data}: 64 training images" in (tmp_path / "out" / "report.md").read_text()
+    # The report needs the losses, not the Rust run's ~0.5 GB checkpoints.
+    assert not (tmp_path / "out" / "rust-run" / "checkpoints").exists()
+
+
 def test_compare_refuses_bad_sizes(tmp_path, capsys):
     import pytest
 
-    for argv, needle in [(["--train", "--limit", "4", "--batch-size", "16"], "--limit"), (["--repeats", "0"], "--repeats")]:
+    (tmp_path / "afile").write_text("")
+    for argv, needle in [(["--train", "--limit", "4", "--batch-size", "16"], "--limit"), (["--repeats", "0"], "--repeats"),
+                         (["--batches", "0"], "--batches"), (["--batches", "2", "-1"], "--batches"),
+                         (["--out", str(tmp_path / "afile")], "afile")]:
         with pytest.raises(SystemExit) as e:
-            compare.main([*argv, "--out", str(tmp_path)])
+            compare.main(["--out", str(tmp_path), *argv])
         assert e.value.code == 2 and needle in capsys.readouterr().err
