@@ -19,8 +19,6 @@ from ._boundary import checked, int_arg, path_arg, str_arg, tensor_arg
 from .errors import ConfigError, DtypeError
 
 BACKENDS = ("ours", "stock", "auto")
-# The ablation switches of `alexnet train` at their defaults: the preset's own network.
-_PRESET_NETWORK = {"activation": "relu", "lrn": True, "pool_kernel": None, "dropout": None}
 
 
 def _backend(where: str, conv_backend: object) -> str:
@@ -286,7 +284,7 @@ class AlexNet(nn.Module):
         path_arg(where, "path", path)
         _backend(where, conv_backend)
         preset, classes, weights, settings = checked(_native.load_checkpoint)(path)
-        changed = {k: settings[k] for k, v in _PRESET_NETWORK.items() if settings[k] != v}
+        changed = settings["changed"]
         if changed:
             raise ConfigError(f"{where}: {path} was trained with {changed}, not the {preset} preset's network; "
                               "this module builds the preset's only (alexnet eval runs it)")

@@ -231,8 +231,9 @@ pub fn save_checkpoint(
 }
 
 /// Loads and validates a checkpoint (a run folder: its newest; or a ckpt folder): (preset,
-/// class names, whole weights in network order, the network's settings: input_size and the
-/// ablation switches of `alexnet train`).
+/// class names, whole weights in network order, the network's settings: `input_size`, and
+/// `changed`: the ablation switches of `alexnet train` whose values make the network differ from
+/// the preset's, with their values).
 #[pyfunction]
 pub fn load_checkpoint(
     py: Python<'_>,
@@ -244,10 +245,14 @@ pub fn load_checkpoint(
         let cfg = core(tc.model_config(c.state.classes.len() as i64))?;
         let settings = PyDict::new(py);
         settings.set_item("input_size", tc.input_size)?;
-        settings.set_item("activation", tc.activation.name())?;
-        settings.set_item("lrn", tc.lrn)?;
-        settings.set_item("pool_kernel", tc.pool_kernel)?;
-        settings.set_item("dropout", tc.dropout)?;
+        let changed: serde_json::Map<String, serde_json::Value> = core(tc.ablations(c.state.classes.len() as i64))?
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        settings.set_item(
+            "changed",
+            json_to_py(py, &serde_json::Value::Object(changed).to_string())?,
+        )?;
         let weights = cfg
             .param_shapes()
             .into_iter()

@@ -7,6 +7,60 @@ use crate::error::{Error, Result};
 use crate::placement::Placement;
 
 impl TrainConfig {
+    /// The ablation switches (`activation`, `lrn`, `pool_kernel`, `dropout`) whose values here make
+    /// the network differ from the preset's own, with their values: a value equal to the preset's
+    /// (`--dropout 0.5` on `torchvision`), or one with nothing to act on (`--no-lrn` on a preset
+    /// without LRN), changes nothing and is not listed.
+    pub fn ablations(&self, classes: i64) -> Result<Vec<(&'static str, serde_json::Value)>> {
+        let d = TrainConfig::default();
+        let preset = TrainConfig {
+            activation: d.activation,
+            lrn: d.lrn,
+            pool_kernel: d.pool_kernel,
+            dropout: d.dropout,
+            ..self.clone()
+        };
+        let own = preset.model_config(classes)?;
+        let each = [
+            (
+                "activation",
+                TrainConfig {
+                    activation: self.activation,
+                    ..preset.clone()
+                },
+            ),
+            (
+                "lrn",
+                TrainConfig {
+                    lrn: self.lrn,
+                    ..preset.clone()
+                },
+            ),
+            (
+                "pool_kernel",
+                TrainConfig {
+                    pool_kernel: self.pool_kernel,
+                    ..preset.clone()
+                },
+            ),
+            (
+                "dropout",
+                TrainConfig {
+                    dropout: self.dropout,
+                    ..preset.clone()
+                },
+            ),
+        ];
+        let value = super::to_map(self)?;
+        let mut changed = Vec::new();
+        for (key, t) in each {
+            if t.model_config(classes)? != own {
+                changed.push((key, value[key].clone()));
+            }
+        }
+        Ok(changed)
+    }
+
     /// The preset's network with the run's ablations, its head sized for the run's input.
     pub fn model_config(&self, classes: i64) -> Result<Config> {
         let mut cfg = Config::preset(self.preset, classes)?;

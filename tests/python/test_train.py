@@ -177,3 +177,18 @@ def test_load_checkpoint_refuses_an_ablation_it_cannot_build(tmp_path):
     alexnet_rs.train(dict(small(tmp_path), activation="tanh", max_steps=1, limit_test=8))
     with pytest.raises(alexnet_rs.ConfigError, match="activation"):
         alexnet_rs.AlexNet.load_checkpoint(tmp_path)
+
+
+def test_load_checkpoint_takes_settings_that_leave_the_presets_network(tmp_path):
+    """--dropout 0.5 and --pool-kernel 3 are the torchvision preset's own values, and --no-lrn
+    does nothing to a network without LRN: such a run is the preset's network and loads (it was
+    refused as "trained with {'pool_kernel': 3, 'dropout': 0.5}"); a value that changes the
+    network is still refused, named."""
+    same = dict(small(tmp_path / "same"), dropout=0.5, pool_kernel=3, lrn=False, max_steps=1, limit_test=8)
+    alexnet_rs.train(same)
+    model = alexnet_rs.AlexNet.load_checkpoint(tmp_path / "same")
+    assert model.preset == "torchvision" and alexnet_rs.viz.filters(tmp_path / "same").ndim == 3
+    alexnet_rs.train(dict(small(tmp_path / "other"), dropout=0.3, max_steps=1, limit_test=8))
+    with pytest.raises(alexnet_rs.ConfigError, match=r"\{'dropout': 0.3\}"):
+        alexnet_rs.AlexNet.load_checkpoint(tmp_path / "other")
+
