@@ -133,6 +133,45 @@ impl Experiment {
     }
 }
 
+impl Experiment {
+    /// The setting the arms vary.
+    fn varies(self) -> &'static str {
+        match self {
+            Experiment::ReluVsTanh => "activation",
+            Experiment::Lrn => "lrn",
+            Experiment::OverlapPool => "pool_kernel",
+            Experiment::Dropout => "dropout",
+        }
+    }
+
+    /// Refuses settings that would void the comparison: the varied setting given by the caller
+    /// (the arms set it), or a preset on which both arms build the same network (`lrn` on a preset
+    /// without LRN).
+    fn check_arms(self, base: &TrainConfig) -> Result<()> {
+        let key = self.varies();
+        if base.gave(key, false) {
+            let flag = crate::settings::describe()
+                .into_iter()
+                .find(|d| d.key == key)
+                .map_or(key.to_string(), |d| d.flag);
+            return Err(Error::Config(format!(
+                "{flag} (`{key}`): the {} experiment sets it in each arm; leave it out",
+                self.name()
+            )));
+        }
+        let [(a, first), (b, second)] = self.arms(base);
+        if first.model_config(2)? == second.model_config(2)? {
+            return Err(Error::Config(format!(
+                "the {} preset gives the same network with `{a}` and `{b}`: nothing for the {} experiment to \
+                 compare (choose another --preset)",
+                base.preset,
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl std::str::FromStr for Experiment {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -309,6 +348,14 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
     if seeds == 0 {
         return Err(Error::Config("--seeds must be >= 1".into()));
     }
+    if base.seed.checked_add(seeds - 1).is_none() {
+        return Err(Error::Config(format!(
+            "--seed {} with --seeds {seeds} runs past the largest seed ({})",
+            base.seed,
+            u64::MAX
+        )));
+    }
+    exp.check_arms(base)?;
     let targets = fig1_targets(exp, target_errors)?;
     let lrs = if lrs.is_empty() { vec![base.lr] } else { lrs.to_vec() };
     for &lr in &lrs {

@@ -270,6 +270,43 @@ fn ablation_summary_pairs_the_arms_by_seed() {
 }
 
 #[test]
+fn settings_that_would_void_the_comparison_are_refused_before_any_run() {
+    let root = tmp("void");
+    let base = |exp: Experiment| tiny(exp, &root, 64);
+    // The switch an experiment varies, given by the caller, was overridden by the arms in silence
+    // (the table still said "dropout 0.5").
+    let mut t = base(Experiment::Dropout);
+    t.dropout = Some(0.3);
+    t.given = alexnet_rs::settings::Given(Some(["dropout".to_string()].into()));
+    let e = experiment::run(Experiment::Dropout, &t, 1, &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--dropout") && e.contains("dropout experiment sets it"),
+        "{e}"
+    );
+    // A preset without LRN: both arms of `lrn` are one network ("Δ 0.00" reported as a result).
+    let t = TrainConfig {
+        preset: Preset::Torchvision,
+        ..base(Experiment::Lrn)
+    };
+    let e = experiment::run(Experiment::Lrn, &t, 1, &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the same network") && e.contains("torchvision"), "{e}");
+    // Seeds past the largest one wrapped around to 0.
+    let t = TrainConfig {
+        seed: u64::MAX,
+        ..base(Experiment::Lrn)
+    };
+    let e = experiment::run(Experiment::Lrn, &t, 2, &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--seed") && e.contains("--seeds"), "{e}");
+    assert!(!root.join("lrn.md").exists() && std::fs::read_dir(&root).map_or(0, |d| d.count()) == 0);
+}
+
+#[test]
 fn bad_experiment_settings_are_refused() {
     let base = Experiment::ReluVsTanh.defaults();
     for (seeds, targets) in [(0, vec![0.25]), (1, vec![]), (1, vec![1.5])] {
