@@ -12,6 +12,7 @@ The weights are the model's, stored as float32 initializers. Needs the ``onnx`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 
 from . import _native
 from ._boundary import checked, int_arg, path_arg
-from .errors import ConfigError, DtypeError, MissingFileError
+from .errors import AlexNetIOError, ConfigError, DtypeError, MissingFileError
 
 OPSET = 17
 
@@ -39,7 +40,18 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
     if preset is None or not isinstance(model, torch.nn.Module):
         raise DtypeError(f"export_onnx: model must be an alexnet_rs.AlexNet, got {type(model).__name__}")
     path = path_arg("export_onnx", "path", path)
+    # Where the file goes, checked before the graph is built.
+    if not path:
+        raise ConfigError("export_onnx: path is empty")
+    if os.path.isdir(path):
+        raise AlexNetIOError(f"export_onnx: path {path} is a folder, not a file name")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise MissingFileError(f"export_onnx: path {path}: no folder {folder}")
     int_arg("export_onnx", "opset", opset, 10)  # MaxPool's ceil_mode needs opset 10
+    if opset > onnx.defs.onnx_opset_version():
+        raise ConfigError(f"export_onnx: opset must be at most {onnx.defs.onnx_opset_version()} (the newest the "
+                          f"installed onnx {onnx.__version__} knows), got {opset}")
     default = getattr(model, "input_size", None)
     size = int_arg("export_onnx", "input_size", default if input_size is None else input_size, 1)
     # The Rust layer list (what `alexnet info` prints), for this input size: the graph is its rows.
@@ -112,10 +124,15 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
         graph, producer_name="alexnet_rs", producer_version=_native.__version__, opset_imports=[helper.make_opsetid("", opset)]
     )
     onnx.checker.check_model(proto, full_check=True)
-    folder = os.path.dirname(path) or "."
-    if not os.path.isdir(folder):
-        raise MissingFileError(f"export_onnx: path {path}: no folder {folder}")
-    onnx.save(proto, path)
+    # Written whole or not at all: a killed export never leaves a truncated file under `path`.
+    partial = f"{path}.partial"
+    try:
+        onnx.save(proto, partial)
+        os.replace(partial, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise AlexNetIOError(f"export_onnx: cannot write {path}: {e.strerror or e}") from None
     return path
 
 

@@ -190,6 +190,9 @@ def _cases():
             ("path-int", lambda F: A.export_onnx(model(), 5), D, TE, "path"),
             ("opset-9", lambda F: A.export_onnx(model(), F.onnx, opset=9), C, VE, "opset"),
             ("path-missing-folder", lambda F: A.export_onnx(model(), F.missing + "/m.onnx"), M, FE, "no-such"),
+            ("opset-99", lambda F: A.export_onnx(model(), F.onnx, opset=99), C, VE, "opset"),
+            ("path-empty", lambda F: A.export_onnx(model(), ""), C, VE, "path"),
+            ("path-a-folder", lambda F: A.export_onnx(model(), F.empty), "AlexNetIOError", "OSError", "empty"),
         ],
         "alexnet_rs.Placement": [
             ("devices-unknown", lambda F: A.Placement("paper", "tpu:0"), C, VE, "device"),
