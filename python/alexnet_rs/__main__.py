@@ -2,6 +2,7 @@
 (the same clap definition and handlers as the standalone `target/release/alexnet`), compiled
 into the extension. torch is imported first (by `alexnet_rs`), so no runpath is needed."""
 
+import os
 import signal
 import sys
 
@@ -13,6 +14,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     from alexnet_rs import _native
 
+    # `alexnet bench train` runs its PyTorch anchors with this interpreter (it has torch).
+    os.environ.setdefault("ALEXNET_PYTHON", sys.executable)
     sys.stdout.flush()
     return _native.cli(["alexnet", *sys.argv[1:]])
 

@@ -50,7 +50,8 @@ pub struct BenchTrainArgs {
     /// --channels-last`).
     #[arg(long)]
     channels_last: bool,
-    /// Python with torch for the anchors [default: .venv/bin/python, else python3].
+    /// Python with torch for the anchors [default: $ALEXNET_PYTHON (the wheel's `alexnet`: its own
+    /// interpreter), else $VIRTUAL_ENV's, ./.venv's, the build's .venv's, else python3].
     #[arg(long)]
     python: Option<PathBuf>,
 }
@@ -74,6 +75,15 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
             return Err(Error::Config("--threads must be at least 1".into()));
         }
         tch::set_num_threads(n as i32);
+    }
+    let anchors = a.sides.iter().any(|&s| s != Side::Ours);
+    if anchors && a.preset == Preset::Cnn4 {
+        // Before any measurement: the anchors' PyTorch networks are AlexNet's presets only.
+        return Err(Error::Config(
+            "the PyTorch anchors (benches/torch_alexnet.py) have the paper, torchvision and caffe networks, not \
+             cnn4: measure --sides ours alone, or another --preset"
+                .into(),
+        ));
     }
     let threads = tch::get_num_threads();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -201,19 +211,32 @@ fn rss_mib(field: &str) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// The Python that runs the anchors when `--python` is not given: `$ALEXNET_PYTHON` (the wheel's
+/// `alexnet` sets it to the interpreter running it), an activated virtualenv's, the current
+/// folder's `.venv`, the venv this binary was built against, else `python3`.
+fn default_python() -> PathBuf {
+    let venv = |dir: PathBuf| Some(dir.join("bin/python")).filter(|p| p.is_file());
+    std::env::var_os("ALEXNET_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("VIRTUAL_ENV").and_then(|v| venv(PathBuf::from(v))))
+        .or_else(|| venv(PathBuf::from(".venv")))
+        .or_else(|| venv(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv")))
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
 /// One Python anchor (benches/train_step.py, run by the venv's python in its own process).
 fn python_side(a: &BenchTrainArgs, side: Side, threads: i32) -> Result<Measured> {
-    let python = a.python.clone().unwrap_or_else(|| {
-        let venv = PathBuf::from(".venv/bin/python");
-        if venv.is_file() {
-            venv
-        } else {
-            PathBuf::from("python3")
-        }
-    });
+    let python = a.python.clone().unwrap_or_else(default_python);
     let placement = Placement::parse(&a.devices)?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/train_step.py");
     let mode = if side == Side::Compile { "compile" } else { "eager" };
+    if !script.is_file() {
+        return Err(Error::Config(format!(
+            "the {mode} side runs the repository's {} (with benches/torch_alexnet.py), which is not here \
+             (the wheel does not carry the benches): run it from a checkout, or measure --sides ours alone",
+            script.display()
+        )));
+    }
     let out = std::process::Command::new(&python)
         .arg(&script)
         .args([

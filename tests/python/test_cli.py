@@ -121,6 +121,19 @@ def test_experiment_from_the_command_line(tmp_path):
     assert again.returncode == 0 and again.stderr.count("reusing") == 4
 
 
+def test_bench_train_runs_its_pytorch_anchor_from_any_directory(tmp_path):
+    """From outside the checkout, `bench train` ran the anchor with the system's python3 (no torch
+    there: ModuleNotFoundError); it takes the venv the binary was built against."""
+    args = ["bench", "train", "--sides", "ours,eager", "--batch", "1", "--steps", "1", "--threads", "1"]
+    r = subprocess.run([BIN, *args, "--preset", "torchvision"], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "eager" in r.stdout, r.stdout
+    # A preset the anchors do not have is refused before anything is measured (it failed after ours).
+    r = subprocess.run([BIN, *args, "--preset", "cnn4"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 1 and "not cnn4" in r.stderr and "images/s" not in r.stdout, r.stderr
+
+
 def test_experiment_settings_from_a_file_keep_the_experiments_defaults(tmp_path):
     """`--config` lays the file's settings over the experiment's defaults (relu-vs-tanh: cnn4 at 28,
     no weight decay, constant lr), as flags do, not over `alexnet train`'s; an `lr` in the file
