@@ -139,11 +139,35 @@ pub fn recycle(buf: Vec<u8>) {
     });
 }
 
+/// Whether a figure can be written to `out`, checked before the work that draws it: a file name
+/// whose extension is an image format, not a folder, with no file where one of its folders
+/// should be (each error names the culprit). Returns the format.
+pub fn check_output(out: &Path) -> Result<image::ImageFormat> {
+    if out.is_dir() {
+        return Err(file_err(
+            out,
+            "is a folder: give the figure a file name, such as figure.png",
+        ));
+    }
+    let format = image::ImageFormat::from_path(out).map_err(|e| file_err(out, format!("{e} (name it .png)")))?;
+    let in_the_way = out
+        .ancestors()
+        .skip(1)
+        .find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir());
+    match in_the_way {
+        Some(file) => Err(file_err(
+            file,
+            format!("is a file, not a folder (needed for {})", out.display()),
+        )),
+        None => Ok(format),
+    }
+}
+
 /// Writes `img` to `out` in the format its extension names (`.png` for our figures), creating
 /// `out`'s folder: into a temporary file renamed over `out`, so a figure that is replaced (curves.png
 /// at every epoch) is the old or the new one after a kill, never a truncated file.
 pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
-    let format = image::ImageFormat::from_path(out).map_err(|e| file_err(out, format!("{e} (name it .png)")))?;
+    let format = check_output(out)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::files::create_dir(dir)?;
     }

@@ -55,6 +55,7 @@ pub struct FiltersArgs {
 }
 
 pub fn filters(a: &FiltersArgs) -> Result<()> {
+    crate::image::check_output(&a.out)?;
     let c = crate::checkpoint::load(&a.checkpoint)?;
     let cfg = c.state.config.model_config(c.state.classes.len() as i64)?;
     let first = &cfg.convs[0].name;
@@ -111,6 +112,7 @@ pub struct NeighboursArgs {
 }
 
 pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
+    crate::image::check_output(&a.out)?;
     let queries = match (a.test, a.images.is_empty()) {
         (Some(n), true) => train::Queries::Test(n),
         (None, false) => train::Queries::Files(a.images.clone()),
@@ -168,6 +170,9 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
+    if let Some(out) = &a.confusion {
+        crate::image::check_output(out)?;
+    }
     let r = train::evaluate_checkpoint(
         &a.checkpoint,
         a.data.clone(),

@@ -209,7 +209,23 @@ def test_an_output_under_a_file_names_the_file(run, tmp_path):
     r = subprocess.run([BIN, "filters", out, "--out", tmp_path / "file" / "sub" / "x.png"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stderr
-    assert f"{tmp_path / 'file'}: is a file, not a folder (needed for {tmp_path / 'file' / 'sub'})" in r.stderr
+    assert f"{tmp_path / 'file'}: is a file, not a folder (needed for {tmp_path / 'file' / 'sub' / 'x.png'})" in r.stderr
+
+
+def test_a_bad_figure_path_fails_before_the_work_naming_the_culprit(run, tmp_path):
+    """eval --confusion, filters --out and neighbours --out check where the figure goes first (a whole
+    evaluation ran before `afile/x.png` failed), and a folder given as the figure is said to be one
+    (it was "The image format could not be determined")."""
+    out, _ = run
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    for args in (["eval", out, "--confusion"], ["filters", out, "--out"], ["neighbours", out, "--test", "1", "--out"]):
+        for target, needle in [(tmp_path / "afile" / "x.png", f"{tmp_path / 'afile'}: is a file, not a folder"),
+                               (tmp_path / "adir", f"{tmp_path / 'adir'}: is a folder"),
+                               (tmp_path / "x.pngg", "name it .png")]:
+            r = subprocess.run([BIN, *args, target], capture_output=True, text=True, timeout=600)
+            assert r.returncode == 1 and needle in r.stderr, (args, r.stderr)
+            assert r.stdout == "" and "computing" not in r.stderr, (args, r.stdout, r.stderr)
 
 
 def test_neighbours_search_the_subset_the_run_trained_on(tmp_path):
