@@ -146,8 +146,8 @@ pub fn save_png(image: &mut Image, towers: &[Tower], out: &Path) -> Result<()> {
 
 /// Writes the confusion matrix (`counts`, classes x classes, rows: the true class) as a PNG
 /// heatmap, each row normalised to its class's test samples (white 0 to dark blue 1), with the
-/// class names down the side (when there are at most 60) and each diagonal fraction written in
-/// its cell (at most 20 classes).
+/// numbered class names down the side (when there are at most 60), the numbers over the columns
+/// and each diagonal fraction written in its cell (at most 20 classes).
 pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<()> {
     use plotters::prelude::*;
     let k = classes.len();
@@ -186,13 +186,18 @@ pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<(
                 }
             }
             if labels && k <= 60 {
+                // Numbered rows; the columns (predicted classes) carry the same numbers.
                 let y = (top + i * cell + cell / 2) as i32 - 6;
-                draw(root.draw_text(&classes[i], &font(12), (4, y)))?;
+                draw(root.draw_text(&format!("{i} {}", classes[i]), &font(12), (4, y)))?;
+                if k <= 20 {
+                    let x = (left + i * cell + cell / 2) as i32 - 6;
+                    draw(root.draw_text(&i.to_string(), &font(12), (x, top as i32 - 14)))?;
+                }
             }
         }
         if labels {
             let title = "true class (rows) x predicted class (columns), row-normalised";
-            draw(root.draw_text(title, &font(14), (left as i32, 12)))?;
+            draw(root.draw_text(title, &font(14), (left as i32, 4)))?;
         }
         root.present().map_err(|e| fail(format!("drawing: {e}")))?;
     }

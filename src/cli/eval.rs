@@ -191,7 +191,10 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         let classes = crate::checkpoint::load(&a.checkpoint)?.state.classes;
         println!("top-1 accuracy per class:");
         for (name, acc) in classes.iter().zip(r.per_class()) {
-            println!("  {acc:>7.4}  {name}");
+            match acc.is_nan() {
+                true => println!("  {:>7}  {name} (no test samples)", "-"),
+                false => println!("  {acc:>7.4}  {name}"),
+            }
         }
         crate::viz::confusion_png(&r.confusion, &classes, out)?;
         println!("confusion matrix: {}", out.display());
