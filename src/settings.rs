@@ -97,7 +97,7 @@ pub struct TrainConfig {
     /// Also checkpoint every N steps (0: at epoch ends only).
     #[arg(long, value_name = "INT", default_value_t = 0)]
     pub checkpoint_every: u64,
-    /// Checkpoints kept, besides the best.
+    /// Checkpoints kept, besides the best (0 counts as 1: the newest is what --resume continues).
     #[arg(long, value_name = "INT", default_value_t = 3)]
     pub keep: usize,
     /// Evaluate every N epochs.

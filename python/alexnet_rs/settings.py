@@ -49,7 +49,8 @@ class TrainSettings(TypedDict, total=False):
     out: str | PathLike[str]
     # --checkpoint-every: Also checkpoint every N steps (0: at epoch ends only) [default: 0]
     checkpoint_every: int
-    # --keep: Checkpoints kept, besides the best [default: 3]
+    # --keep: Checkpoints kept, besides the best (0 counts as 1: the newest is what --resume
+    # continues) [default: 3]
     keep: int
     # --eval-every: Evaluate every N epochs [default: 1]
     eval_every: int
