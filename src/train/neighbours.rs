@@ -71,6 +71,12 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
         }
         Queries::Test(n) => {
             let test = tc.open(Split::Test, None)?.labelled_as(&train.classes)?;
+            if n > test.len() {
+                eprintln!(
+                    "note: --test {n}, but the test split has {} images: querying them all",
+                    test.len()
+                );
+            }
             for i in 0..n.min(test.len()) {
                 let image = decode(&test, i)?;
                 let mut chw = vec![0f32; tf.view_len()];

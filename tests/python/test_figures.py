@@ -198,6 +198,9 @@ def test_the_contact_sheet_shows_the_first_100_queries_and_k_is_bounded(run, tmp
     r = cli("neighbours", out, "--test", "150", "--k", "2", "--data", data, "--out", tmp_path / "sheet.png")
     assert "of 300 (" in r.stdout and "the first 100 of 150 queries" in r.stdout, r.stdout
     assert Image.open(tmp_path / "sheet.png").size[1] == 100 * (64 + 8)
+    assert "note:" not in r.stderr
+    r = cli("neighbours", out, "--test", "200", "--k", "2", "--data", data, "--out", tmp_path / "sheet.png")
+    assert "note: --test 200, but the test split has 150 images: querying them all" in r.stderr, r.stderr
     r = subprocess.run([BIN, "neighbours", out, "--test", "2", "--k", "101", "--out", tmp_path / "n.png"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "--k must be between 1 and 100 (got 101)" in r.stderr, r.stderr
