@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import _native
@@ -93,12 +94,16 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
             x = node("MaxPool", [x], name, kernel_shape=[k, k], strides=[s, s], ceil_mode=int(op["ceil_mode"]))
         elif kind == "adaptive_avg_pool":
             a = op["size"]
-            if side % a:
+            if side == 1 and a > 1:
+                # Every output cell averages the one input cell: a broadcast.
+                inits.append(numpy_helper.from_array(np.array([1, 1, a, a], dtype=np.int64), f"{name}.shape"))
+                x = node("Expand", [x, f"{name}.shape"], name)
+            elif side % a:
                 raise ConfigError(
                     f"export_onnx: AdaptiveAvgPool2d({a}) on a {side}x{side} map has no fixed-window ONNX "
-                    f"equivalent; export at an input size whose last feature map is a multiple of {a} (e.g. 224)"
+                    f"equivalent; export at an input size whose last feature map is 1x1 or a multiple of {a} (e.g. 224)"
                 )
-            if side != a:
+            elif side != a:
                 x = node("AveragePool", [x], name, kernel_shape=[side // a] * 2, strides=[side // a] * 2)
         elif kind == "fc":
             if not flat:

@@ -62,6 +62,18 @@ def test_onnxruntime_gives_our_logits(preset, tmp_path):
         assert np.abs(ours - _run(no_lrn, x)).max() > 0.05
 
 
+def test_torchvision_at_63_exports_its_1x1_map_broadcast_to_6x6(tmp_path):
+    """`make demo`'s model (torchvision at 63): AdaptiveAvgPool2d(6) on a 1x1 map copies the value to
+    all 36 cells, an ONNX Expand (it was refused: "no fixed-window ONNX equivalent")."""
+    model = _meaningful_weights(alexnet_rs.AlexNet("torchvision", num_classes=10, input_size=63)).eval()
+    x = torch.randn(2, 3, 63, 63, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = model(x).numpy()
+    path = alexnet_rs.export_onnx(model, tmp_path / "tv63.onnx")
+    assert "Expand" in [n.op_type for n in onnx.load(path).graph.node]
+    assert np.abs(ours - _run(path, x)).max() <= 1e-4 * max(1.0, np.abs(ours).max())
+
+
 def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
