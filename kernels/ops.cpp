@@ -8,6 +8,7 @@
 // the same from Rust (tch), from PyTorch eager and under torch.compile.
 #include "ops.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -403,6 +404,22 @@ char* alexnet_rs_channels_last(const at::Tensor* x, at::Tensor** out, int32_t* k
   return alexnet_rs::guarded(out, kind, [&] {
     TORCH_CHECK_VALUE(x->dim() == 4, "channels_last needs a 4-D tensor, got ", x->dim(), "-D");
     return x->contiguous(at::MemoryFormat::ChannelsLast);
+  });
+}
+
+char* alexnet_rs_seeded_fill(const at::Tensor* const* tensors, const int32_t* normal, int64_t n, uint64_t seed,
+                             at::Tensor** out, int32_t* kind) {
+  return alexnet_rs::guarded(out, kind, [&] {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK_VALUE(tensors[i]->device().is_cpu(), "seeded_fill draws on the CPU");
+      if (normal[i] != 0) {
+        tensors[i]->normal_(0.0, 1.0, gen);
+      } else {
+        tensors[i]->uniform_(0.0, 1.0, gen);
+      }
+    }
+    return at::empty({0});
   });
 }
 

@@ -21,6 +21,12 @@ char* alexnet_rs_grouped_conv2d(const at::Tensor* x, const at::Tensor* w, const 
                                 int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t groups, at::Tensor** out,
                                 int32_t* kind);
 char* alexnet_rs_channels_last(const at::Tensor* x, at::Tensor** out, int32_t* kind);
+// Fills tensors[0..n) in order from one private CPU generator seeded with `seed`: normal[i] != 0
+// draws N(0, 1) (normal_), else U[0, 1) (uniform_); the values torch.manual_seed(seed) and then
+// torch.randn / torch.rand of the same shapes give, without touching torch's global generator.
+// *out is an empty tensor.
+char* alexnet_rs_seeded_fill(const at::Tensor* const* tensors, const int32_t* normal, int64_t n, uint64_t seed,
+                             at::Tensor** out, int32_t* kind);
 int32_t alexnet_rs_is_channels_last(const at::Tensor* x);
 int64_t alexnet_rs_autocast_enter(int32_t cuda) noexcept;
 void alexnet_rs_autocast_exit(int32_t cuda, int64_t prev) noexcept;

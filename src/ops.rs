@@ -47,6 +47,14 @@ mod ffi {
         ) -> *mut c_char;
         pub fn alexnet_rs_channels_last(x: *const C_tensor, out: *mut *mut C_tensor, kind: *mut i32) -> *mut c_char;
         pub fn alexnet_rs_is_channels_last(x: *const C_tensor) -> i32;
+        pub fn alexnet_rs_seeded_fill(
+            tensors: *const *const C_tensor,
+            normal: *const i32,
+            n: i64,
+            seed: u64,
+            out: *mut *mut C_tensor,
+            kind: *mut i32,
+        ) -> *mut c_char;
         pub fn alexnet_rs_autocast_enter(cuda: i32) -> i64;
         pub fn alexnet_rs_autocast_exit(cuda: i32, prev: i64);
         pub fn alexnet_rs_cpu_cache_enter() -> i32;
@@ -194,6 +202,21 @@ pub fn grouped_conv2d(
 pub fn channels_last(x: &Tensor) -> Result<Tensor> {
     // SAFETY: `x` outlives the call; the C side only reads through the pointer.
     call(|out, kind| unsafe { ffi::alexnet_rs_channels_last(x.as_ptr(), out, kind) })
+}
+
+/// Fills the CPU tensors `draws` in place, in order, from a private generator seeded with `seed`:
+/// standard normal where the flag is true, uniform on [0, 1) where false. The values are those of
+/// `torch.manual_seed(seed)` followed by `torch.randn` / `torch.rand` of the same shapes, and
+/// torch's global generator (which other threads may be using) is not touched.
+pub fn seeded_fill(draws: &[(Tensor, bool)], seed: u64) -> Result<()> {
+    let ptrs: Vec<*const C_tensor> = draws.iter().map(|(t, _)| t.as_ptr()).collect();
+    let normal: Vec<i32> = draws.iter().map(|&(_, n)| i32::from(n)).collect();
+    // SAFETY: the tensors outlive the call; the C side fills their storage in place (ATen's
+    // in-place ops are const on the handle) and reads `normal`; both arrays have length `n`.
+    call(|out, kind| unsafe {
+        ffi::alexnet_rs_seeded_fill(ptrs.as_ptr(), normal.as_ptr(), ptrs.len() as i64, seed, out, kind)
+    })
+    .map(drop)
 }
 
 /// Whether `x` is stored channels_last (and not also plain contiguous).

@@ -3,7 +3,6 @@
 Importing the package loads the native extension, which registers ``torch.ops.alexnet_rs.*``.
 """
 
-import functools as _functools
 
 import torch  # loads libtorch before the extension that links against it
 
@@ -31,16 +30,9 @@ evaluate = _checked(_native.evaluate)
 info_text = _checked(_native.info_text)
 layer_table = _checked(_native.layer_table)
 param_shapes = _checked(_native.param_shapes)
-_train = _checked(_native.train)
-
-
-@_functools.wraps(_native.train)
-def train(*args, **kwargs):
-    # The run seeds torch's global generator for its initialisation (as the CLI does): the
-    # caller's random stream is restored afterwards, as if train() had not drawn from it.
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
-        return _train(*args, **kwargs)
+# The run draws its initialisation from a generator of its own (seeded by its `seed`), never from
+# torch's global one: the caller's random stream, and other threads', are left alone.
+train = _checked(_native.train)
 
 
 train_config = _checked(_native.train_config)

@@ -100,8 +100,8 @@ def _train_side_by_side(args) -> float:
     ours = [e for e in _collect(settings) if "train_error" in e]
     # The comparison keeps the losses (rust-run/metrics.jsonl), not the weights: ~0.5 GB a checkpoint.
     shutil.rmtree(out / "rust-run" / "checkpoints", ignore_errors=True)
-    # torchvision from the same initial weights: the Rust run seeded torch's generator with the
-    # seed and drew them from it, in this process.
+    # torchvision from the same initial weights: the Rust run drew them from a generator of its
+    # own seeded with the seed, which gives what torch.manual_seed(seed) and the same draws give.
     torch.manual_seed(args.seed)
     classes = len(loader.classes)
     init = dict(_native.init_params("torchvision", classes, args.input_size))

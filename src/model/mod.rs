@@ -104,26 +104,72 @@ pub fn init_params(cfg: &Config, placement: &Placement) -> Result<Params> {
     shard(cfg, placement, &whole, false)
 }
 
-/// Whole CPU tensors, initialised.
+/// Whole CPU tensors, initialised from torch's global generator (seeded by the caller, e.g.
+/// Python's `torch.manual_seed`, as `nn.Module` constructors draw).
 pub fn init_whole(cfg: &Config) -> Result<BTreeMap<String, Tensor>> {
+    init_drawn(cfg, |draws| {
+        for (t, normal) in draws {
+            // In place, through a second handle on the same storage.
+            let mut t = t.shallow_clone();
+            let _ = if *normal {
+                t.f_normal_(0.0, 1.0)?
+            } else {
+                t.f_uniform_(0.0, 1.0)?
+            };
+        }
+        Ok(())
+    })
+}
+
+/// Whole CPU tensors, initialised from a generator of their own seeded with `seed`: the values of
+/// `torch.manual_seed(seed)` then [`init_whole`], but another thread drawing from torch's global
+/// generator meanwhile changes nothing (and is not disturbed).
+pub fn init_seeded(cfg: &Config, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    init_drawn(cfg, |draws| ops::seeded_fill(draws, seed))
+}
+
+/// The parameters from their random draws, which `fill` makes in order (true: standard normal,
+/// false: uniform on [0, 1)): a `Normal` layer draws its weight, a `TorchDefault` one its weight
+/// and then its bias, as torch.randn / torch.rand of each shape would.
+fn init_drawn(cfg: &Config, fill: impl FnOnce(&[(Tensor, bool)]) -> Result<()>) -> Result<BTreeMap<String, Tensor>> {
     let _guard = tch::no_grad_guard();
-    let mut map = BTreeMap::new();
-    let inits = cfg.convs.iter().map(|c| c.init).chain(cfg.fcs.iter().map(|f| f.init));
     let opts = (Kind::Float, Device::Cpu);
-    for (pair, init) in cfg.param_shapes().chunks(2).zip(inits) {
+    let inits: Vec<Init> = cfg
+        .convs
+        .iter()
+        .map(|c| c.init)
+        .chain(cfg.fcs.iter().map(|f| f.init))
+        .collect();
+    let shapes = cfg.param_shapes();
+    let mut draws = Vec::new();
+    for (pair, init) in shapes.chunks(2).zip(&inits) {
+        let (wshape, bshape) = (&pair[0].1, &pair[1].1);
+        match init {
+            Init::Normal { .. } => draws.push((Tensor::f_empty(wshape, opts)?, true)),
+            Init::TorchDefault => {
+                draws.push((Tensor::f_empty(wshape, opts)?, false));
+                draws.push((Tensor::f_empty(bshape, opts)?, false));
+            }
+        }
+    }
+    fill(&draws)?;
+    let mut drawn = draws.into_iter().map(|(t, _)| t);
+    let mut next = || {
+        drawn
+            .next()
+            .ok_or_else(|| Error::Internal("fewer draws than layers".into()))
+    };
+    let mut map = BTreeMap::new();
+    for (pair, init) in shapes.chunks(2).zip(&inits) {
         let ((wname, wshape), (bname, bshape)) = (&pair[0], &pair[1]);
-        let (w, b) = match init {
-            Init::Normal { std, bias } => (
-                Tensor::f_randn(wshape, opts)? * std,
-                Tensor::f_full(bshape, bias, opts)?,
-            ),
+        let (w, b) = match *init {
+            Init::Normal { std, bias } => (next()? * std, Tensor::f_full(bshape, bias, opts)?),
             Init::TorchDefault => {
                 // kaiming_uniform_(a=sqrt(5)) and the bias rule of nn.Conv2d/nn.Linear both give
                 // U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
                 let fan_in: i64 = wshape[1..].iter().product();
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                let u = |shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_rand(shape, opts)? * (2.0 * bound) - bound) };
-                (u(wshape)?, u(bshape)?)
+                (next()? * (2.0 * bound) - bound, next()? * (2.0 * bound) - bound)
             }
         };
         map.insert(wname.clone(), w);

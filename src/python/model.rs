@@ -164,7 +164,8 @@ pub fn placement_table(preset: &str, devices: &str, num_classes: i64, input_size
 
 /// Freshly initialised whole parameters of a preset (CPU, float32) for square inputs of
 /// `input_size` (default: the preset's), drawn from torch's global generator (seed it with
-/// torch.manual_seed): the Rust initialisation, the same as the CLI's.
+/// torch.manual_seed): the Rust initialisation; a training run with `seed` draws the same values
+/// from a generator of its own.
 #[pyfunction]
 #[pyo3(signature = (preset, num_classes=1000, input_size=None))]
 pub fn init_params(preset: &str, num_classes: i64, input_size: Option<i64>) -> PyResult<Vec<(String, PyTensor)>> {

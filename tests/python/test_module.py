@@ -266,6 +266,54 @@ def test_train_leaves_the_callers_random_stream_alone(tmp_path):
     assert torch.initial_seed() == 123 and torch.equal(torch.rand(3), want)
 
 
+def test_a_seeded_run_is_the_same_while_another_thread_draws_random_numbers(tmp_path):
+    """train() releases the GIL: a notebook may train in a background thread while other code
+    draws from torch's generator. The run's initialisation drew from that shared generator, so
+    the same seed gave other weights and losses (and fork_rng's restore then rewound the other
+    thread's stream); it has a generator of its own."""
+    import threading
+
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    config = {"preset": "paper", "input_size": 63, "data": str(data), "batch_size": 4, "max_steps": 2,
+              "threads": 1, "seed": 0, "epochs": 1}
+
+    def losses(out):
+        events = []
+        alexnet_rs.train({**config, "out": str(tmp_path / out)}, on_step=events.append)
+        return [e["loss"] for e in events if "train_error" in e]
+
+    alone = losses("alone")
+    stop = threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            torch.randn(1000)
+
+    other = threading.Thread(target=draw)
+    other.start()
+    try:
+        busy = losses("busy")
+    finally:
+        stop.set()
+        other.join()
+    assert busy == alone
+    # And the caller's stream: seeded, drawn while a run trains, it is not rewound by the run.
+    torch.manual_seed(7)
+    want = torch.rand(1000)
+    torch.manual_seed(7)
+    got = []
+    runner = threading.Thread(target=losses, args=("third",))
+    runner.start()
+    while runner.is_alive():
+        got.append(torch.rand(1000))
+    runner.join()
+    got.append(torch.rand(1000))
+    assert torch.equal(got[0], want)
+    assert len({tuple(g[:4].tolist()) for g in got}) == len(got)  # never rewound: no draw repeats
+
+
 def test_a_hook_on_a_layer_warns_that_it_never_fires():
     m = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
     with pytest.warns(UserWarning, match=r"model.features\(x, layers="):

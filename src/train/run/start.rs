@@ -148,15 +148,15 @@ fn restore(tc: &TrainConfig, cfg: &Config, placement: &Placement, c: Checkpoint)
     Ok((params, sgd, c.state))
 }
 
-/// A freshly initialised network (seeded by `tc.seed`), optimiser and state.
+/// A freshly initialised network (drawn from a generator of its own seeded by `tc.seed`, so that
+/// other threads' use of torch's global one changes nothing), optimiser and state.
 fn fresh(
     tc: &TrainConfig,
     cfg: &Config,
     placement: &Placement,
     classes: Vec<String>,
 ) -> Result<(Params, Sgd, TrainState)> {
-    tch::manual_seed(tc.seed as i64);
-    let mut whole = model::init_whole(cfg)?;
+    let mut whole = model::init_seeded(cfg, tc.seed)?;
     if let Some(path) = &tc.init_from {
         crate::weights::init_from(cfg, &mut whole, path)?;
     }
