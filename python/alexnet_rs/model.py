@@ -112,6 +112,10 @@ class AlexNet(nn.Module):
                 self._shards[name] = len(shards)
                 for i, t in enumerate(shards):
                     self._register(f"{name}__shard{i}", t)
+            # A parent module's load_state_dict loads module by module, not through ours: these
+            # turn its whole tensors into our shards and name the missing ones whole.
+            self.register_load_state_dict_pre_hook(_split_whole_tensors)
+            self.register_load_state_dict_post_hook(_whole_missing_keys)
         else:
             for name, tensor in whole:
                 self._register(name, tensor)
@@ -302,6 +306,39 @@ class AlexNet(nn.Module):
         tv = torchvision.models.alexnet(weights=None, num_classes=self.num_classes)
         tv.load_state_dict({k: v.clone() for k, v in self._weights().items()})
         return tv
+
+
+def _split_whole_tensors(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                        error_msgs) -> None:
+    """Load pre-hook of a two-device AlexNet: each whole tensor ``prefix + name`` (what its
+    state_dict() gives) becomes its row blocks ``prefix + name__shard<i>``, on the shards' devices."""
+    shards = module._param_dict()
+    for name, parts in shards.items():
+        key = prefix + name
+        if key not in state_dict:
+            continue
+        whole = state_dict.pop(key)
+        rows = [p.shape[0] for p in parts]
+        expected = (sum(rows), *parts[0].shape[1:])
+        if not isinstance(whole, torch.Tensor) or tuple(whole.shape) != expected:
+            shape = tuple(whole.shape) if isinstance(whole, torch.Tensor) else type(whole).__name__
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape {shape} from checkpoint, "
+                              f"the shape in current model is {expected}.")
+            continue
+        for i, (piece, part) in enumerate(zip(torch.split(whole, rows, 0), parts)):
+            state_dict[f"{key}__shard{i}"] = piece.to(part.device)
+
+
+def _whole_missing_keys(module, incompatible) -> None:
+    """Load post-hook of a two-device AlexNet: missing shards are reported by their whole name."""
+    names = []
+    for key in incompatible.missing_keys:
+        base, _, index = key.rpartition("__shard")
+        if index.isdigit() and any(base == n or base.endswith("." + n) for n in module._shards):
+            key = base
+        if key not in names:
+            names.append(key)
+    incompatible.missing_keys[:] = names
 
 
 def _layer_repr(op: dict) -> str:

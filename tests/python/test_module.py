@@ -341,6 +341,25 @@ def test_two_device_partial_load_keeps_the_rest():
         one.load_state_dict(backbone)
 
 
+def test_a_two_device_model_inside_another_module_loads_its_state_dict():
+    """A parent's load_state_dict does not call ours: it loads module by module. The whole tensors
+    its state_dict() holds (`0.conv1.weight`) were then missing as shards (`0.conv1.weight__shard0`),
+    so any wrapper (Sequential, AveragedModel, a user's module) could not load its own state."""
+    src = torch.nn.Sequential(alexnet_rs.AlexNet("paper", num_classes=10, input_size=63, devices="cpu,cpu"))
+    sd = src.state_dict()
+    assert "0.conv1.weight" in sd and not any("__shard" in k for k in sd)
+    dst = torch.nn.Sequential(alexnet_rs.AlexNet("paper", num_classes=10, input_size=63, devices="cpu,cpu"))
+    assert not torch.equal(dst.state_dict()["0.conv1.weight"], sd["0.conv1.weight"])
+    dst.load_state_dict(sd)
+    x = torch.randn(2, 3, 63, 63)
+    torch.testing.assert_close(dst.eval()(x), src.eval()(x), rtol=0, atol=0)
+    # Partial and wrong loads name the whole tensors, as on one device.
+    r = dst.load_state_dict({k: v for k, v in sd.items() if not k.startswith("0.fc8")}, strict=False)
+    assert sorted(r.missing_keys) == ["0.fc8.bias", "0.fc8.weight"] and r.unexpected_keys == []
+    with pytest.raises(RuntimeError, match=r"size mismatch for 0\.fc8\.weight"):
+        dst.load_state_dict({**sd, "0.fc8.weight": torch.zeros(2, 2)})
+
+
 def test_from_torchvision_keeps_dtype_and_frozen_parameters():
     tv = torchvision.models.alexnet(weights=None, num_classes=10).double()
     tv.features.requires_grad_(False)
