@@ -236,8 +236,9 @@ class AlexNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replaces the class layer (``fc8``; ``classifier.6`` for ``torchvision``) by a new one of
         ``num_classes`` outputs, initialised as the preset initialises it (timm's name for this).
-        Every other parameter is kept, frozen ones stay frozen. The new layer's parameters are new
-        ``nn.Parameter``s: build the optimiser after this call."""
+        Every other parameter is kept, frozen ones stay frozen; the new layer trains (its new
+        ``nn.Parameter``s have ``requires_grad=True``, as a new ``nn.Linear``'s): build the
+        optimiser after this call."""
         int_arg("AlexNet.reset_classifier", "num_classes", num_classes)
         last = self._class_layer()
         fresh = dict(checked(_native.init_params)(self.preset, num_classes, self.input_size))
@@ -246,7 +247,7 @@ class AlexNet(nn.Module):
             key = f"{last}.{leaf}"
             name = f"{key}__shard0" if self._sharded else key
             old = own[name]
-            self._register(name, fresh[key].to(device=old.device, dtype=old.dtype)).requires_grad_(old.requires_grad)
+            self._register(name, fresh[key].to(device=old.device, dtype=old.dtype))
         self.num_classes = num_classes
 
     def extra_repr(self) -> str:
@@ -298,14 +299,18 @@ class AlexNet(nn.Module):
         return model
 
     def to_torchvision(self) -> nn.Module:
-        """A ``torchvision.models.AlexNet`` holding copies of this model's weights."""
+        """A ``torchvision.models.AlexNet`` holding copies of this model's weights, in their dtype, on
+        their device (two devices: the first), in this model's train/eval mode."""
         import torchvision
 
         if self.preset != "torchvision":
             raise ConfigError(f"to_torchvision needs the 'torchvision' preset, this model's is {self.preset!r}")
+        weights = self._weights()
+        first = next(iter(weights.values()))
         tv = torchvision.models.alexnet(weights=None, num_classes=self.num_classes)
-        tv.load_state_dict({k: v.clone() for k, v in self._weights().items()})
-        return tv
+        tv.to(device=first.device, dtype=first.dtype)
+        tv.load_state_dict({k: v.clone() for k, v in weights.items()})
+        return tv.train(self.training)
 
 
 def _split_whole_tensors(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -366,9 +371,9 @@ def _layer_repr(op: dict) -> str:
 
 def from_torchvision(model: nn.Module, num_classes: int | None = None, conv_backend: str = "auto") -> AlexNet:
     """Our ``torchvision`` preset with copies of a torchvision AlexNet's weights, on its device,
-    in its dtype, its frozen parameters (``requires_grad=False``) frozen. With
-    ``num_classes`` different from the model's, the class layer is a new one of that size
-    (``reset_classifier``): the start of fine-tuning."""
+    in its dtype and train/eval mode, its frozen parameters (``requires_grad=False``) frozen. With
+    ``num_classes`` different from the model's, the class layer is a new, trainable one of that
+    size (``reset_classifier``): the start of fine-tuning."""
     if not isinstance(model, nn.Module):
         raise DtypeError(f"from_torchvision: model must be a torch.nn.Module, got {type(model).__name__}")
     state = model.state_dict()
@@ -387,7 +392,7 @@ def from_torchvision(model: nn.Module, num_classes: int | None = None, conv_back
             p.requires_grad_(theirs[name].requires_grad)
     if num_classes is not None and num_classes != ours.num_classes:
         ours.reset_classifier(num_classes)
-    return ours
+    return ours.train(model.training)
 
 
 __all__ = ["AlexNet", "from_torchvision"]

@@ -125,7 +125,7 @@ def test_fine_tuning_from_torchvision_with_frozen_convolutions():
     assert torch.equal(after["features.0.weight"], tv.state_dict()["features.0.weight"])
 
 
-def test_reset_classifier_keeps_the_rest_and_the_frozen_flags():
+def test_reset_classifier_keeps_the_rest_and_gives_a_trainable_head():
     model = alexnet_rs.AlexNet("paper", input_size=63)
     fc7 = model.state_dict()["fc7.weight"].clone()
     dict(model.named_parameters())["fc8.weight"].requires_grad_(False)
@@ -133,9 +133,29 @@ def test_reset_classifier_keeps_the_rest_and_the_frozen_flags():
     sd = model.state_dict()
     assert sd["fc8.weight"].shape == (7, 4096) and sd["fc8.bias"].shape == (7,)
     assert torch.equal(sd["fc7.weight"], fc7)
-    assert not dict(model.named_parameters())["fc8.weight"].requires_grad
+    # A new class layer is trainable (as a new nn.Linear is), whatever the old one's flag.
+    assert dict(model.named_parameters())["fc8.weight"].requires_grad
     assert model(torch.randn(2, 3, 63, 63)).shape == (2, 7)
     two = alexnet_rs.AlexNet("paper", input_size=63, devices="cpu,cpu")
     two.reset_classifier(3)
     assert two(torch.randn(1, 3, 63, 63)).shape == (1, 3)
     assert two.state_dict()["fc8.weight"].shape == (3, 4096)
+
+
+def test_conversions_keep_the_mode_dtype_and_a_new_head_trains():
+    """from_torchvision of a frozen backbone with a new head: only the head trains (it had no
+    trainable parameter: the new head copied the old one's requires_grad=False); both conversions
+    keep train/eval mode (an eval model came back in train mode, its dropout on) and
+    to_torchvision keeps the dtype (float64 came back float32)."""
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None, num_classes=10).eval().requires_grad_(False)
+    tuned = alexnet_rs.from_torchvision(tv, num_classes=4)
+    assert not tuned.training
+    assert [n for n, p in tuned.named_parameters() if p.requires_grad] == ["classifier.6.weight", "classifier.6.bias"]
+    same = alexnet_rs.from_torchvision(tv)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), tv(x), rtol=1e-5, atol=1e-5)
+    back = alexnet_rs.AlexNet("torchvision", num_classes=3, input_size=63).double().eval().to_torchvision()
+    assert not back.training and back.classifier[6].weight.dtype == torch.float64
+
