@@ -16,6 +16,17 @@ OUT = Path(__file__).resolve().parents[1] / "python" / "alexnet_rs" / "settings.
 TYPES = {"INT": "int", "FLOAT": "float", "PATH": "str | PathLike[str]", "TEXT": "str", "BOOL": "bool", "LIST": "list[str]"}
 
 
+# What each event's numbers count (the `epoch` fields differ: one is in progress, one finished).
+EVENT_DOCS = {
+    "StepEvent": ['"""A dict `on_step` receives after each optimiser step (a metrics.jsonl line): `step` counts',
+                  "from 1; `epoch` is the epoch in progress, counted from 0 (the steps of an",
+                  'EpochEvent with `epoch` e carry e - 1)."""'],
+    "EpochEvent": ['"""A dict `on_step` receives at the end of an evaluated epoch (an epochs.csv row): `epoch`',
+                   'is the number of epochs finished, counted from 1; `step` the steps done."""'],
+    "CheckpointEvent": ['"""A dict `on_step` receives when a checkpoint is written: its folder."""'],
+}
+
+
 def render(settings, events) -> str:
     lines = [
         '"""The settings of `alexnet_rs.train(config)` and `alexnet train`: one key per flag.',
@@ -49,7 +60,7 @@ def render(settings, events) -> str:
     for event in events:
         name = "CheckpointEvent" if "checkpoint" in event else "EpochEvent" if "val_top1" in event else "StepEvent"
         names.append(name)
-        lines += ["", "", f"class {name}(TypedDict):", f'    """A dict `on_step` receives: {name[:-5].lower()}."""', ""]
+        lines += ["", "", f"class {name}(TypedDict):", *(f"    {line}" for line in EVENT_DOCS[name]), ""]
         for key, value in event.items():
             t = "str" if isinstance(value, str) else "float" if isinstance(value, float) else "int"
             lines.append(f"    {key}: {t}")

@@ -14,6 +14,8 @@ and a class not in the list raises :class:`alexnet_rs.DataError` naming it. With
 skipped comes empty, so that the ranks' steps stay in step).
 """
 
+import warnings
+
 from . import _native
 from ._boundary import checked
 from ._native import EpochIter
@@ -26,7 +28,11 @@ class DataLoader(_native.DataLoader):
     __doc__ = _native.DataLoader.__doc__
 
     def __new__(cls, *args, **kwargs):
-        return checked(_native.DataLoader.__new__)(cls, *args, **kwargs)
+        loader = checked(_native.DataLoader.__new__)(cls, *args, **kwargs)
+        if len(loader) == 0 and loader.num_samples > 0:
+            warnings.warn(f"DataLoader: its {loader.num_samples} samples make no full batch (batch_size, times "
+                          "world_size with ranks, or drop_last): every epoch is empty", UserWarning, stacklevel=2)
+        return loader
 
     def epoch(self, epoch: int) -> EpochIter:
         """The batches of epoch ``epoch`` (its shuffle and augmentation depend on it and the seed)."""

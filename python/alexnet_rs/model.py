@@ -30,7 +30,12 @@ def _backend(where: str, conv_backend: object) -> str:
 
 class _Layer(nn.Module):
     """A layer's parameters. The layers run inside the one Rust forward, not as submodules, so
-    hooks on them would never fire: registering one warns."""
+    hooks on them would never fire: registering one warns, and calling one is an error that says
+    what to call instead."""
+
+    def forward(self, *args, **kwargs):
+        raise ConfigError("AlexNet's layers run inside one Rust forward call, not one by one: call the model, "
+                          "or take activations with model.features(x, layers=[...])")
 
     def _warn_hook(self) -> None:
         warnings.warn("AlexNet's layers run inside one Rust forward call: a hook on one of its submodules never "
@@ -64,7 +69,11 @@ class _Features(_Layer):
         super().__init__()
         object.__setattr__(self, "_owner", owner)  # not a submodule: no cycle in named_modules
 
-    def forward(self, x: torch.Tensor, layers: str | list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, layers: str | list[str] | tuple[str, ...] | None = None
+                ) -> dict[str, torch.Tensor]:
+        if layers is None:
+            raise ConfigError("model.features(x, layers): name the layers whose activations you want "
+                              "(those of `alexnet info` / alexnet_rs.layer_table), e.g. layers=['fc7']")
         return self._owner._features(x, layers)
 
 

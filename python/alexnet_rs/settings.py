@@ -108,7 +108,9 @@ class TrainSettings(TypedDict, total=False):
 
 
 class StepEvent(TypedDict):
-    """A dict `on_step` receives: step."""
+    """A dict `on_step` receives after each optimiser step (a metrics.jsonl line): `step` counts
+    from 1; `epoch` is the epoch in progress, counted from 0 (the steps of an
+    EpochEvent with `epoch` e carry e - 1)."""
 
     epoch: int
     images_per_s: float
@@ -119,7 +121,8 @@ class StepEvent(TypedDict):
 
 
 class EpochEvent(TypedDict):
-    """A dict `on_step` receives: epoch."""
+    """A dict `on_step` receives at the end of an evaluated epoch (an epochs.csv row): `epoch`
+    is the number of epochs finished, counted from 1; `step` the steps done."""
 
     epoch: int
     lr: float
@@ -132,7 +135,7 @@ class EpochEvent(TypedDict):
 
 
 class CheckpointEvent(TypedDict):
-    """A dict `on_step` receives: checkpoint."""
+    """A dict `on_step` receives when a checkpoint is written: its folder."""
 
     checkpoint: str
 

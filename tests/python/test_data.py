@@ -356,3 +356,27 @@ def test_stats_against_numpy(tmp_path):
     assert w[0].filename == __file__
     with pytest.warns(UserWarning, match=r"mean image is 32x32, but inputs of 63 are resized to 72"):
         alexnet_rs.data.DataLoader(tmp_path, preset="paper", crop=63, stats=out, threads=1)
+
+
+def test_ranks_partition_each_epoch_and_an_empty_epoch_warns(tmp_path):
+    """With rank/world_size the shards of a global batch do not overlap and cover it; 15 images in
+    global batches of 5 x 4 ranks make no batch at all: that used to yield nothing in silence."""
+    from conftest import image_folder
+
+    from alexnet_rs.data import DataLoader
+
+    data = image_folder(tmp_path / "d")  # 64 training images
+    seen = []
+    for rank in range(2):
+        loader = DataLoader(data, crop=16, batch_size=8, threads=1, rank=rank, world_size=2, view="center")
+        assert len(loader) == 4
+        seen += [tuple(x.flatten()[:16].tolist()) for images, _ in loader for x in images]
+    assert len(seen) == len(set(seen)) == 64  # 4 global batches of 16: every image once, on one rank
+    few = tmp_path / "few"
+    for c in range(3):
+        (few / f"c{c}").mkdir(parents=True)
+        for i in range(5):
+            (few / f"c{c}" / f"{i}.png").write_bytes((data / "train" / "class0" / f"{i}.png").read_bytes())
+    with pytest.warns(UserWarning, match="its 15 samples make no full batch"):
+        loader = DataLoader(few, crop=16, batch_size=5, threads=1, rank=0, world_size=4)
+    assert len(loader) == 0 and list(loader) == []

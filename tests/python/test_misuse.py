@@ -164,6 +164,8 @@ def _cases():
             ("layers-int", lambda F: model().features(t(1, 3, 63, 63), 3), D, TE, "layers"),
             ("layers-unknown", lambda F: model().features(t(1, 3, 63, 63), ["conv9"]), C, VE, "conv9"),
             ("layers-empty", lambda F: model().features(t(1, 3, 63, 63), []), C, VE, "no layer"),
+            ("layers-missing", lambda F: model().features(t(1, 3, 63, 63)), C, VE, "layers"),
+            ("a-layer-called", lambda F: model().classifier(t(1, 9216)), C, VE, "model.features"),
         ],
         "alexnet_rs.AlexNet.reset_classifier": [
             ("classes-zero", lambda F: model().reset_classifier(0), C, VE, "num_classes"),
