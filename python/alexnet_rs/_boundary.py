@@ -105,6 +105,21 @@ def path_arg(where: str, name: str, value: Any) -> str:
     return os.fspath(value)
 
 
+def json_default(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for a setting's value (train(config)): a path (PathLike) as its
+    str, a NumPy or other numbers.Integral / numbers.Real scalar as a Python int / float; a bytes
+    path, or anything else, a TypeError naming its type."""
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    elif isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"a {type(value).__name__} (give paths as str or pathlib.Path, numbers as int or float)")
+
+
 def dims_arg(where: str, name: str, t: Any, dims: str, ok: bool) -> None:
     if not ok:
         raise ShapeError(f"{where}: {name} must be {dims}, got shape {list(t.shape)}")

@@ -13,9 +13,10 @@ use std::path::PathBuf;
 /// A dict of training settings as a `TrainConfig` (each value through JSON, so Python's types map
 /// to serde's; an unknown key or a bad value is a ConfigError naming the key).
 fn settings_from(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<TrainConfig> {
-    // Paths may be PathLike: os.fspath turns them into str. JSON has no NaN or infinity.
+    // Paths may be PathLike, numbers NumPy scalars (alexnet_rs._boundary.json_default makes them
+    // str, int, float). JSON has no NaN or infinity.
     let kwargs = PyDict::new(py);
-    kwargs.set_item("default", py.import("os")?.getattr("fspath")?)?;
+    kwargs.set_item("default", py.import("alexnet_rs._boundary")?.getattr("json_default")?)?;
     kwargs.set_item("allow_nan", false)?;
     let dumps = py.import("json")?.getattr("dumps")?;
     let mut map = serde_json::Map::new();

@@ -70,6 +70,7 @@ def _cases():
             ("config-unknown-key", lambda F: A.train_config({"learning_rate": 1.0}), C, VE, "learning_rate"),
             ("config-key-type", lambda F: A.train_config({"epochs": "many"}), C, VE, "epochs"),
             ("config-bad-choice", lambda F: A.train_config({"schedule": "linear"}), C, VE, "schedule"),
+            ("config-bytes-path", lambda F: A.train_config({"data": b"data"}), C, VE, "a bytes"),
         ],
         "alexnet_rs.train_settings": [
             ("extra-arg", lambda F: A.train_settings("paper"), D, TE, "train_settings"),

@@ -84,3 +84,16 @@ def test_the_typeddict_is_generated_from_the_rust_definition():
     assert r.returncode == 0, r.stderr
     hints = typing.get_type_hints(alexnet_rs.TrainSettings)
     assert list(hints) == [s["key"] for s in alexnet_rs.train_settings()]
+
+
+def test_numpy_numbers_and_path_objects_are_settings_values():
+    """np.int64(63) and np.float32(0.01) were refused as "not plain data ... expected str, bytes or
+    os.PathLike object, not int64" (and a bytes path as "Circular reference detected")."""
+    import numpy as np
+
+    config = alexnet_rs.train_config({"input_size": np.int64(63), "lr": np.float32(0.01), "momentum": np.float64(0.8),
+                                      "data": pathlib.Path("some/data"), "seed": np.uint64(2**63)})
+    assert config["input_size"] == 63 and config["lr"] == float(np.float32(0.01)) and config["momentum"] == 0.8
+    assert config["data"] == "some/data" and config["seed"] == 2**63
+    with pytest.raises(alexnet_rs.ConfigError, match="`lr`: expected a finite number|`lr`: not plain data"):
+        alexnet_rs.train_config({"lr": np.float32("nan")})
