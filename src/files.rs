@@ -41,12 +41,18 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
 /// Creates the folder `dir` and its parents (`mkdir -p`); where a part of the path is a file, the
 /// error names that file ("is a file, not a folder") instead of the OS's bare "File exists".
 pub fn create_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| match dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
-        Some(file) => Error::File {
-            path: file.to_path_buf(),
-            reason: format!("is a file, not a folder (needed for {})", dir.display()),
-        },
-        None => io(dir)(e),
+    fs::create_dir_all(dir).map_err(|e| in_the_way(dir, dir).unwrap_or_else(|| io(dir)(e)))
+}
+
+/// The error for a file that stands where `dir` or one of its parents should be a folder, naming
+/// that file and `needed_for` (the folder, or the file to be written in it); None if there is none.
+pub fn in_the_way(dir: &Path, needed_for: &Path) -> Option<Error> {
+    let file = dir
+        .ancestors()
+        .find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir())?;
+    Some(Error::File {
+        path: file.to_path_buf(),
+        reason: format!("is a file, not a folder (needed for {})", needed_for.display()),
     })
 }
 

@@ -150,15 +150,8 @@ pub fn check_output(out: &Path) -> Result<image::ImageFormat> {
         ));
     }
     let format = image::ImageFormat::from_path(out).map_err(|e| file_err(out, format!("{e} (name it .png)")))?;
-    let in_the_way = out
-        .ancestors()
-        .skip(1)
-        .find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir());
-    match in_the_way {
-        Some(file) => Err(file_err(
-            file,
-            format!("is a file, not a folder (needed for {})", out.display()),
-        )),
+    match out.parent().and_then(|dir| crate::files::in_the_way(dir, out)) {
+        Some(e) => Err(e),
         None => Ok(format),
     }
 }

@@ -6,56 +6,30 @@ use crate::data::{Dataset, Loader, LoaderConfig, OnBadImage, Split, Transform, V
 use crate::error::{Error, Result};
 use crate::placement::Placement;
 
+/// The settings that change the preset's network (`alexnet train`'s ablation switches; at their
+/// defaults the network is the preset's).
+pub const ABLATIONS: [&str; 4] = ["activation", "lrn", "pool_kernel", "dropout"];
+
 impl TrainConfig {
-    /// The ablation switches (`activation`, `lrn`, `pool_kernel`, `dropout`) whose values here make
-    /// the network differ from the preset's own, with their values: a value equal to the preset's
-    /// (`--dropout 0.5` on `torchvision`), or one with nothing to act on (`--no-lrn` on a preset
-    /// without LRN), changes nothing and is not listed.
+    /// The ablation switches ([`ABLATIONS`]) whose values here make the network differ from the
+    /// preset's own, with their values: a value equal to the preset's (`--dropout 0.5` on
+    /// `torchvision`), or one with nothing to act on (`--no-lrn` on a preset without LRN), changes
+    /// nothing and is not listed.
     pub fn ablations(&self, classes: i64) -> Result<Vec<(&'static str, serde_json::Value)>> {
-        let d = TrainConfig::default();
-        let preset = TrainConfig {
-            activation: d.activation,
-            lrn: d.lrn,
-            pool_kernel: d.pool_kernel,
-            dropout: d.dropout,
-            ..self.clone()
+        let (mine, default) = (super::to_map(self)?, super::to_map(&TrainConfig::default())?);
+        // The network with these settings' values of `keep`, the defaults' of the other switches.
+        let network = |keep: &[&str]| -> Result<Config> {
+            let mut m = mine.clone();
+            for key in ABLATIONS.iter().filter(|k| !keep.contains(k)) {
+                m.insert(key.to_string(), default[*key].clone());
+            }
+            TrainConfig::from_map(m)?.model_config(classes)
         };
-        let own = preset.model_config(classes)?;
-        let each = [
-            (
-                "activation",
-                TrainConfig {
-                    activation: self.activation,
-                    ..preset.clone()
-                },
-            ),
-            (
-                "lrn",
-                TrainConfig {
-                    lrn: self.lrn,
-                    ..preset.clone()
-                },
-            ),
-            (
-                "pool_kernel",
-                TrainConfig {
-                    pool_kernel: self.pool_kernel,
-                    ..preset.clone()
-                },
-            ),
-            (
-                "dropout",
-                TrainConfig {
-                    dropout: self.dropout,
-                    ..preset.clone()
-                },
-            ),
-        ];
-        let value = super::to_map(self)?;
+        let own = network(&[])?;
         let mut changed = Vec::new();
-        for (key, t) in each {
-            if t.model_config(classes)? != own {
-                changed.push((key, value[key].clone()));
+        for key in ABLATIONS {
+            if network(&[key])? != own {
+                changed.push((key, mine[key].clone()));
             }
         }
         Ok(changed)
