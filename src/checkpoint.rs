@@ -61,6 +61,28 @@ fn one() -> usize {
 }
 
 impl TrainState {
+    /// The state of a run before its first step: epoch 0, step 0, the schedule of `config`.
+    pub fn start(config: TrainConfig, classes: Vec<String>) -> TrainState {
+        let schedule = Schedule {
+            step_epochs: config.step_epochs,
+            ..Schedule::new(config.schedule, config.lr, config.epochs)
+        };
+        TrainState {
+            format: FORMAT.into(),
+            config,
+            epoch: 0,
+            batch_in_epoch: 0,
+            step: 0,
+            schedule,
+            best_top1: None,
+            best_step: None,
+            classes,
+            loss_sum: 0.0,
+            loss_count: 0,
+            ranks: 1,
+        }
+    }
+
     /// Refuses to continue with `ranks` ranks and `per_epoch` batches per epoch what was trained
     /// otherwise: another rank count changes the global batch (and the position in the epoch,
     /// counted in batches); a position past the end of an epoch (the data or the batch size
@@ -356,20 +378,7 @@ pub fn save_weights(
         out: run.to_path_buf(),
         ..TrainConfig::default()
     };
-    let state = TrainState {
-        format: FORMAT.into(),
-        schedule: Schedule::new(tc.schedule, tc.lr, tc.epochs),
-        config: tc,
-        epoch: 0,
-        batch_in_epoch: 0,
-        step: 0,
-        best_top1: None,
-        best_step: None,
-        classes,
-        loss_sum: 0.0,
-        loss_count: 0,
-        ranks: 1,
-    };
+    let state = TrainState::start(tc, classes);
     let velocity = weights.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect();
     save(run, &state, &weights, &velocity, 1)
 }

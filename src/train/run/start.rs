@@ -1,13 +1,13 @@
 //! [`Run::start`]: a fresh run or a resumed checkpoint, its data, network, optimiser and folder.
 use super::Run;
-use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT};
+use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::Config;
 use crate::data::{Loader, Split, View};
 use crate::error::{Error, Result};
 use crate::files::RunLock;
 use crate::metrics::{Metrics, ResumeAt};
 use crate::model::{self, Params};
-use crate::optim::{Schedule, Sgd};
+use crate::optim::Sgd;
 use crate::placement::Placement;
 use crate::settings::TrainConfig;
 use crate::train::resume::{self, resumed_config, warn_ignored};
@@ -162,24 +162,7 @@ fn fresh(
     }
     let params = model::shard(cfg, placement, &whole, tc.channels_last)?;
     let sgd = Sgd::new(&params, tc.update_rule, tc.momentum, tc.weight_decay);
-    let schedule = Schedule {
-        step_epochs: tc.step_epochs,
-        ..Schedule::new(tc.schedule, tc.lr, tc.epochs)
-    };
-    let state = TrainState {
-        format: FORMAT.into(),
-        config: tc.clone(),
-        epoch: 0,
-        batch_in_epoch: 0,
-        step: 0,
-        schedule,
-        best_top1: None,
-        best_step: None,
-        classes,
-        loss_sum: 0.0,
-        loss_count: 0,
-        ranks: 1,
-    };
+    let state = TrainState::start(tc.clone(), classes);
     Ok((params, sgd, state))
 }
 
