@@ -121,8 +121,8 @@ class AlexNet(nn.Module):
                 self._shards[name] = len(shards)
                 for i, t in enumerate(shards):
                     self._register(f"{name}__shard{i}", t)
-            # A parent module's load_state_dict loads module by module, not through ours: these
-            # turn its whole tensors into our shards and name the missing ones whole.
+            # torch's load_state_dict (ours, or a parent module's) takes whole tensors: these
+            # turn them into our shards and name the missing ones whole.
             self.register_load_state_dict_pre_hook(_split_whole_tensors)
             self.register_load_state_dict_post_hook(_whole_missing_keys)
         else:
@@ -187,26 +187,6 @@ class AlexNet(nn.Module):
                 v = torch.cat([p.detach().to(v[0].device) for p in v], 0)
             out[n] = v.detach()
         return out
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
-        """Takes whole tensors under the usual names (with two devices: split as the placement
-        says and copied into the shards)."""
-        if not self._sharded:
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        extra = sorted(set(state_dict) - set(self._shards))
-        missing = sorted(set(self._shards) - set(state_dict))
-        if strict and (extra or missing):
-            raise ConfigError(f"AlexNet.load_state_dict: missing keys {missing}, unexpected keys {extra}")
-        # A partial load (strict=False) keeps the missing tensors' values.
-        whole = {k: v.to("cpu") for k, v in self.state_dict().items()}
-        whole.update({k: v.detach().to("cpu") for k, v in state_dict.items() if k in self._shards})
-        parts = checked(_native.shard)(self.preset, whole, self.devices, self.num_classes, self.input_size)
-        own = dict(self.named_parameters())
-        with torch.no_grad():
-            for name, shards in parts:
-                for i, t in enumerate(shards):
-                    own[f"{name}__shard{i}"].copy_(t)
-        return nn.modules.module._IncompatibleKeys(missing, extra)
 
     def _check_x(self, where: str, x: torch.Tensor) -> None:
         tensor_arg(where, "x", x)
@@ -333,14 +313,16 @@ def _split_whole_tensors(module, state_dict, prefix, local_metadata, strict, mis
             continue
         whole = state_dict.pop(key)
         rows = [p.shape[0] for p in parts]
-        expected = (sum(rows), *parts[0].shape[1:])
-        if not isinstance(whole, torch.Tensor) or tuple(whole.shape) != expected:
-            shape = tuple(whole.shape) if isinstance(whole, torch.Tensor) else type(whole).__name__
+        expected = torch.Size((sum(rows), *parts[0].shape[1:]))
+        if isinstance(whole, torch.Tensor) and whole.shape == expected:
+            pieces = [piece.to(part.device) for piece, part in zip(torch.split(whole, rows, 0), parts)]
+        else:
+            shape = whole.shape if isinstance(whole, torch.Tensor) else type(whole).__name__
             error_msgs.append(f"size mismatch for {key}: copying a param with shape {shape} from checkpoint, "
                               f"the shape in current model is {expected}.")
-            continue
-        for i, (piece, part) in enumerate(zip(torch.split(whole, rows, 0), parts)):
-            state_dict[f"{key}__shard{i}"] = piece.to(part.device)
+            pieces = [part.detach() for part in parts]  # the load fails: named once, not also missing
+        for i, piece in enumerate(pieces):
+            state_dict[f"{key}__shard{i}"] = piece
 
 
 def _whole_missing_keys(module, incompatible) -> None:

@@ -119,14 +119,6 @@ def _cases():
         ],
         # state_dict's arguments are torch.nn.Module's (destination, prefix, keep_vars).
         "alexnet_rs.AlexNet.state_dict": [],
-        "alexnet_rs.AlexNet.load_state_dict": [
-            ("sharded-unknown-key", lambda F: A.AlexNet("paper", devices="cpu,cpu").load_state_dict({"fc9.weight": t(2)}),
-             C, VE, "fc9.weight"),
-            ("sharded-missing-key", lambda F: A.AlexNet("paper", devices="cpu,cpu").load_state_dict({}), C, VE,
-             "conv1.weight"),
-            ("sharded-wrong-shape", lambda F: A.AlexNet("paper", num_classes=3, devices="cpu,cpu").load_state_dict(
-                {**A.AlexNet("paper", num_classes=3).state_dict(), "fc8.weight": t(2, 2)}), S, VE, "fc8.weight"),
-        ],
         "alexnet_rs.AlexNet.forward": [
             ("x-str", lambda F: model()("image"), D, TE, "x"),
             ("x-int64", lambda F: model()(t(1, 3, 63, 63, dtype=torch.int64)), D, TE, "x"),

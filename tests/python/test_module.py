@@ -335,10 +335,50 @@ def test_two_device_partial_load_keeps_the_rest():
     after = two.state_dict()
     assert torch.equal(after["fc8.weight"], head)
     assert all(torch.equal(after[k], v) for k, v in backbone.items())
-    with pytest.raises(alexnet_rs.ConfigError, match="fc8.weight"):
+    with pytest.raises(RuntimeError, match="fc8.weight"):
         two.load_state_dict(backbone)
     with pytest.raises(RuntimeError, match="fc8.weight"):
         one.load_state_dict(backbone)
+
+
+@pytest.mark.parametrize("case", ["unknown", "missing", "shape", "not-a-tensor"])
+def test_two_device_load_errors_are_the_one_device_ones(case):
+    """A wrong load_state_dict on two devices raised our ConfigError with its own wording, on one
+    device torch's RuntimeError: the same mistake now reads the same (torch's message, whole
+    names, nothing reported twice)."""
+    one = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
+    two = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63, devices="cpu,cpu")
+    good = one.state_dict()
+    bad = {"unknown": {**good, "fc9.weight": torch.zeros(2)},
+           "missing": {k: v for k, v in good.items() if k != "conv2.bias"},
+           "shape": {**good, "fc8.weight": torch.zeros(2, 2)},
+           "not-a-tensor": {**good, "fc8.weight": "x"}}[case]
+    messages = []
+    for m in (one, two):
+        with pytest.raises(RuntimeError) as e:
+            m.load_state_dict(bad)
+        assert not isinstance(e.value, alexnet_rs.AlexNetError)
+        messages.append(str(e.value))
+    needle = {"unknown": '"fc9.weight"', "missing": '"conv2.bias"', "shape": "size mismatch for fc8.weight",
+              "not-a-tensor": "fc8.weight"}[case]
+    assert all(needle in msg for msg in messages), messages
+    assert "__shard" not in messages[1] and messages[1].count("fc8.weight") <= 1, messages[1]
+    if case != "not-a-tensor":  # torch words a non-tensor value its own way for an unsplit parameter
+        assert messages[0] == messages[1]
+
+
+def test_two_device_load_with_assign_takes_the_given_tensors():
+    """assign=True was ignored on two devices (the values were copied into the old shards)."""
+    one = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
+    two = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63, devices="cpu,cpu")
+    sd = {k: v.clone() for k, v in one.state_dict().items()}
+    r = two.load_state_dict(sd, assign=True)
+    assert r.missing_keys == [] and r.unexpected_keys == []
+    shard = two.conv2.weight__shard0
+    assert isinstance(shard, torch.nn.Parameter)
+    assert shard.untyped_storage().data_ptr() == sd["conv2.weight"].untyped_storage().data_ptr()
+    x = torch.randn(2, 3, 63, 63)
+    torch.testing.assert_close(two.eval()(x), one.eval()(x), rtol=0, atol=0)
 
 
 def test_a_two_device_model_inside_another_module_loads_its_state_dict():
