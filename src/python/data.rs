@@ -129,7 +129,7 @@ impl DataLoader {
                 count("batch_size", batch_size, 1)?,
                 count("threads", threads, 0)?,
             );
-            let (seed, limit) = (nonneg("seed", seed)?, limit.map(|n| count("limit", n, 0)).transpose()?);
+            let (seed, limit) = (nonneg("seed", seed)?, limit.map(|n| count("limit", n, 1)).transpose()?);
             let (world_size, rank) = (count("world_size", world_size, 1)?, count("rank", rank, 0)?);
             if rank >= world_size {
                 return Err(py_err(Error::Config(format!(
@@ -154,6 +154,7 @@ impl DataLoader {
             }
             let mut ds = core(Dataset::open(&data, split))?;
             if let Some(classes) = classes {
+                check_class_names(&classes)?;
                 ds = core(ds.labelled_as(&classes))?;
             }
             if let Some(n) = limit {
@@ -208,6 +209,21 @@ impl DataLoader {
     }
 }
 
+/// `classes=`: label order by name, so each name once and none empty.
+fn check_class_names(classes: &[String]) -> PyResult<()> {
+    for (i, name) in classes.iter().enumerate() {
+        if name.is_empty() {
+            return Err(py_err(Error::Config(format!("classes[{i}] is an empty class name"))));
+        }
+        if let Some(first) = classes[..i].iter().position(|c| c == name) {
+            return Err(py_err(Error::Config(format!(
+                "classes lists `{name}` twice (classes[{first}] and classes[{i}])"
+            ))));
+        }
+    }
+    Ok(())
+}
+
 /// One epoch's batches (from `DataLoader.epoch(n)` or `iter(loader)`).
 #[pyclass(module = "alexnet_rs._native")]
 pub struct EpochIter {
@@ -227,16 +243,24 @@ impl EpochIter {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<(PyTensor, PyTensor)>> {
+    fn __next__(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<Option<(PyTensor, PyTensor)>> {
         guard(|| {
-            let Some(mut epoch) = self.inner.take() else {
+            // Another thread inside next() holds the epoch (as a generator, it cannot be shared).
+            let mut this = slf.try_borrow_mut().map_err(|_| {
+                py_err(Error::Config(
+                    "this epoch is being read by another thread: give each thread its own iterator \
+                     (DataLoader.epoch(n), with a rank/world_size shard each if they must not overlap)"
+                        .into(),
+                ))
+            })?;
+            let Some(mut epoch) = this.inner.take() else {
                 return Ok(None);
             };
             let (epoch, item) = py.allow_threads(move || {
                 let item = epoch.next();
                 (epoch, item)
             });
-            self.inner = Some(epoch); // kept after the end too, for `skipped`
+            this.inner = Some(epoch); // kept after the end too, for `skipped`
             match item {
                 None => Ok(None),
                 Some(Err(e)) => Err(py_err(e)),

@@ -380,3 +380,43 @@ def test_ranks_partition_each_epoch_and_an_empty_epoch_warns(tmp_path):
     with pytest.warns(UserWarning, match="its 15 samples make no full batch"):
         loader = DataLoader(few, crop=16, batch_size=5, threads=1, rank=0, world_size=4)
     assert len(loader) == 0 and list(loader) == []
+
+
+def test_an_epoch_read_by_two_threads_is_a_clear_error(tmp_path):
+    """next() releases the GIL while it assembles a batch; a second thread's next() on the same
+    epoch then raised pyo3's bare "RuntimeError: Already mutably borrowed". It is a ConfigError
+    naming the cure, and the first thread's batch is unharmed. (The overlap is arranged by
+    timing: a batch of 12 noise PNGs of 768x768 takes ~0.2 s to decode on one thread, and the
+    second call comes 10 ms after the first started; of 3 tries at least one must overlap.)"""
+    import threading
+    import time
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "train" / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (768, 768, 3), dtype=np.uint8)).save(tmp_path / "train" / f"c{c}" / f"{i}.png")
+    overlaps = 0
+    for _ in range(3):
+        it = iter(DataLoader(tmp_path, crop=32, batch_size=12, threads=1, view="center"))
+        got, started = {}, threading.Event()
+
+        def first():
+            started.set()
+            got["batch"] = next(it)
+
+        t = threading.Thread(target=first)
+        t.start()
+        started.wait()
+        time.sleep(0.01)
+        try:
+            next(it)
+        except StopIteration:
+            pass  # the first thread was already done: no overlap this time
+        except alexnet_rs.ConfigError as e:
+            assert "another thread" in str(e)
+            overlaps += 1
+        t.join()
+        images, labels = got["batch"]
+        assert images.shape == (12, 3, 32, 32) and sorted(labels.tolist()) == [0] * 6 + [1] * 6
+    assert overlaps >= 1
