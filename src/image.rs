@@ -38,8 +38,8 @@ fn reader<'a>(path: &Path, bytes: &'a [u8]) -> Result<image::ImageReader<std::io
 }
 
 /// Decodes `path` to RGB8. The file is read once; the header's size is checked against
-/// [`MAX_PIXELS`] before any pixel buffer is allocated; a JPEG must end with its end-of-image
-/// marker (some decoders fill a truncated file's missing rows with grey instead of failing).
+/// [`MAX_PIXELS`] before any pixel buffer is allocated; a JPEG must reach its end-of-image
+/// marker (zune-jpeg fills a truncated file's missing rows with grey instead of failing).
 /// RGB8 images decode straight into a buffer from this thread's pool (see [`recycle`]).
 pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
     decode_rgb(path, &read_image_file(path)?)
@@ -88,11 +88,11 @@ pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
 fn decode(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     use image::ImageDecoder;
     let r = reader(path, bytes)?;
-    if r.format() == Some(image::ImageFormat::Jpeg) {
-        let tail = &bytes[bytes.len().saturating_sub(1024)..];
-        if !tail.windows(2).any(|w| w == [0xff, 0xd9]) {
-            return Err(file_err(path, "truncated JPEG (no end-of-image marker)"));
-        }
+    if r.format() == Some(image::ImageFormat::Jpeg) && !jpeg_reaches_end(bytes) {
+        return Err(file_err(
+            path,
+            "truncated JPEG (it ends before its end-of-image marker)",
+        ));
     }
     let mut decoder = r.into_decoder().map_err(|e| file_err(path, e))?;
     let (w, h) = decoder.dimensions();
@@ -114,6 +114,57 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     Ok(image::DynamicImage::from_decoder(decoder)
         .map_err(|e| file_err(path, e))?
         .into_rgb8())
+}
+
+/// Whether a JPEG's marker structure reaches its end-of-image marker: segments are skipped by
+/// their lengths and scans up to their next marker, so a `FF D9` inside a comment or an EXIF
+/// thumbnail is not taken for the end (a file cut after one was decoded with grey rows), and
+/// bytes after the end (a motion photo's video, padding) are allowed.
+fn jpeg_reaches_end(bytes: &[u8]) -> bool {
+    let n = bytes.len();
+    let mut i = 2; // past SOI
+    loop {
+        // The next marker: 0xFF (fill bytes allowed) and its code.
+        while i < n && bytes[i] != 0xff {
+            i += 1; // stray bytes, which decoders skip with a warning
+        }
+        while i < n && bytes[i] == 0xff {
+            i += 1;
+        }
+        let Some(&code) = bytes.get(i) else { return false };
+        i += 1;
+        match code {
+            0xd9 => return true,
+            0x00 | 0x01 | 0xd0..=0xd8 => {} // no length: stuffing, TEM, RSTn, SOI
+            _ => {
+                let Some(len) = bytes
+                    .get(i..i + 2)
+                    .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+                else {
+                    return false;
+                };
+                i += len.max(2);
+                if code == 0xda {
+                    // A scan's entropy-coded data runs to the next marker other than a stuffed
+                    // zero or a restart marker.
+                    loop {
+                        let Some(at) = bytes.get(i..).and_then(|b| b.iter().position(|&x| x == 0xff)) else {
+                            return false;
+                        };
+                        i += at + 1;
+                        match bytes.get(i) {
+                            Some(0x00 | 0xd0..=0xd7) => i += 1,
+                            Some(0xff) => {}
+                            _ => {
+                                i -= 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 thread_local! {

@@ -79,6 +79,38 @@ def test_bad_files_are_errors_naming_the_file(tmp_path):
     assert "over the limit" in str(pytest.raises(alexnet_rs.DataError, load_image, tmp_path / "bomb.png").value)
 
 
+def test_a_jpeg_cut_anywhere_in_its_scan_is_refused(tmp_path):
+    """The truncation check looked for the bytes FF D9 anywhere in the last 1 KiB: a file cut
+    after a comment (or EXIF thumbnail) holding them decoded with grey rows. Cut at 25 points of
+    the scan data, with such a comment in front, each file is refused, as PIL refuses it."""
+    jpeg = (CACHE / "foolbox" / "imagenet_00_243.jpg").read_bytes()
+    sos = jpeg.index(b"\xff\xda")
+    marked = jpeg[:2] + b"\xff\xfe\x00\x08ab\xff\xd9cd" + jpeg[2:]
+    scan = sos + 10 + 20  # past the comment and the scan header
+    for cut in np.linspace(scan, len(marked) - 8, 25).astype(int):
+        path = tmp_path / f"cut{cut}.jpg"
+        path.write_bytes(marked[:cut])
+        with pytest.raises(OSError, match="truncated"):
+            Image.open(path).load()
+        with pytest.raises(alexnet_rs.DataError, match="truncated JPEG") as e:
+            load_image(path)
+        assert path.name in str(e.value)
+    whole = tmp_path / "whole.jpg"
+    whole.write_bytes(marked)
+    assert torch.equal(load_image(whole), load_image(CACHE / "foolbox" / "imagenet_00_243.jpg"))
+
+
+def test_bytes_after_a_jpegs_end_are_ignored(tmp_path):
+    """A motion photo (a video after the JPEG's end) or padding past 1 KiB was refused as a
+    truncated JPEG; PIL reads it, and so do we, to the same pixels as without the trailer."""
+    src = CACHE / "foolbox" / "imagenet_00_243.jpg"
+    trailer = bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8))  # no 0xFF byte
+    path = tmp_path / "motion.jpg"
+    path.write_bytes(src.read_bytes() + trailer)
+    assert torch.equal(pil_rgb(path), pil_rgb(src))
+    assert torch.equal(load_image(path), load_image(src))
+
+
 def test_a_resize_past_the_pixel_limit_is_an_error_not_an_abort():
     """transform_views(img, 100000, 32) asked for a 30 GB buffer and the process aborted; run in a
     subprocess so that a regression fails this test instead of ending the session."""
