@@ -120,7 +120,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
 /// their lengths and scans up to their next marker, so a `FF D9` inside a comment or an EXIF
 /// thumbnail is not taken for the end (a file cut after one was decoded with grey rows), and
 /// bytes after the end (a motion photo's video, padding) are allowed.
-fn jpeg_reaches_end(bytes: &[u8]) -> bool {
+pub fn jpeg_reaches_end(bytes: &[u8]) -> bool {
     let n = bytes.len();
     let mut i = 2; // past SOI
     loop {

@@ -156,15 +156,27 @@ fn prepare_refuses_a_destination_inside_its_source_and_redoes_another_size() {
     use alexnet_rs::data::prepare::prepare;
     // DST inside SRC: every rerun took the earlier outputs as inputs (out/out/out/...); DST ==
     // SRC: a .jpg source counted as its own output. Both ran and exited 0.
+    // SRC inside DST: `prepare d/c d` wrote d/c/c/x.jpg's output over the source d/c/x.jpg. A
+    // missing folder and `..` (`missing/../src/out`) slipped past the check.
     let src = image_folder("prepare-inside", 1, 2);
-    for dst in [
-        src.join("out"),
-        src.to_path_buf(),
-        src.join("c0").join("..").join("new"),
+    let around = src.join("c0").join("sub");
+    std::fs::create_dir_all(&around).unwrap();
+    let missing_then_up = src.join("missing").join("..").join("out");
+    for (s, dst, why) in [
+        (&*src, src.join("out"), "the destination is inside the source"),
+        (&*src, src.to_path_buf(), "the destination is inside the source"),
+        (
+            &*src,
+            src.join("c0").join("..").join("new"),
+            "the destination is inside the source",
+        ),
+        (&*src, missing_then_up, "the destination is inside the source"),
+        (&*around, src.join("c0"), "the source is inside the destination"),
+        (&*around, src.to_path_buf(), "the source is inside the destination"),
     ] {
-        let e = prepare(&src, &dst, 8, 90, &|_, _| {}).expect_err("refused").to_string();
-        assert!(e.contains("is inside the source"), "{e}");
-        assert!(!src.join("out").exists() && !src.join("new").exists());
+        let e = prepare(s, &dst, 8, 90, &|_, _| {}).expect_err("refused").to_string();
+        assert!(e.contains(why), "{e}");
+        assert!(!src.join("out").exists() && !src.join("new").exists() && !src.join("missing").exists());
     }
     // A rerun with another --size kept the first size's files ("already there").
     let dst = common::tmp("data-prepare-resize-out");
@@ -177,6 +189,87 @@ fn prepare_refuses_a_destination_inside_its_source_and_redoes_another_size() {
         image::image_dimensions(dst.join("c0").join("img0.jpg")).unwrap(),
         (4, 4)
     );
+}
+
+#[test]
+fn prepare_makes_again_what_a_changed_source_settings_or_damage_made_stale() {
+    use alexnet_rs::data::prepare::prepare;
+    // "Already there" was an output of the right size: a source changed since, another
+    // --quality, and a truncated output were all kept.
+    let src = image_folder("prepare-stale", 1, 3);
+    let dst = common::tmp("data-prepare-stale-out");
+    let run = |quality| {
+        let r = prepare(&src, &dst, 8, quality, &|_, _| {}).unwrap();
+        (r.written, r.skipped_existing, r.orphans)
+    };
+    let pixel = |name: &str| {
+        image::open(dst.join("c0").join(name))
+            .unwrap()
+            .to_rgb8()
+            .get_pixel(4, 4)
+            .0
+    };
+    assert_eq!(run(90), (3, 0, 0));
+    assert_eq!(run(90), (0, 3, 0));
+    // A new image under an old name (its modification time is later, its size may be the same).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    image::RgbImage::from_pixel(8, 8, image::Rgb([0, 0, 250]))
+        .save(src.join("c0").join("img1.png"))
+        .unwrap();
+    assert_eq!(run(90), (1, 2, 0));
+    let blue = pixel("img1.jpg");
+    assert!(blue[2] > 200 && blue[0] < 40, "{blue:?}");
+    // Another quality: every output again.
+    assert_eq!(run(50), (3, 0, 0));
+    assert_eq!(run(50), (0, 3, 0));
+    // A damaged (truncated) output is made again.
+    let out = dst.join("c0").join("img2.jpg");
+    let bytes = std::fs::read(&out).unwrap();
+    std::fs::write(&out, &bytes[..bytes.len() - 40]).unwrap();
+    assert_eq!(run(50), (1, 2, 0));
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    // An output whose source is gone is counted, and left.
+    std::fs::remove_file(src.join("c0").join("img0.png")).unwrap();
+    assert_eq!(run(50), (0, 2, 1));
+    assert!(dst.join("c0").join("img0.jpg").is_file());
+}
+
+#[test]
+fn prepare_refuses_a_file_for_destination_and_an_empty_source_before_any_work() {
+    use alexnet_rs::data::prepare::prepare;
+    // DST a file: every image was decoded, then failed with one identical line each.
+    let src = image_folder("prepare-dst-file", 1, 3);
+    let file = common::tmp("data-prepare-dst-file-out");
+    std::fs::write(&*file, b"x").unwrap();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let count = |_, _| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    let e = prepare(&src, &file, 8, 90, &count).expect_err("refused").to_string();
+    assert!(e.contains("is a file, not a folder"), "{e}");
+    let e = prepare(&src, &file.join("sub"), 8, 90, &count)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("is a file, not a folder"), "{e}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // An empty source wrote nothing and said "0 written", exit 0.
+    let empty = common::tmp("data-prepare-empty");
+    std::fs::create_dir_all(empty.join("c0")).unwrap();
+    std::fs::write(empty.join("c0").join("notes.txt"), b"x").unwrap();
+    let e = prepare(&empty, &empty.with_extension("out"), 8, 90, &count)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("no image files"), "{e}");
+    // .jfif and .jpe are JPEG names too (they were passed over in silence).
+    let src = image_folder("prepare-jfif", 1, 1);
+    let jpeg = src.join("c0").join("a.jpg");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+        .save(&jpeg)
+        .unwrap();
+    std::fs::copy(&jpeg, src.join("c0").join("b.JPE")).unwrap();
+    std::fs::rename(&jpeg, src.join("c0").join("a.jfif")).unwrap();
+    let dst = common::tmp("data-prepare-jfif-out");
+    assert_eq!(prepare(&src, &dst, 8, 90, &count).unwrap().written, 3);
 }
 
 #[test]

@@ -124,6 +124,14 @@ pub fn prepare(a: &PrepareArgs) -> Result<()> {
         report.failed.len(),
         a.dst.display()
     );
+    if report.orphans > 0 {
+        println!(
+            "note: {} image(s) in {} have no source in {} (removed or renamed since?): left as they are",
+            report.orphans,
+            a.dst.display(),
+            a.src.display()
+        );
+    }
     if !report.failed.is_empty() {
         let total = report.written + report.skipped_existing + report.failed.len();
         return Err(Error::File {

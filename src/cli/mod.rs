@@ -46,7 +46,7 @@ enum Command {
     /// PCA colour noise) and save them as safetensors.
     Stats(data::StatsArgs),
     /// Pre-resize every image of a dataset (shorter side to --size) into DST, in parallel;
-    /// resumable: files already in DST are skipped.
+    /// resumable: outputs already made from the same source with the same settings are skipped.
     Prepare(data::PrepareArgs),
     /// Train a network (default data: Fashion-MNIST from Debian's dataset-fashion-mnist).
     Train(Box<train::TrainArgs>),

@@ -1,12 +1,15 @@
 //! `alexnet prepare SRC DST --size S`: pre-resize a dataset once (the paper stored ImageNet at
 //! 256 x 256), in parallel. Each output is written to a temporary file and renamed, so an
-//! interrupted run leaves no half-written image, and a rerun skips the files already done.
+//! interrupted run leaves no half-written image, and a rerun skips the files already done: each
+//! output carries a stamp (a JPEG comment) of its source's size and modification time and of the
+//! settings, so a changed source, another `--size` or `--quality`, or a damaged output is made
+//! again.
 use crate::data::source::image_files;
 use crate::data::transform::resize_shorter;
 use crate::error::{io, Error, Result};
 use crate::image::load_rgb;
 use rayon::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug, Default)]
@@ -15,6 +18,8 @@ pub struct PrepareReport {
     pub skipped_existing: usize,
     /// Files that could not be decoded or written, with the reason.
     pub failed: Vec<(PathBuf, String)>,
+    /// Images in `dst` that no source maps to (a source since removed or renamed): left alone.
+    pub orphans: usize,
 }
 
 /// Resizes every image under `src` (shorter side to `size`) into the same relative path under
@@ -29,8 +34,20 @@ pub fn prepare(
     if size == 0 {
         return Err(Error::Config("--size must be >= 1".into()));
     }
-    check_outside(src, dst)?;
+    check_apart(src, dst)?;
+    if let Some(e) = crate::files::in_the_way(dst, dst) {
+        return Err(e);
+    }
     let files = image_files(src)?;
+    if files.is_empty() {
+        return Err(Error::File {
+            path: src.to_path_buf(),
+            reason: format!(
+                "no image files under it ({})",
+                crate::data::source::IMAGE_EXTENSIONS.join(", ")
+            ),
+        });
+    }
     check_collisions(src, dst, &files)?;
     let total = files.len();
     let done = AtomicUsize::new(0);
@@ -44,6 +61,10 @@ pub fn prepare(
         })
         .collect();
     let mut report = PrepareReport::default();
+    if let Ok(all) = image_files(dst) {
+        let made: std::collections::HashSet<PathBuf> = files.iter().map(|f| output(src, dst, f)).collect();
+        report.orphans = all.iter().filter(|f| !made.contains(*f)).count();
+    }
     for (f, r) in results {
         match r {
             Ok(true) => report.written += 1,
@@ -60,29 +81,44 @@ fn output(src: &Path, dst: &Path, f: &Path) -> PathBuf {
     dst.join(rel).with_extension("jpg")
 }
 
-/// Refuses a `dst` that is `src` or inside it: every rerun would take the earlier outputs as
-/// inputs (out/out/out/...), and with `dst == src` a `.jpg` source would count as its own output.
-fn check_outside(src: &Path, dst: &Path) -> Result<()> {
+/// Refuses a `dst` that is `src`, inside it or around it: every rerun would take the earlier
+/// outputs as inputs (out/out/out/...), with `dst == src` a `.jpg` source would count as its own
+/// output, and with `src` inside `dst` an output could overwrite a source.
+fn check_apart(src: &Path, dst: &Path) -> Result<()> {
     let s = src.canonicalize().map_err(io(src))?;
-    // dst may not exist yet: its nearest existing folder, resolved, and the rest of the path.
-    let existing = dst.ancestors().find(|a| a.exists()).unwrap_or(Path::new("."));
-    let base = if existing.as_os_str().is_empty() {
-        Path::new(".")
+    let d = resolved(dst)?;
+    let why = if d.starts_with(&s) {
+        "the destination is inside the source (its outputs would become inputs)"
+    } else if s.starts_with(&d) {
+        "the source is inside the destination (an output could overwrite a source)"
     } else {
-        existing
+        return Ok(());
     };
-    let d = base
-        .canonicalize()
-        .map_err(io(base))?
-        .join(dst.strip_prefix(existing).unwrap_or(dst));
-    if d.starts_with(&s) {
-        return Err(Error::Config(format!(
-            "the destination {} is inside the source {} (its outputs would become inputs); pick a folder outside it",
-            dst.display(),
-            src.display()
-        )));
+    Err(Error::Config(format!(
+        "{why}: source {}, destination {}; pick folders apart",
+        src.display(),
+        dst.display()
+    )))
+}
+
+/// `path` made absolute: its nearest existing folder resolved (symlinks), then the rest of the
+/// path with `.` and `..` applied (the rest does not exist yet, so it holds no symlink).
+fn resolved(path: &Path) -> Result<PathBuf> {
+    let existing = path
+        .ancestors()
+        .find(|a| !a.as_os_str().is_empty() && a.exists())
+        .unwrap_or(Path::new("."));
+    let mut out = existing.canonicalize().map_err(io(existing))?;
+    for part in path.strip_prefix(existing).unwrap_or(path).components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Refuses, before writing anything, sources that would share an output (`a.png` and `a.jpg`
@@ -113,29 +149,72 @@ fn check_collisions(src: &Path, dst: &Path, files: &[PathBuf]) -> Result<()> {
     })
 }
 
-/// Returns Ok(false) when `out` already exists at this size (a finished earlier run); one of
-/// another `--size` (or unreadable) is made again.
+/// The stamp an output of `src` made with these settings carries (a JPEG comment).
+fn stamp(src: &Path, size: u32, quality: u8) -> Result<String> {
+    let meta = std::fs::metadata(src).map_err(io(src))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!(
+        "alexnet_rs prepare: size {size}, quality {quality}, source {} bytes modified {modified}",
+        meta.len()
+    ))
+}
+
+/// The first comment (COM segment) among a JPEG's header segments.
+fn jpeg_comment(bytes: &[u8]) -> Option<&[u8]> {
+    let mut i = 2; // past SOI
+    while bytes.get(i) == Some(&0xff) {
+        let (code, len) = (bytes.get(i + 1)?, bytes.get(i + 2..i + 4)?);
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        match code {
+            0xfe => return bytes.get(i + 4..i + 2 + len),
+            0xda => return None, // the scan: no comment before it
+            _ => i += 2 + len.max(2),
+        }
+    }
+    None
+}
+
+/// `jpeg` (an encoder's output, JFIF APP0 first) with the comment `text` after its APP0.
+fn with_comment(jpeg: &[u8], text: &str) -> Vec<u8> {
+    let at = match jpeg.get(2..6) {
+        Some([0xff, 0xe0, hi, lo]) => 4 + usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => 2,
+    };
+    let len = u16::try_from(text.len() + 2).expect("a short stamp");
+    let mut out = Vec::with_capacity(jpeg.len() + text.len() + 4);
+    out.extend_from_slice(&jpeg[..at]);
+    out.extend_from_slice(&[0xff, 0xfe]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&jpeg[at..]);
+    out
+}
+
+/// Returns Ok(false) when `out` is already this source's output with these settings (its stamp
+/// matches and it is a whole JPEG); anything else is made again.
 fn prepare_one(src: &Path, out: &Path, size: u32, quality: u8) -> Result<bool> {
-    if out.is_file() && image::image_dimensions(out).is_ok_and(|(w, h)| w.min(h) == size) {
+    let stamp = stamp(src, size, quality)?;
+    if std::fs::read(out)
+        .is_ok_and(|b| jpeg_comment(&b) == Some(stamp.as_bytes()) && crate::image::jpeg_reaches_end(&b))
+    {
         return Ok(false);
     }
     let img = resize_shorter(&load_rgb(src)?, size).map_err(|e| Error::File {
         path: src.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let dir = out.parent().expect("output has a folder");
-    crate::files::create_dir(dir)?;
-    crate::files::write_with(out, |tmp| {
-        let file = std::fs::File::create(tmp).map_err(io(tmp))?;
-        let mut w = std::io::BufWriter::new(file);
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality)
-            .encode_image(&img)
-            .map_err(|e| Error::File {
-                path: src.to_path_buf(),
-                reason: format!("cannot be written as a JPEG of {}x{}: {e}", img.width(), img.height()),
-            })?;
-        w.into_inner().map_err(|e| io(tmp)(e.into_error()))?;
-        Ok(())
-    })?;
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, quality)
+        .encode_image(&img)
+        .map_err(|e| Error::File {
+            path: src.to_path_buf(),
+            reason: format!("cannot be written as a JPEG of {}x{}: {e}", img.width(), img.height()),
+        })?;
+    crate::files::create_dir(out.parent().expect("output has a folder"))?;
+    crate::files::write(out, &with_comment(&jpeg, &stamp))?;
     Ok(true)
 }
