@@ -137,6 +137,58 @@ fn hidden_entries_are_not_samples_and_an_empty_class_is_refused() {
 }
 
 #[test]
+fn a_symlink_to_an_image_read_already_is_an_error_and_a_hard_link_is_a_file() {
+    // A file symlink gave its image twice (under another label in another class), where a
+    // second path to a folder was refused.
+    let root = image_folder("file-link", 2, 2);
+    let target = root.join("c0").join("img0.png");
+    std::os::unix::fs::symlink(&target, root.join("c1").join("link.png")).unwrap();
+    let e = Dataset::open(&root, Split::Train).expect_err("refused").to_string();
+    assert!(
+        e.contains("link.png") && e.contains("img0.png") && e.contains("read twice"),
+        "{e}"
+    );
+    std::fs::remove_file(root.join("c1").join("link.png")).unwrap();
+    // Two symlinks to one image outside the dataset.
+    let outside = image_folder("file-link-outside", 1, 1);
+    let away = outside.join("c0").join("img0.png");
+    std::os::unix::fs::symlink(&away, root.join("c0").join("a.png")).unwrap();
+    assert_eq!(
+        Dataset::open(&root, Split::Train).unwrap().len(),
+        5,
+        "one symlink is one image"
+    );
+    std::os::unix::fs::symlink(&away, root.join("c1").join("b.png")).unwrap();
+    let e = Dataset::open(&root, Split::Train).expect_err("refused").to_string();
+    assert!(e.contains("a.png") && e.contains("b.png"), "{e}");
+    std::fs::remove_file(root.join("c1").join("b.png")).unwrap();
+    // Hard links are separate files (a deduplicated copy of a dataset).
+    std::fs::hard_link(&target, root.join("c1").join("same.png")).unwrap();
+    assert_eq!(Dataset::open(&root, Split::Train).unwrap().len(), 6);
+}
+
+#[test]
+fn a_class_folder_named_in_bytes_that_are_not_utf8_is_read() {
+    use std::os::unix::ffi::OsStrExt;
+    // `caf\xe9/` became the class "caf\u{fffd}", and its folder was looked for under that name:
+    // "No such file or directory".
+    let root = image_folder("latin1", 1, 2);
+    let latin1 = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::rename(root.join("c0"), &latin1).unwrap();
+    std::fs::create_dir(root.join("ok")).unwrap();
+    std::fs::copy(latin1.join("img0.png"), root.join("ok").join("x.png")).unwrap();
+    let ds = Dataset::open(&root, Split::Train).unwrap();
+    assert_eq!(ds.classes, ["caf\u{fffd}", "ok"]);
+    assert_eq!(ds.len(), 3);
+    // Two such names that read the same as text are refused, not merged.
+    let other = root.join(std::ffi::OsStr::from_bytes(b"caf\xe8"));
+    std::fs::create_dir(&other).unwrap();
+    std::fs::copy(latin1.join("img0.png"), other.join("y.png")).unwrap();
+    let e = Dataset::open(&root, Split::Train).expect_err("refused").to_string();
+    assert!(e.contains("have one name as text"), "{e}");
+}
+
+#[test]
 fn prepare_refuses_two_sources_with_one_output_name() {
     // Finding 8: a.jpg and a.png both became a.jpg; one was dropped as "already there".
     let src = image_folder("collide", 1, 1);

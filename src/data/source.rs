@@ -79,10 +79,14 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The folders read so far, by (device, inode) of their target.
+/// The folders read so far, by (device, inode) of their target; the image files too: regular
+/// ones by id alone, symlinked ones with their path. A symlink to a file read already is refused
+/// like a second path to a folder; two hard links are two files (a deduplicated dataset).
 #[derive(Default)]
 struct Walk {
     seen: std::collections::HashMap<(u64, u64), PathBuf>,
+    files: std::collections::HashSet<(u64, u64)>,
+    links: std::collections::HashMap<(u64, u64), PathBuf>,
 }
 
 impl Walk {
@@ -109,18 +113,57 @@ impl Walk {
         self.seen.insert(id, dir.to_path_buf());
         above.push(id);
         for entry in fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
+            let entry = entry.map_err(io(dir))?;
+            let path = entry.path();
             // Hidden entries (.ipynb_checkpoints/, macOS's ._x.jpg) are no one's samples.
             if path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")) {
                 continue;
             }
-            if path.is_dir() {
-                self.files(&path, above, out)?;
-            } else if is_image(&path) {
-                out.push(path);
+            match fs::metadata(&path) {
+                Ok(m) if m.is_dir() => self.files(&path, above, out)?,
+                Ok(m) if is_image(&path) => {
+                    use std::os::unix::fs::MetadataExt;
+                    let symlink = entry.file_type().is_ok_and(|t| t.is_symlink());
+                    self.file((m.dev(), m.ino()), &path, symlink)?;
+                    out.push(path);
+                }
+                // A dangling symlink: its decoding names it.
+                Err(_) if is_image(&path) => out.push(path),
+                _ => {}
             }
         }
         above.pop();
+        Ok(())
+    }
+
+    /// Notes image file `path` (`id` its target's), refusing a second path to it through a
+    /// symlink.
+    fn file(&mut self, id: (u64, u64), path: &Path, symlink: bool) -> Result<()> {
+        let twice = |link: &Path, other: &Path| {
+            data_err(
+                link,
+                format!(
+                    "a symlink to the same file as {}: its image would be read twice",
+                    other.display()
+                ),
+            )
+        };
+        if let Some(first) = self.links.get(&id) {
+            return Err(if symlink {
+                twice(path, first)
+            } else {
+                twice(first, path)
+            });
+        }
+        if symlink {
+            if self.files.contains(&id) {
+                let target = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+                return Err(twice(path, &target));
+            }
+            self.links.insert(id, path.to_path_buf());
+        } else {
+            self.files.insert(id);
+        }
         Ok(())
     }
 }
@@ -173,28 +216,39 @@ impl Dataset {
 
     /// One subfolder per class (sorted names = labels 0..), images anywhere below each.
     pub fn image_folder(root: &Path) -> Result<Dataset> {
-        let mut classes: Vec<String> = fs::read_dir(root)
+        // (class name, folder name): a name that is not UTF-8 is read by its own bytes.
+        let mut folders: Vec<(String, std::ffi::OsString)> = fs::read_dir(root)
             .map_err(io(root))?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| !name.starts_with('.')) // .ipynb_checkpoints, .git: not classes
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.file_name()))
+            .filter(|(name, _)| !name.starts_with('.')) // .ipynb_checkpoints, .git: not classes
             .collect();
-        classes.sort();
-        if classes.is_empty() {
+        folders.sort();
+        if folders.is_empty() {
             return Err(data_err(root, "no class subfolders (expected one folder per class)"));
         }
+        if let Some(w) = folders.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(data_err(
+                root,
+                format!(
+                    "the class folders {:?} and {:?} have one name as text, `{}` (not UTF-8): rename one",
+                    w[0].1, w[1].1, w[0].0
+                ),
+            ));
+        }
+        let classes: Vec<String> = folders.iter().map(|(name, _)| name.clone()).collect();
         let mut items = Vec::new();
         let mut walk = Walk::default();
         let mut above = vec![Walk::id(root)?];
         walk.seen.insert(above[0], root.to_path_buf());
-        for (label, class) in classes.iter().enumerate() {
+        for (label, (_, folder)) in folders.iter().enumerate() {
             let mut files = Vec::new();
-            walk.files(&root.join(class), &mut above, &mut files)?;
+            walk.files(&root.join(folder), &mut above, &mut files)?;
             if files.is_empty() {
                 // A class no image can teach (torchvision's ImageFolder refuses it too).
                 return Err(data_err(
-                    &root.join(class),
+                    &root.join(folder),
                     "a class folder with no image files (add images or remove the folder)",
                 ));
             }
