@@ -44,6 +44,22 @@ pub fn create_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| in_the_way(dir, dir).unwrap_or_else(|| io(dir)(e)))
 }
 
+/// Whether the file `out` can be written, checked before the work that makes it: a file name
+/// (the message names `what` it holds and an `example` name), not a folder, with no file where
+/// one of its folders should be.
+pub fn check_file_target(out: &Path, what: &str, example: &str) -> Result<()> {
+    if out.is_dir() || out.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(Error::File {
+            path: out.to_path_buf(),
+            reason: format!("is a folder: give the {what} a file name, such as {example}"),
+        });
+    }
+    match out.parent().and_then(|dir| in_the_way(dir, out)) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// The error for a file that stands where `dir` or one of its parents should be a folder, naming
 /// that file and `needed_for` (the folder, or the file to be written in it); None if there is none.
 pub fn in_the_way(dir: &Path, needed_for: &Path) -> Option<Error> {

@@ -194,17 +194,8 @@ pub fn recycle(buf: Vec<u8>) {
 /// whose extension is an image format, not a folder, with no file where one of its folders
 /// should be (each error names the culprit). Returns the format.
 pub fn check_output(out: &Path) -> Result<image::ImageFormat> {
-    if out.is_dir() {
-        return Err(file_err(
-            out,
-            "is a folder: give the figure a file name, such as figure.png",
-        ));
-    }
-    let format = image::ImageFormat::from_path(out).map_err(|e| file_err(out, format!("{e} (name it .png)")))?;
-    match out.parent().and_then(|dir| crate::files::in_the_way(dir, out)) {
-        Some(e) => Err(e),
-        None => Ok(format),
-    }
+    crate::files::check_file_target(out, "figure", "figure.png")?;
+    image::ImageFormat::from_path(out).map_err(|e| file_err(out, format!("{e} (name it .png)")))
 }
 
 /// Writes `img` to `out` in the format its extension names (`.png` for our figures), creating

@@ -83,7 +83,8 @@ pub struct BenchDataArgs {
 
 pub fn stats(a: &StatsArgs) -> Result<()> {
     global_threads(a.data.threads)?;
-    // The output's folder before the (long) computation, not after it.
+    // The output's name and folder before the (long) computation, not after it.
+    crate::files::check_file_target(&a.out, "statistics", "stats.safetensors")?;
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::files::create_dir(dir)?;
     }

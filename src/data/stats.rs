@@ -43,6 +43,21 @@ impl Acc {
         }
     }
 
+    fn add(&mut self, image: &image::RgbImage) {
+        let plane = self.sum_image.len() / 3;
+        for (p, px) in image.pixels().enumerate() {
+            let v = [0, 1, 2].map(|c| f64::from(px[c]) / 255.0);
+            for c in 0..3 {
+                self.sum_image[c * plane + p] += v[c];
+                self.sum[c] += v[c];
+                for d in 0..3 {
+                    self.cross[c][d] += v[c] * v[d];
+                }
+            }
+        }
+        self.images += 1;
+    }
+
     fn merge(mut self, o: Acc) -> Acc {
         self.sum_image.iter_mut().zip(&o.sum_image).for_each(|(a, b)| *a += b);
         for i in 0..3 {
@@ -76,36 +91,28 @@ impl Stats {
                 std: [1.0; 3],
             },
         };
-        let acc = (0..ds.len())
-            .into_par_iter()
-            .fold(
-                || Acc::new(plane),
-                |mut a, i| {
-                    progress();
-                    let base = decode(ds, i).and_then(|img| tf.base(&img).map_err(sample_error(ds, i)));
-                    let base = match base {
-                        Ok(b) => b,
-                        Err(e) => {
-                            eprintln!("skipping bad image: {e}"); // as the training loader says it
-                            a.skipped += 1;
-                            return a;
-                        }
-                    };
-                    for (p, px) in base.pixels().enumerate() {
-                        let v = [0, 1, 2].map(|c| f64::from(px[c]) / 255.0);
-                        for c in 0..3 {
-                            a.sum_image[c * plane + p] += v[c];
-                            a.sum[c] += v[c];
-                            for d in 0..3 {
-                                a.cross[c][d] += v[c] * v[d];
-                            }
-                        }
-                    }
-                    a.images += 1;
-                    a
-                },
-            )
-            .reduce(|| Acc::new(plane), Acc::merge);
+        // One accumulator (a mean image of 3 x side² f64) per thread at work, taken from a pool
+        // for each image: rayon's fold made one per split, dozens of them (2 GB at side 2048).
+        let pool = std::sync::Mutex::new(Vec::<Acc>::new());
+        let lock = || pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (0..ds.len()).into_par_iter().for_each(|i| {
+            progress();
+            let base = decode(ds, i).and_then(|img| tf.base(&img).map_err(sample_error(ds, i)));
+            let mut a = lock().pop().unwrap_or_else(|| Acc::new(plane));
+            match base {
+                Ok(b) => a.add(&b),
+                Err(e) => {
+                    eprintln!("skipping bad image: {e}"); // as the training loader says it
+                    a.skipped += 1;
+                }
+            }
+            lock().push(a);
+        });
+        let acc = pool
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .into_iter()
+            .fold(Acc::new(plane), Acc::merge);
         if acc.images == 0 {
             return Err(Error::File {
                 path: ds.origin.clone(),

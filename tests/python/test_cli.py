@@ -73,6 +73,10 @@ def test_forward_on_a_real_photo():
         (["forward", "--input-size", "100000", "/etc/hostname"], "input size 100000 is over the limit of 8192"),
         (["bench", "data", "/etc", "--crop", "100000"], "100000 is not in 1..=8192"),
         (["prepare", "/etc", "/tmp/x", "--size", "100000"], "100000 is not in 1..=8192"),
+        # --out checked before the data is read (it failed after the whole pass, with "Is a directory").
+        (["stats", "/no/such/data", "--out", "/tmp"], "/tmp: is a folder: give the statistics a file name"),
+        (["stats", "/no/such/data", "--out", "new/"], "new/: is a folder: give the statistics a file name"),
+        (["stats", "/no/such/data", "--out", "/etc/hostname/s.st"], "/etc/hostname: is a file, not a folder"),
         (["train", "--update-rule", "adam"], "possible values: paper, pytorch"),
         (["train", "--devices", "tpu:0"], "unknown device"),
         (["train", "--data", "/no/such/folder", "--limit-train", "8"], "/no/such/folder"),

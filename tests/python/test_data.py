@@ -347,6 +347,29 @@ def test_prepare_is_resumable(tmp_path):
     assert "0 written, 8 already there" in again.stdout
 
 
+def test_stats_memory_is_one_mean_image_per_thread(tmp_path):
+    """Each of rayon's fold splits held its own f64 mean image (3 x side² x 8 bytes, 100 MB at
+    side 2048): 16 images with 2 threads took 900 MB more at side 2048 than at side 8. The bound:
+    one accumulator per thread, the merged one and the result (f32), 350 MB, with 50 MB of slack."""
+    (tmp_path / "c0").mkdir()
+    for i in range(16):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "c0" / f"{i}.png")
+    script = """
+import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr[-2000:]
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+    rss = {}
+    for side in (8, 2048):
+        cmd = [BIN, "stats", tmp_path, "--size", str(side), "--threads", "2", "--out", tmp_path / f"s{side}.safetensors"]
+        r = subprocess.run([sys.executable, "-c", script, *map(str, cmd)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rss[side] = int(r.stdout)
+    accumulator = 3 * 2048 ** 2 * 8
+    assert rss[2048] - rss[8] < 3 * accumulator + accumulator // 2 + 50e6, rss
+
+
 def test_stats_against_numpy(tmp_path):
     # 32x32 images need no resizing at --size 32, so numpy sees exactly the pixels we do.
     rng = np.random.default_rng(0)
