@@ -69,7 +69,8 @@ pub struct LoaderConfig {
     /// slice, maybe nothing), so that the ranks together see every sample once (evaluation).
     /// Without it, every rank gets the same number of full batches (training): a batch whose
     /// images were all bad (skipped) then comes as an empty batch, not left out, so that the
-    /// ranks' steps (and their collectives) stay in step.
+    /// ranks' steps (and their collectives) stay in step and a run knows its place in the epoch
+    /// (the trainer's one-process loader is a shard (0, 1) for that).
     pub keep_tail: bool,
 }
 

@@ -34,6 +34,14 @@ impl Params {
         }
     }
 
+    /// The device of the first shard (the CPU for no parameters): where a data-parallel run's
+    /// small collectives go.
+    pub fn device(&self) -> tch::Device {
+        self.iter_shards()
+            .next()
+            .map_or(tch::Device::Cpu, |(_, _, t)| t.device())
+    }
+
     pub fn from_shards(map: BTreeMap<String, Vec<Tensor>>) -> Self {
         Params { map }
     }

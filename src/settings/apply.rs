@@ -196,7 +196,9 @@ impl TrainConfig {
             drop_last: train,
             on_bad_image: OnBadImage::Skip,
             device: Placement::parse(&self.devices)?.first(),
-            shard,
+            // Training, one process too: a batch of only bad images comes (empty), so that the
+            // run skips it and counts its place in the epoch (ranks: on every rank at once).
+            shard: if train { Some(shard.unwrap_or((0, 1))) } else { shard },
             keep_tail: !train,
             ..LoaderConfig::default()
         };

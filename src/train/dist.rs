@@ -52,9 +52,18 @@ impl Group<'_> {
         self.sum(&[&Tensor::zeros([1], (tch::Kind::Float, Device::Cpu))])
     }
 
-    /// Sums the gradients and a step's totals (loss sum, errors, images) over the ranks, in
-    /// one collective per device.
-    pub fn sum_step(&self, params: &Params, totals: [f64; 3]) -> Result<[f64; 3]> {
+    /// `values` summed over the ranks, in float64 on `device` (the parameters' first: NCCL
+    /// reduces device tensors); exact for integers below 2^53.
+    pub fn sum_values<const N: usize>(&self, values: [f64; N], device: Device) -> Result<[f64; N]> {
+        let t = Tensor::from_slice(&values).to_device(device);
+        self.sum(&[&t])?;
+        let v = Vec::<f64>::try_from(t.to_device(Device::Cpu))?;
+        Ok(std::array::from_fn(|i| v[i]))
+    }
+
+    /// Sums the gradients and a step's totals (loss sum, errors) over the ranks, in one
+    /// collective per device.
+    pub fn sum_step(&self, params: &Params, totals: [f64; 2]) -> Result<[f64; 2]> {
         let grads: Vec<Tensor> = params
             .iter_shards()
             .filter(|(_, _, p)| p.requires_grad())
@@ -67,6 +76,6 @@ impl Group<'_> {
         all.push(&t);
         self.sum(&all)?;
         let v = Vec::<f32>::try_from(t.to_device(Device::Cpu))?;
-        Ok([v[0], v[1], v[2]].map(f64::from))
+        Ok([v[0], v[1]].map(f64::from))
     }
 }

@@ -62,8 +62,10 @@ impl<'a> Run<'a> {
             // Images trained on this epoch, over every rank.
             let (planned, mut seen) = (batches.len(), 0.0);
             for batch in batches.by_ref() {
-                seen += self.step(batch?)?;
-                steps_here += 1;
+                let images = self.step(batch?)?;
+                seen += images;
+                let stepped = images > 0.0;
+                steps_here += u64::from(stepped);
                 let agreed = self.agree(Stop {
                     out_of_time: self
                         .tc
@@ -93,7 +95,7 @@ impl<'a> Run<'a> {
                     self.save()?;
                     return self.finish(steps_here, Some(e));
                 }
-                if self.tc.checkpoint_every > 0 && self.state.step.is_multiple_of(self.tc.checkpoint_every) {
+                if stepped && self.tc.checkpoint_every > 0 && self.state.step.is_multiple_of(self.tc.checkpoint_every) {
                     self.save()?;
                 }
             }
@@ -119,15 +121,8 @@ impl<'a> Run<'a> {
         let Some(g) = self.group else {
             return Ok(wants);
         };
-        let device = self
-            .params
-            .iter_shards()
-            .next()
-            .map_or(tch::Device::Cpu, |(_, _, t)| t.device());
-        let flags = [wants.out_of_time, wants.steps_done, wants.asked].map(|b| f32::from(u8::from(b)));
-        let t = Tensor::from_slice(&flags).to_device(device);
-        g.sum(&[&t])?;
-        let v = Vec::<f32>::try_from(t.to_device(tch::Device::Cpu))?;
+        let flags = [wants.out_of_time, wants.steps_done, wants.asked].map(|b| f64::from(u8::from(b)));
+        let v = g.sum_values(flags, self.params.device())?;
         Ok(Stop {
             out_of_time: v[0] > 0.0,
             steps_done: v[1] > 0.0,
@@ -146,9 +141,20 @@ impl<'a> Run<'a> {
     }
 
     /// One optimiser step on `b`: forward, loss, backward, (the ranks' gradients summed), update,
-    /// metrics. Returns the images it trained on (over every rank).
+    /// metrics. Returns the images it trained on (over every rank): none when every image of the
+    /// (global) batch was bad, and then it is no step (one process and N ranks alike), only a
+    /// place in the epoch passed.
     fn step(&mut self, b: Batch) -> Result<f64> {
         let t0 = Instant::now();
+        let n = b.labels.size()[0] as f64;
+        let images = match self.group {
+            Some(g) => g.sum_values([n], self.params.device())?[0],
+            None => n,
+        };
+        if images == 0.0 {
+            self.state.batch_in_epoch += 1;
+            return Ok(0.0);
+        }
         let per_epoch = self.train_loader.batches_per_epoch() as f64;
         let lr = self
             .state
@@ -161,21 +167,23 @@ impl<'a> Run<'a> {
             .then(|| self.sgd.in_backward(&self.params, lr));
         let (loss, wrong) = self.loss(&b, in_backward.as_ref())?;
         let (tc, state, params) = (&self.tc, &mut self.state, &self.params);
-        let world = self.group.map_or(1, |g| g.world);
-        let n = b.labels.size()[0] as f64;
-        let totals = [loss.double_value(&[]), wrong.int64_value(&[]) as f64, n];
-        // Before backward, which may already update weights (in_backward).
-        if self.group.is_none() {
-            finite_loss(tc, state, totals[0])?;
-        }
-        // Each rank's mean loss over its slice, /world: the summed gradients are the gradient of
-        // the mean over the global batch.
-        (&loss / world as f64).f_backward()?;
-        let [loss_sum, wrong, images] = match self.group {
-            Some(g) => g.sum_step(params, totals)?,
-            None => totals,
+        let totals = [loss.double_value(&[]), wrong.int64_value(&[]) as f64];
+        // One process: the batch's mean loss. Ranks: each one's loss summed over its slice, / the
+        // global batch's images: the summed gradients are the gradient of the mean over the
+        // global batch, however its readable images fall on the ranks.
+        let (lv, wrong) = match self.group {
+            None => {
+                // Before backward, which may already update weights (in_backward).
+                finite_loss(tc, state, totals[0])?;
+                loss.f_backward()?;
+                (totals[0], totals[1])
+            }
+            Some(g) => {
+                (&loss / images).f_backward()?;
+                let [loss_sum, wrong] = g.sum_step(params, totals)?;
+                (loss_sum / images, wrong)
+            }
         };
-        let lv = loss_sum / world as f64;
         finite_loss(tc, state, lv)?;
         self.sgd.step(params, lr, in_backward.as_ref())?;
         state.step += 1;
@@ -201,7 +209,7 @@ impl<'a> Run<'a> {
         Ok(images)
     }
 
-    /// The batch's mean cross-entropy and its number of wrong top-1 predictions, under the weights
+    /// The batch's mean cross-entropy (a rank's: summed, see `step`) and its number of wrong top-1 predictions, under the weights
     /// before this update with dropout on: the paper's "training error rate" (Fig. 1).
     fn loss(&self, b: &Batch, in_backward: Option<&InBackward>) -> Result<(Tensor, Tensor)> {
         let x = if self.tc.channels_last {
@@ -219,12 +227,13 @@ impl<'a> Run<'a> {
         let forward = || -> Result<(Tensor, Tensor)> {
             let logits = model::forward_masked(&self.cfg, &self.params, &x, Some(masks), in_backward)?;
             let y = b.labels.to_device(logits.device());
-            let loss = if y.size()[0] == 0 {
-                // A rank's batch of only bad images (see LoaderConfig::keep_tail): no gradient.
-                logits.f_sum(Kind::Float)?
+            // Summed over a rank's slice (maybe empty: its images were all bad), see `step`.
+            let reduction = if self.group.is_some() {
+                tch::Reduction::Sum
             } else {
-                logits.f_cross_entropy_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100, 0.0)?
+                tch::Reduction::Mean
             };
+            let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, reduction, -100, 0.0)?;
             let wrong = logits.f_argmax(-1, false)?.f_ne_tensor(&y)?.f_sum(Kind::Int64)?;
             Ok((loss, wrong))
         };

@@ -253,3 +253,51 @@ def test_ranks_whose_images_are_all_bad_stay_in_step_and_stop_with_a_data_error(
                        capture_output=True, text=True, env=dict(ENV, TMPDIR=str(tmp_path)), timeout=300)
     assert r.returncode != 0
     assert "no training image of epoch 1 could be read (32 skipped): nothing to train on" in r.stderr, r.stderr[-3000:]
+
+
+def test_bad_images_leave_two_ranks_training_as_one_process(tmp_path):
+    """With bad images (skipped), a global batch of only bad ones was a step on the ranks (a
+    momentum and weight-decay update, a metrics line with train_error null that made
+    metrics.jsonl unreadable) and no step in one process; a rank whose slice had fewer readable
+    images had its mean weigh as much as the other's (loss and gradient halved with an empty
+    slice). And one process did not count a skipped batch's place in the epoch: a resume
+    replayed a batch. Now the ranks compute the mean over the global batch's readable images, an
+    all-bad global batch is no step anywhere, and its place is counted."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")  # 2 classes x 32 training images
+    for i, f in enumerate(sorted((data / "train").rglob("*.png"))):
+        if i % 7 != 3:
+            f.write_bytes(b"")  # 9 of 64 readable
+    common = ["--preset", "cnn4", "--input-size", "28", "--data", str(data), "--epochs", "3", "--threads", "1",
+              "--torch-init", "--lr", "0.01", "--no-fc-update-in-backward"]
+
+    def metrics(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    one = tmp_path / "one"
+    r = subprocess.run([sys.executable, "-m", "alexnet_rs.train", *common, "--batch-size", "8", "--out", one],
+                       capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="2"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    port = free_port()
+    two = tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend",
+                        "c10d", "--rdzv-endpoint", f"localhost:{port}", "-m", "alexnet_rs.train", *common,
+                        "--batch-size", "4", "--out", two],
+                       capture_output=True, text=True, env=dict(ENV, TMPDIR=str(tmp_path)), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m1, m2 = metrics(one), metrics(two)
+    assert len(m1) < 24, "some global batch of this seed has no readable image"
+    assert [d["step"] for d in m2] == [d["step"] for d in m1] == list(range(1, len(m1) + 1))
+    for a, b in zip(m1, m2):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["train_error"] == a["train_error"], (a, b)
+    rows = lambda run: [list(map(float, ln.split(",")[:-1])) for ln in (run / "epochs.csv").read_text().splitlines()[1:]]  # noqa: E731
+    for a, b in zip(rows(one), rows(two), strict=True):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    # One process, stopped after its first step and resumed: the very same run.
+    pieces = tmp_path / "pieces"
+    for extra in (["--max-steps", "1", "--batch-size", "8", "--out", pieces], ["--resume", pieces]):
+        r = subprocess.run([sys.executable, "-m", "alexnet_rs.train", *common, *extra],
+                           capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="2"), timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert [(d["step"], d["loss"]) for d in metrics(pieces)] == [(d["step"], d["loss"]) for d in m1]
