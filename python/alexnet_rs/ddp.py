@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -31,7 +32,7 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m alexnet_rs.ddp", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m alexnet_rs.ddp", description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--preset", default="torchvision")
     ap.add_argument("--data", default=FASHION, help="dataset (default: Fashion-MNIST)")
     ap.add_argument("--input-size", type=int, default=63)
@@ -45,7 +46,15 @@ def parse(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="decoding threads per rank")
     ap.add_argument("--no-dropout", action="store_true", help="train in eval mode (deterministic)")
     ap.add_argument("--out", default="runs/ddp")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for name in ("lr", "momentum", "weight_decay"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+            ap.error(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}")
+    for name in ("batch_size", "steps"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
 
 
 def main(argv=None):
@@ -62,6 +71,9 @@ def main(argv=None):
     loader = DataLoader(args.data, preset=args.preset, crop=args.input_size, batch_size=args.batch_size,
                         seed=args.seed, shuffle=True, drop_last=True, threads=args.threads, limit=args.limit,
                         rank=rank, world_size=world)
+    if len(loader) == 0:  # every epoch empty: the loop below would never reach --steps
+        raise SystemExit(f"error: {loader.num_samples} training samples make no global batch of "
+                         f"{args.batch_size} x {world} rank(s): lower --batch-size or raise --limit")
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = AlexNet(args.preset, num_classes=len(loader.classes)).to(device)
     model.train(not args.no_dropout)

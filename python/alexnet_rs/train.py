@@ -32,18 +32,20 @@ def main(argv=None) -> int:
 
     from alexnet_rs import _native
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        return _native.cli(["alexnet", "train", *args])
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    try:
+        world, rank, local, restarts = _environment()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if restarts > 0 and "--auto-resume" not in args:
         args.append("--auto-resume")  # a restarted job continues from the newest checkpoint it wrote
     # Test-only (tests/python/test_ddp.py): arm ALEXNET_FAULT on one rank, in the first attempt.
     only = os.environ.get("ALEXNET_FAULT_RANK")
     if only is not None and (int(only) != rank or restarts > 0):
         os.environ.pop("ALEXNET_FAULT", None)
+    if world == 1:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        return _native.cli(["alexnet", "train", *args])
     # torchrun's c10d rendezvous hands every restart attempt the same agent store, where the
     # previous attempt's gloo addresses are still written: a restarted rank could connect to a dead
     # peer's port ("Connection refused"). Each attempt gets its own key prefix.
@@ -56,6 +58,31 @@ def main(argv=None) -> int:
                            all_reduce=dist.all_reduce)
     finally:
         dist.destroy_process_group()
+
+
+def _environment() -> tuple[int, int, int, int]:
+    """(world size, rank, local rank, restart count) from torchrun's variables; without torchrun
+    (neither RANK nor WORLD_SIZE set), one process. A partial or bad set is a ValueError naming it
+    (a missing RANK was a KeyError traceback; RANK alone ran one whole process in silence)."""
+    given = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE")}
+    if given["RANK"] is None and given["WORLD_SIZE"] is None:
+        return 1, 0, 0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if None in given.values():
+        missing = next(k for k, v in given.items() if v is None)
+        raise ValueError(f"{missing} is not set but {'WORLD_SIZE' if missing == 'RANK' else 'RANK'} is: torchrun "
+                         "sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT together (run under it)")
+    values = {}
+    for key, default in (("WORLD_SIZE", None), ("RANK", None), ("LOCAL_RANK", "0"),
+                         ("TORCHELASTIC_RESTART_COUNT", "0")):
+        text = os.environ.get(key) or default
+        try:
+            values[key] = int(text)
+        except ValueError:
+            raise ValueError(f"{key}={text!r} is not a whole number") from None
+    world, rank = values["WORLD_SIZE"], values["RANK"]
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} and WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+    return world, rank, values["LOCAL_RANK"], values["TORCHELASTIC_RESTART_COUNT"]
 
 
 if __name__ == "__main__":
