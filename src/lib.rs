@@ -21,6 +21,7 @@ pub mod optim;
 pub mod placement;
 #[cfg(feature = "python")]
 mod python;
+pub mod say;
 pub mod settings;
 pub mod train;
 pub mod viz;

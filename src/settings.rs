@@ -56,7 +56,7 @@ pub struct TrainConfig {
     /// Input side in pixels (the crop the network sees).
     #[arg(long, value_name = "INT", default_value_t = 224)]
     pub input_size: u32,
-    /// Images per optimiser step.
+    /// Images per optimiser step (per rank under torchrun: the global batch is this x the ranks).
     #[arg(long, value_name = "INT", default_value_t = 128)]
     pub batch_size: usize,
     /// Passes over the training set.

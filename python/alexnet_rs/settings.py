@@ -17,7 +17,8 @@ class TrainSettings(TypedDict, total=False):
     data: str | PathLike[str] | None
     # --input-size: Input side in pixels (the crop the network sees) [default: 224]
     input_size: int
-    # --batch-size: Images per optimiser step [default: 128]
+    # --batch-size: Images per optimiser step (per rank under torchrun: the global batch is this x the
+    # ranks) [default: 128]
     batch_size: int
     # --epochs: Passes over the training set [default: 90]
     epochs: int

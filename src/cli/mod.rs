@@ -108,16 +108,19 @@ pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -
         }
     };
     // A bug (a panic) ends the command with an error line and exit code 1, as in Python.
+    crate::say::set_rank(group.map_or(0, |g| g.rank));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&matches, group)))
         .unwrap_or_else(|payload| Err(Error::Internal(crate::error::panic_message(&*payload))));
-    match result {
+    let code = match result {
         Ok(()) => 0,
         Err(Error::Interrupted(signal)) => (128 + signal) as u8, // as a shell reports it: 130 for Ctrl-C
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say::error(&e.to_string());
             1
         }
-    }
+    };
+    crate::say::set_rank(0);
+    code
 }
 
 /// `--lr -1` as `--lr=-1` (a value to check, not clap's "unexpected argument '-1'"), in every

@@ -151,15 +151,15 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
     drop(handlers);
     let out = writes_to(resume.as_deref(), &tc);
     let stopped_by = stopped.get().then(|| SIGNAL.load(Ordering::SeqCst));
-    outcome(&result, stopped_by, quiet, &out)
+    outcome(&result, stopped_by, quiet, &out, group.map_or(1, |g| g.world))
 }
 
 /// How a run that returned `result` ends for this process. Not stopped (a signal that came
 /// after the last step did not stop the run short): complete, "final:" and exit 0. Stopped by
 /// this process's signal `Some(s)`: interrupted (exit 128 + s); by another rank's (`Some(0)`):
 /// a failure, so that no rank says "final:" of a run cut short. Rank 0 (not `quiet`) reports
-/// either, with the checkpoint to resume from.
-fn outcome(result: &EvalResult, stopped_by: Option<i32>, quiet: bool, out: &Path) -> Result<()> {
+/// either, with the checkpoint and the command (for its `ranks`) to resume from.
+fn outcome(result: &EvalResult, stopped_by: Option<i32>, quiet: bool, out: &Path, ranks: usize) -> Result<()> {
     let Some(signal) = stopped_by else {
         if !quiet {
             println!(
@@ -176,8 +176,7 @@ fn outcome(result: &EvalResult, stopped_by: Option<i32>, quiet: bool, out: &Path
     if !quiet {
         let ckpt = checkpoint::find_latest(out).unwrap_or(out.to_path_buf());
         eprintln!(
-            "{}: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with \
-             `alexnet train --resume {}`",
+            "{}: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with {}",
             if signal != 0 {
                 "interrupted"
             } else {
@@ -188,16 +187,28 @@ fn outcome(result: &EvalResult, stopped_by: Option<i32>, quiet: bool, out: &Path
             result.loss,
             result.samples,
             ckpt.display(),
-            out.display()
+            resume_command(out, ranks)
         );
     }
     Err(match signal {
         0 => crate::Error::SomeFailed(format!(
-            "the run stopped early because another rank was interrupted; continue with `alexnet train --resume {}`",
-            out.display()
+            "the run stopped early because another rank was interrupted; continue with {}",
+            resume_command(out, ranks)
         )),
         s => crate::Error::Interrupted(s),
     })
+}
+
+/// The command that continues the run in `out` trained by `ranks` ranks (a data-parallel run
+/// needs as many).
+fn resume_command(out: &Path, ranks: usize) -> String {
+    match ranks {
+        1 => format!("`alexnet train --resume {}`", out.display()),
+        n => format!(
+            "`torchrun --nproc_per_node {n} -m alexnet_rs.train --resume {}` ({n} ranks in all, on one node or several)",
+            out.display()
+        ),
+    }
 }
 
 /// The run to continue. With --auto-resume: the one in the folder this run writes (--out, else

@@ -284,7 +284,7 @@ fn build_batch(
             Ok(()) => kept.push((pos, i)),
             Err(e) if cfg.on_bad_image == OnBadImage::Skip => {
                 skipped.fetch_add(1, Ordering::Relaxed);
-                eprintln!("skipping bad image: {e}");
+                crate::say::line(&format!("skipping bad image: {e}"));
             }
             Err(e) => return Err(e),
         }

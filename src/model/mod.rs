@@ -42,6 +42,17 @@ impl Params {
             .map_or(tch::Device::Cpu, |(_, _, t)| t.device())
     }
 
+    /// A fingerprint of the values (their float32 bits summed as integers: exact, in any
+    /// order), below 2^32: equal on processes that hold the same parameters.
+    pub fn fingerprint(&self) -> Result<u64> {
+        let mut sum = 0i64;
+        for (_, _, t) in self.iter_shards() {
+            let bits = t.f_to_kind(Kind::Float)?.f_view_dtype(Kind::Int)?;
+            sum = sum.wrapping_add(bits.f_sum(Kind::Int64)?.int64_value(&[]));
+        }
+        Ok(sum as u64 & 0xffff_ffff)
+    }
+
     pub fn from_shards(map: BTreeMap<String, Vec<Tensor>>) -> Self {
         Params { map }
     }

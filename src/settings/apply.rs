@@ -141,11 +141,11 @@ impl TrainConfig {
         let ds = match &self.data {
             Some(p) => {
                 if split == Split::Test && !Dataset::has_test_split(p) {
-                    eprintln!(
+                    crate::say::note(&format!(
                         "warning: {} has no test split (a val/ or test/ folder beside train/): validating on the \
                          training images",
                         p.display()
-                    );
+                    ));
                 }
                 Dataset::open(p, split)?
             }
@@ -169,7 +169,7 @@ impl TrainConfig {
             .filter(|_| view == View::Train)
             .and_then(|s| crate::data::transform::unused_stats(self.preset, self.input_size, s))
         {
-            eprintln!("warning: {w}");
+            crate::say::note(&format!("warning: {w}"));
         }
         Ok(Transform::for_preset(
             self.preset,

@@ -4,10 +4,11 @@
 //! CUDA): PyTorch's own distributed engine, not one of ours.
 //!
 //! With `world` ranks, rank r trains on its slice of each global batch (batch_size x world, the
-//! order one process would use), the gradients are summed and divided by `world` (the gradient
-//! of the mean loss over the global batch), evaluation counts are summed, and rank 0 alone writes
-//! metrics, curves and checkpoints.
-use crate::error::Result;
+//! order one process would use), each rank's loss is summed over its slice and divided by the
+//! global batch's images, the gradients are summed (the gradient of the mean loss over the global
+//! batch), evaluation counts are summed, and rank 0 alone writes metrics, curves and
+//! checkpoints. The ranks check at the start that they begin alike ([`Group::check_same`]).
+use crate::error::{Error, Result};
 use crate::model::Params;
 use tch::{Device, Tensor};
 
@@ -59,6 +60,28 @@ impl Group<'_> {
         self.sum(&[&t])?;
         let v = Vec::<f64>::try_from(t.to_device(Device::Cpu))?;
         Ok(std::array::from_fn(|i| v[i]))
+    }
+
+    /// Refuses, on every rank alike, `values` (names and this rank's values, the same names in
+    /// the same order on every rank; integers below 2^53 / world) that differ between the ranks:
+    /// a rank whose value is not the ranks' mean says so, then every rank learns whether one did.
+    pub fn check_same(&self, values: &[(&str, f64)], device: Device, cure: &str) -> Result<()> {
+        let mine: Vec<f64> = values.iter().map(|(_, v)| *v).collect();
+        let t = Tensor::from_slice(&mine).to_device(device);
+        self.sum(&[&t])?;
+        let sums = Vec::<f64>::try_from(t.to_device(Device::Cpu))?;
+        let differs = mine.iter().zip(&sums).any(|(v, s)| *s != v * self.world as f64);
+        let [n] = self.sum_values([f64::from(u8::from(differs))], device)?;
+        if n == 0.0 {
+            return Ok(());
+        }
+        let list: Vec<String> = values.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        Err(Error::Config(format!(
+            "the {} ranks do not start alike: this one (rank {}) has {}; {cure}",
+            self.world,
+            self.rank,
+            list.join(", ")
+        )))
     }
 
     /// Sums the gradients and a step's totals (loss sum, errors) over the ranks, in one

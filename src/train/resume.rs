@@ -173,7 +173,10 @@ pub(super) fn warn_ignored(given: &TrainConfig, used: &TrainConfig) {
     };
     for (k, v) in &g {
         if v != &u[k] && given.gave(k, v != &d[k]) {
-            eprintln!("warning: --resume keeps the run's {k} = {} (ignoring {v})", u[k]);
+            crate::say::note(&format!(
+                "warning: --resume keeps the run's {k} = {} (ignoring {v})",
+                u[k]
+            ));
         }
     }
 }

@@ -87,10 +87,10 @@ impl<'a> Run<'a> {
                     // finishes the epoch).
                     let e = self.evaluate()?;
                     if agreed.out_of_time {
-                        eprintln!(
+                        crate::say::note(&format!(
                             "time budget reached after {} steps: top-1 {:.4}, top-5 {:.4}",
                             self.state.step, e.top1, e.top5
-                        );
+                        ));
                     }
                     self.save()?;
                     return self.finish(steps_here, Some(e));
@@ -263,7 +263,7 @@ impl<'a> Run<'a> {
                 (state.best_top1, state.best_step) = (Some(e.top1), Some(state.step));
             }
             if state.schedule.end_epoch(Some(1.0 - e.top1)) {
-                eprintln!("validation error plateaued: lr -> {:e}", state.schedule.lr);
+                crate::say::note(&format!("validation error plateaued: lr -> {:e}", state.schedule.lr));
             }
             let rec = EpochRecord {
                 epoch: state.epoch,
@@ -316,10 +316,10 @@ impl<'a> Run<'a> {
 
     fn finish(self, steps_here: u64, last_eval: Option<EvalResult>) -> Result<EvalResult> {
         if steps_here == 0 {
-            eprintln!(
+            crate::say::note(&format!(
                 "the run is complete ({} epochs done, --epochs {}); pass a larger --epochs to train on",
                 self.state.epoch, self.tc.epochs
-            );
+            ));
         }
         // Stopped before an epoch's evaluation (asked to stop, or nothing left to train).
         let e = match last_eval {

@@ -164,6 +164,8 @@ def test_a_rank_stopped_by_sigterm_stops_every_rank_with_a_checkpoint(reference,
     # Rank 0's report (rank 1 may be ended by torchrun's SIGTERM once rank 0 has exited).
     assert "stopped by another rank: top-1" in r.stderr, r.stderr[-3000:]
     assert "error: the run stopped early because another rank was interrupted" in r.stderr, r.stderr[-3000:]
+    # The command to continue is torchrun's with 2 ranks (`alexnet train --resume` is refused).
+    assert f"continue with `torchrun --nproc_per_node 2 -m alexnet_rs.train --resume {out}`" in r.stderr
     assert max(s for s, _, _ in losses(out)) == 5
     assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "ckpt-000000005"
     torchrun(out, "--resume", str(out))
@@ -301,3 +303,97 @@ def test_bad_images_leave_two_ranks_training_as_one_process(tmp_path):
                            capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="2"), timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
     assert [(d["step"], d["loss"]) for d in metrics(pieces)] == [(d["step"], d["loss"]) for d in m1]
+
+
+SMALL = ["--preset", "cnn4", "--input-size", "28", "--limit-train", "64", "--limit-test", "16", "--epochs", "2",
+         "--threads", "1", "--batch-size", "4", "--checkpoint-every", "3"]
+
+
+def run_torchrun(tmp_path, *args, nproc=2, torchrun_args=(), env=None):
+    port = free_port()
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", *torchrun_args, "-m",
+                           "alexnet_rs.train", *map(str, args)],
+                          capture_output=True, text=True, env=dict(env or ENV, TMPDIR=str(tmp_path)), timeout=600)
+
+
+def test_one_rank_under_torchrun_restarts_from_its_checkpoint(tmp_path):
+    """With --nproc_per_node 1 the restart check came after the one-process shortcut: every
+    restart started afresh and was refused ("already holds a run"), and the job failed."""
+    out = tmp_path / "one"
+    env = dict(ENV, ALEXNET_FAULT="train-step:kill@5", ALEXNET_FAULT_RANK="0")
+    r = run_torchrun(tmp_path, *SMALL, "--out", out, nproc=1, torchrun_args=["--max-restarts", "1"], env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "SIGKILL at train-step" in r.stderr and f"resuming the run in {out}" in r.stderr, r.stderr[-3000:]
+    assert [s for s, _, _ in losses(out)] == list(range(1, 33))
+
+
+def test_two_ranks_print_each_note_once_and_name_the_rank_of_an_error(tmp_path):
+    """Every rank printed the resume warnings, "time budget reached" and "the run is complete",
+    and their "error: " lines interleaved ("error: error: ...")."""
+    out = tmp_path / "run"
+    r = run_torchrun(tmp_path, *SMALL, "--out", out, "--max-steps", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_torchrun(tmp_path, "--resume", out, "--lr", "0.5", "--time-budget", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("warning: --resume keeps the run's lr") == 1, r.stderr[-3000:]
+    assert r.stderr.count("time budget reached after 3 steps") == 1, r.stderr[-3000:]
+    r = run_torchrun(tmp_path, *SMALL, "--out", tmp_path / "nan", "--lr", "1e30")
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if "error" in line and "became" in line]
+    assert sorted(line.split(":")[0] for line in errors) == ["error", "error (rank 1)"], r.stderr[-3000:]
+
+
+def test_ranks_that_would_start_differently_are_refused_on_every_rank(tmp_path):
+    """Two nodes resuming different checkpoints (folders not shared) trained together from
+    different weights and positions, silently; one resuming and one not aborted in gloo
+    ("collective mismatch"). Both are refused by every rank, before any step."""
+    a = tmp_path / "a"
+    assert run_torchrun(tmp_path, *SMALL, "--out", a, "--max-steps", "3").returncode == 0
+    b = tmp_path / "b"
+    subprocess.run(["cp", "-a", str(a), str(b)], check=True)
+    assert run_torchrun(tmp_path, "--resume", a, "--max-steps", "1").returncode == 0  # a: step 4, b: step 3
+
+    def two_nodes(first, second):
+        port = free_port()
+        base = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "alike", "-m",
+                "alexnet_rs.train"]
+        nodes = [subprocess.Popen(base + list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=dict(ENV, TMPDIR=str(tmp_path))) for args in (first, second)]
+        return [(p.communicate(timeout=600)[1], p.wait()) for p in nodes]
+
+    for err, code in two_nodes(["--resume", a, "--max-steps", "1"], ["--resume", b, "--max-steps", "1"]):
+        assert code != 0 and "ranks do not start alike" in err and ("step 4," in err or "step 3," in err), err[-3000:]
+        assert "terminate called" not in err, err[-3000:]
+    assert [s for s, _, _ in losses(a)] == [1, 2, 3, 4] and [s for s, _, _ in losses(b)] == [1, 2, 3]
+    for err, code in two_nodes(["--resume", a, "--max-steps", "1"], [*SMALL, "--out", tmp_path / "c"]):
+        assert code != 0 and "resumes a checkpoint (1) or not (0)" in err, err[-3000:]
+        assert "terminate called" not in err, err[-3000:]
+    assert [s for s, _, _ in losses(a)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"WORLD_SIZE": "2"}, "RANK is not set but WORLD_SIZE is"),
+    ({"RANK": "1"}, "WORLD_SIZE is not set but RANK is"),
+    ({"RANK": "0", "WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE"),
+])
+def test_a_partial_torchrun_environment_is_a_clear_error(tmp_path, env, needle):
+    """WORLD_SIZE without RANK was a KeyError traceback; RANK alone trained one whole process."""
+    base = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    r = subprocess.run([sys.executable, "-m", "alexnet_rs.train", *SMALL, "--out", tmp_path / "x"],
+                       capture_output=True, text=True, env=dict(base, **env), timeout=120)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_ddp_example_refuses_what_it_cannot_run(tmp_path):
+    """Data that makes no global batch looped over empty epochs forever; --lr nan wrote NaN
+    into the losses' JSON."""
+    for args, needle in ((["--limit", "16"], "make no global batch of 32 x 1 rank(s)"),
+                         (["--lr", "nan"], "--lr must be a finite number > 0")):
+        r = subprocess.run([sys.executable, "-m", "alexnet_rs.ddp", "--steps", "2", "--out", tmp_path, *args],
+                           capture_output=True, text=True, env=ENV, timeout=120)
+        assert r.returncode != 0 and needle in r.stderr, r.stderr[-2000:]
+    assert not list(tmp_path.glob("losses-*"))

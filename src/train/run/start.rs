@@ -27,6 +27,18 @@ impl<'a> Run<'a> {
         on_event: &'a mut dyn FnMut(&Event),
     ) -> Result<Run<'a>> {
         let writer = group.is_none_or(|g| g.rank == 0);
+        if let Some(g) = group {
+            // Before the collectives that only a resuming rank takes (recovering the folder).
+            let resumes = [(
+                "resumes a checkpoint (1) or not (0)",
+                f64::from(u8::from(resume.is_some())),
+            )];
+            g.check_same(
+                &resumes,
+                tch::Device::Cpu,
+                "give every rank --resume (the same run) or none",
+            )?;
+        }
         let (tc, ckpt, mut lock) = settle(tc, resume, group, writer)?;
         let (cfg, placement, train_loader, test_loader) = open_data(&tc, ckpt.as_ref(), group)?;
         let per_epoch = train_loader.batches_per_epoch() as u64;
@@ -47,6 +59,9 @@ impl<'a> Run<'a> {
         state.config = tc.clone();
         state.check_position(per_epoch, ranks)?;
         state.ranks = ranks;
+        if let Some(g) = group {
+            check_alike(g, &state, per_epoch, &cfg, &params)?;
+        }
         let at = ResumeAt {
             step: state.step,
             epoch: state.epoch,
@@ -129,6 +144,25 @@ fn open_data(
         )));
     }
     Ok((cfg, placement, train_loader, test_loader))
+}
+
+/// Refuses ranks that would train together from different states: another checkpoint (a node
+/// that does not share the run folder), seed or data.
+fn check_alike(g: &Group, state: &TrainState, per_epoch: u64, cfg: &Config, params: &Params) -> Result<()> {
+    let alike = [
+        ("step", state.step as f64),
+        ("epoch", state.epoch as f64),
+        ("batch in epoch", state.batch_in_epoch as f64),
+        ("batches per epoch", per_epoch as f64),
+        ("classes", cfg.num_classes() as f64),
+        ("weights fingerprint", params.fingerprint()? as f64),
+    ];
+    g.check_same(
+        &alike,
+        params.device(),
+        "every rank must start from the same checkpoint (one shared run folder) or the same seed and \
+         --init-from, on the same data",
+    )
 }
 
 /// Holds `dir` (unless `lock` already holds it), for the run's lifetime.
