@@ -9,6 +9,7 @@ forward (it records the same autograd graph as PyTorch ops would).
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import torch
@@ -95,6 +96,9 @@ class AlexNet(nn.Module):
     cross devices where the paper's GPUs exchanged them). ``state_dict()`` gives whole tensors
     under the usual names and ``load_state_dict()`` takes them, so checkpoints interchange with a
     one-device model.
+
+    ``classes``: the class names, label order, of a model from ``load_checkpoint`` (else None);
+    ``save_checkpoint`` writes them, ``reset_classifier`` clears them.
     """
 
     def __init__(self, preset: str = "paper", num_classes: int = 1000, conv_backend: str = "auto",
@@ -105,6 +109,7 @@ class AlexNet(nn.Module):
         if input_size is not None:
             int_arg("AlexNet", "input_size", input_size)
         self.preset, self.num_classes = preset, num_classes
+        self.classes: list[str] | None = None
         self.conv_backend = _backend("AlexNet", conv_backend)
         if devices is not None:
             str_arg("AlexNet", "devices", devices)
@@ -237,7 +242,7 @@ class AlexNet(nn.Module):
             name = f"{key}__shard0" if self._sharded else key
             old = own[name]
             self._register(name, fresh[key].to(device=old.device, dtype=old.dtype))
-        self.num_classes = num_classes
+        self.num_classes, self.classes = num_classes, None  # the old names label no output now
 
     def extra_repr(self) -> str:
         devices = f", devices={self.devices!r}" if self.devices is not None else ""
@@ -252,12 +257,17 @@ class AlexNet(nn.Module):
         lines = [f"  ({r['name']}): {_layer_repr(r['op'])}" for r in rows]
         return f"AlexNet({self.extra_repr()}\n" + "\n".join(lines) + "\n)"
 
-    def save_checkpoint(self, run: str, classes: list[str] | None = None, input_size: int | None = None) -> str:
+    def save_checkpoint(self, run: str | os.PathLike[str], classes: list[str] | None = None,
+                        input_size: int | None = None) -> str:
         """Writes this model's weights as an ``alexnet train`` checkpoint under ``run`` (what
-        ``alexnet eval``/``predict`` and ``--resume`` read). Returns the checkpoint folder. A folder
-        that holds a training run is refused (:class:`ConfigError`): save into another one."""
+        ``alexnet eval``/``predict`` and ``--resume`` read), with the class names ``classes``
+        (default: the model's own, ``self.classes``; without names, the label numbers). Returns
+        the checkpoint folder. A folder that holds a training run is refused
+        (:class:`ConfigError`): save into another one."""
         where = "AlexNet.save_checkpoint"
         path_arg(where, "run", run)
+        if classes is None:
+            classes = self.classes  # a loaded checkpoint's names (it lost them on a save)
         if classes is not None:
             if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
                 raise DtypeError(f"{where}: classes must be a list of str, got {type(classes).__name__}")
@@ -267,7 +277,7 @@ class AlexNet(nn.Module):
         return str(checked(_native.save_checkpoint)(self.preset, self._weights(), run, classes, size))
 
     @classmethod
-    def load_checkpoint(cls, path: str, conv_backend: str = "auto") -> "AlexNet":
+    def load_checkpoint(cls, path: str | os.PathLike[str], conv_backend: str = "auto") -> "AlexNet":
         """A model with the weights of an ``alexnet train`` checkpoint (a run folder: its newest
         checkpoint; or a ``ckpt-<step>`` folder), built for the checkpoint's input size, validated
         by the Rust loader (truncated or foreign files are refused). Reads safetensors only (no

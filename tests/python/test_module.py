@@ -127,6 +127,17 @@ def test_python_checkpoint_is_read_by_the_cli(tmp_path):
     assert back.classes == ["cat", "dog", "car", "cup"]
     for (k, a), (_, b) in zip(m.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), k
+    # Saved again without classes=: the names it was loaded with (they became label numbers, and
+    # `alexnet eval` then refused the checkpoint against the named data).
+    again = alexnet_rs.AlexNet.load_checkpoint(back.save_checkpoint(tmp_path / "again"))
+    assert again.classes == ["cat", "dog", "car", "cup"]
+    r = subprocess.run([root / "target" / "release" / "alexnet", "predict", tmp_path / "again", img],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.splitlines()[1].split()[-1] == py_top
+    # A new class layer has no names.
+    back.reset_classifier(3)
+    assert back.classes is None
+    assert alexnet_rs.AlexNet.load_checkpoint(back.save_checkpoint(tmp_path / "reset")).classes == ["0", "1", "2"]
 
 
 def test_two_device_module_holds_the_placements_shards_and_trains_as_one_device():
