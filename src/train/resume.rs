@@ -132,6 +132,27 @@ pub(super) fn check_classes(resumed: Option<&Checkpoint>, train: &Dataset) -> Re
     }
 }
 
+/// A resumed run's schedule for its (maybe new) `--epochs`: a cosine schedule follows the curve
+/// that ends at the new last epoch (it ran on past the old end, where the cosine climbs back to
+/// the base lr). From epoch `at` on, the lr is then that curve's, as in a run planned that long.
+pub(crate) fn replan(schedule: &mut crate::optim::Schedule, epochs: u64, at: u64) {
+    if schedule.epochs == epochs {
+        return;
+    }
+    if schedule.kind == crate::optim::ScheduleKind::Cosine && at < epochs {
+        let before = schedule.lr_at(at as f64);
+        let mut after = schedule.clone();
+        after.epochs = epochs;
+        crate::say::note(&format!(
+            "note: the cosine schedule now ends at epoch {epochs} (it was planned for {}): the lr at epoch {at} is \
+             {:.3e} on the new curve ({before:.3e} on the old one)",
+            schedule.epochs,
+            after.lr_at(at as f64)
+        ));
+    }
+    schedule.epochs = epochs;
+}
+
 /// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time
 /// budgets, `--keep`), a new `--epochs`, where the data and stats files are now, and where to
 /// write (`--out`, else the run's own folder).

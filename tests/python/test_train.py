@@ -65,6 +65,20 @@ def test_resume_takes_a_given_epochs_even_when_it_is_the_default(tmp_path):
     assert [d["step"] for d in seen if "train_error" in d] == [5]
 
 
+def test_a_cosine_run_extended_by_resume_follows_the_curve_to_its_new_end(tmp_path, capfd):
+    """`--resume RUN --epochs 3` on a 2-epoch cosine run kept the 2-epoch curve: past its end the
+    cosine climbs back, and the lr rose from 0 towards the base lr. The extension follows the
+    3-epoch curve, 0.5 lr (1 + cos(pi t / 3)) at fractional epoch t."""
+    import math
+
+    alexnet_rs.train(dict(small(tmp_path), epochs=2, schedule="cosine"))  # 4 steps per epoch
+    seen = []
+    alexnet_rs.train({"epochs": 3}, on_step=seen.append, resume=tmp_path)
+    lrs = [d["lr"] for d in seen if "train_error" in d]
+    assert lrs == pytest.approx([0.5 * 0.01 * (1 + math.cos(math.pi * (2 + i / 4) / 3)) for i in range(4)], rel=1e-12)
+    assert "the cosine schedule now ends at epoch 3 (it was planned for 2)" in capfd.readouterr().err
+
+
 def test_callback_exception_stops_training_and_propagates(tmp_path):
     def boom(d):
         raise RuntimeError("stop here")

@@ -56,6 +56,7 @@ impl<'a> Run<'a> {
             None => fresh(&tc, &cfg, &placement, train_loader.dataset().classes.clone())?,
         };
         freeze(&params, &tc.frozen(&cfg)?);
+        resume::replan(&mut state.schedule, tc.epochs, state.epoch);
         state.config = tc.clone();
         state.check_position(per_epoch, ranks)?;
         state.ranks = ranks;
