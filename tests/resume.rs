@@ -659,6 +659,44 @@ fn ctrl_c_or_sigterm_stops_with_a_checkpoint_and_exit_code_128_plus_the_signal()
 }
 
 #[test]
+fn a_second_signal_quits_at_once_without_promising_a_checkpoint() {
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::ExitStatusExt;
+    let _s = serial();
+    require_data();
+    // The second Ctrl-C quit at once, but first printed "stopping after this step with a
+    // checkpoint" again: a checkpoint that never came.
+    let b = tmp("signal-twice");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args(["train", "--preset", "cnn4", "--input-size", "28", "--batch-size", "32"])
+        .args(["--epochs", "1000", "--limit-train", "128", "--threads", "2", "--out"])
+        .arg(&*b)
+        .env_remove("ALEXNET_FAULT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while fs::read_to_string(b.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(started.elapsed().as_secs() < 120, "no step within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    // The first handler has run once its line is out; the evaluation of 10000 test images that
+    // follows the stop leaves time for the second signal.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("stopping after this step") {
+        assert!(err.read_line(&mut seen).unwrap() > 0, "{seen}");
+    }
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    err.read_to_string(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{seen}");
+    assert_eq!(seen.matches("stopping after this step").count(), 1, "{seen}");
+}
+
+#[test]
 fn an_epoch_row_carries_the_lr_its_last_step_trained_with() {
     let _s = serial();
     require_data();

@@ -102,11 +102,13 @@ impl Drop for Handlers {
 
 extern "C" fn on_signal(signal: libc::c_int) {
     if SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
-        // SAFETY: signal and raise are async-signal-safe.
+        // SAFETY: signal and raise are async-signal-safe. The signal is blocked while its handler
+        // runs, so the raised one ends the process when this returns: not a word more.
         unsafe {
             libc::signal(signal, libc::SIG_DFL);
             libc::raise(signal);
         }
+        return;
     }
     const MSG: &[u8] = b"\nstopping after this step with a checkpoint (signal again to quit at once)\n";
     // SAFETY: write is async-signal-safe; MSG outlives the call.

@@ -190,7 +190,7 @@ pub fn evaluate(
 ) -> PyResult<PyObject> {
     guard(|| {
         let batch_size = count("batch_size", batch_size, 1)?;
-        let limit = limit.map(|n| count("limit", n, 0)).transpose()?;
+        let limit = limit.map(|n| count("limit", n, 1)).transpose()?;
         core(crate::placement::Placement::parse(devices))?;
         let devices = devices.to_string();
         let stop = || Python::with_gil(|py| py.check_signals().is_err());

@@ -140,14 +140,20 @@ impl TrainConfig {
     pub fn open(&self, split: Split, limit: Option<usize>) -> Result<Dataset> {
         let ds = match &self.data {
             Some(p) => {
+                let ds = Dataset::open(p, split)?;
+                // Said once it is known to be so (not before the error of a missing folder).
                 if split == Split::Test && !Dataset::has_test_split(p) {
+                    let missing = if p.is_file() {
+                        "a list file is one split"
+                    } else {
+                        "a val/ or test/ folder beside train/"
+                    };
                     crate::say::note(&format!(
-                        "warning: {} has no test split (a val/ or test/ folder beside train/): validating on the \
-                         training images",
+                        "warning: {} has no test split ({missing}): validating on the training images",
                         p.display()
                     ));
                 }
-                Dataset::open(p, split)?
+                ds
             }
             None => Dataset::fashion_mnist(split)?,
         };

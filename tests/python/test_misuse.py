@@ -99,6 +99,7 @@ def _cases():
             ("batch-zero", lambda F: A.evaluate(F.empty, batch_size=0), C, VE, "batch_size"),
             ("batch-negative", lambda F: A.evaluate(F.empty, batch_size=-4), C, VE, "batch_size"),
             ("limit-negative", lambda F: A.evaluate(F.empty, limit=-1), C, VE, "limit"),
+            ("limit-zero", lambda F: A.evaluate(F.empty, limit=0), C, VE, "limit"),
             ("devices-unknown", lambda F: A.evaluate(F.empty, devices="tpu:0"), C, VE, "device"),
         ],
         "alexnet_rs.AlexNet": [

@@ -79,6 +79,25 @@ def test_a_cosine_run_extended_by_resume_follows_the_curve_to_its_new_end(tmp_pa
     assert "the cosine schedule now ends at epoch 3 (it was planned for 2)" in capfd.readouterr().err
 
 
+def test_a_run_trained_on_a_relative_data_path_evaluates_from_any_folder(tmp_path, monkeypatch, capfd):
+    """The data path was stored as typed: `eval` (and `--resume`) of a run trained with a
+    relative --data failed from another folder. And a --data that does not exist was first
+    'validated on the training images' (a warning), then an error."""
+    import os
+
+    from conftest import FASHION
+
+    monkeypatch.chdir(tmp_path)
+    alexnet_rs.train(dict(small(tmp_path / "run"), data=os.path.relpath(FASHION, tmp_path)))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert alexnet_rs.evaluate(tmp_path / "run", limit=16)["samples"] == 16
+    capfd.readouterr()
+    with pytest.raises(alexnet_rs.MissingFileError, match="/no/such/data"):
+        alexnet_rs.evaluate(tmp_path / "run", data="/no/such/data")
+    assert "has no test split" not in capfd.readouterr().err
+
+
 def test_callback_exception_stops_training_and_propagates(tmp_path):
     def boom(d):
         raise RuntimeError("stop here")

@@ -113,6 +113,10 @@ fn settle(
         hold(&mut lock, &tc.out)?;
     }
     resume::check_out(&tc, ckpt.as_ref())?;
+    // Stored absolute: `alexnet eval` and `--resume` of the run work from any folder.
+    if let Some(d) = &tc.data {
+        tc.data = Some(std::path::absolute(d).map_err(crate::error::io(d))?);
+    }
     if let Some(g) = group {
         tc.devices = Placement::for_local_rank(&tc.devices, g.local_rank)?;
     }
