@@ -1,8 +1,29 @@
 //! Lines for the user on stderr, each in one write (the lines of a data-parallel run's ranks, or
 //! of a process's threads, do not interleave mid-line). In a data-parallel run, [`note`]s come
-//! from rank 0 alone: every rank would say the same.
+//! from rank 0 alone: every rank would say the same. Under [`capture_warnings`] (Python's
+//! `train`), warnings are kept for the caller to raise as Python warnings instead.
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+thread_local! {
+    /// This thread's warnings, kept while [`capture_warnings`] runs.
+    static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's `warning: ` notes kept (see [`take_warnings`]) instead of
+/// printed; returns its result and the warnings not taken.
+pub fn capture_warnings<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    let before = CAPTURED.with(|c| c.replace(Some(Vec::new())));
+    let r = f();
+    let left = CAPTURED.with(|c| c.replace(before)).unwrap_or_default();
+    (r, left)
+}
+
+/// The warnings kept so far on this thread (see [`capture_warnings`]), without their prefix.
+pub fn take_warnings() -> Vec<String> {
+    CAPTURED.with(|c| c.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default())
+}
 
 /// This process's rank in a data-parallel run (0 otherwise).
 static RANK: AtomicUsize = AtomicUsize::new(0);
@@ -20,9 +41,15 @@ pub fn line(msg: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
-/// A message about the run as a whole (a warning, a decision): rank 0's alone.
+/// A message about the run as a whole (a decision, or a `warning: ...`): rank 0's alone.
 pub fn note(msg: &str) {
-    if RANK.load(Ordering::Relaxed) == 0 {
+    if RANK.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    let kept = msg
+        .strip_prefix("warning: ")
+        .is_some_and(|w| CAPTURED.with(|c| c.borrow_mut().as_mut().map(|v| v.push(w.to_string())).is_some()));
+    if !kept {
         line(msg);
     }
 }

@@ -104,7 +104,7 @@ fn json_to_py(py: Python<'_>, json: &str) -> PyResult<PyObject> {
 /// (see `alexnet train --help`); `on_step(dict)` receives every step's and epoch's metrics.
 /// Ctrl-C (KeyboardInterrupt) stops cleanly after a checkpoint, then is re-raised. `resume`: a
 /// run folder to continue; of `config` it takes `epochs`, `keep`, `out`, `data`, `stats`,
-/// `max_steps` and `time_budget_s` and warns about any other key whose value differs from the run's.
+/// `max_steps` and `time_budget_s` and warns (`UserWarning`) about any other key whose value differs from the run's.
 /// A new run into an `out` that holds checkpoints raises `ConfigError` (one run per folder).
 #[pyfunction]
 #[pyo3(signature = (config, on_step=None, resume=None))]
@@ -126,21 +126,27 @@ pub fn train(
         }
         let interrupted = std::sync::atomic::AtomicBool::new(false);
         let callback_error: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
-        let result = py.allow_threads(|| {
-            let mut on_event = |e: &Event| {
-                if let Some(cb) = &on_step {
-                    send_event(cb, e, &callback_error);
-                }
-            };
-            let stop = || {
-                let sig = Python::with_gil(|py| py.check_signals().is_err());
-                if sig {
-                    interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
-                sig || callback_error.lock().expect("lock").is_some()
-            };
-            crate::train::train(&tc, resume.as_deref(), &mut on_event, &stop)
+        let (result, left) = py.allow_threads(|| {
+            crate::say::capture_warnings(|| {
+                let mut on_event = |e: &Event| {
+                    if let Some(cb) = &on_step {
+                        send_event(cb, e, &callback_error);
+                    }
+                };
+                let stop = || {
+                    let sig = Python::with_gil(|py| {
+                        warn(py, crate::say::take_warnings(), &callback_error);
+                        py.check_signals().is_err()
+                    });
+                    if sig {
+                        interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    sig || callback_error.lock().expect("lock").is_some()
+                };
+                crate::train::train(&tc, resume.as_deref(), &mut on_event, &stop)
+            })
         });
+        warn(py, left, &callback_error);
         let callback_error = callback_error.into_inner().expect("lock");
         // Ctrl-C may land inside the callback (then it is the callback's error) or in Rust.
         let ctrl_c = callback_error
@@ -156,6 +162,21 @@ pub fn train(
         }
         eval_dict(py, &core(result)?)
     })
+}
+
+/// Raises the run's warnings as Python `UserWarning`s, at the caller's line; an error (a
+/// warnings filter set to "error") is kept as a callback's is, and stops the run.
+fn warn(py: Python<'_>, warnings: Vec<String>, error: &std::sync::Mutex<Option<PyErr>>) {
+    for w in warnings {
+        let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+        // stacklevel 2: past the `checked` wrapper, the caller of alexnet_rs.train.
+        if let Err(err) = py
+            .import("warnings")
+            .and_then(|m| m.call_method1("warn", (w, category, 2)))
+        {
+            error.lock().expect("lock").get_or_insert(err);
+        }
+    }
 }
 
 /// Calls `on_step(dict)` with one event; its first error is kept (and stops the run).

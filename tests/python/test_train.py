@@ -98,6 +98,22 @@ def test_a_run_trained_on_a_relative_data_path_evaluates_from_any_folder(tmp_pat
     assert "has no test split" not in capfd.readouterr().err
 
 
+def test_a_resumed_runs_warnings_are_python_warnings(tmp_path):
+    """train(config, resume=) "warns" about settings it cannot take: it printed CLI text on
+    stderr, which no warnings filter could catch or silence. They are UserWarnings at the
+    caller's line, and a filter set to "error" stops the run as a callback's error does."""
+    import warnings
+
+    alexnet_rs.train(small(tmp_path))
+    with pytest.warns(UserWarning, match="--resume keeps the run's lr = 0.01 \\(ignoring 0.5\\)") as w:
+        alexnet_rs.train({"lr": 0.5, "epochs": 2, "max_steps": 1}, resume=tmp_path)
+    assert [x.filename for x in w] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="keeps the run's lr"):
+            alexnet_rs.train({"lr": 0.5, "epochs": 2, "max_steps": 1}, resume=tmp_path)
+
+
 def test_callback_exception_stops_training_and_propagates(tmp_path):
     def boom(d):
         raise RuntimeError("stop here")
