@@ -175,18 +175,22 @@ def _collect(settings):
 def main(argv=None):
     import torchvision
 
-    ap = argparse.ArgumentParser(prog="python -m alexnet_rs.compare", description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default="compare")
-    ap.add_argument("--train", action="store_true", help="compare training step for step (see above)")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--data", default=os.environ.get("ALEXNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-    ap.add_argument("--input-size", type=int, default=63)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap = argparse.ArgumentParser(prog="python -m alexnet_rs.compare", description=__doc__.splitlines()[0] + " " + __doc__.split("\n\n")[2],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64], help="batch sizes to time")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per batch size (the median is reported)")
+    ap.add_argument("--out", default="compare", help="folder for report.md and the charts")
+    ap.add_argument("--train", action="store_true",
+                    help="compare training step for step instead: torchvision's AlexNet in a plain PyTorch loop "
+                         "against ours in the Rust training loop, same initial weights and batches")
+    ap.add_argument("--steps", type=int, default=60, help="--train: steps")
+    ap.add_argument("--data", default=os.environ.get("ALEXNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"),
+                    help="--train: dataset")
+    ap.add_argument("--input-size", type=int, default=63, help="--train: input side")
+    ap.add_argument("--batch-size", type=int, default=16, help="--train: batch size")
     ap.add_argument("--limit", type=int, default=640, help="training images (a seeded subset)")
-    ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=0.01, help="--train: base lr of the cosine schedule")
+    ap.add_argument("--seed", type=int, default=0, help="--train: seed of the initial weights and the data order")
     ap.add_argument("--threads", type=int, default=2, help="decoding threads")
     args = ap.parse_args(argv)
     for name, least in [("steps", 1), ("input_size", 1), ("batch_size", 1), ("limit", 1), ("repeats", 1), ("threads", 0)]:

@@ -77,7 +77,8 @@ enum BenchCommand {
     /// Images/s of the data pipeline (decode + resize + crop + flip + PCA noise + normalise).
     Data(data::BenchDataArgs),
     /// Images/s of our training step (forward, loss, backward, SGD) against the same network in
-    /// plain PyTorch eager (benches/train_step.py, run by the venv's python) in the same run.
+    /// plain PyTorch eager and under torch.compile (--sides; benches/train_step.py, run by the
+    /// venv's python) in the same run.
     Train(bench::BenchTrainArgs),
 }
 
