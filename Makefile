@@ -106,7 +106,7 @@ test-rust: target/bench-lrn-kernels
 # rustfmt and clippy (warnings are errors; functions over 80 lines too), src/ files under 500 lines; skipped, saying so, where the toolchain lacks them.
 lint:
 	@if cargo fmt --version >/dev/null 2>&1; then cargo fmt --check; else echo "lint: rustfmt not installed, format check skipped"; fi
-	@if cargo clippy --version >/dev/null 2>&1; then cargo clippy --release --features $(FEATURES) --all-targets -- -D warnings; \
+	@if cargo clippy --version >/dev/null 2>&1; then cargo clippy --release --features python,$(FEATURES) --all-targets -- -D warnings; \
 	  else echo "lint: clippy not installed, skipped (rustup component add clippy)"; fi
 	@# No src/ file over 500 lines (functions: clippy's too_many_lines, clippy.toml).
 	@find src -name '*.rs' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 500 { print "lint: " $$2 " has " $$1 " lines (over 500): split it"; bad = 1 } END { exit bad }'

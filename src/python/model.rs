@@ -18,14 +18,13 @@ pub fn lrn(py: Python<'_>, x: &Bound<'_, PyAny>, size: i64, alpha: f64, beta: f6
     })
 }
 
+/// A row of `alexnet info`: (name, op, output shape, parameters, MACs).
+type LayerRow = (String, String, Vec<i64>, i64, i64);
+
 /// Rows of `alexnet info`: (name, op, output shape, parameters, MACs).
 #[pyfunction]
 #[pyo3(signature = (preset, input_size=None, num_classes=1000))]
-pub fn layer_table(
-    preset: &str,
-    input_size: Option<i64>,
-    num_classes: i64,
-) -> PyResult<Vec<(String, String, Vec<i64>, i64, i64)>> {
+pub fn layer_table(preset: &str, input_size: Option<i64>, num_classes: i64) -> PyResult<Vec<LayerRow>> {
     guard(|| {
         let cfg = config(preset, num_classes)?;
         let rows = core(info::layer_table(&cfg, input_size.unwrap_or(cfg.input_size)))?;

@@ -252,15 +252,15 @@ pub fn save_checkpoint(
     })
 }
 
+/// A loaded checkpoint for Python: (preset, class names, weights, settings).
+type Loaded = (String, Vec<String>, Vec<(String, PyTensor)>, PyObject);
+
 /// Loads and validates a checkpoint (a run folder: its newest; or a ckpt folder): (preset,
 /// class names, whole weights in network order, the network's settings: `input_size`, and
 /// `changed`: the ablation switches of `alexnet train` whose values make the network differ from
 /// the preset's, with their values).
 #[pyfunction]
-pub fn load_checkpoint(
-    py: Python<'_>,
-    path: PathBuf,
-) -> PyResult<(String, Vec<String>, Vec<(String, PyTensor)>, PyObject)> {
+pub fn load_checkpoint(py: Python<'_>, path: PathBuf) -> PyResult<Loaded> {
     guard(|| {
         let mut c = core(crate::checkpoint::load(&path))?;
         let tc = &c.state.config;
