@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::settings::{self, TrainConfig};
 use crate::train::{EvalResult, Event};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt};
 use pyo3_tch::PyTensor;
 use std::path::PathBuf;
 
@@ -29,6 +29,17 @@ fn settings_from(py: Python<'_>, config: &Bound<'_, PyDict>) -> PyResult<TrainCo
         if let Some(f) = v.downcast::<PyFloat>().ok().filter(|f| !f.value().is_finite()) {
             return Err(py_err(Error::Config(format!(
                 "train setting `{key}`: expected a finite number, got {f}"
+            ))));
+        }
+        // JSON would carry it as a float ("invalid type: floating point 1.18e21").
+        let whole = v.is_instance_of::<PyInt>() && !v.is_instance_of::<PyBool>();
+        if whole
+            && !v
+                .extract::<i128>()
+                .is_ok_and(|n| (i128::from(i64::MIN)..=i128::from(u64::MAX)).contains(&n))
+        {
+            return Err(py_err(Error::Config(format!(
+                "train setting `{key}`: {v} is out of range for any setting (at most 64 bits)"
             ))));
         }
         let value = dumps

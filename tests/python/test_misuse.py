@@ -71,6 +71,7 @@ def _cases():
             ("config-key-type", lambda F: A.train_config({"epochs": "many"}), C, VE, "epochs"),
             ("config-bad-choice", lambda F: A.train_config({"schedule": "linear"}), C, VE, "schedule"),
             ("config-bytes-path", lambda F: A.train_config({"data": b"data"}), C, VE, "a bytes"),
+            ("config-int-huge", lambda F: A.train_config({"max_steps": 2**70}), C, VE, "`max_steps`: 1180591620717411303424 is out of range"),
         ],
         "alexnet_rs.train_settings": [
             ("extra-arg", lambda F: A.train_settings("paper"), D, TE, "train_settings"),
