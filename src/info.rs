@@ -215,16 +215,18 @@ pub fn render(cfg: &Config, input: i64) -> Result<String> {
         cfg.preset,
         cfg.num_classes()
     );
+    // As wide as the longest name (torchvision's `features.10.pool` overflowed 14).
+    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(14);
     let _ = writeln!(
         s,
-        "{:<14} {:<44} {:>16} {:>12} {:>15}",
+        "{:<w$} {:<44} {:>16} {:>12} {:>15}",
         "layer", "op", "output", "params", "MACs"
     );
     for r in &rows {
         let shape = r.out_shape.iter().map(i64::to_string).collect::<Vec<_>>().join("x");
         let _ = writeln!(
             s,
-            "{:<14} {:<44} {:>16} {:>12} {:>15}",
+            "{:<w$} {:<44} {:>16} {:>12} {:>15}",
             r.name,
             r.op.to_string(),
             shape,

@@ -28,6 +28,17 @@ def test_info_numbers():
     assert "227 -> 55 -> 27 -> 13 -> 6" in run("info", "--preset", "caffe").stdout
 
 
+@pytest.mark.parametrize("preset", ["paper", "torchvision", "caffe", "cnn4"])
+def test_info_columns_line_up(preset):
+    """torchvision's `features.10.pool` overflowed the 14-wide name column and pushed its row's
+    op out of line."""
+    lines = run("info", "--preset", preset).stdout.splitlines()
+    table = lines[1:lines.index(next(ln for ln in lines if ln.startswith(("spatial", "total"))))]
+    assert len(table) > 5
+    ops = {ln.index(ln.split()[1], len(ln.split()[0])) for ln in table if ln.strip()}
+    assert len(ops) == 1, table
+
+
 @pytest.mark.parametrize("sub", ["", "info", "forward", "train", "eval", "predict", "placement", "stats", "prepare",
                                  "bench", "bench data", "bench train", "experiment"])
 def test_help(sub):
