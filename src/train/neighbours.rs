@@ -2,7 +2,9 @@
 //! vectors (the last hidden layer, 4096 wide) are nearest in Euclidean distance. The training
 //! set's fc7 vectors are computed once per checkpoint and data set and cached beside the run
 //! (`<run>/fc7/<checkpoint>-<key>.safetensors`, written to a temporary name and renamed; the key
-//! covers every sample's file, label, size and modification time, see [`samples_key`]).
+//! covers every sample's file, label, size and modification time, see [`samples_key`]). The
+//! cache of a checkpoint that `--keep` has since removed is removed too (each holds N x 4096
+//! floats: 1 GB for Fashion-MNIST's 60000 images).
 use super::eval::{image_tensor, load_trained, Trained};
 use crate::checkpoint;
 use crate::data::{loader::decode, Dataset, Sample, Split, View};
@@ -148,6 +150,7 @@ fn fc7_bank(
         .file_name()
         .map_or("ckpt".into(), |n| n.to_string_lossy().to_string());
     let cache = run.join("fc7").join(format!("{name}-{key:016x}.safetensors"));
+    prune_stale(run);
     let labels: Vec<i64> = train.items.iter().map(|(_, l)| *l).collect();
     if let Ok(v) = Tensor::read_safetensors(&cache) {
         if let Some((_, f)) = v.into_iter().find(|(n, _)| n == "fc7") {
@@ -187,6 +190,26 @@ fn fc7_bank(
         Tensor::write_safetensors(&[("fc7", &feats)], part).map_err(|e| crate::checkpoint::write_error(part, e))
     })?;
     Ok((feats, labels, cache))
+}
+
+/// Removes the fc7 caches (`<checkpoint>-<key>.safetensors`) of `run`'s checkpoints that are
+/// gone; a failure to is no error (a cache is only an aid).
+fn prune_stale(run: &Path) {
+    let Ok(entries) = std::fs::read_dir(run.join("fc7")) else {
+        return;
+    };
+    for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let Some((ckpt, _key)) = name.strip_suffix(".safetensors").and_then(|s| s.rsplit_once('-')) else {
+            continue;
+        };
+        if ckpt.starts_with("ckpt-") && !run.join("checkpoints").join(ckpt).is_dir() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// FNV-1a, 64 bits, of `bytes` continuing from `h`: a stable key for the cache file's name.
