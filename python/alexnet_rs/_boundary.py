@@ -30,6 +30,9 @@ def _raised_by_the_call(e: BaseException) -> bool:
 def checked(fn: F) -> F:
     """``fn`` (a native callable) with pyo3's argument errors as ``AlexNetError``s."""
 
+    # `DataLoader.epoch`; a constructor by its class's name (it said `__new__`).
+    where = getattr(fn, "__qualname__", fn.__name__).removesuffix(".__new__")
+
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -38,12 +41,12 @@ def checked(fn: F) -> F:
             raise
         except TypeError as e:
             if _raised_by_the_call(e):
-                raise DtypeError(f"{fn.__name__}: {e}") from None
+                raise DtypeError(f"{where}: {e}") from None
             raise
         except OverflowError as e:
             if _raised_by_the_call(e):
                 what = _out_of_range(fn, args, kwargs) or "an integer argument"
-                raise ConfigError(f"{fn.__name__}: {what} is out of range (a 64-bit integer): {e}") from None
+                raise ConfigError(f"{where}: {what} is out of range (a 64-bit integer): {e}") from None
             raise
 
     return call  # type: ignore[return-value]

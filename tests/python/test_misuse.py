@@ -249,7 +249,7 @@ def _cases():
             ("data-int", lambda F: data.DataLoader(3), D, TE, "data"),
             ("data-missing", lambda F: data.DataLoader(F.missing), M, FE, "no-such"),
             ("crop-zero", lambda F: data.DataLoader(F.images, crop=0), C, VE, "crop"),
-            ("seed-huge", lambda F: data.DataLoader(F.images, seed=2**64), C, VE, "seed"),
+            ("seed-huge", lambda F: data.DataLoader(F.images, seed=2**64), C, VE, "DataLoader: seed = 18446744073709551616"),
             ("crop-negative", lambda F: data.DataLoader(F.images, crop=-8), C, VE, "crop"),
             ("crop-str", lambda F: data.DataLoader(F.images, crop="224"), D, TE, "crop"),
             ("batch-zero", lambda F: data.DataLoader(F.images, batch_size=0), C, VE, "batch_size"),
