@@ -99,10 +99,17 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
                 inits.append(numpy_helper.from_array(np.array([1, 1, a, a], dtype=np.int64), f"{name}.shape"))
                 x = node("Expand", [x, f"{name}.shape"], name)
             elif side % a:
-                raise ConfigError(
-                    f"export_onnx: AdaptiveAvgPool2d({a}) on a {side}x{side} map has no fixed-window ONNX "
-                    f"equivalent; export at an input size whose last feature map is 1x1 or a multiple of {a} (e.g. 224)"
-                )
+                # Windows of unequal sizes (cell i: rows floor(i S / a) to ceil((i + 1) S / a)): no
+                # ONNX pooling has them, but their mean is separable, P x P^T with P (a, S) holding
+                # each window's 1 / length: two MatMuls.
+                pool = np.zeros((a, side), dtype=np.float32)
+                for i in range(a):
+                    lo, hi = (i * side) // a, -((-(i + 1) * side) // a)
+                    pool[i, lo:hi] = 1.0 / (hi - lo)
+                inits.append(numpy_helper.from_array(pool, f"{name}.rows"))
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(pool.T), f"{name}.cols"))
+                widths = node("MatMul", [x, f"{name}.cols"], f"{name}.w")  # (N, C, S, a)
+                x = node("MatMul", [f"{name}.rows", widths], name)  # (N, C, a, a)
             elif side != a:
                 x = node("AveragePool", [x], name, kernel_shape=[side // a] * 2, strides=[side // a] * 2)
         elif kind == "fc":
