@@ -209,8 +209,9 @@ impl<'a> Run<'a> {
         Ok(images)
     }
 
-    /// The batch's mean cross-entropy (a rank's: summed, see `step`) and its number of wrong top-1 predictions, under the weights
-    /// before this update with dropout on: the paper's "training error rate" (Fig. 1).
+    /// The batch's mean cross-entropy (a rank's: summed, see `step`) and its number of wrong top-1
+    /// predictions, under the weights before this update with dropout on: the paper's "training
+    /// error rate" (Fig. 1).
     fn loss(&self, b: &Batch, in_backward: Option<&InBackward>) -> Result<(Tensor, Tensor)> {
         let x = if self.tc.channels_last {
             crate::ops::channels_last(&b.images)?
