@@ -28,6 +28,7 @@ const HEADERS: &[&str] = &[
     "kernels/sgd.h",
     "kernels/lrn_cpu_kernels.h",
     "kernels/grouped_conv.h",
+    "kernels/dtypes.h",
     "kernels/cuda_api.h",
     "kernels/cuda_common.cuh",
     "kernels/cuda_glue.h",

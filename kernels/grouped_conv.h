@@ -9,6 +9,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "dtypes.h"
+
 #include <array>
 #include <optional>
 #include <tuple>
@@ -23,6 +25,8 @@ std::array<int64_t, 4> check_conv_args(const at::Tensor& x, const at::Tensor& w,
 
 at::Tensor grouped_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                               at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups);
+// grad_out of a backward: the forward's output shape `out` (check_conv_args), x's dtype and device.
+void check_conv_grad_out(const at::Tensor& grad_out, const at::Tensor& x, const std::array<int64_t, 4>& out);
 ConvGrads grouped_conv2d_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w,
                                       at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
                                       std::array<bool, 3> mask);

@@ -10,7 +10,8 @@ std::array<int64_t, 4> check_conv_args(const at::Tensor& x, const at::Tensor& w,
   constexpr const char* op = "alexnet_rs::grouped_conv2d";
   TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", x.sizes());
   TORCH_CHECK_VALUE(w.dim() == 4, op, ": w must be (Cout, Cin/groups, KH, KW), got shape ", w.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got dtype ", x.scalar_type());
+  TORCH_CHECK_TYPE(kernel_dtype(x.scalar_type()), op, ": x must be float16, bfloat16, float32 or float64, got dtype ",
+                   x.scalar_type());
   TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), op, ": w dtype ", w.scalar_type(), " differs from x dtype ",
                    x.scalar_type());
   TORCH_CHECK_VALUE(w.device() == x.device(), op, ": w is on ", w.device(), " but x is on ", x.device());
@@ -49,6 +50,16 @@ std::array<int64_t, 4> check_conv_args(const at::Tensor& x, const at::Tensor& w,
   return {x.size(0), cout, (padded[0] - w.size(2)) / stride[0] + 1, (padded[1] - w.size(3)) / stride[1] + 1};
 }
 
+void check_conv_grad_out(const at::Tensor& grad_out, const at::Tensor& x, const std::array<int64_t, 4>& out) {
+  constexpr const char* op = "alexnet_rs::grouped_conv2d_backward";
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(out), op, ": grad_out must have the output's shape ",
+                    at::IntArrayRef(out), ", got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out dtype ", grad_out.scalar_type(),
+                   " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == x.device(), op, ": grad_out is on ", grad_out.device(), " but x is on ",
+                    x.device());
+}
+
 at::Tensor grouped_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                               at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups) {
   check_conv_args(x, w, b, stride, padding, groups);
@@ -58,10 +69,12 @@ at::Tensor grouped_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, const st
 ConvGrads grouped_conv2d_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w,
                                       at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
                                       std::array<bool, 3> mask) {
-  check_conv_args(x, w, std::nullopt, stride, padding, groups);
+  check_conv_grad_out(grad_out, x, check_conv_args(x, w, std::nullopt, stride, padding, groups));
   auto [dx, dw, db] = at::convolution_backward(grad_out.contiguous(), x, w, at::IntArrayRef{w.size(0)}, stride,
                                                padding, {1, 1}, false, {0, 0}, groups, mask);
-  return {mask[0] ? dx.contiguous() : dx, mask[1] ? dw.contiguous() : dw, db};
+  // Only what `mask` asks for (ATen's backend may compute more), as the Meta kernel says.
+  return {mask[0] ? dx.contiguous() : at::Tensor(), mask[1] ? dw.contiguous() : at::Tensor(),
+          mask[2] ? db : at::Tensor()};
 }
 
 }  // namespace alexnet_rs

@@ -41,6 +41,7 @@ ConvGrads grouped_conv2d_backward_cuda(const at::Tensor& grad_out, const at::Ten
                                        at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
                                        std::array<bool, 3> mask) {
   const auto out = check_conv_args(x, w, std::nullopt, stride, padding, groups);
+  check_conv_grad_out(grad_out, x, out);  // the kernels read grad_out as this shape
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), wc = w.contiguous(), gc = grad_out.contiguous();
   const auto shape = conv_shape(xc, wc, out, stride, padding, groups);

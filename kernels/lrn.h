@@ -13,6 +13,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "dtypes.h"
+
 namespace alexnet_rs {
 
 struct LrnParams {

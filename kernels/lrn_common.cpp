@@ -8,8 +8,8 @@ namespace alexnet_rs {
 void check_lrn_args(const at::Tensor& x, const LrnParams& p, const char* op) {
   TORCH_CHECK_VALUE(x.dim() >= 3, op, ": expected an input of 3 or more dimensions (N, C, ...), got a ",
                     x.dim(), "-D tensor of shape ", x.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op,
-                   ": expected a floating-point input, got dtype ", x.scalar_type());
+  TORCH_CHECK_TYPE(kernel_dtype(x.scalar_type()), op,
+                   ": expected a float16, bfloat16, float32 or float64 input, got dtype ", x.scalar_type());
   TORCH_CHECK_VALUE(p.size >= 1, op, ": size must be >= 1, got ", p.size);
   TORCH_CHECK_VALUE(std::isfinite(p.alpha) && std::isfinite(p.beta) && std::isfinite(p.k), op,
                     ": alpha, beta and k must be finite, got alpha=", p.alpha, " beta=", p.beta,

@@ -45,8 +45,8 @@ int64_t pool_out_size(int64_t in, int64_t kernel, int64_t stride, bool ceil_mode
 std::pair<int64_t, int64_t> check_lrn_pool_args(const at::Tensor& x, const LrnPoolParams& p, const char* op) {
   TORCH_CHECK_VALUE(x.dim() == 4, op, ": expected a 4-D input (N, C, H, W), got a ", x.dim(), "-D tensor of shape ",
                     x.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": expected a floating-point input, got dtype ",
-                   x.scalar_type());
+  TORCH_CHECK_TYPE(kernel_dtype(x.scalar_type()), op,
+                   ": expected a float16, bfloat16, float32 or float64 input, got dtype ", x.scalar_type());
   TORCH_CHECK_VALUE(p.lrn.size >= 0, op, ": size must be >= 0 (0: no normalisation), got ", p.lrn.size);
   if (p.lrn.size > 0) check_lrn_args(x, p.lrn, op);
   TORCH_CHECK_VALUE(p.kernel >= 1 && p.stride >= 1, op, ": kernel and stride must be >= 1, got kernel ", p.kernel,

@@ -11,6 +11,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -101,7 +102,7 @@ at::Tensor grouped_conv2d_meta(const at::Tensor& x, const at::Tensor& w, const s
 ConvGrads grouped_conv2d_backward_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w,
                                        at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups,
                                        std::array<bool, 3> mask) {
-  check_conv_args(x, w, std::nullopt, stride, padding, groups);
+  check_conv_grad_out(grad_out, x, check_conv_args(x, w, std::nullopt, stride, padding, groups));
   return {mask[0] ? at::empty(x.sizes(), x.options()) : at::Tensor(),
           mask[1] ? at::empty(w.sizes(), w.options()) : at::Tensor(),
           mask[2] ? at::empty({w.size(0)}, w.options()) : at::Tensor()};
@@ -343,6 +344,13 @@ TORCH_LIBRARY_IMPL(alexnet_rs, Autograd, m) {
   m.impl("lrn", &alexnet_rs::lrn_autograd);
   m.impl("grouped_conv2d", &alexnet_rs::grouped_conv2d_autograd);
   m.impl("relu_lrn_max_pool2d", &alexnet_rs::lrn_pool_autograd);
+  // The backward ops and the pool's forward with indices have no derivative of their own: a
+  // backward through them is torch's "not implemented" error (it gave None gradients in silence,
+  // with only a warning). Our Autograd kernels call them with grad mode off.
+  for (const char* op : {"lrn_backward", "grouped_conv2d_backward", "relu_lrn_max_pool2d_with_indices",
+                         "relu_lrn_max_pool2d_backward"}) {
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
+  }
 }
 
 TORCH_LIBRARY_IMPL(alexnet_rs, AutocastCPU, m) {

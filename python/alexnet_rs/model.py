@@ -325,7 +325,11 @@ def _split_whole_tensors(module, state_dict, prefix, local_metadata, strict, mis
         rows = [p.shape[0] for p in parts]
         expected = torch.Size((sum(rows), *parts[0].shape[1:]))
         if isinstance(whole, torch.Tensor) and whole.shape == expected:
-            pieces = [piece.to(part.device) for piece, part in zip(torch.split(whole, rows, 0), parts)]
+            # On the shards' devices; a model on "meta" (built to be loaded with assign=True) gets
+            # its placement's devices (the pieces stayed on meta, and the weights were lost).
+            devices = [p.device if p.device.type != "meta" else torch.device(d)
+                       for p, d in zip(parts, module.devices.split(","))]
+            pieces = [piece.to(d) for piece, d in zip(torch.split(whole, rows, 0), devices)]
         else:
             shape = whole.shape if isinstance(whole, torch.Tensor) else type(whole).__name__
             error_msgs.append(f"size mismatch for {key}: copying a param with shape {shape} from checkpoint, "

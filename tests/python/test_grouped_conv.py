@@ -89,7 +89,7 @@ def test_torch_compile_with_backward():
         (torch.randn(1, 4, 8, 8), torch.randn(4, 3, 3, 3), None, 2, ValueError, "input channels per group"),
         (torch.randn(1, 4, 8, 8), torch.randn(4, 2, 3, 3), torch.randn(5), 2, ValueError, "b must be"),
         (torch.randn(1, 4, 2, 2), torch.randn(4, 4, 5, 5), None, 1, ValueError, "smaller than the kernel"),
-        (torch.ones(1, 4, 8, 8, dtype=torch.int64), torch.ones(4, 4, 3, 3, dtype=torch.int64), None, 1, TypeError, "floating point"),
+        (torch.ones(1, 4, 8, 8, dtype=torch.int64), torch.ones(4, 4, 3, 3, dtype=torch.int64), None, 1, TypeError, "float16, bfloat16, float32 or float64"),
     ],
 )
 def test_bad_input_raises(x, w, b, groups, exc, needle):
@@ -121,14 +121,16 @@ def test_meta_and_cpu_refuse_the_same_arguments(xs, ws, padding, needle):
 
 @pytest.mark.parametrize("op, keys", [
     ("alexnet_rs::grouped_conv2d", {"CPU", "CUDA", "Meta", "Autograd", "AutocastCPU", "AutocastCUDA"}),
-    ("alexnet_rs::grouped_conv2d_backward", {"CPU", "CUDA", "Meta"}),
+    # The backward ops and the pool's forward with indices: torch's "not implemented" autograd
+    # kernel (a backward through them raises instead of giving None gradients).
+    ("alexnet_rs::grouped_conv2d_backward", {"CPU", "CUDA", "Meta", "Autograd"}),
     ("alexnet_rs::lrn", {"CPU", "CUDA", "Meta", "Autograd"}),
-    ("alexnet_rs::lrn_backward", {"CPU", "CUDA", "Meta"}),
+    ("alexnet_rs::lrn_backward", {"CPU", "CUDA", "Meta", "Autograd"}),
     # The fused relu -> LRN -> max-pool: autograd and a below-autograd composite on the public
     # op (every backend); CPU kernels (CUDA: the composition of relu, our lrn and ATen's pool) underneath.
     ("alexnet_rs::relu_lrn_max_pool2d", {"CompositeExplicitAutograd", "Autograd"}),
-    ("alexnet_rs::relu_lrn_max_pool2d_with_indices", {"CPU", "CUDA", "Meta"}),
-    ("alexnet_rs::relu_lrn_max_pool2d_backward", {"CPU", "CUDA", "Meta"}),
+    ("alexnet_rs::relu_lrn_max_pool2d_with_indices", {"CPU", "CUDA", "Meta", "Autograd"}),
+    ("alexnet_rs::relu_lrn_max_pool2d_backward", {"CPU", "CUDA", "Meta", "Autograd"}),
 ])
 def test_kernels_are_registered_with_the_dispatcher(op, keys):
     # Read from PyTorch's dispatcher (the wheel is built with the `cuda` feature, so our CUDA
@@ -137,3 +139,71 @@ def test_kernels_are_registered_with_the_dispatcher(op, keys):
                   "CompositeExplicitAutograd"]
     got = {k for k in candidates if torch._C._dispatch_has_kernel_for_dispatch_key(op, k)}
     assert got == keys
+
+
+def test_the_helper_ops_are_not_silently_non_differentiable():
+    """A backward through the backward ops or the pool's forward with indices gave None
+    gradients (only a UserWarning): now torch's "not implemented" error."""
+    ns = torch.ops.alexnet_rs
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    w = torch.randn(4, 2, 3, 3, requires_grad=True)
+    g = torch.randn(1, 4, 6, 6, requires_grad=True)
+    outputs = [ns.relu_lrn_max_pool2d_with_indices(x, 3, 0.5, 0.75, 1.0, 3, 2, False)[0],
+               ns.lrn_backward(g, x, 3, 0.5, 0.75, 1.0),
+               ns.grouped_conv2d_backward(g, x, w, [1, 1], [1, 1], 2, [True, True, False])[0]]
+    for y in outputs:
+        with pytest.raises(RuntimeError, match="not implemented"):
+            y.sum().backward()
+
+
+def test_the_conv_backward_returns_what_its_mask_asks_on_every_backend():
+    """With output_mask [True, False, True] the CPU kernel returned a weight gradient the Meta
+    kernel did not (opcheck's fake-tensor test failed); grad_out of another shape passed on meta."""
+    x, w, g = torch.randn(2, 6, 5, 5), torch.randn(4, 3, 3, 3), torch.randn(2, 4, 5, 5)
+    args = ([1, 1], [1, 1], 2, [True, False, True])
+    cpu = torch.ops.alexnet_rs.grouped_conv2d_backward(g, x, w, *args)
+    meta = torch.ops.alexnet_rs.grouped_conv2d_backward(g.to("meta"), x.to("meta"), w.to("meta"), *args)
+    assert [t is None for t in cpu] == [t is None for t in meta] == [False, True, False]
+    torch.testing.assert_close(cpu[0], torch.nn.grad.conv2d_input(x.shape, w, g, padding=1, groups=2))
+    torch.library.opcheck(torch.ops.alexnet_rs.grouped_conv2d_backward.default, (g, x, w, *args))
+    for device in ("cpu", "meta"):
+        with pytest.raises(ValueError, match="grad_out must have the output's shape"):
+            torch.ops.alexnet_rs.grouped_conv2d_backward(torch.randn(2, 4, 9, 9).to(device), x.to(device),
+                                                         w.to(device), *args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_is_refused_on_meta_as_on_cpu(dtype):
+    """The Meta kernels took float8 (at::isFloatingType) where the CPU kernels refused it."""
+    ns = torch.ops.alexnet_rs
+    x = torch.ones(1, 4, 4, 4).to(dtype)
+    w = torch.ones(4, 2, 3, 3).to(dtype)
+    for device in ("cpu", "meta"):
+        with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+            ns.lrn(x.to(device), 3, 1.0, 0.75, 1.0)
+        with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+            ns.grouped_conv2d(x.to(device), w.to(device), None, [1, 1], [1, 1], 2)
+        with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+            ns.relu_lrn_max_pool2d_with_indices(x.to(device), 3, 1.0, 0.75, 1.0, 3, 2, False)
+
+
+def test_pool_backward_indices_outside_the_plane_are_refused_not_written():
+    """Indices past the plane (or negative) wrote outside the gradient: a segfault. In a
+    subprocess, so that a regression fails this test instead of ending the session."""
+    import subprocess
+    import sys
+
+    script = """
+import torch, alexnet_rs
+x = torch.randn(1, 3, 5, 5)
+for bad in (100000000, 25, -1):
+    try:
+        torch.ops.alexnet_rs.relu_lrn_max_pool2d_backward(torch.randn(1, 3, 2, 2), x,
+            torch.full((1, 3, 2, 2), bad, dtype=torch.long), 3, 0.5, 0.75, 1.0, 3, 2, False)
+        print("accepted", bad)
+    except ValueError as e:
+        print("refused", bad, "must index the 5x5 plane" in str(e))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[:3] == [f"refused {b} True" for b in (100000000, 25, -1)], r.stdout

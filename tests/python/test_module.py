@@ -378,6 +378,18 @@ def test_two_device_load_errors_are_the_one_device_ones(case):
         assert messages[0] == messages[1]
 
 
+def test_a_two_device_model_on_meta_loads_with_assign():
+    """The meta-init path (build on meta, load_state_dict(assign=True)): the shards stayed on meta
+    and the forward failed ("conv1.weight is on the meta device"); one device worked."""
+    one = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
+    two = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63, devices="cpu,cpu").to("meta")
+    r = two.load_state_dict(one.state_dict(), assign=True)
+    assert r.missing_keys == [] and r.unexpected_keys == []
+    assert {p.device.type for p in two.parameters()} == {"cpu"}
+    x = torch.randn(2, 3, 63, 63)
+    torch.testing.assert_close(two.eval()(x), one.eval()(x), rtol=0, atol=0)
+
+
 def test_two_device_load_with_assign_takes_the_given_tensors():
     """assign=True was ignored on two devices (the values were copied into the old shards)."""
     one = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
