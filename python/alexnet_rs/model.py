@@ -140,6 +140,12 @@ class AlexNet(nn.Module):
                     raise ConfigError(f"AlexNet: devices={devices!r}, but this machine has "
                                       f"{torch.cuda.device_count()} CUDA device(s)")
                 self.to(device)
+        # As torch.nn's modules: torch.set_default_dtype and a `with torch.device(...)` block (meta
+        # for a model to be loaded with assign=True) apply; explicit `devices` win over the latter.
+        if torch.get_default_dtype() != torch.float32:
+            self.to(torch.get_default_dtype())
+        if devices is None and torch.get_default_device().type != "cpu":
+            self.to(torch.get_default_device())
         if arch_size is None:
             arch_size = json.loads(_native.layers(preset, None, num_classes))[0]["out_shape"][-1]
         self.input_size: int = arch_size

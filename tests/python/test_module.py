@@ -378,6 +378,24 @@ def test_two_device_load_errors_are_the_one_device_ones(case):
         assert messages[0] == messages[1]
 
 
+def test_the_constructor_follows_the_default_dtype_and_device_as_torch_nn_does():
+    """`with torch.device("meta")` and torch.set_default_dtype were ignored (parameters on the
+    CPU, float32), where an nn.Linear built beside follows them."""
+    with torch.device("meta"):
+        m = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
+        assert {p.device.type for p in m.parameters()} == {torch.nn.Linear(2, 2).weight.device.type} == {"meta"}
+        two = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63, devices="cpu,cpu")
+        assert {p.device.type for p in two.parameters()} == {"cpu"}  # its devices are explicit
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        m = alexnet_rs.AlexNet("paper", num_classes=10, input_size=63)
+        assert {p.dtype for p in m.parameters()} == {torch.nn.Linear(2, 2).weight.dtype} == {torch.float64}
+        assert m.eval()(torch.randn(1, 3, 63, 63)).dtype == torch.float64
+    finally:
+        torch.set_default_dtype(before)
+
+
 def test_a_two_device_model_on_meta_loads_with_assign():
     """The meta-init path (build on meta, load_state_dict(assign=True)): the shards stayed on meta
     and the forward failed ("conv1.weight is on the meta device"); one device worked."""
