@@ -84,7 +84,11 @@ fn bad_input_is_an_error_naming_the_problem() {
     let x1 = Tensor::ones([5], (Kind::Float, tch::Device::Cpu));
     expect(lrn(&x1, 5, 1e-4, 0.75, 2.0), OpErrorKind::Value, "3 or more dimensions");
     let xi = Tensor::ones([1, 4, 2, 2], (Kind::Int64, tch::Device::Cpu));
-    expect(lrn(&xi, 5, 1e-4, 0.75, 2.0), OpErrorKind::Type, "floating-point");
+    expect(
+        lrn(&xi, 5, 1e-4, 0.75, 2.0),
+        OpErrorKind::Type,
+        "float16, bfloat16, float32 or float64",
+    );
     let x = Tensor::ones([1, 4, 2, 2], (Kind::Float, tch::Device::Cpu));
     expect(lrn(&x, 0, 1e-4, 0.75, 2.0), OpErrorKind::Value, "size must be >= 1");
     expect(lrn(&x, 5, f64::NAN, 0.75, 2.0), OpErrorKind::Value, "finite");
