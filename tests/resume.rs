@@ -613,6 +613,28 @@ fn resuming_from_an_older_checkpoint_is_refused_and_loses_nothing() {
     assert_eq!(checkpoint::load(&b).unwrap().state.step, 9);
 }
 
+/// `alexnet train` of a small, long run (cnn4, 1000 epochs) into `b`, with `extra` flags and its
+/// output piped, once it has written its first step's metrics.
+fn training_past_its_first_step(b: &Path, extra: &[&str]) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args(["train", "--preset", "cnn4", "--input-size", "28", "--batch-size", "32"])
+        .args(["--epochs", "1000", "--limit-train", "128", "--threads", "2"])
+        .args(extra)
+        .arg("--out")
+        .arg(b)
+        .env_remove("ALEXNET_FAULT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while fs::read_to_string(b.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(started.elapsed().as_secs() < 120, "no step within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
 #[test]
 fn ctrl_c_or_sigterm_stops_with_a_checkpoint_and_exit_code_128_plus_the_signal() {
     let _s = serial();
@@ -621,30 +643,7 @@ fn ctrl_c_or_sigterm_stops_with_a_checkpoint_and_exit_code_128_plus_the_signal()
     // deploy` carried on after an interrupted run); SIGTERM (a preempted machine) killed it at once.
     for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
         let b = tmp(&format!("signal-{signal}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-            .args(["train", "--preset", "cnn4", "--input-size", "28", "--batch-size", "32"])
-            .args([
-                "--epochs",
-                "1000",
-                "--limit-train",
-                "128",
-                "--limit-test",
-                "64",
-                "--threads",
-                "2",
-                "--out",
-            ])
-            .arg(&*b)
-            .env_remove("ALEXNET_FAULT")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = std::time::Instant::now();
-        while fs::read_to_string(b.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
-            assert!(started.elapsed().as_secs() < 120, "no step within 120 s");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let child = training_past_its_first_step(&b, &["--limit-test", "64"]);
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -667,20 +666,7 @@ fn a_second_signal_quits_at_once_without_promising_a_checkpoint() {
     // The second Ctrl-C quit at once, but first printed "stopping after this step with a
     // checkpoint" again: a checkpoint that never came.
     let b = tmp("signal-twice");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args(["train", "--preset", "cnn4", "--input-size", "28", "--batch-size", "32"])
-        .args(["--epochs", "1000", "--limit-train", "128", "--threads", "2", "--out"])
-        .arg(&*b)
-        .env_remove("ALEXNET_FAULT")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while fs::read_to_string(b.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
-        assert!(started.elapsed().as_secs() < 120, "no step within 120 s");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut child = training_past_its_first_step(&b, &[]);
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     // The first handler has run once its line is out; the evaluation of 10000 test images that
     // follows the stop leaves time for the second signal.
