@@ -32,7 +32,30 @@ def _backend(where: str, conv_backend: object) -> str:
 class _Layer(nn.Module):
     """A layer's parameters. The layers run inside the one Rust forward, not as submodules, so
     hooks on them would never fire: registering one warns, and calling one is an error that says
-    what to call instead."""
+    what to call instead. A layer can be replaced by a module with the same parameters (the class
+    layer: with any number of outputs), as on torchvision's model: ``model.classifier[6] =
+    nn.Linear(4096, 10)``, ``model.fc8 = ...``; the forward reads its ``weight`` and ``bias``."""
+
+    def __init__(self, owner: "AlexNet", path: str) -> None:
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # not a submodule: no cycle in named_modules
+        object.__setattr__(self, "_path", path)
+
+    def __getitem__(self, index: int) -> nn.Module:
+        """Child layer ``index`` by torchvision's index (``classifier[6]``); ReLU, Dropout and
+        pooling have none here (they run inside the Rust forward and hold no parameters)."""
+        if not isinstance(index, int) or str(index) not in self._modules:
+            raise IndexError(f"{self._path} has no layer {index!r} (its layers: {', '.join(self._modules) or 'none'}; "
+                             "ReLU, Dropout and pooling run inside the Rust forward, without a module)")
+        return self._modules[str(index)]
+
+    def __setitem__(self, index: int, module: nn.Module) -> None:
+        self[index]  # noqa: B018 -- an IndexError names the layers there are
+        self._owner._replace_layer(self, str(index), module)
+
+    def __setattr__(self, name: str, value) -> None:
+        if not _replacing(self, name, value):
+            super().__setattr__(name, value)
 
     def forward(self, *args, **kwargs):
         raise ConfigError("AlexNet's layers run inside one Rust forward call, not one by one: call the model, "
@@ -65,10 +88,6 @@ class _Features(_Layer):
     activations (:meth:`AlexNet._features`). It is a submodule, so that the ``torchvision``
     preset's ``features.<i>`` layers resolve by name (``get_submodule``, ``get_parameter``,
     ``torch.func.functional_call``) as on torchvision's model."""
-
-    def __init__(self, owner: "AlexNet") -> None:
-        super().__init__()
-        object.__setattr__(self, "_owner", owner)  # not a submodule: no cycle in named_modules
 
     def forward(self, x: torch.Tensor, layers: str | list[str] | tuple[str, ...] | None = None
                 ) -> dict[str, torch.Tensor]:
@@ -114,7 +133,7 @@ class AlexNet(nn.Module):
         if devices is not None:
             str_arg("AlexNet", "devices", devices)
         self.devices = devices
-        self.features = _Features(self)
+        self.features = _Features(self, "features")
         arch_size = input_size
         whole = checked(_native.init_params)(preset, num_classes, input_size)
         # name -> its number of shards (the class layer stays whole on the first device).
@@ -155,11 +174,46 @@ class AlexNet(nn.Module):
         module = self
         for part in path:
             if part not in module._modules:
-                module._modules[part] = _Layer()
+                module._modules[part] = _Layer(self, f"{module._path}.{part}" if module is not self else part)
             module = module._modules[part]
         param = nn.Parameter(tensor)
         module.register_parameter(leaf, param)
         return param
+
+    def __setattr__(self, name: str, value) -> None:
+        if not _replacing(self, name, value):
+            super().__setattr__(name, value)
+
+    def _replace_layer(self, parent: nn.Module, key: str, new: object) -> None:
+        """``parent.<key> = new``: a layer replaced by a module with the same parameters, or the
+        class layer by one with another number of outputs (then ``num_classes`` follows)."""
+        path = f"{parent._path}.{key}" if parent is not self else key
+        old = parent._modules[key]
+        if not isinstance(new, nn.Module):
+            raise DtypeError(f"{path} must be a torch.nn.Module, got {type(new).__name__}")
+        if old._modules:
+            inner = ", ".join(f"{path}.{n}" for n in old._modules)
+            raise ConfigError(f"{path} holds the layers {inner}: replace one of them (model.{path}[i] = ... "
+                              f"or model.{path}.<name> = ...), or call reset_classifier(n)")
+        if not old._parameters:
+            raise ConfigError(f"{path} holds no parameters: there is no layer to replace")
+        if self._sharded:
+            raise ConfigError(f"{path}: a two-device model's layers are shards on two devices; "
+                              "for a new class layer call reset_classifier(n)")
+        want = {n: tuple(p.shape) for n, p in old.named_parameters()}
+        got = {n: tuple(p.shape) for n, p in new.named_parameters()}
+        last = path == self._class_layer()
+        same = got == want or (last and set(got) == {"weight", "bias"} and got["weight"][1:] == want["weight"][1:]
+                               and got["bias"] == got["weight"][:1])
+        if not same:
+            shapes = " and ".join(f"{n} {tuple(s)}" for n, s in want.items())
+            if last:
+                shapes = f"weight (n, {', '.join(map(str, want['weight'][1:]))}) and bias (n,) (n classes)"
+            given = ", ".join(f"{n} {s}" for n, s in got.items()) or "no parameters"
+            raise ConfigError(f"{path} takes {shapes}, got a {type(new).__name__} with {given}")
+        nn.Module.__setattr__(parent, key, new)
+        if last:
+            self.num_classes, self.classes = got["weight"][0], None  # the old names label no output now
 
     def _param_dict(self) -> dict:
         """name -> tensor, or -> [shards] with two devices (what the Rust forward takes). Read as
@@ -316,6 +370,16 @@ class AlexNet(nn.Module):
         tv.to(device=first.device, dtype=first.dtype)
         tv.load_state_dict({k: v.clone() for k, v in weights.items()})
         return tv.train(self.training)
+
+
+def _replacing(parent: nn.Module, name: str, value: object) -> bool:
+    """Whether ``parent.<name> = value``, parent an AlexNet or one of its layers, replaces a layer
+    (then it is done)."""
+    if name not in parent.__dict__.get("_modules", {}) or not isinstance(value, nn.Module):
+        return False
+    owner = parent if isinstance(parent, AlexNet) else parent._owner
+    owner._replace_layer(parent, name, value)
+    return True
 
 
 def _split_whole_tensors(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

@@ -23,32 +23,22 @@ pub struct PresetArgs {
     /// Number of output classes of the last layer.
     #[arg(long, default_value_t = 1000)]
     num_classes: i64,
-    /// Convolution implementation: ours (our CUDA kernels), stock (ATen/cuDNN), or auto (the
-    /// faster per shape on CUDA, timed once; stock on CPU).
-    #[arg(long, default_value = "auto", value_parser = choice::<ConvBackend>(ConvBackend::ALL.map(ConvBackend::name)))]
-    conv_backend: ConvBackend,
 }
 
 impl PresetArgs {
+    /// The preset's network for square inputs of `--input-size` (default: the preset's).
     fn config(&self) -> Result<(Config, i64)> {
-        let (mut cfg, size) = sized(self.preset, self.num_classes, self.input_size)?;
-        cfg.conv_backend = self.conv_backend;
+        let mut cfg = Config::preset(self.preset, self.num_classes)?;
+        let size = self.input_size.unwrap_or(cfg.input_size);
+        if size < 1 {
+            return Err(Error::Config(format!("--input-size must be positive, got {size}")));
+        }
+        // Within the data pipeline's limit, and large enough for every stage.
+        cfg.spatial_sizes(size)?;
+        // A head without adaptive pooling is sized for the input (as `alexnet train` does).
+        cfg.input_size = size;
         Ok((cfg, size))
     }
-}
-
-/// The preset's network for square inputs of `input_size` (default: the preset's).
-fn sized(preset: Preset, num_classes: i64, input_size: Option<i64>) -> Result<(Config, i64)> {
-    let mut cfg = Config::preset(preset, num_classes)?;
-    let size = input_size.unwrap_or(cfg.input_size);
-    if size < 1 {
-        return Err(Error::Config(format!("--input-size must be positive, got {size}")));
-    }
-    // Within the data pipeline's limit, and large enough for every stage.
-    cfg.spatial_sizes(size)?;
-    // A head without adaptive pooling is sized for the input (as `alexnet train` does).
-    cfg.input_size = size;
-    Ok((cfg, size))
 }
 
 #[derive(Args)]
@@ -61,6 +51,10 @@ pub struct InfoArgs {
 pub struct ForwardArgs {
     #[command(flatten)]
     preset: PresetArgs,
+    /// Convolution implementation: ours (our CUDA kernels), stock (ATen/cuDNN), or auto (the
+    /// faster per shape on CUDA, timed once; stock on CPU).
+    #[arg(long, default_value = "auto", value_parser = choice::<ConvBackend>(ConvBackend::ALL.map(ConvBackend::name)))]
+    conv_backend: ConvBackend,
     /// Image files (JPEG, PNG); they form one batch.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -75,18 +69,11 @@ pub struct ForwardArgs {
 
 #[derive(Args)]
 pub struct PlacementArgs {
-    /// Network variant.
-    #[arg(long, default_value = "paper", value_parser = preset_parser())]
-    preset: Preset,
+    #[command(flatten)]
+    preset: PresetArgs,
     /// One or two devices, e.g. cuda:0,cuda:1 or cpu,cpu.
     #[arg(long, default_value = "cuda:0,cuda:1")]
     devices: String,
-    /// Number of output classes of the last layer.
-    #[arg(long, default_value_t = 1000)]
-    num_classes: i64,
-    /// Side of the square input image (fc6's size depends on it) [default: the preset's].
-    #[arg(long)]
-    input_size: Option<i64>,
 }
 
 pub fn info(a: &InfoArgs) -> Result<()> {
@@ -96,7 +83,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
 }
 
 pub fn placement(a: &PlacementArgs) -> Result<()> {
-    let (cfg, _) = sized(a.preset, a.num_classes, a.input_size)?;
+    let (cfg, _) = a.preset.config()?;
     print!("{}", Placement::parse(&a.devices)?.table(&cfg)?);
     Ok(())
 }
@@ -127,7 +114,8 @@ fn batch(a: &ForwardArgs, cfg: &Config, size: i64) -> Result<(Tensor, Vec<i64>)>
 }
 
 pub fn forward(a: &ForwardArgs) -> Result<()> {
-    let (cfg, size) = a.preset.config()?;
+    let (mut cfg, size) = a.preset.config()?;
+    cfg.conv_backend = a.conv_backend;
     let (x, labels) = batch(a, &cfg, size)?;
     let y = Tensor::from_slice(&labels);
     tch::manual_seed(a.seed);

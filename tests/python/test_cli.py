@@ -77,6 +77,9 @@ def test_forward_on_a_real_photo():
     [
         (["info", "--preset", "vgg"], "possible values: paper, torchvision, caffe"),
         (["info", "--input-size", "32"], "too small"),
+        # info runs no convolution: the flag was accepted and did nothing
+        (["info", "--conv-backend", "ours"], "unexpected argument '--conv-backend'"),
+        (["placement", "--devices", "cpu", "--input-size", "32"], "too small"),
         (["train", "--lr=-1", "--limit-train", "64"], "lr must be positive"),
         (["train", "--lr", "-1", "--limit-train", "64"], "lr must be positive"),  # was "unexpected argument '-1'"
         (["train", "--momentum", "-0.5", "--limit-train", "64"], "momentum"),

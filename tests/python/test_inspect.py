@@ -159,3 +159,60 @@ def test_conversions_keep_the_mode_dtype_and_a_new_head_trains():
     back = alexnet_rs.AlexNet("torchvision", num_classes=3, input_size=63).double().eval().to_torchvision()
     assert not back.training and back.classifier[6].weight.dtype == torch.float64
 
+
+
+def test_torchvisions_head_replacement_idiom_trains_as_on_torchvision():
+    """`model.classifier[6] = nn.Linear(4096, n)` (torchvision's fine-tuning idiom) gives the model
+    that head: the same logits and gradients as torchvision's model with the same new head. It
+    raised "'_Layer' object does not support item assignment"."""
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None).eval()
+    ours = alexnet_rs.from_torchvision(tv)
+    head = torch.nn.Linear(4096, 10)
+    tv.classifier[6] = head
+    ours.classifier[6] = torch.nn.Linear(4096, 10)
+    ours.classifier[6].load_state_dict(head.state_dict())
+    assert ours.num_classes == 10 and ours.classifier[6] is not head
+    x = torch.randn(2, 3, 224, 224)
+    a, b = tv(x), ours(x)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    torch.testing.assert_close(ours.classifier[6].weight.grad, head.weight.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ours.get_parameter("features.0.weight").grad, tv.features[0].weight.grad,
+                               rtol=1e-4, atol=1e-6)
+    assert ours.state_dict()["classifier.6.weight"].shape == (10, 4096)
+    # A same-shaped layer anywhere, by attribute on the paper preset too.
+    paper = alexnet_rs.AlexNet("paper", input_size=63).eval()
+    conv1 = torch.nn.Conv2d(3, 96, 11, stride=4, padding=2)
+    paper.conv1 = conv1
+    assert paper.get_parameter("conv1.weight") is conv1.weight
+    torch.testing.assert_close(paper.features(x[:, :, :63, :63], "conv1")["conv1"],
+                               torch.relu(conv1(x[:, :, :63, :63])), rtol=1e-5, atol=1e-6)
+    paper.fc8 = torch.nn.Linear(4096, 3)
+    assert paper(x[:, :, :63, :63]).shape == (2, 3) and paper.num_classes == 3 and paper.classes is None
+
+
+@pytest.mark.parametrize("do, error, needle", [
+    (lambda m: m.classifier.__setitem__(6, torch.nn.Linear(1000, 10)), ConfigError,
+     "classifier.6 takes weight (n, 4096)"),
+    (lambda m: m.classifier.__setitem__(4, torch.nn.Linear(4096, 10)), ConfigError,
+     "classifier.4 takes weight (4096, 4096)"),
+    (lambda m: m.classifier.__setitem__(2, torch.nn.Linear(4096, 10)), IndexError, "classifier has no layer 2"),
+    (lambda m: m.classifier[2], IndexError, "classifier has no layer 2 (its layers: 1, 4, 6"),
+    (lambda m: setattr(m, "classifier", torch.nn.Sequential(torch.nn.Linear(9216, 10))), ConfigError,
+     "classifier holds the layers classifier.1, classifier.4, classifier.6"),
+    (lambda m: m.classifier.__setitem__(6, torch.nn.ReLU()), ConfigError, "classifier.6 takes weight"),
+    (lambda m: m.classifier.__setitem__(6, "fc"), DtypeError, "must be a torch.nn.Module"),
+])
+def test_replacing_a_layer_badly_is_refused_by_name(do, error, needle):
+    model = alexnet_rs.AlexNet("torchvision", input_size=63)
+    with pytest.raises(error, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        do(model)
+    assert model(torch.randn(1, 3, 63, 63)).shape == (1, 1000)  # unchanged, still runs
+
+
+def test_a_two_device_models_layers_are_not_replaced():
+    two = alexnet_rs.AlexNet("paper", input_size=63, devices="cpu,cpu")
+    with pytest.raises(ConfigError, match="reset_classifier"):
+        two.fc8 = torch.nn.Linear(4096, 3)
