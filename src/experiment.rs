@@ -217,16 +217,39 @@ pub struct Summary {
     pub markdown: String,
 }
 
-/// The folder of one run: every setting that differs between arms, seeds and sweeps is in it.
-fn run_dir(root: &Path, t: &TrainConfig) -> PathBuf {
+/// The folder of one run: the settings that differ between arms, seeds and sweeps, readable,
+/// then a fingerprint of every setting that shapes its result (and of Fig. 1's `targets`), so that
+/// runs made with other settings (another `--epochs`, other data) live beside each other.
+fn run_dir(root: &Path, t: &TrainConfig, targets: &[f64]) -> PathBuf {
     let act = t.activation.name();
     let pool = t.pool_kernel.map_or("".into(), |k| format!("-pool{k}"));
     let drop = t.dropout.map_or("".into(), |p| format!("-drop{p}"));
     let lrn = if t.lrn { "" } else { "-nolrn" };
+    let text = serde_json::to_string(&(result_shaping(t), targets)).expect("plain record");
+    // FNV-1a: stable across builds and platforms (std's hashers promise neither).
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     root.join(format!(
-        "{}-{}-{act}{lrn}{pool}{drop}-lr{}-seed{}",
-        t.preset, t.input_size, t.lr, t.seed
+        "{}-{}-{act}{lrn}{pool}{drop}-lr{}-seed{}-{:08x}",
+        t.preset,
+        t.input_size,
+        t.lr,
+        t.seed,
+        hash & 0xffff_ffff
     ))
+}
+
+/// `t` without the settings that cannot change a run's result: its folder, threads, which
+/// checkpoints are kept.
+fn result_shaping(t: &TrainConfig) -> TrainConfig {
+    TrainConfig {
+        out: PathBuf::new(),
+        threads: 0,
+        keep: 0,
+        checkpoint_every: 0,
+        ..t.clone()
+    }
 }
 
 /// Runs (or reuses) one training run. With `targets` (Fig. 1) it stops once the training error
@@ -243,10 +266,16 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     let result_path = t.out.join("result.json");
     if let Ok(text) = std::fs::read_to_string(&result_path) {
         if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
-            if &r.config == t && r.targets == targets {
-                eprintln!("  reusing {}", result_path.display());
-                return Ok(r);
+            if result_shaping(&r.config) != result_shaping(t) || r.targets != targets {
+                // Not ours to delete: a finished run (its folder's name says other settings).
+                return Err(Error::Config(format!(
+                    "{} holds a finished run made with other settings than its folder's name says: \
+                     move it away or pick another --out",
+                    t.out.display()
+                )));
             }
+            eprintln!("  reusing {}", result_path.display());
+            return Ok(r);
         }
     }
     let started = std::time::Instant::now();
@@ -309,6 +338,19 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     Ok(r)
 }
 
+/// `t` with its folder, data, statistics and initial weights as absolute paths.
+fn absolute_paths(t: &TrainConfig) -> Result<TrainConfig> {
+    let abs = |p: &Path| std::path::absolute(p).map_err(io(p));
+    let opt = |p: &Option<PathBuf>| p.as_deref().map(abs).transpose();
+    Ok(TrainConfig {
+        out: abs(&t.out)?,
+        data: opt(&t.data)?,
+        stats: opt(&t.stats)?,
+        init_from: opt(&t.init_from)?,
+        ..t.clone()
+    })
+}
+
 /// The training errors Fig. 1 times (`relu-vs-tanh` only; fractions in [0, 1)).
 fn fig1_targets(exp: Experiment, target_errors: &[f64]) -> Result<Vec<f64>> {
     if exp != Experiment::ReluVsTanh {
@@ -357,10 +399,21 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
     }
     exp.check_arms(base)?;
     let targets = fig1_targets(exp, target_errors)?;
+    if !lrs.is_empty() && base.gave("lr", false) {
+        return Err(Error::Config(
+            "--lr and --lrs both given (lr in --config counts too): --lrs lists the rates".into(),
+        ));
+    }
+    if let Some(i) = (1..lrs.len()).find(|&i| lrs[..i].contains(&lrs[i])) {
+        return Err(Error::Config(format!("--lrs lists {} twice", lrs[i])));
+    }
     let lrs = if lrs.is_empty() { vec![base.lr] } else { lrs.to_vec() };
     for &lr in &lrs {
         TrainConfig { lr, ..base.clone() }.validate()?; // before the first run, not at the bad one
     }
+    // Paths absolute: a rerun from another folder, or with --out spelled otherwise, finds (and
+    // fingerprints) the same runs and data.
+    let base = &absolute_paths(base)?;
     let root = base.out.clone();
     let total = 2 * lrs.len() as u64 * seeds;
     let mut done = 0;
@@ -371,7 +424,7 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
             for k in 0..seeds {
                 let mut t = arm.clone();
                 (t.lr, t.seed) = (lr, base.seed + k);
-                t.out = run_dir(&root, &t);
+                t.out = run_dir(&root, &t, &targets);
                 done += 1;
                 eprintln!(
                     "[{done}/{total}] {}: {label}, lr {lr}, seed {} -> {}",

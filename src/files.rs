@@ -4,7 +4,7 @@
 //! created with an error that names a file in the way, and a run folder's one-writer lock.
 use crate::error::{io, Error, Result};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// Flushes a file (or a folder's entries) to the disk.
 pub fn fsync(path: &Path) -> Result<()> {
@@ -136,4 +136,24 @@ impl RunLock {
             }
         }
     }
+}
+
+/// `path` made absolute: its nearest existing folder resolved (symlinks), then the rest of the
+/// path with `.` and `..` applied (the rest does not exist yet, so it holds no symlink).
+pub fn resolved(path: &Path) -> Result<PathBuf> {
+    let existing = path
+        .ancestors()
+        .find(|a| !a.as_os_str().is_empty() && a.exists())
+        .unwrap_or(Path::new("."));
+    let mut out = existing.canonicalize().map_err(io(existing))?;
+    for part in path.strip_prefix(existing).unwrap_or(path).components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
 }

@@ -254,10 +254,12 @@ fn report(bar: &ProgressBar, e: &Event) {
         } => {
             bar.set_length(*batches_per_epoch);
             bar.set_position(*batch_in_epoch);
-            bar.set_prefix(epoch.to_string());
+            // Epochs are numbered from 1 on screen, as in epochs.csv (the events count the
+            // epochs done before the step).
+            bar.set_prefix((epoch + 1).to_string());
         }
         Event::Step(r) => {
-            bar.set_prefix(r.epoch.to_string());
+            bar.set_prefix((r.epoch + 1).to_string());
             bar.inc(1);
             bar.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} img/s",
@@ -266,7 +268,11 @@ fn report(bar: &ProgressBar, e: &Event) {
             if bar.is_hidden() && r.step % 100 == 0 {
                 eprintln!(
                     "epoch {} step {}: loss {:.4}, lr {:.2e}, {:.0} img/s",
-                    r.epoch, r.step, r.loss, r.lr, r.images_per_s
+                    r.epoch + 1,
+                    r.step,
+                    r.loss,
+                    r.lr,
+                    r.images_per_s
                 );
             }
         }

@@ -9,7 +9,7 @@ use crate::data::transform::resize_shorter;
 use crate::error::{io, Error, Result};
 use crate::image::load_rgb;
 use rayon::prelude::*;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug, Default)]
@@ -86,7 +86,7 @@ fn output(src: &Path, dst: &Path, f: &Path) -> PathBuf {
 /// output, and with `src` inside `dst` an output could overwrite a source.
 fn check_apart(src: &Path, dst: &Path) -> Result<()> {
     let s = src.canonicalize().map_err(io(src))?;
-    let d = resolved(dst)?;
+    let d = crate::files::resolved(dst)?;
     let why = if d.starts_with(&s) {
         "the destination is inside the source (its outputs would become inputs)"
     } else if s.starts_with(&d) {
@@ -99,26 +99,6 @@ fn check_apart(src: &Path, dst: &Path) -> Result<()> {
         src.display(),
         dst.display()
     )))
-}
-
-/// `path` made absolute: its nearest existing folder resolved (symlinks), then the rest of the
-/// path with `.` and `..` applied (the rest does not exist yet, so it holds no symlink).
-fn resolved(path: &Path) -> Result<PathBuf> {
-    let existing = path
-        .ancestors()
-        .find(|a| !a.as_os_str().is_empty() && a.exists())
-        .unwrap_or(Path::new("."));
-    let mut out = existing.canonicalize().map_err(io(existing))?;
-    for part in path.strip_prefix(existing).unwrap_or(path).components() {
-        match part {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(name) => out.push(name),
-            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-        }
-    }
-    Ok(out)
 }
 
 /// Refuses, before writing anything, sources that would share an output (`a.png` and `a.jpg`

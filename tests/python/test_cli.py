@@ -165,7 +165,7 @@ def test_experiment_settings_from_a_file_keep_the_experiments_defaults(tmp_path)
     assert r.returncode == 0, r.stderr
     assert "[2/2]" in r.stderr, r.stderr  # the file's lr alone, not the sweep of three
     runs = sorted(p.name for p in (tmp_path / "exp").iterdir() if p.is_dir())
-    assert runs == ["cnn4-28-relu-lr0.05-seed0", "cnn4-28-tanh-lr0.05-seed0"], runs
+    assert [r[:-9] for r in runs] == ["cnn4-28-relu-lr0.05-seed0", "cnn4-28-tanh-lr0.05-seed0"], runs
     config = json.loads((tmp_path / "exp" / runs[0] / "result.json").read_text())["config"]
     assert (config["weight_decay"], config["schedule"], config["batch_size"]) == (0.0, "constant", 16), config
 
@@ -181,10 +181,11 @@ def test_experiments_sharing_a_root_share_the_baseline_without_deleting_it(tmp_p
               "--threads", "1", "--out", tmp_path / "exp"]
     first = subprocess.Popen([BIN, "experiment", "dropout", *map(str, common)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    baseline = tmp_path / "exp" / "paper-63-relu-lr0.01-seed0"
     deadline = time.monotonic() + 300
-    while not (baseline / "metrics.jsonl").exists() and first.poll() is None and time.monotonic() < deadline:
+    while (not list((tmp_path / "exp").glob("paper-63-relu-lr0.01-seed0-*/metrics.jsonl"))
+           and first.poll() is None and time.monotonic() < deadline):
         time.sleep(0.02)
+    [baseline] = (tmp_path / "exp").glob("paper-63-relu-lr0.01-seed0-*")  # the shared one
     second = run("experiment", "lrn", *common)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
@@ -197,11 +198,14 @@ def test_experiments_sharing_a_root_share_the_baseline_without_deleting_it(tmp_p
 
 @needs_fashion
 def test_train_without_a_terminal_still_reports_epochs_and_checkpoints(tmp_path):
-    r = run("train", "--preset", "cnn4", "--input-size", "28", "--epochs", "2", "--limit-train", "128",
-            "--limit-test", "64", "--batch-size", "64", "--out", tmp_path)
+    r = run("train", "--preset", "cnn4", "--input-size", "28", "--epochs", "2", "--limit-train", "100",
+            "--limit-test", "64", "--batch-size", "1", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "epoch   1 step       2: train loss" in r.stderr and "epoch   2 step       4:" in r.stderr
-    assert f"checkpoint {tmp_path}/checkpoints/ckpt-000000004" in r.stderr
+    assert "epoch   1 step     100: train loss" in r.stderr and "epoch   2 step     200:" in r.stderr
+    # Every 100 steps a progress line, epochs counted from 1 there too (its first said "epoch 0").
+    assert "epoch 1 step 100: loss" in r.stderr and "epoch 2 step 200: loss" in r.stderr, r.stderr
+    assert "epoch 0" not in r.stderr
+    assert f"checkpoint {tmp_path}/checkpoints/ckpt-000000200" in r.stderr
 
 
 def test_a_run_keeps_its_stats_file_and_works_from_any_directory(tmp_path):
@@ -261,3 +265,53 @@ def test_a_dataset_without_a_test_split_says_it_validates_on_the_training_images
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"warning: {data} has no test split (a val/ or test/ folder beside train/): validating on the training images" \
         in r.stderr
+
+
+def test_experiment_runs_of_other_settings_live_beside_each_other(tmp_path):
+    """An experiment's run folder is named by the settings that shape its result: a rerun with
+    another --epochs trains new runs beside the finished ones (it deleted them and retrained in
+    their place, leaving the earlier summary pointing at other numbers), and a rerun that changes
+    nothing that shapes a result (--threads, the spelling of --out) reuses them (it retrained)."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    common = ["relu-vs-tanh", "--seeds", "1", "--lrs", "0.05", "--data", data, "--batch-size", "16",
+              "--target-errors", "0.99", "--limit-test", "8"]
+    first = subprocess.run([BIN, "experiment", *map(str, common), "--epochs", "1", "--threads", "1", "--out", "exp"],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    runs = sorted(p for p in (tmp_path / "exp").iterdir() if p.is_dir())
+    assert len(runs) == 2 and all(p.name.startswith("cnn4-28-") for p in runs), runs
+    results = {p: (p / "result.json").read_text() for p in runs}
+    again = run("experiment", *common, "--epochs", "1", "--threads", "2", "--out", tmp_path / "exp")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("reusing") == 2, again.stderr
+    other = run("experiment", *common, "--epochs", "2", "--out", tmp_path / "exp")
+    assert other.returncode == 0, other.stderr
+    assert "reusing" not in other.stderr
+    assert all((p / "result.json").read_text() == text for p, text in results.items())  # untouched
+    epochs = sorted(json.loads((p / "result.json").read_text())["config"]["epochs"]
+                    for p in (tmp_path / "exp").iterdir() if p.is_dir())
+    assert epochs == [1, 1, 2, 2], epochs
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--lrs", "0.01,0.01"], "--lrs lists 0.01 twice"),  # the table compared an arm with itself
+    (["--lrs", "0.01", "--lr", "0.1"], "--lr and --lrs"),  # --lr was ignored
+])
+def test_experiment_refuses_an_ambiguous_lr_sweep(args, needle, tmp_path):
+    r = run("experiment", "lrn", "--seeds", "1", *args, "--out", tmp_path / "exp")
+    assert r.returncode == 1 and needle in r.stderr, r.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+def test_train_refuses_an_out_folder_inside_its_image_folder(tmp_path):
+    """The run's files (curves.png, a folder) were read back as images of a class: eval and
+    --resume then failed or counted another image."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    for out in (data / "train" / "run", data / "train" / "class0" / "run"):
+        r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data, "--out", out, "--epochs", "1")
+        assert r.returncode == 1 and "is inside the dataset" in r.stderr, r.stderr
+        assert not out.exists()

@@ -115,7 +115,9 @@ fn settle(
     resume::check_out(&tc, ckpt.as_ref())?;
     // Stored absolute: `alexnet eval` and `--resume` of the run work from any folder.
     if let Some(d) = &tc.data {
-        tc.data = Some(std::path::absolute(d).map_err(crate::error::io(d))?);
+        let d = std::path::absolute(d).map_err(crate::error::io(d))?;
+        check_out_apart(&d, &tc.out)?;
+        tc.data = Some(d);
     }
     if let Some(g) = group {
         tc.devices = Placement::for_local_rank(&tc.devices, g.local_rank)?;
@@ -216,4 +218,21 @@ fn freeze(params: &Params, layers: &[String]) {
             let _ = p.set_requires_grad(false);
         }
     }
+}
+
+/// Refuses a run folder inside the image folder it trains on: its files (curves.png, the
+/// checkpoints) would be read back as images of a class, or the folder taken for a new class.
+fn check_out_apart(data: &Path, out: &Path) -> Result<()> {
+    let Ok(d) = data.canonicalize() else {
+        return Ok(()); // a missing dataset is reported when it is opened
+    };
+    if d.is_dir() && crate::files::resolved(out)?.starts_with(&d) {
+        return Err(Error::Config(format!(
+            "--out {} is inside the dataset {}: the run's files would be read as training images; \
+             put the run elsewhere",
+            out.display(),
+            data.display()
+        )));
+    }
+    Ok(())
 }
