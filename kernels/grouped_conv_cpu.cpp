@@ -36,9 +36,11 @@ std::array<int64_t, 4> check_conv_args(const at::Tensor& x, const at::Tensor& w,
                     w.sizes());
   TORCH_CHECK_VALUE(w.size(2) >= 1 && w.size(3) >= 1, op, ": w's kernel must be at least 1x1, got shape ",
                     w.sizes());
-  TORCH_CHECK_VALUE(x.size(0) == 0 || cin == 0 || (x.size(2) >= 1 && x.size(3) >= 1), op,
-                    ": x has an empty plane (only an empty batch or channel dimension is allowed), got shape ",
-                    x.sizes());
+  // No channels: ATen's convolution gives no output channels (not Cout planes of the bias), and
+  // its backward then refuses that output's gradient.
+  TORCH_CHECK_VALUE(cin >= 1, op, ": x has no channels, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(0) == 0 || (x.size(2) >= 1 && x.size(3) >= 1), op,
+                    ": x has an empty plane (only an empty batch is allowed), got shape ", x.sizes());
   int64_t padded[2];
   for (int i = 0; i < 2; ++i) {
     const bool overflow = __builtin_mul_overflow(padding[i], int64_t{2}, &padded[i]) ||

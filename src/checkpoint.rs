@@ -345,6 +345,7 @@ pub fn save_weights(
         .unwrap_or_default();
     let n = weights.get(&format!("{fc}.weight")).map_or(0, |t| t.size()[0]);
     let classes = classes.unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect());
+    crate::data::check_class_names(&classes)?; // eval and predict match names to labels
     let mut cfg = Config::preset(preset, classes.len() as i64)?;
     cfg.input_size = i64::from(input_size);
     cfg.spatial_sizes(cfg.input_size)?;

@@ -296,12 +296,15 @@ class AlexNet(nn.Module):
         int_arg("AlexNet.reset_classifier", "num_classes", num_classes)
         last = self._class_layer()
         fresh = dict(checked(_native.init_params)(self.preset, num_classes, self.input_size))
-        own = dict(self.named_parameters())
+        *path, key = last.split(".")
+        parent = self.get_submodule(".".join(path))
+        old = parent._modules[key]
+        new = _Layer(self, last)  # a new module: a parametrization of the old one goes with it
         for leaf in ("weight", "bias"):
-            key = f"{last}.{leaf}"
-            name = f"{key}__shard0" if self._sharded else key
-            old = own[name]
-            self._register(name, fresh[key].to(device=old.device, dtype=old.dtype))
+            name = f"{leaf}__shard0" if self._sharded else leaf
+            ref = getattr(old, name)
+            new.register_parameter(name, nn.Parameter(fresh[f"{last}.{leaf}"].to(device=ref.device, dtype=ref.dtype)))
+        parent._modules[key] = new
         self.num_classes, self.classes = num_classes, None  # the old names label no output now
 
     def extra_repr(self) -> str:

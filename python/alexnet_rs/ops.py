@@ -8,6 +8,7 @@ differentiable composition of ATen ops instead of our backward kernels.
 """
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -122,10 +123,14 @@ def cpu_cache() -> Iterator[bool]:
                 opt.step()
                 opt.zero_grad()
     """
+    owner = threading.get_ident()
     active = _native.cpu_cache_enter()
     try:
         yield active
     finally:
+        if threading.get_ident() != owner:  # its exit here would end nothing, in silence
+            raise ConfigError("cpu_cache(): a block must end on the thread that began it (the cache is per "
+                              "thread); the beginning thread keeps caching until the process ends")
         _native.cpu_cache_exit()
 
 

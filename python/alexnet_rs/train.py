@@ -72,9 +72,9 @@ def _environment() -> tuple[int, int, int, int]:
         raise ValueError(f"{missing} is not set but {'WORLD_SIZE' if missing == 'RANK' else 'RANK'} is: torchrun "
                          "sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT together (run under it)")
     values = {}
-    for key, default in (("WORLD_SIZE", None), ("RANK", None), ("LOCAL_RANK", "0"),
+    for key, default in (("WORLD_SIZE", ""), ("RANK", ""), ("LOCAL_RANK", "0"),
                          ("TORCHELASTIC_RESTART_COUNT", "0")):
-        text = os.environ.get(key) or default
+        text = os.environ.get(key) or default  # set but empty: RANK/WORLD_SIZE '' are refused
         try:
             values[key] = int(text)
         except ValueError:

@@ -9,5 +9,5 @@ pub mod stats;
 pub mod transform;
 
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, OnBadImage};
-pub use source::{Dataset, Sample, Split};
+pub use source::{check_class_names, Dataset, Sample, Split};
 pub use transform::{Normalize, Pca, Transform, View};

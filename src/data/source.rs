@@ -382,6 +382,34 @@ impl Dataset {
     }
 }
 
+/// The first bad name of class names in label order: `(i, None)` when name `i` is empty,
+/// `(i, Some(j))` when it repeats name `j`.
+pub fn bad_class_name(classes: &[String]) -> Option<(usize, Option<usize>)> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, name) in classes.iter().enumerate() {
+        if name.is_empty() {
+            return Some((i, None));
+        }
+        if let Some(first) = seen.insert(name.as_str(), i) {
+            return Some((i, Some(first)));
+        }
+    }
+    None
+}
+
+/// `classes` given as a list (Python's `classes=`, a checkpoint's names): each name once, none
+/// empty.
+pub fn check_class_names(classes: &[String]) -> Result<()> {
+    match bad_class_name(classes) {
+        None => Ok(()),
+        Some((i, None)) => Err(Error::Config(format!("classes[{i}] is an empty class name"))),
+        Some((i, Some(first))) => Err(Error::Config(format!(
+            "classes lists `{}` twice (classes[{first}] and classes[{i}])",
+            classes[i]
+        ))),
+    }
+}
+
 /// The class names of a list file whose largest label is `max`: `names` (a `classes.txt`, line n
 /// naming label n - 1) when it exists, else the label numbers.
 fn class_names(names: &Path, max: i64) -> Result<Vec<String>> {
@@ -396,21 +424,20 @@ fn class_names(names: &Path, max: i64) -> Result<Vec<String>> {
         .lines()
         .map(|l| l.trim().to_string())
         .collect();
-    let mut seen = std::collections::HashMap::new();
-    for (n, name) in c.iter().enumerate() {
-        if name.is_empty() {
-            return Err(data_err(names, format!("line {}: an empty class name", n + 1)));
-        }
-        if let Some(first) = seen.insert(name.as_str(), n) {
+    match bad_class_name(&c) {
+        Some((n, None)) => return Err(data_err(names, format!("line {}: an empty class name", n + 1))),
+        Some((n, Some(first))) => {
             return Err(data_err(
                 names,
                 format!(
-                    "line {}: class `{name}` is named twice (first on line {})",
+                    "line {}: class `{}` is named twice (first on line {})",
                     n + 1,
+                    c[n],
                     first + 1
                 ),
-            ));
+            ))
         }
+        None => {}
     }
     if (c.len() as i64) <= max {
         return Err(data_err(

@@ -154,7 +154,7 @@ impl DataLoader {
             }
             let mut ds = core(Dataset::open(&data, split))?;
             if let Some(classes) = classes {
-                check_class_names(&classes)?;
+                core(crate::data::check_class_names(&classes))?;
                 ds = core(ds.labelled_as(&classes))?;
             }
             if let Some(n) = limit {
@@ -207,21 +207,6 @@ impl DataLoader {
         self.next_epoch += 1;
         self.epoch(self.next_epoch as i64 - 1)
     }
-}
-
-/// `classes=`: label order by name, so each name once and none empty.
-fn check_class_names(classes: &[String]) -> PyResult<()> {
-    for (i, name) in classes.iter().enumerate() {
-        if name.is_empty() {
-            return Err(py_err(Error::Config(format!("classes[{i}] is an empty class name"))));
-        }
-        if let Some(first) = classes[..i].iter().position(|c| c == name) {
-            return Err(py_err(Error::Config(format!(
-                "classes lists `{name}` twice (classes[{first}] and classes[{i}])"
-            ))));
-        }
-    }
-    Ok(())
 }
 
 /// One epoch's batches (from `DataLoader.epoch(n)` or `iter(loader)`).

@@ -110,3 +110,25 @@ def test_an_eager_training_loop_gives_the_same_weights_and_hits_the_cache():
     assert plain.keys() == cached.keys()
     for k in plain:
         torch.testing.assert_close(cached[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_block_ended_on_another_thread_is_an_error():
+    """Its exit there did nothing: the beginning thread went on caching (up to 2 GiB), silently."""
+    from alexnet_rs.errors import ConfigError
+
+    block = cpu_cache()
+    block.__enter__()
+    errors = []
+
+    def end():
+        try:
+            block.__exit__(None, None, None)
+        except ConfigError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=end)
+    t.start()
+    t.join()
+    alexnet_rs._native.cpu_cache_exit()  # this thread's scope, which the block left open
+    assert errors and "must end on the thread that began it" in errors[0], errors
+    assert cpu_cache_stats()["cached_bytes"] == 0

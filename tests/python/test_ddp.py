@@ -377,6 +377,8 @@ def test_ranks_that_would_start_differently_are_refused_on_every_rank(tmp_path):
     ({"WORLD_SIZE": "2"}, "RANK is not set but WORLD_SIZE is"),
     ({"RANK": "1"}, "WORLD_SIZE is not set but RANK is"),
     ({"RANK": "0", "WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+    ({"RANK": "", "WORLD_SIZE": "2"}, "RANK='' is not a whole number"),  # was a TypeError traceback
+    ({"RANK": "0", "WORLD_SIZE": ""}, "WORLD_SIZE='' is not a whole number"),
     ({"RANK": "2", "WORLD_SIZE": "2"}, "need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE"),
 ])
 def test_a_partial_torchrun_environment_is_a_clear_error(tmp_path, env, needle):

@@ -105,6 +105,9 @@ def test_bad_input_raises(x, w, b, groups, exc, needle):
         ((2, 4, 8, 8), (4, 2, 0, 3), 1, "kernel must be at least 1x1"),
         ((2, 4, 0, 9), (6, 2, 3, 3), 2, "empty plane"),
         ((2, 4, 8, 8), (0, 2, 3, 3), 1, "at least groups=2 output channels"),
+        # Meta promised (2, 6, 7, 7), ATen's CPU convolution gave (2, 0, 7, 7), and its backward
+        # then refused its own output's gradient.
+        ((2, 0, 9, 9), (6, 0, 3, 3), 0, "x has no channels"),
         # 8 + 2 * 2**62 overflowed, and the error blamed the kernel's size.
         ((2, 4, 8, 8), (4, 2, 3, 3), 2**62, "padding .* is too large"),
     ],
@@ -114,7 +117,7 @@ def test_meta_and_cpu_refuse_the_same_arguments(xs, ws, padding, needle):
     for device in ("cpu", "meta"):
         with pytest.raises(ValueError, match=needle):
             torch.ops.alexnet_rs.grouped_conv2d(x.to(device), w.to(device), None, [1, 1], [padding, padding], 2)
-    # An empty batch or channel dimension is fine, as in F.conv2d.
+    # An empty batch is fine, as in F.conv2d.
     x0 = torch.randn(0, 4, 0, 9)
     assert grouped_conv2d(x0, torch.randn(6, 2, 3, 3), None, 1, 2, 2).shape == (0, 6, 2, 11)
 

@@ -136,6 +136,11 @@ def test_reset_classifier_keeps_the_rest_and_gives_a_trainable_head():
     # A new class layer is trainable (as a new nn.Linear is), whatever the old one's flag.
     assert dict(model.named_parameters())["fc8.weight"].requires_grad
     assert model(torch.randn(2, 3, 63, 63)).shape == (2, 7)
+    # A parametrized class layer (weight_norm) is replaced too: it was a KeyError.
+    torch.nn.utils.parametrizations.weight_norm(model.get_submodule("fc8"))
+    model.reset_classifier(4)
+    assert model(torch.randn(2, 3, 63, 63)).shape == (2, 4)
+    assert sorted(model.state_dict())[-2:] == ["fc8.bias", "fc8.weight"]
     two = alexnet_rs.AlexNet("paper", input_size=63, devices="cpu,cpu")
     two.reset_classifier(3)
     assert two(torch.randn(1, 3, 63, 63)).shape == (1, 3)

@@ -132,12 +132,19 @@ def _cases():
             ("x-one-channel", lambda F: model()(t(1, 1, 63, 63)), S, VE, "x"),
             ("x-3d", lambda F: model()(t(3, 63, 63)), S, VE, "x"),
             ("x-too-small", lambda F: model()(t(1, 3, 8, 8)), C, VE, "input size"),
-            ("x-wrong-input-size", lambda F: model("paper")(t(1, 3, 63, 63)), S, VE, "fc6"),
+            ("x-wrong-input-size", lambda F: model("paper")(t(1, 3, 63, 63)), S, VE, "the paper preset needs 224x224"),
+            # The weight, not the (right) input size, is blamed: it said "the paper preset needs 63x63 inputs".
+            ("fc6-weight-shape", lambda F: torch.func.functional_call(
+                model("paper", input_size=63), {"fc6.weight": t(4096, 300)}, (t(1, 3, 63, 63),)), S, VE,
+             "fc6.weight must have 256 columns"),
         ],
         "alexnet_rs.AlexNet.save_checkpoint": [
             ("run-int", lambda F: model().save_checkpoint(5), D, TE, "run"),
             ("classes-count", lambda F: model().save_checkpoint(F.out, classes=["a"]), C, VE, "classes"),
             ("classes-type", lambda F: model().save_checkpoint(F.out, classes="abc"), D, TE, "classes"),
+            # were written: eval and predict, which match names to labels, then failed on them
+            ("classes-twice", lambda F: model().save_checkpoint(F.out, classes=["a", "b", "a"]), C, VE, "`a` twice"),
+            ("classes-empty", lambda F: model().save_checkpoint(F.out, classes=["a", "", "c"]), C, VE, "classes[1]"),
             ("input-zero", lambda F: model().save_checkpoint(F.out, input_size=0), C, VE, "input"),
             ("on-meta", lambda F: model().to("meta").save_checkpoint(F.out), S, VE, "meta"),
         ],
