@@ -226,10 +226,7 @@ fn run_dir(root: &Path, t: &TrainConfig, targets: &[f64]) -> PathBuf {
     let drop = t.dropout.map_or("".into(), |p| format!("-drop{p}"));
     let lrn = if t.lrn { "" } else { "-nolrn" };
     let text = serde_json::to_string(&(result_shaping(t), targets)).expect("plain record");
-    // FNV-1a: stable across builds and platforms (std's hashers promise neither).
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::files::fnv(crate::files::FNV_START, text.as_bytes());
     root.join(format!(
         "{}-{}-{act}{lrn}{pool}{drop}-lr{}-seed{}-{:08x}",
         t.preset,

@@ -157,3 +157,14 @@ pub fn resolved(path: &Path) -> Result<PathBuf> {
     }
     Ok(out)
 }
+
+/// FNV-1a's starting value.
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a, 64 bits, of `bytes` continuing from `h`: a key for file and folder names, stable
+/// across builds and platforms (std's hashers promise neither).
+pub fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}

@@ -528,3 +528,26 @@ fn a_training_shard_yields_a_batch_of_only_bad_images_empty_so_ranks_stay_in_ste
     assert_eq!(batches(None, false), vec![vec![4, 5], vec![6, 7]]);
     assert_eq!(batches(Some((0, 2)), true), vec![vec![4, 5]]);
 }
+
+#[test]
+fn an_idx_folder_without_test_files_serves_its_training_images_for_both_splits() {
+    // It failed with "no class subfolders (expected one folder per class)".
+    let fm = common::require_data();
+    let (train, test) = (common::tmp("idx-train-only"), common::tmp("idx-test-only"));
+    for (dir, prefix) in [(&*train, "train"), (&*test, "t10k")] {
+        std::fs::create_dir_all(dir).unwrap();
+        for kind in ["images-idx3", "labels-idx1"] {
+            let name = format!("{prefix}-{kind}-ubyte.gz");
+            std::os::unix::fs::symlink(fm.join(&name), dir.join(&name)).unwrap();
+        }
+    }
+    let a = Dataset::open(&train, Split::Test).unwrap();
+    assert_eq!(a.len(), 60_000);
+    assert_eq!(
+        Dataset::missing_test_split(&train),
+        Some("t10k-* IDX files beside the train-* ones")
+    );
+    assert_eq!(Dataset::missing_test_split(&fm), None);
+    let e = Dataset::open(&test, Split::Train).unwrap_err().to_string();
+    assert!(e.contains("t10k-* IDX files but no train-images-idx3-ubyte"), "{e}");
+}

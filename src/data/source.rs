@@ -185,6 +185,18 @@ impl Dataset {
         if idx_path(path, split, "images").is_some() {
             return Dataset::idx_folder(path, split);
         }
+        // IDX files of the other split only: training files serve as the test split too (as an
+        // image folder without val/ does); test files alone are no training split.
+        if split == Split::Test && idx_path(path, Split::Train, "images").is_some() {
+            return Dataset::idx_folder(path, Split::Train);
+        }
+        if split == Split::Train && idx_path(path, Split::Test, "images").is_some() {
+            return Err(data_err(
+                path,
+                "has t10k-* IDX files but no train-images-idx3-ubyte[.gz] (and train-labels-idx1-ubyte[.gz]) \
+                 for the training split",
+            ));
+        }
         let (wanted, others): (&[&str], &[&str]) = match split {
             Split::Train => (&["train"], &TEST_FOLDERS),
             Split::Test => (&TEST_FOLDERS, &["train"]),
@@ -207,11 +219,20 @@ impl Dataset {
         Dataset::image_folder(path)
     }
 
-    /// Whether `path` holds a test split of its own (IDX test files, or a val/ or test/ folder
-    /// beside train/); otherwise [`Dataset::open`] gives the training images for both splits.
-    pub fn has_test_split(path: &Path) -> bool {
-        path.is_dir()
-            && (idx_path(path, Split::Test, "images").is_some() || TEST_FOLDERS.iter().any(|s| path.join(s).is_dir()))
+    /// What `path` lacks for a test split of its own (IDX test files, or a val/ or test/ folder
+    /// beside train/), or `None` when it has one; without one [`Dataset::open`] gives the
+    /// training images for both splits.
+    pub fn missing_test_split(path: &Path) -> Option<&'static str> {
+        if path.is_file() {
+            Some("a list file is one split")
+        } else if idx_path(path, Split::Test, "images").is_some() || TEST_FOLDERS.iter().any(|s| path.join(s).is_dir())
+        {
+            None
+        } else if idx_path(path, Split::Train, "images").is_some() {
+            Some("t10k-* IDX files beside the train-* ones")
+        } else {
+            Some("a val/ or test/ folder beside train/")
+        }
     }
 
     /// One subfolder per class (sorted names = labels 0..), images anywhere below each.

@@ -142,14 +142,9 @@ impl TrainConfig {
             Some(p) => {
                 let ds = Dataset::open(p, split)?;
                 // Said once it is known to be so (not before the error of a missing folder).
-                if split == Split::Test && !Dataset::has_test_split(p) {
-                    let missing = if p.is_file() {
-                        "a list file is one split"
-                    } else {
-                        "a val/ or test/ folder beside train/"
-                    };
+                if let Some(missing) = Dataset::missing_test_split(p).filter(|_| split == Split::Test) {
                     crate::say::note(&format!(
-                        "warning: {} has no test split ({missing}): validating on the training images",
+                        "warning: {} has no test split ({missing}): its training images serve as the test split",
                         p.display()
                     ));
                 }

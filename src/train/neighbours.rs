@@ -9,6 +9,7 @@ use super::eval::{image_tensor, load_trained, Trained};
 use crate::checkpoint;
 use crate::data::{loader::decode, Dataset, Sample, Split, View};
 use crate::error::{Error, Result};
+use crate::files::{fnv, FNV_START};
 use crate::model;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -143,14 +144,20 @@ fn fc7_bank(
     ckpt: &Path,
     fc7: &str,
 ) -> Result<(Tensor, Vec<i64>, PathBuf)> {
-    let run = ckpt.parent().and_then(Path::parent).unwrap_or(ckpt);
+    // Beside the checkpoint folders: `<run>/fc7/` for `<run>/checkpoints/ckpt-*`, else the
+    // checkpoint's own parent folder's `fc7/`.
+    let folder = ckpt.parent().unwrap_or(Path::new("."));
+    let cache_dir = match folder.file_name() {
+        Some(n) if n == "checkpoints" => folder.parent().unwrap_or(folder).join("fc7"),
+        _ => folder.join("fc7"),
+    };
     let settings = format!("{}|{}|{}", tc.input_size, tc.preset, train.classes.join("|"));
     let key = fnv(samples_key(train), settings.as_bytes());
     let name = ckpt
         .file_name()
         .map_or("ckpt".into(), |n| n.to_string_lossy().to_string());
-    let cache = run.join("fc7").join(format!("{name}-{key:016x}.safetensors"));
-    prune_stale(run);
+    let cache = cache_dir.join(format!("{name}-{:016x}-{key:016x}.safetensors", weights_stamp(ckpt)));
+    prune_stale(&cache_dir, folder);
     let labels: Vec<i64> = train.items.iter().map(|(_, l)| *l).collect();
     if let Ok(v) = Tensor::read_safetensors(&cache) {
         if let Some((_, f)) = v.into_iter().find(|(n, _)| n == "fc7") {
@@ -185,17 +192,18 @@ fn fc7_bank(
     let index = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>());
     let cat = Tensor::f_cat(&rows, 0)?;
     let feats = cat.f_zeros_like()?.f_index_copy(0, &index, &cat)?;
-    crate::files::create_dir(&run.join("fc7"))?;
+    crate::files::create_dir(&cache_dir)?;
     crate::files::write_with(&cache, |part| {
         Tensor::write_safetensors(&[("fc7", &feats)], part).map_err(|e| crate::checkpoint::write_error(part, e))
     })?;
     Ok((feats, labels, cache))
 }
 
-/// Removes the fc7 caches (`<checkpoint>-<key>.safetensors`) of `run`'s checkpoints that are
-/// gone; a failure to is no error (a cache is only an aid).
-fn prune_stale(run: &Path) {
-    let Ok(entries) = std::fs::read_dir(run.join("fc7")) else {
+/// Removes the fc7 caches (`<checkpoint>-<weights>-<key>.safetensors`) in `cache_dir` of the
+/// checkpoints in `folder` that are gone or hold other weights now (a run trained again into the
+/// same folder); a failure to is no error (a cache is only an aid).
+fn prune_stale(cache_dir: &Path, folder: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
         return;
     };
     for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
@@ -203,27 +211,28 @@ fn prune_stale(run: &Path) {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let Some((ckpt, _key)) = name.strip_suffix(".safetensors").and_then(|s| s.rsplit_once('-')) else {
+        let Some((ckpt, weights)) = name
+            .strip_suffix(".safetensors")
+            .and_then(|s| s.rsplit_once('-'))
+            .and_then(|(rest, _key)| rest.rsplit_once('-'))
+        else {
             continue;
         };
-        if ckpt.starts_with("ckpt-") && !run.join("checkpoints").join(ckpt).is_dir() {
+        let dir = folder.join(ckpt);
+        if !dir.is_dir() || weights != format!("{:016x}", weights_stamp(&dir)) {
             let _ = std::fs::remove_file(&path);
         }
     }
 }
 
-/// FNV-1a, 64 bits, of `bytes` continuing from `h`: a stable key for the cache file's name.
-fn fnv(h: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+/// A stamp of a checkpoint's weights file (its size and modification time).
+fn weights_stamp(ckpt: &Path) -> u64 {
+    file_stamp(FNV_START, &ckpt.join("weights.safetensors"))
 }
 
-/// A key of the samples themselves: each one's file (or IDX index) and label, and each file's size
-/// and modification time, so that a file replaced, moved to another class, added or removed
-/// gives another key (a count of samples would not see a move or a replacement).
-fn samples_key(ds: &Dataset) -> u64 {
-    let stamp = |h: u64, path: &Path| match std::fs::metadata(path) {
+/// `h` continued with `path`'s size and modification time (unchanged if it cannot be read).
+fn file_stamp(h: u64, path: &Path) -> u64 {
+    match std::fs::metadata(path) {
         Ok(m) => {
             let modified = m
                 .modified()
@@ -233,14 +242,17 @@ fn samples_key(ds: &Dataset) -> u64 {
             fnv(fnv(h, &m.len().to_le_bytes()), &nanos.to_le_bytes())
         }
         Err(_) => h,
-    };
-    let mut h = stamp(
-        fnv(0xcbf2_9ce4_8422_2325, ds.origin.as_os_str().as_encoded_bytes()),
-        &ds.origin,
-    );
+    }
+}
+
+/// A key of the samples themselves: each one's file (or IDX index) and label, and each file's size
+/// and modification time, so that a file replaced, moved to another class, added or removed
+/// gives another key (a count of samples would not see a move or a replacement).
+fn samples_key(ds: &Dataset) -> u64 {
+    let mut h = file_stamp(fnv(FNV_START, ds.origin.as_os_str().as_encoded_bytes()), &ds.origin);
     for (sample, label) in &ds.items {
         h = match sample {
-            Sample::File(p) => stamp(fnv(h, p.as_os_str().as_encoded_bytes()), p),
+            Sample::File(p) => file_stamp(fnv(h, p.as_os_str().as_encoded_bytes()), p),
             Sample::Idx(k) => fnv(h, &k.to_le_bytes()),
         };
         h = fnv(h, &label.to_le_bytes());

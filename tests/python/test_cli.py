@@ -263,7 +263,7 @@ def test_a_dataset_without_a_test_split_says_it_validates_on_the_training_images
     r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data, "--batch-size", "8", "--max-steps", "1",
             "--threads", "1", "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"warning: {data} has no test split (a val/ or test/ folder beside train/): validating on the training images" \
+    assert f"warning: {data} has no test split (a val/ or test/ folder beside train/): its training images serve as the test split" \
         in r.stderr
 
 

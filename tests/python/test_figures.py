@@ -274,3 +274,19 @@ def test_the_fc7_cache_is_not_reused_after_the_training_images_change(tmp_path):
     Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(data / "train" / "class1" / "moved.png")
     assert "computing the fc7 vectors of 64 training images" in neighbours().stderr
     assert "computing" not in neighbours().stderr
+    # Another run trained into the same folder: a checkpoint of the same step, other weights (the
+    # old run's vectors were reused).
+    shutil.rmtree(run / "checkpoints")
+    cli("train", "--preset", "paper", "--input-size", "63", "--torch-init", "--data", data, "--batch-size", "8",
+        "--max-steps", "1", "--threads", "1", "--seed", "5", "--out", run)
+    assert "computing the fc7 vectors of 64 training images" in neighbours().stderr
+    assert len(list((run / "fc7").iterdir())) == 1  # the old weights' vectors went
+    # A checkpoint folder outside a run's checkpoints/: its cache is kept beside it and reused (it
+    # was written to the grandparent folder and removed by the next call).
+    loose = tmp_path / "kept" / "mine"
+    loose.parent.mkdir()
+    shutil.copytree(next((run / "checkpoints").iterdir()), loose)
+    r = cli("neighbours", loose, query, "--k", "3", "--data", data, "--out", tmp_path / "n.png")
+    assert "computing" in r.stderr
+    r = cli("neighbours", loose, query, "--k", "3", "--data", data, "--out", tmp_path / "n.png")
+    assert "computing" not in r.stderr, r.stderr
