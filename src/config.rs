@@ -27,6 +27,9 @@ use std::str::FromStr;
 /// ([`crate::image::MAX_PIXELS`] = 8192^2); far larger ones overflowed the first FC layer's size.
 pub const MAX_INPUT: i64 = 8192;
 
+/// The most classes a network may have (and a list file may label: a label is a class index).
+pub const MAX_CLASSES: i64 = 1_000_000;
+
 /// Which variant of the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -324,8 +327,10 @@ fn cnn4(classes: i64) -> Config {
 impl Config {
     /// The preset's network with a `num_classes`-way last layer (1000 for ImageNet).
     pub fn preset(preset: Preset, num_classes: i64) -> Result<Config> {
-        if num_classes < 1 {
-            return Err(Error::Config(format!("num_classes must be >= 1, got {num_classes}")));
+        if !(1..=MAX_CLASSES).contains(&num_classes) {
+            return Err(Error::Config(format!(
+                "num_classes must be in 1..={MAX_CLASSES}, got {num_classes}"
+            )));
         }
         Ok(match preset {
             Preset::Paper => paper(num_classes),

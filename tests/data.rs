@@ -201,6 +201,20 @@ fn prepare_refuses_two_sources_with_one_output_name() {
         .to_string();
     assert!(e.contains("a.png") && e.contains("a.jpg"), "{e}");
     assert!(!dst.exists(), "nothing is written before the names are checked");
+    // An output that would be a folder of another: b.png -> b.jpg, and b.jpg/x.png -> b.jpg/x.jpg
+    // (it failed midway with "Is a directory", the winner decided by the threads' order).
+    std::fs::remove_file(src.join("c0").join("a.jpg")).unwrap();
+    img.save(src.join("c0").join("b.png")).unwrap();
+    std::fs::create_dir(src.join("c0").join("b.jpg")).unwrap();
+    img.save(src.join("c0").join("b.jpg").join("x.png")).unwrap();
+    let e = alexnet_rs::data::prepare::prepare(&src, &dst, 8, 90, &|_, _| {})
+        .expect_err("a folder clash is refused")
+        .to_string();
+    assert!(
+        e.contains("b.png") && e.contains("a file inside it") && e.contains("x.png"),
+        "{e}"
+    );
+    assert!(!dst.exists(), "nothing is written before the names are checked");
 }
 
 #[test]

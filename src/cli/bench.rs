@@ -76,6 +76,15 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
         }
         tch::set_num_threads(n as i32);
     }
+    if let Some(i) = (1..a.sides.len()).find(|&i| a.sides[..i].contains(&a.sides[i])) {
+        // It measured the side twice and reported a ratio of it to itself.
+        return Err(Error::Config(format!(
+            "--sides lists {} twice",
+            a.sides[i]
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string())
+        )));
+    }
     let anchors = a.sides.iter().any(|&s| s != Side::Ours);
     if anchors && a.preset == Preset::Cnn4 {
         // Before any measurement: the anchors' PyTorch networks are AlexNet's presets only.

@@ -108,7 +108,7 @@ fn check_collisions(src: &Path, dst: &Path, files: &[PathBuf]) -> Result<()> {
     for f in files {
         by_output.entry(output(src, dst, f)).or_default().push(f);
     }
-    let clashes: Vec<String> = by_output
+    let mut clashes: Vec<String> = by_output
         .iter()
         .filter(|(_, v)| v.len() > 1)
         .map(|(out, v)| {
@@ -116,13 +116,30 @@ fn check_collisions(src: &Path, dst: &Path, files: &[PathBuf]) -> Result<()> {
             format!("{} -> {}", names.join(" and "), out.display())
         })
         .collect();
+    // An output that would be a folder of other outputs (`b.png` and `b.jpg/x.png`).
+    for (out, v) in &by_output {
+        if let Some((folder, under)) = out
+            .ancestors()
+            .skip(1)
+            .take_while(|a| *a != dst)
+            .find_map(|a| by_output.get(a).map(|u| (a, u)))
+        {
+            clashes.push(format!(
+                "{} -> {} and {} -> a file inside it, {}",
+                under[0].display(),
+                folder.display(),
+                v[0].display(),
+                out.display()
+            ));
+        }
+    }
     if clashes.is_empty() {
         return Ok(());
     }
     Err(Error::File {
         path: src.to_path_buf(),
         reason: format!(
-            "{} output names would be written twice (every output is a .jpg): {}; rename one of each",
+            "{} output names would clash (every output is a .jpg): {}; rename one of each",
             clashes.len(),
             clashes.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
         ),

@@ -17,8 +17,7 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
 /// The subfolders of an image folder that hold its test split (beside `train/`).
 const TEST_FOLDERS: [&str; 2] = ["val", "test"];
 
-/// The most classes a list file may label (a label is a class index).
-pub const MAX_CLASSES: i64 = 1_000_000;
+pub use crate::config::MAX_CLASSES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
