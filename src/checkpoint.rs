@@ -222,7 +222,12 @@ fn replace(root: &Path, tmp: &Path, dst: &Path, old: &Path) -> Result<()> {
 /// Removes a checkpoint folder: renamed to its hidden `.old` name first, so that no visible
 /// `ckpt-<step>/` is ever half-deleted.
 fn remove(root: &Path, name: &str) -> Result<()> {
-    let old = root.join(format!(".{name}.old"));
+    remove_via(root, name, "old")
+}
+
+/// [`remove`] through the hidden name `.<name>.<suffix>` (`old` or `tmp`).
+fn remove_via(root: &Path, name: &str, suffix: &str) -> Result<()> {
+    let old = root.join(format!(".{name}.{suffix}"));
     if old.exists() {
         fs::remove_dir_all(&old).map_err(io(&old))?;
     }
@@ -314,7 +319,11 @@ pub fn recover(path: &Path) -> Result<PathBuf> {
     let dst = root.join(&name);
     if latest != dst {
         if dst.exists() {
-            remove(root, &name)?; // incomplete
+            // Incomplete: removed through the hidden name that is not the copy being restored.
+            let restoring_old = latest
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".old"));
+            remove_via(root, &name, if restoring_old { "tmp" } else { "old" })?;
         }
         fs::rename(&latest, &dst).map_err(io(&dst))?;
         fsync(root)?;
@@ -364,15 +373,18 @@ pub fn save_weights(
     check_tensors(run, &cfg, &weights)?;
     // Beside a training run's checkpoints this step-0 one would not be the newest (and pruning
     // could delete it); a save of its own (step 0) is replaced.
+    // A crash's hidden copy counts: saving would delete it as a leftover.
     let newest = find_latest(run)
         .ok()
-        .and_then(|d| d.file_name().and_then(|n| step_of(&n.to_string_lossy())));
-    if let Some(step) = newest.filter(|&s| s > 0) {
+        .and_then(|d| d.file_name().and_then(|n| parse_name(&n.to_string_lossy())));
+    if let Some((step, _)) = newest.filter(|&(s, _)| s > 0) {
         return Err(Error::Config(format!(
             "{} already holds a training run (checkpoints up to step {step}): save into another folder",
             run.display()
         )));
     }
+    // Nor while a training process holds the folder (before its first checkpoint).
+    let _lock = crate::files::RunLock::acquire(run)?;
     let tc = TrainConfig {
         preset,
         input_size,

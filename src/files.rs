@@ -35,13 +35,27 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
     if written.is_err() {
         let _ = fs::remove_file(&part);
     }
-    written
+    // The rename itself made durable (a power loss could otherwise undo it).
+    written.and_then(|()| fsync(parent_of(path)))
 }
 
-/// Creates the folder `dir` and its parents (`mkdir -p`); where a part of the path is a file, the
-/// error names that file ("is a file, not a folder") instead of the OS's bare "File exists".
+/// The folder holding `path` (`.` for a bare file name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Creates the folder `dir` and its parents (`mkdir -p`), each new one's entry fsynced in its
+/// parent; where a part of the path is a file, the error names that file ("is a file, not a
+/// folder") instead of the OS's bare "File exists".
 pub fn create_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| in_the_way(dir, dir).unwrap_or_else(|| io(dir)(e)))
+    let new: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.is_dir())
+        .collect();
+    fs::create_dir_all(dir).map_err(|e| in_the_way(dir, dir).unwrap_or_else(|| io(dir)(e)))?;
+    new.iter().rev().try_for_each(|d| fsync(parent_of(d)))
 }
 
 /// Whether the file `out` can be written, checked before the work that makes it: a file name

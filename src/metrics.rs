@@ -168,13 +168,15 @@ impl Metrics {
         Ok(m)
     }
 
-    /// fsyncs both files (before a checkpoint, so that no checkpoint outlives its metrics).
+    /// fsyncs both files and their folder's entries for them (before a checkpoint, so that no
+    /// checkpoint outlives its metrics).
     pub fn sync(&self) -> Result<()> {
         for p in [self.steps_path(), self.epochs_path()] {
             if p.exists() {
                 crate::files::fsync(&p)?;
             }
         }
+        crate::files::fsync(&self.dir)?;
         Ok(())
     }
 

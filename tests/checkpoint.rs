@@ -161,3 +161,39 @@ fn channels_last_weights_are_saved_and_load_with_the_same_values() {
         assert!(c.weights[k].equal(t), "{k}");
     }
 }
+
+#[test]
+fn recovery_restores_a_hidden_old_copy_over_an_incomplete_visible_one() {
+    let _s = serial();
+    // A complete `.ckpt-4.old` and an incomplete `ckpt-4`: recovery removed the incomplete one
+    // through the `.old` name, deleting the copy it was restoring, and then failed (no such file).
+    let (run, _, _) = run_with("recover-old", &[2, 4]);
+    let root = run.join("checkpoints");
+    copy_dir(&ckpt(&run, 4), &root.join(".ckpt-000000004.old"));
+    fs::remove_file(ckpt(&run, 4).join("state.json")).unwrap();
+    assert_eq!(checkpoint::recover(&run).unwrap(), ckpt(&run, 4));
+    assert!(checkpoint::is_complete(&ckpt(&run, 4)));
+    assert_eq!(checkpoint::load(&run).unwrap().state.step, 4);
+}
+
+#[test]
+fn weights_are_not_saved_beside_a_runs_hidden_checkpoints() {
+    let _s = serial();
+    // A crash left the run's newest checkpoint hidden (`.ckpt-4.tmp`, complete): saving weights
+    // there counted only visible ones, deleted it as a leftover and wrote a step-0 checkpoint.
+    let (run, _, w) = run_with("save-beside-hidden", &[4]);
+    let root = run.join("checkpoints");
+    fs::rename(ckpt(&run, 4), root.join(".ckpt-000000004.tmp")).unwrap();
+    let e = checkpoint::save_weights(&run, Preset::Cnn4, 32, &w, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already holds a training run"), "{e}");
+    assert!(checkpoint::is_complete(&root.join(".ckpt-000000004.tmp")));
+    // Nor while another process holds the run (a training that has no checkpoint yet).
+    let fresh = tmp("save-while-held");
+    let _held = alexnet_rs::files::RunLock::acquire(&fresh).unwrap();
+    let e = checkpoint::save_weights(&fresh, Preset::Cnn4, 32, &w, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("being written by another"), "{e}");
+}

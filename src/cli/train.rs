@@ -125,13 +125,18 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
             .expect("valid template"),
     );
     SIGNAL.store(0, Ordering::SeqCst);
-    let handlers = Handlers::install();
+    // Installed once the run has started (its first step is next): a signal during the start-up
+    // (reading the data, recovering a crashed run) ends the process by the signal itself.
+    let handlers = std::cell::RefCell::new(None);
     if quiet {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     // Stopped on request: by this process's signal, or by another rank's.
     let stopped = std::cell::Cell::new(false);
     let mut on_event = |e: &Event| {
+        if matches!(e, Event::Start { .. }) && handlers.borrow().is_none() {
+            *handlers.borrow_mut() = Some(Handlers::install());
+        }
         stopped.set(stopped.get() || matches!(e, Event::Stopped));
         if !quiet {
             report(&bar, e)
@@ -150,7 +155,7 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
     };
     bar.finish_and_clear();
     // Training is over: a signal from now on is not a request to stop after a step.
-    drop(handlers);
+    drop(handlers.take());
     let out = writes_to(resume.as_deref(), &tc);
     let stopped_by = stopped.get().then(|| SIGNAL.load(Ordering::SeqCst));
     outcome(&result, stopped_by, quiet, &out, group.map_or(1, |g| g.world))

@@ -52,16 +52,23 @@ pub fn recover_run(path: &Path, group: Option<&Group>) -> Result<Option<RunLock>
     let mut lock = None;
     if group.is_none_or(|g| g.rank == 0) && checkpoint::find_latest(path).is_ok() {
         // Not while another process trains the run: its newest checkpoint may be half renamed.
-        lock = Some(RunLock::acquire(run_of(path))?);
-        checkpoint::recover(path)?;
+        let run = run_of(path);
+        lock = Some(RunLock::acquire(run)?);
+        // The run's newest, not `path`'s: resuming an older checkpoint deleted a crash's hidden
+        // newer one as a leftover (and then was not refused as older than the newest).
+        checkpoint::recover(run)?;
     }
     group.map_or(Ok(()), Group::barrier)?;
     Ok(lock)
 }
 
-/// The run folder that `path` (a run folder or one of its checkpoint folders) belongs to.
+/// The run folder that `path` (a run folder, its `checkpoints/` or one of its checkpoint
+/// folders) belongs to.
 pub fn run_of(path: &Path) -> &Path {
-    run_folder(path).unwrap_or(path)
+    match path.parent() {
+        Some(run) if path.ends_with("checkpoints") && path.is_dir() => run,
+        _ => run_folder(path).unwrap_or(path),
+    }
 }
 
 /// Whether two paths name one folder.

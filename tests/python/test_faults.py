@@ -178,3 +178,49 @@ def test_a_panic_is_an_error_line_in_the_cli_and_an_exception_in_python(data, tm
     env = dict(os.environ, ALEXNET_FAULT="train-step:panic")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0 and p.stdout.startswith("True internal error"), p.stdout + p.stderr
+
+
+def test_a_signal_during_the_start_up_ends_the_process_by_the_signal(data, tmp_path):
+    """RELIABILITY.md: a signal before training starts ends the process by the signal itself. The
+    handler was installed first: the run trained a step, wrote a checkpoint and exited 143, and
+    rerunning the command was then refused ("already holds a run")."""
+    run = tmp_path / "run"
+    r = alexnet(*train_args(data, run), fault="file-partial:term@1")  # classes.json, at the start
+    assert "SIGTERM at file-partial" in r.stderr, r.stderr
+    assert r.returncode == -signal.SIGTERM, r.stderr
+    assert not (run / "checkpoints").exists()
+    r = alexnet(*train_args(data, run))
+    assert r.returncode == 0, r.stderr
+
+
+def test_resuming_an_older_checkpoint_keeps_a_crashs_hidden_newer_one(data, tmp_path):
+    """A kill left step 4's complete checkpoint hidden (`.ckpt-4.tmp`): `--resume` of ckpt-2 deleted
+    it as a leftover, cut the metrics back to step 2 and trained on, instead of refusing to resume
+    a checkpoint older than the run's newest."""
+    run = tmp_path / "run"
+    r = alexnet(*train_args(data, run), fault="ckpt-tmp-written:abort@2")
+    assert r.returncode == -signal.SIGABRT, r.stderr
+    root = run / "checkpoints"
+    assert (root / ".ckpt-000000004.tmp" / "state.json").is_file()
+    r = alexnet("train", "--resume", root / "ckpt-000000002", "--max-steps", "1")
+    assert r.returncode == 1 and "not the newest checkpoint of its run" in r.stderr, r.stderr
+    assert (root / "ckpt-000000004" / "state.json").is_file()  # recovered, not deleted
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_resuming_the_checkpoints_folder_of_a_live_run_touches_nothing(data, tmp_path):
+    """`--resume <run>/checkpoints` took its lock in checkpoints/ (not the run's), recovered the
+    run under a training process (deleting the checkpoint it was writing) and only then was
+    refused. Here this test holds the run's lock, as a training process does."""
+    import fcntl
+
+    run = tmp_path / "run"
+    r = alexnet(*train_args(data, run), fault="ckpt-tmp-written:abort@2")
+    assert r.returncode == -signal.SIGABRT, r.stderr
+    hidden = run / "checkpoints" / ".ckpt-000000004.tmp"
+    with open(run / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = alexnet("train", "--resume", run / "checkpoints", "--max-steps", "1")
+    assert r.returncode == 1 and "being written by another training process" in r.stderr, r.stderr
+    assert (hidden / "state.json").is_file()
+    assert not (run / "checkpoints" / ".lock").exists()
