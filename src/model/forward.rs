@@ -205,25 +205,16 @@ fn forward_impl(
     let first = cfg.fcs[0].name.as_str();
     let expected = params.get(&format!("{first}.weight"))?.size()[1];
     let features: i64 = h.0.iter().map(|t| t.size()[1..].iter().product::<i64>()).sum();
-    let sized_input = cfg.adaptive_pool.is_some() || x.size()[2..] == [cfg.input_size, cfg.input_size];
-    if features != expected && sized_input {
-        // The input is what the network is built for: the weight is the culprit.
-        return Err(Error::Shape(format!(
-            "{first}.weight takes {expected} input features, but the network gives {features} at \
-             {}x{} pixels: {first}.weight must have {features} columns",
-            x.size()[2],
-            x.size()[3]
-        )));
-    }
     if features != expected {
+        let (side, s) = (cfg.input_size, format!("{}x{}", x.size()[2], x.size()[3]));
+        // At the size the network is built for (or any, with adaptive pooling) the weight is wrong.
+        let culprit = if cfg.adaptive_pool.is_some() || x.size()[2..] == [side, side] {
+            format!("{first}.weight must have {features} columns")
+        } else {
+            format!("the {} preset needs {side}x{side} inputs", cfg.preset)
+        };
         return Err(Error::Shape(format!(
-            "input of {}x{} pixels gives {features} features, but {first} expects {expected}: \
-             the {} preset needs {}x{} inputs",
-            x.size()[2],
-            x.size()[3],
-            cfg.preset,
-            cfg.input_size,
-            cfg.input_size
+            "input of {s} pixels gives {features} features, but {first} expects {expected}: {culprit}"
         )));
     }
     h = h.map(|t| Ok(t.f_flatten(1, -1)?))?;
