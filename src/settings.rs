@@ -9,7 +9,7 @@
 //! nowhere else, its help the doc comment. `value_name` says what kind of value it takes (INT,
 //! FLOAT (parsed by [`finite`]), PATH, NAME, TEXT or LIST: comma-separated names); the stub
 //! generator reads it. Adding a setting is adding a field.
-use crate::config::{Activation, Preset};
+use crate::config::{Activation, Config, Preset};
 use crate::conv::ConvBackend;
 use crate::error::{io, Error, Result};
 use crate::optim::{ScheduleKind, UpdateRule};
@@ -53,8 +53,9 @@ pub struct TrainConfig {
     /// dataset-fashion-mnist].
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
-    /// Input side in pixels (the crop the network sees).
-    #[arg(long, value_name = "INT", default_value_t = 224)]
+    /// Input side in pixels (the crop the network sees) [default: the preset's: 224; caffe 227,
+    /// cnn4 32].
+    #[arg(long, value_name = "INT", default_value_t = 224, hide_default_value = true)]
     pub input_size: u32,
     /// Images per optimiser step (per rank under torchrun: the global batch is this x the ranks).
     #[arg(long, value_name = "INT", default_value_t = 128)]
@@ -269,6 +270,9 @@ impl TrainConfig {
     /// These settings with `top`'s values of `keys` laid over them; `keys` join the given ones.
     fn with(&self, top: &TrainConfig, keys: impl IntoIterator<Item = String>) -> Result<TrainConfig> {
         let (mut out, from) = (to_map(self)?, to_map(top)?);
+        let keys: Vec<String> = keys.into_iter().collect();
+        // Asked for (here, or in the base: an experiment's defaults say it by their value).
+        let sized = keys.iter().any(|k| k == "input_size") || self.gave_input_size();
         let mut given = self.given.0.clone().unwrap_or_default();
         for key in keys {
             if let Some(v) = from.get(&key) {
@@ -276,10 +280,31 @@ impl TrainConfig {
             }
             given.insert(key);
         }
-        Ok(TrainConfig {
+        let mut t = TrainConfig {
             given: Given(Some(given)),
             ..TrainConfig::from_map(out)?
-        })
+        };
+        if !sized {
+            t.input_size = t.preset_input_size();
+        }
+        Ok(t)
+    }
+
+    fn gave_input_size(&self) -> bool {
+        self.gave("input_size", self.input_size != TrainConfig::default().input_size)
+    }
+
+    /// The preset's own input size (caffe 227, cnn4 32, the others 224): an `input_size` not
+    /// given.
+    fn preset_input_size(&self) -> u32 {
+        Config::preset(self.preset, 1).map_or(self.input_size, |c| c.input_size as u32)
+    }
+
+    fn sized_for_preset(mut self) -> TrainConfig {
+        if !self.gave_input_size() {
+            self.input_size = self.preset_input_size();
+        }
+        self
     }
 
     /// The settings of the TOML file `path` laid over `base` (the file's keys replace `base`'s
@@ -309,7 +334,8 @@ impl TrainConfig {
             None => Ok(TrainConfig {
                 given: Given(Some(table.keys().cloned().collect())),
                 ..tc
-            }),
+            }
+            .sized_for_preset()),
         }
     }
 
@@ -327,7 +353,7 @@ impl TrainConfig {
                 None => Error::Config(format!("train settings: {e}")),
             }
         })?;
-        Ok(TrainConfig { given, ..tc })
+        Ok(TrainConfig { given, ..tc }.sized_for_preset())
     }
 }
 

@@ -245,3 +245,42 @@ fn the_test_subset_is_the_same_for_every_seed_the_training_subset_is_not() {
     assert_eq!(items(1, Split::Test), items(7, Split::Test));
     assert_ne!(items(1, Split::Train), items(7, Split::Train));
 }
+
+#[test]
+fn an_input_size_not_given_is_the_presets_own() {
+    // `train --preset caffe` trained at 224 (the flag's default), not Caffe's 227; cnn4 at 224.
+    let s = |args: &[&str]| cli(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>()).input_size;
+    assert_eq!(s(&["--preset", "caffe"]), 227);
+    assert_eq!(s(&["--preset", "cnn4"]), 32);
+    assert_eq!(s(&["--preset", "paper"]), 224);
+    assert_eq!(s(&["--preset", "caffe", "--input-size", "224"]), 224); // given: kept
+    let map = |v: Value| {
+        TrainConfig::from_map(v.as_object().unwrap().clone())
+            .unwrap()
+            .input_size
+    };
+    assert_eq!(map(json!({"preset": "caffe"})), 227);
+    assert_eq!(map(json!({"preset": "caffe", "input_size": 100})), 100);
+    let dir = common::tmp("preset-size");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, "preset = \"caffe\"\n").unwrap();
+    assert_eq!(TrainConfig::from_toml(&file).unwrap().input_size, 227);
+    // A flag's preset over a file without a size: the flag's preset's size.
+    let cmd = TrainConfig::augment_args(Command::new("train").no_binary_name(true));
+    let m = cmd.try_get_matches_from(["--preset", "cnn4"]).unwrap();
+    let over = TrainConfig::overlay(
+        &TrainConfig::from_toml_over(&TrainConfig::default(), &file).unwrap(),
+        &m,
+    );
+    assert_eq!(over.unwrap().input_size, 32);
+    // A base that sets a size by its value (an experiment's defaults) keeps it.
+    let base = TrainConfig {
+        input_size: 63,
+        ..TrainConfig::default()
+    };
+    let m = TrainConfig::augment_args(Command::new("train").no_binary_name(true))
+        .try_get_matches_from(["--epochs", "2"])
+        .unwrap();
+    assert_eq!(TrainConfig::overlay(&base, &m).unwrap().input_size, 63);
+}

@@ -75,7 +75,7 @@ def main(argv=None):
         raise SystemExit(f"error: {loader.num_samples} training samples make no global batch of "
                          f"{args.batch_size} x {world} rank(s): lower --batch-size or raise --limit")
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = AlexNet(args.preset, num_classes=len(loader.classes)).to(device)
+    model = AlexNet(args.preset, num_classes=len(loader.classes), input_size=args.input_size).to(device)
     model.train(not args.no_dropout)
     net = DDP(model, device_ids=[local] if cuda else None) if distributed else model
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)

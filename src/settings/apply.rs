@@ -5,6 +5,7 @@ use crate::config::{Config, Init};
 use crate::data::{Dataset, Loader, LoaderConfig, OnBadImage, Split, Transform, View};
 use crate::error::{Error, Result};
 use crate::placement::Placement;
+use std::path::Path;
 
 /// The settings that change the preset's network (`alexnet train`'s ablation switches; at their
 /// defaults the network is the preset's).
@@ -101,11 +102,33 @@ impl TrainConfig {
             }
         }
         crate::data::loader::check_threads(self.threads)?;
+        self.check_paths()?;
         if self.max_steps == Some(0) {
             return bad("max_steps must be >= 1 (leave it out for no step limit), got 0".into());
         }
         self.frozen(&self.model_config(1)?)?;
         Ok(())
+    }
+
+    /// Refuses an empty path (from TOML or Python; clap refuses the flag): an empty `out` trained
+    /// into the working directory and failed at the first checkpoint, the others failed with
+    /// ": No such file or directory", naming nothing.
+    pub fn check_paths(&self) -> Result<()> {
+        let empty = |p: &Path| p.as_os_str().is_empty();
+        let optional = [
+            ("data", &self.data),
+            ("stats", &self.stats),
+            ("init_from", &self.init_from),
+        ];
+        let culprit = if empty(&self.out) {
+            Some("out")
+        } else {
+            optional
+                .iter()
+                .find(|(_, p)| p.as_deref().is_some_and(empty))
+                .map(|(k, _)| *k)
+        };
+        culprit.map_or(Ok(()), |key| Err(Error::Config(format!("{key} is an empty path"))))
     }
 
     /// The layers of `cfg` that `freeze` names (each must be a layer with parameters).

@@ -231,9 +231,12 @@ def test_hybrid_each_rank_splits_the_network_over_two_devices(tmp_path):
     print(f"hybrid, 2 ranks x 2 devices vs 1 process x 2 devices: max relative loss difference {worst:.2e}")
 
 
-def test_the_ddp_example_runs_as_one_process(tmp_path):
+@pytest.mark.parametrize("preset, size", [("torchvision", None), ("paper", "63")])
+def test_the_ddp_example_runs_as_one_process(tmp_path, preset, size):
+    # paper at 63: its model was built for 224 (a ShapeError at the first step).
+    extra = ["--preset", preset] + (["--input-size", size] if size else [])
     r = subprocess.run([sys.executable, "-m", "alexnet_rs.ddp", "--steps", "2", "--batch-size", "4", "--limit", "16",
-                        "--out", tmp_path], capture_output=True, text=True, env=ENV, timeout=300)
+                        *extra, "--out", tmp_path], capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(json.loads((tmp_path / "losses-rank0.json").read_text())) == 2
 
@@ -371,6 +374,15 @@ def test_ranks_that_would_start_differently_are_refused_on_every_rank(tmp_path):
         assert code != 0 and "resumes a checkpoint (1) or not (0)" in err, err[-3000:]
         assert "terminate called" not in err, err[-3000:]
     assert [s for s, _, _ in losses(a)] == [1, 2, 3, 4]
+    # Other settings on one node: another lr trained on in silence (rank 0's recorded), another
+    # --eval-every aborted rank 0 in gloo ("Received data size doesn't match expected size").
+    for other in (["--lr", "0.5"], ["--eval-every", "2"]):
+        d = tmp_path / f"d{other[0]}"
+        for err, code in two_nodes([*SMALL, "--out", d, "--max-steps", "1"], [*SMALL, "--out", d, "--max-steps", "1",
+                                                                             *other]):
+            assert code != 0 and "ranks do not start alike" in err and "settings fingerprint" in err, err[-3000:]
+            assert "terminate called" not in err, err[-3000:]
+        assert not (d / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("env, needle", [

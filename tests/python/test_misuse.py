@@ -88,6 +88,9 @@ def _cases():
             ("config-zero-input", lambda F: A.train({"input_size": 0, "data": F.images, "out": F.out}), C, VE,
              "input size"),
             ("config-not-json", lambda F: A.train({"lr": object()}), C, VE, "config"),
+            # trained into the working directory, then failed with ": No such file or directory"
+            ("config-empty-out", lambda F: A.train({"out": "", "data": F.images}), C, VE, "out is an empty path"),
+            ("config-empty-data", lambda F: A.train({"data": "", "out": F.out}), C, VE, "data is an empty path"),
             ("on-step-int", lambda F: A.train({"data": F.images, "out": F.out}, on_step=5), D, TE, "on_step"),
             ("resume-missing", lambda F: A.train({"data": F.images, "out": F.out}, resume=F.missing), M, FE,
              "no-such"),

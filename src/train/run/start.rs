@@ -109,6 +109,7 @@ fn settle(
         }
         None => (tc.clone(), None),
     };
+    tc.check_paths()?; // before they are used
     if writer && tc.out.is_dir() {
         hold(&mut lock, &tc.out)?;
     }
@@ -157,6 +158,10 @@ fn open_data(
 /// that does not share the run folder), seed or data.
 fn check_alike(g: &Group, state: &TrainState, per_epoch: u64, cfg: &Config, params: &Params) -> Result<()> {
     let alike = [
+        (
+            "settings fingerprint",
+            shared_settings_fingerprint(&state.config) as f64,
+        ),
         ("step", state.step as f64),
         ("epoch", state.epoch as f64),
         ("batch in epoch", state.batch_in_epoch as f64),
@@ -167,9 +172,27 @@ fn check_alike(g: &Group, state: &TrainState, per_epoch: u64, cfg: &Config, para
     g.check_same(
         &alike,
         params.device(),
-        "every rank must start from the same checkpoint (one shared run folder) or the same seed and \
-         --init-from, on the same data",
+        "every rank must be given the same training settings and start from the same checkpoint (one \
+         shared run folder) or the same seed and --init-from, on the same data",
     )
+}
+
+/// A fingerprint (below 2^32) of the settings every rank must share: all but where the files are
+/// on each machine (out, data, stats, init_from: the data and weights are compared themselves),
+/// each rank's devices and threads, and what only the writer uses (keep).
+fn shared_settings_fingerprint(tc: &TrainConfig) -> u64 {
+    let shared = TrainConfig {
+        out: PathBuf::new(),
+        data: None,
+        stats: None,
+        init_from: None,
+        devices: String::new(),
+        threads: 0,
+        keep: 0,
+        ..tc.clone()
+    };
+    let text = serde_json::to_string(&shared).expect("plain record");
+    crate::files::fnv(crate::files::FNV_START, text.as_bytes()) & 0xffff_ffff
 }
 
 /// Holds `dir` (unless `lock` already holds it), for the run's lifetime.
