@@ -224,20 +224,15 @@ impl EpochIter {
         )))
     }
 
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
+    // Not borrowed: another thread inside next() holds the epoch (pyo3's bare "Already mutably
+    // borrowed" was the error).
+    fn __iter__<'py>(slf: &Bound<'py, Self>) -> Bound<'py, Self> {
+        slf.clone()
     }
 
     fn __next__(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<Option<(PyTensor, PyTensor)>> {
         guard(|| {
-            // Another thread inside next() holds the epoch (as a generator, it cannot be shared).
-            let mut this = slf.try_borrow_mut().map_err(|_| {
-                py_err(Error::Config(
-                    "this epoch is being read by another thread: give each thread its own iterator \
-                     (DataLoader.epoch(n), with a rank/world_size shard each if they must not overlap)"
-                        .into(),
-                ))
-            })?;
+            let mut this = slf.try_borrow_mut().map_err(|_| busy())?;
             let Some(mut epoch) = this.inner.take() else {
                 return Ok(None);
             };
@@ -256,11 +251,30 @@ impl EpochIter {
 
     /// Bad images skipped so far in this epoch.
     #[getter]
-    fn skipped(&self) -> usize {
-        self.inner.as_ref().map_or(0, Epoch::skipped)
+    fn skipped(slf: &Bound<'_, Self>) -> PyResult<usize> {
+        Ok(slf
+            .try_borrow()
+            .map_err(|_| busy())?
+            .inner
+            .as_ref()
+            .map_or(0, Epoch::skipped))
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.as_ref().map_or(0, Epoch::len)
+    fn __len__(slf: &Bound<'_, Self>) -> PyResult<usize> {
+        Ok(slf
+            .try_borrow()
+            .map_err(|_| busy())?
+            .inner
+            .as_ref()
+            .map_or(0, Epoch::len))
     }
+}
+
+/// Another thread is inside `next()` of this epoch (as a generator, it cannot be shared).
+fn busy() -> PyErr {
+    py_err(Error::Config(
+        "this epoch is being read by another thread: give each thread its own iterator \
+         (DataLoader.epoch(n), with a rank/world_size shard each if they must not overlap)"
+            .into(),
+    ))
 }

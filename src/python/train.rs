@@ -140,6 +140,10 @@ pub fn train(
         let (result, left) = py.allow_threads(|| {
             crate::say::capture_warnings(|| {
                 let mut on_event = |e: &Event| {
+                    if matches!(e, Event::Start { .. }) {
+                        // The start-up's warnings (--resume ignoring a setting) before any step.
+                        Python::with_gil(|py| warn(py, crate::say::take_warnings(), &callback_error));
+                    }
                     if let Some(cb) = &on_step {
                         send_event(cb, e, &callback_error);
                     }
@@ -154,7 +158,7 @@ pub fn train(
                     }
                     sig || callback_error.lock().expect("lock").is_some()
                 };
-                crate::train::train(&tc, resume.as_deref(), &mut on_event, &stop)
+                crate::train::train_until_stopped(&tc, resume.as_deref(), &mut on_event, &stop)
             })
         });
         warn(py, left, &callback_error);

@@ -51,6 +51,20 @@ pub fn train(
     Run::start(tc, resume, None, on_event)?.train(stop)
 }
 
+/// [`train`] for a caller that discards the result of a run that `stop()` stopped (Python's
+/// Ctrl-C, a callback's error): after the checkpoint it returns `Error::Interrupted(0)` at once,
+/// without the final evaluation (Ctrl-C waited for one over the whole test set).
+pub fn train_until_stopped(
+    tc: &TrainConfig,
+    resume: Option<&Path>,
+    on_event: &mut dyn FnMut(&Event),
+    stop: &dyn Fn() -> bool,
+) -> Result<EvalResult> {
+    let mut run = Run::start(tc, resume, None, on_event)?;
+    run.eval_on_stop = false;
+    run.train(stop)
+}
+
 /// [`train`] as one rank of a data-parallel `group` (see `dist.rs`).
 pub fn train_in(
     tc: &TrainConfig,

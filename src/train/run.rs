@@ -33,6 +33,9 @@ pub struct Run<'a> {
     on_event: &'a mut dyn FnMut(&Event),
     /// Rank 0's hold on the run folder, for the run's lifetime.
     _lock: Option<RunLock>,
+    /// Whether a run stopped by `stop()` is evaluated before `train` returns (false: it returns
+    /// `Error::Interrupted(0)` right after the checkpoint, for a caller that discards the result).
+    pub(super) eval_on_stop: bool,
 }
 
 /// Why a run stops after the current step (agreed by every rank).
@@ -54,6 +57,10 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         let mut steps_here = 0u64;
         let mut last_eval = None;
+        if !self.eval_on_stop && stop() {
+            // Stopped before any step (a start-up warning made an error): nothing to save.
+            return Err(Error::Interrupted(0));
+        }
         while self.state.epoch < self.tc.epochs {
             let epoch_start = Instant::now();
             let mut batches = self
@@ -79,6 +86,9 @@ impl<'a> Run<'a> {
                     // weights are checked finite before it is written); the evaluation follows.
                     self.save()?;
                     (self.on_event)(&Event::Stopped);
+                    if !self.eval_on_stop {
+                        return Err(Error::Interrupted(0));
+                    }
                     return self.finish(steps_here, None);
                 }
                 if agreed.out_of_time || agreed.steps_done {

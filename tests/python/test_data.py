@@ -471,6 +471,13 @@ def test_an_epoch_read_by_two_threads_is_a_clear_error(tmp_path):
         except alexnet_rs.ConfigError as e:
             assert "another thread" in str(e)
             overlaps += 1
+        # iter(), len() and .skipped meanwhile: the same error, or their answer (pyo3's bare
+        # "Already mutably borrowed" RuntimeError was raised).
+        for peek in (iter, len, lambda e: e.skipped):
+            try:
+                peek(it)
+            except alexnet_rs.ConfigError as e:
+                assert "another thread" in str(e)
         t.join()
         images, labels = got["batch"]
         assert images.shape == (12, 3, 32, 32) and sorted(labels.tolist()) == [0] * 6 + [1] * 6

@@ -85,6 +85,7 @@ impl<'a> Run<'a> {
             group,
             on_event,
             _lock: lock.map(|(l, _)| l),
+            eval_on_stop: true,
         })
     }
 }
