@@ -49,7 +49,11 @@ def main(argv=None) -> int:
     # torchrun's c10d rendezvous hands every restart attempt the same agent store, where the
     # previous attempt's gloo addresses are still written: a restarted rank could connect to a dead
     # peer's port ("Connection refused"). Each attempt gets its own key prefix.
-    store, _, _ = next(dist.rendezvous("env://", rank, world))
+    try:
+        store, _, _ = next(dist.rendezvous("env://", rank, world))
+    except ValueError as e:  # MASTER_ADDR or MASTER_PORT missing: torch's message, no traceback
+        print(f"error: {e} (torchrun sets it)", file=sys.stderr)
+        return 2
     store = dist.PrefixStore(f"alexnet_rs/attempt-{restarts}", store)
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, store=store, rank=rank, world_size=world)

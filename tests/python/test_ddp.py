@@ -392,10 +392,11 @@ def test_ranks_that_would_start_differently_are_refused_on_every_rank(tmp_path):
     ({"RANK": "", "WORLD_SIZE": "2"}, "RANK='' is not a whole number"),  # was a TypeError traceback
     ({"RANK": "0", "WORLD_SIZE": ""}, "WORLD_SIZE='' is not a whole number"),
     ({"RANK": "2", "WORLD_SIZE": "2"}, "need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR expected, but not set"),  # was a ValueError traceback
 ])
 def test_a_partial_torchrun_environment_is_a_clear_error(tmp_path, env, needle):
     """WORLD_SIZE without RANK was a KeyError traceback; RANK alone trained one whole process."""
-    base = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    base = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     r = subprocess.run([sys.executable, "-m", "alexnet_rs.train", *SMALL, "--out", tmp_path / "x"],
                        capture_output=True, text=True, env=dict(base, **env), timeout=120)
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
