@@ -274,6 +274,9 @@ impl TrainConfig {
         // Asked for (here, or in the base: an experiment's defaults say it by their value).
         let sized = keys.iter().any(|k| k == "input_size") || self.gave_input_size();
         let mut given = self.given.0.clone().unwrap_or_default();
+        if sized {
+            given.insert("input_size".into()); // so that a further layer keeps it too
+        }
         for key in keys {
             if let Some(v) = from.get(&key) {
                 out.insert(key.clone(), v.clone());

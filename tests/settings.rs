@@ -283,4 +283,8 @@ fn an_input_size_not_given_is_the_presets_own() {
         .try_get_matches_from(["--epochs", "2"])
         .unwrap();
     assert_eq!(TrainConfig::overlay(&base, &m).unwrap().input_size, 63);
+    // ... through a --config file without a size, then flags (the experiment's path: it trained
+    // relu-vs-tanh's cnn4 at 32 instead of its 28).
+    let layered = TrainConfig::from_toml_over(&base, &file).unwrap();
+    assert_eq!(TrainConfig::overlay(&layered, &m).unwrap().input_size, 63);
 }
