@@ -194,11 +194,15 @@ fn warn(py: Python<'_>, warnings: Vec<String>, error: &std::sync::Mutex<Option<P
     }
 }
 
-/// Calls `on_step(dict)` with one event; its first error is kept (and stops the run).
+/// Calls `on_step(dict)` with one event; its first error is kept (and stops the run). Once the
+/// callback (or a warnings filter) has raised, it is not called again.
 fn send_event(cb: &PyObject, e: &Event, error: &std::sync::Mutex<Option<PyErr>>) {
     let Some(value) = event_json(e).map(|v| v.to_string()) else {
         return;
     };
+    if error.lock().expect("lock").is_some() {
+        return;
+    }
     Python::with_gil(|py| {
         let r = py
             .import("json")

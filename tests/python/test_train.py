@@ -120,11 +120,17 @@ def test_a_resumed_runs_warnings_are_python_warnings(tmp_path):
 
 
 def test_callback_exception_stops_training_and_propagates(tmp_path):
+    calls = []
+
     def boom(d):
+        calls.append(d)
         raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError, match="stop here"):
         alexnet_rs.train(small(tmp_path), on_step=boom)
+    # A callback that raised is not called again (it got the checkpoint written on stopping).
+    assert len(calls) == 1 and "step" in calls[0], calls
+    assert list((tmp_path / "checkpoints").iterdir())
 
 
 def test_keyboard_interrupt_stops_after_a_checkpoint(tmp_path):
