@@ -22,9 +22,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _raised_by_the_call(e: BaseException) -> bool:
-    # A C function adds no traceback entry of its own: an error it raised has only our frame.
+    # A C function adds no traceback entry of its own: an error it raised has only our frame. A
+    # callback's error (a builtin's has no frame either) is marked by the Rust side.
     tb = e.__traceback__
-    return tb is not None and tb.tb_next is None
+    return tb is not None and tb.tb_next is None and not getattr(e, "_alexnet_rs_callback", False)
 
 
 def checked(fn: F) -> F:

@@ -168,6 +168,9 @@ pub fn train(
             .as_ref()
             .is_some_and(|e| e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py));
         if let Some(err) = callback_error.filter(|_| !ctrl_c) {
+            // Not one of train's own argument errors (python/alexnet_rs/_boundary.py), though a
+            // builtin callback's leaves no traceback frame of its own either.
+            let _ = err.value(py).setattr(pyo3::intern!(py, "_alexnet_rs_callback"), true);
             return Err(err);
         }
         if ctrl_c || interrupted.load(std::sync::atomic::Ordering::SeqCst) {

@@ -133,6 +133,16 @@ def test_callback_exception_stops_training_and_propagates(tmp_path):
     assert list((tmp_path / "checkpoints").iterdir())
 
 
+def test_a_builtin_callbacks_type_error_passes_through(tmp_path):
+    # A C callable adds no traceback frame: its TypeError was taken for a pyo3 argument error of
+    # train itself and re-raised as "DtypeError: train: must be real number, not dict".
+    import math
+
+    with pytest.raises(TypeError, match="must be real number") as e:
+        alexnet_rs.train(small(tmp_path), on_step=math.sqrt)
+    assert not isinstance(e.value, alexnet_rs.DtypeError), e.value
+
+
 def test_keyboard_interrupt_stops_after_a_checkpoint(tmp_path):
     import subprocess
     import sys
