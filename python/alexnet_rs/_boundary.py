@@ -14,6 +14,7 @@ import inspect
 import math
 import numbers
 import os
+import sys
 from typing import Any, Callable, TypeVar
 
 from .errors import AlexNetError, ConfigError, DtypeError, ShapeError
@@ -51,6 +52,25 @@ def checked(fn: F) -> F:
             raise
 
     return call  # type: ignore[return-value]
+
+
+def one_line_errors(prog: str) -> Callable[[F], F]:
+    """A script's ``main`` (``python -m alexnet_rs.compare``) with an ``AlexNetError`` of its run (a
+    missing --data) as argparse reports a bad flag: ``PROG: error: ...`` and exit status 2, not a
+    traceback."""
+
+    def wrap(main: F) -> F:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return main(*args, **kwargs)
+            except AlexNetError as e:
+                print(f"{prog}: error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+        return run  # type: ignore[return-value]
+
+    return wrap
 
 
 def _out_of_range(fn: Callable[..., Any], args: tuple, kwargs: dict) -> str | None:

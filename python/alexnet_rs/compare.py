@@ -27,7 +27,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ._boundary import one_line_errors
+from .errors import ConfigError
 from .model import from_torchvision
+
+PROG = "python -m alexnet_rs.compare"
 
 
 def _timed_pair(fa, fb, device, repeats):
@@ -89,7 +93,7 @@ def _train_side_by_side(args) -> float:
                         limit=args.limit)
     per_epoch = len(loader)  # the data's, which may hold fewer images than --limit
     if per_epoch == 0:
-        raise SystemExit(f"error: {args.data} has {loader.num_samples} training images, fewer than one --batch-size "
+        raise ConfigError(f"{args.data} has {loader.num_samples} training images, fewer than one --batch-size "
                          f"({args.batch_size})")
     epochs = -(-args.steps // per_epoch) + 1  # the cosine spans more than the steps run
     settings = dict(preset="torchvision", data=args.data, input_size=args.input_size, batch_size=args.batch_size,
@@ -172,10 +176,11 @@ def _collect(settings):
     return events
 
 
+@one_line_errors(PROG)
 def main(argv=None):
     import torchvision
 
-    ap = argparse.ArgumentParser(prog="python -m alexnet_rs.compare", description=__doc__.splitlines()[0] + " " + __doc__.split("\n\n")[2],
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0] + " " + __doc__.split("\n\n")[2],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64], help="batch sizes to time")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per batch size (the median is reported)")

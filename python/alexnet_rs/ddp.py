@@ -25,14 +25,18 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ._boundary import one_line_errors
+from .errors import ConfigError
 from .data import DataLoader
 from .model import AlexNet
+
+PROG = "python -m alexnet_rs.ddp"
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m alexnet_rs.ddp", description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = argparse.ArgumentParser(prog=PROG, description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--preset", default="torchvision")
     ap.add_argument("--data", default=FASHION, help="dataset (default: Fashion-MNIST)")
     ap.add_argument("--input-size", type=int, default=63)
@@ -57,6 +61,7 @@ def parse(argv=None):
     return args
 
 
+@one_line_errors(PROG)
 def main(argv=None):
     args = parse(argv)
     distributed = "RANK" in os.environ
@@ -72,7 +77,7 @@ def main(argv=None):
                         seed=args.seed, shuffle=True, drop_last=True, threads=args.threads, limit=args.limit,
                         rank=rank, world_size=world)
     if len(loader) == 0:  # every epoch empty: the loop below would never reach --steps
-        raise SystemExit(f"error: {loader.num_samples} training samples make no global batch of "
+        raise ConfigError(f"{loader.num_samples} training samples make no global batch of "
                          f"{args.batch_size} x {world} rank(s): lower --batch-size or raise --limit")
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = AlexNet(args.preset, num_classes=len(loader.classes), input_size=args.input_size).to(device)

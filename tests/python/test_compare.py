@@ -59,7 +59,11 @@ def test_compare_refuses_bad_sizes(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     for argv, needle in [(["--train", "--limit", "4", "--batch-size", "16"], "--limit"), (["--repeats", "0"], "--repeats"),
                          (["--batches", "0"], "--batches"), (["--batches", "2", "-1"], "--batches"),
-                         (["--out", str(tmp_path / "afile")], "afile")]:
+                         (["--out", str(tmp_path / "afile")], "afile"),
+                         # An AlexNetError of the run itself: one line, not a traceback.
+                         (["--train", "--data", str(tmp_path / "nowhere")], "nowhere: no such file"),
+                         (["--train", "--lr", "-1"], "lr must be positive")]:
         with pytest.raises(SystemExit) as e:
             compare.main(["--out", str(tmp_path), *argv])
-        assert e.value.code == 2 and needle in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and needle in err and "python -m alexnet_rs.compare: error:" in err, err
