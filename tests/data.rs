@@ -565,3 +565,28 @@ fn an_idx_folder_without_test_files_serves_its_training_images_for_both_splits()
     let e = Dataset::open(&test, Split::Train).unwrap_err().to_string();
     assert!(e.contains("t10k-* IDX files but no train-images-idx3-ubyte"), "{e}");
 }
+
+#[test]
+fn an_idx_folder_takes_its_class_names_from_a_classes_txt() {
+    // MNIST's digits were named "T-shirt/top", "Trouser", ...: every IDX folder got
+    // Fashion-MNIST's names, with no way to say otherwise.
+    let fm = common::require_data();
+    let dir = common::tmp("idx-classes-txt");
+    std::fs::create_dir_all(&*dir).unwrap();
+    for prefix in ["train", "t10k"] {
+        for kind in ["images-idx3", "labels-idx1"] {
+            let name = format!("{prefix}-{kind}-ubyte.gz");
+            std::os::unix::fs::symlink(fm.join(&name), dir.join(&name)).unwrap();
+        }
+    }
+    assert_eq!(Dataset::open(&dir, Split::Train).unwrap().classes[0], "T-shirt/top");
+    let digits: Vec<String> = (0..10).map(|d| format!("digit {d}")).collect();
+    std::fs::write(dir.join("classes.txt"), digits.join("\n") + "\n").unwrap();
+    for split in [Split::Train, Split::Test] {
+        assert_eq!(Dataset::open(&dir, split).unwrap().classes, digits);
+    }
+    // Too few names for the labels: an error naming the file, as for a list file's.
+    std::fs::write(dir.join("classes.txt"), "zero\none\n").unwrap();
+    let e = Dataset::open(&dir, Split::Train).unwrap_err().to_string();
+    assert!(e.contains("classes.txt") && e.contains("label 9"), "{e}");
+}

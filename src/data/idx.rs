@@ -1,5 +1,5 @@
-//! IDX files (MNIST / Fashion-MNIST, gzipped or not) and the embedded default data set,
-//! Fashion-MNIST from Debian's `dataset-fashion-mnist`.
+//! IDX files (MNIST / Fashion-MNIST, gzipped or not) and the default data set, Fashion-MNIST
+//! from Debian's `dataset-fashion-mnist` (or where `$ALEXNET_FASHION_MNIST` says).
 use super::source::{data_err, Dataset, Sample, Split};
 use crate::error::{io, Error, Result};
 use std::fs;
@@ -45,14 +45,21 @@ impl IdxImages {
 }
 
 impl Dataset {
-    /// Fashion-MNIST-style IDX files in `dir` (`train-…` or `t10k-…`, gzipped or not).
+    /// Fashion-MNIST-style IDX files in `dir` (`train-…` or `t10k-…`, gzipped or not). The class
+    /// names are a `classes.txt` beside them (one per line, as a list file's), else Fashion-MNIST's.
     pub fn idx_folder(dir: &Path, split: Split) -> Result<Dataset> {
         let images = idx_path(dir, split, "images")
             .ok_or_else(|| data_err(dir, "no <train|t10k>-images-idx3-ubyte[.gz] file here"))?;
         let labels = idx_path(dir, split, "labels")
             .ok_or_else(|| data_err(dir, "no <train|t10k>-labels-idx1-ubyte[.gz] file here"))?;
         let classes: Vec<String> = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
-        Dataset::idx(&images, &labels, classes)
+        let mut ds = Dataset::idx(&images, &labels, classes)?;
+        let names = dir.join("classes.txt");
+        if names.is_file() {
+            let max = ds.items.iter().map(|&(_, l)| l).max().unwrap_or(0);
+            ds.classes = super::source::class_names(&names, max)?;
+        }
+        Ok(ds)
     }
 
     pub fn idx(images: &Path, labels: &Path, mut classes: Vec<String>) -> Result<Dataset> {

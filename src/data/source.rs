@@ -430,9 +430,9 @@ pub fn check_class_names(classes: &[String]) -> Result<()> {
     }
 }
 
-/// The class names of a list file whose largest label is `max`: `names` (a `classes.txt`, line n
-/// naming label n - 1) when it exists, else the label numbers.
-fn class_names(names: &Path, max: i64) -> Result<Vec<String>> {
+/// The class names of a list file or an IDX folder whose largest label is `max`: `names` (a
+/// `classes.txt`, line n naming label n - 1) when it exists, else the label numbers.
+pub(super) fn class_names(names: &Path, max: i64) -> Result<Vec<String>> {
     if !names.is_file() {
         return Ok((0..=max).map(|l| l.to_string()).collect());
     }
@@ -462,7 +462,7 @@ fn class_names(names: &Path, max: i64) -> Result<Vec<String>> {
     if (c.len() as i64) <= max {
         return Err(data_err(
             names,
-            format!("{} class names, but the list uses label {max}", c.len()),
+            format!("{} class names, but the data uses label {max}", c.len()),
         ));
     }
     Ok(c)
