@@ -1,4 +1,5 @@
-//! The three AlexNet variants as data: one [`Config`] type, three presets.
+//! The three AlexNet variants (and the paper's Fig. 1 `cnn4`) as data: one [`Config`] type, four
+//! presets.
 //!
 //! Numbers from ../shared/ALEXNET.md: Krizhevsky, Sutskever & Hinton (2012) and the original
 //! code's `layers-145.cfg` for `paper`; torchvision's `alexnet.py` ("One weird trick",

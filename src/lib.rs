@@ -1,6 +1,6 @@
 //! alexnet_rs: AlexNet (Krizhevsky, Sutskever & Hinton, 2012) on libtorch, in three presets
-//! (`paper`, `torchvision`, `caffe`), with our own LRN op (kernels/) registered with PyTorch's
-//! dispatcher as `torch.ops.alexnet_rs.lrn`.
+//! (`paper`, `torchvision`, `caffe`) and the paper's Fig. 1 four-layer network (`cnn4`), with our
+//! own ops (kernels/) registered with PyTorch's dispatcher as `torch.ops.alexnet_rs.*`.
 // No function over ~80 lines (clippy.toml); `make lint` also keeps every src/ file under 500.
 #![warn(clippy::too_many_lines)]
 pub mod checkpoint;

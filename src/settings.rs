@@ -2,10 +2,10 @@
 //! - `alexnet train` / `alexnet experiment` flags: clap derives them, help and defaults included;
 //! - the TOML file of `--config` and the checkpoint's `state.json`: serde, same keys;
 //! - Python's `alexnet_rs.train(config)` dict: serde through JSON, and its `TrainSettings` stub
-//!   (`_native.pyi`, generated from [`describe`] by `make stubs`).
+//!   (`python/alexnet_rs/settings.py`, generated from [`describe`] by `make stubs`).
 //!
-//! A setting's key is its field name, its flag the field name in kebab case (`--no-lrn` and
-//! `--time-budget` are named explicitly), its default the `default_value` in its `#[arg]` and
+//! A setting's key is its field name, its flag the field name in kebab case (`--no-lrn`,
+//! `--time-budget` and `--no-fc-update-in-backward` are named explicitly), its default the `default_value` in its `#[arg]` and
 //! nowhere else, its help the doc comment. `value_name` says what kind of value it takes (INT,
 //! FLOAT (parsed by [`finite`]), PATH, NAME, TEXT or LIST: comma-separated names); the stub
 //! generator reads it. Adding a setting is adding a field.
@@ -50,7 +50,7 @@ pub struct TrainConfig {
     #[arg(long, value_name = "NAME", default_value = "paper", value_parser = choice::<Preset>(Preset::CHOICES.map(Preset::name)))]
     pub preset: Preset,
     /// Dataset: image folder, list file or IDX folder [default: Fashion-MNIST from Debian's
-    /// dataset-fashion-mnist].
+    /// dataset-fashion-mnist, or $ALEXNET_FASHION_MNIST].
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
     /// Input side in pixels (the crop the network sees) [default: the preset's: 224; caffe 227,
@@ -158,7 +158,7 @@ pub struct TrainConfig {
     #[arg(long)]
     pub torch_init: bool,
     /// Start from these weights: an `alexnet` run or checkpoint folder, a safetensors file, or a
-    /// PyTorch state_dict file (.pth/.pt, zip or legacy format, e.g. torchvision's published
+    /// PyTorch state_dict file (.pth/.pt/.bin, zip or legacy format, e.g. torchvision's published
     /// weights; read without running pickle code). A class layer of another size is
     /// re-initialised, with a warning.
     #[arg(long, value_name = "PATH")]

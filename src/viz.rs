@@ -1,6 +1,7 @@
-//! The paper's Fig. 3: the first convolution's kernels as a grid of colour tiles, one block per
-//! tower (the `paper` and `caffe` presets' two groups of 48, as the two GPUs learned them), each
-//! kernel scaled to the full display range on its own.
+//! Figures as PNG: the paper's Fig. 3 (the first convolution's kernels as a grid of colour tiles,
+//! one block per tower: the `paper` and `caffe` presets' two groups of 48, as the two GPUs learned
+//! them, each kernel scaled to the full display range on its own), the confusion matrix
+//! (`confusion_png`) and Fig. 4's contact sheet of nearest neighbours (`contact_sheet`).
 use crate::config::Config;
 use crate::error::{Error, Result};
 use std::path::Path;

@@ -14,6 +14,7 @@ and a class not in the list raises :class:`alexnet_rs.DataError` naming it. With
 skipped comes empty, so that the ranks' steps stay in step).
 """
 
+import inspect
 import warnings
 
 from . import _native
@@ -26,6 +27,8 @@ transform_views = checked(_native.transform_views)
 
 class DataLoader(_native.DataLoader):
     __doc__ = _native.DataLoader.__doc__
+    # help() and inspect show the arguments, not __new__'s (*args, **kwargs).
+    __signature__ = inspect.signature(_native.DataLoader)
 
     def __new__(cls, *args, **kwargs):
         loader = checked(_native.DataLoader.__new__)(cls, *args, **kwargs)

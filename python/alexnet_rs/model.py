@@ -100,7 +100,7 @@ class _Features(_Layer):
 class AlexNet(nn.Module):
     """AlexNet in one of the presets ``paper``, ``torchvision``, ``caffe`` (or ``cnn4``, the
     paper's Fig. 1 network, so that every checkpoint ``alexnet train`` writes loads here), for
-    square inputs of ``input_size`` pixels (default: the preset's, 224 or 227; it sizes the first
+    square inputs of ``input_size`` pixels (default: the preset's: 224; caffe 227, cnn4 32; it sizes the first
     FC layer of the presets without adaptive pooling).
 
     ``conv_backend``: ``"ours"`` (our grouped-convolution op), ``"stock"`` (ATen/cuDNN) or

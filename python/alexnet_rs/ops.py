@@ -65,7 +65,7 @@ def lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
     with the window running from ``c - size // 2`` to ``c + (size - 1) // 2``. ``x`` has shape
     ``(N, C, ...)`` (3 or more dims) and a floating-point dtype; contiguous and channels_last
     layouts are both handled natively. The defaults are the paper's (n=5, k=2, alpha=1e-4,
-    beta=0.75); torchvision-style LRN uses ``k=1``.
+    beta=0.75); Caffe's AlexNet (and ``torch.nn.LocalResponseNorm``'s default) uses ``k=1``.
     """
     return _lrn_checked("lrn", "x", x, size, alpha, beta, k)
 

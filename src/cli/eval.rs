@@ -1,5 +1,6 @@
-//! `alexnet eval`, `alexnet predict` and `alexnet filters`: a trained checkpoint on a test set, on
-//! image files, and its first layer drawn.
+//! `alexnet eval`, `alexnet predict`, `alexnet filters` and `alexnet neighbours`: a trained
+//! checkpoint on a test set, on image files, its first layer drawn, and Fig. 4's nearest fc7
+//! neighbours.
 use crate::error::{Error, Result};
 use crate::train;
 use crate::viz::class_name;

@@ -17,7 +17,7 @@ pub struct PresetArgs {
     /// Network variant.
     #[arg(long, default_value = "paper", value_parser = preset_parser())]
     preset: Preset,
-    /// Side of the square input image in pixels [default: the preset's, 224 or 227 for caffe].
+    /// Side of the square input image in pixels [default: the preset's: 224; caffe 227, cnn4 32].
     #[arg(long)]
     input_size: Option<i64>,
     /// Number of output classes of the last layer.

@@ -112,7 +112,8 @@ fn json_to_py(py: Python<'_>, json: &str) -> PyResult<PyObject> {
 }
 
 /// Runs the Rust training loop with the GIL released. `config` is a dict of TrainConfig fields
-/// (see `alexnet train --help`); `on_step(dict)` receives every step's and epoch's metrics.
+/// (see `alexnet train --help`); `on_step(dict)` receives every step's and epoch's metrics
+/// and `{"checkpoint": path}` after each checkpoint.
 /// Ctrl-C (KeyboardInterrupt) stops cleanly after a checkpoint, then is re-raised. `resume`: a
 /// run folder to continue; of `config` it takes `epochs`, `keep`, `out`, `data`, `stats`,
 /// `max_steps` and `time_budget_s` and warns (`UserWarning`) about any other key whose value differs from the run's.

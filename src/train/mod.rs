@@ -5,7 +5,9 @@
 //!
 //! - `run.rs`: the loop (start or resume, step, end of epoch, checkpoints);
 //! - `eval.rs`: evaluation of a network or a checkpoint, and prediction on image files;
-//! - `resume.rs`: what a resumed run takes from its caller; the run's copy of its stats file.
+//! - `resume.rs`: what a resumed run takes from its caller; the run's copy of its stats file;
+//! - `dist.rs`: data-parallel ranks (the caller's all-reduce, torch.distributed's);
+//! - `neighbours.rs`: Fig. 4, the nearest training images in fc7 space.
 mod dist;
 mod eval;
 mod neighbours;

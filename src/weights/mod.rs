@@ -1,6 +1,6 @@
 //! Weights from files, for `alexnet train --init-from`: an `alexnet` run or checkpoint folder,
 //! a safetensors file, or a PyTorch `state_dict` written by `torch.save` (`.pth`, `.pt`, `.bin`),
-//! the last read by our own restricted reader (`pth.rs`), which executes no pickle code.
+//! the last read by our own restricted reader (`pth/`), which executes no pickle code.
 mod pth;
 
 use crate::config::Config;

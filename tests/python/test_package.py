@@ -35,3 +35,11 @@ def test_bad_preset_is_a_config_error():
         alexnet_rs.layer_table("vgg")
     with pytest.raises(ValueError):
         alexnet_rs.param_shapes("paper", num_classes=0)
+
+
+def test_the_data_loader_shows_its_arguments():
+    # help(alexnet_rs.DataLoader) and inspect showed the wrapper's (*args, **kwargs).
+    import inspect
+
+    params = inspect.signature(alexnet_rs.data.DataLoader).parameters
+    assert list(params)[:4] == ["data", "split", "preset", "crop"] and params["batch_size"].default == 64
