@@ -92,6 +92,33 @@ pub fn clean_torch_message(message: &str) -> String {
     }
 }
 
+std::thread_local! {
+    /// How many [`catch_panic`] calls this thread is inside.
+    static CATCHING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f`; a panic inside it (on this thread) is `Err(its message)`, for the caller to report
+/// as an error. Such a panic prints nothing itself (Rust's "thread 'main' panicked at ..." lines
+/// came before the one error line), unless `RUST_BACKTRACE` asks for a backtrace; a panic
+/// nobody catches is printed as ever.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let caught = CATCHING.with(|c| c.get() > 0);
+            let backtrace = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+            if !caught || backtrace {
+                default(info);
+            }
+        }));
+    });
+    CATCHING.with(|c| c.set(c.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(c.get() - 1));
+    r.map_err(|p| panic_message(&*p))
+}
+
 /// The message of a caught panic (its payload is a `&str` or a `String` for `panic!`).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     let raw = payload

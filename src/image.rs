@@ -74,13 +74,10 @@ fn read_image_file(path: &Path) -> Result<Vec<u8>> {
 /// Decodes the bytes of an image file (`path` names it in errors), as [`load_rgb`]. A panic in
 /// a codec (a bug in it, reached by a damaged file) is this file's error, not the thread's end.
 pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
-    std::panic::catch_unwind(|| decode(path, bytes)).unwrap_or_else(|p| {
+    crate::error::catch_panic(|| decode(path, bytes)).unwrap_or_else(|message| {
         Err(file_err(
             path,
-            format!(
-                "the image decoder failed on this file ({}): damaged file",
-                crate::error::panic_message(&*p)
-            ),
+            format!("the image decoder failed on this file ({message}): damaged file"),
         ))
     })
 }

@@ -28,7 +28,8 @@ use std::process::ExitCode;
     about = "AlexNet (2012) on libtorch: the paper's two-tower network, torchvision's and Caffe's",
     long_about = "AlexNet (Krizhevsky, Sutskever & Hinton, 2012) on libtorch, with our own LRN kernel.\n\
                   Presets: `paper` (the 2012 two-tower network: groups 2, LRN k=2), `torchvision` \n\
-                  (weight-compatible with torchvision.models.alexnet) and `caffe` (BVLC AlexNet)."
+                  (weight-compatible with torchvision.models.alexnet), `caffe` (BVLC AlexNet) and \n\
+                  `cnn4` (the paper's Fig. 1 four-layer network, for the ReLU/tanh experiment)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -64,8 +65,8 @@ enum Command {
     Placement(model::PlacementArgs),
     /// The paper's ablations at small scale on Fashion-MNIST: relu-vs-tanh (Fig. 1, a four-layer
     /// CNN), lrn, overlap-pool, dropout (the paper network at 63x63); each arm over several seeds.
-    /// Writes a run folder per arm and seed and a summary table (<out>/<experiment>.md); rerun,
-    /// the same command reuses the finished runs.
+    /// Writes a run folder per arm, learning rate and seed and a summary table
+    /// (<out>/<experiment>.md); rerun, the same command reuses the finished runs.
     Experiment(Box<train::ExperimentArgs>),
     /// Throughput benchmarks.
     #[command(subcommand)]
@@ -110,8 +111,7 @@ pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -
     };
     // A bug (a panic) ends the command with an error line and exit code 1, as in Python.
     crate::say::set_rank(group.map_or(0, |g| g.rank));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&matches, group)))
-        .unwrap_or_else(|payload| Err(Error::Internal(crate::error::panic_message(&*payload))));
+    let result = crate::error::catch_panic(|| dispatch(&matches, group)).unwrap_or_else(|m| Err(Error::Internal(m)));
     let code = match result {
         Ok(()) => 0,
         Err(Error::Interrupted(signal)) => (128 + signal) as u8, // as a shell reports it: 130 for Ctrl-C

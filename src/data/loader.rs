@@ -224,12 +224,8 @@ impl Loader {
             for chunk in chunks {
                 // A panic (a bug) becomes the epoch's error, never a silently shorter epoch.
                 let build = || pool.install(|| build_batch(&ds, &tf, &cfg, epoch, &chunk, &sk));
-                let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).unwrap_or_else(|p| {
-                    Err(Error::Internal(format!(
-                        "a data thread panicked: {}",
-                        crate::error::panic_message(&*p)
-                    )))
-                });
+                let batch = crate::error::catch_panic(build)
+                    .unwrap_or_else(|message| Err(Error::Internal(format!("a data thread panicked: {message}"))));
                 let stop = batch.is_err();
                 if tx.send(batch).is_err() || stop {
                     return; // consumer gone, or an error ends the epoch

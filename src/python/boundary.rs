@@ -3,10 +3,9 @@
 //! `except Exception` does not catch), and arguments are checked by name before they reach the
 //! core: tensors by type and by device *name* (tch reports the meta device as MPS), sizes as
 //! Python ints with their allowed range.
-use crate::error::{panic_message, Error, OpErrorKind};
+use crate::error::{Error, OpErrorKind};
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
-use std::panic::AssertUnwindSafe;
 
 /// Maps a core error to its Python exception class (alexnet_rs/errors.py).
 pub fn py_err(e: Error) -> PyErr {
@@ -56,10 +55,7 @@ pub fn py_err(e: Error) -> PyErr {
 /// Runs the body of a Python entry point: a panic inside becomes a `TorchError` naming it as an
 /// internal error, with any C++ frames stripped.
 pub fn guard<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => Err(py_err(Error::Internal(panic_message(&*payload)))),
-    }
+    crate::error::catch_panic(f).unwrap_or_else(|message| Err(py_err(Error::Internal(message))))
 }
 
 /// A core `Result` as a Python one.

@@ -162,13 +162,16 @@ def test_a_fault_while_resume_rewrites_the_metrics_loses_nothing(data, reference
     assert last_weights(run) == last_weights(reference)
 
 
-def test_a_panic_is_an_error_line_in_the_cli_and_an_exception_in_python(data, tmp_path):
+def test_a_panic_is_an_error_line_in_the_cli_and_an_exception_in_python(data, tmp_path, monkeypatch):
     """A bug (a Rust panic) ends `alexnet` with one `error:` line and exit code 1 (not Rust's 101),
     and raises an AlexNetError in Python (not pyo3's PanicException, which `except Exception`
-    does not catch)."""
+    does not catch). Rust's own "thread 'main' panicked at ..." lines came first; with
+    RUST_BACKTRACE set they still do (a backtrace is asked for)."""
+    monkeypatch.delenv("RUST_BACKTRACE", raising=False)
     r = alexnet(*train_args(data, tmp_path / "cli"), fault="train-step:panic")
     assert r.returncode == 1, r.stderr
     assert "error: internal error (a bug in alexnet_rs, please report it): ALEXNET_FAULT: panic at train-step" in r.stderr
+    assert "panicked" not in r.stderr and "RUST_BACKTRACE" not in r.stderr, r.stderr
     code = ("import alexnet_rs\n"
             "try:\n"
             f"    alexnet_rs.train({{'preset': 'cnn4', 'input_size': 28, 'batch_size': 16, 'data': {str(data)!r},"
@@ -178,6 +181,10 @@ def test_a_panic_is_an_error_line_in_the_cli_and_an_exception_in_python(data, tm
     env = dict(os.environ, ALEXNET_FAULT="train-step:panic")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0 and p.stdout.startswith("True internal error"), p.stdout + p.stderr
+    assert "panicked" not in p.stderr, p.stderr
+    p = subprocess.run([BIN, *map(str, train_args(data, tmp_path / "bt"))], capture_output=True, text=True,
+                       timeout=600, env=dict(env, RUST_BACKTRACE="1"))
+    assert p.returncode == 1 and "panicked at" in p.stderr and "stack backtrace" in p.stderr, p.stderr
 
 
 def test_a_signal_during_the_start_up_ends_the_process_by_the_signal(data, tmp_path):
