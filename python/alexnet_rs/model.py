@@ -9,17 +9,34 @@ forward (it records the same autograd graph as PyTorch ops would).
 from __future__ import annotations
 
 import json
+import operator
 import os
 import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from . import _native
 from ._boundary import checked, int_arg, path_arg, str_arg, tensor_arg
 from .errors import ConfigError, DtypeError
 
 BACKENDS = ("ours", "stock", "auto")
+
+# The forward pre-hooks that compute a layer's parameter from others (torch.nn.utils.prune, the
+# legacy weight_norm and spectral_norm): AlexNet runs them before each forward, as the layer's
+# own forward call would.
+_WEIGHT_HOOKS = (prune.BasePruningMethod, WeightNorm, SpectralNorm)
+
+# How many modules torchvision's AlexNet containers hold (ReLU, Dropout and pooling too): an index
+# from the end counts from there (classifier[-1] is classifier[6]).
+_TORCHVISION_LENGTHS = {"features": 13, "classifier": 7}
+
+# The extension's forward, with Python's own argument errors as AlexNetErrors (wrapped once).
+_forward = checked(_native.forward)
+_activations = checked(_native.activations)
 
 
 def _backend(where: str, conv_backend: object) -> str:
@@ -42,16 +59,43 @@ class _Layer(nn.Module):
         object.__setattr__(self, "_path", path)
 
     def __getitem__(self, index: int) -> nn.Module:
-        """Child layer ``index`` by torchvision's index (``classifier[6]``); ReLU, Dropout and
-        pooling have none here (they run inside the Rust forward and hold no parameters)."""
-        if not isinstance(index, int) or str(index) not in self._modules:
-            raise IndexError(f"{self._path} has no layer {index!r} (its layers: {', '.join(self._modules) or 'none'}; "
-                             "ReLU, Dropout and pooling run inside the Rust forward, without a module)")
-        return self._modules[str(index)]
+        """Child layer ``index`` by torchvision's index (``classifier[6]``, ``classifier[-1]``);
+        ReLU, Dropout and pooling have none here (they run inside the Rust forward and hold no
+        parameters)."""
+        return self._modules[self._key(index)]
 
     def __setitem__(self, index: int, module: nn.Module) -> None:
-        self[index]  # noqa: B018 -- an IndexError names the layers there are
-        self._owner._replace_layer(self, str(index), module)
+        self._owner._replace_layer(self, self._key(index), module)
+
+    def _key(self, index: object) -> str:
+        """The child's name for ``index``, or an IndexError naming the layers there are."""
+        try:
+            i = operator.index(index)  # type: ignore[arg-type]
+        except TypeError:
+            raise IndexError(f"{self._path} takes a layer's int index (torchvision's), got {index!r}") from None
+        if i < 0 and self._owner.preset == "torchvision" and self._path in _TORCHVISION_LENGTHS:
+            i += _TORCHVISION_LENGTHS[self._path]
+        if str(i) not in self._modules:
+            raise IndexError(f"{self._path} has no layer {i} (its layers: {', '.join(self._modules) or 'none'}; "
+                             "ReLU, Dropout and pooling run inside the Rust forward, without a module)")
+        return str(i)
+
+    def _layers(self) -> list[nn.Module]:
+        if not self._modules:
+            layers = ", ".join(f"model.{n}" for n in self._owner._modules if n != "features")
+            raise DtypeError(f"{self._path} holds no layers" + (
+                f" (this preset's layers are {layers})" if self is self._owner.features else ""))
+        return list(self._modules.values())
+
+    def __iter__(self):
+        """The layers with parameters, in order (``for layer in model.features: ...``)."""
+        return iter(self._layers())
+
+    def __len__(self) -> int:
+        return len(self._layers())
+
+    def __bool__(self) -> bool:
+        return True  # a module, not an empty container
 
     def __setattr__(self, name: str, value) -> None:
         if not _replacing(self, name, value):
@@ -70,9 +114,10 @@ class _Layer(nn.Module):
         self._warn_hook()
         return super().register_forward_hook(*args, **kwargs)
 
-    def register_forward_pre_hook(self, *args, **kwargs):
-        self._warn_hook()
-        return super().register_forward_pre_hook(*args, **kwargs)
+    def register_forward_pre_hook(self, hook, *args, **kwargs):
+        if not isinstance(hook, _WEIGHT_HOOKS):  # those run (AlexNet._param_dict)
+            self._warn_hook()
+        return super().register_forward_pre_hook(hook, *args, **kwargs)
 
     def register_full_backward_hook(self, *args, **kwargs):
         self._warn_hook()
@@ -217,7 +262,14 @@ class AlexNet(nn.Module):
 
     def _param_dict(self) -> dict:
         """name -> tensor, or -> [shards] with two devices (what the Rust forward takes). Read as
-        attributes, so a parametrization (``torch.nn.utils.parametrize``, weight_norm) applies."""
+        attributes, so a parametrization (``torch.nn.utils.parametrize``, weight_norm) applies,
+        after the hooks of ``torch.nn.utils.prune`` and the legacy weight_norm / spectral_norm
+        have computed theirs."""
+        for module in self.modules():
+            for hook in list(module._forward_pre_hooks.values()):
+                if isinstance(hook, _WEIGHT_HOOKS):
+                    hook(module, ())
+
         def get(name: str) -> torch.Tensor:
             *path, leaf = name.split(".")
             module = self
@@ -255,7 +307,11 @@ class AlexNet(nn.Module):
 
     def _check_x(self, where: str, x: torch.Tensor) -> None:
         tensor_arg(where, "x", x)
-        first = next(self.parameters())
+        (name, first), *rest = self.named_parameters()
+        odd = next(((n, p) for n, p in rest if p.dtype != first.dtype), None)
+        if odd is not None:
+            raise DtypeError(f"{where}: {odd[0]} is {odd[1].dtype} but {name} is {first.dtype}: convert that layer "
+                             f"(model.{odd[0].rsplit('.', 1)[0]}.to({first.dtype})) or the whole model")
         if (x.is_floating_point() and x.dtype != first.dtype and first.is_floating_point()
                 and not torch.is_autocast_enabled(x.device.type)):
             raise DtypeError(f"{where}: x has dtype {x.dtype} but the parameters are {first.dtype}: "
@@ -263,8 +319,8 @@ class AlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_x("AlexNet.forward", x)
-        return checked(_native.forward)(self.preset, self._param_dict(), x, self.training, self.num_classes,
-                                        self.conv_backend, self.input_size)
+        return _forward(self.preset, self._param_dict(), x, self.training, self.num_classes, self.conv_backend,
+                        self.input_size)
 
     def _features(self, x: torch.Tensor, layers: str | list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
         """``model.features(x, layers)``: the activations of the named layers for images ``x``, as ``{name: tensor}`` in the order
@@ -280,8 +336,8 @@ class AlexNet(nn.Module):
         names = [layers] if isinstance(layers, str) else layers
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise DtypeError(f"{where}: layers must be a layer name or a list of them, got {type(layers).__name__}")
-        out = checked(_native.activations)(self.preset, self._param_dict(), x, list(names), self.training,
-                                           self.num_classes, self.conv_backend, self.input_size)
+        out = _activations(self.preset, self._param_dict(), x, list(names), self.training, self.num_classes,
+                           self.conv_backend, self.input_size)
         return dict(zip(names, out))
 
     def _class_layer(self) -> str:

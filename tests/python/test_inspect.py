@@ -221,3 +221,71 @@ def test_a_two_device_models_layers_are_not_replaced():
     two = alexnet_rs.AlexNet("paper", input_size=63, devices="cpu,cpu")
     with pytest.raises(ConfigError, match="reset_classifier"):
         two.fc8 = torch.nn.Linear(4096, 3)
+
+
+def test_the_layer_containers_iterate_and_index_as_torchvisions():
+    """`for layer in model.features: freeze(layer)` froze conv1 alone (Python's old sequence
+    protocol stopped at the missing index 1) and `list(model.classifier)` was empty; len() and
+    classifier[-1] (torchvision's idiom for the head) raised."""
+    import numpy as np
+
+    tv = torchvision.models.alexnet(weights=None)
+    ours = alexnet_rs.from_torchvision(tv)
+    for model in (tv, ours):
+        for layer in model.features:
+            for p in layer.parameters():
+                p.requires_grad_(False)
+    trainable = [n for n, p in ours.named_parameters() if p.requires_grad]
+    assert trainable == [n for n, p in tv.named_parameters() if p.requires_grad] and trainable[0] == "classifier.1.weight"
+    assert [type(m) for m in ours.classifier] == [type(ours.classifier[i]) for i in (1, 4, 6)]
+    assert len(ours.features) == 5 and len(ours.classifier) == 3
+    assert ours.classifier[-1] is ours.classifier[6] and ours.classifier[np.int64(6)] is ours.classifier[6]
+    ours.classifier[-1] = torch.nn.Linear(4096, 7)  # torchvision's index from the end (classifier[6])
+    assert ours.num_classes == 7 and ours(torch.randn(1, 3, 224, 224)).shape == (1, 7)
+    with pytest.raises(IndexError, match="features has no layer 12"):  # features[-1]: torchvision's MaxPool2d
+        ours.features[-1]
+    with pytest.raises(IndexError, match="slice"):
+        ours.features[0:3]
+    # Layers and the other presets' empty `features` are no containers, but are still true.
+    paper = alexnet_rs.AlexNet("paper", input_size=63)
+    assert paper.features and paper.conv1
+    for leaf in (paper.features, paper.conv1, ours.classifier[4]):
+        with pytest.raises(TypeError, match="holds no layers"):
+            iter(leaf)
+        with pytest.raises(TypeError, match="holds no layers"):
+            len(leaf)
+
+
+def test_a_layer_in_another_dtype_is_named_before_the_forward():
+    """A float64 head on a float32 model ran into libtorch's "mat1 and mat2 must have the same dtype"."""
+    model = alexnet_rs.AlexNet("cnn4", num_classes=10)
+    model.fc4 = torch.nn.Linear(576, 5).double()
+    with pytest.raises(DtypeError, match=r"fc4.weight is torch.float64 but conv1.weight is torch.float32"):
+        model(torch.randn(1, 3, 32, 32))
+    model.double()
+    assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).shape == (1, 5)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm. is deprecated:FutureWarning")
+def test_pruning_and_legacy_weight_norm_apply_in_the_forward():
+    """torch.nn.utils.prune and the legacy nn.utils.weight_norm compute `weight` in a forward
+    pre-hook, which never ran: the forward used a stale tensor and the second backward failed
+    ("Trying to backward through the graph a second time")."""
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None)
+    ours = alexnet_rs.from_torchvision(tv)
+    for model in (tv, ours):
+        torch.nn.utils.prune.l1_unstructured(model.features[0], "weight", amount=0.5)
+        torch.nn.utils.weight_norm(model.classifier[6])
+    # The masks agree (L1 on the same weights); copy them to be safe against ties.
+    ours.features[0].weight_mask.copy_(tv.features[0].weight_mask)
+    x = torch.randn(2, 3, 224, 224)
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    topt = torch.optim.SGD(tv.parameters(), lr=0.1)
+    for _ in range(2):
+        for model, o in ((tv, topt), (ours, opt)):
+            o.zero_grad()
+            model.eval()(x).square().mean().backward()
+            o.step()
+    torch.testing.assert_close(ours.eval()(x), tv(x), rtol=1e-4, atol=1e-5)
+    assert (ours.features[0].weight[ours.features[0].weight_mask == 0] == 0).all()
