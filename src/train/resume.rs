@@ -163,7 +163,7 @@ pub(crate) fn replan(schedule: &mut crate::optim::Schedule, epochs: u64, at: u64
 /// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time
 /// budgets, `--keep`), a new `--epochs`, where the data and stats files are now, and where to
 /// write (`--out`, else the run's own folder).
-pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> TrainConfig {
+pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> Result<TrainConfig> {
     let mut t = trained_config(c);
     // A changed model or data setting would break the bit-exact continuation.
     (t.max_steps, t.time_budget_s) = (tc.max_steps, tc.time_budget_s);
@@ -179,15 +179,42 @@ pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> TrainConfig {
     if tc.data.is_some() && tc.gave("data", true) {
         t.data = tc.data.clone();
     }
-    if tc.stats.is_some() && tc.gave("stats", true) {
-        t.stats = tc.stats.clone();
+    if let Some(given) = tc.stats.as_deref().filter(|_| tc.gave("stats", true)) {
+        check_same_stats(t.stats.as_deref(), given)?;
+        t.stats = Some(given.to_path_buf());
     }
     t.out = if tc.gave("out", tc.out != default.out) {
         tc.out.clone()
     } else {
         run_folder(&c.dir).map_or(t.out, Path::to_path_buf)
     };
-    t
+    Ok(t)
+}
+
+/// `--stats` on a resume says where the run's statistics file is now; other numbers would
+/// change what every checkpoint of the run computes (and the run's copy would be replaced).
+/// `trained`: the file the run was trained with (its own copy, or the original path).
+fn check_same_stats(trained: Option<&Path>, given: &Path) -> Result<()> {
+    let Some(trained) = trained else {
+        return Err(Error::Config(format!(
+            "the run was trained without --stats: resuming it with --stats {} would change the \
+             normalisation of its checkpoints; start a new run for that",
+            given.display()
+        )));
+    };
+    let Ok(old) = std::fs::read(trained) else {
+        return Ok(()); // the original is gone (moved): `given` is taken as it
+    };
+    if std::fs::read(given).map_err(io(given))? != old {
+        return Err(Error::Config(format!(
+            "{} holds other statistics than the run was trained with ({}): resuming with them \
+             would change what its checkpoints compute; give the same file (wherever it is now), \
+             or start a new run",
+            given.display(),
+            trained.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Tells which of the caller's non-default settings a resumed run does not take.

@@ -236,6 +236,35 @@ def test_a_run_keeps_its_stats_file_and_works_from_any_directory(tmp_path):
     cli("train", "--resume", work / "run", "--data", work / "data", "--max-steps", "1", cwd=tmp_path)
 
 
+def test_a_resume_with_other_statistics_is_refused_and_keeps_the_runs_copy(tmp_path):
+    """`--resume RUN --stats OTHER` overwrote the run's stats copy in silence: every earlier
+    checkpoint of the run then evaluated (and predicted) with other normalisation numbers. The same
+    file moved elsewhere is what `--stats` on a resume is for."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    for name, limit in (("a", "16"), ("b", "32")):
+        assert run("stats", data, "--size", "32", "--limit", limit, "--out", tmp_path / f"{name}.safetensors").returncode == 0
+    common = ["--batch-size", "8", "--max-steps", "1", "--threads", "1"]
+    r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data, "--stats", tmp_path / "a.safetensors",
+            *common, "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    before = run("eval", tmp_path / "run").stdout
+    r = run("train", "--resume", tmp_path / "run", "--stats", tmp_path / "b.safetensors", *common)
+    assert r.returncode == 1 and "b.safetensors" in r.stderr and "other statistics" in r.stderr, r.stderr
+    assert (tmp_path / "run" / "stats.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()
+    assert run("eval", tmp_path / "run").stdout == before
+    # The same numbers from another place: taken.
+    (tmp_path / "a.safetensors").rename(tmp_path / "moved.safetensors")
+    r = run("train", "--resume", tmp_path / "run", "--stats", tmp_path / "moved.safetensors", *common)
+    assert r.returncode == 0, r.stderr
+    # A run trained without statistics does not take some on a resume either.
+    r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data, *common, "--out", tmp_path / "plain")
+    assert r.returncode == 0, r.stderr
+    r = run("train", "--resume", tmp_path / "plain", "--stats", tmp_path / "b.safetensors", *common)
+    assert r.returncode == 1 and "without --stats" in r.stderr, r.stderr
+
+
 def test_a_training_set_of_unreadable_images_is_an_error_not_a_run(tmp_path):
     # Every training image zero bytes: 3 "epochs" of 0 steps, train loss 0.0000, a checkpoint of
     # the untrained weights, exit 0.

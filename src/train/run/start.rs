@@ -104,7 +104,7 @@ fn settle(
         Some(path) => {
             lock = resume::recover_run(path, group)?.map(|l| (l, resume::run_of(path).to_path_buf()));
             let c = checkpoint::load(path)?;
-            let t = resumed_config(tc, &c);
+            let t = resumed_config(tc, &c)?;
             warn_ignored(tc, &t);
             (t, Some(c))
         }
