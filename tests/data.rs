@@ -590,3 +590,24 @@ fn an_idx_folder_takes_its_class_names_from_a_classes_txt() {
     let e = Dataset::open(&dir, Split::Train).unwrap_err().to_string();
     assert!(e.contains("classes.txt") && e.contains("label 9"), "{e}");
 }
+
+#[test]
+fn a_binary_file_given_as_data_is_no_list_file() {
+    // An IDX .gz, an image or an archive given as DATA was read whole as text: "stream did not
+    // contain valid UTF-8", or, for zeros, a 200 MB error line quoting them.
+    let dir = common::tmp("binary-as-list");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let zeros = dir.join("zeros.bin");
+    std::fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    let png = dir.join("x.png");
+    image::RgbImage::new(4, 4).save(&png).unwrap();
+    for f in [&zeros, &png] {
+        let e = Dataset::open(f, Split::Train).unwrap_err().to_string();
+        assert!(e.contains("not a list file") && e.len() < 400, "{e}");
+    }
+    // A long bad line is quoted short.
+    let long = dir.join("long.txt");
+    std::fs::write(&long, "x".repeat(100_000)).unwrap();
+    let e = Dataset::open(&long, Split::Train).unwrap_err().to_string();
+    assert!(e.contains("expected `path label`") && e.len() < 400, "{e}");
+}

@@ -291,7 +291,7 @@ impl Dataset {
     /// list (one per line) when present, else are the label numbers. Labels are below
     /// [`MAX_CLASSES`].
     pub fn list_file(list: &Path) -> Result<Dataset> {
-        let text = fs::read_to_string(list).map_err(io(list))?;
+        let text = read_list(list)?;
         let base = list.parent().unwrap_or(Path::new("."));
         let mut items = Vec::new();
         // A UTF-8 byte order mark (Windows editors) is not part of the first path.
@@ -300,13 +300,20 @@ impl Dataset {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (path, label) = line
-                .rsplit_once([' ', '\t', ','])
-                .ok_or_else(|| data_err(list, format!("line {}: expected `path label`, got `{line}`", n + 1)))?;
+            let (path, label) = line.rsplit_once([' ', '\t', ',']).ok_or_else(|| {
+                data_err(
+                    list,
+                    format!("line {}: expected `path label`, got `{}`", n + 1, shortened(line)),
+                )
+            })?;
             let label: i64 = label.trim().parse().map_err(|_| {
                 data_err(
                     list,
-                    format!("line {}: label `{}` is not a non-negative integer", n + 1, label.trim()),
+                    format!(
+                        "line {}: label `{}` is not a non-negative integer",
+                        n + 1,
+                        shortened(label.trim())
+                    ),
                 )
             })?;
             if label < 0 {
@@ -427,6 +434,37 @@ pub fn check_class_names(classes: &[String]) -> Result<()> {
             "classes lists `{}` twice (classes[{first}] and classes[{i}])",
             classes[i]
         ))),
+    }
+}
+
+/// The text of list file `list`, refused unread past its start when that is binary (an IDX `.gz`,
+/// an image or an archive given as DATA: read whole, it made an error quoting megabytes).
+fn read_list(list: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(list).map_err(io(list))?;
+    let mut head = Vec::with_capacity(4096);
+    file.by_ref().take(4096).read_to_end(&mut head).map_err(io(list))?;
+    // Text, unless a NUL or invalid UTF-8 (not a character cut at the 4 KiB mark) is there.
+    let text = match std::str::from_utf8(&head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    };
+    if !text || head.contains(&0) {
+        return Err(data_err(
+            list,
+            "not a list file of `path label` lines (binary content): give image data as a folder \
+             (one subfolder per class), IDX files as the folder that holds them",
+        ));
+    }
+    file.read_to_end(&mut head).map_err(io(list))?;
+    String::from_utf8(head).map_err(|_| data_err(list, "not a list file: not UTF-8 text"))
+}
+
+/// `text` cut to 80 characters for an error message.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
     }
 }
 
