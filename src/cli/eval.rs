@@ -167,6 +167,13 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
         a.out.display(),
         n.cache.display()
     );
+    if n.unread > 0 {
+        return Err(crate::Error::SomeFailed(format!(
+            "{} of {} query images could not be read (each named above)",
+            n.unread,
+            n.unread + n.queries.len()
+        )));
+    }
     Ok(())
 }
 

@@ -34,6 +34,8 @@ pub enum Queries {
 
 pub struct Neighbours {
     pub queries: Vec<Query>,
+    /// Query images that could not be read (each reported as it was met).
+    pub unread: usize,
     /// The searched training set (its `classes` name the queries' and neighbours' labels).
     pub train: Dataset,
     /// The network's class names (those of the top-5).
@@ -65,11 +67,19 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     let train = tc.open(Split::Train, tc.limit_train)?;
     let tf = tc.transform(View::Center)?;
     let mut inputs: Vec<(String, RgbImage, Option<i64>, Tensor)> = Vec::new();
+    // A query that cannot be read is reported and left out, as `predict` does.
+    let mut unread = 0;
+    let mut unreadable = |e: Error| {
+        crate::say::error(&e.to_string());
+        unread += 1;
+    };
     match queries {
         Queries::Files(paths) => {
             for p in paths {
-                let image = crate::image::load_rgb(&p)?;
-                inputs.push((p.display().to_string(), image, None, image_tensor(&tf, &p)?));
+                match crate::image::load_rgb(&p).and_then(|image| Ok((image, image_tensor(&tf, &p)?))) {
+                    Ok((image, x)) => inputs.push((p.display().to_string(), image, None, x)),
+                    Err(e) => unreadable(e),
+                }
             }
         }
         Queries::Test(n) => {
@@ -81,7 +91,9 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
                 );
             }
             for i in 0..n.min(test.len()) {
-                let image = decode(&test, i)?;
+                let Ok(image) = decode(&test, i).map_err(&mut unreadable) else {
+                    continue;
+                };
                 let mut chw = vec![0f32; tf.view_len()];
                 tf.apply(&image, &mut crate::data::rng::Rng::new(0), &mut chw)?;
                 let s = i64::from(tf.crop);
@@ -91,11 +103,14 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
         }
     }
     if inputs.is_empty() {
-        return Err(Error::Config("no query images".into()));
+        return Err(match unread {
+            0 => Error::Config("no query images".into()),
+            n => Error::SomeFailed(format!("none of the {n} query images could be read (each named above)")),
+        });
     }
     // The queries are read first: a bad one fails before minutes spent on the training set.
     let ckpt = checkpoint::find_latest(run)?;
-    let (bank, labels, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7)?;
+    let (bank, rows, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7)?;
     let _guard = tch::no_grad_guard();
     let device = t.params.get(&format!("{}.weight", t.cfg.convs[0].name))?.device();
     let xs: Vec<Tensor> = inputs.iter().map(|q| q.3.shallow_clone()).collect();
@@ -115,8 +130,8 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
             .collect();
         let neighbours = (0..nn.size()[1])
             .map(|j| {
-                let idx = nn.int64_value(&[r, j]) as usize;
-                (idx, d.double_value(&[r, j]), labels[idx])
+                let idx = rows[nn.int64_value(&[r, j]) as usize];
+                (idx, d.double_value(&[r, j]), train.items[idx].1)
             })
             .collect();
         out.push(Query {
@@ -129,21 +144,23 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     }
     Ok(Neighbours {
         queries: out,
+        unread,
         train,
         classes: t.classes,
         cache,
     })
 }
 
-/// The fc7 vectors `(N, D)` of every training sample (centre view) and their labels, from the
-/// cache when it matches this checkpoint and data set.
+/// The fc7 vectors `(N, D)` of the training samples that can be read (centre view; the others
+/// are skipped, as training skipped them) and their dataset indices, from the cache when it
+/// matches this checkpoint and data set.
 fn fc7_bank(
     t: &Trained,
     tc: &super::TrainConfig,
     train: &Dataset,
     ckpt: &Path,
     fc7: &str,
-) -> Result<(Tensor, Vec<i64>, PathBuf)> {
+) -> Result<(Tensor, Vec<usize>, PathBuf)> {
     // Beside the checkpoint folders: `<run>/fc7/` for `<run>/checkpoints/ckpt-*`, else the
     // checkpoint's own parent folder's `fc7/`.
     let folder = ckpt.parent().unwrap_or(Path::new("."));
@@ -158,13 +175,8 @@ fn fc7_bank(
         .map_or("ckpt".into(), |n| n.to_string_lossy().to_string());
     let cache = cache_dir.join(format!("{name}-{:016x}-{key:016x}.safetensors", weights_stamp(ckpt)));
     prune_stale(&cache_dir, folder);
-    let labels: Vec<i64> = train.items.iter().map(|(_, l)| *l).collect();
-    if let Ok(v) = Tensor::read_safetensors(&cache) {
-        if let Some((_, f)) = v.into_iter().find(|(n, _)| n == "fc7") {
-            if f.size().first() == Some(&(train.len() as i64)) {
-                return Ok((f, labels, cache));
-            }
-        }
+    if let Some((feats, rows)) = read_bank(&cache, train.len()) {
+        return Ok((feats, rows, cache));
     }
     eprintln!(
         "computing the fc7 vectors of {} training images (cached in {})",
@@ -181,22 +193,46 @@ fn fc7_bank(
         rows.push(a[0].to_device(tch::Device::Cpu));
         order.extend(&b.indices);
     }
-    if order.len() != train.len() {
-        return Err(Error::Config(format!(
-            "{} of {} training images could not be read: fc7 needs them all",
-            train.len() - order.len(),
+    if order.is_empty() {
+        return Err(Error::SomeFailed(format!(
+            "none of the {} training images could be read (each named above)",
             train.len()
         )));
     }
     // Rows in dataset order.
-    let index = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>());
-    let cat = Tensor::f_cat(&rows, 0)?;
-    let feats = cat.f_zeros_like()?.f_index_copy(0, &index, &cat)?;
+    let (feats, index) = {
+        let index = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        let (sorted, perm) = index.f_sort(0, false)?;
+        (Tensor::f_cat(&rows, 0)?.f_index_select(0, &perm)?, sorted)
+    };
     crate::files::create_dir(&cache_dir)?;
     crate::files::write_with(&cache, |part| {
-        Tensor::write_safetensors(&[("fc7", &feats)], part).map_err(|e| crate::checkpoint::write_error(part, e))
+        Tensor::write_safetensors(&[("fc7", &feats), ("index", &index)], part)
+            .map_err(|e| crate::checkpoint::write_error(part, e))
     })?;
-    Ok((feats, labels, cache))
+    order.sort_unstable();
+    Ok((feats, order, cache))
+}
+
+/// A cached bank: its fc7 rows and their dataset indices (all `n` samples, in order, for a cache
+/// written before unreadable samples were skipped). None if it is unreadable or does not fit.
+fn read_bank(cache: &Path, n: usize) -> Option<(Tensor, Vec<usize>)> {
+    let mut v = Tensor::read_safetensors(cache).ok()?;
+    let feats = v
+        .iter()
+        .position(|(name, _)| name == "fc7")
+        .map(|i| v.swap_remove(i).1)?;
+    let rows: Vec<usize> = match v.iter().find(|(name, _)| name == "index") {
+        Some((_, index)) => Vec::<i64>::try_from(index)
+            .ok()?
+            .into_iter()
+            .map(usize::try_from)
+            .collect::<std::result::Result<_, _>>()
+            .ok()?,
+        None => (0..n).collect(),
+    };
+    let fits = feats.size().first() == Some(&(rows.len() as i64)) && rows.iter().all(|&i| i < n);
+    fits.then_some((feats, rows))
 }
 
 /// Removes the fc7 caches (`<checkpoint>-<weights>-<key>.safetensors`) in `cache_dir` of the

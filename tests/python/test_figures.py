@@ -290,3 +290,32 @@ def test_the_fc7_cache_is_not_reused_after_the_training_images_change(tmp_path):
     assert "computing" in r.stderr
     r = cli("neighbours", loose, query, "--k", "3", "--data", data, "--out", tmp_path / "n.png")
     assert "computing" not in r.stderr, r.stderr
+
+
+def test_neighbours_skip_unreadable_training_and_query_images(tmp_path):
+    """A run whose data holds an unreadable image (training skipped it, as documented) got
+    "configuration error: 1 of 64 training images could not be read: fc7 needs them all", and
+    one bad query (or --test image) stopped all the others."""
+    data = image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    cli("train", "--preset", "paper", "--input-size", "63", "--torch-init", "--data", data, "--batch-size", "8",
+        "--max-steps", "1", "--threads", "1", "--out", run)
+    bad_train = data / "train" / "class0" / "0.png"
+    bad_train.write_bytes(b"")
+    (data / "val" / "class0" / "0.png").write_bytes(b"")  # test #0
+    bad_query = tmp_path / "bad.png"
+    bad_query.write_bytes(b"not a png")
+    good = data / "val" / "class1" / "0.png"
+    r = subprocess.run([BIN, "neighbours", run, bad_query, good, "--k", "3", "--data", data, "--out",
+                        tmp_path / "n.png"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr
+    assert f"skipping bad image: {bad_train}" in r.stderr and f"error: {bad_query}" in r.stderr, r.stderr
+    assert "error: 1 of 2 query images could not be read" in r.stderr, r.stderr
+    assert f"{good}:" in r.stdout and (tmp_path / "n.png").is_file(), r.stdout
+    # The neighbours are the readable training images, named by their own index.
+    bank = load_file(next((run / "fc7").glob("*.safetensors")))
+    assert bank["fc7"].shape[0] == 63 and 0 not in bank["index"].tolist()
+    r = subprocess.run([BIN, "neighbours", run, "--test", "3", "--k", "3", "--data", data, "--out",
+                        tmp_path / "t.png"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "1 of 3 query images could not be read" in r.stderr, r.stderr
+    assert "test #1:" in r.stdout and "test #2:" in r.stdout and "computing" not in r.stderr, r.stdout
