@@ -219,7 +219,7 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
             images.push(p.clone());
             continue;
         }
-        match crate::data::source::image_files(p) {
+        match crate::data::source::image_files_once(p) {
             Ok(inside) if !inside.is_empty() => images.extend(inside),
             Ok(_) => {
                 eprintln!("error: {}: no image files in this folder", p.display());

@@ -78,6 +78,19 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// [`image_files`] for images read once each and labelled by nobody (`alexnet predict DIR`): a
+/// folder or file reached a second time through a symlink, or a loop, is passed over.
+pub fn image_files_once(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut walk = Walk {
+        pass_over_repeats: true,
+        ..Walk::default()
+    };
+    walk.files(dir, &mut Vec::new(), &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 /// The folders read so far, by (device, inode) of their target; the image files too: regular
 /// ones by id alone, symlinked ones with their path. A symlink to a file read already is refused
 /// like a second path to a folder; two hard links are two files (a deduplicated dataset).
@@ -86,6 +99,8 @@ struct Walk {
     seen: std::collections::HashMap<(u64, u64), PathBuf>,
     files: std::collections::HashSet<(u64, u64)>,
     links: std::collections::HashMap<(u64, u64), PathBuf>,
+    /// A second path to a folder or file is passed over, not an error.
+    pass_over_repeats: bool,
 }
 
 impl Walk {
@@ -98,6 +113,9 @@ impl Walk {
     /// Adds the image files under `dir` to `out`; `above` are the folders it lies in.
     fn files(&mut self, dir: &Path, above: &mut Vec<(u64, u64)>, out: &mut Vec<PathBuf>) -> Result<()> {
         let id = Walk::id(dir)?;
+        if self.pass_over_repeats && self.seen.contains_key(&id) {
+            return Ok(());
+        }
         if let Some(first) = self.seen.get(&id) {
             let reason = if above.contains(&id) {
                 format!("a symlink loop: this folder leads back to {}", first.display())
@@ -123,8 +141,11 @@ impl Walk {
                 Ok(m) if is_image(&path) => {
                     use std::os::unix::fs::MetadataExt;
                     let symlink = entry.file_type().is_ok_and(|t| t.is_symlink());
-                    self.file((m.dev(), m.ino()), &path, symlink)?;
-                    out.push(path);
+                    match self.file((m.dev(), m.ino()), &path, symlink) {
+                        Ok(()) => out.push(path),
+                        Err(_) if self.pass_over_repeats => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 // A dangling symlink: its decoding names it.
                 Err(_) if is_image(&path) => out.push(path),

@@ -319,3 +319,22 @@ def test_neighbours_skip_unreadable_training_and_query_images(tmp_path):
                         tmp_path / "t.png"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "1 of 3 query images could not be read" in r.stderr, r.stderr
     assert "test #1:" in r.stdout and "test #2:" in r.stdout and "computing" not in r.stderr, r.stdout
+
+
+def test_predict_a_folder_with_symlinks_predicts_each_image_once(run, tmp_path):
+    """One symlink under the folder (to a subfolder, the folder above, or an image in it) failed the
+    whole folder ("reached twice (through a symlink)") and counted it as "1 of 1 images"."""
+    out, data = run
+    folder = tmp_path / "pf"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub2").mkdir()
+    shutil.copy(data / "val" / "class0" / "0.png", folder / "a.png")
+    shutil.copy(data / "val" / "class1" / "0.png", folder / "sub" / "b.png")
+    (folder / "sub2" / "alias").symlink_to("../sub")
+    (folder / "sub2" / "up").symlink_to("..")
+    (folder / "sub2" / "a_link.png").symlink_to("../a.png")
+    r = subprocess.run([BIN, "predict", out, folder], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    heads = [line for line in r.stdout.splitlines() if not line.startswith(" ")]
+    assert len(heads) == 2 and {Path(h.rstrip(":")).resolve() for h in heads} == {
+        (folder / "a.png").resolve(), (folder / "sub" / "b.png").resolve()}, r.stdout
