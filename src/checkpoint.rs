@@ -142,9 +142,20 @@ fn step_of(name: &str) -> Option<u64> {
 
 /// Whether `dir` holds a whole checkpoint (`state.json` is written last).
 pub fn is_complete(dir: &Path) -> bool {
-    ["weights.safetensors", "optimizer.safetensors", "state.json"]
-        .iter()
-        .all(|f| dir.join(f).is_file())
+    lacking(dir, false).is_empty()
+}
+
+/// The files of a checkpoint that `dir` lacks: of the weights, `state.json` and (unless
+/// `weights_only`: what evaluation reads) `optimizer.safetensors`, the momentum a resumed run
+/// continues with. Only a user makes a visible checkpoint without it (weights shared alone);
+/// a crash never does.
+fn lacking(dir: &Path, weights_only: bool) -> Vec<&'static str> {
+    let files: &[&'static str] = if weights_only {
+        &["weights.safetensors", "state.json"]
+    } else {
+        &["weights.safetensors", "optimizer.safetensors", "state.json"]
+    };
+    files.iter().copied().filter(|f| !dir.join(f).is_file()).collect()
 }
 
 /// Saves a checkpoint under `run/checkpoints/` and prunes old ones. Returns its folder.
@@ -276,6 +287,16 @@ fn checkpoints_root(path: &Path) -> PathBuf {
 /// the newest complete hidden copy (`.ckpt-<step>.tmp/` or `.old/`) counts (read-only: `--resume`
 /// moves it back into place with [`recover`]).
 pub fn find_latest(path: &Path) -> Result<PathBuf> {
+    newest(path, false)
+}
+
+/// [`find_latest`] for a reader of the weights alone (eval, predict, `--init-from`): a visible
+/// checkpoint without its optimizer state counts too.
+pub fn find_latest_weights(path: &Path) -> Result<PathBuf> {
+    newest(path, true)
+}
+
+fn newest(path: &Path, weights_only: bool) -> Result<PathBuf> {
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
     }
@@ -286,8 +307,14 @@ pub fn find_latest(path: &Path) -> Result<PathBuf> {
         let Some(key) = parse_name(&e.file_name().to_string_lossy()) else {
             continue;
         };
-        if !is_complete(&e.path()) {
-            incomplete.push(e.file_name().to_string_lossy().into_owned());
+        // A hidden copy (a crash's) counts only whole.
+        let lacks = lacking(&e.path(), weights_only && key.1 == 2);
+        if !lacks.is_empty() {
+            incomplete.push(format!(
+                "{} lacks {}",
+                e.file_name().to_string_lossy(),
+                lacks.join(" and ")
+            ));
         } else if best.as_ref().is_none_or(|(k, _)| key > *k) {
             best = Some((key, e.path()));
         }
@@ -296,10 +323,7 @@ pub fn find_latest(path: &Path) -> Result<PathBuf> {
         let why = if incomplete.is_empty() {
             "no checkpoint here (expected ckpt-<step>/ folders)".to_string()
         } else {
-            format!(
-                "no complete checkpoint here ({} lack state.json or weights)",
-                incomplete.join(", ")
-            )
+            format!("no complete checkpoint here ({})", incomplete.join("; "))
         };
         bad(&root, why)
     })
@@ -330,9 +354,23 @@ pub fn recover(path: &Path) -> Result<PathBuf> {
     }
     for e in fs::read_dir(root).map_err(io(root))?.filter_map(|e| e.ok()) {
         let n = e.file_name().to_string_lossy().into_owned();
-        if step_of(&n).is_some() && !is_complete(&e.path()) {
-            remove(root, &n)?;
+        let Some(s) = step_of(&n).filter(|_| !is_complete(&e.path())) else {
+            continue;
+        };
+        if lacking(&e.path(), true).is_empty() {
+            // Weights a user stripped of their optimizer state: theirs, not a crash's leftover.
+            if s > step {
+                return Err(Error::Config(format!(
+                    "{} lacks optimizer.safetensors (the momentum a resumed run continues with), so the run \
+                     cannot continue from its newest step; move that folder out of {} to resume from {}",
+                    e.path().display(),
+                    root.display(),
+                    dst.display()
+                )));
+            }
+            continue;
         }
+        remove(root, &n)?;
     }
     remove_leftovers(root)?;
     Ok(dst)
@@ -396,9 +434,18 @@ pub fn save_weights(
     save(run, &state, &weights, &velocity, 1)
 }
 
-/// Loads and validates the checkpoint at (or newest under) `path`.
+/// Loads and validates the checkpoint at (or newest under) `path`, for resuming it.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let dir = find_latest(path)?;
+    read(find_latest(path)?, true)
+}
+
+/// [`load`] without the optimizer state (an empty `velocity`), for a reader of the weights: the
+/// newest checkpoint that has them, stripped of its optimizer state or not.
+pub fn load_weights(path: &Path) -> Result<Checkpoint> {
+    read(find_latest_weights(path)?, false)
+}
+
+fn read(dir: PathBuf, with_optimizer: bool) -> Result<Checkpoint> {
     let sp = dir.join("state.json");
     let text = fs::read_to_string(&sp).map_err(io(&sp))?;
     let state: TrainState =
@@ -413,9 +460,12 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let wp = dir.join("weights.safetensors");
     let weights = read_tensors(&wp)?;
     check_tensors(&wp, &cfg, &weights)?;
-    let op = dir.join("optimizer.safetensors");
-    let velocity = read_tensors(&op)?;
-    check_tensors(&op, &cfg, &velocity)?;
+    let mut velocity = BTreeMap::new();
+    if with_optimizer {
+        let op = dir.join("optimizer.safetensors");
+        velocity = read_tensors(&op)?;
+        check_tensors(&op, &cfg, &velocity)?;
+    }
     Ok(Checkpoint {
         dir,
         state,

@@ -197,3 +197,30 @@ fn weights_are_not_saved_beside_a_runs_hidden_checkpoints() {
         .to_string();
     assert!(e.contains("being written by another"), "{e}");
 }
+
+#[test]
+fn a_checkpoint_stripped_of_its_optimizer_state_evaluates_but_is_not_resumed_or_deleted() {
+    let _s = serial();
+    // The newest checkpoint without optimizer.safetensors (weights shared without the momentum):
+    // eval read the older ckpt-2 in silence, --resume deleted ckpt-4 as "incomplete", and alone
+    // it was "no complete checkpoint here (ckpt-4 lack state.json or weights)".
+    let (run, _, _) = run_with("stripped", &[2, 4]);
+    fs::remove_file(ckpt(&run, 4).join("optimizer.safetensors")).unwrap();
+    assert_eq!(checkpoint::load_weights(&run).unwrap().state.step, 4);
+    assert_eq!(checkpoint::load_weights(&ckpt(&run, 4)).unwrap().state.step, 4);
+    let e = checkpoint::recover(&run).unwrap_err().to_string();
+    assert!(
+        e.contains("ckpt-000000004 lacks optimizer.safetensors") && e.contains("ckpt-000000002"),
+        "{e}"
+    );
+    assert!(ckpt(&run, 4).join("weights.safetensors").is_file());
+    for older in [0, 2] {
+        fs::remove_dir_all(ckpt(&run, older)).unwrap();
+    }
+    let e = checkpoint::load(&run)
+        .err()
+        .expect("no complete checkpoint")
+        .to_string();
+    assert!(e.contains("ckpt-000000004 lacks optimizer.safetensors"), "{e}");
+    assert_eq!(checkpoint::load_weights(&run).unwrap().state.step, 4);
+}

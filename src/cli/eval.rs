@@ -57,7 +57,7 @@ pub struct FiltersArgs {
 
 pub fn filters(a: &FiltersArgs) -> Result<()> {
     crate::image::check_output(&a.out)?;
-    let c = crate::checkpoint::load(&a.checkpoint)?;
+    let c = crate::checkpoint::load_weights(&a.checkpoint)?;
     let cfg = c.state.config.model_config(c.state.classes.len() as i64)?;
     let first = &cfg.convs[0].name;
     let w = c
@@ -196,7 +196,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         r.samples, r.top1, r.top5, r.loss
     );
     if let Some(out) = &a.confusion {
-        let classes = crate::checkpoint::load(&a.checkpoint)?.state.classes;
+        let classes = crate::checkpoint::load_weights(&a.checkpoint)?.state.classes;
         println!("top-1 accuracy per class:");
         for (name, acc) in classes.iter().zip(r.per_class()) {
             match acc.is_nan() {

@@ -285,7 +285,7 @@ type Loaded = (String, Vec<String>, Vec<(String, PyTensor)>, PyObject);
 #[pyfunction]
 pub fn load_checkpoint(py: Python<'_>, path: PathBuf) -> PyResult<Loaded> {
     guard(|| {
-        let mut c = core(crate::checkpoint::load(&path))?;
+        let mut c = core(crate::checkpoint::load_weights(&path))?;
         let tc = &c.state.config;
         let cfg = core(tc.model_config(c.state.classes.len() as i64))?;
         let settings = PyDict::new(py);

@@ -126,7 +126,7 @@ pub struct Trained {
 }
 
 pub fn load_trained(path: &Path, devices: &str) -> Result<Trained> {
-    let c = checkpoint::load(path)?;
+    let c = checkpoint::load_weights(path)?;
     let tc = super::resume::trained_config(&c);
     let cfg = c.state.config.model_config(c.state.classes.len() as i64)?;
     let placement = Placement::parse(devices)?;

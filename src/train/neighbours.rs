@@ -109,7 +109,7 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
         });
     }
     // The queries are read first: a bad one fails before minutes spent on the training set.
-    let ckpt = checkpoint::find_latest(run)?;
+    let ckpt = checkpoint::find_latest_weights(run)?;
     let (bank, rows, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7)?;
     let _guard = tch::no_grad_guard();
     let device = t.params.get(&format!("{}.weight", t.cfg.convs[0].name))?.device();

@@ -18,7 +18,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         });
     }
     if path.is_dir() {
-        return Ok(crate::checkpoint::load(path)?.weights);
+        return Ok(crate::checkpoint::load_weights(path)?.weights);
     }
     let ext = path
         .extension()
