@@ -102,9 +102,12 @@ fn batch(a: &ForwardArgs, cfg: &Config, size: i64) -> Result<(Tensor, Vec<i64>)>
         images.push(train::image_tensor(&tf, path)?);
         let label = a.label.or_else(|| label_from_name(path)).unwrap_or(0);
         if !(0..cfg.num_classes()).contains(&label) {
+            let whose = match a.label {
+                Some(_) => "--label".to_string(),
+                None => format!("the label in the name of {}", path.display()),
+            };
             return Err(Error::Config(format!(
-                "label {label} of {} is outside 0..{}",
-                path.display(),
+                "{whose} ({label}) is outside 0..{} (--num-classes)",
                 cfg.num_classes()
             )));
         }

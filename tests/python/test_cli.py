@@ -96,6 +96,7 @@ def test_forward_on_a_real_photo():
         (["train", "--data", "/no/such/folder", "--limit-train", "8"], "/no/such/folder"),
         (["eval", "/no/such/run"], "/no/such/run"),
         (["forward", "/etc/hostname"], "not a recognised image format"),
+        (["forward", "--label", "-1", IMG], "--label (-1) is outside 0..1000"),  # it blamed the image
         (["placement", "--devices", "cpu,cpu,cpu"], "one or two devices"),
         (["experiment", "vgg"], "possible values: relu-vs-tanh, lrn, overlap-pool, dropout"),
         (["experiment", "lrn", "--resume", "runs/x"], "unexpected argument '--resume'"),
