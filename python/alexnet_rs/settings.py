@@ -13,7 +13,7 @@ class TrainSettings(TypedDict, total=False):
     # --preset: Network variant (cnn4: the four-layer CNN of the paper's Fig. 1) [default: "paper"]
     preset: Literal["paper", "torchvision", "caffe", "cnn4"]
     # --data: Dataset: image folder, list file or IDX folder [default: Fashion-MNIST from Debian's
-    # dataset-fashion-mnist]
+    # dataset-fashion-mnist, or $ALEXNET_FASHION_MNIST]
     data: str | PathLike[str] | None
     # --input-size: Input side in pixels (the crop the network sees) [default: the preset's: 224;
     # caffe 227, cnn4 32]
@@ -100,9 +100,9 @@ class TrainSettings(TypedDict, total=False):
     # 0.01) stalls for epochs at small scale) [default: false]
     torch_init: bool
     # --init-from: Start from these weights: an `alexnet` run or checkpoint folder, a safetensors
-    # file, or a PyTorch state_dict file (.pth/.pt, zip or legacy format, e.g. torchvision's published
-    # weights; read without running pickle code). A class layer of another size is re-initialised,
-    # with a warning [default: null]
+    # file, or a PyTorch state_dict file (.pth/.pt/.bin, zip or legacy format, e.g. torchvision's
+    # published weights; read without running pickle code). A class layer of another size is re-
+    # initialised, with a warning [default: null]
     init_from: str | PathLike[str] | None
     # --freeze: Layers not trained (no gradient, no update, no weight decay), comma-separated, named
     # as `alexnet info` names them (conv1,conv2 or features.0,features.3) [default: null]
