@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ._boundary import one_line_errors
+from ._boundary import one_line_errors as _one_line_errors
 from .errors import ConfigError
 from .model import from_torchvision
 
@@ -176,7 +176,7 @@ def _collect(settings):
     return events
 
 
-@one_line_errors(PROG)
+@_one_line_errors(PROG)
 def main(argv=None):
     import torchvision
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ._boundary import one_line_errors
+from ._boundary import one_line_errors as _one_line_errors
 from .errors import ConfigError
 from .data import DataLoader
 from .model import AlexNet
@@ -61,7 +61,7 @@ def parse(argv=None):
     return args
 
 
-@one_line_errors(PROG)
+@_one_line_errors(PROG)
 def main(argv=None):
     args = parse(argv)
     distributed = "RANK" in os.environ
