@@ -52,6 +52,17 @@ fn idx_errors_name_the_problem() {
     assert!(read_idx(&f, 0x0803).unwrap_err().to_string().contains("gzip"));
     std::fs::write(&f, [0, 0, 8, 1, 0, 0, 0, 2, 7, 9]).unwrap();
     assert_eq!(read_idx(&f, 0x0801).unwrap(), (vec![2], vec![7, 9]));
+    // Dims whose product wraps: 4 images of 2^31 x 2^31 in no bytes passed, then panicked.
+    let huge = [0, 0, 8, 3, 0, 0, 0, 4, 0x80, 0, 0, 0, 0x80, 0, 0, 0];
+    std::fs::write(&f, huge).unwrap();
+    let e = read_idx(&f, 0x0803).unwrap_err().to_string();
+    assert!(e.contains("too large"), "{e}");
+    // No images of 65536 x 65536: past the pixel limit of every image file, refused alike.
+    let labels = dir.join("labels");
+    std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 0]).unwrap();
+    std::fs::write(&f, [0, 0, 8, 3, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0]).unwrap();
+    let e = Dataset::idx(&f, &labels, vec![]).unwrap_err().to_string();
+    assert!(e.contains("65536x65536 pixels"), "{e}");
 }
 
 #[test]
@@ -610,4 +621,23 @@ fn a_binary_file_given_as_data_is_no_list_file() {
     std::fs::write(&long, "x".repeat(100_000)).unwrap();
     let e = Dataset::open(&long, Split::Train).unwrap_err().to_string();
     assert!(e.contains("expected `path label`") && e.len() < 400, "{e}");
+}
+
+#[test]
+fn numbered_labels_meet_numbered_class_names_by_name() {
+    // A list file without classes.txt (labels 0..=2) against a checkpoint trained on an image
+    // folder of class folders `0/ 1/ 2/ 10/` (sorted as names: 0, 1, 10, 2): label 2 was kept as
+    // index 2, the class named "10".
+    let dir = common::tmp("numbered-by-name");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let list = dir.join("val.txt");
+    std::fs::write(&list, "a.png 0\nb.png 2\nc.png 1\n").unwrap();
+    let names: Vec<String> = ["0", "1", "10", "2"].iter().map(|s| s.to_string()).collect();
+    let ds = Dataset::open(&list, Split::Test).unwrap().labelled_as(&names).unwrap();
+    let labels: Vec<i64> = ds.items.iter().map(|(_, l)| *l).collect();
+    assert_eq!(labels, vec![0, 3, 1]);
+    // Other names than numbers: the numbers are indices, as ever.
+    let words: Vec<String> = ["cat", "dog", "owl"].iter().map(|s| s.to_string()).collect();
+    let ds = Dataset::open(&list, Split::Test).unwrap().labelled_as(&words).unwrap();
+    assert_eq!(ds.items.iter().map(|(_, l)| *l).collect::<Vec<_>>(), vec![0, 2, 1]);
 }

@@ -71,6 +71,18 @@ impl Dataset {
                 format!("image dims {dims:?} do not match label dims {ldims:?}"),
             ));
         }
+        let per_image = dims[1].checked_mul(dims[2]).map_or(u64::MAX, |p| p as u64);
+        if per_image == 0 || per_image > crate::image::MAX_PIXELS {
+            return Err(data_err(
+                images,
+                format!(
+                    "images of {}x{} pixels: outside 1..={} pixels",
+                    dims[1],
+                    dims[2],
+                    crate::image::MAX_PIXELS
+                ),
+            ));
+        }
         let max = lab.iter().copied().max().unwrap_or(0) as usize;
         if max >= classes.len() {
             classes = (0..=max).map(|l| l.to_string()).collect();
@@ -154,8 +166,12 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
     let dims: Vec<usize> = (0..ndim)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
-    let n: usize = dims.iter().product();
-    if bytes.len() != header + n {
+    // Checked: wrapped, dims [4, 2^31, 2^31] passed as 0 bytes and indexing panicked later.
+    let n = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| data_err(path, format!("IDX dims {dims:?} are too large")))?;
+    if bytes.len().checked_sub(header) != Some(n) {
         return Err(data_err(
             path,
             format!(

@@ -388,10 +388,14 @@ impl Dataset {
     /// This split labelled by `classes` (the training split's, or a checkpoint's): each class
     /// takes the label of the class of the same name there, so a test split that lacks a class
     /// is still labelled right. A class that `classes` does not have is an error naming it.
-    /// Classes named by their label numbers (a list file without `classes.txt`) keep them.
+    /// Classes named by their label numbers (a list file without `classes.txt`) keep them, unless
+    /// `classes` has those names too (class folders named by numbers, sorted as names: 0, 1, 10,
+    /// 2, ...): then they are matched by name as well.
     pub fn labelled_as(mut self, classes: &[String]) -> Result<Dataset> {
         let numbered = self.classes.iter().enumerate().all(|(i, c)| *c == i.to_string());
-        if self.classes == classes || (numbered && self.classes.len() <= classes.len()) {
+        let by_number =
+            numbered && self.classes.len() <= classes.len() && !self.classes.iter().all(|c| classes.contains(c));
+        if self.classes == classes || by_number {
             self.classes = classes.to_vec();
             return Ok(self);
         }

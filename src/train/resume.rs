@@ -23,9 +23,15 @@ fn run_folder(ckpt: &Path) -> Option<&Path> {
 /// statistics file, and, for a run resumed into another folder, the resumed run's metrics
 /// history (metrics.jsonl, epochs.csv; cut back to the checkpoint when the metrics are opened).
 pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result<()> {
-    if let Some(src) = &tc.stats {
-        let bytes = std::fs::read(src).map_err(io(src))?;
-        crate::files::write(&tc.out.join(STATS), &bytes)?;
+    let copy = tc.out.join(STATS);
+    match &tc.stats {
+        Some(src) => {
+            let bytes = std::fs::read(src).map_err(io(src))?;
+            crate::files::write(&copy, &bytes)?;
+        }
+        // An earlier run's copy (one that crashed before a checkpoint) is not this run's.
+        None if copy.is_file() => std::fs::remove_file(&copy).map_err(io(&copy))?,
+        None => {}
     }
     let Some(from) = resumed.and_then(|c| run_folder(&c.dir)) else {
         return Ok(());
@@ -80,11 +86,13 @@ pub(super) fn same_folder(a: &Path, b: &Path) -> bool {
 }
 
 /// The settings checkpoint `c` was trained with; its statistics file is the run's copy when
-/// there is one.
+/// there is one (and it was trained with one).
 pub fn trained_config(c: &Checkpoint) -> TrainConfig {
     let mut t = c.state.config.clone();
     if let Some(own) = run_folder(&c.dir).map(|r| r.join(STATS)).filter(|p| p.is_file()) {
-        t.stats = Some(own);
+        if t.stats.is_some() {
+            t.stats = Some(own);
+        }
     }
     t
 }

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -264,6 +265,26 @@ def test_a_resume_with_other_statistics_is_refused_and_keeps_the_runs_copy(tmp_p
     assert r.returncode == 0, r.stderr
     r = run("train", "--resume", tmp_path / "plain", "--stats", tmp_path / "b.safetensors", *common)
     assert r.returncode == 1 and "without --stats" in r.stderr, r.stderr
+
+
+def test_a_run_without_stats_does_not_take_an_earlier_runs_copy(tmp_path):
+    """A run with --stats that stopped before its first checkpoint left its stats copy in the
+    folder; a new run there without --stats trained without them, but eval, predict and --resume
+    normalised its checkpoints with that copy."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    assert run("stats", data, "--size", "32", "--out", tmp_path / "s.safetensors").returncode == 0
+    common = ["--preset", "cnn4", "--input-size", "28", "--data", data, "--batch-size", "8", "--max-steps", "1",
+              "--threads", "1", "--out", tmp_path / "run"]
+    assert run("train", *common, "--stats", tmp_path / "s.safetensors").returncode == 0
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if it had died before its first checkpoint
+    r = run("train", *common)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "run" / "stats.safetensors").exists()
+    r = run("train", *common[:-2], "--out", tmp_path / "plain")
+    assert r.returncode == 0, r.stderr
+    assert run("eval", tmp_path / "run").stdout == run("eval", tmp_path / "plain").stdout
 
 
 def test_a_training_set_of_unreadable_images_is_an_error_not_a_run(tmp_path):
