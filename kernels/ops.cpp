@@ -431,8 +431,16 @@ char* alexnet_rs_seeded_fill(const at::Tensor* const* tensors, const int32_t* no
   });
 }
 
-int32_t alexnet_rs_is_channels_last(const at::Tensor* x) {
-  return x->dim() == 4 && x->is_contiguous(at::MemoryFormat::ChannelsLast) && !x->is_contiguous() ? 1 : 0;
+// No exception crosses into Rust: a layout without strides (sparse) is simply not channels_last.
+int32_t alexnet_rs_is_channels_last(const at::Tensor* x) noexcept {
+  try {
+    return x->layout() == at::kStrided && x->dim() == 4 && x->is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                   !x->is_contiguous()
+               ? 1
+               : 0;
+  } catch (...) {
+    return 0;
+  }
 }
 
 // Autocast scope for `cuda` (1) or the CPU (0) in bfloat16. enter returns the previous state

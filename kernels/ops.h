@@ -27,7 +27,7 @@ char* alexnet_rs_channels_last(const at::Tensor* x, at::Tensor** out, int32_t* k
 // *out is an empty tensor.
 char* alexnet_rs_seeded_fill(const at::Tensor* const* tensors, const int32_t* normal, int64_t n, uint64_t seed,
                              at::Tensor** out, int32_t* kind);
-int32_t alexnet_rs_is_channels_last(const at::Tensor* x);
+int32_t alexnet_rs_is_channels_last(const at::Tensor* x) noexcept;
 int64_t alexnet_rs_autocast_enter(int32_t cuda) noexcept;
 void alexnet_rs_autocast_exit(int32_t cuda, int64_t prev) noexcept;
 // kernels/cpu_cache.cpp: the per-thread scope of the caching CPU allocator, and its counters.

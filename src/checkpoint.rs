@@ -390,7 +390,22 @@ pub fn save_weights(
         .last()
         .map(|f| f.name.clone())
         .unwrap_or_default();
-    let n = weights.get(&format!("{fc}.weight")).map_or(0, |t| t.size()[0]);
+    let class_weight = format!("{fc}.weight");
+    let n = match weights.get(&class_weight).map(Tensor::size).as_deref() {
+        Some(&[n, _]) if (1..=crate::config::MAX_CLASSES).contains(&n) => n,
+        Some(shape) => {
+            return Err(Error::Shape(format!(
+                "`{class_weight}` has shape {shape:?}: expected (classes, features), 1 to {} classes",
+                crate::config::MAX_CLASSES
+            )))
+        }
+        None => {
+            return Err(Error::MissingParam(
+                class_weight,
+                weights.keys().cloned().collect::<Vec<_>>().join(", "),
+            ))
+        }
+    };
     let classes = classes.unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect());
     crate::data::check_class_names(&classes)?; // eval and predict match names to labels
     let mut cfg = Config::preset(preset, classes.len() as i64)?;

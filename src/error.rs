@@ -75,6 +75,10 @@ impl From<tch::TchError> for Error {
 /// libtorch's message without what follows it for C++ developers: the `Exception raised from`
 /// location, `frame #n` backtrace lines and the like.
 pub fn clean_torch_message(message: &str) -> String {
+    // A Debug-formatted error (a panic's `unwrap()` message) has its line breaks escaped.
+    let message = message
+        .find("\\nException raised from")
+        .map_or(message, |at| &message[..at]);
     let mut out: Vec<&str> = Vec::new();
     for line in message.lines() {
         let t = line.trim_start();
@@ -102,6 +106,21 @@ std::thread_local! {
 /// came before the one error line), unless `RUST_BACKTRACE` asks for a backtrace; a panic
 /// nobody catches is printed as ever.
 pub fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    install_quiet_hook();
+    CATCHING.with(|c| c.set(c.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(c.get() - 1));
+    r.map_err(|p| panic_message(&*p))
+}
+
+/// For the worker threads of our rayon pools (their `start_handler`): a panic there reaches a
+/// [`catch_panic`] on the thread that handed them the work, so it is quiet as that one's.
+pub fn quiet_worker_panics() {
+    install_quiet_hook();
+    CATCHING.with(|c| c.set(c.get() + 1));
+}
+
+fn install_quiet_hook() {
     static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
     QUIET_HOOK.call_once(|| {
         let default = std::panic::take_hook();
@@ -113,10 +132,6 @@ pub fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
             }
         }));
     });
-    CATCHING.with(|c| c.set(c.get() + 1));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    CATCHING.with(|c| c.set(c.get() - 1));
-    r.map_err(|p| panic_message(&*p))
 }
 
 /// The message of a caught panic (its payload is a `&str` or a `String` for `panic!`).
@@ -138,3 +153,18 @@ pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_debug_formatted_torch_error_loses_its_cpp_frames_too() {
+        // A tch `unwrap()` panic carries `Torch("...\nException raised from ...")` escaped: the
+        // whole frame list stayed on the one error line.
+        let m = r#"called `Result::unwrap()` on an `Err` value: Torch("select() cannot be applied to a 0-dim tensor.\nException raised from select at aten/x.cpp:1 (most recent call first):\nframe #0: ...")"#;
+        assert_eq!(
+            super::clean_torch_message(m),
+            r#"called `Result::unwrap()` on an `Err` value: Torch("select() cannot be applied to a 0-dim tensor."#
+        );
+        assert_eq!(super::clean_torch_message("a\nException raised from x\nframe #0"), "a");
+    }
+}

@@ -641,3 +641,41 @@ fn numbered_labels_meet_numbered_class_names_by_name() {
     let ds = Dataset::open(&list, Split::Test).unwrap().labelled_as(&words).unwrap();
     assert_eq!(ds.items.iter().map(|(_, l)| *l).collect::<Vec<_>>(), vec![0, 2, 1]);
 }
+
+#[test]
+fn a_damaged_stats_file_is_an_error_naming_it() {
+    // A 0-dim `images` panicked (an internal error with libtorch's C++ frames); NaN statistics
+    // made every image NaN, later blamed on the checkpoint's weights.
+    use alexnet_rs::data::stats::Stats;
+    use tch::Tensor;
+    let root = image_folder("damaged-stats", 2, 2);
+    let ds = Dataset::open(&root, Split::Train).unwrap();
+    let good = root.join("good.safetensors");
+    Stats::compute(&ds, 16, &|| ()).unwrap().save(&good).unwrap();
+    assert_eq!(Stats::load(&good).unwrap().images, ds.len());
+    let with = |name: &str, t: Tensor| {
+        let path = root.join(format!("{name}.safetensors"));
+        let mut tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(&good).unwrap();
+        tensors.retain(|(n, _)| n != name);
+        tensors.push((name.to_string(), t));
+        Tensor::write_safetensors(&tensors, &path).unwrap();
+        Stats::load(&path).map_err(|e| e.to_string())
+    };
+    assert_eq!(with("images", Tensor::from(5i64)).unwrap().images, 5);
+    for (name, t, needle) in [
+        ("images", Tensor::from_slice::<i64>(&[]), "`images` holds 0 values"),
+        (
+            "mean_image",
+            Tensor::full([3, 16, 16], f64::NAN, (tch::Kind::Float, tch::Device::Cpu)),
+            "`mean_image` holds NaN",
+        ),
+        (
+            "channel_std",
+            Tensor::from_slice(&[0.2f32, 0.0, 0.2]),
+            "channel_std [0.2, 0.0, 0.2] is not positive",
+        ),
+    ] {
+        let e = with(name, t).map(|_| ()).unwrap_err();
+        assert!(e.contains(needle) && e.contains(&format!("{name}.safetensors")), "{e}");
+    }
+}

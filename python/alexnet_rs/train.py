@@ -86,6 +86,9 @@ def _environment() -> tuple[int, int, int, int]:
     world, rank = values["WORLD_SIZE"], values["RANK"]
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"RANK={rank} and WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+    for key in ("LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT"):
+        if values[key] < 0:
+            raise ValueError(f"{key}={values[key]} is negative")
     return world, rank, values["LOCAL_RANK"], values["TORCHELASTIC_RESTART_COUNT"]
 
 

@@ -196,7 +196,15 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         r.samples, r.top1, r.top5, r.loss
     );
     if let Some(out) = &a.confusion {
-        let classes = crate::checkpoint::load_weights(&a.checkpoint)?.state.classes;
+        // The evaluated checkpoint's names (loading it again could read a newer one).
+        let classes = &r.classes;
+        if r.confusion.is_empty() {
+            return Err(Error::Config(format!(
+                "--confusion: {} classes are more than the {} a confusion matrix is counted for",
+                classes.len(),
+                train::CONFUSION_CLASSES
+            )));
+        }
         println!("top-1 accuracy per class:");
         for (name, acc) in classes.iter().zip(r.per_class()) {
             match acc.is_nan() {
@@ -204,7 +212,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
                 false => println!("  {acc:>7.4}  {name}"),
             }
         }
-        crate::viz::confusion_png(&r.confusion, &classes, out)?;
+        crate::viz::confusion_png(&r.confusion, classes, out)?;
         println!("confusion matrix: {}", out.display());
     }
     Ok(())

@@ -175,6 +175,7 @@ fn global_threads(threads: usize) -> Result<()> {
     crate::data::loader::check_threads(threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        .start_handler(|_| crate::error::quiet_worker_panics())
         .build_global()
         .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))
 }

@@ -104,6 +104,8 @@ pub struct Loader {
     transform: Arc<Transform>,
     cfg: LoaderConfig,
     pool: Arc<rayon::ThreadPool>,
+    /// Batches per epoch (this rank's), fixed by the above.
+    batches: usize,
 }
 
 /// Decodes sample `i` of the dataset to RGB8.
@@ -142,20 +144,31 @@ impl Loader {
                     "rank {rank} is not in a world of {world} (world_size >= 1, 0 <= rank < world_size)"
                 )));
             }
+            // The global batch; it wrapped to 0 (a panic in chunks(0)) or to a wrong size.
+            if cfg.batch_size.checked_mul(world).is_none() {
+                return Err(Error::Config(format!(
+                    "batch size {} x {world} ranks is too large",
+                    cfg.batch_size
+                )));
+            }
         }
         transform.check()?;
         check_threads(cfg.threads)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)
             .thread_name(|i| format!("alexnet-data-{i}"))
+            .start_handler(|_| crate::error::quiet_worker_panics())
             .build()
             .map_err(|e| Error::Config(format!("cannot start {} decoding threads: {e}", cfg.threads)))?;
-        Ok(Loader {
+        let mut loader = Loader {
             dataset: Arc::new(dataset),
             transform: Arc::new(transform),
             cfg,
             pool: Arc::new(pool),
-        })
+            batches: 0,
+        };
+        loader.batches = loader.chunks(&(0..loader.dataset.len()).collect::<Vec<_>>()).len();
+        Ok(loader)
     }
 
     pub fn dataset(&self) -> &Dataset {
@@ -168,7 +181,7 @@ impl Loader {
 
     /// Number of batches in an epoch (of this rank, when sharded).
     pub fn batches_per_epoch(&self) -> usize {
-        self.chunks(&(0..self.dataset.len()).collect::<Vec<_>>()).len()
+        self.batches
     }
 
     /// An epoch's order cut into this rank's batches.

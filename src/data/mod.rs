@@ -7,6 +7,7 @@ pub mod rng;
 pub mod source;
 pub mod stats;
 pub mod transform;
+mod walk;
 
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, OnBadImage};
 pub use source::{check_class_names, Dataset, Sample, Split};

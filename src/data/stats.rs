@@ -185,7 +185,12 @@ impl Stats {
             .collect();
         let get = |name: &str| -> Result<Vec<f32>> {
             let t = map.get(name).ok_or_else(|| bad(format!("missing tensor `{name}`")))?;
-            Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).map_err(Error::from)
+            let v = Vec::<f32>::try_from(t.f_to_kind(Kind::Float)?.f_reshape([-1])?)?;
+            // NaN normalised every image to NaN (then blamed on the checkpoint's weights).
+            match v.iter().all(|x| x.is_finite()) {
+                true => Ok(v),
+                false => Err(bad(format!("`{name}` holds NaN or infinite values"))),
+            }
         };
         let mean_image = get("mean_image")?;
         let side = ((mean_image.len() / 3) as f64).sqrt() as u32;
@@ -197,14 +202,26 @@ impl Stats {
         if ev.len() != 9 {
             return Err(bad("eigvec is not 3x3".into()));
         }
+        let channel_std = arr3(get("channel_std")?)?;
+        if channel_std.iter().any(|&s| s <= 0.0) {
+            return Err(bad(format!("channel_std {channel_std:?} is not positive")));
+        }
+        // A count (written by `alexnet stats`; absent from hand-made files): one value.
+        let images = match map.get("images") {
+            None => 0,
+            Some(t) => match Vec::<i64>::try_from(t.f_reshape([-1])?.f_to_kind(Kind::Int64)?)?.as_slice() {
+                [n] => usize::try_from(*n).map_err(|_| bad(format!("images = {n} is negative")))?,
+                other => return Err(bad(format!("`images` holds {} values, expected 1", other.len()))),
+            },
+        };
         Ok(Stats {
             side,
             mean_image,
             channel_mean: arr3(get("channel_mean")?)?,
-            channel_std: arr3(get("channel_std")?)?,
+            channel_std,
             eigval: arr3(get("eigval")?)?,
             eigvec: std::array::from_fn(|r| std::array::from_fn(|c| ev[r * 3 + c])),
-            images: map.get("images").map_or(0, |t| t.int64_value(&[0]) as usize),
+            images,
             skipped: 0,
         })
     }

@@ -97,18 +97,41 @@ impl Params {
             .collect()
     }
 
-    /// Checks that every parameter the config names is present with the right (whole) shape.
+    /// Checks that every parameter the config names is present with the right (whole) shape, in
+    /// row blocks (shards) of one shape otherwise, a bias in as many as its weight (the forward
+    /// pairs them).
     pub fn check(&self, cfg: &Config) -> Result<()> {
         for (name, shape) in cfg.param_shapes() {
             let shards = self.shards(&name)?;
-            let rows: i64 = shards.iter().map(|t| t.size()[0]).sum();
-            let mut whole = shards[0].size();
-            whole[0] = rows;
-            if whole != shape {
-                return Err(Error::Shape(format!(
-                    "parameter `{name}` has shape {whole:?}, the {} preset expects {shape:?}",
+            let wrong = |got: String| {
+                Error::Shape(format!(
+                    "parameter `{name}` has shape {got}, the {} preset expects {shape:?}",
                     cfg.preset
-                )));
+                ))
+            };
+            let Some(first) = shards.first() else {
+                return Err(wrong("[] (no shards)".into()));
+            };
+            if shards
+                .iter()
+                .any(|t| t.dim() != shape.len() || t.size()[1..] != first.size()[1..])
+            {
+                let sizes: Vec<Vec<i64>> = shards.iter().map(Tensor::size).collect();
+                return Err(wrong(format!("{sizes:?} (in shards)")));
+            }
+            let mut whole = first.size();
+            whole[0] = shards.iter().map(|t| t.size()[0]).sum();
+            if whole != shape {
+                return Err(wrong(format!("{whole:?}")));
+            }
+            if let Some(layer) = name.strip_suffix(".bias") {
+                let weights = self.shards(&format!("{layer}.weight"))?.len();
+                if weights != shards.len() {
+                    return Err(Error::Shape(format!(
+                        "parameter `{name}` is in {} shards, `{layer}.weight` in {weights}",
+                        shards.len()
+                    )));
+                }
             }
         }
         Ok(())

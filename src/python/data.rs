@@ -144,15 +144,22 @@ impl DataLoader {
             })?;
             let preset = core(preset.parse::<Preset>())?;
             let stats = core(stats.map(|p| crate::data::stats::Stats::load(&p)).transpose())?;
+            let warn = |w: String| {
+                // stacklevel 3: past `checked` and `DataLoader.__new__`, the caller's line.
+                py.import("warnings")?
+                    .call_method1("warn", (w, py.get_type::<pyo3::exceptions::PyUserWarning>(), 3))
+                    .map(drop)
+            };
             if let Some(w) = stats
                 .as_ref()
                 .and_then(|s| crate::data::transform::unused_stats(preset, crop, s))
             {
-                // stacklevel 3: past `checked` and `DataLoader.__new__`, the caller's line.
-                py.import("warnings")?
-                    .call_method1("warn", (w, py.get_type::<pyo3::exceptions::PyUserWarning>(), 3))?;
+                warn(w)?;
             }
             let mut ds = core(Dataset::open(&data, split))?;
+            if let Some(w) = Dataset::training_images_as_test(&data, split) {
+                warn(w)?;
+            }
             if let Some(classes) = classes {
                 core(crate::data::check_class_names(&classes))?;
                 ds = core(ds.labelled_as(&classes))?;

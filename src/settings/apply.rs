@@ -165,11 +165,8 @@ impl TrainConfig {
             Some(p) => {
                 let ds = Dataset::open(p, split)?;
                 // Said once it is known to be so (not before the error of a missing folder).
-                if let Some(missing) = Dataset::missing_test_split(p).filter(|_| split == Split::Test) {
-                    crate::say::note(&format!(
-                        "warning: {} has no test split ({missing}): its training images serve as the test split",
-                        p.display()
-                    ));
+                if let Some(w) = Dataset::training_images_as_test(p, split) {
+                    crate::say::note(&format!("warning: {w}"));
                 }
                 ds
             }

@@ -18,9 +18,16 @@ pub struct EvalResult {
     pub top1: f64,
     pub top5: f64,
     pub samples: usize,
-    /// Counts by (true class, top-1 prediction), row-major, classes x classes.
+    /// Counts by (true class, top-1 prediction), row-major, classes x classes; empty past
+    /// [`CONFUSION_CLASSES`] classes.
     pub confusion: Vec<u64>,
+    /// The class names, label order (the network's).
+    pub classes: Vec<String>,
 }
+
+/// Classes up to which an evaluation counts the confusion matrix (classes² counters, summed over
+/// ranks: 32 MB at this many; 21,841 classes made 3.8 GB per batch).
+pub const CONFUSION_CLASSES: i64 = 2048;
 
 impl EvalResult {
     /// Top-1 accuracy of each class (NaN for a class with no test sample).
@@ -55,7 +62,12 @@ pub fn evaluate_in(
     // counts below 2^53).
     let classes = cfg.fcs[cfg.fcs.len() - 1].out_features;
     let mut sums = vec![0.0f64; 4];
-    let mut confusion = Tensor::f_zeros([classes * classes], (Kind::Int64, tch::Device::Cpu))?;
+    let cells = if classes <= CONFUSION_CLASSES {
+        classes * classes
+    } else {
+        0
+    };
+    let mut confusion = Tensor::f_zeros([cells], (Kind::Int64, tch::Device::Cpu))?;
     let mut epoch = loader.epoch(0);
     for batch in epoch.by_ref() {
         if stop() {
@@ -79,11 +91,13 @@ pub fn evaluate_in(
         sums[1] += hits.f_narrow(1, 0, 1)?.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
         sums[2] += hits.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
         sums[3] += labels.size()[0] as f64;
-        let cell = labels
-            .f_mul_scalar(classes)?
-            .f_add(&top.f_select(1, 0)?)?
-            .to_device(tch::Device::Cpu);
-        confusion = confusion.f_add(&cell.f_bincount(None::<Tensor>, classes * classes)?)?;
+        if cells > 0 {
+            let cell = labels
+                .f_mul_scalar(classes)?
+                .f_add(&top.f_select(1, 0)?)?
+                .to_device(tch::Device::Cpu);
+            let _ = confusion.f_index_add_(0, &cell, &cell.f_ones_like()?)?;
+        }
     }
     sums.extend(Vec::<i64>::try_from(confusion)?.into_iter().map(|c| c as f64));
     if let Some(g) = group {
@@ -114,6 +128,7 @@ pub fn evaluate_in(
         top5: c5 / n,
         samples: n as usize,
         confusion: sums[4..].iter().map(|&c| c as u64).collect(),
+        classes: loader.dataset().classes.clone(),
     })
 }
 

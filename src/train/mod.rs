@@ -16,7 +16,10 @@ mod run;
 
 pub use crate::settings::TrainConfig;
 pub use dist::{AllReduce, Group};
-pub use eval::{evaluate, evaluate_checkpoint, evaluate_in, image_tensor, load_trained, predict, EvalResult, Trained};
+pub use eval::{
+    evaluate, evaluate_checkpoint, evaluate_in, image_tensor, load_trained, predict, EvalResult, Trained,
+    CONFUSION_CLASSES,
+};
 pub use neighbours::{neighbours, Neighbours, Queries, Query};
 pub use resume::{recover_run, run_of};
 pub use run::Run;

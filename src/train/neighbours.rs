@@ -66,48 +66,7 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     let fc7 = &t.cfg.fcs[last_hidden(&t)?].name;
     let train = tc.open(Split::Train, tc.limit_train)?;
     let tf = tc.transform(View::Center)?;
-    let mut inputs: Vec<(String, RgbImage, Option<i64>, Tensor)> = Vec::new();
-    // A query that cannot be read is reported and left out, as `predict` does.
-    let mut unread = 0;
-    let mut unreadable = |e: Error| {
-        crate::say::error(&e.to_string());
-        unread += 1;
-    };
-    match queries {
-        Queries::Files(paths) => {
-            for p in paths {
-                match crate::image::load_rgb(&p).and_then(|image| Ok((image, image_tensor(&tf, &p)?))) {
-                    Ok((image, x)) => inputs.push((p.display().to_string(), image, None, x)),
-                    Err(e) => unreadable(e),
-                }
-            }
-        }
-        Queries::Test(n) => {
-            let test = tc.open(Split::Test, None)?.labelled_as(&train.classes)?;
-            if n > test.len() {
-                eprintln!(
-                    "note: --test {n}, but the test split has {} images: querying them all",
-                    test.len()
-                );
-            }
-            for i in 0..n.min(test.len()) {
-                let Ok(image) = decode(&test, i).map_err(&mut unreadable) else {
-                    continue;
-                };
-                let mut chw = vec![0f32; tf.view_len()];
-                tf.apply(&image, &mut crate::data::rng::Rng::new(0), &mut chw)?;
-                let s = i64::from(tf.crop);
-                let x = Tensor::from_slice(&chw).f_view([3, s, s])?;
-                inputs.push((format!("test #{i}"), image, Some(test.items[i].1), x));
-            }
-        }
-    }
-    if inputs.is_empty() {
-        return Err(match unread {
-            0 => Error::Config("no query images".into()),
-            n => Error::SomeFailed(format!("none of the {n} query images could be read (each named above)")),
-        });
-    }
+    let (inputs, unread) = read_queries(queries, &tc, &train, &tf)?;
     // The queries are read first: a bad one fails before minutes spent on the training set.
     let ckpt = checkpoint::find_latest_weights(run)?;
     let (bank, rows, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7)?;
@@ -149,6 +108,61 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
         classes: t.classes,
         cache,
     })
+}
+
+/// A query: its name, image, class if known, and the network's input.
+type Input = (String, RgbImage, Option<i64>, Tensor);
+
+/// The query images that can be read (one that cannot is reported and left out, as `predict`
+/// does), and how many could not.
+fn read_queries(
+    queries: Queries,
+    tc: &super::TrainConfig,
+    train: &Dataset,
+    tf: &crate::data::Transform,
+) -> Result<(Vec<Input>, usize)> {
+    let mut inputs: Vec<Input> = Vec::new();
+    let mut unread = 0;
+    let mut unreadable = |e: Error| {
+        crate::say::error(&e.to_string());
+        unread += 1;
+    };
+    match queries {
+        Queries::Files(paths) => {
+            for p in paths {
+                match crate::image::load_rgb(&p).and_then(|image| Ok((image, image_tensor(tf, &p)?))) {
+                    Ok((image, x)) => inputs.push((p.display().to_string(), image, None, x)),
+                    Err(e) => unreadable(e),
+                }
+            }
+        }
+        Queries::Test(n) => {
+            let test = tc.open(Split::Test, None)?.labelled_as(&train.classes)?;
+            if n > test.len() {
+                eprintln!(
+                    "note: --test {n}, but the test split has {} images: querying them all",
+                    test.len()
+                );
+            }
+            for i in 0..n.min(test.len()) {
+                let Ok(image) = decode(&test, i).map_err(&mut unreadable) else {
+                    continue;
+                };
+                let mut chw = vec![0f32; tf.view_len()];
+                tf.apply(&image, &mut crate::data::rng::Rng::new(0), &mut chw)?;
+                let s = i64::from(tf.crop);
+                let x = Tensor::from_slice(&chw).f_view([3, s, s])?;
+                inputs.push((format!("test #{i}"), image, Some(test.items[i].1), x));
+            }
+        }
+    }
+    if inputs.is_empty() {
+        return Err(match unread {
+            0 => Error::Config("no query images".into()),
+            n => Error::SomeFailed(format!("none of the {n} query images could be read (each named above)")),
+        });
+    }
+    Ok((inputs, unread))
 }
 
 /// The fc7 vectors `(N, D)` of the training samples that can be read (centre view; the others

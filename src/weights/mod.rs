@@ -102,14 +102,16 @@ pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path
                 return Err(culprit(format!("`{name}` holds NaN or infinite values")));
             }
             *fresh = w;
-        } else if name.starts_with(&format!("{class}.")) {
+        } else if name.starts_with(&format!("{class}.")) && w.dim() == fresh.dim() && w.size()[1..] == fresh.size()[1..]
+        {
+            // The class layer of another number of classes (its rows): a new one.
             if name.ends_with(".weight") {
-                eprintln!(
+                crate::say::note(&format!(
                     "warning: --init-from {}: {class} has {} outputs there and {} here: it is re-initialised",
                     path.display(),
                     w.size()[0],
                     fresh.size()[0]
-                );
+                ));
             }
         } else {
             return Err(culprit(format!(

@@ -334,6 +334,20 @@ def test_a_val_split_is_labelled_by_the_training_class_names(tmp_path):
         DataLoader(tmp_path, split="val", classes=["a", "b"])
 
 
+def test_a_test_split_of_the_training_images_is_said(tmp_path):
+    """DataLoader(split="test") of a list file (or a folder without val/) gave its training images
+    in silence: an evaluation on them reported training accuracy as test accuracy."""
+    import warnings
+
+    files = sorted((CACHE / "foolbox").glob("imagenet_*.jpg"))[:2]
+    (tmp_path / "list.txt").write_text("".join(f"{f} {i}\n" for i, f in enumerate(files)))
+    with pytest.warns(UserWarning, match="list.txt has no test split .a list file is one split.: its training images"):
+        DataLoader(tmp_path / "list.txt", split="test", crop=64, batch_size=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DataLoader(tmp_path / "list.txt", split="train", crop=64, batch_size=1)
+
+
 def test_prepare_is_resumable(tmp_path):
     src = folder_with_bad_files(tmp_path)
     out = subprocess.run([BIN, "prepare", src, tmp_path / "dst", "--size", "64"], capture_output=True, text=True)

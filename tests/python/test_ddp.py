@@ -392,6 +392,7 @@ def test_ranks_that_would_start_differently_are_refused_on_every_rank(tmp_path):
     ({"RANK": "", "WORLD_SIZE": "2"}, "RANK='' is not a whole number"),  # was a TypeError traceback
     ({"RANK": "0", "WORLD_SIZE": ""}, "WORLD_SIZE='' is not a whole number"),
     ({"RANK": "2", "WORLD_SIZE": "2"}, "need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE"),
+    ({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "-1"}, "LOCAL_RANK=-1 is negative"),  # an OverflowError traceback
     ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR expected, but not set"),  # was a ValueError traceback
 ])
 def test_a_partial_torchrun_environment_is_a_clear_error(tmp_path, env, needle):

@@ -338,3 +338,18 @@ def test_predict_a_folder_with_symlinks_predicts_each_image_once(run, tmp_path):
     heads = [line for line in r.stdout.splitlines() if not line.startswith(" ")]
     assert len(heads) == 2 and {Path(h.rstrip(":")).resolve() for h in heads} == {
         (folder / "a.png").resolve(), (folder / "sub" / "b.png").resolve()}, r.stdout
+
+
+def test_a_confusion_matrix_of_too_many_classes_is_refused_by_name(run, tmp_path):
+    """Every evaluation counted classes² cells per batch (3.8 GB at 21,841 classes; 10^12 at the
+    accepted maximum): past 2048 classes none is counted, and --confusion says why."""
+    _, data = run
+    model = alexnet_rs.AlexNet("cnn4", num_classes=2049)
+    ckpt = model.save_checkpoint(tmp_path / "wide")
+    images = sorted((data / "val" / "class0").glob("*.png"))[:2]
+    (tmp_path / "list.txt").write_text(f"{images[0]} 0\n{images[1]} 2048\n")
+    r = cli("eval", ckpt, "--data", tmp_path / "list.txt")
+    assert "2 samples" in r.stdout, r.stdout
+    r = subprocess.run([BIN, "eval", ckpt, "--data", tmp_path / "list.txt", "--confusion", tmp_path / "c.png"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "2049 classes are more than the 2048" in r.stderr, r.stderr

@@ -68,7 +68,8 @@ def test_init_from_a_run_and_a_safetensors_file(tmp_path):
     assert torch.equal(newest(tmp_path / "third")["fc8.weight"], start["fc8.weight"])
 
 
-@pytest.mark.parametrize("case", ["other-preset", "evil-pickle", "not-weights", "unknown-layer", "nan", "missing"])
+@pytest.mark.parametrize("case", ["other-preset", "evil-pickle", "not-weights", "unknown-layer", "nan", "missing",
+                                  "scalar-head"])
 def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
     if case == "nan":  # trained to a NaN loss, blamed on --lr
         sd = torchvision.models.alexnet().state_dict()
@@ -76,6 +77,12 @@ def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
         torch.save(sd, tmp_path / "nan.pth")
         args, needle = ["--preset", "torchvision", "--init-from", tmp_path / "nan.pth"], \
             "`features.3.weight` holds NaN or infinite values"
+    elif case == "scalar-head":  # a 0-dim class layer weight panicked in the re-initialisation warning
+        sd = torchvision.models.alexnet().state_dict()
+        sd["classifier.6.weight"] = torch.tensor(1.0)
+        save_file(sd, tmp_path / "scalar.safetensors")
+        args, needle = ["--preset", "torchvision", "--init-from", tmp_path / "scalar.safetensors"], \
+            "`classifier.6.weight` has shape [], this network's is [10, 4096]"
     elif case == "missing":  # a mistyped path without an extension was "not weights"
         args, needle = ["--preset", "paper", "--init-from", tmp_path / "tv"], "tv: no such file or folder"
     elif case == "other-preset":

@@ -41,6 +41,11 @@ def _cases():
     def model(preset="torchvision", **kw):
         return A.AlexNet(preset, num_classes=3, **kw)
 
+    def scalar_head():  # a class layer weight of shape []: the default class names panicked
+        m = model()
+        m.classifier[6].weight = torch.nn.Parameter(torch.tensor(1.0))
+        return m
+
     def loader(F, **kw):
         return data.DataLoader(F.images, crop=16, batch_size=2, threads=1, **kw)
 
@@ -139,7 +144,10 @@ def _cases():
             # The weight, not the (right) input size, is blamed: it said "the paper preset needs 63x63 inputs".
             ("fc6-weight-shape", lambda F: torch.func.functional_call(
                 model("paper", input_size=63), {"fc6.weight": t(4096, 300)}, (t(1, 3, 63, 63),)), S, VE,
-             "fc6.weight must have 256 columns"),
+             "`fc6.weight` has shape [4096, 300], the paper preset expects [4096, 256]"),
+            ("fc6-weight-1d", lambda F: torch.func.functional_call(
+                model("paper", input_size=63), {"fc6.weight": t(4096)}, (t(1, 3, 63, 63),)), S, VE,
+             "`fc6.weight` has shape [[4096]] (in shards)"),
         ],
         "alexnet_rs.AlexNet.save_checkpoint": [
             ("run-int", lambda F: model().save_checkpoint(5), D, TE, "run"),
@@ -150,6 +158,8 @@ def _cases():
             ("classes-empty", lambda F: model().save_checkpoint(F.out, classes=["a", "", "c"]), C, VE, "classes[1]"),
             ("input-zero", lambda F: model().save_checkpoint(F.out, input_size=0), C, VE, "input"),
             ("on-meta", lambda F: model().to("meta").save_checkpoint(F.out), S, VE, "meta"),
+            ("head-scalar", lambda F: scalar_head().save_checkpoint(F.out), S, VE,
+             "`classifier.6.weight` has shape []: expected (classes, features)"),
         ],
         "alexnet_rs.AlexNet.load_checkpoint": [
             ("path-missing", lambda F: A.AlexNet.load_checkpoint(F.missing), M, FE, "no-such"),
@@ -268,6 +278,9 @@ def _cases():
             ("world-zero", lambda F: data.DataLoader(F.images, world_size=0), C, VE, "world_size"),
             ("rank-outside", lambda F: data.DataLoader(F.images, rank=2, world_size=2), C, VE, "rank"),
             ("rank-negative", lambda F: data.DataLoader(F.images, rank=-1, world_size=2), C, VE, "rank"),
+            # The global batch wrapped to 0: a PanicException out of len(loader).
+            ("global-batch-overflow", lambda F: data.DataLoader(F.images, batch_size=2**62, world_size=4), C, VE,
+             "x 4 ranks is too large"),
             ("split-unknown", lambda F: data.DataLoader(F.images, split="dev"), C, VE, "split"),
             ("view-unknown", lambda F: data.DataLoader(F.images, view="zoom"), C, VE, "view"),
             ("preset-unknown", lambda F: data.DataLoader(F.images, preset="vgg"), C, VE, "preset"),
