@@ -93,7 +93,9 @@ impl Group<'_> {
             .map(|(_, _, p)| p.grad())
             .collect();
         let device = grads.first().map_or(Device::Cpu, Tensor::device);
-        // Float32 beside the gradients (NCCL reduces device tensors): exact for these counts.
+        // Float32 beside the gradients (NCCL reduces device tensors): exact for the error count;
+        // the loss sum is rounded to float32 (a data-parallel run's logged loss, not the
+        // gradients, may differ from one process's in the last digits).
         let t = Tensor::from_slice(&totals.map(|v| v as f32)).to_device(device);
         let mut all: Vec<&Tensor> = grads.iter().collect();
         all.push(&t);
