@@ -98,11 +98,11 @@ fn cut(path: &Path, keep: impl Fn(usize, &str) -> Option<bool>) -> Result<()> {
             None => {
                 let text = String::from_utf8_lossy(line);
                 let shown: String = text.trim_end().chars().take(80).collect();
-                eprintln!(
+                crate::say::note(&format!(
                     "warning: {}: line {} is unreadable and is dropped: {shown}",
                     path.display(),
                     i + 1
-                );
+                ));
                 dropped = true;
             }
         }

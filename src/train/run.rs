@@ -374,7 +374,9 @@ fn diverged(tc: &TrainConfig, what: String, value: f64, step: u64, epoch: u64) -
 /// or a `--resume` of the finished run, draws it again.
 fn redraw(m: &Metrics) {
     if let Err(e) = m.plot() {
-        eprintln!("warning: {e}; curves.png is left as it was (drawn again at the next epoch's end, or by --resume)");
+        crate::say::note(&format!(
+            "warning: {e}; curves.png is left as it was (drawn again at the next epoch's end, or by --resume)"
+        ));
     }
 }
 
