@@ -105,8 +105,9 @@ impl Params {
             let shards = self.shards(&name)?;
             let wrong = |got: String| {
                 Error::Shape(format!(
-                    "parameter `{name}` has shape {got}, the {} preset expects {shape:?}",
-                    cfg.preset
+                    "parameter `{name}` has shape {got}, the {} preset at {s}x{s} expects {shape:?}",
+                    cfg.preset,
+                    s = cfg.input_size
                 ))
             };
             let Some(first) = shards.first() else {

@@ -95,13 +95,19 @@ fn forward_args(
     conv_backend: &str,
     input_size: Option<i64>,
 ) -> PyResult<(crate::config::Config, model::Params, tch::Tensor)> {
+    let x = tensor(x, "x")?;
+    // Not given: the network for the images' size (a square 4-D batch), as the forward takes it.
+    let input_size = input_size.or_else(|| match x.size()[..] {
+        [_, _, h, w] if h == w => Some(h),
+        _ => None,
+    });
     let mut cfg = config_at(preset, num_classes, input_size)?;
     cfg.conv_backend = core(conv_backend.parse::<ConvBackend>())?;
     let params = model::Params::from_shards(shard_lists(params, "parameter")?);
     // Before the forward indexes them: a 1-D fc6.weight panicked, and a bias in fewer shards than
     // its weight gave fewer outputs in silence.
     core(params.check(&cfg))?;
-    Ok((cfg, params, tensor(x, "x")?))
+    Ok((cfg, params, x))
 }
 
 /// The outputs of the stages named `layers` (the names `alexnet info` prints), in that order:

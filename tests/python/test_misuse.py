@@ -144,7 +144,7 @@ def _cases():
             # The weight, not the (right) input size, is blamed: it said "the paper preset needs 63x63 inputs".
             ("fc6-weight-shape", lambda F: torch.func.functional_call(
                 model("paper", input_size=63), {"fc6.weight": t(4096, 300)}, (t(1, 3, 63, 63),)), S, VE,
-             "`fc6.weight` has shape [4096, 300], the paper preset expects [4096, 256]"),
+             "`fc6.weight` has shape [4096, 300], the paper preset at 63x63 expects [4096, 256]"),
             ("fc6-weight-1d", lambda F: torch.func.functional_call(
                 model("paper", input_size=63), {"fc6.weight": t(4096)}, (t(1, 3, 63, 63),)), S, VE,
              "`fc6.weight` has shape [[4096]] (in shards)"),
