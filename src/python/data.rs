@@ -259,21 +259,18 @@ impl EpochIter {
     /// Bad images skipped so far in this epoch.
     #[getter]
     fn skipped(slf: &Bound<'_, Self>) -> PyResult<usize> {
-        Ok(slf
-            .try_borrow()
-            .map_err(|_| busy())?
-            .inner
-            .as_ref()
-            .map_or(0, Epoch::skipped))
+        EpochIter::count(slf, Epoch::skipped)
     }
 
     fn __len__(slf: &Bound<'_, Self>) -> PyResult<usize> {
-        Ok(slf
-            .try_borrow()
-            .map_err(|_| busy())?
-            .inner
-            .as_ref()
-            .map_or(0, Epoch::len))
+        EpochIter::count(slf, Epoch::len)
+    }
+}
+
+impl EpochIter {
+    /// `f` of the epoch (0 once it is over), or the busy error while another thread is in `next()`.
+    fn count(slf: &Bound<'_, Self>, f: fn(&Epoch) -> usize) -> PyResult<usize> {
+        Ok(slf.try_borrow().map_err(|_| busy())?.inner.as_ref().map_or(0, f))
     }
 }
 
