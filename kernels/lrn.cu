@@ -77,7 +77,10 @@ __global__ void lrn_backward_kernel(const T* __restrict__ dy, const T* __restric
       if (c == j) own = p;
       sum += load(dy + ic) * load(x + ic) * p / d;
     }
-    store(dx + i, load(dy + i) * own - A(2) * an * beta * load(x + i) * sum);
+    // With alpha or beta 0 the second term is 0 and sum is not read (NaN where k = 0 and a window
+    // is all zeros), as lrn_dx in lrn_cpu_kernels.h.
+    const A two_an_beta = A(2) * an * beta, a = load(dy + i) * own;
+    store(dx + i, two_an_beta == A(0) ? a : a - two_an_beta * load(x + i) * sum);
   }
 }
 

@@ -66,10 +66,12 @@ inline acc_t neg_pow(acc_t d, acc_t beta) {
 
 // The gradient's last step, at one element: dx = a - 2 alpha beta / size * v * s, where a = dy
 // d^-beta, v = x and s is the sum of t = a x / d over the windows holding the element. kRelu (the
-// fused op, v = relu(x)): 0 where relu(x) <= 0, as threshold_backward.
+// fused op, v = relu(x)): 0 where relu(x) <= 0, as threshold_backward. With alpha or beta 0 the
+// second term is 0 and s is not read: s is NaN where k = 0 and a window is all zeros (t = 0 / 0),
+// and 0 * NaN made the gradient NaN there (PyTorch's is a: pow's backward drops a zero exponent).
 template <typename T, bool kRelu>
 inline T lrn_dx(T a, T v, T s, T two_an_beta) {
-  const T r = a - two_an_beta * v * s;
+  const T r = two_an_beta == T(0) ? a : a - two_an_beta * v * s;
   return kRelu && v <= T(0) ? T(0) : r;
 }
 

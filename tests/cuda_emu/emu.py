@@ -272,7 +272,8 @@ def lrn_cases():
     """C in {1,2,3,5,96,257}, window sizes 1..7, both layouts, all four dtypes; half the cases fit
     in one grid-stride sweep and half need several."""
     cases = []
-    params = [(1e-4, 0.75, 2.0), (0.02, 0.75, 1.0), (1.0, 0.5, 2.0), (0.3, 1.25, 0.5)]
+    # The last: beta = 0 (the identity) with k = 0, on inputs with all-zero windows (run_lrn).
+    params = [(1e-4, 0.75, 2.0), (0.02, 0.75, 1.0), (1.0, 0.5, 2.0), (0.3, 1.25, 0.5), (0.1, 0.0, 0.0)]
     for C in (1, 2, 3, 5, 96, 257):
         for size in range(1, 8):
             for cl in (False, True):
@@ -293,13 +294,14 @@ def lrn_cases():
 
 def _lrn_scale_backward(x, dy, size, alpha, beta, k):
     """Magnitudes of the two terms of the LRN gradient, elementwise (float64, (N, C, S))."""
+    import torch
     import torch.nn.functional as F
 
     pre, post = size // 2, (size - 1) // 2
     an = alpha / size
     d = k + an * F.pad(x * x, (0, 0, pre, post)).unfold(1, size, 1).sum(-1)
     p = d.pow(-beta)
-    t = (dy * x).abs() * p / d
+    t = torch.where(d > 0, (dy * x).abs() * p / d, 0)  # the term is 0 where d = 0 (beta = 0)
     win = F.pad(t, (0, 0, post, pre)).unfold(1, size, 1).sum(-1)  # channels whose window holds j
     return dy.abs() * p + 2 * an * beta * x.abs() * win
 
@@ -313,6 +315,8 @@ def run_lrn(emu: Emu, c: dict) -> list[Outcome]:
     shape = (c["N"], c["C"], c["H"], c["W"])
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dt)
     dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dt)
+    if c["k"] == 0:  # windows of zeros: d = 0 there
+        x[:, : (c["C"] + 1) // 2] = 0
     fmt = torch.channels_last if c["cl"] else torch.contiguous_format
     x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
     size, alpha, beta, k = c["size"], c["alpha"], c["beta"], c["k"]

@@ -228,6 +228,31 @@ def test_nan_and_inf_propagate_like_pytorch():
     _assert_close(ours[finite], ref[finite])
 
 
+# Degenerate parameters: beta = 0 makes LRN the identity, alpha = 0 a constant scale k^-beta; the
+# gradient's second term (2 alpha beta / size * x * window sum) is then 0. With k = 0 the window
+# sum is 0 / 0 = NaN where a window is all zeros, and every kernel build gave NaN gradients there.
+@pytest.mark.parametrize("alpha, beta, k", [(1e-2, 0.0, 0.0), (1e-2, 0.0, 1.0), (0.0, 0.75, 2.0)],
+                         ids=["beta0-k0", "beta0", "alpha0"])
+@pytest.mark.parametrize("kind", ["float32", "float64", "float16", "channels_last", "strided"])
+def test_degenerate_parameters_match_local_response_norm(alpha, beta, k, kind):
+    dtype = {"float64": torch.float64, "float16": torch.float16}.get(kind, torch.float32)
+    x = torch.randn(2, 9, 5, 6, dtype=torch.float64) * 3
+    x[:, 2:7] = 0  # channels 3..5 have all-zero windows of 3
+    g = torch.randn_like(x)
+    y_ref, dx_ref = _value_and_grad(lambda t: F.local_response_norm(t, 3, alpha, beta, k), x, g)
+    assert dx_ref.isfinite().all()
+    xk = x.to(dtype)
+    if kind == "channels_last":
+        xk = xk.contiguous(memory_format=torch.channels_last)
+    elif kind == "strided":
+        xk = xk.transpose(2, 3).contiguous().transpose(2, 3)
+    y, dx = _value_and_grad(lambda t: lrn(t, 3, alpha, beta, k), xk, g.to(dtype))
+    tol = 1e-2 if dtype == torch.float16 else 1e-5
+    for ours, ref in ((y, y_ref), (dx, dx_ref)):
+        assert ours.isfinite().all()
+        assert ((ours.double() - ref).abs().max() / ref.abs().max()).item() <= tol
+
+
 def test_float64_and_bfloat16_paths():
     x = torch.randn(2, 9, 5, 5, dtype=torch.float64) * 30
     _assert_close(lrn(x, 5, 1e-2, 0.75, 2.0), F.local_response_norm(x, 5, 1e-2, 0.75, 2.0))

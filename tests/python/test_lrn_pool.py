@@ -80,6 +80,23 @@ def test_matches_the_composition_of_stock_ops(shape, kernel, stride, ceil_mode, 
     assert_close(dx, reference_grad_routed_by(idx, x, g, *args), tol)
 
 
+# beta = 0 (LRN the identity) with k = 0: after the ReLU many windows are all zeros, where the
+# window sum of the gradient's vanishing second term is 0 / 0 = NaN; it made the gradient NaN.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_beta_zero_gradient_is_finite_and_the_stock_ones(dtype, memory_format):
+    args = (5, 1e-2, 0.0, 0.0, 3, 2, False)
+    x = torch.randn(2, 12, 9, 9, dtype=dtype)
+    x[:, 3:9] = -x[:, 3:9].abs()  # channels 5..6 have windows that the ReLU makes all zeros
+    x = x.contiguous(memory_format=memory_format)
+    g = torch.randn(reference(x, *args).shape, dtype=dtype)
+    y, dx = value_and_grad(lambda t: op(t, *args), x, g)
+    _, idx = torch.ops.alexnet_rs.relu_lrn_max_pool2d_with_indices(x, *args)
+    assert dx.isfinite().all()
+    assert_close(y, reference(x, *args), 1e-6)
+    assert_close(dx, reference_grad_routed_by(idx, x, g, *args), 1e-6)
+
+
 @pytest.mark.parametrize("lrn, channels", [(PAPER, 40), ((4, 1e-2, 0.5, 1.0), 40), ((151, 1e-2, 0.75, 2.0), 200),
                                            (PAPER, 2), ((10**6, 1e-2, 0.75, 2.0), 40), (None, 40)],
                          ids=["paper", "size4", "size151", "size5-over-2-channels", "size1e6", "no-lrn"])
