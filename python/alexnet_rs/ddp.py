@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ._boundary import one_line_errors as _one_line_errors
+from ._files import write_atomic
 from .errors import ConfigError
 from .data import DataLoader
 from .model import AlexNet
@@ -100,8 +101,9 @@ def main(argv=None):
         epoch += 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / f"weights-rank{rank}.safetensors")
-    (out / f"losses-rank{rank}.json").write_text(json.dumps(losses))
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomic(out / f"weights-rank{rank}.safetensors", save(weights))
+    write_atomic(out / f"losses-rank{rank}.json", json.dumps(losses))
     if distributed:
         dist.destroy_process_group()
 

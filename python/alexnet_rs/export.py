@@ -12,7 +12,6 @@ The weights are the model's, stored as float32 initializers. Needs the ``onnx`` 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 from . import _native
 from ._boundary import checked, int_arg, path_arg
+from ._files import write_atomic
 from .errors import AlexNetIOError, ConfigError, DtypeError, MissingFileError
 
 OPSET = 17
@@ -137,13 +137,9 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
     )
     onnx.checker.check_model(proto, full_check=True)
     # Written whole or not at all: a killed export never leaves a truncated file under `path`.
-    partial = f"{path}.partial"
     try:
-        onnx.save(proto, partial)
-        os.replace(partial, path)
+        write_atomic(path, proto.SerializeToString())
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.remove(partial)
         raise AlexNetIOError(f"export_onnx: cannot write {path}: {e.strerror or e}") from None
     return path
 

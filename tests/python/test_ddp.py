@@ -239,6 +239,11 @@ def test_the_ddp_example_runs_as_one_process(tmp_path, preset, size):
                         *extra, "--out", tmp_path], capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(json.loads((tmp_path / "losses-rank0.json").read_text())) == 2
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "weights-rank0.safetensors")
+    assert len(weights) == 16 and all(w.isfinite().all() for w in weights.values())  # 8 layers' weights, biases
+    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_ranks_whose_images_are_all_bad_stay_in_step_and_stop_with_a_data_error(tmp_path):

@@ -231,3 +231,39 @@ def test_resuming_the_checkpoints_folder_of_a_live_run_touches_nothing(data, tmp
     assert r.returncode == 1 and "being written by another training process" in r.stderr, r.stderr
     assert (hidden / "state.json").is_file()
     assert not (run / "checkpoints" / ".lock").exists()
+
+
+def test_pythons_own_writes_replace_a_file_whole(tmp_path, monkeypatch):
+    """export_onnx, compare's reports and the ddp example write through _files.write_atomic: the
+    partial file fsynced, renamed over the old one, the folder fsynced; a failure (a full disk)
+    leaves the old file and no partial one."""
+    import errno
+
+    from alexnet_rs._files import write_atomic
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"old")
+    calls = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", os.fspath(b))), replace(a, b)))
+    alexnet_rs.export_onnx(alexnet_rs.AlexNet("torchvision", num_classes=3), target)
+    assert calls == [("fsync", f"{target}.partial"), ("replace", str(target)), ("fsync", str(tmp_path))]
+    exported = target.read_bytes()
+    assert exported.startswith(b"\x08")  # an ONNX ModelProto: field 1 (ir_version), a varint
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(alexnet_rs.AlexNetIOError, match=f"cannot write {target}: No space left on device"):
+        alexnet_rs.export_onnx(alexnet_rs.AlexNet("torchvision", num_classes=3), target)
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(tmp_path / "report.md", "text")
+    assert target.read_bytes() == exported
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
