@@ -15,9 +15,13 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Percent: mean ± sample standard deviation; the mean alone for one seed (no spread is known).
 fn pct(xs: &[f64]) -> String {
     let (m, s) = mean_std(xs);
-    format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * s)
+    match xs.len() {
+        1 => format!("{:.2}", 100.0 * m),
+        _ => format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * s),
+    }
 }
 
 /// Test errors of both arms and their per-seed (paired) difference, paper's choice minus the other,

@@ -40,6 +40,18 @@ fn one_learning_rate_pairs_the_two_arms() {
 }
 
 #[test]
+fn one_seed_shows_no_spread() {
+    // A standard deviation of one value is undefined: it was printed as ± 0.00.
+    let md = ablation_table(
+        Experiment::Lrn,
+        &[arm("with LRN", 0.01, &[0.30]), arm("without LRN", 0.01, &[0.40])],
+    );
+    assert!(md.contains("| with LRN | 1 | 30.00 | 15.00 |"), "{md}");
+    assert!(md.contains("paired by seed | 1 | -10.00 | -5.00 |"), "{md}");
+    assert!(!md.contains('±'), "{md}");
+}
+
+#[test]
 fn several_learning_rates_pair_the_arms_of_each_rate() {
     // In the order `run` produces them: every rate of the first arm, then of the second.
     let arms = [
