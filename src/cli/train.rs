@@ -133,9 +133,15 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
     }
     // Stopped on request: by this process's signal, or by another rank's.
     let stopped = std::cell::Cell::new(false);
+    let resume = resume_from(a, &tc, group)?;
+    // Said once the run has started: a --resume that cannot be read is an error, not a resume.
+    let announce = resume.as_deref().filter(|_| a.auto_resume && !quiet);
     let mut on_event = |e: &Event| {
         if matches!(e, Event::Start { .. }) && handlers.borrow().is_none() {
             *handlers.borrow_mut() = Some(Handlers::install());
+            if let Some(r) = announce {
+                eprintln!("resuming the run in {}", r.display());
+            }
         }
         stopped.set(stopped.get() || matches!(e, Event::Stopped));
         if !quiet {
@@ -143,12 +149,6 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         }
     };
     let stop = || SIGNAL.load(Ordering::SeqCst) != 0;
-    let resume = resume_from(a, &tc, group)?;
-    if a.auto_resume && !quiet {
-        if let Some(r) = &resume {
-            eprintln!("resuming the run in {}", r.display());
-        }
-    }
     let result = match group {
         Some(g) => train::train_in(&tc, resume.as_deref(), g, &mut on_event, &stop)?,
         None => train::train(&tc, resume.as_deref(), &mut on_event, &stop)?,

@@ -128,6 +128,14 @@ def test_bad_flags_and_files_are_clear_errors(args, needle):
     assert "panicked" not in r.stderr and "RUST_BACKTRACE" not in r.stderr
 
 
+def test_auto_resume_of_a_missing_run_does_not_say_it_resumes(tmp_path):
+    # The folder --out has no checkpoint, so --resume's run is the one: it was announced as
+    # "resuming the run in /no/such/run" before the error that it does not exist.
+    r = run("train", "--auto-resume", "--resume", "/no/such/run", "--out", str(tmp_path / "new"), "--limit-train", "8")
+    assert r.returncode != 0
+    assert "/no/such/run" in r.stderr and "resuming" not in r.stderr, r.stderr
+
+
 @needs_fashion
 def test_experiment_from_the_command_line(tmp_path):
     args = ["experiment", "relu-vs-tanh", "--seeds", "1", "--lrs", "0.01,0.03", "--target-errors", "0.99",
