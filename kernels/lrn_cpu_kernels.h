@@ -149,6 +149,7 @@ inline void squares(const acc_t* xb, acc_t* sq, int64_t C, int64_t ld, int64_t t
 }
 
 // Runs fn(scratch, i) for every i < total, in parallel; each thread owns `elems` elements of T.
+// Throws std::bad_alloc (after the parallel region) if a thread's scratch cannot be allocated.
 template <typename T, typename F>
 void for_each_unit(int64_t total, int64_t elems, F fn) {
   bool oom = false;
@@ -158,11 +159,13 @@ void for_each_unit(int64_t total, int64_t elems, F fn) {
     if (scratch == nullptr) {
 #pragma omp atomic write
       oom = true;
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < total; ++i) fn(scratch, i);
-      std::free(scratch);
     }
+    // Every thread of the team meets the loop, with or without scratch: one that skipped it left
+    // the others waiting at its closing barrier forever (a hang instead of the error).
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < total; ++i)
+      if (scratch != nullptr) fn(scratch, i);
+    std::free(scratch);
   }
   if (oom) throw std::bad_alloc();
 }
@@ -247,7 +250,8 @@ inline T relu_of(T v) {
   return v < T(0) ? T(0) : v;  // NaN stays NaN, as torch.relu
 }
 
-inline int64_t ring_rows(const LrnTask& t) { return imin(t.size, t.C); }
+// At least 1: the fused pool without LRN (size 0) still sizes its chunks by it (max_chunk).
+inline int64_t ring_rows(const LrnTask& t) { return imax(1, imin(t.size, t.C)); }
 
 // The chunk length for rings of `nbuf` x R rows: at most 4096 positions and 64 Ki elements of
 // scratch (256 KiB of float), a multiple of 16 (whole cache lines per row).

@@ -2,6 +2,8 @@
 torch.compile, and bad input."""
 
 import contextlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -297,3 +299,25 @@ def test_torch_func_transforms_are_refused_as_the_readme_says():
     xs = torch.randn(3, 2, 8, 5, 5)
     batched = torch.func.vmap(lambda t: lrn(t, size=5))(xs)  # libtorch prints a warning
     _assert_close(batched, torch.stack([F.local_response_norm(t, 5, k=2.0) for t in xs]))
+
+
+def test_a_thread_without_scratch_memory_is_an_error_not_a_hang():
+    """The CPU kernels' OpenMP threads each allocate scratch: a thread whose allocation failed
+    skipped the team's loop, and the thread that got its scratch waited for it at the loop's
+    barrier forever. Under an address-space limit with room for one thread's scratch, not two."""
+    code = """
+import resource, torch, alexnet_rs
+torch.set_num_threads(2)
+C = 16_000_000  # S = 1: a forward in half keeps 2 x C floats (128 MB) of scratch per thread
+x = torch.randn(2, C, 1, 1).half()
+alexnet_rs.ops.lrn(x[:, :1000], 5, 1e-4, 0.75, 2.0)  # the OpenMP team and its threads' arenas
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + x.numel() * 2 + 2 * C * 4 * 3 // 2, resource.RLIM_INFINITY))
+try:
+    alexnet_rs.ops.lrn(x, 5, 1e-4, 0.75, 2.0)
+    print("no error")
+except MemoryError as e:
+    print("MemoryError:", e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "MemoryError: std::bad_alloc", r.stdout + r.stderr[-2000:]
