@@ -10,11 +10,11 @@
 //   bwd data  Cin/g    batch*H*W       Cout/g*KH*KW    weight^T    grad_out taps
 //   bwd wgt   Cout/g   Cin/g*KH*KW     batch*OH*OW     grad_out    input patches
 //
-// Tiling: a 64x64 block of C per 256-thread block (blockIdx.z = group), K in steps of 16
-// staged through shared memory, 4x4 outputs per thread. bfloat16/float16 operands are converted
-// to float as they are staged and the WMMA path multiplies them on tensor cores (16x16x16
-// fragments, float accumulators); float32 and float64 use the SIMT path (float64 accumulates in
-// double). Bias: forward adds it; its gradient (a plain reduction) is left to ATen in the glue.
+// Tiling: a 64x64 block of C per 256-thread block (group g0 + blockIdx.z, row tile t0 +
+// blockIdx.y: `run` launches in slices of the grid's limits), K in steps of 16 staged through
+// shared memory, 4x4 outputs per thread. bfloat16/float16 operands are converted to float as they
+// are staged and the WMMA path multiplies them on tensor cores (16x16x16 fragments, float
+// accumulators); float32 and float64 use the SIMT path (float64 accumulates in double). Bias: forward adds it; its gradient (a plain reduction) is left to ATen in the glue.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -115,12 +115,12 @@ struct BackwardWeight {  // dw = correlate(dy, x)
 // ---- SIMT GEMM: float32 / float64 ----
 
 template <typename T, typename P>
-__global__ void __launch_bounds__(THREADS) gemm_simt(P p) {
+__global__ void __launch_bounds__(THREADS) gemm_simt(P p, int64_t t0, int g0) {
   using A = typename Acc<T>::type;
   __shared__ A As[BK][BM + 1];
   __shared__ A Bs[BK][BN + 1];
-  const int g = blockIdx.z;
-  const int64_t m0 = int64_t(blockIdx.y) * BM, n0 = int64_t(blockIdx.x) * BN;
+  const int g = g0 + int(blockIdx.z);
+  const int64_t m0 = (t0 + blockIdx.y) * BM, n0 = int64_t(blockIdx.x) * BN;
   const int64_t M = p.M(), N = p.N(), K = p.K();
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;  // 16 x 16 threads, 4 x 4 outputs each
   A acc[4][4] = {};
@@ -160,14 +160,14 @@ __global__ void __launch_bounds__(THREADS) gemm_simt(P p) {
 // ---- Tensor-core GEMM (WMMA): bfloat16 / float16 operands, float accumulators ----
 
 template <typename T, typename P>
-__global__ void __launch_bounds__(THREADS) gemm_wmma(P p) {
+__global__ void __launch_bounds__(THREADS) gemm_wmma(P p, int64_t t0, int g0) {
   using namespace nvcuda;
   // 8 warps tile the 64x64 block as 4 (m) x 2 (n) warp tiles of 16x32 = two 16x16 fragments.
   __shared__ __align__(32) T As[BM][BK];  // row-major M x K
   __shared__ __align__(32) T Bs[BK][BN];  // row-major K x N
   __shared__ __align__(32) float Cs[BM][BN];
-  const int g = blockIdx.z;
-  const int64_t m0 = int64_t(blockIdx.y) * BM, n0 = int64_t(blockIdx.x) * BN;
+  const int g = g0 + int(blockIdx.z);
+  const int64_t m0 = (t0 + blockIdx.y) * BM, n0 = int64_t(blockIdx.x) * BN;
   const int64_t M = p.M(), N = p.N(), K = p.K();
   const int warp = threadIdx.x / 32, wm = warp % 4, wn = warp / 4;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
@@ -207,16 +207,30 @@ template <typename T> constexpr bool kTensorCores = false;
 template <> constexpr bool kTensorCores<__half> = true;
 template <> constexpr bool kTensorCores<__nv_bfloat16> = true;
 
+// A grid's y and z dimensions are at most 65535: more row tiles or groups (a depthwise layer of
+// 65536 channels) launch in slices of that many. The host emulation builds with a small cap
+// (-DALEXNET_CONV_MAX_GRID_YZ=...) so that its sweep launches in slices.
+#ifndef ALEXNET_CONV_MAX_GRID_YZ
+#define ALEXNET_CONV_MAX_GRID_YZ 65535
+#endif
+
 template <typename T, typename P>
 const char* run(P p, int64_t M, int64_t N, int groups, cudaStream_t stream) {
   if (M == 0 || N == 0) return nullptr;
-  const dim3 grid(static_cast<unsigned>((N + BN - 1) / BN), static_cast<unsigned>((M + BM - 1) / BM), groups);
-  if constexpr (kTensorCores<T>)
-    ALEXNET_LAUNCH(grid, THREADS, 0, stream, gemm_wmma<T, P>)(p);
-  else
-    ALEXNET_LAUNCH(grid, THREADS, 0, stream, gemm_simt<T, P>)(p);
-  const cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+  const int64_t cap = ALEXNET_CONV_MAX_GRID_YZ, tiles = (M + BM - 1) / BM;
+  for (int64_t g0 = 0; g0 < groups; g0 += cap) {
+    for (int64_t t0 = 0; t0 < tiles; t0 += cap) {
+      const dim3 grid(static_cast<unsigned>((N + BN - 1) / BN), static_cast<unsigned>(tiles - t0 < cap ? tiles - t0 : cap),
+                      static_cast<unsigned>(groups - g0 < cap ? groups - g0 : cap));
+      if constexpr (kTensorCores<T>)
+        ALEXNET_LAUNCH(grid, THREADS, 0, stream, gemm_wmma<T, P>)(p, t0, static_cast<int>(g0));
+      else
+        ALEXNET_LAUNCH(grid, THREADS, 0, stream, gemm_simt<T, P>)(p, t0, static_cast<int>(g0));
+      const cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) return cudaGetErrorString(e);
+    }
+  }
+  return nullptr;
 }
 
 template <typename T>

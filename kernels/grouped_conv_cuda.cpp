@@ -13,6 +13,9 @@ namespace {
 
 AlexnetConvShape conv_shape(const at::Tensor& x, const at::Tensor& w, std::array<int64_t, 4> out,
                             at::IntArrayRef stride, at::IntArrayRef padding, int64_t groups) {
+  // The C interface's groups is an int (only empty tensors can have more channels).
+  TORCH_CHECK_VALUE(groups <= INT32_MAX, "alexnet_rs::grouped_conv2d (CUDA): groups must be at most ", INT32_MAX,
+                    ", got ", groups);
   return AlexnetConvShape{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3), out[2],
                           out[3], stride[0], stride[1], padding[0], padding[1], static_cast<int>(groups)};
 }

@@ -41,6 +41,9 @@ KERNEL_SOURCES = ("lrn.cu", "grouped_conv.cu")
 # elements per grid-stride sweep, so the sweep's larger cases take several sweeps.
 LRN_MAX_BLOCKS = 40
 LRN_SWEEP = LRN_MAX_BLOCKS * 256
+# The convolution launcher's cap on grid y (row tiles) and z (groups), 65535 on a GPU: 2 here, so
+# that shapes of more than two groups or 128 output rows launch in slices.
+CONV_MAX_GRID_YZ = 2
 SCHEDULES = (0, 1)  # forward, reversed (2, a fixed shuffle, is used by the self-tests)
 SANITIZE_FLAGS = ["-O2", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
@@ -54,7 +57,7 @@ def _sources_digest(mutations, sanitize: bool) -> str:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     h.update(Path(__file__).read_bytes())
-    h.update(repr((mutations, sanitize, LRN_MAX_BLOCKS)).encode())
+    h.update(repr((mutations, sanitize, LRN_MAX_BLOCKS, CONV_MAX_GRID_YZ)).encode())
     return h.hexdigest()[:16]
 
 
@@ -107,7 +110,8 @@ def build(sanitize: bool = False, mutations: tuple = (), out_root: Path | None =
         (tmp / "src" / name).write_text(text)
         kernel_files.append(tmp / "src" / name)
     cxx = os.environ.get("CXX", "g++")
-    common = ["-std=c++17", "-fPIC", "-g0", "-I", str(EMU), "-I", str(KERNELS), f"-DALEXNET_LRN_MAX_BLOCKS={LRN_MAX_BLOCKS}"]
+    common = ["-std=c++17", "-fPIC", "-g0", "-I", str(EMU), "-I", str(KERNELS), f"-DALEXNET_LRN_MAX_BLOCKS={LRN_MAX_BLOCKS}",
+              f"-DALEXNET_CONV_MAX_GRID_YZ={CONV_MAX_GRID_YZ}"]
     common += SANITIZE_FLAGS if sanitize else ["-O2"]
     if "f16c" in Path("/proc/cpuinfo").read_text():
         common.append("-mf16c")  # hardware half <-> float conversions (the same IEEE rounding)
@@ -500,6 +504,13 @@ PLANTED = {
           "wmma::load_matrix_sync(fb, &Bs[0][wn * 32 + j * 16], BN + 4);"),),
         "conv",
         "float16,bfloat16",
+    ),
+    "conv-slice-ignores-first-group": (
+        "the SIMT GEMM ignores its launch's first group: a launch sliced over the groups recomputes the first slice",
+        (("grouped_conv.cu", "  __shared__ A Bs[BK][BN + 1];\n  const int g = g0 + int(blockIdx.z);",
+          "  __shared__ A Bs[BK][BN + 1];\n  const int g = int(blockIdx.z);"),),
+        "conv",
+        "float32",
     ),
     "wmma-no-barrier-before-epilogue": (
         "the WMMA path reads the accumulator tile back without the __syncthreads() after storing it",
