@@ -49,8 +49,10 @@ std::pair<int64_t, int64_t> check_lrn_pool_args(const at::Tensor& x, const LrnPo
                    ": expected a float16, bfloat16, float32 or float64 input, got dtype ", x.scalar_type());
   TORCH_CHECK_VALUE(p.lrn.size >= 0, op, ": size must be >= 0 (0: no normalisation), got ", p.lrn.size);
   if (p.lrn.size > 0) check_lrn_args(x, p.lrn, op);
-  TORCH_CHECK_VALUE(p.kernel >= 1 && p.stride >= 1, op, ": kernel and stride must be >= 1, got kernel ", p.kernel,
-                    " stride ", p.stride);
+  // Bounded so that the output size's arithmetic cannot overflow (pool_out_size).
+  constexpr int64_t kMax = int64_t(1) << 31;
+  TORCH_CHECK_VALUE(p.kernel >= 1 && p.stride >= 1 && p.kernel <= kMax && p.stride <= kMax, op,
+                    ": kernel and stride must be in 1..=", kMax, ", got kernel ", p.kernel, " stride ", p.stride);
   const int64_t ho = pool_out_size(x.size(2), p.kernel, p.stride, p.ceil_mode);
   const int64_t wo = pool_out_size(x.size(3), p.kernel, p.stride, p.ceil_mode);
   TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, op, ": input of ", x.size(2), "x", x.size(3), " pixels is smaller than the ",

@@ -33,13 +33,21 @@ void sgd(float* p, const float* g, float* v, int64_t n, const SgdScalars& scalar
 
 extern "C" {
 
+// Whether alexnet_rs_sgd_fused may update *p and *v: dense float32 CPU tensors of one layout, not
+// inference tensors (their version counters cannot be bumped). Never throws: a tensor it cannot
+// inspect (a sparse gradient has no strides) does not qualify.
 int32_t alexnet_rs_sgd_fused_ok(const at::Tensor* p, const at::Tensor* v) noexcept {
-  const at::Tensor g = p->grad();
-  const auto ok = [&](const at::Tensor& t) {
-    return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.sizes() == p->sizes() &&
-           t.strides() == p->strides() && t.is_non_overlapping_and_dense() && !t.is_conj() && !t.is_neg();
-  };
-  return ok(*p) && ok(g) && ok(*v) ? 1 : 0;
+  try {
+    const at::Tensor g = p->grad();
+    const auto ok = [&](const at::Tensor& t) {
+      return t.defined() && t.layout() == at::kStrided && t.device().is_cpu() && t.scalar_type() == at::kFloat &&
+             t.sizes() == p->sizes() && t.strides() == p->strides() && t.is_non_overlapping_and_dense() &&
+             !t.is_conj() && !t.is_neg() && !t.is_inference();
+    };
+    return ok(*p) && ok(g) && ok(*v) ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
 }
 
 // Updates *p and *v from p's gradient (alexnet_rs_sgd_fused_ok must hold), then drops the

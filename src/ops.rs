@@ -97,7 +97,10 @@ fn call(f: impl FnOnce(*mut *mut C_tensor, *mut i32) -> *mut c_char) -> Result<T
     let msg = f(&mut out, &mut kind);
     if msg.is_null() {
         if out.is_null() {
-            return Err(Error::Internal("an op returned neither a tensor nor an error".into()));
+            // The C side's error message could not be allocated either.
+            return Err(Error::Internal(
+                "an op failed and its error message could not be allocated (out of memory)".into(),
+            ));
         }
         // SAFETY: `out` is a heap `at::Tensor*` the C side allocated for us to own.
         return Ok(unsafe { Tensor::from_ptr(out) });

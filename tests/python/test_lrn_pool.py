@@ -187,6 +187,8 @@ def test_torch_compile_fullgraph_with_backward():
     ((torch.randn(2, 8, 13), *PAPER, 3, 2, False), "4"),
     ((torch.randn(1, 2, 5, 5), *PAPER, 0, 2, False), "kernel"),
     ((torch.randn(1, 2, 5, 5), *PAPER, 3, 0, False), "stride"),
+    # The output size's arithmetic overflowed (undefined behaviour in C++).
+    ((torch.randn(1, 2, 4, 4), *PAPER, 1, 2**63 - 1, True), r"kernel and stride must be in 1..=2147483648"),
     ((torch.randn(1, 2, 2, 2), *PAPER, 3, 2, False), "smaller than the 3x3 pooling window"),
     ((torch.ones(1, 2, 5, 5, dtype=torch.int64), *PAPER, 3, 2, False), "float16, bfloat16, float32 or float64"),
 ])
