@@ -14,6 +14,7 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -121,11 +122,16 @@ bool differentiable_backward(const at::Tensor& x) {
 }
 
 // F.local_response_norm in ATen ops: the window sum of squares as an average pool over the
-// channel axis, zero-padded size / 2 before and (size - 1) / 2 after.
+// channel axis, zero-padded size / 2 before and (size - 1) / 2 after. Padding past C - 1 rows on a
+// side is never read by a window that holds a channel: it is clipped, and the average over the
+// shorter window rescaled to the sum / size (size 10^6 padded 10^6 zero rows per position).
 at::Tensor lrn_composite(const at::Tensor& x, const LrnParams& p) {
   const int64_t n = x.size(0), c = x.size(1), rest = n * c == 0 ? 0 : x.numel() / (n * c);
-  const at::Tensor sq = at::constant_pad_nd((x * x).reshape({n, 1, c, rest}), {0, 0, p.size / 2, (p.size - 1) / 2});
-  const at::Tensor div = at::avg_pool2d(sq, {p.size, 1}, {1, 1}).reshape(x.sizes());
+  const int64_t most = std::max<int64_t>(c - 1, 0);
+  const int64_t pre = std::min(p.size / 2, most), post = std::min((p.size - 1) / 2, most), len = pre + post + 1;
+  const at::Tensor sq = at::constant_pad_nd((x * x).reshape({n, 1, c, rest}), {0, 0, pre, post});
+  at::Tensor div = at::avg_pool2d(sq, {len, 1}, {1, 1}).reshape(x.sizes());
+  if (len != p.size) div = div * (double(len) / double(p.size));
   return x / (div * p.alpha + p.k).pow(p.beta);
 }
 
@@ -186,9 +192,11 @@ class LrnPoolFunction : public torch::autograd::Function<LrnPoolFunction> {
     if (differentiable_backward(saved[0])) {
       const LrnParams p{d.at("size").toInt(), d.at("alpha").toDouble(), d.at("beta").toDouble(), d.at("k").toDouble()};
       const at::Tensor r = at::relu(saved[0]);
-      const int64_t kernel = d.at("kernel").toInt(), stride = d.at("stride").toInt();
-      const at::Tensor y = at::max_pool2d(p.size > 0 ? lrn_composite(r, p) : r, {kernel, kernel}, {stride, stride},
-                                          {0, 0}, {1, 1}, d.at("ceil_mode").toBool());
+      // Each window's value at the maximum the forward picked (its indices), not a new max-pool:
+      // in bfloat16 the composite LRN rounds differently and a re-pool picked other elements.
+      const at::Tensor l = p.size > 0 ? lrn_composite(r, p) : r;
+      const at::Tensor& idx = saved[1];
+      const at::Tensor y = l.flatten(2).gather(2, idx.flatten(2)).reshape(idx.sizes());
       return {grad_of(y, saved[0], grads[0]), at::Tensor(), at::Tensor(), at::Tensor(),
               at::Tensor(),                   at::Tensor(), at::Tensor(), at::Tensor()};
     }

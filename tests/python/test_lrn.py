@@ -117,18 +117,31 @@ def test_gradgradcheck_float64(size, layout):
     assert torch.autograd.gradgradcheck(lambda t: lrn(t, size, 0.5, 0.75, 1.0), (x,))
 
 
-def test_double_backward_equals_local_response_norm():
-    """The gradient of a gradient penalty, ours against F.local_response_norm's."""
-    def penalty_grad(fn, x):
-        x = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(fn(x).pow(2).sum(), x, create_graph=True)
-        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
-        return gg
+def _penalty_grad(fn, x):
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(x).pow(2).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+    return gg
 
+
+# Windows within the channels, and ones wider than them (the double backward's composite clips
+# its padding at C - 1 rows a side).
+@pytest.mark.parametrize("size", [5, 11, 12])
+def test_double_backward_equals_local_response_norm(size):
+    """The gradient of a gradient penalty, ours against F.local_response_norm's."""
     x = torch.randn(2, 6, 4, 4, dtype=torch.float64)
-    ours = penalty_grad(lambda t: lrn(t, 5, 1e-2, 0.75, 1.0), x)
-    ref = penalty_grad(lambda t: F.local_response_norm(t, 5, 1e-2, 0.75, 1.0), x)
+    ours = _penalty_grad(lambda t: lrn(t, size, 1e-1, 0.75, 1.0), x)
+    ref = _penalty_grad(lambda t: F.local_response_norm(t, size, 1e-1, 0.75, 1.0), x)
     assert ref.abs().max() > 1.0
+    assert ((ours - ref).abs().max() / ref.abs().max()).item() <= 1e-10
+
+
+def test_double_backward_of_a_huge_window_needs_no_huge_padding():
+    # Size 2**40: every window holds every channel (alpha / size = 0.1). The differentiable
+    # backward padded the channel axis by the whole window: a 440 TB allocation.
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    ours = _penalty_grad(lambda t: torch.ops.alexnet_rs.lrn(t, 2**40, 0.1 * 2**40, 0.75, 1.0), x)
+    ref = _penalty_grad(lambda t: t / (1.0 + 0.1 * t.square().sum(1, keepdim=True)) ** 0.75, x)
     assert ((ours - ref).abs().max() / ref.abs().max()).item() <= 1e-10
 
 
