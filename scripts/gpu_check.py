@@ -2,7 +2,8 @@
 
 Parts: the `alexnet` CLI from the installed wheel (a few training steps of `paper` on one device
 and on the two-device path over the same device, --bf16, --channels-last, both conv backends, then
-eval and predict); CUDA-vs-CPU parity of values and gradients for lrn and grouped_conv2d in float32,
+eval and predict); CUDA-vs-CPU parity of values and gradients for lrn and grouped_conv2d (AlexNet's
+grouped layers, and a depthwise layer of more groups than a grid dimension takes) in float32,
 bfloat16 and float16; float64 gradcheck and opcheck on CUDA; compute-sanitizer memcheck on a
 small case; benchmarks (LRN vs F.local_response_norm and vs the measured HBM copy bandwidth;
 grouped conv vs F.conv2d(groups=2) on conv2/conv4/conv5 at batch 128 in float32 and bfloat16; the
@@ -111,6 +112,16 @@ def parity(rep, dev):
             ok = max(errs) <= max(TOL[dtype], 1e-4 if dtype == torch.float32 else TOL[dtype])
             rep.add("parity", f"grouped_conv2d {name} {dtype}", "ok" if ok else "FAIL",
                     "max rel err y/dx/dw/db " + "/".join(f"{e:.1e}" for e in errs))
+        # More groups than a CUDA grid's z dimension takes (65535): the kernels launch in slices.
+        groups = 70000
+        x, w, g = torch.randn(1, groups, 4, 4), torch.randn(groups, 1, 3, 3), torch.randn(1, groups, 4, 4)
+        got = fwd_bwd(lambda x, w: grouped_conv2d(x, w, None, 1, 1, groups), x.to(dev, dtype), w.to(dev, dtype),
+                      grad=g.to(dev, dtype))
+        ref = fwd_bwd(lambda x, w: F.conv2d(x, w, None, 1, 1, 1, groups), x.double(), w.double(), grad=g.double())
+        errs = [rel_err(a.float(), r) for a, r in zip(got, ref)]
+        ok = max(errs) <= max(TOL[dtype], 1e-4 if dtype == torch.float32 else TOL[dtype])
+        rep.add("parity", f"grouped_conv2d depthwise {groups} groups {dtype}", "ok" if ok else "FAIL",
+                "max rel err y/dx/dw " + "/".join(f"{e:.1e}" for e in errs))
 
 
 def gradcheck_opcheck(rep, dev):
