@@ -1,11 +1,12 @@
 //! Test-only fault injection at the named points of checkpoint and metrics writing, so that the
 //! crash and disk-full tests are deterministic (no timing races, no real full disk).
 //!
-//! `ALEXNET_FAULT=<point>[:abort|:enospc|:kill|:term|:panic][@<n>]` arms one point: the `n`-th
-//! time (default 1) the process reaches it, `abort` (the default) ends the process at once with
-//! `std::process::abort()` (no unwinding, no cleanup: what a SIGKILL leaves), `kill` sends it
+//! `ALEXNET_FAULT=<point>[:abort|:enospc|:kill|:term|:term2|:panic][@<n>]` arms one point: the
+//! `n`-th time (default 1) the process reaches it, `abort` (the default) ends the process at once
+//! with `std::process::abort()` (no unwinding, no cleanup: what a SIGKILL leaves), `kill` sends it
 //! SIGKILL, `term` raises SIGTERM (a polite stop: the handler, if any, runs and the work goes
-//! on), `panic` panics (a bug, for the panic boundaries' tests), and `enospc` makes the write
+//! on), `term2` raises it twice in a row (a torchrun worker when its job's whole process group is
+//! signalled: it gets the signal, then torchrun's forwarded copy), `panic` panics (a bug, for the panic boundaries' tests), and `enospc` makes the write
 //! at that point fail with "No space left on device" (`ErrorKind::StorageFull`), which the code
 //! then handles as it would a real full disk. The variable is read once; unset, a point
 //! costs one load of an initialised `OnceLock`.
@@ -49,6 +50,8 @@ pub enum Mode {
     Kill,
     /// SIGTERM to this thread (what `kill` or a preempting scheduler does).
     Term,
+    /// SIGTERM twice, at once (a signal to a torchrun job's process group, and torchrun's copy).
+    Term2,
     /// A Rust panic (what a bug does), for the tests of the panic boundaries.
     Panic,
 }
@@ -83,13 +86,18 @@ fn parse(spec: &str) -> Result<Armed, String> {
         Some((p, "enospc")) => (p, Mode::Enospc),
         Some((p, "kill")) => (p, Mode::Kill),
         Some((p, "term")) => (p, Mode::Term),
+        Some((p, "term2")) => (p, Mode::Term2),
         Some((p, "panic")) => (p, Mode::Panic),
-        Some((_, m)) => return Err(format!("unknown mode `{m}` (abort, enospc, kill, term or panic)")),
+        Some((_, m)) => {
+            return Err(format!(
+                "unknown mode `{m}` (abort, enospc, kill, term, term2 or panic)"
+            ))
+        }
         None => (rest, Mode::Abort),
     };
     if !POINTS.contains(&point) || at == 0 {
         return Err(format!(
-            "expected <point>[:abort|:enospc|:kill|:term|:panic][@n>=1], points: {}",
+            "expected <point>[:abort|:enospc|:kill|:term|:term2|:panic][@n>=1], points: {}",
             POINTS.join(", ")
         ));
     }
@@ -132,10 +140,12 @@ pub fn fire(mode: Mode, point: &str) -> io::Result<()> {
         // SAFETY: signalling our own process.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
-    if mode == Mode::Term {
+    if mode == Mode::Term || mode == Mode::Term2 {
         eprintln!("ALEXNET_FAULT: SIGTERM at {point}");
-        // SAFETY: signalling this thread; its handler has run when `raise` returns.
-        unsafe { libc::raise(libc::SIGTERM) };
+        for _ in 0..if mode == Mode::Term2 { 2 } else { 1 } {
+            // SAFETY: signalling this thread; its handler has run when `raise` returns.
+            unsafe { libc::raise(libc::SIGTERM) };
+        }
         return Ok(());
     }
     Err(io::Error::from_raw_os_error(libc::ENOSPC))

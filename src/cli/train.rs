@@ -8,7 +8,7 @@ use crate::train::{self, EvalResult, Event, Group};
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -75,6 +75,20 @@ pub struct ExperimentArgs {
 /// checkpoint, stop; the exit code is 128 + the signal's number (130, 143). A second signal ends
 /// the process at once (the newest checkpoint stays as it was). 0: none yet.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// When [`SIGNAL`] came (CLOCK_MONOTONIC, nanoseconds).
+static SIGNAL_AT: AtomicU64 = AtomicU64::new(0);
+/// A signal this soon after the first is the same request delivered twice, not a second one: a
+/// scheduler signals a job's whole process group, and torchrun (or srun) forwards the signal it
+/// got to its workers, which got it already. Both arrived within milliseconds; the second one
+/// ended every rank before its checkpoint.
+const REPEAT_NS: u64 = 2_000_000_000;
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given; it is async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
 
 /// [`on_signal`] for SIGINT and SIGTERM while it lives; the handlers before it (the default's,
 /// or Python's when the CLI runs inside an interpreter) are put back when it is dropped.
@@ -101,7 +115,11 @@ impl Drop for Handlers {
 }
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    if SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
+    let now = monotonic_ns();
+    if SIGNAL.load(Ordering::SeqCst) != 0 {
+        if now.saturating_sub(SIGNAL_AT.load(Ordering::SeqCst)) < REPEAT_NS {
+            return;
+        }
         // SAFETY: signal and raise are async-signal-safe. The signal is blocked while its handler
         // runs, so the raised one ends the process when this returns: not a word more.
         unsafe {
@@ -110,6 +128,8 @@ extern "C" fn on_signal(signal: libc::c_int) {
         }
         return;
     }
+    SIGNAL_AT.store(now, Ordering::SeqCst);
+    SIGNAL.store(signal, Ordering::SeqCst);
     const MSG: &[u8] = b"\nstopping after this step with a checkpoint (signal again to quit at once)\n";
     // SAFETY: write is async-signal-safe; MSG outlives the call.
     unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };

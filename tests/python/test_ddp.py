@@ -172,6 +172,39 @@ def test_a_rank_stopped_by_sigterm_stops_every_rank_with_a_checkpoint(reference,
     assert_same_run(single, out)
 
 
+def test_sigterm_to_the_whole_job_stops_every_rank_with_a_checkpoint(tmp_path):
+    """A scheduler's SIGTERM to the job's process group (systemd, Slurm, pkill): each worker gets it,
+    and then again from torchrun, which forwards what it got; every rank still stops after the same
+    step with its checkpoint. (The repeat was taken for a second signal, "quit at once", and every
+    rank died before its checkpoint; whether the two deliveries stay apart depends on timing, so
+    test_faults.py::test_a_signal_delivered_twice_at_once_is_one_request pins that down.)"""
+    import signal
+    import time
+
+    out, port = tmp_path / "job", free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend",
+                             "c10d", "--rdzv-endpoint", f"localhost:{port}", "-m", "alexnet_rs.train", "--preset",
+                             "cnn4", "--input-size", "28", "--epochs", "100", "--limit-train", "160", "--limit-test",
+                             "40", "--threads", "1", "--batch-size", "4", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(ENV, TMPDIR=str(tmp_path)))
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 5:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    last = max(s for s, _, _ in losses(out))
+    assert last < 2000, "stopped early"
+    assert "interrupted: top-1" in err, err[-3000:]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts[-1] == f"ckpt-{last:09d}", (ckpts, err[-3000:])
+
+
 def test_a_run_resumed_into_another_folder_restarts_from_that_folder(reference, tmp_path):
     """`--resume A --out B` killed and restarted: the restart continues B's newest checkpoint (it
     resumed A again, which B's checkpoints then refused), and B holds the whole run."""

@@ -187,6 +187,17 @@ def test_a_panic_is_an_error_line_in_the_cli_and_an_exception_in_python(data, tm
     assert p.returncode == 1 and "panicked at" in p.stderr and "stack backtrace" in p.stderr, p.stderr
 
 
+def test_a_signal_delivered_twice_at_once_is_one_request(data, tmp_path):
+    """A torchrun worker gets a scheduler's SIGTERM to the job's process group and, milliseconds
+    later, torchrun's forwarded copy: it took the copy for a second signal ("quit at once") and
+    died before its checkpoint. A repeat within 2 s is the same request; a later one still quits."""
+    run = tmp_path / "run"
+    r = alexnet(*train_args(data, run), fault="train-step:term2@3")
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr
+    assert r.stderr.count("stopping after this step with a checkpoint") == 1, r.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "ckpt-000000003", r.stderr
+
+
 def test_a_signal_during_the_start_up_ends_the_process_by_the_signal(data, tmp_path):
     """RELIABILITY.md: a signal before training starts ends the process by the signal itself. The
     handler was installed first: the run trained a step, wrote a checkpoint and exited 143, and
