@@ -138,6 +138,60 @@ def test_two_nodes_on_localhost(reference, tmp_path):
     assert_same_run(single, out)
 
 
+def test_nodes_with_other_data_or_statistics_are_refused(tmp_path):
+    """Two nodes whose data differ (the same files under swapped class folders: labels swapped),
+    or whose --stats differ, trained together silently: the run was wrong (top-1 0.5 against 1.0)."""
+    import shutil
+
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    swapped = tmp_path / "swapped"
+    shutil.copytree(data, swapped)
+    (swapped / "train" / "class0").rename(swapped / "train" / "tmp")
+    (swapped / "train" / "class1").rename(swapped / "train" / "class0")
+    (swapped / "train" / "tmp").rename(swapped / "train" / "class1")
+    stats = tmp_path / "stats.safetensors"
+    r = subprocess.run([sys.executable, "-m", "alexnet_rs", "stats", str(data), "--out", str(stats)],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for name, a, b, what in [
+        ("labels", ["--data", str(data)], ["--data", str(swapped)], "training data fingerprint"),
+        ("stats", ["--data", str(data), "--stats", str(stats)], ["--data", str(data)], "transform fingerprint"),
+    ]:
+        for rc, err in two_nodes(tmp_path / name, a, b):
+            assert rc != 0 and "do not start alike" in err and what in err, err[-3000:]
+        assert not (tmp_path / name / "metrics.jsonl").exists()
+    # The same data at another path on the other node is the same data.
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    for rc, err in two_nodes(tmp_path / "same", ["--data", str(data)], ["--data", str(copy)]):
+        assert rc == 0, err[-3000:]
+
+
+def test_auto_resume_on_one_node_only(tmp_path):
+    """--auto-resume's recovery barrier was met by the ranks given it alone: the others went on to
+    the next collective and gloo aborted the run on the mismatch (terminate called, exit -6)."""
+    from conftest import image_folder
+
+    data = str(image_folder(tmp_path / "data"))
+    for rc, err in two_nodes(tmp_path / "run", ["--data", data, "--auto-resume"], ["--data", data]):
+        assert rc == 0, err[-3000:]
+
+
+def two_nodes(out, extra_a, extra_b):
+    """(exit code, stderr) of the two nodes (one rank each) of a small cnn4 run into `out`, each
+    given its own extra flags."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "alexnet-alike", "-m",
+           "alexnet_rs.train", "--preset", "cnn4", "--input-size", "28", "--batch-size", "4", "--epochs", "1",
+           "--threads", "1", "--out", str(out)]
+    nodes = [subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(ENV, TMPDIR=str(Path(out).parent))) for extra in (extra_a, extra_b)]
+    return [(p.wait(timeout=300), p.communicate()[1]) for p in nodes]
+
+
 def test_a_killed_rank_restarts_from_the_newest_checkpoint(reference, tmp_path):
     seed, single, _, _ = reference
     out = tmp_path / "elastic"

@@ -61,7 +61,7 @@ impl<'a> Run<'a> {
         state.check_position(per_epoch, ranks)?;
         state.ranks = ranks;
         if let Some(g) = group {
-            check_alike(g, &state, per_epoch, &cfg, &params)?;
+            check_alike(g, &state, [&train_loader, &test_loader], &cfg, &params)?;
         }
         let at = ResumeAt {
             step: state.step,
@@ -156,8 +156,12 @@ fn open_data(
 }
 
 /// Refuses ranks that would train together from different states: another checkpoint (a node
-/// that does not share the run folder), seed or data.
-fn check_alike(g: &Group, state: &TrainState, per_epoch: u64, cfg: &Config, params: &Params) -> Result<()> {
+/// that does not share the run folder), seed, data or statistics (the normalisation).
+fn check_alike(g: &Group, state: &TrainState, loaders: [&Loader; 2], cfg: &Config, params: &Params) -> Result<()> {
+    let [train, test] = loaders;
+    let per_epoch = train.batches_per_epoch() as u64;
+    let fnv32 = |h: u64| (h & 0xffff_ffff) as f64;
+    let normalisation = format!("{:?}", train.transform());
     let alike = [
         (
             "settings fingerprint",
@@ -169,17 +173,24 @@ fn check_alike(g: &Group, state: &TrainState, per_epoch: u64, cfg: &Config, para
         ("batches per epoch", per_epoch as f64),
         ("classes", cfg.num_classes() as f64),
         ("weights fingerprint", params.fingerprint()? as f64),
+        ("training data fingerprint", fnv32(train.dataset().fingerprint())),
+        ("test data fingerprint", fnv32(test.dataset().fingerprint())),
+        (
+            "transform fingerprint (statistics)",
+            fnv32(crate::files::fnv(crate::files::FNV_START, normalisation.as_bytes())),
+        ),
     ];
     g.check_same(
         &alike,
         params.device(),
         "every rank must be given the same training settings and start from the same checkpoint (one \
-         shared run folder) or the same seed and --init-from, on the same data",
+         shared run folder) or the same seed and --init-from, on the same data and --stats",
     )
 }
 
 /// A fingerprint (below 2^32) of the settings every rank must share: all but where the files are
-/// on each machine (out, data, stats, init_from: the data and weights are compared themselves),
+/// on each machine (out, data, stats, init_from: the data, statistics and weights are compared
+/// themselves),
 /// each rank's devices and threads, and what only the writer uses (keep).
 fn shared_settings_fingerprint(tc: &TrainConfig) -> u64 {
     let shared = TrainConfig {
