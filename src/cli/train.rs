@@ -243,6 +243,10 @@ fn resume_command(out: &Path, ranks: usize) -> String {
 /// hidden, the others wait), else --resume's.
 fn resume_from(a: &TrainArgs, tc: &TrainConfig, group: Option<&Group>) -> Result<Option<PathBuf>> {
     if !a.auto_resume {
+        // Every rank meets recover_run's barrier, given --auto-resume or not: one without went on
+        // to the next collective, and gloo aborted the run on the mismatch. (Whether they resume
+        // alike is checked next, as for --resume.)
+        group.map_or(Ok(()), Group::barrier)?;
         return Ok(a.resume.clone());
     }
     let own = writes_to(a.resume.as_deref(), tc);
