@@ -6,9 +6,10 @@
 //! with `std::process::abort()` (no unwinding, no cleanup: what a SIGKILL leaves), `kill` sends it
 //! SIGKILL, `term` raises SIGTERM (a polite stop: the handler, if any, runs and the work goes
 //! on), `term2` raises it twice in a row (a torchrun worker when its job's whole process group is
-//! signalled: it gets the signal, then torchrun's forwarded copy), `panic` panics (a bug, for the panic boundaries' tests), and `enospc` makes the write
-//! at that point fail with "No space left on device" (`ErrorKind::StorageFull`), which the code
-//! then handles as it would a real full disk. The variable is read once; unset, a point
+//! signalled: it gets the signal, then torchrun's forwarded copy), `panic` panics (a bug, for the
+//! panic boundaries' tests), and `enospc` makes the write at that point fail with "No space left
+//! on device" (`ErrorKind::StorageFull`), which the code then handles as it would a real full
+//! disk. The variable is read once; unset, a point
 //! costs one load of an initialised `OnceLock`.
 //!
 //! Points (in the order a checkpoint save reaches them):
@@ -142,7 +143,8 @@ pub fn fire(mode: Mode, point: &str) -> io::Result<()> {
     }
     if mode == Mode::Term || mode == Mode::Term2 {
         eprintln!("ALEXNET_FAULT: SIGTERM at {point}");
-        for _ in 0..if mode == Mode::Term2 { 2 } else { 1 } {
+        let times = if mode == Mode::Term2 { 2 } else { 1 };
+        for _ in 0..times {
             // SAFETY: signalling this thread; its handler has run when `raise` returns.
             unsafe { libc::raise(libc::SIGTERM) };
         }

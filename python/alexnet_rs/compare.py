@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ._boundary import one_line_errors as _one_line_errors
-from ._files import write_atomic
+from ._files import write_atomic as _write_atomic
 from .errors import ConfigError
 from .model import from_torchvision
 
@@ -79,7 +79,7 @@ def _chart(path, size, draw):
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    write_atomic(path, png.getvalue())
+    _write_atomic(path, png.getvalue())
 
 
 def _train_side_by_side(args) -> float:
@@ -156,7 +156,7 @@ def _train_side_by_side(args) -> float:
         *[f"| {i + 1} | {o['loss']:.6f} | {t:.6f} | {d:.2e} |" for i, (o, t, d) in enumerate(zip(ours, theirs, diffs))
           if i < 5 or (i + 1) % 10 == 0],
     ]
-    write_atomic(out / "report.md", "\n".join(lines) + "\n")
+    _write_atomic(out / "report.md", "\n".join(lines) + "\n")
 
     def draw(ax):
         ax.plot(range(1, n + 1), [o["loss"] for o in ours[:n]], lw=2.5, alpha=0.6, label="alexnet_rs (Rust loop)")
@@ -279,7 +279,7 @@ def main(argv=None):
             f"| {r['batch']} | {r['fwd_ours']:.1f} | {r['fwd_torchvision']:.1f} | {r['fwd_ours'] / r['fwd_torchvision']:.2f}x "
             f"| {r['train_ours']:.1f} | {r['train_torchvision']:.1f} | {r['train_ours'] / r['train_torchvision']:.2f}x | {peak} |"
         )
-    write_atomic(out / "report.md", "\n".join(lines) + "\n")
+    _write_atomic(out / "report.md", "\n".join(lines) + "\n")
 
     def draw(ax):
         xs = range(len(rows))

@@ -26,7 +26,7 @@ from safetensors.torch import save
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ._boundary import one_line_errors as _one_line_errors
-from ._files import write_atomic
+from ._files import write_atomic as _write_atomic
 from .errors import ConfigError
 from .data import DataLoader
 from .model import AlexNet
@@ -102,8 +102,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomic(out / f"weights-rank{rank}.safetensors", save(weights))
-    write_atomic(out / f"losses-rank{rank}.json", json.dumps(losses))
+    _write_atomic(out / f"weights-rank{rank}.safetensors", save(weights))
+    _write_atomic(out / f"losses-rank{rank}.json", json.dumps(losses))
     if distributed:
         dist.destroy_process_group()
 
