@@ -100,7 +100,7 @@ def test_the_differentiable_backward_routes_through_the_forwards_maxima():
 # window sum of the gradient's vanishing second term is 0 / 0 = NaN; it made the gradient NaN.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
-def test_beta_zero_gradient_is_finite_and_the_stock_ones(dtype, memory_format):
+def test_beta_zero_gives_finite_gradients_equal_to_the_stock_ones(dtype, memory_format):
     args = (5, 1e-2, 0.0, 0.0, 3, 2, False)
     x = torch.randn(2, 12, 9, 9, dtype=dtype)
     x[:, 3:9] = -x[:, 3:9].abs()  # channels 5..6 have windows that the ReLU makes all zeros
