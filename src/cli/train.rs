@@ -1,10 +1,11 @@
 //! `alexnet train` and `alexnet experiment`. Their settings are `TrainConfig`'s own flags; a flag
 //! given on the command line overrides the TOML file (`--config`) or the experiment's defaults.
 use crate::checkpoint;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::experiment::{self, Experiment};
 use crate::settings::{choice, finite, TrainConfig};
 use crate::train::{self, EvalResult, Event, Group};
+use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -319,6 +320,12 @@ fn report(bar: &ProgressBar, e: &Event) {
 
 pub fn experiment(a: &ExperimentArgs, matches: &ArgMatches) -> Result<()> {
     let exp = a.experiment;
+    if exp != Experiment::ReluVsTanh && matches.value_source("target_errors") == Some(ValueSource::CommandLine) {
+        return Err(Error::Config(format!(
+            "--target-errors times relu-vs-tanh's runs; {} has no training-error targets",
+            exp.name()
+        )));
+    }
     let tc = a.train.settings(exp.defaults(), matches)?;
     // An lr given (by flag or in --config's file) replaces the default sweep.
     let lrs = if a.lrs.is_empty() && !tc.gave("lr", false) {

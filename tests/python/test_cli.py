@@ -104,6 +104,8 @@ def test_forward_on_a_real_photo():
         (["experiment", "lrn", "--auto-resume"], "unexpected argument '--auto-resume'"),  # it was ignored
         (["experiment", "relu-vs-tanh", "--target-errors", "1.5"], "--target-errors must be fractions"),
         (["experiment", "lrn", "--seeds", "0"], "--seeds must be >= 1"),
+        # only relu-vs-tanh times training errors: the others ignored the flag without a word
+        (["experiment", "lrn", "--target-errors", "0.2"], "--target-errors times relu-vs-tanh's runs"),
         (["experiment", "relu-vs-tanh", "--lrs", "0.01,nan"], "expected a finite number"),
         (["experiment", "relu-vs-tanh", "--lrs=0.01,-1", "--out", "/nonexistent/x"], "lr must be positive, got -1"),
         (["train", "--dropout", "1", "--limit-train", "64"], "dropout must be in [0, 1)"),
