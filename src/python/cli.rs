@@ -6,6 +6,7 @@
 use super::boundary::guard;
 use crate::error::Error;
 use crate::train::Group;
+use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
 use std::ffi::OsString;
@@ -30,9 +31,17 @@ pub fn cli(
             return Ok(py.allow_threads(|| crate::cli::run(args)));
         };
         let sum = move |t: &tch::Tensor| -> crate::Result<()> {
-            Python::with_gil(|py| f.call1(py, (PyTensor(t.shallow_clone()),)))
-                .map(|_| ())
-                .map_err(|e| Error::Torch(format!("torch.distributed all_reduce failed: {e}")))
+            Python::with_gil(|py| {
+                f.call1(py, (PyTensor(t.shallow_clone()),)).map(|_| ()).map_err(|e| {
+                    // A Ctrl-C Python took before `alexnet train` installed its handlers (torchrun
+                    // forwards it to every rank while they start) is raised here: an interruption.
+                    if e.is_instance_of::<PyKeyboardInterrupt>(py) {
+                        Error::Interrupted(libc::SIGINT)
+                    } else {
+                        Error::Torch(format!("torch.distributed all_reduce failed: {e}"))
+                    }
+                })
+            })
         };
         let group = Group {
             rank,
