@@ -511,8 +511,7 @@ def test_the_ddp_example_refuses_what_it_cannot_run(tmp_path):
 def test_ctrl_c_before_the_rust_handlers_is_an_interruption(tmp_path):
     """A Ctrl-C that Python took before `alexnet train` installed its handlers (torchrun forwards it
     to every rank during start-up) surfaced in the first collective as "all_reduce failed:
-    KeyboardInterrupt" and exit 1; it is an interruption: exit 130 in silence, as a Ctrl-C before the
-    first step is a moment later."""
+    KeyboardInterrupt" and exit 1; it is an interruption: exit 130, as a shell reports a Ctrl-C."""
     script = ("import sys\nfrom alexnet_rs import _native\n"
               "def all_reduce(t):\n    raise KeyboardInterrupt\n"
               "sys.exit(_native.cli(['alexnet', 'train', *sys.argv[1:]], rank=0, world_size=2, all_reduce=all_reduce))")
