@@ -103,7 +103,7 @@ pub struct Loader {
     dataset: Arc<Dataset>,
     transform: Arc<Transform>,
     cfg: LoaderConfig,
-    pool: Arc<rayon::ThreadPool>,
+    pool: Arc<Pool>,
     /// Batches per epoch (this rank's), fixed by the above.
     batches: usize,
 }
@@ -154,12 +154,7 @@ impl Loader {
         }
         transform.check()?;
         check_threads(cfg.threads)?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(cfg.threads)
-            .thread_name(|i| format!("alexnet-data-{i}"))
-            .start_handler(|_| crate::error::quiet_worker_panics())
-            .build()
-            .map_err(|e| Error::Config(format!("cannot start {} decoding threads: {e}", cfg.threads)))?;
+        let pool = Pool::new(cfg.threads)?;
         let mut loader = Loader {
             dataset: Arc::new(dataset),
             transform: Arc::new(transform),
@@ -234,6 +229,13 @@ impl Loader {
         );
         let total = chunks.len();
         let producer = std::thread::spawn(move || {
+            let pool = match pool.get() {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
             for chunk in chunks {
                 // A panic (a bug) becomes the epoch's error, never a silently shorter epoch.
                 let build = || pool.install(|| build_batch(&ds, &tf, &cfg, epoch, &chunk, &sk));
@@ -248,6 +250,7 @@ impl Loader {
         Epoch {
             rx: Mutex::new(rx),
             producer: Some(producer),
+            pid: std::process::id(),
             skipped,
             total,
             device: self.cfg.device,
@@ -323,11 +326,53 @@ struct RawBatch {
     indices: Vec<usize>,
 }
 
+/// The decoding threads. A process forked from ours (a torch `DataLoader`'s worker, a
+/// multiprocessing pool) inherits a copy of the pool without its threads, where an epoch waited
+/// forever: there a pool of its own is built on first use.
+struct Pool {
+    threads: usize,
+    /// The process the pool's threads belong to, and the pool.
+    inner: Mutex<(u32, Arc<rayon::ThreadPool>)>,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Result<Pool> {
+        Ok(Pool {
+            threads,
+            inner: Mutex::new((std::process::id(), Arc::new(Pool::build(threads)?))),
+        })
+    }
+
+    fn build(threads: usize) -> Result<rayon::ThreadPool> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("alexnet-data-{i}"))
+            .start_handler(|_| crate::error::quiet_worker_panics())
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start {threads} decoding threads: {e}")))
+    }
+
+    /// This process's pool.
+    fn get(&self) -> Result<Arc<rayon::ThreadPool>> {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inner.0 != std::process::id() {
+            let fresh = Arc::new(Pool::build(self.threads)?);
+            // The parent's pool is leaked, not dropped: its threads are not in this process, and
+            // the fork may have copied its state mid-change.
+            std::mem::forget(std::mem::replace(&mut inner.1, fresh));
+            inner.0 = std::process::id();
+        }
+        Ok(inner.1.clone())
+    }
+}
+
 /// The batches of one epoch, in order. Dropping it stops the producer.
 pub struct Epoch {
     // (A Mutex only to make Epoch Sync, for the Python binding; one consumer locks it.)
     rx: Mutex<Receiver<Result<RawBatch>>>,
     producer: Option<JoinHandle<()>>,
+    /// The process whose thread produces the batches (not a forked copy of it, where it is gone).
+    pid: u32,
     skipped: Arc<AtomicUsize>,
     total: usize,
     device: Device,
@@ -355,6 +400,13 @@ impl Iterator for Epoch {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Result<Batch>> {
+        if self.pid != std::process::id() {
+            return Some(Err(Error::Config(
+                "this epoch was started in another process (this one is a fork of it), whose thread \
+                 decodes its batches: start the epoch in this process (loader.epoch(n))"
+                    .into(),
+            )));
+        }
         let Ok(received) = self.rx.get_mut().expect("receiver lock").recv() else {
             // The producer is gone: the epoch's end, or a thread that died.
             let died = self.producer.take().and_then(|p| p.join().err());
@@ -385,6 +437,17 @@ impl Iterator for Epoch {
 
 impl Drop for Epoch {
     fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // A fork's copy: the producer is not in this process and the channel may have been
+            // copied mid-send; both are leaked.
+            std::mem::forget(self.producer.take());
+            let (_, dead) = sync_channel(1);
+            std::mem::forget(std::mem::replace(
+                self.rx.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner),
+                dead,
+            ));
+            return;
+        }
         // Unblock the producer (its send fails once the receiver is gone), then join it.
         let (_, dead) = sync_channel(1);
         let rx = std::mem::replace(self.rx.get_mut().expect("receiver lock"), dead);

@@ -496,3 +496,50 @@ def test_an_epoch_read_by_two_threads_is_a_clear_error(tmp_path):
         images, labels = got["batch"]
         assert images.shape == (12, 3, 32, 32) and sorted(labels.tolist()) == [0] * 6 + [1] * 6
     assert overlaps >= 1
+
+
+def _fork_child(loader, epoch, queue):
+    try:
+        if epoch is None:
+            queue.put(("ok", [(x.numpy(), y.numpy()) for x, y in loader.epoch(1)]))  # by value
+        else:
+            queue.put(("ok", [next(epoch)]))
+    except Exception as e:  # noqa: BLE001 - the child reports what it got
+        queue.put((type(e).__name__, str(e)))
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["loader", "epoch-in-progress"])
+def test_a_loader_works_in_a_forked_child(tmp_path, started):
+    """A DataLoader made before fork() (a torch DataLoader's fork-started worker, a
+    multiprocessing pool) waited forever in the child, deaf to Ctrl-C: the child's copy of the
+    decoding pool has no threads. The child builds its own and gives the parent's batches; an
+    epoch started in the parent is an error in the child, not a hang."""
+    import multiprocessing
+
+    from conftest import image_folder
+
+    root = image_folder(tmp_path / "data")
+    loader = DataLoader(root, crop=16, batch_size=8, threads=2, seed=3)
+    parent = [(x, y) for x, y in loader.epoch(1)]
+    epoch = loader.epoch(0) if started else None
+    if epoch is not None:
+        next(epoch)  # its producer is mid-epoch (prefetching) at the fork
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_fork_child, args=(loader, epoch, queue))
+    child.start()
+    try:
+        kind, got = queue.get(timeout=60)  # before join: the child's exit waits for this read
+    except Exception:  # queue.Empty
+        child.kill()
+        raise AssertionError("the child waited forever for a batch") from None
+    child.join(60)
+    if started:
+        assert kind == "ConfigError" and "started in another process" in got, (kind, got)
+    else:
+        assert kind == "ok", (kind, got)
+        assert len(got) == len(parent) == 8
+        for (x, y), (px, py) in zip(got, parent):
+            assert torch.equal(torch.from_numpy(x), px) and torch.equal(torch.from_numpy(y), py)
+    if epoch is not None:
+        assert len(list(epoch)) == 7  # the parent's epoch goes on
