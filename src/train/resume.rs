@@ -116,7 +116,8 @@ pub(super) fn check_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Resul
             )));
         }
     }
-    let Ok(newest) = checkpoint::find_latest(&tc.out) else {
+    // Checkpoints shared without their optimizer state count: a new run would prune them.
+    let Ok(newest) = checkpoint::find_latest_weights(&tc.out) else {
         return Ok(());
     };
     if resumed
