@@ -108,7 +108,7 @@ fn auto_prefers_ours(x: &Tensor, w: &Tensor, b: &Tensor, a: ConvArgs) -> Result<
     let t_ours = time(&|| conv2d(ConvBackend::Ours, x, w, b, a))?;
     let t_stock = time(&|| conv2d(ConvBackend::Stock, x, w, b, a))?;
     let ours = t_ours < t_stock;
-    eprintln!(
+    crate::say::line(&format!(
         "conv backend auto: x {:?} w {:?} groups {} {:?}: ours {:.3} ms, stock {:.3} ms -> {}",
         key.0,
         key.1,
@@ -117,7 +117,7 @@ fn auto_prefers_ours(x: &Tensor, w: &Tensor, b: &Tensor, a: ConvArgs) -> Result<
         t_ours * 1e3,
         t_stock * 1e3,
         if ours { "ours" } else { "stock" }
-    );
+    ));
     choices.lock().expect("conv choice cache").insert(key, ours);
     Ok(ours)
 }

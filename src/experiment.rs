@@ -271,7 +271,7 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
                     t.out.display()
                 )));
             }
-            eprintln!("  reusing {}", result_path.display());
+            crate::say::line(&format!("  reusing {}", result_path.display()));
             return Ok(r);
         }
     }
@@ -288,13 +288,13 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
             window.push_back(r.train_error);
             let mean = window.iter().sum::<f64>() / window.len() as f64;
             if r.step % 100 == 0 {
-                eprintln!(
+                crate::say::line(&format!(
                     "  step {}: loss {:.4}, training error {mean:.4} (last {} batches), {:.0} img/s",
                     r.step,
                     r.loss,
                     window.len(),
                     r.images_per_s
-                );
+                ));
             }
             for (goal, at) in targets.iter().zip(&reached) {
                 if window.len() == ERROR_WINDOW && mean <= *goal && at.get().is_none() {
@@ -311,7 +311,7 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     let eval = match train::train(t, None, &mut on_event, &all_reached) {
         Ok(e) => Some(e),
         Err(e @ Error::Diverged { .. }) if !targets.is_empty() => {
-            eprintln!("  {e}");
+            crate::say::line(&format!("  {e}"));
             None
         }
         Err(e) => return Err(e),
@@ -423,14 +423,14 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
                 (t.lr, t.seed) = (lr, base.seed + k);
                 t.out = run_dir(&root, &t, &targets);
                 done += 1;
-                eprintln!(
+                crate::say::line(&format!(
                     "[{done}/{total}] {}: {label}, lr {lr}, seed {} -> {}",
                     exp.name(),
                     t.seed,
                     t.out.display()
-                );
+                ));
                 let r = run_one(&t, &targets)?;
-                eprintln!("  {}", outcome(&r, &targets));
+                crate::say::line(&format!("  {}", outcome(&r, &targets)));
                 runs.push(r);
             }
             arms.push(ArmResult {

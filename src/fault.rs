@@ -70,7 +70,7 @@ fn armed() -> Option<&'static Armed> {
         .get_or_init(|| {
             let spec = std::env::var("ALEXNET_FAULT").ok().filter(|s| !s.is_empty())?;
             Some(parse(&spec).unwrap_or_else(|e| {
-                eprintln!("ALEXNET_FAULT={spec}: {e}");
+                crate::say::line(&format!("ALEXNET_FAULT={spec}: {e}"));
                 std::process::exit(2)
             }))
         })
@@ -130,19 +130,19 @@ pub fn reached(point: &str) -> Option<Mode> {
 /// SIGTERM (handled), returns `Ok`.
 pub fn fire(mode: Mode, point: &str) -> io::Result<()> {
     if mode == Mode::Abort {
-        eprintln!("ALEXNET_FAULT: abort at {point}");
+        crate::say::line(&format!("ALEXNET_FAULT: abort at {point}"));
         std::process::abort();
     }
     if mode == Mode::Panic {
         panic!("ALEXNET_FAULT: panic at {point}");
     }
     if mode == Mode::Kill {
-        eprintln!("ALEXNET_FAULT: SIGKILL at {point}");
+        crate::say::line(&format!("ALEXNET_FAULT: SIGKILL at {point}"));
         // SAFETY: signalling our own process.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
     if mode == Mode::Term || mode == Mode::Term2 {
-        eprintln!("ALEXNET_FAULT: SIGTERM at {point}");
+        crate::say::line(&format!("ALEXNET_FAULT: SIGTERM at {point}"));
         let times = if mode == Mode::Term2 { 2 } else { 1 };
         for _ in 0..times {
             // SAFETY: signalling this thread; its handler has run when `raise` returns.

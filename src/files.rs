@@ -117,7 +117,10 @@ impl RunLock {
         if let Some(lock) = RunLock::flock(path, libc::LOCK_EX | libc::LOCK_NB)? {
             return Ok(lock);
         }
-        eprintln!("  waiting for another process, which holds {}", path.display());
+        crate::say::line(&format!(
+            "  waiting for another process, which holds {}",
+            path.display()
+        ));
         RunLock::flock(path, libc::LOCK_EX)?
             .ok_or_else(|| Error::Internal(format!("{}: a blocking lock was refused", path.display())))
     }
@@ -141,10 +144,10 @@ impl RunLock {
                 Some(libc::EWOULDBLOCK) => return Ok(None),
                 Some(libc::EINTR) => continue,
                 _ => {
-                    eprintln!(
+                    crate::say::line(&format!(
                         "warning: {}: cannot lock ({e}); another process could write this run at the same time",
                         path.display()
-                    );
+                    ));
                     return Ok(Some(RunLock { _file: file }));
                 }
             }

@@ -61,3 +61,20 @@ pub fn error(msg: &str) {
         r => line(&format!("error (rank {r}): {msg}")),
     }
 }
+
+/// Writes `text` to stdout (a command's result): a full disk or a closed stdout is an error
+/// naming it, not a panic (`println!`'s).
+pub fn out(text: &str) -> crate::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())
+        .and_then(|()| o.flush())
+        .map_err(crate::error::io(std::path::Path::new("stdout")))
+}
+
+/// `println!` through [`out`]: a `Result` to `?`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::say::out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;

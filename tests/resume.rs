@@ -525,7 +525,10 @@ fn a_fresh_run_into_a_folder_of_weights_only_checkpoints_is_refused() {
         ..tiny(&b)
     };
     run(&tc, None);
-    let ckpts: Vec<_> = fs::read_dir(b.join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
+    let ckpts: Vec<_> = fs::read_dir(b.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert!(!ckpts.is_empty());
     for c in &ckpts {
         fs::remove_file(c.join("optimizer.safetensors")).unwrap();
@@ -534,7 +537,9 @@ fn a_fresh_run_into_a_folder_of_weights_only_checkpoints_is_refused() {
         fs::read(b.join("metrics.jsonl")).unwrap(),
         checkpoint::find_latest_weights(&b).unwrap(),
     );
-    let e = train(&tc, None, &mut |_| {}, &|| false).expect_err("refused").to_string();
+    let e = train(&tc, None, &mut |_| {}, &|| false)
+        .expect_err("refused")
+        .to_string();
     assert!(e.contains("already holds a run"), "{e}");
     let after = (
         fs::read(b.join("metrics.jsonl")).unwrap(),

@@ -68,7 +68,7 @@ struct Measured {
 
 pub fn train(a: &BenchTrainArgs) -> Result<()> {
     if a.steps < 5 {
-        eprintln!("note: fewer than 5 timed steps; medians of so few are noisy");
+        crate::say::line(&format!("note: fewer than 5 timed steps; medians of so few are noisy"));
     }
     if let Some(n) = a.threads {
         if n == 0 {
@@ -105,16 +105,18 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
         });
     }
     let cfg = Config::preset(a.preset, 1000)?;
-    println!(
+    crate::say::outln!(
         "preset {}, batch {}, {s}x{s}, on {}, {threads} threads, median of {} steps, load average {load}",
         a.preset,
         a.batch,
         a.devices,
         a.steps,
         s = cfg.input_size
-    );
-    println!("| side | images/s | s/step | ours / side | peak RSS (MiB) | RSS at start (MiB) | compile (s) |");
-    println!("|---|---|---|---|---|---|---|");
+    )?;
+    crate::say::outln!(
+        "| side | images/s | s/step | ours / side | peak RSS (MiB) | RSS at start (MiB) | compile (s) |"
+    )?;
+    crate::say::outln!("|---|---|---|---|---|---|---|")?;
     let ours_rate = results.iter().find(|m| m.side == Side::Ours).map(|m| m.images_per_s);
     for m in &results {
         let ratio = ours_rate.map_or("-".to_string(), |o| format!("{:.2}x", o / m.images_per_s));
@@ -123,14 +125,14 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
         } else {
             "-".into()
         };
-        println!(
+        crate::say::outln!(
             "| {} | {:.2} | {:.3} | {ratio} | {:.0} | {:.0} | {compile} |",
             side_name(m.side),
             m.images_per_s,
             m.seconds_per_step,
             m.peak_rss_mib,
             m.base_rss_mib
-        );
+        )?;
     }
     // One machine-readable line last.
     let json: Vec<serde_json::Value> = results
@@ -142,10 +144,10 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
             })
         })
         .collect();
-    println!(
+    crate::say::outln!(
         "{}",
         serde_json::json!({"preset": a.preset.name(), "batch": a.batch, "threads": threads, "load": load, "sides": json})
-    );
+    )?;
     Ok(())
 }
 

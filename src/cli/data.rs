@@ -93,7 +93,7 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
     let stats = Stats::compute(&ds, a.size, &|| bar.inc(1))?;
     bar.finish();
     stats.save(&a.out)?;
-    println!(
+    crate::say::outln!(
         "{} images ({} unreadable, skipped) at {}x{}: channel mean {:?}, std {:?}, eigenvalues {:?} -> {}",
         stats.images,
         stats.skipped,
@@ -103,7 +103,7 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
         stats.channel_std,
         stats.eigval,
         a.out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -116,22 +116,22 @@ pub fn prepare(a: &PrepareArgs) -> Result<()> {
     })?;
     bar.finish();
     for (_, reason) in &report.failed {
-        eprintln!("failed: {reason}"); // it names the file
+        crate::say::line(&format!("failed: {reason}")); // it names the file
     }
-    println!(
+    crate::say::outln!(
         "{} written, {} already there, {} failed -> {}",
         report.written,
         report.skipped_existing,
         report.failed.len(),
         a.dst.display()
-    );
+    )?;
     if report.orphans > 0 {
-        println!(
+        crate::say::outln!(
             "note: {} image(s) in {} have no source in {} (removed or renamed since?): left as they are",
             report.orphans,
             a.dst.display(),
             a.src.display()
-        );
+        )?;
     }
     if !report.failed.is_empty() {
         let total = report.written + report.skipped_existing + report.failed.len();
@@ -172,14 +172,14 @@ pub fn bench(a: &BenchDataArgs) -> Result<()> {
     }
     let secs = t0.elapsed().as_secs_f64();
     let n = images.load(Ordering::Relaxed);
-    println!(
+    crate::say::outln!(
         "{n} images in {secs:.2} s with {threads} threads: {:.1} images/s ({:.1} per thread), {skipped} skipped",
         n as f64 / secs,
         n as f64 / secs / threads as f64
-    );
-    println!(
+    )?;
+    crate::say::outln!(
         "{{\"images\": {n}, \"seconds\": {secs:.4}, \"threads\": {threads}, \"images_per_s\": {:.2}}}",
         n as f64 / secs
-    );
+    )?;
     Ok(())
 }

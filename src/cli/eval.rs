@@ -69,21 +69,21 @@ pub fn filters(a: &FiltersArgs) -> Result<()> {
         })?;
     let (mut image, towers) = crate::viz::filter_grid(&cfg, w)?;
     crate::viz::save_png(&mut image, &towers, &a.out)?;
-    println!(
+    crate::say::outln!(
         "{}: {} kernels of {first} ({}) from {}",
         a.out.display(),
         w.size()[0],
         cfg.preset,
         c.dir.display()
-    );
+    )?;
     for (i, t) in towers.iter().enumerate() {
-        println!(
+        crate::say::outln!(
             "  tower {}: kernels {}-{}, colour spread {:.3} (0: the same in R, G and B)",
             i + 1,
             t.first + 1,
             t.first + t.count,
             t.colour_spread
-        );
+        )?;
     }
     Ok(())
 }
@@ -139,12 +139,12 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
             .map(|&(_, _, l)| class_name(&n.train.classes, l).to_string())
             .collect();
         let (c, p) = q.top5[0];
-        println!(
+        crate::say::outln!(
             "{}: {} {p:.3}; nearest: {}",
             q.name,
             class_name(&n.classes, c),
             names.join(", ")
-        );
+        )?;
         if let Some(l) = q.label {
             same += q.neighbours.iter().filter(|&&(_, _, c)| c == l).count();
             total += q.neighbours.len();
@@ -152,21 +152,21 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
     }
     crate::viz::contact_sheet(&n, &a.out)?;
     if total > 0 {
-        println!(
+        crate::say::outln!(
             "neighbours sharing the query's class: {same} of {total} ({:.1}%; chance: {:.1}%)",
             100.0 * same as f64 / total as f64,
             100.0 / n.train.classes.len() as f64
-        );
+        )?;
     }
     let shown = match n.queries.len() {
         q if q > crate::viz::SHEET_ROWS => format!(", the first {} of {q} queries", crate::viz::SHEET_ROWS),
         _ => String::new(),
     };
-    println!(
+    crate::say::outln!(
         "contact sheet: {}{shown} (fc7 vectors cached in {})",
         a.out.display(),
         n.cache.display()
-    );
+    )?;
     if n.unread > 0 {
         return Err(crate::Error::SomeFailed(format!(
             "{} of {} query images could not be read (each named above)",
@@ -191,10 +191,13 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         &|| false, // Ctrl-C ends the process
     )?;
     let view = if a.ten_crop { "10 crops" } else { "centre crop" };
-    println!(
+    crate::say::outln!(
         "{} samples ({view}): top-1 {:.4}, top-5 {:.4}, loss {:.4}",
-        r.samples, r.top1, r.top5, r.loss
-    );
+        r.samples,
+        r.top1,
+        r.top5,
+        r.loss
+    )?;
     if let Some(out) = &a.confusion {
         // The evaluated checkpoint's names (loading it again could read a newer one).
         let classes = &r.classes;
@@ -205,15 +208,15 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
                 train::CONFUSION_CLASSES
             )));
         }
-        println!("top-1 accuracy per class:");
+        crate::say::outln!("top-1 accuracy per class:")?;
         for (name, acc) in classes.iter().zip(r.per_class()) {
             match acc.is_nan() {
-                true => println!("  {:>7}  {name} (no test samples)", "-"),
-                false => println!("  {acc:>7.4}  {name}"),
+                true => crate::say::outln!("  {:>7}  {name} (no test samples)", "-")?,
+                false => crate::say::outln!("  {acc:>7.4}  {name}")?,
             }
         }
         crate::viz::confusion_png(&r.confusion, classes, out)?;
-        println!("confusion matrix: {}", out.display());
+        crate::say::outln!("confusion matrix: {}", out.display())?;
     }
     Ok(())
 }
@@ -230,11 +233,11 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
         match crate::data::source::image_files_once(p) {
             Ok(inside) if !inside.is_empty() => images.extend(inside),
             Ok(_) => {
-                eprintln!("error: {}: no image files in this folder", p.display());
+                crate::say::line(&format!("error: {}: no image files in this folder", p.display()));
                 bad_folders += 1;
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::say::line(&format!("error: {e}"));
                 bad_folders += 1;
             }
         }
@@ -244,13 +247,13 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
     for (path, top) in images.iter().zip(train::predict(&t, &images)?) {
         match top {
             Ok(top) => {
-                println!("{}:", path.display());
+                crate::say::outln!("{}:", path.display())?;
                 for (i, name, p) in top {
-                    println!("  {p:>7.4}  {i:>4}  {name}");
+                    crate::say::outln!("  {p:>7.4}  {i:>4}  {name}")?;
                 }
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::say::line(&format!("error: {e}"));
                 failed += 1;
             }
         }

@@ -78,13 +78,13 @@ pub struct PlacementArgs {
 
 pub fn info(a: &InfoArgs) -> Result<()> {
     let (cfg, size) = a.preset.config()?;
-    print!("{}", info::render(&cfg, size)?);
+    crate::say::out(&format!("{}", info::render(&cfg, size)?))?;
     Ok(())
 }
 
 pub fn placement(a: &PlacementArgs) -> Result<()> {
     let (cfg, _) = a.preset.config()?;
-    print!("{}", Placement::parse(&a.devices)?.table(&cfg)?);
+    crate::say::out(&format!("{}", Placement::parse(&a.devices)?.table(&cfg)?))?;
     Ok(())
 }
 
@@ -123,13 +123,13 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     let y = Tensor::from_slice(&labels);
     tch::manual_seed(a.seed);
     let params = model::init_params(&cfg, &Placement::single(Device::Cpu))?;
-    println!(
+    crate::say::outln!(
         "preset {}: {} parameters, batch {:?}, labels {:?}",
         cfg.preset,
         info::group_digits(cfg.num_params()),
         x.size(),
         labels
-    );
+    )?;
     let t0 = Instant::now();
     let logits = model::forward(&cfg, &params, &x, true)?;
     let loss = logits
@@ -140,14 +140,14 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     loss.f_backward()?;
     let t_bwd = t1.elapsed();
     let loss_v = loss.double_value(&[]);
-    println!(
+    crate::say::outln!(
         "  logits {:?}, loss {loss_v:.4} (ln {} = {:.4} for an untrained net), forward {:.2} s, backward {:.2} s",
         logits.size(),
         cfg.num_classes(),
         (cfg.num_classes() as f64).ln(),
         t_fwd.as_secs_f64(),
         t_bwd.as_secs_f64()
-    );
+    )?;
     let mut all_finite = loss_v.is_finite();
     for (name, _, p) in params.iter_shards().filter(|(n, _, _)| n.ends_with("weight")) {
         let g = p.grad();
@@ -157,7 +157,7 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
             f64::NAN
         };
         all_finite &= norm.is_finite();
-        println!("  grad |{name}| = {norm:.3e}");
+        crate::say::outln!("  grad |{name}| = {norm:.3e}")?;
     }
     if !all_finite {
         return Err(Error::Shape("the loss or a gradient is not finite".into()));

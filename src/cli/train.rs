@@ -161,7 +161,7 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
         if matches!(e, Event::Start { .. }) && handlers.borrow().is_none() {
             *handlers.borrow_mut() = Some(Handlers::install());
             if let Some(r) = announce {
-                eprintln!("resuming the run in {}", r.display());
+                crate::say::line(&format!("resuming the run in {}", r.display()));
             }
         }
         stopped.set(stopped.get() || matches!(e, Event::Stopped));
@@ -190,20 +190,20 @@ pub fn train(a: &TrainArgs, matches: &ArgMatches, group: Option<&Group>) -> Resu
 fn outcome(result: &EvalResult, stopped_by: Option<i32>, quiet: bool, out: &Path, ranks: usize) -> Result<()> {
     let Some(signal) = stopped_by else {
         if !quiet {
-            println!(
+            crate::say::outln!(
                 "final: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; metrics, curves.png and checkpoints in {}",
                 result.top1,
                 result.top5,
                 result.loss,
                 result.samples,
                 out.display()
-            );
+            )?;
         }
         return Ok(());
     };
     if !quiet {
         let ckpt = checkpoint::find_latest(out).unwrap_or(out.to_path_buf());
-        eprintln!(
+        crate::say::line(&format!(
             "{}: top-1 {:.4}, top-5 {:.4}, loss {:.4} on {} samples; checkpoint {}; continue with {}",
             if signal != 0 {
                 "interrupted"
@@ -216,7 +216,7 @@ fn outcome(result: &EvalResult, stopped_by: Option<i32>, quiet: bool, out: &Path
             result.samples,
             ckpt.display(),
             resume_command(out, ranks)
-        );
+        ));
     }
     Err(match signal {
         0 => crate::Error::SomeFailed(format!(
@@ -271,7 +271,7 @@ fn writes_to(resume: Option<&std::path::Path>, tc: &TrainConfig) -> PathBuf {
 fn report(bar: &ProgressBar, e: &Event) {
     let say = |msg: &str| {
         if bar.is_hidden() {
-            eprintln!("{msg}");
+            crate::say::line(&format!("{msg}"));
         } else {
             bar.println(msg);
         }
@@ -296,14 +296,14 @@ fn report(bar: &ProgressBar, e: &Event) {
                 r.loss, r.lr, r.images_per_s
             ));
             if bar.is_hidden() && r.step % 100 == 0 {
-                eprintln!(
+                crate::say::line(&format!(
                     "epoch {} step {}: loss {:.4}, lr {:.2e}, {:.0} img/s",
                     r.epoch + 1,
                     r.step,
                     r.loss,
                     r.lr,
                     r.images_per_s
-                );
+                ));
             }
         }
         Event::Epoch(r) => {
@@ -334,7 +334,7 @@ pub fn experiment(a: &ExperimentArgs, matches: &ArgMatches) -> Result<()> {
         a.lrs.clone()
     };
     let summary = experiment::run(exp, &tc, a.seeds, &lrs, &a.target_errors)?;
-    println!("{}", summary.markdown);
-    println!("summary: {}", tc.out.join(format!("{}.md", exp.name())).display());
+    crate::say::outln!("{}", summary.markdown)?;
+    crate::say::outln!("summary: {}", tc.out.join(format!("{}.md", exp.name())).display())?;
     Ok(())
 }

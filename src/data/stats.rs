@@ -102,7 +102,7 @@ impl Stats {
             match base {
                 Ok(b) => a.add(&b),
                 Err(e) => {
-                    eprintln!("skipping bad image: {e}"); // as the training loader says it
+                    crate::say::line(&format!("skipping bad image: {e}")); // as the training loader says it
                     a.skipped += 1;
                 }
             }

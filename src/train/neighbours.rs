@@ -139,10 +139,10 @@ fn read_queries(
         Queries::Test(n) => {
             let test = tc.open(Split::Test, None)?.labelled_as(&train.classes)?;
             if n > test.len() {
-                eprintln!(
+                crate::say::line(&format!(
                     "note: --test {n}, but the test split has {} images: querying them all",
                     test.len()
-                );
+                ));
             }
             for i in 0..n.min(test.len()) {
                 let Ok(image) = decode(&test, i).map_err(&mut unreadable) else {
@@ -192,11 +192,11 @@ fn fc7_bank(
     if let Some((feats, rows)) = read_bank(&cache, train.len()) {
         return Ok((feats, rows, cache));
     }
-    eprintln!(
+    crate::say::line(&format!(
         "computing the fc7 vectors of {} training images (cached in {})",
         train.len(),
         cache.display()
-    );
+    ));
     let _guard = tch::no_grad_guard();
     let loader = tc.loader(train.clone(), View::Center, false)?;
     let mut rows: Vec<Tensor> = Vec::new();

@@ -211,6 +211,23 @@ def test_experiments_sharing_a_root_share_the_baseline_without_deleting_it(tmp_p
 
 
 @needs_fashion
+@needs_fashion
+def test_progress_and_results_that_cannot_be_written_cost_no_checkpoint(tmp_path):
+    """A stderr on a full disk (here /dev/full) made the first progress line panic, and the run
+    died before its first checkpoint; a stdout that cannot be written (`eval > /dev/full`)
+    panicked with a backtrace. Progress output is best effort; a result is a clear error."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([BIN, "train", "--preset", "cnn4", "--input-size", "28", "--epochs", "2", "--limit-train",
+                            "64", "--limit-test", "16", "--batch-size", "8", "--out", tmp_path],
+                           stdout=subprocess.PIPE, stderr=full, text=True, timeout=300)
+        assert r.returncode == 0 and r.stdout.startswith("final: top-1"), r.stdout
+        assert (tmp_path / "checkpoints" / "ckpt-000000016" / "state.json").is_file()
+        for args in (["eval", tmp_path, "--limit", "16"], ["info"], ["predict", tmp_path, IMG]):
+            r = subprocess.run([BIN, *map(str, args)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+            assert r.returncode == 1 and "error: stdout: No space left on device" in r.stderr, (args, r.stderr)
+            assert "panicked" not in r.stderr
+
+
 def test_train_without_a_terminal_still_reports_epochs_and_checkpoints(tmp_path):
     r = run("train", "--preset", "cnn4", "--input-size", "28", "--epochs", "2", "--limit-train", "100",
             "--limit-test", "64", "--batch-size", "1", "--out", tmp_path)
