@@ -68,7 +68,7 @@ struct Measured {
 
 pub fn train(a: &BenchTrainArgs) -> Result<()> {
     if a.steps < 5 {
-        crate::say::line(&format!("note: fewer than 5 timed steps; medians of so few are noisy"));
+        crate::say::line("note: fewer than 5 timed steps; medians of so few are noisy");
     }
     if let Some(n) = a.threads {
         if n == 0 {

@@ -78,13 +78,13 @@ pub struct PlacementArgs {
 
 pub fn info(a: &InfoArgs) -> Result<()> {
     let (cfg, size) = a.preset.config()?;
-    crate::say::out(&format!("{}", info::render(&cfg, size)?))?;
+    crate::say::out(&info::render(&cfg, size)?)?;
     Ok(())
 }
 
 pub fn placement(a: &PlacementArgs) -> Result<()> {
     let (cfg, _) = a.preset.config()?;
-    crate::say::out(&format!("{}", Placement::parse(&a.devices)?.table(&cfg)?))?;
+    crate::say::out(&Placement::parse(&a.devices)?.table(&cfg)?)?;
     Ok(())
 }
 

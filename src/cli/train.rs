@@ -271,7 +271,7 @@ fn writes_to(resume: Option<&std::path::Path>, tc: &TrainConfig) -> PathBuf {
 fn report(bar: &ProgressBar, e: &Event) {
     let say = |msg: &str| {
         if bar.is_hidden() {
-            crate::say::line(&format!("{msg}"));
+            crate::say::line(msg);
         } else {
             bar.println(msg);
         }
