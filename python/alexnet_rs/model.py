@@ -503,6 +503,33 @@ def _layer_repr(op: dict) -> str:
     return kind
 
 
+def _layout(model: nn.Module) -> list[tuple[str, str]]:
+    """(name, layer with its settings) of each leaf module; in-place or not is no difference."""
+    return [(name, f"{type(m).__name__}({m.extra_repr().replace(', inplace=True', '').replace('inplace=True', '')})")
+            for name, m in model.named_modules() if name and next(m.children(), None) is None]
+
+
+def _check_torchvision_layout(model: nn.Module, num_classes: int) -> None:
+    """Refuses a network whose layers are not torchvision's AlexNet's (another activation, pool,
+    stride or an extra layer would give other logits from the same weights), naming the first
+    that differs."""
+    try:
+        import torchvision
+    except ImportError:  # not a torchvision model then: its weights' names are all we can check
+        return
+    with torch.device("meta"):
+        reference = torchvision.models.alexnet(weights=None, num_classes=num_classes)
+    theirs, ours = _layout(model), _layout(reference)
+    for i in range(max(len(theirs), len(ours))):
+        got, want = (theirs[i] if i < len(theirs) else None), (ours[i] if i < len(ours) else None)
+        if got != want:
+            name = (got or want)[0]
+            raise ConfigError(
+                f"from_torchvision: model is not torchvision's AlexNet at {name}: it has "
+                f"{got[1] if got and got[0] == name else 'nothing'} where torchvision's has "
+                f"{want[1] if want and want[0] == name else 'nothing'}")
+
+
 def from_torchvision(model: nn.Module, num_classes: int | None = None, conv_backend: str = "auto") -> AlexNet:
     """Our ``torchvision`` preset with copies of a torchvision AlexNet's weights, on its device,
     in its dtype and train/eval mode, its frozen parameters (``requires_grad=False``) frozen. With
@@ -516,6 +543,7 @@ def from_torchvision(model: nn.Module, num_classes: int | None = None, conv_back
     if num_classes is not None:
         int_arg("from_torchvision", "num_classes", num_classes)
     head = state["classifier.6.weight"]
+    _check_torchvision_layout(model, head.shape[0])
     ours = AlexNet("torchvision", num_classes=head.shape[0], conv_backend=conv_backend)
     ours.to(device=head.device, dtype=head.dtype)
     ours.load_state_dict({k: v.detach().clone() for k, v in state.items()})

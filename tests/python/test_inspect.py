@@ -289,3 +289,30 @@ def test_pruning_and_legacy_weight_norm_apply_in_the_forward():
             o.step()
     torch.testing.assert_close(ours.eval()(x), tv(x), rtol=1e-4, atol=1e-5)
     assert (ours.features[0].weight[ours.features[0].weight_mask == 0] == 0).all()
+
+
+def _modified(change):
+    tv = torchvision.models.alexnet(weights=None, num_classes=5).eval()
+    change(tv)
+    return tv
+
+
+@pytest.mark.parametrize("change, where", [
+    (lambda tv: tv.features.__setitem__(1, torch.nn.GELU()), "features.1"),
+    (lambda tv: tv.features.__setitem__(2, torch.nn.AvgPool2d(3, 2)), "features.2"),
+    (lambda tv: setattr(tv.features[0], "stride", (2, 2)), "features.0"),
+    (lambda tv: setattr(tv, "avgpool", torch.nn.AdaptiveMaxPool2d((6, 6))), "avgpool"),
+    (lambda tv: tv.classifier.append(torch.nn.Softmax(dim=1)), "classifier.7"),
+    (lambda tv: tv.classifier.__setitem__(0, torch.nn.Dropout(0.2)), "classifier.0"),
+])
+def test_from_torchvision_refuses_a_network_that_is_not_torchvisions_alexnet(change, where):
+    """Only the weights' names were checked: a GELU, an average pool, another stride or an extra
+    layer gave a model whose logits silently differed from the original's (up to 0.5)."""
+    with pytest.raises(ConfigError, match=f"not torchvision's AlexNet at {where}"):
+        alexnet_rs.from_torchvision(_modified(change))
+
+
+def test_from_torchvision_takes_relus_that_are_not_in_place():
+    tv = _modified(lambda tv: [tv.features.__setitem__(i, torch.nn.ReLU()) for i in (1, 4, 7, 9, 11)])
+    x = torch.randn(2, 3, 100, 100)
+    assert_close(alexnet_rs.from_torchvision(tv).eval()(x), tv(x))
