@@ -16,7 +16,8 @@ the run's number of ranks). Under `torchrun --max-restarts K` a restarted job re
 newest checkpoint it wrote (--auto-resume).
 `--devices cuda:0,cuda:1` gives each rank its own pair of the node's GPUs (local rank r:
 cuda:2r, cuda:2r+1): the paper's two-GPU split, replicated. Without torchrun it is exactly
-`alexnet train`. Run it with -m (importing it would shadow the function `alexnet_rs.train`).
+`alexnet train`. Run it with -m (imported, the module stands in for the function `alexnet_rs.train`:
+calling it trains).
 """
 
 import os
@@ -94,3 +95,17 @@ def _environment() -> tuple[int, int, int, int]:
 
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    import types
+
+    from alexnet_rs import _native
+    from alexnet_rs._boundary import checked
+
+    class _CallableModule(types.ModuleType):
+        """Importing this module (`import alexnet_rs.train`, as pkgutil.walk_packages and Sphinx
+        do) rebinds the package's name `train` to it, where the training function was: calling
+        the module calls that function, so `alexnet_rs.train(config)` works either way."""
+
+        __call__ = staticmethod(checked(_native.train))
+
+    sys.modules[__name__].__class__ = _CallableModule

@@ -450,3 +450,25 @@ def test_from_torchvision_keeps_dtype_and_frozen_parameters():
     assert not params["features.0.weight"].requires_grad and params["classifier.1.weight"].requires_grad
     x = torch.randn(1, 3, 63, 63, dtype=torch.float64)
     assert (ours.eval()(x) - tv.eval()(x)).abs().max().item() <= 1e-12
+
+
+def test_importing_the_torchrun_module_keeps_train_callable(tmp_path):
+    """`import alexnet_rs.train` (the torchrun entry point; pkgutil.walk_packages and Sphinx import
+    it too) rebound the package's name `train` to that module: `alexnet_rs.train(config)` then
+    raised "'module' object is not callable"."""
+    import subprocess
+    import sys
+
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    script = f"""
+import alexnet_rs, alexnet_rs.train
+from alexnet_rs import train
+assert train is alexnet_rs.train
+r = train({{"preset": "cnn4", "input_size": 28, "data": {str(data)!r}, "batch_size": 8, "max_steps": 1,
+           "threads": 1, "out": {str(tmp_path / "run")!r}}})
+print(r["samples"])
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "16", r.stderr[-2000:]
