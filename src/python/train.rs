@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt};
 use pyo3_tch::PyTensor;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::SeqCst;
 
 /// A dict of training settings as a `TrainConfig` (each value through JSON, so Python's types map
 /// to serde's; an unknown key or a bad value is a ConfigError naming the key).
@@ -155,11 +156,15 @@ pub fn train(
                         py.check_signals().is_err()
                     });
                     if sig {
-                        interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                        interrupted.store(true, SeqCst);
                     }
-                    sig || callback_error.lock().expect("lock").is_some()
+                    interrupted.load(SeqCst) || callback_error.lock().expect("lock").is_some()
                 };
-                crate::train::train_until_stopped(&tc, resume.as_deref(), &mut on_event, &stop)
+                // During an evaluation (an epoch's end, the last one): a first Ctrl-C asks to stop
+                // after the checkpoint that follows it, as between steps; a second one abandons
+                // the run at once (it was ignored until the whole test set was through).
+                let abort = || Python::with_gil(|py| py.check_signals().is_err()) && interrupted.swap(true, SeqCst);
+                crate::train::train_until_stopped(&tc, resume.as_deref(), &mut on_event, &stop, &abort)
             })
         });
         warn(py, left, &callback_error);
@@ -174,7 +179,14 @@ pub fn train(
             let _ = err.value(py).setattr(pyo3::intern!(py, "_alexnet_rs_callback"), true);
             return Err(err);
         }
-        if ctrl_c || interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Err(Error::Interrupted(s)) = &result {
+            if *s != 0 {
+                return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+                    "training abandoned by a second Ctrl-C during an evaluation: its newest checkpoint is the one before",
+                ));
+            }
+        }
+        if ctrl_c || interrupted.load(SeqCst) {
             return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
                 "training stopped after a checkpoint",
             ));

@@ -58,15 +58,18 @@ pub fn train(
 
 /// [`train`] for a caller that discards the result of a run that `stop()` stopped (Python's
 /// Ctrl-C, a callback's error): after the checkpoint it returns `Error::Interrupted(0)` at once,
-/// without the final evaluation (Ctrl-C waited for one over the whole test set).
+/// without the final evaluation (Ctrl-C waited for one over the whole test set). `abort()`,
+/// asked during evaluations, ends the run there with `Error::Interrupted(SIGINT)`, unsaved.
 pub fn train_until_stopped(
     tc: &TrainConfig,
     resume: Option<&Path>,
     on_event: &mut dyn FnMut(&Event),
     stop: &dyn Fn() -> bool,
+    abort: &dyn Fn() -> bool,
 ) -> Result<EvalResult> {
     let mut run = Run::start(tc, resume, None, on_event)?;
     run.eval_on_stop = false;
+    run.abort = Some(abort);
     run.train(stop)
 }
 

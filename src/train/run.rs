@@ -36,6 +36,9 @@ pub struct Run<'a> {
     /// Whether a run stopped by `stop()` is evaluated before `train` returns (false: it returns
     /// `Error::Interrupted(0)` right after the checkpoint, for a caller that discards the result).
     pub(super) eval_on_stop: bool,
+    /// Asked before each batch of an evaluation: true abandons the run at once, unsaved (Python's
+    /// second Ctrl-C; the CLI's ends the process).
+    pub(super) abort: Option<&'a dyn Fn() -> bool>,
 }
 
 /// Why a run stops after the current step (agreed by every rank).
@@ -142,7 +145,8 @@ impl<'a> Run<'a> {
 
     /// The evaluation of the current weights; a non-finite loss is a divergence.
     fn evaluate(&self) -> Result<EvalResult> {
-        let e = evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group, &|| false)?;
+        let abort = self.abort.unwrap_or(&|| false);
+        let e = evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group, abort)?;
         if !e.loss.is_finite() {
             let (step, epoch) = (self.state.step, self.state.epoch);
             return Err(diverged(&self.tc, "the validation loss".into(), e.loss, step, epoch));

@@ -171,6 +171,37 @@ except KeyboardInterrupt as e:
     assert ckpts and ckpts[-1].name == "ckpt-000000002"
 
 
+def test_a_second_keyboard_interrupt_abandons_the_runs_evaluation(tmp_path):
+    """During the run's evaluations (an epoch's end, the last one) Ctrl-C was not looked at: every
+    Ctrl-C waited for the whole test set. A first one still lets the evaluation and its checkpoint
+    finish (as between steps); a second one abandons the run there, as the CLI's second signal."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal, threading, time, alexnet_rs
+cfg = {small(tmp_path)!r}
+cfg.update(max_steps=2, limit_test=10000, ten_crop_eval=True)
+t = []
+def on_step(m):
+    if m.get("step") == 2:  # the evaluation of max_steps follows this step
+        t.append(time.monotonic())
+        for delay in (1.0, 2.0):
+            threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    alexnet_rs.train(cfg, on_step=on_step)
+    print("finished")
+except KeyboardInterrupt as e:
+    print(f"interrupted after {{time.monotonic() - t[0]:.1f}} s:", e)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "s: training abandoned by a second Ctrl-C" in r.stdout, r.stdout
+    # The whole evaluation (10,000 images x 10 crops) takes minutes on 2 cores.
+    assert float(r.stdout.split()[2]) < 30, r.stdout
+    assert not list((tmp_path / "checkpoints").glob("ckpt-*"))  # max_steps' checkpoint follows its evaluation
+
+
 def test_keyboard_interrupt_stops_an_evaluation(tmp_path):
     """Ctrl-C (Jupyter's "interrupt kernel") during `evaluate` raises KeyboardInterrupt at the next
     batch; it used to be held until the whole evaluation had run."""
