@@ -155,6 +155,36 @@ impl RunLock {
     }
 }
 
+/// Refuses an output file `out` that would replace one of the command's inputs: one of the
+/// `inputs` itself (a query image, a list file), or an image inside one of them that is a folder
+/// (a dataset). A file that does not exist yet replaces nothing.
+pub fn check_not_input(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(o) = out.canonicalize() else {
+        return Ok(());
+    };
+    let image = o
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| crate::data::source::IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+    for input in inputs {
+        let Ok(i) = input.canonicalize() else {
+            continue; // a missing input is reported where it is read
+        };
+        let what = if o == i {
+            "is an input of this command".to_string()
+        } else if image && i.is_dir() && o.starts_with(&i) {
+            format!("is an image of {}", input.display())
+        } else {
+            continue;
+        };
+        return Err(Error::Config(format!(
+            "{} {what}: writing there would replace it; write the output elsewhere",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
 /// `path` made absolute: its nearest existing folder resolved (symlinks), then the rest of the
 /// path with `.` and `..` applied (the rest does not exist yet, so it holds no symlink).
 pub fn resolved(path: &Path) -> Result<PathBuf> {

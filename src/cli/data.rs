@@ -85,6 +85,7 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
     global_threads(a.data.threads)?;
     // The output's name and folder before the (long) computation, not after it.
     crate::files::check_file_target(&a.out, "statistics", "stats.safetensors")?;
+    crate::files::check_not_input(&a.out, &[&a.data.data])?;
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::files::create_dir(dir)?;
     }

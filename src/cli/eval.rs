@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::train;
 use crate::viz::class_name;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -114,6 +114,8 @@ pub struct NeighboursArgs {
 
 pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
     crate::image::check_output(&a.out)?;
+    let inputs: Vec<&Path> = a.images.iter().chain(&a.data).map(PathBuf::as_path).collect();
+    crate::files::check_not_input(&a.out, &inputs)?;
     let queries = match (a.test, a.images.is_empty()) {
         (Some(n), true) => train::Queries::Test(n),
         (None, false) => train::Queries::Files(a.images.clone()),
@@ -180,6 +182,7 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
 pub fn eval(a: &EvalArgs) -> Result<()> {
     if let Some(out) = &a.confusion {
         crate::image::check_output(out)?;
+        crate::files::check_not_input(out, &a.data.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
     }
     let r = train::evaluate_checkpoint(
         &a.checkpoint,

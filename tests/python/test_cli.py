@@ -395,3 +395,27 @@ def test_train_refuses_an_out_folder_inside_its_image_folder(tmp_path):
         r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data, "--out", out, "--epochs", "1")
         assert r.returncode == 1 and "is inside the dataset" in r.stderr, r.stderr
         assert not out.exists()
+
+
+def test_an_output_that_would_replace_an_input_is_refused(tmp_path):
+    """`stats list.txt --out list.txt` replaced the list with safetensors bytes, `stats data --out
+    data/train/class0/0.png` a training image, `neighbours run q.png --out q.png` the query
+    image: each exit 0. They are refused before any work, the input left as it was."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    image = data / "train" / "class0" / "0.png"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{image} 0\n{data / 'train' / 'class1' / '0.png'} 1\n")
+    before = image.read_bytes(), listing.read_bytes()
+    for args in (["stats", listing, "--size", "16", "--out", listing],
+                 ["stats", data, "--size", "16", "--out", image],
+                 ["neighbours", tmp_path / "run", image, "--out", image],
+                 ["neighbours", tmp_path / "run", "--test", "2", "--data", data, "--out", image],
+                 ["eval", tmp_path / "run", "--data", data, "--confusion", image]):
+        r = run(*args)
+        assert r.returncode == 1 and "writing there would replace it" in r.stderr, (args, r.stderr)
+    assert (image.read_bytes(), listing.read_bytes()) == before
+    # Beside the images of a dataset is fine (a file of another kind, not read as a sample).
+    r = run("stats", data, "--size", "16", "--out", data / "stats.safetensors")
+    assert r.returncode == 0, r.stderr
