@@ -57,10 +57,15 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
     size = int_arg("export_onnx", "input_size", default if input_size is None else input_size, 1)
     # The Rust layer list (what `alexnet info` prints), for this input size: the graph is its rows.
     rows = json.loads(checked(_native.layers)(preset, size, model.num_classes))
-    # The model's own forward checks that its first FC layer reads what this input gives.
-    with torch.no_grad():
-        model(torch.zeros(1, 3, size, size, dtype=next(model.parameters()).dtype,
-                          device=next(model.parameters()).device))
+    # The model's own forward checks that its first FC layer reads what this input gives; in
+    # evaluation mode (in training mode its dropout drew from the caller's random stream).
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size, dtype=next(model.parameters()).dtype,
+                                     device=next(model.parameters()).device))
+    finally:
+        model.train(training)
     state = {k: v.to("cpu", torch.float32).contiguous() for k, v in model._weights().items()}
     ops = {"relu": "Relu", "tanh": "Tanh"}
 

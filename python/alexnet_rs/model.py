@@ -169,9 +169,10 @@ class AlexNet(nn.Module):
                  input_size: int | None = None, devices: str | None = None):
         super().__init__()
         str_arg("AlexNet", "preset", preset)
-        int_arg("AlexNet", "num_classes", num_classes)
+        # Stored as ints: a NumPy integer is accepted, and was kept (ONNX export refused it).
+        num_classes = int_arg("AlexNet", "num_classes", num_classes)
         if input_size is not None:
-            int_arg("AlexNet", "input_size", input_size)
+            input_size = int_arg("AlexNet", "input_size", input_size)
         self.preset, self.num_classes = preset, num_classes
         self.classes: list[str] | None = None
         self.conv_backend = _backend("AlexNet", conv_backend)
@@ -349,7 +350,7 @@ class AlexNet(nn.Module):
         Every other parameter is kept, frozen ones stay frozen; the new layer trains (its new
         ``nn.Parameter``s have ``requires_grad=True``, as a new ``nn.Linear``'s): build the
         optimiser after this call."""
-        int_arg("AlexNet.reset_classifier", "num_classes", num_classes)
+        num_classes = int_arg("AlexNet.reset_classifier", "num_classes", num_classes)
         last = self._class_layer()
         fresh = dict(checked(_native.init_params)(self.preset, num_classes, self.input_size))
         *path, key = last.split(".")
@@ -541,7 +542,7 @@ def from_torchvision(model: nn.Module, num_classes: int | None = None, conv_back
     if "classifier.6.weight" not in state:
         raise ConfigError("from_torchvision: model is not a torchvision AlexNet (it has no classifier.6.weight)")
     if num_classes is not None:
-        int_arg("from_torchvision", "num_classes", num_classes)
+        num_classes = int_arg("from_torchvision", "num_classes", num_classes)
     head = state["classifier.6.weight"]
     _check_torchvision_layout(model, head.shape[0])
     ours = AlexNet("torchvision", num_classes=head.shape[0], conv_backend=conv_backend)

@@ -149,3 +149,20 @@ def test_export_errors_name_the_problem(tmp_path):
         alexnet_rs.export_onnx(alexnet_rs.AlexNet("paper"), tmp_path / "x.onnx", input_size=100)
     with pytest.raises(alexnet_rs.ConfigError, match="too small"):
         alexnet_rs.export_onnx(alexnet_rs.AlexNet("caffe"), tmp_path / "x.onnx", input_size=40)
+
+
+def test_export_takes_numpy_sizes_and_leaves_the_models_mode_and_random_stream(tmp_path):
+    """A NumPy num_classes passed the constructor's check but was kept, and onnx refused it
+    ("Invalid item in shape"); a model in training mode drew dropout masks from the caller's
+    random stream during the export's check forward."""
+    model = alexnet_rs.AlexNet("torchvision", num_classes=np.int64(5), input_size=np.int32(63))
+    assert type(model.num_classes) is int and type(model.input_size) is int
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    alexnet_rs.export_onnx(model.train(), tmp_path / "m.onnx")
+    assert torch.equal(torch.rand(3), want) and model.training
+    x = torch.randn(2, 3, 63, 63)
+    assert np.allclose(_run(str(tmp_path / "m.onnx"), x), model.eval()(x).detach().numpy(), atol=1e-4)
+    model.reset_classifier(np.int64(3))
+    assert type(model.num_classes) is int
