@@ -65,6 +65,11 @@ def parse(argv=None):
 @_one_line_errors(PROG)
 def main(argv=None):
     args = parse(argv)
+    out = Path(args.out)
+    try:  # before the training (a file there was a traceback after it, the weights lost)
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"--out {out}: a file is in the way of this folder") from None
     distributed = "RANK" in os.environ
     cuda = torch.cuda.is_available()
     if distributed:
@@ -99,8 +104,6 @@ def main(argv=None):
             if step >= args.steps:
                 break
         epoch += 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _write_atomic(out / f"weights-rank{rank}.safetensors", save(weights))
     _write_atomic(out / f"losses-rank{rank}.json", json.dumps(losses))

@@ -159,8 +159,10 @@ pub fn center_offset(w: u32, h: u32, crop: u32) -> (u32, u32) {
 impl Transform {
     /// Refuses sizes no image can satisfy (a zero crop, a crop larger than the resized side).
     pub fn check(&self) -> Result<()> {
-        if self.crop == 0 {
-            return Err(Error::Config("crop must be >= 1, got 0".into()));
+        let max = crate::config::MAX_INPUT;
+        if self.crop == 0 || i64::from(self.crop) > max {
+            // A crop past the networks' largest input asked for a batch of hundreds of GB.
+            return Err(Error::Config(format!("crop must be in 1..={max}, got {}", self.crop)));
         }
         if self.resize < self.crop {
             return Err(Error::Config(format!(

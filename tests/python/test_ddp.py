@@ -501,7 +501,9 @@ def test_the_ddp_example_refuses_what_it_cannot_run(tmp_path):
     into the losses' JSON."""
     for args, needle in ((["--limit", "16"], "make no global batch of 32 x 1 rank(s)"),
                          (["--lr", "nan"], "--lr must be a finite number > 0"),
-                         (["--data", tmp_path / "nowhere"], "nowhere: no such file")):
+                         (["--data", tmp_path / "nowhere"], "nowhere: no such file"),
+                         # a traceback after the whole run, its weights lost
+                         (["--out", __file__], "a file is in the way of this folder")):
         r = subprocess.run([sys.executable, "-m", "alexnet_rs.ddp", "--steps", "2", "--out", tmp_path, *args],
                            capture_output=True, text=True, env=ENV, timeout=120)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

@@ -271,6 +271,8 @@ def _cases():
             ("crop-zero", lambda F: data.DataLoader(F.images, crop=0), C, VE, "crop"),
             ("seed-huge", lambda F: data.DataLoader(F.images, seed=2**64), C, VE, "DataLoader: seed = 18446744073709551616"),
             ("crop-negative", lambda F: data.DataLoader(F.images, crop=-8), C, VE, "crop"),
+            # accepted, then the first batch asked for 240 GB
+            ("crop-huge", lambda F: data.DataLoader(F.images, crop=100000), C, VE, "crop must be in 1..=8192"),
             ("crop-str", lambda F: data.DataLoader(F.images, crop="224"), D, TE, "crop"),
             ("batch-zero", lambda F: data.DataLoader(F.images, batch_size=0), C, VE, "batch_size"),
             ("batch-negative", lambda F: data.DataLoader(F.images, batch_size=-1), C, VE, "batch_size"),
