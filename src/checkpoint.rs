@@ -462,7 +462,7 @@ pub fn load_weights(path: &Path) -> Result<Checkpoint> {
 
 fn read(dir: PathBuf, with_optimizer: bool) -> Result<Checkpoint> {
     let sp = dir.join("state.json");
-    let text = fs::read_to_string(&sp).map_err(io(&sp))?;
+    let text = crate::files::read_small_text(&sp)?;
     let state: TrainState =
         serde_json::from_str(&text).map_err(|e| bad(&sp, format!("not an alexnet_rs training state: {e}")))?;
     if state.format != FORMAT {

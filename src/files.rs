@@ -155,6 +155,27 @@ impl RunLock {
     }
 }
 
+/// The most bytes [`read_small_text`] reads.
+pub const MAX_SMALL_TEXT: u64 = 16 << 20;
+
+/// The text of a file that is small by nature (a settings file, a checkpoint's `state.json`):
+/// one past [`MAX_SMALL_TEXT`] bytes is refused, not read until memory runs out (`--config
+/// /dev/zero` was killed by the kernel's OOM killer).
+pub fn read_small_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_SMALL_TEXT + 1).read_to_string(&mut text))
+        .map_err(io(path))?;
+    if text.len() as u64 > MAX_SMALL_TEXT {
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            reason: format!("is over {} MiB: not a settings or state file", MAX_SMALL_TEXT >> 20),
+        });
+    }
+    Ok(text)
+}
+
 /// Refuses an output file `out` that would replace one of the command's inputs: one of the
 /// `inputs` itself (a query image, a list file), or an image inside one of them that is a folder
 /// (a dataset). A file that does not exist yet replaces nothing.

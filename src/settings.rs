@@ -11,7 +11,7 @@
 //! generator reads it. Adding a setting is adding a field.
 use crate::config::{Activation, Config, Preset};
 use crate::conv::ConvBackend;
-use crate::error::{io, Error, Result};
+use crate::error::{Error, Result};
 use crate::optim::{ScheduleKind, UpdateRule};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::parser::ValueSource;
@@ -326,7 +326,7 @@ impl TrainConfig {
 
     /// A TOML file of settings (unknown keys refused by name).
     pub fn from_toml(path: &Path) -> Result<TrainConfig> {
-        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let text = crate::files::read_small_text(path)?;
         let config = |e: String| Error::Config(format!("{}: {e}", path.display()));
         let tc: TrainConfig = toml::from_str(&text).map_err(|e| config(e.to_string()))?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| config(e.to_string()))?;

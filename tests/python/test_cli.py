@@ -121,6 +121,8 @@ def test_forward_on_a_real_photo():
         (["bench", "train", "--batch", "0"], "invalid value '0' for '--batch <BATCH>'"),
         (["bench", "train", "--sides", "ours,ours"], "--sides lists ours twice"),  # a ratio of a side to itself
         (["info", "--num-classes", "9999999999999"], "num_classes must be in 1..=1000000"),  # 40e15 parameters
+        # read until the OOM killer ended it (23 GB resident)
+        (["train", "--config", "/dev/zero"], "/dev/zero: is over 16 MiB: not a settings or state file"),
     ],
 )
 def test_bad_flags_and_files_are_clear_errors(args, needle):
