@@ -603,6 +603,31 @@ fn an_idx_folder_takes_its_class_names_from_a_classes_txt() {
 }
 
 #[test]
+fn an_idx_label_past_the_class_names_is_an_error_naming_the_labels_file() {
+    // One label byte of 200 in Fashion-MNIST's training labels made the classes "0".."200" (a
+    // 201-way network), and the test split was then blamed for its class names.
+    let dir = common::tmp("idx-bad-label");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let images = dir.join("train-images-idx3-ubyte");
+    let labels = dir.join("train-labels-idx1-ubyte");
+    std::fs::write(
+        &images,
+        [&[0u8, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 1][..], &[0, 1, 2]].concat(),
+    )
+    .unwrap();
+    std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 3, 4, 200, 9]).unwrap();
+    let e = Dataset::open(&dir, Split::Train).unwrap_err().to_string();
+    assert!(
+        e.contains("train-labels-idx1-ubyte") && e.contains("label 200 of sample 1 is past the 10 classes"),
+        "{e}"
+    );
+    // Named by a classes.txt of enough names, it is a dataset.
+    let names: Vec<String> = (0..=200).map(|d| format!("c{d}")).collect();
+    std::fs::write(dir.join("classes.txt"), names.join("\n")).unwrap();
+    assert_eq!(Dataset::open(&dir, Split::Train).unwrap().classes.len(), 201);
+}
+
+#[test]
 fn a_binary_file_given_as_data_is_no_list_file() {
     // An IDX .gz, an image or an archive given as DATA was read whole as text: "stream did not
     // contain valid UTF-8", or, for zeros, a 200 MB error line quoting them.

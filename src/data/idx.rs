@@ -52,16 +52,20 @@ impl Dataset {
             .ok_or_else(|| data_err(dir, "no <train|t10k>-images-idx3-ubyte[.gz] file here"))?;
         let labels = idx_path(dir, split, "labels")
             .ok_or_else(|| data_err(dir, "no <train|t10k>-labels-idx1-ubyte[.gz] file here"))?;
-        let classes: Vec<String> = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
-        let mut ds = Dataset::idx(&images, &labels, classes)?;
         let names = dir.join("classes.txt");
-        if names.is_file() {
-            let max = ds.items.iter().map(|&(_, l)| l).max().unwrap_or(0);
-            ds.classes = super::source::class_names(&names, max)?;
+        if !names.is_file() {
+            let classes = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
+            return Dataset::idx(&images, &labels, classes);
         }
+        let mut ds = Dataset::idx(&images, &labels, vec![])?;
+        let max = ds.items.iter().map(|&(_, l)| l).max().unwrap_or(0);
+        ds.classes = super::source::class_names(&names, max)?;
         Ok(ds)
     }
 
+    /// The IDX pair `images` and `labels`, labels naming `classes` (none given: named by their
+    /// numbers). A label past the classes is an error naming it (a 201-way network of classes
+    /// "0".."200" was trained instead, and the test split blamed).
     pub fn idx(images: &Path, labels: &Path, mut classes: Vec<String>) -> Result<Dataset> {
         let (dims, pixels) = read_idx(images, 0x0803)?;
         let (ldims, lab) = read_idx(labels, 0x0801)?;
@@ -83,9 +87,20 @@ impl Dataset {
                 ),
             ));
         }
-        let max = lab.iter().copied().max().unwrap_or(0) as usize;
-        if max >= classes.len() {
+        if classes.is_empty() {
+            let max = lab.iter().copied().max().unwrap_or(0);
             classes = (0..=max).map(|l| l.to_string()).collect();
+        } else if let Some(i) = lab.iter().position(|&l| usize::from(l) >= classes.len()) {
+            return Err(data_err(
+                labels,
+                format!(
+                    "label {} of sample {i} is past the {} classes ({}, ...): a classes.txt beside the IDX \
+                     files names more",
+                    lab[i],
+                    classes.len(),
+                    classes[0]
+                ),
+            ));
         }
         let items = lab
             .iter()
