@@ -20,6 +20,15 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     if path.is_dir() {
         return Ok(crate::checkpoint::load_weights(path)?.weights);
     }
+    // Its momentum buffers have the weights' names and shapes: taken as weights, a run started
+    // from values near 1e-5.
+    if path.file_name().is_some_and(|n| n == "optimizer.safetensors") {
+        return Err(Error::Config(format!(
+            "{}: a checkpoint's optimizer state (momentum), not weights: give the checkpoint folder or its \
+             weights.safetensors",
+            path.display()
+        )));
+    }
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

@@ -69,7 +69,7 @@ def test_init_from_a_run_and_a_safetensors_file(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["other-preset", "evil-pickle", "not-weights", "unknown-layer", "nan", "missing",
-                                  "scalar-head"])
+                                  "scalar-head", "optimizer-state"])
 def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
     if case == "nan":  # trained to a NaN loss, blamed on --lr
         sd = torchvision.models.alexnet().state_dict()
@@ -97,6 +97,12 @@ def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
 
         torch.save({"conv1.weight": Evil()}, tmp_path / "evil.pth")
         args, needle = ["--preset", "paper", "--init-from", tmp_path / "evil.pth"], "system"
+    elif case == "optimizer-state":  # the momentum has the weights' names and shapes: it was taken as them
+        sd = {k: v * 0 for k, v in torchvision.models.alexnet().state_dict().items()}
+        (tmp_path / "ckpt").mkdir()
+        save_file(sd, tmp_path / "ckpt" / "optimizer.safetensors")
+        args, needle = ["--preset", "torchvision", "--init-from", tmp_path / "ckpt" / "optimizer.safetensors"], \
+            "optimizer.safetensors: a checkpoint's optimizer state (momentum), not weights"
     elif case == "not-weights":
         (tmp_path / "w.txt").write_text("hello")
         args, needle = ["--preset", "paper", "--init-from", tmp_path / "w.txt"], "expected an alexnet run"
