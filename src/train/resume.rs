@@ -23,13 +23,19 @@ fn run_folder(ckpt: &Path) -> Option<&Path> {
 /// statistics file, and, for a run resumed into another folder, the resumed run's metrics
 /// history (metrics.jsonl, epochs.csv; cut back to the checkpoint when the metrics are opened).
 pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result<()> {
+    let continued = resumed
+        .and_then(|c| run_folder(&c.dir))
+        .is_some_and(|r| same_folder(r, &tc.out));
+    if !continued {
+        set_aside_earlier(&tc.out)?;
+    }
     let copy = tc.out.join(STATS);
     match &tc.stats {
         Some(src) => {
             let bytes = std::fs::read(src).map_err(io(src))?;
             crate::files::write(&copy, &bytes)?;
         }
-        // An earlier run's copy (one that crashed before a checkpoint) is not this run's.
+        // Not this run's (a continued run without statistics has none of its own).
         None if copy.is_file() => std::fs::remove_file(&copy).map_err(io(&copy))?,
         None => {}
     }
@@ -46,6 +52,37 @@ pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result
             crate::files::write(&tc.out.join(name), &bytes)?;
         }
     }
+    Ok(())
+}
+
+/// The files a run keeps in its folder besides its checkpoints.
+const EARLIER: [&str; 3] = ["metrics.jsonl", "epochs.csv", STATS];
+
+/// Moves the files of an earlier run that left no checkpoint in `out` (it died before its first,
+/// or they were deleted), which a new run there would replace, into a new `out/earlier-<n>/`.
+fn set_aside_earlier(out: &Path) -> Result<()> {
+    let found: Vec<&str> = EARLIER
+        .into_iter()
+        .filter(|f| out.join(f).metadata().is_ok_and(|m| m.is_file() && m.len() > 0))
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    let dir = (1..)
+        .map(|n| out.join(format!("earlier-{n}")))
+        .find(|d| !d.exists())
+        .expect("a free name");
+    crate::files::create_dir(&dir)?;
+    for f in &found {
+        std::fs::rename(out.join(f), dir.join(f)).map_err(io(&out.join(f)))?;
+    }
+    crate::files::fsync(out)?;
+    crate::say::note(&format!(
+        "{} held an earlier run's {} and no checkpoint of it: moved to {}",
+        out.display(),
+        found.join(", "),
+        dir.display()
+    ));
     Ok(())
 }
 

@@ -308,9 +308,13 @@ def test_a_run_without_stats_does_not_take_an_earlier_runs_copy(tmp_path):
               "--threads", "1", "--out", tmp_path / "run"]
     assert run("train", *common, "--stats", tmp_path / "s.safetensors").returncode == 0
     shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if it had died before its first checkpoint
+    earlier = {f: (tmp_path / "run" / f).read_bytes() for f in ("metrics.jsonl", "stats.safetensors")}
     r = run("train", *common)
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "run" / "stats.safetensors").exists()
+    # The earlier run's files are set aside, not deleted (its metrics were removed without a word).
+    assert f"moved to {tmp_path / 'run' / 'earlier-1'}" in r.stderr, r.stderr
+    assert {f: (tmp_path / "run" / "earlier-1" / f).read_bytes() for f in earlier} == earlier
     r = run("train", *common[:-2], "--out", tmp_path / "plain")
     assert r.returncode == 0, r.stderr
     assert run("eval", tmp_path / "run").stdout == run("eval", tmp_path / "plain").stdout
