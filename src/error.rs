@@ -88,6 +88,15 @@ pub fn clean_torch_message(message: &str) -> String {
         out.push(line);
     }
     let text = out.join("\n");
+    // c10's `[enforce fail at alloc_cpu.cpp:127] err == 0. ` (the C++ location and condition)
+    // before an allocation failure's message.
+    let text = match text.split_once("[enforce fail at ") {
+        Some((before, after)) => match after.split_once("] ").and_then(|(_, c)| c.split_once(". ")) {
+            Some((_, message)) => format!("{before}{message}"),
+            None => text,
+        },
+        None => text,
+    };
     let text = text.trim_end();
     if text.is_empty() {
         "(no message)".into()
@@ -166,5 +175,16 @@ mod tests {
             r#"called `Result::unwrap()` on an `Err` value: Torch("select() cannot be applied to a 0-dim tensor."#
         );
         assert_eq!(super::clean_torch_message("a\nException raised from x\nframe #0"), "a");
+    }
+
+    #[test]
+    fn an_allocation_failure_loses_its_cpp_location() {
+        let m = "Internal torch error: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't \
+                 allocate memory: you tried to allocate 267911424000 bytes. Error code 12 (Cannot allocate memory)";
+        assert_eq!(
+            super::clean_torch_message(m),
+            "Internal torch error: DefaultCPUAllocator: can't allocate memory: you tried to allocate 267911424000 \
+             bytes. Error code 12 (Cannot allocate memory)"
+        );
     }
 }
