@@ -72,6 +72,9 @@ impl Dataset {
         if path.is_file() {
             return Dataset::list_file(path);
         }
+        if path.exists() && !path.is_dir() {
+            return Err(data_err(path, "is neither a file nor a folder (a device, a FIFO or a socket)"));
+        }
         if !path.is_dir() {
             return Err(Error::Io {
                 path: path.to_path_buf(),

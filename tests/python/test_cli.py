@@ -95,6 +95,7 @@ def test_forward_on_a_real_photo():
         (["train", "--update-rule", "adam"], "possible values: paper, pytorch"),
         (["train", "--devices", "tpu:0"], "unknown device"),
         (["train", "--data", "/no/such/folder", "--limit-train", "8"], "/no/such/folder"),
+        (["stats", "/dev/null"], "/dev/null: is neither a file nor a folder"),  # "no such file or folder"
         (["eval", "/no/such/run"], "/no/such/run"),
         (["forward", "/etc/hostname"], "not a recognised image format"),
         (["forward", "--label", "-1", IMG], "--label (-1) is outside 0..1000"),  # it blamed the image
