@@ -259,6 +259,9 @@ def test_a_run_keeps_its_stats_file_and_works_from_any_directory(tmp_path):
     cli("train", "--preset", "paper", "--input-size", "63", "--torch-init", "--data", "data", "--stats",
         "s.safetensors", "--batch-size", "16", "--max-steps", "2", "--threads", "1", "--out", "run", cwd=work)
     assert (work / "run" / "stats.safetensors").read_bytes() == (work / "s.safetensors").read_bytes()
+    # Stored absolute, as --data is (it was relative to the working directory of the train).
+    state = json.loads(next((work / "run" / "checkpoints").glob("ckpt-*/state.json")).read_text())
+    assert state["config"]["stats"] == str(work / "s.safetensors"), state["config"]
     query = Path("data") / "val" / "class1" / "0.png"
     here = cli("predict", "run", query, cwd=work).stdout
     (work / "s.safetensors").unlink()

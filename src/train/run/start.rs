@@ -122,6 +122,9 @@ fn settle(
         check_out_apart(&d, &tc.out)?;
         tc.data = Some(d);
     }
+    if let Some(s) = &tc.stats {
+        tc.stats = Some(std::path::absolute(s).map_err(crate::error::io(s))?);
+    }
     if let Some(g) = group {
         tc.devices = Placement::for_local_rank(&tc.devices, g.local_rank)?;
     }
