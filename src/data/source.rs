@@ -73,7 +73,10 @@ impl Dataset {
             return Dataset::list_file(path);
         }
         if path.exists() && !path.is_dir() {
-            return Err(data_err(path, "is neither a file nor a folder (a device, a FIFO or a socket)"));
+            return Err(data_err(
+                path,
+                "is neither a file nor a folder (a device, a FIFO or a socket)",
+            ));
         }
         if !path.is_dir() {
             return Err(Error::Io {
