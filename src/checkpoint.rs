@@ -426,8 +426,9 @@ pub fn save_weights(
     check_tensors(run, &cfg, &weights)?;
     // Beside a training run's checkpoints this step-0 one would not be the newest (and pruning
     // could delete it); a save of its own (step 0) is replaced.
-    // A crash's hidden copy counts: saving would delete it as a leftover.
-    let newest = find_latest(run)
+    // A crash's hidden copy counts: saving would delete it as a leftover; so do checkpoints
+    // without their optimizer state (pruning would delete them).
+    let newest = find_latest_weights(run)
         .ok()
         .and_then(|d| d.file_name().and_then(|n| parse_name(&n.to_string_lossy())));
     if let Some((step, _)) = newest.filter(|&(s, _)| s > 0) {

@@ -189,6 +189,18 @@ fn weights_are_not_saved_beside_a_runs_hidden_checkpoints() {
         .to_string();
     assert!(e.contains("already holds a training run"), "{e}");
     assert!(checkpoint::is_complete(&root.join(".ckpt-000000004.tmp")));
+    // Nor beside checkpoints shared without their optimizer state (pruning deleted them).
+    let (run, _, w) = run_with("save-beside-weights-only", &[2, 4]);
+    for s in [2, 4] {
+        fs::remove_file(ckpt(&run, s).join("optimizer.safetensors")).unwrap();
+    }
+    let e = checkpoint::save_weights(&run, Preset::Cnn4, 32, &w, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already holds a training run"), "{e}");
+    assert!([2, 4]
+        .iter()
+        .all(|&s| ckpt(&run, s).join("weights.safetensors").is_file()));
     // Nor while another process holds the run (a training that has no checkpoint yet).
     let fresh = tmp("save-while-held");
     let _held = alexnet_rs::files::RunLock::acquire(&fresh).unwrap();

@@ -540,7 +540,7 @@ fn a_fresh_run_into_a_folder_of_weights_only_checkpoints_is_refused() {
     let e = train(&tc, None, &mut |_| {}, &|| false)
         .expect_err("refused")
         .to_string();
-    assert!(e.contains("already holds a run"), "{e}");
+    assert!(e.contains("already holds a run") && e.contains("--init-from"), "{e}");
     let after = (
         fs::read(b.join("metrics.jsonl")).unwrap(),
         checkpoint::find_latest_weights(&b).unwrap(),

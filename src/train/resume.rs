@@ -26,10 +26,12 @@ pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result
     let continued = resumed
         .and_then(|c| run_folder(&c.dir))
         .is_some_and(|r| same_folder(r, &tc.out));
-    if !continued {
-        set_aside_earlier(&tc.out)?;
-    }
     let copy = tc.out.join(STATS);
+    if !continued {
+        // The run's own --stats file may be the one in its folder (`stats --out run/...`).
+        let own = tc.stats.as_deref().is_some_and(|s| same_folder(s, &copy));
+        set_aside_earlier(&tc.out, if own { &EARLIER[..2] } else { &EARLIER })?;
+    }
     match &tc.stats {
         Some(src) => {
             let bytes = std::fs::read(src).map_err(io(src))?;
@@ -59,10 +61,12 @@ pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result
 const EARLIER: [&str; 3] = ["metrics.jsonl", "epochs.csv", STATS];
 
 /// Moves the files of an earlier run that left no checkpoint in `out` (it died before its first,
-/// or they were deleted), which a new run there would replace, into a new `out/earlier-<n>/`.
-fn set_aside_earlier(out: &Path) -> Result<()> {
-    let found: Vec<&str> = EARLIER
-        .into_iter()
+/// or they were deleted), which a new run there would replace, into a new `out/earlier-<n>/`: of
+/// `EARLIER`, those named in `names`.
+fn set_aside_earlier(out: &Path, names: &[&'static str]) -> Result<()> {
+    let found: Vec<&str> = names
+        .iter()
+        .copied()
         .filter(|f| out.join(f).metadata().is_ok_and(|m| m.is_file() && m.len() > 0))
         .collect();
     if found.is_empty() {
@@ -115,6 +119,7 @@ pub fn run_of(path: &Path) -> &Path {
 }
 
 /// Whether two paths name one folder.
+/// Whether `a` and `b` are the same folder (or file), both existing.
 pub(super) fn same_folder(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
@@ -163,10 +168,14 @@ pub(super) fn check_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Resul
     {
         return Ok(());
     }
+    let how = if checkpoint::is_complete(&newest) {
+        "continue it with --resume (Python: resume=), or train into another --out"
+    } else {
+        "its newest has no optimizer state to resume: start from its weights with --init-from in another --out"
+    };
     Err(Error::Config(format!(
-        "{} already holds a run (newest checkpoint {}): continue it with --resume (Python: \
-         resume=), or train into another --out; a new run there would replace its metrics and \
-         prune its checkpoints",
+        "{} already holds a run (newest checkpoint {}): {how}; a new run there would replace its \
+         metrics and prune its checkpoints",
         tc.out.display(),
         newest.display()
     )))

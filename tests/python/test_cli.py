@@ -106,7 +106,8 @@ def test_forward_on_a_real_photo():
         (["experiment", "relu-vs-tanh", "--target-errors", "1.5"], "--target-errors must be fractions"),
         (["experiment", "lrn", "--seeds", "0"], "--seeds must be >= 1"),
         # only relu-vs-tanh times training errors: the others ignored the flag without a word
-        (["experiment", "lrn", "--target-errors", "0.2"], "--target-errors times relu-vs-tanh's runs"),
+        (["experiment", "lrn", "--target-errors", "0.2", "--out", "/nonexistent/x"],
+         "--target-errors times relu-vs-tanh's runs"),
         (["experiment", "relu-vs-tanh", "--lrs", "0.01,nan"], "expected a finite number"),
         (["experiment", "relu-vs-tanh", "--lrs=0.01,-1", "--out", "/nonexistent/x"], "lr must be positive, got -1"),
         (["train", "--dropout", "1", "--limit-train", "64"], "dropout must be in [0, 1)"),
@@ -214,7 +215,6 @@ def test_experiments_sharing_a_root_share_the_baseline_without_deleting_it(tmp_p
 
 
 @needs_fashion
-@needs_fashion
 def test_progress_and_results_that_cannot_be_written_cost_no_checkpoint(tmp_path):
     """A stderr on a full disk (here /dev/full) made the first progress line panic, and the run
     died before its first checkpoint; a stdout that cannot be written (`eval > /dev/full`)
@@ -231,6 +231,7 @@ def test_progress_and_results_that_cannot_be_written_cost_no_checkpoint(tmp_path
             assert "panicked" not in r.stderr
 
 
+@needs_fashion
 def test_train_without_a_terminal_still_reports_epochs_and_checkpoints(tmp_path):
     r = run("train", "--preset", "cnn4", "--input-size", "28", "--epochs", "2", "--limit-train", "100",
             "--limit-test", "64", "--batch-size", "1", "--out", tmp_path)
@@ -319,6 +320,12 @@ def test_a_run_without_stats_does_not_take_an_earlier_runs_copy(tmp_path):
     # The earlier run's files are set aside, not deleted (its metrics were removed without a word).
     assert f"moved to {tmp_path / 'run' / 'earlier-1'}" in r.stderr, r.stderr
     assert {f: (tmp_path / "run" / "earlier-1" / f).read_bytes() for f in earlier} == earlier
+    # A run's own --stats file kept in its folder is not an earlier run's: it stays, and is used.
+    own = tmp_path / "own"
+    assert run("stats", data, "--size", "32", "--out", own / "stats.safetensors").returncode == 0
+    r = run("train", *common[:-2], "--stats", own / "stats.safetensors", "--out", own)
+    assert r.returncode == 0 and not (own / "earlier-1").exists(), r.stderr
+    assert (own / "stats.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()
     r = run("train", *common[:-2], "--out", tmp_path / "plain")
     assert r.returncode == 0, r.stderr
     assert run("eval", tmp_path / "run").stdout == run("eval", tmp_path / "plain").stdout
