@@ -178,11 +178,9 @@ pub fn read_small_text(path: &Path) -> Result<String> {
 
 /// Refuses an output file `out` that would replace one of the command's inputs: one of the
 /// `inputs` itself (a query image, a list file), or an image inside one of them that is a folder
-/// (a dataset). A file that does not exist yet replaces nothing.
+/// (a dataset: a new image there would be read as a sample, as a run folder there would be).
 pub fn check_not_input(out: &Path, inputs: &[&Path]) -> Result<()> {
-    let Ok(o) = out.canonicalize() else {
-        return Ok(());
-    };
+    let o = resolved(out)?;
     let image = o
         .extension()
         .and_then(|e| e.to_str())
@@ -191,15 +189,18 @@ pub fn check_not_input(out: &Path, inputs: &[&Path]) -> Result<()> {
         let Ok(i) = input.canonicalize() else {
             continue; // a missing input is reported where it is read
         };
-        let what = if o == i {
-            "is an input of this command".to_string()
+        let why = if o == i {
+            "is an input of this command: writing there would replace it".to_string()
         } else if image && i.is_dir() && o.starts_with(&i) {
-            format!("is an image of {}", input.display())
+            format!(
+                "is in the dataset {}: an image written there would be read as a sample",
+                input.display()
+            )
         } else {
             continue;
         };
         return Err(Error::Config(format!(
-            "{} {what}: writing there would replace it; write the output elsewhere",
+            "{} {why}; write the output elsewhere",
             out.display()
         )));
     }

@@ -65,11 +65,6 @@ def parse(argv=None):
 @_one_line_errors(PROG)
 def main(argv=None):
     args = parse(argv)
-    out = Path(args.out)
-    try:  # before the training (a file there was a traceback after it, the weights lost)
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"--out {out}: a file is in the way of this folder") from None
     distributed = "RANK" in os.environ
     cuda = torch.cuda.is_available()
     if distributed:
@@ -85,6 +80,11 @@ def main(argv=None):
     if len(loader) == 0:  # every epoch empty: the loop below would never reach --steps
         raise ConfigError(f"{loader.num_samples} training samples make no global batch of "
                          f"{args.batch_size} x {world} rank(s): lower --batch-size or raise --limit")
+    out = Path(args.out)
+    try:  # before the training (a file there was a traceback after it, the weights lost)
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"--out {out}: a file is in the way of this folder") from None
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = AlexNet(args.preset, num_classes=len(loader.classes), input_size=args.input_size).to(device)
     model.train(not args.no_dropout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import re
 import warnings
 
 import torch
@@ -506,7 +507,9 @@ def _layer_repr(op: dict) -> str:
 
 def _layout(model: nn.Module) -> list[tuple[str, str]]:
     """(name, layer with its settings) of each leaf module; in-place or not is no difference."""
-    return [(name, f"{type(m).__name__}({m.extra_repr().replace(', inplace=True', '').replace('inplace=True', '')})")
+    def settings(m: nn.Module) -> str:
+        return re.sub(r"(, )?inplace=(True|False)", "", m.extra_repr()).removeprefix(", ")
+    return [(name, f"{type(m).__name__}({settings(m)})")
             for name, m in model.named_modules() if name and next(m.children(), None) is None]
 
 

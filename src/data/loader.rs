@@ -11,6 +11,7 @@ use crate::data::transform::Transform;
 use crate::error::{Error, Result};
 use crate::image::load_rgb;
 use image::RgbImage;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
@@ -331,15 +332,15 @@ struct RawBatch {
 /// forever: there a pool of its own is built on first use.
 struct Pool {
     threads: usize,
-    /// The process the pool's threads belong to, and the pool.
-    inner: Mutex<(u32, Arc<rayon::ThreadPool>)>,
+    /// The process the pool's threads belong to, and the pool (dropped by that process alone).
+    inner: Mutex<(u32, ManuallyDrop<Arc<rayon::ThreadPool>>)>,
 }
 
 impl Pool {
     fn new(threads: usize) -> Result<Pool> {
         Ok(Pool {
             threads,
-            inner: Mutex::new((std::process::id(), Arc::new(Pool::build(threads)?))),
+            inner: Mutex::new((std::process::id(), ManuallyDrop::new(Arc::new(Pool::build(threads)?)))),
         })
     }
 
@@ -356,13 +357,22 @@ impl Pool {
     fn get(&self) -> Result<Arc<rayon::ThreadPool>> {
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if inner.0 != std::process::id() {
-            let fresh = Arc::new(Pool::build(self.threads)?);
             // The parent's pool is leaked, not dropped: its threads are not in this process, and
             // the fork may have copied its state mid-change.
-            std::mem::forget(std::mem::replace(&mut inner.1, fresh));
+            inner.1 = ManuallyDrop::new(Arc::new(Pool::build(self.threads)?));
             inner.0 = std::process::id();
         }
-        Ok(inner.1.clone())
+        Ok(Arc::clone(&inner.1))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let (pid, pool) = self.inner.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *pid == std::process::id() {
+            // SAFETY: dropped once, here; `pool` is not used after.
+            unsafe { ManuallyDrop::drop(pool) };
+        }
     }
 }
 

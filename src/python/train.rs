@@ -115,7 +115,9 @@ fn json_to_py(py: Python<'_>, json: &str) -> PyResult<PyObject> {
 /// Runs the Rust training loop with the GIL released. `config` is a dict of TrainConfig fields
 /// (see `alexnet train --help`); `on_step(dict)` receives every step's and epoch's metrics
 /// and `{"checkpoint": path}` after each checkpoint.
-/// Ctrl-C (KeyboardInterrupt) stops cleanly after a checkpoint, then is re-raised. `resume`: a
+/// Ctrl-C (KeyboardInterrupt) stops cleanly after the next step's checkpoint, then is re-raised;
+/// one during an evaluation lets it finish first, and a second one there abandons the run
+/// (unsaved since its newest checkpoint). `resume`: a
 /// run folder to continue; of `config` it takes `epochs`, `keep`, `out`, `data`, `stats`,
 /// `max_steps` and `time_budget_s` and warns (`UserWarning`) about any other key whose value differs from the run's.
 /// A new run into an `out` that holds checkpoints raises `ConfigError` (one run per folder).
@@ -160,8 +162,8 @@ pub fn train(
                     }
                     interrupted.load(SeqCst) || callback_error.lock().expect("lock").is_some()
                 };
-                // During an evaluation (an epoch's end, the last one): a first Ctrl-C asks to stop
-                // after the checkpoint that follows it, as between steps; a second one abandons
+                // During an evaluation (an epoch's end, the last one): a first Ctrl-C lets it finish
+                // and asks to stop after the next step, as between steps; a second one abandons
                 // the run at once (it was ignored until the whole test set was through).
                 let abort = || Python::with_gil(|py| py.check_signals().is_err()) && interrupted.swap(true, SeqCst);
                 crate::train::train_until_stopped(&tc, resume.as_deref(), &mut on_event, &stop, &abort)

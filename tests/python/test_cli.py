@@ -429,10 +429,13 @@ def test_an_output_that_would_replace_an_input_is_refused(tmp_path):
                  ["stats", data, "--size", "16", "--out", image],
                  ["neighbours", tmp_path / "run", image, "--out", image],
                  ["neighbours", tmp_path / "run", "--test", "2", "--data", data, "--out", image],
-                 ["eval", tmp_path / "run", "--data", data, "--confusion", image]):
+                 ["eval", tmp_path / "run", "--data", data, "--confusion", image],
+                 # a new image there is a new sample of the class
+                 ["eval", tmp_path / "run", "--data", data, "--confusion", data / "train" / "class0" / "new.png"]):
         r = run(*args)
-        assert r.returncode == 1 and "writing there would replace it" in r.stderr, (args, r.stderr)
+        assert r.returncode == 1 and "; write the output elsewhere" in r.stderr, (args, r.stderr)
     assert (image.read_bytes(), listing.read_bytes()) == before
+    assert not (data / "train" / "class0" / "new.png").exists()
     # Beside the images of a dataset is fine (a file of another kind, not read as a sample).
     r = run("stats", data, "--size", "16", "--out", data / "stats.safetensors")
     assert r.returncode == 0, r.stderr

@@ -312,7 +312,8 @@ def test_from_torchvision_refuses_a_network_that_is_not_torchvisions_alexnet(cha
         alexnet_rs.from_torchvision(_modified(change))
 
 
-def test_from_torchvision_takes_relus_that_are_not_in_place():
-    tv = _modified(lambda tv: [tv.features.__setitem__(i, torch.nn.ReLU()) for i in (1, 4, 7, 9, 11)])
+def test_from_torchvision_takes_layers_in_place_or_not():
+    tv = _modified(lambda tv: [tv.features.__setitem__(i, torch.nn.ReLU()) for i in (1, 4, 7, 9, 11)]
+                   + [tv.classifier.__setitem__(i, torch.nn.Dropout(0.5, inplace=True)) for i in (0, 3)])
     x = torch.randn(2, 3, 100, 100)
-    assert_close(alexnet_rs.from_torchvision(tv).eval()(x), tv(x))
+    assert_close(alexnet_rs.from_torchvision(tv).eval()(x), tv.eval()(x))
