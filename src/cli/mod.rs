@@ -105,8 +105,14 @@ pub fn run_in(args: impl IntoIterator<Item = OsString>, group: Option<&Group>) -
     let matches = match allow_negative_numbers(Cli::command()).try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) => {
-            let _ = e.print();
-            return e.exit_code() as u8;
+            return match e.print() {
+                // --help or --version (exit code 0) that could not be written: as any result.
+                Err(w) if e.exit_code() == 0 => {
+                    crate::say::error(&format!("stdout: {w}"));
+                    1
+                }
+                _ => e.exit_code() as u8,
+            };
         }
     };
     // A bug (a panic) ends the command with an error line and exit code 1, as in Python.

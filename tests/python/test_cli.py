@@ -225,7 +225,7 @@ def test_progress_and_results_that_cannot_be_written_cost_no_checkpoint(tmp_path
                            stdout=subprocess.PIPE, stderr=full, text=True, timeout=300)
         assert r.returncode == 0 and r.stdout.startswith("final: top-1"), r.stdout
         assert (tmp_path / "checkpoints" / "ckpt-000000016" / "state.json").is_file()
-        for args in (["eval", tmp_path, "--limit", "16"], ["info"], ["predict", tmp_path, IMG]):
+        for args in (["eval", tmp_path, "--limit", "16"], ["info"], ["predict", tmp_path, IMG], ["--help"]):
             r = subprocess.run([BIN, *map(str, args)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
             assert r.returncode == 1 and "error: stdout: No space left on device" in r.stderr, (args, r.stderr)
             assert "panicked" not in r.stderr
