@@ -181,10 +181,7 @@ pub fn read_small_text(path: &Path) -> Result<String> {
 /// (a dataset: a new image there would be read as a sample, as a run folder there would be).
 pub fn check_not_input(out: &Path, inputs: &[&Path]) -> Result<()> {
     let o = resolved(out)?;
-    let image = o
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| crate::data::source::IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+    let image = crate::data::is_image(&o);
     for input in inputs {
         let Ok(i) = input.canonicalize() else {
             continue; // a missing input is reported where it is read

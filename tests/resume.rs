@@ -513,43 +513,6 @@ fn resume_reads_the_data_from_where_it_is_now() {
 }
 
 #[test]
-fn a_fresh_run_into_a_folder_of_weights_only_checkpoints_is_refused() {
-    let _s = serial();
-    require_data();
-    // Checkpoints shared without their optimizer state (RELIABILITY.md) did not count as a run:
-    // a fresh run there pruned them, replaced the metrics, and left an old checkpoint as the
-    // newest that eval and predict read.
-    let b = tmp("weights-only");
-    let tc = TrainConfig {
-        max_steps: Some(6),
-        ..tiny(&b)
-    };
-    run(&tc, None);
-    let ckpts: Vec<_> = fs::read_dir(b.join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert!(!ckpts.is_empty());
-    for c in &ckpts {
-        fs::remove_file(c.join("optimizer.safetensors")).unwrap();
-    }
-    let before = (
-        fs::read(b.join("metrics.jsonl")).unwrap(),
-        checkpoint::find_latest_weights(&b).unwrap(),
-    );
-    let e = train(&tc, None, &mut |_| {}, &|| false)
-        .expect_err("refused")
-        .to_string();
-    assert!(e.contains("already holds a run") && e.contains("--init-from"), "{e}");
-    let after = (
-        fs::read(b.join("metrics.jsonl")).unwrap(),
-        checkpoint::find_latest_weights(&b).unwrap(),
-    );
-    assert!(before == after, "nothing was touched");
-    assert!(ckpts.iter().all(|c| c.join("weights.safetensors").is_file()));
-}
-
-#[test]
 fn a_fresh_run_into_a_run_folder_is_refused_and_loses_nothing() {
     let _s = serial();
     require_data();
@@ -594,6 +557,32 @@ fn a_fresh_run_into_a_run_folder_is_refused_and_loses_nothing() {
         },
         None,
     );
+    // Checkpoints shared without their optimizer state (RELIABILITY.md) did not count as a run:
+    // a fresh run there pruned them, replaced the metrics, and left an old checkpoint as the
+    // newest that eval and predict read.
+    let ckpts: Vec<_> = fs::read_dir(b.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("ckpt-"))
+        .collect();
+    assert!(!ckpts.is_empty());
+    for c in &ckpts {
+        fs::remove_file(c.join("optimizer.safetensors")).unwrap();
+    }
+    let before = (
+        fs::read(b.join("metrics.jsonl")).unwrap(),
+        checkpoint::find_latest_weights(&b).unwrap(),
+    );
+    let e = train(&tc, None, &mut |_| {}, &|| false)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("already holds a run") && e.contains("--init-from"), "{e}");
+    let after = (
+        fs::read(b.join("metrics.jsonl")).unwrap(),
+        checkpoint::find_latest_weights(&b).unwrap(),
+    );
+    assert!(before == after, "nothing was touched");
+    assert!(ckpts.iter().all(|c| c.join("weights.safetensors").is_file()));
 }
 
 #[test]

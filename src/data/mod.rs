@@ -8,6 +8,7 @@ pub mod source;
 pub mod stats;
 pub mod transform;
 mod walk;
+pub(crate) use walk::is_image;
 
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, OnBadImage};
 pub use source::{check_class_names, Dataset, Sample, Split};

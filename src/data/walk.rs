@@ -6,7 +6,8 @@ use crate::error::{io, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub(super) fn is_image(path: &Path) -> bool {
+/// Whether `path`'s extension is one the decoder reads (case-insensitive).
+pub(crate) fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
