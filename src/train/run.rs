@@ -260,7 +260,7 @@ impl<'a> Run<'a> {
     }
 
     /// The end of an epoch: evaluation (every `eval_every` epochs and after the last), the
-    /// schedule, an epochs.csv row, a checkpoint. Returns the evaluation if there was one.
+    /// schedule, an epochs.csv row, a checkpoint, curves.png. Returns the evaluation if there was one.
     fn end_epoch(&mut self, epoch_start: Instant) -> Result<Option<EvalResult>> {
         let state = &mut self.state;
         state.epoch += 1;
@@ -292,13 +292,16 @@ impl<'a> Run<'a> {
             };
             if let Some(m) = &self.metrics {
                 m.epoch(&rec)?;
-                redraw(m);
             }
             (self.on_event)(&Event::Epoch(rec));
             result = Some(e);
         }
         (self.state.loss_sum, self.state.loss_count) = (0.0, 0);
         self.save()?;
+        // The figure after the checkpoint: a kill or a full disk while drawing it costs no training.
+        if let (Some(m), Some(_)) = (&self.metrics, &result) {
+            redraw(m);
+        }
         Ok(result)
     }
 

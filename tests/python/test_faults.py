@@ -9,6 +9,7 @@ byte for byte, and no temporary folder left behind. Deterministic: no timers, no
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -111,12 +112,16 @@ def test_a_figure_that_cannot_be_written_does_not_stop_training(data, reference,
     """curves.png is drawn from metrics.jsonl and epochs.csv at every epoch's end: a figure is
     derived data, so a full disk while writing it is a warning and training goes on (the next
     epoch redraws it); a kill while writing it leaves a `.partial` file that the resumed run
-    replaces, and never a half-written curves.png."""
+    replaces, and never a half-written curves.png. The figure comes after the epoch's checkpoint:
+    a kill or a full disk while drawing it costs no training."""
     run = tmp_path / "run"
     r = alexnet(*train_args(data, run), fault=f"figure-write:{mode}@1")
     if mode == "abort":
         assert r.returncode == -signal.SIGABRT, r.stderr
         assert not (run / "curves.png").exists()
+        last = sorted((run / "checkpoints").glob("ckpt-*"))[-1]
+        state = json.loads((last / "state.json").read_text())
+        assert (state["epoch"], state["batch_in_epoch"]) == (1, 0), state
         r = alexnet("train", "--resume", run)
     assert r.returncode == 0, r.stderr
     if mode == "enospc":
