@@ -5,6 +5,7 @@ mod pth;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use std::collections::hash_map::{Entry, HashMap};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -36,11 +37,22 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         .to_ascii_lowercase();
     match ext.as_str() {
         "safetensors" => crate::checkpoint::read_tensors(path),
-        "pth" | "pt" | "bin" => pth::read_state_dict(path)
-            .map_err(Error::Config)?
-            .into_iter()
-            .map(|t| Ok((t.name.clone(), to_tensor(&t)?)))
-            .collect(),
+        "pth" | "pt" | "bin" => {
+            // One tensor per storage, the state_dict's tensors views of it (as torch.load gives):
+            // a copy per view held the whole storage once per tensor, and a broadcast (stride 0)
+            // made contiguous could ask for terabytes from a file of a few bytes. Callers copy
+            // out what they use, of the shapes they expect.
+            let mut storages: HashMap<*const Vec<u8>, Tensor> = HashMap::new();
+            pth::read_state_dict(path)
+                .map_err(Error::Config)?
+                .into_iter()
+                .map(|t| {
+                    let view = to_tensor(&t, &mut storages)
+                        .map_err(|e| Error::Config(format!("{}: tensor `{}`: {e}", path.display(), t.name)))?;
+                    Ok((t.name, view))
+                })
+                .collect()
+        }
         _ => Err(Error::Config(format!(
             "{}: expected an alexnet run or checkpoint folder, a .safetensors file or a PyTorch \
              state_dict (.pth, .pt, .bin)",
@@ -49,8 +61,9 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     }
 }
 
-/// A tensor of the pickle reader: its storage viewed with its shape, strides and offset.
-fn to_tensor(t: &pth::RawTensor) -> Result<Tensor> {
+/// A tensor of the pickle reader: a view of its storage (made once per storage, in `storages`)
+/// with its shape, strides and offset.
+fn to_tensor(t: &pth::RawTensor, storages: &mut HashMap<*const Vec<u8>, Tensor>) -> Result<Tensor> {
     use pth::Dtype;
     let (kind, size) = match t.dtype {
         Dtype::F32 => (Kind::Float, 4),
@@ -64,7 +77,7 @@ fn to_tensor(t: &pth::RawTensor) -> Result<Tensor> {
         Dtype::U8 => (Kind::Uint8, 1),
         Dtype::Bool => (Kind::Bool, 1),
     };
-    let bad = |what: &str| Error::Config(format!("{}: {what}", t.name));
+    let bad = |what: &str| Error::Config(what.to_string());
     // The furthest element the view reaches must lie inside the storage.
     let mut last = t.storage_offset;
     for (&n, &s) in t.shape.iter().zip(&t.strides) {
@@ -80,10 +93,13 @@ fn to_tensor(t: &pth::RawTensor) -> Result<Tensor> {
     if t.storage_offset < 0 || last >= elements {
         return Err(bad("view reaches past its storage (damaged file)"));
     }
-    let storage = Tensor::f_from_data_size(&t.data, &[elements], kind)?;
-    Ok(storage
-        .f_as_strided(t.shape.as_slice(), t.strides.as_slice(), t.storage_offset)?
-        .f_contiguous()?)
+    let storage = match storages.entry(std::sync::Arc::as_ptr(&t.data)) {
+        Entry::Occupied(e) => e.get().shallow_clone(),
+        Entry::Vacant(e) => e
+            .insert(Tensor::f_from_data_size(&t.data, &[elements], kind)?)
+            .shallow_clone(),
+    };
+    Ok(storage.f_as_strided(t.shape.as_slice(), t.strides.as_slice(), t.storage_offset)?)
 }
 
 /// Replaces the freshly initialised `whole` parameters of `cfg` by those of `path`, by name. A

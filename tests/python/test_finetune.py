@@ -114,3 +114,27 @@ def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
     assert "panicked" not in r.stderr
     if case == "evil-pickle":
         assert not marker.exists(), "the pickle's code ran"
+
+
+def test_a_pth_is_read_as_views_of_its_storages(tmp_path):
+    """A .pth holds storages, its tensors views of them. Read as one copy of the storage per
+    tensor, 64 views of one 32 MiB buffer took 2 GB; made contiguous, a broadcast of one element
+    to 2^20 x 2^20 (a file of a few hundred bytes) asked for 4 TiB. Views until the network's
+    own tensors are copied out: the memory is the file's, and the broadcast is a shape error."""
+    flat = torch.zeros(8 << 20)
+    torch.save({f"p{k}": flat[k * 1000:(k + 1) * 1000] for k in range(64)}, tmp_path / "views.pth")
+    peak = subprocess.run(
+        [sys.executable, "-c", "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], "
+         "capture_output=True, text=True); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN)"
+         ".ru_maxrss // 1024); print(r.stderr)",
+         BIN, "train", *SMALL, "--preset", "torchvision", "--init-from", tmp_path / "views.pth", "--out",
+         tmp_path / "run"], capture_output=True, text=True, timeout=600)
+    rc, mib = map(int, peak.stdout.split("\n")[0].split())
+    assert rc == 1 and "no tensor `classifier.1.bias`" in peak.stdout, peak.stdout
+    assert mib < 1000, f"peak RSS {mib} MiB for a 32 MiB file"
+    sd = torchvision.models.alexnet().state_dict()
+    sd["features.0.weight"] = torch.zeros(1).expand(1 << 20, 1 << 20)
+    torch.save(sd, tmp_path / "broadcast.pth")
+    r = train("--preset", "torchvision", "--init-from", tmp_path / "broadcast.pth", "--out", tmp_path / "run")
+    assert r.returncode == 1 and "`features.0.weight` has shape [1048576, 1048576], this network's is [64, 3, 11, 11]" \
+        in r.stderr, r.stderr

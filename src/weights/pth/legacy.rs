@@ -68,10 +68,9 @@ pub(super) fn read_legacy(file: &[u8]) -> Result<Vec<RawTensor>, String> {
         let Value::Str(key) = key else {
             return Err(format!("the storage key list holds a {}", kind(key)));
         };
-        let storage = main
-            .storages
-            .iter()
-            .find(|s| s.key == *key)
+        let dtype = *main
+            .storage_types
+            .get(key)
             .ok_or_else(|| format!("the storage key list names `{key}`, which the pickle does not use"))?;
         let truncated = || format!("truncated (storage `{key}` at byte {pos} is cut off)");
         let count: [u8; 8] = file
@@ -81,7 +80,7 @@ pub(super) fn read_legacy(file: &[u8]) -> Result<Vec<RawTensor>, String> {
         let numel = i64::from_le_bytes(count);
         let nbytes = usize::try_from(numel)
             .ok()
-            .and_then(|n| n.checked_mul(storage.dtype.size()))
+            .and_then(|n| n.checked_mul(dtype.size()))
             .ok_or_else(|| format!("storage `{key}` claims {numel} elements"))?;
         let data = (pos + 8)
             .checked_add(nbytes)

@@ -248,6 +248,11 @@ impl Unpickler<'_> {
         if numel < 0 {
             return Err(format!("storage `{key}` has {numel} elements"));
         }
+        // torch keeps the first type's storage for a key; a file naming two is damaged or made by hand.
+        let first = *self.storage_types.entry(Rc::clone(&key)).or_insert(dtype);
+        if first != dtype {
+            return Err(format!("storage `{key}` is named as {first:?} and as {dtype:?}"));
+        }
         if let Some(load) = self.load.as_mut() {
             if !self.loaded.contains_key(&*key) {
                 let data = load(&key)?;
@@ -275,8 +280,13 @@ impl Unpickler<'_> {
         Ok(data)
     }
 
-    /// A list of `[key, value]` lists or `(key, value)` tuples, as dict items.
-    fn pairs_list(&self, list: usize) -> Result<Vec<(Value, Value)>, String> {
+    /// A list of `[key, value]` lists or `(key, value)` tuples, as dict items. Once per list: a
+    /// memoised list passed again and again would copy it each time (memory ~ the file's size
+    /// squared).
+    fn pairs_list(&mut self, list: usize) -> Result<Vec<(Value, Value)>, String> {
+        if !self.pair_lists.insert(list) {
+            return Err("collections.OrderedDict: one list of pairs passed twice".into());
+        }
         let Some(Obj::List(items)) = self.objs.get(list) else {
             return Err("internal error: list".into());
         };

@@ -26,6 +26,10 @@ pub(super) struct Unpickler<'a> {
     pub(super) memo: HashMap<u32, Value>,
     pub(super) objs: Vec<Obj>,
     pub(super) storages: Vec<StorageRef>,
+    /// The element type each storage key is named with (a second type is refused).
+    pub(super) storage_types: HashMap<std::rc::Rc<str>, super::Dtype>,
+    /// Lists already turned into an `OrderedDict` (each makes one).
+    pub(super) pair_lists: std::collections::HashSet<usize>,
     pub(super) tensors: Vec<TensorObj>,
     /// Storage bytes by key: one `Arc` per key.
     pub(super) loaded: HashMap<String, Arc<Vec<u8>>>,
@@ -61,6 +65,8 @@ impl<'a> Unpickler<'a> {
             memo: HashMap::new(),
             objs: Vec::new(),
             storages: Vec::new(),
+            storage_types: HashMap::new(),
+            pair_lists: std::collections::HashSet::new(),
             tensors: Vec::new(),
             loaded: HashMap::new(),
             load: None,

@@ -219,9 +219,13 @@ fn int_tuple(v: &[i64]) -> Vec<u8> {
 /// BINPERSID of `('storage', <module>.FloatStorage, key, location, numel<, extra>)`, where `extra`
 /// is the pickled tail of a legacy id (`N` for its `None`) or empty.
 fn persistent_id(module: &str, key: &str, location: &str, numel: i64, extra: &[u8]) -> Vec<u8> {
+    typed_persistent_id(&format!("{module}\nFloatStorage"), key, location, numel, extra)
+}
+/// [`persistent_id`] of the storage class `class` (`module\nName`).
+fn typed_persistent_id(class: &str, key: &str, location: &str, numel: i64, extra: &[u8]) -> Vec<u8> {
     let mut b = b"(".to_vec();
     b.extend(string("storage"));
-    b.extend_from_slice(format!("c{module}\nFloatStorage\n").as_bytes());
+    b.extend_from_slice(format!("c{class}\n").as_bytes());
     b.extend(string(key));
     b.extend(string(location));
     b.extend(int(numel));
@@ -467,4 +471,45 @@ fn legacy_layout() {
         let err = super::tests::load_bytes(&bytes).unwrap_err();
         assert!(err.contains(needle), "{err:?} lacks {needle:?}");
     }
+}
+
+/// One storage key named with two element types: torch keeps the first type's storage, this
+/// reader read the bytes as each reference's type (a float32 0.5 became a float64 3e-5).
+/// Refused, as a damaged or hand-made file.
+#[test]
+fn a_storage_named_with_two_types_is_refused() {
+    let mut double = b"ctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+    double.extend(typed_persistent_id("torch\nDoubleStorage", "0", "cpu", 3, b""));
+    double.extend(int(0));
+    double.extend(int_tuple(&[3]));
+    double.extend(int_tuple(&[1]));
+    double.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtR");
+    let pkl = state_dict_pkl(&[("a", tensor_call("0", 6, 0, &[6], &[1])), ("b", double)]);
+    let err = run_sd(&pkl).unwrap_err();
+    assert!(err.contains("storage `0` is named as F32 and as F64"), "{err}");
+}
+
+/// Python 2's `OrderedDict(list)` on a memoised list, called again and again: each call copied
+/// the whole list (45 KB of pickle took 1.3 GB). A list of pairs makes one dict.
+#[test]
+fn one_list_of_pairs_makes_one_ordered_dict() {
+    // MARK ( 'k' 'v' ) pairs x 3 in a memoised list (q\x01), then OrderedDict(list).
+    let mut p = b"\x80\x02ccollections\nOrderedDict\nq\x00(".to_vec();
+    for _ in 0..3 {
+        p.push(MARK);
+        p.extend(string("k"));
+        p.extend(string("v"));
+        p.push(TUPLE);
+    }
+    p.extend_from_slice(b"lq\x01\x85R");
+    assert_eq!(
+        eval(&[&p[..], b"."].concat()).unwrap(),
+        "{'k': 'v', 'k': 'v', 'k': 'v'}"
+    );
+    // (OrderedDict(list), OrderedDict(list))
+    let err = eval(&[&p[..], b"h\x00h\x01\x85R\x86."].concat()).unwrap_err();
+    assert!(
+        err.contains("collections.OrderedDict: one list of pairs passed twice"),
+        "{err}"
+    );
 }

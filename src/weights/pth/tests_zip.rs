@@ -168,3 +168,36 @@ fn zip_errors() {
         .unwrap_err()
         .contains("entry `arch/data/0` is corrupt (CRC-32 mismatch)"));
 }
+
+/// Entries a zip writer never makes and torch would read otherwise: two entries of one name
+/// (zipfile, and so torch, takes the last, this reader took the first), and entries sharing bytes
+/// (central records pointing at one local header: each read its own copy, memory = copies x size,
+/// the square of the file's size).
+#[test]
+fn zip_duplicate_and_overlapping_entries_are_refused() {
+    let pkl = state_dict_pkl(&[("w", tensor_call("0", 6, 0, &[6], &[1]))]);
+    let s0 = storage0();
+    let z = make_zip(
+        &[("arch/data.pkl", &pkl), ("arch/data/0", &s0), ("arch/data/0", &s0)],
+        false,
+        0,
+    );
+    let err = load_bytes(&z).unwrap_err();
+    assert!(err.contains("two entries named `arch/data/0`"), "{err}");
+    // Entry `arch/data/1` (the same bytes as data/0) pointed at data/0's local header.
+    let z = make_zip(
+        &[("arch/data.pkl", &pkl), ("arch/data/0", &s0), ("arch/data/1", &s0)],
+        false,
+        0,
+    );
+    let records: Vec<usize> = (0..z.len() - 4)
+        .filter(|&i| z[i..i + 4] == CENTRAL_SIG.to_le_bytes())
+        .collect();
+    let offset_of = |r: usize| z[r + 42..r + 46].to_vec();
+    let mut bad = z.clone();
+    let data0 = offset_of(records[1]);
+    bad[records[2] + 42..records[2] + 46].copy_from_slice(&data0);
+    let err = load_bytes(&bad).unwrap_err();
+    assert!(err.contains("entries `arch/data/0` and `arch/data/1` overlap"), "{err}");
+    assert!(load_bytes(&z).is_ok(), "the archive before the change is fine");
+}

@@ -230,7 +230,10 @@ impl<R: Read + Seek> Zip<R> {
             }
 
             let name = String::from_utf8_lossy(name).into_owned();
-            self.by_name.entry(name.clone()).or_insert(self.entries.len());
+            // zipfile (and so torch) reads the last of two same-named entries: refused, not guessed.
+            if self.by_name.insert(name.clone(), self.entries.len()).is_some() {
+                return Err(format!("corrupt archive: two entries named `{name}`"));
+            }
             self.entries.push(ZipEntry {
                 name,
                 flags,
@@ -240,6 +243,26 @@ impl<R: Read + Seek> Zip<R> {
                 size,
                 local_header_offset,
             });
+        }
+        // Each entry's bytes are its own (as zipfile checks): entries sharing bytes would each
+        // be read in full, a file's size read many times over.
+        let mut spans: Vec<(u64, u64, &str)> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let end = e
+                    .local_header_offset
+                    .saturating_add(30)
+                    .saturating_add(e.compressed_size);
+                (e.local_header_offset, end, e.name.as_str())
+            })
+            .collect();
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[0].1 > w[1].0) {
+            return Err(format!(
+                "corrupt archive: entries `{}` and `{}` overlap",
+                w[0].2, w[1].2
+            ));
         }
         Ok(())
     }
