@@ -18,6 +18,12 @@ impl Rng {
             ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
     }
 
+    /// The seed of stream `stream` of a run seeded `seed`: distinct (seed, stream) pairs give
+    /// unrelated seeds (plain `seed ^ stream` would make seed 0's stream 1 seed 1's stream 0).
+    pub fn stream_seed(seed: u64, stream: u64) -> u64 {
+        mix(mix(seed) ^ stream)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix(self.0)

@@ -414,7 +414,7 @@ fn keyed_mask(seed: u64, step: u64, samples: &[usize], layer: usize, width: i64,
     let keep = 1.0 / (1.0 - p) as f32;
     let mut v = Vec::with_capacity(samples.len() * width as usize);
     for &s in samples {
-        let mut rng = Rng::for_sample(seed ^ (0xd0_u64 << 56) ^ layer as u64, step, s as u64);
+        let mut rng = Rng::for_sample(Rng::stream_seed(seed, (0xd0_u64 << 56) ^ layer as u64), step, s as u64);
         v.extend((0..width).map(|_| if rng.unit() < p { 0.0 } else { keep }));
     }
     Ok(Tensor::from_slice(&v).f_view([samples.len() as i64, width])?)
@@ -478,11 +478,14 @@ mod tests {
         let steps = agree(&m, &keyed_mask(0, 6, &samples, 1, 4096, 0.5).unwrap());
         let layers = agree(&m, &keyed_mask(0, 5, &samples, 2, 4096, 0.5).unwrap());
         let seeds = agree(&m, &keyed_mask(1, 5, &samples, 1, 4096, 0.5).unwrap());
+        // Seed and layer must not alias: (seed 0, layer 1) against (seed 1, layer 0).
+        let swapped = agree(&m, &keyed_mask(1, 5, &samples, 0, 4096, 0.5).unwrap());
         for (what, a) in [
             ("samples", rows),
             ("steps", steps),
             ("layers", layers),
             ("seeds", seeds),
+            ("(seed, layer) pairs", swapped),
         ] {
             assert!((a - 0.5).abs() < 0.03, "masks of different {what} agree on {a}");
         }
