@@ -137,14 +137,29 @@ impl Dataset {
         }
     }
 
-    /// The warning for `split` of `path` when it is the training images (no test split of its
-    /// own): said by `alexnet train`/`eval` and Python's `DataLoader(split="test")` alike.
-    pub fn training_images_as_test(path: &Path, split: Split) -> Option<String> {
-        let missing = Dataset::missing_test_split(path).filter(|_| split == Split::Test)?;
-        Some(format!(
-            "{} has no test split ({missing}): its training images serve as the test split",
-            path.display()
-        ))
+    /// The warning for the test split of `path` when it may not be the one the user means: the
+    /// training images (no test split of its own), or val/ where test/ is there too. Said by
+    /// `alexnet train`/`eval` and Python's `DataLoader(split="test")` alike.
+    pub fn test_split_warning(path: &Path, split: Split) -> Option<String> {
+        if split != Split::Test {
+            return None;
+        }
+        if let Some(missing) = Dataset::missing_test_split(path) {
+            return Some(format!(
+                "{} has no test split ({missing}): its training images serve as the test split",
+                path.display()
+            ));
+        }
+        let [first, second] = TEST_FOLDERS;
+        let idx = [Split::Train, Split::Test]
+            .iter()
+            .any(|&s| idx_path(path, s, "images").is_some());
+        (!idx && path.join(first).is_dir() && path.join(second).is_dir()).then(|| {
+            format!(
+                "{} has both {first}/ and {second}/: {first}/ is the test split ({second}/ is not read)",
+                path.display()
+            )
+        })
     }
 
     /// One subfolder per class (sorted names = labels 0..), images anywhere below each.

@@ -157,7 +157,7 @@ impl DataLoader {
                 warn(w)?;
             }
             let mut ds = core(Dataset::open(&data, split))?;
-            if let Some(w) = Dataset::training_images_as_test(&data, split) {
+            if let Some(w) = Dataset::test_split_warning(&data, split) {
                 warn(w)?;
             }
             if let Some(classes) = classes {

@@ -165,7 +165,7 @@ impl TrainConfig {
             Some(p) => {
                 let ds = Dataset::open(p, split)?;
                 // Said once it is known to be so (not before the error of a missing folder).
-                if let Some(w) = Dataset::training_images_as_test(p, split) {
+                if let Some(w) = Dataset::test_split_warning(p, split) {
                     crate::say::note(&format!("warning: {w}"));
                 }
                 ds

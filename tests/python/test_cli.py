@@ -364,6 +364,21 @@ def test_a_dataset_without_a_test_split_says_it_validates_on_the_training_images
         in r.stderr
 
 
+def test_a_dataset_with_val_and_test_folders_says_which_one_it_evaluates_on(tmp_path):
+    """With val/ and test/ beside train/ (ImageNet's layout, its test/ often unlabelled), val/ is
+    the test split: said, not left for the user to guess."""
+    import shutil
+
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    shutil.copytree(data / "val", data / "test")
+    r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data, "--batch-size", "8", "--max-steps", "1",
+            "--threads", "1", "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"warning: {data} has both val/ and test/: val/ is the test split (test/ is not read)" in r.stderr, r.stderr
+
+
 def test_experiment_runs_of_other_settings_live_beside_each_other(tmp_path):
     """An experiment's run folder is named by the settings that shape its result: a rerun with
     another --epochs trains new runs beside the finished ones (it deleted them and retrained in
