@@ -182,14 +182,7 @@ at::Tensor relu_lrn_max_pool2d_backward_cpu(const at::Tensor& grad_out, const at
   const char* op = "alexnet_rs::relu_lrn_max_pool2d_backward";
   check_lrn_pool_backward_args(grad_out, x, indices, p);
   check_cpu(x, op, "x");
-  // Indices are written through: one outside the plane wrote outside dx (a segfault, as with
-  // ATen's max_pool2d_with_indices_backward). One pass over them, a quarter of x's size.
-  if (indices.numel() > 0) {
-    const auto [lo, hi] = at::aminmax(indices);
-    const int64_t first = lo.item<int64_t>(), last = hi.item<int64_t>();
-    TORCH_CHECK_VALUE(first >= 0 && last < x.size(2) * x.size(3), op, ": indices must index the ", x.size(2), "x",
-                      x.size(3), " plane (0 to ", x.size(2) * x.size(3) - 1, "), got ", first, " to ", last);
-  }
+  check_lrn_pool_indices(x, indices, op);
   if (!fused_takes(x)) return relu_lrn_max_pool2d_backward_composite(grad_out, x, indices, p);
   // The incoming gradient may be expanded (stride 0) or in another layout: match x's.
   const LrnLayout l = lrn_layout(x);

@@ -75,6 +75,16 @@ void check_lrn_pool_backward_args(const at::Tensor& grad_out, const at::Tensor& 
                     ": grad_out, x and indices must be on one device");
 }
 
+void check_lrn_pool_indices(const at::Tensor& x, const at::Tensor& indices, const char* op) {
+  // One outside the plane wrote outside dx: a segfault on the CPU (ours, as ATen's
+  // max_pool2d_with_indices_backward), an illegal address that ends the CUDA context on a GPU.
+  if (indices.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(indices);
+  const int64_t first = lo.item<int64_t>(), last = hi.item<int64_t>();
+  TORCH_CHECK_VALUE(first >= 0 && last < x.size(2) * x.size(3), op, ": indices must index the ", x.size(2), "x",
+                    x.size(3), " plane (0 to ", x.size(2) * x.size(3) - 1, "), got ", first, " to ", last);
+}
+
 std::tuple<at::Tensor, at::Tensor> relu_lrn_max_pool2d_meta(const at::Tensor& x, int64_t size, double alpha,
                                                             double beta, double k, int64_t kernel, int64_t stride,
                                                             bool ceil_mode) {
@@ -120,8 +130,10 @@ std::tuple<at::Tensor, at::Tensor> relu_lrn_max_pool2d_fallback(const at::Tensor
 at::Tensor relu_lrn_max_pool2d_backward_fallback(const at::Tensor& grad_out, const at::Tensor& x,
                                                  const at::Tensor& indices, int64_t size, double alpha, double beta,
                                                  double k, int64_t kernel, int64_t stride, bool ceil_mode) {
-  return relu_lrn_max_pool2d_backward_composite(grad_out, x, indices,
-                                                params(size, alpha, beta, k, kernel, stride, ceil_mode));
+  const auto p = params(size, alpha, beta, k, kernel, stride, ceil_mode);
+  check_lrn_pool_backward_args(grad_out, x, indices, p);
+  check_lrn_pool_indices(x, indices, "alexnet_rs::relu_lrn_max_pool2d_backward");
+  return relu_lrn_max_pool2d_backward_composite(grad_out, x, indices, p);
 }
 
 }  // namespace alexnet_rs

@@ -32,6 +32,10 @@ int64_t pool_out_size(int64_t in, int64_t kernel, int64_t stride, bool ceil_mode
 std::pair<int64_t, int64_t> check_lrn_pool_args(const at::Tensor& x, const LrnPoolParams& p, const char* op);
 void check_lrn_pool_backward_args(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& indices,
                                   const LrnPoolParams& p);
+// The backward's indices are written through: each must index x's H x W plane (ValueError). One
+// pass over them (a quarter of x's size); on CUDA also a device-to-host copy of two numbers. Not
+// in check_lrn_pool_backward_args: the Meta kernel has no values to read.
+void check_lrn_pool_indices(const at::Tensor& x, const at::Tensor& indices, const char* op);
 
 std::tuple<at::Tensor, at::Tensor> relu_lrn_max_pool2d_meta(const at::Tensor& x, int64_t size, double alpha,
                                                             double beta, double k, int64_t kernel, int64_t stride,

@@ -4,7 +4,8 @@ Parts: the `alexnet` CLI from the installed wheel (a few training steps of `pape
 and on the two-device path over the same device, --bf16, --channels-last, both conv backends, then
 eval and predict); CUDA-vs-CPU parity of values and gradients for lrn and grouped_conv2d (AlexNet's
 grouped layers, and a depthwise layer of more groups than a grid dimension takes) in float32,
-bfloat16 and float16; float64 gradcheck and opcheck on CUDA; compute-sanitizer memcheck on a
+bfloat16 and float16; the fused relu_lrn_max_pool2d against the stock composition, and its
+backward refusing indices outside the plane; float64 gradcheck and opcheck on CUDA; compute-sanitizer memcheck on a
 small case; benchmarks (LRN vs F.local_response_norm and vs the measured HBM copy bandwidth;
 grouped conv vs F.conv2d(groups=2) on conv2/conv4/conv5 at batch 128 in float32 and bfloat16; the
 paper network's bfloat16 training step at batch 128: ours, PyTorch eager, torch.compile).
@@ -122,6 +123,45 @@ def parity(rep, dev):
         ok = max(errs) <= max(TOL[dtype], 1e-4 if dtype == torch.float32 else TOL[dtype])
         rep.add("parity", f"grouped_conv2d depthwise {groups} groups {dtype}", "ok" if ok else "FAIL",
                 "max rel err y/dx/dw " + "/".join(f"{e:.1e}" for e in errs))
+
+
+def lrn_pool(rep, dev):
+    """The fused relu -> LRN -> max-pool op (conv1's stage): values against the stock composition in
+    float64 on the CPU, the input gradient against the composition's routed through the op's own
+    maxima (near-ties may pick another element in low precision); indices outside the plane are
+    refused before anything is written (in a subprocess: a missed one ends the CUDA context)."""
+    op = torch.ops.alexnet_rs.relu_lrn_max_pool2d_with_indices
+    args = (5, 1e-4, 0.75, 2.0, 3, 2, False)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = torch.randn(4, 96, 27, 27, dtype=torch.float64) * 20
+        g = torch.randn(4, 96, 13, 13, dtype=torch.float64)
+        xd = x.to(dev, dtype).requires_grad_(True)
+        y = torch.ops.alexnet_rs.relu_lrn_max_pool2d(xd, *args)
+        y.backward(g.to(dev, dtype))
+        idx = op(xd.detach(), *args)[1].cpu()
+        xr = x.clone().requires_grad_(True)
+        h = F.local_response_norm(F.relu(xr), 5, 1e-4, 0.75, 2.0)
+        y_ref = F.max_pool2d(h, 3, 2)
+        h.backward(torch.ops.aten.max_pool2d_with_indices_backward(g, h, [3, 3], [2, 2], [0, 0], [1, 1], False, idx))
+        errs = [rel_err(y.detach().float(), y_ref), rel_err(xd.grad.float(), xr.grad)]
+        ok = max(errs) <= TOL[dtype]
+        rep.add("lrn_pool", f"relu_lrn_max_pool2d {dtype} {dev.type}", "ok" if ok else "FAIL",
+                f"max rel err y {errs[0]:.2e} dx {errs[1]:.2e}")
+    script = f"""
+import torch, alexnet_rs
+x = torch.randn(1, 3, 5, 5, device="{dev}")
+for bad in (100000000, 25, -1):
+    try:
+        torch.ops.alexnet_rs.relu_lrn_max_pool2d_backward(torch.randn(1, 3, 2, 2, device=x.device), x,
+            torch.full((1, 3, 2, 2), bad, dtype=torch.long, device=x.device), 3, 0.5, 0.75, 1.0, 3, 2, False)
+        print("accepted", bad)
+    except ValueError as e:
+        print("refused", bad, "must index the 5x5 plane" in str(e))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    ok = r.returncode == 0 and r.stdout.split("\n")[:3] == [f"refused {b} True" for b in (100000000, 25, -1)]
+    rep.add("lrn_pool", f"backward indices outside the plane refused on {dev.type}", "ok" if ok else "FAIL",
+            detail="" if ok else (r.stdout + r.stderr)[-300:])
 
 
 def gradcheck_opcheck(rep, dev):
@@ -299,6 +339,7 @@ def main():
     else:
         for part in ("parity (CUDA vs CPU)", "memcheck (compute-sanitizer)"):
             rep.add(part, "needs a GPU", "skipped")
+    rep.run("lrn_pool", lambda: lrn_pool(rep, dev))
     rep.run("gradcheck/opcheck", lambda: gradcheck_opcheck(rep, dev))
     work = Path(args.out) / "cli"
     rep.run("cli", lambda: cli_train(rep, dev, work))
