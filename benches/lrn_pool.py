@@ -6,8 +6,8 @@ fusion choices in src/model/forward.rs (BENCHMARKS.md, "CPU training step").
 1. torch.ops.alexnet_rs.relu_lrn_max_pool2d_with_indices and its backward, each timed alone, with
    NCHW and channels_last input, at the paper's conv1 and conv2 stages (batch 16, 224 input).
 2. Without LRN (size 0): our op's forward + backward against ATen's relu_ + max_pool2d (the
-   unfused stage of the model; an x * 1 copy stands in for the conv output ReLU overwrites, and
-   its time is subtracted), at the torchvision preset's three pooled stages at 224 (batch 16) and
+   unfused stage of the model; a clone stands in for the conv output ReLU overwrites, and its
+   time is subtracted), at the torchvision preset's three pooled stages at 224 (batch 16) and
    at the demo's 63x63 (batch 64).
 Median of --repeats after a warm-up.
 """
@@ -61,13 +61,16 @@ def relu_pool_against_aten(repeats):
             x = x0.detach().requires_grad_()
             OPS.relu_lrn_max_pool2d(x, *NO_LRN, 3, 2, False).backward(g)
 
+        # The clone stands in for the conv output that relu_ overwrites: its forward is subtracted,
+        # and its backward passes the gradient on as it is (an `x * 1` here added a full-size
+        # multiply to ATen's backward that nothing subtracted).
         def aten():
             x = x0.detach().requires_grad_()
-            F.max_pool2d(F.relu_(x * 1), 3, 2).backward(g)
+            F.max_pool2d(F.relu_(x.clone()), 3, 2).backward(g)
 
         def copy():
             x = x0.detach().requires_grad_()
-            x * 1
+            x.clone()
 
         aten_ms = median_ms(aten, repeats) - median_ms(copy, repeats)
         print(f"| {name} | {fmt_name} | {median_ms(ours, repeats):.2f} | {aten_ms:.2f} |")

@@ -20,6 +20,9 @@ pub enum Side {
     Eager,
     /// torch.compile(model), inductor's default mode (benches/train_step.py --mode compile).
     Compile,
+    /// PyTorch eager inside `alexnet_rs.ops.cpu_cache()`, our caching CPU allocator (not an
+    /// anchor: what the allocator alone gives a user's own loop; benches/train_step.py --cpu-cache).
+    EagerCached,
 }
 
 #[derive(Args)]
@@ -94,6 +97,14 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
                 .into(),
         ));
     }
+    if anchors && Placement::parse(&a.devices)?.is_split() {
+        // The anchors run on the first device alone: the ratio compared two devices with one.
+        return Err(Error::Config(format!(
+            "--devices {} splits ours over two devices, and the PyTorch anchors run on one: measure --sides ours \
+             alone, or give one device",
+            a.devices
+        )));
+    }
     let threads = tch::get_num_threads();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
@@ -101,7 +112,7 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
     for &side in &a.sides {
         results.push(match side {
             Side::Ours => ours(a)?,
-            Side::Eager | Side::Compile => python_side(a, side, threads)?,
+            Side::Eager | Side::Compile | Side::EagerCached => python_side(a, side, threads)?,
         });
     }
     let cfg = Config::preset(a.preset, 1000)?;
@@ -156,6 +167,7 @@ fn side_name(s: Side) -> &'static str {
         Side::Ours => "alexnet_rs",
         Side::Eager => "PyTorch eager",
         Side::Compile => "torch.compile",
+        Side::EagerCached => "PyTorch eager in cpu_cache()",
     }
 }
 
@@ -177,11 +189,19 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
         x = crate::ops::channels_last(&x)?;
     }
     let y = Tensor::randint(1000, [a.batch], (Kind::Int64, dev));
+    let samples: Vec<usize> = (0..a.batch as usize).collect();
+    let mut step_no = 0;
     let mut step = || -> Result<f64> {
         let t0 = Instant::now();
-        // As the training loop: the FC layers' update inside their backward, unless measuring without.
+        // As the training loop: the FC layers' update inside their backward, unless measuring
+        // without; dropout masks from (seed, step, sample) streams.
         let in_backward = (!a.no_fc_update_in_backward).then(|| sgd.in_backward(&params, 1e-3));
-        let masks = Some(model::Masks::Torch);
+        let masks = Some(model::Masks::Keyed {
+            seed: 0,
+            step: step_no,
+            samples: &samples,
+        });
+        step_no += 1;
         let loss = model::forward_masked(&cfg, &params, &x, masks, in_backward.as_ref())?.f_cross_entropy_loss(
             &y,
             None::<Tensor>,
@@ -263,6 +283,7 @@ fn python_side(a: &BenchTrainArgs, side: Side, threads: i32) -> Result<Measured>
             &threads.to_string(),
         ])
         .args(["--device", &placement::device_name(placement.first())])
+        .args((side == Side::EagerCached).then_some("--cpu-cache"))
         .output()
         .map_err(io(&python))?;
     if !out.status.success() {

@@ -122,6 +122,8 @@ def test_forward_on_a_real_photo():
         (["bench", "train", "--steps", "0"], "invalid value '0' for '--steps <STEPS>'"),
         (["bench", "train", "--batch", "0"], "invalid value '0' for '--batch <BATCH>'"),
         (["bench", "train", "--sides", "ours,ours"], "--sides lists ours twice"),  # a ratio of a side to itself
+        # ours over two devices against anchors on one: a ratio of different hardware
+        (["bench", "train", "--devices", "cpu,cpu", "--sides", "ours,eager"], "the PyTorch anchors run on one"),
         (["info", "--num-classes", "9999999999999"], "num_classes must be in 1..=1000000"),  # 40e15 parameters
         # read until the OOM killer ended it (23 GB resident)
         (["train", "--config", "/dev/zero"], "/dev/zero: is over 16 MiB: not a settings or state file"),
@@ -165,6 +167,10 @@ def test_bench_train_runs_its_pytorch_anchor_from_any_directory(tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "eager" in r.stdout, r.stdout
+    # Eager inside our caching allocator, as a side of its own (the README's claim for cpu_cache()).
+    r = subprocess.run([BIN, *args[:2], "--sides", "eager,eager-cached", *args[4:], "--preset", "torchvision"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0 and "| PyTorch eager in cpu_cache() |" in r.stdout, r.stderr[-2000:]
     # A preset the anchors do not have is refused before anything is measured (it failed after ours).
     r = subprocess.run([BIN, *args, "--preset", "cnn4"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 1 and "not cnn4" in r.stderr and "images/s" not in r.stdout, r.stderr
