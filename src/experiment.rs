@@ -220,12 +220,12 @@ pub struct Summary {
 /// The folder of one run: the settings that differ between arms, seeds and sweeps, readable,
 /// then a fingerprint of every setting that shapes its result (and of Fig. 1's `targets`), so that
 /// runs made with other settings (another `--epochs`, other data) live beside each other.
-fn run_dir(root: &Path, t: &TrainConfig, targets: &[f64]) -> PathBuf {
+fn run_dir(root: &Path, t: &TrainConfig, targets: &[f64], inputs: u64) -> PathBuf {
     let act = t.activation.name();
     let pool = t.pool_kernel.map_or("".into(), |k| format!("-pool{k}"));
     let drop = t.dropout.map_or("".into(), |p| format!("-drop{p}"));
     let lrn = if t.lrn { "" } else { "-nolrn" };
-    let text = serde_json::to_string(&(result_shaping(t), targets)).expect("plain record");
+    let text = serde_json::to_string(&(result_shaping(t), targets, inputs)).expect("plain record");
     let hash = crate::files::fnv(crate::files::FNV_START, text.as_bytes());
     root.join(format!(
         "{}-{}-{act}{lrn}{pool}{drop}-lr{}-seed{}-{:08x}",
@@ -235,6 +235,31 @@ fn run_dir(root: &Path, t: &TrainConfig, targets: &[f64]) -> PathBuf {
         t.seed,
         hash & 0xffff_ffff
     ))
+}
+
+/// A key of what the runs read besides their settings: the data's samples (both splits), the
+/// statistics file and the initial weights, so that other contents at the same paths make other
+/// runs (a rerun on changed images reused the results of the old ones).
+fn inputs_key(t: &TrainConfig) -> Result<u64> {
+    use crate::data::{Dataset, Split};
+    use crate::files::{fnv, stamp, FNV_START};
+    let mut h = FNV_START;
+    for split in [Split::Train, Split::Test] {
+        let ds = match &t.data {
+            Some(p) => Dataset::open(p, split)?,
+            None => Dataset::fashion_mnist(split)?,
+        };
+        h = fnv(h, &ds.files_key().to_le_bytes());
+    }
+    for p in [&t.stats, &t.init_from].into_iter().flatten() {
+        let file = if p.is_dir() {
+            crate::checkpoint::find_latest_weights(p)?.join("weights.safetensors")
+        } else {
+            p.clone()
+        };
+        h = stamp(fnv(h, file.as_os_str().as_encoded_bytes()), &file);
+    }
+    Ok(h)
 }
 
 /// `t` without the settings that cannot change a run's result: its folder, threads, which
@@ -261,10 +286,18 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     let name = t.out.file_name().unwrap_or_default().to_string_lossy();
     let _claim = crate::files::RunLock::wait(&root.join(format!(".{name}.claim")))?;
     let result_path = t.out.join("result.json");
-    if let Ok(text) = std::fs::read_to_string(&result_path) {
-        if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
+    match std::fs::read_to_string(&result_path) {
+        Ok(text) => {
+            // Not ours to delete: a finished run (result.json is written last, whole), whether
+            // this build can read it or not.
+            let r = serde_json::from_str::<RunResult>(&text).map_err(|e| {
+                Error::Config(format!(
+                    "{}: a finished run's result this build cannot read ({e}): move the folder away or pick \
+                     another --out",
+                    result_path.display()
+                ))
+            })?;
             if result_shaping(&r.config) != result_shaping(t) || r.targets != targets {
-                // Not ours to delete: a finished run (its folder's name says other settings).
                 return Err(Error::Config(format!(
                     "{} holds a finished run made with other settings than its folder's name says: \
                      move it away or pick another --out",
@@ -274,6 +307,8 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
             crate::say::line(&format!("  reusing {}", result_path.display()));
             return Ok(r);
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&result_path)(e)),
     }
     let started = std::time::Instant::now();
     let reached: Vec<Cell<Option<u64>>> = targets.iter().map(|_| Cell::new(None)).collect();
@@ -412,6 +447,7 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
     // fingerprints) the same runs and data.
     let base = &absolute_paths(base)?;
     let root = base.out.clone();
+    let inputs = inputs_key(base)?;
     let total = 2 * lrs.len() as u64 * seeds;
     let mut done = 0;
     let mut arms = Vec::new();
@@ -421,7 +457,7 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
             for k in 0..seeds {
                 let mut t = arm.clone();
                 (t.lr, t.seed) = (lr, base.seed + k);
-                t.out = run_dir(&root, &t, &targets);
+                t.out = run_dir(&root, &t, &targets, inputs);
                 done += 1;
                 crate::say::line(&format!(
                     "[{done}/{total}] {}: {label}, lr {lr}, seed {} -> {}",

@@ -234,3 +234,19 @@ pub fn fnv(h: u64, bytes: &[u8]) -> u64 {
         .iter()
         .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
+
+/// `h` continued with `path`'s size and modification time (unchanged if it cannot be read): a
+/// stamp that changes when the file is replaced or rewritten.
+pub fn stamp(h: u64, path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            let modified = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            let nanos = modified.map_or(0, |d| d.as_nanos());
+            fnv(fnv(h, &m.len().to_le_bytes()), &nanos.to_le_bytes())
+        }
+        Err(_) => h,
+    }
+}

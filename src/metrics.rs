@@ -314,7 +314,11 @@ fn draw_into(buf: &mut [u8], size: (u32, u32), steps: &[StepRecord], epochs: &[E
             (x, loss[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i - lo + 1) as f64)
         })
         .collect();
-    let ymax = loss.iter().map(|p| p.1).filter(|v| v.is_finite()).fold(0.1, f64::max);
+    // The validation losses too: above the training losses (overfitting) they were pinned to the top.
+    let ymax = (loss.iter().map(|p| p.1))
+        .chain(epochs.iter().map(|e| e.val_loss))
+        .filter(|v| v.is_finite())
+        .fold(0.1, f64::max);
     {
         let mut b = panel(
             &panels[0],
@@ -362,4 +366,49 @@ fn draw_into(buf: &mut [u8], size: (u32, u32), steps: &[StepRecord], epochs: &[E
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_losses_above_the_training_losses_stay_on_the_chart() {
+        // Training losses ~1, validation losses 3.0 (step 25) and 2.5 (step 100): the loss axis
+        // was sized by the training losses alone, and both points were drawn on its top edge.
+        let steps: Vec<StepRecord> = (1..=100)
+            .map(|step| StepRecord {
+                step,
+                loss: 1.0,
+                ..Default::default()
+            })
+            .collect();
+        let epoch = |step, val_loss| EpochRecord {
+            step,
+            val_loss,
+            ..Default::default()
+        };
+        let (w, h) = (600u32, 900u32);
+        let mut buf = vec![0u8; (w * h * 3) as usize];
+        draw_into(&mut buf, (w, h), &steps, &[epoch(25, 3.0), epoch(100, 2.5)]).unwrap();
+        // Red pixels of the loss panel (the top third), left and right of the middle.
+        let mean_row = |right: bool| {
+            let rows: Vec<f64> = (0..h / 3)
+                .flat_map(|y| (0..w).map(move |x| (x, y)))
+                .filter(|&(x, y)| {
+                    let i = ((y * w + x) * 3) as usize;
+                    buf[i..i + 3] == [255, 0, 0] && (x >= w / 2) == right
+                })
+                .map(|(_, y)| f64::from(y))
+                .collect();
+            assert!(
+                !rows.is_empty(),
+                "no validation point on the {} half",
+                if right { "right" } else { "left" }
+            );
+            rows.iter().sum::<f64>() / rows.len() as f64
+        };
+        let (at_3, at_2_5) = (mean_row(false), mean_row(true));
+        assert!(at_2_5 - at_3 > 10.0, "3.0 drawn at row {at_3}, 2.5 at row {at_2_5}");
+    }
 }

@@ -162,6 +162,32 @@ impl Dataset {
         })
     }
 
+    /// A key of the samples on this machine: each one's file (or IDX index) and label, and each
+    /// file's size and modification time (the IDX files' too), so that a file replaced, moved to
+    /// another class, added or removed gives another key. Cheap: no file is read
+    /// ([`Dataset::fingerprint`] keys the contents, for ranks on other machines).
+    pub fn files_key(&self) -> u64 {
+        use crate::files::{fnv, stamp, FNV_START};
+        let mut h = stamp(fnv(FNV_START, self.origin.as_os_str().as_encoded_bytes()), &self.origin);
+        if self.idx.is_some() {
+            for split in [Split::Train, Split::Test] {
+                for kind in ["images", "labels"] {
+                    if let Some(p) = idx_path(&self.origin, split, kind) {
+                        h = stamp(fnv(h, p.as_os_str().as_encoded_bytes()), &p);
+                    }
+                }
+            }
+        }
+        for (sample, label) in &self.items {
+            h = match sample {
+                Sample::File(p) => stamp(fnv(h, p.as_os_str().as_encoded_bytes()), p),
+                Sample::Idx(k) => fnv(h, &k.to_le_bytes()),
+            };
+            h = fnv(h, &label.to_le_bytes());
+        }
+        h
+    }
+
     /// One subfolder per class (sorted names = labels 0..), images anywhere below each.
     pub fn image_folder(root: &Path) -> Result<Dataset> {
         // (class name, folder name): a name that is not UTF-8 is read by its own bytes.

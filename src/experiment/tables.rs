@@ -92,7 +92,7 @@ pub(super) fn fig1_table(arms: &[ArmResult], targets: &[f64]) -> String {
     let mut s = String::new();
     let heads: Vec<String> = targets
         .iter()
-        .map(|g| format!("steps to {:.0} % (per seed) | mean", 100.0 * g))
+        .map(|&g| format!("steps to {} % (per seed) | mean", percent(g)))
         .collect();
     let _ = writeln!(s, "| activation | lr | {} | test top-1 error % |", heads.join(" | "));
     let _ = writeln!(s, "|---|---|{}---|", "---|---|".repeat(targets.len()));
@@ -118,7 +118,12 @@ pub(super) fn fig1_table(arms: &[ArmResult], targets: &[f64]) -> String {
             })
             .collect();
         let e1: Vec<f64> = a.runs.iter().filter_map(|r| r.test_top1_error).collect();
-        let test = if e1.is_empty() { "diverged".into() } else { pct(&e1) };
+        let diverged = a.runs.len() - e1.len();
+        let test = match (e1.len(), diverged) {
+            (0, _) => "diverged".into(),
+            (_, 0) => pct(&e1),
+            (n, d) => format!("{} ({n} of {} seeds; {d} diverged)", pct(&e1), a.runs.len()),
+        };
         let _ = writeln!(s, "| {} | {} | {} | {test} |", a.label, a.lr, cols.join(" | "));
     }
     let _ = writeln!(s);
@@ -129,7 +134,7 @@ pub(super) fn fig1_table(arms: &[ArmResult], targets: &[f64]) -> String {
                 .filter_map(|a| mean_steps(a, i).map(|m| (m, a.lr)))
                 .min_by(|x, y| x.0.total_cmp(&y.0))
         };
-        let goal = format!("{:.0} % training error", 100.0 * g);
+        let goal = format!("{} % training error", percent(*g));
         let line = match (best("relu"), best("tanh")) {
             (Some((r, rl)), Some((t, tl))) => format!(
                 "{goal}: best rates relu {rl} ({r:.0} steps), tanh {tl} ({t:.0} steps): \
@@ -153,4 +158,10 @@ pub(super) fn fig1_table(arms: &[ArmResult], targets: &[f64]) -> String {
     );
     let _ = writeln!(s, "\nPaper: {}.", Experiment::ReluVsTanh.paper_claim());
     s
+}
+
+/// A fraction as a percentage with the digits it has (0.25: "25", 0.125: "12.5").
+fn percent(g: f64) -> String {
+    let s = format!("{:.2}", 100.0 * g);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }

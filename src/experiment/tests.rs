@@ -71,3 +71,27 @@ fn several_learning_rates_pair_the_arms_of_each_rate() {
     }
     assert!(!md.contains("with LRN − with LRN"), "{md}");
 }
+
+#[test]
+fn fig1_says_how_many_seeds_its_test_error_averages() {
+    // relu at lr 0.1: seed 0 finished (error 0.10, 12 steps to 25 %), seed 1 diverged. The mean
+    // of the one finished seed was printed alone, as if it were the row's result.
+    let mut a = arm("relu", 0.1, &[0.10, 0.20]);
+    for (r, (steps, top1)) in a.runs.iter_mut().zip([(Some(12), Some(0.10)), (None, None)]) {
+        (r.targets, r.steps_to_target, r.test_top1_error, r.steps) = (vec![0.25], vec![steps], top1, 12);
+    }
+    let md = fig1_table(&[a], &[0.25]);
+    assert!(
+        md.contains("| relu | 0.1 | 12, diverged | – | 10.00 (1 of 2 seeds; 1 diverged) |"),
+        "{md}"
+    );
+    // A target that is not a whole percent keeps its digits (12.5 % was printed as 12 %).
+    let md = fig1_table(
+        &[arm("relu", 0.1, &[0.1])].map(|mut a| {
+            (a.runs[0].targets, a.runs[0].steps_to_target) = (vec![0.125], vec![Some(3)]);
+            a
+        }),
+        &[0.125],
+    );
+    assert!(md.contains("steps to 12.5 % (per seed)"), "{md}");
+}

@@ -2,14 +2,14 @@
 //! vectors (the last hidden layer, 4096 wide) are nearest in Euclidean distance. The training
 //! set's fc7 vectors are computed once per checkpoint and data set and cached beside the run
 //! (`<run>/fc7/<checkpoint>-<key>.safetensors`, written to a temporary name and renamed; the key
-//! covers every sample's file, label, size and modification time, see [`samples_key`]). The
+//! covers every sample's file, label, size and modification time, see [`Dataset::files_key`]). The
 //! cache of a checkpoint that `--keep` has since removed is removed too (each holds N x 4096
 //! floats: 1 GB for Fashion-MNIST's 60000 images).
 use super::eval::{image_tensor, load_trained, Trained};
 use crate::checkpoint;
-use crate::data::{loader::decode, Dataset, Sample, Split, View};
+use crate::data::{loader::decode, Dataset, Split, View};
 use crate::error::{Error, Result};
-use crate::files::{fnv, FNV_START};
+use crate::files::{fnv, stamp, FNV_START};
 use crate::model;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -183,7 +183,7 @@ fn fc7_bank(
         _ => folder.join("fc7"),
     };
     let settings = format!("{}|{}|{}", tc.input_size, tc.preset, train.classes.join("|"));
-    let key = fnv(samples_key(train), settings.as_bytes());
+    let key = fnv(train.files_key(), settings.as_bytes());
     let name = ckpt
         .file_name()
         .map_or("ckpt".into(), |n| n.to_string_lossy().to_string());
@@ -277,35 +277,5 @@ fn prune_stale(cache_dir: &Path, folder: &Path) {
 
 /// A stamp of a checkpoint's weights file (its size and modification time).
 fn weights_stamp(ckpt: &Path) -> u64 {
-    file_stamp(FNV_START, &ckpt.join("weights.safetensors"))
-}
-
-/// `h` continued with `path`'s size and modification time (unchanged if it cannot be read).
-fn file_stamp(h: u64, path: &Path) -> u64 {
-    match std::fs::metadata(path) {
-        Ok(m) => {
-            let modified = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            let nanos = modified.map_or(0, |d| d.as_nanos());
-            fnv(fnv(h, &m.len().to_le_bytes()), &nanos.to_le_bytes())
-        }
-        Err(_) => h,
-    }
-}
-
-/// A key of the samples themselves: each one's file (or IDX index) and label, and each file's size
-/// and modification time, so that a file replaced, moved to another class, added or removed
-/// gives another key (a count of samples would not see a move or a replacement).
-fn samples_key(ds: &Dataset) -> u64 {
-    let mut h = file_stamp(fnv(FNV_START, ds.origin.as_os_str().as_encoded_bytes()), &ds.origin);
-    for (sample, label) in &ds.items {
-        h = match sample {
-            Sample::File(p) => file_stamp(fnv(h, p.as_os_str().as_encoded_bytes()), p),
-            Sample::Idx(k) => fnv(h, &k.to_le_bytes()),
-        };
-        h = fnv(h, &label.to_le_bytes());
-    }
-    h
+    stamp(FNV_START, &ckpt.join("weights.safetensors"))
 }

@@ -201,15 +201,16 @@ def test_experiments_sharing_a_root_share_the_baseline_without_deleting_it(tmp_p
     from conftest import image_folder
 
     data = image_folder(tmp_path / "data")
+    # lr 0.003: the paper network without LRN diverged at 0.01 on these images (a NaN at step 20).
     common = ["--seeds", "1", "--data", data, "--batch-size", "8", "--epochs", "40", "--limit-test", "8",
-              "--threads", "1", "--out", tmp_path / "exp"]
+              "--lrs", "0.003", "--threads", "1", "--out", tmp_path / "exp"]
     first = subprocess.Popen([BIN, "experiment", "dropout", *map(str, common)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while (not list((tmp_path / "exp").glob("paper-63-relu-lr0.01-seed0-*/metrics.jsonl"))
+    while (not list((tmp_path / "exp").glob("paper-63-relu-lr0.003-seed0-*/metrics.jsonl"))
            and first.poll() is None and time.monotonic() < deadline):
         time.sleep(0.02)
-    [baseline] = (tmp_path / "exp").glob("paper-63-relu-lr0.01-seed0-*")  # the shared one
+    [baseline] = (tmp_path / "exp").glob("paper-63-relu-lr0.003-seed0-*")  # the shared one
     second = run("experiment", "lrn", *common)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
@@ -411,6 +412,36 @@ def test_experiment_runs_of_other_settings_live_beside_each_other(tmp_path):
     epochs = sorted(json.loads((p / "result.json").read_text())["config"]["epochs"]
                     for p in (tmp_path / "exp").iterdir() if p.is_dir())
     assert epochs == [1, 1, 2, 2], epochs
+    # Other images at the same path are other data: new runs (the old results were reused).
+    from PIL import Image
+
+    for f in sorted((data / "train" / "class0").glob("*.png"))[:4]:
+        Image.new("RGB", (32, 32)).save(f)
+    changed = run("experiment", *common, "--epochs", "1", "--out", tmp_path / "exp")
+    assert changed.returncode == 0 and "reusing" not in changed.stderr, changed.stderr
+    assert len([p for p in (tmp_path / "exp").iterdir() if p.is_dir()]) == 6
+    assert all((p / "result.json").read_text() == text for p, text in results.items())
+
+
+def test_an_experiment_run_whose_result_cannot_be_read_is_kept(tmp_path):
+    """A finished run's result.json that this build cannot read (written by a build with a
+    setting since removed) was taken for an unfinished attempt: the folder was deleted, notes
+    and all, and the run retrained."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    args = ["experiment", "relu-vs-tanh", "--seeds", "1", "--lrs", "0.05", "--data", data, "--batch-size", "16",
+            "--target-errors", "0.99", "--limit-test", "8", "--epochs", "1", "--out", tmp_path / "exp"]
+    assert run(*args).returncode == 0
+    one = sorted(p for p in (tmp_path / "exp").iterdir() if p.is_dir())[0]
+    result = json.loads((one / "result.json").read_text())
+    result["config"]["retired_setting"] = 1
+    (one / "result.json").write_text(json.dumps(result))
+    (one / "notes.txt").write_text("mine")
+    r = run(*args)
+    assert r.returncode == 1 and f"{one / 'result.json'}: a finished run's result this build cannot read" in r.stderr, \
+        r.stderr
+    assert (one / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -346,6 +346,13 @@ def test_a_test_split_of_the_training_images_is_said(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         DataLoader(tmp_path / "list.txt", split="train", crop=64, batch_size=1)
+    # val/ and test/ both there: val/ is the test split, and that is said too.
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    (data / "test").mkdir()
+    with pytest.warns(UserWarning, match="has both val/ and test/: val/ is the test split .test/ is not read."):
+        DataLoader(data, split="test", crop=32, batch_size=1)
 
 
 def test_prepare_is_resumable(tmp_path):
