@@ -201,8 +201,9 @@ bool linear_sgd_ok(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   };
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   return avx512 && at::GradMode::is_enabled() && f32(x, 2) && f32(w, 2) && f32(b, 1) && f32(v, 2) && x.size(0) >= 1 &&
-         x.size(0) <= kLinearSgdMaxBatch && x.size(1) == w.size(1) && w.size(0) >= 1 && b.size(0) == w.size(0) &&
-         v.sizes() == w.sizes() && w.requires_grad() && w.is_leaf() && !v.requires_grad();
+         x.size(0) <= kLinearSgdMaxBatch && x.size(1) >= 1 && x.size(1) == w.size(1) && w.size(0) >= 1 &&
+         b.size(0) == w.size(0) && v.sizes() == w.sizes() && w.requires_grad() && w.is_leaf() && !v.requires_grad() &&
+         apart({&x, &w, &b, &v});
 }
 
 }  // namespace alexnet_rs

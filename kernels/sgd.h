@@ -4,7 +4,20 @@
 // in their order (the compiler may contract a multiply-add into one FMA).
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
+
+#include <initializer_list>
+
 namespace alexnet_rs {
+
+// Whether no two of `ts` share memory (ATen's overlap test; "too hard to tell" counts as shared):
+// the fused updates write some while reading others.
+inline bool apart(std::initializer_list<const at::Tensor*> ts) {
+  for (auto a = ts.begin(); a != ts.end(); ++a)
+    for (auto b = a + 1; b != ts.end(); ++b)
+      if (at::get_overlap_status(**a, **b) != at::MemOverlapStatus::No) return false;
+  return true;
+}
 
 // The scalars as the unfused path rounds them: f32 of the f64 products.
 struct SgdScalars {

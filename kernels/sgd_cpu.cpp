@@ -34,7 +34,7 @@ void sgd(float* p, const float* g, float* v, int64_t n, const SgdScalars& scalar
 extern "C" {
 
 // Whether alexnet_rs_sgd_fused may update *p and *v: dense float32 CPU tensors of one layout, not
-// inference tensors (their version counters cannot be bumped). Never throws: a tensor it cannot
+// inference tensors (their version counters cannot be bumped), p, its gradient and v apart in memory. Never throws: a tensor it cannot
 // inspect (a sparse gradient has no strides) does not qualify.
 int32_t alexnet_rs_sgd_fused_ok(const at::Tensor* p, const at::Tensor* v) noexcept {
   try {
@@ -44,7 +44,8 @@ int32_t alexnet_rs_sgd_fused_ok(const at::Tensor* p, const at::Tensor* v) noexce
              t.sizes() == p->sizes() && t.strides() == p->strides() && t.is_non_overlapping_and_dense() &&
              !t.is_conj() && !t.is_neg() && !t.is_inference();
     };
-    return ok(*p) && ok(g) && ok(*v) ? 1 : 0;
+    // The pass writes v and p as it reads g: no two of them may share memory.
+    return ok(*p) && ok(g) && ok(*v) && alexnet_rs::apart({p, &g, v}) ? 1 : 0;
   } catch (...) {
     return 0;
   }

@@ -265,6 +265,22 @@ fn fused_sgd_matches_the_unfused_update_and_drops_the_gradient() {
     assert!(p.grad().defined());
     let p = Tensor::randn([10], opts).set_requires_grad(true); // no gradient
     assert!(!ops::sgd_fused(&p, &p.detach().zeros_like(), 0.01, 0.9, 0.0, false));
+    // A velocity sharing memory with the weight or its gradient: the pass wrote v through w's
+    // memory before reading w (1.71 where 0.81 is right). Refused: the unfused ops then run.
+    for v_is_grad in [false, true] {
+        let p = Tensor::ones([4], opts).set_requires_grad(true);
+        p.sum(Kind::Float).backward();
+        let v = if v_is_grad { p.grad() } else { p.detach() };
+        assert!(
+            !ops::sgd_fused(&p, &v, 0.1, 0.9, 0.0, false),
+            "v aliases {}",
+            if v_is_grad { "g" } else { "p" }
+        );
+        assert!(
+            p.grad().defined() && p.detach().equal(&Tensor::ones([4], opts)),
+            "left alone"
+        );
+    }
 }
 
 #[test]
@@ -355,6 +371,34 @@ fn fc_update_in_backward_matches_linear_gemms_and_the_unfused_update() {
             .unwrap()
             .is_none(),
         "float64"
+    );
+    // No columns (K = 0): the backward's tiling divided by zero (SIGFPE).
+    let (x0, w0) = (
+        Tensor::zeros([2, 0], opts),
+        Tensor::zeros([3, 0], opts).set_requires_grad(true),
+    );
+    let v0 = w0.detach().zeros_like();
+    let b3 = Tensor::zeros([3], opts);
+    assert!(
+        ops::linear_sgd(&x0, &w0, &b3, &v0, lr, m, 0.0, false)
+            .unwrap()
+            .is_none(),
+        "K = 0"
+    );
+    // Tensors sharing memory (the velocity is the weight, the input is the weight): refused.
+    let sq = Tensor::randn([4, 4], opts).set_requires_grad(true);
+    let b4 = Tensor::randn([4], opts);
+    assert!(
+        ops::linear_sgd(&x, &w, &b, &w.detach(), lr, m, 0.0, false)
+            .unwrap()
+            .is_none(),
+        "v = w"
+    );
+    assert!(
+        ops::linear_sgd(&sq.detach(), &sq, &b4, &sq.detach().zeros_like(), lr, m, 0.0, false)
+            .unwrap()
+            .is_none(),
+        "x = w"
     );
     let _no_grad = tch::no_grad_guard();
     assert!(
