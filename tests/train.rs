@@ -259,3 +259,55 @@ fn resume_without_out_continues_in_the_run_folder() {
     assert_eq!(checkpoint::load(&run).unwrap().state.step, 3);
     assert_eq!(losses(&run).len(), 3);
 }
+
+#[test]
+fn a_query_from_the_training_images_is_not_its_own_neighbour() {
+    // A folder without val/: its test split is its training images, and `neighbours --test`
+    // found each query itself at distance 0 (counted as a neighbour of its class).
+    let _s = serial();
+    let root = tmp("nn-self");
+    let data = root.join("data");
+    for c in 0..2u8 {
+        let d = data.join(format!("c{c}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..6u8 {
+            let img = image::RgbImage::from_fn(16, 16, |x, y| {
+                image::Rgb([c * 120 + i * 9, (x * 13 + y * 7) as u8 ^ (i * 31), i * 40])
+            });
+            img.save(d.join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let run = root.join("run");
+    let tc = TrainConfig {
+        preset: Preset::Torchvision,
+        input_size: 63,
+        batch_size: 4,
+        max_steps: Some(1),
+        data: Some(data.clone()),
+        out: run.clone(),
+        threads: 1,
+        ..TrainConfig::default()
+    };
+    train(&tc, None, &mut |_| {}, &|| false).unwrap();
+    let n = alexnet_rs::train::neighbours(&run, None, alexnet_rs::train::Queries::Test(4), 3, "cpu").unwrap();
+    for (i, q) in n.queries.iter().enumerate() {
+        let found: Vec<usize> = q.neighbours.iter().map(|&(idx, _, _)| idx).collect();
+        assert!(
+            found.len() == 3 && !found.contains(&i),
+            "test #{i} (training image {i}) found {found:?}"
+        );
+    }
+    // A training image named as a file (by another spelling of its path): not its own either.
+    let file = data.join("c0").join(".").join("2.png");
+    let n = alexnet_rs::train::neighbours(&run, None, alexnet_rs::train::Queries::Files(vec![file]), 3, "cpu").unwrap();
+    let own = n
+        .train
+        .items
+        .iter()
+        .position(|(s, _)| matches!(s, alexnet_rs::data::Sample::File(p) if p.ends_with("c0/2.png")));
+    let found: Vec<usize> = n.queries[0].neighbours.iter().map(|&(idx, _, _)| idx).collect();
+    assert!(
+        found.len() == 3 && !found.contains(&own.unwrap()),
+        "c0/2.png found {found:?}"
+    );
+}

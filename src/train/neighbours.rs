@@ -1,5 +1,7 @@
 //! The paper's Fig. 4: for query images, the top-5 predictions and the training images whose fc7
-//! vectors (the last hidden layer, 4096 wide) are nearest in Euclidean distance. The training
+//! vectors (the last hidden layer, 4096 wide) are nearest in Euclidean distance (a query that is
+//! itself one of the training images, as with a data set without a test split, is not counted
+//! as its own neighbour). The training
 //! set's fc7 vectors are computed once per checkpoint and data set and cached beside the run
 //! (`<run>/fc7/<checkpoint>-<key>.safetensors`, written to a temporary name and renamed; the key
 //! covers every sample's file, label, size and modification time, see [`Dataset::files_key`]). The
@@ -7,7 +9,7 @@
 //! floats: 1 GB for Fashion-MNIST's 60000 images).
 use super::eval::{image_tensor, load_trained, Trained};
 use crate::checkpoint;
-use crate::data::{loader::decode, Dataset, Split, View};
+use crate::data::{loader::decode, Dataset, Sample, Split, View};
 use crate::error::{Error, Result};
 use crate::files::{fnv, stamp, FNV_START};
 use crate::model;
@@ -79,10 +81,15 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     let q = acts[0].to_device(tch::Device::Cpu);
     let probs = acts[1].f_softmax(-1, Kind::Float)?.to_device(tch::Device::Cpu);
     let (p5, i5) = probs.f_topk(5.min(probs.size()[1]), -1, true, true)?;
-    let (d, nn) =
-        Tensor::f_cdist(&q, &bank, 2.0, None::<i64>)?.f_topk(k.min(bank.size()[0] as usize) as i64, -1, false, true)?;
+    // One more than asked: a query that is itself a training image is not its own neighbour.
+    let (d, nn) = Tensor::f_cdist(&q, &bank, 2.0, None::<i64>)?.f_topk(
+        (k + 1).min(bank.size()[0] as usize) as i64,
+        -1,
+        false,
+        true,
+    )?;
     let mut out = Vec::new();
-    for (row, (name, image, label, _)) in inputs.into_iter().enumerate() {
+    for (row, (name, image, label, _, own)) in inputs.into_iter().enumerate() {
         let r = row as i64;
         let top5 = (0..p5.size()[1])
             .map(|j| (i5.int64_value(&[r, j]), p5.double_value(&[r, j])))
@@ -92,6 +99,8 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
                 let idx = rows[nn.int64_value(&[r, j]) as usize];
                 (idx, d.double_value(&[r, j]), train.items[idx].1)
             })
+            .filter(|&(idx, _, _)| !own.as_ref().is_some_and(|s| same_sample(s, &train.items[idx].0)))
+            .take(k)
             .collect();
         out.push(Query {
             name,
@@ -110,8 +119,20 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     })
 }
 
-/// A query: its name, image, class if known, and the network's input.
-type Input = (String, RgbImage, Option<i64>, Tensor);
+/// A query: its name, image, class if known, the network's input, and the sample it is where it
+/// may be one of the training images.
+type Input = (String, RgbImage, Option<i64>, Tensor, Option<Sample>);
+
+/// Whether two samples are one: the same IDX index, or the same file however its path is spelt.
+fn same_sample(a: &Sample, b: &Sample) -> bool {
+    match (a, b) {
+        (Sample::Idx(i), Sample::Idx(j)) => i == j,
+        (Sample::File(p), Sample::File(q)) => {
+            p == q || std::fs::canonicalize(p).is_ok_and(|p| std::fs::canonicalize(q).is_ok_and(|q| p == q))
+        }
+        _ => false,
+    }
+}
 
 /// The query images that can be read (one that cannot is reported and left out, as `predict`
 /// does), and how many could not.
@@ -131,13 +152,18 @@ fn read_queries(
         Queries::Files(paths) => {
             for p in paths {
                 match crate::image::load_rgb(&p).and_then(|image| Ok((image, image_tensor(tf, &p)?))) {
-                    Ok((image, x)) => inputs.push((p.display().to_string(), image, None, x)),
+                    Ok((image, x)) => inputs.push((p.display().to_string(), image, None, x, Some(Sample::File(p)))),
                     Err(e) => unreadable(e),
                 }
             }
         }
         Queries::Test(n) => {
             let test = tc.open(Split::Test, None)?.labelled_as(&train.classes)?;
+            // Without a test split of its own the data's training images are the queries.
+            let training_images = tc
+                .data
+                .as_deref()
+                .is_some_and(|p| Dataset::missing_test_split(p).is_some());
             if n > test.len() {
                 crate::say::line(&format!(
                     "note: --test {n}, but the test split has {} images: querying them all",
@@ -152,7 +178,8 @@ fn read_queries(
                 tf.apply(&image, &mut crate::data::rng::Rng::new(0), &mut chw)?;
                 let s = i64::from(tf.crop);
                 let x = Tensor::from_slice(&chw).f_view([3, s, s])?;
-                inputs.push((format!("test #{i}"), image, Some(test.items[i].1), x));
+                let own = training_images.then(|| test.items[i].0.clone());
+                inputs.push((format!("test #{i}"), image, Some(test.items[i].1), x, own));
             }
         }
     }
