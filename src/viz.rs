@@ -163,7 +163,10 @@ pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<(
     let cell = (640 / k).clamp(1, 48);
     let left = if labels && k <= 60 { 170 } else { 10 };
     let top = if labels { 40 } else { 10 };
-    let (w, h) = ((left + k * cell + 20) as u32, (top + k * cell + 20) as u32);
+    // Wide enough for the title, which says how to read the matrix (it was cut at a few classes).
+    let title = "true class (rows) x predicted class (columns), row-normalised";
+    let width = left + (k * cell).max(if labels { 8 * title.len() } else { 0 }) + 20;
+    let (w, h) = (width as u32, (top + k * cell + 20) as u32);
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
@@ -171,7 +174,8 @@ pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<(
         let draw = |r: std::result::Result<(), DrawingAreaErrorKind<_>>| r.map_err(|e| fail(format!("drawing: {e}")));
         for i in 0..k {
             let row = &counts[i * k..(i + 1) * k];
-            let total = row.iter().sum::<u64>().max(1) as f64;
+            let seen = row.iter().sum::<u64>();
+            let total = seen.max(1) as f64;
             for (j, &c) in row.iter().enumerate() {
                 let f = c as f64 / total;
                 let shade = |full: f64| (255.0 - f * (255.0 - full)).round() as u8;
@@ -183,7 +187,13 @@ pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<(
                 if labels && i == j && k <= 20 {
                     let colour = if f > 0.5 { WHITE } else { BLACK };
                     let style = ("sans-serif", 12).into_font().color(&colour);
-                    draw(root.draw_text(&format!("{f:.2}"), &style, (x + 4, y + cell as i32 / 2 - 6)))?;
+                    // A class with no test sample has no fraction (not 0.00: none of it was missed).
+                    let text = if seen == 0 {
+                        "n/a".to_string()
+                    } else {
+                        format!("{f:.2}")
+                    };
+                    draw(root.draw_text(&text, &style, (x + 4, y + cell as i32 / 2 - 6)))?;
                 }
             }
             if labels && k <= 60 {
@@ -197,7 +207,6 @@ pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<(
             }
         }
         if labels {
-            let title = "true class (rows) x predicted class (columns), row-normalised";
             draw(root.draw_text(title, &font(14), (left as i32, 4)))?;
         }
         root.present().map_err(|e| fail(format!("drawing: {e}")))?;
@@ -280,4 +289,35 @@ pub fn contact_sheet(n: &crate::train::Neighbours, out: &Path) -> Result<()> {
 /// The name of class `c`, or `?` for an index outside `classes`.
 pub fn class_name(classes: &[String], c: i64) -> &str {
     classes.get(c as usize).map_or("?", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_class_without_test_samples_is_not_drawn_as_all_missed() {
+        if !crate::metrics::load_font() {
+            eprintln!("skipped: no DejaVu font, the figure has no text");
+            return;
+        }
+        // Class 0 has no test sample (A) or 3 all predicted as class 1 (B): its diagonal cell read
+        // 0.00 in both, where the text output says "(no test samples)" for A.
+        let dir = std::env::temp_dir().join(format!("alexnet-confusion-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let classes = vec!["a".to_string(), "b".to_string()];
+        let draw = |counts: &[u64], name: &str| {
+            let path = dir.join(name);
+            super::confusion_png(counts, &classes, &path).unwrap();
+            image::open(&path).unwrap().to_rgb8()
+        };
+        let (a, b) = (draw(&[0, 0, 0, 5], "a.png"), draw(&[0, 3, 0, 5], "b.png"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(a.width() >= 8 * 60, "the title fits: {} pixels wide", a.width());
+        // The diagonal cell of row 0: left 170, top 40, cells of 48 pixels.
+        let cell = |img: &image::RgbImage| -> Vec<u8> {
+            (40..88)
+                .flat_map(|y| (170..218).flat_map(move |x| img.get_pixel(x, y).0))
+                .collect()
+        };
+        assert_ne!(cell(&a), cell(&b), "an empty row is drawn as a row of misses");
+    }
 }
