@@ -70,40 +70,9 @@ struct Measured {
 }
 
 pub fn train(a: &BenchTrainArgs) -> Result<()> {
-    if a.steps < 5 {
-        crate::say::line("note: fewer than 5 timed steps; medians of so few are noisy");
-    }
+    check(a)?;
     if let Some(n) = a.threads {
-        if n == 0 {
-            return Err(Error::Config("--threads must be at least 1".into()));
-        }
         tch::set_num_threads(n as i32);
-    }
-    if let Some(i) = (1..a.sides.len()).find(|&i| a.sides[..i].contains(&a.sides[i])) {
-        // It measured the side twice and reported a ratio of it to itself.
-        return Err(Error::Config(format!(
-            "--sides lists {} twice",
-            a.sides[i]
-                .to_possible_value()
-                .map_or_else(String::new, |v| v.get_name().to_string())
-        )));
-    }
-    let anchors = a.sides.iter().any(|&s| s != Side::Ours);
-    if anchors && a.preset == Preset::Cnn4 {
-        // Before any measurement: the anchors' PyTorch networks are AlexNet's presets only.
-        return Err(Error::Config(
-            "the PyTorch anchors (benches/torch_alexnet.py) have the paper, torchvision and caffe networks, not \
-             cnn4: measure --sides ours alone, or another --preset"
-                .into(),
-        ));
-    }
-    if anchors && Placement::parse(&a.devices)?.is_split() {
-        // The anchors run on the first device alone: the ratio compared two devices with one.
-        return Err(Error::Config(format!(
-            "--devices {} splits ours over two devices, and the PyTorch anchors run on one: measure --sides ours \
-             alone, or give one device",
-            a.devices
-        )));
     }
     let threads = tch::get_num_threads();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -159,6 +128,43 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
         "{}",
         serde_json::json!({"preset": a.preset.name(), "batch": a.batch, "threads": threads, "load": load, "sides": json})
     )?;
+    Ok(())
+}
+
+/// The arguments' checks, before anything is measured.
+fn check(a: &BenchTrainArgs) -> Result<()> {
+    if a.steps < 5 {
+        crate::say::line("note: fewer than 5 timed steps; medians of so few are noisy");
+    }
+    if a.threads == Some(0) {
+        return Err(Error::Config("--threads must be at least 1".into()));
+    }
+    if let Some(i) = (1..a.sides.len()).find(|&i| a.sides[..i].contains(&a.sides[i])) {
+        // It measured the side twice and reported a ratio of it to itself.
+        return Err(Error::Config(format!(
+            "--sides lists {} twice",
+            a.sides[i]
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string())
+        )));
+    }
+    let anchors = a.sides.iter().any(|&s| s != Side::Ours);
+    if anchors && a.preset == Preset::Cnn4 {
+        // Before any measurement: the anchors' PyTorch networks are AlexNet's presets only.
+        return Err(Error::Config(
+            "the PyTorch anchors (benches/torch_alexnet.py) have the paper, torchvision and caffe networks, not \
+             cnn4: measure --sides ours alone, or another --preset"
+                .into(),
+        ));
+    }
+    if anchors && Placement::parse(&a.devices)?.is_split() {
+        // The anchors run on the first device alone: the ratio compared two devices with one.
+        return Err(Error::Config(format!(
+            "--devices {} splits ours over two devices, and the PyTorch anchors run on one: measure --sides ours \
+             alone, or give one device",
+            a.devices
+        )));
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The data pipeline: sources (image folders, list files, IDX), the paper's transforms, dataset
 //! statistics, and the parallel deterministic loader.
 pub mod idx;
+mod keys;
 pub mod loader;
 pub mod prepare;
 pub mod rng;

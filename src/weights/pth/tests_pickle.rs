@@ -197,12 +197,12 @@ fn top_level_must_be_a_dict_of_tensors() {
 
 // -- hand-built tensors --------------------------------------------------
 
-fn int(v: i64) -> Vec<u8> {
+pub(super) fn int(v: i64) -> Vec<u8> {
     let mut b = vec![LONG1, 8];
     b.extend_from_slice(&v.to_le_bytes());
     b
 }
-fn string(s: &str) -> Vec<u8> {
+pub(super) fn string(s: &str) -> Vec<u8> {
     let mut b = vec![BINUNICODE];
     b.extend_from_slice(&(s.len() as u32).to_le_bytes());
     b.extend_from_slice(s.as_bytes());
@@ -411,64 +411,6 @@ fn older_forms() {
     ];
     for (pkl, needle) in cases {
         let err = run_sd(&pkl).unwrap_err();
-        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
-    }
-}
-
-/// A legacy file from its parts (legacy.rs): magic number, protocol version, sys_info, the
-/// object, the storage keys, then one record (numel, bytes) per key.
-#[test]
-fn legacy_layout() {
-    let file = |version: &[u8], sys_info: &[u8], keys: &[&str], records: &[(i64, Vec<f32>)]| {
-        let mut b = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02".to_vec();
-        b.extend_from_slice(version);
-        b.push(STOP);
-        b.extend_from_slice(sys_info);
-        b.extend(state_dict_pkl(&[("x", tensor_call("0", 6, 1, &[2], &[2]))]));
-        b.extend_from_slice(b"\x80\x02(");
-        for k in keys {
-            b.extend(string(k));
-        }
-        b.extend_from_slice(b"l.");
-        for (numel, values) in records {
-            b.extend(numel.to_le_bytes());
-            b.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        }
-        b
-    };
-    let v1001 = &int(1001);
-    let little = b"}X\x0d\x00\x00\x00little_endian\x88s.";
-    let six = || (6, (0..6).map(|x| x as f32).collect::<Vec<_>>());
-    let ts = super::tests::load_bytes(&file(v1001, little, &["0"], &[six()])).unwrap();
-    assert_eq!(f32s(&ts[0]), [1.0, 3.0]);
-    // Without the little_endian key (old files) too.
-    assert!(super::tests::load_bytes(&file(v1001, b"}.", &["0"], &[six()])).is_ok());
-
-    let big = b"}X\x0d\x00\x00\x00little_endian\x89s.";
-    let cases: Vec<(Vec<u8>, &str)> = vec![
-        (file(&int(1000), little, &["0"], &[six()]), "protocol version 1000"),
-        (file(v1001, big, &["0"], &[six()]), "big-endian"),
-        (file(v1001, little, &[], &[]), "storage `0` is missing from the file"),
-        (
-            file(v1001, little, &["0", "7"], &[six(), six()]),
-            "names `7`, which the pickle does not use",
-        ),
-        (
-            file(v1001, little, &["0"], &[(5, vec![0.0; 5])]),
-            "holds 20 bytes, but the pickle says 6",
-        ),
-        (
-            file(v1001, little, &["0"], &[(7, vec![0.0; 6])]),
-            "truncated (storage `0`",
-        ),
-        (
-            file(v1001, little, &["0"], &[(i64::MAX, vec![])]),
-            "claims 9223372036854775807 elements",
-        ),
-        (file(v1001, little, &["0"], &[(-1, vec![])]), "claims -1 elements"),
-    ];
-    for (bytes, needle) in cases {
-        let err = super::tests::load_bytes(&bytes).unwrap_err();
         assert!(err.contains(needle), "{err:?} lacks {needle:?}");
     }
 }
