@@ -6,8 +6,9 @@ use crate::train::TrainConfig;
 use std::path::{Path, PathBuf};
 
 /// The folder of one run: the settings that differ between arms, seeds and sweeps, readable,
-/// then a fingerprint of every setting that shapes its result (and of Fig. 1's `targets`), so that
-/// runs made with other settings (another `--epochs`, other data) live beside each other.
+/// then a fingerprint of every setting that shapes its result, of Fig. 1's `targets` and of the
+/// `inputs` ([`inputs_key`]), so that runs made with other settings (another `--epochs`, other
+/// data) live beside each other.
 pub(super) fn run_dir(root: &Path, t: &TrainConfig, targets: &[f64], inputs: u64) -> PathBuf {
     let act = t.activation.name();
     let pool = t.pool_kernel.map_or("".into(), |k| format!("-pool{k}"));

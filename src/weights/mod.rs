@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// The named tensors of `path` (whole, on the CPU, as stored).
+/// The named tensors of `path` (on the CPU, as stored; a `.pth`'s are views of its storages, some
+/// perhaps broadcast: copy out what is kept, once its shape is checked).
 pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     if !path.exists() {
         return Err(Error::Io {
@@ -48,7 +49,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
                 .into_iter()
                 .map(|t| {
                     let view = to_tensor(&t, &mut storages)
-                        .map_err(|e| Error::Config(format!("{}: tensor `{}`: {e}", path.display(), t.name)))?;
+                        .map_err(|why| Error::Config(format!("{}: tensor `{}`: {why}", path.display(), t.name)))?;
                     Ok((t.name, view))
                 })
                 .collect()
@@ -63,7 +64,10 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 
 /// A tensor of the pickle reader: a view of its storage (made once per storage, in `storages`)
 /// with its shape, strides and offset.
-fn to_tensor(t: &pth::RawTensor, storages: &mut HashMap<*const Vec<u8>, Tensor>) -> Result<Tensor> {
+fn to_tensor(
+    t: &pth::RawTensor,
+    storages: &mut HashMap<*const Vec<u8>, Tensor>,
+) -> std::result::Result<Tensor, String> {
     use pth::Dtype;
     let (kind, size) = match t.dtype {
         Dtype::F32 => (Kind::Float, 4),
@@ -77,7 +81,8 @@ fn to_tensor(t: &pth::RawTensor, storages: &mut HashMap<*const Vec<u8>, Tensor>)
         Dtype::U8 => (Kind::Uint8, 1),
         Dtype::Bool => (Kind::Bool, 1),
     };
-    let bad = |what: &str| Error::Config(what.to_string());
+    let bad = |what: &str| what.to_string();
+    let torch = |e: tch::TchError| crate::error::clean_torch_message(&e.to_string());
     // The furthest element the view reaches must lie inside the storage.
     let mut last = t.storage_offset;
     for (&n, &s) in t.shape.iter().zip(&t.strides) {
@@ -85,7 +90,7 @@ fn to_tensor(t: &pth::RawTensor, storages: &mut HashMap<*const Vec<u8>, Tensor>)
             return Err(bad("negative size or stride"));
         }
         if n == 0 {
-            return Ok(Tensor::f_empty(t.shape.as_slice(), (kind, tch::Device::Cpu))?);
+            return Tensor::f_empty(t.shape.as_slice(), (kind, tch::Device::Cpu)).map_err(torch);
         }
         last += (n - 1) * s;
     }
@@ -96,10 +101,12 @@ fn to_tensor(t: &pth::RawTensor, storages: &mut HashMap<*const Vec<u8>, Tensor>)
     let storage = match storages.entry(std::sync::Arc::as_ptr(&t.data)) {
         Entry::Occupied(e) => e.get().shallow_clone(),
         Entry::Vacant(e) => e
-            .insert(Tensor::f_from_data_size(&t.data, &[elements], kind)?)
+            .insert(Tensor::f_from_data_size(&t.data, &[elements], kind).map_err(torch)?)
             .shallow_clone(),
     };
-    Ok(storage.f_as_strided(t.shape.as_slice(), t.strides.as_slice(), t.storage_offset)?)
+    storage
+        .f_as_strided(t.shape.as_slice(), t.strides.as_slice(), t.storage_offset)
+        .map_err(torch)
 }
 
 /// Replaces the freshly initialised `whole` parameters of `cfg` by those of `path`, by name. A
