@@ -157,7 +157,15 @@ fn check(a: &BenchTrainArgs) -> Result<()> {
                 .into(),
         ));
     }
-    if anchors && Placement::parse(&a.devices)?.is_split() {
+    let placement = Placement::parse(&a.devices)?;
+    if a.sides.contains(&Side::EagerCached) && placement.first() != Device::Cpu {
+        // cpu_cache() serves CPU tensors alone: on a GPU the side is eager again, under another name.
+        return Err(Error::Config(format!(
+            "--sides eager-cached measures our caching CPU allocator, and --devices {} is not the CPU",
+            a.devices
+        )));
+    }
+    if anchors && placement.is_split() {
         // The anchors run on the first device alone: the ratio compared two devices with one.
         return Err(Error::Config(format!(
             "--devices {} splits ours over two devices, and the PyTorch anchors run on one: measure --sides ours \

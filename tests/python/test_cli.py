@@ -124,6 +124,7 @@ def test_forward_on_a_real_photo():
         (["bench", "train", "--sides", "ours,ours"], "--sides lists ours twice"),  # a ratio of a side to itself
         # ours over two devices against anchors on one: a ratio of different hardware
         (["bench", "train", "--devices", "cpu,cpu", "--sides", "ours,eager"], "the PyTorch anchors run on one"),
+        (["bench", "train", "--devices", "cuda:0", "--sides", "eager-cached"], "is not the CPU"),
         (["info", "--num-classes", "9999999999999"], "num_classes must be in 1..=1000000"),  # 40e15 parameters
         # read until the OOM killer ended it (23 GB resident)
         (["train", "--config", "/dev/zero"], "/dev/zero: is over 16 MiB: not a settings or state file"),
