@@ -194,6 +194,9 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         &|| false, // Ctrl-C ends the process
     )?;
     let view = if a.ten_crop { "10 crops" } else { "centre crop" };
+    if let Some(note) = train::top5_note(r.classes.len()) {
+        crate::say::note(&note);
+    }
     crate::say::outln!(
         "{} samples ({view}): top-1 {:.4}, top-5 {:.4}, loss {:.4}",
         r.samples,

@@ -230,3 +230,9 @@ pub fn predict(t: &Trained, images: &[PathBuf]) -> Result<Vec<Result<Top5>>> {
     };
     Ok(images.iter().map(top5).collect())
 }
+
+/// The note that top-5 accuracy means nothing with at most 5 classes (it counts every class, so
+/// it is 1 by construction), or `None` with more.
+pub fn top5_note(classes: usize) -> Option<String> {
+    (classes <= 5).then(|| format!("note: {classes} classes: top-5 counts every one of them (always 1)"))
+}

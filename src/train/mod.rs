@@ -17,7 +17,7 @@ mod run;
 pub use crate::settings::TrainConfig;
 pub use dist::{AllReduce, Group};
 pub use eval::{
-    evaluate, evaluate_checkpoint, evaluate_in, image_tensor, load_trained, predict, EvalResult, Trained,
+    evaluate, evaluate_checkpoint, evaluate_in, image_tensor, load_trained, predict, top5_note, EvalResult, Trained,
     CONFUSION_CLASSES,
 };
 pub use neighbours::{neighbours, Neighbours, Queries, Query};

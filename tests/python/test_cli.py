@@ -387,6 +387,18 @@ def test_a_dataset_with_val_and_test_folders_says_which_one_it_evaluates_on(tmp_
     assert f"warning: {data} has both val/ and test/: val/ is the test split (test/ is not read)" in r.stderr, r.stderr
 
 
+def test_top5_of_five_classes_or_fewer_is_said_to_be_one(tmp_path):
+    """With at most 5 classes top-5 counts every class: 1 by construction, printed as a result."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    r = run("train", "--preset", "cnn4", "--input-size", "28", "--data", data, "--batch-size", "8", "--max-steps", "1",
+            "--threads", "1", "--out", tmp_path / "run")
+    assert r.returncode == 0 and "note: 2 classes: top-5 counts every one of them (always 1)" in r.stderr, r.stderr
+    r = run("eval", tmp_path / "run")
+    assert r.returncode == 0 and "note: 2 classes: top-5 counts every one of them" in r.stderr, r.stderr
+
+
 def test_experiment_runs_of_other_settings_live_beside_each_other(tmp_path):
     """An experiment's run folder is named by the settings that shape its result: a rerun with
     another --epochs trains new runs beside the finished ones (it deleted them and retrained in

@@ -143,6 +143,9 @@ fn open_data(
     resume::check_classes(ckpt, &train_ds)?;
     let test_ds = tc.open(Split::Test, tc.limit_test)?.labelled_as(&train_ds.classes)?;
     let cfg = tc.model_config(train_ds.classes.len() as i64)?;
+    if let Some(note) = crate::train::top5_note(train_ds.classes.len()) {
+        crate::say::note(&note);
+    }
     let placement = Placement::parse(&tc.devices)?;
     placement.check_available()?;
     let shard = group.map(|g| (g.rank, g.world));
