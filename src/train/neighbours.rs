@@ -127,9 +127,7 @@ type Input = (String, RgbImage, Option<i64>, Tensor, Option<Sample>);
 fn same_sample(a: &Sample, b: &Sample) -> bool {
     match (a, b) {
         (Sample::Idx(i), Sample::Idx(j)) => i == j,
-        (Sample::File(p), Sample::File(q)) => {
-            p == q || std::fs::canonicalize(p).is_ok_and(|p| std::fs::canonicalize(q).is_ok_and(|q| p == q))
-        }
+        (Sample::File(p), Sample::File(q)) => p == q || super::resume::same_folder(p, q),
         _ => false,
     }
 }

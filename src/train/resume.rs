@@ -118,7 +118,6 @@ pub fn run_of(path: &Path) -> &Path {
     }
 }
 
-/// Whether two paths name one folder.
 /// Whether `a` and `b` are the same folder (or file), both existing.
 pub(super) fn same_folder(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
