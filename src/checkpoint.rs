@@ -54,6 +54,11 @@ pub struct TrainState {
     /// checkpoints written before it was recorded).
     #[serde(default = "one")]
     pub ranks: usize,
+    /// The fingerprints ([`crate::data::Dataset::fingerprint`]) of the training and test sets the
+    /// run trains and evaluates on: a resume on other data is refused (absent in checkpoints
+    /// written before they were recorded).
+    #[serde(default)]
+    pub data: Option<[u64; 2]>,
 }
 
 fn one() -> usize {
@@ -80,6 +85,25 @@ impl TrainState {
             loss_sum: 0.0,
             loss_count: 0,
             ranks: 1,
+            data: None,
+        }
+    }
+
+    /// Refuses to continue on other data than the run's: `data` are the fingerprints of the
+    /// training and test sets given now (the same sets at another path are the run's).
+    pub fn check_data(&self, data: [u64; 2]) -> Result<()> {
+        let Some(was) = self.data else { return Ok(()) };
+        match ["training", "test"]
+            .into_iter()
+            .zip(was.into_iter().zip(data))
+            .find(|(_, (a, b))| a != b)
+        {
+            Some((set, (a, b))) => Err(Error::Config(format!(
+                "the {set} set holds other images or labels than the run was trained with (fingerprint \
+                 {b:016x}, the run's {a:016x}): --resume continues a run on its own data, wherever it is \
+                 now; to train these weights on other data, start a new run with --init-from <checkpoint>"
+            ))),
+            None => Ok(()),
         }
     }
 

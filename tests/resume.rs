@@ -510,6 +510,24 @@ fn resume_reads_the_data_from_where_it_is_now() {
         !out.status.success() && err.contains("the run was trained on the classes") && err.contains("\"x\", \"y\""),
         "{err}"
     );
+    // Other images under the same class names, as many batches per epoch (the test images as
+    // the training set): it trained on them silently, no longer the run it continued.
+    let swapped = tmp("swapped-data");
+    fs::create_dir_all(&*swapped).unwrap();
+    for (from, to) in [("t10k", "train"), ("train", "t10k")] {
+        for kind in ["images-idx3", "labels-idx1"] {
+            let name = |split: &str| format!("{split}-{kind}-ubyte.gz");
+            fs::copy(after.join(name(from)), swapped.join(name(to))).unwrap();
+        }
+    }
+    let before_swap = checkpoint::load(&b).unwrap().state.step;
+    let out = cli(&b, true, &["--data", swapped.to_str().unwrap(), "--epochs", "3"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("training set") && err.contains("--init-from"),
+        "{err}"
+    );
+    assert_eq!(checkpoint::load(&b).unwrap().state.step, before_swap, "nothing trained");
 }
 
 #[test]

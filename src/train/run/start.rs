@@ -58,10 +58,15 @@ impl<'a> Run<'a> {
         freeze(&params, &tc.frozen(&cfg)?);
         resume::replan(&mut state.schedule, tc.epochs, state.epoch);
         state.config = tc.clone();
+        let data = [
+            train_loader.dataset().fingerprint(),
+            test_loader.dataset().fingerprint(),
+        ];
+        state.check_data(data)?;
         state.check_position(per_epoch, ranks)?;
-        state.ranks = ranks;
+        (state.ranks, state.data) = (ranks, Some(data));
         if let Some(g) = group {
-            check_alike(g, &state, [&train_loader, &test_loader], &cfg, &params)?;
+            check_alike(g, &state, &train_loader, &cfg, &params)?;
         }
         let at = ResumeAt {
             step: state.step,
@@ -164,8 +169,8 @@ fn open_data(
 
 /// Refuses ranks that would train together from different states: another checkpoint (a node
 /// that does not share the run folder), seed, data or statistics (the normalisation).
-fn check_alike(g: &Group, state: &TrainState, loaders: [&Loader; 2], cfg: &Config, params: &Params) -> Result<()> {
-    let [train, test] = loaders;
+fn check_alike(g: &Group, state: &TrainState, train: &Loader, cfg: &Config, params: &Params) -> Result<()> {
+    let data = state.data.unwrap_or_default();
     let per_epoch = train.batches_per_epoch() as u64;
     let fnv32 = |h: u64| (h & 0xffff_ffff) as f64;
     let normalisation = format!("{:?}", train.transform());
@@ -180,8 +185,8 @@ fn check_alike(g: &Group, state: &TrainState, loaders: [&Loader; 2], cfg: &Confi
         ("batches per epoch", per_epoch as f64),
         ("classes", cfg.num_classes() as f64),
         ("weights fingerprint", params.fingerprint()? as f64),
-        ("training data fingerprint", fnv32(train.dataset().fingerprint())),
-        ("test data fingerprint", fnv32(test.dataset().fingerprint())),
+        ("training data fingerprint", fnv32(data[0])),
+        ("test data fingerprint", fnv32(data[1])),
         (
             "transform fingerprint (statistics)",
             fnv32(crate::files::fnv(crate::files::FNV_START, normalisation.as_bytes())),
