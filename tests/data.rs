@@ -555,6 +555,37 @@ fn a_training_shard_yields_a_batch_of_only_bad_images_empty_so_ranks_stay_in_ste
 }
 
 #[test]
+fn a_long_run_of_bad_images_is_skipped_without_growing_the_stack() {
+    // Each all-bad batch was skipped by a recursive call: 60,000 empty files overflowed the
+    // stack (an abort). Here 5000 of them, read on a thread with a 256 KiB stack.
+    let root = image_folder("many-bad", 1, 1);
+    for i in 0..5000 {
+        std::fs::write(root.join("c0").join(format!("bad{i:04}.png")), b"").unwrap();
+    }
+    let ds = Dataset::open(&root, Split::Train).unwrap();
+    let cfg = LoaderConfig {
+        batch_size: 1,
+        threads: 1,
+        shuffle: false,
+        drop_last: false,
+        ..LoaderConfig::default()
+    };
+    let tf = Transform::for_preset(Preset::Cnn4, 8, View::Center, None);
+    let loader = Loader::new(ds, tf, cfg).unwrap();
+    let epoch = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let mut epoch = loader.epoch(0);
+            let batches: Vec<Vec<usize>> = epoch.by_ref().map(|b| b.unwrap().indices).collect();
+            (batches, epoch.skipped())
+        })
+        .unwrap()
+        .join()
+        .expect("the loader's thread");
+    assert_eq!(epoch, (vec![vec![5000]], 5000)); // bad0000.png.. sort before img0.png
+}
+
+#[test]
 fn an_idx_folder_without_test_files_serves_its_training_images_for_both_splits() {
     // It failed with "no class subfolders (expected one folder per class)".
     let fm = common::require_data();

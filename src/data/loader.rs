@@ -396,7 +396,8 @@ impl Epoch {
         self.skipped.load(Ordering::Relaxed)
     }
 
-    /// Batches this epoch will yield (fewer only if an error ends it).
+    /// Batches this epoch will yield at most: fewer where every image of a batch was bad (outside
+    /// a training shard, such a batch is left out) or an error ends the epoch.
     pub fn len(&self) -> usize {
         self.total
     }
@@ -417,24 +418,25 @@ impl Iterator for Epoch {
                     .into(),
             )));
         }
-        let Ok(received) = self.rx.get_mut().expect("receiver lock").recv() else {
-            // The producer is gone: the epoch's end, or a thread that died.
-            let died = self.producer.take().and_then(|p| p.join().err());
-            return died.map(|p| {
-                Err(Error::Internal(format!(
-                    "a data thread died: {}",
-                    crate::error::panic_message(&*p)
-                )))
-            });
+        let raw = loop {
+            let Ok(received) = self.rx.get_mut().expect("receiver lock").recv() else {
+                // The producer is gone: the epoch's end, or a thread that died.
+                let died = self.producer.take().and_then(|p| p.join().err());
+                return died.map(|p| {
+                    Err(Error::Internal(format!(
+                        "a data thread died: {}",
+                        crate::error::panic_message(&*p)
+                    )))
+                });
+            };
+            match received {
+                // Every image of this batch was bad: move on to the next one (a loop: a long run
+                // of bad files must not grow the stack).
+                Ok(b) if b.indices.is_empty() && !self.same_steps => {}
+                Ok(b) => break b,
+                Err(e) => return Some(Err(e)),
+            }
         };
-        let raw = match received {
-            Ok(b) => b,
-            Err(e) => return Some(Err(e)),
-        };
-        if raw.indices.is_empty() && !self.same_steps {
-            // Every image of this batch was bad: move on to the next one.
-            return self.next();
-        }
         let images = raw.images.to_device(self.device);
         let labels = Tensor::from_slice(&raw.labels).to_device(self.device);
         Some(Ok(Batch {

@@ -185,7 +185,8 @@ impl DataLoader {
         })
     }
 
-    /// Batches per epoch.
+    /// Batches per epoch, at most: a batch whose images were all bad is left out (but for a
+    /// training shard's, yielded empty).
     fn __len__(&self) -> usize {
         self.loader.batches_per_epoch()
     }
