@@ -212,3 +212,49 @@ fn an_input_past_the_limit_is_a_config_error() {
     assert!(msg.contains("1099511627776") && msg.contains("limit"), "{msg}");
     assert!(cfg.spatial_sizes(alexnet_rs::config::MAX_INPUT).is_ok());
 }
+
+#[test]
+fn any_accepted_shard_layout_computes_the_whole_network() {
+    // Shards that the check accepted but the forward misread: conv1 whole and conv2 in two
+    // halves ran groups=2 over the whole input with half the rows (wrong input groups), and
+    // uneven halves read the other device's slice. Wrong logits, no error.
+    let mut cfg = Config::preset(Preset::Paper, 10).unwrap();
+    cfg.input_size = 67;
+    let whole = alexnet_rs::model::init_seeded(&cfg, 5).unwrap();
+    let x = Tensor::rand([2, 3, 67, 67], (Kind::Float, Device::Cpu));
+    let logits = |split: &dyn Fn(&str) -> Vec<i64>| {
+        let map = whole
+            .iter()
+            .map(|(k, t)| {
+                let sizes = split(k);
+                (k.clone(), t.split_with_sizes(&sizes, 0))
+            })
+            .collect();
+        let params = alexnet_rs::Params::from_shards(map);
+        forward(&cfg, &params, &x, false)
+    };
+    let rows = |k: &str| whole[k].size()[0];
+    let reference = logits(&|k| vec![rows(k)]).unwrap();
+    let halves = |k: &str| vec![rows(k) / 2, rows(k) / 2];
+    let conv1_whole = logits(&|k| {
+        if k.starts_with("conv1.") {
+            vec![rows(k)]
+        } else {
+            halves(k)
+        }
+    })
+    .unwrap();
+    assert!(
+        conv1_whole.allclose(&reference, 1e-5, 1e-5, false),
+        "conv1 whole, the rest in halves"
+    );
+    let uneven = logits(&|k| {
+        if k.starts_with("conv2.") {
+            vec![64, 192]
+        } else {
+            halves(k)
+        }
+    });
+    let e = uneven.unwrap_err().to_string();
+    assert!(e.contains("conv2.weight") && e.contains("equal"), "{e}");
+}

@@ -185,6 +185,9 @@ fn forward_impl(
     mut observe: Observer,
 ) -> Result<Tensor> {
     check_input(cfg, x)?;
+    // Before the stages index them: a 1-D fc6.weight panicked, a bias in fewer shards than its
+    // weight gave fewer outputs, shards of unequal rows read another device's input, in silence.
+    params.check(cfg)?;
     let mut h = Act(vec![x.shallow_clone()]);
     for c in &cfg.convs {
         let stop;
@@ -245,12 +248,18 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
         && (c.lrn || cpu_channels_last(cfg))
         && observe.is_none()
         && ws[0].device() == Device::Cpu;
-    // Grouped layers whose groups divide over the devices read only their own input slice.
-    let local = n > 1 && x.0.len() as i64 == n && c.groups % n == 0;
+    // A grouped layer in n equal shards of whole groups (`Params::check`): shard k reads input
+    // slice k alone, the previous layer's shard k when that one is in n shards too.
+    let grouped = n > 1 && c.groups > 1;
+    let local = grouped && x.0.len() as i64 == n;
     let mut parts = Vec::with_capacity(ws.len());
     for (k, (w, b)) in ws.iter().zip(bs).enumerate() {
         let input = if local {
             x.0[k].shallow_clone()
+        } else if grouped {
+            let all = x.gather(w.device())?;
+            let per = all.size()[1] / n;
+            all.f_narrow(1, k as i64 * per, per)?
         } else {
             x.gather(w.device())?
         };
@@ -259,7 +268,7 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
         } else {
             input
         };
-        let groups = if local { c.groups / n } else { c.groups };
+        let groups = if grouped { c.groups / n } else { c.groups };
         let args = ConvArgs {
             stride: c.stride,
             padding: c.padding,

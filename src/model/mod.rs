@@ -98,9 +98,14 @@ impl Params {
     }
 
     /// Checks that every parameter the config names is present with the right (whole) shape, in
-    /// row blocks (shards) of one shape otherwise, a bias in as many as its weight (the forward
-    /// pairs them).
+    /// equal row blocks (shards), a bias in as many as its weight (the forward pairs them), a
+    /// grouped convolution's shards holding whole groups (what [`Placement::shards`] makes).
     pub fn check(&self, cfg: &Config) -> Result<()> {
+        let groups: BTreeMap<String, i64> = cfg
+            .convs
+            .iter()
+            .map(|c| (format!("{}.weight", c.name), c.groups))
+            .collect();
         for (name, shape) in cfg.param_shapes() {
             let shards = self.shards(&name)?;
             let wrong = |got: String| {
@@ -115,10 +120,16 @@ impl Params {
             };
             if shards
                 .iter()
-                .any(|t| t.dim() != shape.len() || t.size()[1..] != first.size()[1..])
+                .any(|t| t.dim() != shape.len() || t.size() != first.size())
             {
                 let sizes: Vec<Vec<i64>> = shards.iter().map(Tensor::size).collect();
-                return Err(wrong(format!("{sizes:?} (in shards)")));
+                return Err(wrong(format!("{sizes:?} (in shards of unequal shapes)")));
+            }
+            let n = shards.len() as i64;
+            if let Some(&g) = groups.get(&name).filter(|&&g| n > 1 && g > 1 && g % n != 0) {
+                return Err(Error::Shape(format!(
+                    "parameter `{name}` is in {n} shards: its {g} groups do not split into whole groups"
+                )));
             }
             let mut whole = first.size();
             whole[0] = shards.iter().map(|t| t.size()[0]).sum();
