@@ -150,7 +150,7 @@ pub struct TrainConfig {
     /// Ablation: max-pool window (stride stays 2; 2 = non-overlapping) [default: the preset's 3].
     #[arg(long, value_name = "INT")]
     pub pool_kernel: Option<i64>,
-    /// Ablation: dropout probability (0 = off) [default: the preset's 0.5].
+    /// Ablation: dropout probability (0 = off) [default: the preset's: 0.5; cnn4 has no dropout].
     #[arg(long, value_name = "FLOAT", value_parser = finite)]
     pub dropout: Option<f64>,
     /// PyTorch's default init for every layer instead of the preset's (the paper's N(0, 0.01)

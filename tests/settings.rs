@@ -2,7 +2,7 @@
 //! TOML key (and a Python dict key: tests/python/test_settings.py) with the same meaning and the
 //! same default; unknown keys are refused by name; flags override the file.
 use alexnet_rs::settings::{describe, SettingDoc, TrainConfig};
-use alexnet_rs::Error;
+use alexnet_rs::{Error, Preset};
 use clap::{Args, Command, FromArgMatches};
 use serde_json::{json, Value};
 
@@ -287,4 +287,23 @@ fn an_input_size_not_given_is_the_presets_own() {
     // relu-vs-tanh's cnn4 at 32 instead of its 28).
     let layered = TrainConfig::from_toml_over(&base, &file).unwrap();
     assert_eq!(TrainConfig::overlay(&layered, &m).unwrap().input_size, 63);
+}
+
+#[test]
+fn a_dropout_with_no_dropout_layer_to_act_on_is_refused() {
+    // cnn4 has no dropout layer: --dropout 0.9 trained the same network, yet the checkpoint
+    // listed it as an ablation (and AlexNet.load_checkpoint refused it as not cnn4's).
+    let tc = |preset, dropout| TrainConfig {
+        preset,
+        dropout: Some(dropout),
+        ..TrainConfig::default()
+    };
+    let e = tc(Preset::Cnn4, 0.9).validate().unwrap_err().to_string();
+    assert!(e.contains("dropout") && e.contains("cnn4"), "{e}");
+    assert!(
+        tc(Preset::Cnn4, 0.0).ablations(10).unwrap().is_empty(),
+        "0: the preset's own"
+    );
+    let listed = tc(Preset::Paper, 0.3).ablations(10).unwrap();
+    assert_eq!(listed, vec![("dropout", json!(0.3))]);
 }

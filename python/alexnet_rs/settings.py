@@ -94,7 +94,8 @@ class TrainSettings(TypedDict, total=False):
     # --pool-kernel: Ablation: max-pool window (stride stays 2; 2 = non-overlapping) [default: the
     # preset's 3]
     pool_kernel: int | None
-    # --dropout: Ablation: dropout probability (0 = off) [default: the preset's 0.5]
+    # --dropout: Ablation: dropout probability (0 = off) [default: the preset's: 0.5; cnn4 has no
+    # dropout]
     dropout: float | None
     # --torch-init: PyTorch's default init for every layer instead of the preset's (the paper's N(0,
     # 0.01) stalls for epochs at small scale) [default: false]

@@ -59,6 +59,12 @@ impl TrainConfig {
             if !(0.0..1.0).contains(&p) {
                 return Err(Error::Config(format!("dropout must be in [0, 1), got {p}")));
             }
+            if p > 0.0 && !cfg.fcs.iter().any(|f| f.dropout_before) {
+                return Err(Error::Config(format!(
+                    "dropout {p}: the {} preset has no dropout layer for it to act on",
+                    self.preset
+                )));
+            }
             cfg.dropout = p;
         }
         cfg.spatial_sizes(cfg.input_size)?;
