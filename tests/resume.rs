@@ -797,3 +797,41 @@ fn a_run_folder_is_written_by_one_process_at_a_time() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(checkpoint::load(&b).unwrap().state.step, 3);
 }
+
+#[test]
+fn a_checkpoint_outside_a_run_folder_resumes_only_into_a_given_out() {
+    let _s = serial();
+    require_data();
+    // It continued into the `out` recorded in its state.json (here the original run's folder;
+    // a relative one: the current folder's), while reporting the checkpoint's folder.
+    let b = tmp("loose-origin");
+    run(
+        &TrainConfig {
+            max_steps: Some(2),
+            ..tiny(&b)
+        },
+        None,
+    );
+    let ckpt = checkpoint::find_latest(&b).unwrap();
+    let loose = tmp("loose");
+    fs::create_dir_all(&*loose).unwrap();
+    let moved = loose.join(ckpt.file_name().unwrap());
+    fs::rename(&ckpt, &moved).unwrap();
+    let listing = |d: &Path| {
+        let mut names: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names
+    };
+    let before = listing(&b.join("checkpoints"));
+    let out = cli(&moved, true, &[], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("outside a run folder") && err.contains("--out"),
+        "{err}"
+    );
+    assert_eq!(listing(&b.join("checkpoints")), before, "the original run untouched");
+    let c = tmp("loose-continued");
+    let out = cli(&moved, true, &["--out", c.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(checkpoint::find_latest(&c).is_ok());
+}

@@ -216,7 +216,7 @@ pub(crate) fn replan(schedule: &mut crate::optim::Schedule, epochs: u64, at: u64
 
 /// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time
 /// budgets, `--keep`), a new `--epochs`, where the data and stats files are now, and where to
-/// write (`--out`, else the run's own folder).
+/// write (`--out`, else the run's own folder; a checkpoint outside a run folder needs `--out`).
 pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> Result<TrainConfig> {
     let mut t = trained_config(c);
     // A changed model or data setting would break the bit-exact continuation.
@@ -240,7 +240,14 @@ pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> Result<TrainCo
     t.out = if tc.gave("out", tc.out != default.out) {
         tc.out.clone()
     } else {
-        run_folder(&c.dir).map_or(t.out, Path::to_path_buf)
+        // Not the `out` its state records: that may be relative, or another machine's.
+        run_folder(&c.dir).map(Path::to_path_buf).ok_or_else(|| {
+            Error::Config(format!(
+                "{} is a checkpoint outside a run folder (<run>/checkpoints/ckpt-<step>): give --out, \
+                 the folder the continued run writes",
+                c.dir.display()
+            ))
+        })?
     };
     Ok(t)
 }
