@@ -2,7 +2,7 @@
 //! the eigen-solver against a hand-built matrix.
 use alexnet_rs::data::idx::read_idx;
 use alexnet_rs::data::stats::symmetric_eigen3;
-use alexnet_rs::data::{Dataset, Loader, LoaderConfig, Split, Transform, View};
+use alexnet_rs::data::{Dataset, Loader, LoaderConfig, Sample, Split, Transform, View};
 use alexnet_rs::Preset;
 use std::path::Path;
 
@@ -696,6 +696,23 @@ fn numbered_labels_meet_numbered_class_names_by_name() {
     let words: Vec<String> = ["cat", "dog", "owl"].iter().map(|s| s.to_string()).collect();
     let ds = Dataset::open(&list, Split::Test).unwrap().labelled_as(&words).unwrap();
     assert_eq!(ds.items.iter().map(|(_, l)| *l).collect::<Vec<_>>(), vec![0, 2, 1]);
+}
+
+#[test]
+fn a_list_file_separated_by_a_comma_and_a_space_names_the_files() {
+    // `a.png, 0` split at the space: the path `a.png,` was missing, every sample skipped.
+    let dir = common::tmp("list-comma-space");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let list = dir.join("val.csv");
+    std::fs::write(&list, "a.png, 0\nb.png ,1\nc.png,\t2\n").unwrap();
+    let ds = Dataset::open(&list, Split::Test).unwrap();
+    let items: Vec<_> = ds.items.iter().map(|(s, l)| (format!("{s:?}"), *l)).collect();
+    let want: Vec<_> = ["a.png", "b.png", "c.png"]
+        .iter()
+        .zip(0..)
+        .map(|(f, l)| (format!("{:?}", Sample::File(dir.join(f))), l))
+        .collect();
+    assert_eq!(items, want);
 }
 
 #[test]

@@ -214,7 +214,7 @@ impl Dataset {
         })
     }
 
-    /// Lines `relative/or/absolute/path label` (space, tab or comma separated; `#` comments).
+    /// Lines `relative/or/absolute/path label` (separated by spaces, tabs or a comma; `#` comments).
     /// Paths are relative to the list's folder. Class names come from a `classes.txt` beside the
     /// list (one per line) when present, else are the label numbers. Labels are below
     /// [`MAX_CLASSES`].
@@ -258,7 +258,9 @@ impl Dataset {
                     ),
                 ));
             }
-            items.push((Sample::File(base.join(path.trim())), label));
+            // `a.png, 0`: split at the space, the comma is a separator too, not part of the name.
+            let path = path.trim().trim_end_matches([' ', '\t', ',']);
+            items.push((Sample::File(base.join(path)), label));
         }
         if items.is_empty() {
             return Err(data_err(list, "no samples listed"));
