@@ -63,6 +63,15 @@ fn idx_errors_name_the_problem() {
     std::fs::write(&f, [0, 0, 8, 3, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0]).unwrap();
     let e = Dataset::idx(&f, &labels, vec![]).unwrap_err().to_string();
     assert!(e.contains("65536x65536 pixels"), "{e}");
+    // gzip of several members (`cat a.gz b.gz`, bgzip): only the first was read ("file has 0").
+    let member = |bytes: &[u8]| {
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(bytes).unwrap();
+        z.finish().unwrap()
+    };
+    std::fs::write(&f, [member(&[0, 0, 8, 1, 0, 0, 0, 2]), member(&[7, 9])].concat()).unwrap();
+    assert_eq!(read_idx(&f, 0x0801).unwrap(), (vec![2], vec![7, 9]));
 }
 
 #[test]
@@ -744,11 +753,35 @@ fn a_damaged_stats_file_is_an_error_naming_it() {
         ),
         (
             "channel_std",
-            Tensor::from_slice(&[0.2f32, 0.0, 0.2]),
-            "channel_std [0.2, 0.0, 0.2] is not positive",
+            Tensor::from_slice(&[0.2f32, -0.1, 0.2]),
+            "channel_std [0.2, -0.1, 0.2] is negative",
+        ),
+        // Laid out (S, S, 3) or in 0-255 units: accepted, and every image normalised wrongly.
+        (
+            "mean_image",
+            Tensor::full([16, 16, 3], 0.5, (tch::Kind::Float, tch::Device::Cpu)),
+            "`mean_image` has shape [16, 16, 3], expected [3, S, S]",
+        ),
+        (
+            "mean_image",
+            Tensor::full([3, 16, 16], 120.0, (tch::Kind::Float, tch::Device::Cpu)),
+            "`mean_image` holds values outside [0, 1]",
+        ),
+        (
+            "eigvec",
+            Tensor::eye(3, (tch::Kind::Float, tch::Device::Cpu)).view([9]),
+            "`eigvec` has shape [9], expected [3, 3]",
+        ),
+        (
+            "eigval",
+            Tensor::from_slice(&[0.1f32, 0.1, 0.1, 0.1]),
+            "`eigval` has shape [4], expected [3]",
         ),
     ] {
         let e = with(name, t).map(|_| ()).unwrap_err();
         assert!(e.contains(needle) && e.contains(&format!("{name}.safetensors")), "{e}");
     }
+    // A channel equal in every pixel (std 0): `alexnet stats` wrote a file its loader refused.
+    let flat = with("channel_std", Tensor::from_slice(&[0.2f32, 0.0, 0.2])).unwrap();
+    assert_eq!(flat.channel_std, [0.2, 0.0, 0.2]);
 }

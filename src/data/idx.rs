@@ -151,14 +151,26 @@ pub(super) fn idx_path(dir: &Path, split: Split, kind: &str) -> Option<PathBuf> 
         .find(|p| p.is_file())
 }
 
+/// The most bytes a gzipped IDX file may inflate to (Fashion-MNIST's largest: 47 MB).
+const MAX_IDX_BYTES: u64 = 4 << 30;
+
 /// Reads an unsigned-byte IDX file (gzipped or not): its dimensions and data.
 pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
     let raw = fs::read(path).map_err(io(path))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        // Every member (`cat a.gz b.gz`, bgzip: GzDecoder stopped after the first), up to a cap
+        // (a small file can inflate past the memory).
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(MAX_IDX_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| data_err(path, format!("bad gzip data: {e}")))?;
+        if out.len() as u64 > MAX_IDX_BYTES {
+            return Err(data_err(
+                path,
+                format!("inflates past {} GiB, the limit of an IDX file", MAX_IDX_BYTES >> 30),
+            ));
+        }
         out
     } else {
         raw

@@ -183,28 +183,45 @@ impl Stats {
             .map_err(|e| bad(format!("not a stats file: {e}")))?
             .into_iter()
             .collect();
-        let get = |name: &str| -> Result<Vec<f32>> {
+        // The tensor `name`, of the shape `alexnet stats` writes (a hand-made file laid out
+        // otherwise was read in the wrong order), its values finite (NaN normalised every image
+        // to NaN, then blamed on the checkpoint's weights).
+        let get = |name: &str, shape: &str, fits: &dyn Fn(&[i64]) -> bool| -> Result<Vec<f32>> {
             let t = map.get(name).ok_or_else(|| bad(format!("missing tensor `{name}`")))?;
+            if !fits(&t.size()) {
+                return Err(bad(format!("`{name}` has shape {:?}, expected {shape}", t.size())));
+            }
             let v = Vec::<f32>::try_from(t.f_to_kind(Kind::Float)?.f_reshape([-1])?)?;
-            // NaN normalised every image to NaN (then blamed on the checkpoint's weights).
             match v.iter().all(|x| x.is_finite()) {
                 true => Ok(v),
                 false => Err(bad(format!("`{name}` holds NaN or infinite values"))),
             }
         };
-        let mean_image = get("mean_image")?;
-        let side = ((mean_image.len() / 3) as f64).sqrt() as u32;
-        if 3 * (side as usize).pow(2) != mean_image.len() {
-            return Err(bad("mean_image is not (3, S, S)".into()));
+        let three = |name: &str| -> Result<[f32; 3]> {
+            let v = get(name, "[3]", &|s| s == [3])?;
+            Ok([v[0], v[1], v[2]])
+        };
+        let mean_image = get(
+            "mean_image",
+            "[3, S, S]",
+            &|s| matches!(s, [3, h, w] if h == w && *h > 0),
+        )?;
+        let channel_mean = three("channel_mean")?;
+        // Pixels are in [0, 1]: a mean in 0-255 units shifted every input by ~-100.
+        for (name, v) in [("mean_image", &mean_image[..]), ("channel_mean", &channel_mean[..])] {
+            if v.iter().any(|x| !(0.0..=1.0).contains(x)) {
+                return Err(bad(format!(
+                    "`{name}` holds values outside [0, 1] (pixels are in [0, 1], not 0-255)"
+                )));
+            }
         }
-        let arr3 = |v: Vec<f32>| -> Result<[f32; 3]> { v.try_into().map_err(|_| bad("expected 3 values".into())) };
-        let ev = get("eigvec")?;
-        if ev.len() != 9 {
-            return Err(bad("eigvec is not 3x3".into()));
-        }
-        let channel_std = arr3(get("channel_std")?)?;
-        if channel_std.iter().any(|&s| s <= 0.0) {
-            return Err(bad(format!("channel_std {channel_std:?} is not positive")));
+        let side = ((mean_image.len() / 3) as f64).sqrt().round() as u32;
+        let ev = get("eigvec", "[3, 3]", &|s| s == [3, 3])?;
+        let channel_std = three("channel_std")?;
+        // Zero is a channel of one value everywhere (`alexnet stats` writes it; no transform
+        // divides by these: they are the report's).
+        if channel_std.iter().any(|&s| s < 0.0) {
+            return Err(bad(format!("channel_std {channel_std:?} is negative")));
         }
         // A count (written by `alexnet stats`; absent from hand-made files): one value.
         let images = match map.get("images") {
@@ -217,9 +234,9 @@ impl Stats {
         Ok(Stats {
             side,
             mean_image,
-            channel_mean: arr3(get("channel_mean")?)?,
+            channel_mean,
             channel_std,
-            eigval: arr3(get("eigval")?)?,
+            eigval: three("eigval")?,
             eigvec: std::array::from_fn(|r| std::array::from_fn(|c| ev[r * 3 + c])),
             images,
             skipped: 0,
