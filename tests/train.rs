@@ -311,3 +311,43 @@ fn a_query_from_the_training_images_is_not_its_own_neighbour() {
         "c0/2.png found {found:?}"
     );
 }
+
+#[test]
+fn evaluation_ranks_and_scores_confident_outputs_without_underflow() {
+    // The softmax averaged in float32 underflowed to exact 0 for every class but the top one:
+    // top-5 ranked ties arbitrarily and the loss was capped at -ln(1e-12) = 27.6.
+    let fashion = require_data();
+    let cfg = Config {
+        input_size: 28,
+        ..Config::preset(Preset::Cnn4, 10).unwrap()
+    };
+    let params = init_params(&cfg, &Placement::single(Device::Cpu)).unwrap();
+    let bias: Vec<f32> = vec![200.0, 90.0, 80.0, 70.0, 60.0, 50.0, 40.0, 30.0, 20.0, 10.0];
+    tch::no_grad(|| {
+        let _ = params.get("fc4.weight").unwrap().shallow_clone().zero_();
+        params
+            .get("fc4.bias")
+            .unwrap()
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&bias));
+    });
+    let ds = alexnet_rs::data::Dataset::open(&fashion, alexnet_rs::data::Split::Test)
+        .unwrap()
+        .subset(64, 1);
+    let labels: Vec<i64> = ds.items.iter().map(|(_, l)| *l).collect();
+    let tc = TrainConfig {
+        preset: Preset::Cnn4,
+        input_size: 28,
+        ..TrainConfig::default()
+    };
+    let loader = tc.loader(ds, alexnet_rs::data::View::Center, false).unwrap();
+    let r = alexnet_rs::train::evaluate(&cfg, &params, &loader).unwrap();
+    // The reference in float64: every image's logits are the bias.
+    let lse = 200.0 + bias.iter().map(|&b| (f64::from(b) - 200.0).exp()).sum::<f64>().ln();
+    let n = labels.len() as f64;
+    let loss = labels.iter().map(|&l| lse - f64::from(bias[l as usize])).sum::<f64>() / n;
+    let top5 = labels.iter().filter(|&&l| l < 5).count() as f64 / n;
+    let top1 = labels.iter().filter(|&&l| l == 0).count() as f64 / n;
+    assert!((r.loss - loss).abs() < 1e-3 * loss, "loss {} vs {loss}", r.loss);
+    assert_eq!((r.top1, r.top5), (top1, top5));
+}

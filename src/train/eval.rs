@@ -76,17 +76,18 @@ pub fn evaluate_in(
         let b = batch?;
         let logits = model::forward(cfg, params, &b.images, false)?;
         let k = logits.size()[1];
-        let probs = logits
-            .f_softmax(-1, Kind::Float)?
+        // The log of the softmax averaged over the views, in the log domain: a float32 softmax
+        // underflowed to 0 for all but the top classes (ties in the top-5, a loss capped).
+        let log_probs = logits
+            .f_log_softmax(-1, Kind::Float)?
             .f_view([-1, views, k])?
-            .f_mean_dim(1, false, Kind::Float)?;
-        let labels = b.labels.to_device(probs.device());
-        sums[0] += probs
-            .f_clamp_min(1e-12)?
-            .f_log()?
+            .f_logsumexp([1], false)?
+            .f_sub_scalar((views as f64).ln())?;
+        let labels = b.labels.to_device(log_probs.device());
+        sums[0] += log_probs
             .f_nll_loss(&labels, None::<Tensor>, tch::Reduction::Sum, -100)?
             .double_value(&[]);
-        let (_, top) = probs.f_topk(5.min(k), -1, true, true)?;
+        let (_, top) = log_probs.f_topk(5.min(k), -1, true, true)?;
         let hits = top.f_eq_tensor(&labels.f_unsqueeze(1)?)?;
         sums[1] += hits.f_narrow(1, 0, 1)?.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
         sums[2] += hits.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
@@ -208,15 +209,17 @@ pub fn predict(t: &Trained, images: &[PathBuf]) -> Result<Vec<Result<Top5>>> {
     let device = t.params.get(&format!("{}.weight", t.cfg.convs[0].name))?.device();
     let top5 = |path: &PathBuf| -> Result<Top5> {
         let x = image_tensor(&tf, path)?.f_unsqueeze(0)?.to_device(device);
-        let probs = model::forward(&t.cfg, &t.params, &x, false)?.f_softmax(-1, Kind::Float)?;
-        if probs.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
+        // Ranked by log-probabilities: probabilities below float32's range are all 0 (ties).
+        let log_probs = model::forward(&t.cfg, &t.params, &x, false)?.f_log_softmax(-1, Kind::Float)?;
+        if log_probs.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
             return Err(Error::Config(format!(
                 "the network's outputs for {} are not finite: the checkpoint's weights produce \
                  NaN or infinite outputs (did the run diverge?)",
                 path.display()
             )));
         }
-        let (p, i) = probs.f_topk(5.min(probs.size()[1]), -1, true, true)?;
+        let (lp, i) = log_probs.f_topk(5.min(log_probs.size()[1]), -1, true, true)?;
+        let p = lp.f_exp()?;
         Ok((0..p.size()[1])
             .map(|k| {
                 let idx = i.int64_value(&[0, k]);

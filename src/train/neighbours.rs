@@ -79,8 +79,10 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     let last = t.cfg.fcs[t.cfg.fcs.len() - 1].name.clone();
     let acts = model::activations(&t.cfg, &t.params, &x, &[fc7.clone(), last], None)?;
     let q = acts[0].to_device(tch::Device::Cpu);
-    let probs = acts[1].f_softmax(-1, Kind::Float)?.to_device(tch::Device::Cpu);
-    let (p5, i5) = probs.f_topk(5.min(probs.size()[1]), -1, true, true)?;
+    // Ranked by log-probabilities, as `predict` (probabilities past float32's range tie at 0).
+    let log_probs = acts[1].f_log_softmax(-1, Kind::Float)?.to_device(tch::Device::Cpu);
+    let (lp5, i5) = log_probs.f_topk(5.min(log_probs.size()[1]), -1, true, true)?;
+    let p5 = lp5.f_exp()?;
     // One more than asked: a query that is itself a training image is not its own neighbour.
     let (d, nn) = Tensor::f_cdist(&q, &bank, 2.0, None::<i64>)?.f_topk(
         (k + 1).min(bank.size()[0] as usize) as i64,
