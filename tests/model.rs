@@ -258,3 +258,16 @@ fn any_accepted_shard_layout_computes_the_whole_network() {
     let e = uneven.unwrap_err().to_string();
     assert!(e.contains("conv2.weight") && e.contains("equal"), "{e}");
 }
+
+#[test]
+fn each_local_rank_takes_its_own_cuda_devices() {
+    let on = |spec: &str, r| Placement::for_local_rank(spec, r);
+    assert_eq!(on("cuda:0,cuda:1", 1).unwrap(), "cuda:2,cuda:3");
+    assert_eq!(on("cuda:0", 3).unwrap(), "cuda:3");
+    assert_eq!(on("cuda:0,cpu", 1).unwrap(), "cuda:1,cpu");
+    assert_eq!(on("cpu,cpu", 1).unwrap(), "cpu,cpu");
+    assert_eq!(on("cuda:1,cuda:0", 1).unwrap(), "cuda:3,cuda:2");
+    // cuda:0,cuda:2 gave rank 1 cuda:2,cuda:4: cuda:2 trained for two ranks at once.
+    let e = on("cuda:0,cuda:2", 0).unwrap_err().to_string();
+    assert!(e.contains("cuda:0,cuda:2") && e.contains("consecutive"), "{e}");
+}
