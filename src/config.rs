@@ -401,8 +401,10 @@ impl Config {
                 side = pool_out(side, self.pool);
                 if side < 1 {
                     return Err(Error::Config(format!(
-                        "input size {input} is too small: the pool after {} would have no output",
-                        c.name
+                        "input size {input} is too small for the {k}x{k} max pool after {}: it would have \
+                         no output (a pool_kernel of {k}, or the input size, is the culprit)",
+                        c.name,
+                        k = self.pool.kernel
                     )));
                 }
             }

@@ -307,3 +307,14 @@ fn a_dropout_with_no_dropout_layer_to_act_on_is_refused() {
     let listed = tc(Preset::Paper, 0.3).ablations(10).unwrap();
     assert_eq!(listed, vec![("dropout", json!(0.3))]);
 }
+
+#[test]
+fn a_pool_kernel_too_large_is_named() {
+    // "input size 224 is too small: the pool after conv5 would have no output", for --pool-kernel 12.
+    let tc = TrainConfig {
+        pool_kernel: Some(12),
+        ..TrainConfig::default()
+    };
+    let e = tc.validate().unwrap_err().to_string();
+    assert!(e.contains("12x12 max pool") && e.contains("pool_kernel"), "{e}");
+}

@@ -179,6 +179,7 @@ class AlexNet(nn.Module):
         self.conv_backend = _backend("AlexNet", conv_backend)
         if devices is not None:
             str_arg("AlexNet", "devices", devices)
+            devices = ",".join(d.strip() for d in devices.split(","))  # as the Rust parser reads them
         self.devices = devices
         self.features = _Features(self, "features")
         arch_size = input_size

@@ -123,7 +123,7 @@ impl Params {
                 .any(|t| t.dim() != shape.len() || t.size() != first.size())
             {
                 let sizes: Vec<Vec<i64>> = shards.iter().map(Tensor::size).collect();
-                return Err(wrong(format!("{sizes:?} (in shards of unequal shapes)")));
+                return Err(wrong(format!("{sizes:?} (in shards)")));
             }
             let n = shards.len() as i64;
             if let Some(&g) = groups.get(&name).filter(|&&g| n > 1 && g > 1 && g % n != 0) {

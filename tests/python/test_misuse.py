@@ -87,6 +87,7 @@ def _cases():
             ("config-str", lambda F: A.train("fast"), D, TE, "config"),
             ("config-key-type", lambda F: A.train({"lr": "fast", "out": F.out}), C, VE, "lr"),
             ("config-unknown-key", lambda F: A.train({"learning_rate": 1.0}), C, VE, "learning_rate"),
+            ("resume-empty", lambda F: A.train({"out": F.out}, resume=""), C, VE, "resume is an empty path"),
             ("config-negative-epochs", lambda F: A.train({"epochs": -1}), C, VE, "epochs"),
             ("config-zero-batch", lambda F: A.train({"batch_size": 0, "data": F.images, "out": F.out}), C, VE,
              "batch_size"),

@@ -472,3 +472,13 @@ print(r["samples"])
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "16", r.stderr[-2000:]
+
+
+def test_device_names_with_spaces_are_read_as_the_rust_side_reads_them():
+    """The Rust parser trims names: ``devices=" cpu"`` passed its check, then ``torch.device(" cpu")``
+    raised a bare RuntimeError."""
+    x = torch.randn(1, 3, 32, 32)
+    for spec, kept in [(" cpu", "cpu"), ("cpu ", "cpu"), (" cpu , cpu ", "cpu,cpu")]:
+        model = alexnet_rs.AlexNet("cnn4", num_classes=10, devices=spec).eval()
+        assert model.devices == kept
+        assert model(x).shape == (1, 10)

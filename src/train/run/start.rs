@@ -108,6 +108,9 @@ fn settle(
     let mut lock = None;
     let (mut tc, ckpt) = match resume {
         Some(path) => {
+            if path.as_os_str().is_empty() {
+                return Err(Error::Config("resume is an empty path".into())); // an unnamed io error
+            }
             lock = resume::recover_run(path, group)?.map(|l| (l, resume::run_of(path).to_path_buf()));
             let c = checkpoint::load(path)?;
             let t = resumed_config(tc, &c)?;
