@@ -17,119 +17,20 @@ use crate::config::Config;
 use crate::error::{io, Error, Result};
 use crate::fault;
 use crate::files::fsync;
-use crate::optim::Schedule;
 use crate::settings::TrainConfig;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
+mod state;
 mod tensors;
+pub use state::TrainState;
 pub use tensors::check_tensors;
 use tensors::write_tensors;
 pub(crate) use tensors::{read_tensors, write_error};
 
 pub const FORMAT: &str = "alexnet_rs-checkpoint-v1";
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct TrainState {
-    pub format: String,
-    pub config: TrainConfig,
-    /// The epoch in progress and how many of its batches are done.
-    pub epoch: u64,
-    pub batch_in_epoch: u64,
-    /// Optimizer steps so far.
-    pub step: u64,
-    pub schedule: Schedule,
-    pub best_top1: Option<f64>,
-    pub best_step: Option<u64>,
-    pub classes: Vec<String>,
-    /// Sum and count of the training losses of the epoch in progress, so that a resumed epoch's
-    /// `train_loss` is the uninterrupted one's (0 in checkpoints written before they existed).
-    #[serde(default)]
-    pub loss_sum: f64,
-    #[serde(default)]
-    pub loss_count: u64,
-    /// Data-parallel ranks the run trains with (its global batch is batch_size x ranks; 1 in
-    /// checkpoints written before it was recorded).
-    #[serde(default = "one")]
-    pub ranks: usize,
-    /// The fingerprints ([`crate::data::Dataset::fingerprint`]) of the training and test sets the
-    /// run trains and evaluates on: a resume on other data is refused (absent in checkpoints
-    /// written before they were recorded).
-    #[serde(default)]
-    pub data: Option<[u64; 2]>,
-}
-
-fn one() -> usize {
-    1
-}
-
-impl TrainState {
-    /// The state of a run before its first step: epoch 0, step 0, the schedule of `config`.
-    pub fn start(config: TrainConfig, classes: Vec<String>) -> TrainState {
-        let schedule = Schedule {
-            step_epochs: config.step_epochs,
-            ..Schedule::new(config.schedule, config.lr, config.epochs)
-        };
-        TrainState {
-            format: FORMAT.into(),
-            config,
-            epoch: 0,
-            batch_in_epoch: 0,
-            step: 0,
-            schedule,
-            best_top1: None,
-            best_step: None,
-            classes,
-            loss_sum: 0.0,
-            loss_count: 0,
-            ranks: 1,
-            data: None,
-        }
-    }
-
-    /// Refuses to continue on other data than the run's: `data` are the fingerprints of the
-    /// training and test sets given now (the same sets at another path are the run's).
-    pub fn check_data(&self, data: [u64; 2]) -> Result<()> {
-        let Some(was) = self.data else { return Ok(()) };
-        match ["training", "test"]
-            .into_iter()
-            .zip(was.into_iter().zip(data))
-            .find(|(_, (a, b))| a != b)
-        {
-            Some((set, (a, b))) => Err(Error::Config(format!(
-                "the {set} set holds other images or labels than the run was trained with (fingerprint \
-                 {b:016x}, the run's {a:016x}): --resume continues a run on its own data, wherever it is \
-                 now; to train these weights on other data, start a new run with --init-from <checkpoint>"
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    /// Refuses to continue with `ranks` ranks and `per_epoch` batches per epoch what was trained
-    /// otherwise: another rank count changes the global batch (and the position in the epoch,
-    /// counted in batches); a position past the end of an epoch (the data or the batch size
-    /// changed since the checkpoint was written) would skip the rest of the epoch.
-    pub fn check_position(&self, per_epoch: u64, ranks: usize) -> Result<()> {
-        if self.step > 0 && self.ranks != ranks {
-            return Err(Error::Config(format!(
-                "the run was trained with {} rank(s) (global batch {} x {}); continuing it with {ranks} \
-                 would change the global batch and the position in the epoch: resume it with {} rank(s) \
-                 (torchrun --nproc_per_node/--nnodes)",
-                self.ranks, self.config.batch_size, self.ranks, self.ranks
-            )));
-        }
-        if self.batch_in_epoch > per_epoch {
-            return Err(Error::Config(format!(
-                "the checkpoint's batch_in_epoch is {} but an epoch has {per_epoch} batches: the data or \
-                 the batch size changed since it was written",
-                self.batch_in_epoch
-            )));
-        }
-        Ok(())
-    }
-}
 
 pub struct Checkpoint {
     pub dir: PathBuf,

@@ -15,6 +15,9 @@
 //! | pool  | 3x3/2 after 1, 2, 5     | same + avgpool 6x6 | same, ceil mode           |
 //! | head  | fc 4096-4096-classes, dropout after fc6/fc7 | dropout before fc6/fc7 | as paper |
 //!
+//! LRN of `paper` normalises each tower's channels apart (48 + 48 in conv1, 128 + 128 in conv2),
+//! as each of the two GPUs did; `caffe` (one GPU) normalises across all of them.
+//!
 //! conv1 of `paper`: cuda-convnet sizes outputs as `1 + ceil((2p + img - f) / s)`, which gives 55
 //! from a 224 crop with no padding. PyTorch floors, so we pad 2 (as torchvision does): 224 -> 55
 //! -> 27 -> 13 -> 6. Same parameter count and output sizes; the taps sit two pixels further
@@ -87,6 +90,10 @@ pub struct LrnParams {
     pub alpha: f64,
     pub beta: f64,
     pub k: f64,
+    /// Channel groups normalised apart, each over its own channels: 2 in the paper's network,
+    /// where each GPU normalised its own half of the kernel maps (CHM `layers-145.cfg`: `rnorm1a`
+    /// over `conv1a`'s 48 channels, `rnorm2a` over `conv2a`'s 128); 1 (all channels) in Caffe's.
+    pub groups: i64,
 }
 
 /// The non-linearity after every conv and hidden FC layer.
@@ -235,6 +242,7 @@ fn network(preset: Preset, input_size: i64, convs: Vec<ConvLayer>, fcs: Vec<FcLa
             alpha: 1e-4,
             beta: 0.75,
             k: 1.0,
+            groups: 1,
         },
         pool: Pool {
             kernel: 3,
@@ -250,7 +258,7 @@ fn network(preset: Preset, input_size: i64, convs: Vec<ConvLayer>, fcs: Vec<FcLa
 }
 
 /// Paper init (section 5): weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC
-/// layers, 0 elsewhere. LRN k = 2.
+/// layers, 0 elsewhere. LRN k = 2, within each of the two towers.
 fn paper(classes: i64) -> Config {
     let convs = vec![
         lrn_pooled(conv("conv1", 96, 11, 4, 2, 1, n(0.01, 0.0))),
@@ -265,7 +273,7 @@ fn paper(classes: i64) -> Config {
         fc("fc8", classes, true, n(0.01, 0.0)),
     ];
     let mut cfg = network(Preset::Paper, 224, convs, fcs);
-    cfg.lrn.k = 2.0;
+    (cfg.lrn.k, cfg.lrn.groups) = (2.0, 2);
     cfg
 }
 

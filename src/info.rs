@@ -21,12 +21,14 @@ pub enum Op {
         groups: i64,
         activation: Activation,
     },
-    /// Cross-channel LRN (PyTorch's convention: alpha is divided by size).
+    /// Cross-channel LRN (PyTorch's convention: alpha is divided by size), within each of
+    /// `groups` channel groups.
     Lrn {
         size: i64,
         alpha: f64,
         beta: f64,
         k: f64,
+        groups: i64,
     },
     MaxPool {
         kernel: i64,
@@ -63,7 +65,19 @@ impl fmt::Display for Op {
                 }
                 write!(f, " +{}", activation.name())
             }
-            Op::Lrn { size, alpha, beta, k } => write!(f, "lrn size {size} alpha {alpha} beta {beta} k {k}"),
+            Op::Lrn {
+                size,
+                alpha,
+                beta,
+                k,
+                groups,
+            } => {
+                write!(f, "lrn size {size} alpha {alpha} beta {beta} k {k}")?;
+                if *groups > 1 {
+                    write!(f, " groups {groups}")?;
+                }
+                Ok(())
+            }
             Op::MaxPool {
                 kernel,
                 stride,
@@ -142,6 +156,7 @@ pub fn layer_table(cfg: &Config, input: i64) -> Result<Vec<LayerRow>> {
                 alpha: p.alpha,
                 beta: p.beta,
                 k: p.k,
+                groups: p.groups,
             };
             rows.push(row(Stage::Lrn.label(&c.name), op, vec![ch, side, side]));
         }

@@ -3,9 +3,10 @@
 //!
 //! With two devices every conv and FC layer's output channels are split in half, one half per
 //! device. Grouped layers (conv2/4/5 of `paper`) keep their groups local; layers that read every
-//! input channel (conv3, the FC layers) gather the activations first; LRN exchanges the few
-//! channels its window reaches across the split; the last (class) layer sits whole on the first
-//! device, as in the original code. The forward pass in `model` computes the same function
+//! input channel (conv3, the FC layers) gather the activations first; LRN normalises each
+//! device's tower alone in `paper` (as the two GPUs did) and exchanges the few channels its window
+//! reaches across the split in `caffe` (one GPU's LRN over all channels); the last (class) layer
+//! sits whole on the first device, as in the original code. The forward pass in `model` computes the same function
 //! whatever the placement. The Python side calls this code for its table.
 use crate::config::Config;
 use crate::error::{Error, Result};

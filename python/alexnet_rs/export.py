@@ -3,7 +3,8 @@
 ``torch.onnx.export`` cannot look inside our forward (one opaque Rust call), so the graph is
 written from the layer list the Rust model is built from (``_native.layers``, the rows of
 ``alexnet info``): our LRN op
-becomes ONNX ``LRN`` (size, alpha, beta, bias; both use PyTorch's alpha/size convention), grouped
+becomes ONNX ``LRN`` (size, alpha, beta, bias; both use PyTorch's alpha/size convention; in the
+paper's network one per tower, between a ``Split`` and a ``Concat``), grouped
 convolution becomes ``Conv`` with ``group``, pooling ``MaxPool`` (with ``ceil_mode`` for Caffe),
 the hidden layers ``Gemm`` + ``Relu``/``Tanh``. Dropout is an identity at inference and is left out.
 The weights are the model's, stored as float32 initializers. Needs the ``onnx`` package
@@ -93,7 +94,13 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
             if op["size"] % 2 == 0:
                 # ONNX centres an even window one channel later than PyTorch (and our op) does.
                 raise ConfigError(f"export_onnx: an even LRN size ({op['size']}) has no ONNX equivalent")
-            x = node("LRN", [x], name, size=op["size"], alpha=op["alpha"], beta=op["beta"], bias=op["k"])
+            lrn = dict(size=op["size"], alpha=op["alpha"], beta=op["beta"], bias=op["k"])
+            if op["groups"] == 1:
+                x = node("LRN", [x], name, **lrn)
+            else:  # the paper's towers, each normalised alone: Split -> LRN per tower -> Concat
+                towers = [f"{name}.tower{i}" for i in range(op["groups"])]
+                nodes.append(helper.make_node("Split", [x], towers, name=f"{name}.split", axis=1))
+                x = node("Concat", [node("LRN", [t], f"{t}.lrn", **lrn) for t in towers], name, axis=1)
         elif kind == "max_pool":
             k, s = op["kernel"], op["stride"]
             x = node("MaxPool", [x], name, kernel_shape=[k, k], strides=[s, s], ceil_mode=int(op["ceil_mode"]))

@@ -494,7 +494,8 @@ def _layer_repr(op: dict) -> str:
         return (f"Conv2d({op['in_channels']}, {op['out_channels']}, kernel_size=({k}, {k}), stride=({st}, {st}), "
                 f"padding=({pad}, {pad}){groups}){relu}")
     if kind == "lrn":
-        return f"LocalResponseNorm({op['size']}, alpha={op['alpha']}, beta={op['beta']}, k={op['k']})"
+        lrn = f"LocalResponseNorm({op['size']}, alpha={op['alpha']}, beta={op['beta']}, k={op['k']})"
+        return lrn if op["groups"] == 1 else f"{op['groups']} towers x {lrn}"  # each tower's channels apart
     if kind == "max_pool":
         return (f"MaxPool2d(kernel_size={op['kernel']}, stride={op['stride']}, padding=0, dilation=1, "
                 f"ceil_mode={op['ceil_mode']})")

@@ -10,6 +10,9 @@ use crate::optim::InBackward;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
+mod lrn;
+use lrn::{dense, lrn_stage};
+
 /// One stage of the forward pass, as reported to a [`forward_with`] observer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -285,7 +288,18 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
             beta: l.beta,
             k: l.k,
         });
-        let h = ops::relu_lrn_max_pool2d(&parts[0], lrn, p.kernel, p.stride, p.ceil_mode)?;
+        let fuse = |x: &Tensor| ops::relu_lrn_max_pool2d(x, lrn, p.kernel, p.stride, p.ceil_mode);
+        let h = if c.lrn && l.groups > 1 {
+            // Each tower alone, dense in the layout the op reads (a channel slice is not).
+            let towers = parts[0]
+                .f_chunk(l.groups, 1)?
+                .iter()
+                .map(|t| fuse(&dense(cfg, t)?))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::f_cat(&towers, 1)?
+        } else {
+            fuse(&parts[0])?
+        };
         return Ok((Act(vec![h]), false));
     }
     let mut h = Act(parts);
@@ -293,7 +307,7 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
         return Ok((h, true));
     }
     if c.lrn {
-        h = lrn_sharded(cfg, &h)?;
+        h = lrn_stage(cfg, h)?;
         if report(observe, &c.name, Stage::Lrn, &h)? {
             return Ok((h, true));
         }
@@ -324,41 +338,6 @@ fn activate(cfg: &Config, mut h: Tensor) -> Result<Tensor> {
         Activation::Relu => h.f_relu_()?,
         Activation::Tanh => h.f_tanh_()?,
     })
-}
-
-/// LRN over channel slices: each slice borrows the `size/2` channels before it and the
-/// `(size-1)/2` after it from its neighbours, so the result equals LRN over all channels.
-fn lrn_sharded(cfg: &Config, h: &Act) -> Result<Act> {
-    let p = cfg.lrn;
-    let (pre, post) = (p.size / 2, (p.size - 1) / 2);
-    let mut out = Vec::with_capacity(h.0.len());
-    for (k, own) in h.0.iter().enumerate() {
-        let dev = own.device();
-        let mut pieces = Vec::new();
-        if k > 0 {
-            let left = &h.0[k - 1];
-            let take = pre.min(left.size()[1]);
-            pieces.push(left.f_narrow(1, left.size()[1] - take, take)?.to_device(dev));
-        }
-        pieces.push(own.shallow_clone());
-        if k + 1 < h.0.len() {
-            let right = &h.0[k + 1];
-            pieces.push(right.f_narrow(1, 0, post.min(right.size()[1]))?.to_device(dev));
-        }
-        let offset = if k > 0 { pieces[0].size()[1] } else { 0 };
-        let input = if pieces.len() == 1 {
-            own.shallow_clone()
-        } else {
-            Tensor::f_cat(&pieces, 1)?
-        };
-        let y = ops::lrn(&input, p.size, p.alpha, p.beta, p.k)?;
-        out.push(if pieces.len() == 1 {
-            y
-        } else {
-            y.f_narrow(1, offset, own.size()[1])?
-        });
-    }
-    Ok(Act(out))
 }
 
 /// [dropout] -> linear -> [activation unless last]. Each device computes its slice of the outputs

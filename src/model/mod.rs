@@ -123,7 +123,12 @@ impl Params {
                 .any(|t| t.dim() != shape.len() || t.size() != first.size())
             {
                 let sizes: Vec<Vec<i64>> = shards.iter().map(Tensor::size).collect();
-                return Err(wrong(format!("{sizes:?} (in shards)")));
+                let equal = if shards.iter().all(|t| t.dim() == shape.len()) {
+                    ": shards must be equal row blocks"
+                } else {
+                    ""
+                };
+                return Err(wrong(format!("{sizes:?} (in shards{equal})")));
             }
             let n = shards.len() as i64;
             if let Some(&g) = groups.get(&name).filter(|&&g| n > 1 && g > 1 && g % n != 0) {

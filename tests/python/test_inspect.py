@@ -87,7 +87,7 @@ def test_repr_shows_the_layers_like_torchvision():
     text = repr(alexnet_rs.AlexNet("paper"))
     assert text.startswith("AlexNet(preset='paper', num_classes=1000")
     assert "(conv2): Conv2d(96, 256, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2), groups=2) + ReLU(inplace=True)" in text
-    assert "(conv1.lrn): LocalResponseNorm(5, alpha=0.0001, beta=0.75, k=2.0)" in text
+    assert "(conv1.lrn): 2 towers x LocalResponseNorm(5, alpha=0.0001, beta=0.75, k=2.0)" in text
     assert "(conv1.pool): MaxPool2d(kernel_size=3, stride=2, padding=0, dilation=1, ceil_mode=False)" in text
     assert ("(fc7): Dropout(p=0.5, inplace=False) + Linear(in_features=4096, out_features=4096, bias=True)"
             " + ReLU(inplace=True)") in text
@@ -317,3 +317,21 @@ def test_from_torchvision_takes_layers_in_place_or_not():
                    + [tv.classifier.__setitem__(i, torch.nn.Dropout(0.5, inplace=True)) for i in (0, 3)])
     x = torch.randn(2, 3, 100, 100)
     assert_close(alexnet_rs.from_torchvision(tv).eval()(x), tv.eval()(x))
+
+
+@pytest.mark.parametrize("preset, towers", [("paper", 2), ("caffe", 1)])
+def test_lrn_normalises_each_tower_of_the_paper_network_apart(preset, towers):
+    """The 2012 network normalised each GPU's own kernel maps (CHM layers-145.cfg: rnorm1a over
+    conv1a's 48 channels, rnorm2a over conv2a's 128); ours normalised across the towers (channels
+    46-49 off by ~1%), and the two-device split exchanged activations there. Caffe's one GPU
+    normalises all of them. Inputs on the presets' 0-255 scale, where LRN's sum matters."""
+    import torch.nn.functional as F
+
+    k = {"paper": 2.0, "caffe": 1.0}[preset]
+    x = 255 * torch.rand(2, 3, 67, 67)
+    for devices in [None, "cpu,cpu"]:
+        model = alexnet_rs.AlexNet(preset, num_classes=10, input_size=67, devices=devices).eval()
+        acts = model.features(x, ["conv1", "conv1.lrn", "conv2", "conv2.lrn"])
+        for layer in ["conv1", "conv2"]:
+            ref = torch.cat([F.local_response_norm(t, 5, 1e-4, 0.75, k) for t in acts[layer].chunk(towers, 1)], 1)
+            assert (acts[f"{layer}.lrn"] - ref).abs().max() <= 1e-5 * ref.abs().max(), (devices, layer)

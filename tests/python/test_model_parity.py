@@ -43,6 +43,25 @@ def test_logits_and_gradients_match(preset, backend):
         assert (ours[k] - p.grad).abs().max().item() <= 1e-4 * max(scale, 1e-8), k
 
 
+@pytest.mark.parametrize("preset, size", [("paper", 67), ("paper", 131), ("caffe", 131)])
+def test_lrn_counts_on_the_presets_pixel_scale(preset, size):
+    """On standard-normal inputs LRN is nearly the identity (its sum of squares is tiny against
+    k), so the test above cannot tell LRN over all channels from LRN per tower. Here pixels are on
+    the presets' 0-255 scale, through the fused CPU path (no observer), NCHW (67) and
+    channels_last (131)."""
+    torch.manual_seed(0)
+    ref = reference_model(preset, num_classes=10, input_size=size).eval()
+    ours = alexnet_rs.AlexNet(preset, num_classes=10, input_size=size).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = 255 * torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+        whole = ref.conv1(x).relu()
+        per_tower = torch.cat([F.local_response_norm(t, 5, 1e-4, 0.75, 2.0) for t in whole.chunk(2, 1)], 1)
+        assert (F.local_response_norm(whole, 5, 1e-4, 0.75, 2.0) - per_tower).abs().max() > 1e-3  # it counts
+    assert (got - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
 @pytest.mark.parametrize("preset", ["paper", "torchvision", "caffe"])
 def test_gradient_penalty_matches(preset):
     """Double backprop (an input-gradient penalty, create_graph=True) through the whole network:

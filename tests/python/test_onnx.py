@@ -96,7 +96,9 @@ def _attrs(node) -> dict:
 def test_lrn_and_groups_map_to_onnx_attributes(tmp_path):
     m = onnx.load(alexnet_rs.export_onnx(alexnet_rs.AlexNet("paper", num_classes=10), tmp_path / "p.onnx"))
     lrn = [_attrs(n) for n in m.graph.node if n.op_type == "LRN"]
-    assert len(lrn) == 2
+    assert len(lrn) == 4  # conv1 and conv2, each tower's alone
+    splits = [n for n in m.graph.node if n.op_type == "Split"]
+    assert [len(n.output) for n in splits] == [2, 2] and all(_attrs(n)["axis"] == 1 for n in splits)
     for a in lrn:
         assert a["size"] == 5 and a["beta"] == pytest.approx(0.75) and a["bias"] == pytest.approx(2.0)
         assert a["alpha"] == pytest.approx(1e-4)
