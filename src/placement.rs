@@ -67,8 +67,9 @@ impl Placement {
         cuda.sort_unstable();
         cuda.dedup();
         let block = cuda.len();
-        // cuda:0,cuda:2 would give local rank 1 cuda:2,cuda:4: one device for two ranks.
-        if cuda.last().is_some_and(|last| last - cuda[0] + 1 != block) {
+        // cuda:0,cuda:2 would give local rank 1 cuda:2,cuda:4: one device for two ranks (local
+        // rank 0 keeps the devices named: alone on its node, any of them).
+        if local_rank > 0 && cuda.last().is_some_and(|last| last - cuda[0] + 1 != block) {
             return Err(Error::Config(format!(
                 "--devices {spec}: with several ranks on a node, each takes its own block of consecutive \
                  CUDA devices (cuda:0,cuda:1 for local rank 0, cuda:2,cuda:3 for rank 1): name consecutive ones"

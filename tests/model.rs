@@ -257,6 +257,16 @@ fn any_accepted_shard_layout_computes_the_whole_network() {
     });
     let e = uneven.unwrap_err().to_string();
     assert!(e.contains("conv2.weight") && e.contains("equal"), "{e}");
+    // conv1 in 4 shards: its LRN's 2 towers do not divide over them (an internal error).
+    let quarters = logits(&|k| {
+        if k.starts_with("conv1.") {
+            vec![rows(k) / 4; 4]
+        } else {
+            vec![rows(k)]
+        }
+    });
+    let e = quarters.unwrap_err().to_string();
+    assert!(e.contains("conv1.weight") && e.contains("LRN towers"), "{e}");
 }
 
 #[test]
@@ -268,6 +278,8 @@ fn each_local_rank_takes_its_own_cuda_devices() {
     assert_eq!(on("cpu,cpu", 1).unwrap(), "cpu,cpu");
     assert_eq!(on("cuda:1,cuda:0", 1).unwrap(), "cuda:3,cuda:2");
     // cuda:0,cuda:2 gave rank 1 cuda:2,cuda:4: cuda:2 trained for two ranks at once.
-    let e = on("cuda:0,cuda:2", 0).unwrap_err().to_string();
+    let e = on("cuda:0,cuda:2", 1).unwrap_err().to_string();
     assert!(e.contains("cuda:0,cuda:2") && e.contains("consecutive"), "{e}");
+    // One rank per node: the devices named, consecutive or not.
+    assert_eq!(on("cuda:0,cuda:2", 0).unwrap(), "cuda:0,cuda:2");
 }

@@ -99,7 +99,8 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
                 x = node("LRN", [x], name, **lrn)
             else:  # the paper's towers, each normalised alone: Split -> LRN per tower -> Concat
                 towers = [f"{name}.tower{i}" for i in range(op["groups"])]
-                nodes.append(helper.make_node("Split", [x], towers, name=f"{name}.split", axis=1))
+                equal = {"num_outputs": len(towers)} if opset >= 18 else {}  # required from opset 18
+                nodes.append(helper.make_node("Split", [x], towers, name=f"{name}.split", axis=1, **equal))
                 x = node("Concat", [node("LRN", [t], f"{t}.lrn", **lrn) for t in towers], name, axis=1)
         elif kind == "max_pool":
             k, s = op["kernel"], op["stride"]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
 mod lrn;
-use lrn::{dense, lrn_stage};
+use lrn::{lrn_stage, per_tower};
 
 /// One stage of the forward pass, as reported to a [`forward_with`] observer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,17 +289,7 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
             k: l.k,
         });
         let fuse = |x: &Tensor| ops::relu_lrn_max_pool2d(x, lrn, p.kernel, p.stride, p.ceil_mode);
-        let h = if c.lrn && l.groups > 1 {
-            // Each tower alone, dense in the layout the op reads (a channel slice is not).
-            let towers = parts[0]
-                .f_chunk(l.groups, 1)?
-                .iter()
-                .map(|t| fuse(&dense(cfg, t)?))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::f_cat(&towers, 1)?
-        } else {
-            fuse(&parts[0])?
-        };
+        let h = per_tower(&parts[0], if c.lrn { l.groups } else { 1 }, &fuse)?;
         return Ok((Act(vec![h]), false));
     }
     let mut h = Act(parts);

@@ -99,12 +99,20 @@ impl Params {
 
     /// Checks that every parameter the config names is present with the right (whole) shape, in
     /// equal row blocks (shards), a bias in as many as its weight (the forward pairs them), a
-    /// grouped convolution's shards holding whole groups (what [`Placement::shards`] makes).
+    /// grouped convolution's shards holding whole groups and LRN towers (what
+    /// [`Placement::shards`] makes).
     pub fn check(&self, cfg: &Config) -> Result<()> {
-        let groups: BTreeMap<String, i64> = cfg
+        // Channel groups a convolution's shards must hold whole: its own, and its LRN's towers.
+        let groups: BTreeMap<String, [(&str, i64); 2]> = cfg
             .convs
             .iter()
-            .map(|c| (format!("{}.weight", c.name), c.groups))
+            .map(|c| {
+                let towers = if c.lrn { cfg.lrn.groups } else { 1 };
+                (
+                    format!("{}.weight", c.name),
+                    [("groups", c.groups), ("LRN towers", towers)],
+                )
+            })
             .collect();
         for (name, shape) in cfg.param_shapes() {
             let shards = self.shards(&name)?;
@@ -131,9 +139,14 @@ impl Params {
                 return Err(wrong(format!("{sizes:?} (in shards{equal})")));
             }
             let n = shards.len() as i64;
-            if let Some(&g) = groups.get(&name).filter(|&&g| n > 1 && g > 1 && g % n != 0) {
+            let split = groups
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .find(|(_, g)| n > 1 && *g > 1 && g % n != 0);
+            if let Some((what, g)) = split {
                 return Err(Error::Shape(format!(
-                    "parameter `{name}` is in {n} shards: its {g} groups do not split into whole groups"
+                    "parameter `{name}` is in {n} shards: its {g} {what} do not split into whole ones"
                 )));
             }
             let mut whole = first.size();

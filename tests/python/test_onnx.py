@@ -62,6 +62,23 @@ def test_onnxruntime_gives_our_logits(preset, tmp_path):
         assert np.abs(ours - _run(no_lrn, x)).max() > 0.05
 
 
+@pytest.mark.parametrize("opset", [10, 13, 18, "newest"])
+def test_the_paper_towers_export_at_every_opset(opset, tmp_path):
+    """Split changed form twice (an attribute before opset 13, an input after; from 18 it needs
+    num_outputs): at 18 and later the graph failed onnx's checker."""
+    opset = onnx.defs.onnx_opset_version() if opset == "newest" else opset
+    model = _meaningful_weights(alexnet_rs.AlexNet("paper", num_classes=10)).eval()
+    path = alexnet_rs.export_onnx(model, tmp_path / "p.onnx", opset=opset)  # checked by onnx.checker
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2)) * 60
+    try:
+        theirs = _run(path, x)
+    except Exception as e:  # an opset newer than the installed onnxruntime runs
+        assert "opset" in str(e).lower(), e
+        return
+    with torch.no_grad():
+        assert np.abs(model(x).numpy() - theirs).max() <= 1e-4
+
+
 def test_torchvision_at_63_exports_its_1x1_map_broadcast_to_6x6(tmp_path):
     """`make demo`'s model (torchvision at 63): AdaptiveAvgPool2d(6) on a 1x1 map copies the value to
     all 36 cells, an ONNX Expand (it was refused: "no fixed-window ONNX equivalent")."""

@@ -1,18 +1,31 @@
 //! The LRN stage over activations in channel slices (one per device): across all channels, or
 //! within each tower of the paper's network.
-use super::{cpu_channels_last, Act};
+use super::Act;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
-/// `t` stored dense, NCHW or (where the CPU convolutions read it) channels_last.
-pub(super) fn dense(cfg: &Config, t: &Tensor) -> Result<Tensor> {
-    if t.device() == Device::Cpu && cpu_channels_last(cfg) {
-        ops::channels_last(t)
-    } else {
-        Ok(t.f_contiguous()?)
+/// `f` (an op whose window runs along the channels: LRN, or relu -> LRN -> max-pool) of each of
+/// `towers` equal channel groups of `t` (N, C, H, W) alone. Stored NCHW: one call on the view
+/// (N * towers, C / towers, H, W), no copy; otherwise (channels_last) each tower is copied dense
+/// in that layout (what the fused op reads), and the results joined.
+pub(super) fn per_tower(t: &Tensor, towers: i64, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    if towers == 1 {
+        return f(t);
     }
+    let s = t.size();
+    if t.is_contiguous() {
+        let y = f(&t.f_view([s[0] * towers, s[1] / towers, s[2], s[3]])?)?;
+        let ys = y.size();
+        return Ok(y.f_reshape([s[0], s[1], ys[2], ys[3]])?);
+    }
+    let parts = t
+        .f_chunk(towers, 1)?
+        .iter()
+        .map(|g| f(&ops::channels_last(g)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::f_cat(&parts, 1)?)
 }
 
 /// LRN of activations in equal channel slices (one per device) over the config's channel groups
@@ -30,14 +43,7 @@ pub(super) fn lrn_stage(cfg: &Config, h: Act) -> Result<Act> {
             p.groups
         )));
     }
-    h.map(|t| {
-        let towers = t
-            .f_chunk(p.groups / slices, 1)?
-            .iter()
-            .map(|g| ops::lrn(g, p.size, p.alpha, p.beta, p.k))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::f_cat(&towers, 1)?)
-    })
+    h.map(|t| per_tower(t, p.groups / slices, &|g| ops::lrn(g, p.size, p.alpha, p.beta, p.k)))
 }
 
 /// LRN over channel slices: each slice borrows the `size/2` channels before it and the
