@@ -25,7 +25,7 @@ use tch::Tensor;
 
 mod state;
 mod tensors;
-pub use state::TrainState;
+pub use state::{TrainState, NETWORK};
 pub use tensors::check_tensors;
 use tensors::write_tensors;
 pub(crate) use tensors::{read_tensors, write_error};
@@ -398,6 +398,9 @@ fn read(dir: PathBuf, with_optimizer: bool) -> Result<Checkpoint> {
         .config
         .model_config(state.classes.len() as i64)
         .map_err(|e| bad(&sp, format!("its settings do not describe a network: {e}")))?;
+    if let Some(what) = state.changed_network(&cfg) {
+        crate::say::note(&format!("warning: {}: {what}", dir.display()));
+    }
     let wp = dir.join("weights.safetensors");
     let weights = read_tensors(&wp)?;
     check_tensors(&wp, &cfg, &weights)?;

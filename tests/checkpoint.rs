@@ -236,3 +236,28 @@ fn a_checkpoint_stripped_of_its_optimizer_state_evaluates_but_is_not_resumed_or_
     assert!(e.contains("ckpt-000000004 lacks optimizer.safetensors"), "{e}");
     assert_eq!(checkpoint::load_weights(&run).unwrap().state.step, 4);
 }
+
+#[test]
+fn a_paper_checkpoint_from_before_the_per_tower_lrn_is_told_apart() {
+    // Its LRN normalised across the two towers; it now runs per tower, with nothing to say so.
+    let state = |preset| {
+        let run = tmp(&format!("network-revision-{preset}"));
+        let mut cfg = Config::preset(preset, 10).unwrap();
+        cfg.input_size = 67;
+        let w = model::init_seeded(&cfg, 1).unwrap();
+        let dir = checkpoint::save_weights(&run, preset, 67, &w, None).unwrap();
+        let fresh = checkpoint::load_weights(&dir).unwrap().state;
+        // As an older build wrote it: no `network` field.
+        let mut json: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("network");
+        fs::write(dir.join("state.json"), json.to_string()).unwrap();
+        let old = checkpoint::load_weights(&dir).unwrap().state;
+        let model = old.config.model_config(10).unwrap();
+        (fresh.changed_network(&model), old.changed_network(&model))
+    };
+    let (fresh, old) = state(Preset::Paper);
+    assert_eq!(fresh, None);
+    assert!(old.is_some_and(|w| w.contains("two towers")));
+    assert_eq!(state(Preset::Caffe), (None, None), "caffe's LRN did not change");
+}

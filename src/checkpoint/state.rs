@@ -34,6 +34,18 @@ pub struct TrainState {
     /// written before they were recorded).
     #[serde(default)]
     pub data: Option<[u64; 2]>,
+    /// The revision of the networks the run's code builds ([`NETWORK`]; 1 in checkpoints written
+    /// before it was recorded).
+    #[serde(default = "one_u32")]
+    pub network: u32,
+}
+
+/// The revision of the networks this code builds. 2 (2026-12-01): the `paper` network's LRN
+/// normalises each tower apart; it normalised across both towers before.
+pub const NETWORK: u32 = 2;
+
+fn one_u32() -> u32 {
+    1
 }
 
 fn one() -> usize {
@@ -61,7 +73,19 @@ impl TrainState {
             loss_count: 0,
             ranks: 1,
             data: None,
+            network: NETWORK,
         }
+    }
+
+    /// What a checkpoint of an older revision of the networks now computes otherwise, for a
+    /// warning (`None`: the same network); `cfg` is its network now.
+    pub fn changed_network(&self, cfg: &crate::config::Config) -> Option<String> {
+        let towers = cfg.lrn.groups > 1 && cfg.convs.iter().any(|c| c.lrn);
+        (self.network < 2 && towers).then(|| {
+            "it was trained when the paper network's LRN normalised across its two towers; it now \
+             normalises each tower apart (as the 2012 network did), so its outputs differ slightly"
+                .to_string()
+        })
     }
 
     /// Refuses to continue on other data than the run's: `data` are the fingerprints of the
