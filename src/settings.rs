@@ -174,7 +174,8 @@ pub struct TrainConfig {
 }
 
 /// Which settings a caller set explicitly (command-line flags, TOML keys, the keys of Python's
-/// dict), for `--resume`: a resumed run takes some of them (epochs, keep, out, data, stats) and
+/// dict), for `--resume`: a resumed run takes some of them (epochs, keep, out, devices, threads,
+/// data, stats) and
 /// warns about the others. `None`: unknown (a `TrainConfig` built in code); then a value other
 /// than the default counts as given. Not part of the settings' value: configs that differ only
 /// here are equal.

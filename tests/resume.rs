@@ -528,6 +528,17 @@ fn resume_reads_the_data_from_where_it_is_now() {
         "{err}"
     );
     assert_eq!(checkpoint::load(&b).unwrap().state.step, before_swap, "nothing trained");
+    // Refused before the run's folder is written: a new --out stays unmade (it got classes.json
+    // and the metrics history, which the next attempt then moved to earlier-1/).
+    let elsewhere = tmp("swapped-out");
+    let args = [
+        "--data",
+        swapped.to_str().unwrap(),
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ];
+    assert!(!cli(&b, true, &args, None).status.success());
+    assert!(!elsewhere.exists());
 }
 
 #[test]
@@ -830,8 +841,77 @@ fn a_checkpoint_outside_a_run_folder_resumes_only_into_a_given_out() {
         "{err}"
     );
     assert_eq!(listing(&b.join("checkpoints")), before, "the original run untouched");
+    assert_eq!(
+        listing(&loose),
+        vec![moved.file_name().unwrap().to_owned()],
+        "no lock, nothing recovered"
+    );
     let c = tmp("loose-continued");
     let out = cli(&moved, true, &["--out", c.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(checkpoint::find_latest(&c).is_ok());
+}
+
+#[test]
+fn a_resume_runs_on_the_devices_and_threads_given_now() {
+    let _s = serial();
+    require_data();
+    // A run trained on a GPU could not be resumed on a machine without it: --devices was
+    // "kept as the run's (ignoring ...)", then "cuda:0 does not exist here".
+    let b = tmp("resume-devices");
+    run(
+        &TrainConfig {
+            max_steps: Some(2),
+            ..tiny(&b)
+        },
+        None,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args([
+            "train",
+            "--devices",
+            "cpu,cpu",
+            "--threads",
+            "1",
+            "--max-steps",
+            "1",
+            "--resume",
+        ])
+        .arg(&*b)
+        .env_remove("ALEXNET_FAULT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("keeps the run's"), "{err}");
+    let last = checkpoint::load(&b).unwrap().state;
+    assert_eq!(
+        (last.step, last.config.devices.as_str(), last.config.threads),
+        (3, "cpu,cpu", 1)
+    );
+}
+
+#[test]
+fn a_checkpoint_given_relative_to_its_run_folder_resumes_there() {
+    let _s = serial();
+    require_data();
+    // `--resume checkpoints/ckpt-<step>` from inside the run folder: its run folder was the
+    // empty path ("out is an empty path").
+    let b = tmp("relative-ckpt");
+    run(
+        &TrainConfig {
+            max_steps: Some(2),
+            ..tiny(&b)
+        },
+        None,
+    );
+    let ckpt = checkpoint::find_latest(&b).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .current_dir(&*b)
+        .args(["train", "--threads", "2", "--max-steps", "1", "--resume"])
+        .arg(ckpt.strip_prefix(&*b).unwrap())
+        .env_remove("ALEXNET_FAULT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(checkpoint::load(&b).unwrap().state.step, 3);
 }

@@ -300,6 +300,13 @@ fn a_dropout_with_no_dropout_layer_to_act_on_is_refused() {
     };
     let e = tc(Preset::Cnn4, 0.9).validate().unwrap_err().to_string();
     assert!(e.contains("dropout") && e.contains("cnn4"), "{e}");
+    // A run that recorded one still reads (its network is cnn4's), and lists no ablation.
+    let old = tc(Preset::Cnn4, 0.9);
+    assert_eq!(
+        old.model_config(10).unwrap(),
+        tc(Preset::Cnn4, 0.0).model_config(10).unwrap()
+    );
+    assert!(old.ablations(10).unwrap().is_empty());
     assert!(
         tc(Preset::Cnn4, 0.0).ablations(10).unwrap().is_empty(),
         "0: the preset's own"

@@ -118,8 +118,8 @@ fn json_to_py(py: Python<'_>, json: &str) -> PyResult<PyObject> {
 /// Ctrl-C (KeyboardInterrupt) stops cleanly after the next step's checkpoint, then is re-raised;
 /// one during an evaluation lets it finish first, and a second one there abandons the run
 /// (unsaved since its newest checkpoint). `resume`: a
-/// run folder to continue; of `config` it takes `epochs`, `keep`, `out`, `data`, `stats`,
-/// `max_steps` and `time_budget_s` and warns (`UserWarning`) about any other key whose value differs from the run's.
+/// run folder to continue; of `config` it takes `epochs`, `keep`, `out`, `devices`, `threads`,
+/// `data`, `stats`, `max_steps` and `time_budget_s` and warns (`UserWarning`) about any other key whose value differs from the run's.
 /// A new run into an `out` that holds checkpoints raises `ConfigError` (one run per folder).
 #[pyfunction]
 #[pyo3(signature = (config, on_step=None, resume=None))]

@@ -59,13 +59,11 @@ impl TrainConfig {
             if !(0.0..1.0).contains(&p) {
                 return Err(Error::Config(format!("dropout must be in [0, 1), got {p}")));
             }
-            if p > 0.0 && !cfg.fcs.iter().any(|f| f.dropout_before) {
-                return Err(Error::Config(format!(
-                    "dropout {p}: the {} preset has no dropout layer for it to act on",
-                    self.preset
-                )));
+            // With no dropout layer to act on (cnn4) it changes nothing: the preset's network
+            // (`validate` refuses it for a new run).
+            if cfg.fcs.iter().any(|f| f.dropout_before) {
+                cfg.dropout = p;
             }
-            cfg.dropout = p;
         }
         cfg.spatial_sizes(cfg.input_size)?;
         Ok(cfg)
@@ -75,7 +73,16 @@ impl TrainConfig {
     /// bad flag is reported before any dataset is opened).
     pub fn validate(&self) -> Result<()> {
         Placement::parse(&self.devices)?;
-        self.model_config(1)?;
+        let cfg = self.model_config(1)?;
+        if let Some(p) = self
+            .dropout
+            .filter(|&p| p > 0.0 && !cfg.fcs.iter().any(|f| f.dropout_before))
+        {
+            return Err(Error::Config(format!(
+                "dropout {p}: the {} preset has no dropout layer for it to act on",
+                self.preset
+            )));
+        }
         let bad = |m: String| Err(Error::Config(m));
         if self.batch_size == 0 {
             return bad("batch_size must be >= 1".into());

@@ -12,11 +12,36 @@ use std::path::Path;
 /// The run's copy of the statistics file it is trained with.
 const STATS: &str = "stats.safetensors";
 
-/// The run folder of a checkpoint folder (`<run>/checkpoints/ckpt-<step>`).
+/// The run folder of a checkpoint folder (`<run>/checkpoints/ckpt-<step>`; `.` for a relative
+/// `checkpoints/ckpt-<step>`, given from inside the run folder).
 fn run_folder(ckpt: &Path) -> Option<&Path> {
-    ckpt.parent()
+    let run = ckpt
+        .parent()
         .filter(|p| p.ends_with("checkpoints"))
-        .and_then(Path::parent)
+        .and_then(Path::parent)?;
+    Some(if run.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        run
+    })
+}
+
+/// A complete checkpoint folder that is in no run folder (copied out of one): it has no run to
+/// recover or to continue in.
+fn loose(path: &Path) -> bool {
+    run_folder(path).is_none() && checkpoint::is_complete(path)
+}
+
+/// The refusal to resume a checkpoint outside a run folder without `--out`.
+pub(super) fn check_loose(path: &Path, tc: &TrainConfig) -> Result<()> {
+    if loose(path) && !tc.gave("out", tc.out != TrainConfig::default().out) {
+        return Err(Error::Config(format!(
+            "{} is a checkpoint outside a run folder (<run>/checkpoints/ckpt-<step>): give --out, the \
+             folder the continued run writes",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// What a run keeps in its folder from elsewhere, at each start (crash-safe): its copy of its
@@ -97,7 +122,8 @@ fn set_aside_earlier(out: &Path, names: &[&'static str]) -> Result<()> {
 /// before the recovery.
 pub fn recover_run(path: &Path, group: Option<&Group>) -> Result<Option<RunLock>> {
     let mut lock = None;
-    if group.is_none_or(|g| g.rank == 0) && checkpoint::find_latest(path).is_ok() {
+    // A loose checkpoint: nothing of a run to recover (its folder's other entries are not ours).
+    if group.is_none_or(|g| g.rank == 0) && !loose(path) && checkpoint::find_latest(path).is_ok() {
         // Not while another process trains the run: its newest checkpoint may be half renamed.
         let run = run_of(path);
         lock = Some(RunLock::acquire(run)?);
@@ -215,7 +241,7 @@ pub(crate) fn replan(schedule: &mut crate::optim::Schedule, epochs: u64, at: u64
 }
 
 /// The settings of a resumed run: the checkpoint's, except what is per invocation (step and time
-/// budgets, `--keep`), a new `--epochs`, where the data and stats files are now, and where to
+/// budgets, `--keep`), a new `--epochs`, the devices and threads, where the data and stats files are now, and where to
 /// write (`--out`, else the run's own folder; a checkpoint outside a run folder needs `--out`).
 pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> Result<TrainConfig> {
     let mut t = trained_config(c);
@@ -228,8 +254,16 @@ pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> Result<TrainCo
     if tc.gave("keep", tc.keep != default.keep) {
         t.keep = tc.keep;
     }
+    // The machine it runs on now (a run trained on a GPU continues on another, or on the CPU):
+    // every placement computes the same function, rounded otherwise (not bit for bit).
+    if tc.gave("devices", tc.devices != default.devices) {
+        t.devices.clone_from(&tc.devices);
+    }
+    if tc.gave("threads", tc.threads != default.threads) {
+        t.threads = tc.threads;
+    }
     // Where the data and its statistics are now (another machine, another mount): the same
-    // training set is checked by its classes and epoch length when the run starts.
+    // sets are checked by their classes and fingerprints when the run starts.
     if tc.data.is_some() && tc.gave("data", true) {
         t.data = tc.data.clone();
     }
@@ -237,17 +271,12 @@ pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> Result<TrainCo
         check_same_stats(t.stats.as_deref(), given)?;
         t.stats = Some(given.to_path_buf());
     }
+    check_loose(&c.dir, tc)?;
     t.out = if tc.gave("out", tc.out != default.out) {
         tc.out.clone()
     } else {
         // Not the `out` its state records: that may be relative, or another machine's.
-        run_folder(&c.dir).map(Path::to_path_buf).ok_or_else(|| {
-            Error::Config(format!(
-                "{} is a checkpoint outside a run folder (<run>/checkpoints/ckpt-<step>): give --out, \
-                 the folder the continued run writes",
-                c.dir.display()
-            ))
-        })?
+        run_folder(&c.dir).map_or(t.out, Path::to_path_buf)
     };
     Ok(t)
 }

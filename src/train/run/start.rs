@@ -43,6 +43,15 @@ impl<'a> Run<'a> {
         let (cfg, placement, train_loader, test_loader) = open_data(&tc, ckpt.as_ref(), group)?;
         let per_epoch = train_loader.batches_per_epoch() as u64;
         let ranks = group.map_or(1, |g| g.world);
+        let data = [
+            train_loader.dataset().fingerprint(),
+            test_loader.dataset().fingerprint(),
+        ];
+        if let Some(c) = &ckpt {
+            // Before anything is written to the run's folder.
+            c.state.check_data(data)?;
+            c.state.check_position(per_epoch, ranks)?;
+        }
         if writer {
             hold(&mut lock, &tc.out)?;
             crate::files::write(
@@ -58,13 +67,7 @@ impl<'a> Run<'a> {
         freeze(&params, &tc.frozen(&cfg)?);
         resume::replan(&mut state.schedule, tc.epochs, state.epoch);
         state.config = tc.clone();
-        let data = [
-            train_loader.dataset().fingerprint(),
-            test_loader.dataset().fingerprint(),
-        ];
-        state.check_data(data)?;
-        state.check_position(per_epoch, ranks)?;
-        (state.ranks, state.data) = (ranks, Some(data));
+        (state.ranks, state.data, state.network) = (ranks, Some(data), checkpoint::NETWORK);
         if let Some(g) = group {
             check_alike(g, &state, &train_loader, &cfg, &params)?;
         }
@@ -111,6 +114,7 @@ fn settle(
             if path.as_os_str().is_empty() {
                 return Err(Error::Config("resume is an empty path".into())); // an unnamed io error
             }
+            resume::check_loose(path, tc)?; // before anything is written there
             lock = resume::recover_run(path, group)?.map(|l| (l, resume::run_of(path).to_path_buf()));
             let c = checkpoint::load(path)?;
             let t = resumed_config(tc, &c)?;
