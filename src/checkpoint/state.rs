@@ -36,7 +36,7 @@ pub struct TrainState {
     pub data: Option<[u64; 2]>,
     /// The revision of the networks the run's code builds ([`NETWORK`]; 1 in checkpoints written
     /// before it was recorded).
-    #[serde(default = "one_u32")]
+    #[serde(default = "one")]
     pub network: u32,
 }
 
@@ -44,12 +44,8 @@ pub struct TrainState {
 /// normalises each tower apart; it normalised across both towers before.
 pub const NETWORK: u32 = 2;
 
-fn one_u32() -> u32 {
-    1
-}
-
-fn one() -> usize {
-    1
+fn one<T: From<u8>>() -> T {
+    T::from(1)
 }
 
 impl TrainState {
@@ -82,6 +78,7 @@ impl TrainState {
     pub fn changed_network(&self, cfg: &crate::config::Config) -> Option<String> {
         let towers = cfg.lrn.groups > 1 && cfg.convs.iter().any(|c| c.lrn);
         (self.network < 2 && towers).then(|| {
+            // revision 2 made the towers' LRN apart
             "it was trained when the paper network's LRN normalised across its two towers; it now \
              normalises each tower apart (as the 2012 network did), so its outputs differ slightly"
                 .to_string()
