@@ -299,7 +299,14 @@ type Loaded = (String, Vec<String>, Vec<(String, PyTensor)>, PyObject);
 #[pyfunction]
 pub fn load_checkpoint(py: Python<'_>, path: PathBuf) -> PyResult<Loaded> {
     guard(|| {
-        let mut c = core(crate::checkpoint::load_weights(&path))?;
+        // Its warnings (an older network revision) as Python's: a notebook shows no stderr.
+        let (loaded, warnings) = crate::say::capture_warnings(|| crate::checkpoint::load_weights(&path));
+        let raised = std::sync::Mutex::new(None);
+        warn(py, warnings, &raised);
+        if let Some(e) = raised.into_inner().expect("lock") {
+            return Err(e);
+        }
+        let mut c = core(loaded)?;
         let tc = &c.state.config;
         let cfg = core(tc.model_config(c.state.classes.len() as i64))?;
         let settings = PyDict::new(py);

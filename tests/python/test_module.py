@@ -482,3 +482,19 @@ def test_device_names_with_spaces_are_read_as_the_rust_side_reads_them():
         model = alexnet_rs.AlexNet("cnn4", num_classes=10, devices=spec).eval()
         assert model.devices == kept
         assert model(x).shape == (1, 10)
+
+
+def test_a_paper_checkpoint_from_before_the_per_tower_lrn_warns_in_python(tmp_path):
+    """The Rust side named it on stderr alone, which a notebook does not show."""
+    import json
+    import warnings
+
+    ckpt = alexnet_rs.AlexNet("paper", num_classes=3, input_size=67).save_checkpoint(tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "checkpoints").glob("ckpt-*").__next__().joinpath("state.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        alexnet_rs.AlexNet.load_checkpoint(ckpt)  # a current one: no warning
+    del state["network"]  # as an older build wrote it
+    (tmp_path / "run" / "checkpoints").glob("ckpt-*").__next__().joinpath("state.json").write_text(json.dumps(state))
+    with pytest.warns(UserWarning, match="normalised across its two towers"):
+        alexnet_rs.AlexNet.load_checkpoint(ckpt)
