@@ -36,6 +36,32 @@ fn run(tc: &TrainConfig, resume: Option<&Path>) {
     train(tc, resume, &mut |_| {}, &|| false).unwrap();
 }
 
+/// A fresh `tiny` run in scratch folder `name`, stopped after 2 steps (with a checkpoint).
+fn two_steps(name: &str) -> common::Scratch {
+    let b = tmp(name);
+    run(
+        &TrainConfig {
+            max_steps: Some(2),
+            ..tiny(&b)
+        },
+        None,
+    );
+    b
+}
+
+/// `alexnet train ARGS --resume RESUME` in folder `cwd` (no other flags), without `ALEXNET_FAULT`.
+fn resume_in(cwd: &Path, resume: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .current_dir(cwd)
+        .arg("train")
+        .args(args)
+        .arg("--resume")
+        .arg(resume)
+        .env_remove("ALEXNET_FAULT")
+        .output()
+        .unwrap()
+}
+
 /// The same run through the CLI, with `ALEXNET_FAULT` set (or not).
 fn cli(out: &Path, resume: bool, extra: &[&str], fault: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_alexnet"));
@@ -253,14 +279,7 @@ fn a_partial_metrics_line_does_not_block_resume() {
     let _s = serial();
     require_data();
     // Finding 5: a write that failed mid-line (disk full) made every later --resume fail.
-    let b = tmp("partial-line");
-    run(
-        &TrainConfig {
-            max_steps: Some(2),
-            ..tiny(&b)
-        },
-        None,
-    );
+    let b = two_steps("partial-line");
     let mut f = fs::OpenOptions::new()
         .append(true)
         .open(b.join("metrics.jsonl"))
@@ -354,14 +373,7 @@ fn a_state_past_the_epochs_end_is_refused() {
     let _s = serial();
     require_data();
     // Finding 9: batch_in_epoch beyond the epoch silently skipped the rest of the epoch.
-    let b = tmp("past-end");
-    run(
-        &TrainConfig {
-            max_steps: Some(2),
-            ..tiny(&b)
-        },
-        None,
-    );
+    let b = two_steps("past-end");
     let sp = checkpoint::find_latest(&b).unwrap().join("state.json");
     let text = fs::read_to_string(&sp)
         .unwrap()
@@ -780,14 +792,7 @@ fn a_run_folder_is_written_by_one_process_at_a_time() {
     require_data();
     // Two `alexnet train --out X` at once mixed their metrics lines and checkpoints, and a
     // resume recovered (renamed, deleted) the checkpoint files the other process was writing.
-    let b = tmp("locked");
-    run(
-        &TrainConfig {
-            max_steps: Some(2),
-            ..tiny(&b)
-        },
-        None,
-    );
+    let b = two_steps("locked");
     let held = alexnet_rs::files::RunLock::acquire(&b).unwrap();
     let before = fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     let c = tmp("locked-new");
@@ -815,14 +820,7 @@ fn a_checkpoint_outside_a_run_folder_resumes_only_into_a_given_out() {
     require_data();
     // It continued into the `out` recorded in its state.json (here the original run's folder;
     // a relative one: the current folder's), while reporting the checkpoint's folder.
-    let b = tmp("loose-origin");
-    run(
-        &TrainConfig {
-            max_steps: Some(2),
-            ..tiny(&b)
-        },
-        None,
-    );
+    let b = two_steps("loose-origin");
     let ckpt = checkpoint::find_latest(&b).unwrap();
     let loose = tmp("loose");
     fs::create_dir_all(&*loose).unwrap();
@@ -858,29 +856,9 @@ fn a_resume_runs_on_the_devices_and_threads_given_now() {
     require_data();
     // A run trained on a GPU could not be resumed on a machine without it: --devices was
     // "kept as the run's (ignoring ...)", then "cuda:0 does not exist here".
-    let b = tmp("resume-devices");
-    run(
-        &TrainConfig {
-            max_steps: Some(2),
-            ..tiny(&b)
-        },
-        None,
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args([
-            "train",
-            "--devices",
-            "cpu,cpu",
-            "--threads",
-            "1",
-            "--max-steps",
-            "1",
-            "--resume",
-        ])
-        .arg(&*b)
-        .env_remove("ALEXNET_FAULT")
-        .output()
-        .unwrap();
+    let b = two_steps("resume-devices");
+    let args = ["--devices", "cpu,cpu", "--threads", "1", "--max-steps", "1"];
+    let out = resume_in(Path::new("."), &b, &args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("keeps the run's"), "{err}");
     let last = checkpoint::load(&b).unwrap().state;
@@ -896,22 +874,13 @@ fn a_checkpoint_given_relative_to_its_run_folder_resumes_there() {
     require_data();
     // `--resume checkpoints/ckpt-<step>` from inside the run folder: its run folder was the
     // empty path ("out is an empty path").
-    let b = tmp("relative-ckpt");
-    run(
-        &TrainConfig {
-            max_steps: Some(2),
-            ..tiny(&b)
-        },
-        None,
-    );
+    let b = two_steps("relative-ckpt");
     let ckpt = checkpoint::find_latest(&b).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .current_dir(&*b)
-        .args(["train", "--threads", "2", "--max-steps", "1", "--resume"])
-        .arg(ckpt.strip_prefix(&*b).unwrap())
-        .env_remove("ALEXNET_FAULT")
-        .output()
-        .unwrap();
+    let out = resume_in(
+        &b,
+        ckpt.strip_prefix(&*b).unwrap(),
+        &["--threads", "2", "--max-steps", "1"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(checkpoint::load(&b).unwrap().state.step, 3);
 }

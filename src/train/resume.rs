@@ -271,11 +271,11 @@ pub(super) fn resumed_config(tc: &TrainConfig, c: &Checkpoint) -> Result<TrainCo
         check_same_stats(t.stats.as_deref(), given)?;
         t.stats = Some(given.to_path_buf());
     }
-    check_loose(&c.dir, tc)?;
     t.out = if tc.gave("out", tc.out != default.out) {
         tc.out.clone()
     } else {
-        // Not the `out` its state records: that may be relative, or another machine's.
+        // Not the `out` its state records: that may be relative, or another machine's (a
+        // checkpoint outside a run folder was refused without --out: `check_loose`).
         run_folder(&c.dir).map_or(t.out, Path::to_path_buf)
     };
     Ok(t)

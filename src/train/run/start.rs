@@ -69,7 +69,7 @@ impl<'a> Run<'a> {
         state.config = tc.clone();
         (state.ranks, state.data, state.network) = (ranks, Some(data), checkpoint::NETWORK);
         if let Some(g) = group {
-            check_alike(g, &state, &train_loader, &cfg, &params)?;
+            check_alike(g, &state, data, &train_loader, &cfg, &params)?;
         }
         let at = ResumeAt {
             step: state.step,
@@ -176,8 +176,15 @@ fn open_data(
 
 /// Refuses ranks that would train together from different states: another checkpoint (a node
 /// that does not share the run folder), seed, data or statistics (the normalisation).
-fn check_alike(g: &Group, state: &TrainState, train: &Loader, cfg: &Config, params: &Params) -> Result<()> {
-    let data = state.data.unwrap_or_default();
+/// `data`: the fingerprints of this rank's training and test sets.
+fn check_alike(
+    g: &Group,
+    state: &TrainState,
+    data: [u64; 2],
+    train: &Loader,
+    cfg: &Config,
+    params: &Params,
+) -> Result<()> {
     let per_epoch = train.batches_per_epoch() as u64;
     let fnv32 = |h: u64| (h & 0xffff_ffff) as f64;
     let normalisation = format!("{:?}", train.transform());
