@@ -37,6 +37,7 @@ __all__ = [
     "cpu_cache_exit",
     "cpu_cache_stats",
     "transform_views",
+    "write_file",
 ]
 __version__: str
 PRESETS: list[str]
@@ -100,6 +101,7 @@ def cli(
     local_rank: int = 0,
     all_reduce: Callable[[torch.Tensor], object] | None = None,
 ) -> int: ...
+def write_file(path: str | PathLike[str], data: bytes) -> None: ...
 def train(
     config: TrainSettings | dict[str, Any],
     on_step: Callable[[StepEvent | EpochEvent | CheckpointEvent], object] | None = None,

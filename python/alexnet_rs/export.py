@@ -152,8 +152,8 @@ def export_onnx(model: Any, path: str | os.PathLike[str], input_size: int | None
     # Written whole or not at all: a killed export never leaves a truncated file under `path`.
     try:
         write_atomic(path, proto.SerializeToString())
-    except OSError as e:
-        raise AlexNetIOError(f"export_onnx: cannot write {path}: {e.strerror or e}") from None
+    except AlexNetIOError as e:
+        raise AlexNetIOError(f"export_onnx: {e}") from None
     return path
 
 

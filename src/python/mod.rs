@@ -19,6 +19,13 @@ fn config(preset: &str, num_classes: i64) -> PyResult<Config> {
     core(preset.parse::<Preset>().and_then(|p| Config::preset(p, num_classes)))
 }
 
+/// Replaces the file `path` by `data` crash-safely (`files::write`): the writes of the Python side
+/// (an ONNX model, compare's reports, the ddp example's outputs) go the Rust side's one way.
+#[pyfunction]
+fn write_file(py: Python<'_>, path: std::path::PathBuf, data: &[u8]) -> PyResult<()> {
+    boundary::guard(|| core(py.allow_threads(|| crate::files::write(&path, data))))
+}
+
 /// The preset's network for square inputs of `input_size` (default: the preset's own).
 fn config_at(preset: &str, num_classes: i64, input_size: Option<i64>) -> PyResult<Config> {
     let mut cfg = config(preset, num_classes)?;
@@ -57,6 +64,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(data::load_image, m)?)?;
     m.add_function(wrap_pyfunction!(data::transform_views, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli, m)?)?;
+    m.add_function(wrap_pyfunction!(write_file, m)?)?;
     m.add_class::<data::DataLoader>()?;
     m.add_class::<data::EpochIter>()?;
     Ok(())

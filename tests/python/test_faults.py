@@ -249,37 +249,33 @@ def test_resuming_the_checkpoints_folder_of_a_live_run_touches_nothing(data, tmp
     assert not (run / "checkpoints" / ".lock").exists()
 
 
-def test_pythons_own_writes_replace_a_file_whole(tmp_path, monkeypatch):
-    """export_onnx, compare's reports and the ddp example write through _files.write_atomic: the
-    partial file fsynced, renamed over the old one, the folder fsynced; a failure (a full disk)
-    leaves the old file and no partial one."""
-    import errno
-
-    from alexnet_rs._files import write_atomic
-
+def test_pythons_own_writes_replace_a_file_whole(tmp_path):
+    """export_onnx, compare's reports and the ddp example write through _files.write_atomic, the
+    Rust side's files::write: killed between the partial file and its rename, the old file is
+    whole; failing there (a full disk), the old file stays and no partial one is left; unharmed,
+    the new file replaces the old one whole."""
     target = tmp_path / "model.onnx"
     target.write_bytes(b"old")
-    calls = []
-    fsync, replace = os.fsync, os.replace
+    export = ("import sys, alexnet_rs; "
+              "alexnet_rs.export_onnx(alexnet_rs.AlexNet('torchvision', num_classes=3), sys.argv[1])")
 
-    def logged_fsync(fd):
-        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        fsync(fd)
+    def run(fault: str | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "ALEXNET_FAULT"}
+        if fault:
+            env["ALEXNET_FAULT"] = fault
+        return subprocess.run([sys.executable, "-c", export, str(target)], capture_output=True, text=True,
+                              timeout=300, env=env)
 
-    monkeypatch.setattr(os, "fsync", logged_fsync)
-    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", os.fspath(b))), replace(a, b)))
-    alexnet_rs.export_onnx(alexnet_rs.AlexNet("torchvision", num_classes=3), target)
-    assert calls == [("fsync", f"{target}.partial"), ("replace", str(target)), ("fsync", str(tmp_path))]
-    exported = target.read_bytes()
-    assert exported.startswith(b"\x08")  # an ONNX ModelProto: field 1 (ir_version), a varint
-
-    def full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(alexnet_rs.AlexNetIOError, match=f"cannot write {target}: No space left on device"):
-        alexnet_rs.export_onnx(alexnet_rs.AlexNet("torchvision", num_classes=3), target)
-    with pytest.raises(OSError, match="No space"):
-        write_atomic(tmp_path / "report.md", "text")
-    assert target.read_bytes() == exported
+    r = run("file-partial:kill")
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert target.read_bytes() == b"old"
+    assert (tmp_path / "model.onnx.partial").read_bytes().startswith(b"\x08")  # the new one, not renamed
+    (tmp_path / "model.onnx.partial").unlink()
+    r = run("file-partial:enospc")
+    assert r.returncode == 1 and f"AlexNetIOError: export_onnx: {target}.partial: No space left on device" in r.stderr, r.stderr
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    r = run(None)
+    assert r.returncode == 0, r.stderr
+    assert target.read_bytes().startswith(b"\x08")  # an ONNX ModelProto: field 1 (ir_version), a varint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
