@@ -24,7 +24,8 @@
 //! - `figure-write`: a figure (curves.png, or a `filters`/`confusion`/`neighbours` image) is
 //!   written to its `.partial` file, not yet renamed into place.
 //! - `file-partial`: any file replaced through `files::write_with` (state.json, classes.json,
-//!   metrics.jsonl rewritten on resume, figures, statistics, caches) is written and synced to its
+//!   metrics.jsonl rewritten on resume, figures, statistics, caches, the Python side's ONNX
+//!   models and reports) is written and synced to its
 //!   `.partial` file, not yet renamed into place.
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
