@@ -197,15 +197,20 @@ pub fn check_output(out: &Path) -> Result<image::ImageFormat> {
 
 /// Writes `img` to `out` in the format its extension names (`.png` for our figures), creating
 /// `out`'s folder: into a temporary file renamed over `out`, so a figure that is replaced (curves.png
-/// at every epoch) is the old or the new one after a kill, never a truncated file.
+/// at every epoch) is the old or the new one after a kill or a full disk, never a truncated file.
 pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
     let format = check_output(out)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::files::create_dir(dir)?;
     }
+    // Encoded in memory, then written with every error seen: `save_with_format` writes a PNG's
+    // last bytes when its buffered writer is dropped, and loses a failure there (a full disk).
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
+        .map_err(|e| file_err(out, e))?;
     crate::files::write_with(out, |tmp| {
-        img.save_with_format(tmp, format)
-            .map_err(|e| file_err(out, e))
+        std::fs::write(tmp, &bytes)
+            .map_err(io(tmp))
             .and_then(|()| crate::fault::point("figure-write").map_err(io(out)))
     })
 }

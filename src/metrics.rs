@@ -1,5 +1,5 @@
 //! Training metrics: one JSON line per step (`metrics.jsonl`), one CSV row per epoch
-//! (`epochs.csv`), and `curves.png` (loss, top-1/top-5 error, learning rate).
+//! (`epochs.csv`), and `curves.png` (loss, top-1/top-5 validation accuracy, learning rate).
 //!
 //! Both files are append-only: each line is written with one `write` on an append-mode file
 //! (a failed write is cut back to the previous length) and both are fsynced before every

@@ -223,6 +223,30 @@ def test_an_output_under_a_file_names_the_file(run, tmp_path):
     assert f"{tmp_path / 'file'}: is a file, not a folder (needed for {tmp_path / 'file' / 'sub' / 'x.png'})" in r.stderr
 
 
+def test_a_figure_cut_short_by_a_full_disk_leaves_the_old_one(run, tmp_path):
+    """The image crate's save_with_format writes a PNG's last bytes (the IDAT CRC, IEND) when its
+    buffer is dropped, where a failure is lost: on a full disk `alexnet filters` said it wrote the
+    figure and renamed a truncated PNG over the good one. (A file-size limit stands in for the
+    full disk: a write past it fails with EFBIG.)"""
+    import resource
+    import signal
+
+    out, _ = run
+    fig = tmp_path / "conv1.png"
+    cli("filters", out, "--out", fig)
+    good = fig.read_bytes()
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(good) - 8, resource.RLIM_INFINITY))
+
+    r = subprocess.run([BIN, "filters", out, "--out", fig], capture_output=True, text=True, timeout=600,
+                       preexec_fn=limited)
+    assert r.returncode == 1 and "File too large" in r.stderr, (r.returncode, r.stderr[-2000:])
+    assert fig.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv1.png"]
+
+
 def test_a_bad_figure_path_fails_before_the_work_naming_the_culprit(run, tmp_path):
     """eval --confusion, filters --out and neighbours --out check where the figure goes first (a whole
     evaluation ran before `afile/x.png` failed), and a folder given as the figure is said to be one
