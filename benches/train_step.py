@@ -56,7 +56,7 @@ def main():
     size = args.input_size or (227 if args.preset == "caffe" else 224)
     torch.manual_seed(0)
     base_rss = rss_mib("VmRSS")
-    model = reference_model(args.preset).to(args.device).train()
+    model = reference_model(args.preset, input_size=size).to(args.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(args.batch, 3, size, size, device=args.device)
     if args.channels_last:
@@ -70,7 +70,7 @@ def main():
         F.cross_entropy(run(x), y).backward()
         opt.step()
         if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(args.device)  # the timed device, not the current one
         return time.perf_counter() - t0
 
     scope = contextlib.nullcontext()

@@ -173,7 +173,37 @@ fn check(a: &BenchTrainArgs) -> Result<()> {
             a.devices
         )));
     }
+    // These were found after our side had been measured (minutes), or by the anchor's traceback.
+    placement.check_available()?;
+    if anchors {
+        anchor_script()?;
+        let python = a.python.clone().unwrap_or_else(default_python);
+        let out = std::process::Command::new(&python)
+            .args(["-c", "import torch"])
+            .output()
+            .map_err(io(&python))?;
+        if !out.status.success() {
+            return Err(Error::Config(format!(
+                "{} cannot import torch, which the PyTorch anchors need (--python names another interpreter): {}",
+                python.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
     Ok(())
+}
+
+/// The script that measures a PyTorch anchor (benches/train_step.py, in the repository).
+fn anchor_script() -> Result<PathBuf> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/train_step.py");
+    if !script.is_file() {
+        return Err(Error::Config(format!(
+            "the PyTorch anchors run the repository's {} (with benches/torch_alexnet.py), which is not here \
+             (the wheel does not carry the benches): run it from a checkout, or measure --sides ours alone",
+            script.display()
+        )));
+    }
+    Ok(script)
 }
 
 fn side_name(s: Side) -> &'static str {
@@ -192,7 +222,6 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
     let _cache = (!a.no_cpu_cache).then(crate::ops::CpuCacheScope::new);
     let cfg = Config::preset(a.preset, 1000)?;
     let placement = Placement::parse(&a.devices)?;
-    placement.check_available()?;
     let dev = placement.first();
     tch::manual_seed(0);
     let params = model::shard(&cfg, &placement, &model::init_whole(&cfg)?, a.channels_last)?;
@@ -225,8 +254,11 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
         )?;
         loss.f_backward()?;
         sgd.step(&params, 1e-3, in_backward.as_ref())?;
-        if let Device::Cuda(i) = dev {
-            tch::Cuda::synchronize(i as i64);
+        // Every device of the placement (the second one's update would spill into the next step).
+        for &d in &placement.devices {
+            if let Device::Cuda(i) = d {
+                tch::Cuda::synchronize(i as i64);
+            }
         }
         Ok(t0.elapsed().as_secs_f64())
     };
@@ -273,15 +305,8 @@ fn default_python() -> PathBuf {
 fn python_side(a: &BenchTrainArgs, side: Side, threads: i32) -> Result<Measured> {
     let python = a.python.clone().unwrap_or_else(default_python);
     let placement = Placement::parse(&a.devices)?;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/train_step.py");
+    let script = anchor_script()?;
     let mode = if side == Side::Compile { "compile" } else { "eager" };
-    if !script.is_file() {
-        return Err(Error::Config(format!(
-            "the {mode} side runs the repository's {} (with benches/torch_alexnet.py), which is not here \
-             (the wheel does not carry the benches): run it from a checkout, or measure --sides ours alone",
-            script.display()
-        )));
-    }
     let out = std::process::Command::new(&python)
         .arg(&script)
         .args([

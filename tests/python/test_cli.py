@@ -125,6 +125,11 @@ def test_forward_on_a_real_photo():
         # ours over two devices against anchors on one: a ratio of different hardware
         (["bench", "train", "--devices", "cpu,cpu", "--sides", "ours,eager"], "the PyTorch anchors run on one"),
         (["bench", "train", "--devices", "cuda:0", "--sides", "eager-cached"], "is not the CPU"),
+        # found after our side had been measured (minutes at 224), or in the anchor's traceback
+        (["bench", "train", "--devices", "cuda:7", "--sides", "eager"], "cuda:7 does not exist here"),
+        (["bench", "train", "--sides", "ours,eager", "--python", "/nonexistent/python"],
+         "/nonexistent/python: No such file or directory"),
+        (["bench", "train", "--sides", "ours,eager", "--python", "/bin/false"], "/bin/false cannot import torch"),
         (["info", "--num-classes", "9999999999999"], "num_classes must be in 1..=1000000"),  # 40e15 parameters
         # read until the OOM killer ended it (23 GB resident)
         (["train", "--config", "/dev/zero"], "/dev/zero: is over 16 MiB: not a settings or state file"),
