@@ -27,8 +27,9 @@ mod state;
 mod tensors;
 pub use state::{TrainState, NETWORK};
 pub use tensors::check_tensors;
+pub(crate) use tensors::read_tensors;
+pub use tensors::save_tensors;
 use tensors::write_tensors;
-pub(crate) use tensors::{read_tensors, write_error};
 
 pub const FORMAT: &str = "alexnet_rs-checkpoint-v1";
 

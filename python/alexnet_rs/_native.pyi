@@ -38,6 +38,7 @@ __all__ = [
     "cpu_cache_stats",
     "transform_views",
     "write_file",
+    "save_tensors",
 ]
 __version__: str
 PRESETS: list[str]
@@ -102,6 +103,7 @@ def cli(
     all_reduce: Callable[[torch.Tensor], object] | None = None,
 ) -> int: ...
 def write_file(path: str | PathLike[str], data: bytes) -> None: ...
+def save_tensors(path: str | PathLike[str], tensors: dict[str, torch.Tensor]) -> None: ...
 def train(
     config: TrainSettings | dict[str, Any],
     on_step: Callable[[StepEvent | EpochEvent | CheckpointEvent], object] | None = None,
@@ -146,8 +148,8 @@ class DataLoader:
         on_bad_image: str = "skip",
         limit: int | None = None,
         stats: str | PathLike[str] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
         classes: list[str] | None = None,
     ) -> DataLoader: ...
     def __len__(self) -> int: ...

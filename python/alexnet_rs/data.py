@@ -10,8 +10,10 @@ seed gives the same batches whatever ``threads`` is. Bad files are skipped and c
 (``"fail"``). ``classes`` (e.g. the training loader's ``classes``) labels the split by those class
 names instead of its own folders' order: a ``val/`` that lacks a class keeps the training labels,
 and a class not in the list raises :class:`alexnet_rs.DataError` naming it. With ``rank`` and
-``world_size`` every rank gets the same number of full batches (a batch whose images were all
-skipped comes empty, so that the ranks' steps stay in step).
+``world_size`` (either given, even ``world_size=1``) the loader is that rank's shard: every rank
+gets the same number of full batches, and a batch whose images were all skipped comes empty,
+so that the ranks' steps stay in step and a loop knows its place
+in the epoch, as the Rust training loop does (without them, such a batch is left out).
 """
 
 import inspect

@@ -7,8 +7,12 @@ gloo on CPU, NCCL on GPU. Every rank reads the same shuffled order in global bat
 ``batch_size * world_size`` and takes its own slice. Plain ``torch.optim.SGD``, no checkpoints:
 for real runs use ``torchrun ... -m alexnet_rs.train`` (the Rust training loop with checkpoints,
 resume, schedules, the paper's SGD, metrics and elastic restarts; README "Scaling out"). Without
-torchrun it runs as a single process. Writes ``OUT/weights-rank<r>.safetensors`` and
-``OUT/losses-rank<r>.json``.
+torchrun it runs as a single process. A global batch whose images were all unreadable is no
+step (every rank skips it together); otherwise each rank's loss is summed over its slice and
+divided by the global batch's readable images, so the averaged gradients are those of the global
+mean. Each rank draws its own dropout masks. Writes ``OUT/weights-rank<r>.safetensors`` and
+``OUT/losses-rank<r>.json`` (the mean loss of the rank's slice at each step, null where it was
+empty).
 """
 
 from __future__ import annotations
@@ -16,20 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import save
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ._boundary import one_line_errors as _one_line_errors
 from ._files import write_atomic as _write_atomic
-from .errors import ConfigError
+from . import _native
+from ._boundary import checked
 from .data import DataLoader
+from .errors import ConfigError, DataError, DivergedError
 from .model import AlexNet
+from .train import _environment
 
 PROG = "python -m alexnet_rs.ddp"
 
@@ -65,15 +70,20 @@ def parse(argv=None):
 @_one_line_errors(PROG)
 def main(argv=None):
     args = parse(argv)
-    distributed = "RANK" in os.environ
+    try:
+        world, rank, local, _ = _environment()
+    except ValueError as e:  # a partial torchrun environment
+        raise ConfigError(str(e)) from None
+    distributed = world > 1
     cuda = torch.cuda.is_available()
     if distributed:
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    local = int(os.environ.get("LOCAL_RANK", 0))
+        try:
+            dist.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world)
+        except ValueError as e:  # MASTER_ADDR or MASTER_PORT missing
+            raise ConfigError(f"{e} (torchrun sets it)") from None
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    # A shard even in one process: a batch of only unreadable images comes empty (its place in the
+    # epoch is kept), as on every rank.
     loader = DataLoader(args.data, preset=args.preset, crop=args.input_size, batch_size=args.batch_size,
                         seed=args.seed, shuffle=True, drop_last=True, threads=args.threads, limit=args.limit,
                         rank=rank, world_size=world)
@@ -85,27 +95,47 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(f"--out {out}: a file is in the way of this folder") from None
+    except OSError as e:
+        raise ConfigError(f"--out {out}: {e.strerror or e}") from None
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = AlexNet(args.preset, num_classes=len(loader.classes), input_size=args.input_size).to(device)
     model.train(not args.no_dropout)
     net = DDP(model, device_ids=[local] if cuda else None) if distributed else model
+    torch.manual_seed(args.seed + rank)  # each rank its own dropout masks (the same ones were drawn on every rank)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     losses, step, epoch = [], 0, 0
     while step < args.steps:
+        steps_before = step
         for x, y in loader.epoch(epoch):
+            # The global batch's readable images, known to every rank before the forward pass.
+            count = torch.tensor([float(len(y))], device=device)
+            if distributed:
+                dist.all_reduce(count)
+            images = count.item()
+            if images == 0:
+                continue  # every image of the global batch was unreadable: no step, on any rank
             opt.zero_grad()
-            loss = F.cross_entropy(net(x.to(device)), y.to(device))
-            loss.backward()
+            loss = F.cross_entropy(net(x.to(device)), y.to(device), reduction="sum")
+            # DDP averages the gradients over the ranks: x world, / images gives the global mean's.
+            (loss * world / images).backward()
             opt.step()
-            losses.append(loss.item())
+            losses.append(loss.item() / len(y) if len(y) else None)  # this rank's slice's mean (None: empty)
+            total = loss.detach().clone()
+            if distributed:
+                dist.all_reduce(total)
+            mean = total.item() / images  # the global batch's, the same on every rank
+            if not math.isfinite(mean):
+                raise DivergedError(f"the loss is {mean} at step {step + 1}: lower --lr")
             step += 1
             if rank == 0 and step % 50 == 0:
-                print(f"step {step}: loss {loss.item():.4f}", flush=True)
+                print(f"step {step}: loss {mean:.4f}", flush=True)
             if step >= args.steps:
                 break
+        if step == steps_before:
+            raise DataError(f"{args.data}: no training image of epoch {epoch + 1} could be read: nothing to train on")
         epoch += 1
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(out / f"weights-rank{rank}.safetensors", save(weights))
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    checked(_native.save_tensors)(str(out / f"weights-rank{rank}.safetensors"), weights)
     _write_atomic(out / f"losses-rank{rank}.json", json.dumps(losses))
     if distributed:
         dist.destroy_process_group()

@@ -17,8 +17,18 @@ pub(super) fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> 
     fsync(path)
 }
 
+/// Replaces the safetensors file `path` by `tensors` through [`crate::files::write_with`]: after a
+/// kill or a full disk, `path` is the old file or the new one (statistics, the neighbours' feature
+/// cache, the Python side's weights).
+pub fn save_tensors<T: std::borrow::Borrow<Tensor>>(path: &Path, tensors: &[(&str, T)]) -> Result<()> {
+    let list: Vec<(&str, Tensor)> = tensors.iter().map(|(k, v)| (*k, v.borrow().contiguous())).collect();
+    crate::files::write_with(path, |part| {
+        Tensor::write_safetensors(&list, part).map_err(|e| write_error(path, e))
+    })
+}
+
 /// A failed safetensors write of `path`: the OS's error (a full disk), or the cause in words.
-pub(crate) fn write_error(path: &Path, e: tch::TchError) -> Error {
+fn write_error(path: &Path, e: tch::TchError) -> Error {
     match e {
         tch::TchError::SafeTensorError {
             err: safetensors::SafeTensorError::IoError(source),

@@ -163,9 +163,7 @@ impl Stats {
             ("eigvec", t(&eigvec, &[3, 3])),
             ("images", Tensor::from_slice(&[self.images as i64])),
         ];
-        crate::files::write_with(path, |part| {
-            Tensor::write_safetensors(&tensors, part).map_err(|e| crate::checkpoint::write_error(path, e))
-        })
+        crate::checkpoint::save_tensors(path, &tensors)
     }
 
     pub fn load(path: &Path) -> Result<Stats> {

@@ -101,7 +101,7 @@ impl DataLoader {
     #[new]
     #[pyo3(signature = (data, split="train", preset="paper", crop=224, view="train", batch_size=64, threads=0,
                         seed=0, shuffle=true, drop_last=false, on_bad_image="skip", limit=None, stats=None,
-                        rank=0, world_size=1, classes=None))]
+                        rank=None, world_size=None, classes=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -118,8 +118,8 @@ impl DataLoader {
         on_bad_image: &str,
         limit: Option<i64>,
         stats: Option<PathBuf>,
-        rank: i64,
-        world_size: i64,
+        rank: Option<i64>,
+        world_size: Option<i64>,
         classes: Option<Vec<String>>,
     ) -> PyResult<Self> {
         guard(|| {
@@ -130,7 +130,13 @@ impl DataLoader {
                 count("threads", threads, 0)?,
             );
             let (seed, limit) = (nonneg("seed", seed)?, limit.map(|n| count("limit", n, 1)).transpose()?);
-            let (world_size, rank) = (count("world_size", world_size, 1)?, count("rank", rank, 0)?);
+            // Given (either, even a world of 1): a shard, whose training epochs keep a batch of
+            // only unreadable images (empty) in its place, as the training loop's loader does.
+            let sharded = rank.is_some() || world_size.is_some();
+            let (world_size, rank) = (
+                count("world_size", world_size.unwrap_or(1), 1)?,
+                count("rank", rank.unwrap_or(0), 0)?,
+            );
             if rank >= world_size {
                 return Err(py_err(Error::Config(format!(
                     "rank must be below world_size ({world_size}), got {rank}"
@@ -175,7 +181,7 @@ impl DataLoader {
                 shuffle,
                 drop_last,
                 on_bad_image,
-                shard: (world_size > 1).then_some((rank, world_size)),
+                shard: sharded.then_some((rank, world_size)),
                 ..LoaderConfig::default()
             };
             Ok(DataLoader {

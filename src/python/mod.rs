@@ -26,6 +26,19 @@ fn write_file(py: Python<'_>, path: std::path::PathBuf, data: &[u8]) -> PyResult
     boundary::guard(|| core(py.allow_threads(|| crate::files::write(&path, data))))
 }
 
+/// Replaces the safetensors file `path` by the named tensors of `tensors` crash-safely
+/// (`checkpoint::save_tensors`): safetensors without the Python package.
+#[pyfunction]
+fn save_tensors(py: Python<'_>, path: std::path::PathBuf, tensors: &Bound<'_, pyo3::types::PyDict>) -> PyResult<()> {
+    boundary::guard(|| {
+        let named = boundary::tensors(tensors, "tensor")?;
+        core(py.allow_threads(move || {
+            let list: Vec<(&str, &tch::Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            crate::checkpoint::save_tensors(&path, &list)
+        }))
+    })
+}
+
 /// The preset's network for square inputs of `input_size` (default: the preset's own).
 fn config_at(preset: &str, num_classes: i64, input_size: Option<i64>) -> PyResult<Config> {
     let mut cfg = config(preset, num_classes)?;
@@ -65,6 +78,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(data::transform_views, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli, m)?)?;
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
+    m.add_function(wrap_pyfunction!(save_tensors, m)?)?;
     m.add_class::<data::DataLoader>()?;
     m.add_class::<data::EpochIter>()?;
     Ok(())

@@ -247,10 +247,7 @@ fn fc7_bank(
         (Tensor::f_cat(&rows, 0)?.f_index_select(0, &perm)?, sorted)
     };
     crate::files::create_dir(&cache_dir)?;
-    crate::files::write_with(&cache, |part| {
-        Tensor::write_safetensors(&[("fc7", &feats), ("index", &index)], part)
-            .map_err(|e| crate::checkpoint::write_error(part, e))
-    })?;
+    crate::checkpoint::save_tensors(&cache, &[("fc7", &feats), ("index", &index)])?;
     order.sort_unstable();
     Ok((feats, order, cache))
 }

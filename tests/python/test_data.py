@@ -458,6 +458,26 @@ def test_ranks_partition_each_epoch_and_an_empty_epoch_warns(tmp_path):
     assert len(loader) == 0 and list(loader) == []
 
 
+def test_a_shard_of_one_keeps_the_place_of_a_batch_of_only_bad_images(tmp_path):
+    """Given rank/world_size, even a world of 1, the loader is a shard as the Rust training loop's
+    is: a batch whose images were all bad comes empty in its place (a loop's learning rate
+    depends on its place in the epoch); without them such a batch is left out. Same order, same
+    batches otherwise."""
+    from conftest import image_folder
+
+    from alexnet_rs.data import DataLoader
+
+    data = image_folder(tmp_path / "d")  # 64 training images
+    for i, f in enumerate(sorted((data / "train").rglob("*.png"))):
+        if i % 4:
+            f.write_bytes(b"")  # 16 readable
+    common = dict(crop=16, batch_size=2, threads=1, shuffle=True, drop_last=True, seed=1, view="center")
+    plain = [labels.tolist() for _, labels in DataLoader(data, **common)]
+    shard = [labels.tolist() for _, labels in DataLoader(data, rank=0, world_size=1, **common)]
+    assert len(shard) == 32 and [] in shard
+    assert [b for b in shard if b] == plain
+
+
 def test_an_epoch_read_by_two_threads_is_a_clear_error(tmp_path):
     """next() releases the GIL while it assembles a batch; a second thread's next() on the same
     epoch then raised pyo3's bare "RuntimeError: Already mutably borrowed". It is a ConfigError

@@ -4,6 +4,7 @@ every step, dropout on), on one node or two (c10d rendezvous), through a resume,
 SIGKILL of one rank under `--max-restarts 1`."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+import alexnet_rs
 
 from conftest import first_seed_without_flip, free_port, needs_fashion
 
@@ -331,6 +334,71 @@ def test_the_ddp_example_runs_as_one_process(tmp_path, preset, size):
     weights = load_file(tmp_path / "weights-rank0.safetensors")
     assert len(weights) == 16 and all(w.isfinite().all() for w in weights.values())  # 8 layers' weights, biases
     assert not list(tmp_path.glob("*.partial"))
+
+
+def ddp_example(tmp_path, out, *args, nproc=2, timeout=300):
+    """The ddp example under torchrun with nproc ranks (one process, without torchrun, for 1)."""
+    launch = [sys.executable, "-m", "alexnet_rs.ddp"]
+    if nproc > 1:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--rdzv-backend",
+                  "c10d", "--rdzv-endpoint", f"localhost:{free_port()}", "-m", "alexnet_rs.ddp"]
+    return subprocess.run([*launch, "--preset", "cnn4", "--input-size", "28", "--threads", "1", "--out", out, *args],
+                          capture_output=True, text=True, env=dict(ENV, TMPDIR=str(tmp_path)), timeout=timeout)
+
+
+def test_the_ddp_example_gives_each_rank_its_own_dropout_masks(tmp_path):
+    """Every rank was seeded alike and drew the same dropout masks: a global batch of B x N samples
+    held B distinct masks. On data whose every sample is the same image and label, the two ranks'
+    slices are alike: their losses are equal without dropout, and differ with it."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 90)).save(tmp_path / "a.png")  # one colour: every crop and flip alike
+    (tmp_path / "same.txt").write_text("a.png 1\n" * 16)  # labels 0..1: two classes, every sample of class 1
+    common = ["--preset", "torchvision", "--input-size", "63", "--data", tmp_path / "same.txt", "--batch-size", "4",
+              "--steps", "2"]
+    for dropout, out in ((False, tmp_path / "eval-mode"), (True, tmp_path / "dropout")):
+        r = ddp_example(tmp_path, out, *common, *([] if dropout else ["--no-dropout"]))
+        assert r.returncode == 0, r.stderr[-3000:]
+        rank0, rank1 = (json.loads((out / f"losses-rank{i}.json").read_text()) for i in (0, 1))
+        assert len(rank0) == len(rank1) == 2
+        if dropout:
+            assert all(a != b for a, b in zip(rank0, rank1)), (rank0, rank1)
+        else:
+            assert rank0 == rank1
+
+
+def test_the_ddp_example_with_bad_images_trains_as_one_process(tmp_path):
+    """A global batch of only unreadable images: one process left it out and looped forever on
+    an epoch with no readable image; two ranks stepped on an empty slice, whose NaN loss went
+    into the losses' JSON and whose mean weighed as much as the other rank's. Now the ranks
+    compute the mean over the global batch's readable images (the weights of two ranks are those
+    of one process on the concatenated batch), an all-bad global batch is no step anywhere, and
+    an epoch without a readable image is a DataError."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")  # 2 classes x 32 training images
+    for i, f in enumerate(sorted((data / "train").rglob("*.png"))):
+        if i % 7 != 3:
+            f.write_bytes(b"")  # 9 of 64 readable
+    common = ["--data", data, "--steps", "6", "--lr", "0.05"]  # cnn4: no dropout
+    r = ddp_example(tmp_path, tmp_path / "one", *common, "--batch-size", "8", nproc=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = ddp_example(tmp_path, tmp_path / "two", *common, "--batch-size", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = (load_file(tmp_path / run / "weights-rank0.safetensors") for run in ("one", "two"))
+    torch.manual_seed(0)  # the example's initial weights
+    start = alexnet_rs.AlexNet("cnn4", num_classes=2, input_size=28).state_dict()
+    for k in one:
+        moved = (one[k] - start[k]).abs().max().item()
+        assert moved > 0, k  # it trained
+        assert (two[k] - one[k]).abs().max().item() <= 1e-4 * moved, k
+    losses = json.loads((tmp_path / "two" / "losses-rank1.json").read_text())
+    assert len(losses) == 6 and None in losses and all(x is None or math.isfinite(x) for x in losses), losses
+    for f in (data / "train").rglob("*.png"):
+        f.write_bytes(b"")
+    r = ddp_example(tmp_path, tmp_path / "none", "--data", data, "--steps", "3", "--batch-size", "4", nproc=1,
+                    timeout=120)
+    assert r.returncode == 2 and "no training image of epoch 1 could be read" in r.stderr, r.stderr[-2000:]
 
 
 def test_ranks_whose_images_are_all_bad_stay_in_step_and_stop_with_a_data_error(tmp_path):
