@@ -39,7 +39,8 @@ PROG = "python -m alexnet_rs.compare"
 def _timed_pair(fa, fb, device, repeats):
     """Median seconds of fa and of fb, run alternately (a, b, a, b, ...) after a warm-up of each,
     so that drifts of a shared machine hit both alike."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # The device timed (the current one may be another GPU).
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times = ([], [])
     for f in (fa, fb):
         f()
@@ -60,24 +61,25 @@ def _peak(fn, device, models):
         return None
     for m in models:
         m.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     fn()
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def _chart(path, size, draw):
-    """A chart drawn by draw(ax), with a legend, saved to path; a note instead when matplotlib is missing."""
+    """A chart drawn by draw(ax), with a legend, saved to path (returned); a note instead when
+    matplotlib is missing (None)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no chart")
-        return
+        print(f"matplotlib is not installed: no {path.name}")
+        return None
     fig, ax = plt.subplots(figsize=size)
     draw(ax)
     ax.legend()
@@ -86,6 +88,7 @@ def _chart(path, size, draw):
     fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
     _write_atomic(path, png.getvalue())
+    return path
 
 
 def _train_side_by_side(args) -> float:
@@ -98,9 +101,11 @@ def _train_side_by_side(args) -> float:
     from .data import DataLoader
 
     out = Path(args.out)
+    # A shard of one, as the Rust loop's loader: a batch of only unreadable images comes empty, in
+    # its place in the epoch (which the learning rate depends on).
     loader = DataLoader(args.data, preset="torchvision", crop=args.input_size, view="train",
                         batch_size=args.batch_size, threads=args.threads, seed=args.seed, shuffle=True, drop_last=True,
-                        limit=args.limit)
+                        limit=args.limit, rank=0, world_size=1)
     per_epoch = len(loader)  # the data's, which may hold fewer images than --limit
     if per_epoch == 0:
         raise ConfigError(f"{args.data} has {loader.num_samples} training images, fewer than one --batch-size "
@@ -131,10 +136,12 @@ def _train_side_by_side(args) -> float:
                           lr=args.lr, momentum=0.9)
     theirs, lrs, step = [], [], 0
     for epoch in range(epochs):
-        for x, y in loader.epoch(epoch):
+        for place, (x, y) in enumerate(loader.epoch(epoch)):
             if step == args.steps:
                 break
-            lr = 0.5 * args.lr * (1 + math.cos(math.pi * (step / per_epoch) / epochs))
+            if len(y) == 0:
+                continue  # no step, as in the Rust loop
+            lr = 0.5 * args.lr * (1 + math.cos(math.pi * (epoch + place / per_epoch) / epochs))
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad()
@@ -171,9 +178,9 @@ def _train_side_by_side(args) -> float:
         ax.set_ylabel("training loss")
         ax.set_title(f"step-for-step training, max relative difference {worst:.1e}")
 
-    _chart(out / "train.png", (7, 3.5), draw)
+    chart = _chart(out / "train.png", (7, 3.5), draw)
     print("\n".join(lines))
-    print(f"\nwrote {out / 'report.md'} and {out / 'train.png'}")
+    print(f"\nwrote {out / 'report.md'}" + (f" and {chart}" if chart else ""))
     print(f"max relative loss difference: {worst:.3e} over {n} steps")
     return worst
 
@@ -297,9 +304,9 @@ def main(argv=None):
         ax.set_ylabel("speed, ours / torchvision")
         ax.set_title(f"alexnet_rs vs torchvision ({device})")
 
-    _chart(out / "chart.png", (6, 3.5), draw)
+    chart = _chart(out / "chart.png", (6, 3.5), draw)
     print("\n".join(lines))
-    print(f"\nwrote {out / 'report.md'} and {out / 'chart.png'}")
+    print(f"\nwrote {out / 'report.md'}" + (f" and {chart}" if chart else ""))
     return d_logits
 
 
