@@ -294,6 +294,30 @@ impl TrainConfig {
         Ok(t)
     }
 
+    /// These settings with `keys` (setting keys; `limit-train` for `limit_train` is accepted) put
+    /// back to their built-in defaults: what a TOML file or an experiment's defaults set and no
+    /// flag can undo (a switch turned on, an optional value given). `input_size` goes back to the
+    /// preset's. The keys count as given (a resumed run takes or warns about them as about flags).
+    pub fn reset(&self, keys: &[String]) -> Result<TrainConfig> {
+        let known: Vec<String> = describe().into_iter().map(|d| d.key).collect();
+        let mut keys: Vec<String> = keys.iter().map(|k| k.trim().replace('-', "_")).collect();
+        if let Some(k) = keys.iter().find(|k| !known.contains(k)) {
+            return Err(Error::Config(format!(
+                "--reset {k}: no such setting; the settings: {}",
+                known.join(", ")
+            )));
+        }
+        let size = keys.iter().position(|k| k == "input_size").map(|i| keys.remove(i));
+        let mut t = self.with(&TrainConfig::default(), keys)?;
+        if size.is_some() {
+            if let Some(given) = t.given.0.as_mut() {
+                given.remove("input_size");
+            }
+            t.input_size = t.preset_input_size();
+        }
+        Ok(t)
+    }
+
     fn gave_input_size(&self) -> bool {
         self.gave("input_size", self.input_size != TrainConfig::default().input_size)
     }

@@ -247,6 +247,42 @@ fn the_test_subset_is_the_same_for_every_seed_the_training_subset_is_not() {
 }
 
 #[test]
+fn reset_undoes_what_a_file_or_an_experiment_set_and_no_flag_can() {
+    // Every setting set to another value, then reset: its default again, for each key alone.
+    let defaults = serde_json::to_value(TrainConfig::default()).unwrap();
+    for s in describe() {
+        let (value, _) = other_value(&s);
+        let set = TrainConfig::from_map([(s.key.clone(), value)].into_iter().collect()).unwrap();
+        let back = set.reset(&[s.key.clone()]).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), defaults, "--reset {}", s.key);
+        assert!(
+            back.gave(&s.key, false) != (s.key == "input_size"),
+            "{} counts as given",
+            s.key
+        );
+    }
+    // An experiment's defaults (a TrainConfig built in code): the others keep their values, the
+    // input size too; kebab-case keys; the input size goes back to the preset's.
+    let base = TrainConfig {
+        preset: Preset::Caffe,
+        input_size: 63,
+        limit_train: Some(10_000),
+        torch_init: true,
+        ..TrainConfig::default()
+    };
+    let t = base.reset(&["limit-train".into(), " torch_init".into()]).unwrap();
+    assert_eq!((t.limit_train, t.torch_init, t.input_size), (None, false, 63));
+    assert_eq!(base.reset(&["input_size".into()]).unwrap().input_size, 227);
+    match base.reset(&["learning_rate".into()]) {
+        Err(Error::Config(m)) => assert!(
+            m.contains("--reset learning_rate: no such setting") && m.contains("lr,"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn an_input_size_not_given_is_the_presets_own() {
     // `train --preset caffe` trained at 224 (the flag's default), not Caffe's 227; cnn4 at 224.
     let s = |args: &[&str]| cli(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>()).input_size;

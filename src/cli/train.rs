@@ -31,19 +31,37 @@ pub struct SettingsArgs {
     /// TOML file with any of the settings below (flags given here override it).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Settings put back to their [default]s, comma-separated keys (limit_train,torch_init,lrn):
+    /// what --config or the experiment's defaults set and a flag cannot undo.
+    #[arg(long, value_name = "KEYS", value_delimiter = ',')]
+    reset: Vec<String>,
     #[command(flatten)]
     settings: TrainConfig,
 }
 
 impl SettingsArgs {
-    /// `base` with the TOML file's settings, if any, and then the flags given on the command line
-    /// laid over it.
+    /// `base` with the TOML file's settings, if any, then the `--reset` ones back at their
+    /// defaults, and then the flags given on the command line laid over it.
     fn settings(&self, base: TrainConfig, matches: &ArgMatches) -> Result<TrainConfig> {
         let base = match &self.config {
             Some(p) => TrainConfig::from_toml_over(&base, p)?,
             None => base,
         };
-        TrainConfig::overlay(&base, matches)
+        let flagged = |key: &str| {
+            matches
+                .try_get_raw(key)
+                .is_ok_and(|_| matches.value_source(key) == Some(ValueSource::CommandLine))
+        };
+        let both = crate::settings::describe()
+            .into_iter()
+            .find(|d| flagged(&d.key) && self.reset.iter().any(|k| k.trim().replace('-', "_") == d.key));
+        if let Some(d) = both {
+            return Err(Error::Config(format!(
+                "--reset {} and {} are both given: give one",
+                d.key, d.flag
+            )));
+        }
+        TrainConfig::overlay(&base.reset(&self.reset)?, matches)
     }
 }
 

@@ -119,6 +119,9 @@ def test_forward_on_a_real_photo():
         (["train", "--eval-every", "0", "--limit-train", "64"], "eval_every is a number of epochs"),
         (["train", "--epochs", "0", "--limit-train", "64"], "epochs is a number of epochs and must be >= 1"),
         (["train", "--activation", "sigmoid"], "possible values: relu, tanh"),
+        (["train", "--reset", "lrn", "--no-lrn"], "--reset lrn and --no-lrn are both given"),
+        (["experiment", "lrn", "--reset", "limit-train", "--limit-train", "64"], "--reset limit_train and --limit-train"),
+        (["train", "--reset", "rate"], "--reset rate: no such setting"),
         (["bench", "train", "--steps", "0"], "invalid value '0' for '--steps <STEPS>'"),
         (["bench", "train", "--batch", "0"], "invalid value '0' for '--batch <BATCH>'"),
         (["bench", "train", "--sides", "ours,ours"], "--sides lists ours twice"),  # a ratio of a side to itself
