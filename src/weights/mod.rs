@@ -110,12 +110,13 @@ fn to_tensor(
 }
 
 /// Replaces the freshly initialised `whole` parameters of `cfg` by those of `path`, by name. A
-/// class layer of another number of classes keeps its fresh initialisation (with a warning);
-/// any other missing or misshapen tensor is an error naming it.
-pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+/// class layer of another number of classes keeps its fresh initialisation (with a warning; the
+/// result is then true); any other missing or misshapen tensor is an error naming it.
+pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path) -> Result<bool> {
     let loaded = read(path)?;
     let class = &cfg.fcs[cfg.fcs.len() - 1].name;
     let culprit = |msg: String| Error::Config(format!("--init-from {}: {msg}", path.display()));
+    let mut new_head = false;
     for (name, fresh) in whole.iter_mut() {
         let Some(w) = loaded.get(name) else {
             let have: Vec<&str> = loaded.keys().take(6).map(String::as_str).collect();
@@ -137,6 +138,7 @@ pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path
         } else if name.starts_with(&format!("{class}.")) && w.dim() == fresh.dim() && w.size()[1..] == fresh.size()[1..]
         {
             // The class layer of another number of classes (its rows): a new one.
+            new_head = true;
             if name.ends_with(".weight") {
                 crate::say::note(&format!(
                     "warning: --init-from {}: {class} has {} outputs there and {} here: it is re-initialised",
@@ -153,5 +155,5 @@ pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path
             )));
         }
     }
-    Ok(())
+    Ok(new_head)
 }

@@ -69,7 +69,7 @@ def test_init_from_a_run_and_a_safetensors_file(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["other-preset", "evil-pickle", "not-weights", "unknown-layer", "nan", "missing",
-                                  "scalar-head", "optimizer-state"])
+                                  "scalar-head", "optimizer-state", "frozen-new-head"])
 def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
     if case == "nan":  # trained to a NaN loss, blamed on --lr
         sd = torchvision.models.alexnet().state_dict()
@@ -83,6 +83,10 @@ def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
         save_file(sd, tmp_path / "scalar.safetensors")
         args, needle = ["--preset", "torchvision", "--init-from", tmp_path / "scalar.safetensors"], \
             "`classifier.6.weight` has shape [], this network's is [10, 4096]"
+    elif case == "frozen-new-head":  # a random class layer, frozen: trained nothing, with a warning only
+        torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "tv.pth")
+        args, needle = ["--preset", "torchvision", "--init-from", tmp_path / "tv.pth", "--freeze",
+                        f"{FEATURES},classifier.6"], "--freeze classifier.6: the class layer is re-initialised"
     elif case == "missing":  # a mistyped path without an extension was "not weights"
         args, needle = ["--preset", "paper", "--init-from", tmp_path / "tv"], "tv: no such file or folder"
     elif case == "other-preset":

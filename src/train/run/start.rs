@@ -260,7 +260,15 @@ fn fresh(
 ) -> Result<(Params, Sgd, TrainState)> {
     let mut whole = model::init_seeded(cfg, tc.seed)?;
     if let Some(path) = &tc.init_from {
-        crate::weights::init_from(cfg, &mut whole, path)?;
+        let class = &cfg.fcs[cfg.fcs.len() - 1].name;
+        if crate::weights::init_from(cfg, &mut whole, path)? && tc.frozen(cfg)?.contains(class) {
+            // It would stay as initialised: a random class layer, never trained.
+            return Err(Error::Config(format!(
+                "--freeze {class}: the class layer is re-initialised (--init-from {} has another number of \
+                 classes) and would never be trained; freeze the layers before it",
+                path.display()
+            )));
+        }
     }
     let params = model::shard(cfg, placement, &whole, tc.channels_last)?;
     let sgd = Sgd::new(&params, tc.update_rule, tc.momentum, tc.weight_decay);
