@@ -39,11 +39,24 @@ pub fn filter_grid(cfg: &Config, weight: &Tensor) -> Result<(Image, Vec<Tower>)>
         )));
     }
     let (k, c, kh, kw) = (size[0] as usize, size[1] as usize, size[2] as usize, size[3] as usize);
+    if k == 0 || kh == 0 || kw == 0 {
+        // Zero kernels gave an empty grid and a NaN colour spread.
+        return Err(Error::Shape(format!(
+            "the first convolution's weight has no kernel to draw: {size:?}"
+        )));
+    }
     let towers = cfg.convs.get(1).map_or(1, |c2| c2.groups.max(1) as usize);
     if k % towers != 0 {
         return Err(Error::Shape(format!("{k} kernels do not split into {towers} towers")));
     }
     let w: Vec<f32> = Vec::try_from(weight.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?)?;
+    if w.iter().any(|v| !v.is_finite()) {
+        // Drawn (and measured) as a plain colour, they read as colour-agnostic kernels.
+        return Err(Error::Config(format!(
+            "{} holds NaN or infinite values: no filters to draw",
+            cfg.convs[0].name
+        )));
+    }
     let per = k / towers;
     let rows = per.div_ceil(COLUMNS);
     let (tile_w, tile_h) = (kw * ZOOM + GAP, kh * ZOOM + GAP);

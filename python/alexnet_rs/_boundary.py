@@ -150,3 +150,31 @@ def dims_arg(where: str, name: str, t: Any, dims: str, ok: bool) -> None:
 
 
 __all__: list[str] = []
+
+
+def torchrun_environment() -> tuple[int, int, int, int]:
+    """(world size, rank, local rank, restart count) from torchrun's variables; without torchrun
+    (neither RANK nor WORLD_SIZE set), one process. A partial or bad set is a ValueError naming it
+    (a missing RANK was a KeyError traceback; RANK alone ran one whole process in silence)."""
+    given = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE")}
+    if given["RANK"] is None and given["WORLD_SIZE"] is None:
+        return 1, 0, 0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if None in given.values():
+        missing = next(k for k, v in given.items() if v is None)
+        raise ValueError(f"{missing} is not set but {'WORLD_SIZE' if missing == 'RANK' else 'RANK'} is: torchrun "
+                         "sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT together (run under it)")
+    values = {}
+    for key, default in (("WORLD_SIZE", ""), ("RANK", ""), ("LOCAL_RANK", "0"),
+                         ("TORCHELASTIC_RESTART_COUNT", "0")):
+        text = os.environ.get(key) or default  # set but empty: RANK/WORLD_SIZE '' are refused
+        try:
+            values[key] = int(text)
+        except ValueError:
+            raise ValueError(f"{key}={text!r} is not a whole number") from None
+    world, rank = values["WORLD_SIZE"], values["RANK"]
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} and WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+    for key in ("LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT"):
+        if values[key] < 0:
+            raise ValueError(f"{key}={values[key]} is negative")
+    return world, rank, values["LOCAL_RANK"], values["TORCHELASTIC_RESTART_COUNT"]

@@ -30,11 +30,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ._boundary import one_line_errors as _one_line_errors
 from ._files import write_atomic as _write_atomic
 from . import _native
-from ._boundary import checked
+from ._boundary import checked as _checked
+from ._boundary import torchrun_environment as _torchrun_environment
 from .data import DataLoader
 from .errors import ConfigError, DataError, DivergedError
 from .model import AlexNet
-from .train import _environment
 
 PROG = "python -m alexnet_rs.ddp"
 
@@ -71,7 +71,7 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     try:
-        world, rank, local, _ = _environment()
+        world, rank, local, _ = _torchrun_environment()
     except ValueError as e:  # a partial torchrun environment
         raise ConfigError(str(e)) from None
     distributed = world > 1
@@ -135,7 +135,7 @@ def main(argv=None):
             raise DataError(f"{args.data}: no training image of epoch {epoch + 1} could be read: nothing to train on")
         epoch += 1
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    checked(_native.save_tensors)(str(out / f"weights-rank{rank}.safetensors"), weights)
+    _checked(_native.save_tensors)(str(out / f"weights-rank{rank}.safetensors"), weights)
     _write_atomic(out / f"losses-rank{rank}.json", json.dumps(losses))
     if distributed:
         dist.destroy_process_group()
