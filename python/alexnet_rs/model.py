@@ -385,7 +385,9 @@ class AlexNet(nn.Module):
         ``alexnet eval``/``predict`` and ``--resume`` read), with the class names ``classes``
         (default: the model's own, ``self.classes``; without names, the label numbers). Returns
         the checkpoint folder. A folder that holds a training run is refused
-        (:class:`ConfigError`): save into another one."""
+        (:class:`ConfigError`): save into another one. Weights are stored as float32, the
+        checkpoints' dtype (a half or bfloat16 model's values exactly, a float64 one's rounded);
+        ``load_checkpoint`` gives a float32 model."""
         where = "AlexNet.save_checkpoint"
         path_arg(where, "run", run)
         if classes is None:
