@@ -133,7 +133,17 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
         )));
     }
     let n = train::neighbours(&a.checkpoint, a.data.clone(), queries, a.k, &a.devices)?;
-    let (mut same, mut total) = (0usize, 0usize);
+    // A random training image shares class l with the probability of l in the searched set.
+    let mut per_class = vec![0usize; n.train.classes.len()];
+    for &(_, l) in &n.train.items {
+        per_class[l as usize] += 1;
+    }
+    let share = |l: i64| {
+        per_class
+            .get(l as usize)
+            .map_or(0.0, |&c| c as f64 / n.train.items.len().max(1) as f64)
+    };
+    let (mut same, mut total, mut chance) = (0usize, 0usize, 0.0);
     for q in &n.queries {
         let names: Vec<String> = q
             .neighbours
@@ -150,6 +160,7 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
         if let Some(l) = q.label {
             same += q.neighbours.iter().filter(|&&(_, _, c)| c == l).count();
             total += q.neighbours.len();
+            chance += share(l) * q.neighbours.len() as f64;
         }
     }
     crate::viz::contact_sheet(&n, &a.out)?;
@@ -157,7 +168,7 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
         crate::say::outln!(
             "neighbours sharing the query's class: {same} of {total} ({:.1}%; chance: {:.1}%)",
             100.0 * same as f64 / total as f64,
-            100.0 / n.train.classes.len() as f64
+            100.0 * chance / total as f64
         )?;
     }
     let shown = match n.queries.len() {

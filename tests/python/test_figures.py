@@ -190,6 +190,20 @@ def test_predict_is_the_models_softmax_and_a_bad_file_does_not_stop_the_others(r
     assert r.returncode == 1 and "empty: no image files in this folder" in r.stderr, r.stderr
 
 
+def test_neighbours_chance_is_that_of_the_searched_sets_classes(tmp_path):
+    """The chance rate of a neighbour sharing the query's class was 1 / classes whatever the
+    training set; it is the share of the query's class among the searched images (here every
+    query is of class1, 16 of the 48 training images)."""
+    data = image_folder(tmp_path / "data")
+    for f in sorted((data / "train" / "class1").glob("*.png"))[16:]:
+        f.unlink()
+    shutil.rmtree(data / "val" / "class0")
+    cli("train", "--preset", "torchvision", "--input-size", "63", "--data", data, "--batch-size", "8",
+        "--max-steps", "1", "--threads", "1", "--out", tmp_path / "run")
+    r = cli("neighbours", tmp_path / "run", "--test", "4", "--k", "5", "--out", tmp_path / "n.png")
+    assert re.search(r"sharing the query's class: \d+ of 20 \([0-9.]+%; chance: 33\.3%\)", r.stdout), r.stdout
+
+
 def test_neighbours_of_a_network_without_fc7_is_a_clear_error(tmp_path):
     # cnn4 (Fig. 1's network) has one fully connected layer: `neighbours` indexed past its list.
     data = image_folder(tmp_path / "data")
