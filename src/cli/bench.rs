@@ -85,8 +85,23 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
         });
     }
     let cfg = Config::preset(a.preset, 1000)?;
+    // Our side's options that are not the training loop's defaults: a run with them is another
+    // measurement, told apart in the header and the JSON line.
+    let options: Vec<&str> = [
+        (a.no_cpu_cache, "--no-cpu-cache"),
+        (a.no_fc_update_in_backward, "--no-fc-update-in-backward"),
+        (a.channels_last, "--channels-last"),
+    ]
+    .into_iter()
+    .filter_map(|(on, flag)| on.then_some(flag))
+    .collect();
+    let ours_with = if options.is_empty() {
+        String::new()
+    } else {
+        format!(", ours with {}", options.join(" "))
+    };
     crate::say::outln!(
-        "preset {}, batch {}, {s}x{s}, on {}, {threads} threads, median of {} steps, load average {load}",
+        "preset {}, batch {}, {s}x{s}, on {}, {threads} threads, median of {} steps{ours_with}, load average {load}",
         a.preset,
         a.batch,
         a.devices,
@@ -126,7 +141,8 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
         .collect();
     crate::say::outln!(
         "{}",
-        serde_json::json!({"preset": a.preset.name(), "batch": a.batch, "threads": threads, "load": load, "sides": json})
+        serde_json::json!({"preset": a.preset.name(), "batch": a.batch, "threads": threads, "load": load,
+            "ours_options": options, "sides": json})
     )?;
     Ok(())
 }

@@ -183,6 +183,12 @@ def test_bench_train_runs_its_pytorch_anchor_from_any_directory(tmp_path):
     # A preset the anchors do not have is refused before anything is measured (it failed after ours).
     r = subprocess.run([BIN, *args, "--preset", "cnn4"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 1 and "not cnn4" in r.stderr and "images/s" not in r.stdout, r.stderr
+    # Our side's non-default options are told in the header and the JSON line (a run with them
+    # read as the default's).
+    r = subprocess.run([BIN, "bench", "train", "--sides", "ours", "--preset", "cnn4", "--batch", "2", "--steps", "1",
+                        "--channels-last", "--no-cpu-cache"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "ours with --no-cpu-cache --channels-last" in r.stdout, r.stderr[-2000:]
+    assert json.loads(r.stdout.splitlines()[-1])["ours_options"] == ["--no-cpu-cache", "--channels-last"]
 
 
 def test_experiment_settings_from_a_file_keep_the_experiments_defaults(tmp_path):
