@@ -29,6 +29,8 @@ def main():
             b = torch.zeros(cout, requires_grad=True)
 
             def step():
+                for t in (x, w, b):
+                    t.grad = None  # fresh gradients each time, as a training step's (not an extra add)
                 y = F.conv2d(x, w, b, padding=pad, groups=groups)
                 y.backward(torch.ones_like(y))
 
