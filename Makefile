@@ -138,14 +138,18 @@ target/bench-lrn-kernels: benches/lrn_kernels.cpp kernels/lrn_cpu_kernels.h
 	g++ -std=c++17 -O3 -fopenmp -mavx2 -mfma -fno-math-errno -fno-trapping-math -Ikernels $< -o $@
 
 # scripts/gpu-check's CPU mode: every part of the GPU check that needs no GPU.
-gpu-check-cpu:
-	PYTHON=$(PY) scripts/gpu-check --cpu --out $(CACHE)/gpu-check-cpu
+# The GPU script's own code on the CPU (parity, the fused op, gradcheck/opcheck, the CLI matrix,
+# small benchmarks), over the installed wheel: a bug in it would otherwise cost the GPU run.
+gpu-check-cpu: python
+	PYTHON=$(PY) scripts/gpu-check --cpu --deadline 1200 --out $(CACHE)/gpu-check-cpu
 
 # What travels to the GPU machine (no Rust there): the abi3 wheel, which carries the `alexnet`
-# CLI too; scripts/gpu-check installs it there (README: "On a GPU machine").
+# CLI too, and dist/BUILD (the commit it was built from); scripts/gpu-check installs it there
+# (README: "On a GPU machine"). dist/ is ignored by git: the device call carries it.
 gpu-artifacts: python
 	rm -f dist/alexnet
-	@du -h dist/alexnet_rs-*.whl
+	git describe --always --dirty > dist/BUILD
+	@du -h dist/alexnet_rs-*.whl; cat dist/BUILD
 
 clean:
 	cargo clean
