@@ -253,7 +253,7 @@ fn reset_undoes_what_a_file_or_an_experiment_set_and_no_flag_can() {
     for s in describe() {
         let (value, _) = other_value(&s);
         let set = TrainConfig::from_map([(s.key.clone(), value)].into_iter().collect()).unwrap();
-        let back = set.reset(&[s.key.clone()]).unwrap();
+        let back = set.reset(std::slice::from_ref(&s.key)).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), defaults, "--reset {}", s.key);
         assert!(
             back.gave(&s.key, false) != (s.key == "input_size"),
