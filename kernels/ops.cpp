@@ -462,6 +462,11 @@ int64_t alexnet_rs_autocast_enter(int32_t cuda) noexcept {
   return prev;
 }
 
+int32_t alexnet_rs_autocast_dtype(int32_t cuda) noexcept {
+  const auto dev = cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  return at::autocast::is_autocast_enabled(dev) ? int32_t(at::autocast::get_autocast_dtype(dev)) : -1;
+}
+
 void alexnet_rs_autocast_exit(int32_t cuda, int64_t prev) noexcept {
   const auto dev = cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();

@@ -29,6 +29,8 @@ char* alexnet_rs_seeded_fill(const at::Tensor* const* tensors, const int32_t* no
                              at::Tensor** out, int32_t* kind);
 int32_t alexnet_rs_is_channels_last(const at::Tensor* x) noexcept;
 int64_t alexnet_rs_autocast_enter(int32_t cuda) noexcept;
+// The dtype (c10::ScalarType) autocast computes in on CUDA (cuda = 1) or the CPU, -1 when off.
+int32_t alexnet_rs_autocast_dtype(int32_t cuda) noexcept;
 void alexnet_rs_autocast_exit(int32_t cuda, int64_t prev) noexcept;
 // kernels/cpu_cache.cpp: the per-thread scope of the caching CPU allocator, and its counters.
 int32_t alexnet_rs_cpu_cache_enter() noexcept;

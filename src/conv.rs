@@ -72,19 +72,32 @@ pub fn conv2d(backend: ConvBackend, x: &Tensor, w: &Tensor, b: &Tensor, a: ConvA
     }
 }
 
-type ShapeKey = (Vec<i64>, Vec<i64>, i64, i64, i64, String, String);
+/// What a timed choice holds for: the shapes, the convolution's arguments, the dtype it computes
+/// in (autocast's, where it is on: a float32 input is convolved in bfloat16 then), the input's
+/// memory format (channels_last or not) and the device.
+type ShapeKey = (Vec<i64>, Vec<i64>, i64, i64, i64, String, bool, String);
 
 /// Times both forward convolutions (3 runs each after a warm-up, device synchronised) the first
 /// time a shape is seen, and remembers the winner.
 fn auto_prefers_ours(x: &Tensor, w: &Tensor, b: &Tensor, a: ConvArgs) -> Result<bool> {
     static CHOICES: OnceLock<Mutex<HashMap<ShapeKey, bool>>> = OnceLock::new();
+    let computes_in = match ops::autocast_dtype(true) {
+        // c10::ScalarType: 15 BFloat16, 5 Half.
+        Some(t) if x.kind() == tch::Kind::Float => match t {
+            15 => "BFloat16 (autocast)".to_string(),
+            5 => "Half (autocast)".to_string(),
+            t => format!("ScalarType {t} (autocast)"),
+        },
+        _ => format!("{:?}", x.kind()),
+    };
     let key: ShapeKey = (
         x.size(),
         w.size(),
         a.stride,
         a.padding,
         a.groups,
-        format!("{:?}", x.kind()),
+        computes_in,
+        ops::is_channels_last(x),
         format!("{:?}", x.device()),
     );
     let choices = CHOICES.get_or_init(Default::default);
@@ -109,11 +122,12 @@ fn auto_prefers_ours(x: &Tensor, w: &Tensor, b: &Tensor, a: ConvArgs) -> Result<
     let t_stock = time(&|| conv2d(ConvBackend::Stock, x, w, b, a))?;
     let ours = t_ours < t_stock;
     crate::say::line(&format!(
-        "conv backend auto: x {:?} w {:?} groups {} {:?}: ours {:.3} ms, stock {:.3} ms -> {}",
+        "conv backend auto: x {:?} w {:?} groups {} {}{}: ours {:.3} ms, stock {:.3} ms -> {}",
         key.0,
         key.1,
         a.groups,
-        x.kind(),
+        key.5,
+        if key.6 { " channels_last" } else { "" },
         t_ours * 1e3,
         t_stock * 1e3,
         if ours { "ours" } else { "stock" }

@@ -57,6 +57,7 @@ mod ffi {
         ) -> *mut c_char;
         pub fn alexnet_rs_autocast_enter(cuda: i32) -> i64;
         pub fn alexnet_rs_autocast_exit(cuda: i32, prev: i64);
+        pub fn alexnet_rs_autocast_dtype(cuda: i32) -> i32;
         pub fn alexnet_rs_cpu_cache_enter() -> i32;
         pub fn alexnet_rs_cpu_cache_exit();
         pub fn alexnet_rs_cpu_cache_stats(out4: *mut i64);
@@ -242,6 +243,14 @@ pub fn autocast_bf16<T>(cuda: bool, f: impl FnOnce() -> T) -> T {
     // SAFETY: sets thread-local autocast state; restored by Exit even if `f` panics.
     let _exit = Exit(dev, unsafe { ffi::alexnet_rs_autocast_enter(dev) });
     f()
+}
+
+/// Whether autocast is on for CUDA (`cuda`) or the CPU on this thread (ours or Python's
+/// `torch.autocast`), and then the dtype it computes in, as c10's ScalarType number.
+pub fn autocast_dtype(cuda: bool) -> Option<i32> {
+    // SAFETY: a read of thread-local autocast state.
+    let t = unsafe { ffi::alexnet_rs_autocast_dtype(i32::from(cuda)) };
+    (t >= 0).then_some(t)
 }
 
 /// One SGD update of `p` (float32 on the CPU) and its velocity `v` from `p`'s gradient in a single

@@ -74,6 +74,14 @@ fn bf16_autocast_runs_convolutions_in_bf16_for_both_backends() {
         })
         .unwrap();
         assert!(kinds.iter().all(|(_, k)| *k == Kind::BFloat16), "{backend}: {kinds:?}");
+        // What `auto` keys its timed choices by (a float32 input convolved in bfloat16 is not a
+        // float32 convolution): c10's BFloat16 inside, nothing outside, and on the other device.
+        assert_eq!(
+            autocast_bf16(false, || alexnet_rs::ops::autocast_dtype(false)),
+            Some(15)
+        );
+        assert_eq!(autocast_bf16(false, || alexnet_rs::ops::autocast_dtype(true)), None);
+        assert_eq!(alexnet_rs::ops::autocast_dtype(false), None);
         let reference = alexnet_rs::forward(&cfg, &params, &x, false).unwrap();
         let err = (logits.to_kind(Kind::Float) - &reference).abs().max().double_value(&[]);
         let scale = reference.abs().max().double_value(&[]);
