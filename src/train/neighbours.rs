@@ -73,24 +73,53 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     let ckpt = checkpoint::find_latest_weights(run)?;
     let (bank, rows, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7)?;
     let _guard = tch::no_grad_guard();
+    // In batches: the activations of all queries at once (`--test 10000` at 224) took tens of GB.
+    let mut out = Vec::with_capacity(inputs.len());
+    let mut inputs = inputs;
+    while !inputs.is_empty() {
+        let batch: Vec<Input> = inputs.drain(..QUERY_BATCH.min(inputs.len())).collect();
+        out.extend(rank(&t, fc7, (&bank, &rows), &train, batch, k)?);
+    }
+    Ok(Neighbours {
+        queries: out,
+        unread,
+        train,
+        classes: t.classes,
+        cache,
+    })
+}
+
+/// Queries per forward pass and distance matrix.
+const QUERY_BATCH: usize = 64;
+
+/// The top-5 classes and the `k` nearest training images (`bank`: their fc7 rows, `rows`: their
+/// dataset indices) of a batch of queries.
+fn rank(
+    t: &Trained,
+    fc7: &str,
+    (bank, rows): (&Tensor, &[usize]),
+    train: &Dataset,
+    inputs: Vec<Input>,
+    k: usize,
+) -> Result<Vec<Query>> {
     let device = t.params.get(&format!("{}.weight", t.cfg.convs[0].name))?.device();
     let xs: Vec<Tensor> = inputs.iter().map(|q| q.3.shallow_clone()).collect();
     let x = Tensor::f_stack(&xs, 0)?.to_device(device);
     let last = t.cfg.fcs[t.cfg.fcs.len() - 1].name.clone();
-    let acts = model::activations(&t.cfg, &t.params, &x, &[fc7.clone(), last], None)?;
+    let acts = model::activations(&t.cfg, &t.params, &x, &[fc7.to_string(), last], None)?;
     let q = acts[0].to_device(tch::Device::Cpu);
     // Ranked by log-probabilities, as `predict` (probabilities past float32's range tie at 0).
     let log_probs = acts[1].f_log_softmax(-1, Kind::Float)?.to_device(tch::Device::Cpu);
     let (lp5, i5) = log_probs.f_topk(5.min(log_probs.size()[1]), -1, true, true)?;
     let p5 = lp5.f_exp()?;
     // One more than asked: a query that is itself a training image is not its own neighbour.
-    let (d, nn) = Tensor::f_cdist(&q, &bank, 2.0, None::<i64>)?.f_topk(
+    let (d, nn) = Tensor::f_cdist(&q, bank, 2.0, None::<i64>)?.f_topk(
         (k + 1).min(bank.size()[0] as usize) as i64,
         -1,
         false,
         true,
     )?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(inputs.len());
     for (row, (name, image, label, _, own)) in inputs.into_iter().enumerate() {
         let r = row as i64;
         let top5 = (0..p5.size()[1])
@@ -112,13 +141,7 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
             neighbours,
         });
     }
-    Ok(Neighbours {
-        queries: out,
-        unread,
-        train,
-        classes: t.classes,
-        cache,
-    })
+    Ok(out)
 }
 
 /// A query: its name, image, class if known, the network's input, and the sample it is where it

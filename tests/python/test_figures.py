@@ -230,6 +230,12 @@ def test_the_contact_sheet_shows_the_first_100_queries_and_k_is_bounded(run, tmp
     assert "of 300 (" in r.stdout and "the first 100 of 150 queries" in r.stdout, r.stdout
     assert Image.open(tmp_path / "sheet.png").size[1] == 100 * (64 + 8)
     assert "note:" not in r.stderr
+    # The queries go through the network in batches (all at once took tens of GB at 224): a query
+    # has the same classes and neighbours whatever batch it falls in (here 64-69 are the second
+    # batch of 6 queries, there of 64).
+    per_query = lambda text: [ln for ln in text.splitlines() if ln.startswith("test #")]  # noqa: E731
+    few = cli("neighbours", out, "--test", "70", "--k", "2", "--data", data, "--out", tmp_path / "few.png")
+    assert per_query(few.stdout) == per_query(r.stdout)[:70] and len(per_query(few.stdout)) == 70
     r = cli("neighbours", out, "--test", "200", "--k", "2", "--data", data, "--out", tmp_path / "sheet.png")
     assert "note: --test 200, but the test split has 150 images: querying them all" in r.stderr, r.stderr
     r = subprocess.run([BIN, "neighbours", out, "--test", "2", "--k", "101", "--out", tmp_path / "n.png"],
