@@ -24,7 +24,8 @@ pub struct EvalArgs {
     /// [default: the run's --limit-test].
     #[arg(long)]
     limit: Option<usize>,
-    /// Images per forward pass.
+    /// Images per forward pass (with --ten-crop, 10 crops of each: 1280 network inputs at the
+    /// default; lower it where memory is short).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Also write the confusion matrix (class names, row-normalised) as a PNG here, and print
