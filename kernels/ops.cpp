@@ -467,6 +467,8 @@ int32_t alexnet_rs_autocast_dtype(int32_t cuda) noexcept {
   return at::autocast::is_autocast_enabled(dev) ? int32_t(at::autocast::get_autocast_dtype(dev)) : -1;
 }
 
+int32_t alexnet_rs_grad_enabled() noexcept { return at::GradMode::is_enabled() ? 1 : 0; }
+
 void alexnet_rs_autocast_exit(int32_t cuda, int64_t prev) noexcept {
   const auto dev = cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();

@@ -31,6 +31,8 @@ int32_t alexnet_rs_is_channels_last(const at::Tensor* x) noexcept;
 int64_t alexnet_rs_autocast_enter(int32_t cuda) noexcept;
 // The dtype (c10::ScalarType) autocast computes in on CUDA (cuda = 1) or the CPU, -1 when off.
 int32_t alexnet_rs_autocast_dtype(int32_t cuda) noexcept;
+// Whether autograd records on this thread (at::GradMode): 1 or 0.
+int32_t alexnet_rs_grad_enabled() noexcept;
 void alexnet_rs_autocast_exit(int32_t cuda, int64_t prev) noexcept;
 // kernels/cpu_cache.cpp: the per-thread scope of the caching CPU allocator, and its counters.
 int32_t alexnet_rs_cpu_cache_enter() noexcept;

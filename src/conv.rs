@@ -74,13 +74,16 @@ pub fn conv2d(backend: ConvBackend, x: &Tensor, w: &Tensor, b: &Tensor, a: ConvA
 
 /// What a timed choice holds for: the shapes, the convolution's arguments, the dtype it computes
 /// in (autocast's, where it is on: a float32 input is convolved in bfloat16 then), the input's
-/// memory format (channels_last or not) and the device.
-type ShapeKey = (Vec<i64>, Vec<i64>, i64, i64, i64, String, bool, String);
+/// memory format (channels_last or not), the device, and whether the backward passes run too.
+type ShapeKey = (Vec<i64>, Vec<i64>, i64, i64, i64, String, bool, String, bool);
 
-/// Times both forward convolutions (3 runs each after a warm-up, device synchronised) the first
-/// time a shape is seen, and remembers the winner.
+/// Times both convolutions (3 runs each after a warm-up, device synchronised) the first time a
+/// shape is seen, and remembers the winner. Where autograd records (training), a run is the
+/// forward and the backward passes training runs (input gradient only if the input needs one):
+/// a backend fast forward and slow backward lost there.
 fn auto_prefers_ours(x: &Tensor, w: &Tensor, b: &Tensor, a: ConvArgs) -> Result<bool> {
     static CHOICES: OnceLock<Mutex<HashMap<ShapeKey, bool>>> = OnceLock::new();
+    let train = ops::grad_enabled() && (x.requires_grad() || w.requires_grad() || b.requires_grad());
     let computes_in = match ops::autocast_dtype(true) {
         // c10::ScalarType: 15 BFloat16, 5 Half.
         Some(t) if x.kind() == tch::Kind::Float => match t {
@@ -99,35 +102,45 @@ fn auto_prefers_ours(x: &Tensor, w: &Tensor, b: &Tensor, a: ConvArgs) -> Result<
         computes_in,
         ops::is_channels_last(x),
         format!("{:?}", x.device()),
+        train,
     );
     let choices = CHOICES.get_or_init(Default::default);
     if let Some(&ours) = choices.lock().expect("conv choice cache").get(&key) {
         return Ok(ours);
     }
-    let _guard = tch::no_grad_guard();
     let Device::Cuda(index) = x.device() else {
         return Ok(false);
     };
-    let time = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
-        let _ = f()?;
+    // Leaves of the same values, needing the gradients the real tensors need.
+    let leaf = |t: &Tensor| t.detach().f_requires_grad_(train && t.requires_grad());
+    let (xl, wl, bl) = (leaf(x)?, leaf(w)?, leaf(b)?);
+    let run = |backend| -> Result<()> {
+        let y = conv2d(backend, &xl, &wl, &bl, a)?;
+        if train {
+            y.f_sum(y.kind())?.f_backward()?;
+        }
+        Ok(())
+    };
+    let time = |backend| -> Result<f64> {
+        run(backend)?;
         tch::Cuda::synchronize(index as i64);
         let t0 = Instant::now();
         for _ in 0..3 {
-            let _ = f()?;
+            run(backend)?;
         }
         tch::Cuda::synchronize(index as i64);
         Ok(t0.elapsed().as_secs_f64() / 3.0)
     };
-    let t_ours = time(&|| conv2d(ConvBackend::Ours, x, w, b, a))?;
-    let t_stock = time(&|| conv2d(ConvBackend::Stock, x, w, b, a))?;
+    let (t_ours, t_stock) = (time(ConvBackend::Ours)?, time(ConvBackend::Stock)?);
     let ours = t_ours < t_stock;
     crate::say::line(&format!(
-        "conv backend auto: x {:?} w {:?} groups {} {}{}: ours {:.3} ms, stock {:.3} ms -> {}",
+        "conv backend auto: x {:?} w {:?} groups {} {}{}{}: ours {:.3} ms, stock {:.3} ms -> {}",
         key.0,
         key.1,
         a.groups,
         key.5,
         if key.6 { " channels_last" } else { "" },
+        if train { ", forward + backward" } else { ", forward" },
         t_ours * 1e3,
         t_stock * 1e3,
         if ours { "ours" } else { "stock" }

@@ -58,6 +58,7 @@ mod ffi {
         pub fn alexnet_rs_autocast_enter(cuda: i32) -> i64;
         pub fn alexnet_rs_autocast_exit(cuda: i32, prev: i64);
         pub fn alexnet_rs_autocast_dtype(cuda: i32) -> i32;
+        pub fn alexnet_rs_grad_enabled() -> i32;
         pub fn alexnet_rs_cpu_cache_enter() -> i32;
         pub fn alexnet_rs_cpu_cache_exit();
         pub fn alexnet_rs_cpu_cache_stats(out4: *mut i64);
@@ -251,6 +252,12 @@ pub fn autocast_dtype(cuda: bool) -> Option<i32> {
     // SAFETY: a read of thread-local autocast state.
     let t = unsafe { ffi::alexnet_rs_autocast_dtype(i32::from(cuda)) };
     (t >= 0).then_some(t)
+}
+
+/// Whether autograd records operations on this thread (not inside `no_grad`).
+pub fn grad_enabled() -> bool {
+    // SAFETY: a read of thread-local autograd state.
+    unsafe { ffi::alexnet_rs_grad_enabled() == 1 }
 }
 
 /// One SGD update of `p` (float32 on the CPU) and its velocity `v` from `p`'s gradient in a single

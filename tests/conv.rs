@@ -82,6 +82,9 @@ fn bf16_autocast_runs_convolutions_in_bf16_for_both_backends() {
         );
         assert_eq!(autocast_bf16(false, || alexnet_rs::ops::autocast_dtype(true)), None);
         assert_eq!(alexnet_rs::ops::autocast_dtype(false), None);
+        // And whether it times the backward passes too (training) or the forward alone.
+        assert!(alexnet_rs::ops::grad_enabled());
+        assert!(!tch::no_grad(alexnet_rs::ops::grad_enabled));
         let reference = alexnet_rs::forward(&cfg, &params, &x, false).unwrap();
         let err = (logits.to_kind(Kind::Float) - &reference).abs().max().double_value(&[]);
         let scale = reference.abs().max().double_value(&[]);
