@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,7 @@ def rel_err(a, b):
 
 def timed(fn, device, repeats=20):
     """Median seconds of fn() (synchronised on CUDA), after two warm-ups."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for _ in range(2):
         fn()
     sync()
@@ -109,6 +110,7 @@ def fwd_bwd(fn, *inputs, grad=None):
 # ---- parity ----
 
 def parity(rep, dev):
+    torch.manual_seed(0)  # the same inputs every run: an error near a tolerance does not come and go
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for cl in (False, True):
             # Inputs rounded to the dtype first: the reference (float64) sees what the op sees.
@@ -228,7 +230,17 @@ def sanitizer(rep, _dev):
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
     for check in ("memcheck", "racecheck"):
         cmd = [tool, "--tool", check, "--error-exitcode", "3", sys.executable, "-c", SANITIZER_CASE]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=budget(240), env=env)
+        # A session of its own: a timeout ends the tool and the Python under it (left running, it
+        # would hold the GPU during the benchmarks).
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              start_new_session=True) as proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=budget(240))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise
+        p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         text = p.stdout + p.stderr
         summary = [ln.strip("= ") for ln in text.splitlines() if "SUMMARY" in ln]
         if p.returncode == 0 or p.returncode == 3 or summary:
@@ -268,23 +280,29 @@ def bench_lrn(rep, dev, batch):
 
 def bench_conv(rep, dev, batch):
     tf32 = torch.backends.cudnn.allow_tf32
-    for dtype in (torch.float32, torch.bfloat16):
-        # float32 against float32: cuDNN would otherwise multiply in TF32 (its default), which our
-        # kernels do not.
-        torch.backends.cudnn.allow_tf32 = tf32 and dtype != torch.float32
-        for name, xs, ws, pad in CONV_SHAPES:
-            x = torch.randn(batch, *xs, device=dev, dtype=dtype)
-            w = torch.randn(*ws, device=dev, dtype=dtype) * 0.05
-            b = torch.zeros(ws[0], device=dev, dtype=dtype)
-            t_ours = timed(lambda: fwd_bwd(lambda x, w, b: grouped_conv2d(x, w, b, 1, pad, 2), x, w, b), dev, 10)
-            t_ref = timed(lambda: fwd_bwd(lambda x, w, b: F.conv2d(x, w, b, 1, pad, 1, 2), x, w, b), dev, 10)
-            # On the CPU our op calls ATen's convolution: the two sides are one computation, and
-            # the ratio is the op's overhead, not a comparison of kernels.
-            same = "" if dev.type == "cuda" else " (both ATen's convolution on the CPU: the op's overhead alone)"
-            rep.add("bench", f"grouped conv fwd+bwd {name} b{batch} {dtype}", "info",
-                    f"ours {t_ours * 1e3:.2f} ms, F.conv2d {t_ref * 1e3:.2f} ms, ours/stock speed {t_ref / t_ours:.2f}x"
-                    f"{same}")
-    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        for dtype in (torch.float32, torch.bfloat16):
+            # float32 against float32: cuDNN would otherwise multiply in TF32 (its default), which
+            # our kernels do not.
+            torch.backends.cudnn.allow_tf32 = tf32 and dtype != torch.float32
+            bench_conv_shapes(rep, dev, batch, dtype)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def bench_conv_shapes(rep, dev, batch, dtype):
+    for name, xs, ws, pad in CONV_SHAPES:
+        x = torch.randn(batch, *xs, device=dev, dtype=dtype)
+        w = torch.randn(*ws, device=dev, dtype=dtype) * 0.05
+        b = torch.zeros(ws[0], device=dev, dtype=dtype)
+        t_ours = timed(lambda: fwd_bwd(lambda x, w, b: grouped_conv2d(x, w, b, 1, pad, 2), x, w, b), dev, 10)
+        t_ref = timed(lambda: fwd_bwd(lambda x, w, b: F.conv2d(x, w, b, 1, pad, 1, 2), x, w, b), dev, 10)
+        # On the CPU our op calls ATen's convolution: the two sides are one computation, and
+        # the ratio is the op's overhead, not a comparison of kernels.
+        same = "" if dev.type == "cuda" else " (both ATen's convolution on the CPU: the op's overhead alone)"
+        rep.add("bench", f"grouped conv fwd+bwd {name} b{batch} {dtype}", "info",
+                f"ours {t_ours * 1e3:.2f} ms, F.conv2d {t_ref * 1e3:.2f} ms, ours/stock speed {t_ref / t_ours:.2f}x"
+                f"{same}")
 
 
 def bench_train(rep, dev, batch, dtype):
@@ -395,8 +413,9 @@ def main():
     ap = argparse.ArgumentParser(description="alexnet_rs GPU checks")
     ap.add_argument("--cpu", action="store_true", help="run only what needs no GPU, on the CPU, small sizes")
     ap.add_argument("--out", default=os.environ.get("OUT") or "gpu-check-out")
-    ap.add_argument("--deadline", type=float, default=480,
-                    help="seconds after which no part starts (the rest are listed as skipped)")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="seconds after which no part starts (the rest are listed as skipped) [default: 480 on a "
+                         "GPU, for the device machine's command limit; none with --cpu]")
     ap.add_argument("--build", default=os.environ.get("ALEXNET_BUILD", "unknown"),
                     help="the commit the wheel was built from (scripts/gpu-check reads dist/BUILD)")
     args = ap.parse_args()
@@ -408,6 +427,8 @@ def main():
     print(f"alexnet_rs {alexnet_rs.__version__} ({args.build}), torch {torch.__version__}, device "
           f"{torch.cuda.get_device_name() if has_gpu else 'cpu'}", flush=True)
     t0 = time.time()
+    if args.deadline is None:
+        args.deadline = math.inf if args.cpu else 480
     DEADLINE = t0 + args.deadline
     out, scratch = Path(args.out), Path(tempfile.mkdtemp(prefix="gpu-check-"))
     meta = dict(device=torch.cuda.get_device_name() if has_gpu else "cpu", torch=torch.__version__,

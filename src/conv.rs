@@ -111,11 +111,11 @@ fn auto_prefers_ours(x: &Tensor, w: &Tensor, b: &Tensor, a: ConvArgs) -> Result<
     let Device::Cuda(index) = x.device() else {
         return Ok(false);
     };
-    // Leaves of the same values, needing the gradients the real tensors need.
+    // Fresh leaves of the same values each run (no gradient accumulated into the last run's),
+    // needing the gradients the real tensors need.
     let leaf = |t: &Tensor| t.detach().f_requires_grad_(train && t.requires_grad());
-    let (xl, wl, bl) = (leaf(x)?, leaf(w)?, leaf(b)?);
     let run = |backend| -> Result<()> {
-        let y = conv2d(backend, &xl, &wl, &bl, a)?;
+        let y = conv2d(backend, &leaf(x)?, &leaf(w)?, &leaf(b)?, a)?;
         if train {
             y.f_sum(y.kind())?.f_backward()?;
         }

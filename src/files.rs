@@ -20,17 +20,18 @@ pub fn partial(path: &Path) -> PathBuf {
 
 /// Writes `bytes` to `path` through [`partial`], fsynced before the rename.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_with(path, |part| fs::write(part, bytes).map_err(io(part)))
+    write_with(path, |part| fs::write(part, bytes).map_err(io(path)))
 }
 
 /// Replaces `path` by what `write` writes to the file it is given ([`partial`]), fsynced and
 /// renamed into place: after a kill or a failure, `path` is the old file or the new one (and no
-/// partial file is left after a failure).
+/// partial file is left after a failure). Errors name `path` (the partial file is gone by then),
+/// and `write`'s should too.
 pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let part = partial(path);
     let written = write(&part)
-        .and_then(|()| fsync(&part))
-        .and_then(|()| crate::fault::point("file-partial").map_err(io(&part)))
+        .and_then(|()| fs::File::open(&part).and_then(|f| f.sync_all()).map_err(io(path)))
+        .and_then(|()| crate::fault::point("file-partial").map_err(io(path)))
         .and_then(|()| fs::rename(&part, path).map_err(io(path)));
     if written.is_err() {
         let _ = fs::remove_file(&part);

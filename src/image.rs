@@ -210,7 +210,7 @@ pub fn save(img: &image::RgbImage, out: &Path) -> Result<()> {
         .map_err(|e| file_err(out, e))?;
     crate::files::write_with(out, |tmp| {
         std::fs::write(tmp, &bytes)
-            .map_err(io(tmp))
+            .map_err(io(out))
             .and_then(|()| crate::fault::point("figure-write").map_err(io(out)))
     })
 }

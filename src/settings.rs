@@ -188,6 +188,11 @@ impl PartialEq for Given {
     }
 }
 
+/// A setting's key as a user may spell it (`limit-train`, ` lrn`): `limit_train`, `lrn`.
+pub fn setting_key(name: &str) -> String {
+    name.trim().replace('-', "_")
+}
+
 /// The settings' clap definition on its own (no binary name).
 fn command() -> Command {
     TrainConfig::augment_args(Command::new("train").no_binary_name(true))
@@ -297,22 +302,23 @@ impl TrainConfig {
     /// These settings with `keys` (setting keys; `limit-train` for `limit_train` is accepted) put
     /// back to their built-in defaults: what a TOML file or an experiment's defaults set and no
     /// flag can undo (a switch turned on, an optional value given). `input_size` goes back to the
-    /// preset's. The keys count as given (a resumed run takes or warns about them as about flags).
+    /// preset's. The keys count as not given: a resumed run keeps its own values of them.
     pub fn reset(&self, keys: &[String]) -> Result<TrainConfig> {
         let known: Vec<String> = describe().into_iter().map(|d| d.key).collect();
-        let mut keys: Vec<String> = keys.iter().map(|k| k.trim().replace('-', "_")).collect();
+        let keys: Vec<String> = keys.iter().map(|k| setting_key(k)).filter(|k| !k.is_empty()).collect();
         if let Some(k) = keys.iter().find(|k| !known.contains(k)) {
             return Err(Error::Config(format!(
                 "--reset {k}: no such setting; the settings: {}",
                 known.join(", ")
             )));
         }
-        let size = keys.iter().position(|k| k == "input_size").map(|i| keys.remove(i));
-        let mut t = self.with(&TrainConfig::default(), keys)?;
-        if size.is_some() {
-            if let Some(given) = t.given.0.as_mut() {
-                given.remove("input_size");
-            }
+        let mut t = self.with(&TrainConfig::default(), keys.clone())?;
+        if let Some(given) = t.given.0.as_mut() {
+            keys.iter().for_each(|k| {
+                given.remove(k);
+            });
+        }
+        if keys.iter().any(|k| k == "input_size") {
             t.input_size = t.preset_input_size();
         }
         Ok(t)

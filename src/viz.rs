@@ -50,13 +50,6 @@ pub fn filter_grid(cfg: &Config, weight: &Tensor) -> Result<(Image, Vec<Tower>)>
         return Err(Error::Shape(format!("{k} kernels do not split into {towers} towers")));
     }
     let w: Vec<f32> = Vec::try_from(weight.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?)?;
-    if w.iter().any(|v| !v.is_finite()) {
-        // Drawn (and measured) as a plain colour, they read as colour-agnostic kernels.
-        return Err(Error::Config(format!(
-            "{} holds NaN or infinite values: no filters to draw",
-            cfg.convs[0].name
-        )));
-    }
     let per = k / towers;
     let rows = per.div_ceil(COLUMNS);
     let (tile_w, tile_h) = (kw * ZOOM + GAP, kh * ZOOM + GAP);

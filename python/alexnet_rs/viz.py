@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _native
 from ._boundary import checked
-from .errors import DtypeError
+from .errors import DataError, DtypeError
 from .model import AlexNet
 
 
@@ -38,6 +38,10 @@ def _grid(source):
         raise DtypeError(f"filters: source must be an alexnet_rs.AlexNet or a run folder, got {type(source).__name__}")
     first = _native.param_shapes(source.preset, source.num_classes)[0][0]
     weight = source._weights()[first].cpu()
+    if not bool(weight.isfinite().all()):
+        # Drawn (and measured) as a plain colour, they read as colour-agnostic kernels (a
+        # checkpoint cannot hold them: the CLI's weights are checked when loaded).
+        raise DataError(f"filters: {first} holds NaN or infinite values")
     data, height, width, towers = checked(_native.filter_grid)(source.preset, weight)
     return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy(), towers
 

@@ -95,7 +95,7 @@ pub fn train(a: &BenchTrainArgs) -> Result<()> {
     .into_iter()
     .filter_map(|(on, flag)| on.then_some(flag))
     .collect();
-    let ours_with = if options.is_empty() {
+    let ours_with = if options.is_empty() || !a.sides.contains(&Side::Ours) {
         String::new()
     } else {
         format!(", ours with {}", options.join(" "))

@@ -54,7 +54,7 @@ impl SettingsArgs {
         };
         let both = crate::settings::describe()
             .into_iter()
-            .find(|d| flagged(&d.key) && self.reset.iter().any(|k| k.trim().replace('-', "_") == d.key));
+            .find(|d| flagged(&d.key) && self.reset.iter().any(|k| crate::settings::setting_key(k) == d.key));
         if let Some(d) = both {
             return Err(Error::Config(format!(
                 "--reset {} and {} are both given: give one",

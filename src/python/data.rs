@@ -89,6 +89,10 @@ pub fn transform_views(
 }
 
 /// The Rust data loader: iterating it yields (images, labels) batches of successive epochs.
+/// With `rank` and/or `world_size` given (even `world_size=1`) it is that rank's shard of every
+/// global batch, and a batch whose images were all unreadable comes empty in its place (skip it,
+/// as the Rust training loop does); without them such a batch is left out. See
+/// `alexnet_rs.data`'s module help.
 /// (`subclass`: `alexnet_rs.data.DataLoader` maps Python's own argument errors onto ours.)
 #[pyclass(module = "alexnet_rs._native", subclass)]
 pub struct DataLoader {

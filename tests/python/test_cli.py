@@ -145,6 +145,28 @@ def test_bad_flags_and_files_are_clear_errors(args, needle):
     assert "panicked" not in r.stderr and "RUST_BACKTRACE" not in r.stderr
 
 
+def test_reset_puts_back_a_files_settings_and_leaves_a_resumed_runs_own(tmp_path):
+    """--reset undoes what --config set (a switch, an optional value); with --resume a reset key
+    is not given, so the run keeps its own value (it trained on with the built-in default, and
+    --reset out wrote the checkpoint into runs/train)."""
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'preset = "cnn4"\ninput_size = 28\nepochs = 3\nlimit_train = 16\ntorch_init = true\n'
+                   f'batch_size = 8\nthreads = 1\ndata = "{data}"\n')
+    run_dir = tmp_path / "run"
+    r = run("train", "--config", cfg, "--reset", "limit_train,torch-init", "--max-steps", "1", "--out", run_dir)
+    assert r.returncode == 0, r.stderr
+    state = lambda: json.loads(sorted((run_dir / "checkpoints").glob("ckpt-*"))[-1].joinpath("state.json").read_text())  # noqa: E731
+    config = state()["config"]
+    assert (config["limit_train"], config["torch_init"], config["epochs"]) == (None, False, 3), config
+    r = run("train", "--resume", run_dir, "--reset", "epochs,out", "--max-steps", "1")
+    assert r.returncode == 0, r.stderr
+    assert state()["config"]["epochs"] == 3 and state()["step"] == 2, state()
+    assert "warning" not in r.stderr, r.stderr
+
+
 def test_auto_resume_of_a_missing_run_does_not_say_it_resumes(tmp_path):
     # The folder --out has no checkpoint, so --resume's run is the one: it was announced as
     # "resuming the run in /no/such/run" before the error that it does not exist.
