@@ -312,6 +312,9 @@ impl TrainConfig {
                 known.join(", ")
             )));
         }
+        if keys.is_empty() {
+            return Ok(self.clone());
+        }
         let mut t = self.with(&TrainConfig::default(), keys.clone())?;
         if let Some(given) = t.given.0.as_mut() {
             keys.iter().for_each(|k| {

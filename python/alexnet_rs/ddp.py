@@ -27,11 +27,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ._boundary import one_line_errors as _one_line_errors
-from ._files import write_atomic as _write_atomic
 from . import _native
 from ._boundary import checked as _checked
+from ._boundary import one_line_errors as _one_line_errors
 from ._boundary import torchrun_environment as _torchrun_environment
+from ._files import write_atomic as _write_atomic
 from .data import DataLoader
 from .errors import ConfigError, DataError, DivergedError
 from .model import AlexNet
