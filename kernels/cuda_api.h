@@ -32,6 +32,8 @@ const char* alexnet_rs_conv_cuda_forward(int dtype, const void* x, const void* w
                                          AlexnetConvShape shape, void* stream);
 const char* alexnet_rs_conv_cuda_backward_data(int dtype, const void* dy, const void* w, void* dx,
                                                AlexnetConvShape shape, void* stream);
-const char* alexnet_rs_conv_cuda_backward_weight(int dtype, const void* dy, const void* x, void* dw,
+// The weight gradient's scratch memory for `shape`, in bytes (0: none; `workspace` may be null).
+int64_t alexnet_rs_conv_cuda_backward_weight_workspace(int dtype, AlexnetConvShape shape);
+const char* alexnet_rs_conv_cuda_backward_weight(int dtype, const void* dy, const void* x, void* dw, void* workspace,
                                                  AlexnetConvShape shape, void* stream);
 }

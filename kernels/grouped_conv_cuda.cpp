@@ -58,8 +58,12 @@ ConvGrads grouped_conv2d_backward_cuda(const at::Tensor& grad_out, const at::Ten
   }
   if (mask[1]) {
     dw = at::empty_like(wc);
+    const int64_t bytes = alexnet_rs_conv_cuda_backward_weight_workspace(cuda_dtype_code(x), shape);
+    at::Tensor workspace = bytes > 0 ? at::empty({bytes}, x.options().dtype(at::kByte)) : at::Tensor();
     check(alexnet_rs_conv_cuda_backward_weight(cuda_dtype_code(x), gc.const_data_ptr(), xc.const_data_ptr(),
-                                               dw.mutable_data_ptr(), shape, stream),
+                                               dw.mutable_data_ptr(),
+                                               workspace.defined() ? workspace.mutable_data_ptr() : nullptr, shape,
+                                               stream),
           "alexnet_rs::grouped_conv2d_backward (weight)");
   }
   if (mask[2]) db = gc.sum({0, 2, 3});  // a plain reduction: ATen's

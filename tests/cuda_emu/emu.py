@@ -44,6 +44,9 @@ LRN_SWEEP = LRN_MAX_BLOCKS * 256
 # The convolution launcher's cap on grid y (row tiles) and z (groups), 65535 on a GPU: 2 here, so
 # that shapes of more than two groups or 128 output rows launch in slices.
 CONV_MAX_GRID_YZ = 2
+# Split-K of the weight gradient: about 1024 blocks, chunks of at least 4096 on a GPU; here 24
+# and 32, so that small shapes split (conv1 into 2 chunks, edge shapes up to 24, last chunks short).
+CONV_SPLIT_BLOCKS, CONV_SPLIT_MIN_K = 24, 32
 SCHEDULES = (0, 1)  # forward, reversed (2, a fixed shuffle, is used by the self-tests)
 SANITIZE_FLAGS = ["-O2", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
@@ -57,7 +60,7 @@ def _sources_digest(mutations, sanitize: bool) -> str:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     h.update(Path(__file__).read_bytes())
-    h.update(repr((mutations, sanitize, LRN_MAX_BLOCKS, CONV_MAX_GRID_YZ)).encode())
+    h.update(repr((mutations, sanitize, LRN_MAX_BLOCKS, CONV_MAX_GRID_YZ, CONV_SPLIT_BLOCKS, CONV_SPLIT_MIN_K)).encode())
     return h.hexdigest()[:16]
 
 
@@ -111,7 +114,8 @@ def build(sanitize: bool = False, mutations: tuple = (), out_root: Path | None =
         kernel_files.append(tmp / "src" / name)
     cxx = os.environ.get("CXX", "g++")
     common = ["-std=c++17", "-fPIC", "-g0", "-I", str(EMU), "-I", str(KERNELS), f"-DALEXNET_LRN_MAX_BLOCKS={LRN_MAX_BLOCKS}",
-              f"-DALEXNET_CONV_MAX_GRID_YZ={CONV_MAX_GRID_YZ}"]
+              f"-DALEXNET_CONV_MAX_GRID_YZ={CONV_MAX_GRID_YZ}", f"-DALEXNET_CONV_SPLIT_BLOCKS={CONV_SPLIT_BLOCKS}",
+              f"-DALEXNET_CONV_SPLIT_MIN_K={CONV_SPLIT_MIN_K}"]
     common += SANITIZE_FLAGS if sanitize else ["-O2"]
     if "f16c" in Path("/proc/cpuinfo").read_text():
         common.append("-mf16c")  # hardware half <-> float conversions (the same IEEE rounding)
@@ -175,11 +179,13 @@ class Emu:
             "alexnet_rs_lrn_cuda_backward": [i32, p, p, p, LrnShape, i64, d, d, d, p],
             "alexnet_rs_conv_cuda_forward": [i32, p, p, p, p, ConvShape, p],
             "alexnet_rs_conv_cuda_backward_data": [i32, p, p, p, ConvShape, p],
-            "alexnet_rs_conv_cuda_backward_weight": [i32, p, p, p, ConvShape, p],
+            "alexnet_rs_conv_cuda_backward_weight": [i32, p, p, p, p, ConvShape, p],
         }
         for name, args in sig.items():
             f = getattr(lib, name)
             f.argtypes, f.restype = args, ctypes.c_char_p
+        lib.alexnet_rs_conv_cuda_backward_weight_workspace.argtypes = [i32, ConvShape]
+        lib.alexnet_rs_conv_cuda_backward_weight_workspace.restype = i64
         lib.cuda_emu_set_schedule.argtypes = [i32]
         lib.cuda_emu_last_fault.restype = ctypes.c_char_p
         lib.cuda_emu_counters.argtypes = [ctypes.POINTER(ctypes.c_uint64)]
@@ -265,7 +271,7 @@ def _judge(name, dtype, got_by_schedule, errors, ref, tol):
 
 
 def _ptr(t):
-    return ctypes.c_void_p(t.data_ptr())
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,19 +446,23 @@ def run_conv(emu: Emu, c: dict) -> list[Outcome]:
     sh = ConvShape(N, Cin, H, W, Cout, Kk, Kk, OH, OW, S, S, P, P, G)
     code = DTYPE_CODE[dtn]
     name = f"conv {dtn} {tag}: N{N} {Cin}x{H}x{W} -> {Cout}x{OH}x{OW} k{Kk} s{S} p{P} g{G}"
+    # The weight gradient's split-K workspace, as the glue allocates it; NaN bytes, so that a
+    # partial sum the kernel never writes shows.
+    ws_bytes = emu.lib.alexnet_rs_conv_cuda_backward_weight_workspace(code, sh)
+    ws = torch.full((ws_bytes,), 0xFF, dtype=torch.uint8) if ws_bytes > 0 else None
     passes = [
         ("forward", "alexnet_rs_conv_cuda_forward", (x, w, b), y64.detach(), ya.detach(), Cin // G * Kk * Kk),
         ("backward-data", "alexnet_rs_conv_cuda_backward_data", (dy, w), dx64, dxa, Cout // G * Kk * Kk),
-        ("backward-weight", "alexnet_rs_conv_cuda_backward_weight", (dy, x), dw64, dwa, N * OH * OW),
+        ("backward-weight", "alexnet_rs_conv_cuda_backward_weight", (dy, x), dw64, dwa, N * OH * OW, ws),
     ]
     out = []
-    for pname, fn, ins, ref, scale, K in passes:
+    for pname, fn, ins, ref, scale, K, *extra in passes:
         if pname not in which:
             continue
         results, errs = [], []
         for s in SCHEDULES:
             o = torch.full(ref.shape, float("nan"), dtype=dt)
-            errs.append(emu.call(fn, s, code, *[_ptr(t) for t in ins], _ptr(o), sh, None))
+            errs.append(emu.call(fn, s, code, *[_ptr(t) for t in ins], _ptr(o), *[_ptr(t) for t in extra], sh, None))
             results.append(o)
         tol = (4 * math.sqrt(K) + 8) * U_ACC[dtn] * scale + U[dtn] * ref.abs() + TINY[dtn]
         out.append(_judge(f"{name} {pname}", dtn, results, errs, ref, tol))
@@ -509,6 +519,12 @@ PLANTED = {
         "the SIMT GEMM ignores its launch's first group: a launch sliced over the groups recomputes the first slice",
         (("grouped_conv.cu", "  __shared__ A Bs[BK][BN + 1];\n  const int g = g0 + int(blockIdx.z);",
           "  __shared__ A Bs[BK][BN + 1];\n  const int g = int(blockIdx.z);"),),
+        "conv",
+        "float32",
+    ),
+    "split-k-sum-drops-last-chunk": (
+        "the weight gradient's split-K sum leaves out the last chunk's partial sums",
+        (("grouped_conv.cu", "for (int64_t c = 0; c < chunks; ++c)", "for (int64_t c = 0; c + 1 < chunks; ++c)"),),
         "conv",
         "float32",
     ),
