@@ -147,6 +147,28 @@ def parity(rep, dev):
         ok = max(errs) <= TOL[dtype]
         rep.add("parity", f"grouped_conv2d depthwise {groups} groups {dtype}", "ok" if ok else "FAIL",
                 "max rel err y/dx/dw " + "/".join(f"{e:.1e}" for e in errs))
+        # conv1 at batch 16: a small filter bank over a long reduction (48,400 output pixels), whose
+        # weight gradient the CUDA kernel sums in chunks (split-K) on a GPU; the input needs no grad.
+        x, w, g = (t.to(dtype).double() for t in (torch.randn(16, 3, 227, 227), torch.randn(96, 3, 11, 11) * 0.05,
+                                                   torch.randn(16, 96, 55, 55)))
+        got = fwd_bwd(lambda w: grouped_conv2d(x.to(dev, dtype), w, None, 4, 0, 1), w.to(dev, dtype),
+                      grad=g.to(dev, dtype))
+        ref = fwd_bwd(lambda w: F.conv2d(x, w, None, 4), w, grad=g)
+        errs = [rel_err(a.float(), r) for a, r in zip(got, ref)]
+        ok = max(errs) <= TOL[dtype]
+        rep.add("parity", f"grouped_conv2d conv1 b16 (split-K weight gradient) {dtype}", "ok" if ok else "FAIL",
+                "max rel err y/dw " + "/".join(f"{e:.1e}" for e in errs))
+
+
+def misuse(rep, dev):
+    """A CUDA model given a CPU batch is refused by name (it was copied to the GPU in silence)."""
+    model = alexnet_rs.AlexNet("paper", num_classes=10).to(dev)
+    try:
+        model(torch.randn(1, 3, 224, 224))
+        ok, detail = False, "a CPU batch was accepted"
+    except alexnet_rs.ShapeError as e:
+        ok, detail = "x is on cpu but conv1.weight is on cuda:0" in str(e), str(e)
+    rep.add("misuse", "a CPU batch for a CUDA model", "ok" if ok else "FAIL", detail=detail[-300:])
 
 
 def lrn_pool(rep, dev):
@@ -439,6 +461,7 @@ def main():
         ("parity", lambda: parity(rep, dev), False, True),
         ("lrn_pool", lambda: lrn_pool(rep, dev), False, True),
         ("gradcheck/opcheck", lambda: gradcheck_opcheck(rep, dev), False, True),
+        ("misuse", lambda: misuse(rep, dev), True, True),
         ("sanitizer", lambda: sanitizer(rep, dev), True, False),
         ("cli", lambda: cli_train(rep, dev, scratch / "cli"), False, False),
         ("bench lrn", lambda: bench_lrn(rep, dev, batch), False, True),

@@ -174,6 +174,20 @@ fn bad_inputs_are_clear_errors() {
     assert!(e.contains("224x224"), "{e}");
     let e = err(Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu)));
     assert!(e.contains("too small") || e.contains("features"), "{e}");
+    // A 160x320 input ends in 4x9 maps: the 9216 features of 6x6 ones, laid out otherwise
+    // (garbage logits in silence); Caffe's ceil-mode pools likewise.
+    for preset in [Preset::Paper, Preset::Caffe] {
+        let (cfg, _vs, params) = build(preset, 10);
+        let e = forward(
+            &cfg,
+            &params,
+            &Tensor::zeros([1, 3, 160, 320], (Kind::Float, Device::Cpu)),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("(4x9 maps)") && e.contains("needs 2"), "{preset}: {e}");
+    }
     assert!(matches!(Config::preset(Preset::Paper, 0), Err(Error::Config(_))));
     assert!(matches!("vgg".parse::<Preset>(), Err(Error::Config(_))));
     assert!(layer_table(&cfg, 8).is_err());

@@ -259,6 +259,18 @@ class AlexNet(nn.Module):
                 shapes = f"weight (n, {', '.join(map(str, want['weight'][1:]))}) and bias (n,) (n classes)"
             given = ", ".join(f"{n} {s}" for n, s in got.items()) or "no parameters"
             raise ConfigError(f"{path} takes {shapes}, got a {type(new).__name__} with {given}")
+        # Only the weight and bias are read: a stride, padding or dilation of the new module's own
+        # was dropped in silence (print(model) still showed the preset's).
+        rows = json.loads(_native.layers(self.preset, self.input_size, self.num_classes))[1:]
+        op = next((r["op"] for r in rows if r["name"] == path), {})
+        if op.get("kind") == "conv":
+            st, pad = op["stride"], op["padding"]
+            computed = dict(stride=(st, st), padding=(pad, pad), dilation=(1, 1), groups=op["groups"],
+                            padding_mode="zeros")
+            odd = [f"{n}={getattr(new, n)!r}" for n, v in computed.items() if getattr(new, n, v) != v]
+            if odd:
+                raise ConfigError(f"{path} computes {_layer_repr(op)} with the new module's weight and bias only; "
+                                  f"a {type(new).__name__} with {', '.join(odd)} would not be computed as such")
         nn.Module.__setattr__(parent, key, new)
         if last:
             self.num_classes, self.classes = got["weight"][0], None  # the old names label no output now
@@ -268,10 +280,17 @@ class AlexNet(nn.Module):
         attributes, so a parametrization (``torch.nn.utils.parametrize``, weight_norm) applies,
         after the hooks of ``torch.nn.utils.prune`` and the legacy weight_norm / spectral_norm
         have computed theirs."""
-        for module in self.modules():
+        for name, module in self.named_modules():
             for hook in list(module._forward_pre_hooks.values()):
                 if isinstance(hook, _WEIGHT_HOOKS):
                     hook(module, ())
+            # A replacement layer (model.fc8 = nn.Linear(...)) is only read, never called.
+            if name and not isinstance(module, _Layer) and (
+                    module._forward_hooks or module._backward_hooks or module._backward_pre_hooks
+                    or any(not isinstance(h, _WEIGHT_HOOKS) for h in module._forward_pre_hooks.values())):
+                warnings.warn(f"AlexNet: the hooks on {name} never fire: the layers run inside one Rust forward "
+                              "call (only their weight and bias are read). Hook the AlexNet module itself, or take "
+                              "activations with model.features(x, layers=[...]).", UserWarning, stacklevel=3)
 
         def get(name: str) -> torch.Tensor:
             *path, leaf = name.split(".")

@@ -191,6 +191,18 @@ fn forward_impl(
     // Before the stages index them: a 1-D fc6.weight panicked, a bias in fewer shards than its
     // weight gave fewer outputs, shards of unequal rows read another device's input, in silence.
     params.check(cfg)?;
+    // As torch.nn: a batch on another device than the first layer is an error, not a silent copy
+    // (placements move activations between their devices; the input is the caller's to place).
+    let conv1 = format!("{}.weight", cfg.convs[0].name);
+    let on = params.get(&conv1)?.device();
+    if x.device() != on {
+        return Err(Error::Shape(format!(
+            "x is on {} but {conv1} is on {}: move the images there (x.to(\"{}\"))",
+            crate::placement::device_name(x.device()),
+            crate::placement::device_name(on),
+            crate::placement::device_name(on)
+        )));
+    }
     let mut h = Act(vec![x.shallow_clone()]);
     for c in &cfg.convs {
         let stop;
@@ -211,7 +223,10 @@ fn forward_impl(
     let first = cfg.fcs[0].name.as_str();
     let expected = params.get(&format!("{first}.weight"))?.size()[1];
     let features: i64 = h.0.iter().map(|t| t.size()[1..].iter().product::<i64>()).sum();
-    if features != expected {
+    // fc6's columns are the features of square maps: a 4x9 map (a 160x320 input) has the 36
+    // values of a 6x6 one, laid out otherwise, and gave garbage logits in silence.
+    let map = h.0[0].size()[2..].to_vec();
+    if features != expected || map[0] != map[1] {
         let (side, s) = (cfg.input_size, format!("{}x{}", x.size()[2], x.size()[3]));
         // At the size the network is built for (or any, with adaptive pooling) the weight is wrong.
         let culprit = if cfg.adaptive_pool.is_some() || x.size()[2..] == [side, side] {
@@ -220,7 +235,9 @@ fn forward_impl(
             format!("the {} preset needs {side}x{side} inputs", cfg.preset)
         };
         return Err(Error::Shape(format!(
-            "input of {s} pixels gives {features} features, but {first} expects {expected}: {culprit}"
+            "input of {s} pixels gives {features} features ({}x{} maps), but {first} expects {expected} \
+             (from square maps): {culprit}",
+            map[0], map[1]
         )));
     }
     h = h.map(|t| Ok(t.f_flatten(1, -1)?))?;

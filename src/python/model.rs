@@ -66,7 +66,8 @@ pub fn param_shapes(preset: &str, num_classes: i64) -> PyResult<Vec<(String, Vec
 }
 
 /// The Rust functional forward over a dict of named parameters (autograd-connected: gradients
-/// land on the tensors passed in), for square inputs of `input_size` (default: the preset's).
+/// land on the tensors passed in), for square inputs of `input_size` (default: the side of `x`
+/// when it is a square batch, else the preset's).
 #[pyfunction]
 #[pyo3(signature = (preset, params, x, train=false, num_classes=1000, conv_backend="auto", input_size=None))]
 #[allow(clippy::too_many_arguments)]

@@ -209,12 +209,32 @@ def test_torchvisions_head_replacement_idiom_trains_as_on_torchvision():
      "classifier holds the layers classifier.1, classifier.4, classifier.6"),
     (lambda m: m.classifier.__setitem__(6, torch.nn.ReLU()), ConfigError, "classifier.6 takes weight"),
     (lambda m: m.classifier.__setitem__(6, "fc"), DtypeError, "must be a torch.nn.Module"),
+    # Same shapes, other settings: only the weight and bias are read, the rest was dropped in silence.
+    (lambda m: m.features.__setitem__(3, torch.nn.Conv2d(64, 192, 5, stride=3, padding=0, padding_mode="reflect")),
+     ConfigError, "a Conv2d with stride=(3, 3), padding=(0, 0), padding_mode='reflect' would not be computed"),
+    (lambda m: m.features.__setitem__(3, torch.nn.Conv2d(64, 192, 5, padding=2, dilation=2)), ConfigError,
+     "features.3 computes Conv2d(64, 192, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2))"),
 ])
 def test_replacing_a_layer_badly_is_refused_by_name(do, error, needle):
     model = alexnet_rs.AlexNet("torchvision", input_size=63)
     with pytest.raises(error, match=needle.replace("(", r"\(").replace(")", r"\)")):
         do(model)
     assert model(torch.randn(1, 3, 63, 63)).shape == (1, 1000)  # unchanged, still runs
+
+
+def test_hooks_on_a_replacement_layer_are_said_to_never_fire():
+    """A hook on `model.classifier[6] = nn.Linear(...)` never ran (the Rust forward only reads the
+    layer's weight and bias), in silence; the AlexNet module's own hooks run."""
+    model = alexnet_rs.AlexNet("torchvision", input_size=63)
+    model.classifier[6] = torch.nn.Linear(4096, 10)
+    fired = []
+    model.register_forward_hook(lambda *a: fired.append("model"))
+    model(torch.randn(1, 3, 63, 63))
+    assert fired == ["model"]
+    model.classifier[6].register_forward_hook(lambda *a: fired.append("head"))
+    with pytest.warns(UserWarning, match="the hooks on classifier.6 never fire"):
+        model(torch.randn(1, 3, 63, 63))
+    assert fired == ["model"] * 2
 
 
 def test_a_two_device_models_layers_are_not_replaced():
