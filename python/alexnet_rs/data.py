@@ -7,13 +7,17 @@ threads (the paper's recipe for the chosen preset), and yields ``(images, labels
 loader again gives the next epoch (a new shuffle); ``loader.epoch(n)`` gives epoch ``n``. The same
 seed gives the same batches whatever ``threads`` is. Bad files are skipped and counted
 (``on_bad_image="skip"``, see ``EpochIter.skipped``) or raise :class:`alexnet_rs.DataError`
-(``"fail"``). ``classes`` (e.g. the training loader's ``classes``) labels the split by those class
-names instead of its own folders' order: a ``val/`` that lacks a class keeps the training labels,
-and a class not in the list raises :class:`alexnet_rs.DataError` naming it. With ``rank`` and
-``world_size`` (either given, even ``world_size=1``) the loader is that rank's shard: every rank
-gets the same number of full batches, and a batch whose images were all skipped comes empty,
-so that the ranks' steps stay in step and a loop knows its place
-in the epoch, as the Rust training loop does (without them, such a batch is left out).
+(``"fail"``). The test split of a folder with ``train/`` and ``val/`` (or ``test/``) is labelled by
+``train/``'s class folders: a ``val/`` that lacks a class keeps the training labels, and a class
+``train/`` lacks raises :class:`alexnet_rs.DataError` naming it. ``classes`` (e.g. the training
+loader's ``classes``) labels the split by those class names instead of its own folders' order
+(the same rules). With ``rank`` and ``world_size`` (either given, even ``world_size=1``) the
+loader is that rank's shard. For ``view="train"`` every rank gets the same number of full
+batches, and a batch whose images were all skipped comes empty, so that the ranks' steps stay in
+step and a loop knows its place in the epoch, as the Rust training loop does (without a shard,
+such a batch is left out). For an evaluation view (``"center"``, ``"ten_crop"``) the shards
+together cover every sample once: the last global batch is split as far as it goes (a rank may
+get a smaller batch or one fewer), as the Rust evaluation does.
 """
 
 import inspect

@@ -64,10 +64,38 @@ pub(super) fn data_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
+/// An image folder's classes, sorted: (class name, folder name); a name that is not UTF-8 is
+/// read by its own bytes.
+fn class_folders(root: &Path) -> Result<Vec<(String, std::ffi::OsString)>> {
+    let mut folders: Vec<(String, std::ffi::OsString)> = fs::read_dir(root)
+        .map_err(io(root))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.file_name()))
+        .filter(|(name, _)| !name.starts_with('.')) // .ipynb_checkpoints, .git: not classes
+        .collect();
+    folders.sort();
+    if folders.is_empty() {
+        return Err(data_err(root, "no class subfolders (expected one folder per class)"));
+    }
+    if let Some(w) = folders.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(data_err(
+            root,
+            format!(
+                "the class folders {:?} and {:?} have one name as text, `{}` (not UTF-8): rename one",
+                w[0].1, w[1].1, w[0].0
+            ),
+        ));
+    }
+    Ok(folders)
+}
+
 impl Dataset {
     /// Opens `path`: a folder holding IDX files (`<split>-images-idx3-ubyte[.gz]` with Fashion-MNIST's
     /// `train`/`t10k` names), a list file (`.txt`/`.csv`), or an image folder. For an image folder
-    /// with `train/` and `val/` (or `test/`) subfolders, `split` picks one.
+    /// with `train/` and `val/` (or `test/`) subfolders, `split` picks one; the test split is
+    /// labelled by `train/`'s classes (a `val/` that lacks one keeps the training labels; a class
+    /// `train/` lacks is an error naming it).
     pub fn open(path: &Path, split: Split) -> Result<Dataset> {
         if path.is_file() {
             return Dataset::list_file(path);
@@ -104,7 +132,12 @@ impl Dataset {
             Split::Test => (&TEST_FOLDERS, &["train"]),
         };
         if let Some(s) = wanted.iter().find(|s| path.join(s).is_dir()) {
-            return Dataset::image_folder(&path.join(s));
+            let ds = Dataset::image_folder(&path.join(s))?;
+            let train = path.join("train");
+            return match split == Split::Test && train.is_dir() {
+                true => ds.labelled_as(&class_folders(&train)?.into_iter().map(|(c, _)| c).collect::<Vec<_>>()),
+                false => Ok(ds),
+            };
         }
         // With a folder of the other split, this one is missing (not the root's subfolders).
         if let Some(other) = others.iter().find(|s| path.join(s).is_dir()) {
@@ -164,27 +197,7 @@ impl Dataset {
 
     /// One subfolder per class (sorted names = labels 0..), images anywhere below each.
     pub fn image_folder(root: &Path) -> Result<Dataset> {
-        // (class name, folder name): a name that is not UTF-8 is read by its own bytes.
-        let mut folders: Vec<(String, std::ffi::OsString)> = fs::read_dir(root)
-            .map_err(io(root))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.file_name()))
-            .filter(|(name, _)| !name.starts_with('.')) // .ipynb_checkpoints, .git: not classes
-            .collect();
-        folders.sort();
-        if folders.is_empty() {
-            return Err(data_err(root, "no class subfolders (expected one folder per class)"));
-        }
-        if let Some(w) = folders.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(data_err(
-                root,
-                format!(
-                    "the class folders {:?} and {:?} have one name as text, `{}` (not UTF-8): rename one",
-                    w[0].1, w[1].1, w[0].0
-                ),
-            ));
-        }
+        let folders = class_folders(root)?;
         let classes: Vec<String> = folders.iter().map(|(name, _)| name.clone()).collect();
         let mut items = Vec::new();
         let mut walk = Walk::default();
@@ -222,6 +235,9 @@ impl Dataset {
         let text = read_list(list)?;
         let base = list.parent().unwrap_or(Path::new("."));
         let mut items = Vec::new();
+        // Each file once (as the folder walker has it): `a.png 0` then `./a.png 1` trained one
+        // image under two labels. Paths compare as written, less `.` components.
+        let mut lines: std::collections::HashMap<PathBuf, usize> = std::collections::HashMap::new();
         // A UTF-8 byte order mark (Windows editors) is not part of the first path.
         for (n, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
             let line = line.trim();
@@ -260,6 +276,17 @@ impl Dataset {
             }
             // `a.png, 0`: split at the space, the comma is a separator too, not part of the name.
             let path = path.trim().trim_end_matches([' ', '\t', ',']);
+            let key: PathBuf = base
+                .join(path)
+                .components()
+                .filter(|c| *c != std::path::Component::CurDir)
+                .collect();
+            if let Some(first) = lines.insert(key, n + 1) {
+                return Err(data_err(
+                    list,
+                    format!("line {}: `{}` is listed again (line {first})", n + 1, shortened(path)),
+                ));
+            }
             items.push((Sample::File(base.join(path)), label));
         }
         if items.is_empty() {

@@ -90,9 +90,12 @@ pub fn transform_views(
 
 /// The Rust data loader: iterating it yields (images, labels) batches of successive epochs.
 /// With `rank` and/or `world_size` given (even `world_size=1`) it is that rank's shard of every
-/// global batch, and a batch whose images were all unreadable comes empty in its place (skip it,
-/// as the Rust training loop does); without them such a batch is left out. See
-/// `alexnet_rs.data`'s module help.
+/// global batch. With `view="train"` every rank gets the same number of full batches, and a batch
+/// whose images were all unreadable comes empty in its place (skip it, as the Rust training loop
+/// does); without a shard such a batch is left out. With an evaluation view (`center`,
+/// `ten_crop`) the shards together cover every sample once: the last global batch is split as
+/// far as it goes, so ranks may get one batch fewer or a smaller one. See `alexnet_rs.data`'s
+/// module help.
 /// (`subclass`: `alexnet_rs.data.DataLoader` maps Python's own argument errors onto ours.)
 #[pyclass(module = "alexnet_rs._native", subclass)]
 pub struct DataLoader {
@@ -186,6 +189,9 @@ impl DataLoader {
                 drop_last,
                 on_bad_image,
                 shard: sharded.then_some((rank, world_size)),
+                // An evaluation view's shards together cover every sample once (the last global
+                // batch split as far as it goes), as the Rust evaluation's loader does.
+                keep_tail: view != View::Train,
                 ..LoaderConfig::default()
             };
             Ok(DataLoader {

@@ -316,6 +316,12 @@ def test_list_file_source(tmp_path):
     (tmp_path / "classes.txt").write_text("even\n\nodd\n")
     with pytest.raises(alexnet_rs.DataError, match="line 2: an empty class name"):
         DataLoader(tmp_path / "val.txt")
+    # One file listed twice (here as `./name` too) trained one image under two labels, in silence.
+    (tmp_path / "classes.txt").unlink()
+    (tmp_path / files[0].name).write_bytes(files[0].read_bytes())
+    (tmp_path / "dup.txt").write_text(f"{files[0].name} 0\n{files[1]} 1\n./{files[0].name} 1\n")
+    with pytest.raises(alexnet_rs.DataError, match=f"line 3: `./{files[0].name}` is listed again .line 1."):
+        DataLoader(tmp_path / "dup.txt")
 
 
 def test_a_val_split_is_labelled_by_the_training_class_names(tmp_path):
@@ -325,13 +331,19 @@ def test_a_val_split_is_labelled_by_the_training_class_names(tmp_path):
             (tmp_path / split / c).mkdir(parents=True)
             (tmp_path / split / c / files[i].name).write_bytes(files[i].read_bytes())
     train = DataLoader(tmp_path, crop=64, batch_size=3, shuffle=False)
+    # Without classes, train/ beside val/ names them: val/'s own folder order made "c" label 1,
+    # which is "b" in training (a silent mislabelling of every image of "c").
     val = DataLoader(tmp_path, split="val", crop=64, view="center", batch_size=2, shuffle=False)
-    assert val.classes == ["a", "c"] and next(iter(val))[1].tolist() == [0, 1]  # its own folders
+    assert val.classes == ["a", "b", "c"] and next(iter(val))[1].tolist() == [0, 2]
     val = DataLoader(tmp_path, split="val", crop=64, view="center", batch_size=2, shuffle=False,
                      classes=train.classes)
     assert val.classes == ["a", "b", "c"] and next(iter(val))[1].tolist() == [0, 2]
     with pytest.raises(alexnet_rs.DataError, match="class `c` is not one of the training classes"):
         DataLoader(tmp_path, split="val", classes=["a", "b"])
+    (tmp_path / "val" / "d").mkdir()
+    (tmp_path / "val" / "d" / files[5].name).write_bytes(files[5].read_bytes())
+    with pytest.raises(alexnet_rs.DataError, match="class `d` is not one of the training classes"):
+        DataLoader(tmp_path, split="val")
 
 
 def test_a_test_split_of_the_training_images_is_said(tmp_path):
@@ -432,6 +444,15 @@ def test_stats_against_numpy(tmp_path):
     assert w[0].filename == __file__
     with pytest.warns(UserWarning, match=r"mean image is 32x32, but inputs of 63 are resized to 72"):
         alexnet_rs.data.DataLoader(tmp_path, preset="paper", crop=63, stats=out, threads=1)
+    # ImageNet's widely copied 0-255 eigenvalues made the lighting noise ~255x too strong, in
+    # silence; eigenvectors that are not orthonormal are no PCA either.
+    from safetensors.torch import save_file
+
+    for key, value, why in (("eigval", torch.tensor([55.46, 4.794, 1.148]), r"0-255 units\?"),
+                            ("eigvec", torch.eye(3) * 2, "not orthonormal")):
+        save_file({**load_file(out), key: value}, tmp_path / "bad.safetensors")
+        with pytest.raises(alexnet_rs.DataError, match=f"bad.safetensors.*{why}"):
+            alexnet_rs.data.DataLoader(tmp_path, preset="paper", crop=32, stats=tmp_path / "bad.safetensors")
 
 
 def test_ranks_partition_each_epoch_and_an_empty_epoch_warns(tmp_path):
@@ -458,6 +479,32 @@ def test_ranks_partition_each_epoch_and_an_empty_epoch_warns(tmp_path):
     assert len(loader) == 0 and list(loader) == []
 
 
+def test_evaluation_shards_cover_every_sample_once(tmp_path):
+    """An evaluation view's shards split the last, incomplete global batch as far as it goes (the
+    Rust evaluation's loader does): they dropped it, and drop_last=False did not bring it back,
+    so a sharded evaluation left out up to world_size * batch_size - 1 images in silence."""
+    from conftest import image_folder
+
+    from alexnet_rs.data import DataLoader
+
+    data = image_folder(tmp_path / "d")  # 64 training images: 4 global batches of 15, then 4
+    for view in ("center", "ten_crop"):
+        seen, lens = [], []
+        for rank in range(3):
+            loader = DataLoader(data, crop=16, batch_size=5, threads=1, rank=rank, world_size=3, view=view,
+                                shuffle=False)
+            batches = [images for images, _ in loader]
+            lens.append([len(b) for b in batches])
+            assert len(loader) == len(batches)
+            crops = 10 if view == "ten_crop" else 1
+            seen += [tuple(x.flatten()[:16].tolist()) for b in batches for x in b[::crops]]
+        assert len(seen) == len(set(seen)) == 64, view
+        crops = 10 if view == "ten_crop" else 1
+        assert lens == [[5 * crops] * 4 + [4 * crops], [5 * crops] * 4, [5 * crops] * 4], view
+    # Training shards: the same number of full batches on every rank (the tail is dropped).
+    assert [len(DataLoader(data, crop=16, batch_size=5, threads=1, rank=r, world_size=3)) for r in range(3)] == [4] * 3
+
+
 def test_a_shard_of_one_keeps_the_place_of_a_batch_of_only_bad_images(tmp_path):
     """Given rank/world_size, even a world of 1, the loader is a shard as the Rust training loop's
     is: a batch whose images were all bad comes empty in its place (a loop's learning rate
@@ -471,7 +518,7 @@ def test_a_shard_of_one_keeps_the_place_of_a_batch_of_only_bad_images(tmp_path):
     for i, f in enumerate(sorted((data / "train").rglob("*.png"))):
         if i % 4:
             f.write_bytes(b"")  # 16 readable
-    common = dict(crop=16, batch_size=2, threads=1, shuffle=True, drop_last=True, seed=1, view="center")
+    common = dict(crop=16, batch_size=2, threads=1, shuffle=True, drop_last=True, seed=1, view="train")
     plain = [labels.tolist() for _, labels in DataLoader(data, **common)]
     shard = [labels.tolist() for _, labels in DataLoader(data, rank=0, world_size=1, **common)]
     assert len(shard) == 32 and [] in shard
