@@ -84,7 +84,8 @@ fn lacking(dir: &Path, weights_only: bool) -> Vec<&'static str> {
     files.iter().copied().filter(|f| !dir.join(f).is_file()).collect()
 }
 
-/// Saves a checkpoint under `run/checkpoints/` and prunes old ones. Returns its folder.
+/// Saves a checkpoint under `run/checkpoints/`, keeping the newest `keep` and the best ones
+/// (pruned before the write too). Returns its folder.
 pub fn save(
     run: &Path,
     state: &TrainState,
@@ -95,6 +96,9 @@ pub fn save(
     let root = run.join("checkpoints");
     crate::files::create_dir(&root)?;
     remove_leftovers(&root)?;
+    // First down to `keep` (a resumed run's new --keep on a full disk freed nothing: the write
+    // failed before the prune); the newest and the best stay, so a failed write loses nothing.
+    prune(&root, keep.max(1), state.best_step)?;
     let name = format!("ckpt-{:09}", state.step);
     let tmp = root.join(format!(".{name}.tmp"));
     if let Err(e) = write_folder(&tmp, state, weights, velocity) {

@@ -261,12 +261,27 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
             }
         }
     };
-    // A fresh run: an unfinished earlier attempt's metrics would mix into this one's.
-    if t.out.exists() {
-        std::fs::remove_dir_all(&t.out).map_err(io(&t.out))?;
+    // An unfinished earlier attempt (a kill, Ctrl-C) continues from its newest checkpoint, its
+    // steps up to there replayed into the error window and targets (it was deleted and trained
+    // again from step 1); without a checkpoint of these settings it starts again (its metrics
+    // would mix into the new run's).
+    let resume = resumable(t);
+    match resume {
+        Some(step) => {
+            crate::say::line(&format!(
+                "  continuing {} from its checkpoint at step {step}",
+                t.out.display()
+            ));
+            let done = crate::metrics::Metrics::existing(&t.out).steps()?;
+            done.into_iter()
+                .filter(|r| r.step <= step)
+                .for_each(|r| on_event(&Event::Step(r)));
+        }
+        None if t.out.exists() => std::fs::remove_dir_all(&t.out).map_err(io(&t.out))?,
+        None => {}
     }
     let all_reached = || !targets.is_empty() && reached.iter().all(|c| c.get().is_some());
-    let eval = match train::train(t, None, &mut on_event, &all_reached) {
+    let eval = match train::train(t, resume.map(|_| t.out.as_path()), &mut on_event, &all_reached) {
         Ok(e) => Some(e),
         Err(e @ Error::Diverged { .. }) if !targets.is_empty() => {
             crate::say::line(&format!("  {e}"));
@@ -283,13 +298,15 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
         steps,
         seconds: started.elapsed().as_secs_f64(),
     };
+    let json = serde_json::to_string_pretty(&r).expect("plain record");
+    crate::files::write(&result_path, json.as_bytes())?;
+    crate::fault::point("experiment-result-written").map_err(io(&result_path))?;
     // The experiment keeps numbers, not weights: checkpoints of the paper network are ~160 MB.
+    // After the result (a kill between the two lost the finished run's checkpoints and result).
     let ckpts = t.out.join("checkpoints");
     if ckpts.exists() {
         std::fs::remove_dir_all(&ckpts).map_err(io(&ckpts))?;
     }
-    let json = serde_json::to_string_pretty(&r).expect("plain record");
-    crate::files::write(&result_path, json.as_bytes())?;
     Ok(r)
 }
 
@@ -410,7 +427,7 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
 
 mod runs;
 mod tables;
-use runs::{absolute_paths, finished, inputs_key, run_dir};
+use runs::{absolute_paths, finished, inputs_key, resumable, run_dir};
 pub use tables::mean_std;
 use tables::{ablation_table, fig1_table};
 

@@ -27,12 +27,14 @@
 //!   metrics.jsonl rewritten on resume, figures, statistics, caches, the Python side's ONNX
 //!   models and reports) is written and synced to its
 //!   `.partial` file, not yet renamed into place.
+//! - `experiment-result-written`: an `alexnet experiment` run's `result.json` is in place, its
+//!   checkpoints not yet deleted.
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Every point's name, for the tests and the error on a misspelt one.
-pub const POINTS: [&str; 9] = [
+pub const POINTS: [&str; 10] = [
     "ckpt-tmp-partial",
     "ckpt-tmp-written",
     "ckpt-old-away",
@@ -42,6 +44,7 @@ pub const POINTS: [&str; 9] = [
     "train-step",
     "figure-write",
     "file-partial",
+    "experiment-result-written",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -89,9 +89,10 @@ fn cut(path: &Path, keep: impl Fn(usize, &str) -> Option<bool>) -> Result<()> {
         if line.last() != Some(&b'\n') {
             break;
         }
+        // A file saved with CRLF line ends (a Windows editor) reads as ours.
         match std::str::from_utf8(&line[..line.len() - 1])
             .ok()
-            .and_then(|t| keep(i, t))
+            .and_then(|t| keep(i, t.strip_suffix('\r').unwrap_or(t)))
         {
             Some(true) => kept.extend_from_slice(line),
             Some(false) => break,
@@ -159,10 +160,19 @@ impl Metrics {
                 cut(&m.steps_path(), |_, l| {
                     serde_json::from_str::<StepRecord>(l).ok().map(|r| r.step <= at.step)
                 })?;
-                cut(&m.epochs_path(), |i, l| match i {
-                    0 => Some(l == CSV_HEADER), // a file without our header is started again
+                // Another first line than our header is dropped with a warning like any unreadable
+                // line, and the header put back (the whole history was cut away in silence).
+                let p = m.epochs_path();
+                cut(&p, |i, l| match i {
+                    0 if l == CSV_HEADER => Some(true),
                     _ => parse_csv_row(l).map(|r| r.step <= at.step && r.epoch <= at.epoch),
                 })?;
+                match fs::read(&p) {
+                    Ok(rows) if !rows.is_empty() && !rows.starts_with(CSV_HEADER.as_bytes()) => {
+                        crate::files::write(&p, &[format!("{CSV_HEADER}\n").as_bytes(), &rows].concat())?
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(m)

@@ -269,6 +269,93 @@ fn ablation_summary_pairs_the_arms_by_seed() {
     assert!(root.join("lrn.json").is_file());
 }
 
+/// `alexnet experiment relu-vs-tanh`, one seed at lr 0.1, tiny, into `root` (with `fault`).
+fn fig1_cli(root: &std::path::Path, fault: Option<&str>) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_alexnet"));
+    c.args([
+        "experiment",
+        "relu-vs-tanh",
+        "--seeds",
+        "1",
+        "--lrs",
+        "0.1",
+        "--target-errors",
+        "0.99,0.8",
+    ]);
+    c.args([
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--limit-train",
+        "1280",
+        "--limit-test",
+        "64",
+        "--threads",
+    ]);
+    c.args(["2", "--checkpoint-every", "4", "--out"]).arg(root);
+    match fault {
+        Some(f) => c.env("ALEXNET_FAULT", f),
+        None => c.env_remove("ALEXNET_FAULT"),
+    };
+    c.output().unwrap()
+}
+
+/// Each run's result.json with its timing left out.
+fn results(root: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<_> = walk(root).into_iter().filter(|p| p.ends_with("result.json")).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v["config"]["out"] = serde_json::Value::Null;
+            v
+        })
+        .collect()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        match e.path().is_dir() {
+            true => out.extend(walk(&e.path())),
+            false => out.push(e.path()),
+        }
+    }
+    out
+}
+
+#[test]
+fn an_interrupted_experiment_continues_its_runs_and_keeps_finished_ones() {
+    require_data();
+    let _g = serial();
+    let reference = tmp("fig1-whole");
+    assert!(fig1_cli(&reference, None).status.success());
+    // Killed after a run's second checkpoint: the rerun deleted the run and trained it again from
+    // step 1; it continues from step 8 now, to the same records.
+    let killed = tmp("fig1-killed");
+    assert!(!fig1_cli(&killed, Some("ckpt-renamed:kill@2")).status.success());
+    let again = fig1_cli(&killed, None);
+    let said = String::from_utf8_lossy(&again.stdout).to_string() + &String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.status.success() && said.contains("from its checkpoint at step 8"),
+        "{said}"
+    );
+    assert_eq!(results(&killed), results(&reference));
+    // Killed between a finished run's result and the deletion of its checkpoints: the result is
+    // there and is reused (the checkpoints went first, and a rerun trained the run again).
+    let late = tmp("fig1-late");
+    assert!(!fig1_cli(&late, Some("experiment-result-written:kill@1"))
+        .status
+        .success());
+    let again = fig1_cli(&late, None);
+    let said = String::from_utf8_lossy(&again.stdout).to_string() + &String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success() && said.contains("reusing"), "{said}");
+    assert_eq!(results(&late), results(&reference));
+}
+
 #[test]
 fn settings_that_would_void_the_comparison_are_refused_before_any_run() {
     let root = tmp("void");

@@ -3,7 +3,7 @@
 //! behind, the caller's `--keep` applies, and a state that cannot be continued is refused.
 //! Small cnn4 runs on Fashion-MNIST (Debian's dataset-fashion-mnist, installed by `make setup`).
 use alexnet_rs::checkpoint;
-use alexnet_rs::metrics::{Metrics, ResumeAt, StepRecord};
+use alexnet_rs::metrics::{EpochRecord, Metrics, ResumeAt, StepRecord};
 use alexnet_rs::train::{train, TrainConfig};
 use std::fs;
 use std::path::Path;
@@ -275,6 +275,34 @@ fn an_unreadable_metrics_line_is_dropped_alone() {
 }
 
 #[test]
+fn an_epochs_csv_with_crlf_line_ends_or_another_header_keeps_its_rows() {
+    let _s = serial();
+    // A first line other than our exact header (CRLF line ends from a Windows editor, or a
+    // header of another version) made a resume truncate epochs.csv to nothing, in silence.
+    let dir = tmp("epochs-header");
+    let m = Metrics::open(&dir, None).unwrap();
+    for epoch in 1..=3 {
+        m.epoch(&EpochRecord {
+            epoch,
+            step: epoch * 4,
+            ..EpochRecord::default()
+        })
+        .unwrap();
+    }
+    let path = dir.join("epochs.csv");
+    let good = fs::read_to_string(&path).unwrap();
+    let two: String = good.lines().take(3).map(|l| format!("{l}\n")).collect(); // header + epochs 1, 2
+    let at = ResumeAt { step: 8, epoch: 2 };
+    fs::write(&path, good.replace('\n', "\r\n")).unwrap();
+    Metrics::open(&dir, Some(at)).unwrap();
+    assert_eq!(fs::read_to_string(&path).unwrap().replace('\r', ""), two);
+    let other = good.replacen("epoch,step", "epoch,global_step", 1);
+    fs::write(&path, other).unwrap();
+    Metrics::open(&dir, Some(at)).unwrap();
+    assert_eq!(fs::read_to_string(&path).unwrap(), two);
+}
+
+#[test]
 fn a_partial_metrics_line_does_not_block_resume() {
     let _s = serial();
     require_data();
@@ -334,6 +362,10 @@ fn resume_honours_a_new_keep() {
             .count()
     };
     assert_eq!(count(), 3);
+    // On a full disk the new --keep freed nothing: the prune came after the failing write.
+    let out = cli(&b, true, &["--keep", "2"], Some("ckpt-tmp-partial:enospc@1"));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("No space left"));
+    assert_eq!(count(), 2);
     run(
         &TrainConfig {
             max_steps: Some(1),
@@ -343,6 +375,31 @@ fn resume_honours_a_new_keep() {
         Some(&b),
     );
     assert_eq!(count(), 1);
+}
+
+#[test]
+fn a_run_folder_in_or_named_checkpoints_resumes() {
+    let _s = serial();
+    require_data();
+    // `--out /data/checkpoints/run1` was taken for a checkpoint of /data on resume ("no
+    // checkpoint here"), and `--auto-resume` failed on every restart; `--out nest/checkpoints`
+    // likewise for nest.
+    let b = tmp("named-checkpoints");
+    for run_dir in [b.join("checkpoints").join("run1"), b.join("nest").join("checkpoints")] {
+        run(
+            &TrainConfig {
+                max_steps: Some(2),
+                ..tiny(&run_dir)
+            },
+            None,
+        );
+        let out = resume_in(&b, &run_dir, &["--max-steps", "4"]); // steps 3-6
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {err}", run_dir.display());
+        let latest = checkpoint::find_latest(&run_dir).unwrap();
+        assert!(latest.ends_with("checkpoints/ckpt-000000006"), "{}", latest.display());
+        assert!(!b.join(".lock").exists() && !b.join("nest").join(".lock").exists());
+    }
 }
 
 #[test]

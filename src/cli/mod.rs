@@ -66,7 +66,8 @@ enum Command {
     /// The paper's ablations at small scale on Fashion-MNIST: relu-vs-tanh (Fig. 1, a four-layer
     /// CNN), lrn, overlap-pool, dropout (the paper network at 63x63); each arm over several seeds.
     /// Writes a run folder per arm, learning rate and seed and a summary table
-    /// (<out>/<experiment>.md); rerun, the same command reuses the finished runs.
+    /// (<out>/<experiment>.md); rerun, the same command reuses the finished runs and continues
+    /// interrupted ones from their newest checkpoint.
     Experiment(Box<train::ExperimentArgs>),
     /// Throughput benchmarks.
     #[command(subcommand)]

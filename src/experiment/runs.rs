@@ -88,6 +88,15 @@ pub(super) fn finished(t: &TrainConfig, targets: &[f64], result_path: &Path) -> 
     Ok(Some(r))
 }
 
+/// The step of the newest checkpoint an unfinished earlier attempt at `t` left, if it was made
+/// with `t`'s settings (it is continued from there); `None`: there is none to continue.
+pub(super) fn resumable(t: &TrainConfig) -> Option<u64> {
+    let dir = crate::checkpoint::find_latest(&t.out).ok()?;
+    let text = crate::files::read_small_text(&dir.join("state.json")).ok()?;
+    let state: crate::checkpoint::TrainState = serde_json::from_str(&text).ok()?;
+    (result_shaping(&state.config) == result_shaping(t)).then_some(state.step)
+}
+
 /// `t` with its folder, data, statistics and initial weights as absolute paths.
 pub(super) fn absolute_paths(t: &TrainConfig) -> Result<TrainConfig> {
     let abs = |p: &Path| std::path::absolute(p).map_err(io(p));

@@ -13,8 +13,15 @@ use std::path::Path;
 const STATS: &str = "stats.safetensors";
 
 /// The run folder of a checkpoint folder (`<run>/checkpoints/ckpt-<step>`; `.` for a relative
-/// `checkpoints/ckpt-<step>`, given from inside the run folder).
+/// `checkpoints/ckpt-<step>`, given from inside the run folder). A run folder is none, even one
+/// in a folder named `checkpoints` (`/data/checkpoints/run1` was taken for a checkpoint of
+/// `/data`, and could not be resumed).
 fn run_folder(ckpt: &Path) -> Option<&Path> {
+    let name = ckpt.file_name()?.to_string_lossy();
+    // ckpt-<step>, or a crash's hidden complete copy (.ckpt-<step>.tmp / .old).
+    if !(name.starts_with("ckpt-") || name.starts_with(".ckpt-")) || ckpt.join("checkpoints").is_dir() {
+        return None;
+    }
     let run = ckpt
         .parent()
         .filter(|p| p.ends_with("checkpoints"))
@@ -136,10 +143,10 @@ pub fn recover_run(path: &Path, group: Option<&Group>) -> Result<Option<RunLock>
 }
 
 /// The run folder that `path` (a run folder, its `checkpoints/` or one of its checkpoint
-/// folders) belongs to.
+/// folders) belongs to. A folder that holds `checkpoints/` is a run folder, whatever its name.
 pub fn run_of(path: &Path) -> &Path {
     match path.parent() {
-        Some(run) if path.ends_with("checkpoints") && path.is_dir() => run,
+        Some(run) if path.ends_with("checkpoints") && path.is_dir() && !path.join("checkpoints").is_dir() => run,
         _ => run_folder(path).unwrap_or(path),
     }
 }
