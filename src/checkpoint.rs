@@ -62,6 +62,11 @@ fn parse_name(name: &str) -> Option<(u64, u8)> {
     s.parse().ok().map(|s| (s, rank))
 }
 
+/// Whether `name` is a checkpoint folder's (visible or a crash's hidden copy).
+pub(crate) fn is_checkpoint_name(name: &str) -> bool {
+    parse_name(name).is_some()
+}
+
 fn step_of(name: &str) -> Option<u64> {
     parse_name(name).filter(|&(_, rank)| rank == 2).map(|(s, _)| s)
 }
@@ -97,8 +102,14 @@ pub fn save(
     crate::files::create_dir(&root)?;
     remove_leftovers(&root)?;
     // First down to `keep` (a resumed run's new --keep on a full disk freed nothing: the write
-    // failed before the prune); the newest and the best stay, so a failed write loses nothing.
-    prune(&root, keep.max(1), state.best_step)?;
+    // failed before the prune). The newest stays, and the best on disk (when this state is a new
+    // best, its own best_step names a step not written yet), so a failed write loses nothing.
+    let best_on_disk = find_latest(&root)
+        .ok()
+        .and_then(|d| crate::files::read_small_text(&d.join("state.json")).ok())
+        .and_then(|text| serde_json::from_str::<TrainState>(&text).ok())
+        .and_then(|s| s.best_step);
+    prune(&root, keep.max(1), &[state.best_step, best_on_disk])?;
     let name = format!("ckpt-{:09}", state.step);
     let tmp = root.join(format!(".{name}.tmp"));
     if let Err(e) = write_folder(&tmp, state, weights, velocity) {
@@ -113,7 +124,7 @@ pub fn save(
     let dst = root.join(&name);
     replace(&root, &tmp, &dst, &root.join(format!(".{name}.old")))?;
     fault::point("ckpt-before-prune").map_err(io(&root))?;
-    prune(&root, keep.max(1), state.best_step)?;
+    prune(&root, keep.max(1), &[state.best_step])?;
     Ok(dst)
 }
 
@@ -189,7 +200,8 @@ fn remove_leftovers(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn prune(root: &Path, keep: usize, best: Option<u64>) -> Result<()> {
+/// Removes all but the newest `keep` checkpoints and the `best` ones.
+fn prune(root: &Path, keep: usize, best: &[Option<u64>]) -> Result<()> {
     let mut steps: Vec<u64> = fs::read_dir(root)
         .map_err(io(root))?
         .filter_map(|e| e.ok().and_then(|e| step_of(&e.file_name().to_string_lossy())))
@@ -197,7 +209,7 @@ fn prune(root: &Path, keep: usize, best: Option<u64>) -> Result<()> {
     steps.sort_unstable();
     let n = steps.len();
     for &s in steps.iter().take(n.saturating_sub(keep)) {
-        if Some(s) != best {
+        if !best.contains(&Some(s)) {
             remove(root, &format!("ckpt-{s:09}"))?;
         }
     }

@@ -261,3 +261,32 @@ fn a_paper_checkpoint_from_before_the_per_tower_lrn_is_told_apart() {
     assert!(old.is_some_and(|w| w.contains("two towers")));
     assert_eq!(state(Preset::Caffe), (None, None), "caffe's LRN did not change");
 }
+
+#[test]
+fn a_new_best_whose_save_fails_keeps_the_old_best() {
+    let _s = serial();
+    // --keep 1, ckpt 10 the best and 20 the newest: saving 30, a new best, first pruned down to
+    // the newest and the state's best (30, not on disk yet), deleting 10; the write then failed
+    // (a full disk) and the best weights were gone.
+    let (run, mut state, w) = run_with("best-kept", &[]);
+    let v: BTreeMap<String, Tensor> = w.iter().map(|(k, t)| (k.clone(), t.zeros_like())).collect();
+    state.best_step = Some(10);
+    for s in [10, 20] {
+        state.step = s;
+        checkpoint::save(&run, &state, &w, &v, 1).unwrap();
+    }
+    assert!(ckpt(&run, 10).is_dir() && ckpt(&run, 20).is_dir());
+    (state.step, state.best_step) = (30, Some(30));
+    // safetensors has no complex dtype: the write fails.
+    let mut unwritable: BTreeMap<String, Tensor> = v.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    unwritable.insert(
+        "z".into(),
+        Tensor::zeros([1], (tch::Kind::ComplexFloat, tch::Device::Cpu)),
+    );
+    assert!(checkpoint::save(&run, &state, &w, &unwritable, 1).is_err());
+    assert!(
+        ckpt(&run, 10).is_dir(),
+        "the best checkpoint was pruned before a write that failed"
+    );
+    assert!(ckpt(&run, 20).is_dir() && !ckpt(&run, 30).exists());
+}

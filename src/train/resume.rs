@@ -19,7 +19,7 @@ const STATS: &str = "stats.safetensors";
 fn run_folder(ckpt: &Path) -> Option<&Path> {
     let name = ckpt.file_name()?.to_string_lossy();
     // ckpt-<step>, or a crash's hidden complete copy (.ckpt-<step>.tmp / .old).
-    if !(name.starts_with("ckpt-") || name.starts_with(".ckpt-")) || ckpt.join("checkpoints").is_dir() {
+    if !checkpoint::is_checkpoint_name(&name) || ckpt.join("checkpoints").is_dir() {
         return None;
     }
     let run = ckpt
