@@ -8,8 +8,9 @@
 //! (the unchanged preset) when they write under the same root.
 use crate::config::Activation;
 use crate::error::{io, Error, Result};
+use crate::metrics::StepRecord;
 use crate::train::{self, Event, TrainConfig};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
@@ -217,6 +218,64 @@ pub struct Summary {
     pub markdown: String,
 }
 
+/// Fig. 1's view of a run's steps: the mean training error of the last [`ERROR_WINDOW`] batches
+/// and the first step at which it reached each target.
+struct Progress<'a> {
+    targets: &'a [f64],
+    window: RefCell<VecDeque<f64>>,
+    reached: Vec<Cell<Option<u64>>>,
+    steps: Cell<u64>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(targets: &'a [f64]) -> Self {
+        Progress {
+            targets,
+            window: RefCell::new(VecDeque::with_capacity(ERROR_WINDOW)),
+            reached: targets.iter().map(|_| Cell::new(None)).collect(),
+            steps: Cell::new(0),
+        }
+    }
+
+    /// Takes step `r` in; returns the window's mean training error and length.
+    fn record(&self, r: &StepRecord) -> (f64, usize) {
+        self.steps.set(r.step);
+        let mut window = self.window.borrow_mut();
+        if window.len() == ERROR_WINDOW {
+            window.pop_front();
+        }
+        window.push_back(r.train_error);
+        let mean = window.iter().sum::<f64>() / window.len() as f64;
+        for (goal, at) in self.targets.iter().zip(&self.reached) {
+            if window.len() == ERROR_WINDOW && mean <= *goal && at.get().is_none() {
+                at.set(Some(r.step));
+            }
+        }
+        (mean, window.len())
+    }
+
+    fn all_reached(&self) -> bool {
+        !self.targets.is_empty() && self.reached.iter().all(|c| c.get().is_some())
+    }
+}
+
+/// Where an unfinished earlier attempt at `t` continues: its newest checkpoint's step, with
+/// `progress` replayed from its metrics up to there. `None` (a fresh start): no checkpoint of
+/// these settings, unreadable metrics, a step or time limit (it counts this invocation's steps:
+/// a continued run would train past the uninterrupted one), or targets all reached already (the
+/// run stopped there; continuing would train one more step).
+fn continue_from(t: &TrainConfig, progress: &Progress) -> Option<u64> {
+    if t.max_steps.is_some() || t.time_budget_s.is_some() {
+        return None;
+    }
+    let step = resumable(t)?;
+    let done = crate::metrics::Metrics::existing(&t.out).steps().ok()?;
+    done.iter().filter(|r| r.step <= step).for_each(|r| {
+        progress.record(r);
+    });
+    (!progress.all_reached()).then_some(step)
+}
+
 /// Runs (or reuses) one training run. With `targets` (Fig. 1) it stops once the training error
 /// has reached all of them, and a diverging run counts as reaching none of the rest.
 fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
@@ -231,57 +290,40 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     let result_path = t.out.join("result.json");
     if let Some(r) = finished(t, targets, &result_path)? {
         crate::say::line(&format!("  reusing {}", result_path.display()));
+        remove_checkpoints(t)?; // a kill between the result and their deletion left them
         return Ok(r);
     }
     let started = std::time::Instant::now();
-    let reached: Vec<Cell<Option<u64>>> = targets.iter().map(|_| Cell::new(None)).collect();
-    let mut window = VecDeque::with_capacity(ERROR_WINDOW);
-    let mut steps = 0;
+    // An unfinished earlier attempt (a kill, Ctrl-C) continues from its newest checkpoint (it was
+    // deleted and trained again from step 1); otherwise it starts again (its metrics would mix
+    // into the new run's).
+    let mut progress = Progress::new(targets);
+    let resume = continue_from(t, &progress);
+    match resume {
+        Some(step) => crate::say::line(&format!(
+            "  continuing {} from its checkpoint at step {step}",
+            t.out.display()
+        )),
+        None => {
+            progress = Progress::new(targets);
+            if t.out.exists() {
+                std::fs::remove_dir_all(&t.out).map_err(io(&t.out))?;
+            }
+        }
+    }
     let mut on_event = |e: &Event| {
         if let Event::Step(r) = e {
-            steps = r.step;
-            if window.len() == ERROR_WINDOW {
-                window.pop_front();
-            }
-            window.push_back(r.train_error);
-            let mean = window.iter().sum::<f64>() / window.len() as f64;
+            let (mean, n) = progress.record(r);
             if r.step % 100 == 0 {
                 crate::say::line(&format!(
-                    "  step {}: loss {:.4}, training error {mean:.4} (last {} batches), {:.0} img/s",
-                    r.step,
-                    r.loss,
-                    window.len(),
-                    r.images_per_s
+                    "  step {}: loss {:.4}, training error {mean:.4} (last {n} batches), {:.0} img/s",
+                    r.step, r.loss, r.images_per_s
                 ));
-            }
-            for (goal, at) in targets.iter().zip(&reached) {
-                if window.len() == ERROR_WINDOW && mean <= *goal && at.get().is_none() {
-                    at.set(Some(r.step));
-                }
             }
         }
     };
-    // An unfinished earlier attempt (a kill, Ctrl-C) continues from its newest checkpoint, its
-    // steps up to there replayed into the error window and targets (it was deleted and trained
-    // again from step 1); without a checkpoint of these settings it starts again (its metrics
-    // would mix into the new run's).
-    let resume = resumable(t);
-    match resume {
-        Some(step) => {
-            crate::say::line(&format!(
-                "  continuing {} from its checkpoint at step {step}",
-                t.out.display()
-            ));
-            let done = crate::metrics::Metrics::existing(&t.out).steps()?;
-            done.into_iter()
-                .filter(|r| r.step <= step)
-                .for_each(|r| on_event(&Event::Step(r)));
-        }
-        None if t.out.exists() => std::fs::remove_dir_all(&t.out).map_err(io(&t.out))?,
-        None => {}
-    }
-    let all_reached = || !targets.is_empty() && reached.iter().all(|c| c.get().is_some());
-    let eval = match train::train(t, resume.map(|_| t.out.as_path()), &mut on_event, &all_reached) {
+    let stop = || progress.all_reached();
+    let eval = match train::train(t, resume.map(|_| t.out.as_path()), &mut on_event, &stop) {
         Ok(e) => Some(e),
         Err(e @ Error::Diverged { .. }) if !targets.is_empty() => {
             crate::say::line(&format!("  {e}"));
@@ -294,20 +336,25 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
         test_top1_error: eval.as_ref().map(|e| 1.0 - e.top1),
         test_top5_error: eval.map(|e| 1.0 - e.top5),
         targets: targets.to_vec(),
-        steps_to_target: reached.iter().map(Cell::get).collect(),
-        steps,
+        steps_to_target: progress.reached.iter().map(Cell::get).collect(),
+        steps: progress.steps.get(),
         seconds: started.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_string_pretty(&r).expect("plain record");
     crate::files::write(&result_path, json.as_bytes())?;
     crate::fault::point("experiment-result-written").map_err(io(&result_path))?;
-    // The experiment keeps numbers, not weights: checkpoints of the paper network are ~160 MB.
     // After the result (a kill between the two lost the finished run's checkpoints and result).
-    let ckpts = t.out.join("checkpoints");
-    if ckpts.exists() {
-        std::fs::remove_dir_all(&ckpts).map_err(io(&ckpts))?;
-    }
+    remove_checkpoints(t)?;
     Ok(r)
+}
+
+/// The experiment keeps numbers, not weights: checkpoints of the paper network are ~160 MB.
+fn remove_checkpoints(t: &TrainConfig) -> Result<()> {
+    let ckpts = t.out.join("checkpoints");
+    match ckpts.exists() {
+        true => std::fs::remove_dir_all(&ckpts).map_err(io(&ckpts)),
+        false => Ok(()),
+    }
 }
 
 /// The training errors Fig. 1 times (`relu-vs-tanh` only; fractions in [0, 1)).

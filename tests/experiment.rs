@@ -344,6 +344,13 @@ fn an_interrupted_experiment_continues_its_runs_and_keeps_finished_ones() {
         "{said}"
     );
     assert_eq!(results(&killed), results(&reference));
+    // Killed after the checkpoint of the step that met every target (during the final
+    // evaluation): continued, it would train one step more; it starts again instead.
+    let met = tmp("fig1-met");
+    assert!(!fig1_cli(&met, Some("ckpt-renamed:kill@4")).status.success()); // relu: steps 4, 8, 12, 15
+    let again = fig1_cli(&met, None);
+    assert!(again.status.success() && !String::from_utf8_lossy(&again.stdout).contains("continuing"));
+    assert_eq!(results(&met), results(&reference));
     // Killed between a finished run's result and the deletion of its checkpoints: the result is
     // there and is reused (the checkpoints went first, and a rerun trained the run again).
     let late = tmp("fig1-late");
