@@ -93,9 +93,8 @@ fn class_folders(root: &Path) -> Result<Vec<(String, std::ffi::OsString)>> {
 impl Dataset {
     /// Opens `path`: a folder holding IDX files (`<split>-images-idx3-ubyte[.gz]` with Fashion-MNIST's
     /// `train`/`t10k` names), a list file (`.txt`/`.csv`), or an image folder. For an image folder
-    /// with `train/` and `val/` (or `test/`) subfolders, `split` picks one; the test split is
-    /// labelled by `train/`'s classes (a `val/` that lacks one keeps the training labels; a class
-    /// `train/` lacks is an error naming it).
+    /// with `train/` and `val/` (or `test/`) subfolders, `split` picks one (labelled by its own
+    /// folders: see [`Dataset::training_classes`] and [`Dataset::labelled_as`]).
     pub fn open(path: &Path, split: Split) -> Result<Dataset> {
         if path.is_file() {
             return Dataset::list_file(path);
@@ -132,12 +131,7 @@ impl Dataset {
             Split::Test => (&TEST_FOLDERS, &["train"]),
         };
         if let Some(s) = wanted.iter().find(|s| path.join(s).is_dir()) {
-            let ds = Dataset::image_folder(&path.join(s))?;
-            let train = path.join("train");
-            return match split == Split::Test && train.is_dir() {
-                true => ds.labelled_as(&class_folders(&train)?.into_iter().map(|(c, _)| c).collect::<Vec<_>>()),
-                false => Ok(ds),
-            };
+            return Dataset::image_folder(&path.join(s));
         }
         // With a folder of the other split, this one is missing (not the root's subfolders).
         if let Some(other) = others.iter().find(|s| path.join(s).is_dir()) {
@@ -152,6 +146,15 @@ impl Dataset {
             ));
         }
         Dataset::image_folder(path)
+    }
+
+    /// The class names of `path`'s `train/` when `path` is an image folder with `train/` beside a
+    /// `val/` or `test/`: what its test split is labelled by when no other names are given
+    /// (its own folders' order mislabels a class `val/` lacks).
+    pub fn training_classes(path: &Path) -> Option<Vec<String>> {
+        let has_test = TEST_FOLDERS.iter().any(|s| path.join(s).is_dir());
+        let folders = class_folders(&path.join("train")).ok().filter(|_| has_test)?;
+        Some(folders.into_iter().map(|(name, _)| name).collect())
     }
 
     /// What `path` lacks for a test split of its own (IDX test files, or a val/ or test/ folder
@@ -235,9 +238,10 @@ impl Dataset {
         let text = read_list(list)?;
         let base = list.parent().unwrap_or(Path::new("."));
         let mut items = Vec::new();
-        // Each file once (as the folder walker has it): `a.png 0` then `./a.png 1` trained one
-        // image under two labels. Paths compare as written, less `.` components.
-        let mut lines: std::collections::HashMap<PathBuf, usize> = std::collections::HashMap::new();
+        // One label per file: `a.png 0` then `./a.png 1` trained one image under two labels
+        // (listed twice with one label is oversampling, allowed). Paths compare as written, less
+        // `.` components.
+        let mut lines: std::collections::HashMap<PathBuf, (usize, i64)> = std::collections::HashMap::new();
         // A UTF-8 byte order mark (Windows editors) is not part of the first path.
         for (n, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
             let line = line.trim();
@@ -281,11 +285,18 @@ impl Dataset {
                 .components()
                 .filter(|c| *c != std::path::Component::CurDir)
                 .collect();
-            if let Some(first) = lines.insert(key, n + 1) {
-                return Err(data_err(
-                    list,
-                    format!("line {}: `{}` is listed again (line {first})", n + 1, shortened(path)),
-                ));
+            match lines.entry(key).or_insert((n + 1, label)) {
+                (first, l) if *l != label => {
+                    return Err(data_err(
+                        list,
+                        format!(
+                            "line {}: `{}` is listed again with another label ({label}; line {first}: {l})",
+                            n + 1,
+                            shortened(path)
+                        ),
+                    ))
+                }
+                _ => {}
             }
             items.push((Sample::File(base.join(path)), label));
         }

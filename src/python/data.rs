@@ -173,6 +173,13 @@ impl DataLoader {
             if let Some(w) = Dataset::test_split_warning(&data, split) {
                 warn(w)?;
             }
+            // Labelled as the training split (or `classes`): a val/ that lacks a class would
+            // shift the labels of the classes after it.
+            let classes = classes.or_else(|| {
+                (split == Split::Test)
+                    .then(|| Dataset::training_classes(&data))
+                    .flatten()
+            });
             if let Some(classes) = classes {
                 core(crate::data::check_class_names(&classes))?;
                 ds = core(ds.labelled_as(&classes))?;

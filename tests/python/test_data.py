@@ -320,8 +320,11 @@ def test_list_file_source(tmp_path):
     (tmp_path / "classes.txt").unlink()
     (tmp_path / files[0].name).write_bytes(files[0].read_bytes())
     (tmp_path / "dup.txt").write_text(f"{files[0].name} 0\n{files[1]} 1\n./{files[0].name} 1\n")
-    with pytest.raises(alexnet_rs.DataError, match=f"line 3: `./{files[0].name}` is listed again .line 1."):
+    with pytest.raises(alexnet_rs.DataError,
+                       match=f"line 3: `./{files[0].name}` is listed again with another label .1; line 1: 0."):
         DataLoader(tmp_path / "dup.txt")
+    (tmp_path / "dup.txt").write_text(f"{files[0].name} 0\n{files[1]} 1\n./{files[0].name} 0\n")
+    assert DataLoader(tmp_path / "dup.txt").num_samples == 3  # oversampling: one label
 
 
 def test_a_val_split_is_labelled_by_the_training_class_names(tmp_path):
@@ -344,6 +347,9 @@ def test_a_val_split_is_labelled_by_the_training_class_names(tmp_path):
     (tmp_path / "val" / "d" / files[5].name).write_bytes(files[5].read_bytes())
     with pytest.raises(alexnet_rs.DataError, match="class `d` is not one of the training classes"):
         DataLoader(tmp_path, split="val")
+    val = DataLoader(tmp_path, split="val", crop=64, view="center", batch_size=3, shuffle=False,
+                     classes=["a", "b", "c", "d"])  # given names win over train/'s
+    assert next(iter(val))[1].tolist() == [0, 2, 3]
 
 
 def test_a_test_split_of_the_training_images_is_said(tmp_path):
