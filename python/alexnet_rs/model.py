@@ -98,6 +98,28 @@ class _Layer(nn.Module):
     def __bool__(self) -> bool:
         return True  # a module, not an empty container
 
+    def _weight_shape(self, kind: str) -> tuple[int, ...]:
+        """The layer's whole weight shape (shards' rows added up), if it is a ``kind`` layer
+        (``linear``: 2-D, ``conv``: 4-D); AttributeError otherwise, as nn.Module gives."""
+        shards = [p.shape for n, p in self._parameters.items()
+                  if p is not None and (n == "weight" or n.startswith("weight__shard"))]
+        if not shards or len(shards[0]) != (2 if kind == "linear" else 4):
+            raise AttributeError(f"{self._path} is no {kind} layer")
+        return (sum(s[0] for s in shards), *shards[0][1:])
+
+    # torchvision's fine-tuning idiom reads these (model.classifier[6].in_features).
+    @property
+    def in_features(self) -> int:
+        return self._weight_shape("linear")[1]
+
+    @property
+    def out_features(self) -> int:
+        return self._weight_shape("linear")[0]
+
+    @property
+    def out_channels(self) -> int:
+        return self._weight_shape("conv")[0]
+
     def __setattr__(self, name: str, value) -> None:
         if not _replacing(self, name, value):
             super().__setattr__(name, value)
@@ -267,7 +289,7 @@ class AlexNet(nn.Module):
             st, pad = op["stride"], op["padding"]
             computed = dict(stride=(st, st), padding=(pad, pad), dilation=(1, 1), groups=op["groups"],
                             padding_mode="zeros")
-            odd = [f"{n}={getattr(new, n)!r}" for n, v in computed.items() if getattr(new, n, v) != v]
+            odd = [f"{n}={getattr(new, n)!r}" for n, v in computed.items() if _setting(new, n, v) != v]
             if odd:
                 raise ConfigError(f"{path} computes {_layer_repr(op)} with the new module's weight and bias only; "
                                   f"a {type(new).__name__} with {', '.join(odd)} would not be computed as such")
@@ -502,6 +524,17 @@ def _whole_missing_keys(module, incompatible) -> None:
         if key not in names:
             names.append(key)
     incompatible.missing_keys[:] = names
+
+
+def _setting(module: nn.Module, name: str, default):
+    """A convolution setting of ``module`` as the layer table states it: pairs for ints
+    (``stride=4`` is ``(4, 4)``), ``padding="valid"``/``"same"`` as the pixels they pad."""
+    value = getattr(module, name, default)
+    if name == "padding" and value in ("valid", "same"):
+        kernel = nn.modules.utils._pair(getattr(module, "kernel_size", 1))
+        dilation = nn.modules.utils._pair(getattr(module, "dilation", 1))
+        value = (0, 0) if value == "valid" else tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
+    return nn.modules.utils._pair(value) if name in ("stride", "padding", "dilation") else value
 
 
 def _layer_repr(op: dict) -> str:

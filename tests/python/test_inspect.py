@@ -173,6 +173,16 @@ def test_torchvisions_head_replacement_idiom_trains_as_on_torchvision():
     torch.manual_seed(0)
     tv = torchvision.models.alexnet(weights=None).eval()
     ours = alexnet_rs.from_torchvision(tv)
+    # The idiom reads the old head's sizes first (`'_Layer' object has no attribute 'in_features'`).
+    assert (ours.classifier[6].in_features, ours.classifier[6].out_features) == (4096, 1000)
+    assert ours.features[0].out_channels == tv.features[0].out_channels == 64
+    two = alexnet_rs.AlexNet("paper", input_size=63, devices="cpu,cpu")  # fc6's rows in two shards
+    assert (two.fc6.out_features, two.conv2.out_channels) == (4096, 256)  # whole, not a shard's 2048 / 128
+    assert tuple(two.state_dict()["fc6.weight"].shape) == (4096, two.fc6.in_features) == (4096, 256)  # 1x1 maps
+    with pytest.raises(AttributeError):
+        ours.classifier.in_features
+    with pytest.raises(AttributeError):
+        ours.features[0].in_features
     head = torch.nn.Linear(4096, 10)
     tv.classifier[6] = head
     ours.classifier[6] = torch.nn.Linear(4096, 10)
@@ -192,6 +202,7 @@ def test_torchvisions_head_replacement_idiom_trains_as_on_torchvision():
     conv1 = torch.nn.Conv2d(3, 96, 11, stride=4, padding=2)
     paper.conv1 = conv1
     assert paper.get_parameter("conv1.weight") is conv1.weight
+    paper.conv3 = torch.nn.Conv2d(256, 384, 3, padding="same")  # the same as (1, 1): accepted
     torch.testing.assert_close(paper.features(x[:, :, :63, :63], "conv1")["conv1"],
                                torch.relu(conv1(x[:, :, :63, :63])), rtol=1e-5, atol=1e-6)
     paper.fc8 = torch.nn.Linear(4096, 3)
