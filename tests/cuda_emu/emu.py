@@ -446,14 +446,17 @@ def run_conv(emu: Emu, c: dict) -> list[Outcome]:
     sh = ConvShape(N, Cin, H, W, Cout, Kk, Kk, OH, OW, S, S, P, P, G)
     code = DTYPE_CODE[dtn]
     name = f"conv {dtn} {tag}: N{N} {Cin}x{H}x{W} -> {Cout}x{OH}x{OW} k{Kk} s{S} p{P} g{G}"
-    # The weight gradient's split-K workspace, as the glue allocates it; NaN bytes, so that a
-    # partial sum the kernel never writes shows.
+    # The weight gradient's split-K workspace, as the glue allocates it; fresh NaN bytes for each
+    # call, so that a partial sum the kernel never writes shows (not an earlier schedule's).
     ws_bytes = emu.lib.alexnet_rs_conv_cuda_backward_weight_workspace(code, sh)
-    ws = torch.full((ws_bytes,), 0xFF, dtype=torch.uint8) if ws_bytes > 0 else None
+
+    def workspace():
+        return torch.full((ws_bytes,), 0xFF, dtype=torch.uint8) if ws_bytes > 0 else None
+
     passes = [
         ("forward", "alexnet_rs_conv_cuda_forward", (x, w, b), y64.detach(), ya.detach(), Cin // G * Kk * Kk),
         ("backward-data", "alexnet_rs_conv_cuda_backward_data", (dy, w), dx64, dxa, Cout // G * Kk * Kk),
-        ("backward-weight", "alexnet_rs_conv_cuda_backward_weight", (dy, x), dw64, dwa, N * OH * OW, ws),
+        ("backward-weight", "alexnet_rs_conv_cuda_backward_weight", (dy, x), dw64, dwa, N * OH * OW, workspace),
     ]
     out = []
     for pname, fn, ins, ref, scale, K, *extra in passes:
@@ -462,7 +465,8 @@ def run_conv(emu: Emu, c: dict) -> list[Outcome]:
         results, errs = [], []
         for s in SCHEDULES:
             o = torch.full(ref.shape, float("nan"), dtype=dt)
-            errs.append(emu.call(fn, s, code, *[_ptr(t) for t in ins], _ptr(o), *[_ptr(t) for t in extra], sh, None))
+            scratch = [make() for make in extra]  # kept alive through the call
+            errs.append(emu.call(fn, s, code, *[_ptr(t) for t in ins], _ptr(o), *map(_ptr, scratch), sh, None))
             results.append(o)
         tol = (4 * math.sqrt(K) + 8) * U_ACC[dtn] * scale + U[dtn] * ref.abs() + TINY[dtn]
         out.append(_judge(f"{name} {pname}", dtn, results, errs, ref, tol))
