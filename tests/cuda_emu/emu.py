@@ -29,7 +29,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +234,7 @@ class Outcome:
     ok: bool
     detail: str = ""
     worst: float = 0.0  # max |got - ref| / tol over the elements
-    info: dict = field(default_factory=dict)
+    split_k: bool = False  # a weight gradient summed over split-K chunks (a workspace was used)
 
 
 def _bits(t):
@@ -470,6 +470,7 @@ def run_conv(emu: Emu, c: dict) -> list[Outcome]:
             results.append(o)
         tol = (4 * math.sqrt(K) + 8) * U_ACC[dtn] * scale + U[dtn] * ref.abs() + TINY[dtn]
         out.append(_judge(f"{name} {pname}", dtn, results, errs, ref, tol))
+        out[-1].split_k = bool(extra) and ws_bytes > 0
     return out
 
 
@@ -610,6 +611,7 @@ def summary(outcomes, seconds, sanitize):
         "failures": sum(not o.ok for o in outcomes),
         "dtypes": dtypes,
         "schedules": len(SCHEDULES),
+        "split_k": sum(o.split_k for o in outcomes),
         "sanitizers": "address,undefined" if sanitize else "none",
         "seconds": round(seconds, 1),
         "by_op": by_op,

@@ -322,3 +322,5 @@ def test_planted_bug_is_caught(bug):
     how = sorted({re.sub(r"\d+", "#", f.split(": ", 2)[-1].split(";")[0])[:80] for f in failures})
     print(f"{bug} ({what}): {summary['failures']} of {summary['cases']} cases fail; how: {how[:3]}")
     assert r.returncode == 1 and summary["failures"] > 0, r.stdout[-2000:] + r.stderr[-2000:]
+    if bug.startswith("split-k"):
+        assert summary["split_k"] > 0, summary  # the quick sweep takes the split-K path
