@@ -105,9 +105,8 @@ pub fn save(
     // failed before the prune). The newest stays, and the best on disk (when this state is a new
     // best, its own best_step names a step not written yet), so a failed write loses nothing.
     let best_on_disk = find_latest(&root)
+        .and_then(|d| read_state(&d))
         .ok()
-        .and_then(|d| crate::files::read_small_text(&d.join("state.json")).ok())
-        .and_then(|text| serde_json::from_str::<TrainState>(&text).ok())
         .and_then(|s| s.best_step);
     prune(&root, keep.max(1), &[state.best_step, best_on_disk])?;
     let name = format!("ckpt-{:09}", state.step);
@@ -403,7 +402,8 @@ pub fn load_weights(path: &Path) -> Result<Checkpoint> {
     read(find_latest_weights(path)?, false)
 }
 
-fn read(dir: PathBuf, with_optimizer: bool) -> Result<Checkpoint> {
+/// The training state (`state.json`) of the checkpoint folder `dir`, checked for its format.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
     let sp = dir.join("state.json");
     let text = crate::files::read_small_text(&sp)?;
     let state: TrainState =
@@ -411,6 +411,12 @@ fn read(dir: PathBuf, with_optimizer: bool) -> Result<Checkpoint> {
     if state.format != FORMAT {
         return Err(bad(&sp, format!("format `{}`, expected `{FORMAT}`", state.format)));
     }
+    Ok(state)
+}
+
+fn read(dir: PathBuf, with_optimizer: bool) -> Result<Checkpoint> {
+    let sp = dir.join("state.json");
+    let state = read_state(&dir)?;
     let cfg = state
         .config
         .model_config(state.classes.len() as i64)

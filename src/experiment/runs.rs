@@ -92,8 +92,7 @@ pub(super) fn finished(t: &TrainConfig, targets: &[f64], result_path: &Path) -> 
 /// with `t`'s settings (it is continued from there); `None`: there is none to continue.
 pub(super) fn resumable(t: &TrainConfig) -> Option<u64> {
     let dir = crate::checkpoint::find_latest(&t.out).ok()?;
-    let text = crate::files::read_small_text(&dir.join("state.json")).ok()?;
-    let state: crate::checkpoint::TrainState = serde_json::from_str(&text).ok()?;
+    let state = crate::checkpoint::read_state(&dir).ok()?;
     (result_shaping(&state.config) == result_shaping(t)).then_some(state.step)
 }
 
