@@ -290,3 +290,30 @@ fn a_new_best_whose_save_fails_keeps_the_old_best() {
     );
     assert!(ckpt(&run, 20).is_dir() && !ckpt(&run, 30).exists());
 }
+
+#[test]
+fn a_confusion_matrix_too_large_to_count_is_refused_before_the_evaluation() {
+    let _s = serial();
+    // A checkpoint of more classes than a confusion matrix is counted for: `eval --confusion`
+    // evaluated the whole test set first, then refused (here: the missing data said so instead).
+    let run = tmp("confusion-classes");
+    let classes = alexnet_rs::train::CONFUSION_CLASSES as usize + 1;
+    let cfg = Config::preset(Preset::Cnn4, classes as i64).unwrap();
+    let w = model::init_whole(&cfg).unwrap();
+    checkpoint::save_weights(&run, Preset::Cnn4, 32, &w, None).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .arg("eval")
+        .arg(&*run)
+        .arg("--data")
+        .arg(run.join("no-such-data"))
+        .arg("--confusion")
+        .arg(run.join("confusion.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("--confusion: {classes} classes are more than")),
+        "{err}"
+    );
+}

@@ -195,6 +195,12 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     if let Some(out) = &a.confusion {
         crate::image::check_output(out)?;
         crate::files::check_not_input(out, &a.data.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+        // Before the evaluation (the check after it stays: the newest checkpoint may change).
+        let state =
+            crate::checkpoint::find_latest_weights(&a.checkpoint).and_then(|d| crate::checkpoint::read_state(&d));
+        if let Ok(s) = state {
+            too_many_to_count(s.classes.len())?;
+        }
     }
     let r = train::evaluate_checkpoint(
         &a.checkpoint,
@@ -220,11 +226,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         // The evaluated checkpoint's names (loading it again could read a newer one).
         let classes = &r.classes;
         if r.confusion.is_empty() {
-            return Err(Error::Config(format!(
-                "--confusion: {} classes are more than the {} a confusion matrix is counted for",
-                classes.len(),
-                train::CONFUSION_CLASSES
-            )));
+            too_many_to_count(classes.len())?;
         }
         crate::say::outln!("top-1 accuracy per class:")?;
         for (name, acc) in classes.iter().zip(r.per_class()) {
@@ -284,4 +286,15 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `--confusion` of `classes` classes: refused past [`train::CONFUSION_CLASSES`].
+fn too_many_to_count(classes: usize) -> Result<()> {
+    if classes as i64 <= train::CONFUSION_CLASSES {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "--confusion: {classes} classes are more than the {} a confusion matrix is counted for",
+        train::CONFUSION_CLASSES
+    )))
 }
