@@ -13,6 +13,7 @@ the per-core ratio (ours / torchvision) as a markdown table.
 
 import argparse
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -25,25 +26,34 @@ CACHE = ROOT / ".cache"
 BIN = ROOT / "target" / "release" / "alexnet"
 
 
+def _two_class_folder(d, srcs, put):
+    """`d` with `srcs` alternately in classes a/ and b/ (`put(src, folder, i)`), built beside it
+    and renamed into place: an interrupted build is not reused as the whole set."""
+    if d.exists():
+        return d
+    tmp = d.with_name(d.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for i, p in enumerate(srcs):
+        (tmp / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        put(p, tmp / "ab"[i % 2], i)
+    tmp.rename(d)
+    return d
+
+
 def make_sets():
-    sets = {}
     src512 = sorted((CACHE / "data" / "ai_benchmark").glob("*.jpg"))
     if not src512:
         raise SystemExit("run `make setup` first (fetches the ai-benchmark images)")
-    d = CACHE / "bench" / "ai_benchmark_512"
-    if not d.exists():
-        for i, p in enumerate(src512):
-            (d / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
-            (d / "ab"[i % 2] / p.name).symlink_to(p)
-    sets["ai-benchmark 512x512 (100)"] = d
-    d = CACHE / "bench" / "jpeg_500x375"
-    if not d.exists():
-        srcs = src512 + sorted((CACHE / "data" / "foolbox").glob("imagenet_*.jpg"))
-        for i, p in enumerate(srcs):
-            (d / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
-            Image.open(p).convert("RGB").resize((500, 375), Image.BILINEAR).save(d / "ab"[i % 2] / f"{i}.jpg", quality=90)
-    sets["500x375 JPEG (120)"] = d
-    return sets
+    srcs = src512 + sorted((CACHE / "data" / "foolbox").glob("imagenet_*.jpg"))
+
+    def reencode(p, folder, i):
+        Image.open(p).convert("RGB").resize((500, 375), Image.BILINEAR).save(folder / f"{i}.jpg", quality=90)
+
+    return {
+        f"ai-benchmark 512x512 ({len(src512)})": _two_class_folder(
+            CACHE / "bench" / "ai_benchmark_512", src512, lambda p, folder, i: (folder / p.name).symlink_to(p)),
+        f"500x375 JPEG ({len(srcs)})": _two_class_folder(CACHE / "bench" / "jpeg_500x375", srcs, reencode),
+    }
 
 
 def ours(path, threads, epochs, preset):

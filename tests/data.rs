@@ -785,3 +785,21 @@ fn a_damaged_stats_file_is_an_error_naming_it() {
     let flat = with("channel_std", Tensor::from_slice(&[0.2f32, 0.0, 0.2])).unwrap();
     assert_eq!(flat.channel_std, [0.2, 0.0, 0.2]);
 }
+
+#[test]
+fn commands_with_threads_run_twice_in_one_process() {
+    // As the wheel runs them (`_native.cli`, in the Python process): the second `stats` failed
+    // with "The global thread pool has already been initialized".
+    let src = image_folder("threads-twice", 2, 2);
+    let dst = common::tmp("data-threads-twice-out");
+    for (i, threads) in ["1", "2"].into_iter().enumerate() {
+        let out = dst.join(format!("stats{i}.safetensors"));
+        let args = ["alexnet", "stats", "--threads", threads, "--size", "8", "--out"];
+        let argv = args
+            .iter()
+            .map(Into::into)
+            .chain([out.clone().into_os_string(), src.as_os_str().into()]);
+        assert_eq!(alexnet_rs::cli::run(argv), 0, "stats run {i}");
+        assert!(out.is_file());
+    }
+}

@@ -1,12 +1,11 @@
 //! `alexnet stats`, `alexnet prepare` and `alexnet bench data`: datasets and the data pipeline.
-use super::{global_threads, preset_parser, progress_bar};
+use super::{preset_parser, progress_bar, with_threads};
 use crate::config::{Preset, MAX_INPUT};
 use crate::data::stats::Stats;
 use crate::data::{Dataset, Loader, LoaderConfig, Split, Transform, View};
 use crate::error::{Error, Result};
 use clap::Args;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -76,13 +75,20 @@ pub struct BenchDataArgs {
     crop: u32,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Passes over the data.
+    /// Timed passes over the data.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     epochs: u64,
+    /// Untimed passes first (threads started, files in the page cache), as the torchvision side
+    /// of benches/data_loader.py gets.
+    #[arg(long, default_value_t = 1)]
+    warmup_epochs: u64,
 }
 
 pub fn stats(a: &StatsArgs) -> Result<()> {
-    global_threads(a.data.threads)?;
+    with_threads(a.data.threads, || stats_on_pool(a))
+}
+
+fn stats_on_pool(a: &StatsArgs) -> Result<()> {
     // The output's name and folder before the (long) computation, not after it.
     crate::files::check_file_target(&a.out, "statistics", "stats.safetensors")?;
     crate::files::check_not_input(&a.out, &[&a.data.data])?;
@@ -109,7 +115,10 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
 }
 
 pub fn prepare(a: &PrepareArgs) -> Result<()> {
-    global_threads(a.threads)?;
+    with_threads(a.threads, || prepare_on_pool(a))
+}
+
+fn prepare_on_pool(a: &PrepareArgs) -> Result<()> {
     let bar = progress_bar(0, "prepare");
     let report = crate::data::prepare::prepare(&a.src, &a.dst, a.size, a.quality, &|done, total| {
         bar.set_length(total as u64);
@@ -161,18 +170,22 @@ pub fn bench(a: &BenchDataArgs) -> Result<()> {
     } else {
         a.data.threads
     };
-    let images = AtomicU64::new(0);
+    for epoch in 0..a.warmup_epochs {
+        for b in loader.epoch(epoch) {
+            b?;
+        }
+    }
+    let mut n = 0u64;
     let t0 = Instant::now();
     let mut skipped = 0;
-    for epoch in 0..a.epochs {
+    for epoch in a.warmup_epochs..a.warmup_epochs + a.epochs {
         let mut batches = loader.epoch(epoch);
         for b in batches.by_ref() {
-            images.fetch_add(b?.labels.size()[0] as u64, Ordering::Relaxed);
+            n += b?.labels.size()[0] as u64;
         }
         skipped += batches.skipped();
     }
     let secs = t0.elapsed().as_secs_f64();
-    let n = images.load(Ordering::Relaxed);
     crate::say::outln!(
         "{n} images in {secs:.2} s with {threads} threads: {:.1} images/s ({:.1} per thread), {skipped} skipped",
         n as f64 / secs,

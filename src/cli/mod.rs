@@ -178,11 +178,15 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-fn global_threads(threads: usize) -> Result<()> {
+/// Runs `work` on a pool of `threads` threads (0: one per core): its rayon loops run there. A
+/// pool of its own, not rayon's global one, which can be set once per process (the wheel runs
+/// commands in the Python process, one after another).
+fn with_threads<T: Send>(threads: usize, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     crate::data::loader::check_threads(threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .start_handler(|_| crate::error::quiet_worker_panics())
-        .build_global()
-        .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?
+        .install(work)
 }
