@@ -37,8 +37,8 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value = "cpu")]
     devices: String,
     /// Intra-op threads of every side (torch.set_num_threads) [default: torch's, one per core].
-    #[arg(long)]
-    threads: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=crate::data::loader::MAX_THREADS as i64))]
+    threads: Option<u32>,
     /// The sides to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "ours,eager,compile")]
     sides: Vec<Side>,
@@ -152,9 +152,6 @@ fn check(a: &BenchTrainArgs) -> Result<()> {
     if a.steps < 5 {
         crate::say::line("note: fewer than 5 timed steps; medians of so few are noisy");
     }
-    if a.threads == Some(0) {
-        return Err(Error::Config("--threads must be at least 1".into()));
-    }
     if let Some(i) = (1..a.sides.len()).find(|&i| a.sides[..i].contains(&a.sides[i])) {
         // It measured the side twice and reported a ratio of it to itself.
         return Err(Error::Config(format!(
@@ -243,11 +240,13 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
     let params = model::shard(&cfg, &placement, &model::init_whole(&cfg)?, a.channels_last)?;
     let mut sgd = Sgd::new(&params, UpdateRule::Pytorch, 0.9, 5e-4);
     let s = cfg.input_size;
-    let mut x = Tensor::randn([a.batch, 3, s, s], (Kind::Float, dev));
+    // A batch too large for memory is an error naming --batch, not libtorch's abort.
+    let too_large = |e: tch::TchError| Error::Config(format!("--batch {}: its input cannot be made: {e}", a.batch));
+    let mut x = Tensor::f_randn([a.batch, 3, s, s], (Kind::Float, dev)).map_err(too_large)?;
     if a.channels_last {
         x = crate::ops::channels_last(&x)?;
     }
-    let y = Tensor::randint(1000, [a.batch], (Kind::Int64, dev));
+    let y = Tensor::f_randint(1000, [a.batch], (Kind::Int64, dev)).map_err(too_large)?;
     let samples: Vec<usize> = (0..a.batch as usize).collect();
     let mut step_no = 0;
     let mut step = || -> Result<f64> {
@@ -341,10 +340,15 @@ fn python_side(a: &BenchTrainArgs, side: Side, threads: i32) -> Result<Measured>
         .args((side == Side::EagerCached).then_some("--cpu-cache"))
         .output()
         .map_err(io(&python))?;
+    // A failed anchor (an inductor compile error, say) is the script's, not a bad flag.
+    let fail = |reason: String| Error::File {
+        path: script.clone(),
+        reason: format!("--mode {mode}: {reason}"),
+    };
     if !out.status.success() {
-        return Err(Error::Config(format!(
-            "{} --mode {mode} failed: {}",
-            script.display(),
+        return Err(fail(format!(
+            "failed ({}): {}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         )));
     }
@@ -353,14 +357,18 @@ fn python_side(a: &BenchTrainArgs, side: Side, threads: i32) -> Result<Measured>
         .lines()
         .last()
         .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .ok_or_else(|| Error::Config(format!("unexpected output of {}: {text}", script.display())))?;
-    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+        .ok_or_else(|| fail(format!("unexpected output: {text}")))?;
+    // A missing number was 0 (an infinite ratio), not an error.
+    let f = |k: &str| {
+        v[k].as_f64()
+            .ok_or_else(|| fail(format!("its result lacks the number `{k}`: {v}")))
+    };
     Ok(Measured {
         side,
-        images_per_s: f("images_per_s"),
-        seconds_per_step: f("seconds_per_step"),
-        compile_s: f("compile_s"),
-        peak_rss_mib: f("peak_rss_mib"),
-        base_rss_mib: f("base_rss_mib"),
+        images_per_s: f("images_per_s")?,
+        seconds_per_step: f("seconds_per_step")?,
+        compile_s: f("compile_s")?,
+        peak_rss_mib: f("peak_rss_mib")?,
+        base_rss_mib: f("base_rss_mib")?,
     })
 }

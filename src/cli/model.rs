@@ -10,7 +10,7 @@ use crate::{info, model, train};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[derive(Args)]
 pub struct PresetArgs {
@@ -51,8 +51,11 @@ pub struct InfoArgs {
 pub struct ForwardArgs {
     #[command(flatten)]
     preset: PresetArgs,
-    /// Convolution implementation: ours (our CUDA kernels), stock (ATen/cuDNN), or auto (the
-    /// faster per shape on CUDA, timed once; stock on CPU).
+    /// One or two devices to run on, e.g. cuda:0 or cuda:0,cuda:1 (the paper's two-GPU split).
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+    /// Convolution implementation on CUDA: ours (our kernels), stock (cuDNN), or auto (the
+    /// faster per shape, timed once). On the CPU all three are ATen's convolution.
     #[arg(long, default_value = "auto", value_parser = choice::<ConvBackend>(ConvBackend::ALL.map(ConvBackend::name)))]
     conv_backend: ConvBackend,
     /// Image files (JPEG, PNG); they form one batch.
@@ -89,7 +92,7 @@ pub fn placement(a: &PlacementArgs) -> Result<()> {
 }
 
 fn label_from_name(path: &Path) -> Option<i64> {
-    path.file_stem()?.to_str()?.rsplit('_').next()?.parse().ok()
+    path.file_stem()?.to_str()?.rsplit_once('_')?.1.parse().ok()
 }
 
 /// The images as one batch `(N, 3, S, S)` and their labels.
@@ -119,10 +122,14 @@ fn batch(a: &ForwardArgs, cfg: &Config, size: i64) -> Result<(Tensor, Vec<i64>)>
 pub fn forward(a: &ForwardArgs) -> Result<()> {
     let (mut cfg, size) = a.preset.config()?;
     cfg.conv_backend = a.conv_backend;
+    let placement = Placement::parse(&a.devices)?;
+    placement.check_available()?;
     let (x, labels) = batch(a, &cfg, size)?;
-    let y = Tensor::from_slice(&labels);
+    // The logits are gathered on the first device.
+    let x = x.f_to_device(placement.first())?;
+    let y = Tensor::from_slice(&labels).f_to_device(placement.first())?;
     tch::manual_seed(a.seed);
-    let params = model::init_params(&cfg, &Placement::single(Device::Cpu))?;
+    let params = model::init_params(&cfg, &placement)?;
     crate::say::outln!(
         "preset {}: {} parameters, batch {:?}, labels {:?}",
         cfg.preset,
