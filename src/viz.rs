@@ -118,7 +118,8 @@ fn colour_spread(kernel: &[f32], c: usize, plane: usize) -> f64 {
 }
 
 /// Writes `image` as PNG with each tower's label drawn in its band ("tower 1: kernels 1-48,
-/// colour spread 0.12"; without a system font, no labels).
+/// colour spread 0.12"; without a system font, no labels), the image widened (white on the
+/// right) where a label is wider than the grid (5x5 kernels: it was cut after "colour").
 pub fn save_png(image: &mut Image, towers: &[Tower], out: &Path) -> Result<()> {
     use plotters::prelude::*;
     let fail = |e: String| Error::File {
@@ -126,29 +127,49 @@ pub fn save_png(image: &mut Image, towers: &[Tower], out: &Path) -> Result<()> {
         reason: e,
     };
     if crate::metrics::load_font() {
+        let font = ("sans-serif", 14).into_font();
+        let labels: Vec<String> = towers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let (first, last) = (t.first + 1, t.first + t.count);
+                format!(
+                    "tower {}: kernels {first}-{last}, colour spread {:.2}",
+                    i + 1,
+                    t.colour_spread
+                )
+            })
+            .collect();
+        for label in &labels {
+            let (text_w, _) = font.box_size(label).map_err(|e| fail(format!("drawing: {e}")))?;
+            widen(image, text_w + 2 * GAP as u32);
+        }
         let (w, h) = (image.width, image.height);
         let root = BitMapBackend::with_buffer(&mut image.rgb, (w, h)).into_drawing_area();
         let block = h as usize / towers.len().max(1);
-        for (i, t) in towers.iter().enumerate() {
-            let label = format!(
-                "tower {}: kernels {}-{}, colour spread {:.2}",
-                i + 1,
-                t.first + 1,
-                t.first + t.count,
-                t.colour_spread
-            );
-            root.draw_text(
-                &label,
-                &("sans-serif", 14).into_font().color(&BLACK),
-                (GAP as i32, (i * block) as i32 + 4),
-            )
-            .map_err(|e| fail(format!("drawing: {e}")))?;
+        for (i, label) in labels.iter().enumerate() {
+            root.draw_text(label, &font.color(&BLACK), (GAP as i32, (i * block) as i32 + 4))
+                .map_err(|e| fail(format!("drawing: {e}")))?;
         }
         root.present().map_err(|e| fail(format!("drawing: {e}")))?;
     }
     let img = image::RgbImage::from_raw(image.width, image.height, image.rgb.clone())
         .ok_or_else(|| fail("image buffer of the wrong size".into()))?;
     crate::image::save(&img, out)
+}
+
+/// `image` at least `width` pixels wide: white columns added on the right.
+fn widen(image: &mut Image, width: u32) {
+    if width <= image.width {
+        return;
+    }
+    let (old, new) = (image.width as usize * 3, width as usize * 3);
+    let mut rgb = vec![255u8; new * image.height as usize];
+    for (to, from) in rgb.chunks_exact_mut(new).zip(image.rgb.chunks_exact(old)) {
+        to[..old].copy_from_slice(from);
+    }
+    image.rgb = rgb;
+    image.width = width;
 }
 
 /// Writes the confusion matrix (`counts`, classes x classes, rows: the true class) as a PNG
@@ -173,7 +194,7 @@ pub fn confusion_png(counts: &[u64], classes: &[String], out: &Path) -> Result<(
     let title = "true class (rows) x predicted class (columns), row-normalised";
     let width = left + (k * cell).max(if labels { 8 * title.len() } else { 0 }) + 20;
     let (w, h) = (width as u32, (top + k * cell + 20) as u32);
-    let mut buf = vec![255u8; (w * h * 3) as usize];
+    let mut buf = vec![255u8; w as usize * h as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let font = |size| ("sans-serif", size).into_font().color(&BLACK);
@@ -299,6 +320,36 @@ pub fn class_name(classes: &[String], c: i64) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tower_label_wider_than_the_grid_is_not_cut() {
+        if !crate::metrics::load_font() {
+            eprintln!("skipped: no DejaVu font, the figure has no text");
+            return;
+        }
+        // cnn4's 32 kernels of 5x5: a grid 178 pixels wide, its label cut after "colour".
+        let cfg = crate::Config::preset(crate::Preset::Cnn4, 10).unwrap();
+        let (mut image, towers) =
+            super::filter_grid(&cfg, &tch::Tensor::randn([32, 3, 5, 5], tch::kind::FLOAT_CPU)).unwrap();
+        let (grid_width, grid) = (image.width, image.rgb.clone());
+        let path = std::env::temp_dir().join(format!("alexnet-filters-{}.png", std::process::id()));
+        super::save_png(&mut image, &towers, &path).unwrap();
+        let png = image::open(&path).unwrap().to_rgb8();
+        std::fs::remove_file(&path).unwrap();
+        let inked = |x: u32| (0..super::HEADER as u32).any(|y| png.get_pixel(x, y).0.iter().any(|&v| v < 128));
+        let last_ink = (0..png.width()).rev().find(|&x| inked(x)).expect("a label is drawn");
+        assert!(
+            png.width() > grid_width && last_ink + 2 < png.width(),
+            "label ink to x={last_ink} of {}",
+            png.width()
+        );
+        // The grid below the label band is where it was, unchanged.
+        let row = 3 * grid_width as usize;
+        for y in super::HEADER..image.height as usize {
+            let at = y * 3 * png.width() as usize;
+            assert_eq!(&png.as_raw()[at..at + row], &grid[y * row..(y + 1) * row], "row {y}");
+        }
+    }
+
     #[test]
     fn a_class_without_test_samples_is_not_drawn_as_all_missed() {
         if !crate::metrics::load_font() {
