@@ -297,14 +297,17 @@ class AlexNet(nn.Module):
         if last:
             self.num_classes, self.classes = got["weight"][0], None  # the old names label no output now
 
-    def _param_dict(self) -> dict:
+    def _param_dict(self, forward: bool = False) -> dict:
         """name -> tensor, or -> [shards] with two devices (what the Rust forward takes). Read as
         attributes, so a parametrization (``torch.nn.utils.parametrize``, weight_norm) applies,
         after the hooks of ``torch.nn.utils.prune`` and the legacy weight_norm / spectral_norm
-        have computed theirs."""
+        have computed theirs. Outside a ``forward`` (saving, export, figures, loading) the
+        spectral_norm hook takes no power-iteration step, as torch's state_dict() takes none."""
         for name, module in self.named_modules():
             for hook in list(module._forward_pre_hooks.values()):
-                if isinstance(hook, _WEIGHT_HOOKS):
+                if isinstance(hook, SpectralNorm) and not forward:
+                    setattr(module, hook.name, hook.compute_weight(module, do_power_iteration=False))
+                elif isinstance(hook, _WEIGHT_HOOKS):
                     hook(module, ())
             # A replacement layer (model.fc8 = nn.Linear(...)) is only read, never called.
             if name and not isinstance(module, _Layer) and (
@@ -363,7 +366,7 @@ class AlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_x("AlexNet.forward", x)
-        return _forward(self.preset, self._param_dict(), x, self.training, self.num_classes, self.conv_backend,
+        return _forward(self.preset, self._param_dict(forward=True), x, self.training, self.num_classes, self.conv_backend,
                         self.input_size)
 
     def _features(self, x: torch.Tensor, layers: str | list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -380,7 +383,7 @@ class AlexNet(nn.Module):
         names = [layers] if isinstance(layers, str) else layers
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise DtypeError(f"{where}: layers must be a layer name or a list of them, got {type(layers).__name__}")
-        out = _activations(self.preset, self._param_dict(), x, list(names), self.training, self.num_classes,
+        out = _activations(self.preset, self._param_dict(forward=True), x, list(names), self.training, self.num_classes,
                            self.conv_backend, self.input_size)
         return dict(zip(names, out))
 
@@ -457,7 +460,9 @@ class AlexNet(nn.Module):
         if changed:
             raise ConfigError(f"{where}: {path} was trained with {changed}, not the {preset} preset's network; "
                               "this module builds the preset's only (alexnet eval runs it)")
-        model = cls(preset, num_classes=len(classes), conv_backend=conv_backend, input_size=settings["input_size"])
+        # The initial weights, overwritten at once, leave the caller's random stream as it was.
+        with torch.random.fork_rng(devices=[]):
+            model = cls(preset, num_classes=len(classes), conv_backend=conv_backend, input_size=settings["input_size"])
         model.load_state_dict(dict(weights))
         model.classes = classes
         return model

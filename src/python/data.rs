@@ -11,16 +11,14 @@ use std::path::PathBuf;
 
 /// Decodes an image file to a (H, W, 3) uint8 tensor.
 #[pyfunction]
-pub fn load_image(path: PathBuf) -> PyResult<PyTensor> {
+pub fn load_image(py: Python<'_>, path: PathBuf) -> PyResult<PyTensor> {
     guard(|| {
-        let img = core(crate::image::load_rgb(&path))?;
-        let (w, h) = img.dimensions();
-        let t = core(
-            tch::Tensor::from_slice(img.as_raw())
-                .f_view([i64::from(h), i64::from(w), 3])
-                .map_err(Error::from),
-        )?;
-        Ok(PyTensor(t))
+        let t = py.allow_threads(|| {
+            let img = crate::image::load_rgb(&path)?;
+            let (w, h) = img.dimensions();
+            Ok::<_, Error>(tch::Tensor::from_slice(img.as_raw()).f_view([i64::from(h), i64::from(w), 3])?)
+        });
+        core(t).map(PyTensor)
     })
 }
 
@@ -30,6 +28,7 @@ pub fn load_image(path: PathBuf) -> PyResult<PyTensor> {
 #[pyo3(signature = (image, resize, crop, view="center", square=false, seed=0, epoch=0, index=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn transform_views(
+    py: Python<'_>,
     image: &Bound<'_, PyAny>,
     resize: i64,
     crop: i64,
@@ -74,17 +73,15 @@ pub fn transform_views(
                 .and_then(|t| t.f_flatten(0, -1))
                 .map_err(Error::from),
         )?;
-        let bytes = core(Vec::<u8>::try_from(flat).map_err(Error::from))?;
-        let img = image::RgbImage::from_raw(shape[1] as u32, shape[0] as u32, bytes).expect("H * W * 3 bytes");
-        let mut out = vec![0f32; tf.view_len() * tf.view.count()];
-        core(tf.apply(&img, &mut Rng::for_sample(seed, epoch, index), &mut out))?;
-        let c = i64::from(crop);
-        let t = core(
-            tch::Tensor::from_slice(&out)
-                .f_view([tf.view.count() as i64, 3, c, c])
-                .map_err(Error::from),
-        )?;
-        Ok(PyTensor(t))
+        let t = py.allow_threads(move || {
+            let bytes = Vec::<u8>::try_from(flat)?;
+            let img = image::RgbImage::from_raw(shape[1] as u32, shape[0] as u32, bytes).expect("H * W * 3 bytes");
+            let mut out = vec![0f32; tf.view_len() * tf.view.count()];
+            tf.apply(&img, &mut Rng::for_sample(seed, epoch, index), &mut out)?;
+            let c = i64::from(crop);
+            Ok::<_, Error>(tch::Tensor::from_slice(&out).f_view([tf.view.count() as i64, 3, c, c])?)
+        });
+        core(t).map(PyTensor)
     })
 }
 
@@ -156,7 +153,9 @@ impl DataLoader {
                 )))
             })?;
             let preset = core(preset.parse::<Preset>())?;
-            let stats = core(stats.map(|p| crate::data::stats::Stats::load(&p)).transpose())?;
+            // The slow parts (reading the stats, walking the folder, starting the loader) run
+            // without the GIL, so that other Python threads go on.
+            let stats = core(py.allow_threads(|| stats.map(|p| crate::data::stats::Stats::load(&p)).transpose()))?;
             let warn = |w: String| {
                 // stacklevel 3: past `checked` and `DataLoader.__new__`, the caller's line.
                 py.import("warnings")?
@@ -169,7 +168,7 @@ impl DataLoader {
             {
                 warn(w)?;
             }
-            let mut ds = core(Dataset::open(&data, split))?;
+            let mut ds = core(py.allow_threads(|| Dataset::open(&data, split)))?;
             if let Some(w) = Dataset::test_split_warning(&data, split) {
                 warn(w)?;
             }
@@ -202,7 +201,7 @@ impl DataLoader {
                 ..LoaderConfig::default()
             };
             Ok(DataLoader {
-                loader: core(Loader::new(ds, tf, cfg))?,
+                loader: core(py.allow_threads(move || Loader::new(ds, tf, cfg)))?,
                 next_epoch: 0,
             })
         })

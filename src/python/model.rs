@@ -174,10 +174,15 @@ pub fn placement_table(preset: &str, devices: &str, num_classes: i64, input_size
 /// from a generator of its own.
 #[pyfunction]
 #[pyo3(signature = (preset, num_classes=1000, input_size=None))]
-pub fn init_params(preset: &str, num_classes: i64, input_size: Option<i64>) -> PyResult<Vec<(String, PyTensor)>> {
+pub fn init_params(
+    py: Python<'_>,
+    preset: &str,
+    num_classes: i64,
+    input_size: Option<i64>,
+) -> PyResult<Vec<(String, PyTensor)>> {
     guard(|| {
         let cfg = config_at(preset, num_classes, input_size)?;
-        let mut whole = core(model::init_whole(&cfg))?;
+        let mut whole = core(py.allow_threads(|| model::init_whole(&cfg)))?;
         // Network order (weight, bias, layer by layer), as torchvision's state_dict.
         Ok(cfg
             .param_shapes()

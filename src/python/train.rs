@@ -272,6 +272,7 @@ fn eval_dict(py: Python<'_>, r: &EvalResult) -> PyResult<PyObject> {
 #[pyfunction]
 #[pyo3(signature = (preset, params, out, classes=None, input_size=None))]
 pub fn save_checkpoint(
+    py: Python<'_>,
     preset: &str,
     params: &Bound<'_, PyDict>,
     out: PathBuf,
@@ -285,7 +286,7 @@ pub fn save_checkpoint(
             None => core(Config::preset(p, 1))?.input_size as u32,
         };
         let weights = tensors(params, "parameter")?;
-        core(crate::checkpoint::save_weights(&out, p, size, &weights, classes))
+        core(py.allow_threads(move || crate::checkpoint::save_weights(&out, p, size, &weights, classes)))
     })
 }
 
@@ -300,7 +301,9 @@ type Loaded = (String, Vec<String>, Vec<(String, PyTensor)>, PyObject);
 pub fn load_checkpoint(py: Python<'_>, path: PathBuf) -> PyResult<Loaded> {
     guard(|| {
         // Its warnings (an older network revision) as Python's: a notebook shows no stderr.
-        let (loaded, warnings) = crate::say::capture_warnings(|| crate::checkpoint::load_weights(&path));
+        // Without the GIL (other Python threads run meanwhile), on this same thread.
+        let (loaded, warnings) =
+            py.allow_threads(|| crate::say::capture_warnings(|| crate::checkpoint::load_weights(&path)));
         let raised = std::sync::Mutex::new(None);
         warn(py, warnings, &raised);
         if let Some(e) = raised.into_inner().expect("lock") {

@@ -322,6 +322,29 @@ def test_pruning_and_legacy_weight_norm_apply_in_the_forward():
     assert (ours.features[0].weight[ours.features[0].weight_mask == 0] == 0).all()
 
 
+def test_spectral_norm_steps_in_a_training_forward_only(tmp_path):
+    """The legacy spectral_norm hook takes a power-iteration step (updating `weight_u`) when it
+    runs in training mode: saving a checkpoint, ONNX export, the figures and loading a state dict
+    ran it too, so saving changed the model (torch's state_dict() does not)."""
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None, num_classes=10)
+    ours = alexnet_rs.from_torchvision(tv)
+    for model in (tv, ours):
+        torch.nn.utils.spectral_norm(model.classifier[6])
+        model.classifier[6].weight_u.copy_(tv.classifier[6].weight_u)
+        model.train()
+    u = ours.classifier[6].weight_u.clone()
+    ours.save_checkpoint(tmp_path / "run")
+    alexnet_rs.viz.filter_towers(ours)
+    ours.load_state_dict(ours.state_dict())
+    assert torch.equal(ours.classifier[6].weight_u, u)
+    # A training forward steps once, as torchvision's does: the same u after it.
+    x = torch.randn(2, 3, 224, 224)
+    ours(x), tv(x)
+    assert not torch.equal(ours.classifier[6].weight_u, u)
+    torch.testing.assert_close(ours.classifier[6].weight_u, tv.classifier[6].weight_u)
+
+
 def _modified(change):
     tv = torchvision.models.alexnet(weights=None, num_classes=5).eval()
     change(tv)

@@ -498,3 +498,54 @@ def test_a_paper_checkpoint_from_before_the_per_tower_lrn_warns_in_python(tmp_pa
     (tmp_path / "run" / "checkpoints").glob("ckpt-*").__next__().joinpath("state.json").write_text(json.dumps(state))
     with pytest.warns(UserWarning, match="normalised across its two towers"):
         alexnet_rs.AlexNet.load_checkpoint(ckpt)
+
+
+def test_long_native_calls_let_other_python_threads_run_and_keep_the_random_stream(tmp_path):
+    """save_checkpoint, load_checkpoint, AlexNet() and load_image held the GIL for seconds (a
+    ticking thread ticked once); load_checkpoint drew 61M numbers from torch's global generator."""
+    import threading
+    import time
+
+    from PIL import Image
+
+    from alexnet_rs.data import DataLoader, load_image
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (4000, 4000), (10, 200, 30)).save(big)
+    data = tmp_path / "data"
+    for c in range(2):
+        (data / f"c{c}").mkdir(parents=True)
+        for i in range(3000):
+            (data / f"c{c}" / f"{i}.png").touch()  # walked, not read
+    m = alexnet_rs.AlexNet("torchvision", num_classes=10)
+    calls = {
+        "save_checkpoint": lambda: m.save_checkpoint(tmp_path / "run"),
+        "load_checkpoint": lambda: alexnet_rs.AlexNet.load_checkpoint(tmp_path / "run"),
+        "AlexNet()": lambda: alexnet_rs.AlexNet("torchvision", num_classes=10),
+        "load_image": lambda: load_image(big),
+        "DataLoader": lambda: DataLoader(data, threads=1),
+    }
+    for name, call in calls.items():
+        ticks, done = [0], threading.Event()
+
+        def tick():
+            while not done.is_set():
+                ticks[0] += 1
+                time.sleep(0.001)
+
+        t = threading.Thread(target=tick)
+        t.start()
+        time.sleep(0.05)  # ticking before the call
+        start, t0 = ticks[0], time.perf_counter()
+        call()
+        seconds, during = time.perf_counter() - t0, ticks[0] - start
+        done.set()
+        t.join()
+        # A held GIL lets the thread tick about once (at the switch interval's end); a released
+        # one a few per millisecond of a 1-ms sleep, throttled by the 2 shared cores.
+        assert during >= max(3, seconds * 50), (name, during, seconds)
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    torch.manual_seed(7)
+    alexnet_rs.AlexNet.load_checkpoint(tmp_path / "run")
+    assert torch.equal(torch.rand(3), want)
