@@ -1,9 +1,11 @@
 """Drop-in modules backed by our ops."""
 
 import torch
+import torch.onnx
 from torch import nn
 
 from ._boundary import int_arg, real_arg
+from .errors import ConfigError
 from .ops import _lrn_checked
 
 
@@ -29,5 +31,20 @@ class LocalResponseNorm(nn.Module):
     def extra_repr(self) -> str:
         return "{size}, alpha={alpha}, beta={beta}, k={k}".format(**self.__dict__)
 
+
+def _lrn_onnx(g, x, size, alpha, beta, k):
+    """``alexnet_rs::lrn`` in ``torch.onnx.export(..., dynamo=False)``: ONNX ``LRN``, which uses
+    PyTorch's alpha/size convention; an even size (whose window PyTorch pads unevenly) has no
+    ONNX equivalent and is refused, as ``export_onnx`` refuses it."""
+    from torch.onnx import symbolic_helper as sh
+
+    size, alpha, beta, k = (sh._get_const(v, kind, n) for v, kind, n in
+                            ((size, "i", "size"), (alpha, "f", "alpha"), (beta, "f", "beta"), (k, "f", "k")))
+    if size % 2 == 0:
+        raise ConfigError(f"LocalResponseNorm: an even size ({size}) has no ONNX equivalent")
+    return g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
+
+
+torch.onnx.register_custom_op_symbolic("alexnet_rs::lrn", _lrn_onnx, 1)
 
 __all__ = ["LocalResponseNorm"]

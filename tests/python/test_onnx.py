@@ -185,3 +185,24 @@ def test_export_takes_numpy_sizes_and_leaves_the_models_mode_and_random_stream(t
     assert np.allclose(_run(str(tmp_path / "m.onnx"), x), model.eval()(x).detach().numpy(), atol=1e-4)
     model.reset_classifier(np.int64(3))
     assert type(model.num_classes) is int
+
+
+def test_the_drop_in_lrn_module_exports_with_torchs_exporter(tmp_path):
+    """`alexnet_rs.nn.LocalResponseNorm` in a model of one's own: torch.onnx.export failed with
+    "unrecognized namespace alexnet_rs::lrn"; it maps to ONNX LRN, as torch's own module does."""
+    from alexnet_rs.errors import ConfigError
+    from alexnet_rs.nn import LocalResponseNorm
+
+    torch.manual_seed(0)
+    for size in (1, 3, 5):
+        ours = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), LocalResponseNorm(size, 1e-2, 0.75, 2.0)).eval()
+        x = torch.randn(2, 3, 9, 9) * 10
+        path = tmp_path / f"lrn{size}.onnx"
+        torch.onnx.export(ours, (x,), path, dynamo=False, input_names=["x"])
+        assert [n.op_type for n in onnx.load(path).graph.node] == ["Conv", "LRN"]
+        got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+        # The reference: torch's module with the same weights (and F.local_response_norm).
+        ref = torch.nn.Sequential(ours[0], torch.nn.LocalResponseNorm(size, 1e-2, 0.75, 2.0))(x)
+        np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"an even size \(4\) has no ONNX equivalent"):
+        torch.onnx.export(LocalResponseNorm(4), (torch.randn(1, 8, 3, 3),), tmp_path / "even.onnx", dynamo=False)
