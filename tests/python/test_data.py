@@ -509,6 +509,12 @@ def test_evaluation_shards_cover_every_sample_once(tmp_path):
         assert lens == [[5 * crops] * 4 + [4 * crops], [5 * crops] * 4, [5 * crops] * 4], view
     # Training shards: the same number of full batches on every rank (the tail is dropped).
     assert [len(DataLoader(data, crop=16, batch_size=5, threads=1, rank=r, world_size=3)) for r in range(3)] == [4] * 3
+    # A rank the 12 samples do not reach is told so (it was "its 12 samples make no full batch").
+    few = DataLoader(data, crop=16, batch_size=5, threads=1, view="center", limit=12, rank=2, world_size=5)
+    assert len(few) == 1
+    with pytest.warns(UserWarning, match=r"rank 3 of 5 gets none of the 12 samples \(an evaluation view's shards"):
+        assert list(DataLoader(data, crop=16, batch_size=5, threads=1, view="center", limit=12, rank=3,
+                               world_size=5)) == []
 
 
 def test_a_shard_of_one_keeps_the_place_of_a_batch_of_only_bad_images(tmp_path):
