@@ -1,6 +1,7 @@
 """Type stubs of the Rust extension module (checked by mypy.stubtest in make test)."""
 
 from os import PathLike
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -118,7 +119,7 @@ def save_checkpoint(
     out: str | PathLike[str],
     classes: list[str] | None = None,
     input_size: int | None = None,
-) -> str: ...
+) -> Path: ...
 def load_checkpoint(
     path: str | PathLike[str],
 ) -> tuple[str, list[str], list[tuple[str, torch.Tensor]], dict[str, Any]]: ...
