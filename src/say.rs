@@ -54,6 +54,15 @@ pub fn note(msg: &str) {
     }
 }
 
+/// A warning about this process's own work (a skipped file), from every rank: kept under
+/// [`capture_warnings`] as it is, else printed.
+pub fn warning(msg: &str) {
+    let kept = CAPTURED.with(|c| c.borrow_mut().as_mut().map(|v| v.push(msg.to_string())).is_some());
+    if !kept {
+        line(msg);
+    }
+}
+
 /// An error line: `error: ...`, naming the rank in a data-parallel run's other ranks.
 pub fn error(msg: &str) {
     match RANK.load(Ordering::Relaxed) {

@@ -292,12 +292,13 @@ fn build_batch(
         })
         .collect();
     let mut kept = Vec::with_capacity(chunk.len());
+    let mut bad = Vec::new();
     for (pos, (r, &i)) in results.into_iter().zip(chunk).enumerate() {
         match r {
             Ok(()) => kept.push((pos, i)),
             Err(e) if cfg.on_bad_image == OnBadImage::Skip => {
                 skipped.fetch_add(1, Ordering::Relaxed);
-                crate::say::line(&format!("skipping bad image: {e}"));
+                bad.push(format!("skipping bad image: {e}"));
             }
             Err(e) => return Err(e),
         }
@@ -317,6 +318,7 @@ fn build_batch(
         images,
         labels,
         indices: kept.into_iter().map(|(_, i)| i).collect(),
+        bad,
     })
 }
 
@@ -325,6 +327,10 @@ struct RawBatch {
     images: Tensor,
     labels: Vec<i64>,
     indices: Vec<usize>,
+    /// What was wrong with each skipped sample: said on the consumer's thread, where Python's
+    /// `DataLoader` and `train` turn it into a warning (the decoding threads' stderr lines never
+    /// reached a notebook).
+    bad: Vec<String>,
 }
 
 /// The decoding threads. A process forked from ours (a torch `DataLoader`'s worker, a
@@ -429,6 +435,9 @@ impl Iterator for Epoch {
                     )))
                 });
             };
+            if let Ok(b) = &received {
+                b.bad.iter().for_each(|m| crate::say::warning(m));
+            }
             match received {
                 // Every image of this batch was bad: move on to the next one (a loop: a long run
                 // of bad files must not grow the stack).

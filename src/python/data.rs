@@ -266,11 +266,18 @@ impl EpochIter {
             let Some(mut epoch) = this.inner.take() else {
                 return Ok(None);
             };
-            let (epoch, item) = py.allow_threads(move || {
-                let item = epoch.next();
-                (epoch, item)
+            let ((epoch, item), skips) = py.allow_threads(move || {
+                crate::say::capture_warnings(|| {
+                    let item = epoch.next();
+                    (epoch, item)
+                })
             });
             this.inner = Some(epoch); // kept after the end too, for `skipped`
+                                      // The skipped images, each named, as Python warnings (at the caller's loop).
+            let warnings = py.import("warnings")?;
+            for w in skips {
+                warnings.call_method1("warn", (w, py.get_type::<pyo3::exceptions::PyUserWarning>(), 1))?;
+            }
             match item {
                 None => Ok(None),
                 Some(Err(e)) => Err(py_err(e)),

@@ -183,8 +183,22 @@ def test_loader_skips_and_counts_bad_files(tmp_path):
     dl = DataLoader(root, crop=64, batch_size=5, threads=2)
     assert dl.classes == ["a", "b"] and dl.num_samples == 12
     it = dl.epoch(0)
-    labels = torch.cat([y for _, y in it])
+    with pytest.warns(UserWarning, match="skipping bad image"):
+        labels = torch.cat([y for _, y in it])
     assert len(labels) == 8 and it.skipped == 4
+
+
+def test_skipped_files_are_python_warnings_naming_each_file(tmp_path, capfd):
+    """The decoding threads printed "skipping bad image" to stderr, which a notebook cell does not
+    show and warning filters cannot catch."""
+    root = folder_with_bad_files(tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        for _ in DataLoader(root, crop=64, batch_size=5, threads=2).epoch(0):
+            pass
+    named = sorted(str(w.message).split(": ")[1].split(":")[0] for w in caught)
+    assert named == sorted(str(root / "a" / n) for n in ["bomb.png", "empty.jpg", "text.jpg", "truncated.jpg"])
+    assert all(str(w.message).startswith("skipping bad image: ") and w.filename == __file__ for w in caught)
+    assert "skipping" not in capfd.readouterr().err
 
 
 def test_loader_fail_mode_names_the_file(tmp_path):
