@@ -331,7 +331,8 @@ class AlexNet(nn.Module):
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):  # type: ignore[override]
         """Whole tensors under the usual names, also with two devices (shards gathered on the
         first shard's device). A parametrized tensor is stored as torch stores it (its
-        ``parametrizations.*`` originals)."""
+        ``parametrizations.*`` originals). With two devices, ``keep_vars=True`` gives those whole
+        tensors as detached copies: the Parameters are the shards (``named_parameters()``)."""
         sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
         if self._sharded:
             for n, k in self._shards.items():
