@@ -46,10 +46,7 @@ pub fn note(msg: &str) {
     if RANK.load(Ordering::Relaxed) != 0 {
         return;
     }
-    let kept = msg
-        .strip_prefix("warning: ")
-        .is_some_and(|w| CAPTURED.with(|c| c.borrow_mut().as_mut().map(|v| v.push(w.to_string())).is_some()));
-    if !kept {
+    if !msg.strip_prefix("warning: ").is_some_and(kept) {
         line(msg);
     }
 }
@@ -57,10 +54,14 @@ pub fn note(msg: &str) {
 /// A warning about this process's own work (a skipped file), from every rank: kept under
 /// [`capture_warnings`] as it is, else printed.
 pub fn warning(msg: &str) {
-    let kept = CAPTURED.with(|c| c.borrow_mut().as_mut().map(|v| v.push(msg.to_string())).is_some());
-    if !kept {
+    if !kept(msg) {
         line(msg);
     }
+}
+
+/// Whether `msg` was kept: [`capture_warnings`] runs on this thread.
+fn kept(msg: &str) -> bool {
+    CAPTURED.with(|c| c.borrow_mut().as_mut().map(|v| v.push(msg.to_string())).is_some())
 }
 
 /// An error line: `error: ...`, naming the rank in a data-parallel run's other ranks.

@@ -273,9 +273,9 @@ impl EpochIter {
                 })
             });
             this.inner = Some(epoch); // kept after the end too, for `skipped`
-                                      // The skipped images, each named, as Python warnings (at the caller's loop).
             let warnings = py.import("warnings")?;
             for w in skips {
+                // Each skipped image, named, at the caller's loop.
                 warnings.call_method1("warn", (w, py.get_type::<pyo3::exceptions::PyUserWarning>(), 1))?;
             }
             match item {
