@@ -110,13 +110,23 @@ fn to_tensor(
 }
 
 /// Replaces the freshly initialised `whole` parameters of `cfg` by those of `path`, by name. A
-/// class layer of another number of classes keeps its fresh initialisation (with a warning; the
-/// result is then true); any other missing or misshapen tensor is an error naming it.
+/// class layer of another number of classes (its weight's rows; its bias must agree) keeps its
+/// fresh initialisation, weight and bias (with a warning; the result is then true); any other
+/// missing, misshapen or non-floating-point tensor is an error naming it.
 pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path) -> Result<bool> {
     let loaded = read(path)?;
     let class = &cfg.fcs[cfg.fcs.len() - 1].name;
     let culprit = |msg: String| Error::Config(format!("--init-from {}: {msg}", path.display()));
-    let mut new_head = false;
+    // The class layer is new when the file's weight has other rows (classes) of the same inputs.
+    let head_weight = format!("{class}.weight");
+    let rows = match (loaded.get(&head_weight), whole.get(&head_weight)) {
+        (Some(w), Some(fresh))
+            if w.dim() == 2 && w.size()[0] != fresh.size()[0] && w.size()[1..] == fresh.size()[1..] =>
+        {
+            Some(w.size()[0])
+        }
+        _ => None,
+    };
     for (name, fresh) in whole.iter_mut() {
         let Some(w) = loaded.get(name) else {
             let have: Vec<&str> = loaded.keys().take(6).map(String::as_str).collect();
@@ -128,25 +138,28 @@ pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path
                 if loaded.len() > have.len() { ", ..." } else { "" }
             )));
         };
-        if w.size() == fresh.size() {
+        if !w.is_floating_point() {
+            return Err(culprit(format!(
+                "`{name}` holds {} values, not floating-point weights",
+                format!("{:?}", w.kind()).to_lowercase()
+            )));
+        }
+        if let Some(rows) = rows.filter(|_| name.starts_with(&format!("{class}."))) {
+            // The whole layer keeps its fresh values: a bias for other classes than the weight's
+            // says the file is not what it seems.
+            if w.size().first() != Some(&rows) || w.size()[1..] != fresh.size()[1..] {
+                return Err(culprit(format!(
+                    "`{name}` has shape {:?}, yet `{head_weight}` has {rows} rows",
+                    w.size()
+                )));
+            }
+        } else if w.size() == fresh.size() {
             let w = w.f_to_kind(Kind::Float)?.f_contiguous()?.copy();
             // NaN weights would train to a NaN loss, blamed on the learning rate.
             if w.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
                 return Err(culprit(format!("`{name}` holds NaN or infinite values")));
             }
             *fresh = w;
-        } else if name.starts_with(&format!("{class}.")) && w.dim() == fresh.dim() && w.size()[1..] == fresh.size()[1..]
-        {
-            // The class layer of another number of classes (its rows): a new one.
-            new_head = true;
-            if name.ends_with(".weight") {
-                crate::say::note(&format!(
-                    "warning: --init-from {}: {class} has {} outputs there and {} here: it is re-initialised",
-                    path.display(),
-                    w.size()[0],
-                    fresh.size()[0]
-                ));
-            }
         } else {
             return Err(culprit(format!(
                 "`{name}` has shape {:?}, this network's is {:?}",
@@ -155,5 +168,12 @@ pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path
             )));
         }
     }
-    Ok(new_head)
+    if let Some(rows) = rows {
+        crate::say::note(&format!(
+            "warning: --init-from {}: {class} has {rows} outputs there and {} here: it is re-initialised",
+            path.display(),
+            whole[&head_weight].size()[0]
+        ));
+    }
+    Ok(rows.is_some())
 }

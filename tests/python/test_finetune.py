@@ -31,11 +31,18 @@ def newest(run):
     return load_file(sorted((run / "checkpoints").glob("ckpt-*"))[-1] / "weights.safetensors")
 
 
-@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
-def test_torchvision_pth_with_frozen_features(tmp_path, zipfile):
+@pytest.mark.parametrize("zipfile,crc", [(True, True), (False, True), (True, False)],
+                         ids=["zip", "legacy", "zip-without-crc"])
+def test_torchvision_pth_with_frozen_features(tmp_path, zipfile, crc):
+    """zip-without-crc: torch.serialization.set_crc32_options(False) writes 0 for every entry's
+    CRC-32 (torch.load reads it); it was refused as corrupt (CRC-32 mismatch)."""
     torch.manual_seed(0)
     tv = torchvision.models.alexnet()
-    torch.save(tv.state_dict(), tmp_path / "tv.pth", _use_new_zipfile_serialization=zipfile)
+    torch.serialization.set_crc32_options(crc)
+    try:
+        torch.save(tv.state_dict(), tmp_path / "tv.pth", _use_new_zipfile_serialization=zipfile)
+    finally:
+        torch.serialization.set_crc32_options(True)
     run = tmp_path / "run"
     r = train("--preset", "torchvision", "--init-from", tmp_path / "tv.pth", "--freeze", FEATURES, "--out", run)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -69,9 +76,27 @@ def test_init_from_a_run_and_a_safetensors_file(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["other-preset", "evil-pickle", "not-weights", "unknown-layer", "nan", "missing",
-                                  "scalar-head", "optimizer-state", "frozen-new-head"])
+                                  "scalar-head", "optimizer-state", "frozen-new-head", "int-weights",
+                                  "head-bias-of-this-network", "head-bias-of-another"])
 def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
-    if case == "nan":  # trained to a NaN loss, blamed on --lr
+    if case == "int-weights":  # cast to float in silence, then trained to a NaN loss blamed on --lr
+        sd = {k: (v * 100).long() for k, v in torchvision.models.alexnet().state_dict().items()}
+        torch.save(sd, tmp_path / "int.pth")
+        args, needle = ["--preset", "torchvision", "--init-from", tmp_path / "int.pth"], \
+            "`classifier.1.bias` holds int64 values, not floating-point weights"
+    elif case.startswith("head-bias"):
+        # A class layer of 1000 rows with a bias of this network's 10: the warning said the layer
+        # was re-initialised while its bias was the file's. And 10 rows with a bias of 1000.
+        sd = torchvision.models.alexnet().state_dict()
+        if case == "head-bias-of-this-network":
+            sd["classifier.6.bias"] = torch.full((10,), 7.0)
+            needle = "`classifier.6.bias` has shape [10], yet `classifier.6.weight` has 1000 rows"
+        else:
+            sd["classifier.6.weight"] = sd["classifier.6.weight"][:10].clone()
+            needle = "`classifier.6.bias` has shape [1000], this network's is [10]"
+        torch.save(sd, tmp_path / "mixed.pth")
+        args = ["--preset", "torchvision", "--init-from", tmp_path / "mixed.pth"]
+    elif case == "nan":  # trained to a NaN loss, blamed on --lr
         sd = torchvision.models.alexnet().state_dict()
         sd["features.3.weight"][0, 0, 0, 0] = float("nan")
         torch.save(sd, tmp_path / "nan.pth")
@@ -82,7 +107,7 @@ def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
         sd["classifier.6.weight"] = torch.tensor(1.0)
         save_file(sd, tmp_path / "scalar.safetensors")
         args, needle = ["--preset", "torchvision", "--init-from", tmp_path / "scalar.safetensors"], \
-            "`classifier.6.weight` has shape [], this network's is [10, 4096]"
+            "`classifier.6.bias` has shape [1000], this network's is [10]"  # not a new class layer
     elif case == "frozen-new-head":  # a random class layer, frozen: trained nothing, with a warning only
         torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "tv.pth")
         args, needle = ["--preset", "torchvision", "--init-from", tmp_path / "tv.pth", "--freeze",

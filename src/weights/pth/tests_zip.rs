@@ -169,6 +169,30 @@ fn zip_errors() {
     assert!(load_bytes(&z)
         .unwrap_err()
         .contains("entry `arch/data/0` is corrupt (CRC-32 mismatch)"));
+    // Written without checksums (torch.serialization.set_crc32_options(False): 0 for every
+    // entry), the archive reads; one entry's 0 among checksums is still a mismatch.
+    let clean = make_zip(&[("arch/data.pkl", &pkl), ("arch/data/0", &s0)], false, 0);
+    let crc_at = |z: &[u8], name: &str| {
+        let central = z.windows(4).position(|w| w == CENTRAL_SIG.to_le_bytes()).unwrap();
+        let local = z.windows(name.len()).position(|w| w == name.as_bytes()).unwrap() - 30;
+        let central = central
+            + z[central..]
+                .windows(name.len())
+                .position(|w| w == name.as_bytes())
+                .unwrap()
+            - 46;
+        [local + 14, central + 16]
+    };
+    let mut none = clean.clone();
+    for at in ["arch/data.pkl", "arch/data/0"].iter().flat_map(|n| crc_at(&clean, n)) {
+        none[at..at + 4].fill(0);
+    }
+    assert_eq!(load_bytes(&none).unwrap().len(), load_bytes(&clean).unwrap().len());
+    let mut one = clean.clone();
+    for at in crc_at(&clean, "arch/data/0") {
+        one[at..at + 4].fill(0);
+    }
+    assert!(load_bytes(&one).unwrap_err().contains("CRC-32 mismatch"));
 }
 
 /// Entries a zip writer never makes and torch would read otherwise: two entries of one name
