@@ -803,3 +803,39 @@ fn commands_with_threads_run_twice_in_one_process() {
         assert!(out.is_file());
     }
 }
+
+#[test]
+fn a_loader_says_why_its_epochs_are_empty() {
+    // The reason lived in python/alexnet_rs/data.py, which re-bound the constructor's arguments
+    // to guess it; the training loop said its own. The loader knows its batches.
+    let root = image_folder("why-empty", 3, 4); // 12 samples
+    let ds = Dataset::open(&root, Split::Train).unwrap();
+    let why = |batch_size, drop_last, shard, keep_tail| {
+        let cfg = LoaderConfig {
+            batch_size,
+            threads: 1,
+            drop_last,
+            shard,
+            keep_tail,
+            ..LoaderConfig::default()
+        };
+        let tf = Transform::for_preset(Preset::Cnn4, 8, View::Center, None);
+        let loader = Loader::new(ds.clone(), tf, cfg).unwrap();
+        assert_eq!(loader.why_empty().is_some(), loader.batches_per_epoch() == 0);
+        loader.why_empty()
+    };
+    assert_eq!(why(5, false, None, false), None);
+    assert_eq!(why(13, false, None, false), None); // one partial batch
+    assert_eq!(why(12, true, None, false), None);
+    let full = why(13, true, None, false).unwrap();
+    assert!(full.contains("12 samples make no full batch of 13"), "{full}");
+    let global = why(5, false, Some((0, 3)), false).unwrap();
+    assert!(
+        global.contains("12 samples make no full global batch of 5 x 3 ranks"),
+        "{global}"
+    );
+    assert_eq!(why(5, false, Some((2, 3)), true), None); // takes images 10, 11
+    let rank = why(4, false, Some((3, 5)), true).unwrap();
+    assert!(rank.contains("rank 3 of 5 gets none of the 12 samples"), "{rank}");
+    assert_eq!(why(4, false, Some((0, 1)), false), None);
+}

@@ -166,6 +166,29 @@ fn truncated_and_foreign_checkpoints_are_refused() {
 }
 
 #[test]
+fn a_batch_larger_than_the_training_set_is_refused_naming_both() {
+    let _s = serial();
+    require_data();
+    let run = tmp("no-batch");
+    let e = train(
+        &TrainConfig {
+            batch_size: 300,
+            ..small(&run)
+        },
+        None,
+        &mut |_| {},
+        &|| false,
+    )
+    .expect_err("an epoch without a step must be refused")
+    .to_string();
+    assert!(
+        e.contains("no training batch: its 256 samples make no full batch of 300"),
+        "{e}"
+    );
+    assert!(checkpoint::find_latest(&run).is_err(), "nothing to resume was written");
+}
+
+#[test]
 fn two_device_placement_computes_the_same_function() {
     let _s = serial();
     // Forward and gradients of the paper network, whole on one CPU "device" and split over two.

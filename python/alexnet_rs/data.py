@@ -21,7 +21,6 @@ get a smaller batch or one fewer), as the Rust evaluation does.
 """
 
 import inspect
-import warnings
 
 from . import _native
 from ._boundary import checked
@@ -37,21 +36,8 @@ class DataLoader(_native.DataLoader):
     __signature__ = inspect.signature(_native.DataLoader)
 
     def __new__(cls, *args, **kwargs):
-        loader = checked(_native.DataLoader.__new__)(cls, *args, **kwargs)
-        if len(loader) == 0 and loader.num_samples > 0:
-            a = cls.__signature__.bind(*args, **kwargs)
-            a.apply_defaults()
-            a = a.arguments
-            if a["view"] != "train" and (a["rank"] is not None or a["world_size"] is not None):
-                # The shards cover the samples once: the batches ran out before this rank's turn.
-                why = (f"rank {a['rank'] or 0} of {a['world_size'] or 1} gets none of the {loader.num_samples} "
-                       f"samples (an evaluation view's shards cover them once, batch_size {a['batch_size']} "
-                       "per rank)")
-            else:
-                why = (f"its {loader.num_samples} samples make no full batch (batch_size, times world_size with "
-                       "ranks, or drop_last)")
-            warnings.warn(f"DataLoader: {why}: every epoch is empty", UserWarning, stacklevel=2)
-        return loader
+        # An epoch with no batch is said by the native constructor (a warning naming why).
+        return checked(_native.DataLoader.__new__)(cls, *args, **kwargs)
 
     def epoch(self, epoch: int) -> EpochIter:
         """The batches of epoch ``epoch`` (its shuffle and augmentation depend on it and the seed)."""

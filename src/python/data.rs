@@ -200,10 +200,11 @@ impl DataLoader {
                 keep_tail: view != View::Train,
                 ..LoaderConfig::default()
             };
-            Ok(DataLoader {
-                loader: core(py.allow_threads(move || Loader::new(ds, tf, cfg)))?,
-                next_epoch: 0,
-            })
+            let loader = core(py.allow_threads(move || Loader::new(ds, tf, cfg)))?;
+            if let Some(why) = loader.why_empty() {
+                warn(format!("DataLoader: {why}: every epoch is empty"))?;
+            }
+            Ok(DataLoader { loader, next_epoch: 0 })
         })
     }
 

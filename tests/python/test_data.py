@@ -494,7 +494,7 @@ def test_ranks_partition_each_epoch_and_an_empty_epoch_warns(tmp_path):
         (few / f"c{c}").mkdir(parents=True)
         for i in range(5):
             (few / f"c{c}" / f"{i}.png").write_bytes((data / "train" / "class0" / f"{i}.png").read_bytes())
-    with pytest.warns(UserWarning, match="its 15 samples make no full batch"):
+    with pytest.warns(UserWarning, match=r"its 15 samples make no full global batch of 5 x 4 ranks: every epoch is empty"):
         loader = DataLoader(few, crop=16, batch_size=5, threads=1, rank=0, world_size=4)
     assert len(loader) == 0 and list(loader) == []
 

@@ -164,12 +164,8 @@ fn open_data(
     let train_loader = tc.shard_loader(train_ds, View::Train, true, shard)?;
     let eval_view = if tc.ten_crop_eval { View::TenCrop } else { View::Center };
     let test_loader = tc.shard_loader(test_ds, eval_view, false, shard)?;
-    if train_loader.batches_per_epoch() == 0 {
-        return Err(Error::Config(format!(
-            "fewer training samples than one (global) batch of {} x {} rank(s)",
-            tc.batch_size,
-            group.map_or(1, |g| g.world)
-        )));
+    if let Some(why) = train_loader.why_empty() {
+        return Err(Error::Config(format!("no training batch: {why}")));
     }
     Ok((cfg, placement, train_loader, test_loader))
 }
