@@ -271,7 +271,7 @@ fn newest(path: &Path, weights_only: bool) -> Result<PathBuf> {
 }
 
 /// Before a `--resume`: moves the newest complete checkpoint back to its visible name if a crash
-/// left it hidden, and deletes incomplete folders and leftovers. Returns the checkpoint folder.
+/// left it hidden, and deletes the hidden leftovers. Returns the checkpoint folder.
 pub fn recover(path: &Path) -> Result<PathBuf> {
     let latest = find_latest(path)?;
     let (Some((step, _)), Some(root)) = (
@@ -293,25 +293,20 @@ pub fn recover(path: &Path) -> Result<PathBuf> {
         fs::rename(&latest, &dst).map_err(io(&dst))?;
         fsync(root)?;
     }
+    // A crash leaves only hidden folders: a visible incomplete one is a user's (weights shared
+    // without their momentum, a copy cut short), never deleted; a newer one stops the resume.
     for e in fs::read_dir(root).map_err(io(root))?.filter_map(|e| e.ok()) {
         let n = e.file_name().to_string_lossy().into_owned();
-        let Some(s) = step_of(&n).filter(|_| !is_complete(&e.path())) else {
-            continue;
-        };
-        if lacking(&e.path(), true).is_empty() {
-            // Weights a user stripped of their optimizer state: theirs, not a crash's leftover.
-            if s > step {
-                return Err(Error::Config(format!(
-                    "{} lacks optimizer.safetensors (the momentum a resumed run continues with), so the run \
-                     cannot continue from its newest step; move that folder out of {} to resume from {}",
-                    e.path().display(),
-                    root.display(),
-                    dst.display()
-                )));
-            }
-            continue;
+        if step_of(&n).is_some_and(|s| s > step) && !is_complete(&e.path()) {
+            return Err(Error::Config(format!(
+                "{} lacks {} (of a checkpoint a resumed run continues from), so the run cannot continue from \
+                 its newest step; move that folder out of {} to resume from {}",
+                e.path().display(),
+                lacking(&e.path(), false).join(" and "),
+                root.display(),
+                dst.display()
+            )));
         }
-        remove(root, &n)?;
     }
     remove_leftovers(root)?;
     Ok(dst)

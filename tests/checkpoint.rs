@@ -238,6 +238,26 @@ fn a_checkpoint_stripped_of_its_optimizer_state_evaluates_but_is_not_resumed_or_
 }
 
 #[test]
+fn resume_never_deletes_a_visible_checkpoint_folder() {
+    let _s = serial();
+    // A crash leaves only hidden folders; a visible one lacking state.json (a copy cut short, a
+    // user's edit) was deleted by --resume as crash debris, its weights and momentum with it,
+    // and the run went on from the step before.
+    let (run, _, _) = run_with("visible-incomplete", &[2, 4]);
+    fs::remove_file(ckpt(&run, 4).join("state.json")).unwrap();
+    let e = checkpoint::recover(&run).unwrap_err().to_string();
+    assert!(
+        e.contains("ckpt-000000004 lacks state.json") && e.contains("ckpt-000000002"),
+        "{e}"
+    );
+    assert!(ckpt(&run, 4).join("weights.safetensors").is_file());
+    // An older one is left alone too; the newest complete one is resumed.
+    fs::rename(ckpt(&run, 4), run.join("checkpoints").join("ckpt-000000001")).unwrap();
+    assert_eq!(checkpoint::recover(&run).unwrap(), ckpt(&run, 2));
+    assert!(ckpt(&run, 1).join("optimizer.safetensors").is_file());
+}
+
+#[test]
 fn a_paper_checkpoint_from_before_the_per_tower_lrn_is_told_apart() {
     // Its LRN normalised across the two towers; it now runs per tower, with nothing to say so.
     let state = |preset| {
