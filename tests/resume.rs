@@ -218,6 +218,82 @@ fn a_time_budget_stop_writes_no_mislabelled_epoch_row() {
 }
 
 #[test]
+fn a_step_budget_spent_on_an_epochs_last_step_ends_that_epoch() {
+    let _s = serial();
+    require_data();
+    // It returned before the epoch's end: no epochs.csv row, no best, a checkpoint inside the
+    // epoch (and the resume that closed it said "the run is complete").
+    let (a, b) = (reference(), tmp("budget-at-epoch-end"));
+    run(
+        &TrainConfig {
+            max_steps: Some(4), // epoch 1's 4 steps
+            ..tiny(&b)
+        },
+        None,
+    );
+    let csv = fs::read_to_string(b.join("epochs.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    let state = checkpoint::load(&b).unwrap().state;
+    assert_eq!((state.epoch, state.batch_in_epoch, state.best_step), (1, 0, Some(4)));
+    run(&tiny(&b), Some(&b));
+    assert_eq!(masked(&b), masked(&a));
+}
+
+#[test]
+fn an_evaluation_that_fails_keeps_the_epochs_training() {
+    let _s = serial();
+    // Unreadable evaluation images ended the run before the epoch's checkpoint: the epoch's
+    // training was lost, with nothing to resume. Saved at the epoch's last position instead,
+    // a resume once the images are back redoes only the evaluation.
+    let data = tmp("eval-fails-data");
+    let write = |split: &str, bad: bool| {
+        for c in 0..2 {
+            let d = data.join(split).join(format!("c{c}"));
+            fs::create_dir_all(&d).unwrap();
+            for i in 0..8 {
+                let p = d.join(format!("{i}.png"));
+                if bad {
+                    fs::write(&p, b"").unwrap();
+                } else {
+                    image::RgbImage::from_pixel(8, 8, image::Rgb([i * 30, c * 90, 5]))
+                        .save(&p)
+                        .unwrap();
+                }
+            }
+        }
+    };
+    write("train", false);
+    write("val", true);
+    let b = tmp("eval-fails");
+    let tc = TrainConfig {
+        data: Some(data.to_path_buf()),
+        batch_size: 4,
+        epochs: 1,
+        limit_train: None,
+        limit_test: None,
+        checkpoint_every: 0,
+        ..tiny(&b)
+    };
+    let e = train(&tc, None, &mut |_| {}, &|| false)
+        .expect_err("no evaluation image")
+        .to_string();
+    assert!(e.contains("no image of the evaluation set could be read"), "{e}");
+    let state = checkpoint::load(&b).expect("the epoch's training is saved").state;
+    assert_eq!((state.step, state.epoch, state.batch_in_epoch), (4, 0, 4));
+    assert!(!b.join("epochs.csv").exists() || fs::read_to_string(b.join("epochs.csv")).unwrap().lines().count() <= 1);
+    // Resumed (the images still unreadable: a changed test set is refused as other data), it
+    // trains no step again and fails at the same evaluation, the checkpoint unchanged.
+    let e = train(&tc, Some(&b), &mut |_| {}, &|| false)
+        .expect_err("still no evaluation image")
+        .to_string();
+    assert!(e.contains("no image of the evaluation set could be read"), "{e}");
+    let state = checkpoint::load(&b).unwrap().state;
+    assert_eq!((state.step, state.epoch, state.batch_in_epoch), (4, 0, 4));
+    let steps = Metrics::existing(&b).steps().unwrap();
+    assert_eq!(steps.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2, 3, 4]);
+}
+
+#[test]
 fn a_kill_during_resume_keeps_the_metrics_history() {
     let _s = serial();
     require_data();

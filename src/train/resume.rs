@@ -54,10 +54,9 @@ pub(super) fn check_loose(path: &Path, tc: &TrainConfig) -> Result<()> {
 /// What a run keeps in its folder from elsewhere, at each start (crash-safe): its copy of its
 /// statistics file, and, for a run resumed into another folder, the resumed run's metrics
 /// history (metrics.jsonl, epochs.csv; cut back to the checkpoint when the metrics are opened).
-pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result<()> {
-    let continued = resumed
-        .and_then(|c| run_folder(&c.dir))
-        .is_some_and(|r| same_folder(r, &tc.out));
+/// `resumed`: the folder of the checkpoint the run resumes.
+pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Path>) -> Result<()> {
+    let continued = resumed.and_then(run_folder).is_some_and(|r| same_folder(r, &tc.out));
     let copy = tc.out.join(STATS);
     if !continued {
         // The run's own --stats file may be the one in its folder (`stats --out run/...`).
@@ -73,7 +72,7 @@ pub(super) fn fill_out(tc: &TrainConfig, resumed: Option<&Checkpoint>) -> Result
         None if copy.is_file() => std::fs::remove_file(&copy).map_err(io(&copy))?,
         None => {}
     }
-    let Some(from) = resumed.and_then(|c| run_folder(&c.dir)) else {
+    let Some(from) = resumed.and_then(run_folder) else {
         return Ok(());
     };
     if same_folder(from, &tc.out) {

@@ -71,6 +71,8 @@ impl<'a> Run<'a> {
                 .epoch_from(self.state.epoch, self.state.batch_in_epoch as usize);
             // Images trained on this epoch, over every rank.
             let (planned, mut seen) = (batches.len(), 0.0);
+            // Set when the step or time budget is spent: whether it is the time's.
+            let mut budget = None;
             for batch in batches.by_ref() {
                 let images = self.step(batch?)?;
                 seen += images;
@@ -95,17 +97,16 @@ impl<'a> Run<'a> {
                     return self.finish(steps_here, None);
                 }
                 if agreed.out_of_time || agreed.steps_done {
+                    budget = Some(agreed.out_of_time);
+                    if self.state.batch_in_epoch as usize >= self.train_loader.batches_per_epoch() {
+                        break; // the epoch's last step: the epoch ends as usual first
+                    }
                     // Evaluated before the checkpoint, which is not written if the outputs are
                     // NaN. Mid-epoch: not an epochs.csv row (that comes when a resumed run
                     // finishes the epoch).
-                    let e = self.evaluate()?;
-                    if agreed.out_of_time {
-                        crate::say::note(&format!(
-                            "time budget reached after {} steps: top-1 {:.4}, top-5 {:.4}",
-                            self.state.step, e.top1, e.top5
-                        ));
-                    }
+                    let e = self.evaluate_keeping()?;
                     self.save()?;
+                    self.budget_note(agreed.out_of_time, steps_here);
                     return self.finish(steps_here, Some(e));
                 }
                 if stepped && self.tc.checkpoint_every > 0 && self.state.step.is_multiple_of(self.tc.checkpoint_every) {
@@ -124,6 +125,10 @@ impl<'a> Run<'a> {
                 });
             }
             last_eval = self.end_epoch(epoch_start)?.or(last_eval);
+            if let Some(out_of_time) = budget {
+                self.budget_note(out_of_time, steps_here);
+                break;
+            }
         }
         self.finish(steps_here, last_eval)
     }
@@ -152,6 +157,39 @@ impl<'a> Run<'a> {
             return Err(diverged(&self.tc, "the validation loss".into(), e.loss, step, epoch));
         }
         Ok(e)
+    }
+
+    /// [`Self::evaluate`]; when it fails for another reason than a divergence or an abort (e.g.
+    /// the evaluation data became unreadable), the training since the last checkpoint is saved
+    /// first (at the position before the evaluation), so that a resume redoes only the evaluation.
+    fn evaluate_keeping(&mut self) -> Result<EvalResult> {
+        let e = self.evaluate();
+        if let Err(err) = &e {
+            if !matches!(err, Error::Diverged { .. } | Error::Interrupted(_)) {
+                if let Err(kept) = self.save() {
+                    crate::say::note(&format!("warning: the training could not be saved either: {kept}"));
+                }
+            }
+        }
+        e
+    }
+
+    /// Says that the step or time budget stopped the run (and how it goes on, if it can).
+    fn budget_note(&self, out_of_time: bool, steps_here: u64) {
+        let why = if out_of_time {
+            "time budget reached"
+        } else {
+            "--max-steps reached"
+        };
+        let on = if self.state.epoch < self.tc.epochs && self.metrics.is_some() {
+            format!("; `alexnet train --resume {}` trains on", self.tc.out.display())
+        } else {
+            String::new()
+        };
+        crate::say::note(&format!(
+            "{why} at step {} ({steps_here} this run){on}",
+            self.state.step
+        ));
     }
 
     /// One optimiser step on `b`: forward, loss, backward, (the ranks' gradients summed), update,
@@ -262,12 +300,17 @@ impl<'a> Run<'a> {
     /// The end of an epoch: evaluation (every `eval_every` epochs and after the last), the
     /// schedule, an epochs.csv row, a checkpoint, curves.png. Returns the evaluation if there was one.
     fn end_epoch(&mut self, epoch_start: Instant) -> Result<Option<EvalResult>> {
+        let epoch = self.state.epoch + 1;
+        // Evaluated at the epoch's last position: a failed evaluation saves that (a resume
+        // redoes the epoch's end), not an epoch that looks ended without its row.
+        let evaluated = (epoch.is_multiple_of(self.tc.eval_every.max(1)) || epoch == self.tc.epochs)
+            .then(|| self.evaluate_keeping())
+            .transpose()?;
         let state = &mut self.state;
         state.epoch += 1;
         state.batch_in_epoch = 0;
         let mut result = None;
-        if state.epoch.is_multiple_of(self.tc.eval_every.max(1)) || state.epoch == self.tc.epochs {
-            let e = self.evaluate()?;
+        if let Some(e) = evaluated {
             // The lr the epoch's last step trained with (before a plateau drop takes effect).
             let per_epoch = self.train_loader.batches_per_epoch() as f64;
             let state = &mut self.state;

@@ -500,7 +500,7 @@ def test_two_ranks_print_each_note_once_and_name_the_rank_of_an_error(tmp_path):
     r = run_torchrun(tmp_path, "--resume", out, "--lr", "0.5", "--time-budget", "0")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("warning: --resume keeps the run's lr") == 1, r.stderr[-3000:]
-    assert r.stderr.count("time budget reached after 3 steps") == 1, r.stderr[-3000:]
+    assert r.stderr.count("time budget reached at step 3 (1 this run)") == 1, r.stderr[-3000:]
     r = run_torchrun(tmp_path, *SMALL, "--out", tmp_path / "nan", "--lr", "1e30")
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if "error" in line and "became" in line]

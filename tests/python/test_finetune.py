@@ -137,9 +137,14 @@ def test_bad_init_and_freeze_are_clear_errors(tmp_path, case):
         args, needle = ["--preset", "paper", "--init-from", tmp_path / "w.txt"], "expected an alexnet run"
     else:
         args, needle = ["--preset", "torchvision", "--freeze", "conv1"], "no layer `conv1` with parameters"
+    # An earlier run's metrics in the folder: they were moved to earlier-1/ (and classes.json
+    # written) before the weights were found wrong.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
     r = train(*args, "--out", tmp_path / "run")
     assert r.returncode == 1, r.stderr
     assert needle in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != ".lock") == ["metrics.jsonl"]
     assert "panicked" not in r.stderr
     if case == "evil-pickle":
         assert not marker.exists(), "the pickle's code ran"

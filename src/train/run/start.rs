@@ -52,19 +52,21 @@ impl<'a> Run<'a> {
             c.state.check_data(data)?;
             c.state.check_position(per_epoch, ranks)?;
         }
+        let resumed = ckpt.as_ref().map(|c| c.dir.clone());
+        let (params, sgd, mut state) = match ckpt {
+            Some(c) => restore(&tc, &cfg, &placement, c)?,
+            None => fresh(&tc, &cfg, &placement, train_loader.dataset().classes.clone())?,
+        };
+        freeze(&params, &tc.frozen(&cfg)?);
+        // The folder is changed only once the weights (--init-from) and --freeze are good.
         if writer {
             hold(&mut lock, &tc.out)?;
             crate::files::write(
                 &tc.out.join("classes.json"),
                 train_loader.dataset().classes_json().as_bytes(),
             )?;
-            resume::fill_out(&tc, ckpt.as_ref())?;
+            resume::fill_out(&tc, resumed.as_deref())?;
         }
-        let (params, sgd, mut state) = match ckpt {
-            Some(c) => restore(&tc, &cfg, &placement, c)?,
-            None => fresh(&tc, &cfg, &placement, train_loader.dataset().classes.clone())?,
-        };
-        freeze(&params, &tc.frozen(&cfg)?);
         resume::replan(&mut state.schedule, tc.epochs, state.epoch);
         state.config = tc.clone();
         (state.ranks, state.data, state.network) = (ranks, Some(data), checkpoint::NETWORK);
