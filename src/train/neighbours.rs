@@ -296,9 +296,10 @@ fn read_bank(cache: &Path, n: usize) -> Option<(Tensor, Vec<usize>)> {
     fits.then_some((feats, rows))
 }
 
-/// Removes the fc7 caches (`<checkpoint>-<weights>-<key>.safetensors`) in `cache_dir` of the
-/// checkpoints in `folder` that are gone or hold other weights now (a run trained again into the
-/// same folder); a failure to is no error (a cache is only an aid).
+/// Removes the fc7 caches (`<checkpoint>-<weights>-<key>.safetensors`, both 16 hex digits) in
+/// `cache_dir` of the checkpoints in `folder` that are gone or hold other weights now (a run
+/// trained again into the same folder); other files are a user's, left alone. A failure to is no
+/// error (a cache is only an aid).
 fn prune_stale(cache_dir: &Path, folder: &Path) {
     let Ok(entries) = std::fs::read_dir(cache_dir) else {
         return;
@@ -311,7 +312,8 @@ fn prune_stale(cache_dir: &Path, folder: &Path) {
         let Some((ckpt, weights)) = name
             .strip_suffix(".safetensors")
             .and_then(|s| s.rsplit_once('-'))
-            .and_then(|(rest, _key)| rest.rsplit_once('-'))
+            .and_then(|(rest, key)| rest.rsplit_once('-').filter(|_| is_hex16(key)))
+            .filter(|(_, weights)| is_hex16(weights))
         else {
             continue;
         };
@@ -322,7 +324,37 @@ fn prune_stale(cache_dir: &Path, folder: &Path) {
     }
 }
 
+fn is_hex16(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// A stamp of a checkpoint's weights file (its size and modification time).
 fn weights_stamp(ckpt: &Path) -> u64 {
     stamp(FNV_START, &ckpt.join("weights.safetensors"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_stale_caches_are_pruned() {
+        // A checkpoint folder outside a run caches in its parent's `fc7/`, a name a user may
+        // have used: every `*-*-*.safetensors` there was taken for a stale cache and deleted.
+        let folder = std::env::temp_dir().join(format!("alexnet-test-prune-{}", std::process::id()));
+        let cache_dir = folder.join("fc7");
+        std::fs::create_dir_all(&cache_dir).unwrap();
+        let ours = format!("model-{:016x}-{:016x}.safetensors", 1u64, 2u64);
+        for name in ["resnet-layer4-features.safetensors", ours.as_str(), "notes.txt"] {
+            std::fs::write(cache_dir.join(name), b"x").unwrap();
+        }
+        prune_stale(&cache_dir, &folder);
+        let mut left: Vec<String> = std::fs::read_dir(&cache_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        std::fs::remove_dir_all(&folder).unwrap();
+        assert_eq!(left, ["notes.txt", "resnet-layer4-features.safetensors"]);
+    }
 }
