@@ -63,6 +63,13 @@ fn idx_errors_name_the_problem() {
     std::fs::write(&f, [0, 0, 8, 3, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0]).unwrap();
     let e = Dataset::idx(&f, &labels, vec![]).unwrap_err().to_string();
     assert!(e.contains("65536x65536 pixels"), "{e}");
+    // No images of 28 x 28: an empty data set (a folder or list file without samples is refused).
+    std::fs::write(&f, [0, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0, 28, 0, 0, 0, 28]).unwrap();
+    let e = Dataset::idx(&f, &labels, vec![]).unwrap_err().to_string();
+    assert!(
+        e.contains("bad-idx") && e.contains("no images (the file's count is 0)"),
+        "{e}"
+    );
     // gzip of several members (`cat a.gz b.gz`, bgzip): only the first was read ("file has 0").
     let member = |bytes: &[u8]| {
         use std::io::Write;
@@ -314,6 +321,34 @@ fn prepare_makes_again_what_a_changed_source_settings_or_damage_made_stale() {
     std::fs::write(&out, &bytes[..bytes.len() - 40]).unwrap();
     assert_eq!(run(50), (1, 2, 0));
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    // Two images of one size swapped, each keeping its modification time (as `tar x` or
+    // `cp -p` give them): both were "already there"; the change time tells.
+    let (x, y) = (src.join("c0").join("x.bmp"), src.join("c0").join("y.bmp"));
+    image::RgbImage::from_pixel(8, 8, image::Rgb([250, 0, 0]))
+        .save(&x)
+        .unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([0, 0, 250]))
+        .save(&y)
+        .unwrap();
+    assert_eq!(run(50), (2, 3, 0));
+    let (red, blue) = (std::fs::read(&x).unwrap(), std::fs::read(&y).unwrap());
+    assert_eq!(red.len(), blue.len());
+    for (path, bytes) in [(&x, &blue), (&y, &red)] {
+        let when = std::fs::metadata(path).unwrap().modified().unwrap();
+        std::fs::write(path, bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+    assert_eq!(run(50), (2, 3, 0));
+    assert!(pixel("x.jpg")[2] > 200 && pixel("y.jpg")[0] > 200);
+    std::fs::remove_file(&x).unwrap();
+    std::fs::remove_file(&y).unwrap();
+    std::fs::remove_file(dst.join("c0").join("x.jpg")).unwrap();
+    std::fs::remove_file(dst.join("c0").join("y.jpg")).unwrap();
     // An output whose source is gone is counted, and left.
     std::fs::remove_file(src.join("c0").join("img0.png")).unwrap();
     assert_eq!(run(50), (0, 2, 1));
@@ -838,4 +873,18 @@ fn a_loader_says_why_its_epochs_are_empty() {
     let rank = why(4, false, Some((3, 5)), true).unwrap();
     assert!(rank.contains("rank 3 of 5 gets none of the 12 samples"), "{rank}");
     assert_eq!(why(4, false, Some((0, 1)), false), None);
+}
+
+#[test]
+fn an_image_without_pixels_is_refused_naming_its_size() {
+    // A PNM header may say 0 columns or rows: it decoded to an empty image (a (5, 0, 3) tensor
+    // from load_image), refused later as "empty image" or not at all.
+    let root = common::tmp("data-no-pixels");
+    std::fs::create_dir_all(&root).unwrap();
+    for (name, header) in [("w0.ppm", "P6\n0 5\n255\n"), ("h0.pgm", "P5\n5 0\n255\n")] {
+        let p = root.join(name);
+        std::fs::write(&p, header).unwrap();
+        let e = alexnet_rs::image::load_rgb(&p).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains("pixels: an image without pixels"), "{e}");
+    }
 }

@@ -87,6 +87,11 @@ impl Dataset {
                 ),
             ));
         }
+        if dims[0] == 0 {
+            // Folders and list files without a sample are refused too (training stopped at "fewer
+            // samples than one batch").
+            return Err(data_err(images, "no images (the file's count is 0)"));
+        }
         if classes.is_empty() {
             let max = lab.iter().copied().max().unwrap_or(0);
             classes = (0..=max).map(|l| l.to_string()).collect();

@@ -146,8 +146,11 @@ fn check_collisions(src: &Path, dst: &Path, files: &[PathBuf]) -> Result<()> {
     })
 }
 
-/// The stamp an output of `src` made with these settings carries (a JPEG comment).
+/// The stamp an output of `src` made with these settings carries (a JPEG comment). Its change
+/// time too: `tar x` and `cp -p` give a new file an old modification time (and images of one
+/// format and size have one length), but set the change time to now.
 fn stamp(src: &Path, size: u32, quality: u8) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(src).map_err(io(src))?;
     let modified = meta
         .modified()
@@ -155,8 +158,10 @@ fn stamp(src: &Path, size: u32, quality: u8) -> Result<String> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
     Ok(format!(
-        "alexnet_rs prepare: size {size}, quality {quality}, source {} bytes modified {modified}",
-        meta.len()
+        "alexnet_rs prepare: size {size}, quality {quality}, source {} bytes modified {modified} changed {}.{:09}",
+        meta.len(),
+        meta.ctime(),
+        meta.ctime_nsec()
     ))
 }
 
