@@ -312,7 +312,8 @@ fn a_query_from_the_training_images_is_not_its_own_neighbour() {
         ..TrainConfig::default()
     };
     train(&tc, None, &mut |_| {}, &|| false).unwrap();
-    let n = alexnet_rs::train::neighbours(&run, None, alexnet_rs::train::Queries::Test(4), 3, "cpu").unwrap();
+    let n =
+        alexnet_rs::train::neighbours(&run, None, alexnet_rs::train::Queries::Test(4), 3, "cpu", &|_, _| {}).unwrap();
     for (i, q) in n.queries.iter().enumerate() {
         let found: Vec<usize> = q.neighbours.iter().map(|&(idx, _, _)| idx).collect();
         assert!(
@@ -322,7 +323,15 @@ fn a_query_from_the_training_images_is_not_its_own_neighbour() {
     }
     // A training image named as a file (by another spelling of its path): not its own either.
     let file = data.join("c0").join(".").join("2.png");
-    let n = alexnet_rs::train::neighbours(&run, None, alexnet_rs::train::Queries::Files(vec![file]), 3, "cpu").unwrap();
+    let n = alexnet_rs::train::neighbours(
+        &run,
+        None,
+        alexnet_rs::train::Queries::Files(vec![file]),
+        3,
+        "cpu",
+        &|_, _| {},
+    )
+    .unwrap();
     let own = n
         .train
         .items

@@ -113,7 +113,8 @@ pub struct NeighboursArgs {
     devices: String,
 }
 
-pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
+/// The queries `a` asks for, its flags checked (before any work).
+fn neighbour_queries(a: &NeighboursArgs) -> Result<train::Queries> {
     crate::image::check_output(&a.out)?;
     let inputs: Vec<&Path> = a.images.iter().chain(&a.data).map(PathBuf::as_path).collect();
     crate::files::check_not_input(&a.out, &inputs)?;
@@ -133,7 +134,21 @@ pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
             a.k
         )));
     }
-    let n = train::neighbours(&a.checkpoint, a.data.clone(), queries, a.k, &a.devices)?;
+    Ok(queries)
+}
+
+pub fn neighbours(a: &NeighboursArgs) -> Result<()> {
+    let queries = neighbour_queries(a)?;
+    let bar = super::progress_bar(0, "fc7 vectors");
+    let n = train::neighbours(
+        &a.checkpoint,
+        a.data.clone(),
+        queries,
+        a.k,
+        &a.devices,
+        &super::ticks(&bar),
+    )?;
+    bar.finish_and_clear();
     // A random training image shares class l with the probability of l in the searched set.
     let mut per_class = vec![0usize; n.train.classes.len()];
     for &(_, l) in &n.train.items {
@@ -202,6 +217,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
             too_many_to_count(s.classes.len())?;
         }
     }
+    let bar = super::progress_bar(0, "eval");
     let r = train::evaluate_checkpoint(
         &a.checkpoint,
         a.data.clone(),
@@ -209,8 +225,12 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         a.limit,
         a.batch_size,
         &a.devices,
-        &|| false, // Ctrl-C ends the process
+        &|done, total| {
+            super::ticks(&bar)(done, total);
+            false // Ctrl-C ends the process
+        },
     )?;
+    bar.finish_and_clear();
     let view = if a.ten_crop { "10 crops" } else { "centre crop" };
     if let Some(note) = train::top5_note(r.classes.len()) {
         crate::say::note(&note);

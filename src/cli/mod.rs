@@ -178,6 +178,14 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A progress callback `(done, total)` that moves `bar`.
+fn ticks(bar: &ProgressBar) -> impl Fn(u64, u64) + '_ {
+    move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}
+
 /// Runs `work` on a pool of `threads` threads (0: one per core): its rayon loops run there. A
 /// pool of its own, not rayon's global one, which can be set once per process (the wheel runs
 /// commands in the Python process, one after another).

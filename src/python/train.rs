@@ -253,7 +253,7 @@ pub fn evaluate(
         let devices = devices.to_string();
         let stop = || Python::with_gil(|py| py.check_signals().is_err());
         let r = py.allow_threads(move || {
-            crate::train::evaluate_checkpoint(&checkpoint, data, ten_crop, limit, batch_size, &devices, &stop)
+            crate::train::evaluate_checkpoint(&checkpoint, data, ten_crop, limit, batch_size, &devices, &|_, _| stop())
         });
         eval_dict(py, &core(r)?)
     })

@@ -156,8 +156,9 @@ pub fn load_trained(path: &Path, devices: &str) -> Result<Trained> {
     })
 }
 
-/// Evaluates the checkpoint at (or newest under) `path` on its run's test split, or on `data`'s;
-/// `stop()` as in [`evaluate_in`].
+/// Evaluates the checkpoint at (or newest under) `path` on its run's test split, or on `data`'s.
+/// `before_batch(done, total)` is asked before each batch (the batches done of the total); true
+/// stops, as `stop()` in [`evaluate_in`].
 pub fn evaluate_checkpoint(
     path: &Path,
     data: Option<PathBuf>,
@@ -165,14 +166,20 @@ pub fn evaluate_checkpoint(
     limit: Option<usize>,
     batch_size: usize,
     devices: &str,
-    stop: &dyn Fn() -> bool,
+    before_batch: &dyn Fn(u64, u64) -> bool,
 ) -> Result<EvalResult> {
     let t = load_trained(path, devices)?;
     let mut tc = t.tc.clone();
     (tc.devices, tc.batch_size, tc.data) = (devices.to_string(), batch_size, data.or(tc.data));
     let ds = tc.open(Split::Test, limit.or(tc.limit_test))?.labelled_as(&t.classes)?;
     let view = if ten_crop { View::TenCrop } else { View::Center };
-    let r = evaluate_in(&t.cfg, &t.params, &tc.loader(ds, view, false)?, None, stop)?;
+    let loader = tc.loader(ds, view, false)?;
+    let (total, done) = (loader.batches_per_epoch() as u64, std::cell::Cell::new(0));
+    let stop = || {
+        done.set(done.get() + 1);
+        before_batch(done.get() - 1, total)
+    };
+    let r = evaluate_in(&t.cfg, &t.params, &loader, None, &stop)?;
     if !r.loss.is_finite() {
         return Err(Error::File {
             path: path.to_path_buf(),

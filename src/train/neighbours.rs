@@ -58,7 +58,14 @@ fn last_hidden(t: &Trained) -> Result<usize> {
 
 /// Runs the queries against the training split of `data` (default: the run's own data, the
 /// subset it trained on where it had a --limit-train).
-pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize, devices: &str) -> Result<Neighbours> {
+pub fn neighbours(
+    run: &Path,
+    data: Option<PathBuf>,
+    queries: Queries,
+    k: usize,
+    devices: &str,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Neighbours> {
     let t = load_trained(run, devices)?;
     let mut tc = t.tc.clone();
     if data.is_some() {
@@ -71,7 +78,7 @@ pub fn neighbours(run: &Path, data: Option<PathBuf>, queries: Queries, k: usize,
     let (inputs, unread) = read_queries(queries, &tc, &train, &tf)?;
     // The queries are read first: a bad one fails before minutes spent on the training set.
     let ckpt = checkpoint::find_latest_weights(run)?;
-    let (bank, rows, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7)?;
+    let (bank, rows, cache) = fc7_bank(&t, &tc, &train, &ckpt, fc7, progress)?;
     let _guard = tch::no_grad_guard();
     // In batches: the activations of all queries at once (`--test 10000` at 224) took tens of GB.
     let mut out = Vec::with_capacity(inputs.len());
@@ -224,6 +231,7 @@ fn fc7_bank(
     train: &Dataset,
     ckpt: &Path,
     fc7: &str,
+    progress: &dyn Fn(u64, u64),
 ) -> Result<(Tensor, Vec<usize>, PathBuf)> {
     // Beside the checkpoint folders: `<run>/fc7/` for `<run>/checkpoints/ckpt-*`, else the
     // checkpoint's own parent folder's `fc7/`.
@@ -251,12 +259,15 @@ fn fc7_bank(
     let loader = tc.loader(train.clone(), View::Center, false)?;
     let mut rows: Vec<Tensor> = Vec::new();
     let mut order: Vec<usize> = Vec::new();
-    for batch in loader.epoch(0) {
+    let total = loader.batches_per_epoch() as u64;
+    for (done, batch) in loader.epoch(0).enumerate() {
+        progress(done as u64, total);
         let b = batch?;
         let a = model::activations(&t.cfg, &t.params, &b.images, &[fc7.to_string()], None)?;
         rows.push(a[0].to_device(tch::Device::Cpu));
         order.extend(&b.indices);
     }
+    progress(total, total);
     if order.is_empty() {
         return Err(Error::SomeFailed(format!(
             "none of the {} training images could be read (each named above)",

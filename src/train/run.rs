@@ -179,10 +179,10 @@ impl<'a> Run<'a> {
         let why = if out_of_time {
             "time budget reached"
         } else {
-            "--max-steps reached"
+            "step budget (max steps) reached"
         };
         let on = if self.state.epoch < self.tc.epochs && self.metrics.is_some() {
-            format!("; `alexnet train --resume {}` trains on", self.tc.out.display())
+            format!("; a resume of {} trains on", self.tc.out.display())
         } else {
             String::new()
         };

@@ -140,11 +140,14 @@ def test_neighbours_are_the_nearest_fc7_vectors_and_are_cached(run, tmp_path):
     assert "computing" not in again.stderr and again.stdout == r.stdout.replace("sheet.png", "sheet2.png")
     # The cache of a checkpoint --keep has removed is removed (1 GB each on Fashion-MNIST); other
     # files, and the caches of checkpoints still there, stay.
-    stale = out / "fc7" / "ckpt-000000001-0123456789abcdef.safetensors"
+    # A user's file named like three dashed parts was taken for a cache and deleted.
+    stale = out / "fc7" / "ckpt-000000001-0123456789abcdef-0123456789abcdef.safetensors"
     stale.write_bytes(cache.read_bytes())
     (out / "fc7" / "notes.txt").write_text("mine")
+    (out / "fc7" / "resnet-layer4-features.safetensors").write_text("mine")
     cli("neighbours", out, query, "--k", "3", "--out", tmp_path / "sheet3.png")
-    assert sorted(p.name for p in (out / "fc7").iterdir()) == sorted([cache.name, "notes.txt"])
+    assert sorted(p.name for p in (out / "fc7").iterdir()) == sorted(
+        [cache.name, "notes.txt", "resnet-layer4-features.safetensors"])
 
 
 def test_predict_is_the_models_softmax_and_a_bad_file_does_not_stop_the_others(run, tmp_path):
