@@ -182,24 +182,19 @@ impl Loader {
 
     /// Why an epoch has no batch; `None` when it has one.
     pub fn why_empty(&self) -> Option<String> {
-        let (n, b) = (self.dataset.len(), self.cfg.batch_size);
-        if self.batches > 0 {
-            return None;
-        }
-        Some(match self.cfg.shard {
+        let (n, b, tail) = (self.dataset.len(), self.cfg.batch_size, self.cfg.keep_tail);
+        let partial = "(drop_last: a partial batch is left out)";
+        (self.batches == 0).then(|| match self.cfg.shard {
             _ if n == 0 => "it has no samples".into(),
-            Some((rank, world)) if self.cfg.keep_tail && rank * b >= n => format!(
-                "rank {rank} of {world} gets none of the {n} samples (an evaluation view's shards cover them \
-                 once, batch size {b} per rank)"
+            Some((r, w)) if tail && r * b >= n => format!(
+                "rank {r} of {w} gets none of the {n} samples (an evaluation view's shards cover them once, batch \
+                 size {b} per rank)"
             ),
-            Some((rank, world)) if self.cfg.keep_tail => format!(
-                "the share of rank {rank} of {world} in the {n} samples makes no full batch of {b} (drop_last: a partial \
-                 batch is left out)"
-            ),
-            Some((_, world)) if world > 1 => {
-                format!("its {n} samples make no full global batch of {b} x {world} ranks")
+            Some((r, w)) if tail => {
+                format!("the share of rank {r} of {w} in the {n} samples is no full batch of {b} {partial}")
             }
-            _ => format!("its {n} samples make no full batch of {b} (drop_last: a partial batch is left out)"),
+            Some((_, w)) if w > 1 => format!("its {n} samples make no full global batch of {b} x {w} ranks"),
+            _ => format!("its {n} samples make no full batch of {b} {partial}"),
         })
     }
 
