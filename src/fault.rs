@@ -21,6 +21,8 @@
 //! - `metrics-mid-line`: half of a `metrics.jsonl` or `epochs.csv` line has been written;
 //! - `train-step`: a training step's update is done, its metrics line not yet written (the
 //!   elastic-restart test kills one rank of a torchrun job here);
+//! - `eval-batch`: an evaluation is about to look at its next batch (the test of a stop during a
+//!   data-parallel run's evaluation signals one rank here);
 //! - `figure-write`: a figure (curves.png, or a `filters`/`confusion`/`neighbours` image) is
 //!   written to its `.partial` file, not yet renamed into place.
 //! - `file-partial`: any file replaced through `files::write_with` (state.json, classes.json,
@@ -34,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Every point's name, for the tests and the error on a misspelt one.
-pub const POINTS: [&str; 10] = [
+pub const POINTS: [&str; 11] = [
     "ckpt-tmp-partial",
     "ckpt-tmp-written",
     "ckpt-old-away",
@@ -42,6 +44,7 @@ pub const POINTS: [&str; 10] = [
     "ckpt-before-prune",
     "metrics-mid-line",
     "train-step",
+    "eval-batch",
     "figure-write",
     "file-partial",
     "experiment-result-written",

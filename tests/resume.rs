@@ -4,7 +4,8 @@
 //! Small cnn4 runs on Fashion-MNIST (Debian's dataset-fashion-mnist, installed by `make setup`).
 use alexnet_rs::checkpoint;
 use alexnet_rs::metrics::{EpochRecord, Metrics, ResumeAt, StepRecord};
-use alexnet_rs::train::{train, TrainConfig};
+use alexnet_rs::train::{train, Event, TrainConfig};
+use std::cell::Cell;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -291,6 +292,48 @@ fn an_evaluation_that_fails_keeps_the_epochs_training() {
     assert_eq!((state.step, state.epoch, state.batch_in_epoch), (4, 0, 4));
     let steps = Metrics::existing(&b).steps().unwrap();
     assert_eq!(steps.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2, 3, 4]);
+}
+
+#[test]
+fn a_stop_during_an_epochs_evaluation_saves_the_epoch_at_once() {
+    let _s = serial();
+    require_data();
+    // A stop (Ctrl-C, SIGTERM) during an epoch's evaluation was seen only after the whole
+    // evaluation, its checkpoint and one more step: minutes on a real test set, past a preempted
+    // machine's grace period. It ends the evaluation at its next batch and saves the epoch's last
+    // position; the resume redoes the evaluation and writes the uninterrupted run's rows.
+    let (a, b) = (reference(), tmp("stop-in-eval"));
+    let per_epoch = 4; // tiny: 128 images in batches of 32
+    let (steps, asked, stopped) = (Cell::new(0), Cell::new(0), Cell::new(false));
+    let mut evaluating = Vec::new();
+    let mut on_event = |e: &Event| match e {
+        Event::Step(r) => steps.set(r.step),
+        Event::Stopped => stopped.set(true),
+        Event::Evaluating { done, total } => evaluating.push((*done, *total)),
+        _ => {}
+    };
+    // Asked once after the epoch's last step (no), then before each evaluation batch (yes).
+    let stop = || {
+        if steps.get() == per_epoch {
+            asked.set(asked.get() + 1);
+        }
+        asked.get() >= 2
+    };
+    let eval = train(&tiny(&b), None, &mut on_event, &stop).expect("stopped, then evaluated");
+    assert!(stopped.get());
+    assert_eq!(asked.get(), 2, "the evaluation went on past the stop");
+    // The stopped evaluation's first batch (2 of 32), then the final evaluation's two.
+    assert_eq!(evaluating, [(0, 2), (0, 2), (1, 2)]);
+    assert_eq!(eval.samples, 64);
+    let state = checkpoint::load(&b).unwrap().state;
+    assert_eq!(
+        (state.step, state.epoch, state.batch_in_epoch),
+        (per_epoch, 0, per_epoch)
+    );
+    let rows = fs::read_to_string(b.join("epochs.csv")).unwrap_or_default();
+    assert!(rows.lines().count() <= 1, "{rows}");
+    run(&tiny(&b), Some(&b));
+    assert_eq!(masked(&b), masked(&a));
 }
 
 #[test]

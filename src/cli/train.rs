@@ -332,6 +332,7 @@ fn report(bar: &ProgressBar, e: &Event) {
             bar.set_position(0);
         }
         Event::Checkpoint(d) => say(&format!("checkpoint {}", d.display())),
+        Event::Evaluating { done, total } => bar.set_message(format!("evaluating: batch {}/{total}", done + 1)),
         Event::Stopped => {}
     }
 }

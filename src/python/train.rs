@@ -101,7 +101,7 @@ pub fn train_events(py: Python<'_>) -> PyResult<PyObject> {
 /// An event as `on_step` receives it (the start of training is not sent).
 fn event_json(e: &Event) -> Option<serde_json::Value> {
     match e {
-        Event::Start { .. } | Event::Stopped => None,
+        Event::Start { .. } | Event::Evaluating { .. } | Event::Stopped => None,
         Event::Step(r) => serde_json::to_value(r).ok(),
         Event::Epoch(r) => serde_json::to_value(r).ok(),
         Event::Checkpoint(d) => Some(serde_json::json!({ "checkpoint": d })),
@@ -116,8 +116,8 @@ fn json_to_py(py: Python<'_>, json: &str) -> PyResult<PyObject> {
 /// (see `alexnet train --help`); `on_step(dict)` receives every step's and epoch's metrics
 /// and `{"checkpoint": path}` after each checkpoint.
 /// Ctrl-C (KeyboardInterrupt) stops cleanly after the next step's checkpoint, then is re-raised;
-/// one during an evaluation lets it finish first, and a second one there abandons the run
-/// (unsaved since its newest checkpoint). `resume`: a
+/// one during an evaluation ends it and saves the position before it (a resume redoes the
+/// evaluation). `resume`: a
 /// run folder to continue; of `config` it takes `epochs`, `keep`, `out`, `devices`, `threads`,
 /// `data`, `stats`, `max_steps` and `time_budget_s` and warns (`UserWarning`) about any other key whose value differs from the run's.
 /// A new run into an `out` that holds checkpoints raises `ConfigError` (one run per folder).
@@ -162,11 +162,7 @@ pub fn train(
                     }
                     interrupted.load(SeqCst) || callback_error.lock().expect("lock").is_some()
                 };
-                // During an evaluation (an epoch's end, the last one): a first Ctrl-C lets it finish
-                // and asks to stop after the next step, as between steps; a second one abandons
-                // the run at once (it was ignored until the whole test set was through).
-                let abort = || Python::with_gil(|py| py.check_signals().is_err()) && interrupted.swap(true, SeqCst);
-                crate::train::train_until_stopped(&tc, resume.as_deref(), &mut on_event, &stop, &abort)
+                crate::train::train_until_stopped(&tc, resume.as_deref(), &mut on_event, &stop)
             })
         });
         warn(py, left, &callback_error);
@@ -180,13 +176,6 @@ pub fn train(
             // builtin callback's leaves no traceback frame of its own either.
             let _ = err.value(py).setattr(pyo3::intern!(py, "_alexnet_rs_callback"), true);
             return Err(err);
-        }
-        if let Err(Error::Interrupted(s)) = &result {
-            if *s != 0 {
-                return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
-                    "training abandoned by a second Ctrl-C during an evaluation: its newest checkpoint is the one before",
-                ));
-            }
         }
         if ctrl_c || interrupted.load(SeqCst) {
             return Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(

@@ -44,24 +44,26 @@ impl EvalResult {
 
 /// Evaluates `params` on the loader's epoch 0 (centre crop, or the softmax averaged over 10 crops).
 pub fn evaluate(cfg: &Config, params: &Params, loader: &Loader) -> Result<EvalResult> {
-    evaluate_in(cfg, params, loader, None, &|| false)
+    evaluate_in(cfg, params, loader, None, &mut |_, _| false)
 }
 
 /// [`evaluate`] of one rank's share of the samples; the sums are added over the `group`'s ranks.
-/// `stop()`, asked before each batch, ends it with [`Error::Interrupted`] (Ctrl-C).
+/// `before_batch(done, total)`, asked before each batch (this rank's batches done of its total),
+/// returning true ends it with [`Error::Interrupted`] (Ctrl-C): on every rank once one was stopped
+/// (the others learn it when their shares are through, with the sums).
 pub fn evaluate_in(
     cfg: &Config,
     params: &Params,
     loader: &Loader,
     group: Option<&Group>,
-    stop: &dyn Fn() -> bool,
+    before_batch: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<EvalResult> {
     let _guard = tch::no_grad_guard();
     let views = loader.transform().view.count() as i64;
-    // loss sum, top-1 hits, top-5 hits, samples, then the confusion counts: float64 (exact for
-    // counts below 2^53).
+    // loss sum, top-1 hits, top-5 hits, samples, ranks stopped, then the confusion counts:
+    // float64 (exact for counts below 2^53).
     let classes = cfg.fcs[cfg.fcs.len() - 1].out_features;
-    let mut sums = vec![0.0f64; 4];
+    let mut sums = vec![0.0f64; 5];
     let cells = if classes <= CONFUSION_CLASSES {
         classes * classes
     } else {
@@ -69,9 +71,16 @@ pub fn evaluate_in(
     };
     let mut confusion = Tensor::f_zeros([cells], (Kind::Int64, tch::Device::Cpu))?;
     let mut epoch = loader.epoch(0);
-    for batch in epoch.by_ref() {
-        if stop() {
-            return Err(Error::Interrupted(libc::SIGINT));
+    let total = loader.batches_per_epoch() as u64;
+    for (done, batch) in (0..).zip(epoch.by_ref()) {
+        crate::fault::point("eval-batch").map_err(|source| Error::Io {
+            path: loader.dataset().origin.clone(),
+            source,
+        })?;
+        if before_batch(done, total) {
+            // Not at once: the other ranks wait for this one's sums.
+            sums[4] = 1.0;
+            break;
         }
         let b = batch?;
         let logits = model::forward(cfg, params, &b.images, false)?;
@@ -110,7 +119,10 @@ pub fn evaluate_in(
         g.sum(&[&t])?;
         sums.copy_from_slice(&Vec::<f64>::try_from(t.to_device(tch::Device::Cpu))?);
     }
-    let [loss, c1, c5, n] = [sums[0], sums[1], sums[2], sums[3]];
+    let [loss, c1, c5, n, stopped] = [sums[0], sums[1], sums[2], sums[3], sums[4]];
+    if stopped > 0.0 {
+        return Err(Error::Interrupted(libc::SIGINT));
+    }
     if n == 0.0 && epoch.skipped() > 0 {
         return Err(Error::File {
             path: loader.dataset().origin.clone(),
@@ -128,7 +140,7 @@ pub fn evaluate_in(
         top1: c1 / n,
         top5: c5 / n,
         samples: n as usize,
-        confusion: sums[4..].iter().map(|&c| c as u64).collect(),
+        confusion: sums[5..].iter().map(|&c| c as u64).collect(),
         classes: loader.dataset().classes.clone(),
     })
 }
@@ -157,8 +169,7 @@ pub fn load_trained(path: &Path, devices: &str) -> Result<Trained> {
 }
 
 /// Evaluates the checkpoint at (or newest under) `path` on its run's test split, or on `data`'s.
-/// `before_batch(done, total)` is asked before each batch (the batches done of the total); true
-/// stops, as `stop()` in [`evaluate_in`].
+/// `before_batch(done, total)` is asked before each batch, as in [`evaluate_in`].
 pub fn evaluate_checkpoint(
     path: &Path,
     data: Option<PathBuf>,
@@ -174,12 +185,9 @@ pub fn evaluate_checkpoint(
     let ds = tc.open(Split::Test, limit.or(tc.limit_test))?.labelled_as(&t.classes)?;
     let view = if ten_crop { View::TenCrop } else { View::Center };
     let loader = tc.loader(ds, view, false)?;
-    let (total, done) = (loader.batches_per_epoch() as u64, std::cell::Cell::new(0));
-    let stop = || {
-        done.set(done.get() + 1);
-        before_batch(done.get() - 1, total)
-    };
-    let r = evaluate_in(&t.cfg, &t.params, &loader, None, &stop)?;
+    let r = evaluate_in(&t.cfg, &t.params, &loader, None, &mut |done, total| {
+        before_batch(done, total)
+    })?;
     if !r.loss.is_finite() {
         return Err(Error::File {
             path: path.to_path_buf(),

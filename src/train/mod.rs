@@ -40,6 +40,12 @@ pub enum Event {
     Step(StepRecord),
     Epoch(EpochRecord),
     Checkpoint(PathBuf),
+    /// An evaluation of the run is about to look at batch `done` (from 0) of `total` (this
+    /// rank's).
+    Evaluating {
+        done: u64,
+        total: u64,
+    },
     /// The run stops early on request (`stop()` on this rank or on another one), after this
     /// step's checkpoint.
     Stopped,
@@ -57,19 +63,17 @@ pub fn train(
 }
 
 /// [`train`] for a caller that discards the result of a run that `stop()` stopped (Python's
-/// Ctrl-C, a callback's error): after the checkpoint it returns `Error::Interrupted(0)` at once,
-/// without the final evaluation (Ctrl-C waited for one over the whole test set). `abort()`,
-/// asked during evaluations, ends the run there with `Error::Interrupted(SIGINT)`, unsaved.
+/// Ctrl-C, a callback's error): after the checkpoint it returns `Error::Interrupted` at once,
+/// without the final evaluation (Ctrl-C waited for one over the whole test set); `stop()` ends
+/// that evaluation too when the run ends without having stopped (everything is saved then).
 pub fn train_until_stopped(
     tc: &TrainConfig,
     resume: Option<&Path>,
     on_event: &mut dyn FnMut(&Event),
     stop: &dyn Fn() -> bool,
-    abort: &dyn Fn() -> bool,
 ) -> Result<EvalResult> {
     let mut run = Run::start(tc, resume, None, on_event)?;
     run.eval_on_stop = false;
-    run.abort = Some(abort);
     run.train(stop)
 }
 

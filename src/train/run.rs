@@ -34,11 +34,9 @@ pub struct Run<'a> {
     /// Rank 0's hold on the run folder, for the run's lifetime.
     _lock: Option<RunLock>,
     /// Whether a run stopped by `stop()` is evaluated before `train` returns (false: it returns
-    /// `Error::Interrupted(0)` right after the checkpoint, for a caller that discards the result).
+    /// `Error::Interrupted(0)` right after the checkpoint, for a caller that discards the result;
+    /// `stop()` then ends the final evaluation too).
     pub(super) eval_on_stop: bool,
-    /// Asked before each batch of an evaluation: true abandons the run at once, unsaved (Python's
-    /// second Ctrl-C; the CLI's ends the process).
-    pub(super) abort: Option<&'a dyn Fn() -> bool>,
 }
 
 /// Why a run stops after the current step (agreed by every rank).
@@ -52,7 +50,9 @@ struct Stop {
 
 impl<'a> Run<'a> {
     /// Trains to the last epoch, or until the step or time budget runs out or `stop()` says so
-    /// (then with a checkpoint). Returns the last evaluation.
+    /// (then with a checkpoint). Returns the last evaluation. `stop()` is asked after each step
+    /// and before each batch of the run's evaluations: one asked to stop ends there, and the
+    /// position before it is saved (a resume redoes it).
     pub fn train(mut self, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
         // Large CPU blocks freed by one step are handed to the next instead of being unmapped
         // and page-faulted in again (kernels/cpu_cache.cpp; this thread only, until we return).
@@ -90,11 +90,7 @@ impl<'a> Run<'a> {
                     // The checkpoint first: a preempted machine's grace period is short (the
                     // weights are checked finite before it is written); the evaluation follows.
                     self.save()?;
-                    (self.on_event)(&Event::Stopped);
-                    if !self.eval_on_stop {
-                        return Err(Error::Interrupted(0));
-                    }
-                    return self.finish(steps_here, None);
+                    return self.stopped(steps_here);
                 }
                 if agreed.out_of_time || agreed.steps_done {
                     budget = Some(agreed.out_of_time);
@@ -104,10 +100,13 @@ impl<'a> Run<'a> {
                     // Evaluated before the checkpoint, which is not written if the outputs are
                     // NaN. Mid-epoch: not an epochs.csv row (that comes when a resumed run
                     // finishes the epoch).
-                    let e = self.evaluate_keeping()?;
+                    let e = match self.evaluate_keeping(stop) {
+                        Err(Error::Interrupted(_)) => return self.stopped(steps_here),
+                        e => e?,
+                    };
                     self.save()?;
                     self.budget_note(agreed.out_of_time, steps_here);
-                    return self.finish(steps_here, Some(e));
+                    return self.finish(steps_here, Some(e), stop);
                 }
                 if stepped && self.tc.checkpoint_every > 0 && self.state.step.is_multiple_of(self.tc.checkpoint_every) {
                     self.save()?;
@@ -124,13 +123,26 @@ impl<'a> Run<'a> {
                     ),
                 });
             }
-            last_eval = self.end_epoch(epoch_start)?.or(last_eval);
+            last_eval = match self.end_epoch(epoch_start, stop) {
+                Err(Error::Interrupted(_)) => return self.stopped(steps_here),
+                e => e?.or(last_eval),
+            };
             if let Some(out_of_time) = budget {
                 self.budget_note(out_of_time, steps_here);
                 break;
             }
         }
-        self.finish(steps_here, last_eval)
+        self.finish(steps_here, last_eval, stop)
+    }
+
+    /// The run stops on request, its position saved: the final evaluation follows, or
+    /// `Error::Interrupted(0)` for a caller that discards it.
+    fn stopped(self, steps_here: u64) -> Result<EvalResult> {
+        (self.on_event)(&Event::Stopped);
+        if !self.eval_on_stop {
+            return Err(Error::Interrupted(0));
+        }
+        self.finish(steps_here, None, &|| false)
     }
 
     /// Whether to stop after this step: any rank's wish (a time budget or Ctrl-C on one rank
@@ -148,10 +160,21 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// The evaluation of the current weights; a non-finite loss is a divergence.
-    fn evaluate(&self) -> Result<EvalResult> {
-        let abort = self.abort.unwrap_or(&|| false);
-        let e = evaluate_in(&self.cfg, &self.params, &self.test_loader, self.group, abort)?;
+    /// The evaluation of the current weights, its progress reported; a non-finite loss is a
+    /// divergence. `stop()` (any rank's) ends it with `Error::Interrupted`.
+    fn evaluate(&mut self, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
+        let on_event = &mut self.on_event;
+        let mut before_batch = |done, total| {
+            on_event(&Event::Evaluating { done, total });
+            stop()
+        };
+        let e = evaluate_in(
+            &self.cfg,
+            &self.params,
+            &self.test_loader,
+            self.group,
+            &mut before_batch,
+        )?;
         if !e.loss.is_finite() {
             let (step, epoch) = (self.state.step, self.state.epoch);
             return Err(diverged(&self.tc, "the validation loss".into(), e.loss, step, epoch));
@@ -159,13 +182,15 @@ impl<'a> Run<'a> {
         Ok(e)
     }
 
-    /// [`Self::evaluate`]; when it fails for another reason than a divergence or an abort (e.g.
-    /// the evaluation data became unreadable), the training since the last checkpoint is saved
-    /// first (at the position before the evaluation), so that a resume redoes only the evaluation.
-    fn evaluate_keeping(&mut self) -> Result<EvalResult> {
-        let e = self.evaluate();
-        if let Err(err) = &e {
-            if !matches!(err, Error::Diverged { .. } | Error::Interrupted(_)) {
+    /// [`Self::evaluate`]; when it is stopped, or fails for another reason than a divergence
+    /// (e.g. the evaluation data became unreadable), the training since the last checkpoint is
+    /// saved (at the position before the evaluation), so that a resume redoes only the evaluation.
+    fn evaluate_keeping(&mut self, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
+        let e = self.evaluate(stop);
+        match &e {
+            Ok(_) | Err(Error::Diverged { .. }) => {}
+            Err(Error::Interrupted(_)) => self.save()?,
+            Err(_) => {
                 if let Err(kept) = self.save() {
                     crate::say::note(&format!("warning: the training could not be saved either: {kept}"));
                 }
@@ -299,12 +324,12 @@ impl<'a> Run<'a> {
 
     /// The end of an epoch: evaluation (every `eval_every` epochs and after the last), the
     /// schedule, an epochs.csv row, a checkpoint, curves.png. Returns the evaluation if there was one.
-    fn end_epoch(&mut self, epoch_start: Instant) -> Result<Option<EvalResult>> {
+    fn end_epoch(&mut self, epoch_start: Instant, stop: &dyn Fn() -> bool) -> Result<Option<EvalResult>> {
         let epoch = self.state.epoch + 1;
         // Evaluated at the epoch's last position: a failed evaluation saves that (a resume
         // redoes the epoch's end), not an epoch that looks ended without its row.
         let evaluated = (epoch.is_multiple_of(self.tc.eval_every.max(1)) || epoch == self.tc.epochs)
-            .then(|| self.evaluate_keeping())
+            .then(|| self.evaluate_keeping(stop))
             .transpose()?;
         let state = &mut self.state;
         state.epoch += 1;
@@ -375,17 +400,20 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    fn finish(self, steps_here: u64, last_eval: Option<EvalResult>) -> Result<EvalResult> {
+    /// The end of the run: its last evaluation (made now if there was none: asked to stop, or
+    /// nothing left to train), then the figure. `stop()` ends an evaluation made here with
+    /// `Error::Interrupted` when the caller discards a stopped run's result (all is saved).
+    fn finish(mut self, steps_here: u64, last_eval: Option<EvalResult>, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
         if steps_here == 0 {
             crate::say::note(&format!(
                 "the run is complete ({} epochs done, --epochs {}); pass a larger --epochs to train on",
                 self.state.epoch, self.tc.epochs
             ));
         }
-        // Stopped before an epoch's evaluation (asked to stop, or nothing left to train).
         let e = match last_eval {
             Some(e) => e,
-            None => self.evaluate()?,
+            None if self.eval_on_stop => self.evaluate(&|| false)?,
+            None => self.evaluate(stop)?,
         };
         if let Some(m) = &self.metrics {
             redraw(m);

@@ -229,6 +229,30 @@ def test_a_rank_stopped_by_sigterm_stops_every_rank_with_a_checkpoint(reference,
     assert_same_run(single, out)
 
 
+def test_a_rank_stopped_during_an_evaluation_stops_every_rank_with_the_epochs_checkpoint(reference, tmp_path):
+    """SIGTERM to rank 1 at its second batch of the first epoch's evaluation: it was seen only after
+    the whole evaluation and one more step. Rank 1 stops evaluating there, rank 0 once its share
+    is through, and the epoch's last position is saved; the resume redoes the evaluation."""
+    seed, single, two, _ = reference
+    out, port = tmp_path / "term-eval", free_port()
+    env = dict(ENV, ALEXNET_FAULT="eval-batch:term@2", ALEXNET_FAULT_RANK="1", TMPDIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend",
+                        "c10d", "--rdzv-endpoint", f"localhost:{port}", "-m", "alexnet_rs.train", *COMMON,
+                        "--seed", seed, "--batch-size", "4", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0 and "SIGTERM at eval-batch" in r.stderr, r.stderr[-3000:]
+    assert "stopped by another rank: top-1" in r.stderr, r.stderr[-3000:]
+    assert max(s for s, _, _ in losses(out)) == 20  # no step after the epoch's last
+    state = json.loads((sorted((out / "checkpoints").glob("ckpt-*"))[-1] / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (20, 0, 20)
+    assert not (out / "epochs.csv").exists()  # written with the first row
+    torchrun(out, "--resume", str(out))
+    assert_same_run(single, out)
+    # The epochs' rows are the uninterrupted 2-rank run's (but for their seconds).
+    rows = [[line.rsplit(",", 1)[0] for line in (run / "epochs.csv").read_text().splitlines()] for run in (two, out)]
+    assert len(rows[0]) == 3 and rows[1] == rows[0]
+
+
 def test_sigterm_to_the_whole_job_stops_every_rank_with_a_checkpoint(tmp_path):
     """A scheduler's SIGTERM to the job's process group (systemd, Slurm, pkill): each worker gets it,
     and then again from torchrun, which forwards what it got; every rank still stops after the same

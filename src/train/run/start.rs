@@ -96,7 +96,6 @@ impl<'a> Run<'a> {
             on_event,
             _lock: lock.map(|(l, _)| l),
             eval_on_stop: true,
-            abort: None,
         })
     }
 }
