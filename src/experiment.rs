@@ -197,6 +197,8 @@ pub struct RunResult {
     pub targets: Vec<f64>,
     pub steps_to_target: Vec<Option<u64>>,
     pub steps: u64,
+    /// Wall-clock seconds of the invocation that finished the run (a run continued from a
+    /// checkpoint: its earlier attempts' time is not counted).
     pub seconds: f64,
 }
 
@@ -417,12 +419,17 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
     for &lr in &lrs {
         TrainConfig { lr, ..base.clone() }.validate()?; // before the first run, not at the bad one
     }
+    let total = (2 * lrs.len() as u64).checked_mul(seeds).ok_or_else(|| {
+        Error::Config(format!(
+            "--seeds {seeds} x {} learning rates x 2 arms is too many runs to count",
+            lrs.len()
+        ))
+    })?;
     // Paths absolute: a rerun from another folder, or with --out spelled otherwise, finds (and
     // fingerprints) the same runs and data.
     let base = &absolute_paths(base)?;
     let root = base.out.clone();
     let inputs = inputs_key(base)?;
-    let total = 2 * lrs.len() as u64 * seeds;
     let mut done = 0;
     let mut arms = Vec::new();
     for (label, arm) in exp.arms(base) {
@@ -462,14 +469,22 @@ pub fn run(exp: Experiment, base: &TrainConfig, seeds: u64, lrs: &[f64], target_
         arms,
         markdown,
     };
+    write_summary(&root, &summary)?;
+    Ok(summary)
+}
+
+/// `<root>/<experiment>.md` and `.json`.
+fn write_summary(root: &Path, summary: &Summary) -> Result<()> {
+    // The same experiment run twice at once over the root writes the same summary: one at a
+    // time (a second write truncated the other's `.partial` file before its rename).
+    let _claim = crate::files::RunLock::wait(&root.join(format!(".{}.claim", summary.experiment)))?;
     for (ext, text) in [
         ("md", summary.markdown.clone()),
-        ("json", serde_json::to_string_pretty(&summary).expect("plain record")),
+        ("json", serde_json::to_string_pretty(summary).expect("plain record")),
     ] {
-        let path = root.join(format!("{}.{ext}", exp.name()));
-        crate::files::write(&path, text.as_bytes())?;
+        crate::files::write(&root.join(format!("{}.{ext}", summary.experiment)), text.as_bytes())?;
     }
-    Ok(summary)
+    Ok(())
 }
 
 mod runs;

@@ -224,13 +224,14 @@ impl Metrics {
         let text = fs::read_to_string(&p).map_err(io(&p))?;
         // A last line without its newline is a write cut short (a crash): not a record yet.
         let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
-        whole
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
+        // Each line is parsed alone (serde's position is in it): the line's number is said.
+        (1..)
+            .zip(whole.lines())
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| {
                 serde_json::from_str(l).map_err(|e| Error::File {
                     path: p.clone(),
-                    reason: e.to_string(),
+                    reason: format!("line {n}: {e}"),
                 })
             })
             .collect()
@@ -420,5 +421,24 @@ mod tests {
         };
         let (at_3, at_2_5) = (mean_row(false), mean_row(true));
         assert!(at_2_5 - at_3 > 10.0, "3.0 drawn at row {at_3}, 2.5 at row {at_2_5}");
+    }
+
+    #[test]
+    fn an_unreadable_step_line_is_named_by_its_number() {
+        // Each line is parsed alone: serde said "line 1" whichever line it was.
+        let dir = std::env::temp_dir().join(format!("alexnet-metrics-line-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let good = serde_json::to_string(&StepRecord::default()).unwrap();
+        fs::write(
+            dir.join("metrics.jsonl"),
+            format!("{good}\n\n{{\"step\": oops}}\n{good}\n"),
+        )
+        .unwrap();
+        let e = Metrics::existing(&dir)
+            .steps()
+            .expect_err("line 3 is not JSON")
+            .to_string();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(e.contains("metrics.jsonl: line 3: expected value"), "{e}");
     }
 }

@@ -119,6 +119,16 @@ impl Placement {
         self.devices.len() > 1
     }
 
+    /// Waits for the work queued on every CUDA device of the placement (for a timer: CUDA runs
+    /// asynchronously, so a clock read without it times the launches).
+    pub fn synchronize(&self) {
+        for &d in &self.devices {
+            if let Device::Cuda(i) = d {
+                tch::Cuda::synchronize(i as i64);
+            }
+        }
+    }
+
     /// Every parameter's shards, in network order.
     pub fn shards(&self, cfg: &Config) -> Result<Vec<Shard>> {
         let n = self.devices.len() as i64;

@@ -151,7 +151,11 @@ def _train_side_by_side(args) -> float:
             theirs.append(loss.item())
             lrs.append(lr)
             step += 1
-    n = min(len(ours), len(theirs))
+    n = len(ours)
+    if n != len(theirs) or n == 0:
+        # zip() compared the shorter list alone, and the report said "same batches".
+        raise RuntimeError(f"the Rust loop took {n} steps and the reference loop {len(theirs)} (--steps {args.steps}): "
+                           "they did not train on the same batches")
     diffs = [abs(o["loss"] - t) / abs(t) for o, t in zip(ours, theirs)]
     worst = max(diffs)
     lines = [
@@ -172,8 +176,8 @@ def _train_side_by_side(args) -> float:
     _write_atomic(out / "report.md", "\n".join(lines) + "\n")
 
     def draw(ax):
-        ax.plot(range(1, n + 1), [o["loss"] for o in ours[:n]], lw=2.5, alpha=0.6, label="alexnet_rs (Rust loop)")
-        ax.plot(range(1, n + 1), theirs[:n], lw=1, color="k", label="torchvision + torch.optim.SGD")
+        ax.plot(range(1, n + 1), [o["loss"] for o in ours], lw=2.5, alpha=0.6, label="alexnet_rs (Rust loop)")
+        ax.plot(range(1, n + 1), theirs, lw=1, color="k", label="torchvision + torch.optim.SGD")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_title(f"step-for-step training, max relative difference {worst:.1e}")

@@ -191,13 +191,22 @@ fn check(a: &BenchTrainArgs) -> Result<()> {
     if anchors {
         anchor_script()?;
         let python = a.python.clone().unwrap_or_else(default_python);
+        // eager-cached runs the steps in alexnet_rs.ops.cpu_cache(): the wheel, beside torch.
+        let (import, needs) = if a.sides.contains(&Side::EagerCached) {
+            (
+                "import torch, alexnet_rs.ops; alexnet_rs.ops.cpu_cache",
+                "torch and alexnet_rs (eager-cached)",
+            )
+        } else {
+            ("import torch", "torch")
+        };
         let out = std::process::Command::new(&python)
-            .args(["-c", "import torch"])
+            .args(["-c", import])
             .output()
             .map_err(io(&python))?;
         if !out.status.success() {
             return Err(Error::Config(format!(
-                "{} cannot import torch, which the PyTorch anchors need (--python names another interpreter): {}",
+                "{} cannot import {needs}, which the PyTorch anchors need (--python names another interpreter): {}",
                 python.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
@@ -270,11 +279,7 @@ fn ours(a: &BenchTrainArgs) -> Result<Measured> {
         loss.f_backward()?;
         sgd.step(&params, 1e-3, in_backward.as_ref())?;
         // Every device of the placement (the second one's update would spill into the next step).
-        for &d in &placement.devices {
-            if let Device::Cuda(i) = d {
-                tch::Cuda::synchronize(i as i64);
-            }
-        }
+        placement.synchronize();
         Ok(t0.elapsed().as_secs_f64())
     };
     step()?;

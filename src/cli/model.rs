@@ -142,13 +142,15 @@ pub fn forward(a: &ForwardArgs) -> Result<()> {
     let loss = logits
         .f_log_softmax(-1, Kind::Float)?
         .f_nll_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100)?;
+    placement.synchronize();
     let t_fwd = t0.elapsed();
     let t1 = Instant::now();
     loss.f_backward()?;
+    placement.synchronize();
     let t_bwd = t1.elapsed();
     let loss_v = loss.double_value(&[]);
     crate::say::outln!(
-        "  logits {:?}, loss {loss_v:.4} (ln {} = {:.4} for an untrained net), forward {:.2} s, backward {:.2} s",
+        "  logits {:?}, loss {loss_v:.4} (ln {} = {:.4} for an untrained net), forward {:.2} s, backward {:.2} s (one cold pass: start-up and conv tuning included)",
         logits.size(),
         cfg.num_classes(),
         (cfg.num_classes() as f64).ln(),

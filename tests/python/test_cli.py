@@ -5,6 +5,7 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -122,6 +123,8 @@ def test_forward_labels_from_names_and_on_two_devices(tmp_path):
         (["experiment", "lrn", "--auto-resume"], "unexpected argument '--auto-resume'"),  # it was ignored
         (["experiment", "relu-vs-tanh", "--target-errors", "1.5"], "--target-errors must be fractions"),
         (["experiment", "lrn", "--seeds", "0"], "--seeds must be >= 1"),
+        # counted 0 runs ("[1/0]") in a release build, panicked in a debug one
+        (["experiment", "lrn", "--seeds", "9223372036854775808"], "is too many runs to count"),
         # only relu-vs-tanh times training errors: the others ignored the flag without a word
         (["experiment", "lrn", "--target-errors", "0.2", "--out", "/nonexistent/x"],
          "--target-errors times relu-vs-tanh's runs"),
@@ -166,6 +169,24 @@ def test_bad_flags_and_files_are_clear_errors(args, needle):
     assert r.returncode != 0
     assert needle in r.stderr, r.stderr
     assert "panicked" not in r.stderr and "RUST_BACKTRACE" not in r.stderr and "internal error" not in r.stderr
+
+
+def test_bench_eager_cached_checks_its_python_imports_alexnet_rs_before_measuring(tmp_path):
+    # A Python with torch but without the wheel (the system's, say) failed in the anchor's
+    # traceback once our side had been measured (minutes at 224): only `import torch` was checked.
+    shadow = tmp_path / "shadow" / "alexnet_rs"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no alexnet_rs in this Python')\n")
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={shadow.parent} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    small = ["--preset", "torchvision", "--batch", "1", "--steps", "1", "--threads", "1", "--python", python]
+    r = run("bench", "train", "--sides", "ours,eager-cached", *small)
+    assert r.returncode != 0
+    assert "cannot import torch and alexnet_rs (eager-cached)" in r.stderr and "no alexnet_rs in this Python" in r.stderr, r.stderr
+    assert r.stdout == "", r.stdout  # nothing measured
+    r = run("bench", "train", "--sides", "ours,eager", *small)
+    assert r.returncode == 0, r.stderr  # the plain anchor needs torch alone
 
 
 def test_reset_puts_back_a_files_settings_and_leaves_a_resumed_runs_own(tmp_path):
