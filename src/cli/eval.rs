@@ -218,6 +218,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         }
     }
     let bar = super::progress_bar(0, "eval");
+    let ticks = super::ticks(&bar);
     let r = train::evaluate_checkpoint(
         &a.checkpoint,
         a.data.clone(),
@@ -226,7 +227,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         a.batch_size,
         &a.devices,
         &|done, total| {
-            super::ticks(&bar)(done, total);
+            ticks(done, total);
             false // Ctrl-C ends the process
         },
     )?;

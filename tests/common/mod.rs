@@ -27,8 +27,15 @@ pub fn require_data() -> PathBuf {
 /// test run must not leave its scratch behind.
 pub fn tmp(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("alexnet-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    remove(&d);
     Scratch(d)
+}
+
+/// Removes `p`, a folder or a file (some tests use their scratch path as a file).
+fn remove(p: &Path) {
+    if std::fs::remove_dir_all(p).is_err() {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 pub struct Scratch(PathBuf);
@@ -57,7 +64,7 @@ impl Drop for Scratch {
         if std::thread::panicking() {
             eprintln!("kept the failed test's scratch folder {}", self.0.display());
         } else {
-            let _ = std::fs::remove_dir_all(&self.0);
+            remove(&self.0);
         }
     }
 }
