@@ -284,6 +284,35 @@ fn any_accepted_shard_layout_computes_the_whole_network() {
 }
 
 #[test]
+fn an_lrn_over_slices_narrower_than_its_window_is_the_whole_lrn() {
+    // Caffe's conv1 (one LRN tower over 96 channels) in 96 one-channel shards, a layout the check
+    // accepts: each slice borrowed from its next neighbours alone, 1 channel where the window of
+    // 5 needs 2 (conv1's LRN off by ~9% of its largest output, no error).
+    let mut cfg = Config::preset(Preset::Caffe, 10).unwrap();
+    cfg.input_size = 67;
+    let mut whole = alexnet_rs::model::init_seeded(&cfg, 5).unwrap();
+    // Large enough pre-activations that the LRN's denominator is far from k (its effect shows).
+    let w1 = whole["conv1.weight"].shallow_clone() * 300.0;
+    whole.insert("conv1.weight".into(), w1);
+    let x = Tensor::rand([2, 3, 67, 67], (Kind::Float, Device::Cpu));
+    let sharded = |n: i64| {
+        let map = whole
+            .iter()
+            .map(|(k, t)| {
+                let shards = if k.starts_with("conv1.") { n } else { 1 };
+                (k.clone(), t.split(t.size()[0] / shards, 0))
+            })
+            .collect();
+        forward(&cfg, &alexnet_rs::Params::from_shards(map), &x, false).unwrap()
+    };
+    let reference = sharded(1);
+    for n in [2, 48, 96] {
+        let d = (sharded(n) - &reference).abs().max().double_value(&[]);
+        assert!(d <= 1e-5 * reference.abs().max().double_value(&[]), "{n} shards: {d}");
+    }
+}
+
+#[test]
 fn each_local_rank_takes_its_own_cuda_devices() {
     let on = |spec: &str, r| Placement::for_local_rank(spec, r);
     assert_eq!(on("cuda:0,cuda:1", 1).unwrap(), "cuda:2,cuda:3");

@@ -47,36 +47,43 @@ pub(super) fn lrn_stage(cfg: &Config, h: Act) -> Result<Act> {
 }
 
 /// LRN over channel slices: each slice borrows the `size/2` channels before it and the
-/// `(size-1)/2` after it from its neighbours, so the result equals LRN over all channels.
+/// `(size-1)/2` after it from its neighbours (from as many as it takes: a slice may be narrower
+/// than the window), so the result equals LRN over all channels.
 fn lrn_sharded(cfg: &Config, h: &Act) -> Result<Act> {
     let p = cfg.lrn;
     let (pre, post) = (p.size / 2, (p.size - 1) / 2);
     let mut out = Vec::with_capacity(h.0.len());
     for (k, own) in h.0.iter().enumerate() {
         let dev = own.device();
+        // The channels before the slice, nearest first, then put in order.
         let mut pieces = Vec::new();
-        if k > 0 {
-            let left = &h.0[k - 1];
-            let take = pre.min(left.size()[1]);
-            pieces.push(left.f_narrow(1, left.size()[1] - take, take)?.to_device(dev));
+        let mut need = pre;
+        for t in h.0[..k].iter().rev() {
+            if need == 0 {
+                break;
+            }
+            let take = need.min(t.size()[1]);
+            pieces.push(t.f_narrow(1, t.size()[1] - take, take)?.to_device(dev));
+            need -= take;
         }
+        pieces.reverse();
+        let offset: i64 = pieces.iter().map(|t| t.size()[1]).sum();
         pieces.push(own.shallow_clone());
-        if k + 1 < h.0.len() {
-            let right = &h.0[k + 1];
-            pieces.push(right.f_narrow(1, 0, post.min(right.size()[1]))?.to_device(dev));
+        let mut need = post;
+        for t in &h.0[k + 1..] {
+            if need == 0 {
+                break;
+            }
+            let take = need.min(t.size()[1]);
+            pieces.push(t.f_narrow(1, 0, take)?.to_device(dev));
+            need -= take;
         }
-        let offset = if k > 0 { pieces[0].size()[1] } else { 0 };
-        let input = if pieces.len() == 1 {
-            own.shallow_clone()
+        let y = if pieces.len() == 1 {
+            ops::lrn(own, p.size, p.alpha, p.beta, p.k)?
         } else {
-            Tensor::f_cat(&pieces, 1)?
+            ops::lrn(&Tensor::f_cat(&pieces, 1)?, p.size, p.alpha, p.beta, p.k)?.f_narrow(1, offset, own.size()[1])?
         };
-        let y = ops::lrn(&input, p.size, p.alpha, p.beta, p.k)?;
-        out.push(if pieces.len() == 1 {
-            y
-        } else {
-            y.f_narrow(1, offset, own.size()[1])?
-        });
+        out.push(y);
     }
     Ok(Act(out))
 }
