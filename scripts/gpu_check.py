@@ -161,7 +161,8 @@ def parity(rep, dev):
 
 
 def misuse(rep, dev):
-    """A CUDA model given a CPU batch is refused by name (it was copied to the GPU in silence)."""
+    """A CUDA model given a CPU batch, or given a new head left on the CPU (the activations were
+    copied to it, CPU logits returned), is refused by name (no CPU-only test can make one)."""
     model = alexnet_rs.AlexNet("paper", num_classes=10).to(dev)
     try:
         model(torch.randn(1, 3, 224, 224))
@@ -169,6 +170,15 @@ def misuse(rep, dev):
     except alexnet_rs.ShapeError as e:
         ok, detail = "x is on cpu but conv1.weight is on cuda:0" in str(e), str(e)
     rep.add("misuse", "a CPU batch for a CUDA model", "ok" if ok else "FAIL", detail=detail[-300:])
+    model = alexnet_rs.AlexNet("torchvision", num_classes=10).to(dev)
+    model.classifier[6] = torch.nn.Linear(4096, 10)
+    try:
+        model(torch.randn(1, 3, 224, 224, device=dev))
+        ok, detail = False, "a CPU head was accepted"
+    except alexnet_rs.ShapeError as e:
+        want = "parameter `classifier.6.weight` is on cpu but the network's first layer is on cuda:0"
+        ok, detail = want in str(e), str(e)
+    rep.add("misuse", "a CPU head on a CUDA model", "ok" if ok else "FAIL", detail=detail[-300:])
 
 
 def lrn_pool(rep, dev):

@@ -610,7 +610,9 @@ def from_torchvision(model: nn.Module, num_classes: int | None = None, conv_back
         num_classes = int_arg("from_torchvision", "num_classes", num_classes)
     head = state["classifier.6.weight"]
     _check_torchvision_layout(model, head.shape[0])
-    ours = AlexNet("torchvision", num_classes=head.shape[0], conv_backend=conv_backend)
+    # The initial weights, overwritten at once, leave the caller's random stream as it was.
+    with torch.random.fork_rng(devices=[]):
+        ours = AlexNet("torchvision", num_classes=head.shape[0], conv_backend=conv_backend)
     ours.to(device=head.device, dtype=head.dtype)
     ours.load_state_dict({k: v.detach().clone() for k, v in state.items()})
     # Frozen parameters stay frozen.

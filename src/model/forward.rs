@@ -102,11 +102,13 @@ pub fn forward_masked(
 }
 
 /// A libtorch failure on an input whose dtype differs from the parameters' is that mismatch
-/// (outside autocast, convolutions need both the same): said so, naming `x`.
+/// (outside autocast, convolutions need both the same): said so, naming `x`. Under autocast the
+/// two may differ, and the failure is another one (kept).
 fn dtype_hint(e: Error, params: &Params, x: &Tensor) -> Error {
     let w = params.iter_shards().next().map(|(_, _, t)| t.kind());
+    let autocast = ops::autocast_dtype(x.device().is_cuda()).is_some();
     match (&e, w) {
-        (Error::Torch(_) | Error::Op { .. }, Some(w)) if w != x.kind() => Error::Dtype(format!(
+        (Error::Torch(_) | Error::Op { .. }, Some(w)) if w != x.kind() && !autocast => Error::Dtype(format!(
             "x has dtype {:?} but the parameters are {w:?}: convert one to the other (e.g. x.float(), or \
              model.to(x.dtype)) or run under autocast",
             x.kind()
@@ -275,7 +277,7 @@ fn conv_stage(cfg: &Config, c: &ConvLayer, params: &Params, x: Act, observe: &mu
     let mut parts = Vec::with_capacity(ws.len());
     for (k, (w, b)) in ws.iter().zip(bs).enumerate() {
         let input = if local {
-            x.0[k].shallow_clone()
+            x.0[k].to_device(w.device())
         } else if grouped {
             let all = x.gather(w.device())?;
             let per = all.size()[1] / n;

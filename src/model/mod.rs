@@ -13,7 +13,7 @@ mod forward;
 use crate::config::{Config, Init};
 use crate::error::{Error, Result};
 use crate::ops;
-use crate::placement::Placement;
+use crate::placement::{device_name, Placement};
 pub use forward::{activations, forward, forward_masked, forward_with, stage_names, Masks, Stage};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
@@ -100,7 +100,7 @@ impl Params {
     /// Checks that every parameter the config names is present with the right (whole) shape, in
     /// equal row blocks (shards), a bias in as many as its weight (the forward pairs them), a
     /// grouped convolution's shards holding whole groups and LRN towers (what
-    /// [`Placement::shards`] makes).
+    /// [`Placement::shards`] makes), and on the devices the forward expects them on.
     pub fn check(&self, cfg: &Config) -> Result<()> {
         // Channel groups a convolution's shards must hold whole: its own, and its LRN's towers.
         let groups: BTreeMap<String, [(&str, i64); 2]> = cfg
@@ -114,6 +114,11 @@ impl Params {
                 )
             })
             .collect();
+        // Where a single-device model lives (and a placement its whole layers: the first device).
+        let home = self
+            .shards(&format!("{}.weight", cfg.convs[0].name))?
+            .first()
+            .map(Tensor::device);
         for (name, shape) in cfg.param_shapes() {
             let shards = self.shards(&name)?;
             let wrong = |got: String| {
@@ -163,8 +168,38 @@ impl Params {
                     )));
                 }
             }
+            self.check_devices(&name, shards, home)?;
         }
         Ok(())
+    }
+
+    /// As torch.nn, a layer on another device (a new head left on the CPU) is an error, not a
+    /// silent copy of the activations to it: a whole parameter sits on `home` (conv1's first
+    /// shard's device), a bias shard on its weight shard's.
+    fn check_devices(&self, name: &str, shards: &[Tensor], home: Option<Device>) -> Result<()> {
+        if let ([one], Some(home)) = (shards, home) {
+            if one.device() != home {
+                return Err(Error::Shape(format!(
+                    "parameter `{name}` is on {} but the network's first layer is on {}: move it there \
+                     (e.g. model.to(\"{}\"))",
+                    device_name(one.device()),
+                    device_name(home),
+                    device_name(home)
+                )));
+            }
+        }
+        let Some(layer) = name.strip_suffix(".bias") else {
+            return Ok(());
+        };
+        let weights = self.shards(&format!("{layer}.weight"))?;
+        match (0..shards.len()).find(|&k| weights.get(k).is_some_and(|w| w.device() != shards[k].device())) {
+            Some(k) => Err(Error::Shape(format!(
+                "shard {k} of `{name}` is on {} but `{layer}.weight`'s is on {}",
+                device_name(shards[k].device()),
+                device_name(weights[k].device())
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

@@ -103,6 +103,22 @@ def test_cpu_bf16_autocast_reaches_the_rust_forward():
     assert (y.float() - ref).abs().max() <= 0.05 * ref.abs().max()
 
 
+def test_an_input_of_another_dtype_is_named_outside_autocast_only():
+    """Any libtorch failure on an x whose dtype differs from the parameters' was reported as that
+    mismatch, "run under autocast", even under autocast, where the two may differ."""
+    from alexnet_rs import _native
+
+    torch.manual_seed(0)
+    params = dict(_native.init_params("torchvision", 10, 63))
+    x = torch.rand(2, 3, 63, 63).bfloat16()
+    with pytest.raises(alexnet_rs.DtypeError, match="x has dtype BFloat16 but the parameters are Float"):
+        _native.forward("torchvision", params, x, False, 10, "stock", 63)
+    # A failure of another kind (a sparse bias) under autocast is libtorch's own.
+    params["features.0.bias"] = params["features.0.bias"].to_sparse()
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(alexnet_rs.TorchError, match="SparseCPU"):
+        _native.forward("torchvision", params, x, False, 10, "stock", 63)
+
+
 def test_python_checkpoint_is_read_by_the_cli(tmp_path):
     import subprocess
     from pathlib import Path
@@ -548,4 +564,9 @@ def test_long_native_calls_let_other_python_threads_run_and_keep_the_random_stre
     want = torch.rand(3)
     torch.manual_seed(7)
     alexnet_rs.AlexNet.load_checkpoint(tmp_path / "run")
+    assert torch.equal(torch.rand(3), want)
+    # from_torchvision drew 61M numbers too, for weights it overwrote at once.
+    tv = m.to_torchvision()
+    torch.manual_seed(7)
+    alexnet_rs.from_torchvision(tv)
     assert torch.equal(torch.rand(3), want)
