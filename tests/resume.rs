@@ -294,16 +294,10 @@ fn an_evaluation_that_fails_keeps_the_epochs_training() {
     assert_eq!(steps.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2, 3, 4]);
 }
 
-#[test]
-fn a_stop_during_an_epochs_evaluation_saves_the_epoch_at_once() {
-    let _s = serial();
-    require_data();
-    // A stop (Ctrl-C, SIGTERM) during an epoch's evaluation was seen only after the whole
-    // evaluation, its checkpoint and one more step: minutes on a real test set, past a preempted
-    // machine's grace period. It ends the evaluation at its next batch and saves the epoch's last
-    // position; the resume redoes the evaluation and writes the uninterrupted run's rows.
-    let (a, b) = (reference(), tmp("stop-in-eval"));
-    let per_epoch = 4; // tiny: 128 images in batches of 32
+/// A `tiny` run into `b` stopped (`stop()` true) at the first batch of epoch `epoch`'s
+/// evaluation (epochs from 1): checks what it saved and returns the evaluations' progress events.
+fn stopped_in_the_evaluation_of_epoch(b: &Path, epoch: u64) -> Vec<(u64, u64)> {
+    let last_step = 4 * epoch; // tiny: 128 images in batches of 32
     let (steps, asked, stopped) = (Cell::new(0), Cell::new(0), Cell::new(false));
     let mut evaluating = Vec::new();
     let mut on_event = |e: &Event| match e {
@@ -314,26 +308,62 @@ fn a_stop_during_an_epochs_evaluation_saves_the_epoch_at_once() {
     };
     // Asked once after the epoch's last step (no), then before each evaluation batch (yes).
     let stop = || {
-        if steps.get() == per_epoch {
+        if steps.get() == last_step {
             asked.set(asked.get() + 1);
         }
         asked.get() >= 2
     };
-    let eval = train(&tiny(&b), None, &mut on_event, &stop).expect("stopped, then evaluated");
+    let eval = train(&tiny(b), None, &mut on_event, &stop).expect("stopped, then evaluated");
     assert!(stopped.get());
     assert_eq!(asked.get(), 2, "the evaluation went on past the stop");
-    // The stopped evaluation's first batch (2 of 32), then the final evaluation's two.
-    assert_eq!(evaluating, [(0, 2), (0, 2), (1, 2)]);
     assert_eq!(eval.samples, 64);
-    let state = checkpoint::load(&b).unwrap().state;
+    let state = checkpoint::load(b).unwrap().state;
     assert_eq!(
         (state.step, state.epoch, state.batch_in_epoch),
-        (per_epoch, 0, per_epoch)
+        (last_step, epoch - 1, 4)
     );
     let rows = fs::read_to_string(b.join("epochs.csv")).unwrap_or_default();
-    assert!(rows.lines().count() <= 1, "{rows}");
+    assert_eq!(rows.lines().count().saturating_sub(1) as u64, epoch - 1, "{rows}");
+    evaluating
+}
+
+#[test]
+fn a_stop_during_an_epochs_evaluation_saves_the_epoch_at_once() {
+    let _s = serial();
+    require_data();
+    // A stop (Ctrl-C, SIGTERM) during an epoch's evaluation was seen only after the whole
+    // evaluation, its checkpoint and one more step: minutes on a real test set, past a preempted
+    // machine's grace period. It ends the evaluation at its next batch and saves the epoch's last
+    // position; the resume redoes the evaluation and writes the uninterrupted run's rows.
+    let (a, b) = (reference(), tmp("stop-in-eval"));
+    let evaluating = stopped_in_the_evaluation_of_epoch(&b, 1);
+    // The stopped evaluation's first batch (of 2: 64 images in batches of 32), then the final
+    // evaluation's two.
+    assert_eq!(evaluating, [(0, 2), (0, 2), (1, 2)]);
     run(&tiny(&b), Some(&b));
     assert_eq!(masked(&b), masked(&a));
+}
+
+#[test]
+fn a_resume_that_redoes_the_last_epochs_evaluation_does_not_call_the_run_complete() {
+    let _s = serial();
+    require_data();
+    // Stopped in the last epoch's evaluation, the resume trains no step: it said "the run is
+    // complete ...; pass a larger --epochs", though it wrote the last row and checkpoint.
+    let (a, b) = (reference(), tmp("stop-in-last-eval"));
+    let evaluating = stopped_in_the_evaluation_of_epoch(&b, 2);
+    assert_eq!(evaluating, [(0, 2), (1, 2), (0, 2), (0, 2), (1, 2)]);
+    let out = cli(&b, true, &[], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("the run is complete"), "{err}");
+    assert_eq!(masked(&b), masked(&a));
+    // Once it is complete, a resume says so.
+    let out = cli(&b, true, &[], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("the run is complete (2 epochs done, --epochs 2)"),
+        "{err}"
+    );
 }
 
 #[test]

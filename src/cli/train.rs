@@ -149,7 +149,7 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
     SIGNAL_AT.store(now, Ordering::SeqCst);
     SIGNAL.store(signal, Ordering::SeqCst);
-    const MSG: &[u8] = b"\nstopping after this step with a checkpoint (a signal 2 s or more from now quits at once)\n";
+    const MSG: &[u8] = b"\nstopping after this step with a checkpoint (during an evaluation: at its next batch; a signal 2 s or more from now quits at once)\n";
     // SAFETY: write is async-signal-safe; MSG outlives the call.
     unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
 }

@@ -46,8 +46,8 @@ pub enum Event {
         done: u64,
         total: u64,
     },
-    /// The run stops early on request (`stop()` on this rank or on another one), after this
-    /// step's checkpoint.
+    /// The run stops early on request (`stop()` on this rank or on another one), after the
+    /// checkpoint of this step (or of the position before the evaluation it ended).
     Stopped,
 }
 

@@ -51,8 +51,9 @@ struct Stop {
 impl<'a> Run<'a> {
     /// Trains to the last epoch, or until the step or time budget runs out or `stop()` says so
     /// (then with a checkpoint). Returns the last evaluation. `stop()` is asked after each step
-    /// and before each batch of the run's evaluations: one asked to stop ends there, and the
-    /// position before it is saved (a resume redoes it).
+    /// and before each batch of an epoch's or a budget's evaluation: one asked to stop ends
+    /// there, and the position before it is saved (a resume redoes an epoch's). The final
+    /// evaluation is stopped by it only when the caller discards a stopped run's result.
     pub fn train(mut self, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
         // Large CPU blocks freed by one step are handed to the next instead of being unmapped
         // and page-faulted in again (kernels/cpu_cache.cpp; this thread only, until we return).
@@ -63,6 +64,12 @@ impl<'a> Run<'a> {
         if !self.eval_on_stop && stop() {
             // Stopped before any step (a start-up warning made an error): nothing to save.
             return Err(Error::Interrupted(0));
+        }
+        if self.state.epoch >= self.tc.epochs {
+            crate::say::note(&format!(
+                "the run is complete ({} epochs done, --epochs {}); pass a larger --epochs to train on",
+                self.state.epoch, self.tc.epochs
+            ));
         }
         while self.state.epoch < self.tc.epochs {
             let epoch_start = Instant::now();
@@ -90,7 +97,7 @@ impl<'a> Run<'a> {
                     // The checkpoint first: a preempted machine's grace period is short (the
                     // weights are checked finite before it is written); the evaluation follows.
                     self.save()?;
-                    return self.stopped(steps_here);
+                    return self.stopped();
                 }
                 if agreed.out_of_time || agreed.steps_done {
                     budget = Some(agreed.out_of_time);
@@ -98,15 +105,19 @@ impl<'a> Run<'a> {
                         break; // the epoch's last step: the epoch ends as usual first
                     }
                     // Evaluated before the checkpoint, which is not written if the outputs are
-                    // NaN. Mid-epoch: not an epochs.csv row (that comes when a resumed run
-                    // finishes the epoch).
+                    // NaN (unless a stop ends the evaluation: the checkpoint comes first then, as
+                    // for a stop after a step). Mid-epoch: not an epochs.csv row (that comes
+                    // when a resumed run finishes the epoch).
                     let e = match self.evaluate_keeping(stop) {
-                        Err(Error::Interrupted(_)) => return self.stopped(steps_here),
+                        Err(Error::Interrupted(_)) => {
+                            self.budget_note(agreed.out_of_time, steps_here);
+                            return self.stopped();
+                        }
                         e => e?,
                     };
                     self.save()?;
                     self.budget_note(agreed.out_of_time, steps_here);
-                    return self.finish(steps_here, Some(e), stop);
+                    return self.finish(Some(e), stop);
                 }
                 if stepped && self.tc.checkpoint_every > 0 && self.state.step.is_multiple_of(self.tc.checkpoint_every) {
                     self.save()?;
@@ -124,7 +135,7 @@ impl<'a> Run<'a> {
                 });
             }
             last_eval = match self.end_epoch(epoch_start, stop) {
-                Err(Error::Interrupted(_)) => return self.stopped(steps_here),
+                Err(Error::Interrupted(_)) => return self.stopped(),
                 e => e?.or(last_eval),
             };
             if let Some(out_of_time) = budget {
@@ -132,17 +143,17 @@ impl<'a> Run<'a> {
                 break;
             }
         }
-        self.finish(steps_here, last_eval, stop)
+        self.finish(last_eval, stop)
     }
 
     /// The run stops on request, its position saved: the final evaluation follows, or
     /// `Error::Interrupted(0)` for a caller that discards it.
-    fn stopped(self, steps_here: u64) -> Result<EvalResult> {
+    fn stopped(self) -> Result<EvalResult> {
         (self.on_event)(&Event::Stopped);
         if !self.eval_on_stop {
             return Err(Error::Interrupted(0));
         }
-        self.finish(steps_here, None, &|| false)
+        self.finish(None, &|| false)
     }
 
     /// Whether to stop after this step: any rank's wish (a time budget or Ctrl-C on one rank
@@ -403,13 +414,7 @@ impl<'a> Run<'a> {
     /// The end of the run: its last evaluation (made now if there was none: asked to stop, or
     /// nothing left to train), then the figure. `stop()` ends an evaluation made here with
     /// `Error::Interrupted` when the caller discards a stopped run's result (all is saved).
-    fn finish(mut self, steps_here: u64, last_eval: Option<EvalResult>, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
-        if steps_here == 0 {
-            crate::say::note(&format!(
-                "the run is complete ({} epochs done, --epochs {}); pass a larger --epochs to train on",
-                self.state.epoch, self.tc.epochs
-            ));
-        }
+    fn finish(mut self, last_eval: Option<EvalResult>, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
         let e = match last_eval {
             Some(e) => e,
             None if self.eval_on_stop => self.evaluate(&|| false)?,

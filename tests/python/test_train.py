@@ -172,9 +172,10 @@ except KeyboardInterrupt as e:
 
 
 def test_keyboard_interrupt_during_the_runs_evaluation_stops_it_with_a_checkpoint(tmp_path):
-    """During the run's evaluations (a budget's, an epoch's end) Ctrl-C was seen only once the
-    whole test set was through, and a second one abandoned the run unsaved. The first one ends
-    the evaluation at its next batch, with the checkpoint of the position before it."""
+    """During the run's evaluations (here the step budget's; an epoch's end goes the same way:
+    tests/resume.rs) Ctrl-C was seen only once the whole test set was through, and a second one
+    abandoned the run unsaved. The first one ends the evaluation at its next batch, with the
+    checkpoint of the position before it."""
     import subprocess
     import sys
 
