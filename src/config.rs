@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
 
-/// The largest input side a network is built for: the largest image the pipeline decodes
-/// ([`crate::image::MAX_PIXELS`] = 8192^2); far larger ones overflowed the first FC layer's size.
+/// The largest input side a network is built for (a square of it is within the pixel limit of
+/// [`crate::image::MAX_PIXELS`]); far larger ones overflowed the first FC layer's size.
 pub const MAX_INPUT: i64 = 8192;
 
 /// The most classes a network may have (and a list file may label: a label is a class index).

@@ -1,5 +1,6 @@
 //! Decoding one image file to RGB8 with maintained codecs (`image`: zune-jpeg, png, …).
-//! Greyscale, RGBA, CMYK and 16-bit inputs become RGB8; zero-byte, truncated, non-image and
+//! Greyscale, RGBA, CMYK and 16-bit inputs become RGB8 (a few TIFF variants, palette, float
+//! or YCbCr, are refused, saying so); zero-byte, truncated, non-image and
 //! oversized files are errors naming the file, never panics. And writing one ([`save`]).
 use crate::error::{io, Error, Result};
 use std::path::Path;
@@ -7,8 +8,10 @@ use std::path::Path;
 /// torchvision's (ImageNet) channel means and standard deviations.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// Images above this many pixels are refused before decoding (decompression bombs).
-pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+/// Images above this many pixels are refused before decoding (decompression bombs): where PIL
+/// refuses (twice its `Image.MAX_IMAGE_PIXELS`), so that a photo PIL opens (a 108 MP phone
+/// camera's, a scan) is not skipped.
+pub const MAX_PIXELS: u64 = 178_956_970;
 /// Files above this size are refused unread: an image within [`MAX_PIXELS`] needs no more
 /// (16-bit RGBA stored raw, plus 1 MiB of headers and metadata).
 pub const MAX_FILE_BYTES: u64 = MAX_PIXELS * 8 + (1 << 20);
@@ -82,6 +85,18 @@ pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     })
 }
 
+/// A codec's error on `path`; for a variant it does not read (a palette, float or YCbCr TIFF),
+/// what to do about it.
+fn codec_err(path: &Path, e: image::ImageError) -> Error {
+    match e {
+        image::ImageError::Unsupported(_) => file_err(
+            path,
+            format!("{e} (a variant of the format this decoder does not read: convert it to 8-bit RGB, e.g. PNG)"),
+        ),
+        e => file_err(path, e),
+    }
+}
+
 fn decode(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     use image::ImageDecoder;
     let r = reader(path, bytes)?;
@@ -91,7 +106,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
             "truncated JPEG (it ends before its end-of-image marker)",
         ));
     }
-    let mut decoder = r.into_decoder().map_err(|e| file_err(path, e))?;
+    let mut decoder = r.into_decoder().map_err(|e| codec_err(path, e))?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
         // PNM allows it; an empty image was refused later, as "empty image", or not at all.
@@ -108,12 +123,12 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
     decoder.set_limits(limits).map_err(|e| file_err(path, e))?;
     if decoder.color_type() == image::ColorType::Rgb8 {
         let mut buf = take_buffer(decoder.total_bytes() as usize);
-        decoder.read_image(&mut buf).map_err(|e| file_err(path, e))?;
+        decoder.read_image(&mut buf).map_err(|e| codec_err(path, e))?;
         return Ok(image::RgbImage::from_raw(w, h, buf).expect("w * h * 3 bytes"));
     }
     // Greyscale, RGBA, CMYK, 16-bit...: decode, then convert.
     Ok(image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| file_err(path, e))?
+        .map_err(|e| codec_err(path, e))?
         .into_rgb8())
 }
 

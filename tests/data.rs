@@ -158,9 +158,35 @@ fn hidden_entries_are_not_samples_and_an_empty_class_is_refused() {
     std::fs::create_dir_all(root.join("empty")).unwrap();
     let e = Dataset::open(&root, Split::Train).expect_err("refused").to_string();
     assert!(
-        e.contains("empty") && e.contains("a class folder with no image files"),
+        e.contains("empty") && e.contains("a class folder with no image files") && e.contains(".pnm"),
         "{e}"
     );
+}
+
+#[test]
+fn every_netpbm_name_the_decoder_reads_is_an_image_file() {
+    // .pbm, .pnm and .pam decode, but an image folder left them out in silence (a class of
+    // them was "a class folder with no image files").
+    let root = image_folder("netpbm", 2, 1);
+    let files: [(&str, &[u8]); 3] = [
+        ("a.pbm", b"P1\n2 2\n0 1\n1 0\n"),
+        ("b.pnm", b"P6\n1 1\n255\n\x10\x20\x30"),
+        (
+            "c.pam",
+            b"P7\nWIDTH 1\nHEIGHT 1\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n\x10\x20\x30",
+        ),
+    ];
+    for (name, bytes) in files {
+        std::fs::write(root.join("c1").join(name), bytes).unwrap();
+    }
+    let ds = Dataset::open(&root, Split::Train).unwrap();
+    assert_eq!(ds.len(), 5);
+    for (sample, _) in &ds.items {
+        let Sample::File(path) = sample else {
+            panic!("{sample:?}")
+        };
+        alexnet_rs::image::load_rgb(path).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 #[test]
@@ -464,6 +490,28 @@ fn a_missing_split_folder_is_an_error_not_the_whole_folder_as_one_class() {
     assert_eq!(Dataset::open(&root, Split::Test).unwrap().len(), 4);
     let e = Dataset::open(&root, Split::Train).expect_err("no train/").to_string();
     assert!(e.contains("val/") && e.contains("no train/"), "{e}");
+}
+
+#[test]
+fn a_class_named_like_a_split_folder_beside_other_classes_is_an_error_naming_them() {
+    // Classes bus/ car/ train/: train/ was taken for the training split, its subfolders for the
+    // classes, bus/ and car/ left out in silence (or, with images in train/, "no class subfolders").
+    let root = split_folder(
+        "vehicles",
+        &[("train", &["electric", "steam"]), ("bus", &["a"]), ("car", &["b"])],
+    );
+    for split in [Split::Train, Split::Test] {
+        let e = Dataset::open(&root, split).expect_err("mixed layout").to_string();
+        assert!(e.contains("train/") && e.contains("bus/, car/"), "{e}");
+    }
+    assert_eq!(Dataset::training_classes(&root), None);
+    // Hidden folders are neither classes nor splits: a split layout stays one.
+    let root = split_folder(
+        "split-hidden",
+        &[("train", &["c0"]), ("val", &["c0"]), (".cache", &["x"])],
+    );
+    assert_eq!(Dataset::open(&root, Split::Train).unwrap().classes, ["c0"]);
+    assert_eq!(Dataset::missing_test_split(&root), None);
 }
 
 #[test]

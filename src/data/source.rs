@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// Extensions the decoder reads (case-insensitive).
 pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "jpe", "jfif", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm",
+    "jpg", "jpeg", "jpe", "jfif", "png", "bmp", "gif", "tif", "tiff", "webp", "pbm", "pgm", "ppm", "pnm", "pam",
 ];
 
 /// The subfolders of an image folder that hold its test split (beside `train/`).
@@ -90,6 +90,31 @@ fn class_folders(root: &Path) -> Result<Vec<(String, std::ffi::OsString)>> {
     Ok(folders)
 }
 
+/// Whether the image folder `path` is split into `train/` and `val/` or `test/` (its folders are
+/// all of those names) rather than one folder per class. Split folders beside other folders are
+/// an error naming both: a class called `train` was taken for the training split, the other
+/// classes left out in silence.
+fn is_split(path: &Path) -> Result<bool> {
+    let folders = class_folders(path).unwrap_or_default();
+    let (splits, others): (Vec<&str>, Vec<&str>) = folders
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .partition(|name| *name == "train" || TEST_FOLDERS.contains(name));
+    if splits.is_empty() || others.is_empty() {
+        return Ok(!splits.is_empty());
+    }
+    let list = |names: &[&str]| names.iter().map(|n| format!("{n}/")).collect::<Vec<_>>().join(", ");
+    Err(data_err(
+        path,
+        format!(
+            "has {} beside {}: either split folders (train/ and val/ or test/, one folder per class \
+             in each) or one folder per class, not both (rename a class named like a split)",
+            list(&splits),
+            list(&others)
+        ),
+    ))
+}
+
 impl Dataset {
     /// Opens `path`: a folder holding IDX files (`<split>-images-idx3-ubyte[.gz]` with Fashion-MNIST's
     /// `train`/`t10k` names), a list file (`.txt`/`.csv`), or an image folder. For an image folder
@@ -126,6 +151,9 @@ impl Dataset {
                  for the training split",
             ));
         }
+        if !is_split(path)? {
+            return Dataset::image_folder(path);
+        }
         let (wanted, others): (&[&str], &[&str]) = match split {
             Split::Train => (&["train"], &TEST_FOLDERS),
             Split::Test => (&TEST_FOLDERS, &["train"]),
@@ -145,14 +173,14 @@ impl Dataset {
                 ),
             ));
         }
-        Dataset::image_folder(path)
+        Dataset::image_folder(path) // gone since is_split looked
     }
 
     /// The class names of `path`'s `train/` when `path` is an image folder with `train/` beside a
     /// `val/` or `test/`: what its test split is labelled by when no other names are given
     /// (its own folders' order mislabels a class `val/` lacks).
     pub fn training_classes(path: &Path) -> Option<Vec<String>> {
-        let has_test = TEST_FOLDERS.iter().any(|s| path.join(s).is_dir());
+        let has_test = TEST_FOLDERS.iter().any(|s| path.join(s).is_dir()) && matches!(is_split(path), Ok(true));
         let folders = class_folders(&path.join("train")).ok().filter(|_| has_test)?;
         Some(folders.into_iter().map(|(name, _)| name).collect())
     }
@@ -213,7 +241,10 @@ impl Dataset {
                 // A class no image can teach (torchvision's ImageFolder refuses it too).
                 return Err(data_err(
                     &root.join(folder),
-                    "a class folder with no image files (add images or remove the folder)",
+                    format!(
+                        "a class folder with no image files (files named .{}; add images or remove the folder)",
+                        IMAGE_EXTENSIONS.join(", .")
+                    ),
                 ));
             }
             files.sort();

@@ -163,6 +163,15 @@ def test_odd_formats_become_rgb8(tmp_path):
     assert cmyk.shape == (48, 64, 3) and np.abs(cmyk.numpy() - rgb).mean() < 8.0
 
 
+
+def test_a_tiff_variant_the_decoder_cannot_read_is_named_with_what_to_do(tmp_path):
+    # A palette TIFF (PIL reads it) failed with the codec's bare "color type Unknown(..)".
+    p = tmp_path / "palette.tif"
+    Image.new("P", (8, 6), 3).save(p)
+    assert np.asarray(Image.open(p).convert("RGB")).shape == (6, 8, 3)
+    with pytest.raises(alexnet_rs.DataError, match=r"palette\.tif.*convert it to 8-bit RGB"):
+        load_image(p)
+
 def folder_with_bad_files(tmp_path):
     """root/{a,b}/: 8 good JPEGs and, in a/, the 4 bad files."""
     root = tmp_path / "root"
