@@ -262,20 +262,28 @@ impl<'a> Progress<'a> {
 }
 
 /// Where an unfinished earlier attempt at `t` continues: its newest checkpoint's step, with
-/// `progress` replayed from its metrics up to there. `None` (a fresh start): no checkpoint of
-/// these settings, unreadable metrics, a step or time limit (it counts this invocation's steps:
-/// a continued run would train past the uninterrupted one), or targets all reached already (the
-/// run stopped there; continuing would train one more step).
-fn continue_from(t: &TrainConfig, progress: &Progress) -> Option<u64> {
+/// `progress` replayed from its metrics up to there (an unreadable line dropped with a warning, as
+/// a resume drops it). `None` (a fresh start): no complete checkpoint, a step or time limit (it
+/// counts this invocation's steps: a continued run would train past the uninterrupted one), or
+/// targets all reached already (the run stopped there; continuing would train one more step). A
+/// checkpoint this build cannot read, or of other settings, is an error naming it (a fresh start
+/// deleted it).
+fn continue_from(t: &TrainConfig, progress: &Progress) -> Result<Option<u64>> {
     if t.max_steps.is_some() || t.time_budget_s.is_some() {
-        return None;
+        return Ok(None);
     }
-    let step = resumable(t)?;
-    let done = crate::metrics::Metrics::existing(&t.out).steps().ok()?;
-    done.iter().filter(|r| r.step <= step).for_each(|r| {
+    let Some(state) = resumable(t)? else {
+        return Ok(None);
+    };
+    let at = crate::metrics::ResumeAt {
+        step: state.step,
+        epoch: state.epoch,
+    };
+    let done = crate::metrics::Metrics::open(&t.out, Some(at))?.steps()?;
+    done.iter().for_each(|r| {
         progress.record(r);
     });
-    (!progress.all_reached()).then_some(step)
+    Ok((!progress.all_reached()).then_some(state.step))
 }
 
 /// Runs (or reuses) one training run. With `targets` (Fig. 1) it stops once the training error
@@ -300,7 +308,7 @@ fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
     // deleted and trained again from step 1); otherwise it starts again (its metrics would mix
     // into the new run's).
     let mut progress = Progress::new(targets);
-    let resume = continue_from(t, &progress);
+    let resume = continue_from(t, &progress)?;
     match resume {
         Some(step) => crate::say::line(&format!(
             "  continuing {} from its checkpoint at step {step}",

@@ -344,6 +344,46 @@ fn an_interrupted_experiment_continues_its_runs_and_keeps_finished_ones() {
         "{said}"
     );
     assert_eq!(results(&killed), results(&reference));
+    // Rerun over an unreadable metrics line or checkpoint state: the run was deleted, its saved
+    // steps trained again from step 1, in silence. Now the line is dropped (as a resume drops
+    // it, saying so) and the run continues; a state this build cannot read is an error naming
+    // it, the run left as it is.
+    let damaged = tmp("fig1-damaged");
+    assert!(!fig1_cli(&damaged, Some("ckpt-renamed:kill@2")).status.success());
+    let files = walk(&damaged);
+    let state = files
+        .iter()
+        .filter(|p| p.ends_with("state.json"))
+        .max()
+        .unwrap()
+        .clone();
+    let good_state = std::fs::read(&state).unwrap();
+    std::fs::write(&state, "{\"format\": ").unwrap();
+    let refused = fig1_cli(&damaged, None);
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        !refused.status.success() && said.contains(&state.display().to_string()),
+        "{said}"
+    );
+    let kept = |p: &&std::path::PathBuf| p.to_string_lossy().contains("ckpt-") || p.ends_with("metrics.jsonl");
+    assert!(files.iter().filter(kept).all(|p| p.exists()), "{files:?}");
+    std::fs::write(&state, good_state).unwrap();
+    let steps = files.iter().find(|p| p.ends_with("metrics.jsonl")).unwrap();
+    let mut lines: Vec<String> = std::fs::read_to_string(steps)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines[2] = "garbage".into();
+    std::fs::write(steps, lines.join("\n") + "\n").unwrap();
+    let again = fig1_cli(&damaged, None);
+    let said = String::from_utf8_lossy(&again.stdout).to_string() + &String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.status.success()
+            && said.contains("from its checkpoint at step 8")
+            && said.contains("line 3 is unreadable"),
+        "{said}"
+    );
     // Killed after the checkpoint of the step that met every target (during the final
     // evaluation): continued, it would train one step more; it starts again instead.
     let met = tmp("fig1-met");

@@ -88,12 +88,22 @@ pub(super) fn finished(t: &TrainConfig, targets: &[f64], result_path: &Path) -> 
     Ok(Some(r))
 }
 
-/// The step of the newest checkpoint an unfinished earlier attempt at `t` left, if it was made
-/// with `t`'s settings (it is continued from there); `None`: there is none to continue.
-pub(super) fn resumable(t: &TrainConfig) -> Option<u64> {
-    let dir = crate::checkpoint::find_latest(&t.out).ok()?;
-    let state = crate::checkpoint::read_state(&dir).ok()?;
-    (result_shaping(&state.config) == result_shaping(t)).then_some(state.step)
+/// The state of the newest complete checkpoint an unfinished earlier attempt at `t` left (it is
+/// continued from there); `None`: there is none. Not ours to delete: one this build cannot read,
+/// or made with other settings than its folder's name says, is an error (as a finished run's).
+pub(super) fn resumable(t: &TrainConfig) -> Result<Option<crate::checkpoint::TrainState>> {
+    let Ok(dir) = crate::checkpoint::find_latest(&t.out) else {
+        return Ok(None); // no checkpoints/ folder, or no complete checkpoint in it
+    };
+    let state = crate::checkpoint::read_state(&dir)?;
+    if result_shaping(&state.config) != result_shaping(t) {
+        return Err(Error::Config(format!(
+            "{} holds a checkpoint made with other settings than its folder's name says: move the run away or \
+             pick another --out",
+            dir.display()
+        )));
+    }
+    Ok(Some(state))
 }
 
 /// `t` with its folder, data, statistics and initial weights as absolute paths.
