@@ -85,14 +85,19 @@ void check_lrn_pool_indices(const at::Tensor& x, const at::Tensor& indices, cons
                     x.size(3), " plane (0 to ", x.size(2) * x.size(3) - 1, "), got ", first, " to ", last);
 }
 
+// The outputs, (N, C, ho, wo) in x's memory format, and their int64 indices (not yet written).
+std::tuple<at::Tensor, at::Tensor> lrn_pool_outputs(const at::Tensor& x, int64_t ho, int64_t wo) {
+  const auto fmt = lrn_memory_format(x);
+  return {at::empty({x.size(0), x.size(1), ho, wo}, x.options().memory_format(fmt)),
+          at::empty({x.size(0), x.size(1), ho, wo}, x.options().dtype(at::kLong).memory_format(fmt))};
+}
+
 std::tuple<at::Tensor, at::Tensor> relu_lrn_max_pool2d_meta(const at::Tensor& x, int64_t size, double alpha,
                                                             double beta, double k, int64_t kernel, int64_t stride,
                                                             bool ceil_mode) {
   const auto p = params(size, alpha, beta, k, kernel, stride, ceil_mode);
   const auto [ho, wo] = check_lrn_pool_args(x, p, "alexnet_rs::relu_lrn_max_pool2d");
-  const auto fmt = lrn_memory_format(x);
-  return {at::empty({x.size(0), x.size(1), ho, wo}, x.options().memory_format(fmt)),
-          at::empty({x.size(0), x.size(1), ho, wo}, x.options().dtype(at::kLong).memory_format(fmt))};
+  return lrn_pool_outputs(x, ho, wo);
 }
 
 at::Tensor relu_lrn_max_pool2d_backward_meta(const at::Tensor& grad_out, const at::Tensor& x,
@@ -103,7 +108,9 @@ at::Tensor relu_lrn_max_pool2d_backward_meta(const at::Tensor& grad_out, const a
 }
 
 std::tuple<at::Tensor, at::Tensor> relu_lrn_max_pool2d_composite(const at::Tensor& x, const LrnPoolParams& p) {
-  check_lrn_pool_args(x, p, "alexnet_rs::relu_lrn_max_pool2d");
+  const auto [ho, wo] = check_lrn_pool_args(x, p, "alexnet_rs::relu_lrn_max_pool2d");
+  // No elements: the shapes the fused kernel and Meta give (ATen's pool refuses zero channels).
+  if (x.numel() == 0) return lrn_pool_outputs(x, ho, wo);
   const at::AutoDispatchBelowADInplaceOrView guard;  // no autograd graph inside an op
   const at::Tensor r = at::relu(x.contiguous(lrn_memory_format(x)));
   const at::Tensor l = p.lrn.size > 0 ? call_lrn(r, p.lrn) : r;
@@ -113,6 +120,7 @@ std::tuple<at::Tensor, at::Tensor> relu_lrn_max_pool2d_composite(const at::Tenso
 at::Tensor relu_lrn_max_pool2d_backward_composite(const at::Tensor& grad_out, const at::Tensor& x,
                                                   const at::Tensor& indices, const LrnPoolParams& p) {
   check_lrn_pool_backward_args(grad_out, x, indices, p);
+  if (x.numel() == 0) return lrn_empty_output(x);
   const at::AutoDispatchBelowADInplaceOrView guard;
   const at::Tensor r = at::relu(x.contiguous(lrn_memory_format(x)));
   const at::Tensor dl = at::max_pool2d_with_indices_backward(grad_out, r, {p.kernel, p.kernel}, {p.stride, p.stride},

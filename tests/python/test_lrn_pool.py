@@ -199,6 +199,20 @@ def test_torch_compile_fullgraph_with_backward():
     assert_close(x.grad, x2.grad, 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 0, 6, 6), (0, 3, 6, 6)], ids=["no-channels", "no-batch"])
+def test_an_input_without_elements_gives_the_shapes_meta_promises(dtype, shape):
+    # float16/bfloat16 (the composition) failed on zero channels with ATen's pool's error, where
+    # float32/float64 and Meta gave (N, 0, ho, wo).
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    y, idx = torch.ops.alexnet_rs.relu_lrn_max_pool2d_with_indices(x, *PAPER, 3, 2, False)
+    meta, meta_idx = torch.ops.alexnet_rs.relu_lrn_max_pool2d_with_indices(x.detach().to("meta"), *PAPER, 3, 2, False)
+    assert (y.shape, idx.shape, y.dtype, idx.dtype) == (meta.shape, meta_idx.shape, dtype, torch.int64)
+    assert y.shape == (shape[0], shape[1], 2, 2)
+    op(x, *PAPER, 3, 2, False).sum().backward()
+    assert x.grad.shape == x.shape
+
+
 @pytest.mark.parametrize("args, needle", [
     ((torch.randn(2, 8, 13), *PAPER, 3, 2, False), "4"),
     ((torch.randn(1, 2, 5, 5), *PAPER, 0, 2, False), "kernel"),
