@@ -33,8 +33,8 @@ class LocalResponseNorm(nn.Module):
 
 
 def _lrn_onnx(g, x, size, alpha, beta, k):
-    """``alexnet_rs::lrn`` in ``torch.onnx.export(..., dynamo=False)``: ONNX ``LRN``, which uses
-    PyTorch's alpha/size convention; an even size (whose window PyTorch pads unevenly) has no
+    """``alexnet_rs::lrn`` in ``torch.onnx.export(..., dynamo=False)``: ONNX ``LRN`` (over a 4-D
+    view of a 3-D or 5-D input), which uses PyTorch's alpha/size convention; an even size (whose window PyTorch pads unevenly) has no
     ONNX equivalent and is refused, as ``export_onnx`` refuses it."""
     from torch.onnx import symbolic_helper as sh
 
@@ -42,7 +42,13 @@ def _lrn_onnx(g, x, size, alpha, beta, k):
                             ((size, "i", "size"), (alpha, "f", "alpha"), (beta, "f", "beta"), (k, "f", "k")))
     if size % 2 == 0:
         raise ConfigError(f"LocalResponseNorm: an even size ({size}) has no ONNX equivalent")
-    return g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
+    if sh._get_tensor_rank(x) == 4:
+        return g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
+    # ONNX's LRN takes (N, C, H, W) alone (onnxruntime refused the exported 3-D or 5-D graph):
+    # (N, C, ...) as (N, C, rest, 1), the same windows across channels, and back.
+    flat = g.op("Reshape", x, g.op("Constant", value_t=torch.tensor([0, 0, -1, 1])))
+    y = g.op("LRN", flat, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
+    return g.op("Reshape", y, g.op("Shape", x))
 
 
 torch.onnx.register_custom_op_symbolic("alexnet_rs::lrn", _lrn_onnx, 1)

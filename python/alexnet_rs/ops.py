@@ -44,6 +44,11 @@ def _call(where: str, op, *args):
 
 
 def _lrn_checked(where: str, name: str, x, size, alpha, beta, k):
+    if torch.compiler.is_compiling():
+        # Traced, alpha/beta/k may be symbolic floats (a module's changed alpha, dynamic=True),
+        # which no Python check can read (fullgraph failed); the op's own checks (its Meta
+        # kernel) run, as in _call.
+        return torch.ops.alexnet_rs.lrn(x, size, alpha, beta, k)
     tensor_arg(where, name, x)
     size = int_arg(where, "size", size)
     if size < 1:

@@ -189,6 +189,19 @@ def test_torch_compile_fullgraph_with_backward():
     assert torch.allclose(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_the_module_compiles_fullgraph_with_symbolic_scalars():
+    # Dynamo makes the module's alpha/beta/k symbolic floats (dynamic=True, or an alpha changed
+    # between calls): the Python checks' math.isfinite on them failed fullgraph compilation.
+    x = torch.randn(2, 7, 4, 4) * 10
+    m = alexnet_rs.nn.LocalResponseNorm(5, 1e-2, 0.75, 2.0)
+    torch.testing.assert_close(torch.compile(m, fullgraph=True, dynamic=True)(x),
+                               F.local_response_norm(x, 5, 1e-2, 0.75, 2.0))
+    f = torch.compile(m, fullgraph=True)
+    f(x)
+    m.alpha = 2e-2
+    torch.testing.assert_close(f(x), F.local_response_norm(x, 5, 2e-2, 0.75, 2.0))
+
+
 def test_the_module_scripts_and_traces_like_torchs(tmp_path):
     # torch.jit.script failed on alexnet_rs.nn.LocalResponseNorm ("import statements aren't
     # supported", from the eager argument checks).

@@ -206,3 +206,17 @@ def test_the_drop_in_lrn_module_exports_with_torchs_exporter(tmp_path):
         np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match=r"an even size \(4\) has no ONNX equivalent"):
         torch.onnx.export(LocalResponseNorm(4), (torch.randn(1, 8, 3, 3),), tmp_path / "even.onnx", dynamo=False)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 5), (2, 7, 3, 4, 5)], ids=["3d", "5d"])
+def test_the_drop_in_lrn_module_exports_3d_and_5d_inputs_onnxruntime_runs(shape, tmp_path):
+    # ONNX LRN takes 4-D input alone: the exported graph failed in onnxruntime ("X_shape.
+    # NumDimensions() == 4 was false"), where torch's own module's export runs.
+    from alexnet_rs.nn import LocalResponseNorm
+
+    x = torch.randn(*shape) * 10
+    torch.onnx.export(LocalResponseNorm(5, 1e-2, 0.75, 2.0), (x,), tmp_path / "lrn.onnx", dynamo=False,
+                      input_names=["x"])
+    got = ort.InferenceSession(str(tmp_path / "lrn.onnx")).run(None, {"x": x.numpy()})[0]
+    ref = torch.nn.functional.local_response_norm(x, 5, 1e-2, 0.75, 2.0)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
