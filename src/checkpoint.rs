@@ -373,14 +373,15 @@ pub fn save_weights(
             run.display()
         )));
     }
-    // Nor while a training process holds the folder (before its first checkpoint).
-    let _lock = crate::files::RunLock::acquire(run)?;
     let tc = TrainConfig {
         preset,
         input_size,
         out: run.to_path_buf(),
         ..TrainConfig::default()
     };
+    tc.check_paths()?; // its state.json could not say a folder that is not UTF-8 text
+                       // Nor while a training process holds the folder (before its first checkpoint).
+    let _lock = crate::files::RunLock::acquire(run)?;
     let state = TrainState::start(tc, classes);
     let velocity = weights.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect();
     save(run, &state, &weights, &velocity, 1)
@@ -406,7 +407,36 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     if state.format != FORMAT {
         return Err(bad(&sp, format!("format `{}`, expected `{FORMAT}`", state.format)));
     }
+    check_state(dir, &state).map_err(|why| bad(&sp, why))?;
     Ok(state)
+}
+
+/// What a state written by [`save`] holds (a hand-edited or foreign one was trusted: a step past
+/// its folder's name made an older checkpoint the newest, a negative lr trained on).
+fn check_state(dir: &Path, state: &TrainState) -> std::result::Result<(), String> {
+    let named = dir.file_name().and_then(|n| parse_name(&n.to_string_lossy()));
+    if let Some((step, _)) = named.filter(|&(step, _)| step != state.step) {
+        return Err(format!(
+            "its step is {} but its folder's name says step {step}",
+            state.step
+        ));
+    }
+    if state.network > NETWORK {
+        return Err(format!(
+            "network revision {} is newer than this build's ({NETWORK}): read it with a newer alexnet_rs",
+            state.network
+        ));
+    }
+    let s = &state.schedule;
+    if let Some((key, lr)) = [("lr", s.lr), ("base_lr", s.base_lr)]
+        .into_iter()
+        .find(|(_, lr)| !(*lr > 0.0 && lr.is_finite()))
+    {
+        return Err(format!(
+            "its schedule's {key} is {lr}: a learning rate is positive and finite"
+        ));
+    }
+    crate::data::check_class_names(&state.classes).map_err(|e| e.to_string())
 }
 
 fn read(dir: PathBuf, with_optimizer: bool) -> Result<Checkpoint> {

@@ -397,6 +397,7 @@ impl TrainConfig {
 mod apply;
 
 fn to_map(t: &TrainConfig) -> Result<serde_json::Map<String, serde_json::Value>> {
+    t.text_paths()?;
     match serde_json::to_value(t) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
         other => Err(Error::Internal(format!(

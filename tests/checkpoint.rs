@@ -337,3 +337,48 @@ fn a_confusion_matrix_too_large_to_count_is_refused_before_the_evaluation() {
         "{err}"
     );
 }
+
+#[test]
+fn weights_saved_into_a_folder_not_named_in_utf8_are_refused_before_any_write() {
+    // The state's settings are JSON text: the save failed at state.json ("cannot serialise
+    // state"), leaving a lock and an empty checkpoints/ folder.
+    use std::os::unix::ffi::OsStrExt;
+    let root = tmp("save-not-utf8");
+    let run = root.join(std::ffi::OsStr::from_bytes(b"r\xffx"));
+    let cfg = Config::preset(Preset::Cnn4, 10).unwrap();
+    let w = model::init_whole(&cfg).unwrap();
+    let e = checkpoint::save_weights(&run, Preset::Cnn4, 32, &w, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out: the path") && e.contains("not UTF-8"), "{e}");
+    assert!(!run.exists());
+}
+
+#[test]
+fn a_hand_edited_state_is_refused_naming_what_does_not_hold() {
+    // Each was trusted: a step past the folder's name (the step wrapped on resume, and the older
+    // checkpoint stayed the newest), a negative learning rate (trained on), a network revision
+    // of a newer build, a class name twice.
+    let _s = serial();
+    let (run, _, _) = run_with("edited-state", &[4]);
+    let path = ckpt(&run, 4).join("state.json");
+    let good: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        ("/step", 18446744073709551615u64.into(), "folder's name says step 4"),
+        ("/schedule/lr", (-1.0).into(), "schedule's lr is -1"),
+        ("/schedule/base_lr", 0.0.into(), "schedule's base_lr is 0"),
+        ("/network", 99.into(), "network revision 99 is newer"),
+        ("/classes/1", "0".into(), "`0` twice"),
+    ];
+    for (pointer, value, needle) in cases {
+        let mut edited = good.clone();
+        *edited.pointer_mut(pointer).unwrap() = value;
+        fs::write(&path, edited.to_string()).unwrap();
+        for e in [checkpoint::load(&run).err(), checkpoint::load_weights(&run).err()] {
+            let e = e.expect(pointer).to_string();
+            assert!(e.contains("state.json") && e.contains(needle), "{pointer}: {e}");
+        }
+    }
+    fs::write(&path, good.to_string()).unwrap();
+    assert_eq!(checkpoint::load(&run).unwrap().state.step, 4);
+}

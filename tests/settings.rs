@@ -113,6 +113,30 @@ fn flags_override_the_file_and_only_the_flags_given() {
 }
 
 #[test]
+fn a_path_that_is_not_utf8_text_is_a_config_error_naming_its_setting() {
+    // `alexnet train --out $'r\xffx'` said "internal error (a bug in alexnet_rs...)": the
+    // settings did not serialise (JSON is text).
+    use std::os::unix::ffi::OsStrExt;
+    let odd = std::ffi::OsStr::from_bytes(b"runs/r\xffx");
+    for (flag, key) in [
+        ("--out", "out"),
+        ("--data", "data"),
+        ("--stats", "stats"),
+        ("--init-from", "init_from"),
+    ] {
+        let cmd = TrainConfig::augment_args(Command::new("train").no_binary_name(true));
+        let m = cmd.try_get_matches_from([std::ffi::OsStr::new(flag), odd]).unwrap();
+        let e = TrainConfig::overlay(&TrainConfig::default(), &m).expect_err(flag);
+        assert!(matches!(e, Error::Config(_)), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.contains(&format!("{key}: the path runs/r")) && e.contains("not UTF-8"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn nan_and_infinity_are_refused_from_flags_and_toml_and_ranges_by_validate() {
     // JSON, which the overlay and Python's dict go through, has no NaN: a `nan` that got that far
     // would become `null`, an unset option (no time budget, the preset's dropout), silently.

@@ -125,23 +125,41 @@ impl TrainConfig {
 
     /// Refuses an empty path (from TOML or Python; clap refuses the flag): an empty `out` trained
     /// into the working directory and failed at the first checkpoint, the others failed with
-    /// ": No such file or directory", naming nothing.
+    /// ": No such file or directory", naming nothing. And one that is not UTF-8 text
+    /// ([`TrainConfig::text_paths`]).
     pub fn check_paths(&self) -> Result<()> {
-        let empty = |p: &Path| p.as_os_str().is_empty();
-        let optional = [
-            ("data", &self.data),
-            ("stats", &self.stats),
-            ("init_from", &self.init_from),
-        ];
-        let culprit = if empty(&self.out) {
-            Some("out")
-        } else {
-            optional
-                .iter()
-                .find(|(_, p)| p.as_deref().is_some_and(empty))
-                .map(|(k, _)| *k)
-        };
-        culprit.map_or(Ok(()), |key| Err(Error::Config(format!("{key} is an empty path"))))
+        self.text_paths()?;
+        let empty = self
+            .paths()
+            .into_iter()
+            .find(|(_, p)| p.is_some_and(|p| p.as_os_str().is_empty()));
+        empty.map_or(Ok(()), |(key, _)| Err(Error::Config(format!("{key} is an empty path"))))
+    }
+
+    /// Refuses a path that is not UTF-8 text: the settings are stored as JSON text (a
+    /// checkpoint's state.json), and one such path failed as an internal error, naming nothing.
+    pub fn text_paths(&self) -> Result<()> {
+        let odd = self
+            .paths()
+            .into_iter()
+            .find_map(|(k, p)| p.filter(|p| p.to_str().is_none()).map(|p| (k, p)));
+        odd.map_or(Ok(()), |(key, p)| {
+            Err(Error::Config(format!(
+                "{key}: the path {} is not UTF-8 text, which a run's settings (its state.json) are stored as: \
+                 rename it",
+                p.display()
+            )))
+        })
+    }
+
+    /// The settings that are paths, by key.
+    fn paths(&self) -> [(&'static str, Option<&Path>); 4] {
+        [
+            ("out", Some(&self.out)),
+            ("data", self.data.as_deref()),
+            ("stats", self.stats.as_deref()),
+            ("init_from", self.init_from.as_deref()),
+        ]
     }
 
     /// The layers of `cfg` that `freeze` names (each must be a layer with parameters).
