@@ -805,6 +805,22 @@ fn a_list_file_separated_by_a_comma_and_a_space_names_the_files() {
         .map(|(f, l)| (format!("{:?}", Sample::File(dir.join(f))), l))
         .collect();
     assert_eq!(items, want);
+    // A spreadsheet's CSV: a header, quoted fields (the quotes were kept in the path: missing).
+    std::fs::write(&list, "path,label\n\"a.png\",0\n\"b.png\",\"1\"\nc.png,2\n").unwrap();
+    let ds = Dataset::open(&list, Split::Test).unwrap();
+    let items: Vec<_> = ds.items.iter().map(|(s, l)| (format!("{s:?}"), *l)).collect();
+    assert_eq!(items, want);
+    // A header alone is not taken for one twice, and an empty path is named.
+    for (text, needle) in [
+        ("path,label\nfile,label\n", "line 2: label `label`"),
+        ("path label\n", "no samples listed (line 1 is no sample"),
+        ("a.png 0\n, 1\n", "line 2: no path before the label"),
+        ("a.png 0\npath,label\n", "line 2: label `label`"),
+    ] {
+        std::fs::write(&list, text).unwrap();
+        let e = Dataset::open(&list, Split::Test).expect_err(text).to_string();
+        assert!(e.contains(needle), "{text:?}: {e}");
+    }
 }
 
 #[test]

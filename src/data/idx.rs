@@ -72,7 +72,10 @@ impl Dataset {
         if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
             return Err(data_err(
                 images,
-                format!("image dims {dims:?} do not match label dims {ldims:?}"),
+                format!(
+                    "image dims {dims:?} do not match the label dims {ldims:?} of {}",
+                    labels.display()
+                ),
             ));
         }
         let per_image = dims[1].checked_mul(dims[2]).map_or(u64::MAX, |p| p as u64);

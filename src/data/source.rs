@@ -273,7 +273,8 @@ impl Dataset {
         // (listed twice with one label is oversampling, allowed). Paths compare as written, less
         // `.` components.
         let mut lines: std::collections::HashMap<PathBuf, (usize, i64)> = std::collections::HashMap::new();
-        // A UTF-8 byte order mark (Windows editors) is not part of the first path.
+        let mut header = None; // the line of a `path,label` header
+                               // A UTF-8 byte order mark (Windows editors) is not part of the first path.
         for (n, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -285,13 +286,19 @@ impl Dataset {
                     format!("line {}: expected `path label`, got `{}`", n + 1, shortened(line)),
                 )
             })?;
-            let label: i64 = label.trim().parse().map_err(|_| {
+            // A spreadsheet's or pandas' CSV: quoted fields, a `path,label` header first.
+            let label = unquoted(label.trim());
+            if header.is_none() && items.is_empty() && !label.bytes().any(|b| b.is_ascii_digit()) {
+                header = Some(n + 1);
+                continue;
+            }
+            let label: i64 = label.parse().map_err(|_| {
                 data_err(
                     list,
                     format!(
                         "line {}: label `{}` is not a non-negative integer",
                         n + 1,
-                        shortened(label.trim())
+                        shortened(label)
                     ),
                 )
             })?;
@@ -310,7 +317,10 @@ impl Dataset {
                 ));
             }
             // `a.png, 0`: split at the space, the comma is a separator too, not part of the name.
-            let path = path.trim().trim_end_matches([' ', '\t', ',']);
+            let path = unquoted(path.trim().trim_end_matches([' ', '\t', ',']));
+            if path.is_empty() {
+                return Err(data_err(list, format!("line {}: no path before the label", n + 1)));
+            }
             let key: PathBuf = base
                 .join(path)
                 .components()
@@ -332,7 +342,16 @@ impl Dataset {
             items.push((Sample::File(base.join(path)), label));
         }
         if items.is_empty() {
-            return Err(data_err(list, "no samples listed"));
+            let why = header.map_or(String::new(), |n| {
+                format!(" (line {n} is no sample: its label is no number)")
+            });
+            return Err(data_err(list, format!("no samples listed{why}")));
+        }
+        if let Some(n) = header {
+            crate::say::note(&format!(
+                "{}: line {n} is a header (its label is no number): skipped",
+                list.display()
+            ));
         }
         let max = items.iter().map(|(_, l)| *l).max().unwrap_or(0);
         let classes = class_names(&base.join("classes.txt"), max)?;
@@ -438,6 +457,14 @@ pub fn check_class_names(classes: &[String]) -> Result<()> {
             classes[i]
         ))),
     }
+}
+
+/// `field` without the double quotes a CSV writer puts around it.
+fn unquoted(field: &str) -> &str {
+    field
+        .strip_prefix('"')
+        .and_then(|f| f.strip_suffix('"'))
+        .unwrap_or(field)
 }
 
 /// The text of list file `list`, refused unread past its start when that is binary (an IDX `.gz`,
