@@ -185,6 +185,13 @@ pub fn bench(a: &BenchDataArgs) -> Result<()> {
         }
         skipped += batches.skipped();
     }
+    if n == 0 && skipped > 0 {
+        // As `train` and `stats` say it: a rate of 0 images/s measured nothing.
+        return Err(Error::File {
+            path: loader.dataset().origin.clone(),
+            reason: format!("no image could be read ({skipped} skipped): nothing to time"),
+        });
+    }
     let secs = t0.elapsed().as_secs_f64();
     crate::say::outln!(
         "{n} images in {secs:.2} s with {threads} threads: {:.1} images/s ({:.1} per thread), {skipped} skipped",

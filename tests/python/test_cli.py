@@ -171,6 +171,13 @@ def test_bad_flags_and_files_are_clear_errors(args, needle):
     assert "panicked" not in r.stderr and "RUST_BACKTRACE" not in r.stderr and "internal error" not in r.stderr
 
 
+def test_bench_data_over_images_none_of_which_reads_is_an_error(tmp_path):
+    # It printed "0 images in 0.00 s ... 0.0 images/s, 4 skipped" and exited 0.
+    (tmp_path / "list.txt").write_text("".join(f"gone{i}.png {i % 2}\n" for i in range(4)))
+    r = run("bench", "data", tmp_path / "list.txt", "--crop", "16", "--batch-size", "2", "--epochs", "1")
+    assert r.returncode != 0 and "no image could be read (4 skipped): nothing to time" in r.stderr, r.stderr
+
+
 def test_bench_eager_cached_checks_its_python_imports_alexnet_rs_before_measuring(tmp_path):
     # A Python with torch but without the wheel (the system's, say) failed in the anchor's
     # traceback once our side had been measured (minutes at 224): only `import torch` was checked.
