@@ -238,6 +238,13 @@ pub fn find_latest_weights(path: &Path) -> Result<PathBuf> {
 }
 
 fn newest(path: &Path, weights_only: bool) -> Result<PathBuf> {
+    if path.is_file() {
+        return Err(bad(
+            path,
+            "is a file: expected a run folder or a checkpoint folder (a weights file, .safetensors or .pth, \
+             is what `train --init-from` takes)",
+        ));
+    }
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
     }

@@ -22,8 +22,8 @@ pub struct EvalArgs {
     devices: String,
     /// Evaluate on a random subset of this many test samples, the same one for every checkpoint
     /// [default: the run's --limit-test].
-    #[arg(long)]
-    limit: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
     /// Images per forward pass (with --ten-crop, 10 crops of each: 1280 network inputs at the
     /// default; lower it where memory is short).
     #[arg(long, default_value_t = 128)]
@@ -223,7 +223,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         &a.checkpoint,
         a.data.clone(),
         a.ten_crop,
-        a.limit,
+        a.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         a.batch_size,
         &a.devices,
         &|done, total| {

@@ -345,7 +345,21 @@ pub fn experiment(a: &ExperimentArgs, matches: &ArgMatches) -> Result<()> {
             exp.name()
         )));
     }
-    let tc = a.train.settings(exp.defaults(), matches)?;
+    let defaults = exp.defaults();
+    let tc = a.train.settings(defaults.clone(), matches)?;
+    if tc.preset != defaults.preset && tc.input_size == defaults.input_size {
+        // The experiment's input size is its own network's: say where a failing one came from.
+        tc.validate().map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!(
+                "{m} (input size {}: the {} experiment's default for the {} network; give --input-size for {})",
+                tc.input_size,
+                exp.name(),
+                defaults.preset,
+                tc.preset
+            )),
+            e => e,
+        })?;
+    }
     // An lr given (by flag or in --config's file) replaces the default sweep.
     let lrs = if a.lrs.is_empty() && !tc.gave("lr", false) {
         exp.default_lrs()

@@ -115,6 +115,12 @@ def test_forward_labels_from_names_and_on_two_devices(tmp_path):
         (["train", "--data", "/no/such/folder", "--limit-train", "8"], "/no/such/folder"),
         (["stats", "/dev/null"], "/dev/null: is neither a file nor a folder"),  # "no such file or folder"
         (["eval", "/no/such/run"], "/no/such/run"),
+        # "Not a directory (os error 20)"; "evaluation set is empty", naming no flag
+        (["eval", "/etc/hostname"], "/etc/hostname: is a file: expected a run folder or a checkpoint folder"),
+        (["eval", "--limit", "0", "/no/such/run"], "invalid value '0' for '--limit <LIMIT>'"),
+        # "input size 28 is too small ...": 28 was the experiment's, for cnn4, never given
+        (["experiment", "relu-vs-tanh", "--preset", "paper", "--out", "/nonexistent/x"],
+         "(input size 28: the relu-vs-tanh experiment's default for the cnn4 network; give --input-size for paper)"),
         (["forward", "/etc/hostname"], "not a recognised image format"),
         (["forward", "--label", "-1", IMG], "--label (-1) is outside 0..1000"),  # it blamed the image
         (["placement", "--devices", "cpu,cpu,cpu"], "one or two devices"),
