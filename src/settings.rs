@@ -87,8 +87,8 @@ pub struct TrainConfig {
     /// cpu, cuda:0, cuda:0,cuda:1, cuda:0,cpu or cpu,cpu (two devices: the paper's split).
     #[arg(long, value_name = "TEXT", default_value = "cpu")]
     pub devices: String,
-    /// Convolutions: ours (our CUDA kernels), stock (ATen/cuDNN) or auto (the faster per shape on
-    /// CUDA, stock on CPU).
+    /// Convolutions on CUDA: ours (our kernels), stock (cuDNN) or auto (the faster per shape); on
+    /// the CPU all three are ATen's convolution.
     #[arg(long, value_name = "NAME", default_value = "auto", value_parser = choice::<ConvBackend>(ConvBackend::ALL.map(ConvBackend::name)))]
     pub conv_backend: ConvBackend,
     /// Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/ (and a copy

@@ -569,7 +569,7 @@ fn resume_takes_a_given_epochs_equal_to_the_default() {
     let out = cli(&b, true, &["--seed", "0", "--max-steps", "1"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && err.contains("keeps the run's seed = 7 (ignoring 0)"),
+        out.status.success() && err.contains("keeps its seed = 7 (ignoring 0)"),
         "{err}"
     );
 }
@@ -691,7 +691,7 @@ fn resume_reads_the_data_from_where_it_is_now() {
     let _s = serial();
     let fashion = require_data();
     // A run whose data moved (another machine, another mount) could not be resumed: the given
-    // --data was ignored ("--resume keeps the run's data") and the recorded path was gone.
+    // --data was ignored ("a resumed run keeps its data") and the recorded path was gone.
     let (before, after) = (tmp("data-before"), tmp("data-after"));
     fs::create_dir_all(&*before).unwrap();
     for f in fs::read_dir(&fashion).unwrap() {
@@ -710,7 +710,7 @@ fn resume_reads_the_data_from_where_it_is_now() {
     fs::rename(&*before, &*after).unwrap();
     let out = cli(&b, true, &["--data", after.to_str().unwrap()], None);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !err.contains("keeps the run's data"), "{err}");
+    assert!(out.status.success() && !err.contains("keeps its data"), "{err}");
     assert_eq!(masked(&b), masked(&reference()), "the same run as if nothing had moved");
     let last = checkpoint::load(&b).unwrap();
     assert_eq!(last.state.config.data.as_deref(), Some(&*after));
@@ -1066,7 +1066,7 @@ fn a_resume_runs_on_the_devices_and_threads_given_now() {
     let args = ["--devices", "cpu,cpu", "--threads", "1", "--max-steps", "1"];
     let out = resume_in(Path::new("."), &b, &args);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !err.contains("keeps the run's"), "{err}");
+    assert!(out.status.success() && !err.contains("a resumed run keeps its"), "{err}");
     let last = checkpoint::load(&b).unwrap().state;
     assert_eq!(
         (last.step, last.config.devices.as_str(), last.config.threads),

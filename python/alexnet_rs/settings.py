@@ -42,8 +42,8 @@ class TrainSettings(TypedDict, total=False):
     # --devices: cpu, cuda:0, cuda:0,cuda:1, cuda:0,cpu or cpu,cpu (two devices: the paper's split)
     # [default: "cpu"]
     devices: str
-    # --conv-backend: Convolutions: ours (our CUDA kernels), stock (ATen/cuDNN) or auto (the faster
-    # per shape on CUDA, stock on CPU) [default: "auto"]
+    # --conv-backend: Convolutions on CUDA: ours (our kernels), stock (cuDNN) or auto (the faster per
+    # shape); on the CPU all three are ATen's convolution [default: "auto"]
     conv_backend: Literal["ours", "stock", "auto"]
     # --out: Run folder: metrics.jsonl, epochs.csv, curves.png, classes.json, checkpoints/ (and a copy
     # of the --stats file). One run per folder: a new run into one with checkpoints is refused

@@ -325,7 +325,7 @@ pub(super) fn warn_ignored(given: &TrainConfig, used: &TrainConfig) {
     for (k, v) in &g {
         if v != &u[k] && given.gave(k, v != &d[k]) {
             crate::say::note(&format!(
-                "warning: --resume keeps the run's {k} = {} (ignoring {v})",
+                "warning: a resumed run keeps its {k} = {} (ignoring {v})",
                 u[k]
             ));
         }

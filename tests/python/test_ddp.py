@@ -523,7 +523,7 @@ def test_two_ranks_print_each_note_once_and_name_the_rank_of_an_error(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_torchrun(tmp_path, "--resume", out, "--lr", "0.5", "--time-budget", "0")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stderr.count("warning: --resume keeps the run's lr") == 1, r.stderr[-3000:]
+    assert r.stderr.count("warning: a resumed run keeps its lr") == 1, r.stderr[-3000:]
     assert r.stderr.count("time budget reached at step 3 (1 this run)") == 1, r.stderr[-3000:]
     r = run_torchrun(tmp_path, *SMALL, "--out", tmp_path / "nan", "--lr", "1e30")
     assert r.returncode != 0

@@ -105,14 +105,14 @@ def test_a_resumed_runs_warnings_are_python_warnings(tmp_path):
     import warnings
 
     alexnet_rs.train(small(tmp_path))
-    with pytest.warns(UserWarning, match="--resume keeps the run's lr = 0.01 \\(ignoring 0.5\\)") as w:
+    with pytest.warns(UserWarning, match="a resumed run keeps its lr = 0.01 \\(ignoring 0.5\\)") as w:
         alexnet_rs.train({"lr": 0.5, "epochs": 2, "max_steps": 1}, resume=tmp_path)
     assert [x.filename for x in w] == [__file__]
     lines = (tmp_path / "metrics.jsonl").read_text()
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(UserWarning, match="keeps the run's lr"):
+        with pytest.raises(UserWarning, match="keeps its lr"):
             alexnet_rs.train({"lr": 0.5, "epochs": 2, "max_steps": 1}, resume=tmp_path)
     # Raised before any step (it came after one step and a checkpoint).
     assert (tmp_path / "metrics.jsonl").read_text() == lines
