@@ -1066,7 +1066,10 @@ fn a_resume_runs_on_the_devices_and_threads_given_now() {
     let args = ["--devices", "cpu,cpu", "--threads", "1", "--max-steps", "1"];
     let out = resume_in(Path::new("."), &b, &args);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !err.contains("a resumed run keeps its"), "{err}");
+    assert!(
+        out.status.success() && !err.contains("a resumed run keeps its"),
+        "{err}"
+    );
     let last = checkpoint::load(&b).unwrap().state;
     assert_eq!(
         (last.step, last.config.devices.as_str(), last.config.threads),
