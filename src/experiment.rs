@@ -261,31 +261,6 @@ impl<'a> Progress<'a> {
     }
 }
 
-/// Where an unfinished earlier attempt at `t` continues: its newest checkpoint's step, with
-/// `progress` replayed from its metrics up to there (an unreadable line dropped with a warning, as
-/// a resume drops it). `None` (a fresh start): no complete checkpoint, a step or time limit (it
-/// counts this invocation's steps: a continued run would train past the uninterrupted one), or
-/// targets all reached already (the run stopped there; continuing would train one more step). A
-/// checkpoint this build cannot read, or of other settings, is an error naming it (a fresh start
-/// deleted it).
-fn continue_from(t: &TrainConfig, progress: &Progress) -> Result<Option<u64>> {
-    if t.max_steps.is_some() || t.time_budget_s.is_some() {
-        return Ok(None);
-    }
-    let Some(state) = resumable(t)? else {
-        return Ok(None);
-    };
-    let at = crate::metrics::ResumeAt {
-        step: state.step,
-        epoch: state.epoch,
-    };
-    let done = crate::metrics::Metrics::open(&t.out, Some(at))?.steps()?;
-    done.iter().for_each(|r| {
-        progress.record(r);
-    });
-    Ok((!progress.all_reached()).then_some(state.step))
-}
-
 /// Runs (or reuses) one training run. With `targets` (Fig. 1) it stops once the training error
 /// has reached all of them, and a diverging run counts as reaching none of the rest.
 fn run_one(t: &TrainConfig, targets: &[f64]) -> Result<RunResult> {
@@ -497,7 +472,7 @@ fn write_summary(root: &Path, summary: &Summary) -> Result<()> {
 
 mod runs;
 mod tables;
-use runs::{absolute_paths, finished, inputs_key, resumable, run_dir};
+use runs::{absolute_paths, continue_from, finished, inputs_key, run_dir};
 pub use tables::mean_std;
 use tables::{ablation_table, fig1_table};
 

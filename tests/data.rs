@@ -502,16 +502,29 @@ fn a_class_named_like_a_split_folder_beside_other_classes_is_an_error_naming_the
     );
     for split in [Split::Train, Split::Test] {
         let e = Dataset::open(&root, split).expect_err("mixed layout").to_string();
-        assert!(e.contains("train/") && e.contains("bus/, car/"), "{e}");
+        assert!(e.contains("train/ beside the class folders bus/, car/"), "{e}");
     }
     assert_eq!(Dataset::training_classes(&root), None);
-    // Hidden folders are neither classes nor splits: a split layout stays one.
+    // Hidden folders, and folders without images (an unzipped archive's __MACOSX/ of `._*`
+    // files, annotations), are neither classes nor splits: a split layout stays one.
     let root = split_folder(
         "split-hidden",
         &[("train", &["c0"]), ("val", &["c0"]), (".cache", &["x"])],
     );
+    for (dir, file) in [("__MACOSX/train/c0", "._img0.png"), ("annotations", "c0.json")] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        std::fs::write(root.join(dir).join(file), "{}").unwrap();
+    }
     assert_eq!(Dataset::open(&root, Split::Train).unwrap().classes, ["c0"]);
     assert_eq!(Dataset::missing_test_split(&root), None);
+    // Beside many classes, the first few are named.
+    let root = split_folder("split-many", &[("train", &["c0"])]);
+    for k in 0..8 {
+        std::fs::create_dir_all(root.join(format!("k{k}"))).unwrap();
+        std::fs::copy(root.join("train/c0/img0.png"), root.join(format!("k{k}/a.png"))).unwrap();
+    }
+    let e = Dataset::open(&root, Split::Train).expect_err("mixed").to_string();
+    assert!(e.contains("k0/, k1/, k2/, k3/, k4/, and 3 more"), "{e}");
 }
 
 #[test]
@@ -810,12 +823,21 @@ fn a_list_file_separated_by_a_comma_and_a_space_names_the_files() {
     let ds = Dataset::open(&list, Split::Test).unwrap();
     let items: Vec<_> = ds.items.iter().map(|(s, l)| (format!("{s:?}"), *l)).collect();
     assert_eq!(items, want);
+    // A quote inside a quoted field is doubled.
+    std::fs::write(&list, "\"say \"\"hi\"\", 2.png\",0\n").unwrap();
+    let ds = Dataset::open(&list, Split::Test).unwrap();
+    assert_eq!(
+        format!("{:?}", ds.items[0].0),
+        format!("{:?}", Sample::File(dir.join("say \"hi\", 2.png")))
+    );
     // A header alone is not taken for one twice, and an empty path is named.
     for (text, needle) in [
         ("path,label\nfile,label\n", "line 2: label `label`"),
         ("path label\n", "no samples listed (line 1 is no sample"),
         ("a.png 0\n, 1\n", "line 2: no path before the label"),
         ("a.png 0\npath,label\n", "line 2: label `label`"),
+        // A first sample without its label is no header.
+        ("a.png,\nb.png,1\n", "line 1: label `` is not a non-negative integer"),
     ] {
         std::fs::write(&list, text).unwrap();
         let e = Dataset::open(&list, Split::Test).expect_err(text).to_string();

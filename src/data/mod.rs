@@ -2,6 +2,7 @@
 //! statistics, and the parallel deterministic loader.
 pub mod idx;
 mod keys;
+mod list;
 pub mod loader;
 pub mod prepare;
 pub mod rng;

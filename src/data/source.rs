@@ -90,29 +90,58 @@ fn class_folders(root: &Path) -> Result<Vec<(String, std::ffi::OsString)>> {
     Ok(folders)
 }
 
-/// Whether the image folder `path` is split into `train/` and `val/` or `test/` (its folders are
-/// all of those names) rather than one folder per class. Split folders beside other folders are
-/// an error naming both: a class called `train` was taken for the training split, the other
-/// classes left out in silence.
+/// Whether the image folder `path` is split into `train/` and `val/` or `test/` rather than one
+/// folder per class. Its other folders without images (`annotations/`, an unzipped `__MACOSX/`)
+/// are not classes; split folders beside class folders holding images are an error naming both: a
+/// class called `train` was taken for the training split, the other classes left out in silence.
 fn is_split(path: &Path) -> Result<bool> {
     let folders = class_folders(path).unwrap_or_default();
     let (splits, others): (Vec<&str>, Vec<&str>) = folders
         .iter()
         .map(|(name, _)| name.as_str())
         .partition(|name| *name == "train" || TEST_FOLDERS.contains(name));
-    if splits.is_empty() || others.is_empty() {
-        return Ok(!splits.is_empty());
+    let classes: Vec<&str> = match splits.is_empty() {
+        true => return Ok(false),
+        false => others.into_iter().filter(|n| holds_images(&path.join(n))).collect(),
+    };
+    if classes.is_empty() {
+        return Ok(true);
     }
-    let list = |names: &[&str]| names.iter().map(|n| format!("{n}/")).collect::<Vec<_>>().join(", ");
+    let list = |names: &[&str]| {
+        let mut shown: Vec<String> = names.iter().take(5).map(|n| format!("{n}/")).collect();
+        if names.len() > 5 {
+            shown.push(format!("and {} more", names.len() - 5));
+        }
+        shown.join(", ")
+    };
     Err(data_err(
         path,
         format!(
-            "has {} beside {}: either split folders (train/ and val/ or test/, one folder per class \
-             in each) or one folder per class, not both (rename a class named like a split)",
+            "has {} beside the class folders {}: either split folders (train/ and val/ or test/, one \
+             folder per class in each) or one folder per class, not both (rename a class named like a split)",
             list(&splits),
-            list(&others)
+            list(&classes)
         ),
     ))
+}
+
+/// Whether `dir` holds an image file at any depth (hidden entries skipped, as a class's are;
+/// symbolic links below it not followed).
+fn holds_images(dir: &Path) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) if super::walk::is_image(&e.path()) => return true,
+                _ => {}
+            }
+        }
+    }
+    false
 }
 
 impl Dataset {
@@ -261,108 +290,6 @@ impl Dataset {
         })
     }
 
-    /// Lines `relative/or/absolute/path label` (separated by spaces, tabs or a comma; `#` comments).
-    /// Paths are relative to the list's folder. Class names come from a `classes.txt` beside the
-    /// list (one per line) when present, else are the label numbers. Labels are below
-    /// [`MAX_CLASSES`].
-    pub fn list_file(list: &Path) -> Result<Dataset> {
-        let text = read_list(list)?;
-        let base = list.parent().unwrap_or(Path::new("."));
-        let mut items = Vec::new();
-        // One label per file: `a.png 0` then `./a.png 1` trained one image under two labels
-        // (listed twice with one label is oversampling, allowed). Paths compare as written, less
-        // `.` components.
-        let mut lines: std::collections::HashMap<PathBuf, (usize, i64)> = std::collections::HashMap::new();
-        let mut header = None; // the line of a `path,label` header
-                               // A UTF-8 byte order mark (Windows editors) is not part of the first path.
-        for (n, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (path, label) = line.rsplit_once([' ', '\t', ',']).ok_or_else(|| {
-                data_err(
-                    list,
-                    format!("line {}: expected `path label`, got `{}`", n + 1, shortened(line)),
-                )
-            })?;
-            // A spreadsheet's or pandas' CSV: quoted fields, a `path,label` header first.
-            let label = unquoted(label.trim());
-            if header.is_none() && items.is_empty() && !label.bytes().any(|b| b.is_ascii_digit()) {
-                header = Some(n + 1);
-                continue;
-            }
-            let label: i64 = label.parse().map_err(|_| {
-                data_err(
-                    list,
-                    format!(
-                        "line {}: label `{}` is not a non-negative integer",
-                        n + 1,
-                        shortened(label)
-                    ),
-                )
-            })?;
-            if label < 0 {
-                return Err(data_err(list, format!("line {}: negative label {label}", n + 1)));
-            }
-            // Labels name classes 0..=max: a huge one would allocate that many class names.
-            if label >= MAX_CLASSES {
-                return Err(data_err(
-                    list,
-                    format!(
-                        "line {}: label {label} is over the limit of {} classes",
-                        n + 1,
-                        MAX_CLASSES
-                    ),
-                ));
-            }
-            // `a.png, 0`: split at the space, the comma is a separator too, not part of the name.
-            let path = unquoted(path.trim().trim_end_matches([' ', '\t', ',']));
-            if path.is_empty() {
-                return Err(data_err(list, format!("line {}: no path before the label", n + 1)));
-            }
-            let key: PathBuf = base
-                .join(path)
-                .components()
-                .filter(|c| *c != std::path::Component::CurDir)
-                .collect();
-            match lines.entry(key).or_insert((n + 1, label)) {
-                (first, l) if *l != label => {
-                    return Err(data_err(
-                        list,
-                        format!(
-                            "line {}: `{}` is listed again with another label ({label}; line {first}: {l})",
-                            n + 1,
-                            shortened(path)
-                        ),
-                    ))
-                }
-                _ => {}
-            }
-            items.push((Sample::File(base.join(path)), label));
-        }
-        if items.is_empty() {
-            let why = header.map_or(String::new(), |n| {
-                format!(" (line {n} is no sample: its label is no number)")
-            });
-            return Err(data_err(list, format!("no samples listed{why}")));
-        }
-        if let Some(n) = header {
-            crate::say::note(&format!(
-                "{}: line {n} is a header (its label is no number): skipped",
-                list.display()
-            ));
-        }
-        let max = items.iter().map(|(_, l)| *l).max().unwrap_or(0);
-        let classes = class_names(&base.join("classes.txt"), max)?;
-        Ok(Dataset {
-            classes,
-            items,
-            idx: None,
-            origin: list.to_path_buf(),
-        })
-    }
-
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -456,45 +383,6 @@ pub fn check_class_names(classes: &[String]) -> Result<()> {
             "classes lists `{}` twice (classes[{first}] and classes[{i}])",
             classes[i]
         ))),
-    }
-}
-
-/// `field` without the double quotes a CSV writer puts around it.
-fn unquoted(field: &str) -> &str {
-    field
-        .strip_prefix('"')
-        .and_then(|f| f.strip_suffix('"'))
-        .unwrap_or(field)
-}
-
-/// The text of list file `list`, refused unread past its start when that is binary (an IDX `.gz`,
-/// an image or an archive given as DATA: read whole, it made an error quoting megabytes).
-fn read_list(list: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut file = fs::File::open(list).map_err(io(list))?;
-    let mut head = Vec::with_capacity(4096);
-    file.by_ref().take(4096).read_to_end(&mut head).map_err(io(list))?;
-    // Text, unless a NUL or invalid UTF-8 (not a character cut at the 4 KiB mark) is there.
-    let text = match std::str::from_utf8(&head) {
-        Ok(_) => true,
-        Err(e) => e.error_len().is_none(),
-    };
-    if !text || head.contains(&0) {
-        return Err(data_err(
-            list,
-            "not a list file of `path label` lines (binary content): give image data as a folder \
-             (one subfolder per class), IDX files as the folder that holds them",
-        ));
-    }
-    file.read_to_end(&mut head).map_err(io(list))?;
-    String::from_utf8(head).map_err(|_| data_err(list, "not a list file: not UTF-8 text"))
-}
-
-/// `text` cut to 80 characters for an error message.
-fn shortened(text: &str) -> String {
-    match text.char_indices().nth(80) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_string(),
     }
 }
 

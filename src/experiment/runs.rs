@@ -1,6 +1,6 @@
 //! Where an experiment's runs live and when a finished one is reused: a folder per run, named by
 //! the settings and inputs that shape its result.
-use super::RunResult;
+use super::{Progress, RunResult};
 use crate::error::{io, Error, Result};
 use crate::train::TrainConfig;
 use std::path::{Path, PathBuf};
@@ -104,6 +104,31 @@ pub(super) fn resumable(t: &TrainConfig) -> Result<Option<crate::checkpoint::Tra
         )));
     }
     Ok(Some(state))
+}
+
+/// Where an unfinished earlier attempt at `t` continues: its newest checkpoint's step, with
+/// `progress` replayed from its metrics up to there (an unreadable line dropped with a warning, as
+/// a resume drops it). `None` (a fresh start): no complete checkpoint, a step or time limit (it
+/// counts this invocation's steps: a continued run would train past the uninterrupted one), or
+/// targets all reached already (the run stopped there; continuing would train one more step). A
+/// checkpoint this build cannot read, or of other settings, is an error naming it (a fresh start
+/// deleted it).
+pub(super) fn continue_from(t: &TrainConfig, progress: &Progress) -> Result<Option<u64>> {
+    if t.max_steps.is_some() || t.time_budget_s.is_some() {
+        return Ok(None);
+    }
+    let Some(state) = resumable(t)? else {
+        return Ok(None);
+    };
+    let at = crate::metrics::ResumeAt {
+        step: state.step,
+        epoch: state.epoch,
+    };
+    let done = crate::metrics::Metrics::open(&t.out, Some(at))?.steps()?;
+    done.iter().for_each(|r| {
+        progress.record(r);
+    });
+    Ok((!progress.all_reached()).then_some(state.step))
 }
 
 /// `t` with its folder, data, statistics and initial weights as absolute paths.
