@@ -386,8 +386,9 @@ pub fn save_weights(
         out: run.to_path_buf(),
         ..TrainConfig::default()
     };
-    tc.check_paths()?; // its state.json could not say a folder that is not UTF-8 text
-                       // Nor while a training process holds the folder (before its first checkpoint).
+    // Its state.json could not say a folder that is not UTF-8 text.
+    tc.check_paths()?;
+    // Nor while a training process holds the folder (before its first checkpoint).
     let _lock = crate::files::RunLock::acquire(run)?;
     let state = TrainState::start(tc, classes);
     let velocity = weights.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect();

@@ -88,13 +88,15 @@ pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {
 /// A codec's error on `path`; for a variant it does not read (a palette, float or YCbCr TIFF),
 /// what to do about it.
 fn codec_err(path: &Path, e: image::ImageError) -> Error {
-    match e {
-        image::ImageError::Unsupported(_) => file_err(
-            path,
-            format!("{e} (a variant of the format this decoder does not read: convert it to 8-bit RGB, e.g. PNG)"),
-        ),
-        e => file_err(path, e),
-    }
+    use image::error::UnsupportedErrorKind;
+    let hint = match &e {
+        image::ImageError::Unsupported(u) => match u.kind() {
+            UnsupportedErrorKind::Format(_) => " (a format this build does not read: convert it to PNG or JPEG)",
+            _ => " (a variant of the format this decoder does not read: convert it to 8-bit RGB, e.g. PNG)",
+        },
+        _ => "",
+    };
+    file_err(path, format!("{e}{hint}"))
 }
 
 fn decode(path: &Path, bytes: &[u8]) -> Result<image::RgbImage> {

@@ -347,9 +347,10 @@ pub fn experiment(a: &ExperimentArgs, matches: &ArgMatches) -> Result<()> {
     }
     let defaults = exp.defaults();
     let tc = a.train.settings(defaults.clone(), matches)?;
-    if tc.preset != defaults.preset && tc.input_size == defaults.input_size {
-        // The experiment's input size is its own network's: say where a failing one came from.
-        tc.validate().map_err(|e| match e {
+    let size_given = matches.value_source("input_size") == Some(ValueSource::CommandLine);
+    if tc.preset != defaults.preset && tc.input_size == defaults.input_size && !size_given {
+        // The experiment's input size is its own network's: say where one too small came from.
+        tc.model_config(1).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!(
                 "{m} (input size {}: the {} experiment's default for the {} network; give --input-size for {})",
                 tc.input_size,

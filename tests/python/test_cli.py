@@ -177,6 +177,12 @@ def test_bad_flags_and_files_are_clear_errors(args, needle):
     assert "panicked" not in r.stderr and "RUST_BACKTRACE" not in r.stderr and "internal error" not in r.stderr
 
 
+def test_the_experiments_input_size_note_is_for_its_own_default_alone():
+    # It told to give --input-size when it was given.
+    r = run("experiment", "relu-vs-tanh", "--preset", "paper", "--input-size", "28", "--out", "/nonexistent/x")
+    assert r.returncode != 0 and "too small" in r.stderr and "experiment's default" not in r.stderr, r.stderr
+
+
 def test_bench_data_over_images_none_of_which_reads_is_an_error(tmp_path):
     # It printed "0 images in 0.00 s ... 0.0 images/s, 4 skipped" and exited 0.
     (tmp_path / "list.txt").write_text("".join(f"gone{i}.png {i % 2}\n" for i in range(4)))

@@ -171,6 +171,10 @@ def test_a_tiff_variant_the_decoder_cannot_read_is_named_with_what_to_do(tmp_pat
     assert np.asarray(Image.open(p).convert("RGB")).shape == (6, 8, 3)
     with pytest.raises(alexnet_rs.DataError, match=r"palette\.tif.*convert it to 8-bit RGB"):
         load_image(p)
+    # A format this build leaves out is no "variant".
+    Image.new("RGB", (16, 16)).save(tmp_path / "x.ico")
+    with pytest.raises(alexnet_rs.DataError, match=r"x\.ico.*a format this build does not read: convert it to PNG"):
+        load_image(tmp_path / "x.ico")
 
 def folder_with_bad_files(tmp_path):
     """root/{a,b}/: 8 good JPEGs and, in a/, the 4 bad files."""
