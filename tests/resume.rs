@@ -241,6 +241,43 @@ fn a_step_budget_spent_on_an_epochs_last_step_ends_that_epoch() {
 }
 
 #[test]
+fn a_budget_spent_after_an_epoch_without_evaluation_returns_the_final_weights_evaluation() {
+    let _s = serial();
+    require_data();
+    // With --eval-every 2, a step budget spent on epoch 3's last step returned epoch 2's
+    // evaluation (of the weights 4 steps earlier) as the run's result.
+    let (a, b) = (tmp("budget-unevaluated-epoch"), tmp("budget-unevaluated-epoch-ref"));
+    let constant = |out: &Path| TrainConfig {
+        schedule: alexnet_rs::optim::ScheduleKind::Constant,
+        epochs: 4,
+        ..tiny(out)
+    };
+    let stopped = train(
+        &TrainConfig {
+            eval_every: 2,
+            max_steps: Some(12), // 3 epochs of 4 steps
+            ..constant(&a)
+        },
+        None,
+        &mut |_| {},
+        &|| false,
+    )
+    .unwrap();
+    // Every epoch evaluated, the last (3) at the same weights.
+    let whole = train(
+        &TrainConfig {
+            epochs: 3,
+            ..constant(&b)
+        },
+        None,
+        &mut |_| {},
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!((stopped.loss, stopped.top1), (whole.loss, whole.top1));
+}
+
+#[test]
 fn an_evaluation_that_fails_keeps_the_epochs_training() {
     let _s = serial();
     // Unreadable evaluation images ended the run before the epoch's checkpoint: the epoch's
@@ -1092,4 +1129,17 @@ fn a_checkpoint_given_relative_to_its_run_folder_resumes_there() {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(checkpoint::load(&b).unwrap().state.step, 3);
+    // `--resume checkpoints` (its run folder the empty path) was refused as held by another
+    // training process: this one, locking `./.lock` twice.
+    // With --auto-resume it resumed the empty path ("resume is an empty path").
+    for (given, auto, step) in [("checkpoints", "", 4), ("checkpoints/", "--auto-resume", 5)] {
+        let args = ["--threads", "2", "--max-steps", "1", auto];
+        let out = resume_in(&b, Path::new(given), &args[..if auto.is_empty() { 4 } else { 5 }]);
+        assert!(
+            out.status.success(),
+            "{given}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(checkpoint::load(&b).unwrap().state.step, step);
+    }
 }

@@ -26,11 +26,16 @@ fn run_folder(ckpt: &Path) -> Option<&Path> {
         .parent()
         .filter(|p| p.ends_with("checkpoints"))
         .and_then(Path::parent)?;
-    Some(if run.as_os_str().is_empty() {
+    Some(here_if_empty(run))
+}
+
+/// `path`, or `.` for the empty path (the parent of a relative `checkpoints`).
+fn here_if_empty(path: &Path) -> &Path {
+    if path.as_os_str().is_empty() {
         Path::new(".")
     } else {
-        run
-    })
+        path
+    }
 }
 
 /// A complete checkpoint folder that is in no run folder (copied out of one): it has no run to
@@ -145,7 +150,9 @@ pub fn recover_run(path: &Path, group: Option<&Group>) -> Result<Option<RunLock>
 /// folders) belongs to. A folder that holds `checkpoints/` is a run folder, whatever its name.
 pub fn run_of(path: &Path) -> &Path {
     match path.parent() {
-        Some(run) if path.ends_with("checkpoints") && path.is_dir() && !path.join("checkpoints").is_dir() => run,
+        Some(run) if path.ends_with("checkpoints") && path.is_dir() && !path.join("checkpoints").is_dir() => {
+            here_if_empty(run)
+        }
         _ => run_folder(path).unwrap_or(path),
     }
 }

@@ -134,9 +134,11 @@ impl<'a> Run<'a> {
                     ),
                 });
             }
+            // Not an earlier epoch's: a budget spent on an epoch not evaluated ends with an
+            // evaluation of its weights (the last epoch is always evaluated).
             last_eval = match self.end_epoch(epoch_start, stop) {
                 Err(Error::Interrupted(_)) => return self.stopped(),
-                e => e?.or(last_eval),
+                e => e?,
             };
             if let Some(out_of_time) = budget {
                 self.budget_note(out_of_time, steps_here);
