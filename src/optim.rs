@@ -200,14 +200,16 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    pub fn new(kind: ScheduleKind, base_lr: f64, epochs: u64) -> Schedule {
+    /// A schedule before its first step (`step_epochs`: the `step` schedule's period;
+    /// `patience`: the `plateau` schedule's evaluations without a new best before a drop).
+    pub fn new(kind: ScheduleKind, base_lr: f64, epochs: u64, step_epochs: u64, patience: u64) -> Schedule {
         Schedule {
             kind,
             base_lr,
             lr: base_lr,
             epochs,
-            step_epochs: 30,
-            patience: 1,
+            step_epochs,
+            patience,
             max_drops: 3,
             drops: 0,
             best_error: None,
@@ -249,5 +251,42 @@ impl Schedule {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lr after each validation error of `errors`, for a plateau schedule of `patience`.
+    fn lrs(kind: ScheduleKind, patience: u64, errors: &[f64]) -> Vec<f64> {
+        let mut s = Schedule::new(kind, 1000.0, 90, 30, patience);
+        errors
+            .iter()
+            .map(|&e| {
+                s.end_epoch(Some(e));
+                s.lr
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plateau_divides_by_ten_after_patience_evaluations_without_a_new_best() {
+        use ScheduleKind::Plateau;
+        // A tie is no new best; a drop starts the count again, the best is kept across it.
+        assert_eq!(lrs(Plateau, 1, &[0.5, 0.5, 0.4, 0.45]), [1000.0, 100.0, 100.0, 10.0]);
+        // A new best starts the count again.
+        let errors = [0.5, 0.6, 0.5, 0.4, 0.6, 0.6, 0.6, 0.45];
+        assert_eq!(
+            lrs(Plateau, 3, &errors),
+            [1000.0, 1000.0, 1000.0, 1000.0, 1000.0, 1000.0, 100.0, 100.0]
+        );
+        // At most three drops.
+        assert_eq!(lrs(Plateau, 1, &[0.5; 6]), [1000.0, 100.0, 10.0, 1.0, 1.0, 1.0]);
+        // No evaluation (an epoch of --eval-every not evaluated) counts for nothing.
+        let mut s = Schedule::new(Plateau, 1000.0, 90, 30, 1);
+        assert!(!s.end_epoch(Some(0.5)) && !s.end_epoch(None) && s.end_epoch(Some(0.5)));
+        // The other schedules do not look at the validation error.
+        assert_eq!(lrs(ScheduleKind::Step, 1, &[0.5; 3]), [1000.0; 3]);
     }
 }

@@ -75,12 +75,17 @@ pub struct TrainConfig {
     /// `paper` (v = m v - wd lr w - lr g; w += v) or `pytorch` (torch.optim.SGD's).
     #[arg(long, value_name = "NAME", default_value = "paper", value_parser = choice::<UpdateRule>(UpdateRule::NAMES))]
     pub update_rule: UpdateRule,
-    /// plateau (/10 when the validation error stalls, at most 3 times), step, cosine or constant.
+    /// plateau (/10 when the validation error stalls for --plateau-patience evaluations, at most 3
+    /// times), step, cosine or constant.
     #[arg(long, value_name = "NAME", default_value = "plateau", value_parser = choice::<ScheduleKind>(ScheduleKind::NAMES))]
     pub schedule: ScheduleKind,
     /// Epochs between drops of the `step` schedule.
     #[arg(long, value_name = "INT", default_value_t = 30)]
     pub step_epochs: u64,
+    /// Evaluations in a row without a new best validation error after which the `plateau`
+    /// schedule divides the lr by 10 (a tie is no new best; 1 reacts to every noisy epoch).
+    #[arg(long, value_name = "INT", default_value_t = 3)]
+    pub plateau_patience: u64,
     /// Seed of the initialisation, data order, augmentation and dropout masks.
     #[arg(long, value_name = "INT", default_value_t = 0)]
     pub seed: u64,

@@ -206,6 +206,13 @@ fn nan_and_infinity_are_refused_from_flags_and_toml_and_ranges_by_validate() {
         ),
         (
             TrainConfig {
+                plateau_patience: 0,
+                ..d.clone()
+            },
+            "plateau_patience",
+        ),
+        (
+            TrainConfig {
                 limit_test: Some(0),
                 ..d.clone()
             },

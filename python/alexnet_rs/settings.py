@@ -32,11 +32,15 @@ class TrainSettings(TypedDict, total=False):
     # --update-rule: `paper` (v = m v - wd lr w - lr g; w += v) or `pytorch` (torch.optim.SGD's)
     # [default: "paper"]
     update_rule: Literal["paper", "pytorch"]
-    # --schedule: plateau (/10 when the validation error stalls, at most 3 times), step, cosine or
-    # constant [default: "plateau"]
+    # --schedule: plateau (/10 when the validation error stalls for --plateau-patience evaluations, at
+    # most 3 times), step, cosine or constant [default: "plateau"]
     schedule: Literal["plateau", "step", "cosine", "constant"]
     # --step-epochs: Epochs between drops of the `step` schedule [default: 30]
     step_epochs: int
+    # --plateau-patience: Evaluations in a row without a new best validation error after which the
+    # `plateau` schedule divides the lr by 10 (a tie is no new best; 1 reacts to every noisy epoch)
+    # [default: 3]
+    plateau_patience: int
     # --seed: Seed of the initialisation, data order, augmentation and dropout masks [default: 0]
     seed: int
     # --devices: cpu, cuda:0, cuda:0,cuda:1, cuda:0,cpu or cpu,cpu (two devices: the paper's split)

@@ -51,10 +51,13 @@ fn one<T: From<u8>>() -> T {
 impl TrainState {
     /// The state of a run before its first step: epoch 0, step 0, the schedule of `config`.
     pub fn start(config: TrainConfig, classes: Vec<String>) -> TrainState {
-        let schedule = Schedule {
-            step_epochs: config.step_epochs,
-            ..Schedule::new(config.schedule, config.lr, config.epochs)
-        };
+        let schedule = Schedule::new(
+            config.schedule,
+            config.lr,
+            config.epochs,
+            config.step_epochs,
+            config.plateau_patience,
+        );
         TrainState {
             format: FORMAT.into(),
             config,

@@ -108,6 +108,9 @@ impl TrainConfig {
                 return bad(format!("{key} is a number of epochs and must be >= 1, got 0"));
             }
         }
+        if self.plateau_patience == 0 {
+            return bad("plateau_patience is a number of evaluations and must be >= 1, got 0".into());
+        }
         // An empty test set was found only at the first evaluation, after a checkpoint.
         for (key, limit) in [("limit_train", self.limit_train), ("limit_test", self.limit_test)] {
             if limit == Some(0) {
@@ -196,7 +199,7 @@ impl TrainConfig {
             Some(p) => {
                 let ds = Dataset::open(p, split)?;
                 // Said once it is known to be so (not before the error of a missing folder).
-                if let Some(w) = Dataset::test_split_warning(p, split) {
+                for w in ds.warnings(p, split) {
                     crate::say::note(&format!("warning: {w}"));
                 }
                 ds

@@ -169,6 +169,8 @@ pub(super) fn same_folder(a: &Path, b: &Path) -> bool {
 /// there is one (and it was trained with one).
 pub fn trained_config(c: &Checkpoint) -> TrainConfig {
     let mut t = c.state.config.clone();
+    // What its schedule uses (a state written before the setting existed says the default).
+    t.plateau_patience = c.state.schedule.patience;
     if let Some(own) = run_folder(&c.dir).map(|r| r.join(STATS)).filter(|p| p.is_file()) {
         if t.stats.is_some() {
             t.stats = Some(own);

@@ -51,7 +51,7 @@ def test_unknown_keys_and_bad_values_name_the_key(config, key):
 
 
 @pytest.mark.parametrize("key, value", [("time_budget_s", -1.0), ("eval_every", 0),
-                                        ("step_epochs", 0), ("dropout", 1.0), ("lr", -0.1),
+                                        ("step_epochs", 0), ("plateau_patience", 0), ("dropout", 1.0), ("lr", -0.1),
                                         ("limit_test", 0), ("limit_train", 0), ("max_steps", 0)])
 def test_out_of_range_values_name_the_key(key, value):
     for f in (alexnet_rs.train_config, alexnet_rs.train):
