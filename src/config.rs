@@ -427,20 +427,18 @@ pub fn conv_out(input: i64, kernel: i64, stride: i64, padding: i64) -> i64 {
     (input + 2 * padding - kernel).div_euclid(stride) + 1
 }
 
-/// PyTorch's max-pool output size (padding 0), including its ceil-mode rule that the last
-/// window must start inside the input.
+/// PyTorch's max-pool output size (padding 0; 0 where it has none), including its ceil-mode
+/// rules: a window may hang over the input's end (a 2x2 map pools to 1x1 under a 3x3 window, as
+/// in PyTorch and Caffe), but the last one must start inside the input.
 pub fn pool_out(input: i64, p: Pool) -> i64 {
     let span = input - p.kernel;
-    if span < 0 {
-        return 0;
-    }
     let mut out = if p.ceil_mode {
-        (span + p.stride - 1) / p.stride + 1
+        (span + p.stride - 1).div_euclid(p.stride) + 1
     } else {
-        span / p.stride + 1
+        span.div_euclid(p.stride) + 1
     };
     if p.ceil_mode && (out - 1) * p.stride >= input {
         out -= 1;
     }
-    out
+    out.max(0)
 }

@@ -84,6 +84,11 @@ fn relu_lrn_pool_matches_the_composition() {
                 }
             }
         }
+        // Ceil mode on a map one smaller than the window (Caffe's pool5 at 39-54 pixels): the
+        // window hangs over the end.
+        let x = Tensor::randn([2, 4, 2, 2], (kind, Device::Cpu)) * 40.0;
+        check(&x, Some(PAPER), 3, 2, true, 1e-5);
+        check(&x, None, 3, 2, true, 1e-5);
         // Other LRN sizes and beta (general pow path, even asymmetric windows).
         let x = Tensor::randn([2, 9, 7, 7], (kind, Device::Cpu)) * 10.0;
         for size in [1, 2, 4, 7] {

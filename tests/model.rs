@@ -326,3 +326,36 @@ fn each_local_rank_takes_its_own_cuda_devices() {
     // One rank per node: the devices named, consecutive or not.
     assert_eq!(on("cuda:0,cuda:2", 0).unwrap(), "cuda:0,cuda:2");
 }
+
+#[test]
+fn pool_output_sizes_are_pytorchs() {
+    // The reference: ATen's max_pool2d itself (an error where it has no output). Ceil mode gave 0
+    // for a map one smaller than the window (Caffe at 39-54 pixels refused), where PyTorch and
+    // Caffe pool a 2x2 map to 1x1.
+    use alexnet_rs::config::{pool_out, Pool};
+    for (kernel, stride) in [(3, 2), (2, 2), (3, 1), (5, 3)] {
+        for ceil_mode in [false, true] {
+            for input in 1..=20 {
+                let x = Tensor::zeros([1, 1, input, input], (Kind::Float, Device::Cpu));
+                let want = x
+                    .f_max_pool2d([kernel, kernel], [stride, stride], [0, 0], [1, 1], ceil_mode)
+                    .map_or(0, |y| y.size()[3]);
+                let got = pool_out(
+                    input,
+                    Pool {
+                        kernel,
+                        stride,
+                        ceil_mode,
+                    },
+                );
+                assert_eq!(
+                    got, want,
+                    "input {input}, kernel {kernel}, stride {stride}, ceil {ceil_mode}"
+                );
+            }
+        }
+    }
+    // The caffe preset at 48 pixels: pool5 sees 2x2 maps.
+    let cfg = Config::preset(Preset::Caffe, 10).unwrap();
+    assert_eq!(cfg.spatial_sizes(48).unwrap(), [5, 2, 2, 2, 1]);
+}

@@ -43,7 +43,7 @@ def test_logits_and_gradients_match(preset, backend):
         assert (ours[k] - p.grad).abs().max().item() <= 1e-4 * max(scale, 1e-8), k
 
 
-@pytest.mark.parametrize("preset, size", [("paper", 67), ("paper", 131), ("caffe", 131)])
+@pytest.mark.parametrize("preset, size", [("paper", 67), ("paper", 131), ("caffe", 131), ("caffe", 48)])
 def test_lrn_counts_on_the_presets_pixel_scale(preset, size):
     """On standard-normal inputs LRN is nearly the identity (its sum of squares is tiny against
     k), so the test above cannot tell LRN over all channels from LRN per tower. Here pixels are on
