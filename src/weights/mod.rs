@@ -11,8 +11,9 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// The named tensors of `path` (on the CPU, as stored; a `.pth`'s are views of its storages, some
-/// perhaps broadcast: copy out what is kept, once its shape is checked).
-pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+/// perhaps broadcast: copy out what is kept, once its shape is checked), and for a run or
+/// checkpoint folder the network it was trained as.
+pub fn read(path: &Path) -> Result<(BTreeMap<String, Tensor>, Option<Config>)> {
     if !path.exists() {
         return Err(Error::Io {
             path: path.to_path_buf(),
@@ -20,7 +21,9 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         });
     }
     if path.is_dir() {
-        return Ok(crate::checkpoint::load_weights(path)?.weights);
+        let c = crate::checkpoint::load_weights(path)?;
+        let trained = c.state.config.model_config(c.state.classes.len() as i64).ok();
+        return Ok((c.weights, trained));
     }
     // Its momentum buffers have the weights' names and shapes: taken as weights, a run started
     // from values near 1e-5.
@@ -36,7 +39,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    match ext.as_str() {
+    let tensors = match ext.as_str() {
         "safetensors" => crate::checkpoint::read_tensors(path),
         "pth" | "pt" | "bin" => {
             // One tensor per storage, the state_dict's tensors views of it (as torch.load gives):
@@ -59,7 +62,38 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
              state_dict (.pth, .pt, .bin)",
             path.display()
         ))),
+    };
+    Ok((tensors?, None))
+}
+
+/// How the network `trained` computes otherwise than `cfg` (`paper` and `caffe`, or a network
+/// and its ablation, share every weight shape), by the settings that say so; empty if alike.
+fn other_network(trained: &Config, cfg: &Config) -> Vec<String> {
+    let lrn = |c: &Config| {
+        if c.convs.iter().any(|l| l.lrn) {
+            "with LRN"
+        } else {
+            "without LRN"
+        }
+    };
+    let mut why = Vec::new();
+    if trained.preset != cfg.preset {
+        why.push(format!("the {} preset, not {}", trained.preset, cfg.preset));
     }
+    if trained.activation != cfg.activation {
+        why.push(format!(
+            "activation {}, not {}",
+            trained.activation.name(),
+            cfg.activation.name()
+        ));
+    }
+    if lrn(trained) != lrn(cfg) {
+        why.push(format!("{}, not {}", lrn(trained), lrn(cfg)));
+    }
+    if trained.pool.kernel != cfg.pool.kernel {
+        why.push(format!("pool kernel {}, not {}", trained.pool.kernel, cfg.pool.kernel));
+    }
+    why
 }
 
 /// A tensor of the pickle reader: a view of its storage (made once per storage, in `storages`)
@@ -84,15 +118,18 @@ fn to_tensor(
     let bad = |what: &str| what.to_string();
     let torch = |e: tch::TchError| crate::error::clean_torch_message(&e.to_string());
     // The furthest element the view reaches must lie inside the storage.
+    if t.shape.iter().chain(&t.strides).any(|&v| v < 0) {
+        return Err(bad("negative size or stride"));
+    }
+    if t.shape.contains(&0) {
+        return Tensor::f_empty(t.shape.as_slice(), (kind, tch::Device::Cpu)).map_err(torch);
+    }
     let mut last = t.storage_offset;
     for (&n, &s) in t.shape.iter().zip(&t.strides) {
-        if n < 0 || s < 0 {
-            return Err(bad("negative size or stride"));
-        }
-        if n == 0 {
-            return Tensor::f_empty(t.shape.as_slice(), (kind, tch::Device::Cpu)).map_err(torch);
-        }
-        last += (n - 1) * s;
+        last = (n - 1)
+            .checked_mul(s)
+            .and_then(|span| last.checked_add(span))
+            .ok_or_else(|| bad("view reaches past its storage (damaged file)"))?;
     }
     let elements = (t.data.len() / size) as i64;
     if t.storage_offset < 0 || last >= elements {
@@ -114,7 +151,7 @@ fn to_tensor(
 /// fresh initialisation, weight and bias (with a warning; the result is then true); any other
 /// missing, misshapen or non-floating-point tensor is an error naming it.
 pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path) -> Result<bool> {
-    let loaded = read(path)?;
+    let (loaded, trained) = read(path)?;
     let class = &cfg.fcs[cfg.fcs.len() - 1].name;
     let culprit = |msg: String| Error::Config(format!("--init-from {}: {msg}", path.display()));
     // The class layer is new when the file's weight has other rows (classes) of the same inputs.
@@ -168,6 +205,16 @@ pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path
             )));
         }
     }
+    // Fine-tuning starts from another network's weights at times, but rarely by mistake.
+    let other = trained.map(|t| other_network(&t, cfg)).unwrap_or_default();
+    if !other.is_empty() {
+        crate::say::note(&format!(
+            "warning: --init-from {}: trained as another network ({}): its weights have this one's shapes \
+             and are loaded, but were learned for that network",
+            path.display(),
+            other.join("; ")
+        ));
+    }
     if let Some(rows) = rows {
         crate::say::note(&format!(
             "warning: --init-from {}: {class} has {rows} outputs there and {} here: it is re-initialised",
@@ -176,4 +223,39 @@ pub fn init_from(cfg: &Config, whole: &mut BTreeMap<String, Tensor>, path: &Path
         ));
     }
     Ok(rows.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(shape: &[i64], strides: &[i64], offset: i64) -> std::result::Result<Tensor, String> {
+        let t = pth::RawTensor {
+            name: "w".into(),
+            dtype: pth::Dtype::F32,
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+            storage_offset: offset,
+            data: std::sync::Arc::new((0..6u8).flat_map(|i| f32::from(i).to_le_bytes()).collect()),
+            requires_grad: false,
+        };
+        to_tensor(&t, &mut HashMap::new())
+    }
+
+    #[test]
+    fn a_view_is_checked_against_its_storage_without_overflow() {
+        let v = view(&[2, 3], &[3, 1], 0).unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(v.flatten(0, -1)).unwrap(),
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        );
+        assert_eq!(view(&[3, 2], &[1, 3], 0).unwrap().double_value(&[2, 1]), 5.0); // transposed
+                                                                                   // Strides whose span overflows 64 bits (a debug build panicked on it, a release one
+                                                                                   // wrapped around), with or without elements.
+        let far = view(&[3, 2], &[i64::MAX, 1], 0).unwrap_err();
+        assert!(far.contains("past its storage"), "{far}");
+        assert_eq!(view(&[3, 0], &[i64::MAX, 1], 0).unwrap().size(), [3, 0]);
+        assert!(view(&[2, 3], &[3, 1], 1).unwrap_err().contains("past its storage"));
+        assert!(view(&[2, 3], &[-3, 1], 0).unwrap_err().contains("negative"));
+    }
 }

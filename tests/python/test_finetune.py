@@ -64,6 +64,7 @@ def test_init_from_a_run_and_a_safetensors_file(tmp_path):
     second = tmp_path / "second"
     r = train("--preset", "paper", "--init-from", first, "--freeze", "conv1,fc6", "--out", second)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "another network" not in r.stderr
     got = newest(second)
     for k in start:
         same = torch.equal(got[k], start[k])
@@ -73,6 +74,15 @@ def test_init_from_a_run_and_a_safetensors_file(tmp_path):
               tmp_path / "third", steps=1)
     assert r.returncode == 0, r.stderr[-2000:]
     assert torch.equal(newest(tmp_path / "third")["fc8.weight"], start["fc8.weight"])
+    # A paper run's weights have the shapes of the caffe network's and of a paper network without
+    # LRN: loaded in silence, they were taken for that network's.
+    for extra, why in ((["--preset", "caffe"], "the paper preset, not caffe"),
+                       (["--preset", "paper", "--no-lrn"], "with LRN, not without LRN")):
+        other = tmp_path / extra[-1]
+        r = train(*extra, "--init-from", first, "--freeze", "conv1", "--out", other, steps=1)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"--init-from {first}: trained as another network ({why}):" in r.stderr, r.stderr
+        assert torch.equal(newest(other)["conv1.weight"], start["conv1.weight"])
 
 
 @pytest.mark.parametrize("case", ["other-preset", "evil-pickle", "not-weights", "unknown-layer", "nan", "missing",
