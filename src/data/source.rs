@@ -230,10 +230,39 @@ impl Dataset {
         }
     }
 
+    /// The warnings about this dataset, opened as the `split` of `path`: the test split's
+    /// ([`Dataset::test_split_warning`]), and image files beside an image folder's class folders,
+    /// which no class holds and which are not read (as torchvision's ImageFolder leaves them).
+    /// Said by `alexnet train`/`eval` and Python's `DataLoader` alike.
+    pub fn warnings(&self, path: &Path, split: Split) -> Vec<String> {
+        let mut out: Vec<String> = Dataset::test_split_warning(path, split).into_iter().collect();
+        // The test split of a folder without one is the training split again: said once.
+        let own = split == Split::Train || Dataset::missing_test_split(path).is_none();
+        if own && self.idx.is_none() && self.origin.is_dir() {
+            let loose = fs::read_dir(&self.origin)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    !e.file_name().to_string_lossy().starts_with('.')
+                        && e.file_type().is_ok_and(|t| t.is_file())
+                        && super::walk::is_image(&e.path())
+                })
+                .count();
+            if loose > 0 {
+                out.push(format!(
+                    "{}: {loose} image file(s) lie beside the class folders, in no class: they are not read \
+                     (move each into its class's folder)",
+                    self.origin.display()
+                ));
+            }
+        }
+        out
+    }
+
     /// The warning for the test split of `path` when it may not be the one the user means: the
-    /// training images (no test split of its own), or val/ where test/ is there too. Said by
-    /// `alexnet train`/`eval` and Python's `DataLoader(split="test")` alike.
-    pub fn test_split_warning(path: &Path, split: Split) -> Option<String> {
+    /// training images (no test split of its own), or val/ where test/ is there too.
+    fn test_split_warning(path: &Path, split: Split) -> Option<String> {
         if split != Split::Test {
             return None;
         }

@@ -169,7 +169,7 @@ impl DataLoader {
                 warn(w)?;
             }
             let mut ds = core(py.allow_threads(|| Dataset::open(&data, split)))?;
-            if let Some(w) = Dataset::test_split_warning(&data, split) {
+            for w in ds.warnings(&data, split) {
                 warn(w)?;
             }
             // Labelled as the training split (or `classes`): a val/ that lacks a class would

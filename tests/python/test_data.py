@@ -400,6 +400,38 @@ def test_a_test_split_of_the_training_images_is_said(tmp_path):
         DataLoader(data, split="test", crop=32, batch_size=1)
 
 
+def test_images_beside_the_class_folders_are_said_to_be_left_out(tmp_path):
+    """Image files directly in the folder of class folders belong to no class and were left out
+    in silence (as torchvision's ImageFolder leaves them, also in silence)."""
+    import shutil
+    import warnings
+
+    from conftest import image_folder
+
+    data = image_folder(tmp_path / "data")
+    for split in ("train", "val"):
+        shutil.copy(data / split / "class0" / "0.png", data / split / "stray.png")
+    (data / "train" / "notes.txt").write_text("not an image")
+    for split, folder in (("train", "train"), ("test", "val")):
+        with pytest.warns(UserWarning, match=f"{folder}: 1 image file.s. lie beside the class folders, in no class"):
+            loader = DataLoader(data, split=split, crop=32, batch_size=1)
+        assert loader.num_samples == (64 if split == "train" else 16)
+    # One folder of classes, no test split: said for the training split, not again for the test split.
+    flat = data / "train"
+    with pytest.warns(UserWarning, match="lie beside the class folders"):
+        DataLoader(flat, split="train", crop=32, batch_size=1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        DataLoader(flat, split="test", crop=32, batch_size=1)
+    assert [str(w.message) for w in seen if "beside the class folders" in str(w.message)] == []
+    # Without loose images: no warning.
+    for split in ("train", "val"):
+        (data / split / "stray.png").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DataLoader(data, split="train", crop=32, batch_size=1)
+
+
 def test_prepare_is_resumable(tmp_path):
     src = folder_with_bad_files(tmp_path)
     out = subprocess.run([BIN, "prepare", src, tmp_path / "dst", "--size", "64"], capture_output=True, text=True)
