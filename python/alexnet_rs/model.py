@@ -411,6 +411,15 @@ class AlexNet(nn.Module):
         parent._modules[key] = new
         self.num_classes, self.classes = num_classes, None  # the old names label no output now
 
+    def _replicate_for_data_parallel(self):
+        # nn.DataParallel over 2+ GPUs copies a module's submodules and swaps its parameters for
+        # plain tensors, which our layers (read by one Rust forward) do not take: a clear error,
+        # not a ConfigError about replacing a layer.
+        raise ConfigError("AlexNet: nn.DataParallel cannot replicate this module (its layers run inside one Rust "
+                          "forward): use DistributedDataParallel (python -m alexnet_rs.ddp shows how; "
+                          "python -m alexnet_rs.train runs the Rust loop under torchrun), or "
+                          "devices='cuda:0,cuda:1' for the paper's two-GPU split")
+
     def extra_repr(self) -> str:
         devices = f", devices={self.devices!r}" if self.devices is not None else ""
         return (f"preset={self.preset!r}, num_classes={self.num_classes}, conv_backend={self.conv_backend!r}, "
@@ -438,8 +447,11 @@ class AlexNet(nn.Module):
         if classes is None:
             classes = self.classes  # a loaded checkpoint's names (it lost them on a save)
         if classes is not None:
-            if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+            if not isinstance(classes, (list, tuple)):
                 raise DtypeError(f"{where}: classes must be a list of str, got {type(classes).__name__}")
+            for i, c in enumerate(classes):
+                if not isinstance(c, str):
+                    raise DtypeError(f"{where}: classes must be a list of str, classes[{i}] is {type(c).__name__}")
             if len(classes) != self.num_classes:
                 raise ConfigError(f"{where}: classes has {len(classes)} names for {self.num_classes} outputs")
         size = self.input_size if input_size is None else int_arg(where, "input_size", input_size)
@@ -476,10 +488,11 @@ class AlexNet(nn.Module):
         if self.preset != "torchvision":
             raise ConfigError(f"to_torchvision needs the 'torchvision' preset, this model's is {self.preset!r}")
         weights = self._weights()
-        first = next(iter(weights.values()))
-        tv = torchvision.models.alexnet(weights=None, num_classes=self.num_classes)
-        tv.to(device=first.device, dtype=first.dtype)
-        tv.load_state_dict({k: v.clone() for k, v in weights.items()})
+        # Built on the meta device: torchvision's initialisation (61M draws from the caller's random
+        # stream, 244 MB) would be overwritten at once; `assign` keeps the copies' device and dtype.
+        with torch.device("meta"):
+            tv = torchvision.models.alexnet(weights=None, num_classes=self.num_classes)
+        tv.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, assign=True)
         return tv.train(self.training)
 
 

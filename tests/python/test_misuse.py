@@ -154,6 +154,8 @@ def _cases():
             ("run-int", lambda F: model().save_checkpoint(5), D, TE, "run"),
             ("classes-count", lambda F: model().save_checkpoint(F.out, classes=["a"]), C, VE, "classes"),
             ("classes-type", lambda F: model().save_checkpoint(F.out, classes="abc"), D, TE, "classes"),
+            ("classes-item", lambda F: model().save_checkpoint(F.out, classes=["a", 1, "c"]), D, TE,
+             "classes[1] is int"),
             # were written: eval and predict, which match names to labels, then failed on them
             ("classes-twice", lambda F: model().save_checkpoint(F.out, classes=["a", "b", "a"]), C, VE, "`a` twice"),
             ("classes-empty", lambda F: model().save_checkpoint(F.out, classes=["a", "", "c"]), C, VE, "classes[1]"),

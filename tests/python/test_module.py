@@ -490,6 +490,17 @@ print(r["samples"])
     assert r.returncode == 0 and r.stdout.strip() == "16", r.stderr[-2000:]
 
 
+def test_data_parallel_replication_is_a_clear_error():
+    """nn.DataParallel over 2+ GPUs replicates the module: replacing each layer with its copy was
+    refused as a user's layer replacement, naming `features` ("there is no layer to replace")."""
+    m = alexnet_rs.AlexNet("torchvision", num_classes=3, input_size=63).eval()
+    with pytest.raises(alexnet_rs.ConfigError, match="DataParallel cannot replicate.*DistributedDataParallel"):
+        m._replicate_for_data_parallel()
+    if not torch.cuda.is_available():  # without GPUs DataParallel calls the module itself
+        x = torch.randn(2, 3, 63, 63)
+        assert torch.equal(torch.nn.DataParallel(m)(x), m(x))
+
+
 def test_device_names_with_spaces_are_read_as_the_rust_side_reads_them():
     """The Rust parser trims names: ``devices=" cpu"`` passed its check, then ``torch.device(" cpu")``
     raised a bare RuntimeError."""
@@ -565,8 +576,16 @@ def test_long_native_calls_let_other_python_threads_run_and_keep_the_random_stre
     torch.manual_seed(7)
     alexnet_rs.AlexNet.load_checkpoint(tmp_path / "run")
     assert torch.equal(torch.rand(3), want)
-    # from_torchvision drew 61M numbers too, for weights it overwrote at once.
+    # from_torchvision and to_torchvision drew 61M numbers too, for weights overwritten at once.
     tv = m.to_torchvision()
     torch.manual_seed(7)
     alexnet_rs.from_torchvision(tv)
     assert torch.equal(torch.rand(3), want)
+    torch.manual_seed(7)
+    tv = m.to_torchvision()
+    assert torch.equal(torch.rand(3), want)
+    # Copies, trainable, of the model's values (not shared with it).
+    assert all(p.requires_grad and p.device.type == "cpu" for p in tv.parameters())
+    with torch.no_grad():
+        tv.features[0].weight.zero_()
+    assert m.features[0].weight.abs().sum() > 0
