@@ -33,16 +33,21 @@ def filter_towers(source: AlexNet | str | os.PathLike) -> list[dict]:
 
 def _grid(source):
     if isinstance(source, (str, os.PathLike)):
-        source = AlexNet.load_checkpoint(os.fspath(source))
-    if not isinstance(source, AlexNet):
+        # The weights alone, as `alexnet filters` reads them: a run of an ablation arm
+        # (`--no-lrn`, `--activation tanh`), which AlexNet.load_checkpoint refuses, draws too.
+        preset, _, weights, _ = checked(_native.load_checkpoint)(os.fspath(source))
+        weights = dict(weights)
+    elif isinstance(source, AlexNet):
+        preset, weights = source.preset, source._weights()
+    else:
         raise DtypeError(f"filters: source must be an alexnet_rs.AlexNet or a run folder, got {type(source).__name__}")
-    first = _native.param_shapes(source.preset, source.num_classes)[0][0]
-    weight = source._weights()[first].cpu()
+    first = _native.param_shapes(preset, 1)[0][0]
+    weight = weights[first].cpu()
     if not bool(weight.isfinite().all()):
         # Drawn (and measured) as a plain colour, they read as colour-agnostic kernels (a
         # checkpoint cannot hold them: the CLI's weights are checked when loaded).
         raise DataError(f"filters: {first} holds NaN or infinite values")
-    data, height, width, towers = checked(_native.filter_grid)(source.preset, weight)
+    data, height, width, towers = checked(_native.filter_grid)(preset, weight)
     return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy(), towers
 
 

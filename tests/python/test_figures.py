@@ -70,6 +70,22 @@ def test_filters_draw_each_kernel_scaled_on_its_own_in_two_towers(run, tmp_path)
         alexnet_rs.viz.filters(model)
 
 
+def test_filters_of_an_ablation_run_folder(run, tmp_path):
+    """viz.filters(path) went through AlexNet.load_checkpoint, which refuses a network that is not
+    its preset's: half the arms of `alexnet experiment` (--no-lrn, --activation tanh) drew nothing."""
+    _, data = run
+    out = tmp_path / "nolrn"
+    cli("train", "--preset", "paper", "--input-size", "63", "--no-lrn", "--data", data, "--epochs", "1",
+        "--batch-size", "8", "--max-steps", "1", "--threads", "1", "--out", out)
+    with pytest.raises(alexnet_rs.ConfigError, match="not the paper preset's network"):
+        alexnet_rs.AlexNet.load_checkpoint(out)
+    w = load_file(next((out / "checkpoints").glob("ckpt-*")) / "weights.safetensors")["conv1.weight"]
+    data_, height, width, _ = alexnet_rs._native.filter_grid("paper", w)
+    want = np.frombuffer(data_, dtype=np.uint8).reshape(height, width, 3)
+    assert np.array_equal(alexnet_rs.viz.filters(out), want)
+    assert [(t["first"], t["count"]) for t in alexnet_rs.viz.filter_towers(str(out))] == [(0, 48), (48, 48)]
+
+
 def test_confusion_matrix_and_per_class_accuracy(run, tmp_path):
     out, _ = run
     r = cli("eval", out, "--confusion", tmp_path / "new" / "c.png")  # the folder is created
