@@ -61,7 +61,7 @@ def parse(argv=None):
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
             ap.error(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}")
-    for name in ("batch_size", "steps"):
+    for name in ("input_size", "batch_size", "steps"):  # (the loader's error named its `crop`)
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args

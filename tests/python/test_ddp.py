@@ -613,3 +613,16 @@ def test_ctrl_c_before_the_rust_handlers_is_an_interruption(tmp_path):
                        capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 130 and "all_reduce failed" not in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert not list((tmp_path / "x").glob("checkpoints/ckpt-*"))
+
+
+def test_a_bad_flag_value_is_named_by_its_flag(capsys):
+    """--input-size 0 reached the loader, whose error named its own `crop` argument."""
+    from alexnet_rs.ddp import parse
+
+    for argv, flag in ((["--input-size", "0"], "--input-size"), (["--batch-size", "-1"], "--batch-size"),
+                       (["--steps", "0"], "--steps"), (["--lr", "nan"], "--lr")):
+        with pytest.raises(SystemExit) as e:
+            parse(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{flag} must be" in err and "crop" not in err, err
