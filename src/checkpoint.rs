@@ -25,6 +25,8 @@ use tch::Tensor;
 
 mod state;
 mod tensors;
+#[cfg(test)]
+mod tests;
 pub use state::{TrainState, NETWORK};
 pub use tensors::check_tensors;
 pub(crate) use tensors::read_tensors;
@@ -397,13 +399,30 @@ pub fn save_weights(
 
 /// Loads and validates the checkpoint at (or newest under) `path`, for resuming it.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    read(find_latest(path)?, true)
+    read_newest(path, false, |dir| read(dir, true))
 }
 
 /// [`load`] without the optimizer state (an empty `velocity`), for a reader of the weights: the
 /// newest checkpoint that has them, stripped of its optimizer state or not.
 pub fn load_weights(path: &Path) -> Result<Checkpoint> {
-    read(find_latest_weights(path)?, false)
+    read_newest(path, true, |dir| read(dir, false))
+}
+
+/// `read` of the newest checkpoint under `path`. A training process may prune or replace that
+/// folder while another reads it (`alexnet eval` of a run in progress): an error from a folder
+/// gone or replaced since it was found is that race, not damage, and the newest is found again.
+fn read_newest(path: &Path, weights_only: bool, read: impl Fn(PathBuf) -> Result<Checkpoint>) -> Result<Checkpoint> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |d: &Path| fs::metadata(d).ok().map(|m| (m.dev(), m.ino()));
+    for _ in 0..5 {
+        let dir = newest(path, weights_only)?;
+        let found = id(&dir);
+        match read(dir.clone()) {
+            Err(_) if id(&dir) != found => continue,
+            r => return r,
+        }
+    }
+    read(newest(path, weights_only)?)
 }
 
 /// The training state (`state.json`) of the checkpoint folder `dir`, checked for its format.
