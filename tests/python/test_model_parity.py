@@ -24,23 +24,29 @@ SIZES = {"paper": 224, "torchvision": 224, "caffe": 227}
 @pytest.mark.parametrize("preset", ["paper", "torchvision", "caffe"])
 @pytest.mark.parametrize("backend", ["ours", "stock"])
 def test_logits_and_gradients_match(preset, backend):
+    """Logits in float32; gradients in float64. In float32 a max-pool window whose two largest
+    inputs differ by less than the rounding of ours and the reference's sums sends its gradient
+    to either: on 1 input in 6 some weight's gradient differed by 1-3 % (an unseeded test failing
+    at random); in float64 the two agree to the last bit."""
+    torch.manual_seed(0)
     ref = reference_model(preset, num_classes=10).eval()
     params = dict(ref.named_parameters())
     assert sorted(params) == sorted(name for name, _ in alexnet_rs.param_shapes(preset, 10))
     x = torch.randn(2, 3, SIZES[preset], SIZES[preset])
     y = torch.tensor([3, 7])
+    with torch.no_grad():
+        logits, logits_ref = alexnet_rs._native.forward(preset, params, x, False, 10, backend), ref(x)
+    assert (logits - logits_ref).abs().max().item() <= 1e-5 * max(1.0, logits_ref.abs().max().item())
 
-    logits = alexnet_rs._native.forward(preset, params, x, False, 10, backend)
-    F.cross_entropy(logits, y).backward()
+    ref.double()
+    F.cross_entropy(alexnet_rs._native.forward(preset, params, x.double(), False, 10, backend), y).backward()
     ours = {k: p.grad.clone() for k, p in params.items()}
     ref.zero_grad()
-    logits_ref = ref(x)
-    F.cross_entropy(logits_ref, y).backward()
-
-    assert (logits - logits_ref).abs().max().item() <= 1e-5 * max(1.0, logits_ref.abs().max().item())
+    F.cross_entropy(ref(x.double()), y).backward()
     for k, p in params.items():
         scale = p.grad.abs().max().item()
-        assert (ours[k] - p.grad).abs().max().item() <= 1e-4 * max(scale, 1e-8), k
+        assert scale > 0, k
+        assert (ours[k] - p.grad).abs().max().item() <= 1e-9 * scale, k
 
 
 @pytest.mark.parametrize("preset, size", [("paper", 67), ("paper", 131), ("caffe", 131), ("caffe", 48)])
@@ -160,8 +166,13 @@ def test_training_loop_follows_a_plain_pytorch_loop(preset, devices, tmp_path):
         assert highest > 10, "the paper's initialisation no longer makes the loss jump"
     final = load_file(sorted((out / "checkpoints").glob("ckpt-*"))[-1] / "weights.safetensors")
     assert sorted(final) == sorted(params)
+    # A share of each tensor's largest value, plus an absolute term for conv biases the run moved by
+    # ~1e-6 only (their gradients are sums over every position that nearly cancel, which float32
+    # rounds unevenly). paper: 1e-4 and 1e-7 (one float32 ulp at 1.0); measured <= 2e-6 and 4e-9.
+    # caffe: 1e-3 and 1e-6; measured on an AVX2 AMD EPYC up to 3.1e-4 (conv5.weight) and 5.5e-7
+    # (conv3.bias, moved 3.2e-5 from 0), 1.4e-5 or less on an AVX-512 Xeon (where the FC update is
+    # fused into the backward): its two sides drift apart more than the paper's.
+    share, floor = (1e-3, 1e-6) if preset == "caffe" else (1e-4, 1e-7)
     for k, p in params.items():
-        # 1e-4 of the tensor's largest value (measured: <= 1.4e-5); the absolute 1e-7 (one float32
-        # ulp at 1.0) covers conv biases the run moved by ~1e-6 only: their gradients are sums
-        # over every position that nearly cancel, and float32 rounds those unevenly (measured 4e-9).
-        assert (final[k] - p.detach()).abs().max().item() <= 1e-4 * p.abs().max().item() + 1e-7, k
+        diff, scale = (final[k] - p.detach()).abs().max().item(), p.abs().max().item()
+        assert diff <= share * scale + floor, (k, diff, scale)
