@@ -117,13 +117,13 @@ fn to_tensor(
     };
     let bad = |what: &str| what.to_string();
     let torch = |e: tch::TchError| crate::error::clean_torch_message(&e.to_string());
-    // The furthest element the view reaches must lie inside the storage.
     if t.shape.iter().chain(&t.strides).any(|&v| v < 0) {
         return Err(bad("negative size or stride"));
     }
     if t.shape.contains(&0) {
         return Tensor::f_empty(t.shape.as_slice(), (kind, tch::Device::Cpu)).map_err(torch);
     }
+    // The furthest element the view reaches must lie inside the storage.
     let mut last = t.storage_offset;
     for (&n, &s) in t.shape.iter().zip(&t.strides) {
         last = (n - 1)
@@ -249,9 +249,10 @@ mod tests {
             Vec::<f32>::try_from(v.flatten(0, -1)).unwrap(),
             [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
         );
-        assert_eq!(view(&[3, 2], &[1, 3], 0).unwrap().double_value(&[2, 1]), 5.0); // transposed
-                                                                                   // Strides whose span overflows 64 bits (a debug build panicked on it, a release one
-                                                                                   // wrapped around), with or without elements.
+        // Transposed.
+        assert_eq!(view(&[3, 2], &[1, 3], 0).unwrap().double_value(&[2, 1]), 5.0);
+        // Strides whose span overflows 64 bits (a debug build panicked on it, a release one
+        // wrapped around), with or without elements.
         let far = view(&[3, 2], &[i64::MAX, 1], 0).unwrap_err();
         assert!(far.contains("past its storage"), "{far}");
         assert_eq!(view(&[3, 0], &[i64::MAX, 1], 0).unwrap().size(), [3, 0]);
