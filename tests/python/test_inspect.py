@@ -50,9 +50,13 @@ def test_every_named_activation_equals_torchvisions_module_output(pair):
         assert_close(t, seen[name])
 
 
-def test_the_gradient_through_conv3_equals_torchvisions(pair):
-    tv, ours = pair
-    x = torch.randn(2, 3, 224, 224)
+def test_the_gradient_through_conv3_equals_torchvisions():
+    """In float64: in float32 a max-pool window whose two largest inputs differ by a rounding
+    error routes the gradient to either one (0.02 of the largest gradient apart, seen once in CI)."""
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None).double().eval()
+    ours = alexnet_rs.from_torchvision(tv).eval()
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ours.features(x1, "features.6")["features.6"].sum().backward()
     out = {}
@@ -62,9 +66,7 @@ def test_the_gradient_through_conv3_equals_torchvisions(pair):
     finally:
         h.remove()
     out["conv3"].sum().backward()
-    assert_close(x1.grad, x2.grad)
-    ours.zero_grad(set_to_none=True)
-    tv.zero_grad(set_to_none=True)
+    assert_close(x1.grad, x2.grad, 1e-12)
 
 
 def test_paper_names_and_errors():

@@ -166,8 +166,11 @@ def test_export_errors_name_the_problem(tmp_path):
         alexnet_rs.export_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="but fc6 expects 9216"):
         alexnet_rs.export_onnx(alexnet_rs.AlexNet("paper"), tmp_path / "x.onnx", input_size=100)
-    with pytest.raises(alexnet_rs.ConfigError, match="too small"):
+    # caffe's ceil-mode pools: 40 pixels still give 1x1 maps (as in ATen), 30 give none after conv5
+    with pytest.raises(ValueError, match=r"40x40 pixels gives 256 features \(1x1 maps\), but fc6 expects 9216"):
         alexnet_rs.export_onnx(alexnet_rs.AlexNet("caffe"), tmp_path / "x.onnx", input_size=40)
+    with pytest.raises(alexnet_rs.ConfigError, match="30 is too small for the 3x3 max pool after conv5"):
+        alexnet_rs.export_onnx(alexnet_rs.AlexNet("caffe"), tmp_path / "x.onnx", input_size=30)
 
 
 def test_export_takes_numpy_sizes_and_leaves_the_models_mode_and_random_stream(tmp_path):
