@@ -568,9 +568,11 @@ def test_long_native_calls_let_other_python_threads_run_and_keep_the_random_stre
         seconds, during = time.perf_counter() - t0, ticks[0] - start
         done.set()
         t.join()
-        # A held GIL lets the thread tick about once (at the switch interval's end); a released
-        # one a few per millisecond of a 1-ms sleep, throttled by the 2 shared cores.
-        assert during >= max(3, seconds * 50), (name, during, seconds)
+        # A held GIL lets the thread tick a few times (4 in 0.85 s of sorted(), which holds it);
+        # a released one about once per millisecond, throttled by the call's own threads on 2
+        # shared cores: the floor is 20 a second (this test failed once at 50 on a slower machine,
+        # which assertion was not recorded).
+        assert during >= max(3, seconds * 20), (name, during, seconds)
     torch.manual_seed(7)
     want = torch.rand(3)
     torch.manual_seed(7)
