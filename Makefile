@@ -122,7 +122,7 @@ lint:
 	@find src -name '*.rs' -exec wc -l {} + | awk '$$2 != "total" && $$1 > 500 { print "lint: " $$2 " has " $$1 " lines (over 500): split it"; bad = 1 } END { exit bad }'
 
 test-python:
-	cd tests && $(PY) -m pytest -q -rs python
+	cd tests && $(PY) -m pytest -q -rs --durations=25 python
 	cd /tmp && $(PY) -m mypy.stubtest alexnet_rs._native
 
 # Our CUDA kernels compiled by g++ against the CUDA emulation in kernels/emu/ and checked against
