@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::Preset;
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Decodes an image file to a (H, W, 3) uint8 tensor.
 #[pyfunction]
@@ -100,6 +100,56 @@ pub struct DataLoader {
     next_epoch: u64,
 }
 
+/// The (rank, world size) of a loader given either (even a world of 1): a shard, whose training
+/// epochs keep a batch of only unreadable images (empty) in its place, as the training loop's
+/// loader does. `None`: neither was given.
+fn shard(rank: Option<i64>, world_size: Option<i64>) -> PyResult<Option<(usize, usize)>> {
+    if rank.is_none() && world_size.is_none() {
+        return Ok(None);
+    }
+    let (world_size, rank) = (
+        count("world_size", world_size.unwrap_or(1), 1)?,
+        count("rank", rank.unwrap_or(0), 0)?,
+    );
+    if rank >= world_size {
+        return Err(py_err(Error::Config(format!(
+            "rank must be below world_size ({world_size}), got {rank}"
+        ))));
+    }
+    Ok(Some((rank, world_size)))
+}
+
+/// `data`'s `split` (its warnings said through `warn`), labelled as the training split (or
+/// `classes`: a val/ that lacks a class would shift the labels of the classes after it), cut to a
+/// random subset of `limit` samples.
+fn open_dataset(
+    py: Python<'_>,
+    data: &Path,
+    split: Split,
+    classes: Option<Vec<String>>,
+    limit: Option<usize>,
+    seed: u64,
+    warn: &dyn Fn(String) -> PyResult<()>,
+) -> PyResult<Dataset> {
+    let mut ds = core(py.allow_threads(|| Dataset::open(data, split)))?;
+    for w in ds.warnings(data, split) {
+        warn(w)?;
+    }
+    let classes = classes.or_else(|| {
+        (split == Split::Test)
+            .then(|| Dataset::training_classes(data))
+            .flatten()
+    });
+    if let Some(classes) = classes {
+        core(crate::data::check_class_names(&classes))?;
+        ds = core(ds.labelled_as(&classes))?;
+    }
+    Ok(match limit {
+        Some(n) => ds.subset(n, seed),
+        None => ds,
+    })
+}
+
 #[pymethods]
 impl DataLoader {
     #[new]
@@ -134,18 +184,7 @@ impl DataLoader {
                 count("threads", threads, 0)?,
             );
             let (seed, limit) = (nonneg("seed", seed)?, limit.map(|n| count("limit", n, 1)).transpose()?);
-            // Given (either, even a world of 1): a shard, whose training epochs keep a batch of
-            // only unreadable images (empty) in its place, as the training loop's loader does.
-            let sharded = rank.is_some() || world_size.is_some();
-            let (world_size, rank) = (
-                count("world_size", world_size.unwrap_or(1), 1)?,
-                count("rank", rank.unwrap_or(0), 0)?,
-            );
-            if rank >= world_size {
-                return Err(py_err(Error::Config(format!(
-                    "rank must be below world_size ({world_size}), got {rank}"
-                ))));
-            }
+            let shard = shard(rank, world_size)?;
             let view = core(view.parse::<View>())?;
             let on_bad_image = on_bad_image.parse().map_err(|_| {
                 py_err(Error::Config(format!(
@@ -168,24 +207,7 @@ impl DataLoader {
             {
                 warn(w)?;
             }
-            let mut ds = core(py.allow_threads(|| Dataset::open(&data, split)))?;
-            for w in ds.warnings(&data, split) {
-                warn(w)?;
-            }
-            // Labelled as the training split (or `classes`): a val/ that lacks a class would
-            // shift the labels of the classes after it.
-            let classes = classes.or_else(|| {
-                (split == Split::Test)
-                    .then(|| Dataset::training_classes(&data))
-                    .flatten()
-            });
-            if let Some(classes) = classes {
-                core(crate::data::check_class_names(&classes))?;
-                ds = core(ds.labelled_as(&classes))?;
-            }
-            if let Some(n) = limit {
-                ds = ds.subset(n, seed);
-            }
+            let ds = open_dataset(py, &data, split, classes, limit, seed, &warn)?;
             let tf = Transform::for_preset(preset, crop, view, stats.as_ref());
             let cfg = LoaderConfig {
                 batch_size,
@@ -194,7 +216,7 @@ impl DataLoader {
                 shuffle,
                 drop_last,
                 on_bad_image,
-                shard: sharded.then_some((rank, world_size)),
+                shard,
                 // An evaluation view's shards together cover every sample once (the last global
                 // batch split as far as it goes), as the Rust evaluation's loader does.
                 keep_tail: view != View::Train,

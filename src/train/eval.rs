@@ -84,28 +84,14 @@ pub fn evaluate_in(
         }
         let b = batch?;
         let logits = model::forward(cfg, params, &b.images, false)?;
-        let k = logits.size()[1];
-        // The log of the softmax averaged over the views, in the log domain: a float32 softmax
-        // underflowed to 0 for all but the top classes (ties in the top-5, a loss capped).
-        let log_probs = logits
-            .f_log_softmax(-1, Kind::Float)?
-            .f_view([-1, views, k])?
-            .f_logsumexp([1], false)?
-            .f_sub_scalar((views as f64).ln())?;
-        let labels = b.labels.to_device(log_probs.device());
-        sums[0] += log_probs
-            .f_nll_loss(&labels, None::<Tensor>, tch::Reduction::Sum, -100)?
-            .double_value(&[]);
-        let (_, top) = log_probs.f_topk(5.min(k), -1, true, true)?;
-        let hits = top.f_eq_tensor(&labels.f_unsqueeze(1)?)?;
-        sums[1] += hits.f_narrow(1, 0, 1)?.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
-        sums[2] += hits.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
-        sums[3] += labels.size()[0] as f64;
+        let top = score(&logits, &b.labels, views, &mut sums)?;
         if cells > 0 {
-            let cell = labels
+            let cpu = tch::Device::Cpu;
+            let cell = b
+                .labels
+                .to_device(cpu)
                 .f_mul_scalar(classes)?
-                .f_add(&top.f_select(1, 0)?)?
-                .to_device(tch::Device::Cpu);
+                .f_add(&top.f_select(1, 0)?.to_device(cpu))?;
             let _ = confusion.f_index_add_(0, &cell, &cell.f_ones_like()?)?;
         }
     }
@@ -143,6 +129,29 @@ pub fn evaluate_in(
         confusion: sums[5..].iter().map(|&c| c as u64).collect(),
         classes: loader.dataset().classes.clone(),
     })
+}
+
+/// Adds a batch's loss sum, top-1 hits, top-5 hits and samples to `sums[0..4]`, from the `logits`
+/// of its `views` views of each image; returns the top-5 classes of each image (best first).
+fn score(logits: &Tensor, labels: &Tensor, views: i64, sums: &mut [f64]) -> Result<Tensor> {
+    let k = logits.size()[1];
+    // The log of the softmax averaged over the views, in the log domain: a float32 softmax
+    // underflowed to 0 for all but the top classes (ties in the top-5, a loss capped).
+    let log_probs = logits
+        .f_log_softmax(-1, Kind::Float)?
+        .f_view([-1, views, k])?
+        .f_logsumexp([1], false)?
+        .f_sub_scalar((views as f64).ln())?;
+    let labels = labels.to_device(log_probs.device());
+    sums[0] += log_probs
+        .f_nll_loss(&labels, None::<Tensor>, tch::Reduction::Sum, -100)?
+        .double_value(&[]);
+    let (_, top) = log_probs.f_topk(5.min(k), -1, true, true)?;
+    let hits = top.f_eq_tensor(&labels.f_unsqueeze(1)?)?;
+    sums[1] += hits.f_narrow(1, 0, 1)?.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
+    sums[2] += hits.f_sum(Kind::Int64)?.int64_value(&[]) as f64;
+    sums[3] += labels.size()[0] as f64;
+    Ok(top)
 }
 
 /// A trained network loaded from a checkpoint, for `eval` and `predict`.

@@ -104,35 +104,14 @@ impl<'a> Run<'a> {
                     if self.state.batch_in_epoch as usize >= self.train_loader.batches_per_epoch() {
                         break; // the epoch's last step: the epoch ends as usual first
                     }
-                    // Evaluated before the checkpoint, which is not written if the outputs are
-                    // NaN (unless a stop ends the evaluation: the checkpoint comes first then, as
-                    // for a stop after a step). Mid-epoch: not an epochs.csv row (that comes
-                    // when a resumed run finishes the epoch).
-                    let e = match self.evaluate_keeping(stop) {
-                        Err(Error::Interrupted(_)) => {
-                            self.budget_note(agreed.out_of_time, steps_here);
-                            return self.stopped();
-                        }
-                        e => e?,
-                    };
-                    self.save()?;
-                    self.budget_note(agreed.out_of_time, steps_here);
-                    return self.finish(Some(e), stop);
+                    return self.end_mid_epoch(agreed.out_of_time, steps_here, stop);
                 }
                 if stepped && self.tc.checkpoint_every > 0 && self.state.step.is_multiple_of(self.tc.checkpoint_every) {
                     self.save()?;
                 }
             }
             if seen == 0.0 && planned > 0 {
-                // Every batch's images were bad (and skipped): not an epoch of training.
-                return Err(Error::File {
-                    path: self.tc.data.clone().unwrap_or_else(|| "fashion-mnist".into()),
-                    reason: format!(
-                        "no training image of epoch {} could be read ({} skipped): nothing to train on",
-                        self.state.epoch + 1,
-                        batches.skipped()
-                    ),
-                });
+                return Err(self.nothing_read(batches.skipped()));
             }
             // Not an earlier epoch's: a budget spent on an epoch not evaluated ends with an
             // evaluation of its weights (the last epoch is always evaluated).
@@ -146,6 +125,35 @@ impl<'a> Run<'a> {
             }
         }
         self.finish(last_eval, stop)
+    }
+
+    /// A step or time budget spent before the epoch's last step: the weights are evaluated before
+    /// the checkpoint, which is not written if the outputs are NaN (unless a stop ends the
+    /// evaluation: the checkpoint comes first then, as for a stop after a step). Mid-epoch: not an
+    /// epochs.csv row (that comes when a resumed run finishes the epoch).
+    fn end_mid_epoch(mut self, out_of_time: bool, steps_here: u64, stop: &dyn Fn() -> bool) -> Result<EvalResult> {
+        let e = match self.evaluate_keeping(stop) {
+            Err(Error::Interrupted(_)) => {
+                self.budget_note(out_of_time, steps_here);
+                return self.stopped();
+            }
+            e => e?,
+        };
+        self.save()?;
+        self.budget_note(out_of_time, steps_here);
+        self.finish(Some(e), stop)
+    }
+
+    /// The error for an epoch whose every batch's images were bad (and skipped): not an epoch of
+    /// training.
+    fn nothing_read(&self, skipped: usize) -> Error {
+        Error::File {
+            path: self.tc.data.clone().unwrap_or_else(|| "fashion-mnist".into()),
+            reason: format!(
+                "no training image of epoch {} could be read ({skipped} skipped): nothing to train on",
+                self.state.epoch + 1
+            ),
+        }
     }
 
     /// The run stops on request, its position saved: the final evaluation follows, or
